@@ -1,0 +1,216 @@
+//! Activity 1: the echo server.
+//!
+//! Each client gets its own task. After the `peticion` / `confirmacion`
+//! handshake every message is sent back unchanged, in the client's own
+//! framing (see `docs/protocol.md`). At most `max_connections` clients are
+//! served at once; one more is told `ERROR server full (N connections)` and
+//! closed, while the others carry on.
+//!
+//! [`run`] is the only entry point: the binary and the tests both call it
+//! with a bound listener and a shutdown future.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use protocol::connection::{Connection, ReaderConfig};
+use protocol::handshake::{self, RoleStep};
+use protocol::message::PETICION;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+/// Default cap on concurrent clients, as in the original server.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 100;
+
+/// How long `run` waits for client tasks to finish after shutdown.
+const DRAIN_TIMEOUT: Duration = Duration::from_millis(800);
+/// How long a refused connection is kept open so the refusal is read
+/// before the close (closing with unread input would send a reset).
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+/// At most this many refused connections linger at once; more are closed at once.
+const MAX_LINGERING_REFUSALS: usize = 256;
+
+/// Settings of the echo server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Clients served at once.
+    pub max_connections: usize,
+    /// Framing limits for every connection.
+    pub reader: ReaderConfig,
+    /// Time a client has to send `peticion`.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            reader: ReaderConfig::default(),
+            handshake_timeout: handshake::DEFAULT_HANDSHAKE_TIMEOUT,
+        }
+    }
+}
+
+/// Serves clients on `listener` until `shutdown` completes, then closes every
+/// client politely and returns.
+///
+/// Only a failure of the listener itself ends `run` early with an error;
+/// errors of one client are logged and end that client's task only.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let config = Arc::new(config);
+    let slots = Arc::new(Semaphore::new(config.max_connections));
+    let lingering = Arc::new(Semaphore::new(MAX_LINGERING_REFUSALS));
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    info!(
+        addr = %listener.local_addr()?,
+        max_connections = config.max_connections,
+        "echo server listening"
+    );
+
+    tokio::pin!(shutdown);
+    let result = loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break Ok(()),
+            accepted = accept_with_retry(&listener) => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => break Err(e),
+            },
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            warn!(%peer, max = config.max_connections, "refused connection: server full");
+            refuse(stream, config.max_connections, &lingering, &tracker);
+            continue;
+        };
+        let config = config.clone();
+        let cancel = cancel.clone();
+        tracker.spawn(
+            async move {
+                if let Err(e) = serve_client(stream, &config, &cancel).await {
+                    warn!(error = %e, "client connection failed");
+                }
+                drop(permit);
+            }
+            .instrument(info_span!("client", %peer)),
+        );
+    };
+
+    info!(
+        clients = config.max_connections - slots.available_permits(),
+        "closing client connections"
+    );
+    cancel.cancel();
+    tracker.close();
+    if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!("some clients did not close in time; dropping them");
+    }
+    info!("echo server stopped");
+    result
+}
+
+/// Accepts one connection. Transient errors (too many open files, a
+/// connection reset before accept) are retried with a short backoff instead of
+/// ending the server.
+async fn accept_with_retry(listener: &TcpListener) -> io::Result<(TcpStream, SocketAddr)> {
+    let mut delay = Duration::from_millis(10);
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => return Ok(accepted),
+            Err(e) if delay <= Duration::from_secs(5) => {
+                error!(error = %e, retry_in = ?delay, "accept failed");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Tells a client beyond the cap why it is being closed.
+fn refuse(stream: TcpStream, max: usize, lingering: &Arc<Semaphore>, tracker: &TaskTracker) {
+    let message = format!("ERROR server full ({max} connections)\n");
+    // A fresh socket's send buffer always has room for one short line.
+    let _ = stream.try_write(message.as_bytes());
+    let Ok(permit) = lingering.clone().try_acquire_owned() else {
+        return;
+    };
+    tracker.spawn(async move {
+        let mut stream = stream;
+        let _ = stream.shutdown().await;
+        // Drain what the client sent until it closes, so our close is a FIN,
+        // not a reset that could discard the refusal before it is read.
+        let mut sink = [0u8; 512];
+        let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+            while let Ok(n) = stream.read(&mut sink).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+        drop(permit);
+    });
+}
+
+async fn serve_client(
+    stream: TcpStream,
+    config: &Config,
+    cancel: &CancellationToken,
+) -> io::Result<()> {
+    let mut conn = Connection::accept(stream, config.reader, PETICION.as_bytes())?;
+    info!("client connected");
+
+    let handshake = tokio::select! {
+        _ = cancel.cancelled() => return Ok(()),
+        result = handshake::accept(&mut conn.reader, &mut conn.writer, RoleStep::None, config.handshake_timeout) => result,
+    };
+    if let Err(e) = handshake {
+        warn!(error = %e, "handshake failed, closing");
+        return Ok(());
+    }
+    info!(framing = ?conn.reader.framing(), "peticion received, confirmacion sent");
+
+    loop {
+        let frame = tokio::select! {
+            _ = cancel.cancelled() => {
+                debug!("server shutting down, closing client");
+                let _ = tokio::time::timeout(Duration::from_millis(200), conn.writer.shutdown()).await;
+                return Ok(());
+            }
+            frame = conn.reader.read_frame() => frame,
+        };
+        match frame {
+            Ok(Some(line)) => {
+                info!(message = line.as_str(), "received");
+                conn.writer.queue(line.bytes());
+                conn.writer.flush().await?;
+            }
+            Ok(None) => {
+                info!("client disconnected");
+                return Ok(());
+            }
+            Err(e) if e.is_fatal() => {
+                warn!(error = %e, "closing connection");
+                conn.close_with_error(&e).await;
+                return Ok(());
+            }
+            Err(e) => {
+                warn!(error = %e, "bad message");
+                conn.writer.send_error(&e).await?;
+            }
+        }
+    }
+}

@@ -1,0 +1,495 @@
+//! Frames over a byte stream: [`FrameReader`] and [`FrameWriter`].
+//!
+//! The reader owns the receive buffer and hides bytes from handlers. It also
+//! tells the two kinds of peer apart from the first frame:
+//!
+//! - a **line-framed** peer ends every message with `\n`; the reader never
+//!   cuts its lines on a pause, however long;
+//! - a peer of the **original system** writes each message with no newline
+//!   and waits for the answer. When such a peer's bytes stop arriving for
+//!   `idle_flush`, what is buffered is one message. The writer then answers
+//!   it without newlines too, because those peers compare replies with exact
+//!   strings (`confirmacion`, `recibido`).
+
+use std::io;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::time::Instant;
+
+use crate::codec::{DEFAULT_MAX_LINE, Line, LineDecoder, encode_line};
+use crate::error::ReadError;
+
+/// Default idle gap that ends an unterminated message of an original-system peer.
+pub const DEFAULT_IDLE_FLUSH: Duration = Duration::from_millis(10);
+
+/// Smallest read; idle connections hold no more than this in their buffer.
+const MIN_READ_CHUNK: usize = 1024;
+/// Largest read; busy connections grow their reads up to this.
+const MAX_READ_CHUNK: usize = 64 * 1024;
+/// How long a refused peer gets to read our error and close.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+/// A write buffer larger than this is released once flushed.
+const KEEP_WRITE_BUFFER: usize = 64 * 1024;
+
+/// How a peer delimits its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// Not known until the first frame arrives.
+    Unknown,
+    /// Every message ends in `\n`.
+    Lines,
+    /// Original-system peer: one message per write, no terminator.
+    Unterminated,
+}
+
+/// Settings of a [`FrameReader`].
+#[derive(Debug, Clone, Copy)]
+pub struct ReaderConfig {
+    /// Longest accepted line, terminator excluded.
+    pub max_line: usize,
+    /// Pause after which an unterminated message is complete.
+    pub idle_flush: Duration,
+}
+
+impl Default for ReaderConfig {
+    fn default() -> Self {
+        ReaderConfig {
+            max_line: DEFAULT_MAX_LINE,
+            idle_flush: DEFAULT_IDLE_FLUSH,
+        }
+    }
+}
+
+/// Reads [`Line`]s from a byte stream.
+#[derive(Debug)]
+pub struct FrameReader<R> {
+    inner: R,
+    buf: BytesMut,
+    decoder: LineDecoder,
+    framing: Framing,
+    idle_flush: Duration,
+    /// When bytes last arrived; an unterminated message is cut `idle_flush` later.
+    last_data: Instant,
+    /// The first word an original-system peer sends; while the buffer holds
+    /// only a prefix of it, a pause does not end the message (a line-framed
+    /// peer's first line may simply be arriving slowly).
+    opening: &'static [u8],
+    read_chunk: usize,
+    eof: bool,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// A reader for a server-side connection whose peer may be of either kind.
+    /// `opening` is the first word such a peer sends (`peticion`).
+    pub fn detecting(inner: R, config: ReaderConfig, opening: &'static [u8]) -> Self {
+        FrameReader {
+            inner,
+            buf: BytesMut::new(),
+            decoder: LineDecoder::new(config.max_line),
+            framing: Framing::Unknown,
+            idle_flush: config.idle_flush,
+            last_data: Instant::now(),
+            opening,
+            read_chunk: MIN_READ_CHUNK,
+            eof: false,
+        }
+    }
+
+    /// A reader for a peer known to frame with newlines; pauses never cut lines.
+    pub fn lines(inner: R, max_line: usize) -> Self {
+        let mut reader = FrameReader::detecting(
+            inner,
+            ReaderConfig {
+                max_line,
+                idle_flush: DEFAULT_IDLE_FLUSH,
+            },
+            b"",
+        );
+        reader.framing = Framing::Lines;
+        reader
+    }
+
+    /// The peer's framing, as detected so far.
+    pub fn framing(&self) -> Framing {
+        self.framing
+    }
+
+    /// Reads the next frame. `Ok(None)` means the peer closed the connection
+    /// cleanly (at a frame boundary).
+    ///
+    /// Cancel safe: if the future is dropped before it completes, no bytes
+    /// are lost and the next call continues where this one stopped.
+    pub async fn read_frame(&mut self) -> Result<Option<Line>, ReadError> {
+        loop {
+            if let Some(line) = self.decoder.decode(&mut self.buf)? {
+                if self.framing == Framing::Unknown {
+                    self.framing = Framing::Lines;
+                }
+                return Ok(Some(line));
+            }
+            if self.eof {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                if self.may_cut_unterminated() {
+                    return self.cut_unterminated();
+                }
+                return Err(ReadError::ClosedMidLine {
+                    buffered: self.buf.len(),
+                });
+            }
+            let cut_at = self
+                .may_cut_unterminated()
+                .then(|| self.last_data + self.idle_flush);
+            tokio::select! {
+                read = read_some(&mut self.inner, &mut self.buf, &mut self.read_chunk) => {
+                    if read? == 0 {
+                        self.eof = true;
+                    } else {
+                        self.last_data = Instant::now();
+                    }
+                }
+                _ = sleep_until_opt(cut_at) => return self.cut_unterminated(),
+            }
+        }
+    }
+
+    /// Reads and throws away input until the peer closes or `limit` passes.
+    ///
+    /// Used after refusing a peer: closing a socket with unread input makes
+    /// the kernel send a reset, which can destroy the error line before the
+    /// peer reads it.
+    pub async fn discard_until_close(&mut self, limit: Duration) {
+        let drain = async {
+            let mut sink = [0u8; 4096];
+            while let Ok(n) = self.inner.read(&mut sink).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        };
+        self.buf = BytesMut::new();
+        let _ = tokio::time::timeout(limit, drain).await;
+    }
+
+    fn may_cut_unterminated(&self) -> bool {
+        match self.framing {
+            Framing::Lines => false,
+            Framing::Unterminated => !self.buf.is_empty(),
+            Framing::Unknown => {
+                let buffered = &self.buf[..];
+                let strict_prefix_of_opening =
+                    buffered.len() < self.opening.len() && self.opening.starts_with(buffered);
+                !buffered.is_empty() && !strict_prefix_of_opening && buffered.last() != Some(&b'\r')
+            }
+        }
+    }
+
+    fn cut_unterminated(&mut self) -> Result<Option<Line>, ReadError> {
+        if self.framing == Framing::Unknown {
+            self.framing = Framing::Unterminated;
+        }
+        Ok(self.decoder.decode_unterminated(&mut self.buf)?)
+    }
+}
+
+async fn read_some<R: AsyncRead + Unpin>(
+    inner: &mut R,
+    buf: &mut BytesMut,
+    read_chunk: &mut usize,
+) -> io::Result<usize> {
+    buf.reserve(*read_chunk);
+    let spare = buf.capacity() - buf.len();
+    let n = inner.read_buf(buf).await?;
+    // Grow reads on a busy stream, shrink them again when it calms down.
+    *read_chunk = if n >= spare {
+        (*read_chunk * 2).min(MAX_READ_CHUNK)
+    } else {
+        MIN_READ_CHUNK
+            .max(n.next_power_of_two())
+            .min(MAX_READ_CHUNK)
+    };
+    Ok(n)
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes frames, batching them in one buffer until [`FrameWriter::flush`].
+#[derive(Debug)]
+pub struct FrameWriter<W> {
+    inner: W,
+    buf: BytesMut,
+    terminated: bool,
+}
+
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    /// A writer that ends each frame with `\n`.
+    pub fn new(inner: W) -> Self {
+        FrameWriter {
+            inner,
+            buf: BytesMut::new(),
+            terminated: true,
+        }
+    }
+
+    /// Matches the peer's framing: original-system peers get bare frames.
+    pub fn match_framing(&mut self, framing: Framing) {
+        self.terminated = framing != Framing::Unterminated;
+    }
+
+    /// Whether frames are written with a trailing `\n`.
+    pub fn is_terminated(&self) -> bool {
+        self.terminated
+    }
+
+    /// Queues one frame without writing it yet.
+    pub fn queue(&mut self, text: &[u8]) {
+        encode_line(text, self.terminated, &mut self.buf);
+    }
+
+    /// Queues one frame built by `build`, which appends its text to the buffer.
+    /// Saves an intermediate allocation on hot paths.
+    pub fn queue_with(&mut self, build: impl FnOnce(&mut BytesMut)) {
+        build(&mut self.buf);
+        if self.terminated {
+            self.buf.extend_from_slice(b"\n");
+        }
+    }
+
+    /// Queues `ERROR <reason>`.
+    pub fn queue_error(&mut self, reason: &(dyn std::fmt::Display + Sync)) {
+        self.queue(format!("ERROR {reason}").as_bytes());
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Writes everything queued.
+    ///
+    /// Cancel safe in the sense that bytes already written are not written
+    /// again: the buffer advances as the socket accepts data.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        while !self.buf.is_empty() {
+            self.inner.write_all_buf(&mut self.buf).await?;
+        }
+        self.inner.flush().await?;
+        if self.buf.capacity() > KEEP_WRITE_BUFFER {
+            self.buf = BytesMut::new();
+        }
+        Ok(())
+    }
+
+    /// Queues one frame and writes everything queued.
+    pub async fn send(&mut self, text: &[u8]) -> io::Result<()> {
+        self.queue(text);
+        self.flush().await
+    }
+
+    /// Sends `ERROR <reason>` now.
+    pub async fn send_error(&mut self, reason: &(dyn std::fmt::Display + Sync)) -> io::Result<()> {
+        self.queue_error(reason);
+        self.flush().await
+    }
+
+    /// Flushes, then shuts down the write direction (the peer reads EOF).
+    pub async fn shutdown(&mut self) -> io::Result<()> {
+        self.flush().await?;
+        self.inner.shutdown().await
+    }
+}
+
+/// Sends `ERROR <reason>`, closes our side, and waits briefly for the peer
+/// to close, so the error is read rather than lost to a reset.
+pub async fn close_with_error<R, W>(
+    reader: &mut FrameReader<R>,
+    writer: &mut FrameWriter<W>,
+    reason: &(dyn std::fmt::Display + Sync),
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let write = async {
+        writer.queue_error(reason);
+        writer.shutdown().await
+    };
+    if let Ok(Ok(())) = tokio::time::timeout(CLOSE_LINGER, write).await {
+        reader.discard_until_close(CLOSE_LINGER).await;
+    }
+}
+
+/// A TCP connection split into a frame reader and a frame writer, so one task
+/// can wait on both in a `select!`.
+#[derive(Debug)]
+pub struct Connection {
+    /// Incoming frames.
+    pub reader: FrameReader<OwnedReadHalf>,
+    /// Outgoing frames.
+    pub writer: FrameWriter<OwnedWriteHalf>,
+    /// The peer's address, for logs.
+    pub peer: std::net::SocketAddr,
+}
+
+impl Connection {
+    /// Server side: the peer may be line-framed or of the original system.
+    pub fn accept(
+        stream: TcpStream,
+        config: ReaderConfig,
+        opening: &'static [u8],
+    ) -> io::Result<Self> {
+        let peer = stream.peer_addr()?;
+        let _ = stream.set_nodelay(true);
+        let (read, write) = stream.into_split();
+        Ok(Connection {
+            reader: FrameReader::detecting(read, config, opening),
+            writer: FrameWriter::new(write),
+            peer,
+        })
+    }
+
+    /// Client side: we and the server both frame with newlines.
+    pub fn connect(stream: TcpStream, max_line: usize) -> io::Result<Self> {
+        let peer = stream.peer_addr()?;
+        let _ = stream.set_nodelay(true);
+        let (read, write) = stream.into_split();
+        Ok(Connection {
+            reader: FrameReader::lines(read, max_line),
+            writer: FrameWriter::new(write),
+            peer,
+        })
+    }
+
+    /// See [`close_with_error`].
+    pub async fn close_with_error(&mut self, reason: &(dyn std::fmt::Display + Sync)) {
+        close_with_error(&mut self.reader, &mut self.writer, reason).await;
+    }
+
+    /// Adopts the framing the reader detected, for replies.
+    pub fn match_peer_framing(&mut self) {
+        self.writer.match_framing(self.reader.framing());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncWriteExt, duplex};
+
+    fn config(idle_ms: u64) -> ReaderConfig {
+        ReaderConfig {
+            max_line: 64,
+            idle_flush: Duration::from_millis(idle_ms),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn line_framed_peer_is_never_cut_on_a_pause() {
+        let (mut peer, ours) = duplex(1024);
+        let mut reader = FrameReader::detecting(ours, config(10), b"peticion");
+        peer.write_all(b"peticion\n").await.unwrap();
+        assert_eq!(
+            reader.read_frame().await.unwrap().unwrap().as_str(),
+            "peticion"
+        );
+        assert_eq!(reader.framing(), Framing::Lines);
+
+        peer.write_all(b"numero ").await.unwrap();
+        let read = tokio::time::timeout(Duration::from_secs(60), reader.read_frame()).await;
+        assert!(read.is_err(), "a pause must not end a line-framed message");
+        peer.write_all(b"random: 4\n").await.unwrap();
+        assert_eq!(
+            reader.read_frame().await.unwrap().unwrap().as_str(),
+            "numero random: 4"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unterminated_peer_is_detected_and_cut_on_idle() {
+        let (mut peer, ours) = duplex(1024);
+        let mut reader = FrameReader::detecting(ours, config(10), b"peticion");
+        peer.write_all(b"peticion").await.unwrap();
+        let line = reader.read_frame().await.unwrap().unwrap();
+        assert_eq!(line.as_str(), "peticion");
+        assert!(!line.is_terminated());
+        assert_eq!(reader.framing(), Framing::Unterminated);
+
+        peer.write_all(b"numero random: 9").await.unwrap();
+        assert_eq!(
+            reader.read_frame().await.unwrap().unwrap().as_str(),
+            "numero random: 9"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn prefix_of_opening_word_waits_for_more() {
+        let (mut peer, ours) = duplex(1024);
+        let mut reader = FrameReader::detecting(ours, config(10), b"peticion");
+        peer.write_all(b"petic").await.unwrap();
+        let read = tokio::time::timeout(Duration::from_secs(5), reader.read_frame()).await;
+        assert!(
+            read.is_err(),
+            "a prefix of `peticion` may be a slow line-framed peer"
+        );
+        peer.write_all(b"ion\n").await.unwrap();
+        assert_eq!(
+            reader.read_frame().await.unwrap().unwrap().as_str(),
+            "peticion"
+        );
+        assert_eq!(reader.framing(), Framing::Lines);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancelled_read_loses_nothing() {
+        let (mut peer, ours) = duplex(1024);
+        let mut reader = FrameReader::lines(ours, 64);
+        peer.write_all(b"hal").await.unwrap();
+        let first = tokio::time::timeout(Duration::from_millis(5), reader.read_frame()).await;
+        assert!(first.is_err());
+        peer.write_all(b"f\n").await.unwrap();
+        assert_eq!(reader.read_frame().await.unwrap().unwrap().as_str(), "half");
+    }
+
+    #[tokio::test]
+    async fn eof_mid_line_is_an_error_for_line_framed_peers() {
+        let (mut peer, ours) = duplex(1024);
+        let mut reader = FrameReader::lines(ours, 64);
+        peer.write_all(b"a\nincomplete").await.unwrap();
+        drop(peer);
+        assert_eq!(reader.read_frame().await.unwrap().unwrap().as_str(), "a");
+        assert!(matches!(
+            reader.read_frame().await,
+            Err(ReadError::ClosedMidLine { buffered: 10 })
+        ));
+    }
+
+    #[tokio::test]
+    async fn clean_eof_is_none() {
+        let (peer, ours) = duplex(1024);
+        let mut reader = FrameReader::lines(ours, 64);
+        drop(peer);
+        assert!(reader.read_frame().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn writer_matches_unterminated_framing() {
+        let (ours, mut peer) = duplex(1024);
+        let mut writer = FrameWriter::new(ours);
+        writer.queue(b"confirmacion");
+        writer.match_framing(Framing::Unterminated);
+        writer.queue(b"recibido");
+        writer.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        peer.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"confirmacion\nrecibido");
+    }
+}

@@ -1,0 +1,27 @@
+//! The message store's wire protocol, and the plumbing every node shares.
+//!
+//! - [`codec`]: line framing with a length limit, free of I/O;
+//! - [`connection`]: [`FrameReader`]/[`FrameWriter`] over a socket, including
+//!   the idle cut for peers of the original system that send no newline;
+//! - [`message`]: the typed messages of each conversation;
+//! - [`handshake`]: `peticion` / `confirmacion` / role, for every server;
+//! - [`telemetry`]: log files plus stdout; [`shutdown`]: SIGTERM and Ctrl-C;
+//!   [`backoff`]: jittered reconnect delays; [`timefmt`]: log timestamps.
+//!
+//! The protocol itself is described in `docs/protocol.md`.
+#![deny(missing_docs)]
+
+pub mod backoff;
+pub mod cli;
+pub mod codec;
+pub mod connection;
+pub mod error;
+pub mod handshake;
+pub mod message;
+pub mod shutdown;
+pub mod telemetry;
+pub mod timefmt;
+
+pub use codec::{DEFAULT_MAX_LINE, Line, LineDecoder};
+pub use connection::{Connection, FrameReader, FrameWriter, Framing, ReaderConfig};
+pub use error::{FrameError, HandshakeError, ParseError, ReadError};
