@@ -1,1 +1,90 @@
-fn main() {}
+//! `client`: drives the echo server or the head node. See `--help`.
+
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use protocol::cli::{LogArgs, parse_duration};
+use protocol::telemetry::{self, FileRoute, LogSpec};
+
+/// Client of the message store.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+/// Flags every subcommand shares.
+#[derive(Debug, clap::Args)]
+struct ServerArgs {
+    /// Server to connect to, as HOST:PORT.
+    #[arg(long, env = "SERVER", default_value = "127.0.0.1:5000")]
+    server: String,
+    /// Give up once (re)connecting has failed for this long.
+    #[arg(long, env = "RETRY_FOR", default_value = "30s", value_parser = parse_duration)]
+    retry_for: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Activity 1: send `numero random: N` every --interval to the echo
+    /// server and log each echo as `Servidor recibio: <reply>`.
+    Echo {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Pause between messages.
+        #[arg(long, env = "INTERVAL", default_value = "3s", value_parser = parse_duration)]
+        interval: Duration,
+        /// Stop after this many messages (default: run until stopped).
+        #[arg(long, env = "COUNT")]
+        count: Option<u64>,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    protocol::cli::exit_code("client", run(args))
+}
+
+#[tokio::main]
+async fn run(args: Args) -> anyhow::Result<()> {
+    let _log_guard = telemetry::init(&LogSpec {
+        dir: args
+            .log
+            .log_dir
+            .clone()
+            .unwrap_or_else(|| "logs/client".into()),
+        files: vec![("registro_cliente.txt", FileRoute::Rest)],
+        stdout: true,
+    })?;
+    match args.command {
+        Command::Echo {
+            server,
+            interval,
+            count,
+        } => {
+            let mut connect = client::ConnectOptions::new(server.server, None);
+            connect.retry_for = server.retry_for;
+            let config = client::echo::EchoConfig {
+                connect,
+                interval,
+                count,
+            };
+            let summary = client::echo::run(config, protocol::shutdown::signal()).await?;
+            tracing::info!(
+                echoed = summary.echoed,
+                mismatched = summary.mismatched,
+                reconnects = summary.reconnects,
+                "echo client finished"
+            );
+            anyhow::ensure!(
+                summary.mismatched == 0,
+                "{} echoes differed from what was sent",
+                summary.mismatched
+            );
+        }
+    }
+    Ok(())
+}

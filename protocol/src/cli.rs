@@ -64,6 +64,21 @@ pub struct LogArgs {
     pub log_dir: Option<PathBuf>,
 }
 
+/// Ends `main`: on error, prints one line `<program>: <error: cause: ...>` to
+/// stderr and returns a failure exit code.
+pub fn exit_code<E: std::fmt::Display>(
+    program: &str,
+    result: Result<(), E>,
+) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{program}: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,21 +92,6 @@ mod tests {
         assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
         for bad in ["", "s", "5h", "-1s", "abc"] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
-        }
-    }
-}
-
-/// Ends `main`: on error, prints one line `<program>: <error: cause: ...>` to
-/// stderr and returns a failure exit code.
-pub fn exit_code<E: std::fmt::Display>(
-    program: &str,
-    result: Result<(), E>,
-) -> std::process::ExitCode {
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("{program}: {e:#}");
-            std::process::ExitCode::FAILURE
         }
     }
 }
