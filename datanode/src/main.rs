@@ -1,1 +1,103 @@
-fn main() {}
+//! `datanode`: a data node of the message store. See `--help`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use datanode::FsyncPolicy;
+use protocol::cli::{LogArgs, parse_duration};
+use protocol::message::NodeId;
+use protocol::telemetry::{self, FileRoute, LogSpec};
+
+/// Data node: registers with the head node, appends every message it is sent
+/// to data.txt (`<timestamp> - [<message-id>] mensaje: <text>`) and answers
+/// `recibido <id>` once the line is written. Reconnects with backoff forever
+/// when the head node goes away; on SIGTERM it leaves the cluster cleanly.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Head node to register with, as HOST:PORT.
+    #[arg(long, env = "HEADNODE", default_value = "headnode:5000")]
+    headnode: String,
+    /// This node's name (1-64 of A-Z a-z 0-9 . _ -). Default: the host name.
+    #[arg(long, env = "NODE_ID")]
+    node_id: Option<NodeId>,
+    /// Directory of data.txt. Default: ./logs/datanode-<node-id>.
+    #[arg(long, env = "DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// When written messages are forced to disk: `always` (each message),
+    /// `batch` (one fsync for all messages written together, before any is
+    /// acknowledged) or `never` (left to the OS).
+    #[arg(long, env = "FSYNC", default_value = "batch")]
+    fsync: FsyncPolicy,
+    /// Shared secret the head node requires, if it requires one.
+    #[arg(long, env = "CLUSTER_TOKEN", hide_env_values = true)]
+    cluster_token: Option<String>,
+    /// Reconnect when the head node has sent nothing, not even a heartbeat, for this long.
+    #[arg(long, env = "HEAD_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    head_timeout: Duration,
+    /// Longest reconnect delay (delays start at 200ms and double, with jitter).
+    #[arg(long, env = "MAX_BACKOFF", default_value = "5s", value_parser = parse_duration)]
+    max_backoff: Duration,
+    /// Longest accepted message text, in bytes.
+    #[arg(long, env = "MAX_LINE_BYTES", default_value_t = protocol::DEFAULT_MAX_LINE)]
+    max_line: usize,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    protocol::cli::exit_code("datanode", run(args))
+}
+
+#[tokio::main]
+async fn run(args: Args) -> anyhow::Result<()> {
+    let node_id = match args.node_id {
+        Some(id) => id,
+        None => host_name_id()?,
+    };
+    let mut config = datanode::Config::new(args.headnode, node_id);
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    let log_dir = args
+        .log
+        .log_dir
+        .clone()
+        .unwrap_or_else(|| config.data_dir.clone());
+    let _log_guard = telemetry::init(&LogSpec {
+        dir: log_dir,
+        files: vec![("registro_datanode.txt", FileRoute::Rest)],
+        stdout: true,
+    })?;
+    config.fsync = args.fsync;
+    config.cluster_token = args.cluster_token.filter(|t| !t.is_empty());
+    config.head_timeout = args.head_timeout;
+    config.max_backoff = args.max_backoff;
+    config.max_line = args.max_line;
+    datanode::run(config, protocol::shutdown::signal()).await?;
+    Ok(())
+}
+
+/// The host name as a node id (in a container: the container's host name).
+fn host_name_id() -> anyhow::Result<NodeId> {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .unwrap_or_default();
+    let cleaned: String = raw
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(64)
+        .collect();
+    cleaned.parse().map_err(|_| {
+        anyhow::anyhow!("cannot derive a node id from the host name {raw:?}; pass --node-id")
+    })
+}

@@ -1,1 +1,139 @@
-fn main() {}
+//! `headnode`: the head node of the message store. See `--help`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use protocol::cli::{FramingArgs, LogArgs, parse_duration};
+use protocol::telemetry::{self, FileRoute, HEARTBEAT_TARGET, LogSpec};
+use tokio::net::TcpListener;
+
+/// Head node: clients (role `cliente`) and data nodes (role `dataNode`)
+/// connect to one port. Each client message goes to a live data node chosen
+/// at random; the client is answered once that node has written it. Dead,
+/// hung and unreachable data nodes are detected and evicted, and whatever
+/// they held is resent to the others.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Address to listen on.
+    #[arg(long, env = "LISTEN", default_value = "0.0.0.0:5000")]
+    listen: SocketAddr,
+    /// Shared secret data nodes must present to join (default: none needed).
+    #[arg(long, env = "CLUSTER_TOKEN", hide_env_values = true)]
+    cluster_token: Option<String>,
+    /// Period of the ICMP heartbeat rounds.
+    #[arg(long, env = "PING_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    ping_interval: Duration,
+    /// How long one ICMP echo may take before it counts as missed.
+    #[arg(long, env = "PING_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    ping_timeout: Duration,
+    /// ICMP rounds a data node may miss in a row before it is evicted.
+    #[arg(long, env = "PING_MISSES", default_value_t = 1)]
+    ping_misses: u32,
+    /// Period of the application heartbeat on each data-node connection.
+    #[arg(long, env = "HEARTBEAT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    heartbeat_interval: Duration,
+    /// Heartbeat silence after which a data node is suspect (gets no new messages).
+    #[arg(long, env = "SUSPECT_AFTER", default_value = "2s", value_parser = parse_duration)]
+    suspect_after: Duration,
+    /// Further silence after which a suspect data node is evicted as hung
+    /// (or as unreachable, if its host stopped answering ping too).
+    #[arg(long, env = "HUNG_GRACE", default_value = "3s", value_parser = parse_duration)]
+    hung_grace: Duration,
+    /// A message not acknowledged within this time is resent to another data node.
+    #[arg(long, env = "ACK_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    ack_timeout: Duration,
+    /// How long a message waits for a data node to appear before the client
+    /// gets `ERROR no data nodes available`.
+    #[arg(long, env = "NO_NODE_WAIT", default_value = "1s", value_parser = parse_duration)]
+    no_node_wait: Duration,
+    /// Connections served at once, clients and data nodes together.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 16_384)]
+    max_connections: usize,
+    /// Unanswered messages per client before the head node stops reading from it.
+    #[arg(long, env = "MAX_CLIENT_IN_FLIGHT", default_value_t = 4096)]
+    max_client_in_flight: usize,
+    #[command(flatten)]
+    framing: FramingArgs,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Exits 0 if a head node answers the handshake at --addr (for container health checks).
+    Health {
+        /// The head node to check.
+        #[arg(long, default_value = "127.0.0.1:5000")]
+        addr: String,
+        /// Give up after this long.
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let result = match &args.command {
+        Some(Command::Health { addr, timeout }) => health(addr, *timeout),
+        None => serve(args),
+    };
+    protocol::cli::exit_code("headnode", result)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn health(addr: &str, timeout: Duration) -> anyhow::Result<()> {
+    let check = async {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        let mut conn = protocol::Connection::connect(stream, 1024)?;
+        protocol::handshake::initiate(&mut conn.reader, &mut conn.writer, None, timeout).await?;
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(timeout, check)
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer from {addr} within {timeout:?}"))?
+        .with_context(|| format!("head node at {addr} is not healthy"))
+}
+
+#[tokio::main]
+async fn serve(args: Args) -> anyhow::Result<()> {
+    let _log_guard = telemetry::init(&LogSpec {
+        dir: args
+            .log
+            .log_dir
+            .clone()
+            .unwrap_or_else(|| "logs/headnode".into()),
+        files: vec![
+            ("registro_server.txt", FileRoute::Rest),
+            ("heartbeat_server.txt", FileRoute::Target(HEARTBEAT_TARGET)),
+        ],
+        stdout: true,
+    })?;
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let config = headnode::Config {
+        reader: args.framing.reader_config(),
+        handshake_timeout: args.framing.handshake_timeout,
+        cluster_token: args.cluster_token.filter(|t| !t.is_empty()),
+        ping_interval: args.ping_interval,
+        ping_timeout: args.ping_timeout,
+        detector: headnode::DetectorConfig {
+            ping_misses: args.ping_misses,
+            suspect_after: args.suspect_after,
+            hung_grace: args.hung_grace,
+        },
+        heartbeat_interval: args.heartbeat_interval,
+        ack_timeout: args.ack_timeout,
+        no_node_wait: args.no_node_wait,
+        max_connections: args.max_connections,
+        max_client_in_flight: args.max_client_in_flight,
+        ..headnode::Config::default()
+    };
+    headnode::run(listener, config, protocol::shutdown::signal()).await?;
+    Ok(())
+}

@@ -158,6 +158,20 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// The next frame already in the buffer, without reading the socket.
+    /// Lets a caller gather every frame of one read into a batch.
+    pub fn next_buffered(&mut self) -> Result<Option<Line>, ReadError> {
+        match self.decoder.decode(&mut self.buf)? {
+            Some(line) => {
+                if self.framing == Framing::Unknown {
+                    self.framing = Framing::Lines;
+                }
+                Ok(Some(line))
+            }
+            None => Ok(None),
+        }
+    }
+
     /// Reads and throws away input until the peer closes or `limit` passes.
     ///
     /// Used after refusing a peer: closing a socket with unread input makes
@@ -338,6 +352,8 @@ pub struct Connection {
     pub writer: FrameWriter<OwnedWriteHalf>,
     /// The peer's address, for logs.
     pub peer: std::net::SocketAddr,
+    /// Our end's address, for logs.
+    pub local: std::net::SocketAddr,
 }
 
 impl Connection {
@@ -348,24 +364,28 @@ impl Connection {
         opening: &'static [u8],
     ) -> io::Result<Self> {
         let peer = stream.peer_addr()?;
+        let local = stream.local_addr()?;
         let _ = stream.set_nodelay(true);
         let (read, write) = stream.into_split();
         Ok(Connection {
             reader: FrameReader::detecting(read, config, opening),
             writer: FrameWriter::new(write),
             peer,
+            local,
         })
     }
 
     /// Client side: we and the server both frame with newlines.
     pub fn connect(stream: TcpStream, max_line: usize) -> io::Result<Self> {
         let peer = stream.peer_addr()?;
+        let local = stream.local_addr()?;
         let _ = stream.set_nodelay(true);
         let (read, write) = stream.into_split();
         Ok(Connection {
             reader: FrameReader::lines(read, max_line),
             writer: FrameWriter::new(write),
             peer,
+            local,
         })
     }
 

@@ -53,7 +53,7 @@ impl FromStr for MessageId {
 
 impl MessageId {
     /// Appends the id's text to `buf` without allocating.
-    pub fn put(&self, buf: &mut BytesMut) {
+    pub fn put(&self, buf: &mut impl BufMut) {
         put_u64(buf, self.epoch);
         buf.put_u8(b'-');
         put_u64(buf, self.seq);
@@ -61,7 +61,7 @@ impl MessageId {
 }
 
 /// Appends the decimal digits of `n` to `buf`.
-pub fn put_u64(buf: &mut BytesMut, mut n: u64) {
+pub fn put_u64(buf: &mut impl BufMut, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut i = digits.len();
     loop {
@@ -72,7 +72,7 @@ pub fn put_u64(buf: &mut BytesMut, mut n: u64) {
             break;
         }
     }
-    buf.extend_from_slice(&digits[i..]);
+    buf.put_slice(&digits[i..]);
 }
 
 /// A data node's name: 1 to 64 characters from `A-Z a-z 0-9 . _ -`, so it

@@ -25,3 +25,33 @@ pub async fn signal() {
         tracing::info!("Ctrl-C received, shutting down");
     }
 }
+
+/// A shutdown future that can be awaited any number of times: once it has
+/// fired, every later wait returns at once.
+pub struct Latch<F> {
+    signal: std::pin::Pin<Box<F>>,
+    fired: bool,
+}
+
+impl<F: std::future::Future<Output = ()>> Latch<F> {
+    /// Wraps `signal`.
+    pub fn new(signal: F) -> Self {
+        Latch {
+            signal: Box::pin(signal),
+            fired: false,
+        }
+    }
+
+    /// Completes when the signal has fired (now or earlier).
+    pub async fn wait(&mut self) {
+        if !self.fired {
+            self.signal.as_mut().await;
+            self.fired = true;
+        }
+    }
+
+    /// Whether the signal has fired.
+    pub fn fired(&self) -> bool {
+        self.fired
+    }
+}

@@ -1,0 +1,478 @@
+//! Cluster membership and failure detection, as a state machine.
+//!
+//! No sockets and no clocks in here: every input carries the time it
+//! happened (`now`), and every decision comes back as an [`Event`] for the
+//! caller to carry out (update routes, close a connection, log a line).
+//! That keeps the rules testable with fabricated instants.
+//!
+//! Three detectors feed it:
+//! - **ICMP rounds** (the original system's heartbeat): a member whose host
+//!   does not answer `ping_misses` rounds in a row is evicted as unreachable;
+//! - **connection loss**: evicted at once;
+//! - **application heartbeat**: a member whose process stops answering
+//!   `ping <n>` for `suspect_after` is *suspect* (sent no new messages);
+//!   after `hung_grace` more, one ICMP probe tells whether its host still
+//!   answers: if it does, the process is **hung**; if not, it is
+//!   **unreachable**. Either way it is evicted.
+//!
+//! Members are keyed by node id plus *incarnation* (which changes on every
+//! process start), and each registration by its connection id, so a late
+//! result about an old connection or an old incarnation is ignored.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use protocol::message::NodeId;
+
+/// Identifies one accepted data-node connection for its whole life.
+pub type ConnId = u64;
+
+/// Timings of the failure detectors.
+#[derive(Debug, Clone)]
+pub struct DetectorConfig {
+    /// ICMP rounds a member may miss in a row before eviction.
+    pub ping_misses: u32,
+    /// Silence on the application heartbeat after which a member is suspect.
+    pub suspect_after: Duration,
+    /// Further silence after which a suspect member is evicted.
+    pub hung_grace: Duration,
+}
+
+impl Default for DetectorConfig {
+    fn default() -> Self {
+        DetectorConfig {
+            ping_misses: 1,
+            suspect_after: Duration::from_secs(2),
+            hung_grace: Duration::from_secs(3),
+        }
+    }
+}
+
+/// What the cluster knows of one registered data node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberInfo {
+    /// The node's name.
+    pub node: NodeId,
+    /// Changes on every start of the node's process.
+    pub incarnation: u64,
+    /// The connection this registration lives on.
+    pub conn: ConnId,
+    /// The node's IP address, for ICMP and logs.
+    pub addr: IpAddr,
+    /// An original-system node: no application heartbeat, one message at a time.
+    pub legacy: bool,
+}
+
+impl fmt::Display for MemberInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.node, self.addr)
+    }
+}
+
+/// Result of one ICMP echo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeOutcome {
+    /// The host answered after this round-trip time.
+    Reply(Duration),
+    /// No answer within the timeout.
+    NoReply,
+    /// ICMP cannot be used here (no permission); nothing is known.
+    Unavailable,
+}
+
+/// Why a member was removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EvictReason {
+    /// Its host missed ICMP rounds (or the confirming probe).
+    Unreachable,
+    /// Its host answers ICMP but its process stopped answering.
+    Hung {
+        /// Time since its last heartbeat answer.
+        silent_for: Duration,
+    },
+    /// It stopped answering and ICMP is unavailable to tell why.
+    Silent {
+        /// Time since its last heartbeat answer.
+        silent_for: Duration,
+    },
+    /// An original-system node did not acknowledge a message in time.
+    AckTimeout,
+    /// Its connection dropped or broke the protocol.
+    ConnectionLost(String),
+    /// It asked to leave and was drained.
+    Left,
+    /// A newer registration of the same node replaced it.
+    Replaced {
+        /// The incarnation that took its place.
+        by_incarnation: u64,
+    },
+    /// The head node is shutting down.
+    Shutdown,
+}
+
+impl fmt::Display for EvictReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EvictReason::Unreachable => write!(f, "no disponible"),
+            EvictReason::Hung { silent_for } => write!(
+                f,
+                "hung (no heartbeat reply for {:.1}s while its host still answers ping)",
+                silent_for.as_secs_f64()
+            ),
+            EvictReason::Silent { silent_for } => write!(
+                f,
+                "hung or unreachable (no heartbeat reply for {:.1}s; ICMP unavailable to tell which)",
+                silent_for.as_secs_f64()
+            ),
+            EvictReason::AckTimeout => {
+                write!(f, "hung (no acknowledgement within the ack timeout)")
+            }
+            EvictReason::ConnectionLost(why) => write!(f, "connection lost ({why})"),
+            EvictReason::Left => write!(f, "left the cluster"),
+            EvictReason::Replaced { by_incarnation } => {
+                write!(
+                    f,
+                    "replaced by a new registration (incarnation {by_incarnation})"
+                )
+            }
+            EvictReason::Shutdown => write!(f, "head node shutting down"),
+        }
+    }
+}
+
+/// A decision for the caller to carry out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A node registered. `rejoined` if this id was a member before.
+    Joined {
+        /// The new member.
+        member: MemberInfo,
+        /// Whether the id had been a member before.
+        rejoined: bool,
+    },
+    /// A member stopped answering the application heartbeat; route nothing new to it.
+    Suspected {
+        /// The member.
+        member: MemberInfo,
+        /// Time since its last heartbeat answer.
+        silent_for: Duration,
+    },
+    /// A suspect member answered again; route to it again.
+    Recovered {
+        /// The member.
+        member: MemberInfo,
+    },
+    /// Probe this member's host once now and report with [`Membership::confirm_result`].
+    ProbeNow {
+        /// The member.
+        member: MemberInfo,
+    },
+    /// The member asked to leave; route nothing new to it, let it drain.
+    Leaving {
+        /// The member.
+        member: MemberInfo,
+    },
+    /// The member is gone; close its connection and resend what it held.
+    Evicted {
+        /// The former member.
+        member: MemberInfo,
+        /// Why.
+        reason: EvictReason,
+    },
+    /// An ICMP round found the member's host alive.
+    Available {
+        /// The member.
+        member: MemberInfo,
+        /// Round-trip time.
+        rtt: Duration,
+    },
+    /// An ICMP round got no answer, but the member has misses to spare.
+    Missed {
+        /// The member.
+        member: MemberInfo,
+        /// Rounds missed in a row.
+        misses: u32,
+    },
+    /// The last member is gone.
+    NoneLeft,
+}
+
+/// Why a registration was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// Another live process holds this node id.
+    #[error("node id {0} is already in use by a live data node")]
+    IdInUse(NodeId),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Health {
+    Alive,
+    /// Silent past `suspect_after`.
+    Suspect,
+    /// Silent past the grace; an ICMP probe is deciding hung vs unreachable.
+    Confirming,
+    /// Asked to leave; draining.
+    Leaving,
+}
+
+#[derive(Debug, Clone)]
+struct Member {
+    info: MemberInfo,
+    health: Health,
+    last_heartbeat: Instant,
+    icmp_misses: u32,
+}
+
+/// The membership state machine. See the module docs.
+#[derive(Debug)]
+pub struct Membership {
+    config: DetectorConfig,
+    members: BTreeMap<NodeId, Member>,
+    by_conn: HashMap<ConnId, NodeId>,
+    /// Ids that were members at some point, for "rejoined" logs.
+    ever_seen: HashMap<NodeId, u64>,
+}
+
+impl Membership {
+    /// An empty cluster.
+    pub fn new(config: DetectorConfig) -> Self {
+        Membership {
+            config,
+            members: BTreeMap::new(),
+            by_conn: HashMap::new(),
+            ever_seen: HashMap::new(),
+        }
+    }
+
+    /// A node asks to join.
+    ///
+    /// The same id with the same incarnation is the same process on a new
+    /// connection: the old connection is stale and replaced. The same id with
+    /// another incarnation replaces the old member only if that one has
+    /// stopped answering (a restart racing its own eviction); a second live
+    /// process is refused.
+    pub fn register(&mut self, info: MemberInfo, now: Instant) -> Result<Vec<Event>, Refusal> {
+        let mut events = Vec::new();
+        if let Some(existing) = self.members.get(&info.node) {
+            let same_process = existing.info.incarnation == info.incarnation;
+            let silent = matches!(
+                existing.health,
+                Health::Suspect | Health::Confirming | Health::Leaving
+            );
+            if !same_process && !silent {
+                return Err(Refusal::IdInUse(info.node));
+            }
+            let old_conn = existing.info.conn;
+            events.extend(self.evict(
+                old_conn,
+                EvictReason::Replaced {
+                    by_incarnation: info.incarnation,
+                },
+            ));
+            // Replacing is not the cluster running dry.
+            events.retain(|e| *e != Event::NoneLeft);
+        }
+        let rejoined = self
+            .ever_seen
+            .insert(info.node.clone(), info.incarnation)
+            .is_some();
+        self.by_conn.insert(info.conn, info.node.clone());
+        self.members.insert(
+            info.node.clone(),
+            Member {
+                info: info.clone(),
+                health: Health::Alive,
+                last_heartbeat: now,
+                icmp_misses: 0,
+            },
+        );
+        events.push(Event::Joined {
+            member: info,
+            rejoined,
+        });
+        Ok(events)
+    }
+
+    /// A member answered an application heartbeat (or anything else that
+    /// proves its process is working).
+    pub fn heartbeat(&mut self, conn: ConnId, now: Instant) -> Vec<Event> {
+        let Some(member) = self.member_mut(conn) else {
+            return Vec::new();
+        };
+        member.last_heartbeat = now;
+        match member.health {
+            Health::Suspect | Health::Confirming => {
+                member.health = Health::Alive;
+                vec![Event::Recovered {
+                    member: member.info.clone(),
+                }]
+            }
+            Health::Alive | Health::Leaving => Vec::new(),
+        }
+    }
+
+    /// Result of one periodic ICMP round for a member.
+    pub fn round_result(&mut self, conn: ConnId, outcome: ProbeOutcome) -> Vec<Event> {
+        let misses_allowed = self.config.ping_misses.max(1);
+        let Some(member) = self.member_mut(conn) else {
+            return Vec::new();
+        };
+        match outcome {
+            ProbeOutcome::Reply(rtt) => {
+                member.icmp_misses = 0;
+                vec![Event::Available {
+                    member: member.info.clone(),
+                    rtt,
+                }]
+            }
+            ProbeOutcome::Unavailable => Vec::new(),
+            ProbeOutcome::NoReply => {
+                member.icmp_misses += 1;
+                if member.icmp_misses >= misses_allowed {
+                    self.evict(conn, EvictReason::Unreachable)
+                } else {
+                    vec![Event::Missed {
+                        member: member.info.clone(),
+                        misses: member.icmp_misses,
+                    }]
+                }
+            }
+        }
+    }
+
+    /// Result of the probe asked for by [`Event::ProbeNow`].
+    pub fn confirm_result(
+        &mut self,
+        conn: ConnId,
+        outcome: ProbeOutcome,
+        now: Instant,
+    ) -> Vec<Event> {
+        let Some(member) = self.member_mut(conn) else {
+            return Vec::new();
+        };
+        if member.health != Health::Confirming {
+            // It answered the heartbeat meanwhile.
+            return Vec::new();
+        }
+        let silent_for = now.saturating_duration_since(member.last_heartbeat);
+        let reason = match outcome {
+            ProbeOutcome::Reply(_) => EvictReason::Hung { silent_for },
+            ProbeOutcome::NoReply => EvictReason::Unreachable,
+            ProbeOutcome::Unavailable => EvictReason::Silent { silent_for },
+        };
+        self.evict(conn, reason)
+    }
+
+    /// An original-system member did not acknowledge a message in time.
+    pub fn ack_timeout(&mut self, conn: ConnId) -> Vec<Event> {
+        self.evict(conn, EvictReason::AckTimeout)
+    }
+
+    /// A member's connection dropped or failed.
+    pub fn connection_lost(&mut self, conn: ConnId, why: impl Into<String>) -> Vec<Event> {
+        self.evict(conn, EvictReason::ConnectionLost(why.into()))
+    }
+
+    /// A member said it is leaving.
+    pub fn leaving(&mut self, conn: ConnId) -> Vec<Event> {
+        let Some(member) = self.member_mut(conn) else {
+            return Vec::new();
+        };
+        member.health = Health::Leaving;
+        vec![Event::Leaving {
+            member: member.info.clone(),
+        }]
+    }
+
+    /// A leaving member has been drained.
+    pub fn left(&mut self, conn: ConnId) -> Vec<Event> {
+        self.evict(conn, EvictReason::Left)
+    }
+
+    /// Evicts every member (head node shutdown).
+    pub fn evict_all(&mut self) -> Vec<Event> {
+        let conns: Vec<ConnId> = self.members.values().map(|m| m.info.conn).collect();
+        let mut events = Vec::new();
+        for conn in conns {
+            events.extend(self.evict(conn, EvictReason::Shutdown));
+        }
+        events.retain(|e| *e != Event::NoneLeft);
+        events
+    }
+
+    /// Advances the application-heartbeat detector to `now`.
+    pub fn tick(&mut self, now: Instant) -> Vec<Event> {
+        let mut events = Vec::new();
+        let suspect_after = self.config.suspect_after;
+        let evict_after = suspect_after + self.config.hung_grace;
+        for member in self.members.values_mut() {
+            if member.info.legacy {
+                continue;
+            }
+            let silent_for = now.saturating_duration_since(member.last_heartbeat);
+            match member.health {
+                Health::Alive if silent_for >= suspect_after => {
+                    member.health = Health::Suspect;
+                    events.push(Event::Suspected {
+                        member: member.info.clone(),
+                        silent_for,
+                    });
+                }
+                Health::Suspect if silent_for >= evict_after => {
+                    member.health = Health::Confirming;
+                    events.push(Event::ProbeNow {
+                        member: member.info.clone(),
+                    });
+                }
+                _ => {}
+            }
+        }
+        events
+    }
+
+    /// Members that may be sent new messages.
+    pub fn routable(&self) -> impl Iterator<Item = &MemberInfo> {
+        self.members
+            .values()
+            .filter(|m| m.health == Health::Alive)
+            .map(|m| &m.info)
+    }
+
+    /// Every member, for ICMP rounds.
+    pub fn members(&self) -> impl Iterator<Item = &MemberInfo> {
+        self.members.values().map(|m| &m.info)
+    }
+
+    /// Whether `conn` is a current member's connection.
+    pub fn is_member(&self, conn: ConnId) -> bool {
+        self.by_conn.contains_key(&conn)
+    }
+
+    fn member_mut(&mut self, conn: ConnId) -> Option<&mut Member> {
+        let node = self.by_conn.get(&conn)?;
+        self.members.get_mut(node)
+    }
+
+    fn evict(&mut self, conn: ConnId, reason: EvictReason) -> Vec<Event> {
+        let Some(node) = self.by_conn.remove(&conn) else {
+            return Vec::new();
+        };
+        let Some(member) = self.members.remove(&node) else {
+            return Vec::new();
+        };
+        let mut events = vec![Event::Evicted {
+            member: member.info,
+            reason,
+        }];
+        if self.members.is_empty() {
+            events.push(Event::NoneLeft);
+        }
+        events
+    }
+}
+
+#[cfg(test)]
+mod tests;

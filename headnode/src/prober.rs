@@ -1,0 +1,125 @@
+//! ICMP echo for the heartbeat, behind a trait so tests can make a ping fail.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::membership::ProbeOutcome;
+
+/// Sends one ICMP echo to a host.
+pub trait Prober: Send + Sync + 'static {
+    /// Pings `addr` once, waiting at most `timeout`. MUST NOT panic and MUST
+    /// complete within about `timeout`.
+    fn probe(
+        &self,
+        addr: IpAddr,
+        timeout: Duration,
+    ) -> Pin<Box<dyn Future<Output = ProbeOutcome> + Send + '_>>;
+}
+
+/// ICMP through surge-ping: one shared socket, an increasing sequence number
+/// per host. Uses an unprivileged ICMP socket where
+/// `net.ipv4.ping_group_range` allows it, else a raw socket (CAP_NET_RAW).
+/// If neither is permitted, every probe is [`ProbeOutcome::Unavailable`].
+pub struct IcmpProber {
+    v4: Option<surge_ping::Client>,
+    v6: Option<surge_ping::Client>,
+    next_seq: Mutex<HashMap<IpAddr, u16>>,
+    identifier: u16,
+}
+
+impl IcmpProber {
+    /// Opens the ICMP sockets. Must run inside a tokio runtime. Logs once,
+    /// clearly, when ICMP cannot be used.
+    pub fn new() -> Self {
+        let v4 = match surge_ping::Client::new(&surge_ping::Config::default()) {
+            Ok(client) => Some(client),
+            Err(error) => {
+                tracing::warn!(
+                    target: protocol::telemetry::HEARTBEAT_TARGET,
+                    %error,
+                    "ICMP unavailable (needs net.ipv4.ping_group_range to include this group, or CAP_NET_RAW); \
+                     relying on connection loss and the application heartbeat to detect failures"
+                );
+                None
+            }
+        };
+        let v6_config = surge_ping::Config::builder()
+            .kind(surge_ping::ICMP::V6)
+            .build();
+        let v6 = surge_ping::Client::new(&v6_config).ok();
+        IcmpProber {
+            v4,
+            v6,
+            next_seq: Mutex::new(HashMap::new()),
+            identifier: rand::random(),
+        }
+    }
+
+    /// Whether IPv4 ICMP works here.
+    pub fn is_available(&self) -> bool {
+        self.v4.is_some()
+    }
+
+    fn next_seq(&self, addr: IpAddr) -> u16 {
+        let mut seqs = self
+            .next_seq
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let seq = seqs.entry(addr).or_insert(0);
+        *seq = seq.wrapping_add(1);
+        *seq
+    }
+}
+
+impl Default for IcmpProber {
+    fn default() -> Self {
+        IcmpProber::new()
+    }
+}
+
+impl Prober for IcmpProber {
+    fn probe(
+        &self,
+        addr: IpAddr,
+        timeout: Duration,
+    ) -> Pin<Box<dyn Future<Output = ProbeOutcome> + Send + '_>> {
+        Box::pin(async move {
+            let client = match addr {
+                IpAddr::V4(_) => self.v4.as_ref(),
+                IpAddr::V6(_) => self.v6.as_ref(),
+            };
+            let Some(client) = client else {
+                return ProbeOutcome::Unavailable;
+            };
+            let seq = self.next_seq(addr);
+            let mut pinger = client
+                .pinger(addr, surge_ping::PingIdentifier(self.identifier))
+                .await;
+            pinger.timeout(timeout);
+            match pinger
+                .ping(surge_ping::PingSequence(seq), b"heartbeat")
+                .await
+            {
+                Ok((_, rtt)) => ProbeOutcome::Reply(rtt),
+                Err(surge_ping::SurgeError::Timeout { .. }) => ProbeOutcome::NoReply,
+                Err(surge_ping::SurgeError::IOError(error))
+                    if error.kind() == std::io::ErrorKind::PermissionDenied =>
+                {
+                    tracing::debug!(target: protocol::telemetry::HEARTBEAT_TARGET, %addr, %error, "ping not permitted");
+                    ProbeOutcome::Unavailable
+                }
+                // Two probes of one host at once cannot be told apart; no verdict.
+                Err(surge_ping::SurgeError::IdenticalRequests { .. }) => ProbeOutcome::Unavailable,
+                Err(error) => {
+                    // Unreachable network, no route: the host is not answering.
+                    tracing::debug!(target: protocol::telemetry::HEARTBEAT_TARGET, %addr, %error, "ping failed");
+                    ProbeOutcome::NoReply
+                }
+            }
+        })
+    }
+}
