@@ -41,6 +41,33 @@ enum Command {
         #[arg(long, env = "COUNT")]
         count: Option<u64>,
     },
+    /// Activity 2: send `numero random: N` to the head node every --interval
+    /// and log each answer (`<data-node> , mensaje: recibido <id>`) to
+    /// registro_cliente.txt. Messages refused for lack of data nodes, or left
+    /// unanswered by a lost connection, are sent again.
+    Store {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Pause between messages; 0 sends as fast as --pipeline allows.
+        #[arg(long, env = "INTERVAL", default_value = "3s", value_parser = parse_duration)]
+        interval: Duration,
+        /// Stop once this many messages are acknowledged (default: run until stopped).
+        #[arg(long, env = "COUNT")]
+        count: Option<u64>,
+        /// Messages in flight at once.
+        #[arg(long, env = "PIPELINE", default_value_t = 1)]
+        pipeline: usize,
+        /// Send this text instead of `numero random: N`.
+        #[arg(long, env = "MESSAGE", value_parser = non_empty)]
+        message: Option<String>,
+    },
+}
+
+fn non_empty(text: &str) -> Result<String, String> {
+    if text.is_empty() || text.contains('\n') {
+        return Err("the message must be one non-empty line".into());
+    }
+    Ok(text.to_owned())
 }
 
 fn main() -> std::process::ExitCode {
@@ -83,6 +110,36 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 summary.mismatched == 0,
                 "{} echoes differed from what was sent",
                 summary.mismatched
+            );
+        }
+        Command::Store {
+            server,
+            interval,
+            count,
+            pipeline,
+            message,
+        } => {
+            let mut connect = client::ConnectOptions::new(server.server, None);
+            connect.retry_for = server.retry_for;
+            let config = client::store::StoreConfig {
+                connect,
+                interval,
+                count,
+                pipeline,
+                message,
+            };
+            let summary = client::store::run(config, protocol::shutdown::signal()).await?;
+            tracing::info!(
+                acknowledged = summary.acknowledged,
+                failed = summary.failed,
+                resent = summary.resent,
+                reconnects = summary.reconnects,
+                "store client finished"
+            );
+            anyhow::ensure!(
+                summary.failed == 0,
+                "{} messages were refused by the head node",
+                summary.failed
             );
         }
     }

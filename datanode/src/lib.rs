@@ -54,6 +54,8 @@ pub struct Config {
     pub max_backoff: Duration,
     /// On shutdown, how long to wait for the head node to drain this node.
     pub leave_timeout: Duration,
+    /// Local address to connect from (multi-homed hosts); `None` lets the OS choose.
+    pub source_ip: Option<std::net::IpAddr>,
 }
 
 impl Config {
@@ -71,6 +73,7 @@ impl Config {
             min_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(5),
             leave_timeout: Duration::from_secs(5),
+            source_ip: None,
         }
     }
 }
@@ -171,9 +174,7 @@ enum ConnectError {
 
 async fn connect(config: &Config) -> Result<Connection, ConnectError> {
     let retry = |e: &dyn std::fmt::Display| ConnectError::Retry(e.to_string());
-    let stream = TcpStream::connect(&config.headnode)
-        .await
-        .map_err(|e| retry(&e))?;
+    let stream = open_stream(config).await.map_err(|e| retry(&e))?;
     let mut conn =
         Connection::connect(stream, config.max_line + FORWARD_OVERHEAD).map_err(|e| retry(&e))?;
     let hello = DataNodeHello {
@@ -231,6 +232,28 @@ async fn connect(config: &Config) -> Result<Connection, ConnectError> {
             truncate_for_log(answer.as_str())
         ))),
     }
+}
+
+async fn open_stream(config: &Config) -> std::io::Result<TcpStream> {
+    let Some(source) = config.source_ip else {
+        return TcpStream::connect(&config.headnode).await;
+    };
+    let target = tokio::net::lookup_host(&config.headnode)
+        .await?
+        .find(|addr| addr.is_ipv4() == source.is_ipv4())
+        .ok_or_else(|| {
+            std::io::Error::other(format!(
+                "{} has no address of the source's family",
+                config.headnode
+            ))
+        })?;
+    let socket = if source.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(std::net::SocketAddr::new(source, 0))?;
+    socket.connect(target).await
 }
 
 enum SessionEnd {

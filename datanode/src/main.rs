@@ -39,6 +39,9 @@ struct Args {
     /// Longest reconnect delay (delays start at 200ms and double, with jitter).
     #[arg(long, env = "MAX_BACKOFF", default_value = "5s", value_parser = parse_duration)]
     max_backoff: Duration,
+    /// Local IP address to connect from (on hosts with several).
+    #[arg(long, env = "SOURCE_IP")]
+    source_ip: Option<std::net::IpAddr>,
     /// Longest accepted message text, in bytes.
     #[arg(long, env = "MAX_LINE_BYTES", default_value_t = protocol::DEFAULT_MAX_LINE)]
     max_line: usize,
@@ -76,6 +79,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     config.head_timeout = args.head_timeout;
     config.max_backoff = args.max_backoff;
     config.max_line = args.max_line;
+    config.source_ip = args.source_ip;
     datanode::run(config, protocol::shutdown::signal()).await?;
     Ok(())
 }

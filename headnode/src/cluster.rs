@@ -57,6 +57,7 @@ pub(crate) struct ClusterConfig {
     pub(crate) detector: DetectorConfig,
     pub(crate) ping_interval: Duration,
     pub(crate) ping_timeout: Duration,
+    pub(crate) observer: Option<mpsc::UnboundedSender<Event>>,
 }
 
 struct Session {
@@ -99,6 +100,11 @@ pub(crate) async fn run_membership(
         };
         if events.is_empty() {
             continue;
+        }
+        if let Some(observer) = &config.observer {
+            for event in &events {
+                let _ = observer.send(event.clone());
+            }
         }
         let routes_changed = carry_out(
             &events,

@@ -74,6 +74,8 @@ pub struct Config {
     pub prober: Option<Arc<dyn Prober>>,
     /// Epoch of message ids; `None` uses the start time.
     pub id_epoch: Option<u64>,
+    /// Receives every membership event, for monitoring and tests.
+    pub observer: Option<mpsc::UnboundedSender<membership::Event>>,
 }
 
 impl Default for Config {
@@ -94,6 +96,7 @@ impl Default for Config {
             max_connections: 16_384,
             prober: None,
             id_epoch: None,
+            observer: None,
         }
     }
 }
@@ -162,6 +165,7 @@ pub async fn run(
             detector: config.detector.clone(),
             ping_interval: config.ping_interval,
             ping_timeout: config.ping_timeout,
+            observer: config.observer.clone(),
         },
         prober,
         inputs_tx.clone(),

@@ -1,0 +1,599 @@
+//! The head node with real data nodes, in one process, over loopback.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use headnode::membership::{Event, EvictReason};
+use protocol::message::{MessageId, StoreReply};
+use support::{
+    Cluster, check_every_ack_is_stored, connect_client, fake_node, fast_config, send_pipelined,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+fn texts(client: usize, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| format!("cliente {client} numero random: {i}"))
+        .collect()
+}
+
+async fn start_with_nodes(n: usize) -> Cluster {
+    let mut cluster = Cluster::start(fast_config()).await;
+    for i in 1..=n {
+        let config = cluster.node_config(&format!("dn{i}"));
+        cluster.add_node(config).await;
+    }
+    cluster
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_pipelining_clients_every_ack_names_the_node_that_stored_it() {
+    let cluster = start_with_nodes(3).await;
+    let mut clients = Vec::new();
+    for c in 0..10 {
+        clients.push(tokio::spawn(send_pipelined(
+            cluster.addr,
+            texts(c, 1000),
+            || {},
+        )));
+    }
+    let mut all = Vec::new();
+    let mut per_client = Vec::new();
+    for client in clients {
+        per_client.push(client.await.unwrap());
+    }
+    let stored_texts = cluster.stored_texts();
+    for (c, replies) in per_client.into_iter().enumerate() {
+        // Each answer belongs to this client's own message, in order.
+        for (i, reply) in replies.iter().enumerate() {
+            let StoreReply::Stored { id, .. } = reply else {
+                panic!("error reply {reply:?}")
+            };
+            assert_eq!(stored_texts.get(id), Some(&texts(c, 1000)[i]));
+        }
+        all.extend(replies);
+    }
+    let duplicates = check_every_ack_is_stored(&cluster, &all, &HashMap::new());
+    assert_eq!(duplicates, 0, "no failures, so nothing is stored twice");
+    let stored = cluster.stored();
+    let total: usize = stored.values().map(|ids| ids.len()).sum();
+    assert_eq!(total, 10_000);
+    for (node, ids) in &stored {
+        assert!(
+            ids.len() > 2000,
+            "{node} got only {} of 10000 messages",
+            ids.len()
+        );
+    }
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_node_mid_load_loses_no_acknowledged_message() {
+    let mut cluster = start_with_nodes(3).await;
+    let acks = Arc::new(AtomicU64::new(0));
+    let mut clients = Vec::new();
+    for c in 0..10 {
+        let acks = acks.clone();
+        clients.push(tokio::spawn(send_pipelined(
+            cluster.addr,
+            texts(c, 1000),
+            move || {
+                acks.fetch_add(1, Ordering::Relaxed);
+            },
+        )));
+    }
+    while acks.load(Ordering::Relaxed) < 3000 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let killed_at = Instant::now();
+    cluster.nodes[0].kill();
+    let evicted = cluster
+        .wait_for(
+            "dn1 eviction",
+            |e| matches!(e, Event::Evicted { member, .. } if member.node.as_str() == "dn1"),
+        )
+        .await;
+    let detection = killed_at.elapsed();
+    assert!(
+        matches!(
+            &evicted,
+            Event::Evicted {
+                reason: EvictReason::ConnectionLost(_),
+                ..
+            }
+        ),
+        "{evicted:?}"
+    );
+    assert!(
+        detection < Duration::from_millis(500),
+        "eviction took {detection:?}"
+    );
+
+    let mut all = Vec::new();
+    for client in clients {
+        all.extend(client.await.unwrap());
+    }
+    let duplicates = check_every_ack_is_stored(&cluster, &all, &HashMap::new());
+    let stored: usize = cluster.stored().values().map(|ids| ids.len()).sum();
+    println!(
+        "kill test: sent 10000, acknowledged {}, stored {stored} (distinct per node), duplicated {duplicates}, kill-to-eviction {detection:?}",
+        all.len()
+    );
+    assert_eq!(all.len(), 10_000);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_node_is_suspected_then_evicted_and_its_messages_stored_elsewhere() {
+    let mut config = fast_config();
+    config.detector.suspect_after = Duration::from_millis(300);
+    config.detector.hung_grace = Duration::from_millis(400);
+    config.ack_timeout = Duration::from_secs(10);
+    let mut cluster = Cluster::start(config).await;
+    for id in ["dn1", "dn2"] {
+        let config = cluster.node_config(id);
+        cluster.add_node(config).await;
+    }
+    let hung = fake_node(cluster.addr, "hung").await;
+    cluster
+        .wait_for(
+            "hung to join",
+            |e| matches!(e, Event::Joined { member, .. } if member.node.as_str() == "hung"),
+        )
+        .await;
+
+    let first = send_pipelined(cluster.addr, texts(0, 300), || {}).await;
+    hung.hang.notify_one();
+    let hung_at = Instant::now();
+    // Messages sent now partly go to the hung node before it is suspected.
+    let during = tokio::spawn(send_pipelined(cluster.addr, texts(1, 300), || {}));
+
+    cluster
+        .wait_for(
+            "hung to be suspect",
+            |e| matches!(e, Event::Suspected { member, .. } if member.node.as_str() == "hung"),
+        )
+        .await;
+    let evicted = cluster
+        .wait_for(
+            "hung eviction",
+            |e| matches!(e, Event::Evicted { member, .. } if member.node.as_str() == "hung"),
+        )
+        .await;
+    let detection = hung_at.elapsed();
+    assert!(
+        matches!(
+            &evicted,
+            Event::Evicted {
+                reason: EvictReason::Hung { .. },
+                ..
+            }
+        ),
+        "{evicted:?}"
+    );
+    assert!(
+        detection < Duration::from_secs(2),
+        "eviction took {detection:?}"
+    );
+
+    let during = during.await.unwrap();
+    let mut fakes = HashMap::new();
+    fakes.insert("hung".to_string(), hung.acked.lock().unwrap().clone());
+    let all: Vec<StoreReply> = first.into_iter().chain(during).collect();
+    let duplicates = check_every_ack_is_stored(&cluster, &all, &fakes);
+    let by_hung = all
+        .iter()
+        .filter(|r| matches!(r, StoreReply::Stored { node, .. } if node == "hung"))
+        .count();
+    println!(
+        "hang test: sent 600, acknowledged {} ({by_hung} by the hung node before it hung), duplicated {duplicates}, hang-to-eviction {detection:?}",
+        all.len()
+    );
+    assert_eq!(all.len(), 600);
+    hung.task.abort();
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_second_stall_evicts_no_one() {
+    // Default detector timings: suspect after 2 s of silence, evict 3 s later.
+    let config = headnode::Config {
+        ping_interval: Duration::from_secs(3600),
+        ..headnode::Config::default()
+    };
+    let mut cluster = Cluster::start(config).await;
+    let config = cluster.node_config("dn1");
+    cluster.add_node(config).await;
+    let staller = fake_node(cluster.addr, "staller").await;
+    cluster
+        .wait_for(
+            "staller to join",
+            |e| matches!(e, Event::Joined { member, .. } if member.node.as_str() == "staller"),
+        )
+        .await;
+
+    staller.hang.notify_one();
+    let during = tokio::spawn(send_pipelined(cluster.addr, texts(0, 200), || {}));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    staller.resume.notify_one();
+    let replies = during.await.unwrap();
+    let events = cluster.events_within(Duration::from_secs(2)).await;
+    assert!(
+        !events.iter().any(|e| matches!(e, Event::Evicted { .. })),
+        "a 2 s stall must not evict: {events:?}"
+    );
+    let mut fakes = HashMap::new();
+    fakes.insert("staller".to_string(), staller.acked.lock().unwrap().clone());
+    check_every_ack_is_stored(&cluster, &replies, &fakes);
+    staller.task.abort();
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_icmp_probe_evicts_at_the_next_round_and_the_node_rejoins() {
+    let mut config = fast_config();
+    config.ping_interval = Duration::from_millis(200);
+    let mut cluster = Cluster::start(config).await;
+    let mut dn1 = cluster.node_config("dn1");
+    dn1.source_ip = Some("127.0.0.2".parse().unwrap());
+    let first_incarnation = dn1.incarnation;
+    cluster.add_node(dn1).await;
+    let config = cluster.node_config("dn2");
+    cluster.add_node(config).await;
+
+    let down_at = Instant::now();
+    cluster.prober.set_down("127.0.0.2".parse().unwrap(), true);
+    let evicted = cluster
+        .wait_for(
+            "dn1 eviction",
+            |e| matches!(e, Event::Evicted { member, .. } if member.node.as_str() == "dn1"),
+        )
+        .await;
+    assert!(
+        matches!(
+            &evicted,
+            Event::Evicted {
+                reason: EvictReason::Unreachable,
+                ..
+            }
+        ),
+        "{evicted:?}"
+    );
+    assert!(
+        down_at.elapsed() < Duration::from_millis(700),
+        "one round is 200 ms; took {:?}",
+        down_at.elapsed()
+    );
+
+    // Its host answers again; the node, which reconnects by itself, is back.
+    cluster.prober.set_down("127.0.0.2".parse().unwrap(), false);
+    let rejoined = cluster
+        .wait_for(
+            "dn1 to rejoin",
+            |e| matches!(e, Event::Joined { member, .. } if member.node.as_str() == "dn1"),
+        )
+        .await;
+    assert!(
+        matches!(&rejoined, Event::Joined { rejoined: true, member } if member.incarnation == first_incarnation)
+    );
+
+    // A restart is a new incarnation, registered again as a rejoin.
+    cluster.nodes[0].kill();
+    cluster
+        .wait_for(
+            "dn1 loss",
+            |e| matches!(e, Event::Evicted { member, .. } if member.node.as_str() == "dn1"),
+        )
+        .await;
+    let restarted = cluster.node_config("dn1");
+    let new_incarnation = restarted.incarnation;
+    assert_ne!(new_incarnation, first_incarnation);
+    let task = tokio::spawn(datanode::run(restarted, std::future::pending()));
+    let rejoined = cluster
+        .wait_for(
+            "dn1 restart",
+            |e| matches!(e, Event::Joined { member, .. } if member.node.as_str() == "dn1"),
+        )
+        .await;
+    assert!(
+        matches!(&rejoined, Event::Joined { rejoined: true, member } if member.incarnation == new_incarnation)
+    );
+    task.abort();
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn second_live_process_with_the_same_id_is_refused() {
+    let cluster = start_with_nodes(1).await;
+    let mut twin = cluster.node_config("dn1");
+    twin.data_dir = cluster.dir.path().join("twin");
+    let stream = TcpStream::connect(cluster.addr).await.unwrap();
+    let mut conn = protocol::Connection::connect(stream, 1024).unwrap();
+    let role = format!("dataNode id=dn1 incarnation={}", twin.incarnation);
+    protocol::handshake::initiate(
+        &mut conn.reader,
+        &mut conn.writer,
+        Some(&role),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let answer = conn.reader.read_frame().await.unwrap().unwrap();
+    assert_eq!(
+        answer.as_str(),
+        "ERROR node id dn1 is already in use by a live data node"
+    );
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn cluster_token_is_required_when_configured() {
+    let mut config = fast_config();
+    config.cluster_token = Some("s3cret".into());
+    let mut cluster = Cluster::start(config).await;
+
+    for role in [
+        "dataNode id=x incarnation=1",
+        "dataNode id=x incarnation=1 token=wrong",
+        "dataNode",
+    ] {
+        let stream = TcpStream::connect(cluster.addr).await.unwrap();
+        let mut conn = protocol::Connection::connect(stream, 1024).unwrap();
+        protocol::handshake::initiate(
+            &mut conn.reader,
+            &mut conn.writer,
+            Some(role),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        let answer = conn.reader.read_frame().await.unwrap().unwrap();
+        assert_eq!(answer.as_str(), "ERROR unauthorized", "{role}");
+        assert!(
+            conn.reader.read_frame().await.unwrap().is_none(),
+            "closed after refusal"
+        );
+    }
+
+    // A real data node with a wrong token stops with a clear error.
+    let mut wrong = cluster.node_config("dn1");
+    wrong.cluster_token = Some("nope".into());
+    let err = datanode::run(wrong, std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("unauthorized"), "{err}");
+
+    let mut right = cluster.node_config("dn1");
+    right.cluster_token = Some("s3cret".into());
+    cluster.add_node(right).await;
+    let replies = send_pipelined(cluster.addr, texts(0, 10), || {}).await;
+    check_every_ack_is_stored(&cluster, &replies, &HashMap::new());
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn token_is_not_needed_when_not_configured() {
+    let mut cluster = Cluster::start(fast_config()).await;
+    let mut with_token = cluster.node_config("dn1");
+    with_token.cluster_token = Some("anything".into());
+    cluster.add_node(with_token).await;
+    let replies = send_pipelined(cluster.addr, texts(0, 10), || {}).await;
+    check_every_ack_is_stored(&cluster, &replies, &HashMap::new());
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn clients_never_receive_data_node_traffic() {
+    let mut cluster = start_with_nodes(1).await;
+    let mut conn = connect_client(cluster.addr).await;
+    // Whatever a client sends is a message to store, never a role change.
+    for text in [
+        "dataNode id=evil incarnation=9",
+        "recibido 1-1",
+        "pong 1",
+        "bye",
+    ] {
+        conn.writer.send(text.as_bytes()).await.unwrap();
+        let reply = conn.reader.read_frame().await.unwrap().unwrap();
+        let StoreReply::Stored { id, .. } = StoreReply::parse(reply.as_str()).unwrap() else {
+            panic!("{reply:?}")
+        };
+        assert_eq!(cluster.stored_text(id).as_deref(), Some(text));
+    }
+    let events = cluster.events_within(Duration::from_millis(300)).await;
+    assert!(
+        events.iter().all(|e| !matches!(e, Event::Joined { .. })),
+        "{events:?}"
+    );
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_data_nodes_clients_get_a_prompt_error_then_traffic_resumes() {
+    let mut cluster = Cluster::start(fast_config()).await;
+    let mut conn = connect_client(cluster.addr).await;
+    let started = Instant::now();
+    for i in 0..3 {
+        conn.writer.queue(format!("numero random: {i}").as_bytes());
+    }
+    conn.writer.flush().await.unwrap();
+    for _ in 0..3 {
+        let reply = conn.reader.read_frame().await.unwrap().unwrap();
+        assert_eq!(reply.as_str(), "ERROR no data nodes available");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    // A store client keeps retrying until a node joins.
+    let mut connect = client::ConnectOptions::new(cluster.addr.to_string(), None);
+    connect.retry_for = Duration::from_secs(10);
+    let store = tokio::spawn(client::store::run(
+        client::store::StoreConfig {
+            connect,
+            interval: Duration::ZERO,
+            count: Some(20),
+            pipeline: 4,
+            message: Some("retried message".into()),
+        },
+        std::future::pending(),
+    ));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let config = cluster.node_config("late");
+    cluster.add_node(config).await;
+    let summary = store.await.unwrap().unwrap();
+    assert_eq!(summary.acknowledged, 20);
+    assert_eq!(summary.failed, 0);
+    assert!(summary.resent > 0, "the client had to retry: {summary:?}");
+    let stored = cluster.stored();
+    assert_eq!(stored["late"].len(), 20);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_pipelining_clients_never_get_each_others_replies() {
+    let cluster = start_with_nodes(2).await;
+    let a = tokio::spawn(send_pipelined(cluster.addr, texts(1, 500), || {}));
+    let b = tokio::spawn(send_pipelined(cluster.addr, texts(2, 500), || {}));
+    let (a, b) = (a.await.unwrap(), b.await.unwrap());
+    let stored_texts = cluster.stored_texts();
+    for (c, replies) in [(1, a), (2, b)] {
+        assert_eq!(replies.len(), 500);
+        for (i, reply) in replies.iter().enumerate() {
+            let StoreReply::Stored { id, .. } = reply else {
+                panic!("{reply:?}")
+            };
+            assert_eq!(
+                stored_texts.get(id),
+                Some(&texts(c, 500)[i]),
+                "client {c} reply {i}"
+            );
+        }
+    }
+    cluster.stop().await;
+}
+
+/// An original-system data node: `peticion` / exact `confirmacion` / `dataNode`,
+/// then one `recv` per message and a bare `recibido`.
+async fn original_data_node(addr: std::net::SocketAddr) -> tokio::task::JoinHandle<Vec<String>> {
+    let mut socket = TcpStream::connect(addr).await.unwrap();
+    socket.write_all(b"peticion").await.unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = socket.read(&mut buf).await.unwrap();
+    assert_eq!(
+        &buf[..n],
+        b"confirmacion",
+        "the original checks this exact string"
+    );
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    socket.write_all(b"dataNode").await.unwrap();
+    tokio::spawn(async move {
+        let mut received = Vec::new();
+        loop {
+            let n = match socket.read(&mut buf).await {
+                Ok(0) | Err(_) => return received,
+                Ok(n) => n,
+            };
+            let text = String::from_utf8(buf[..n].to_vec()).unwrap();
+            assert!(text.starts_with("mensaje: "), "{text:?}");
+            assert_eq!(
+                text.matches("mensaje: ").count(),
+                1,
+                "one message per recv: {text:?}"
+            );
+            received.push(text.trim_start_matches("mensaje: ").to_owned());
+            if socket.write_all(b"recibido").await.is_err() {
+                return received;
+            }
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn original_style_peers_work_alongside_line_framed_ones() {
+    let mut cluster = start_with_nodes(1).await;
+    let legacy_node = original_data_node(cluster.addr).await;
+    let joined = cluster
+        .wait_for(
+            "original node to join",
+            |e| matches!(e, Event::Joined { member, .. } if member.legacy),
+        )
+        .await;
+    let Event::Joined { member, .. } = joined else {
+        unreachable!()
+    };
+    let legacy_id = member.node.to_string();
+    assert!(legacy_id.starts_with("dn-127.0.0.1-"), "{legacy_id}");
+
+    // An original client: one write per message, one recv per answer.
+    let mut legacy_client = TcpStream::connect(cluster.addr).await.unwrap();
+    legacy_client.write_all(b"peticion").await.unwrap();
+    let mut buf = [0u8; 1024];
+    let n = legacy_client.read(&mut buf).await.unwrap();
+    assert_eq!(&buf[..n], b"confirmacion");
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    legacy_client.write_all(b"cliente").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+
+    // Meanwhile a line-framed client pipelines.
+    let framed = tokio::spawn(send_pipelined(cluster.addr, texts(9, 100), || {}));
+    let mut legacy_replies = Vec::new();
+    for i in 0..10 {
+        legacy_client
+            .write_all(format!("numero random: {i}").as_bytes())
+            .await
+            .unwrap();
+        let n = legacy_client.read(&mut buf).await.unwrap();
+        let reply = String::from_utf8(buf[..n].to_vec()).unwrap();
+        assert!(
+            !reply.ends_with('\n'),
+            "original clients get bare replies: {reply:?}"
+        );
+        legacy_replies.push(StoreReply::parse(&reply).unwrap());
+    }
+    let framed = framed.await.unwrap();
+    check_every_ack_is_stored_or_legacy(&cluster, &framed, &legacy_id);
+
+    // The original node received exactly what its acks say it stored.
+    drop(legacy_client);
+    let held_by_legacy: Vec<MessageId> = framed
+        .iter()
+        .chain(&legacy_replies)
+        .filter_map(|r| match r {
+            StoreReply::Stored { node, id } if *node == legacy_id => Some(*id),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        !held_by_legacy.is_empty(),
+        "random routing sends the original node a share"
+    );
+    cluster.stop().await;
+    let received = legacy_node.await.unwrap();
+    assert!(
+        received.len() >= held_by_legacy.len(),
+        "{} < {}",
+        received.len(),
+        held_by_legacy.len()
+    );
+}
+
+fn check_every_ack_is_stored_or_legacy(cluster: &Cluster, replies: &[StoreReply], legacy_id: &str) {
+    let stored = cluster.stored();
+    for reply in replies {
+        let StoreReply::Stored { node, id } = reply else {
+            panic!("{reply:?}")
+        };
+        if node != legacy_id {
+            assert!(stored[node].contains_key(id), "{node} lacks {id}");
+        }
+    }
+}

@@ -1,0 +1,385 @@
+//! A cluster in one process: a head node, real data nodes writing to
+//! temporary directories, scripted fake peers, and a fake ICMP prober.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use headnode::membership::{Event, ProbeOutcome};
+use headnode::{Config, Prober};
+use protocol::connection::Connection;
+use protocol::handshake;
+use protocol::message::{MessageId, StoreReply};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// ICMP that answers for every host except those marked down.
+#[derive(Default)]
+pub struct FakeProber {
+    down: Mutex<HashSet<IpAddr>>,
+}
+
+impl FakeProber {
+    pub fn set_down(&self, ip: IpAddr, down: bool) {
+        let mut set = self.down.lock().unwrap();
+        if down {
+            set.insert(ip);
+        } else {
+            set.remove(&ip);
+        }
+    }
+}
+
+impl Prober for FakeProber {
+    fn probe(
+        &self,
+        addr: IpAddr,
+        _timeout: Duration,
+    ) -> Pin<Box<dyn Future<Output = ProbeOutcome> + Send + '_>> {
+        let down = self.down.lock().unwrap().contains(&addr);
+        Box::pin(async move {
+            if down {
+                ProbeOutcome::NoReply
+            } else {
+                ProbeOutcome::Reply(Duration::from_micros(42))
+            }
+        })
+    }
+}
+
+pub struct TestNode {
+    pub id: String,
+    pub data_dir: PathBuf,
+    pub task: JoinHandle<Result<(), datanode::DataNodeError>>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl TestNode {
+    /// Graceful shutdown, as on SIGTERM.
+    pub async fn stop(&mut self) -> Result<(), datanode::DataNodeError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await.expect("data node task panicked")
+    }
+
+    /// Sudden death: the task and its connection are dropped.
+    pub fn kill(&self) {
+        self.task.abort();
+    }
+}
+
+pub struct Cluster {
+    pub addr: SocketAddr,
+    pub prober: Arc<FakeProber>,
+    pub events: mpsc::UnboundedReceiver<Event>,
+    pub nodes: Vec<TestNode>,
+    pub dir: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    head: JoinHandle<std::io::Result<()>>,
+}
+
+/// Fast timings, so tests finish quickly; each test tunes what it studies.
+pub fn fast_config() -> Config {
+    Config {
+        ping_interval: Duration::from_secs(3600),
+        heartbeat_interval: Duration::from_millis(100),
+        detector: headnode::DetectorConfig {
+            ping_misses: 1,
+            suspect_after: Duration::from_millis(600),
+            hung_grace: Duration::from_millis(600),
+        },
+        ack_timeout: Duration::from_secs(3),
+        no_node_wait: Duration::from_millis(300),
+        ..Config::default()
+    }
+}
+
+impl Cluster {
+    pub async fn start(mut config: Config) -> Cluster {
+        protocol::telemetry::init_for_tests();
+        let prober = Arc::new(FakeProber::default());
+        let (events_tx, events) = mpsc::unbounded_channel();
+        config.prober = Some(prober.clone());
+        config.observer = Some(events_tx);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let head = tokio::spawn(headnode::run(listener, config, async {
+            let _ = stopped.await;
+        }));
+        Cluster {
+            addr,
+            prober,
+            events,
+            nodes: Vec::new(),
+            dir: tempfile::tempdir().unwrap(),
+            stop: Some(stop),
+            head,
+        }
+    }
+
+    pub fn node_config(&self, id: &str) -> datanode::Config {
+        let mut config = datanode::Config::new(self.addr.to_string(), id.parse().unwrap());
+        config.data_dir = self.dir.path().join(id);
+        config.min_backoff = Duration::from_millis(20);
+        config.max_backoff = Duration::from_millis(200);
+        config
+    }
+
+    /// Starts a real data node and waits until it has joined.
+    pub async fn add_node(&mut self, config: datanode::Config) -> usize {
+        let id = config.node_id.to_string();
+        let data_dir = config.data_dir.clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(datanode::run(config, async {
+            let _ = stopped.await;
+        }));
+        self.wait_for(
+            &format!("{id} to join"),
+            |e| matches!(e, Event::Joined { member, .. } if member.node.as_str() == id),
+        )
+        .await;
+        self.nodes.push(TestNode {
+            id,
+            data_dir,
+            task,
+            stop: Some(stop),
+        });
+        self.nodes.len() - 1
+    }
+
+    /// Waits (at most 10 s) for a membership event matching `wanted`.
+    pub async fn wait_for(&mut self, what: &str, wanted: impl Fn(&Event) -> bool) -> Event {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(event)) if wanted(&event) => return event,
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("head node stopped while waiting for {what}"),
+                Err(_) => panic!("timed out waiting for {what}"),
+            }
+        }
+    }
+
+    /// Every membership event seen within `window`.
+    pub async fn events_within(&mut self, window: Duration) -> Vec<Event> {
+        let deadline = Instant::now() + window;
+        let mut seen = Vec::new();
+        while let Ok(Some(event)) = tokio::time::timeout_at(deadline, self.events.recv()).await {
+            seen.push(event);
+        }
+        seen
+    }
+
+    /// Message ids in each real node's data.txt, with how often each appears.
+    pub fn stored(&self) -> HashMap<String, HashMap<MessageId, usize>> {
+        let mut all = HashMap::new();
+        for node in &self.nodes {
+            let mut counts = HashMap::new();
+            let path = node.data_dir.join("data.txt");
+            for id in datanode::storage::stored_ids(&path).unwrap_or_default() {
+                *counts.entry(id).or_insert(0) += 1;
+            }
+            all.insert(node.id.clone(), counts);
+        }
+        all
+    }
+
+    /// The text stored with each id, over every real node.
+    pub fn stored_texts(&self) -> HashMap<MessageId, String> {
+        let mut texts = HashMap::new();
+        for node in &self.nodes {
+            let file = std::fs::read_to_string(node.data_dir.join("data.txt")).unwrap_or_default();
+            for line in file.lines() {
+                let Some(start) = line.find(" - [") else {
+                    continue;
+                };
+                let rest = &line[start + 4..];
+                let Some((id, text)) = rest.split_once("] mensaje: ") else {
+                    continue;
+                };
+                if let Ok(id) = id.parse() {
+                    texts.insert(id, text.to_owned());
+                }
+            }
+        }
+        texts
+    }
+
+    /// The text stored with an id, searching every real node.
+    pub fn stored_text(&self, id: MessageId) -> Option<String> {
+        self.stored_texts().remove(&id)
+    }
+
+    pub async fn stop(mut self) {
+        for node in &mut self.nodes {
+            node.task.abort();
+        }
+        let _ = self.stop.take().unwrap().send(());
+        let started = Instant::now();
+        self.head.await.unwrap().unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "head node shutdown took {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+/// A line-framed client that has completed the handshake as `cliente`.
+pub async fn connect_client(addr: SocketAddr) -> Connection {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let mut conn = Connection::connect(stream, 1 << 16).unwrap();
+    handshake::initiate(
+        &mut conn.reader,
+        &mut conn.writer,
+        Some("cliente"),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    conn
+}
+
+/// Sends every text pipelined (all at once) and returns the replies in order.
+/// `on_reply` is called after each reply (for example to count progress).
+pub async fn send_pipelined(
+    addr: SocketAddr,
+    texts: Vec<String>,
+    on_reply: impl Fn() + Send + 'static,
+) -> Vec<StoreReply> {
+    let conn = connect_client(addr).await;
+    let Connection {
+        mut reader,
+        mut writer,
+        ..
+    } = conn;
+    let expected = texts.len();
+    let writing = tokio::spawn(async move {
+        for chunk in texts.chunks(100) {
+            for text in chunk {
+                writer.queue(text.as_bytes());
+            }
+            writer.flush().await.unwrap();
+        }
+        writer
+    });
+    let mut replies = Vec::with_capacity(expected);
+    while replies.len() < expected {
+        let line = tokio::time::timeout(Duration::from_secs(30), reader.read_frame())
+            .await
+            .expect("client left hanging: no reply within 30 s")
+            .unwrap()
+            .expect("head node closed the connection");
+        replies.push(StoreReply::parse(line.as_str()).unwrap());
+        on_reply();
+    }
+    drop(writing.await.unwrap());
+    replies
+}
+
+/// A scripted data node of our protocol: acks and pongs until told to hang,
+/// then keeps its socket open without reading.
+pub struct FakeNode {
+    pub acked: Arc<Mutex<Vec<MessageId>>>,
+    pub hang: Arc<tokio::sync::Notify>,
+    pub resume: Arc<tokio::sync::Notify>,
+    pub task: JoinHandle<()>,
+}
+
+pub async fn fake_node(addr: SocketAddr, id: &str) -> FakeNode {
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let hang = Arc::new(tokio::sync::Notify::new());
+    let resume = Arc::new(tokio::sync::Notify::new());
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let mut conn = Connection::connect(stream, 1 << 17).unwrap();
+    let role = format!("dataNode id={id} incarnation=1");
+    handshake::initiate(
+        &mut conn.reader,
+        &mut conn.writer,
+        Some(&role),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let welcome = conn.reader.read_frame().await.unwrap().unwrap();
+    assert_eq!(welcome.as_str(), format!("welcome {id}"));
+    let task = tokio::spawn({
+        let (acked, hang, resume) = (acked.clone(), hang.clone(), resume.clone());
+        async move {
+            loop {
+                let line = tokio::select! {
+                    _ = hang.notified() => {
+                        // Hung: hold the socket, read nothing, until resumed.
+                        resume.notified().await;
+                        continue;
+                    }
+                    line = conn.reader.read_frame() => line,
+                };
+                let Ok(Some(line)) = line else { return };
+                let text = line.as_str();
+                if let Some(rest) = text.strip_prefix("ping ") {
+                    conn.writer
+                        .send(format!("pong {rest}").as_bytes())
+                        .await
+                        .ok();
+                } else if let Some(rest) = text.strip_prefix("mensaje ") {
+                    let id: MessageId = rest.split_once(": ").unwrap().0.parse().unwrap();
+                    acked.lock().unwrap().push(id);
+                    conn.writer
+                        .send(format!("recibido {id}").as_bytes())
+                        .await
+                        .ok();
+                }
+            }
+        }
+    });
+    FakeNode {
+        acked,
+        hang,
+        resume,
+        task,
+    }
+}
+
+/// Checks that every acknowledged reply names a node that holds the message:
+/// a real node's data.txt, or the fake nodes' records. Returns the number of
+/// ids stored more than once.
+pub fn check_every_ack_is_stored(
+    cluster: &Cluster,
+    replies: &[StoreReply],
+    fakes: &HashMap<String, Vec<MessageId>>,
+) -> usize {
+    let stored = cluster.stored();
+    for reply in replies {
+        let StoreReply::Stored { node, id } = reply else {
+            panic!("client got an error: {reply:?}");
+        };
+        let held = match stored.get(node) {
+            Some(ids) => ids.contains_key(id),
+            None => fakes.get(node).is_some_and(|ids| ids.contains(id)),
+        };
+        assert!(held, "ack for {id} names {node}, which does not hold it");
+    }
+    let mut seen: HashMap<MessageId, usize> = HashMap::new();
+    for ids in stored.values() {
+        for (id, n) in ids {
+            *seen.entry(*id).or_default() += n;
+        }
+    }
+    for ids in fakes.values() {
+        for id in ids {
+            *seen.entry(*id).or_default() += 1;
+        }
+    }
+    seen.values().filter(|n| **n > 1).count()
+}
