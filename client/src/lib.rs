@@ -2,8 +2,10 @@
 //!
 //! - [`echo`]: Activity 1, against the echo server;
 //! - [`store`]: Activity 2, against the head node;
+//! - [`bench`]: load generator with latency percentiles;
 //! - [`session`]: connecting with the handshake and retrying with backoff.
 
+pub mod bench;
 pub mod echo;
 pub mod session;
 pub mod store;

@@ -61,6 +61,54 @@ enum Command {
         #[arg(long, env = "MESSAGE", value_parser = non_empty)]
         message: Option<String>,
     },
+    /// Load generator: many connections, many messages in flight; prints
+    /// msgs/s and latency percentiles, and fails if any reply is wrong.
+    Bench(BenchArgs),
+    /// Opens many client connections to the head node and holds them idle
+    /// (for measuring memory per connection). Prints `READY <n>` when open.
+    Idle {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Connections to open.
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        /// How long to hold them.
+        #[arg(long, default_value = "20s", value_parser = parse_duration)]
+        hold: Duration,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// What to measure: the head node (`store`) or the echo server (`echo`).
+    #[arg(long, value_enum, default_value = "store")]
+    target: client::bench::BenchTarget,
+    /// Connections at once.
+    #[arg(long, short = 'c', default_value_t = 50)]
+    connections: usize,
+    /// Messages in flight per connection.
+    #[arg(long, short = 'P', default_value_t = 1)]
+    pipeline: usize,
+    /// Messages in all (default 100000 unless --duration is given).
+    #[arg(long, short = 'n', conflicts_with = "duration")]
+    count: Option<u64>,
+    /// Run for this long instead of a message count.
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Payload of this many bytes instead of `numero random: N`.
+    #[arg(long, conflicts_with = "message")]
+    payload_size: Option<usize>,
+    /// Fixed payload text instead of `numero random: N`.
+    #[arg(long, value_parser = non_empty)]
+    message: Option<String>,
+    /// Time at the start that is not measured.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Print one JSON object instead of the summary.
+    #[arg(long)]
+    json: bool,
 }
 
 fn non_empty(text: &str) -> Result<String, String> {
@@ -72,6 +120,10 @@ fn non_empty(text: &str) -> Result<String, String> {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    if let Command::Bench(bench) = args.command {
+        // No log files for a load generator: figures go to stdout.
+        return protocol::cli::exit_code("client", run_bench(bench));
+    }
     protocol::cli::exit_code("client", run(args))
 }
 
@@ -112,6 +164,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 summary.mismatched
             );
         }
+        Command::Bench(_) => unreachable!("handled before logging is set up"),
+        Command::Idle {
+            server,
+            connections,
+            hold,
+        } => {
+            let mut connect = client::ConnectOptions::new(server.server, None);
+            connect.retry_for = server.retry_for;
+            let open = client::bench::hold_idle(connect, connections, hold).await?;
+            tracing::info!(open, "idle connections closed");
+        }
         Command::Store {
             server,
             interval,
@@ -143,5 +206,46 @@ async fn run(args: Args) -> anyhow::Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+#[tokio::main]
+async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
+    use client::bench::{BenchConfig, Limit, Payload};
+    use std::io::IsTerminal;
+    let mut connect = client::ConnectOptions::new(args.server.server, None);
+    connect.retry_for = args.server.retry_for;
+    let payload = match (args.payload_size, args.message) {
+        (Some(size), _) => Payload::Fixed(bytes::Bytes::from(vec![b'x'; size.max(1)])),
+        (None, Some(text)) => Payload::Fixed(text.into()),
+        (None, None) => Payload::Seed,
+    };
+    let limit = match (args.count, args.duration) {
+        (_, Some(duration)) => Limit::Duration(duration),
+        (Some(count), None) => Limit::Count(count),
+        (None, None) => Limit::Count(100_000),
+    };
+    let report = client::bench::run(BenchConfig {
+        connect,
+        target: args.target,
+        connections: args.connections,
+        pipeline: args.pipeline,
+        limit,
+        payload,
+        warmup: args.warmup,
+        progress: !args.json && std::io::stderr().is_terminal(),
+    })
+    .await?;
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        println!("{report}");
+    }
+    anyhow::ensure!(
+        report.errors == 0,
+        "{} replies were errors or wrong",
+        report.errors
+    );
+    anyhow::ensure!(report.messages > 0, "no message was measured");
     Ok(())
 }
