@@ -51,6 +51,9 @@ struct Args {
     /// gets `ERROR no data nodes available`.
     #[arg(long, env = "NO_NODE_WAIT", default_value = "1s", value_parser = parse_duration)]
     no_node_wait: Duration,
+    /// Data nodes tried for one message before the client gets an error.
+    #[arg(long, env = "MAX_ATTEMPTS", default_value_t = 5)]
+    max_attempts: u32,
     /// Connections served at once, clients and data nodes together.
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 16_384)]
     max_connections: usize,
@@ -130,6 +133,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         heartbeat_interval: args.heartbeat_interval,
         ack_timeout: args.ack_timeout,
         no_node_wait: args.no_node_wait,
+        max_attempts: args.max_attempts,
         max_connections: args.max_connections,
         max_client_in_flight: args.max_client_in_flight,
         ..headnode::Config::default()
