@@ -54,7 +54,7 @@ fn main() -> std::process::ExitCode {
     protocol::cli::exit_code("datanode", run(args))
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn run(args: Args) -> anyhow::Result<()> {
     let node_id = match args.node_id {
         Some(id) => id,

@@ -218,31 +218,31 @@ pub async fn run(
         let shared = shared.clone();
         let (clients_stop, nodes_stop) = (clients_stop.clone(), nodes_stop.clone());
         let node_tasks_inner = node_tasks.clone();
-        client_tasks.spawn(
-            async move {
-                let session = accept_peer(stream, peer, shared, &clients_stop).await;
-                match session {
-                    Some(Peer::Client(conn, shared)) => {
-                        client_session::run(conn, shared, clients_stop).await;
-                    }
-                    Some(Peer::DataNode(registered)) => {
-                        // Data-node sessions outlive client sessions at shutdown,
-                        // so answers in flight can still arrive.
-                        node_tasks_inner.spawn(
-                            async move {
-                                node_session::run(registered, nodes_stop).await;
-                                drop(permit);
-                            }
-                            .in_current_span(),
-                        );
-                        return;
-                    }
-                    None => {}
+        let task = async move {
+            // Boxed: the handshake's state is freed once it is done, so
+            // an idle client's task stays small.
+            let session = Box::pin(accept_peer(stream, peer, shared, &clients_stop)).await;
+            match session {
+                Some(Peer::Client(conn, shared)) => {
+                    client_session::run(conn, shared, clients_stop).await;
                 }
-                drop(permit);
+                Some(Peer::DataNode(registered)) => {
+                    // Data-node sessions outlive client sessions at shutdown,
+                    // so answers in flight can still arrive.
+                    node_tasks_inner.spawn(
+                        async move {
+                            node_session::run(registered, nodes_stop).await;
+                            drop(permit);
+                        }
+                        .in_current_span(),
+                    );
+                    return;
+                }
+                None => {}
             }
-            .instrument(info_span!("conn", %peer)),
-        );
+            drop(permit);
+        };
+        client_tasks.spawn(task.instrument(info_span!("conn", %peer)));
     };
 
     info!("head node shutting down: answering messages in flight, then closing connections");

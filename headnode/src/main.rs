@@ -102,7 +102,7 @@ async fn health(addr: &str, timeout: Duration) -> anyhow::Result<()> {
         .with_context(|| format!("head node at {addr} is not healthy"))
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn serve(args: Args) -> anyhow::Result<()> {
     let _log_guard = telemetry::init(&LogSpec {
         dir: args

@@ -178,11 +178,15 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// the kernel send a reset, which can destroy the error line before the
     /// peer reads it.
     pub async fn discard_until_close(&mut self, limit: Duration) {
+        // The sink lives on the heap: an array here would make every
+        // connection's task (which may reach this point) larger.
         let drain = async {
-            let mut sink = [0u8; 4096];
-            while let Ok(n) = self.inner.read(&mut sink).await {
-                if n == 0 {
-                    break;
+            let mut sink = BytesMut::with_capacity(4096);
+            loop {
+                sink.clear();
+                match self.inner.read_buf(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
                 }
             }
         };
