@@ -597,3 +597,76 @@ fn check_every_ack_is_stored_or_legacy(cluster: &Cluster, replies: &[StoreReply]
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_nodes_rejoin_a_restarted_head_node_and_keep_their_data() {
+    let mut cluster = start_with_nodes(2).await;
+    let before = send_pipelined(cluster.addr, texts(0, 100), || {}).await;
+    cluster.restart_head().await;
+    for id in ["dn1", "dn2"] {
+        cluster
+            .wait_for(
+                &format!("{id} to rejoin"),
+                |e| matches!(e, Event::Joined { member, .. } if member.node.as_str() == id),
+            )
+            .await;
+    }
+    let after = send_pipelined(cluster.addr, texts(1, 100), || {}).await;
+    let all: Vec<StoreReply> = before.into_iter().chain(after).collect();
+    check_every_ack_is_stored(&cluster, &all, &HashMap::new());
+    let stored: usize = cluster.stored().values().map(|ids| ids.len()).sum();
+    assert_eq!(stored, 200, "data written before the restart is kept");
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaving_node_is_drained_and_loses_nothing() {
+    let mut cluster = start_with_nodes(3).await;
+    let acks = Arc::new(AtomicU64::new(0));
+    let mut clients = Vec::new();
+    for c in 0..5 {
+        let acks = acks.clone();
+        clients.push(tokio::spawn(send_pipelined(
+            cluster.addr,
+            texts(c, 1000),
+            move || {
+                acks.fetch_add(1, Ordering::Relaxed);
+            },
+        )));
+    }
+    while acks.load(Ordering::Relaxed) < 1000 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // As on SIGTERM: `bye`, drained by the head node, exit 0.
+    cluster.nodes[0].stop().await.unwrap();
+    cluster
+        .wait_for(
+            "dn1 to leave",
+            |e| matches!(e, Event::Leaving { member } if member.node.as_str() == "dn1"),
+        )
+        .await;
+    let left = cluster
+        .wait_for(
+            "dn1 removal",
+            |e| matches!(e, Event::Evicted { member, .. } if member.node.as_str() == "dn1"),
+        )
+        .await;
+    assert!(
+        matches!(
+            &left,
+            Event::Evicted {
+                reason: EvictReason::Left,
+                ..
+            }
+        ),
+        "{left:?}"
+    );
+    let mut all = Vec::new();
+    for client in clients {
+        all.extend(client.await.unwrap());
+    }
+    assert_eq!(all.len(), 5000);
+    let duplicates = check_every_ack_is_stored(&cluster, &all, &HashMap::new());
+    assert_eq!(duplicates, 0, "a clean leave resends nothing");
+    cluster.stop().await;
+}

@@ -79,6 +79,7 @@ impl TestNode {
 
 pub struct Cluster {
     pub addr: SocketAddr,
+    config: Config,
     pub prober: Arc<FakeProber>,
     pub events: mpsc::UnboundedReceiver<Event>,
     pub nodes: Vec<TestNode>,
@@ -113,11 +114,12 @@ impl Cluster {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let head = tokio::spawn(headnode::run(listener, config, async {
+        let head = tokio::spawn(headnode::run(listener, config.clone(), async {
             let _ = stopped.await;
         }));
         Cluster {
             addr,
+            config,
             prober,
             events,
             nodes: Vec::new(),
@@ -218,6 +220,18 @@ impl Cluster {
     /// The text stored with an id, searching every real node.
     pub fn stored_text(&self, id: MessageId) -> Option<String> {
         self.stored_texts().remove(&id)
+    }
+
+    /// Stops the head node gracefully and starts a new one on the same address.
+    pub async fn restart_head(&mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        (&mut self.head).await.unwrap().unwrap();
+        let listener = TcpListener::bind(self.addr).await.unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        self.head = tokio::spawn(headnode::run(listener, self.config.clone(), async {
+            let _ = stopped.await;
+        }));
+        self.stop = Some(stop);
     }
 
     pub async fn stop(mut self) {
