@@ -603,13 +603,16 @@ async fn data_nodes_rejoin_a_restarted_head_node_and_keep_their_data() {
     let mut cluster = start_with_nodes(2).await;
     let before = send_pipelined(cluster.addr, texts(0, 100), || {}).await;
     cluster.restart_head().await;
-    for id in ["dn1", "dn2"] {
-        cluster
-            .wait_for(
-                &format!("{id} to rejoin"),
-                |e| matches!(e, Event::Joined { member, .. } if member.node.as_str() == id),
-            )
+    let mut rejoined = std::collections::HashSet::new();
+    while rejoined.len() < 2 {
+        let event = cluster
+            .wait_for("both nodes to rejoin", |e| {
+                matches!(e, Event::Joined { .. })
+            })
             .await;
+        if let Event::Joined { member, .. } = event {
+            rejoined.insert(member.node.to_string());
+        }
     }
     let after = send_pipelined(cluster.addr, texts(1, 100), || {}).await;
     let all: Vec<StoreReply> = before.into_iter().chain(after).collect();

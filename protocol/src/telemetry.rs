@@ -52,12 +52,12 @@ pub struct LogSpec {
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
     /// The log directory or a file in it could not be created or opened.
-    #[error("cannot write logs to {path}: {source}")]
+    #[error("cannot write logs to {path}: {error}")]
     NotWritable {
         /// The directory or file that failed.
         path: PathBuf,
-        /// Why.
-        source: io::Error,
+        /// Why (part of the message, so not repeated as a cause).
+        error: io::Error,
     },
     /// A global subscriber was already installed.
     #[error("logging already initialised")]
@@ -83,16 +83,16 @@ impl FormatTime for SeedTime {
 /// Opens (creating if needed) the log directory and each file, for appending.
 /// Gives a clear error instead of a panic when the directory is not writable.
 pub fn open_log_file(dir: &Path, name: &str) -> Result<fs::File, TelemetryError> {
-    fs::create_dir_all(dir).map_err(|source| TelemetryError::NotWritable {
+    fs::create_dir_all(dir).map_err(|error| TelemetryError::NotWritable {
         path: dir.to_owned(),
-        source,
+        error,
     })?;
     let path = dir.join(name);
     OpenOptions::new()
         .create(true)
         .append(true)
         .open(&path)
-        .map_err(|source| TelemetryError::NotWritable { path, source })
+        .map_err(|error| TelemetryError::NotWritable { path, error })
 }
 
 /// Installs the global subscriber described by `spec`. `RUST_LOG` sets the
