@@ -349,7 +349,7 @@ async fn serve<F: Future<Output = ()>>(
                     config.head_timeout
                 ));
             }
-            _ = sleep_until_opt(leave_by) => {
+            _ = protocol::server::sleep_until(leave_by) => {
                 warn!(writing, "head node did not finish draining this node in time; leaving anyway");
                 let _ = conn.writer.flush().await;
                 return SessionEnd::Left;
@@ -386,12 +386,5 @@ fn handle_line(line: &Line, items: &mut Vec<Item>) -> LineOutcome {
             LineOutcome::Reconnect(format!("head node error: {reason}"))
         }
         Err(e) => LineOutcome::Reconnect(format!("protocol error: {e}")),
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
     }
 }

@@ -11,30 +11,23 @@
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use protocol::connection::{Connection, ReaderConfig};
 use protocol::handshake::{self, RoleStep};
 use protocol::message::PETICION;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use protocol::server::Admission;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, error, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 /// Default cap on concurrent clients, as in the original server.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 100;
 
 /// How long `run` waits for client tasks to finish after shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_millis(800);
-/// How long a refused connection is kept open so the refusal is read
-/// before the close (closing with unread input would send a reset).
-const REFUSAL_LINGER: Duration = Duration::from_secs(1);
-/// At most this many refused connections linger at once; more are closed at once.
-const MAX_LINGERING_REFUSALS: usize = 256;
 
 /// Settings of the echo server.
 #[derive(Debug, Clone)]
@@ -68,8 +61,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let config = Arc::new(config);
-    let slots = Arc::new(Semaphore::new(config.max_connections));
-    let lingering = Arc::new(Semaphore::new(MAX_LINGERING_REFUSALS));
+    let admission = Admission::new(config.max_connections);
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     info!(
@@ -80,17 +72,12 @@ pub async fn run(
 
     tokio::pin!(shutdown);
     let result = loop {
-        let (stream, peer) = tokio::select! {
+        let (stream, peer, permit) = tokio::select! {
             _ = &mut shutdown => break Ok(()),
-            accepted = accept_with_retry(&listener) => match accepted {
+            accepted = admission.accept(&listener) => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => break Err(e),
             },
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            warn!(%peer, max = config.max_connections, "refused connection: server full");
-            refuse(stream, config.max_connections, &lingering, &tracker);
-            continue;
         };
         let config = config.clone();
         let cancel = cancel.clone();
@@ -105,10 +92,7 @@ pub async fn run(
         );
     };
 
-    info!(
-        clients = config.max_connections - slots.available_permits(),
-        "closing client connections"
-    );
+    info!(clients = admission.in_use(), "closing client connections");
     cancel.cancel();
     tracker.close();
     if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait())
@@ -119,50 +103,6 @@ pub async fn run(
     }
     info!("echo server stopped");
     result
-}
-
-/// Accepts one connection. Transient errors (too many open files, a
-/// connection reset before accept) are retried with a short backoff instead of
-/// ending the server.
-async fn accept_with_retry(listener: &TcpListener) -> io::Result<(TcpStream, SocketAddr)> {
-    let mut delay = Duration::from_millis(10);
-    loop {
-        match listener.accept().await {
-            Ok(accepted) => return Ok(accepted),
-            Err(e) if delay <= Duration::from_secs(5) => {
-                error!(error = %e, retry_in = ?delay, "accept failed");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// Tells a client beyond the cap why it is being closed.
-fn refuse(stream: TcpStream, max: usize, lingering: &Arc<Semaphore>, tracker: &TaskTracker) {
-    let message = format!("ERROR server full ({max} connections)\n");
-    // A fresh socket's send buffer always has room for one short line.
-    let _ = stream.try_write(message.as_bytes());
-    let Ok(permit) = lingering.clone().try_acquire_owned() else {
-        return;
-    };
-    tracker.spawn(async move {
-        let mut stream = stream;
-        let _ = stream.shutdown().await;
-        // Drain what the client sent until it closes, so our close is a FIN,
-        // not a reset that could discard the refusal before it is read.
-        let mut sink = [0u8; 512];
-        let _ = tokio::time::timeout(REFUSAL_LINGER, async {
-            while let Ok(n) = stream.read(&mut sink).await {
-                if n == 0 {
-                    break;
-                }
-            }
-        })
-        .await;
-        drop(permit);
-    });
 }
 
 async fn serve_client(

@@ -21,11 +21,12 @@ use std::time::Duration;
 use protocol::connection::{Connection, ReaderConfig};
 use protocol::handshake::{self, RoleStep};
 use protocol::message::{DataNodeHello, NodeId, PETICION, Role};
+use protocol::server::Admission;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, error, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 mod client_session;
 mod cluster;
@@ -180,7 +181,7 @@ pub async fn run(
         nodes_stop.clone(),
     ));
 
-    let slots = Arc::new(Semaphore::new(config.max_connections));
+    let admission = Admission::new(config.max_connections);
     let shared = Arc::new(Shared {
         config,
         router,
@@ -197,23 +198,12 @@ pub async fn run(
 
     tokio::pin!(shutdown);
     let result = loop {
-        let (stream, peer) = tokio::select! {
+        let (stream, peer, permit) = tokio::select! {
             _ = &mut shutdown => break Ok(()),
-            accepted = accept_with_retry(&listener) => match accepted {
+            accepted = admission.accept(&listener) => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => break Err(e),
             },
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            warn!(%peer, max = shared.config.max_connections, "refused connection: server full");
-            let _ = stream.try_write(
-                format!(
-                    "ERROR server full ({} connections)\n",
-                    shared.config.max_connections
-                )
-                .as_bytes(),
-            );
-            continue;
         };
         let shared = shared.clone();
         let (clients_stop, nodes_stop) = (clients_stop.clone(), nodes_stop.clone());
@@ -273,21 +263,6 @@ pub async fn run(
 enum Peer {
     Client(Connection, Arc<Shared>),
     DataNode(node_session::Registered),
-}
-
-async fn accept_with_retry(listener: &TcpListener) -> io::Result<(TcpStream, SocketAddr)> {
-    let mut delay = Duration::from_millis(10);
-    loop {
-        match listener.accept().await {
-            Ok(accepted) => return Ok(accepted),
-            Err(e) if delay <= Duration::from_secs(5) => {
-                error!(error = %e, retry_in = ?delay, "accept failed");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
-            Err(e) => return Err(e),
-        }
-    }
 }
 
 /// Handshake, role, token and registration. `None` when the peer was

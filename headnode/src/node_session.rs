@@ -135,7 +135,7 @@ pub(crate) async fn run(registered: Registered, nodes_stop: CancellationToken) {
                 ping_seq += 1;
                 conn.writer.queue_with(|buf| ToDataNode::Ping(ping_seq).encode(buf));
             }
-            _ = sleep_until_opt(next_deadline) => {
+            _ = protocol::server::sleep_until(next_deadline) => {
                 let expired = expire(&mut in_flight, Instant::now());
                 if info.legacy && !expired.is_empty() {
                     // Its only hang detector: the membership evicts it and we
@@ -286,12 +286,5 @@ fn reroute(shared: &Shared, from: &MemberInfo, message: Forward, why: &str, rng:
     let client = message.client.clone();
     if let Some(node) = shared.router.route(message, Some(from.conn), rng) {
         info!(%id, %client, from = %from.node, to = %node, "message resent to another dataNode ({why})");
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
     }
 }

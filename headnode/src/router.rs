@@ -241,7 +241,7 @@ pub async fn run_parking_lot(
                     break;
                 }
             }
-            _ = sleep_until_opt(next_deadline) => {
+            _ = protocol::server::sleep_until(next_deadline) => {
                 let now = Instant::now();
                 while waiting.front().is_some_and(|(deadline, _)| *deadline <= now) {
                     if let Some((_, message)) = waiting.pop_front() {
@@ -263,13 +263,6 @@ pub async fn run_parking_lot(
     }
     while let Ok(message) = parked.try_recv() {
         message.complete(Outcome::Failed("head node shutting down".into()));
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
     }
 }
 

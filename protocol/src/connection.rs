@@ -153,7 +153,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                         self.last_data = Instant::now();
                     }
                 }
-                _ = sleep_until_opt(cut_at) => return self.cut_unterminated(),
+                _ = crate::server::sleep_until(cut_at) => return self.cut_unterminated(),
             }
         }
     }
@@ -232,13 +232,6 @@ async fn read_some<R: AsyncRead + Unpin>(
             .min(MAX_READ_CHUNK)
     };
     Ok(n)
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// Writes frames, batching them in one buffer until [`FrameWriter::flush`].

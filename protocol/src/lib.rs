@@ -6,7 +6,8 @@
 //! - [`message`]: the typed messages of each conversation;
 //! - [`handshake`]: `peticion` / `confirmacion` / role, for every server;
 //! - [`telemetry`]: log files plus stdout; [`shutdown`]: SIGTERM and Ctrl-C;
-//!   [`backoff`]: jittered reconnect delays; [`timefmt`]: log timestamps.
+//!   [`backoff`]: jittered reconnect delays; [`timefmt`]: log timestamps;
+//! - [`server`]: accepting under a connection cap.
 //!
 //! The protocol itself is described in `docs/protocol.md`.
 #![deny(missing_docs)]
@@ -18,6 +19,7 @@ pub mod connection;
 pub mod error;
 pub mod handshake;
 pub mod message;
+pub mod server;
 pub mod shutdown;
 pub mod telemetry;
 pub mod timefmt;
