@@ -64,6 +64,9 @@ pub(crate) async fn run(mut conn: Connection, shared: Arc<Shared>, stop: Cancell
     let mut rng: SmallRng = rand::make_rng();
     let mut reading = true;
     let max_in_flight = shared.config.max_client_in_flight.max(1);
+    // Created once: a fresh `cancelled()` per loop turn costs a lock each time.
+    let stopping = stop.cancelled();
+    tokio::pin!(stopping);
 
     let end = loop {
         if !reading && window.len() == 0 && conn.writer.pending() == 0 {
@@ -71,7 +74,7 @@ pub(crate) async fn run(mut conn: Connection, shared: Arc<Shared>, stop: Cancell
         }
         tokio::select! {
             biased;
-            _ = stop.cancelled(), if reading => {
+            _ = &mut stopping, if reading => {
                 // Shutdown: take nothing new, answer what is in flight.
                 reading = false;
                 continue;
@@ -95,7 +98,7 @@ pub(crate) async fn run(mut conn: Connection, shared: Arc<Shared>, stop: Cancell
                 match frame {
                     Ok(Some(line)) => {
                         let slot = window.open_slot();
-                        if line.as_str().is_empty() {
+                        if line.bytes().is_empty() {
                             window.fill(failed(slot, "empty message"));
                         } else {
                             let message = Forward {

@@ -30,6 +30,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 mod client_session;
 mod cluster;
+mod in_flight;
 pub mod membership;
 mod node_session;
 pub mod prober;

@@ -2,10 +2,8 @@
 //! acknowledgements, sends the application heartbeat, and hands back to the
 //! router every message it cannot get acknowledged.
 
-use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use bytes::BytesMut;
 use protocol::connection::Connection;
 use protocol::message::{FromDataNode, MessageId, ToDataNode, truncate_for_log};
 use protocol::telemetry::MESSAGES_TARGET;
@@ -17,6 +15,7 @@ use tracing::{debug, info, warn};
 
 use crate::Shared;
 use crate::cluster::Input;
+use crate::in_flight::{Acked, InFlight};
 use crate::membership::MemberInfo;
 use crate::router::{Forward, Outcome};
 
@@ -30,17 +29,6 @@ pub(crate) struct Registered {
     pub(crate) shared: Arc<Shared>,
 }
 
-/// Messages sent and not yet acknowledged, oldest first.
-struct InFlight {
-    by_seq: HashMap<u64, Forward>,
-    deadlines: VecDeque<(Instant, u64)>,
-    /// Resent elsewhere after a timeout; an ack for one of these means the
-    /// message is stored twice.
-    timed_out: HashSet<u64>,
-}
-
-/// How many timed-out ids to remember for duplicate reports.
-const REMEMBER_TIMED_OUT: usize = 100_000;
 /// At most this many messages are taken from the queue per write.
 const WRITE_BATCH: usize = 1024;
 
@@ -58,18 +46,19 @@ pub(crate) async fn run(registered: Registered, nodes_stop: CancellationToken) {
     } else {
         config.max_node_in_flight.max(1)
     };
-    let mut in_flight = InFlight {
-        by_seq: HashMap::new(),
-        deadlines: VecDeque::new(),
-        timed_out: HashSet::new(),
-    };
+    let mut in_flight = InFlight::default();
     let mut rng: SmallRng = rand::make_rng();
     let mut heartbeat = tokio::time::interval(config.heartbeat_interval);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut ping_seq = 0u64;
     let mut leaving = false;
-    let mut scratch = BytesMut::new();
+    let mut ack_timeout_reported = false;
+    let mut skipped = Vec::new();
     let membership = &shared.membership;
+    // Created once: a fresh `cancelled()` per loop turn costs a lock each time.
+    let evicted = evicted.cancelled();
+    let stopping = nodes_stop.cancelled();
+    tokio::pin!(evicted, stopping);
 
     if !info.legacy {
         conn.writer
@@ -78,11 +67,11 @@ pub(crate) async fn run(registered: Registered, nodes_stop: CancellationToken) {
 
     // Why the session ended; `None` when the membership task already knows.
     let lost: Option<String> = loop {
-        let next_deadline = in_flight.deadlines.front().map(|(deadline, _)| *deadline);
+        let next_deadline = in_flight.next_deadline().filter(|_| !ack_timeout_reported);
         tokio::select! {
             biased;
-            _ = evicted.cancelled() => break None,
-            _ = nodes_stop.cancelled() => break None,
+            _ = &mut evicted => break None,
+            _ = &mut stopping => break None,
             flushed = conn.writer.flush(), if conn.writer.pending() > 0 => {
                 if let Err(e) = flushed {
                     break Some(format!("write failed: {e}"));
@@ -96,13 +85,16 @@ pub(crate) async fn run(registered: Registered, nodes_stop: CancellationToken) {
                 };
                 match FromDataNode::parse(line.as_str()) {
                     Ok(FromDataNode::Stored(id)) => {
-                        acknowledge(&info, &mut in_flight, id, shared.ids.epoch());
+                        acknowledge(&info, &mut in_flight, id, shared.ids.epoch(), &mut skipped);
+                        for message in skipped.drain(..) {
+                            reroute(&shared, &info, message, "acknowledged a later message but not this one", &mut rng);
+                        }
                     }
                     Ok(FromDataNode::Pong(_)) => {
                         let _ = membership.send(Input::Heartbeat { conn: info.conn });
                     }
                     Ok(FromDataNode::Leaving) => {
-                        info!(node = %info.node, in_flight = in_flight.by_seq.len(), "dataNode says it is leaving");
+                        info!(node = %info.node, in_flight = in_flight.waiting(), "dataNode says it is leaving");
                         leaving = true;
                         let _ = membership.send(Input::Leaving { conn: info.conn });
                     }
@@ -117,17 +109,18 @@ pub(crate) async fn run(registered: Registered, nodes_stop: CancellationToken) {
                     }
                 }
             }
-            message = queue.recv(), if in_flight.by_seq.len() < max_in_flight => {
+            message = queue.recv(), if in_flight.waiting() < max_in_flight => {
                 let Some(message) = message else { break None };
                 if leaving {
                     reroute(&shared, &info, message, "it is leaving", &mut rng);
                     continue;
                 }
-                send(&mut conn, &info, &mut in_flight, message, config.ack_timeout, &mut scratch);
+                let deadline = Instant::now() + config.ack_timeout;
+                send(&mut conn, &info, &mut in_flight, message, deadline);
                 let mut taken = 1;
-                while taken < WRITE_BATCH && in_flight.by_seq.len() < max_in_flight {
+                while taken < WRITE_BATCH && in_flight.waiting() < max_in_flight {
                     let Ok(message) = queue.try_recv() else { break };
-                    send(&mut conn, &info, &mut in_flight, message, config.ack_timeout, &mut scratch);
+                    send(&mut conn, &info, &mut in_flight, message, deadline);
                     taken += 1;
                 }
             }
@@ -136,17 +129,14 @@ pub(crate) async fn run(registered: Registered, nodes_stop: CancellationToken) {
                 conn.writer.queue_with(|buf| ToDataNode::Ping(ping_seq).encode(buf));
             }
             _ = protocol::server::sleep_until(next_deadline) => {
-                let expired = expire(&mut in_flight, Instant::now());
-                if info.legacy && !expired.is_empty() {
-                    // Its only hang detector: the membership evicts it and we
-                    // resend through the eviction path below.
-                    for message in expired {
-                        in_flight.by_seq.insert(message.id.seq, message);
-                    }
+                if info.legacy {
+                    // Its only hang detector: the membership evicts it, and
+                    // what it held is resent on the way out below.
+                    ack_timeout_reported = true;
                     let _ = membership.send(Input::AckTimeout { conn: info.conn });
                     continue;
                 }
-                for message in expired {
+                for message in in_flight.expire(Instant::now()) {
                     warn!(
                         id = %message.id, client = %message.client, node = %info.node,
                         timeout = ?config.ack_timeout,
@@ -156,7 +146,7 @@ pub(crate) async fn run(registered: Registered, nodes_stop: CancellationToken) {
                 }
             }
         }
-        if leaving && in_flight.by_seq.is_empty() {
+        if leaving && in_flight.waiting() == 0 {
             conn.writer.queue_with(|buf| ToDataNode::Bye.encode(buf));
             let _ = conn.writer.shutdown().await;
             let _ = membership.send(Input::Drained { conn: info.conn });
@@ -173,8 +163,7 @@ pub(crate) async fn run(registered: Registered, nodes_stop: CancellationToken) {
     // Whatever this node held goes to the others.
     queue.close();
     let why = lost.as_deref().unwrap_or("evicted");
-    let mut held: Vec<Forward> = in_flight.by_seq.into_values().collect();
-    held.sort_by_key(|m| m.id);
+    let mut held = in_flight.drain();
     while let Ok(message) = queue.try_recv() {
         held.push(message);
     }
@@ -192,46 +181,27 @@ fn send(
     info: &MemberInfo,
     in_flight: &mut InFlight,
     message: Forward,
-    ack_timeout: std::time::Duration,
-    scratch: &mut BytesMut,
+    deadline: Instant,
 ) {
-    let Ok(text) = std::str::from_utf8(&message.text) else {
-        // Client lines are validated UTF-8 when decoded; this cannot happen.
-        message.complete(Outcome::Failed("invalid UTF-8".into()));
-        return;
-    };
     let id = if info.legacy { None } else { Some(message.id) };
-    scratch.clear();
-    ToDataNode::Store { id, text }.encode(scratch);
-    conn.writer.queue(scratch);
-    in_flight
-        .deadlines
-        .push_back((Instant::now() + ack_timeout, message.id.seq));
-    in_flight.by_seq.insert(message.id.seq, message);
+    conn.writer
+        .queue_with(|buf| ToDataNode::encode_store(id, &message.text, buf));
+    in_flight.push(message, deadline);
 }
 
-fn acknowledge(info: &MemberInfo, in_flight: &mut InFlight, id: Option<MessageId>, epoch: u64) {
-    let message = match id {
-        Some(id) if id.epoch != epoch => {
-            debug!(node = %info.node, %id, "ack for a message of an earlier head node run; ignored");
-            return;
-        }
-        Some(id) => in_flight.by_seq.remove(&id.seq),
-        // Original-system nodes hold one message at a time.
-        None => {
-            let seq = in_flight.by_seq.keys().next().copied();
-            seq.and_then(|seq| in_flight.by_seq.remove(&seq))
-        }
-    };
-    // Acks come in order; keep the deadline queue to messages still waiting.
-    while let Some(&(_, seq)) = in_flight.deadlines.front() {
-        if in_flight.by_seq.contains_key(&seq) {
-            break;
-        }
-        in_flight.deadlines.pop_front();
+fn acknowledge(
+    info: &MemberInfo,
+    in_flight: &mut InFlight,
+    id: Option<MessageId>,
+    epoch: u64,
+    skipped: &mut Vec<Forward>,
+) {
+    if let Some(id) = id.filter(|id| id.epoch != epoch) {
+        debug!(node = %info.node, %id, "ack for a message of an earlier head node run; ignored");
+        return;
     }
-    match message {
-        Some(message) => {
+    match in_flight.ack(id.map(|id| id.seq), skipped) {
+        Acked::Message(message) => {
             info!(
                 target: MESSAGES_TARGET,
                 id = %message.id, client = %message.client,
@@ -241,44 +211,14 @@ fn acknowledge(info: &MemberInfo, in_flight: &mut InFlight, id: Option<MessageId
                 node: info.node.clone(),
             });
         }
-        None => {
-            if let Some(id) = id.filter(|id| in_flight.timed_out.remove(&id.seq)) {
-                warn!(
-                    %id, node = %info.node,
-                    "late acknowledgement: this message was resent after a timeout and is stored twice (same id)"
-                );
-            } else {
-                debug!(node = %info.node, ?id, "acknowledgement for no message in flight; ignored");
-            }
+        Acked::Late(seq) => warn!(
+            id = %MessageId { epoch, seq }, node = %info.node,
+            "late acknowledgement: this message was resent after a timeout and is stored twice (same id)"
+        ),
+        Acked::Unknown => {
+            debug!(node = %info.node, ?id, "acknowledgement for no message in flight; ignored")
         }
     }
-}
-
-/// Removes and returns messages whose ack deadline has passed.
-fn expire(in_flight: &mut InFlight, now: Instant) -> Vec<Forward> {
-    let mut expired = Vec::new();
-    while let Some(&(deadline, seq)) = in_flight.deadlines.front() {
-        if deadline > now {
-            break;
-        }
-        in_flight.deadlines.pop_front();
-        if let Some(message) = in_flight.by_seq.remove(&seq) {
-            if in_flight.timed_out.len() >= REMEMBER_TIMED_OUT {
-                in_flight.timed_out.clear();
-            }
-            in_flight.timed_out.insert(seq);
-            expired.push(message);
-        }
-    }
-    // Acked messages leave stale deadlines behind; drop them from the front
-    // so the next wake-up is for a message still waiting.
-    while let Some(&(_, seq)) = in_flight.deadlines.front() {
-        if in_flight.by_seq.contains_key(&seq) {
-            break;
-        }
-        in_flight.deadlines.pop_front();
-    }
-    expired
 }
 
 fn reroute(shared: &Shared, from: &MemberInfo, message: Forward, why: &str, rng: &mut SmallRng) {

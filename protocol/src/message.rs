@@ -62,15 +62,26 @@ impl MessageId {
 
 /// Appends the decimal digits of `n` to `buf`.
 pub fn put_u64(buf: &mut impl BufMut, mut n: u64) {
+    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+        2021222324252627282930313233343536373839\
+        4041424344454647484950515253545556575859\
+        6061626364656667686970717273747576777879\
+        8081828384858687888990919293949596979899";
     let mut digits = [0u8; 20];
     let mut i = digits.len();
-    loop {
+    while n >= 100 {
+        let pair = (n % 100) as usize * 2;
+        n /= 100;
+        i -= 2;
+        digits[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    }
+    if n >= 10 {
+        let pair = n as usize * 2;
+        i -= 2;
+        digits[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    } else {
         i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
+        digits[i] = b'0' + n as u8;
     }
     buf.put_slice(&digits[i..]);
 }
@@ -224,6 +235,21 @@ pub enum ToDataNode<'a> {
 }
 
 impl<'a> ToDataNode<'a> {
+    /// Appends `mensaje <id>: <text>` (or `mensaje: <text>` without an id)
+    /// from text that is already known to be UTF-8.
+    pub fn encode_store(id: Option<MessageId>, text: &[u8], buf: &mut BytesMut) {
+        buf.reserve(text.len() + 40);
+        match id {
+            Some(id) => {
+                buf.extend_from_slice(b"mensaje ");
+                id.put(buf);
+                buf.extend_from_slice(b": ");
+            }
+            None => buf.extend_from_slice(b"mensaje: "),
+        }
+        buf.extend_from_slice(text);
+    }
+
     /// Parses one line received from the head node.
     pub fn parse(line: &'a str) -> Result<Self, ParseError> {
         if let Some(rest) = line.strip_prefix("mensaje") {
@@ -265,18 +291,7 @@ impl<'a> ToDataNode<'a> {
                 buf.extend_from_slice(b"welcome ");
                 buf.extend_from_slice(id.as_str().as_bytes());
             }
-            ToDataNode::Store { id, text } => {
-                buf.reserve(text.len() + 40);
-                match id {
-                    Some(id) => {
-                        buf.extend_from_slice(b"mensaje ");
-                        id.put(buf);
-                        buf.extend_from_slice(b": ");
-                    }
-                    None => buf.extend_from_slice(b"mensaje: "),
-                }
-                buf.extend_from_slice(text.as_bytes());
-            }
+            ToDataNode::Store { id, text } => ToDataNode::encode_store(*id, text.as_bytes(), buf),
             ToDataNode::Ping(n) => {
                 buf.extend_from_slice(b"ping ");
                 put_u64(buf, *n);
@@ -425,7 +440,19 @@ mod tests {
 
     #[test]
     fn put_u64_writes_decimal() {
-        for n in [0, 7, 10, 99, 12345, u64::MAX] {
+        for n in [
+            0,
+            7,
+            10,
+            99,
+            100,
+            101,
+            999,
+            1000,
+            12345,
+            1795413330851,
+            u64::MAX,
+        ] {
             let mut buf = BytesMut::new();
             put_u64(&mut buf, n);
             assert_eq!(std::str::from_utf8(&buf).unwrap(), n.to_string());
