@@ -189,22 +189,49 @@ impl Router {
             message.complete(Outcome::Failed(reason));
             return None;
         }
-        let routes = self.snapshot();
-        let mut candidates: Vec<&NodeHandle> = routes
-            .nodes
-            .iter()
-            .filter(|n| Some(n.conn) != exclude)
-            .collect();
-        while !candidates.is_empty() {
-            let pick = rng.random_range(0..candidates.len());
-            let node = candidates.swap_remove(pick);
-            message.attempts += 1;
-            match node.queue.send(message) {
-                Ok(()) => return Some(node.node.clone()),
-                // That node's task just ended; try another.
-                Err(mpsc::error::SendError(back)) => {
-                    message = back;
-                    message.attempts -= 1;
+        // The common case allocates nothing: one random pick among the
+        // nodes, skipping the excluded one.
+        let first_choice = {
+            let routes = self.routes.borrow();
+            let nodes = &routes.nodes;
+            let excluded = exclude.and_then(|conn| nodes.iter().position(|n| n.conn == conn));
+            let count = nodes.len() - usize::from(excluded.is_some());
+            if count == 0 {
+                None
+            } else {
+                let mut pick = rng.random_range(0..count);
+                if excluded.is_some_and(|at| pick >= at) {
+                    pick += 1;
+                }
+                let node = &nodes[pick];
+                message.attempts += 1;
+                match node.queue.send(message) {
+                    Ok(()) => return Some(node.node.clone()),
+                    Err(mpsc::error::SendError(back)) => {
+                        message = back;
+                        message.attempts -= 1;
+                        Some(node.conn)
+                    }
+                }
+            }
+        };
+        // That node's task just ended: try the others, in random order.
+        if let Some(failed) = first_choice {
+            let routes = self.snapshot();
+            let mut candidates: Vec<&NodeHandle> = routes
+                .nodes
+                .iter()
+                .filter(|n| Some(n.conn) != exclude && n.conn != failed)
+                .collect();
+            while !candidates.is_empty() {
+                let node = candidates.swap_remove(rng.random_range(0..candidates.len()));
+                message.attempts += 1;
+                match node.queue.send(message) {
+                    Ok(()) => return Some(node.node.clone()),
+                    Err(mpsc::error::SendError(back)) => {
+                        message = back;
+                        message.attempts -= 1;
+                    }
                 }
             }
         }
