@@ -27,6 +27,14 @@ struct ServerArgs {
     retry_for: Duration,
 }
 
+impl ServerArgs {
+    fn connect_options(&self) -> client::ConnectOptions {
+        let mut connect = client::ConnectOptions::new(self.server.clone(), None);
+        connect.retry_for = self.retry_for;
+        connect
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Activity 1: send `numero random: N` every --interval to the echo
@@ -144,10 +152,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             interval,
             count,
         } => {
-            let mut connect = client::ConnectOptions::new(server.server, None);
-            connect.retry_for = server.retry_for;
             let config = client::echo::EchoConfig {
-                connect,
+                connect: server.connect_options(),
                 interval,
                 count,
             };
@@ -170,9 +176,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             connections,
             hold,
         } => {
-            let mut connect = client::ConnectOptions::new(server.server, None);
-            connect.retry_for = server.retry_for;
-            let open = client::bench::hold_idle(connect, connections, hold).await?;
+            let open =
+                client::bench::hold_idle(server.connect_options(), connections, hold).await?;
             tracing::info!(open, "idle connections closed");
         }
         Command::Store {
@@ -182,10 +187,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             pipeline,
             message,
         } => {
-            let mut connect = client::ConnectOptions::new(server.server, None);
-            connect.retry_for = server.retry_for;
             let config = client::store::StoreConfig {
-                connect,
+                connect: server.connect_options(),
                 interval,
                 count,
                 pipeline,
@@ -213,8 +216,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     use client::bench::{BenchConfig, Limit, Payload};
     use std::io::IsTerminal;
-    let mut connect = client::ConnectOptions::new(args.server.server, None);
-    connect.retry_for = args.server.retry_for;
+    let connect = args.server.connect_options();
     let payload = match (args.payload_size, args.message) {
         (Some(size), _) => Payload::Fixed(bytes::Bytes::from(vec![b'x'; size.max(1)])),
         (None, Some(text)) => Payload::Fixed(text.into()),

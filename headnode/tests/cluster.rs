@@ -22,6 +22,33 @@ fn texts(client: usize, n: usize) -> Vec<String> {
         .collect()
 }
 
+/// Starts `clients` clients pipelining `per_client` messages each, and
+/// returns once `acked` answers have come back in all: the load is underway.
+async fn start_load(
+    cluster: &Cluster,
+    clients: usize,
+    per_client: usize,
+    acked: u64,
+) -> Vec<tokio::task::JoinHandle<Vec<StoreReply>>> {
+    let acks = Arc::new(AtomicU64::new(0));
+    let tasks = (0..clients)
+        .map(|c| {
+            let acks = acks.clone();
+            tokio::spawn(send_pipelined(
+                cluster.addr,
+                texts(c, per_client),
+                move || {
+                    acks.fetch_add(1, Ordering::Relaxed);
+                },
+            ))
+        })
+        .collect();
+    while acks.load(Ordering::Relaxed) < acked {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    tasks
+}
+
 async fn start_with_nodes(n: usize) -> Cluster {
     let mut cluster = Cluster::start(fast_config()).await;
     for i in 1..=n {
@@ -76,21 +103,7 @@ async fn ten_pipelining_clients_every_ack_names_the_node_that_stored_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_node_mid_load_loses_no_acknowledged_message() {
     let mut cluster = start_with_nodes(3).await;
-    let acks = Arc::new(AtomicU64::new(0));
-    let mut clients = Vec::new();
-    for c in 0..10 {
-        let acks = acks.clone();
-        clients.push(tokio::spawn(send_pipelined(
-            cluster.addr,
-            texts(c, 1000),
-            move || {
-                acks.fetch_add(1, Ordering::Relaxed);
-            },
-        )));
-    }
-    while acks.load(Ordering::Relaxed) < 3000 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    let clients = start_load(&cluster, 10, 1000, 3000).await;
     let killed_at = Instant::now();
     cluster.nodes[0].kill();
     let evicted = cluster
@@ -625,21 +638,7 @@ async fn data_nodes_rejoin_a_restarted_head_node_and_keep_their_data() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leaving_node_is_drained_and_loses_nothing() {
     let mut cluster = start_with_nodes(3).await;
-    let acks = Arc::new(AtomicU64::new(0));
-    let mut clients = Vec::new();
-    for c in 0..5 {
-        let acks = acks.clone();
-        clients.push(tokio::spawn(send_pipelined(
-            cluster.addr,
-            texts(c, 1000),
-            move || {
-                acks.fetch_add(1, Ordering::Relaxed);
-            },
-        )));
-    }
-    while acks.load(Ordering::Relaxed) < 1000 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    let clients = start_load(&cluster, 5, 1000, 1000).await;
     // As on SIGTERM: `bye`, drained by the head node, exit 0.
     cluster.nodes[0].stop().await.unwrap();
     cluster
