@@ -133,9 +133,21 @@ async fn killing_a_node_mid_load_loses_no_acknowledged_message() {
         all.extend(client.await.unwrap());
     }
     let duplicates = check_every_ack_is_stored(&cluster, &all, &HashMap::new());
-    let stored: usize = cluster.stored().values().map(|ids| ids.len()).sum();
+    let per_node: Vec<(String, usize)> = {
+        let mut counts: Vec<_> = cluster
+            .stored()
+            .into_iter()
+            .map(|(node, ids)| (node, ids.len()))
+            .collect();
+        counts.sort();
+        counts
+    };
+    let acked_by_killed = all
+        .iter()
+        .filter(|r| matches!(r, StoreReply::Stored { node, .. } if node == "dn1"))
+        .count();
     println!(
-        "kill test: sent 10000, acknowledged {}, stored {stored} (distinct per node), duplicated {duplicates}, kill-to-eviction {detection:?}",
+        "kill test: sent 10000, acknowledged {}, stored per node {per_node:?} (dn1 acknowledged {acked_by_killed} before it died), stored twice {duplicates}, kill-to-eviction {detection:?}",
         all.len()
     );
     assert_eq!(all.len(), 10_000);
