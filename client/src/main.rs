@@ -78,10 +78,10 @@ enum Command {
         #[command(flatten)]
         server: ServerArgs,
         /// Connections to open.
-        #[arg(long, default_value_t = 10_000)]
+        #[arg(long, env = "IDLE_CONNECTIONS", default_value_t = 10_000)]
         connections: usize,
         /// How long to hold them.
-        #[arg(long, default_value = "20s", value_parser = parse_duration)]
+        #[arg(long, env = "IDLE_HOLD", default_value = "20s", value_parser = parse_duration)]
         hold: Duration,
     },
 }
@@ -91,31 +91,31 @@ struct BenchArgs {
     #[command(flatten)]
     server: ServerArgs,
     /// What to measure: the head node (`store`) or the echo server (`echo`).
-    #[arg(long, value_enum, default_value = "store")]
+    #[arg(long, env = "BENCH_TARGET", value_enum, default_value = "store")]
     target: client::bench::BenchTarget,
     /// Connections at once.
-    #[arg(long, short = 'c', default_value_t = 50)]
+    #[arg(long, short = 'c', env = "BENCH_CONNECTIONS", default_value_t = 50)]
     connections: usize,
     /// Messages in flight per connection.
-    #[arg(long, short = 'P', default_value_t = 1)]
+    #[arg(long, short = 'P', env = "BENCH_PIPELINE", default_value_t = 1)]
     pipeline: usize,
     /// Messages in all (default 100000 unless --duration is given).
-    #[arg(long, short = 'n', conflicts_with = "duration")]
+    #[arg(long, short = 'n', env = "BENCH_COUNT", conflicts_with = "duration")]
     count: Option<u64>,
     /// Run for this long instead of a message count.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, env = "BENCH_DURATION", value_parser = parse_duration)]
     duration: Option<Duration>,
     /// Payload of this many bytes instead of `numero random: N`.
-    #[arg(long, conflicts_with = "message")]
+    #[arg(long, env = "BENCH_PAYLOAD_SIZE", conflicts_with = "message")]
     payload_size: Option<usize>,
     /// Fixed payload text instead of `numero random: N`.
-    #[arg(long, value_parser = non_empty)]
+    #[arg(long, env = "BENCH_MESSAGE", value_parser = non_empty)]
     message: Option<String>,
     /// Time at the start that is not measured.
-    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    #[arg(long, env = "BENCH_WARMUP", default_value = "0s", value_parser = parse_duration)]
     warmup: Duration,
     /// Print one JSON object instead of the summary.
-    #[arg(long)]
+    #[arg(long, env = "BENCH_JSON")]
     json: bool,
 }
 

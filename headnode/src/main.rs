@@ -71,10 +71,10 @@ enum Command {
     /// Exits 0 if a head node answers the handshake at --addr (for container health checks).
     Health {
         /// The head node to check.
-        #[arg(long, default_value = "127.0.0.1:5000")]
+        #[arg(long, env = "HEALTH_ADDR", default_value = "127.0.0.1:5000")]
         addr: String,
         /// Give up after this long.
-        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        #[arg(long, env = "HEALTH_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
         timeout: Duration,
     },
 }
