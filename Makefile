@@ -37,7 +37,7 @@ export HOST_UID HOST_GID LOGS_DIR
 
 DC = $(COMPOSE) -p $(PROJECT) --profile scale
 
-.PHONY: help up down build binaries images logs-dir tail logs compose-logs ps scale e2e clean-logs check-compose
+.PHONY: help up down build binaries images logs-dir tail logs compose-logs ps scale e2e bench test clean-logs check-compose
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  make %-13s %s\n", $$1, $$2 }'
@@ -94,6 +94,12 @@ compose-logs: check-compose ## follow the containers' stdout instead
 
 e2e: ## end-to-end test (own project; skips when no Docker engine is reachable)
 	docker/e2e.sh
+
+bench: ## loopback benchmark side by side with Redis Streams (prints one table)
+	bench/run.sh
+
+test: ## every test (the same command as the README's)
+	cargo test --workspace
 
 clean-logs: ## delete the log files under the log folder
 	find "$(LOGS_DIR)" -mindepth 1 -maxdepth 1 ! -name .gitkeep -exec rm -rf {} +

@@ -1,0 +1,220 @@
+#!/usr/bin/env bash
+# Loopback benchmark of the message store, side by side with Redis Streams.
+#
+#   bench/run.sh            full run: build, start everything, print one table
+#   bench/run.sh --smoke    a few seconds, ours only: 1x1 and 10x8 must finish
+#                           with zero errors and non-zero throughput
+#
+# Options:
+#   --smoke                 see above
+#   --no-build              use the binaries already in --bin-dir
+#   --bin-dir DIR           where the binaries are (default target/release)
+#   --duration SECS         length of each measured run (default 5; smoke 2)
+#   --rounds R              alternating rounds per scenario, best kept (default 3)
+#   --payload TEXT          message text (default "numero random: 42")
+#   --payload-size BYTES    message of BYTES 'x' characters instead of TEXT
+#   --idle-connections N    idle clients for the RSS figure (default 10000)
+#   --keep                  keep the temporary directory (logs, data, AOF)
+#   -h, --help              this text
+#
+# Environment: CLIENT_BIN, HEADNODE_BIN, DATANODE_BIN, ECHO_BIN override one
+# binary each; BENCH_TMP is the parent of the temporary directory (default
+# $TMPDIR or /tmp); BENCH_TIME_LIMIT caps the whole run in seconds (default
+# 900, smoke 180).
+#
+# Everything listens on 127.0.0.1 on free ports; every process started here
+# is stopped on exit, on Ctrl-C and on TERM. Redis writes only inside the
+# temporary directory.
+
+set -uo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
+
+SMOKE=0
+BUILD=1
+BIN_DIR="$ROOT/target/release"
+DURATION=""
+ROUNDS=3
+PAYLOAD="numero random: 42"
+IDLE_CONNS=10000
+KEEP=0
+
+usage() { sed -n '2,/^$/p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --smoke) SMOKE=1 ;;
+        --no-build) BUILD=0 ;;
+        --bin-dir) BIN_DIR="$2"; shift ;;
+        --duration) DURATION="$2"; shift ;;
+        --rounds) ROUNDS="$2"; shift ;;
+        --payload) PAYLOAD="$2"; shift ;;
+        --payload-size)
+            [[ "$2" =~ ^[1-9][0-9]*$ ]] || die "--payload-size wants a positive number"
+            PAYLOAD="$(head -c "$2" /dev/zero | tr '\0' x)"; shift ;;
+        --idle-connections) IDLE_CONNS="$2"; shift ;;
+        --keep) KEEP=1 ;;
+        -h|--help) usage; exit 0 ;;
+        *) usage >&2; die "unknown option: $1" ;;
+    esac
+    shift
+done
+[ -n "$DURATION" ] || { [ "$SMOKE" = 1 ] && DURATION=2 || DURATION=5; }
+[[ "$DURATION" =~ ^[1-9][0-9]*$ ]] || die "--duration wants whole seconds"
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "--rounds wants a positive number"
+case "$PAYLOAD" in *$'\n'*|'') die "the payload must be one non-empty line" ;; esac
+
+if [ "$SMOKE" = 1 ]; then TIME_LIMIT="${BENCH_TIME_LIMIT:-180}"; else TIME_LIMIT="${BENCH_TIME_LIMIT:-900}"; fi
+
+# ---------------------------------------------------------------- set-up ---
+
+BENCH_DIR="$(mktemp -d "${BENCH_TMP:-${TMPDIR:-/tmp}}/msgstore-bench.XXXXXX")" || die "cannot create a temporary directory"
+trap 'cleanup; exit 130' INT
+trap 'cleanup; exit 143' TERM
+trap 'rc=$?; cleanup; exit $rc' EXIT
+
+# Every process holds many sockets: 10,000 idle clients need as many
+# descriptors in the client and in the head node.
+raise_fd_limit 65536
+
+if [ "$BUILD" = 1 ]; then
+    log "building release binaries"
+    (cd "$ROOT" && timeout 1200 cargo build --release -q -p headnode -p datanode -p client -p echo-server) \
+        || die "cargo build failed"
+fi
+HEADNODE="${HEADNODE_BIN:-$BIN_DIR/headnode}"
+DATANODE="${DATANODE_BIN:-$BIN_DIR/datanode}"
+CLIENT="${CLIENT_BIN:-$BIN_DIR/client}"
+ECHO="${ECHO_BIN:-$BIN_DIR/echo-server}"
+# The time limit counts from here (the build has its own).
+start_watchdog "$TIME_LIMIT"
+for b in "$HEADNODE" "$DATANODE" "$CLIENT" "$ECHO"; do
+    [ -x "$b" ] || die "missing binary: $b"
+done
+"$CLIENT" bench --help >/dev/null 2>&1 || die "$CLIENT has no 'bench' subcommand"
+
+# ----------------------------------------------------------------- smoke ---
+
+if [ "$SMOKE" = 1 ]; then
+    log "smoke run in $BENCH_DIR"
+    start_cluster A batch || die "the cluster did not start"
+    passed=0 failed=0
+    for sc in 1x1 10x8; do
+        c="${sc%x*}" p="${sc#*x}"
+        out="$BENCH_DIR/smoke-$sc.json"
+        if run_ours "$HP_A" store "$c" "$p" "$DURATION" 0 "$out"; then
+            printf 'smoke %-5s ok    %s msgs/s, p50 %s us, p99 %s us, %s messages, 0 errors\n' \
+                "$sc" "$(fmt_int "$R_RATE")" "$R_P50" "$R_P99" "$R_MSGS"
+            passed=$((passed + 1))
+        else
+            printf 'smoke %-5s FAIL  %s\n' "$sc" "$R_ERR"
+            failed=$((failed + 1))
+        fi
+    done
+    echo "smoke: $passed passed, $failed failed"
+    [ "$failed" = 0 ]
+    exit
+fi
+
+# ------------------------------------------------------------- full run ---
+
+log "full run in $BENCH_DIR (each measured run ${DURATION}s)"
+LOAD_AT_START="$(cut -d' ' -f1-3 /proc/loadavg)"
+FSYNC_AT_START="$(fsync_probe_us)"
+
+REDIS_OK=0
+if ensure_redis && start_redis; then REDIS_OK=1; else warn "Redis is unavailable: its columns stay empty"; fi
+
+start_cluster A batch || die "the cluster (--fsync batch) did not start"
+
+SCENARIOS=(1x1 50x1 50x64)
+declare -A O_RATE O_P50 O_P99 O_NOTE X_RATE X_P50 X_P99 X_NOTE
+for sc in "${SCENARIOS[@]}"; do
+    O_RATE[$sc]="" O_P50[$sc]="" O_P99[$sc]="" O_NOTE[$sc]=""
+    X_RATE[$sc]="" X_P50[$sc]="" X_P99[$sc]="" X_NOTE[$sc]=""
+    [ "$REDIS_OK" = 1 ] || X_NOTE[$sc]="Redis unavailable"
+done
+# Ours and Redis alternate, ROUNDS times per scenario; each side keeps its
+# best round (the machine is shared and noisy), and any round with errors
+# fails the scenario.
+for sc in "${SCENARIOS[@]}"; do
+    c="${sc%x*}" p="${sc#*x}"
+    for ((round = 1; round <= ROUNDS; round++)); do
+        log "scenario $sc, round $round of $ROUNDS: ours"
+        if run_ours "$HP_A" store "$c" "$p" "$DURATION" 1 "$BENCH_DIR/ours-$sc-$round.json"; then
+            if ! ge "${O_RATE[$sc]}" "$R_RATE"; then
+                O_RATE[$sc]=$R_RATE O_P50[$sc]=$R_P50 O_P99[$sc]=$R_P99
+            fi
+        else
+            O_NOTE[$sc]="$R_ERR"
+            warn "ours $sc: $R_ERR"
+        fi
+        [ "$REDIS_OK" = 1 ] || continue
+        log "scenario $sc, round $round of $ROUNDS: Redis"
+        if run_redis "$c" "$p" "$DURATION" "$BENCH_DIR/redis-$sc-$round.csv"; then
+            if ! ge "${X_RATE[$sc]}" "$R_RATE"; then
+                X_RATE[$sc]=$R_RATE X_P50[$sc]=$R_P50 X_P99[$sc]=$R_P99
+            fi
+        else
+            X_NOTE[$sc]="$R_ERR"
+            warn "Redis $sc: $R_ERR"
+        fi
+    done
+    # A failed scenario shows no figures.
+    [ -z "${O_NOTE[$sc]}" ] || O_RATE[$sc]="" O_P50[$sc]="" O_P99[$sc]=""
+    [ -z "${X_NOTE[$sc]}" ] || X_RATE[$sc]="" X_P50[$sc]="" X_P99[$sc]=""
+done
+[ "$REDIS_OK" = 1 ] && stop_redis
+
+# Loopback floor (one connection, one message in flight, to the echo server)
+# and the same 1x1 path through a second cluster without fsync. They
+# alternate ROUNDS times; each keeps its round with the lowest p50.
+log "loopback floor (echo 1x1) and ours 1x1 with --fsync never"
+FLOOR_RATE="" FLOOR_P50="" FLOOR_P99="" FLOOR_NOTE=""
+NEVER_RATE="" NEVER_P50="" NEVER_P99="" NEVER_NOTE=""
+start_echo || FLOOR_NOTE="the echo server did not start"
+start_cluster B never || NEVER_NOTE="the cluster (--fsync never) did not start"
+for ((round = 1; round <= ROUNDS; round++)); do
+    if [ -z "$FLOOR_NOTE" ]; then
+        if run_ours "$EP" echo 1 1 "$DURATION" 1 "$BENCH_DIR/echo-1x1-$round.json"; then
+            if [ -z "$FLOOR_P50" ] || [ "$R_P50" -lt "$FLOOR_P50" ]; then
+                FLOOR_RATE=$R_RATE FLOOR_P50=$R_P50 FLOOR_P99=$R_P99
+            fi
+        else
+            FLOOR_NOTE="$R_ERR"
+        fi
+    fi
+    if [ -z "$NEVER_NOTE" ]; then
+        if run_ours "$HP_B" store 1 1 "$DURATION" 1 "$BENCH_DIR/never-1x1-$round.json"; then
+            if [ -z "$NEVER_P50" ] || [ "$R_P50" -lt "$NEVER_P50" ]; then
+                NEVER_RATE=$R_RATE NEVER_P50=$R_P50 NEVER_P99=$R_P99
+            fi
+        else
+            NEVER_NOTE="$R_ERR"
+        fi
+    fi
+done
+[ -z "$FLOOR_NOTE" ] || { FLOOR_RATE="" FLOOR_P50=""; warn "floor: $FLOOR_NOTE"; }
+[ -z "$NEVER_NOTE" ] || { NEVER_RATE="" NEVER_P50=""; warn "fsync never: $NEVER_NOTE"; }
+stop_echo
+stop_cluster B
+
+# Head node memory with many idle clients (the head node of cluster A, which
+# has just carried the runs above).
+log "head node RSS with $IDLE_CONNS idle clients"
+RSS_BEFORE="" RSS_AFTER="" RSS_OPEN="" RSS_NOTE=""
+measure_idle_rss "$HP_A" "$HN_PID_A" "$IDLE_CONNS" || { RSS_NOTE="$R_ERR"; warn "RSS: $R_ERR"; }
+
+stop_cluster A
+FSYNC_AT_END="$(fsync_probe_us)"
+
+# ---------------------------------------------------------------- report ---
+
+print_report
+
+# A run of ours with errors is a failed run; unmet targets are only reported.
+for sc in "${SCENARIOS[@]}"; do [ -z "${O_NOTE[$sc]}" ] || exit 1; done
+[ -z "$FLOOR_NOTE" ] && [ -z "$NEVER_NOTE" ] || exit 1
+exit 0
