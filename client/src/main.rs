@@ -138,11 +138,7 @@ fn main() -> std::process::ExitCode {
 #[tokio::main]
 async fn run(args: Args) -> anyhow::Result<()> {
     let _log_guard = telemetry::init(&LogSpec {
-        dir: args
-            .log
-            .log_dir
-            .clone()
-            .unwrap_or_else(|| "logs/client".into()),
+        dir: args.log.dir_or("logs/client"),
         files: vec![("registro_cliente.txt", FileRoute::Rest)],
         stdout: true,
     })?;

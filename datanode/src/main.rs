@@ -64,11 +64,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
     }
-    let log_dir = args
-        .log
-        .log_dir
-        .clone()
-        .unwrap_or_else(|| config.data_dir.clone());
+    let log_dir = args.log.dir_or(&config.data_dir);
     let _log_guard = telemetry::init(&LogSpec {
         dir: log_dir,
         files: vec![("registro_datanode.txt", FileRoute::Rest)],

@@ -34,11 +34,7 @@ fn main() -> std::process::ExitCode {
 #[tokio::main]
 async fn run(args: Args) -> anyhow::Result<()> {
     let _log_guard = telemetry::init(&LogSpec {
-        dir: args
-            .log
-            .log_dir
-            .clone()
-            .unwrap_or_else(|| "logs/echo-server".into()),
+        dir: args.log.dir_or("logs/echo-server"),
         files: vec![("log.txt", FileRoute::Rest)],
         stdout: true,
     })?;

@@ -105,11 +105,7 @@ async fn health(addr: &str, timeout: Duration) -> anyhow::Result<()> {
 #[tokio::main(flavor = "current_thread")]
 async fn serve(args: Args) -> anyhow::Result<()> {
     let _log_guard = telemetry::init(&LogSpec {
-        dir: args
-            .log
-            .log_dir
-            .clone()
-            .unwrap_or_else(|| "logs/headnode".into()),
+        dir: args.log.dir_or("logs/headnode"),
         files: vec![
             ("registro_server.txt", FileRoute::Rest),
             ("heartbeat_server.txt", FileRoute::Target(HEARTBEAT_TARGET)),

@@ -64,6 +64,13 @@ pub struct LogArgs {
     pub log_dir: Option<PathBuf>,
 }
 
+impl LogArgs {
+    /// The log directory given, or `default`.
+    pub fn dir_or(&self, default: impl Into<PathBuf>) -> PathBuf {
+        self.log_dir.clone().unwrap_or_else(|| default.into())
+    }
+}
+
 /// Ends `main`: on error, prints one line `<program>: <error: cause: ...>` to
 /// stderr and returns a failure exit code.
 pub fn exit_code<E: std::fmt::Display>(
