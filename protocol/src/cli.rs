@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::codec::DEFAULT_MAX_LINE;
 use crate::connection::ReaderConfig;
 
-/// Parses `250ms`, `5s`, `2m`, or a bare number of seconds (`1.5`).
+/// Parses `250ms`, `5s`, `2m`, `1h`, or a bare number of seconds (`1.5`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -21,9 +21,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "ms" => value / 1000.0,
         "" | "s" => value,
         "m" => value * 60.0,
+        "h" => value * 3600.0,
         other => {
             return Err(format!(
-                "unknown duration unit {other:?} in {text:?} (use ms, s or m)"
+                "unknown duration unit {other:?} in {text:?} (use ms, s, m or h)"
             ));
         }
     };
@@ -97,7 +98,8 @@ mod tests {
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
         assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
-        for bad in ["", "s", "5h", "-1s", "abc"] {
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        for bad in ["", "s", "5d", "-1s", "abc"] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
     }
