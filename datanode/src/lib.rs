@@ -2,32 +2,38 @@
 //! sent to `data.txt`, and answers `recibido <id>` once the line is written
 //! (and synced, per the fsync policy).
 //!
-//! - [`storage`]: `data.txt` and its writer thread (group commit);
-//! - [`run`]: connect, register, serve, and reconnect with jittered backoff
-//!   forever when the head node goes away. On shutdown the node tells the
-//!   head node `bye`, keeps acknowledging until the head node has drained
-//!   it, then exits.
+//! - [`storage`]: `data.txt`, written in batches (group commit);
+//! - [`run`]: connect and register (async), then hand the connection to a
+//!   dedicated *data-path thread* that reads what the head node sends,
+//!   appends it to `data.txt`, syncs, and writes the acknowledgements: file
+//!   I/O never runs on the async runtime, and a message crosses no thread
+//!   hand-off on its way. When the head node goes away the node reconnects
+//!   with jittered backoff, forever. On shutdown it tells the head node
+//!   `bye`, keeps acknowledging until the head node has drained it, then exits.
 
 use std::future::Future;
+use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
+use protocol::HandshakeError;
 use protocol::backoff::Backoff;
+use protocol::codec::LineDecoder;
 use protocol::connection::Connection;
 use protocol::handshake;
 use protocol::message::{DataNodeHello, FromDataNode, NodeId, ToDataNode, truncate_for_log};
 use protocol::shutdown::Latch;
 use protocol::telemetry::MESSAGES_TARGET;
-use protocol::{HandshakeError, Line};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
-use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 pub mod storage;
 
+use storage::DataFile;
 pub use storage::FsyncPolicy;
-use storage::{Done, Item, Job, Storage};
 
 /// Settings of a data node.
 #[derive(Debug, Clone)]
@@ -108,15 +114,18 @@ const FORWARD_OVERHEAD: usize = 256;
 /// Runs the data node until `shutdown`, reconnecting whenever the head node
 /// goes away. Returns an error only for conditions retrying cannot fix.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DataNodeError> {
-    let storage =
-        Storage::open(&config.data_dir, config.fsync).map_err(|e| DataNodeError::Storage {
+    let data =
+        DataFile::open(&config.data_dir, config.fsync).map_err(|e| DataNodeError::Storage {
             path: config.data_dir.join("data.txt"),
             reason: e.to_string(),
         })?;
+    let data_path = data.path().to_owned();
+    // Moves into each session's data-path thread and back out of it.
+    let mut data = Some(data);
     info!(
         node = %config.node_id,
         incarnation = config.incarnation,
-        data = %storage.path().display(),
+        data = %data_path.display(),
         fsync = ?config.fsync,
         "dataNode starting"
     );
@@ -130,7 +139,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             _ = shutdown.wait() => break Ok(()),
             attempt = connect(&config) => attempt,
         };
-        let mut conn = match attempt {
+        let conn = match attempt {
             Ok(conn) => conn,
             Err(ConnectError::Fatal(e)) => break Err(e),
             Err(ConnectError::Retry(why)) => {
@@ -148,21 +157,27 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             }
         };
         backoff.reset();
-        match serve(&config, &mut conn, &storage, &mut shutdown).await {
+        let Some(file) = data.take() else {
+            break Err(DataNodeError::Storage {
+                path: data_path,
+                reason: "the data-path thread stopped unexpectedly".into(),
+            });
+        };
+        let (file, end) = serve(&config, conn, file, &mut shutdown).await;
+        data = file;
+        match end {
             SessionEnd::Reconnect(why) => {
                 warn!(headnode = %config.headnode, "lost the head node ({why}); reconnecting")
             }
             SessionEnd::Left => break Ok(()),
             SessionEnd::StorageFailed(reason) => {
                 break Err(DataNodeError::Storage {
-                    path: storage.path().to_owned(),
+                    path: data_path,
                     reason,
                 });
             }
         }
     };
-    // Whatever was accepted for writing is finished before exit.
-    storage.close().await;
     info!(node = %config.node_id, "dataNode stopped");
     result
 }
@@ -262,129 +277,186 @@ enum SessionEnd {
     StorageFailed(String),
 }
 
-/// Serves one connection to the head node.
+/// How often the data-path thread looks up from a quiet socket to check
+/// for shutdown and for a silent head node.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Serves one connection on a data-path thread; returns the data file (for
+/// the next session) and why the session ended. If this future is dropped
+/// (the task aborted), the socket is shut down so the thread ends too.
 async fn serve<F: Future<Output = ()>>(
     config: &Config,
-    conn: &mut Connection,
-    storage: &Storage,
+    conn: Connection,
+    data: DataFile,
     shutdown: &mut Latch<F>,
-) -> SessionEnd {
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Result<Vec<Done>, String>>();
-    let mut last_heard = Instant::now();
-    let mut leave_by: Option<Instant> = None;
-    let mut writing = 0usize;
-
-    loop {
-        let silence_deadline = last_heard + config.head_timeout;
-        tokio::select! {
-            biased;
-            _ = shutdown.wait(), if leave_by.is_none() => {
-                info!(writing, "shutting down: telling the head node this node is leaving");
-                conn.writer.queue_with(|buf| FromDataNode::Leaving.encode(buf));
-                leave_by = Some(Instant::now() + config.leave_timeout);
-            }
-            report = done_rx.recv() => {
-                let Some(report) = report else { continue };
-                let mut report = Some(report);
-                while let Some(result) = report.take().or_else(|| done_rx.try_recv().ok()) {
-                    match result {
-                        Ok(done) => {
-                            writing -= done.len();
-                            for item in done {
-                                match item {
-                                    Done::Stored(id) => conn.writer.queue_with(|buf| FromDataNode::Stored(id).encode(buf)),
-                                    Done::Pong(n) => conn.writer.queue_with(|buf| FromDataNode::Pong(n).encode(buf)),
-                                }
-                            }
-                        }
-                        Err(reason) => {
-                            error!(%reason, "storage failed; leaving the cluster");
-                            conn.writer.queue_error(&format!("storage failure: {reason}"));
-                            let _ = conn.writer.shutdown().await;
-                            return SessionEnd::StorageFailed(reason);
-                        }
-                    }
-                }
-            }
-            flushed = conn.writer.flush(), if conn.writer.pending() > 0 => {
-                if let Err(e) = flushed {
-                    return SessionEnd::Reconnect(format!("write failed: {e}"));
-                }
-            }
-            frame = conn.reader.read_frame() => {
-                let first = match frame {
-                    Ok(Some(line)) => line,
-                    Ok(None) if leave_by.is_some() => return SessionEnd::Left,
-                    Ok(None) => return SessionEnd::Reconnect("connection closed".into()),
-                    Err(e) => return SessionEnd::Reconnect(e.to_string()),
-                };
-                last_heard = Instant::now();
-                let mut items = Vec::new();
-                let mut next = Some(first);
-                while let Some(line) = next {
-                    match handle_line(&line, &mut items) {
-                        LineOutcome::Continue => {}
-                        LineOutcome::Drained => {
-                            // Everything we held is acknowledged; flush and go.
-                            let _ = conn.writer.shutdown().await;
-                            return SessionEnd::Left;
-                        }
-                        LineOutcome::Reconnect(why) => return SessionEnd::Reconnect(why),
-                    }
-                    next = match conn.reader.next_buffered() {
-                        Ok(line) => line,
-                        Err(e) => return SessionEnd::Reconnect(e.to_string()),
-                    };
-                }
-                if !items.is_empty() {
-                    writing += items.len();
-                    if !storage.submit(Job { items, done: done_tx.clone() }) {
-                        return SessionEnd::StorageFailed("writer thread stopped".into());
-                    }
-                }
-            }
-            _ = tokio::time::sleep_until(silence_deadline) => {
-                return SessionEnd::Reconnect(format!(
-                    "no word from the head node for {:?}",
-                    config.head_timeout
-                ));
-            }
-            _ = protocol::server::sleep_until(leave_by) => {
-                warn!(writing, "head node did not finish draining this node in time; leaving anyway");
-                let _ = conn.writer.flush().await;
-                return SessionEnd::Left;
-            }
+) -> (Option<DataFile>, SessionEnd) {
+    let (stream, leftover) = conn.into_stream();
+    let stream = match stream
+        .into_std()
+        .and_then(|s| s.set_nonblocking(false).map(|()| s))
+    {
+        Ok(stream) => stream,
+        Err(e) => return (Some(data), SessionEnd::Reconnect(e.to_string())),
+    };
+    let closer = match stream.try_clone() {
+        Ok(closer) => CloseOnDrop(closer),
+        Err(e) => return (Some(data), SessionEnd::Reconnect(e.to_string())),
+    };
+    let leave = Arc::new(AtomicBool::new(false));
+    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
+    let thread_config = DataPathConfig {
+        max_line: config.max_line + FORWARD_OVERHEAD,
+        head_timeout: config.head_timeout,
+        leave_timeout: config.leave_timeout,
+    };
+    let thread_leave = leave.clone();
+    let span = tracing::Span::current();
+    let spawned = std::thread::Builder::new()
+        .name("data path".into())
+        .spawn(move || {
+            let _span = span.enter();
+            let mut data = data;
+            let end = data_path(stream, leftover, &mut data, &thread_config, &thread_leave);
+            let _ = done_tx.send((data, end));
+        });
+    if let Err(e) = spawned {
+        return (
+            None,
+            SessionEnd::StorageFailed(format!("cannot start the data-path thread: {e}")),
+        );
+    }
+    let result = tokio::select! {
+        done = &mut done_rx => done,
+        _ = shutdown.wait() => {
+            info!("shutting down: telling the head node this node is leaving");
+            leave.store(true, Ordering::Relaxed);
+            done_rx.await
         }
+    };
+    // The thread has finished with the socket; closing it again is harmless.
+    drop(closer);
+    match result {
+        Ok((data, end)) => (Some(data), end),
+        Err(_) => (
+            None,
+            SessionEnd::StorageFailed("the data-path thread stopped unexpectedly".into()),
+        ),
     }
 }
 
-enum LineOutcome {
-    Continue,
-    Drained,
-    Reconnect(String),
+/// Shuts the socket down when dropped, which ends the data-path thread's
+/// blocking read: an aborted session must not leave a live connection behind.
+struct CloseOnDrop(std::net::TcpStream);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.shutdown(std::net::Shutdown::Both);
+    }
 }
 
-fn handle_line(line: &Line, items: &mut Vec<Item>) -> LineOutcome {
-    match ToDataNode::parse(line.as_str()) {
-        Ok(ToDataNode::Store { id, text }) => {
-            debug!(target: MESSAGES_TARGET, id = ?id.map(|id| id.to_string()), "storing mensaje: {}", truncate_for_log(text));
-            // Keep the text as the shared buffer the line arrived in.
-            let offset = line.as_str().len() - text.len();
-            items.push(Item::Store {
-                id,
-                text: line.bytes().slice(offset..),
-            });
-            LineOutcome::Continue
+struct DataPathConfig {
+    max_line: usize,
+    head_timeout: Duration,
+    leave_timeout: Duration,
+}
+
+/// The data path: read everything the head node sent, stage each message,
+/// commit the batch (one write, one fdatasync under `batch`), then write all
+/// the acknowledgements and heartbeat answers at once. Blocking I/O on its
+/// own thread.
+fn data_path(
+    mut stream: std::net::TcpStream,
+    mut inbuf: BytesMut,
+    data: &mut DataFile,
+    config: &DataPathConfig,
+    leave: &AtomicBool,
+) -> SessionEnd {
+    if let Err(e) = stream.set_read_timeout(Some(POLL)) {
+        return SessionEnd::Reconnect(e.to_string());
+    }
+    let mut decoder = LineDecoder::new(config.max_line);
+    let mut answers = BytesMut::new();
+    let mut scratch = vec![0u8; 64 * 1024];
+    let mut last_heard = Instant::now();
+    let mut leave_by: Option<Instant> = None;
+    loop {
+        // Everything complete in the buffer is one batch.
+        let mut drained = false;
+        loop {
+            let line = match decoder.decode(&mut inbuf) {
+                Ok(Some(line)) => line,
+                Ok(None) => break,
+                Err(e) => return SessionEnd::Reconnect(format!("protocol error: {e}")),
+            };
+            match ToDataNode::parse(line.as_str()) {
+                Ok(ToDataNode::Store { id, text }) => {
+                    debug!(target: MESSAGES_TARGET, id = ?id.map(|id| id.to_string()), "storing mensaje: {}", truncate_for_log(text));
+                    data.stage(id, text.as_bytes());
+                    FromDataNode::Stored(id).encode(&mut answers);
+                    answers.extend_from_slice(b"\n");
+                }
+                Ok(ToDataNode::Ping(n)) => {
+                    // Answered with this batch, after its messages are written.
+                    FromDataNode::Pong(n).encode(&mut answers);
+                    answers.extend_from_slice(b"\n");
+                }
+                Ok(ToDataNode::Bye) => drained = true,
+                Ok(ToDataNode::Welcome(_)) => {}
+                Ok(ToDataNode::Error(reason)) => {
+                    return SessionEnd::Reconnect(format!("head node error: {reason}"));
+                }
+                Err(e) => return SessionEnd::Reconnect(format!("protocol error: {e}")),
+            }
         }
-        Ok(ToDataNode::Ping(n)) => {
-            items.push(Item::Ping(n));
-            LineOutcome::Continue
+        if let Err(e) = data.commit() {
+            let reason = e.to_string();
+            error!(%reason, "cannot write data.txt; leaving the cluster");
+            answers.clear();
+            let _ = stream.write_all(format!("ERROR storage failure: {reason}\n").as_bytes());
+            return SessionEnd::StorageFailed(reason);
         }
-        Ok(ToDataNode::Bye) => LineOutcome::Drained,
-        Ok(ToDataNode::Welcome(_)) => LineOutcome::Continue,
-        Ok(ToDataNode::Error(reason)) => {
-            LineOutcome::Reconnect(format!("head node error: {reason}"))
+        if leave.load(Ordering::Relaxed) && leave_by.is_none() {
+            FromDataNode::Leaving.encode(&mut answers);
+            answers.extend_from_slice(b"\n");
+            leave_by = Some(Instant::now() + config.leave_timeout);
         }
-        Err(e) => LineOutcome::Reconnect(format!("protocol error: {e}")),
+        if !answers.is_empty() {
+            if let Err(e) = stream.write_all(&answers) {
+                return SessionEnd::Reconnect(format!("write failed: {e}"));
+            }
+            answers.clear();
+        }
+        if drained {
+            // The head node has everything it sent us acknowledged.
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+            return SessionEnd::Left;
+        }
+        if leave_by.is_some_and(|by| Instant::now() >= by) {
+            warn!("head node did not finish draining this node in time; leaving anyway");
+            return SessionEnd::Left;
+        }
+        match stream.read(&mut scratch) {
+            Ok(0) if leave_by.is_some() => return SessionEnd::Left,
+            Ok(0) => return SessionEnd::Reconnect("connection closed".into()),
+            Ok(n) => {
+                inbuf.extend_from_slice(&scratch[..n]);
+                last_heard = Instant::now();
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if last_heard.elapsed() >= config.head_timeout {
+                    return SessionEnd::Reconnect(format!(
+                        "no word from the head node for {:?}",
+                        config.head_timeout
+                    ));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return SessionEnd::Reconnect(e.to_string()),
+        }
     }
 }

@@ -1,22 +1,20 @@
-//! `data.txt`: append-only, one human-readable line per message, written on a
-//! dedicated thread so disk waits never block the async runtime.
+//! `data.txt`: append-only, one human-readable line per message.
 //!
-//! Each line is `<timestamp> - [<message-id>] mensaje: <text>`. The thread
-//! takes every job queued since its last write, appends them with one
-//! `write`, and under [`FsyncPolicy::Batch`] makes them durable with one
-//! `fdatasync` before any of them is acknowledged (group commit).
+//! Each line is `<timestamp> - [<message-id>] mensaje: <text>`. Lines are
+//! staged, then [`DataFile::commit`] appends everything staged with one
+//! `write` and, under [`FsyncPolicy::Batch`], makes it durable with one
+//! `fdatasync` before any of it is acknowledged (group commit). This is
+//! blocking file I/O: it runs on the data node's data-path thread, never on
+//! an async runtime's worker.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::thread;
 use std::time::SystemTime;
 
-use bytes::Bytes;
 use protocol::message::MessageId;
 use protocol::timefmt::write_timestamp;
-use tokio::sync::mpsc;
 
 /// When appended lines are forced to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -46,51 +44,21 @@ impl FromStr for FsyncPolicy {
     }
 }
 
-/// One unit of work, in the order the head node sent it.
+/// The open `data.txt` and the lines staged for the next commit.
 #[derive(Debug)]
-pub enum Item {
-    /// Append this message.
-    Store {
-        /// Id assigned by the head node.
-        id: Option<MessageId>,
-        /// The client's text.
-        text: Bytes,
-    },
-    /// Answer this heartbeat once everything before it is written: the
-    /// answer proves the whole write path works, not just the socket.
-    Ping(u64),
-}
-
-/// What became of one [`Item`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Done {
-    /// Written (and synced per policy).
-    Stored(Option<MessageId>),
-    /// The heartbeat, answered after the items before it.
-    Pong(u64),
-}
-
-/// A batch of items and where to report them.
-#[derive(Debug)]
-pub struct Job {
-    /// The items, in order.
-    pub items: Vec<Item>,
-    /// Receives the [`Done`]s of a whole write at once, or the write error.
-    pub done: mpsc::UnboundedSender<Result<Vec<Done>, String>>,
-}
-
-/// The storage thread's handle. Dropping it lets the thread finish the jobs
-/// already queued and exit; [`Storage::close`] also waits for that.
-#[derive(Debug)]
-pub struct Storage {
-    jobs: Option<mpsc::UnboundedSender<Job>>,
-    thread: Option<thread::JoinHandle<()>>,
+pub struct DataFile {
+    file: File,
     path: PathBuf,
+    policy: FsyncPolicy,
+    staged: Vec<u8>,
+    /// End offset in `staged` of each staged line (for `Always`).
+    line_ends: Vec<usize>,
+    stamp: String,
 }
 
-impl Storage {
-    /// Opens (creating if needed) `dir/data.txt` and starts the thread.
-    pub fn open(dir: &Path, policy: FsyncPolicy) -> io::Result<Storage> {
+impl DataFile {
+    /// Opens (creating if needed) `dir/data.txt` for appending.
+    pub fn open(dir: &Path, policy: FsyncPolicy) -> io::Result<DataFile> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("data.txt");
         let mut file = OpenOptions::new()
@@ -99,14 +67,13 @@ impl Storage {
             .read(true)
             .open(&path)?;
         repair_partial_last_line(&mut file)?;
-        let (jobs, receiver) = mpsc::unbounded_channel();
-        let thread = thread::Builder::new()
-            .name("data.txt writer".into())
-            .spawn(move || write_loop(file, policy, receiver))?;
-        Ok(Storage {
-            jobs: Some(jobs),
-            thread: Some(thread),
+        Ok(DataFile {
+            file,
             path,
+            policy,
+            staged: Vec::with_capacity(64 * 1024),
+            line_ends: Vec::new(),
+            stamp: String::with_capacity(32),
         })
     }
 
@@ -115,19 +82,56 @@ impl Storage {
         &self.path
     }
 
-    /// Queues a job. Returns `false` if the thread has stopped.
-    pub fn submit(&self, job: Job) -> bool {
-        self.jobs
-            .as_ref()
-            .is_some_and(|jobs| jobs.send(job).is_ok())
+    /// Stages `<now> - [<id>] mensaje: <text>`; nothing is written until [`DataFile::commit`].
+    pub fn stage(&mut self, id: Option<MessageId>, text: &[u8]) {
+        if self.line_ends.is_empty() {
+            // One timestamp per batch: the lines are written together.
+            self.stamp.clear();
+            let _ = write_timestamp(&mut self.stamp, SystemTime::now());
+        }
+        format_line(&mut self.staged, &self.stamp, id, text);
+        self.line_ends.push(self.staged.len());
     }
 
-    /// Finishes the queued jobs and stops the thread.
-    pub async fn close(mut self) {
-        self.jobs.take();
-        if let Some(thread) = self.thread.take() {
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    /// Lines staged and not yet committed.
+    pub fn staged(&self) -> usize {
+        self.line_ends.len()
+    }
+
+    /// Appends every staged line and syncs per the policy. When this returns
+    /// `Ok`, the lines may be acknowledged.
+    pub fn commit(&mut self) -> io::Result<()> {
+        if self.line_ends.is_empty() {
+            return Ok(());
         }
+        let result = match self.policy {
+            FsyncPolicy::Always => {
+                let mut start = 0;
+                let mut result = Ok(());
+                for &end in &self.line_ends {
+                    result = self
+                        .file
+                        .write_all(&self.staged[start..end])
+                        .and_then(|()| self.file.sync_data());
+                    if result.is_err() {
+                        break;
+                    }
+                    start = end;
+                }
+                result
+            }
+            FsyncPolicy::Batch => self
+                .file
+                .write_all(&self.staged)
+                .and_then(|()| self.file.sync_data()),
+            FsyncPolicy::Never => self.file.write_all(&self.staged),
+        };
+        self.staged.clear();
+        self.line_ends.clear();
+        if self.staged.capacity() > 4 * 1024 * 1024 {
+            self.staged = Vec::with_capacity(64 * 1024);
+        }
+        result
     }
 }
 
@@ -145,80 +149,6 @@ fn repair_partial_last_line(file: &mut File) -> io::Result<()> {
         tracing::warn!("data.txt ended in a partial line (interrupted write); starting a new line");
         file.write_all(b"\n")?;
         file.sync_data()?;
-    }
-    Ok(())
-}
-
-/// Largest batch written at once, so acknowledgements keep flowing under load.
-const MAX_BATCH_ITEMS: usize = 8192;
-
-fn write_loop(mut file: File, policy: FsyncPolicy, mut jobs: mpsc::UnboundedReceiver<Job>) {
-    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
-    let mut stamp = String::with_capacity(32);
-    let mut batch: Vec<Job> = Vec::new();
-    while let Some(job) = jobs.blocking_recv() {
-        batch.push(job);
-        let mut items = batch[0].items.len();
-        while items < MAX_BATCH_ITEMS {
-            match jobs.try_recv() {
-                Ok(job) => {
-                    items += job.items.len();
-                    batch.push(job);
-                }
-                Err(_) => break,
-            }
-        }
-        stamp.clear();
-        let _ = write_timestamp(&mut stamp, SystemTime::now());
-        let result = write_batch(&mut file, policy, &batch, &stamp, &mut buf);
-        for job in batch.drain(..) {
-            let report = match &result {
-                Ok(()) => Ok(job
-                    .items
-                    .iter()
-                    .map(|item| match item {
-                        Item::Store { id, .. } => Done::Stored(*id),
-                        Item::Ping(n) => Done::Pong(*n),
-                    })
-                    .collect()),
-                Err(e) => Err(e.to_string()),
-            };
-            let _ = job.done.send(report);
-        }
-        if let Err(e) = result {
-            tracing::error!(error = %e, "cannot write data.txt; no further messages will be acknowledged");
-            return;
-        }
-        if buf.capacity() > 4 * 1024 * 1024 {
-            buf = Vec::with_capacity(64 * 1024);
-        }
-    }
-}
-
-fn write_batch(
-    file: &mut File,
-    policy: FsyncPolicy,
-    batch: &[Job],
-    stamp: &str,
-    buf: &mut Vec<u8>,
-) -> io::Result<()> {
-    buf.clear();
-    for item in batch.iter().flat_map(|job| &job.items) {
-        let Item::Store { id, text } = item else {
-            continue;
-        };
-        format_line(buf, stamp, *id, text);
-        if policy == FsyncPolicy::Always {
-            file.write_all(buf)?;
-            file.sync_data()?;
-            buf.clear();
-        }
-    }
-    if !buf.is_empty() {
-        file.write_all(buf)?;
-        if policy == FsyncPolicy::Batch {
-            file.sync_data()?;
-        }
     }
     Ok(())
 }
@@ -258,43 +188,22 @@ mod tests {
         MessageId { epoch: 9, seq }
     }
 
-    async fn store_all(storage: &Storage, items: Vec<Item>) -> Vec<Done> {
-        let (done, mut reports) = mpsc::unbounded_channel();
-        assert!(storage.submit(Job { items, done }));
-        reports.recv().await.unwrap().unwrap()
-    }
-
-    #[tokio::test]
-    async fn lines_are_appended_in_order_with_ids_and_pongs_come_after() {
+    #[test]
+    fn staged_lines_are_appended_in_order_on_commit() {
         for policy in [FsyncPolicy::Always, FsyncPolicy::Batch, FsyncPolicy::Never] {
             let dir = tempfile::tempdir().unwrap();
-            let storage = Storage::open(dir.path(), policy).unwrap();
-            let done = store_all(
-                &storage,
-                vec![
-                    Item::Store {
-                        id: Some(id(1)),
-                        text: Bytes::from_static(b"numero random: 5"),
-                    },
-                    Item::Ping(7),
-                    Item::Store {
-                        id: Some(id(2)),
-                        text: Bytes::from_static(b"hola"),
-                    },
-                ],
-            )
-            .await;
+            let mut data = DataFile::open(dir.path(), policy).unwrap();
+            data.stage(Some(id(1)), b"numero random: 5");
+            data.stage(Some(id(2)), b"hola");
+            assert_eq!(data.staged(), 2);
             assert_eq!(
-                done,
-                [
-                    Done::Stored(Some(id(1))),
-                    Done::Pong(7),
-                    Done::Stored(Some(id(2)))
-                ]
+                std::fs::read_to_string(data.path()).unwrap(),
+                "",
+                "nothing before commit"
             );
-            let path = storage.path().to_owned();
-            storage.close().await;
-            let text = std::fs::read_to_string(&path).unwrap();
+            data.commit().unwrap();
+            assert_eq!(data.staged(), 0);
+            let text = std::fs::read_to_string(data.path()).unwrap();
             let lines: Vec<&str> = text.lines().collect();
             assert_eq!(lines.len(), 2, "{policy:?}: {text}");
             assert!(
@@ -307,36 +216,28 @@ mod tests {
                 lines[0].len(),
                 "2026-11-23 05:37:10,123 - [9-1] mensaje: numero random: 5".len()
             );
-            assert_eq!(stored_ids(&path).unwrap(), [id(1), id(2)]);
+            assert_eq!(stored_ids(data.path()).unwrap(), [id(1), id(2)]);
         }
     }
 
-    #[tokio::test]
-    async fn reopening_appends_and_repairs_a_partial_line() {
+    #[test]
+    fn reopening_appends_and_repairs_a_partial_line() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("data.txt"),
             b"2026-01-01 00:00:00,000 - [9-1] mensaje: a\n2026-01-01 00:00:00,000 - [9-2] men",
         )
         .unwrap();
-        let storage = Storage::open(dir.path(), FsyncPolicy::Batch).unwrap();
-        store_all(
-            &storage,
-            vec![Item::Store {
-                id: Some(id(3)),
-                text: Bytes::from_static(b"c"),
-            }],
-        )
-        .await;
-        let path = storage.path().to_owned();
-        storage.close().await;
-        let text = std::fs::read_to_string(&path).unwrap();
+        let mut data = DataFile::open(dir.path(), FsyncPolicy::Batch).unwrap();
+        data.stage(Some(id(3)), b"c");
+        data.commit().unwrap();
+        let text = std::fs::read_to_string(data.path()).unwrap();
         assert_eq!(text.lines().count(), 3);
         assert!(
             text.contains("[9-2] men\n2026"),
             "the torn line stays on its own line"
         );
-        assert_eq!(stored_ids(&path).unwrap(), [id(1), id(2), id(3)]);
+        assert_eq!(stored_ids(data.path()).unwrap(), [id(1), id(2), id(3)]);
     }
 
     #[test]

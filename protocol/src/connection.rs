@@ -113,6 +113,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         reader
     }
 
+    /// The stream and any bytes already read but not yet decoded, for
+    /// handing the connection to code that reads it another way.
+    pub fn into_parts(self) -> (R, BytesMut) {
+        (self.inner, self.buf)
+    }
+
     /// The peer's framing, as detected so far.
     pub fn framing(&self) -> Framing {
         self.framing
@@ -389,6 +395,16 @@ impl Connection {
     /// See [`close_with_error`].
     pub async fn close_with_error(&mut self, reason: &(dyn std::fmt::Display + Sync)) {
         close_with_error(&mut self.reader, &mut self.writer, reason).await;
+    }
+
+    /// The TCP stream again, with the bytes read but not yet decoded. Queued
+    /// but unflushed frames are dropped: flush first.
+    pub fn into_stream(self) -> (TcpStream, BytesMut) {
+        let (read, leftover) = self.reader.into_parts();
+        let stream = read
+            .reunite(self.writer.inner)
+            .expect("both halves come from this connection's stream");
+        (stream, leftover)
     }
 
     /// Adopts the framing the reader detected, for replies.
