@@ -371,7 +371,12 @@ fn data_path(
     config: &DataPathConfig,
     leave: &AtomicBool,
 ) -> SessionEnd {
-    if let Err(e) = stream.set_read_timeout(Some(POLL)) {
+    // Reads wake up often to look at the clock; a write that cannot proceed
+    // for as long as the head node may stay silent means it is gone.
+    let timeouts = stream
+        .set_read_timeout(Some(POLL))
+        .and_then(|()| stream.set_write_timeout(Some(config.head_timeout)));
+    if let Err(e) = timeouts {
         return SessionEnd::Reconnect(e.to_string());
     }
     let mut decoder = LineDecoder::new(config.max_line);
