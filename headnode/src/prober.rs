@@ -59,11 +59,6 @@ impl IcmpProber {
         }
     }
 
-    /// Whether IPv4 ICMP works here.
-    pub fn is_available(&self) -> bool {
-        self.v4.is_some()
-    }
-
     fn next_seq(&self, addr: IpAddr) -> u16 {
         let mut seqs = self
             .next_seq

@@ -25,14 +25,6 @@ pub struct Line {
 }
 
 impl Line {
-    /// Builds a line from text; used by tests and by code that relays lines.
-    pub fn new(text: impl Into<String>, terminated: bool) -> Self {
-        Line {
-            text: Bytes::from(text.into()),
-            terminated,
-        }
-    }
-
     /// The text of the line, without `\r\n` / `\n`.
     pub fn as_str(&self) -> &str {
         // The decoder only builds lines from bytes it has validated.

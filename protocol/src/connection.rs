@@ -263,11 +263,6 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.terminated = framing != Framing::Unterminated;
     }
 
-    /// Whether frames are written with a trailing `\n`.
-    pub fn is_terminated(&self) -> bool {
-        self.terminated
-    }
-
     /// Queues one frame without writing it yet.
     pub fn queue(&mut self, text: &[u8]) {
         encode_line(text, self.terminated, &mut self.buf);
@@ -405,11 +400,6 @@ impl Connection {
             .reunite(self.writer.inner)
             .expect("both halves come from this connection's stream");
         (stream, leftover)
-    }
-
-    /// Adopts the framing the reader detected, for replies.
-    pub fn match_peer_framing(&mut self) {
-        self.writer.match_framing(self.reader.framing());
     }
 }
 
