@@ -114,14 +114,13 @@ const FORWARD_OVERHEAD: usize = 256;
 /// Runs the data node until `shutdown`, reconnecting whenever the head node
 /// goes away. Returns an error only for conditions retrying cannot fix.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DataNodeError> {
-    let data =
+    // Moves into each session's data-path thread and back out of it.
+    let mut data =
         DataFile::open(&config.data_dir, config.fsync).map_err(|e| DataNodeError::Storage {
             path: config.data_dir.join("data.txt"),
             reason: e.to_string(),
         })?;
     let data_path = data.path().to_owned();
-    // Moves into each session's data-path thread and back out of it.
-    let mut data = Some(data);
     info!(
         node = %config.node_id,
         incarnation = config.incarnation,
@@ -157,14 +156,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             }
         };
         backoff.reset();
-        let Some(file) = data.take() else {
-            break Err(DataNodeError::Storage {
-                path: data_path,
-                reason: "the data-path thread stopped unexpectedly".into(),
-            });
+        let end = match serve(&config, conn, data, &mut shutdown).await {
+            Ok((file, end)) => {
+                data = file;
+                end
+            }
+            Err(reason) => {
+                break Err(DataNodeError::Storage {
+                    path: data_path,
+                    reason,
+                });
+            }
         };
-        let (file, end) = serve(&config, conn, file, &mut shutdown).await;
-        data = file;
         match end {
             SessionEnd::Reconnect(why) => {
                 warn!(headnode = %config.headnode, "lost the head node ({why}); reconnecting")
@@ -282,25 +285,26 @@ enum SessionEnd {
 const POLL: Duration = Duration::from_millis(100);
 
 /// Serves one connection on a data-path thread; returns the data file (for
-/// the next session) and why the session ended. If this future is dropped
-/// (the task aborted), the socket is shut down so the thread ends too.
+/// the next session) and why the session ended, or an error if the thread
+/// could not run. If this future is dropped (the task aborted), the socket
+/// is shut down so the thread ends too.
 async fn serve<F: Future<Output = ()>>(
     config: &Config,
     conn: Connection,
     data: DataFile,
     shutdown: &mut Latch<F>,
-) -> (Option<DataFile>, SessionEnd) {
+) -> Result<(DataFile, SessionEnd), String> {
     let (stream, leftover) = conn.into_stream();
     let stream = match stream
         .into_std()
         .and_then(|s| s.set_nonblocking(false).map(|()| s))
     {
         Ok(stream) => stream,
-        Err(e) => return (Some(data), SessionEnd::Reconnect(e.to_string())),
+        Err(e) => return Ok((data, SessionEnd::Reconnect(e.to_string()))),
     };
     let closer = match stream.try_clone() {
         Ok(closer) => CloseOnDrop(closer),
-        Err(e) => return (Some(data), SessionEnd::Reconnect(e.to_string())),
+        Err(e) => return Ok((data, SessionEnd::Reconnect(e.to_string()))),
     };
     let leave = Arc::new(AtomicBool::new(false));
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
@@ -320,10 +324,7 @@ async fn serve<F: Future<Output = ()>>(
             let _ = done_tx.send((data, end));
         });
     if let Err(e) = spawned {
-        return (
-            None,
-            SessionEnd::StorageFailed(format!("cannot start the data-path thread: {e}")),
-        );
+        return Err(format!("cannot start the data-path thread: {e}"));
     }
     let result = tokio::select! {
         done = &mut done_rx => done,
@@ -335,13 +336,7 @@ async fn serve<F: Future<Output = ()>>(
     };
     // The thread has finished with the socket; closing it again is harmless.
     drop(closer);
-    match result {
-        Ok((data, end)) => (Some(data), end),
-        Err(_) => (
-            None,
-            SessionEnd::StorageFailed("the data-path thread stopped unexpectedly".into()),
-        ),
-    }
+    result.map_err(|_| "the data-path thread stopped unexpectedly".to_owned())
 }
 
 /// Shuts the socket down when dropped, which ends the data-path thread's

@@ -204,12 +204,10 @@ impl Router {
                     pick += 1;
                 }
                 let node = &nodes[pick];
-                message.attempts += 1;
-                match node.queue.send(message) {
+                match offer(node, message) {
                     Ok(()) => return Some(node.node.clone()),
-                    Err(mpsc::error::SendError(back)) => {
+                    Err(back) => {
                         message = back;
-                        message.attempts -= 1;
                         Some(node.conn)
                     }
                 }
@@ -225,21 +223,28 @@ impl Router {
                 .collect();
             while !candidates.is_empty() {
                 let node = candidates.swap_remove(rng.random_range(0..candidates.len()));
-                message.attempts += 1;
-                match node.queue.send(message) {
+                match offer(node, message) {
                     Ok(()) => return Some(node.node.clone()),
-                    Err(mpsc::error::SendError(back)) => {
-                        message = back;
-                        message.attempts -= 1;
-                    }
+                    Err(back) => message = back,
                 }
             }
         }
-        if self.parking.send(message).is_err() {
-            // Only during shutdown; the client is being closed anyway.
-        }
+        // Fails only during shutdown, when the client is being closed anyway.
+        let _ = self.parking.send(message);
         None
     }
+}
+
+/// Hands `message` to `node`'s queue, counting the attempt; gives it back
+/// (attempt uncounted) if that node's task has just ended.
+fn offer(node: &NodeHandle, mut message: Forward) -> Result<(), Forward> {
+    message.attempts += 1;
+    node.queue
+        .send(message)
+        .map_err(|mpsc::error::SendError(mut back)| {
+            back.attempts -= 1;
+            back
+        })
 }
 
 /// Holds messages no node could take, for at most `wait`; routes them as
