@@ -20,7 +20,7 @@ use crate::membership::{
     ConnId, DetectorConfig, Event, EvictReason, MemberInfo, Membership, ProbeOutcome, Refusal,
 };
 use crate::prober::Prober;
-use crate::router::{Forward, NodeHandle, Routes};
+use crate::router::{Forward, NodeHandle, NodeLoad, Routes};
 
 /// What the membership task hears about.
 #[derive(Debug)]
@@ -29,6 +29,8 @@ pub(crate) enum Input {
     Register {
         info: MemberInfo,
         queue: mpsc::UnboundedSender<Forward>,
+        /// Messages its session holds (read by the router).
+        load: Arc<NodeLoad>,
         /// Cancelled when the member is evicted; the session then closes.
         evicted: CancellationToken,
         respond: oneshot::Sender<Result<(), Refusal>>,
@@ -135,6 +137,7 @@ impl Driver {
             Input::Register {
                 info,
                 queue,
+                load,
                 evicted,
                 respond,
             } => match membership.register(info.clone(), now()) {
@@ -146,6 +149,7 @@ impl Driver {
                                 conn: info.conn,
                                 node: info.node.clone(),
                                 queue,
+                                load,
                             },
                             evicted,
                         },
@@ -309,6 +313,6 @@ impl Driver {
             .routable()
             .filter_map(|m| self.sessions.get(&m.conn).map(|s| s.handle.clone()))
             .collect();
-        self.routes.send_replace(Arc::new(Routes { nodes }));
+        self.routes.send_replace(Arc::new(Routes::new(nodes)));
     }
 }

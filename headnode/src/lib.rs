@@ -40,7 +40,7 @@ pub use membership::DetectorConfig;
 pub use prober::{IcmpProber, Prober};
 
 use cluster::{ClusterConfig, Input};
-use router::{IdGenerator, Router, Routes};
+use router::{IdGenerator, NodeLoad, Router, Routes};
 
 /// Settings of the head node. `Default` gives the documented defaults.
 #[derive(Clone)]
@@ -70,6 +70,9 @@ pub struct Config {
     pub max_client_in_flight: usize,
     /// Unacknowledged messages per data node; more wait in its queue.
     pub max_node_in_flight: usize,
+    /// Messages in a row sent to one busy data node before another is
+    /// chosen (1: every message is routed on its own). See [`router`].
+    pub sticky_run: usize,
     /// Connections served at once (clients and data nodes).
     pub max_connections: usize,
     /// The ICMP prober; `None` opens real ICMP sockets.
@@ -95,6 +98,7 @@ impl Default for Config {
             max_attempts: 5,
             max_client_in_flight: 4096,
             max_node_in_flight: 65_536,
+            sticky_run: DEFAULT_STICKY_RUN,
             max_connections: 16_384,
             prober: None,
             id_epoch: None,
@@ -115,9 +119,13 @@ impl std::fmt::Debug for Config {
             .field("detector", &self.detector)
             .field("ack_timeout", &self.ack_timeout)
             .field("no_node_wait", &self.no_node_wait)
+            .field("sticky_run", &self.sticky_run)
             .finish_non_exhaustive()
     }
 }
+
+/// Default of [`Config::sticky_run`].
+pub const DEFAULT_STICKY_RUN: usize = 1024;
 
 /// What every connection task needs.
 pub(crate) struct Shared {
@@ -154,7 +162,12 @@ pub async fn run(
     let (routes_tx, routes_rx) = watch::channel(Arc::new(Routes::default()));
     let (parking_tx, parking_rx) = mpsc::unbounded_channel();
     let (inputs_tx, inputs_rx) = mpsc::unbounded_channel();
-    let router = Router::new(routes_rx, parking_tx, config.max_attempts);
+    let router = Router::new(
+        routes_rx,
+        parking_tx,
+        config.max_attempts,
+        config.sticky_run,
+    );
 
     let clients_stop = CancellationToken::new();
     let nodes_stop = CancellationToken::new();
@@ -349,11 +362,13 @@ async fn register_data_node(
         legacy,
     };
     let (queue_tx, queue_rx) = mpsc::unbounded_channel();
+    let load = Arc::new(NodeLoad::default());
     let evicted = CancellationToken::new();
     let (respond, response) = tokio::sync::oneshot::channel();
     let registration = Input::Register {
         info: info.clone(),
         queue: queue_tx,
+        load: load.clone(),
         evicted: evicted.clone(),
         respond,
     };
@@ -373,6 +388,7 @@ async fn register_data_node(
         conn,
         info,
         queue: queue_rx,
+        load,
         evicted,
         shared,
     })

@@ -60,6 +60,12 @@ struct Args {
     /// Unanswered messages per client before the head node stops reading from it.
     #[arg(long, env = "MAX_CLIENT_IN_FLIGHT", default_value_t = 4096)]
     max_client_in_flight: usize,
+    /// Messages in a row sent to one randomly chosen data node while it is
+    /// still busy, so they share its group commit; 1 routes every message
+    /// on its own.
+    #[arg(long, env = "STICKY_RUN", default_value_t = headnode::DEFAULT_STICKY_RUN as u32,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    sticky_run: u32,
     #[command(flatten)]
     framing: FramingArgs,
     #[command(flatten)]
@@ -132,6 +138,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         max_attempts: args.max_attempts,
         max_connections: args.max_connections,
         max_client_in_flight: args.max_client_in_flight,
+        sticky_run: args.sticky_run as usize,
         ..headnode::Config::default()
     };
     headnode::run(listener, config, protocol::shutdown::signal()).await?;

@@ -17,13 +17,15 @@ use crate::Shared;
 use crate::cluster::Input;
 use crate::in_flight::{Acked, InFlight};
 use crate::membership::MemberInfo;
-use crate::router::{Forward, Outcome};
+use crate::router::{Forward, NodeLoad, Outcome};
 
 /// A data node that has been accepted into the cluster.
 pub(crate) struct Registered {
     pub(crate) conn: Connection,
     pub(crate) info: MemberInfo,
     pub(crate) queue: mpsc::UnboundedReceiver<Forward>,
+    /// What the router counts as held by this session.
+    pub(crate) load: Arc<NodeLoad>,
     /// Cancelled by the membership task when it evicts this node.
     pub(crate) evicted: CancellationToken,
     pub(crate) shared: Arc<Shared>,
@@ -37,6 +39,7 @@ pub(crate) async fn run(registered: Registered, nodes_stop: CancellationToken) {
         mut conn,
         info,
         mut queue,
+        load,
         evicted,
         shared,
     } = registered;
@@ -85,9 +88,12 @@ pub(crate) async fn run(registered: Registered, nodes_stop: CancellationToken) {
                 };
                 match FromDataNode::parse(line.as_str()) {
                     Ok(FromDataNode::Stored(id)) => {
-                        acknowledge(&info, &mut in_flight, id, shared.ids.epoch(), &mut skipped);
+                        if acknowledge(&info, &mut in_flight, id, shared.ids.epoch(), &mut skipped) {
+                            load.release();
+                            load.progressed();
+                        }
                         for message in skipped.drain(..) {
-                            reroute(&shared, &info, message, "acknowledged a later message but not this one", &mut rng);
+                            reroute(&shared, &info, &load, message, "acknowledged a later message but not this one", &mut rng);
                         }
                     }
                     Ok(FromDataNode::Pong(_)) => {
@@ -112,7 +118,7 @@ pub(crate) async fn run(registered: Registered, nodes_stop: CancellationToken) {
             message = queue.recv(), if in_flight.waiting() < max_in_flight => {
                 let Some(message) = message else { break None };
                 if leaving {
-                    reroute(&shared, &info, message, "it is leaving", &mut rng);
+                    reroute(&shared, &info, &load, message, "it is leaving", &mut rng);
                     continue;
                 }
                 let deadline = Instant::now() + config.ack_timeout;
@@ -142,7 +148,7 @@ pub(crate) async fn run(registered: Registered, nodes_stop: CancellationToken) {
                         timeout = ?config.ack_timeout,
                         "no acknowledgement in time; resending to another dataNode (it may end up stored twice)"
                     );
-                    reroute(&shared, &info, message, "ack timeout", &mut rng);
+                    reroute(&shared, &info, &load, message, "ack timeout", &mut rng);
                 }
             }
         }
@@ -171,7 +177,7 @@ pub(crate) async fn run(registered: Registered, nodes_stop: CancellationToken) {
         warn!(node = %info.node, messages = held.len(), "dataNode gone ({why}); resending the messages it had not acknowledged");
     }
     for message in held {
-        reroute(&shared, &info, message, why, &mut rng);
+        reroute(&shared, &info, &load, message, why, &mut rng);
     }
     debug!(node = %info.node, "dataNode session ended");
 }
@@ -189,16 +195,17 @@ fn send(
     in_flight.push(message, deadline);
 }
 
+/// Matches an acknowledgement; true if it completed a message this session held.
 fn acknowledge(
     info: &MemberInfo,
     in_flight: &mut InFlight,
     id: Option<MessageId>,
     epoch: u64,
     skipped: &mut Vec<Forward>,
-) {
+) -> bool {
     if let Some(id) = id.filter(|id| id.epoch != epoch) {
         debug!(node = %info.node, %id, "ack for a message of an earlier head node run; ignored");
-        return;
+        return false;
     }
     match in_flight.ack(id.map(|id| id.seq), skipped) {
         Acked::Message(message) => {
@@ -210,18 +217,32 @@ fn acknowledge(
             message.complete(Outcome::Stored {
                 node: info.node.clone(),
             });
+            true
         }
-        Acked::Late(seq) => warn!(
-            id = %MessageId { epoch, seq }, node = %info.node,
+        Acked::Late(seq) => {
+            warn!(
+                id = %MessageId { epoch, seq }, node = %info.node,
             "late acknowledgement: this message was resent after a timeout and is stored twice (same id)"
-        ),
+            );
+            false
+        }
         Acked::Unknown => {
-            debug!(node = %info.node, ?id, "acknowledgement for no message in flight; ignored")
+            debug!(node = %info.node, ?id, "acknowledgement for no message in flight; ignored");
+            false
         }
     }
 }
 
-fn reroute(shared: &Shared, from: &MemberInfo, message: Forward, why: &str, rng: &mut SmallRng) {
+/// Passes a message this session held to another node.
+fn reroute(
+    shared: &Shared,
+    from: &MemberInfo,
+    load: &NodeLoad,
+    message: Forward,
+    why: &str,
+    rng: &mut SmallRng,
+) {
+    load.release();
     let id = message.id;
     let client = message.client.clone();
     if let Some(node) = shared.router.route(message, Some(from.conn), rng) {

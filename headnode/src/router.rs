@@ -2,15 +2,23 @@
 //!
 //! The membership task publishes the set of routable data nodes as an
 //! immutable snapshot ([`Routes`]) through a `watch` channel; client tasks
-//! read it without locks held across awaits. A message is sent to one node
-//! chosen uniformly at random. When no node can take it, the message waits
-//! in the *parking lot* for at most `no_node_wait`; if a node joins in time
-//! it is routed then, otherwise the client is told `ERROR no data nodes
+//! read it without locks held across awaits. A message goes to a node chosen
+//! uniformly at random. When no node can take it, the message waits in the
+//! *parking lot* for at most `no_node_wait`; if a node joins in time it is
+//! routed then, otherwise the client is told `ERROR no data nodes
 //! available`.
+//!
+//! Under load the choice is *sticky*, as in Kafka's sticky partitioner: the
+//! node picked at random keeps receiving the next messages while it is still
+//! busy with earlier ones, up to `sticky_run` messages, then another node is
+//! picked at random. Messages arriving together then share one group commit
+//! (one `fdatasync`) on one node instead of costing one on every node, which
+//! is what limits a cluster whose nodes share a disk. A message that finds
+//! its node idle starts a new run, so a light load is spread per message.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -130,6 +138,72 @@ pub struct NodeHandle {
     pub node: NodeId,
     /// Its forwarding queue, read by its connection task.
     pub queue: mpsc::UnboundedSender<Forward>,
+    /// Messages its connection task holds, shared with that task.
+    pub load: Arc<NodeLoad>,
+}
+
+/// How many messages a data node's connection task holds (queued for the
+/// node, or sent and not yet acknowledged) and when it last made progress.
+/// The router adds each message it hands over; the task releases each one
+/// it answers or passes on, and notes each acknowledgement.
+#[derive(Debug)]
+pub struct NodeLoad {
+    held: AtomicUsize,
+    /// Microseconds after `since` of the last acknowledgement, or of the
+    /// moment an idle node was given a message.
+    progress_at: AtomicU64,
+    since: Instant,
+}
+
+impl Default for NodeLoad {
+    fn default() -> Self {
+        NodeLoad {
+            held: AtomicUsize::new(0),
+            progress_at: AtomicU64::new(0),
+            since: Instant::now(),
+        }
+    }
+}
+
+/// A node that holds messages and has acknowledged none for this long gets
+/// no more of a sticky run: a stalled disk or a hung process must not
+/// collect every new message until the failure detectors evict it.
+pub const STALL: Duration = Duration::from_millis(100);
+
+impl NodeLoad {
+    /// A message was handed to the node's task.
+    pub fn add(&self) {
+        if self.held.fetch_add(1, Ordering::Relaxed) == 0 {
+            // An idle node's clock starts now, not at its last ack.
+            self.progressed();
+        }
+    }
+
+    /// A message left the node's task (acknowledged, or sent elsewhere).
+    pub fn release(&self) {
+        // Never below zero, even if a release outruns its add.
+        let _ = self
+            .held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+
+    /// The node acknowledged a message.
+    pub fn progressed(&self) {
+        let micros = self.since.elapsed().as_micros() as u64;
+        self.progress_at.store(micros, Ordering::Relaxed);
+    }
+
+    /// Messages held now.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Whether it acknowledged something (or was given its first message)
+    /// within [`STALL`].
+    fn moving(&self) -> bool {
+        let now = self.since.elapsed().as_micros() as u64;
+        now.saturating_sub(self.progress_at.load(Ordering::Relaxed)) < STALL.as_micros() as u64
+    }
 }
 
 /// An immutable snapshot of the routable data nodes.
@@ -137,6 +211,67 @@ pub struct NodeHandle {
 pub struct Routes {
     /// The nodes, in no particular order.
     pub nodes: Vec<NodeHandle>,
+    /// The node of the current sticky run, and messages left in that run.
+    /// Races between client tasks on other threads only make a run a
+    /// little longer or shorter.
+    run: StickyRun,
+}
+
+#[derive(Debug)]
+struct StickyRun {
+    node: AtomicUsize,
+    left: AtomicUsize,
+}
+
+impl Default for StickyRun {
+    fn default() -> Self {
+        StickyRun {
+            node: AtomicUsize::new(usize::MAX),
+            left: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Routes {
+    /// A snapshot of these nodes; the first message starts a new run.
+    pub fn new(nodes: Vec<NodeHandle>) -> Self {
+        Routes {
+            nodes,
+            run: StickyRun::default(),
+        }
+    }
+
+    /// Index of the node for a new message (there is at least one node):
+    /// the current run's node while it is busy, not stalled and the run not
+    /// used up; otherwise a random node, another one if the run's node is
+    /// still busy.
+    fn pick(&self, sticky_run: usize, rng: &mut SmallRng) -> usize {
+        let count = self.nodes.len();
+        if sticky_run <= 1 {
+            return rng.random_range(0..count);
+        }
+        let current = self.run.node.load(Ordering::Relaxed);
+        let left = self.run.left.load(Ordering::Relaxed);
+        let busy = self
+            .nodes
+            .get(current)
+            .map(|n| &n.load)
+            .filter(|l| l.held() > 0);
+        if left > 0 && busy.is_some_and(|l| l.moving()) {
+            self.run.left.store(left - 1, Ordering::Relaxed);
+            return current;
+        }
+        let next = if busy.is_some() && count > 1 {
+            // Used up or stalled: the next run goes to another node.
+            let pick = rng.random_range(0..count - 1);
+            pick + usize::from(pick >= current)
+        } else {
+            rng.random_range(0..count)
+        };
+        self.run.node.store(next, Ordering::Relaxed);
+        self.run.left.store(sticky_run - 1, Ordering::Relaxed);
+        next
+    }
 }
 
 /// Sends messages to data nodes. Cheap to clone: one per client task.
@@ -145,19 +280,24 @@ pub struct Router {
     routes: watch::Receiver<Arc<Routes>>,
     parking: mpsc::UnboundedSender<Forward>,
     max_attempts: u32,
+    sticky_run: usize,
 }
 
 impl Router {
-    /// A router reading `routes` and parking unroutable messages in `parking`.
+    /// A router reading `routes` and parking unroutable messages in
+    /// `parking`; up to `sticky_run` messages in a row go to one busy node
+    /// (1: every message is routed on its own).
     pub fn new(
         routes: watch::Receiver<Arc<Routes>>,
         parking: mpsc::UnboundedSender<Forward>,
         max_attempts: u32,
+        sticky_run: usize,
     ) -> Self {
         Router {
             routes,
             parking,
             max_attempts,
+            sticky_run,
         }
     }
 
@@ -189,8 +329,9 @@ impl Router {
             message.complete(Outcome::Failed(reason));
             return None;
         }
-        // The common case allocates nothing: one random pick among the
-        // nodes, skipping the excluded one.
+        // The common case allocates nothing: one pick among the nodes; a
+        // resent message skips the node that failed it and leaves the
+        // sticky run alone.
         let first_choice = {
             let routes = self.routes.borrow();
             let nodes = &routes.nodes;
@@ -199,10 +340,13 @@ impl Router {
             if count == 0 {
                 None
             } else {
-                let mut pick = rng.random_range(0..count);
-                if excluded.is_some_and(|at| pick >= at) {
-                    pick += 1;
-                }
+                let pick = match excluded {
+                    None => routes.pick(self.sticky_run, rng),
+                    Some(at) => {
+                        let pick = rng.random_range(0..count);
+                        pick + usize::from(pick >= at)
+                    }
+                };
                 let node = &nodes[pick];
                 match offer(node, message) {
                     Ok(()) => return Some(node.node.clone()),
@@ -239,9 +383,12 @@ impl Router {
 /// (attempt uncounted) if that node's task has just ended.
 fn offer(node: &NodeHandle, mut message: Forward) -> Result<(), Forward> {
     message.attempts += 1;
+    // Counted before the send: the node's task may answer it at once.
+    node.load.add();
     node.queue
         .send(message)
         .map_err(|mpsc::error::SendError(mut back)| {
+            node.load.release();
             back.attempts -= 1;
             back
         })
@@ -321,6 +468,7 @@ mod tests {
                 conn,
                 node: name.parse().unwrap(),
                 queue,
+                load: Arc::default(),
             },
             rx,
         )
@@ -340,11 +488,9 @@ mod tests {
         let (a, mut a_rx) = node(1, "a");
         let (b, mut b_rx) = node(2, "b");
         let (c, mut c_rx) = node(3, "c");
-        let (_tx, routes_rx) = watch::channel(Arc::new(Routes {
-            nodes: vec![a, b, c],
-        }));
+        let (_tx, routes_rx) = watch::channel(Arc::new(Routes::new(vec![a, b, c])));
         let (park_tx, _park_rx) = mpsc::unbounded_channel();
-        let router = Router::new(routes_rx, park_tx, 5);
+        let router = Router::new(routes_rx, park_tx, 5, 1);
         let (reply, _replies) = mpsc::unbounded_channel();
         let mut rng = SmallRng::seed_from_u64(7);
         for i in 0..3000 {
@@ -363,17 +509,116 @@ mod tests {
         }
     }
 
+    /// Routes `count` new messages; the name of the node each went to.
+    fn route_many(router: &Router, count: u64, rng: &mut SmallRng) -> Vec<String> {
+        let (reply, _replies) = mpsc::unbounded_channel();
+        (0..count)
+            .map(|i| {
+                router
+                    .route(forward(i, &reply), None, rng)
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_busy_node_keeps_its_run_then_another_node_is_chosen() {
+        let (a, _a_rx) = node(1, "a");
+        let (b, _b_rx) = node(2, "b");
+        let (c, _c_rx) = node(3, "c");
+        let (_tx, routes_rx) = watch::channel(Arc::new(Routes::new(vec![a, b, c])));
+        let (park_tx, _park_rx) = mpsc::unbounded_channel();
+        let router = Router::new(routes_rx, park_tx, 5, 4);
+        let mut rng = SmallRng::seed_from_u64(3);
+        // Nothing is acknowledged, so every chosen node stays busy: runs of
+        // exactly 4, each on a different node than the run before.
+        let chosen = route_many(&router, 400, &mut rng);
+        for run in chosen.chunks(4) {
+            assert!(run.iter().all(|n| *n == run[0]), "{run:?}");
+        }
+        for pair in chosen.chunks(4).collect::<Vec<_>>().windows(2) {
+            assert_ne!(pair[0][0], pair[1][0]);
+        }
+        for name in ["a", "b", "c"] {
+            let n = chosen.iter().filter(|c| *c == name).count();
+            assert!((100..170).contains(&n), "{name}: {n}");
+        }
+    }
+
+    #[test]
+    fn a_node_that_went_idle_ends_the_run() {
+        let (a, _a_rx) = node(1, "a");
+        let (b, _b_rx) = node(2, "b");
+        let (c, _c_rx) = node(3, "c");
+        let loads = [a.load.clone(), b.load.clone(), c.load.clone()];
+        let (_tx, routes_rx) = watch::channel(Arc::new(Routes::new(vec![a, b, c])));
+        let (park_tx, _park_rx) = mpsc::unbounded_channel();
+        let router = Router::new(routes_rx, park_tx, 5, 1024);
+        let mut rng = SmallRng::seed_from_u64(5);
+        // Each message is answered before the next: a light load is spread
+        // per message, uniformly.
+        let mut counts = std::collections::HashMap::<String, usize>::new();
+        for _ in 0..3000 {
+            let name = route_many(&router, 1, &mut rng).remove(0);
+            for load in &loads {
+                load.release();
+            }
+            *counts.entry(name).or_default() += 1;
+        }
+        assert_eq!(counts.len(), 3, "{counts:?}");
+        for n in counts.values() {
+            assert!((800..1200).contains(n), "{counts:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_node_gets_no_more_of_its_run() {
+        let (a, _a_rx) = node(1, "a");
+        let (b, _b_rx) = node(2, "b");
+        let (_tx, routes_rx) = watch::channel(Arc::new(Routes::new(vec![a, b])));
+        let (park_tx, _park_rx) = mpsc::unbounded_channel();
+        let router = Router::new(routes_rx, park_tx, 5, 1024);
+        let mut rng = SmallRng::seed_from_u64(11);
+        let first = route_many(&router, 10, &mut rng);
+        assert!(first.iter().all(|n| *n == first[0]));
+        // Its node acknowledges nothing for longer than STALL.
+        tokio::time::advance(STALL + Duration::from_millis(1)).await;
+        let next = route_many(&router, 10, &mut rng);
+        assert!(next.iter().all(|n| *n != first[0]), "{next:?}");
+    }
+
+    #[test]
+    fn a_resent_message_leaves_the_run_alone() {
+        let (a, _a_rx) = node(1, "a");
+        let (b, _b_rx) = node(2, "b");
+        let (_tx, routes_rx) = watch::channel(Arc::new(Routes::new(vec![a, b])));
+        let (park_tx, _park_rx) = mpsc::unbounded_channel();
+        let router = Router::new(routes_rx, park_tx, 5, 1024);
+        let mut rng = SmallRng::seed_from_u64(9);
+        let (reply, _replies) = mpsc::unbounded_channel();
+        let first = route_many(&router, 1, &mut rng).remove(0);
+        let other_conn = if first == "a" { 2 } else { 1 };
+        // A message resent away from the other node lands on the run's
+        // node without counting against the run, which goes on there.
+        let resent = router.route(forward(100, &reply), Some(other_conn), &mut rng);
+        assert_eq!(resent.unwrap().as_str(), first);
+        assert!(
+            route_many(&router, 50, &mut rng)
+                .iter()
+                .all(|n| *n == first)
+        );
+    }
+
     #[test]
     fn retries_skip_the_failed_node_and_closed_queues() {
         let (a, a_rx) = node(1, "a");
         let (b, mut b_rx) = node(2, "b");
         let (c, c_rx) = node(3, "c");
         drop(c_rx);
-        let (_tx, routes_rx) = watch::channel(Arc::new(Routes {
-            nodes: vec![a, b, c],
-        }));
+        let (_tx, routes_rx) = watch::channel(Arc::new(Routes::new(vec![a, b, c])));
         let (park_tx, _park_rx) = mpsc::unbounded_channel();
-        let router = Router::new(routes_rx, park_tx, 5);
+        let router = Router::new(routes_rx, park_tx, 5, 1);
         let (reply, _replies) = mpsc::unbounded_channel();
         let mut rng = SmallRng::seed_from_u64(1);
         for i in 0..50 {
@@ -388,7 +633,7 @@ mod tests {
     fn no_node_parks_the_message() {
         let (_tx, routes_rx) = watch::channel(Arc::new(Routes::default()));
         let (park_tx, mut park_rx) = mpsc::unbounded_channel();
-        let router = Router::new(routes_rx, park_tx, 5);
+        let router = Router::new(routes_rx, park_tx, 5, 1);
         let (reply, _replies) = mpsc::unbounded_channel();
         let mut rng = SmallRng::seed_from_u64(1);
         assert!(router.route(forward(1, &reply), None, &mut rng).is_none());
@@ -398,9 +643,9 @@ mod tests {
     #[test]
     fn too_many_attempts_fail_the_message() {
         let (a, _a_rx) = node(1, "a");
-        let (_tx, routes_rx) = watch::channel(Arc::new(Routes { nodes: vec![a] }));
+        let (_tx, routes_rx) = watch::channel(Arc::new(Routes::new(vec![a])));
         let (park_tx, _park_rx) = mpsc::unbounded_channel();
-        let router = Router::new(routes_rx, park_tx, 3);
+        let router = Router::new(routes_rx, park_tx, 3, 1);
         let (reply, mut replies) = mpsc::unbounded_channel();
         let mut message = forward(9, &reply);
         message.attempts = 3;
@@ -419,7 +664,7 @@ mod tests {
     async fn parked_messages_fail_after_the_wait_or_go_to_a_new_node() {
         let (routes_tx, routes_rx) = watch::channel(Arc::new(Routes::default()));
         let (park_tx, park_rx) = mpsc::unbounded_channel();
-        let router = Router::new(routes_rx, park_tx, 5);
+        let router = Router::new(routes_rx, park_tx, 5, 1);
         let cancel = CancellationToken::new();
         tokio::spawn(run_parking_lot(
             park_rx,
@@ -439,7 +684,7 @@ mod tests {
         router.route(forward(2, &reply), None, &mut rng);
         tokio::time::sleep(Duration::from_millis(500)).await;
         let (a, mut a_rx) = node(1, "a");
-        routes_tx.send(Arc::new(Routes { nodes: vec![a] })).unwrap();
+        routes_tx.send(Arc::new(Routes::new(vec![a]))).unwrap();
         assert_eq!(a_rx.recv().await.unwrap().id.seq, 2);
         cancel.cancel();
     }

@@ -60,7 +60,17 @@ async fn start_with_nodes(n: usize) -> Cluster {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_pipelining_clients_every_ack_names_the_node_that_stored_it() {
-    let cluster = start_with_nodes(3).await;
+    // Short sticky runs: 10,000 messages make hundreds of runs, enough for
+    // the random choice to even out across the nodes.
+    let mut cluster = Cluster::start(headnode::Config {
+        sticky_run: 16,
+        ..fast_config()
+    })
+    .await;
+    for i in 1..=3 {
+        let config = cluster.node_config(&format!("dn{i}"));
+        cluster.add_node(config).await;
+    }
     let mut clients = Vec::new();
     for c in 0..10 {
         clients.push(tokio::spawn(send_pipelined(
@@ -160,6 +170,8 @@ async fn hung_node_is_suspected_then_evicted_and_its_messages_stored_elsewhere()
     config.detector.suspect_after = Duration::from_millis(300);
     config.detector.hung_grace = Duration::from_millis(400);
     config.ack_timeout = Duration::from_secs(10);
+    // Every message routed on its own, so the hung node surely gets some.
+    config.sticky_run = 1;
     let mut cluster = Cluster::start(config).await;
     for id in ["dn1", "dn2"] {
         let config = cluster.node_config(id);
@@ -221,6 +233,7 @@ async fn hung_node_is_suspected_then_evicted_and_its_messages_stored_elsewhere()
         all.len()
     );
     assert_eq!(all.len(), 600);
+    assert!(by_hung > 0, "the hung node was never chosen");
     hung.task.abort();
     cluster.stop().await;
 }
