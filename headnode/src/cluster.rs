@@ -150,6 +150,7 @@ impl Driver {
                                 node: info.node.clone(),
                                 queue,
                                 load,
+                                one_at_a_time: info.legacy,
                             },
                             evicted,
                         },

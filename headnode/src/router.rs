@@ -140,6 +140,9 @@ pub struct NodeHandle {
     pub queue: mpsc::UnboundedSender<Forward>,
     /// Messages its connection task holds, shared with that task.
     pub load: Arc<NodeLoad>,
+    /// An original data node, which takes one message at a time: sticky
+    /// runs never continue there, or it would queue a whole run.
+    pub one_at_a_time: bool,
 }
 
 /// How many messages a data node's connection task holds (queued for the
@@ -252,12 +255,10 @@ impl Routes {
         }
         let current = self.run.node.load(Ordering::Relaxed);
         let left = self.run.left.load(Ordering::Relaxed);
-        let busy = self
-            .nodes
-            .get(current)
-            .map(|n| &n.load)
-            .filter(|l| l.held() > 0);
-        if left > 0 && busy.is_some_and(|l| l.moving()) {
+        let node = self.nodes.get(current);
+        let busy = node.map(|n| &n.load).filter(|l| l.held() > 0);
+        let batches = node.is_some_and(|n| !n.one_at_a_time);
+        if left > 0 && batches && busy.is_some_and(|l| l.moving()) {
             self.run.left.store(left - 1, Ordering::Relaxed);
             return current;
         }
@@ -469,6 +470,7 @@ mod tests {
                 node: name.parse().unwrap(),
                 queue,
                 load: Arc::default(),
+                one_at_a_time: false,
             },
             rx,
         )
@@ -586,6 +588,24 @@ mod tests {
         tokio::time::advance(STALL + Duration::from_millis(1)).await;
         let next = route_many(&router, 10, &mut rng);
         assert!(next.iter().all(|n| *n != first[0]), "{next:?}");
+    }
+
+    #[test]
+    fn runs_never_continue_on_an_original_data_node() {
+        let (mut a, _a_rx) = node(1, "a");
+        a.one_at_a_time = true;
+        let (b, _b_rx) = node(2, "b");
+        let (_tx, routes_rx) = watch::channel(Arc::new(Routes::new(vec![a, b])));
+        let (park_tx, _park_rx) = mpsc::unbounded_channel();
+        let router = Router::new(routes_rx, park_tx, 5, 4);
+        let mut rng = SmallRng::seed_from_u64(13);
+        // Nothing is acknowledged: "b" gets runs of 4, "a" one message at a
+        // time between them.
+        let chosen = route_many(&router, 1000, &mut rng).concat();
+        let runs_of_a = chosen.matches('a').count();
+        assert!(runs_of_a >= 190, "{chosen}");
+        assert!(!chosen.contains("aa"), "{chosen}");
+        assert!(!chosen.contains("bbbbb"), "{chosen}");
     }
 
     #[test]
