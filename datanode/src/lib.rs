@@ -48,6 +48,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Durability of acknowledged messages.
     pub fsync: FsyncPolicy,
+    /// Under `--fsync batch`: how long a batch much smaller than the one
+    /// before may wait for the rest of its burst before it is committed
+    /// (zero: never wait).
+    pub commit_linger: Duration,
     /// Token the head node requires, if any.
     pub cluster_token: Option<String>,
     /// Longest accepted client text.
@@ -64,6 +68,9 @@ pub struct Config {
     pub source_ip: Option<std::net::IpAddr>,
 }
 
+/// Default of [`Config::commit_linger`].
+pub const DEFAULT_COMMIT_LINGER: Duration = Duration::from_micros(200);
+
 impl Config {
     /// Defaults for a node with this id: data in `logs/datanode-<id>`.
     pub fn new(headnode: impl Into<String>, node_id: NodeId) -> Self {
@@ -73,6 +80,7 @@ impl Config {
             node_id,
             incarnation: new_incarnation(),
             fsync: FsyncPolicy::Batch,
+            commit_linger: DEFAULT_COMMIT_LINGER,
             cluster_token: None,
             max_line: protocol::DEFAULT_MAX_LINE,
             head_timeout: Duration::from_secs(10),
@@ -312,6 +320,11 @@ async fn serve<F: Future<Output = ()>>(
         max_line: config.max_line + FORWARD_OVERHEAD,
         head_timeout: config.head_timeout,
         leave_timeout: config.leave_timeout,
+        // Only a batch commit has an fdatasync worth sharing.
+        commit_linger: match config.fsync {
+            FsyncPolicy::Batch => config.commit_linger,
+            FsyncPolicy::Always | FsyncPolicy::Never => Duration::ZERO,
+        },
     };
     let thread_leave = leave.clone();
     let span = tracing::Span::current();
@@ -339,6 +352,37 @@ async fn serve<F: Future<Output = ()>>(
     result.map_err(|_| "the data-path thread stopped unexpectedly".to_owned())
 }
 
+/// Waits until `until` for more bytes from the head node and appends what
+/// arrives to `inbuf`; false if none came in time (or the socket has
+/// nothing more to give: end of stream and errors are left to the
+/// data path's own read).
+fn read_more_before(
+    stream: &mut std::net::TcpStream,
+    inbuf: &mut BytesMut,
+    scratch: &mut [u8],
+    until: Instant,
+) -> bool {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    let Some(left) = until.checked_duration_since(Instant::now()) else {
+        return false;
+    };
+    let timeout = Timespec {
+        tv_sec: left.as_secs() as _,
+        tv_nsec: left.subsec_nanos() as _,
+    };
+    let mut fds = [PollFd::new(&*stream, PollFlags::IN)];
+    match poll(&mut fds, Some(&timeout)) {
+        Ok(ready) if ready > 0 => match stream.read(scratch) {
+            Ok(n) if n > 0 => {
+                inbuf.extend_from_slice(&scratch[..n]);
+                true
+            }
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
 /// Shuts the socket down when dropped, which ends the data-path thread's
 /// blocking read: an aborted session must not leave a live connection behind.
 struct CloseOnDrop(std::net::TcpStream);
@@ -353,6 +397,7 @@ struct DataPathConfig {
     max_line: usize,
     head_timeout: Duration,
     leave_timeout: Duration,
+    commit_linger: Duration,
 }
 
 /// The data path: read everything the head node sent, stage each message,
@@ -379,6 +424,8 @@ fn data_path(
     let mut scratch = vec![0u8; 64 * 1024];
     let mut last_heard = Instant::now();
     let mut leave_by: Option<Instant> = None;
+    let mut last_batch = 0;
+    let mut linger_until: Option<Instant> = None;
     loop {
         // Everything complete in the buffer is one batch.
         let mut drained = false;
@@ -407,6 +454,23 @@ fn data_path(
                 }
                 Err(e) => return SessionEnd::Reconnect(format!("protocol error: {e}")),
             }
+        }
+        // Group commit: right after an acknowledged batch, the clients it
+        // answered send again, and their messages arrive over the next few
+        // hundred µs. A batch much smaller than the last is the head of
+        // that burst: wait a little for the rest rather than pay a whole
+        // fdatasync for a few messages while the others queue behind it.
+        let staged = data.staged();
+        let lingering = !drained && leave_by.is_none() && !config.commit_linger.is_zero();
+        if lingering && staged > 0 && staged * 2 < last_batch {
+            let until = *linger_until.get_or_insert_with(|| Instant::now() + config.commit_linger);
+            if read_more_before(&mut stream, &mut inbuf, &mut scratch, until) {
+                continue;
+            }
+        }
+        linger_until = None;
+        if staged > 0 {
+            last_batch = staged;
         }
         if let Err(e) = data.commit() {
             let reason = e.to_string();

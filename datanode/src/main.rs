@@ -30,6 +30,10 @@ struct Args {
     /// acknowledged) or `never` (left to the OS).
     #[arg(long, env = "FSYNC", default_value = "batch")]
     fsync: FsyncPolicy,
+    /// Under `batch`: how long a batch much smaller than the one before may
+    /// wait for the rest of its burst before its fsync (0 never waits).
+    #[arg(long, env = "COMMIT_LINGER", default_value = "200us", value_parser = parse_duration)]
+    commit_linger: Duration,
     /// Shared secret the head node requires, if it requires one.
     #[arg(long, env = "CLUSTER_TOKEN", hide_env_values = true)]
     cluster_token: Option<String>,
@@ -71,6 +75,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         stdout: true,
     })?;
     config.fsync = args.fsync;
+    config.commit_linger = args.commit_linger;
     config.cluster_token = args.cluster_token.filter(|t| !t.is_empty());
     config.head_timeout = args.head_timeout;
     config.max_backoff = args.max_backoff;

@@ -18,13 +18,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("invalid duration {text:?} (examples: 250ms, 5s, 2m)"))?;
     let seconds = match unit.trim() {
+        "us" | "µs" => value / 1_000_000.0,
         "ms" => value / 1000.0,
         "" | "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
         other => {
             return Err(format!(
-                "unknown duration unit {other:?} in {text:?} (use ms, s, m or h)"
+                "unknown duration unit {other:?} in {text:?} (use us, ms, s, m or h)"
             ));
         }
     };
@@ -94,6 +95,8 @@ mod tests {
     #[test]
     fn durations_parse() {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("200us").unwrap(), Duration::from_micros(200));
+        assert_eq!(parse_duration("50µs").unwrap(), Duration::from_micros(50));
         assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
