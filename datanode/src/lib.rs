@@ -48,9 +48,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Durability of acknowledged messages.
     pub fsync: FsyncPolicy,
-    /// Under `--fsync batch`: how long a batch much smaller than the one
-    /// before may wait for the rest of its burst before it is committed
-    /// (zero: never wait).
+    /// Under `--fsync batch`: how long a batch smaller than the one before
+    /// may wait for the rest of its burst before it is committed (zero:
+    /// never wait).
     pub commit_linger: Duration,
     /// Token the head node requires, if any.
     pub cluster_token: Option<String>,
@@ -69,7 +69,7 @@ pub struct Config {
 }
 
 /// Default of [`Config::commit_linger`].
-pub const DEFAULT_COMMIT_LINGER: Duration = Duration::from_micros(200);
+pub const DEFAULT_COMMIT_LINGER: Duration = Duration::from_micros(400);
 
 impl Config {
     /// Defaults for a node with this id: data in `logs/datanode-<id>`.
@@ -457,12 +457,12 @@ fn data_path(
         }
         // Group commit: right after an acknowledged batch, the clients it
         // answered send again, and their messages arrive over the next few
-        // hundred µs. A batch much smaller than the last is the head of
-        // that burst: wait a little for the rest rather than pay a whole
+        // hundred µs. A batch smaller than the last is the head of that
+        // burst: wait a little for the rest rather than pay a whole
         // fdatasync for a few messages while the others queue behind it.
         let staged = data.staged();
         let lingering = !drained && leave_by.is_none() && !config.commit_linger.is_zero();
-        if lingering && staged > 0 && staged * 2 < last_batch {
+        if lingering && staged > 0 && staged < last_batch {
             let until = *linger_until.get_or_insert_with(|| Instant::now() + config.commit_linger);
             if read_more_before(&mut stream, &mut inbuf, &mut scratch, until) {
                 continue;

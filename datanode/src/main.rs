@@ -30,9 +30,9 @@ struct Args {
     /// acknowledged) or `never` (left to the OS).
     #[arg(long, env = "FSYNC", default_value = "batch")]
     fsync: FsyncPolicy,
-    /// Under `batch`: how long a batch much smaller than the one before may
-    /// wait for the rest of its burst before its fsync (0 never waits).
-    #[arg(long, env = "COMMIT_LINGER", default_value = "200us", value_parser = parse_duration)]
+    /// Under `batch`: how long a batch smaller than the one before may wait
+    /// for the rest of its burst before its fsync (0 never waits).
+    #[arg(long, env = "COMMIT_LINGER", default_value = "400us", value_parser = parse_duration)]
     commit_linger: Duration,
     /// Shared secret the head node requires, if it requires one.
     #[arg(long, env = "CLUSTER_TOKEN", hide_env_values = true)]
