@@ -89,8 +89,7 @@ pub(crate) async fn run(registered: Registered, nodes_stop: CancellationToken) {
                 match FromDataNode::parse(line.as_str()) {
                     Ok(FromDataNode::Stored(id)) => {
                         if acknowledge(&info, &mut in_flight, id, shared.ids.epoch(), &mut skipped) {
-                            load.release();
-                            load.progressed();
+                            load.acknowledged();
                         }
                         for message in skipped.drain(..) {
                             reroute(&shared, &info, &load, message, "acknowledged a later message but not this one", &mut rng);

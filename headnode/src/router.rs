@@ -182,16 +182,23 @@ impl NodeLoad {
         }
     }
 
-    /// A message left the node's task (acknowledged, or sent elsewhere).
+    /// A message left the node's task without being acknowledged there
+    /// (sent elsewhere, or handed back by a queue that had just closed).
     pub fn release(&self) {
-        // Never below zero, even if a release outruns its add.
+        // Saturates at zero: a miscount must never make an idle node look
+        // busy for good.
         let _ = self
             .held
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
     }
 
-    /// The node acknowledged a message.
-    pub fn progressed(&self) {
+    /// The node acknowledged one of the messages it held.
+    pub fn acknowledged(&self) {
+        self.release();
+        self.progressed();
+    }
+
+    fn progressed(&self) {
         let micros = self.since.elapsed().as_micros() as u64;
         self.progress_at.store(micros, Ordering::Relaxed);
     }
