@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use protocol::HandshakeError;
+use protocol::auth::{ClusterToken, Exchange, Nonce};
 use protocol::backoff::Backoff;
 use protocol::codec::LineDecoder;
 use protocol::connection::Connection;
@@ -52,8 +53,12 @@ pub struct Config {
     /// may wait for the rest of its burst before it is committed (zero:
     /// never wait).
     pub commit_linger: Duration,
-    /// Token the head node requires, if any.
-    pub cluster_token: Option<String>,
+    /// The cluster's shared secret: this node proves it knows it, and
+    /// accepts only a head node that proves it knows it too.
+    pub cluster_token: Option<ClusterToken>,
+    /// Without a token: join a head node that accepts data nodes without
+    /// one (the head node is then not authenticated either).
+    pub open_registration: bool,
     /// Longest accepted client text.
     pub max_line: usize,
     /// Reconnect when the head node has sent nothing (not even a heartbeat) for this long.
@@ -82,6 +87,7 @@ impl Config {
             fsync: FsyncPolicy::Batch,
             commit_linger: DEFAULT_COMMIT_LINGER,
             cluster_token: None,
+            open_registration: false,
             max_line: protocol::DEFAULT_MAX_LINE,
             head_timeout: Duration::from_secs(10),
             min_backoff: Duration::from_millis(200),
@@ -111,9 +117,16 @@ pub enum DataNodeError {
         /// Why.
         reason: String,
     },
-    /// The head node refused our cluster token.
-    #[error("head node {0} refused this node: unauthorized (check the cluster token)")]
-    Unauthorized(String),
+    /// The head node refused this node's proof of the cluster token.
+    #[error("head node {0} refused this node: {1} (check the cluster token)")]
+    Unauthorized(String, String),
+    /// The head node could not prove it knows the cluster token: it is not
+    /// this cluster's head node, or its token differs.
+    #[error("head node {0} did not prove it knows the cluster token; not registering with it")]
+    HeadNotAuthenticated(String),
+    /// Neither a token nor open registration was configured.
+    #[error("no cluster token: set CLUSTER_TOKEN or --cluster-token-file (or --open-registration to join a head node without one)")]
+    NoToken,
 }
 
 /// Extra room for the `mensaje <id>: ` prefix around a client's text.
@@ -122,6 +135,9 @@ const FORWARD_OVERHEAD: usize = 256;
 /// Runs the data node until `shutdown`, reconnecting whenever the head node
 /// goes away. Returns an error only for conditions retrying cannot fix.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DataNodeError> {
+    if config.cluster_token.is_none() && !config.open_registration {
+        return Err(DataNodeError::NoToken);
+    }
     // Moves into each session's data-path thread and back out of it.
     let mut data =
         DataFile::open(&config.data_dir, config.fsync).map_err(|e| DataNodeError::Storage {
@@ -200,13 +216,18 @@ enum ConnectError {
 
 async fn connect(config: &Config) -> Result<Connection, ConnectError> {
     let retry = |e: &dyn std::fmt::Display| ConnectError::Retry(e.to_string());
+    let unauthorized =
+        |why: &str| ConnectError::Fatal(DataNodeError::Unauthorized(config.headnode.clone(), why.to_owned()));
+    let head_not_authenticated =
+        || ConnectError::Fatal(DataNodeError::HeadNotAuthenticated(config.headnode.clone()));
     let stream = open_stream(config).await.map_err(|e| retry(&e))?;
     let mut conn =
         Connection::connect(stream, config.max_line + FORWARD_OVERHEAD).map_err(|e| retry(&e))?;
+    let node_nonce = config.cluster_token.as_ref().map(|_| Nonce::random());
     let hello = DataNodeHello {
         node_id: Some(config.node_id.clone()),
         incarnation: Some(config.incarnation),
-        token: config.cluster_token.clone(),
+        nonce: node_nonce,
     };
     let role = hello.to_line();
     match handshake::initiate(
@@ -218,45 +239,72 @@ async fn connect(config: &Config) -> Result<Connection, ConnectError> {
     .await
     {
         Ok(_) => {}
-        Err(HandshakeError::Refused(reason)) if reason == "unauthorized" => {
-            return Err(ConnectError::Fatal(DataNodeError::Unauthorized(
-                config.headnode.clone(),
-            )));
+        Err(HandshakeError::Refused(reason)) if reason.starts_with("unauthorized") => {
+            return Err(unauthorized(&reason));
         }
         Err(e) => return Err(retry(&e)),
     }
-    let answer = tokio::time::timeout(
-        handshake::DEFAULT_HANDSHAKE_TIMEOUT,
-        conn.reader.read_frame(),
-    )
-    .await;
-    let answer = match answer {
-        Ok(Ok(Some(line))) => line,
-        Ok(Ok(None)) => {
-            return Err(retry(
-                &"head node closed the connection after the handshake",
-            ));
+    let mut authenticated = false;
+    loop {
+        let answer = tokio::time::timeout(
+            handshake::DEFAULT_HANDSHAKE_TIMEOUT,
+            conn.reader.read_frame(),
+        )
+        .await;
+        let answer = match answer {
+            Ok(Ok(Some(line))) => line,
+            Ok(Ok(None)) => {
+                return Err(retry(
+                    &"head node closed the connection during registration",
+                ));
+            }
+            Ok(Err(e)) => return Err(retry(&e)),
+            Err(_) => return Err(retry(&"no registration answer from the head node")),
+        };
+        match ToDataNode::parse(answer.as_str()) {
+            Ok(ToDataNode::Challenge { nonce, proof }) if !authenticated => {
+                let (Some(token), Some(node_nonce)) = (&config.cluster_token, &node_nonce) else {
+                    return Err(unauthorized("the head node requires a cluster token"));
+                };
+                let exchange = Exchange {
+                    node_id: config.node_id.as_str(),
+                    incarnation: config.incarnation,
+                    node_nonce,
+                    head_nonce: &nonce,
+                };
+                if !token.verify_head(&exchange, &proof) {
+                    return Err(head_not_authenticated());
+                }
+                authenticated = true;
+                let ours = token.node_proof(&exchange);
+                conn.writer
+                    .queue_with(|buf| FromDataNode::Proof(ours).encode(buf));
+                conn.writer.flush().await.map_err(|e| retry(&e))?;
+            }
+            Ok(ToDataNode::Welcome(id)) => {
+                if config.cluster_token.is_some() && !authenticated {
+                    return Err(head_not_authenticated());
+                }
+                info!(
+                    node = %id,
+                    "Conexion establecida con {} y {}; registered as {id}",
+                    conn.local, conn.peer
+                );
+                return Ok(conn);
+            }
+            Ok(ToDataNode::Error(reason)) if reason.starts_with("unauthorized") => {
+                return Err(unauthorized(reason));
+            }
+            Ok(ToDataNode::Error(reason)) => {
+                return Err(ConnectError::Retry(format!("refused: {reason}")));
+            }
+            _ => {
+                return Err(ConnectError::Retry(format!(
+                    "unexpected registration answer {:?}",
+                    truncate_for_log(answer.as_str())
+                )));
+            }
         }
-        Ok(Err(e)) => return Err(retry(&e)),
-        Err(_) => return Err(retry(&"no registration answer from the head node")),
-    };
-    match ToDataNode::parse(answer.as_str()) {
-        Ok(ToDataNode::Welcome(id)) => {
-            info!(
-                node = %id,
-                "Conexion establecida con {} y {}; registered as {id}",
-                conn.local, conn.peer
-            );
-            Ok(conn)
-        }
-        Ok(ToDataNode::Error("unauthorized")) => Err(ConnectError::Fatal(
-            DataNodeError::Unauthorized(config.headnode.clone()),
-        )),
-        Ok(ToDataNode::Error(reason)) => Err(ConnectError::Retry(format!("refused: {reason}"))),
-        _ => Err(ConnectError::Retry(format!(
-            "unexpected registration answer {:?}",
-            truncate_for_log(answer.as_str())
-        ))),
     }
 }
 
@@ -449,6 +497,9 @@ fn data_path(
                 }
                 Ok(ToDataNode::Bye) => drained = true,
                 Ok(ToDataNode::Welcome(_)) => {}
+                Ok(ToDataNode::Challenge { .. }) => {
+                    return SessionEnd::Reconnect("protocol error: challenge after registration".into());
+                }
                 Ok(ToDataNode::Error(reason)) => {
                     return SessionEnd::Reconnect(format!("head node error: {reason}"));
                 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use datanode::FsyncPolicy;
-use protocol::cli::{LogArgs, parse_duration};
+use protocol::cli::{LogArgs, TokenArgs, parse_duration, parse_timeout};
 use protocol::message::NodeId;
 use protocol::telemetry::{self, FileRoute, LogSpec};
 
@@ -34,14 +34,17 @@ struct Args {
     /// for the rest of its burst before its fsync (0 never waits).
     #[arg(long, env = "COMMIT_LINGER", default_value = "400us", value_parser = parse_duration)]
     commit_linger: Duration,
-    /// Shared secret the head node requires, if it requires one.
-    #[arg(long, env = "CLUSTER_TOKEN", hide_env_values = true)]
-    cluster_token: Option<String>,
+    #[command(flatten)]
+    token: TokenArgs,
+    /// Without a cluster token, join a head node that accepts data nodes
+    /// without one. Neither side is then authenticated.
+    #[arg(long, env = "OPEN_REGISTRATION")]
+    open_registration: bool,
     /// Reconnect when the head node has sent nothing, not even a heartbeat, for this long.
-    #[arg(long, env = "HEAD_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "HEAD_TIMEOUT", default_value = "10s", value_parser = parse_timeout)]
     head_timeout: Duration,
     /// Longest reconnect delay (delays start at 200ms and double, with jitter).
-    #[arg(long, env = "MAX_BACKOFF", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "MAX_BACKOFF", default_value = "5s", value_parser = parse_timeout)]
     max_backoff: Duration,
     /// Local IP address to connect from (on hosts with several).
     #[arg(long, env = "SOURCE_IP")]
@@ -64,6 +67,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Some(id) => id,
         None => host_name_id()?,
     };
+    // Before logging starts, so a bad token file is one clear line.
+    let token = args.token.load()?;
     let mut config = datanode::Config::new(args.headnode, node_id);
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
@@ -76,7 +81,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     })?;
     config.fsync = args.fsync;
     config.commit_linger = args.commit_linger;
-    config.cluster_token = args.cluster_token.filter(|t| !t.is_empty());
+    config.cluster_token = token;
+    config.open_registration = args.open_registration;
     config.head_timeout = args.head_timeout;
     config.max_backoff = args.max_backoff;
     config.max_line = args.max_line;

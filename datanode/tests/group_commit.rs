@@ -28,6 +28,8 @@ impl ScriptedHead {
         );
         config.data_dir = dir.path().to_path_buf();
         config.commit_linger = linger;
+        // The scripted head node welcomes without a challenge.
+        config.open_registration = true;
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(datanode::run(config, async {
             let _ = stopped.await;

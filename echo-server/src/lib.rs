@@ -3,8 +3,10 @@
 //! Each client gets its own task. After the `peticion` / `confirmacion`
 //! handshake every message is sent back unchanged, in the client's own
 //! framing (see `docs/protocol.md`). At most `max_connections` clients are
-//! served at once; one more is told `ERROR server full (N connections)` and
-//! closed, while the others carry on.
+//! served at once (fewer if the open-file limit is lower); one more is told
+//! `ERROR server full (N connections)` and closed, while the others carry
+//! on. A client that reads none of its echoes for `write_timeout`, or sends
+//! nothing for `idle_timeout`, is closed.
 //!
 //! [`run`] is the only entry point: the binary and the tests both call it
 //! with a bound listener and a shutdown future.
@@ -38,6 +40,10 @@ pub struct Config {
     pub reader: ReaderConfig,
     /// Time a client has to send `peticion`.
     pub handshake_timeout: Duration,
+    /// A client whose socket takes none of its echoes for this long is closed.
+    pub write_timeout: Duration,
+    /// A client that sends nothing for this long is closed.
+    pub idle_timeout: Duration,
 }
 
 impl Default for Config {
@@ -46,6 +52,8 @@ impl Default for Config {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             reader: ReaderConfig::default(),
             handshake_timeout: handshake::DEFAULT_HANDSHAKE_TIMEOUT,
+            write_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -61,12 +69,17 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let config = Arc::new(config);
-    let admission = Admission::new(config.max_connections);
+    let fd_limit = protocol::server::raise_fd_limit();
+    let admission = Admission::new(protocol::server::connection_budget(
+        fd_limit,
+        config.max_connections,
+    ));
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     info!(
         addr = %listener.local_addr()?,
-        max_connections = config.max_connections,
+        max_connections = admission.max(),
+        open_file_limit = fd_limit,
         "echo server listening"
     );
 
@@ -74,10 +87,7 @@ pub async fn run(
     let result = loop {
         let (stream, peer, permit) = tokio::select! {
             _ = &mut shutdown => break Ok(()),
-            accepted = admission.accept(&listener) => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => break Err(e),
-            },
+            accepted = admission.accept(&listener) => accepted,
         };
         let config = config.clone();
         let cancel = cancel.clone();
@@ -130,13 +140,25 @@ async fn serve_client(
                 let _ = tokio::time::timeout(Duration::from_millis(200), conn.writer.shutdown()).await;
                 return Ok(());
             }
+            _ = tokio::time::sleep(config.idle_timeout) => {
+                info!(timeout = ?config.idle_timeout, "client idle; closing");
+                let reason = format!("idle for {:?}; closing", config.idle_timeout);
+                conn.close_with_error(&reason).await;
+                return Ok(());
+            }
             frame = conn.reader.read_frame() => frame,
         };
         match frame {
             Ok(Some(line)) => {
-                info!(message = line.as_str(), "received");
+                info!(message = protocol::message::truncate_for_log(line.as_str()), "received");
                 conn.writer.queue(line.bytes());
-                conn.writer.flush().await?;
+                if tokio::time::timeout(config.write_timeout, conn.writer.flush())
+                    .await
+                    .is_err()
+                {
+                    warn!(timeout = ?config.write_timeout, "client is not reading its echoes; closing");
+                    return Ok(());
+                }
             }
             Ok(None) => {
                 info!("client disconnected");

@@ -45,6 +45,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         max_connections: args.max_connections,
         reader: args.framing.reader_config(),
         handshake_timeout: args.framing.handshake_timeout,
+        ..echo_server::Config::default()
     };
     echo_server::run(listener, config, protocol::shutdown::signal()).await?;
     Ok(())

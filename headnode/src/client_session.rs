@@ -1,20 +1,32 @@
 //! One task per client: reads messages, routes each to a data node, and
 //! writes the answers back in the order the messages came, however the
 //! data nodes' acknowledgements interleave.
+//!
+//! What one client can make the head node hold is bounded: at most
+//! `max_client_in_flight` unanswered messages, answers not yet taken by its
+//! socket up to `max_client_unflushed` bytes (then it is not read until they
+//! drain), and its messages' bytes count against the shared in-flight
+//! budget. A client whose socket takes nothing for `write_timeout` is
+//! closed, and so is one that sends nothing for `client_idle_timeout`.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
+use protocol::Line;
 use protocol::connection::Connection;
-use protocol::message::{StoreReply, truncate_for_log};
+use protocol::message::{OUTCOME_UNKNOWN, StoreReply, truncate_for_log, validate_text};
 use protocol::telemetry::MESSAGES_TARGET;
 use rand::rngs::SmallRng;
-use tokio::sync::mpsc;
+use tokio::sync::{AcquireError, OwnedSemaphorePermit, mpsc};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::Shared;
-use crate::router::{Completion, Forward, Outcome};
+use crate::config::MESSAGE_OVERHEAD;
+use crate::forward::{Completion, Envelope, Forward, Outcome};
 
 /// Answers not yet written, by slot: the message at `first_slot` is at the front.
 struct ReplyWindow {
@@ -54,16 +66,31 @@ impl ReplyWindow {
     }
 }
 
-pub(crate) async fn run(mut conn: Connection, shared: Arc<Shared>, stop: CancellationToken) {
+/// A message read while the in-flight budget was used up: it waits for its
+/// share, and the client is not read meanwhile.
+struct Blocked {
+    slot: u64,
+    line: Line,
+    charge: Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>,
+}
+
+pub(crate) async fn run(
+    mut conn: Connection,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    mut rng: SmallRng,
+) {
     let client: Arc<str> = conn.peer.to_string().into();
+    let config = &shared.config;
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Completion>();
     let mut window = ReplyWindow {
         first_slot: 0,
         slots: VecDeque::new(),
     };
-    let mut rng: SmallRng = rand::make_rng();
+    let mut blocked: Option<Blocked> = None;
     let mut reading = true;
-    let max_in_flight = shared.config.max_client_in_flight.max(1);
+    let mut last_heard = Instant::now();
+    let max_in_flight = config.max_client_in_flight.max(1);
     // Created once: a fresh `cancelled()` per loop turn costs a lock each time.
     let stopping = stop.cancelled();
     tokio::pin!(stopping);
@@ -72,11 +99,21 @@ pub(crate) async fn run(mut conn: Connection, shared: Arc<Shared>, stop: Cancell
         if !reading && window.len() == 0 && conn.writer.pending() == 0 {
             break "done";
         }
+        let idle = reading && window.len() == 0 && conn.writer.pending() == 0;
+        let idle_deadline = idle.then(|| last_heard + config.client_idle_timeout);
+        let may_read = reading
+            && blocked.is_none()
+            && window.len() < max_in_flight
+            && conn.writer.pending() < config.max_client_unflushed;
+        let stall_deadline = conn.writer.stall_deadline(config.write_timeout);
         tokio::select! {
             biased;
             _ = &mut stopping, if reading => {
                 // Shutdown: take nothing new, answer what is in flight.
                 reading = false;
+                if let Some(waiting) = blocked.take() {
+                    window.fill(failed(waiting.slot, "head node shutting down"));
+                }
                 continue;
             }
             Some(done) = done_rx.recv() => {
@@ -84,9 +121,10 @@ pub(crate) async fn run(mut conn: Connection, shared: Arc<Shared>, stop: Cancell
                 while let Ok(done) = done_rx.try_recv() {
                     window.fill(done);
                 }
-                while let Some(done) = window.pop_ready() {
-                    queue_reply(&mut conn, done);
-                }
+            }
+            _ = protocol::server::sleep_until(stall_deadline) => {
+                warn!(unflushed = conn.writer.pending(), timeout = ?config.write_timeout, "cliente is not reading its answers; closing");
+                break "not reading its answers";
             }
             flushed = conn.writer.flush(), if conn.writer.pending() > 0 => {
                 if let Err(e) = flushed {
@@ -94,30 +132,39 @@ pub(crate) async fn run(mut conn: Connection, shared: Arc<Shared>, stop: Cancell
                     break "write failed";
                 }
             }
-            frame = conn.reader.read_frame(), if reading && window.len() < max_in_flight => {
+            charge = async { blocked.as_mut().expect("armed only when blocked").charge.as_mut().await }, if blocked.is_some() => {
+                let waiting = blocked.take().expect("armed only when blocked");
+                match charge {
+                    Ok(charge) => forward(&shared, &client, &done_tx, waiting.slot, &waiting.line, charge, &mut rng),
+                    Err(_) => window.fill(failed(waiting.slot, "head node shutting down")),
+                }
+            }
+            _ = protocol::server::sleep_until(idle_deadline) => {
+                info!(timeout = ?config.client_idle_timeout, "cliente idle; closing");
+                let reason = format!("idle for {:?}; closing", config.client_idle_timeout);
+                conn.close_with_error(&reason).await;
+                break "idle";
+            }
+            frame = conn.reader.read_frame(), if may_read => {
+                last_heard = Instant::now();
                 match frame {
                     Ok(Some(line)) => {
                         let slot = window.open_slot();
-                        if line.bytes().is_empty() {
-                            window.fill(failed(slot, "empty message"));
+                        if let Err(refusal) = check(&line) {
+                            window.fill(failed(slot, &refusal));
                         } else {
-                            let message = Forward {
-                                id: shared.ids.next_id(),
-                                text: line.bytes().clone(),
-                                slot,
-                                reply_to: done_tx.clone(),
-                                client: client.clone(),
-                                attempts: 0,
-                            };
-                            let id = message.id;
-                            match shared.router.route(message, None, &mut rng) {
-                                Some(node) => info!(
-                                    target: MESSAGES_TARGET,
-                                    %id, %client, %node,
-                                    "forwarding mensaje: {}",
-                                    truncate_for_log(line.as_str())
-                                ),
-                                None => debug!(%id, "no data node available; message waits"),
+                            let cost = charge_for(&line);
+                            match shared.budget.clone().try_acquire_many_owned(cost) {
+                                Ok(charge) => forward(&shared, &client, &done_tx, slot, &line, charge, &mut rng),
+                                Err(_) => {
+                                    debug!("in-flight budget used up; this cliente waits");
+                                    let budget = shared.budget.clone();
+                                    blocked = Some(Blocked {
+                                        slot,
+                                        line,
+                                        charge: Box::pin(budget.acquire_many_owned(cost)),
+                                    });
+                                }
                             }
                         }
                     }
@@ -136,29 +183,74 @@ pub(crate) async fn run(mut conn: Connection, shared: Arc<Shared>, stop: Cancell
                         window.fill(failed(slot, &e.to_string()));
                     }
                 }
-                while let Some(done) = window.pop_ready() {
-                    queue_reply(&mut conn, done);
-                }
             }
+        }
+        while let Some(done) = window.pop_ready() {
+            queue_reply(&mut conn, done);
         }
     };
     info!(reason = end, "cliente disconnected");
 }
 
+/// Why a line cannot be a message, if it cannot.
+fn check(line: &Line) -> Result<(), String> {
+    if line.bytes().is_empty() {
+        return Err("empty message".to_owned());
+    }
+    validate_text(line.as_str()).map_err(|e| format!("invalid message: {e}"))
+}
+
+/// What a message costs the in-flight budget, in bytes.
+fn charge_for(line: &Line) -> u32 {
+    u32::try_from(line.bytes().len() + MESSAGE_OVERHEAD).unwrap_or(u32::MAX)
+}
+
+fn forward(
+    shared: &Shared,
+    client: &Arc<str>,
+    done_tx: &mpsc::UnboundedSender<Completion>,
+    slot: u64,
+    line: &Line,
+    charge: OwnedSemaphorePermit,
+    rng: &mut SmallRng,
+) {
+    let envelope = Envelope::new(
+        shared.ids.next_id(),
+        line.bytes().clone(),
+        client.clone(),
+        slot,
+        done_tx.clone(),
+        Some(charge),
+    );
+    let id = envelope.id;
+    match shared.router.route(Forward::new(envelope), None, rng) {
+        Some(node) => info!(
+            target: MESSAGES_TARGET,
+            %id, %client, %node,
+            "forwarding mensaje: {}",
+            truncate_for_log(line.as_str())
+        ),
+        None => debug!(%id, "no data node available; message waits"),
+    }
+}
+
+/// A message refused before it was routed: no id, certainly not stored.
 fn failed(slot: u64, reason: &str) -> Completion {
     Completion {
         slot,
-        id: protocol::message::MessageId { epoch: 0, seq: 0 },
-        outcome: Outcome::Failed(reason.into()),
+        outcome: Outcome::NotStored(reason.into()),
     }
 }
 
 fn queue_reply(conn: &mut Connection, done: Completion) {
     match &done.outcome {
-        Outcome::Stored { node } => {
+        Outcome::Stored { node, id } => {
             conn.writer
-                .queue_with(|buf| StoreReply::encode_stored(node, done.id, buf));
+                .queue_with(|buf| StoreReply::encode_stored(node, *id, buf));
         }
-        Outcome::Failed(reason) => conn.writer.queue_error(reason),
+        Outcome::NotStored(reason) => conn.writer.queue_error(reason),
+        Outcome::Unknown(reason) => conn.writer.queue_error(&format!(
+            "{OUTCOME_UNKNOWN}: {reason}; it may or may not be stored"
+        )),
     }
 }

@@ -1,7 +1,7 @@
 //! The membership task: the single owner of [`Membership`].
 //!
-//! Data-node sessions, ICMP rounds and probes report to it through an
-//! unbounded channel of [`Input`]s; it feeds them to the state machine with
+//! Data-node sessions, ICMP rounds and probes report to it through a
+//! bounded channel of [`Input`]s; it feeds them to the state machine with
 //! the current time, carries out the resulting [`Event`]s (publish routes,
 //! close evicted connections, spawn probes) and writes the heartbeat log.
 
@@ -20,7 +20,8 @@ use crate::membership::{
     ConnId, DetectorConfig, Event, EvictReason, MemberInfo, Membership, ProbeOutcome, Refusal,
 };
 use crate::prober::Prober;
-use crate::router::{Forward, NodeHandle, NodeLoad, Routes};
+use crate::forward::Forward;
+use crate::router::{NodeHandle, NodeLoad, Routes};
 
 /// What the membership task hears about.
 #[derive(Debug)]
@@ -74,7 +75,7 @@ struct Driver {
     membership: Membership,
     sessions: HashMap<ConnId, Session>,
     prober: Arc<dyn Prober>,
-    inputs: mpsc::UnboundedSender<Input>,
+    inputs: mpsc::Sender<Input>,
     routes: watch::Sender<Arc<Routes>>,
     /// ICMP rounds and confirming probes under way.
     probes: JoinSet<()>,
@@ -84,8 +85,8 @@ struct Driver {
 pub(crate) async fn run_membership(
     config: ClusterConfig,
     prober: Arc<dyn Prober>,
-    inputs_tx: mpsc::UnboundedSender<Input>,
-    mut inputs: mpsc::UnboundedReceiver<Input>,
+    inputs_tx: mpsc::Sender<Input>,
+    mut inputs: mpsc::Receiver<Input>,
     routes: watch::Sender<Arc<Routes>>,
     cancel: CancellationToken,
 ) {
@@ -218,7 +219,7 @@ impl Driver {
                     )
                 })
                 .collect();
-            let _ = inputs.send(Input::RoundDone { results });
+            let _ = inputs.send(Input::RoundDone { results }).await;
         });
     }
 
@@ -265,7 +266,7 @@ impl Driver {
                         (member.conn, member.addr, self.config.ping_timeout);
                     self.probes.spawn(async move {
                         let outcome = prober.probe(addr, timeout).await;
-                        let _ = inputs.send(Input::ConfirmDone { conn, outcome });
+                        let _ = inputs.send(Input::ConfirmDone { conn, outcome }).await;
                     });
                 }
                 Event::Leaving { member } => {

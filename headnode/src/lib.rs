@@ -5,135 +5,97 @@
 //! Parts:
 //! - [`membership`]: who is in the cluster and who has failed (state machine, no I/O);
 //! - [`prober`]: ICMP echo behind a trait;
-//! - [`router`]: random choice of a node, and the parking lot for messages no node can take;
+//! - [`config`]: settings, defaults and bounds;
+//! - `forward`: one message's envelope, shared by every attempt to store it;
+//! - [`router`]: random (sticky under load) choice of a node;
+//! - `parking`: the waiting room for messages no node can take yet;
 //! - `cluster`: the task that owns the membership and writes the heartbeat log;
+//! - `registration`: handshake, token challenge, and the connection pools;
 //! - `client_session` / `node_session`: one task per connection.
 //!
 //! [`run`] is the only entry point; the binary and the tests both call it.
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use protocol::connection::{Connection, ReaderConfig};
-use protocol::handshake::{self, RoleStep};
-use protocol::message::{DataNodeHello, NodeId, PETICION, Role};
-use protocol::server::Admission;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use protocol::server::{Admission, Handshakes};
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, error, info, info_span, warn};
 
 mod client_session;
 mod cluster;
+pub mod config;
+mod forward;
 mod in_flight;
 pub mod membership;
 mod node_session;
+mod parking;
 pub mod prober;
-pub mod router;
+mod registration;
+mod router;
 
+pub use config::{Config, ConfigError, DEFAULT_STICKY_RUN, Limits};
+pub use forward::IdGenerator;
 pub use membership::DetectorConfig;
 pub use prober::{IcmpProber, Prober};
 
 use cluster::{ClusterConfig, Input};
-use router::{IdGenerator, NodeLoad, Router, Routes};
+use registration::Peer;
+use router::{Router, Routes};
 
-/// Settings of the head node. `Default` gives the documented defaults.
-#[derive(Clone)]
-pub struct Config {
-    /// Framing limits for every connection.
-    pub reader: ReaderConfig,
-    /// Time a peer has to complete the handshake.
-    pub handshake_timeout: Duration,
-    /// When set, data nodes must present this token.
-    pub cluster_token: Option<String>,
-    /// Period of the ICMP heartbeat rounds.
-    pub ping_interval: Duration,
-    /// How long one ICMP echo may take.
-    pub ping_timeout: Duration,
-    /// Application-heartbeat and ICMP eviction rules.
-    pub detector: DetectorConfig,
-    /// Period of `ping <n>` on each data-node connection.
-    pub heartbeat_interval: Duration,
-    /// A message not acknowledged within this time is sent to another node.
-    pub ack_timeout: Duration,
-    /// How long a message waits for a data node before the client gets
-    /// `ERROR no data nodes available`.
-    pub no_node_wait: Duration,
-    /// Data nodes tried for one message before the client gets an error.
-    pub max_attempts: u32,
-    /// Unanswered messages per client before the head node stops reading it.
-    pub max_client_in_flight: usize,
-    /// Unacknowledged messages per data node; more wait in its queue.
-    pub max_node_in_flight: usize,
-    /// Messages in a row sent to one busy data node before another is
-    /// chosen (1: every message is routed on its own). See [`router`].
-    pub sticky_run: usize,
-    /// Connections served at once (clients and data nodes).
-    pub max_connections: usize,
-    /// The ICMP prober; `None` opens real ICMP sockets.
-    pub prober: Option<Arc<dyn Prober>>,
-    /// Epoch of message ids; `None` uses the start time.
-    pub id_epoch: Option<u64>,
-    /// Receives every membership event, for monitoring and tests.
-    pub observer: Option<mpsc::UnboundedSender<membership::Event>>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            reader: ReaderConfig::default(),
-            handshake_timeout: handshake::DEFAULT_HANDSHAKE_TIMEOUT,
-            cluster_token: None,
-            ping_interval: Duration::from_secs(5),
-            ping_timeout: Duration::from_secs(1),
-            detector: DetectorConfig::default(),
-            heartbeat_interval: Duration::from_secs(1),
-            ack_timeout: Duration::from_secs(2),
-            no_node_wait: Duration::from_secs(1),
-            max_attempts: 5,
-            max_client_in_flight: 4096,
-            max_node_in_flight: 65_536,
-            sticky_run: DEFAULT_STICKY_RUN,
-            max_connections: 16_384,
-            prober: None,
-            id_epoch: None,
-            observer: None,
-        }
-    }
-}
-
-impl std::fmt::Debug for Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Config")
-            .field(
-                "cluster_token",
-                &self.cluster_token.as_ref().map(|_| "<redacted>"),
-            )
-            .field("ping_interval", &self.ping_interval)
-            .field("heartbeat_interval", &self.heartbeat_interval)
-            .field("detector", &self.detector)
-            .field("ack_timeout", &self.ack_timeout)
-            .field("no_node_wait", &self.no_node_wait)
-            .field("sticky_run", &self.sticky_run)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Default of [`Config::sticky_run`].
-pub const DEFAULT_STICKY_RUN: usize = 1024;
+/// Inputs the membership task may have queued at once. Heartbeats beyond it
+/// are dropped (the next one follows within a heartbeat interval); every
+/// other input waits for room.
+const MEMBERSHIP_QUEUE: usize = 4096;
 
 /// What every connection task needs.
 pub(crate) struct Shared {
     pub(crate) config: Config,
+    pub(crate) limits: Limits,
     pub(crate) router: Router,
     pub(crate) ids: IdGenerator,
-    pub(crate) membership: mpsc::UnboundedSender<Input>,
+    pub(crate) membership_tx: mpsc::Sender<Input>,
+    /// Bytes of messages the head node may hold at once (see
+    /// [`Config::in_flight_budget`]).
+    pub(crate) budget: Arc<Semaphore>,
+    pub(crate) client_slots: Arc<Semaphore>,
+    pub(crate) node_slots: Arc<Semaphore>,
     next_conn: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Why the head node stopped on its own.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A setting cannot work.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A task the head node cannot work without ended. The process stops
+    /// rather than go on looking alive while it drops messages.
+    #[error("the {task} task stopped unexpectedly ({why})")]
+    TaskStopped {
+        /// Which task.
+        task: &'static str,
+        /// How it ended.
+        why: String,
+    },
+    /// The listener's address could not be read.
+    #[error(transparent)]
+    Io(#[from] io::Error),
 }
 
 /// How long client sessions get to deliver answers for messages already in
@@ -144,13 +106,21 @@ const NODE_DRAIN: Duration = Duration::from_millis(500);
 
 /// Serves clients and data nodes on `listener` until `shutdown` completes.
 ///
-/// Only a failure of the listener itself ends `run` with an error; errors of
-/// one connection are logged and end that connection only.
+/// Errors of one connection are logged and end that connection only;
+/// running out of file descriptors is waited out. `run` ends with an error
+/// only for a bad configuration or when a task it cannot work without
+/// (membership, the waiting room) stops.
 pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()>,
-) -> io::Result<()> {
+) -> Result<(), RunError> {
+    config.validate()?;
+    let fd_limit = protocol::server::raise_fd_limit();
+    let limits = Limits::share(
+        protocol::server::connection_budget(fd_limit, config.max_connections),
+        &config,
+    );
     let prober: Arc<dyn Prober> = match &config.prober {
         Some(prober) => prober.clone(),
         None => Arc::new(IcmpProber::new()),
@@ -161,7 +131,7 @@ pub async fn run(
     };
     let (routes_tx, routes_rx) = watch::channel(Arc::new(Routes::default()));
     let (parking_tx, parking_rx) = mpsc::unbounded_channel();
-    let (inputs_tx, inputs_rx) = mpsc::unbounded_channel();
+    let (inputs_tx, inputs_rx) = mpsc::channel(MEMBERSHIP_QUEUE);
     let router = Router::new(
         routes_rx,
         parking_tx,
@@ -173,9 +143,10 @@ pub async fn run(
     let nodes_stop = CancellationToken::new();
     let client_tasks = TaskTracker::new();
     let node_tasks = TaskTracker::new();
-    let background = TaskTracker::new();
-
-    background.spawn(cluster::run_membership(
+    // Tasks the head node cannot work without; one ending early stops it.
+    let mut essential = JoinSet::new();
+    let mut names = std::collections::HashMap::new();
+    let membership = essential.spawn(cluster::run_membership(
         ClusterConfig {
             detector: config.detector.clone(),
             ping_interval: config.ping_interval,
@@ -188,47 +159,70 @@ pub async fn run(
         routes_tx,
         nodes_stop.clone(),
     ));
-    background.spawn(router::run_parking_lot(
+    names.insert(membership.id(), "membership");
+    let parking = essential.spawn(parking::run_parking_lot(
         parking_rx,
         router.clone(),
         config.no_node_wait,
+        config.max_parked,
+        rand::make_rng(),
         nodes_stop.clone(),
     ));
+    names.insert(parking.id(), "waiting-room");
 
-    let admission = Admission::new(config.max_connections);
+    let admission = Admission::new(limits.total);
+    let handshakes = Handshakes::new(limits.handshakes);
+    let budget = u32::try_from(config.in_flight_budget).unwrap_or(u32::MAX) as usize;
     let shared = Arc::new(Shared {
-        config,
+        limits,
         router,
         ids,
-        membership: inputs_tx,
+        membership_tx: inputs_tx,
+        budget: Arc::new(Semaphore::new(budget)),
+        client_slots: Arc::new(Semaphore::new(limits.clients)),
+        node_slots: Arc::new(Semaphore::new(limits.data_nodes)),
         next_conn: AtomicU64::new(1),
+        config,
     });
-    info!(
-        addr = %listener.local_addr()?,
-        message_id_epoch = shared.ids.epoch(),
-        token_required = shared.config.cluster_token.is_some(),
-        "head node listening"
-    );
+    announce(&listener, &shared, fd_limit)?;
 
     tokio::pin!(shutdown);
     let result = loop {
         let (stream, peer, permit) = tokio::select! {
+            biased;
             _ = &mut shutdown => break Ok(()),
-            accepted = admission.accept(&listener) => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => break Err(e),
-            },
+            ended = essential.join_next_with_id() => {
+                let (id, why) = match ended {
+                    Some(Ok((id, ()))) => (id, "returned".to_owned()),
+                    Some(Err(e)) => (e.id(), if e.is_panic() { "panicked".to_owned() } else { e.to_string() }),
+                    None => unreachable!("the essential tasks run until shutdown"),
+                };
+                let task = names.get(&id).copied().unwrap_or("background");
+                error!(task, why, "a task the head node cannot work without stopped; shutting down");
+                break Err(RunError::TaskStopped { task, why });
+            }
+            accepted = admission.accept(&listener) => accepted,
         };
         let shared = shared.clone();
         let (clients_stop, nodes_stop) = (clients_stop.clone(), nodes_stop.clone());
         let node_tasks_inner = node_tasks.clone();
+        let waiting_room = handshakes.enter();
+        let rng = SmallRng::seed_from_u64(rand::random());
         let task = async move {
             // Boxed: the handshake's state is freed once it is done, so
             // an idle client's task stays small.
-            let session = Box::pin(accept_peer(stream, peer, shared, &clients_stop)).await;
+            let session = Box::pin(registration::accept_peer(
+                stream,
+                peer,
+                shared.clone(),
+                waiting_room,
+                &clients_stop,
+            ))
+            .await;
             match session {
-                Some(Peer::Client(conn, shared)) => {
-                    client_session::run(conn, shared, clients_stop).await;
+                Some(Peer::Client(conn, slot)) => {
+                    client_session::run(conn, shared, clients_stop, rng).await;
+                    drop(slot);
                 }
                 Some(Peer::DataNode(registered)) => {
                     // Data-node sessions outlive client sessions at shutdown,
@@ -260,154 +254,47 @@ pub async fn run(
     }
     nodes_stop.cancel();
     node_tasks.close();
-    background.close();
     if tokio::time::timeout(NODE_DRAIN, async {
         node_tasks.wait().await;
-        background.wait().await;
+        while essential.join_next().await.is_some() {}
     })
     .await
     .is_err()
     {
         warn!("some data-node connections did not close in time");
     }
+    essential.abort_all();
     info!("head node stopped");
     result
 }
 
-enum Peer {
-    Client(Connection, Arc<Shared>),
-    DataNode(node_session::Registered),
+/// The start-up lines: where the head node listens, how many connections
+/// of each kind it takes, and, loudly, how data nodes are admitted.
+fn announce(listener: &TcpListener, shared: &Shared, fd_limit: u64) -> io::Result<()> {
+    let config = &shared.config;
+    let limits = shared.limits;
+    info!(
+        addr = %listener.local_addr()?,
+        message_id_epoch = shared.ids.epoch(),
+        open_file_limit = fd_limit,
+        clients = limits.clients,
+        data_nodes = limits.data_nodes,
+        handshakes = limits.handshakes,
+        in_flight_budget = config.in_flight_budget,
+        "head node listening"
+    );
+    match (&config.cluster_token, config.open_registration) {
+        (Some(_), false) => info!("data nodes must prove they know the cluster token"),
+        (Some(_), true) => warn!(
+            "OPEN REGISTRATION: data nodes that cannot prove the cluster token (original-system ones included) are accepted too; anyone who can reach this port can register as a data node and be sent messages"
+        ),
+        (None, true) => warn!(
+            "OPEN REGISTRATION without a cluster token: ANY peer that says dataNode is accepted and sent messages; use only on a trusted network"
+        ),
+        (None, false) => warn!(
+            "no cluster token configured: every data node will be refused (set CLUSTER_TOKEN or --cluster-token-file, or --open-registration)"
+        ),
+    }
+    Ok(())
 }
 
-/// Handshake, role, token and registration. `None` when the peer was
-/// refused or went away (already logged).
-async fn accept_peer(
-    stream: TcpStream,
-    peer: SocketAddr,
-    shared: Arc<Shared>,
-    stop: &CancellationToken,
-) -> Option<Peer> {
-    let mut conn = match Connection::accept(stream, shared.config.reader, PETICION.as_bytes()) {
-        Ok(conn) => conn,
-        Err(e) => {
-            debug!(error = %e, "connection closed before it could be served");
-            return None;
-        }
-    };
-    let role = tokio::select! {
-        _ = stop.cancelled() => return None,
-        role = handshake::accept(&mut conn.reader, &mut conn.writer, RoleStep::Required, shared.config.handshake_timeout) => role,
-    };
-    match role {
-        Ok(Some(Role::Client)) => {
-            info!(framing = ?conn.reader.framing(), "cliente connected");
-            Some(Peer::Client(conn, shared))
-        }
-        Ok(Some(Role::DataNode(hello))) => register_data_node(conn, peer, hello, shared)
-            .await
-            .map(Peer::DataNode),
-        Ok(None) => None,
-        Err(protocol::HandshakeError::Closed) => {
-            // Health checks connect, read `confirmacion` and leave.
-            debug!("peer left during the handshake");
-            None
-        }
-        Err(e) => {
-            warn!(error = %e, "handshake failed, connection closed");
-            None
-        }
-    }
-}
-
-async fn register_data_node(
-    mut conn: Connection,
-    peer: SocketAddr,
-    hello: DataNodeHello,
-    shared: Arc<Shared>,
-) -> Option<node_session::Registered> {
-    if let Some(expected) = &shared.config.cluster_token {
-        let presented = hello.token.as_deref().unwrap_or("");
-        if !constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
-            let why = if hello.token.is_none() {
-                "no cluster token"
-            } else {
-                "wrong cluster token"
-            };
-            warn!(node = ?hello.node_id.as_ref().map(NodeId::as_str), "dataNode refused: {why}");
-            conn.close_with_error(&"unauthorized").await;
-            return None;
-        }
-    }
-    let conn_id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
-    let legacy = hello.is_legacy();
-    let node = match hello.node_id {
-        Some(node) => node,
-        // Original-system nodes have no name; name them by address.
-        None => match format!("dn-{}-{}", peer.ip(), peer.port())
-            .replace(':', ".")
-            .parse()
-        {
-            Ok(node) => node,
-            Err(e) => {
-                conn.close_with_error(&e).await;
-                return None;
-            }
-        },
-    };
-    let info = membership::MemberInfo {
-        node,
-        incarnation: hello.incarnation.unwrap_or(conn_id),
-        conn: conn_id,
-        addr: peer.ip(),
-        legacy,
-    };
-    let (queue_tx, queue_rx) = mpsc::unbounded_channel();
-    let load = Arc::new(NodeLoad::default());
-    let evicted = CancellationToken::new();
-    let (respond, response) = tokio::sync::oneshot::channel();
-    let registration = Input::Register {
-        info: info.clone(),
-        queue: queue_tx,
-        load: load.clone(),
-        evicted: evicted.clone(),
-        respond,
-    };
-    if shared.membership.send(registration).is_err() {
-        return None;
-    }
-    match response.await {
-        Ok(Ok(())) => {}
-        Ok(Err(refusal)) => {
-            conn.close_with_error(&refusal).await;
-            return None;
-        }
-        Err(_) => return None,
-    }
-    info!(node = %info.node, legacy, "dataNode connected");
-    Some(node_session::Registered {
-        conn,
-        info,
-        queue: queue_rx,
-        load,
-        evicted,
-        shared,
-    })
-}
-
-/// Compares secrets without leaking, through timing, how much of them matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn token_comparison() {
-        assert!(super::constant_time_eq(b"abc", b"abc"));
-        assert!(!super::constant_time_eq(b"abc", b"abd"));
-        assert!(!super::constant_time_eq(b"abc", b"ab"));
-    }
-}

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use protocol::cli::{FramingArgs, LogArgs, parse_duration};
+use protocol::cli::{
+    FramingArgs, LogArgs, TokenArgs, parse_bytes, parse_duration, parse_period, parse_timeout,
+};
 use protocol::telemetry::{self, FileRoute, HEARTBEAT_TARGET, LogSpec};
 use tokio::net::TcpListener;
 
@@ -22,44 +24,67 @@ struct Args {
     /// Address to listen on.
     #[arg(long, env = "LISTEN", default_value = "0.0.0.0:5000")]
     listen: SocketAddr,
-    /// Shared secret data nodes must present to join (default: none needed).
-    #[arg(long, env = "CLUSTER_TOKEN", hide_env_values = true)]
-    cluster_token: Option<String>,
+    #[command(flatten)]
+    token: TokenArgs,
+    /// Also accept data nodes that cannot prove the cluster token, including
+    /// original-system (Python) data nodes. Anyone who can reach the port can
+    /// then register as a data node: use only on a trusted network.
+    #[arg(long, env = "OPEN_REGISTRATION")]
+    open_registration: bool,
     /// Period of the ICMP heartbeat rounds.
-    #[arg(long, env = "PING_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "PING_INTERVAL", default_value = "5s", value_parser = parse_period)]
     ping_interval: Duration,
     /// How long one ICMP echo may take before it counts as missed.
-    #[arg(long, env = "PING_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = "PING_TIMEOUT", default_value = "1s", value_parser = parse_timeout)]
     ping_timeout: Duration,
     /// ICMP rounds a data node may miss in a row before it is evicted.
-    #[arg(long, env = "PING_MISSES", default_value_t = 1)]
+    #[arg(long, env = "PING_MISSES", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
     ping_misses: u32,
     /// Period of the application heartbeat on each data-node connection.
-    #[arg(long, env = "HEARTBEAT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = "HEARTBEAT_INTERVAL", default_value = "1s", value_parser = parse_period)]
     heartbeat_interval: Duration,
     /// Heartbeat silence after which a data node is suspect (gets no new messages).
-    #[arg(long, env = "SUSPECT_AFTER", default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, env = "SUSPECT_AFTER", default_value = "2s", value_parser = parse_timeout)]
     suspect_after: Duration,
     /// Further silence after which a suspect data node is evicted as hung
     /// (or as unreachable, if its host stopped answering ping too).
     #[arg(long, env = "HUNG_GRACE", default_value = "3s", value_parser = parse_duration)]
     hung_grace: Duration,
     /// A message not acknowledged within this time is resent to another data node.
-    #[arg(long, env = "ACK_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, env = "ACK_TIMEOUT", default_value = "2s", value_parser = parse_timeout)]
     ack_timeout: Duration,
     /// How long a message waits for a data node to appear before the client
     /// gets `ERROR no data nodes available`.
-    #[arg(long, env = "NO_NODE_WAIT", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = "NO_NODE_WAIT", default_value = "1s", value_parser = parse_timeout)]
     no_node_wait: Duration,
     /// Data nodes tried for one message before the client gets an error.
-    #[arg(long, env = "MAX_ATTEMPTS", default_value_t = 5)]
+    #[arg(long, env = "MAX_ATTEMPTS", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
     max_attempts: u32,
-    /// Connections served at once, clients and data nodes together.
-    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 16_384)]
-    max_connections: usize,
+    /// Connections served at once, clients and data nodes together; lowered
+    /// to fit the open-file limit.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 16_384,
+          value_parser = clap::value_parser!(u32).range(4..))]
+    max_connections: u32,
+    /// Connections reserved for data nodes within --max-connections.
+    #[arg(long, env = "MAX_DATA_NODES", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_data_nodes: u32,
     /// Unanswered messages per client before the head node stops reading from it.
-    #[arg(long, env = "MAX_CLIENT_IN_FLIGHT", default_value_t = 4096)]
-    max_client_in_flight: usize,
+    #[arg(long, env = "MAX_CLIENT_IN_FLIGHT", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_client_in_flight: u32,
+    /// Bytes of messages (text plus 256 bytes each) the head node holds at
+    /// once over all clients; clients are not read while it is used up.
+    #[arg(long, env = "IN_FLIGHT_BUDGET", default_value = "64MiB", value_parser = parse_bytes)]
+    in_flight_budget: usize,
+    /// A client that sends nothing for this long, with nothing in flight, is disconnected.
+    #[arg(long, env = "CLIENT_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_timeout)]
+    client_idle_timeout: Duration,
+    /// A peer whose socket takes none of our bytes for this long is disconnected.
+    #[arg(long, env = "WRITE_TIMEOUT", default_value = "30s", value_parser = parse_timeout)]
+    write_timeout: Duration,
     /// Messages in a row sent to one randomly chosen data node while it is
     /// still busy, so they share its group commit; 1 routes every message
     /// on its own.
@@ -80,7 +105,7 @@ enum Command {
         #[arg(long, env = "HEALTH_ADDR", default_value = "127.0.0.1:5000")]
         addr: String,
         /// Give up after this long.
-        #[arg(long, env = "HEALTH_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+        #[arg(long, env = "HEALTH_TIMEOUT", default_value = "2s", value_parser = parse_timeout)]
         timeout: Duration,
     },
 }
@@ -110,6 +135,8 @@ async fn health(addr: &str, timeout: Duration) -> anyhow::Result<()> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn serve(args: Args) -> anyhow::Result<()> {
+    // Before logging starts, so a bad token file is one clear line.
+    let token = args.token.load()?;
     let _log_guard = telemetry::init(&LogSpec {
         dir: args.log.dir_or("logs/headnode"),
         files: vec![
@@ -124,7 +151,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let config = headnode::Config {
         reader: args.framing.reader_config(),
         handshake_timeout: args.framing.handshake_timeout,
-        cluster_token: args.cluster_token.filter(|t| !t.is_empty()),
+        cluster_token: token,
+        open_registration: args.open_registration,
         ping_interval: args.ping_interval,
         ping_timeout: args.ping_timeout,
         detector: headnode::DetectorConfig {
@@ -136,8 +164,12 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         ack_timeout: args.ack_timeout,
         no_node_wait: args.no_node_wait,
         max_attempts: args.max_attempts,
-        max_connections: args.max_connections,
-        max_client_in_flight: args.max_client_in_flight,
+        max_connections: args.max_connections as usize,
+        max_data_nodes: args.max_data_nodes as usize,
+        max_client_in_flight: args.max_client_in_flight as usize,
+        in_flight_budget: args.in_flight_budget,
+        client_idle_timeout: args.client_idle_timeout,
+        write_timeout: args.write_timeout,
         sticky_run: args.sticky_run as usize,
         ..headnode::Config::default()
     };

@@ -8,16 +8,17 @@ use protocol::connection::Connection;
 use protocol::message::{FromDataNode, MessageId, ToDataNode, truncate_for_log};
 use protocol::telemetry::MESSAGES_TARGET;
 use rand::rngs::SmallRng;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::Shared;
 use crate::cluster::Input;
+use crate::forward::Forward;
 use crate::in_flight::{Acked, InFlight};
 use crate::membership::MemberInfo;
-use crate::router::{Forward, NodeLoad, Outcome};
+use crate::router::NodeLoad;
 
 /// A data node that has been accepted into the cluster.
 pub(crate) struct Registered {
@@ -29,6 +30,8 @@ pub(crate) struct Registered {
     /// Cancelled by the membership task when it evicts this node.
     pub(crate) evicted: CancellationToken,
     pub(crate) shared: Arc<Shared>,
+    /// This node's place among the reserved data-node connections.
+    pub(crate) _slot: OwnedSemaphorePermit,
 }
 
 /// At most this many messages are taken from the queue per write.
@@ -42,6 +45,7 @@ pub(crate) async fn run(registered: Registered, nodes_stop: CancellationToken) {
         load,
         evicted,
         shared,
+        _slot,
     } = registered;
     let config = &shared.config;
     let max_in_flight = if info.legacy {
@@ -53,11 +57,12 @@ pub(crate) async fn run(registered: Registered, nodes_stop: CancellationToken) {
     let mut rng: SmallRng = rand::make_rng();
     let mut heartbeat = tokio::time::interval(config.heartbeat_interval);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let max_unacked_bytes = config.max_node_unacked_bytes;
     let mut ping_seq = 0u64;
     let mut leaving = false;
     let mut ack_timeout_reported = false;
     let mut skipped = Vec::new();
-    let membership = &shared.membership;
+    let membership = &shared.membership_tx;
     // Created once: a fresh `cancelled()` per loop turn costs a lock each time.
     let evicted = evicted.cancelled();
     let stopping = nodes_stop.cancelled();
@@ -71,6 +76,7 @@ pub(crate) async fn run(registered: Registered, nodes_stop: CancellationToken) {
     // Why the session ended; `None` when the membership task already knows.
     let lost: Option<String> = loop {
         let next_deadline = in_flight.next_deadline().filter(|_| !ack_timeout_reported);
+        let stall_deadline = conn.writer.stall_deadline(config.write_timeout);
         tokio::select! {
             biased;
             _ = &mut evicted => break None,
@@ -79,6 +85,9 @@ pub(crate) async fn run(registered: Registered, nodes_stop: CancellationToken) {
                 if let Err(e) = flushed {
                     break Some(format!("write failed: {e}"));
                 }
+            }
+            _ = protocol::server::sleep_until(stall_deadline) => {
+                break Some(format!("it took none of our bytes for {:?}", config.write_timeout));
             }
             frame = conn.reader.read_frame() => {
                 let line = match frame {
@@ -96,16 +105,22 @@ pub(crate) async fn run(registered: Registered, nodes_stop: CancellationToken) {
                         }
                     }
                     Ok(FromDataNode::Pong(_)) => {
-                        let _ = membership.send(Input::Heartbeat { conn: info.conn });
+                        // When the membership task is behind, a heartbeat may
+                        // be dropped: the next one comes within a second.
+                        let _ = membership.try_send(Input::Heartbeat { conn: info.conn });
                     }
                     Ok(FromDataNode::Leaving) => {
                         info!(node = %info.node, in_flight = in_flight.waiting(), "dataNode says it is leaving");
                         leaving = true;
-                        let _ = membership.send(Input::Leaving { conn: info.conn });
+                        let _ = membership.send(Input::Leaving { conn: info.conn }).await;
                     }
                     Ok(FromDataNode::Error(reason)) => {
                         conn.close_with_error(&"closing after your error").await;
                         break Some(format!("data node reported an error: {reason}"));
+                    }
+                    Ok(FromDataNode::Proof(_)) => {
+                        conn.close_with_error(&"unexpected proof after registration").await;
+                        break Some("protocol error: proof after registration".to_owned());
                     }
                     Err(e) => {
                         warn!(node = %info.node, error = %e, "bad line from dataNode: {}", truncate_for_log(line.as_str()));
@@ -114,18 +129,21 @@ pub(crate) async fn run(registered: Registered, nodes_stop: CancellationToken) {
                     }
                 }
             }
-            message = queue.recv(), if in_flight.waiting() < max_in_flight => {
+            message = queue.recv(), if in_flight.waiting() < max_in_flight && in_flight.bytes() < max_unacked_bytes => {
                 let Some(message) = message else { break None };
                 if leaving {
                     reroute(&shared, &info, &load, message, "it is leaving", &mut rng);
                     continue;
                 }
                 let deadline = Instant::now() + config.ack_timeout;
-                send(&mut conn, &info, &mut in_flight, message, deadline);
+                send(&mut conn, &info, &mut in_flight, &load, message, deadline);
                 let mut taken = 1;
-                while taken < WRITE_BATCH && in_flight.waiting() < max_in_flight {
+                while taken < WRITE_BATCH
+                    && in_flight.waiting() < max_in_flight
+                    && in_flight.bytes() < max_unacked_bytes
+                {
                     let Ok(message) = queue.try_recv() else { break };
-                    send(&mut conn, &info, &mut in_flight, message, deadline);
+                    send(&mut conn, &info, &mut in_flight, &load, message, deadline);
                     taken += 1;
                 }
             }
@@ -138,12 +156,12 @@ pub(crate) async fn run(registered: Registered, nodes_stop: CancellationToken) {
                     // Its only hang detector: the membership evicts it, and
                     // what it held is resent on the way out below.
                     ack_timeout_reported = true;
-                    let _ = membership.send(Input::AckTimeout { conn: info.conn });
+                    let _ = membership.send(Input::AckTimeout { conn: info.conn }).await;
                     continue;
                 }
                 for message in in_flight.expire(Instant::now()) {
                     warn!(
-                        id = %message.id, client = %message.client, node = %info.node,
+                        id = %message.id(), client = %message.envelope.client, node = %info.node,
                         timeout = ?config.ack_timeout,
                         "no acknowledgement in time; resending to another dataNode (it may end up stored twice)"
                     );
@@ -154,16 +172,18 @@ pub(crate) async fn run(registered: Registered, nodes_stop: CancellationToken) {
         if leaving && in_flight.waiting() == 0 {
             conn.writer.queue_with(|buf| ToDataNode::Bye.encode(buf));
             let _ = conn.writer.shutdown().await;
-            let _ = membership.send(Input::Drained { conn: info.conn });
+            let _ = membership.send(Input::Drained { conn: info.conn }).await;
             break None;
         }
     };
 
     if let Some(why) = &lost {
-        let _ = membership.send(Input::ConnectionLost {
-            conn: info.conn,
-            why: why.clone(),
-        });
+        let _ = membership
+            .send(Input::ConnectionLost {
+                conn: info.conn,
+                why: why.clone(),
+            })
+            .await;
     }
     // Whatever this node held goes to the others.
     queue.close();
@@ -185,12 +205,19 @@ fn send(
     conn: &mut Connection,
     info: &MemberInfo,
     in_flight: &mut InFlight,
+    load: &NodeLoad,
     message: Forward,
     deadline: Instant,
 ) {
-    let id = if info.legacy { None } else { Some(message.id) };
+    if message.envelope.is_answered() {
+        // Another node stored it meanwhile (a late acknowledgement).
+        load.release();
+        return;
+    }
+    let id = if info.legacy { None } else { Some(message.id()) };
     conn.writer
-        .queue_with(|buf| ToDataNode::encode_store(id, &message.text, buf));
+        .queue_with(|buf| ToDataNode::encode_store(id, &message.envelope.text, buf));
+    message.envelope.mark_sent();
     in_flight.push(message, deadline);
 }
 
@@ -208,21 +235,33 @@ fn acknowledge(
     }
     match in_flight.ack(id.map(|id| id.seq), skipped) {
         Acked::Message(message) => {
-            info!(
-                target: MESSAGES_TARGET,
-                id = %message.id, client = %message.client,
-                "recibido en dataNode {} {}", info.node, info.addr
-            );
-            message.complete(Outcome::Stored {
-                node: info.node.clone(),
-            });
+            let envelope = &message.envelope;
+            if envelope.stored(&info.node) {
+                info!(
+                    target: MESSAGES_TARGET,
+                    id = %envelope.id, client = %envelope.client,
+                    "recibido en dataNode {} {}", info.node, info.addr
+                );
+            } else {
+                warn!(
+                    id = %envelope.id, node = %info.node,
+                    "stored twice (same id): another dataNode acknowledged it first"
+                );
+            }
             true
         }
-        Acked::Late(seq) => {
-            warn!(
-                id = %MessageId { epoch, seq }, node = %info.node,
-            "late acknowledgement: this message was resent after a timeout and is stored twice (same id)"
-            );
+        Acked::Late(envelope) => {
+            if envelope.stored(&info.node) {
+                info!(
+                    id = %envelope.id, node = %info.node, client = %envelope.client,
+                    "late acknowledgement after a resend: the message is stored here, and the client is answered"
+                );
+            } else {
+                warn!(
+                    id = %envelope.id, node = %info.node,
+                    "late acknowledgement: this message was resent after a timeout and is stored twice (same id)"
+                );
+            }
             false
         }
         Acked::Unknown => {
@@ -242,8 +281,8 @@ fn reroute(
     rng: &mut SmallRng,
 ) {
     load.release();
-    let id = message.id;
-    let client = message.client.clone();
+    let id = message.id();
+    let client = message.envelope.client.clone();
     if let Some(node) = shared.router.route(message, Some(from.conn), rng) {
         info!(%id, %client, from = %from.node, to = %node, "message resent to another dataNode ({why})");
     }

@@ -15,134 +15,49 @@
 //! (one `fdatasync`) on one node instead of costing one on every node, which
 //! is what limits a cluster whose nodes share a disk. A message that finds
 //! its node idle starts a new run, so a light load is spread per message.
+//!
+//! Original-system data nodes read one `recv(1024)` per message, so they
+//! are never sent a message longer than [`ORIGINAL_NODE_MAX_TEXT`].
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
-use protocol::message::{MessageId, NO_DATA_NODES, NodeId};
+use protocol::message::NodeId;
 use rand::RngExt;
 use rand::rngs::SmallRng;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use crate::forward::Forward;
 use crate::membership::ConnId;
 
-/// Hands out message ids unique across the cluster's life: the head node's
-/// start time in Unix milliseconds, then a counter.
-#[derive(Debug)]
-pub struct IdGenerator {
-    epoch: u64,
-    next: AtomicU64,
-}
-
-impl IdGenerator {
-    /// Ids of a head node run that started now.
-    pub fn new() -> Self {
-        let epoch = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or_default();
-        IdGenerator::with_epoch(epoch)
-    }
-
-    /// Ids with a given epoch (tests).
-    pub fn with_epoch(epoch: u64) -> Self {
-        IdGenerator {
-            epoch,
-            next: AtomicU64::new(1),
-        }
-    }
-
-    /// The epoch of this run.
-    pub fn epoch(&self) -> u64 {
-        self.epoch
-    }
-
-    /// The next id.
-    pub fn next_id(&self) -> MessageId {
-        MessageId {
-            epoch: self.epoch,
-            seq: self.next.fetch_add(1, Ordering::Relaxed),
-        }
-    }
-}
-
-impl Default for IdGenerator {
-    fn default() -> Self {
-        IdGenerator::new()
-    }
-}
-
-/// How a client message ended.
-#[derive(Debug, Clone)]
-pub enum Outcome {
-    /// Written by this data node.
-    Stored {
-        /// The node whose `data.txt` holds it.
-        node: NodeId,
-    },
-    /// Not stored; the reason goes to the client after `ERROR `.
-    Failed(Arc<str>),
-}
-
-/// A finished message, on its way back to the client task.
-#[derive(Debug)]
-pub struct Completion {
-    /// Position of the message in its client's stream.
-    pub slot: u64,
-    /// The message id.
-    pub id: MessageId,
-    /// What happened.
-    pub outcome: Outcome,
-}
-
-/// A client message on its way to a data node, with where its answer goes.
-#[derive(Debug)]
-pub struct Forward {
-    /// Cluster-unique id.
-    pub id: MessageId,
-    /// The client's text.
-    pub text: Bytes,
-    /// Position in the client's stream.
-    pub slot: u64,
-    /// The client task's completion queue.
-    pub reply_to: mpsc::UnboundedSender<Completion>,
-    /// The client's address, for logs.
-    pub client: Arc<str>,
-    /// Data nodes tried so far.
-    pub attempts: u32,
-}
-
-impl Forward {
-    /// Reports the outcome to the client task (if it is still there).
-    pub fn complete(self, outcome: Outcome) {
-        let _ = self.reply_to.send(Completion {
-            slot: self.slot,
-            id: self.id,
-            outcome,
-        });
-    }
-}
+/// The longest message an original-system data node can take: it reads
+/// one `recv(1024)` per message, and the message arrives as `mensaje: <text>`.
+pub(crate) const ORIGINAL_NODE_MAX_TEXT: usize = 1024 - "mensaje: ".len();
 
 /// One routable data node, as client tasks see it.
 #[derive(Debug, Clone)]
-pub struct NodeHandle {
+pub(crate) struct NodeHandle {
     /// Its connection.
-    pub conn: ConnId,
+    pub(crate) conn: ConnId,
     /// Its name.
-    pub node: NodeId,
+    pub(crate) node: NodeId,
     /// Its forwarding queue, read by its connection task.
-    pub queue: mpsc::UnboundedSender<Forward>,
+    pub(crate) queue: mpsc::UnboundedSender<Forward>,
     /// Messages its connection task holds, shared with that task.
-    pub load: Arc<NodeLoad>,
+    pub(crate) load: Arc<NodeLoad>,
     /// An original data node, which takes one message at a time: sticky
-    /// runs never continue there, or it would queue a whole run.
-    pub one_at_a_time: bool,
+    /// runs never continue there, or it would queue a whole run. It is
+    /// also never sent a message longer than [`ORIGINAL_NODE_MAX_TEXT`].
+    pub(crate) one_at_a_time: bool,
+}
+
+impl NodeHandle {
+    fn takes(&self, text_len: usize) -> bool {
+        !self.one_at_a_time || text_len <= ORIGINAL_NODE_MAX_TEXT
+    }
 }
 
 /// How many messages a data node's connection task holds (queued for the
@@ -150,7 +65,7 @@ pub struct NodeHandle {
 /// The router adds each message it hands over; the task releases each one
 /// it answers or passes on, and notes each acknowledgement.
 #[derive(Debug)]
-pub struct NodeLoad {
+pub(crate) struct NodeLoad {
     held: AtomicUsize,
     /// Microseconds after `since` of the last acknowledgement, or of the
     /// moment an idle node was given a message.
@@ -171,11 +86,11 @@ impl Default for NodeLoad {
 /// A node that holds messages and has acknowledged none for this long gets
 /// no more of a sticky run: a stalled disk or a hung process must not
 /// collect every new message until the failure detectors evict it.
-pub const STALL: Duration = Duration::from_millis(100);
+pub(crate) const STALL: Duration = Duration::from_millis(100);
 
 impl NodeLoad {
     /// A message was handed to the node's task.
-    pub fn add(&self) {
+    pub(crate) fn add(&self) {
         if self.held.fetch_add(1, Ordering::Relaxed) == 0 {
             // An idle node's clock starts now, not at its last ack.
             self.progressed();
@@ -184,7 +99,7 @@ impl NodeLoad {
 
     /// A message left the node's task without being acknowledged there
     /// (sent elsewhere, or handed back by a queue that had just closed).
-    pub fn release(&self) {
+    pub(crate) fn release(&self) {
         // Saturates at zero: a miscount must never make an idle node look
         // busy for good.
         let _ = self
@@ -193,7 +108,7 @@ impl NodeLoad {
     }
 
     /// The node acknowledged one of the messages it held.
-    pub fn acknowledged(&self) {
+    pub(crate) fn acknowledged(&self) {
         self.release();
         self.progressed();
     }
@@ -204,7 +119,7 @@ impl NodeLoad {
     }
 
     /// Messages held now.
-    pub fn held(&self) -> usize {
+    pub(crate) fn held(&self) -> usize {
         self.held.load(Ordering::Relaxed)
     }
 
@@ -218,9 +133,9 @@ impl NodeLoad {
 
 /// An immutable snapshot of the routable data nodes.
 #[derive(Debug, Default)]
-pub struct Routes {
+pub(crate) struct Routes {
     /// The nodes, in no particular order.
-    pub nodes: Vec<NodeHandle>,
+    pub(crate) nodes: Vec<NodeHandle>,
     /// The node of the current sticky run, and messages left in that run.
     /// Races between client tasks on other threads only make a run a
     /// little longer or shorter.
@@ -244,7 +159,7 @@ impl Default for StickyRun {
 
 impl Routes {
     /// A snapshot of these nodes; the first message starts a new run.
-    pub fn new(nodes: Vec<NodeHandle>) -> Self {
+    pub(crate) fn new(nodes: Vec<NodeHandle>) -> Self {
         Routes {
             nodes,
             run: StickyRun::default(),
@@ -284,7 +199,7 @@ impl Routes {
 
 /// Sends messages to data nodes. Cheap to clone: one per client task.
 #[derive(Debug, Clone)]
-pub struct Router {
+pub(crate) struct Router {
     routes: watch::Receiver<Arc<Routes>>,
     parking: mpsc::UnboundedSender<Forward>,
     max_attempts: u32,
@@ -295,7 +210,7 @@ impl Router {
     /// A router reading `routes` and parking unroutable messages in
     /// `parking`; up to `sticky_run` messages in a row go to one busy node
     /// (1: every message is routed on its own).
-    pub fn new(
+    pub(crate) fn new(
         routes: watch::Receiver<Arc<Routes>>,
         parking: mpsc::UnboundedSender<Forward>,
         max_attempts: u32,
@@ -310,33 +225,39 @@ impl Router {
     }
 
     /// The current snapshot.
-    pub fn snapshot(&self) -> Arc<Routes> {
+    pub(crate) fn snapshot(&self) -> Arc<Routes> {
         self.routes.borrow().clone()
+    }
+
+    /// A receiver of new snapshots.
+    pub(crate) fn watch(&self) -> watch::Receiver<Arc<Routes>> {
+        self.routes.clone()
     }
 
     /// Sends `message` to a random routable node other than `exclude`
     /// (the node that just failed it), or parks it when there is none.
     /// Returns the node chosen, if any.
-    pub fn route(
+    pub(crate) fn route(
         &self,
         mut message: Forward,
         exclude: Option<ConnId>,
         rng: &mut SmallRng,
     ) -> Option<NodeId> {
+        if message.envelope.is_answered() {
+            // Another attempt was acknowledged meanwhile: nothing to do.
+            return None;
+        }
         if message.attempts >= self.max_attempts {
             warn!(
-                id = %message.id,
+                id = %message.id(),
                 attempts = message.attempts,
                 "giving up on message: no data node acknowledged it"
             );
-            let reason: Arc<str> = format!(
-                "not stored: {} data nodes failed to acknowledge it",
-                message.attempts
-            )
-            .into();
-            message.complete(Outcome::Failed(reason));
+            let reason = format!("{} data nodes failed to acknowledge it", message.attempts);
+            message.envelope.give_up(reason.into());
             return None;
         }
+        let text_len = message.envelope.text.len();
         // The common case allocates nothing: one pick among the nodes; a
         // resent message skips the node that failed it and leaves the
         // sticky run alone.
@@ -356,29 +277,47 @@ impl Router {
                     }
                 };
                 let node = &nodes[pick];
-                match offer(node, message) {
-                    Ok(()) => return Some(node.node.clone()),
-                    Err(back) => {
-                        message = back;
-                        Some(node.conn)
+                if node.takes(text_len) {
+                    match offer(node, message) {
+                        Ok(()) => return Some(node.node.clone()),
+                        Err(back) => message = back,
                     }
                 }
+                Some(node.conn)
             }
         };
-        // That node's task just ended: try the others, in random order.
-        if let Some(failed) = first_choice {
+        // That node's task just ended, or it cannot take this message: try
+        // the others, in random order.
+        if let Some(tried) = first_choice {
             let routes = self.snapshot();
             let mut candidates: Vec<&NodeHandle> = routes
                 .nodes
                 .iter()
-                .filter(|n| Some(n.conn) != exclude && n.conn != failed)
+                .filter(|n| Some(n.conn) != exclude && n.conn != tried)
                 .collect();
+            let mut refused_for_size = false;
             while !candidates.is_empty() {
                 let node = candidates.swap_remove(rng.random_range(0..candidates.len()));
+                if !node.takes(text_len) {
+                    refused_for_size = true;
+                    continue;
+                }
                 match offer(node, message) {
                     Ok(()) => return Some(node.node.clone()),
                     Err(back) => message = back,
                 }
+            }
+            let tried_was_too_small = routes
+                .nodes
+                .iter()
+                .any(|n| n.conn == tried && !n.takes(text_len));
+            if refused_for_size || tried_was_too_small {
+                // Only original-system nodes are live; waiting would not help.
+                let reason = format!(
+                    "message too long for the live data nodes ({text_len} bytes; original-system data nodes take at most {ORIGINAL_NODE_MAX_TEXT})"
+                );
+                message.envelope.give_up(reason.into());
+                return None;
             }
         }
         // Fails only during shutdown, when the client is being closed anyway.
@@ -402,71 +341,31 @@ fn offer(node: &NodeHandle, mut message: Forward) -> Result<(), Forward> {
         })
 }
 
-/// Holds messages no node could take, for at most `wait`; routes them as
-/// soon as a node is available, fails them with `ERROR no data nodes
-/// available` when the wait is over.
-pub async fn run_parking_lot(
-    mut parked: mpsc::UnboundedReceiver<Forward>,
-    router: Router,
-    wait: Duration,
-    cancel: CancellationToken,
-) {
-    let mut routes = router.routes.clone();
-    let mut rng: SmallRng = rand::make_rng();
-    let mut waiting: VecDeque<(Instant, Forward)> = VecDeque::new();
-    let no_nodes: Arc<str> = NO_DATA_NODES.into();
-    loop {
-        let next_deadline = waiting.front().map(|(deadline, _)| *deadline);
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            message = parked.recv() => match message {
-                Some(message) => waiting.push_back((Instant::now() + wait, message)),
-                None => break,
-            },
-            changed = routes.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-            }
-            _ = protocol::server::sleep_until(next_deadline) => {
-                let now = Instant::now();
-                while waiting.front().is_some_and(|(deadline, _)| *deadline <= now) {
-                    if let Some((_, message)) = waiting.pop_front() {
-                        message.complete(Outcome::Failed(no_nodes.clone()));
-                    }
-                }
-            }
-        }
-        if !waiting.is_empty() && !routes.borrow_and_update().nodes.is_empty() {
-            for (_, message) in waiting.drain(..) {
-                // With nodes present this sends; if they vanished meanwhile,
-                // the message comes back here with a fresh deadline.
-                router.route(message, None, &mut rng);
-            }
-        }
-    }
-    for (_, message) in waiting.drain(..) {
-        message.complete(Outcome::Failed("head node shutting down".into()));
-    }
-    while let Ok(message) = parked.try_recv() {
-        message.complete(Outcome::Failed("head node shutting down".into()));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::forward::{Completion, Envelope, Outcome};
+    use bytes::Bytes;
+    use protocol::message::MessageId;
     use rand::SeedableRng;
 
     fn forward(id: u64, reply_to: &mpsc::UnboundedSender<Completion>) -> Forward {
-        Forward {
-            id: MessageId { epoch: 1, seq: id },
-            text: Bytes::from_static(b"numero random: 1"),
-            slot: id,
-            reply_to: reply_to.clone(),
-            client: "test".into(),
-            attempts: 0,
-        }
+        forward_text(id, reply_to, b"numero random: 1")
+    }
+
+    fn forward_text(
+        id: u64,
+        reply_to: &mpsc::UnboundedSender<Completion>,
+        text: &'static [u8],
+    ) -> Forward {
+        Forward::new(Envelope::new(
+            MessageId { epoch: 1, seq: id },
+            Bytes::from_static(text),
+            "test".into(),
+            id,
+            reply_to.clone(),
+            None,
+        ))
     }
 
     fn node(conn: ConnId, name: &str) -> (NodeHandle, mpsc::UnboundedReceiver<Forward>) {
@@ -481,15 +380,6 @@ mod tests {
             },
             rx,
         )
-    }
-
-    #[test]
-    fn ids_are_unique_and_carry_the_epoch() {
-        let ids = IdGenerator::with_epoch(42);
-        let a = ids.next_id();
-        let b = ids.next_id();
-        assert_ne!(a, b);
-        assert_eq!((a.epoch, a.seq, b.seq), (42, 1, 2));
     }
 
     #[test]
@@ -664,7 +554,7 @@ mod tests {
         let (reply, _replies) = mpsc::unbounded_channel();
         let mut rng = SmallRng::seed_from_u64(1);
         assert!(router.route(forward(1, &reply), None, &mut rng).is_none());
-        assert_eq!(park_rx.try_recv().unwrap().id.seq, 1);
+        assert_eq!(park_rx.try_recv().unwrap().id().seq, 1);
     }
 
     #[test]
@@ -683,36 +573,64 @@ mod tests {
         );
         let done = replies.try_recv().unwrap();
         assert!(
-            matches!(done.outcome, Outcome::Failed(reason) if reason.starts_with("not stored"))
+            matches!(&done.outcome, Outcome::NotStored(reason) if reason.contains("3 data nodes failed")),
+            "{done:?}"
         );
+
+        // The same after a node was sent it: its fate is unknown.
+        let mut message = forward(10, &reply);
+        message.envelope.mark_sent();
+        message.attempts = 3;
+        router.route(message, None, &mut SmallRng::seed_from_u64(1));
+        assert!(matches!(
+            replies.try_recv().unwrap().outcome,
+            Outcome::Unknown(_)
+        ));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn parked_messages_fail_after_the_wait_or_go_to_a_new_node() {
-        let (routes_tx, routes_rx) = watch::channel(Arc::new(Routes::default()));
-        let (park_tx, park_rx) = mpsc::unbounded_channel();
+    #[test]
+    fn original_data_nodes_are_never_sent_a_message_longer_than_one_recv() {
+        let (mut a, mut a_rx) = node(1, "a");
+        a.one_at_a_time = true;
+        let (b, b_rx) = node(2, "b");
+        let (_tx, routes_rx) = watch::channel(Arc::new(Routes::new(vec![a, b])));
+        let (park_tx, _park_rx) = mpsc::unbounded_channel();
         let router = Router::new(routes_rx, park_tx, 5, 1);
-        let cancel = CancellationToken::new();
-        tokio::spawn(run_parking_lot(
-            park_rx,
-            router.clone(),
-            Duration::from_secs(1),
-            cancel.clone(),
-        ));
+        let (reply, _replies) = mpsc::unbounded_channel();
+        let mut rng = SmallRng::seed_from_u64(4);
+        let long: &'static [u8] = Box::leak(vec![b'x'; ORIGINAL_NODE_MAX_TEXT + 1].into_boxed_slice());
+        for i in 0..100 {
+            let chosen = router.route(forward_text(i, &reply, long), None, &mut rng);
+            assert_eq!(chosen.unwrap().as_str(), "b");
+        }
+        assert!(a_rx.try_recv().is_err());
+        assert_eq!(b_rx.len(), 100);
+        // Exactly the limit still fits.
+        let fits: &'static [u8] = Box::leak(vec![b'x'; ORIGINAL_NODE_MAX_TEXT].into_boxed_slice());
+        let mut to_a = 0;
+        for i in 0..100 {
+            let chosen = router.route(forward_text(i, &reply, fits), None, &mut rng);
+            to_a += usize::from(chosen.unwrap().as_str() == "a");
+        }
+        assert!(to_a > 0);
+    }
+
+    #[test]
+    fn a_long_message_with_only_original_nodes_gets_a_clear_error() {
+        let (mut a, _a_rx) = node(1, "a");
+        a.one_at_a_time = true;
+        let (_tx, routes_rx) = watch::channel(Arc::new(Routes::new(vec![a])));
+        let (park_tx, mut park_rx) = mpsc::unbounded_channel();
+        let router = Router::new(routes_rx, park_tx, 5, 1);
         let (reply, mut replies) = mpsc::unbounded_channel();
-        let mut rng = SmallRng::seed_from_u64(1);
-
-        router.route(forward(1, &reply), None, &mut rng);
-        let started = Instant::now();
-        let done = replies.recv().await.unwrap();
-        assert!(matches!(&done.outcome, Outcome::Failed(r) if &**r == NO_DATA_NODES));
-        assert_eq!(started.elapsed(), Duration::from_secs(1));
-
-        router.route(forward(2, &reply), None, &mut rng);
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let (a, mut a_rx) = node(1, "a");
-        routes_tx.send(Arc::new(Routes::new(vec![a]))).unwrap();
-        assert_eq!(a_rx.recv().await.unwrap().id.seq, 2);
-        cancel.cancel();
+        let long: &'static [u8] = Box::leak(vec![b'x'; 2000].into_boxed_slice());
+        let mut rng = SmallRng::seed_from_u64(4);
+        assert!(router.route(forward_text(1, &reply, long), None, &mut rng).is_none());
+        assert!(park_rx.try_recv().is_err(), "waiting would not help");
+        let done = replies.try_recv().unwrap();
+        assert!(
+            matches!(&done.outcome, Outcome::NotStored(reason) if reason.starts_with("message too long for the live data nodes (2000 bytes")),
+            "{done:?}"
+        );
     }
 }

@@ -8,12 +8,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use headnode::membership::{Event, EvictReason};
+use protocol::auth::{ClusterToken, Nonce};
 use protocol::message::{MessageId, StoreReply};
 use support::{
-    Cluster, check_every_ack_is_stored, connect_client, fake_node, fast_config, send_pipelined,
+    Cluster, TEST_TOKEN, check_every_ack_is_stored, connect_client, fake_node, fast_config,
+    register, send_pipelined,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
 fn texts(client: usize, n: usize) -> Vec<String> {
@@ -50,7 +52,11 @@ async fn start_load(
 }
 
 async fn start_with_nodes(n: usize) -> Cluster {
-    let mut cluster = Cluster::start(fast_config()).await;
+    start_with_nodes_and(n, fast_config()).await
+}
+
+async fn start_with_nodes_and(n: usize, config: headnode::Config) -> Cluster {
+    let mut cluster = Cluster::start(config).await;
     for i in 1..=n {
         let config = cluster.node_config(&format!("dn{i}"));
         cluster.add_node(config).await;
@@ -351,47 +357,39 @@ async fn second_live_process_with_the_same_id_is_refused() {
     let cluster = start_with_nodes(1).await;
     let mut twin = cluster.node_config("dn1");
     twin.data_dir = cluster.dir.path().join("twin");
-    let stream = TcpStream::connect(cluster.addr).await.unwrap();
-    let mut conn = protocol::Connection::connect(stream, 1024).unwrap();
-    let role = format!("dataNode id=dn1 incarnation={}", twin.incarnation);
-    protocol::handshake::initiate(
-        &mut conn.reader,
-        &mut conn.writer,
-        Some(&role),
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
-    let answer = conn.reader.read_frame().await.unwrap().unwrap();
+    let (_conn, answer) = register(cluster.addr, "dn1", twin.incarnation).await;
     assert_eq!(
-        answer.as_str(),
+        answer,
         "ERROR node id dn1 is already in use by a live data node"
     );
     cluster.stop().await;
 }
 
 #[tokio::test]
-async fn cluster_token_is_required_when_configured() {
-    let mut config = fast_config();
-    config.cluster_token = Some("s3cret".into());
-    let mut cluster = Cluster::start(config).await;
+async fn data_nodes_must_prove_the_cluster_token() {
+    let mut cluster = Cluster::start(fast_config()).await;
 
+    // Without the challenge, or answering it wrongly: refused and closed.
     for role in [
-        "dataNode id=x incarnation=1",
-        "dataNode id=x incarnation=1 token=wrong",
-        "dataNode",
+        "dataNode id=x incarnation=1".to_owned(),
+        "dataNode".to_owned(),
+        format!("dataNode id=x incarnation=1 nonce={}", Nonce::random()),
     ] {
         let stream = TcpStream::connect(cluster.addr).await.unwrap();
         let mut conn = protocol::Connection::connect(stream, 1024).unwrap();
         protocol::handshake::initiate(
             &mut conn.reader,
             &mut conn.writer,
-            Some(role),
+            Some(&role),
             Duration::from_secs(5),
         )
         .await
         .unwrap();
-        let answer = conn.reader.read_frame().await.unwrap().unwrap();
+        let mut answer = conn.reader.read_frame().await.unwrap().unwrap();
+        if answer.as_str().starts_with("challenge ") {
+            conn.writer.send(format!("proof {}", "00".repeat(32)).as_bytes()).await.unwrap();
+            answer = conn.reader.read_frame().await.unwrap().unwrap();
+        }
         assert_eq!(answer.as_str(), "ERROR unauthorized", "{role}");
         assert!(
             conn.reader.read_frame().await.unwrap().is_none(),
@@ -399,30 +397,109 @@ async fn cluster_token_is_required_when_configured() {
         );
     }
 
-    // A real data node with a wrong token stops with a clear error.
+    // A real data node with another token stops with a clear error: it
+    // does not trust a head node that cannot prove its token.
     let mut wrong = cluster.node_config("dn1");
-    wrong.cluster_token = Some("nope".into());
+    wrong.cluster_token = Some(ClusterToken::new("another-token-0123456789").unwrap());
     let err = datanode::run(wrong, std::future::pending())
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("unauthorized"), "{err}");
+    assert!(
+        matches!(err, datanode::DataNodeError::HeadNotAuthenticated(_)),
+        "{err}"
+    );
 
-    let mut right = cluster.node_config("dn1");
-    right.cluster_token = Some("s3cret".into());
-    cluster.add_node(right).await;
+    cluster.add_node(cluster.node_config("dn1")).await;
     let replies = send_pipelined(cluster.addr, texts(0, 10), || {}).await;
     check_every_ack_is_stored(&cluster, &replies, &HashMap::new());
     cluster.stop().await;
 }
 
 #[tokio::test]
-async fn token_is_not_needed_when_not_configured() {
-    let mut cluster = Cluster::start(fast_config()).await;
-    let mut with_token = cluster.node_config("dn1");
-    with_token.cluster_token = Some("anything".into());
-    cluster.add_node(with_token).await;
+async fn without_a_token_data_nodes_are_refused_unless_registration_is_open() {
+    let mut closed = fast_config();
+    closed.cluster_token = None;
+    let cluster = Cluster::start(closed).await;
+    let mut node = cluster.node_config("dn1");
+    node.cluster_token = None;
+    node.open_registration = true;
+    let err = datanode::run(node, std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("unauthorized: the head node has no cluster token configured"),
+        "{err}"
+    );
+    cluster.stop().await;
+
+    let mut open = fast_config();
+    open.cluster_token = None;
+    open.open_registration = true;
+    let mut cluster = Cluster::start(open).await;
+    let mut node = cluster.node_config("dn1");
+    node.cluster_token = None;
+    node.open_registration = true;
+    cluster.add_node(node).await;
     let replies = send_pipelined(cluster.addr, texts(0, 10), || {}).await;
     check_every_ack_is_stored(&cluster, &replies, &HashMap::new());
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn a_data_node_without_a_token_refuses_to_start_unless_told_to() {
+    let cluster = Cluster::start(fast_config()).await;
+    let mut node = cluster.node_config("dn1");
+    node.cluster_token = None;
+    let err = datanode::run(node, std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, datanode::DataNodeError::NoToken), "{err}");
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn the_token_never_crosses_the_wire() {
+    let mut cluster = Cluster::start(fast_config()).await;
+    // Everything between the data node and the head node passes through a
+    // recording relay.
+    let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay_addr = relay.local_addr().unwrap();
+    let head = cluster.addr;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let recorder = seen.clone();
+    tokio::spawn(async move {
+        let (mut node_side, _) = relay.accept().await.unwrap();
+        let mut head_side = TcpStream::connect(head).await.unwrap();
+        let mut from_node = vec![0u8; 4096];
+        let mut from_head = vec![0u8; 4096];
+        loop {
+            tokio::select! {
+                n = node_side.read(&mut from_node) => {
+                    let Ok(n @ 1..) = n else { return };
+                    recorder.lock().unwrap().extend_from_slice(&from_node[..n]);
+                    if head_side.write_all(&from_node[..n]).await.is_err() { return }
+                }
+                n = head_side.read(&mut from_head) => {
+                    let Ok(n @ 1..) = n else { return };
+                    recorder.lock().unwrap().extend_from_slice(&from_head[..n]);
+                    if node_side.write_all(&from_head[..n]).await.is_err() { return }
+                }
+            }
+        }
+    });
+    let mut node = cluster.node_config("dn1");
+    node.headnode = relay_addr.to_string();
+    cluster.add_node(node).await;
+    let replies = send_pipelined(cluster.addr, texts(0, 5), || {}).await;
+    check_every_ack_is_stored(&cluster, &replies, &HashMap::new());
+    let seen = seen.lock().unwrap().clone();
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.contains("challenge ") && text.contains("proof "), "{text}");
+    assert!(
+        !seen.windows(TEST_TOKEN.len()).any(|w| w == TEST_TOKEN.as_bytes()),
+        "the token itself was sent: {text}"
+    );
     cluster.stop().await;
 }
 
@@ -557,7 +634,10 @@ async fn original_data_node(addr: std::net::SocketAddr) -> tokio::task::JoinHand
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn original_style_peers_work_alongside_line_framed_ones() {
-    let mut cluster = start_with_nodes(1).await;
+    // Original data nodes cannot prove a token: they need open registration.
+    let mut config = fast_config();
+    config.open_registration = true;
+    let mut cluster = start_with_nodes_and(1, config).await;
     let legacy_node = original_data_node(cluster.addr).await;
     let joined = cluster
         .wait_for(

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::auth::{ClusterToken, TokenError};
 use crate::codec::DEFAULT_MAX_LINE;
 use crate::connection::ReaderConfig;
 
@@ -32,6 +33,101 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|_| format!("duration {text:?} out of range"))
 }
 
+/// Shortest accepted timeout.
+pub const MIN_TIMEOUT: Duration = Duration::from_millis(1);
+/// Shortest accepted period of a repeating timer (heartbeats, rounds).
+pub const MIN_PERIOD: Duration = Duration::from_millis(10);
+/// Longest accepted timeout or period.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+/// [`parse_duration`] for a timeout: at least 1 ms, at most a day. Zero
+/// would mean "give up at once", which is never what a user wants.
+pub fn parse_timeout(text: &str) -> Result<Duration, String> {
+    parse_duration_in(text, MIN_TIMEOUT, MAX_DURATION)
+}
+
+/// [`parse_duration`] for the period of a repeating timer: at least 10 ms,
+/// at most a day.
+pub fn parse_period(text: &str) -> Result<Duration, String> {
+    parse_duration_in(text, MIN_PERIOD, MAX_DURATION)
+}
+
+fn parse_duration_in(text: &str, min: Duration, max: Duration) -> Result<Duration, String> {
+    let value = parse_duration(text)?;
+    if value < min || value > max {
+        return Err(format!(
+            "{} is out of range ({} to {})",
+            text.trim(),
+            show(min),
+            show(max)
+        ));
+    }
+    Ok(value)
+}
+
+fn show(d: Duration) -> String {
+    if d >= Duration::from_secs(3600) && d.as_secs() % 3600 == 0 {
+        format!("{}h", d.as_secs() / 3600)
+    } else {
+        format!("{d:?}")
+    }
+}
+
+/// Parses a size in bytes: `65536`, `256KiB`, `64MiB`, `1GiB` (also `KB`,
+/// `MB`, `GB` as powers of 1000).
+pub fn parse_bytes(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: usize = number
+        .parse()
+        .map_err(|_| format!("invalid size {text:?} (examples: 65536, 256KiB, 64MiB)"))?;
+    let factor: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => return Err(format!("unknown size unit {other:?} in {text:?} (use KiB, MiB or GiB)")),
+    };
+    value
+        .checked_mul(factor)
+        .ok_or_else(|| format!("size {text:?} out of range"))
+}
+
+/// Where the cluster token comes from: the `CLUSTER_TOKEN` environment
+/// variable or a file (a Docker secret, say). Never a command-line value,
+/// which `ps` would show to every user of the machine.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TokenArgs {
+    /// File holding the cluster token (for example /run/secrets/cluster_token).
+    /// The token may also come from the CLUSTER_TOKEN environment variable,
+    /// never from the command line.
+    #[arg(long, env = "CLUSTER_TOKEN_FILE")]
+    pub cluster_token_file: Option<PathBuf>,
+}
+
+/// Name of the environment variable that may hold the cluster token.
+pub const CLUSTER_TOKEN_ENV: &str = "CLUSTER_TOKEN";
+
+impl TokenArgs {
+    /// The configured token, if any.
+    pub fn load(&self) -> Result<Option<ClusterToken>, TokenError> {
+        let from_env = std::env::var(CLUSTER_TOKEN_ENV)
+            .ok()
+            .filter(|t| !t.trim().is_empty());
+        match (&self.cluster_token_file, from_env) {
+            (Some(path), _) => ClusterToken::from_file(path).map(Some),
+            (None, Some(text)) => ClusterToken::new(&text).map(Some),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
 /// Flags about how peers frame their messages.
 #[derive(Debug, Clone, clap::Args)]
 pub struct FramingArgs {
@@ -44,8 +140,12 @@ pub struct FramingArgs {
     #[arg(long, env = "LEGACY_IDLE_FLUSH", default_value = "10ms", value_parser = parse_duration)]
     pub idle_flush: Duration,
     /// Time a new connection has to complete the `peticion` handshake.
-    #[arg(long, env = "HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_timeout)]
     pub handshake_timeout: Duration,
+    /// Longest time one line may take to arrive, from its first byte to its
+    /// newline; a peer that leaves a line unfinished longer is disconnected.
+    #[arg(long, env = "LINE_TIMEOUT", default_value = "30s", value_parser = parse_timeout)]
+    pub line_timeout: Duration,
 }
 
 impl FramingArgs {
@@ -54,6 +154,7 @@ impl FramingArgs {
         ReaderConfig {
             max_line: self.max_line,
             idle_flush: self.idle_flush,
+            line_timeout: self.line_timeout,
         }
     }
 }
@@ -105,5 +206,28 @@ mod tests {
         for bad in ["", "s", "5d", "-1s", "abc"] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_bytes("65536").unwrap(), 65536);
+        assert_eq!(parse_bytes("256KiB").unwrap(), 256 * 1024);
+        assert_eq!(parse_bytes("64MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_bytes("2MB").unwrap(), 2_000_000);
+        for bad in ["", "MiB", "5 apples", "-1"] {
+            assert!(parse_bytes(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn zero_and_absurd_timeouts_and_periods_are_refused() {
+        assert_eq!(
+            parse_timeout("0").unwrap_err(),
+            "0 is out of range (1ms to 24h)"
+        );
+        assert!(parse_timeout("25h").is_err());
+        assert!(parse_period("5ms").is_err());
+        assert_eq!(parse_period("10ms").unwrap(), Duration::from_millis(10));
+        assert_eq!(parse_timeout("1ms").unwrap(), Duration::from_millis(1));
     }
 }

@@ -25,6 +25,8 @@ use crate::error::ReadError;
 
 /// Default idle gap that ends an unterminated message of an original-system peer.
 pub const DEFAULT_IDLE_FLUSH: Duration = Duration::from_millis(10);
+/// Default time a line may take from its first byte to its newline.
+pub const DEFAULT_LINE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Smallest read; idle connections hold no more than this in their buffer.
 const MIN_READ_CHUNK: usize = 1024;
@@ -53,6 +55,11 @@ pub struct ReaderConfig {
     pub max_line: usize,
     /// Pause after which an unterminated message is complete.
     pub idle_flush: Duration,
+    /// Longest time from the first byte of a line to its end; a peer that
+    /// leaves a line unfinished for longer is an error
+    /// ([`ReadError::LineTimedOut`]), so a partial line cannot pin its
+    /// buffer for ever.
+    pub line_timeout: Duration,
 }
 
 impl Default for ReaderConfig {
@@ -60,6 +67,7 @@ impl Default for ReaderConfig {
         ReaderConfig {
             max_line: DEFAULT_MAX_LINE,
             idle_flush: DEFAULT_IDLE_FLUSH,
+            line_timeout: DEFAULT_LINE_TIMEOUT,
         }
     }
 }
@@ -74,6 +82,9 @@ pub struct FrameReader<R> {
     idle_flush: Duration,
     /// When bytes last arrived; an unterminated message is cut `idle_flush` later.
     last_data: Instant,
+    line_timeout: Duration,
+    /// When the first byte of the unfinished line in `buf` arrived.
+    line_started: Option<Instant>,
     /// The first word an original-system peer sends; while the buffer holds
     /// only a prefix of it, a pause does not end the message (a line-framed
     /// peer's first line may simply be arriving slowly).
@@ -93,6 +104,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             framing: Framing::Unknown,
             idle_flush: config.idle_flush,
             last_data: Instant::now(),
+            line_timeout: config.line_timeout,
+            line_started: None,
             opening,
             read_chunk: MIN_READ_CHUNK,
             eof: false,
@@ -105,7 +118,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             inner,
             ReaderConfig {
                 max_line,
-                idle_flush: DEFAULT_IDLE_FLUSH,
+                ..ReaderConfig::default()
             },
             b"",
         );
@@ -131,10 +144,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// are lost and the next call continues where this one stopped.
     pub async fn read_frame(&mut self) -> Result<Option<Line>, ReadError> {
         loop {
-            if let Some(line) = self.decoder.decode(&mut self.buf)? {
-                if self.framing == Framing::Unknown {
-                    self.framing = Framing::Lines;
-                }
+            if let Some(line) = self.next_buffered()? {
                 return Ok(Some(line));
             }
             if self.eof {
@@ -151,15 +161,24 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             let cut_at = self
                 .may_cut_unterminated()
                 .then(|| self.last_data + self.idle_flush);
+            let give_up_at = self.line_started.map(|started| started + self.line_timeout);
             tokio::select! {
+                biased;
                 read = read_some(&mut self.inner, &mut self.buf, &mut self.read_chunk) => {
                     if read? == 0 {
                         self.eof = true;
                     } else {
                         self.last_data = Instant::now();
+                        self.line_started.get_or_insert(self.last_data);
                     }
                 }
                 _ = crate::server::sleep_until(cut_at) => return self.cut_unterminated(),
+                _ = crate::server::sleep_until(give_up_at) => {
+                    return Err(ReadError::LineTimedOut {
+                        after: self.line_timeout,
+                        buffered: self.buf.len(),
+                    });
+                }
             }
         }
     }
@@ -167,7 +186,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// The next frame already in the buffer, without reading the socket.
     /// Lets a caller gather every frame of one read into a batch.
     pub fn next_buffered(&mut self) -> Result<Option<Line>, ReadError> {
-        match self.decoder.decode(&mut self.buf)? {
+        let decoded = self.decoder.decode(&mut self.buf);
+        if !matches!(decoded, Ok(None)) {
+            // A line ended (or was refused): what is left began arriving
+            // with the last read.
+            self.line_started = (!self.buf.is_empty()).then_some(self.last_data);
+        }
+        match decoded? {
             Some(line) => {
                 if self.framing == Framing::Unknown {
                     self.framing = Framing::Lines;
@@ -176,6 +201,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             }
             None => Ok(None),
         }
+    }
+
+    /// Bytes of an unfinished line held in the buffer.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
     }
 
     /// Reads and throws away input until the peer closes or `limit` passes.
@@ -217,6 +247,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         if self.framing == Framing::Unknown {
             self.framing = Framing::Unterminated;
         }
+        self.line_started = None;
         Ok(self.decoder.decode_unterminated(&mut self.buf)?)
     }
 }
@@ -246,6 +277,10 @@ pub struct FrameWriter<W> {
     inner: W,
     buf: BytesMut,
     terminated: bool,
+    /// When the socket last accepted bytes, or when the buffer last went
+    /// from empty to pending: a peer that stops reading is seen as no
+    /// progress since then.
+    last_progress: Instant,
 }
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
@@ -255,6 +290,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             inner,
             buf: BytesMut::new(),
             terminated: true,
+            last_progress: Instant::now(),
         }
     }
 
@@ -265,12 +301,14 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 
     /// Queues one frame without writing it yet.
     pub fn queue(&mut self, text: &[u8]) {
+        self.note_start();
         encode_line(text, self.terminated, &mut self.buf);
     }
 
     /// Queues one frame built by `build`, which appends its text to the buffer.
     /// Saves an intermediate allocation on hot paths.
     pub fn queue_with(&mut self, build: impl FnOnce(&mut BytesMut)) {
+        self.note_start();
         build(&mut self.buf);
         if self.terminated {
             self.buf.extend_from_slice(b"\n");
@@ -287,13 +325,29 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.buf.len()
     }
 
+    /// When a writer that still holds bytes will have made no progress for
+    /// `timeout`; `None` when nothing is pending. A peer that stops reading
+    /// its socket is closed at that point, so its answers cannot pile up.
+    pub fn stall_deadline(&self, timeout: Duration) -> Option<Instant> {
+        (!self.buf.is_empty()).then(|| self.last_progress + timeout)
+    }
+
+    fn note_start(&mut self) {
+        if self.buf.is_empty() {
+            self.last_progress = Instant::now();
+        }
+    }
+
     /// Writes everything queued.
     ///
     /// Cancel safe in the sense that bytes already written are not written
     /// again: the buffer advances as the socket accepts data.
     pub async fn flush(&mut self) -> io::Result<()> {
         while !self.buf.is_empty() {
-            self.inner.write_all_buf(&mut self.buf).await?;
+            if self.inner.write_buf(&mut self.buf).await? == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            self.last_progress = Instant::now();
         }
         self.inner.flush().await?;
         if self.buf.capacity() > KEEP_WRITE_BUFFER {
@@ -412,6 +466,7 @@ mod tests {
         ReaderConfig {
             max_line: 64,
             idle_flush: Duration::from_millis(idle_ms),
+            ..ReaderConfig::default()
         }
     }
 
@@ -501,6 +556,77 @@ mod tests {
         let mut reader = FrameReader::lines(ours, 64);
         drop(peer);
         assert!(reader.read_frame().await.unwrap().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_line_left_unfinished_times_out_from_its_first_byte() {
+        let (mut peer, ours) = duplex(1024);
+        let mut reader = FrameReader::detecting(
+            ours,
+            ReaderConfig {
+                line_timeout: Duration::from_secs(30),
+                ..config(10)
+            },
+            b"peticion",
+        );
+        peer.write_all(b"peticion\nnum").await.unwrap();
+        assert_eq!(reader.read_frame().await.unwrap().unwrap().as_str(), "peticion");
+        let started = Instant::now();
+        // Trickling bytes does not reset the clock: it runs from the first one.
+        let trickle = async {
+            for _ in 0..100 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                peer.write_all(b"x").await.unwrap();
+            }
+        };
+        let read = async { reader.read_frame().await };
+        tokio::pin!(trickle);
+        let result = tokio::select! {
+            result = read => result,
+            _ = &mut trickle => panic!("the line should have timed out"),
+        };
+        assert!(
+            matches!(result, Err(ReadError::LineTimedOut { buffered, .. }) if buffered >= 3),
+            "{result:?}"
+        );
+        assert!(result.unwrap_err().is_fatal());
+        assert_eq!(started.elapsed(), Duration::from_secs(30));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_complete_line_resets_the_line_clock() {
+        let (mut peer, ours) = duplex(1024);
+        let mut reader = FrameReader::lines(ours, 64);
+        for i in 0..10 {
+            tokio::time::sleep(Duration::from_secs(20)).await;
+            peer.write_all(format!("line {i}\n").as_bytes()).await.unwrap();
+            assert_eq!(
+                reader.read_frame().await.unwrap().unwrap().as_str(),
+                format!("line {i}")
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_writer_whose_peer_reads_nothing_reports_a_stall() {
+        let (ours, _peer) = duplex(16);
+        let mut writer = FrameWriter::new(ours);
+        assert_eq!(writer.stall_deadline(Duration::from_secs(5)), None);
+        let queued_at = Instant::now();
+        writer.queue(&[b'x'; 64]);
+        assert_eq!(
+            writer.stall_deadline(Duration::from_secs(5)),
+            Some(queued_at + Duration::from_secs(5))
+        );
+        // The first 16 bytes fit; nothing after that moves.
+        let flushed = tokio::time::timeout(Duration::from_secs(60), writer.flush()).await;
+        assert!(flushed.is_err());
+        assert!(writer.pending() > 0);
+        assert_eq!(
+            writer.stall_deadline(Duration::from_secs(5)),
+            Some(queued_at + Duration::from_secs(5)),
+            "progress was made only at the start"
+        );
     }
 
     #[tokio::test]

@@ -52,6 +52,14 @@ pub enum ReadError {
         /// Bytes of the unfinished line.
         buffered: usize,
     },
+    /// A line was left unfinished for longer than the line timeout.
+    #[error("line not finished within {after:?} ({buffered} bytes received)")]
+    LineTimedOut {
+        /// The configured line timeout.
+        after: std::time::Duration,
+        /// Bytes of the unfinished line.
+        buffered: usize,
+    },
     /// The socket failed.
     #[error("{0}")]
     Io(#[from] io::Error),
@@ -62,7 +70,9 @@ impl ReadError {
     pub fn is_fatal(&self) -> bool {
         match self {
             ReadError::Frame(e) => e.is_fatal(),
-            ReadError::ClosedMidLine { .. } | ReadError::Io(_) => true,
+            ReadError::ClosedMidLine { .. } | ReadError::LineTimedOut { .. } | ReadError::Io(_) => {
+                true
+            }
         }
     }
 }

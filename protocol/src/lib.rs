@@ -5,6 +5,7 @@
 //!   the idle cut for peers of the original system that send no newline;
 //! - [`message`]: the typed messages of each conversation;
 //! - [`handshake`]: `peticion` / `confirmacion` / role, for every server;
+//! - [`auth`]: the cluster token's challenge and response;
 //! - [`telemetry`]: log files plus stdout; [`shutdown`]: SIGTERM and Ctrl-C;
 //!   [`backoff`]: jittered reconnect delays; [`timefmt`]: log timestamps;
 //! - [`server`]: accepting under a connection cap.
@@ -12,6 +13,7 @@
 //! The protocol itself is described in `docs/protocol.md`.
 #![deny(missing_docs)]
 
+pub mod auth;
 pub mod backoff;
 pub mod cli;
 pub mod codec;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
 
+use crate::auth::{Nonce, Proof};
 use crate::error::ParseError;
 
 /// First word of every handshake, sent by the connecting peer.
@@ -128,34 +129,25 @@ pub enum Role {
 
 /// What a data node says about itself when it registers.
 ///
-/// Wire form: `dataNode id=<node-id> incarnation=<n> [token=<t>]`. An
+/// Wire form: `dataNode id=<node-id> incarnation=<n> [nonce=<32 hex>]`; the
+/// nonce opens the challenge and response of [`crate::auth`]. An
 /// original-system data node sends the bare word `dataNode`; all fields are
 /// then `None` and the head node names it.
-#[derive(Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DataNodeHello {
     /// The node's chosen name.
     pub node_id: Option<NodeId>,
     /// Changes on every process start, so a restarted node is told apart from
     /// a late message of its previous life.
     pub incarnation: Option<u64>,
-    /// Cluster token, when the cluster requires one.
-    pub token: Option<String>,
-}
-
-impl fmt::Debug for DataNodeHello {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DataNodeHello")
-            .field("node_id", &self.node_id)
-            .field("incarnation", &self.incarnation)
-            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
-            .finish()
-    }
+    /// The node's challenge to the head node, when it holds a cluster token.
+    pub nonce: Option<Nonce>,
 }
 
 impl DataNodeHello {
     /// Whether this is an original-system data node (bare `dataNode`).
     pub fn is_legacy(&self) -> bool {
-        self.node_id.is_none() && self.incarnation.is_none() && self.token.is_none()
+        self.node_id.is_none() && self.incarnation.is_none() && self.nonce.is_none()
     }
 
     /// The role line a data node sends.
@@ -167,8 +159,8 @@ impl DataNodeHello {
         if let Some(incarnation) = self.incarnation {
             line.push_str(&format!(" incarnation={incarnation}"));
         }
-        if let Some(token) = &self.token {
-            line.push_str(&format!(" token={token}"));
+        if let Some(nonce) = &self.nonce {
+            line.push_str(&format!(" nonce={nonce}"));
         }
         line
     }
@@ -195,7 +187,7 @@ impl FromStr for Role {
                                 ParseError::new(format!("bad incarnation {value:?}"))
                             })?)
                         }
-                        "token" => hello.token = Some(value.to_owned()),
+                        "nonce" => hello.nonce = Some(value.parse()?),
                         other => {
                             return Err(ParseError::new(format!(
                                 "unknown dataNode field {other:?}"
@@ -218,6 +210,14 @@ impl FromStr for Role {
 pub enum ToDataNode<'a> {
     /// `welcome <node-id>`: registration accepted, under this id.
     Welcome(NodeId),
+    /// `challenge <head-nonce> <head-proof>`: the head node proves it knows
+    /// the cluster token and asks the data node to prove it too.
+    Challenge {
+        /// The head node's nonce.
+        nonce: Nonce,
+        /// The head node's proof.
+        proof: Proof,
+    },
     /// `mensaje <id>: <text>`: store this message. Original-system data nodes
     /// get `mensaje: <text>`, without the id.
     Store {
@@ -272,6 +272,12 @@ impl<'a> ToDataNode<'a> {
         let mut words = line.split(' ');
         let parsed = match (words.next(), words.next(), words.next()) {
             (Some("welcome"), Some(id), None) => ToDataNode::Welcome(id.parse()?),
+            (Some("challenge"), Some(nonce), Some(proof)) if words.next().is_none() => {
+                ToDataNode::Challenge {
+                    nonce: nonce.parse()?,
+                    proof: proof.parse()?,
+                }
+            }
             (Some("ping"), Some(n), None) => ToDataNode::Ping(parse_counter(n)?),
             (Some("bye"), None, None) => ToDataNode::Bye,
             _ => {
@@ -290,6 +296,9 @@ impl<'a> ToDataNode<'a> {
             ToDataNode::Welcome(id) => {
                 buf.extend_from_slice(b"welcome ");
                 buf.extend_from_slice(id.as_str().as_bytes());
+            }
+            ToDataNode::Challenge { nonce, proof } => {
+                buf.extend_from_slice(format!("challenge {nonce} {proof}").as_bytes());
             }
             ToDataNode::Store { id, text } => ToDataNode::encode_store(*id, text.as_bytes(), buf),
             ToDataNode::Ping(n) => {
@@ -313,6 +322,8 @@ pub enum FromDataNode {
     Stored(Option<MessageId>),
     /// `pong <n>`: answer to `ping <n>`.
     Pong(u64),
+    /// `proof <node-proof>`: the data node's answer to a challenge.
+    Proof(Proof),
     /// `bye`: the node is shutting down; send it nothing new.
     Leaving,
     /// `ERROR <reason>`.
@@ -330,6 +341,7 @@ impl FromDataNode {
             (Some(RECIBIDO), None, None) => FromDataNode::Stored(None),
             (Some(RECIBIDO), Some(id), None) => FromDataNode::Stored(Some(id.parse()?)),
             (Some("pong"), Some(n), None) => FromDataNode::Pong(parse_counter(n)?),
+            (Some("proof"), Some(proof), None) => FromDataNode::Proof(proof.parse()?),
             (Some("bye"), None, None) => FromDataNode::Leaving,
             _ => {
                 return Err(ParseError::new(format!(
@@ -354,6 +366,9 @@ impl FromDataNode {
             FromDataNode::Pong(n) => {
                 buf.extend_from_slice(b"pong ");
                 put_u64(buf, *n);
+            }
+            FromDataNode::Proof(proof) => {
+                buf.extend_from_slice(format!("proof {proof}").as_bytes());
             }
             FromDataNode::Leaving => buf.extend_from_slice(b"bye"),
             FromDataNode::Error(reason) => {
@@ -380,6 +395,26 @@ pub enum StoreReply {
 
 /// The error reason a client gets when no data node can take its message.
 pub const NO_DATA_NODES: &str = "no data nodes available";
+/// How an error reason starts when the message may or may not be stored
+/// (sent to a data node that failed before acknowledging it). Sending it
+/// again may store it twice; not sending it again may lose it.
+pub const OUTCOME_UNKNOWN: &str = "outcome unknown";
+
+/// Checks a client's message text before it is stored: control characters
+/// (CR, NUL, escape sequences and the like; a tab is allowed) could forge
+/// a record in `data.txt` or a line in a log, so they are refused.
+pub fn validate_text(text: &str) -> Result<(), ParseError> {
+    match text
+        .char_indices()
+        .find(|(_, c)| c.is_control() && *c != '\t')
+    {
+        None => Ok(()),
+        Some((at, c)) => Err(ParseError::new(format!(
+            "control character U+{:04X} at byte {at} (control characters other than tab are not allowed)",
+            c as u32
+        ))),
+    }
+}
 
 impl StoreReply {
     /// Parses one reply line from the head node.
@@ -475,22 +510,19 @@ mod tests {
             panic!("expected a data node");
         };
         assert!(legacy.is_legacy());
+        let nonce: crate::auth::Nonce = "00112233445566778899aabbccddeeff".parse().unwrap();
         let hello = DataNodeHello {
             node_id: Some("dn1".parse().unwrap()),
             incarnation: Some(77),
-            token: Some("s3cret".into()),
+            nonce: Some(nonce),
         };
         assert_eq!(
             hello.to_line(),
-            "dataNode id=dn1 incarnation=77 token=s3cret"
+            "dataNode id=dn1 incarnation=77 nonce=00112233445566778899aabbccddeeff"
         );
         assert_eq!(
             hello.to_line().parse::<Role>().unwrap(),
             Role::DataNode(hello.clone())
-        );
-        assert!(
-            !format!("{hello:?}").contains("s3cret"),
-            "tokens never reach logs"
         );
         for bad in [
             "",
@@ -499,15 +531,34 @@ mod tests {
             "dataNode id=",
             "dataNode foo=1",
             "dataNode id",
+            "dataNode id=dn1 token=s3cret-in-clear",
+            "dataNode id=dn1 nonce=short",
         ] {
             assert!(bad.parse::<Role>().is_err(), "{bad:?} should be refused");
         }
     }
 
     #[test]
+    fn control_characters_are_refused_in_texts() {
+        assert!(validate_text("numero random: 5\tok ñandú").is_ok());
+        for bad in ["a\rb", "nul\0", "esc\u{1b}[2J", "del\u{7f}", "c1\u{85}"] {
+            let err = validate_text(bad).unwrap_err().to_string();
+            assert!(err.starts_with("control character U+"), "{bad:?}: {err}");
+        }
+        assert_eq!(
+            validate_text("ab\rc").unwrap_err().to_string(),
+            "control character U+000D at byte 2 (control characters other than tab are not allowed)"
+        );
+    }
+
+    #[test]
     fn head_to_datanode_frames_round_trip() {
         let frames = [
             ToDataNode::Welcome("dn-2".parse().unwrap()),
+            ToDataNode::Challenge {
+                nonce: crate::auth::Nonce::random(),
+                proof: "ab".repeat(32).parse().unwrap(),
+            },
             ToDataNode::Store {
                 id: Some(id(5, 6)),
                 text: "numero random: 7",
@@ -541,6 +592,7 @@ mod tests {
             FromDataNode::Stored(Some(id(9, 10))),
             FromDataNode::Stored(None),
             FromDataNode::Pong(12),
+            FromDataNode::Proof("0f".repeat(32).parse().unwrap()),
             FromDataNode::Leaving,
             FromDataNode::Error("disk full".into()),
         ];

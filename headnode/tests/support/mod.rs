@@ -12,10 +12,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use headnode::membership::{Event, ProbeOutcome};
-use headnode::{Config, Prober};
+use headnode::{Config, Prober, RunError};
+use protocol::auth::{ClusterToken, Exchange, Nonce};
 use protocol::connection::Connection;
 use protocol::handshake;
-use protocol::message::{MessageId, StoreReply};
+use protocol::message::{DataNodeHello, FromDataNode, MessageId, StoreReply, ToDataNode};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -85,12 +86,20 @@ pub struct Cluster {
     pub nodes: Vec<TestNode>,
     pub dir: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
-    head: JoinHandle<std::io::Result<()>>,
+    head: JoinHandle<Result<(), RunError>>,
+}
+
+/// The cluster token of the test clusters.
+pub const TEST_TOKEN: &str = "test-cluster-token-0123456789";
+
+pub fn test_token() -> ClusterToken {
+    ClusterToken::new(TEST_TOKEN).unwrap()
 }
 
 /// Fast timings, so tests finish quickly; each test tunes what it studies.
 pub fn fast_config() -> Config {
     Config {
+        cluster_token: Some(test_token()),
         ping_interval: Duration::from_secs(3600),
         heartbeat_interval: Duration::from_millis(100),
         detector: headnode::DetectorConfig {
@@ -132,6 +141,7 @@ impl Cluster {
     pub fn node_config(&self, id: &str) -> datanode::Config {
         let mut config = datanode::Config::new(self.addr.to_string(), id.parse().unwrap());
         config.data_dir = self.dir.path().join(id);
+        config.cluster_token = Some(test_token());
         config.min_backoff = Duration::from_millis(20);
         config.max_backoff = Duration::from_millis(200);
         config
@@ -310,23 +320,52 @@ pub struct FakeNode {
     pub task: JoinHandle<()>,
 }
 
-pub async fn fake_node(addr: SocketAddr, id: &str) -> FakeNode {
-    let acked = Arc::new(Mutex::new(Vec::new()));
-    let hang = Arc::new(tokio::sync::Notify::new());
-    let resume = Arc::new(tokio::sync::Notify::new());
+/// Registers as data node `id` with the test token, answering the head
+/// node's challenge; returns the connection and the head node's last answer
+/// (`welcome <id>` or an `ERROR`).
+pub async fn register(addr: SocketAddr, id: &str, incarnation: u64) -> (Connection, String) {
+    let token = test_token();
     let stream = TcpStream::connect(addr).await.unwrap();
     let mut conn = Connection::connect(stream, 1 << 17).unwrap();
-    let role = format!("dataNode id={id} incarnation=1");
+    let node_nonce = Nonce::random();
+    let hello = DataNodeHello {
+        node_id: Some(id.parse().unwrap()),
+        incarnation: Some(incarnation),
+        nonce: Some(node_nonce),
+    };
     handshake::initiate(
         &mut conn.reader,
         &mut conn.writer,
-        Some(&role),
+        Some(&hello.to_line()),
         Duration::from_secs(5),
     )
     .await
     .unwrap();
-    let welcome = conn.reader.read_frame().await.unwrap().unwrap();
-    assert_eq!(welcome.as_str(), format!("welcome {id}"));
+    let challenge = conn.reader.read_frame().await.unwrap().unwrap();
+    let Ok(ToDataNode::Challenge { nonce, proof }) = ToDataNode::parse(challenge.as_str()) else {
+        return (conn, challenge.as_str().to_owned());
+    };
+    let exchange = Exchange {
+        node_id: id,
+        incarnation,
+        node_nonce: &node_nonce,
+        head_nonce: &nonce,
+    };
+    assert!(token.verify_head(&exchange, &proof), "the head node proves the token");
+    conn.writer
+        .queue_with(|buf| FromDataNode::Proof(token.node_proof(&exchange)).encode(buf));
+    conn.writer.flush().await.unwrap();
+    let answer = conn.reader.read_frame().await.unwrap().unwrap();
+    let answer = answer.as_str().to_owned();
+    (conn, answer)
+}
+
+pub async fn fake_node(addr: SocketAddr, id: &str) -> FakeNode {
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let hang = Arc::new(tokio::sync::Notify::new());
+    let resume = Arc::new(tokio::sync::Notify::new());
+    let (mut conn, welcome) = register(addr, id, 1).await;
+    assert_eq!(welcome, format!("welcome {id}"));
     let task = tokio::spawn({
         let (acked, hang, resume) = (acked.clone(), hang.clone(), resume.clone());
         async move {

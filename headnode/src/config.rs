@@ -1,0 +1,283 @@
+//! The head node's settings, their defaults and their bounds.
+//!
+//! Every buffer, queue and connection count the head node keeps has a bound
+//! here; `docs/limits.md` turns them into a worst-case memory table.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use protocol::auth::ClusterToken;
+use protocol::connection::ReaderConfig;
+use protocol::handshake;
+use tokio::sync::mpsc;
+
+use crate::membership::{self, DetectorConfig};
+use crate::prober::Prober;
+
+/// Settings of the head node. `Default` gives the documented defaults.
+#[derive(Clone)]
+pub struct Config {
+    /// Framing limits for every connection.
+    pub reader: ReaderConfig,
+    /// Time a peer has to complete the handshake.
+    pub handshake_timeout: Duration,
+    /// The secret data nodes must prove they know (see `protocol::auth`).
+    /// Without one, data nodes are refused unless `open_registration`.
+    pub cluster_token: Option<ClusterToken>,
+    /// Also accept data nodes that cannot prove the token, including
+    /// original-system ones. Off by default: anyone who can reach the port
+    /// could then register and be sent messages.
+    pub open_registration: bool,
+    /// Period of the ICMP heartbeat rounds.
+    pub ping_interval: Duration,
+    /// How long one ICMP echo may take.
+    pub ping_timeout: Duration,
+    /// Application-heartbeat and ICMP eviction rules.
+    pub detector: DetectorConfig,
+    /// Period of `ping <n>` on each data-node connection.
+    pub heartbeat_interval: Duration,
+    /// A message not acknowledged within this time is sent to another node.
+    pub ack_timeout: Duration,
+    /// How long a message waits for a data node before the client gets
+    /// `ERROR no data nodes available`.
+    pub no_node_wait: Duration,
+    /// Data nodes tried for one message before the client gets an error.
+    pub max_attempts: u32,
+    /// Unanswered messages per client before the head node stops reading it.
+    pub max_client_in_flight: usize,
+    /// Answers queued for a client and not yet taken by its socket, in
+    /// bytes, before the head node stops reading from that client.
+    pub max_client_unflushed: usize,
+    /// A connection whose socket accepts none of the bytes queued for it for
+    /// this long is closed (a peer that stopped reading).
+    pub write_timeout: Duration,
+    /// A client that sends nothing for this long, with nothing in flight,
+    /// is disconnected. Far above the original client's 3 s interval.
+    pub client_idle_timeout: Duration,
+    /// Bytes of message text (plus a fixed overhead per message) held by
+    /// the head node at once, over all clients: in flight to data nodes,
+    /// queued for them, or waiting for one. Clients are not read while it
+    /// is used up.
+    pub in_flight_budget: usize,
+    /// Unacknowledged messages per data node; more wait in its queue.
+    pub max_node_in_flight: usize,
+    /// Unacknowledged bytes of text per data node; more wait in its queue.
+    pub max_node_unacked_bytes: usize,
+    /// Messages waiting for a data node at once; more are refused at once.
+    pub max_parked: usize,
+    /// Messages in a row sent to one busy data node before another is
+    /// chosen (1: every message is routed on its own). See `router`.
+    pub sticky_run: usize,
+    /// Connections served at once, before the open-file limit is applied.
+    pub max_connections: usize,
+    /// Data-node connections, reserved within `max_connections` so clients
+    /// can never take their places.
+    pub max_data_nodes: usize,
+    /// Connections still in their handshake; when full, the one that has
+    /// waited longest is closed to make room.
+    pub max_handshakes: usize,
+    /// The ICMP prober; `None` opens real ICMP sockets.
+    pub prober: Option<Arc<dyn Prober>>,
+    /// Epoch of message ids; `None` uses the start time.
+    pub id_epoch: Option<u64>,
+    /// Receives every membership event, for monitoring and tests.
+    pub observer: Option<mpsc::UnboundedSender<membership::Event>>,
+}
+
+/// Default of [`Config::sticky_run`].
+pub const DEFAULT_STICKY_RUN: usize = 1024;
+
+/// What one message costs the in-flight budget besides its text: its
+/// envelope, its place in a queue, a reply slot and a waiting-room entry.
+pub const MESSAGE_OVERHEAD: usize = 256;
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            reader: ReaderConfig::default(),
+            handshake_timeout: handshake::DEFAULT_HANDSHAKE_TIMEOUT,
+            cluster_token: None,
+            open_registration: false,
+            ping_interval: Duration::from_secs(5),
+            ping_timeout: Duration::from_secs(1),
+            detector: DetectorConfig::default(),
+            heartbeat_interval: Duration::from_secs(1),
+            ack_timeout: Duration::from_secs(2),
+            no_node_wait: Duration::from_secs(1),
+            max_attempts: 5,
+            max_client_in_flight: 4096,
+            max_client_unflushed: 256 * 1024,
+            write_timeout: Duration::from_secs(30),
+            client_idle_timeout: Duration::from_secs(300),
+            in_flight_budget: 64 * 1024 * 1024,
+            max_node_in_flight: 65_536,
+            max_node_unacked_bytes: 16 * 1024 * 1024,
+            max_parked: 65_536,
+            sticky_run: DEFAULT_STICKY_RUN,
+            max_connections: 16_384,
+            max_data_nodes: 64,
+            max_handshakes: 256,
+            prober: None,
+            id_epoch: None,
+            observer: None,
+        }
+    }
+}
+
+/// A setting that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid setting: {0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Refuses settings that would panic or make no sense (a zero period,
+    /// a zero cap), so a bad value fails at start-up with a clear message
+    /// instead of inside a background task later.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let periods = [
+            ("ping interval", self.ping_interval),
+            ("heartbeat interval", self.heartbeat_interval),
+        ];
+        for (name, value) in periods {
+            if value < protocol::cli::MIN_PERIOD {
+                return Err(ConfigError(format!(
+                    "{name} {value:?} is too short (at least {:?})",
+                    protocol::cli::MIN_PERIOD
+                )));
+            }
+        }
+        let timeouts = [
+            ("handshake timeout", self.handshake_timeout),
+            ("line timeout", self.reader.line_timeout),
+            ("ping timeout", self.ping_timeout),
+            ("ack timeout", self.ack_timeout),
+            ("no-node wait", self.no_node_wait),
+            ("write timeout", self.write_timeout),
+            ("client idle timeout", self.client_idle_timeout),
+            ("suspect-after", self.detector.suspect_after),
+        ];
+        for (name, value) in timeouts {
+            if value.is_zero() {
+                return Err(ConfigError(format!("{name} must be more than zero")));
+            }
+        }
+        let caps = [
+            ("max attempts", self.max_attempts as usize),
+            ("max client in flight", self.max_client_in_flight),
+            ("max client unflushed", self.max_client_unflushed),
+            ("in-flight budget", self.in_flight_budget),
+            ("max node in flight", self.max_node_in_flight),
+            ("max node unacked bytes", self.max_node_unacked_bytes),
+            ("max parked", self.max_parked),
+            ("sticky run", self.sticky_run),
+            ("max connections", self.max_connections),
+            ("max data nodes", self.max_data_nodes),
+            ("max handshakes", self.max_handshakes),
+            ("ping misses", self.detector.ping_misses as usize),
+        ];
+        for (name, value) in caps {
+            if value == 0 {
+                return Err(ConfigError(format!("{name} must be at least 1")));
+            }
+        }
+        if self.in_flight_budget < self.reader.max_line + MESSAGE_OVERHEAD {
+            return Err(ConfigError(format!(
+                "in-flight budget {} is smaller than one message of the longest line ({} bytes)",
+                self.in_flight_budget,
+                self.reader.max_line + MESSAGE_OVERHEAD
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// How the connections that fit under the open-file limit are shared out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections at once, in all.
+    pub total: usize,
+    /// Connections still in their handshake.
+    pub handshakes: usize,
+    /// Registered data nodes.
+    pub data_nodes: usize,
+    /// Clients.
+    pub clients: usize,
+}
+
+impl Limits {
+    /// Shares `total` connections: data nodes and handshakes first (each at
+    /// most a quarter), clients get the rest.
+    pub fn share(total: usize, config: &Config) -> Limits {
+        let total = total.max(3);
+        let data_nodes = config.max_data_nodes.min(total / 4).max(1);
+        let handshakes = config.max_handshakes.min(total / 4).max(1);
+        Limits {
+            total,
+            handshakes,
+            data_nodes,
+            clients: total - data_nodes - handshakes,
+        }
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("cluster_token", &self.cluster_token)
+            .field("open_registration", &self.open_registration)
+            .field("ping_interval", &self.ping_interval)
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("detector", &self.detector)
+            .field("ack_timeout", &self.ack_timeout)
+            .field("no_node_wait", &self.no_node_wait)
+            .field("sticky_run", &self.sticky_run)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn zero_periods_and_caps_are_refused() {
+        let zero_interval = Config {
+            ping_interval: Duration::ZERO,
+            ..Config::default()
+        };
+        assert!(
+            zero_interval
+                .validate()
+                .unwrap_err()
+                .0
+                .contains("ping interval")
+        );
+        let no_nodes = Config {
+            max_data_nodes: 0,
+            ..Config::default()
+        };
+        assert!(no_nodes.validate().is_err());
+        let tiny_budget = Config {
+            in_flight_budget: 1000,
+            ..Config::default()
+        };
+        assert!(tiny_budget.validate().is_err());
+    }
+
+    #[test]
+    fn data_nodes_and_handshakes_are_reserved_out_of_the_total() {
+        let config = Config::default();
+        let small = Limits::share(1024 - protocol::server::RESERVED_FDS, &config);
+        assert_eq!(small.data_nodes, 64);
+        assert_eq!(small.handshakes, 224);
+        assert_eq!(small.clients, 896 - 64 - 224);
+        let big = Limits::share(16_384, &config);
+        assert_eq!((big.data_nodes, big.handshakes), (64, 256));
+        assert_eq!(big.clients, 16_384 - 64 - 256);
+    }
+}

@@ -1,0 +1,247 @@
+//! From an accepted socket to a served peer: the handshake, the role, the
+//! cluster token's challenge and response for data nodes, and a place in
+//! the right pool (clients, or the data-node connections reserved so that
+//! clients can never take them).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use protocol::HandshakeError;
+use protocol::auth::{Exchange, Nonce};
+use protocol::connection::Connection;
+use protocol::handshake::{self, RoleStep};
+use protocol::message::{DataNodeHello, FromDataNode, NodeId, PETICION, Role, ToDataNode};
+use protocol::server::HandshakeSlot;
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::Shared;
+use crate::cluster::Input;
+use crate::membership;
+use crate::node_session;
+use crate::router::NodeLoad;
+
+/// A peer past its handshake.
+pub(crate) enum Peer {
+    /// A client, with its place among the clients.
+    Client(Connection, OwnedSemaphorePermit),
+    /// A data node accepted into the cluster.
+    DataNode(node_session::Registered),
+}
+
+/// Handshake, role, authentication and registration. `None` when the peer
+/// was refused or went away (already logged).
+pub(crate) async fn accept_peer(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    waiting_room: HandshakeSlot,
+    stop: &CancellationToken,
+) -> Option<Peer> {
+    let mut conn = match Connection::accept(stream, shared.config.reader, PETICION.as_bytes()) {
+        Ok(conn) => conn,
+        Err(e) => {
+            debug!(error = %e, "connection closed before it could be served");
+            return None;
+        }
+    };
+    let handshake = handshake::accept(
+        &mut conn.reader,
+        &mut conn.writer,
+        RoleStep::Required,
+        shared.config.handshake_timeout,
+    );
+    let role = tokio::select! {
+        _ = stop.cancelled() => return None,
+        _ = waiting_room.evicted() => {
+            debug!("closed while still in its handshake, to make room for a newer connection");
+            conn.close_with_error(&"server busy: handshake not finished in time").await;
+            return None;
+        }
+        role = handshake => role,
+    };
+    match role {
+        Ok(Some(Role::Client)) => {
+            let Ok(slot) = shared.client_slots.clone().try_acquire_owned() else {
+                warn!(max = shared.limits.clients, "cliente refused: server full");
+                let reason = format!("server full ({} clients)", shared.limits.clients);
+                conn.close_with_error(&reason).await;
+                return None;
+            };
+            drop(waiting_room);
+            info!(framing = ?conn.reader.framing(), "cliente connected");
+            Some(Peer::Client(conn, slot))
+        }
+        Ok(Some(Role::DataNode(hello))) => {
+            let registered = tokio::select! {
+                _ = stop.cancelled() => return None,
+                _ = waiting_room.evicted() => {
+                    conn.close_with_error(&"server busy: registration not finished in time").await;
+                    return None;
+                }
+                registered = tokio::time::timeout(
+                    shared.config.handshake_timeout,
+                    register_data_node(&mut conn, peer, hello, &shared),
+                ) => registered,
+            };
+            match registered {
+                Ok(Ok((info, slot))) => Some(Peer::DataNode(registration(conn, info, slot, shared).await?)),
+                Ok(Err(refusal)) => {
+                    conn.close_with_error(&refusal).await;
+                    None
+                }
+                Err(_) => {
+                    warn!("dataNode did not finish registering in time");
+                    let reason = format!(
+                        "registration not finished within {:?}",
+                        shared.config.handshake_timeout
+                    );
+                    conn.close_with_error(&reason).await;
+                    None
+                }
+            }
+        }
+        Ok(None) => None,
+        Err(HandshakeError::Closed) => {
+            // Health checks connect, read `confirmacion` and leave.
+            debug!("peer left during the handshake");
+            None
+        }
+        Err(e) => {
+            warn!(error = %e, "handshake failed, connection closed");
+            None
+        }
+    }
+}
+
+/// Authenticates a data node and takes one of the reserved data-node
+/// places. On refusal, the reason to send it (logged already).
+async fn register_data_node(
+    conn: &mut Connection,
+    peer: SocketAddr,
+    hello: DataNodeHello,
+    shared: &Shared,
+) -> Result<(membership::MemberInfo, OwnedSemaphorePermit), String> {
+    let config = &shared.config;
+    let named = hello.node_id.as_ref().map(NodeId::as_str).unwrap_or("?");
+    match (&config.cluster_token, &hello.nonce) {
+        (Some(token), Some(node_nonce)) => {
+            let (Some(node_id), Some(incarnation)) = (&hello.node_id, hello.incarnation) else {
+                warn!("dataNode refused: a challenge needs an id and an incarnation");
+                return Err("unauthorized".into());
+            };
+            let head_nonce = Nonce::random();
+            let exchange = Exchange {
+                node_id: node_id.as_str(),
+                incarnation,
+                node_nonce,
+                head_nonce: &head_nonce,
+            };
+            let proof = token.head_proof(&exchange);
+            conn.writer.queue_with(|buf| {
+                ToDataNode::Challenge {
+                    nonce: head_nonce,
+                    proof,
+                }
+                .encode(buf)
+            });
+            conn.writer
+                .flush()
+                .await
+                .map_err(|e| format!("write failed: {e}"))?;
+            let answer = conn
+                .reader
+                .read_frame()
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("closed during registration")?;
+            let verified = match FromDataNode::parse(answer.as_str()) {
+                Ok(FromDataNode::Proof(proof)) => token.verify_node(&exchange, &proof),
+                _ => false,
+            };
+            if !verified {
+                warn!(node = named, "dataNode refused: wrong cluster token (its proof does not match)");
+                return Err("unauthorized".into());
+            }
+        }
+        (_, None) if config.open_registration => {
+            debug!(node = named, "dataNode registers without a token (open registration)");
+        }
+        (Some(_), None) => {
+            warn!(node = named, "dataNode refused: it did not offer to prove the cluster token");
+            return Err("unauthorized".into());
+        }
+        (None, _) => {
+            warn!(
+                node = named,
+                "dataNode refused: this head node has no cluster token (set CLUSTER_TOKEN or --cluster-token-file, or allow --open-registration)"
+            );
+            return Err("unauthorized: the head node has no cluster token configured".into());
+        }
+    }
+    let Ok(slot) = shared.node_slots.clone().try_acquire_owned() else {
+        warn!(node = named, max = shared.limits.data_nodes, "dataNode refused: too many data nodes");
+        return Err(format!("too many data nodes ({})", shared.limits.data_nodes));
+    };
+    let conn_id = shared.next_conn_id();
+    let legacy = hello.is_legacy();
+    let node = match hello.node_id {
+        Some(node) => node,
+        // Original-system nodes have no name; name them by address.
+        None => format!("dn-{}-{}", peer.ip().to_canonical(), peer.port())
+            .replace(':', ".")
+            .parse()
+            .map_err(|e: protocol::ParseError| e.to_string())?,
+    };
+    let info = membership::MemberInfo {
+        node,
+        incarnation: hello.incarnation.unwrap_or(conn_id),
+        conn: conn_id,
+        addr: peer.ip().to_canonical(),
+        legacy,
+    };
+    Ok((info, slot))
+}
+
+/// Hands a data node that proved itself to the membership task.
+async fn registration(
+    mut conn: Connection,
+    info: membership::MemberInfo,
+    slot: OwnedSemaphorePermit,
+    shared: Arc<Shared>,
+) -> Option<node_session::Registered> {
+    let (queue_tx, queue_rx) = mpsc::unbounded_channel();
+    let load = Arc::new(NodeLoad::default());
+    let evicted = CancellationToken::new();
+    let (respond, response) = tokio::sync::oneshot::channel();
+    let registration = Input::Register {
+        info: info.clone(),
+        queue: queue_tx,
+        load: load.clone(),
+        evicted: evicted.clone(),
+        respond,
+    };
+    if shared.membership_tx.send(registration).await.is_err() {
+        return None;
+    }
+    match response.await {
+        Ok(Ok(())) => {}
+        Ok(Err(refusal)) => {
+            conn.close_with_error(&refusal).await;
+            return None;
+        }
+        Err(_) => return None,
+    }
+    info!(node = %info.node, legacy = info.legacy, "dataNode connected");
+    Some(node_session::Registered {
+        conn,
+        info,
+        queue: queue_rx,
+        load,
+        evicted,
+        shared,
+        _slot: slot,
+    })
+}
