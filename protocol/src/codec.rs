@@ -104,7 +104,7 @@ impl LineDecoder {
             None => {
                 self.scanned = buf.len();
                 // One byte of slack: the `\r` of a maximal CRLF line.
-                if buf.len() > self.max_line + 1 {
+                if buf.len() > self.max_line.saturating_add(1) {
                     return Err(FrameError::LineTooLong { max: self.max_line });
                 }
                 Ok(None)
@@ -240,6 +240,18 @@ mod tests {
         let err = decoder.decode(&mut buf).unwrap_err();
         assert_eq!(err, FrameError::LineTooLong { max: 8 });
         assert!(err.is_fatal());
+    }
+
+    #[test]
+    fn largest_limit_waits_for_the_rest_of_a_line() {
+        let mut decoder = LineDecoder::new(usize::MAX);
+        let mut buf = BytesMut::from(&b"numero ran"[..]);
+        assert_eq!(decoder.decode(&mut buf).unwrap(), None);
+        buf.extend_from_slice(b"dom: 7\n");
+        assert_eq!(
+            decoder.decode(&mut buf).unwrap().unwrap().as_str(),
+            "numero random: 7"
+        );
     }
 
     #[test]
