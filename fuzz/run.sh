@@ -75,10 +75,21 @@ for target in $(cargo +nightly fuzz list); do
         echo "fuzz $target: ${took} s, ${runs:-?} runs, FAILED without a crashing input (log above)"
         continue
     fi
+    grep -E -A 8 "panicked at|ERROR: libFuzzer|ERROR: AddressSanitizer" "$log" | head -n 24 >&2 || true
+    known=""
+    for kept in "corpus/$target"/* "regressions/$target"/*; do
+        if [[ -f "$kept" ]] && cmp -s "$found" "$kept"; then
+            known="$kept"
+        fi
+    done
+    if [[ -n "$known" ]]; then
+        echo "fuzz $target: ${took} s, ${runs:-?} runs, CRASH on a saved input: fuzz/$known"
+        echo "  a bug it once caught is back (cargo test -p protocol shows the same failure)"
+        continue
+    fi
     mkdir -p "regressions/$target"
     saved="regressions/$target/$(basename "$found")"
     cp "$found" "$saved"
-    grep -E -A 8 "panicked at|ERROR: libFuzzer|ERROR: AddressSanitizer" "$log" | head -n 24 >&2 || true
     echo "fuzz $target: ${took} s, ${runs:-?} runs, CRASH; input saved as fuzz/$saved"
     echo "  fix the bug, then commit fuzz/$saved as a regression test (cargo test -p protocol replays it)"
 done
