@@ -1,10 +1,15 @@
 //! Line framing, free of I/O.
 //!
-//! A frame is one line of UTF-8 text ending in `\n` (a `\r` before it is
-//! dropped). Peers of the original system send one message per TCP write with
-//! no terminator at all; for them the I/O layer calls
-//! [`LineDecoder::decode_unterminated`] once the connection has been idle for
-//! a moment, and whatever is buffered becomes one frame.
+//! A frame is one line of UTF-8 text ending in `\n`. Peers of the original
+//! system send one message per TCP write with no terminator at all; for them
+//! the I/O layer calls [`LineDecoder::decode_unterminated`] once the
+//! connection has been idle for a moment, and whatever is buffered becomes
+//! one frame.
+//!
+//! Every `\r` at the end of a line is dropped, so `\r\n` works too. Dropping
+//! all of them, not just one, keeps the round trip exact: a text ending in
+//! `\r` could not be sent on with [`encode_line`], because the next reader
+//! would take that `\r` for half of a `\r\n`.
 //!
 //! The decoder never holds more than `max_line + 1` bytes of an unfinished
 //! line: a longer one is rejected with [`FrameError::LineTooLong`] before the
@@ -25,7 +30,7 @@ pub struct Line {
 }
 
 impl Line {
-    /// The text of the line, without `\r\n` / `\n`.
+    /// The text of the line, without its `\n` and without any `\r` before it.
     pub fn as_str(&self) -> &str {
         // The decoder only builds lines from bytes it has validated.
         std::str::from_utf8(&self.text).expect("Line holds validated UTF-8")
@@ -104,7 +109,7 @@ impl LineDecoder {
             None => {
                 self.scanned = buf.len();
                 // One byte of slack: the `\r` of a maximal CRLF line.
-                if buf.len() > self.max_line + 1 {
+                if buf.len() > self.max_line.saturating_add(1) {
                     return Err(FrameError::LineTooLong { max: self.max_line });
                 }
                 Ok(None)
@@ -125,10 +130,17 @@ impl LineDecoder {
         self.finish(raw, false).map(Some)
     }
 
-    fn finish(&self, raw: BytesMut, terminated: bool) -> Result<Line, FrameError> {
+    /// `raw` is what the limit applies to: a line without its `\n` and one
+    /// `\r` before it, or everything an idle cut took.
+    fn finish(&self, mut raw: BytesMut, terminated: bool) -> Result<Line, FrameError> {
         if raw.len() > self.max_line {
             return Err(FrameError::LineTooLong { max: self.max_line });
         }
+        let text_len = raw
+            .iter()
+            .rposition(|&b| b != b'\r')
+            .map_or(0, |last| last + 1);
+        raw.truncate(text_len);
         if std::str::from_utf8(&raw).is_err() {
             return Err(FrameError::InvalidUtf8);
         }
@@ -142,6 +154,9 @@ impl LineDecoder {
 /// Appends `text` as one frame to `buf`: with `\n` for line-framed peers,
 /// bare for original-system peers (whose exact-string checks would fail on
 /// a trailing newline).
+///
+/// `text` MUST NOT contain `\n` nor end in `\r`, or the peer decodes other
+/// text; the text of every decoded [`Line`] qualifies.
 pub fn encode_line(text: &[u8], terminated: bool, buf: &mut BytesMut) {
     buf.reserve(text.len() + 1);
     buf.extend_from_slice(text);
@@ -210,6 +225,31 @@ mod tests {
     }
 
     #[test]
+    fn every_carriage_return_at_the_end_of_a_line_is_dropped() {
+        let mut decoder = LineDecoder::new(100);
+        let mut buf = BytesMut::from(&b"hola\r\r\n\r\r\r\nadios\r"[..]);
+        assert_eq!(decode_all(&mut decoder, &mut buf), ["hola", ""]);
+        let line = decoder.decode_unterminated(&mut buf).unwrap().unwrap();
+        assert_eq!(line.as_str(), "adios");
+
+        // What is left is sent on unchanged.
+        encode_line(b"hola", true, &mut buf);
+        assert_eq!(decode_all(&mut decoder, &mut buf), ["hola"]);
+    }
+
+    #[test]
+    fn carriage_returns_beyond_the_crlf_count_towards_the_limit() {
+        // Split or whole, the stream is refused the same way: while waiting,
+        // the decoder cannot know the `\r`s will end the line.
+        let mut decoder = LineDecoder::new(8);
+        let mut buf = BytesMut::from(&b"12345678\r\r\n"[..]);
+        assert_eq!(
+            decoder.decode(&mut buf).unwrap_err(),
+            FrameError::LineTooLong { max: 8 }
+        );
+    }
+
+    #[test]
     fn lone_carriage_return_inside_a_line_is_kept() {
         let mut decoder = LineDecoder::new(100);
         let mut buf = BytesMut::from(&b"a\rb\n"[..]);
@@ -240,6 +280,18 @@ mod tests {
         let err = decoder.decode(&mut buf).unwrap_err();
         assert_eq!(err, FrameError::LineTooLong { max: 8 });
         assert!(err.is_fatal());
+    }
+
+    #[test]
+    fn largest_limit_waits_for_the_rest_of_a_line() {
+        let mut decoder = LineDecoder::new(usize::MAX);
+        let mut buf = BytesMut::from(&b"numero ran"[..]);
+        assert_eq!(decoder.decode(&mut buf).unwrap(), None);
+        buf.extend_from_slice(b"dom: 7\n");
+        assert_eq!(
+            decoder.decode(&mut buf).unwrap().unwrap().as_str(),
+            "numero random: 7"
+        );
     }
 
     #[test]

@@ -43,7 +43,7 @@ impl fmt::Display for MessageId {
 impl FromStr for MessageId {
     type Err = ParseError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || ParseError::new(format!("bad message id {s:?}"));
+        let bad = || ParseError::new(format!("bad message id {:?}", truncate_for_log(s)));
         let (epoch, seq) = s.split_once('-').ok_or_else(bad)?;
         Ok(MessageId {
             epoch: epoch.parse().map_err(|_| bad())?,
@@ -105,7 +105,8 @@ impl FromStr for NodeId {
         let valid_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
         if s.is_empty() || s.len() > 64 || !s.chars().all(valid_char) {
             return Err(ParseError::new(format!(
-                "invalid node id {s:?} (1-64 characters of A-Z a-z 0-9 . _ -)"
+                "invalid node id {:?} (1-64 characters of A-Z a-z 0-9 . _ -)",
+                truncate_for_log(s)
             )));
         }
         Ok(NodeId(Arc::from(s)))
@@ -177,20 +178,25 @@ impl FromStr for Role {
                 for word in words {
                     let (key, value) = word.split_once('=').ok_or_else(|| {
                         ParseError::new(format!(
-                            "expected key=value in dataNode line, got {word:?}"
+                            "expected key=value in dataNode line, got {:?}",
+                            truncate_for_log(word)
                         ))
                     })?;
                     match key {
                         "id" => hello.node_id = Some(value.parse()?),
                         "incarnation" => {
                             hello.incarnation = Some(value.parse().map_err(|_| {
-                                ParseError::new(format!("bad incarnation {value:?}"))
+                                ParseError::new(format!(
+                                    "bad incarnation {:?}",
+                                    truncate_for_log(value)
+                                ))
                             })?)
                         }
                         "nonce" => hello.nonce = Some(value.parse()?),
                         other => {
                             return Err(ParseError::new(format!(
-                                "unknown dataNode field {other:?}"
+                                "unknown dataNode field {:?}",
+                                truncate_for_log(other)
                             )));
                         }
                     }
@@ -442,10 +448,13 @@ impl StoreReply {
 
 fn parse_counter(n: &str) -> Result<u64, ParseError> {
     n.parse()
-        .map_err(|_| ParseError::new(format!("bad counter {n:?}")))
+        .map_err(|_| ParseError::new(format!("bad counter {:?}", truncate_for_log(n))))
 }
 
 /// At most 80 characters of a peer's line, for error messages and logs.
+///
+/// Every refusal quotes the peer's text through this, so its reason stays
+/// one short line whatever the peer sent.
 pub fn truncate_for_log(line: &str) -> &str {
     match line.char_indices().nth(80) {
         Some((end, _)) => &line[..end],
@@ -549,6 +558,32 @@ mod tests {
             validate_text("ab\rc").unwrap_err().to_string(),
             "control character U+000D at byte 2 (control characters other than tab are not allowed)"
         );
+    }
+
+    #[test]
+    fn refusals_quote_at_most_80_characters_of_the_peer_text() {
+        let long = "x".repeat(10_000);
+        let reasons = [
+            long.parse::<MessageId>().unwrap_err(),
+            format!("1-{long}").parse::<MessageId>().unwrap_err(),
+            format!("{long}!").parse::<NodeId>().unwrap_err(),
+            format!("dataNode id={long}").parse::<Role>().unwrap_err(),
+            format!("dataNode {long}").parse::<Role>().unwrap_err(),
+            format!("dataNode incarnation={long}")
+                .parse::<Role>()
+                .unwrap_err(),
+            format!("dataNode {long}=1").parse::<Role>().unwrap_err(),
+            format!("{long} x").parse::<Role>().unwrap_err(),
+            ToDataNode::parse(&format!("ping {long}")).unwrap_err(),
+            ToDataNode::parse(&format!("mensaje {long}: hola")).unwrap_err(),
+            FromDataNode::parse(&format!("pong {long}")).unwrap_err(),
+            FromDataNode::parse(&format!("recibido {long}")).unwrap_err(),
+            StoreReply::parse(&format!("dn1 , mensaje: recibido {long}")).unwrap_err(),
+        ];
+        for reason in reasons {
+            let reason = reason.to_string();
+            assert!(reason.len() < 200, "{} bytes: {reason}", reason.len());
+        }
     }
 
     #[test]

@@ -1,0 +1,172 @@
+//! Round-trip properties of the wire format, checked with generated values.
+//!
+//! Whatever one side encodes, the other side decodes to the same value:
+//! lines through the codec however the stream is split, and every message
+//! through its `encode`/`Display` and its parser.
+
+use bytes::BytesMut;
+use proptest::prelude::*;
+use protocol::codec::{DEFAULT_MAX_LINE, LineDecoder, encode_line};
+use protocol::message::{
+    DataNodeHello, FromDataNode, MessageId, NodeId, Role, StoreReply, ToDataNode,
+};
+
+/// Text a frame can carry: no `\n`, and no `\r` at the end (see `encode_line`).
+fn frame_text() -> impl Strategy<Value = String> {
+    any::<String>().prop_map(|text| text.replace('\n', "").trim_end_matches('\r').to_owned())
+}
+
+fn message_id() -> impl Strategy<Value = MessageId> {
+    (any::<u64>(), any::<u64>()).prop_map(|(epoch, seq)| MessageId { epoch, seq })
+}
+
+fn node_id() -> impl Strategy<Value = NodeId> {
+    "[A-Za-z0-9._-]{1,64}".prop_map(|id| id.parse().expect("the pattern only makes valid ids"))
+}
+
+fn data_node_hello() -> impl Strategy<Value = DataNodeHello> {
+    (
+        proptest::option::of(node_id()),
+        proptest::option::of(any::<u64>()),
+        // A token is one word of the role line.
+        proptest::option::of("\\S{0,32}"),
+    )
+        .prop_map(|(node_id, incarnation, token)| DataNodeHello {
+            node_id,
+            incarnation,
+            token,
+        })
+}
+
+/// Cut points in a stream of `len` bytes, in order.
+fn cuts(len: usize, wanted: &[usize]) -> Vec<usize> {
+    let mut cuts: Vec<usize> = wanted.iter().map(|&at| at % (len + 1)).collect();
+    cuts.sort_unstable();
+    cuts
+}
+
+proptest! {
+    #[test]
+    fn lines_survive_encoding_and_any_split_of_the_stream(
+        texts in proptest::collection::vec(frame_text(), 1..8),
+        wanted_cuts in proptest::collection::vec(any::<usize>(), 0..16),
+    ) {
+        let mut stream = BytesMut::new();
+        for text in &texts {
+            encode_line(text.as_bytes(), true, &mut stream);
+        }
+        let mut decoder = LineDecoder::new(DEFAULT_MAX_LINE);
+        let mut buf = BytesMut::new();
+        let mut decoded = Vec::new();
+        let mut start = 0;
+        for end in cuts(stream.len(), &wanted_cuts).into_iter().chain([stream.len()]) {
+            buf.extend_from_slice(&stream[start..end]);
+            start = end;
+            while let Some(line) = decoder.decode(&mut buf).expect("encoded text decodes") {
+                prop_assert!(line.is_terminated());
+                decoded.push(line.as_str().to_owned());
+            }
+        }
+        prop_assert_eq!(decoded, texts);
+        prop_assert!(buf.is_empty(), "nothing is left over");
+    }
+
+    #[test]
+    fn bare_frames_come_back_whole_after_an_idle_cut(text in frame_text()) {
+        let mut buf = BytesMut::new();
+        encode_line(text.as_bytes(), false, &mut buf);
+        prop_assert_eq!(&buf[..], text.as_bytes(), "nothing is added to a bare frame");
+        let line = LineDecoder::new(DEFAULT_MAX_LINE).decode_unterminated(&mut buf).unwrap();
+        prop_assert_eq!(line.as_ref().map(|l| l.as_str()), (!text.is_empty()).then_some(&text[..]));
+    }
+
+    #[test]
+    fn carriage_returns_before_the_newline_are_not_part_of_the_text(
+        text in frame_text(),
+        carriage_returns in 0..4usize,
+    ) {
+        let mut buf = BytesMut::from(text.as_bytes());
+        buf.extend_from_slice(&b"\r".repeat(carriage_returns));
+        buf.extend_from_slice(b"\n");
+        let line = LineDecoder::new(DEFAULT_MAX_LINE).decode(&mut buf).unwrap().unwrap();
+        prop_assert_eq!(line.as_str(), text);
+    }
+
+    #[test]
+    fn message_id_text_parses_back_to_the_same_id(id in message_id()) {
+        let shown = id.to_string();
+        prop_assert_eq!(shown.parse::<MessageId>(), Ok(id));
+        let mut put = BytesMut::new();
+        id.put(&mut put);
+        prop_assert_eq!(&put[..], shown.as_bytes());
+    }
+
+    #[test]
+    fn frames_to_a_data_node_parse_back_to_themselves(
+        node in node_id(),
+        id in proptest::option::of(message_id()),
+        text in any::<String>(),
+        counter in any::<u64>(),
+        which in 0..5u8,
+    ) {
+        let frame = match which {
+            0 => ToDataNode::Welcome(node),
+            1 => ToDataNode::Store { id, text: &text },
+            2 => ToDataNode::Ping(counter),
+            3 => ToDataNode::Bye,
+            _ => ToDataNode::Error(&text),
+        };
+        let mut buf = BytesMut::new();
+        frame.encode(&mut buf);
+        let encoded = std::str::from_utf8(&buf).unwrap();
+        prop_assert_eq!(ToDataNode::parse(encoded), Ok(frame));
+    }
+
+    #[test]
+    fn stored_message_frame_names_its_id_and_text(
+        id in proptest::option::of(message_id()),
+        text in any::<String>(),
+    ) {
+        // The hot path builds `mensaje` frames without a `ToDataNode`.
+        let mut buf = BytesMut::new();
+        ToDataNode::encode_store(id, text.as_bytes(), &mut buf);
+        let encoded = std::str::from_utf8(&buf).unwrap();
+        prop_assert_eq!(ToDataNode::parse(encoded), Ok(ToDataNode::Store { id, text: &text }));
+    }
+
+    #[test]
+    fn frames_from_a_data_node_parse_back_to_themselves(
+        id in proptest::option::of(message_id()),
+        reason in any::<String>(),
+        counter in any::<u64>(),
+        which in 0..4u8,
+    ) {
+        let frame = match which {
+            0 => FromDataNode::Stored(id),
+            1 => FromDataNode::Pong(counter),
+            2 => FromDataNode::Leaving,
+            _ => FromDataNode::Error(reason),
+        };
+        let mut buf = BytesMut::new();
+        frame.encode(&mut buf);
+        let encoded = std::str::from_utf8(&buf).unwrap();
+        prop_assert_eq!(FromDataNode::parse(encoded), Ok(frame));
+    }
+
+    #[test]
+    fn stored_reply_tells_the_client_its_node_and_id(node in node_id(), id in message_id()) {
+        let mut buf = BytesMut::new();
+        StoreReply::encode_stored(&node, id, &mut buf);
+        let encoded = std::str::from_utf8(&buf).unwrap();
+        prop_assert_eq!(
+            StoreReply::parse(encoded),
+            Ok(StoreReply::Stored { node: node.as_str().to_owned(), id })
+        );
+    }
+
+    #[test]
+    fn data_node_hello_parses_back_to_the_same_role(hello in data_node_hello()) {
+        let line = hello.to_line();
+        prop_assert_eq!(line.parse::<Role>(), Ok(Role::DataNode(hello)));
+    }
+}
