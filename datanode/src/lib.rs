@@ -125,7 +125,9 @@ pub enum DataNodeError {
     #[error("head node {0} did not prove it knows the cluster token; not registering with it")]
     HeadNotAuthenticated(String),
     /// Neither a token nor open registration was configured.
-    #[error("no cluster token: set CLUSTER_TOKEN or --cluster-token-file (or --open-registration to join a head node without one)")]
+    #[error(
+        "no cluster token: set CLUSTER_TOKEN or --cluster-token-file (or --open-registration to join a head node without one)"
+    )]
     NoToken,
 }
 
@@ -216,8 +218,12 @@ enum ConnectError {
 
 async fn connect(config: &Config) -> Result<Connection, ConnectError> {
     let retry = |e: &dyn std::fmt::Display| ConnectError::Retry(e.to_string());
-    let unauthorized =
-        |why: &str| ConnectError::Fatal(DataNodeError::Unauthorized(config.headnode.clone(), why.to_owned()));
+    let unauthorized = |why: &str| {
+        ConnectError::Fatal(DataNodeError::Unauthorized(
+            config.headnode.clone(),
+            why.to_owned(),
+        ))
+    };
     let head_not_authenticated =
         || ConnectError::Fatal(DataNodeError::HeadNotAuthenticated(config.headnode.clone()));
     let stream = open_stream(config).await.map_err(|e| retry(&e))?;
@@ -498,7 +504,9 @@ fn data_path(
                 Ok(ToDataNode::Bye) => drained = true,
                 Ok(ToDataNode::Welcome(_)) => {}
                 Ok(ToDataNode::Challenge { .. }) => {
-                    return SessionEnd::Reconnect("protocol error: challenge after registration".into());
+                    return SessionEnd::Reconnect(
+                        "protocol error: challenge after registration".into(),
+                    );
                 }
                 Ok(ToDataNode::Error(reason)) => {
                     return SessionEnd::Reconnect(format!("head node error: {reason}"));

@@ -150,7 +150,10 @@ async fn serve_client(
         };
         match frame {
             Ok(Some(line)) => {
-                info!(message = protocol::message::truncate_for_log(line.as_str()), "received");
+                info!(
+                    message = protocol::message::truncate_for_log(line.as_str()),
+                    "received"
+                );
                 conn.writer.queue(line.bytes());
                 if tokio::time::timeout(config.write_timeout, conn.writer.flush())
                     .await

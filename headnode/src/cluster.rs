@@ -16,11 +16,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::forward::Forward;
 use crate::membership::{
     ConnId, DetectorConfig, Event, EvictReason, MemberInfo, Membership, ProbeOutcome, Refusal,
 };
 use crate::prober::Prober;
-use crate::forward::Forward;
 use crate::router::{NodeHandle, NodeLoad, Routes};
 
 /// What the membership task hears about.

@@ -178,7 +178,9 @@ mod tests {
         }
         assert_eq!(in_flight.bytes(), 3 * 16);
         let mut skipped = Vec::new();
-        assert!(matches!(in_flight.ack(Some(1), &mut skipped), Acked::Message(m) if m.id().seq == 1));
+        assert!(
+            matches!(in_flight.ack(Some(1), &mut skipped), Acked::Message(m) if m.id().seq == 1)
+        );
         assert!(matches!(in_flight.ack(None, &mut skipped), Acked::Message(m) if m.id().seq == 2));
         assert_eq!(in_flight.waiting(), 1);
         assert!(matches!(
@@ -207,7 +209,11 @@ mod tests {
         assert_eq!(seqs(&resent), [1]);
         assert_eq!(in_flight.next_deadline(), Some(t0 + 2 * second));
         assert_eq!(in_flight.waiting(), 1);
-        assert_eq!(in_flight.bytes(), 2 * 16, "the node may still write the resent one");
+        assert_eq!(
+            in_flight.bytes(),
+            2 * 16,
+            "the node may still write the resent one"
+        );
 
         let mut skipped = Vec::new();
         let Acked::Late(late) = in_flight.ack(Some(1), &mut skipped) else {
@@ -218,7 +224,9 @@ mod tests {
             "the late ack reaches the same message as its resend"
         );
         assert_eq!(in_flight.next_deadline(), Some(t0 + 2 * second));
-        assert!(matches!(in_flight.ack(Some(2), &mut skipped), Acked::Message(m) if m.id().seq == 2));
+        assert!(
+            matches!(in_flight.ack(Some(2), &mut skipped), Acked::Message(m) if m.id().seq == 2)
+        );
         assert_eq!(in_flight.next_deadline(), None);
         assert!(skipped.is_empty());
         assert_eq!(in_flight.bytes(), 0);

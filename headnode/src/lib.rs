@@ -297,4 +297,3 @@ fn announce(listener: &TcpListener, shared: &Shared, fd_limit: u64) -> io::Resul
     }
     Ok(())
 }
-

@@ -214,7 +214,11 @@ fn send(
         load.release();
         return;
     }
-    let id = if info.legacy { None } else { Some(message.id()) };
+    let id = if info.legacy {
+        None
+    } else {
+        Some(message.id())
+    };
     conn.writer
         .queue_with(|buf| ToDataNode::encode_store(id, &message.envelope.text, buf));
     message.envelope.mark_sent();

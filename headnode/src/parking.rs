@@ -180,6 +180,8 @@ mod tests {
         tokio::task::yield_now().await;
         cancel.cancel();
         let done = replies.recv().await.unwrap();
-        assert!(matches!(&done.outcome, Outcome::NotStored(r) if &**r == "head node shutting down"));
+        assert!(
+            matches!(&done.outcome, Outcome::NotStored(r) if &**r == "head node shutting down")
+        );
     }
 }

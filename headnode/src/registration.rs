@@ -87,7 +87,9 @@ pub(crate) async fn accept_peer(
                 ) => registered,
             };
             match registered {
-                Ok(Ok((info, slot))) => Some(Peer::DataNode(registration(conn, info, slot, shared).await?)),
+                Ok(Ok((info, slot))) => Some(Peer::DataNode(
+                    registration(conn, info, slot, shared).await?,
+                )),
                 Ok(Err(refusal)) => {
                     conn.close_with_error(&refusal).await;
                     None
@@ -162,15 +164,24 @@ async fn register_data_node(
                 _ => false,
             };
             if !verified {
-                warn!(node = named, "dataNode refused: wrong cluster token (its proof does not match)");
+                warn!(
+                    node = named,
+                    "dataNode refused: wrong cluster token (its proof does not match)"
+                );
                 return Err("unauthorized".into());
             }
         }
         (_, None) if config.open_registration => {
-            debug!(node = named, "dataNode registers without a token (open registration)");
+            debug!(
+                node = named,
+                "dataNode registers without a token (open registration)"
+            );
         }
         (Some(_), None) => {
-            warn!(node = named, "dataNode refused: it did not offer to prove the cluster token");
+            warn!(
+                node = named,
+                "dataNode refused: it did not offer to prove the cluster token"
+            );
             return Err("unauthorized".into());
         }
         (None, _) => {
@@ -182,8 +193,15 @@ async fn register_data_node(
         }
     }
     let Ok(slot) = shared.node_slots.clone().try_acquire_owned() else {
-        warn!(node = named, max = shared.limits.data_nodes, "dataNode refused: too many data nodes");
-        return Err(format!("too many data nodes ({})", shared.limits.data_nodes));
+        warn!(
+            node = named,
+            max = shared.limits.data_nodes,
+            "dataNode refused: too many data nodes"
+        );
+        return Err(format!(
+            "too many data nodes ({})",
+            shared.limits.data_nodes
+        ));
     };
     let conn_id = shared.next_conn_id();
     let legacy = hello.is_legacy();

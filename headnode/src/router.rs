@@ -598,7 +598,8 @@ mod tests {
         let router = Router::new(routes_rx, park_tx, 5, 1);
         let (reply, _replies) = mpsc::unbounded_channel();
         let mut rng = SmallRng::seed_from_u64(4);
-        let long: &'static [u8] = Box::leak(vec![b'x'; ORIGINAL_NODE_MAX_TEXT + 1].into_boxed_slice());
+        let long: &'static [u8] =
+            Box::leak(vec![b'x'; ORIGINAL_NODE_MAX_TEXT + 1].into_boxed_slice());
         for i in 0..100 {
             let chosen = router.route(forward_text(i, &reply, long), None, &mut rng);
             assert_eq!(chosen.unwrap().as_str(), "b");
@@ -625,7 +626,11 @@ mod tests {
         let (reply, mut replies) = mpsc::unbounded_channel();
         let long: &'static [u8] = Box::leak(vec![b'x'; 2000].into_boxed_slice());
         let mut rng = SmallRng::seed_from_u64(4);
-        assert!(router.route(forward_text(1, &reply, long), None, &mut rng).is_none());
+        assert!(
+            router
+                .route(forward_text(1, &reply, long), None, &mut rng)
+                .is_none()
+        );
         assert!(park_rx.try_recv().is_err(), "waiting would not help");
         let done = replies.try_recv().unwrap();
         assert!(

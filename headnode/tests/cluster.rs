@@ -387,7 +387,10 @@ async fn data_nodes_must_prove_the_cluster_token() {
         .unwrap();
         let mut answer = conn.reader.read_frame().await.unwrap().unwrap();
         if answer.as_str().starts_with("challenge ") {
-            conn.writer.send(format!("proof {}", "00".repeat(32)).as_bytes()).await.unwrap();
+            conn.writer
+                .send(format!("proof {}", "00".repeat(32)).as_bytes())
+                .await
+                .unwrap();
             answer = conn.reader.read_frame().await.unwrap().unwrap();
         }
         assert_eq!(answer.as_str(), "ERROR unauthorized", "{role}");
@@ -495,9 +498,14 @@ async fn the_token_never_crosses_the_wire() {
     check_every_ack_is_stored(&cluster, &replies, &HashMap::new());
     let seen = seen.lock().unwrap().clone();
     let text = String::from_utf8_lossy(&seen);
-    assert!(text.contains("challenge ") && text.contains("proof "), "{text}");
     assert!(
-        !seen.windows(TEST_TOKEN.len()).any(|w| w == TEST_TOKEN.as_bytes()),
+        text.contains("challenge ") && text.contains("proof "),
+        "{text}"
+    );
+    assert!(
+        !seen
+            .windows(TEST_TOKEN.len())
+            .any(|w| w == TEST_TOKEN.as_bytes()),
         "the token itself was sent: {text}"
     );
     cluster.stop().await;

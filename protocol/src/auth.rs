@@ -104,12 +104,16 @@ impl ClusterToken {
 
     /// Whether `proof` is the head node's proof for this exchange (constant time).
     pub fn verify_head(&self, exchange: &Exchange<'_>, proof: &Proof) -> bool {
-        self.mac(HEAD_LABEL, exchange).verify_slice(&proof.0).is_ok()
+        self.mac(HEAD_LABEL, exchange)
+            .verify_slice(&proof.0)
+            .is_ok()
     }
 
     /// Whether `proof` is the data node's proof for this exchange (constant time).
     pub fn verify_node(&self, exchange: &Exchange<'_>, proof: &Proof) -> bool {
-        self.mac(NODE_LABEL, exchange).verify_slice(&proof.0).is_ok()
+        self.mac(NODE_LABEL, exchange)
+            .verify_slice(&proof.0)
+            .is_ok()
     }
 
     fn prove(&self, label: &[u8], exchange: &Exchange<'_>) -> Proof {

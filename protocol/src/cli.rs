@@ -92,7 +92,11 @@ pub fn parse_bytes(text: &str) -> Result<usize, String> {
         "KB" | "kB" => 1000,
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
-        other => return Err(format!("unknown size unit {other:?} in {text:?} (use KiB, MiB or GiB)")),
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} in {text:?} (use KiB, MiB or GiB)"
+            ));
+        }
     };
     value
         .checked_mul(factor)

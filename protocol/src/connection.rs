@@ -570,7 +570,10 @@ mod tests {
             b"peticion",
         );
         peer.write_all(b"peticion\nnum").await.unwrap();
-        assert_eq!(reader.read_frame().await.unwrap().unwrap().as_str(), "peticion");
+        assert_eq!(
+            reader.read_frame().await.unwrap().unwrap().as_str(),
+            "peticion"
+        );
         let started = Instant::now();
         // Trickling bytes does not reset the clock: it runs from the first one.
         let trickle = async {
@@ -599,7 +602,9 @@ mod tests {
         let mut reader = FrameReader::lines(ours, 64);
         for i in 0..10 {
             tokio::time::sleep(Duration::from_secs(20)).await;
-            peer.write_all(format!("line {i}\n").as_bytes()).await.unwrap();
+            peer.write_all(format!("line {i}\n").as_bytes())
+                .await
+                .unwrap();
             assert_eq!(
                 reader.read_frame().await.unwrap().unwrap().as_str(),
                 format!("line {i}")

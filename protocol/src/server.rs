@@ -112,7 +112,10 @@ impl Admission {
     /// a connection reset before it was accepted) are retried with a growing
     /// pause of up to a second, and logged at most once every 10 s with how
     /// many there were, so the server keeps serving the connections it has.
-    pub async fn accept(&self, listener: &TcpListener) -> (TcpStream, SocketAddr, OwnedSemaphorePermit) {
+    pub async fn accept(
+        &self,
+        listener: &TcpListener,
+    ) -> (TcpStream, SocketAddr, OwnedSemaphorePermit) {
         let mut delay = Duration::from_millis(5);
         loop {
             let (stream, peer) = match listener.accept().await {

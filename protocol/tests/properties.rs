@@ -6,6 +6,7 @@
 
 use bytes::BytesMut;
 use proptest::prelude::*;
+use protocol::auth::Nonce;
 use protocol::codec::{DEFAULT_MAX_LINE, LineDecoder, encode_line};
 use protocol::message::{
     DataNodeHello, FromDataNode, MessageId, NodeId, Role, StoreReply, ToDataNode,
@@ -28,13 +29,15 @@ fn data_node_hello() -> impl Strategy<Value = DataNodeHello> {
     (
         proptest::option::of(node_id()),
         proptest::option::of(any::<u64>()),
-        // A token is one word of the role line.
-        proptest::option::of("\\S{0,32}"),
+        proptest::option::of(any::<[u8; 16]>()),
     )
-        .prop_map(|(node_id, incarnation, token)| DataNodeHello {
+        .prop_map(|(node_id, incarnation, nonce)| DataNodeHello {
             node_id,
             incarnation,
-            token,
+            nonce: nonce.map(|bytes| {
+                let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                hex.parse::<Nonce>().expect("32 hex digits")
+            }),
         })
 }
 

@@ -351,7 +351,10 @@ pub async fn register(addr: SocketAddr, id: &str, incarnation: u64) -> (Connecti
         node_nonce: &node_nonce,
         head_nonce: &nonce,
     };
-    assert!(token.verify_head(&exchange, &proof), "the head node proves the token");
+    assert!(
+        token.verify_head(&exchange, &proof),
+        "the head node proves the token"
+    );
     conn.writer
         .queue_with(|buf| FromDataNode::Proof(token.node_proof(&exchange)).encode(buf));
     conn.writer.flush().await.unwrap();
