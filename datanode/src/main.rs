@@ -10,9 +10,10 @@ use protocol::message::NodeId;
 use protocol::telemetry::{self, FileRoute, LogSpec};
 
 /// Data node: registers with the head node, appends every message it is sent
-/// to data.txt (`<timestamp> - [<message-id>] mensaje: <text>`) and answers
-/// `recibido <id>` once the line is written. Reconnects with backoff forever
-/// when the head node goes away; on SIGTERM it leaves the cluster cleanly.
+/// to data.txt (`<timestamp> - [<message-id>] crc32c=<checksum> mensaje:
+/// <text>`) and answers `recibido <id>` once the line is written. Reconnects
+/// with backoff forever when the head node goes away; on SIGTERM it leaves
+/// the cluster cleanly.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {

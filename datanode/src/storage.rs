@@ -1,7 +1,8 @@
-//! `data.txt`: append-only, one human-readable line per message.
+//! `data.txt`: append-only, one human-readable record per message.
 //!
-//! Each line is `<timestamp> - [<message-id>] mensaje: <text>`. Lines are
-//! staged, then [`DataFile::commit`] appends everything staged with one
+//! Each record is `<timestamp> - [<message-id>] crc32c=<checksum> mensaje:
+//! <text>`, written by [`format_record`] and read by [`parse_line`]. Records
+//! are staged, then [`DataFile::commit`] appends everything staged with one
 //! `write` and, under [`FsyncPolicy::Batch`], makes it durable with one
 //! `fdatasync` before any of it is acknowledged (group commit). This is
 //! blocking file I/O: it runs on the data node's data-path thread, never on
@@ -15,6 +16,13 @@ use std::time::SystemTime;
 
 use protocol::message::MessageId;
 use protocol::timefmt::write_timestamp;
+
+mod record;
+
+pub use record::{Checksum, LineError, Record, format_record, parse_line};
+
+/// Name of the data file inside a data directory.
+pub const DATA_FILE: &str = "data.txt";
 
 /// When appended lines are forced to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -60,7 +68,7 @@ impl DataFile {
     /// Opens (creating if needed) `dir/data.txt` for appending.
     pub fn open(dir: &Path, policy: FsyncPolicy) -> io::Result<DataFile> {
         std::fs::create_dir_all(dir)?;
-        let path = dir.join("data.txt");
+        let path = dir.join(DATA_FILE);
         let mut file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -82,14 +90,15 @@ impl DataFile {
         &self.path
     }
 
-    /// Stages `<now> - [<id>] mensaje: <text>`; nothing is written until [`DataFile::commit`].
+    /// Stages a record of `text` ([`format_record`]); nothing is written
+    /// until [`DataFile::commit`].
     pub fn stage(&mut self, id: Option<MessageId>, text: &[u8]) {
         if self.line_ends.is_empty() {
             // One timestamp per batch: the lines are written together.
             self.stamp.clear();
             let _ = write_timestamp(&mut self.stamp, SystemTime::now());
         }
-        format_line(&mut self.staged, &self.stamp, id, text);
+        format_record(&mut self.staged, &self.stamp, id, text);
         self.line_ends.push(self.staged.len());
     }
 
@@ -153,30 +162,37 @@ fn repair_partial_last_line(file: &mut File) -> io::Result<()> {
     Ok(())
 }
 
-/// Appends `<stamp> - [<id>] mensaje: <text>\n`.
-fn format_line(buf: &mut Vec<u8>, stamp: &str, id: Option<MessageId>, text: &[u8]) {
-    buf.extend_from_slice(stamp.as_bytes());
-    buf.extend_from_slice(b" - ");
-    if let Some(id) = id {
-        buf.push(b'[');
-        id.put(buf);
-        buf.extend_from_slice(b"] ");
-    }
-    buf.extend_from_slice(b"mensaje: ");
-    buf.extend_from_slice(text);
-    buf.push(b'\n');
+/// One message read back from a `data.txt`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// Its id, if it came with one.
+    pub id: Option<MessageId>,
+    /// Its text.
+    pub text: String,
 }
 
-/// Reads back the message ids stored in a `data.txt` (for tests and tools).
-pub fn stored_ids(path: &Path) -> io::Result<Vec<MessageId>> {
-    let text = std::fs::read_to_string(path)?;
-    Ok(text
-        .lines()
-        .filter_map(|line| {
-            let start = line.find(" - [")? + 4;
-            let end = start + line[start..].find(']')?;
-            line[start..end].parse().ok()
+/// Every message in a `data.txt` whose record is whole and intact (or
+/// written before records carried a checksum), in file order: for tests
+/// and tools.
+pub fn stored_messages(path: &Path) -> io::Result<Vec<StoredMessage>> {
+    let contents = std::fs::read(path)?;
+    Ok(contents
+        .split_inclusive(|&b| b == b'\n')
+        .filter(|line| line.ends_with(b"\n"))
+        .filter_map(|line| parse_line(line).ok())
+        .filter(Record::is_intact)
+        .map(|record| StoredMessage {
+            id: record.id,
+            text: record.text_lossy().into_owned(),
         })
+        .collect())
+}
+
+/// The ids of [`stored_messages`], in file order.
+pub fn stored_ids(path: &Path) -> io::Result<Vec<MessageId>> {
+    Ok(stored_messages(path)?
+        .into_iter()
+        .filter_map(|message| message.id)
         .collect())
 }
 
@@ -206,17 +222,26 @@ mod tests {
             let text = std::fs::read_to_string(data.path()).unwrap();
             let lines: Vec<&str> = text.lines().collect();
             assert_eq!(lines.len(), 2, "{policy:?}: {text}");
+            assert!(lines[0].contains(" - [9-1] crc32c="), "{}", lines[0]);
             assert!(
-                lines[0].ends_with(" - [9-1] mensaje: numero random: 5"),
+                lines[0].ends_with(" mensaje: numero random: 5"),
                 "{}",
                 lines[0]
             );
-            assert!(lines[1].ends_with(" - [9-2] mensaje: hola"), "{}", lines[1]);
+            assert!(lines[1].ends_with(" mensaje: hola"), "{}", lines[1]);
             assert_eq!(
-                lines[0].len(),
-                "2026-11-23 05:37:10,123 - [9-1] mensaje: numero random: 5".len()
+                stored_messages(data.path()).unwrap(),
+                [
+                    StoredMessage {
+                        id: Some(id(1)),
+                        text: "numero random: 5".into()
+                    },
+                    StoredMessage {
+                        id: Some(id(2)),
+                        text: "hola".into()
+                    },
+                ]
             );
-            assert_eq!(stored_ids(data.path()).unwrap(), [id(1), id(2)]);
         }
     }
 
@@ -237,7 +262,8 @@ mod tests {
             text.contains("[9-2] men\n2026"),
             "the torn line stays on its own line"
         );
-        assert_eq!(stored_ids(data.path()).unwrap(), [id(1), id(2), id(3)]);
+        // The torn line is not a record.
+        assert_eq!(stored_ids(data.path()).unwrap(), [id(1), id(3)]);
     }
 
     #[test]
