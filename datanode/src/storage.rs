@@ -1,12 +1,16 @@
 //! `data.txt`: append-only, one human-readable record per message.
 //!
-//! Each record is `<timestamp> - [<message-id>] crc32c=<checksum> mensaje:
-//! <text>`, written by [`format_record`] and read by [`parse_line`]. Records
-//! are staged, then [`DataFile::commit`] appends everything staged with one
-//! `write` and, under [`FsyncPolicy::Batch`], makes it durable with one
-//! `fdatasync` before any of it is acknowledged (group commit). This is
-//! blocking file I/O: it runs on the data node's data-path thread, never on
-//! an async runtime's worker.
+//! - the record format, `<timestamp> - [<message-id>]
+//!   crc32c=<checksum> mensaje: <text>`, written by [`format_record`] and
+//!   read by [`parse_line`];
+//! - [`DataFile`]: the open file. Records are staged, then
+//!   [`DataFile::commit`] appends everything staged with one `write` and,
+//!   under [`FsyncPolicy::Batch`], makes it durable with one `fdatasync`
+//!   before any of it is acknowledged (group commit). A failed commit cuts
+//!   the file back to where the batch began. Blocking file I/O: it runs on
+//!   the data node's data-path thread, never on an async runtime's worker;
+//! - [`StorageFile`]: what a commit writes through, so tests can inject
+//!   faults ([`FaultyFile`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -16,9 +20,12 @@ use std::time::SystemTime;
 
 use protocol::message::MessageId;
 use protocol::timefmt::write_timestamp;
+use tracing::{error, warn};
 
+mod file;
 mod record;
 
+pub use file::{Faults, FaultyFile, StorageFile};
 pub use record::{Checksum, LineError, Record, format_record, parse_line};
 
 /// Name of the data file inside a data directory.
@@ -52,29 +59,116 @@ impl FromStr for FsyncPolicy {
     }
 }
 
-/// The open `data.txt` and the lines staged for the next commit.
+/// What commits to `data.txt` are written through.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Backend {
+    /// The file itself.
+    #[default]
+    File,
+    /// A [`FaultyFile`] that injects these faults: for testing how a node
+    /// handles a full or failing disk.
+    Faulty(Faults),
+}
+
+/// Why a data directory or its `data.txt` cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The directory or `data.txt` could not be created or opened.
+    #[error("cannot open {}: {error}", path.display())]
+    Open {
+        /// What could not be opened.
+        path: PathBuf,
+        /// Why.
+        error: io::Error,
+    },
+    /// A torn record at the end of `data.txt` could not be cut off.
+    #[error("cannot repair the end of {}: {error}", path.display())]
+    Repair {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        error: io::Error,
+    },
+    /// Appending a batch failed (a full disk, a short write).
+    #[error("cannot write {}: {error}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        error: io::Error,
+    },
+    /// Forcing a batch to disk failed: what the disk holds is unknown.
+    #[error("cannot sync {} to disk: {error}", path.display())]
+    Sync {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        error: io::Error,
+    },
+    /// An earlier commit failed; nothing more is written to the file.
+    #[error("{} is not written after a failed commit", path.display())]
+    Failed {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+/// The open `data.txt` and the records staged for the next commit.
 #[derive(Debug)]
 pub struct DataFile {
-    file: File,
+    file: Box<dyn StorageFile>,
     path: PathBuf,
     policy: FsyncPolicy,
     staged: Vec<u8>,
     /// End offset in `staged` of each staged line (for `Always`).
     line_ends: Vec<usize>,
     stamp: String,
+    /// The file's length after the last successful commit: where a failed
+    /// commit cuts it back to.
+    committed_len: u64,
+    /// Set by a failed commit. What the disk holds is unknown from then on
+    /// (a failed fsync may have dropped pages it will never report again),
+    /// so nothing more is written.
+    failed: bool,
 }
 
 impl DataFile {
-    /// Opens (creating if needed) `dir/data.txt` for appending.
-    pub fn open(dir: &Path, policy: FsyncPolicy) -> io::Result<DataFile> {
-        std::fs::create_dir_all(dir)?;
+    /// [`DataFile::open_with`] the real file.
+    pub fn open(dir: &Path, policy: FsyncPolicy) -> Result<DataFile, StorageError> {
+        DataFile::open_with(dir, policy, Backend::File)
+    }
+
+    /// Opens (creating if needed) `dir/data.txt` for appending, through
+    /// `backend`.
+    pub fn open_with(
+        dir: &Path,
+        policy: FsyncPolicy,
+        backend: Backend,
+    ) -> Result<DataFile, StorageError> {
+        std::fs::create_dir_all(dir).map_err(|error| StorageError::Open {
+            path: dir.to_owned(),
+            error,
+        })?;
         let path = dir.join(DATA_FILE);
+        let open_error = |error| StorageError::Open {
+            path: path.clone(),
+            error,
+        };
         let mut file = OpenOptions::new()
             .create(true)
             .append(true)
             .read(true)
-            .open(&path)?;
-        repair_partial_last_line(&mut file)?;
+            .open(&path)
+            .map_err(open_error)?;
+        repair_partial_last_line(&mut file).map_err(|error| StorageError::Repair {
+            path: path.clone(),
+            error,
+        })?;
+        let file: Box<dyn StorageFile> = match backend {
+            Backend::File => Box::new(file),
+            Backend::Faulty(faults) => Box::new(FaultyFile::new(file, faults)),
+        };
+        let committed_len = file.len().map_err(open_error)?;
         Ok(DataFile {
             file,
             path,
@@ -82,6 +176,8 @@ impl DataFile {
             staged: Vec::with_capacity(64 * 1024),
             line_ends: Vec::new(),
             stamp: String::with_capacity(32),
+            committed_len,
+            failed: false,
         })
     }
 
@@ -109,38 +205,91 @@ impl DataFile {
 
     /// Appends every staged line and syncs per the policy. When this returns
     /// `Ok`, the lines may be acknowledged.
-    pub fn commit(&mut self) -> io::Result<()> {
+    ///
+    /// When it fails, none of them may be: the file is cut back to its
+    /// length before the batch (best effort, and not synced: after a failed
+    /// fsync another one proves nothing), and every later commit fails with
+    /// [`StorageError::Failed`].
+    pub fn commit(&mut self) -> Result<(), StorageError> {
+        if self.failed {
+            self.clear_staged();
+            return Err(StorageError::Failed {
+                path: self.path.clone(),
+            });
+        }
         if self.line_ends.is_empty() {
             return Ok(());
         }
-        let result = match self.policy {
+        let result = self.append_staged();
+        let batch_len = self.staged.len() as u64;
+        self.clear_staged();
+        match result {
+            Ok(()) => {
+                self.committed_len += batch_len;
+                Ok(())
+            }
+            Err(e) => {
+                self.failed = true;
+                self.cut_back_failed_batch();
+                Err(e)
+            }
+        }
+    }
+
+    fn append_staged(&mut self) -> Result<(), StorageError> {
+        let path = &self.path;
+        let write_error = |error| StorageError::Write {
+            path: path.clone(),
+            error,
+        };
+        let sync_error = |error| StorageError::Sync {
+            path: path.clone(),
+            error,
+        };
+        match self.policy {
             FsyncPolicy::Always => {
                 let mut start = 0;
-                let mut result = Ok(());
                 for &end in &self.line_ends {
-                    result = self
-                        .file
+                    self.file
                         .write_all(&self.staged[start..end])
-                        .and_then(|()| self.file.sync_data());
-                    if result.is_err() {
-                        break;
-                    }
+                        .map_err(write_error)?;
+                    self.file.sync_data().map_err(sync_error)?;
                     start = end;
                 }
-                result
             }
-            FsyncPolicy::Batch => self
-                .file
-                .write_all(&self.staged)
-                .and_then(|()| self.file.sync_data()),
-            FsyncPolicy::Never => self.file.write_all(&self.staged),
-        };
+            FsyncPolicy::Batch => {
+                self.file.write_all(&self.staged).map_err(write_error)?;
+                self.file.sync_data().map_err(sync_error)?;
+            }
+            FsyncPolicy::Never => self.file.write_all(&self.staged).map_err(write_error)?,
+        }
+        Ok(())
+    }
+
+    /// Nothing of a failed batch is acknowledged, so none of it should stay
+    /// in the file looking stored.
+    fn cut_back_failed_batch(&mut self) {
+        match self.file.set_len(self.committed_len) {
+            Ok(()) => warn!(
+                length = self.committed_len,
+                "cut {} back to its length before the failed batch",
+                self.path.display()
+            ),
+            Err(e) => error!(
+                length = self.committed_len,
+                "cannot cut {} back to its length before the failed batch ({e}); \
+                 records after that length were never acknowledged",
+                self.path.display()
+            ),
+        }
+    }
+
+    fn clear_staged(&mut self) {
         self.staged.clear();
         self.line_ends.clear();
         if self.staged.capacity() > 4 * 1024 * 1024 {
             self.staged = Vec::with_capacity(64 * 1024);
         }
-        result
     }
 }
 
@@ -156,7 +305,7 @@ fn repair_partial_last_line(file: &mut File) -> io::Result<()> {
     file.read_exact(&mut last)?;
     if last[0] != b'\n' {
         tracing::warn!("data.txt ended in a partial line (interrupted write); starting a new line");
-        file.write_all(b"\n")?;
+        Write::write_all(file, b"\n")?;
         file.sync_data()?;
     }
     Ok(())
@@ -202,6 +351,21 @@ mod tests {
 
     fn id(seq: u64) -> MessageId {
         MessageId { epoch: 9, seq }
+    }
+
+    fn record(seq: u64, text: &str) -> Vec<u8> {
+        let mut buf = Vec::new();
+        format_record(
+            &mut buf,
+            "2026-01-01 00:00:00,000",
+            Some(id(seq)),
+            text.as_bytes(),
+        );
+        buf
+    }
+
+    fn faulty(faults: Faults) -> Backend {
+        Backend::Faulty(faults)
     }
 
     #[test]
@@ -264,6 +428,68 @@ mod tests {
         );
         // The torn line is not a record.
         assert_eq!(stored_ids(data.path()).unwrap(), [id(1), id(3)]);
+    }
+
+    #[test]
+    fn running_out_of_space_mid_batch_acknowledges_nothing_and_cuts_the_batch_off() {
+        for policy in [FsyncPolicy::Always, FsyncPolicy::Batch, FsyncPolicy::Never] {
+            let dir = tempfile::tempdir().unwrap();
+            let first = record(1, "a").len() as u64;
+            let faults = Faults {
+                // The first batch and part of the second fit.
+                write_budget: Some(first + 50),
+                ..Faults::default()
+            };
+            let mut data = DataFile::open_with(dir.path(), policy, faulty(faults)).unwrap();
+            data.stage(Some(id(1)), b"a");
+            data.commit().unwrap();
+            let before = std::fs::read(data.path()).unwrap();
+            for n in 2..=4 {
+                data.stage(Some(id(n)), b"a longer text than the first");
+            }
+            let e = data.commit().unwrap_err();
+            assert!(
+                matches!(&e, StorageError::Write { error, .. } if error.raw_os_error() == Some(28)),
+                "{policy:?}: {e:?}"
+            );
+            assert_eq!(
+                std::fs::read(data.path()).unwrap(),
+                before,
+                "{policy:?}: back to its length before the batch"
+            );
+            data.stage(Some(id(5)), b"a");
+            assert!(
+                matches!(data.commit(), Err(StorageError::Failed { .. })),
+                "{policy:?}: nothing more is written"
+            );
+            assert_eq!(std::fs::read(data.path()).unwrap(), before);
+        }
+    }
+
+    #[test]
+    fn a_failed_fsync_acknowledges_nothing_and_is_never_retried() {
+        for policy in [FsyncPolicy::Always, FsyncPolicy::Batch] {
+            let dir = tempfile::tempdir().unwrap();
+            let faults = Faults {
+                syncs_before_eio: Some(1),
+                ..Faults::default()
+            };
+            let mut data = DataFile::open_with(dir.path(), policy, faulty(faults)).unwrap();
+            data.stage(Some(id(1)), b"a");
+            data.commit().unwrap();
+            data.stage(Some(id(2)), b"b");
+            let e = data.commit().unwrap_err();
+            assert!(
+                matches!(&e, StorageError::Sync { error, .. } if error.raw_os_error() == Some(5)),
+                "{policy:?}: {e:?}"
+            );
+            assert_eq!(stored_ids(data.path()).unwrap(), [id(1)], "{policy:?}");
+            data.stage(Some(id(3)), b"c");
+            assert!(
+                matches!(data.commit(), Err(StorageError::Failed { .. })),
+                "{policy:?}: a failed commit is not retried"
+            );
+        }
     }
 
     #[test]
