@@ -3,7 +3,8 @@
 //! (and synced, per the fsync policy).
 //!
 //! - [`storage`]: `data.txt`, written in batches (group commit), one
-//!   checksummed record per message;
+//!   checksummed record per message, in a data directory that one process
+//!   at a time may use;
 //! - [`run`]: connect and register (async), then hand the connection to a
 //!   dedicated *data-path thread* that reads what the head node sends,
 //!   appends it to `data.txt`, syncs, and writes the acknowledgements: file

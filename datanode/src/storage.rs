@@ -9,6 +9,7 @@
 //!   before any of it is acknowledged (group commit). A failed commit cuts
 //!   the file back to where the batch began. Blocking file I/O: it runs on
 //!   the data node's data-path thread, never on an async runtime's worker;
+//! - [`DirLock`]: one process per data directory;
 //! - [`StorageFile`]: what a commit writes through, so tests can inject
 //!   faults ([`FaultyFile`]).
 
@@ -23,9 +24,11 @@ use protocol::timefmt::write_timestamp;
 use tracing::{error, warn};
 
 mod file;
+mod lock;
 mod record;
 
 pub use file::{Faults, FaultyFile, StorageFile};
+pub use lock::{DirLock, LOCK_FILE};
 pub use record::{Checksum, LineError, Record, format_record, parse_line};
 
 /// Name of the data file inside a data directory.
@@ -73,7 +76,21 @@ pub enum Backend {
 /// Why a data directory or its `data.txt` cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
-    /// The directory or `data.txt` could not be created or opened.
+    /// Another claim ([`DirLock`]) on the directory is held: another node,
+    /// in this process or another.
+    #[error(
+        "data directory {} is in use by another process{}",
+        dir.display(),
+        pid.map(|pid| format!(" (pid {pid})")).unwrap_or_default()
+    )]
+    InUse {
+        /// The directory.
+        dir: PathBuf,
+        /// The holder's process id, as it wrote it in the lock file.
+        pid: Option<u32>,
+    },
+    /// The directory, the lock file or `data.txt` could not be created or opened.
+
     #[error("cannot open {}: {error}", path.display())]
     Open {
         /// What could not be opened.
@@ -113,7 +130,8 @@ pub enum StorageError {
     },
 }
 
-/// The open `data.txt` and the records staged for the next commit.
+/// The open `data.txt` and the records staged for the next commit. Holds
+/// the claim on its directory for as long as it lives.
 #[derive(Debug)]
 pub struct DataFile {
     file: Box<dyn StorageFile>,
@@ -130,6 +148,7 @@ pub struct DataFile {
     /// (a failed fsync may have dropped pages it will never report again),
     /// so nothing more is written.
     failed: bool,
+    _lock: DirLock,
 }
 
 impl DataFile {
@@ -138,28 +157,37 @@ impl DataFile {
         DataFile::open_with(dir, policy, Backend::File)
     }
 
-    /// Opens (creating if needed) `dir/data.txt` for appending, through
-    /// `backend`.
+    /// Claims `dir` ([`DirLock`]), creating it if needed, and opens (or
+    /// creates) `dir/data.txt` for appending, through `backend`. Directory
+    /// entries it creates are synced to disk.
     pub fn open_with(
         dir: &Path,
         policy: FsyncPolicy,
         backend: Backend,
     ) -> Result<DataFile, StorageError> {
-        std::fs::create_dir_all(dir).map_err(|error| StorageError::Open {
+        create_dir_synced(dir).map_err(|error| StorageError::Open {
             path: dir.to_owned(),
             error,
         })?;
+        let lock = DirLock::acquire(dir)?;
         let path = dir.join(DATA_FILE);
         let open_error = |error| StorageError::Open {
             path: path.clone(),
             error,
         };
+        let created = !path.try_exists().map_err(open_error)?;
         let mut file = OpenOptions::new()
             .create(true)
             .append(true)
             .read(true)
             .open(&path)
             .map_err(open_error)?;
+        if created || lock.created_file() {
+            sync_dir(dir).map_err(|error| StorageError::Open {
+                path: dir.to_owned(),
+                error,
+            })?;
+        }
         repair_partial_last_line(&mut file).map_err(|error| StorageError::Repair {
             path: path.clone(),
             error,
@@ -178,6 +206,7 @@ impl DataFile {
             stamp: String::with_capacity(32),
             committed_len,
             failed: false,
+            _lock: lock,
         })
     }
 
@@ -291,6 +320,36 @@ impl DataFile {
             self.staged = Vec::with_capacity(64 * 1024);
         }
     }
+}
+
+/// Creates `dir` and any missing parent, syncing each parent whose entries
+/// changed so that the new directories survive a power loss.
+fn create_dir_synced(dir: &Path) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut ancestor = Some(dir);
+    while let Some(d) = ancestor.filter(|d| !d.as_os_str().is_empty()) {
+        if d.try_exists()? {
+            break;
+        }
+        missing.push(d);
+        ancestor = d.parent();
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)?;
+    for new in missing {
+        match new.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => sync_dir(parent)?,
+            _ => sync_dir(Path::new("."))?,
+        }
+    }
+    Ok(())
+}
+
+/// Makes the entries of `dir` (files created or removed in it) durable.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
 }
 
 /// A crash mid-append can leave a last line without its newline; start the
@@ -428,6 +487,32 @@ mod tests {
         );
         // The torn line is not a record.
         assert_eq!(stored_ids(data.path()).unwrap(), [id(1), id(3)]);
+    }
+
+    #[test]
+    fn a_data_directory_is_used_by_one_data_file_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = DataFile::open(dir.path(), FsyncPolicy::Batch).unwrap();
+        let e = DataFile::open(dir.path(), FsyncPolicy::Batch).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "data directory {} is in use by another process (pid {})",
+                dir.path().display(),
+                std::process::id()
+            )
+        );
+        drop(first);
+        DataFile::open(dir.path(), FsyncPolicy::Batch).unwrap();
+    }
+
+    #[test]
+    fn opening_creates_missing_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let nested = dir.path().join("a/b");
+        let data = DataFile::open(&nested, FsyncPolicy::Batch).unwrap();
+        assert!(data.path().exists());
+        assert!(nested.join(LOCK_FILE).exists());
     }
 
     #[test]

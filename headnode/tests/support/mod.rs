@@ -75,6 +75,22 @@ impl TestNode {
     pub fn kill(&self) {
         self.task.abort();
     }
+
+    /// Waits (at most 10 s) until no data node holds this node's data
+    /// directory. A killed node's data-path thread lets go of it a moment
+    /// after the task is aborted; a killed process would at once.
+    pub async fn released(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match datanode::storage::DirLock::acquire(&self.data_dir) {
+                Ok(_) => return,
+                Err(datanode::storage::StorageError::InUse { .. }) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
+                Err(e) => panic!("{} not released: {e}", self.id),
+            }
+        }
+    }
 }
 
 pub struct Cluster {
