@@ -14,7 +14,8 @@
 //!   faults ([`FaultyFile`]).
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::SystemTime;
@@ -159,7 +160,9 @@ impl DataFile {
 
     /// Claims `dir` ([`DirLock`]), creating it if needed, and opens (or
     /// creates) `dir/data.txt` for appending, through `backend`. Directory
-    /// entries it creates are synced to disk.
+    /// entries it creates are synced to disk. A torn record at the end of
+    /// the file (an interrupted write, never acknowledged) is cut off; a
+    /// last whole record that fails its checksum is kept, with a warning.
     pub fn open_with(
         dir: &Path,
         policy: FsyncPolicy,
@@ -176,7 +179,7 @@ impl DataFile {
             error,
         };
         let created = !path.try_exists().map_err(open_error)?;
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .create(true)
             .append(true)
             .read(true)
@@ -188,7 +191,7 @@ impl DataFile {
                 error,
             })?;
         }
-        repair_partial_last_line(&mut file).map_err(|error| StorageError::Repair {
+        cut_torn_tail(&file, &path).map_err(|error| StorageError::Repair {
             path: path.clone(),
             error,
         })?;
@@ -352,22 +355,86 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// A crash mid-append can leave a last line without its newline; start the
-/// next line on a fresh one so no two messages share a line.
-fn repair_partial_last_line(file: &mut File) -> io::Result<()> {
-    let len = file.seek(SeekFrom::End(0))?;
-    if len == 0 {
-        return Ok(());
-    }
-    file.seek(SeekFrom::Start(len - 1))?;
-    let mut last = [0u8; 1];
-    file.read_exact(&mut last)?;
-    if last[0] != b'\n' {
-        tracing::warn!("data.txt ended in a partial line (interrupted write); starting a new line");
-        Write::write_all(file, b"\n")?;
+/// A crash mid-append can leave a torn record at the end of the file. It
+/// was never acknowledged (a record is, only once its whole batch has been
+/// written and synced), so it is cut off, back to just after the last
+/// newline. The last whole record is kept even if it fails its checksum:
+/// it may have been acknowledged. That is only reported.
+fn cut_torn_tail(file: &File, path: &Path) -> io::Result<()> {
+    let len = file.metadata()?.len();
+    let whole = last_newline_before(file, len)?.map_or(0, |at| at + 1);
+    if whole < len {
+        file.set_len(whole)?;
         file.sync_data()?;
+        warn!(
+            removed_bytes = len - whole,
+            "{} ended in a torn record (an interrupted write, never acknowledged); removed its {} bytes",
+            path.display(),
+            len - whole
+        );
+    }
+    if whole > 0 {
+        warn_if_last_record_damaged(file, whole, path)?;
     }
     Ok(())
+}
+
+/// Longer than any record the node writes: not read whole into memory.
+const LONGEST_RECORD: u64 = 16 << 20;
+
+/// Warns when the last line of the file, which ends at `end` (just after
+/// its newline), is not an intact record.
+fn warn_if_last_record_damaged(file: &File, end: u64, path: &Path) -> io::Result<()> {
+    let start = last_newline_before(file, end - 1)?.map_or(0, |at| at + 1);
+    let problem = if end - start > LONGEST_RECORD {
+        "is too long to be a record".to_owned()
+    } else {
+        let mut line = vec![0u8; (end - start) as usize];
+        file.read_exact_at(&mut line, start)?;
+        match parse_line(&line) {
+            Ok(record) if record.is_intact() => return Ok(()),
+            Ok(_) => "fails its checksum".to_owned(),
+            Err(e) => format!("is not a record ({e})"),
+        }
+    };
+    let line = newlines_before(file, start)? + 1;
+    warn!(
+        line,
+        "the last record of {} (line {line}) {problem}; kept, as it may have been acknowledged",
+        path.display()
+    );
+    Ok(())
+}
+
+const SCAN_CHUNK: usize = 64 * 1024;
+
+/// Offset of the last `\n` before offset `end`, if any.
+fn last_newline_before(file: &File, mut end: u64) -> io::Result<Option<u64>> {
+    let mut chunk = vec![0u8; SCAN_CHUNK];
+    while end > 0 {
+        let start = end.saturating_sub(SCAN_CHUNK as u64);
+        let buf = &mut chunk[..(end - start) as usize];
+        file.read_exact_at(buf, start)?;
+        if let Some(at) = buf.iter().rposition(|&b| b == b'\n') {
+            return Ok(Some(start + at as u64));
+        }
+        end = start;
+    }
+    Ok(None)
+}
+
+/// How many `\n` the file has before offset `end`.
+fn newlines_before(file: &File, end: u64) -> io::Result<u64> {
+    let mut chunk = vec![0u8; SCAN_CHUNK];
+    let mut count = 0;
+    let mut at = 0;
+    while at < end {
+        let len = (end - at).min(SCAN_CHUNK as u64) as usize;
+        file.read_exact_at(&mut chunk[..len], at)?;
+        count += chunk[..len].iter().filter(|&&b| b == b'\n').count() as u64;
+        at += len as u64;
+    }
+    Ok(count)
 }
 
 /// One message read back from a `data.txt`.
@@ -469,24 +536,46 @@ mod tests {
     }
 
     #[test]
-    fn reopening_appends_and_repairs_a_partial_line() {
+    fn reopening_cuts_off_a_torn_record_and_appends_after_the_last_whole_one() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("data.txt"),
-            b"2026-01-01 00:00:00,000 - [9-1] mensaje: a\n2026-01-01 00:00:00,000 - [9-2] men",
-        )
-        .unwrap();
+        let mut contents = record(1, "a");
+        contents.extend(&record(2, "b")[..30]);
+        std::fs::write(dir.path().join(DATA_FILE), &contents).unwrap();
         let mut data = DataFile::open(dir.path(), FsyncPolicy::Batch).unwrap();
+        assert_eq!(
+            std::fs::read(data.path()).unwrap(),
+            record(1, "a"),
+            "the torn bytes are gone, the whole record stays"
+        );
         data.stage(Some(id(3)), b"c");
         data.commit().unwrap();
-        let text = std::fs::read_to_string(data.path()).unwrap();
-        assert_eq!(text.lines().count(), 3);
-        assert!(
-            text.contains("[9-2] men\n2026"),
-            "the torn line stays on its own line"
-        );
-        // The torn line is not a record.
         assert_eq!(stored_ids(data.path()).unwrap(), [id(1), id(3)]);
+    }
+
+    #[test]
+    fn a_file_that_is_all_torn_record_is_emptied() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(DATA_FILE), &record(1, "a")[..10]).unwrap();
+        let data = DataFile::open(dir.path(), FsyncPolicy::Batch).unwrap();
+        assert_eq!(std::fs::read(data.path()).unwrap(), b"");
+    }
+
+    #[test]
+    fn a_last_whole_record_that_fails_its_checksum_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut contents = record(1, "a");
+        let mut damaged = record(2, "b");
+        let last_text_byte = damaged.len() - 2;
+        damaged[last_text_byte] = b'B';
+        contents.extend(&damaged);
+        std::fs::write(dir.path().join(DATA_FILE), &contents).unwrap();
+        let data = DataFile::open(dir.path(), FsyncPolicy::Batch).unwrap();
+        assert_eq!(std::fs::read(data.path()).unwrap(), contents);
+        assert_eq!(
+            stored_ids(data.path()).unwrap(),
+            [id(1)],
+            "kept, but not read as intact"
+        );
     }
 
     #[test]
