@@ -10,6 +10,7 @@
 //!   the file back to where the batch began. Blocking file I/O: it runs on
 //!   the data node's data-path thread, never on an async runtime's worker;
 //! - [`DirLock`]: one process per data directory;
+//! - [`verify`]: checks a whole file without taking the lock;
 //! - [`StorageFile`]: what a commit writes through, so tests can inject
 //!   faults ([`FaultyFile`]).
 
@@ -27,10 +28,12 @@ use tracing::{error, warn};
 mod file;
 mod lock;
 mod record;
+mod verify;
 
 pub use file::{Faults, FaultyFile, StorageFile};
 pub use lock::{DirLock, LOCK_FILE};
 pub use record::{Checksum, LineError, Record, format_record, parse_line};
+pub use verify::{CorruptRecord, DuplicateId, Torn, TornRecord, VerifyReport, verify};
 
 /// Name of the data file inside a data directory.
 pub const DATA_FILE: &str = "data.txt";
@@ -91,7 +94,6 @@ pub enum StorageError {
         pid: Option<u32>,
     },
     /// The directory, the lock file or `data.txt` could not be created or opened.
-
     #[error("cannot open {}: {error}", path.display())]
     Open {
         /// What could not be opened.
@@ -128,6 +130,14 @@ pub enum StorageError {
     Failed {
         /// The file.
         path: PathBuf,
+    },
+    /// The file could not be read.
+    #[error("cannot read {}: {error}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        error: io::Error,
     },
 }
 
@@ -400,7 +410,8 @@ fn warn_if_last_record_damaged(file: &File, end: u64, path: &Path) -> io::Result
     let line = newlines_before(file, start)? + 1;
     warn!(
         line,
-        "the last record of {} (line {line}) {problem}; kept, as it may have been acknowledged",
+        "the last record of {} (line {line}) {problem}; kept, as it may have been acknowledged \
+         (`datanode verify` lists every damaged record)",
         path.display()
     );
     Ok(())
@@ -449,8 +460,11 @@ pub struct StoredMessage {
 /// Every message in a `data.txt` whose record is whole and intact (or
 /// written before records carried a checksum), in file order: for tests
 /// and tools.
-pub fn stored_messages(path: &Path) -> io::Result<Vec<StoredMessage>> {
-    let contents = std::fs::read(path)?;
+pub fn stored_messages(path: &Path) -> Result<Vec<StoredMessage>, StorageError> {
+    let contents = std::fs::read(path).map_err(|error| StorageError::Read {
+        path: path.to_owned(),
+        error,
+    })?;
     Ok(contents
         .split_inclusive(|&b| b == b'\n')
         .filter(|line| line.ends_with(b"\n"))
@@ -464,7 +478,7 @@ pub fn stored_messages(path: &Path) -> io::Result<Vec<StoredMessage>> {
 }
 
 /// The ids of [`stored_messages`], in file order.
-pub fn stored_ids(path: &Path) -> io::Result<Vec<MessageId>> {
+pub fn stored_ids(path: &Path) -> Result<Vec<MessageId>, StorageError> {
     Ok(stored_messages(path)?
         .into_iter()
         .filter_map(|message| message.id)
@@ -532,6 +546,7 @@ mod tests {
                     },
                 ]
             );
+            assert!(verify(data.path()).unwrap().is_clean());
         }
     }
 
@@ -550,6 +565,7 @@ mod tests {
         data.stage(Some(id(3)), b"c");
         data.commit().unwrap();
         assert_eq!(stored_ids(data.path()).unwrap(), [id(1), id(3)]);
+        assert!(verify(data.path()).unwrap().is_clean());
     }
 
     #[test]
@@ -576,6 +592,14 @@ mod tests {
             [id(1)],
             "kept, but not read as intact"
         );
+        let report = verify(data.path()).unwrap();
+        assert_eq!(
+            report.corrupt,
+            [CorruptRecord {
+                line: 2,
+                id: Some(id(2))
+            }]
+        );
     }
 
     #[test]
@@ -593,6 +617,20 @@ mod tests {
         );
         drop(first);
         DataFile::open(dir.path(), FsyncPolicy::Batch).unwrap();
+    }
+
+    #[test]
+    fn verify_reads_a_directory_a_data_file_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut data = DataFile::open(dir.path(), FsyncPolicy::Batch).unwrap();
+        data.stage(Some(id(1)), b"a");
+        data.commit().unwrap();
+        let report = verify(data.path()).unwrap();
+        assert_eq!((report.records, report.is_clean()), (1, true));
+        assert!(
+            DataFile::open(dir.path(), FsyncPolicy::Batch).is_err(),
+            "verify left the claim alone"
+        );
     }
 
     #[test]

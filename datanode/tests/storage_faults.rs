@@ -5,7 +5,7 @@
 mod support;
 
 use datanode::DataNodeError;
-use datanode::storage::{Backend, Faults, StorageError, stored_ids};
+use datanode::storage::{Backend, Faults, StorageError, stored_ids, verify};
 use support::ScriptedHead;
 
 async fn start_with(faults: Faults) -> ScriptedHead {
@@ -51,6 +51,7 @@ async fn a_full_disk_mid_batch_is_answered_with_an_error_and_no_acknowledgement(
         ["7-1".parse().unwrap()],
         "the failed batch was cut off"
     );
+    assert!(verify(&path).unwrap().is_clean());
     let ended = head.node.await.expect("data node panicked");
     assert!(
         matches!(
