@@ -163,7 +163,7 @@ pub struct DataFile {
 }
 
 impl DataFile {
-    /// [`DataFile::open_with`] the real file.
+    /// [`DataFile::open_with`], writing to the file itself.
     pub fn open(dir: &Path, policy: FsyncPolicy) -> Result<DataFile, StorageError> {
         DataFile::open_with(dir, policy, Backend::File)
     }
