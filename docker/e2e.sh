@@ -351,7 +351,9 @@ stored = {}
 for path in glob.glob(os.path.join(logs, "*", "data.txt")):
     node = os.path.basename(os.path.dirname(path))
     for line in open(path, errors="replace"):
-        m = re.search(r"\[([^\]]+)\] mensaje:", line)
+        # `[<id>] mensaje:` (older records) or `[<id>] crc32c=<hex> mensaje:`,
+        # with any other `key=value` fields before `mensaje:`.
+        m = re.match(r"[^\[]* - \[([^\]]+)\] (?:[a-z0-9_]+=\S* )*mensaje: ", line)
         if m:
             stored.setdefault(m.group(1), set()).add(node)
 missing = [i for i in acked if i not in stored]

@@ -2,7 +2,9 @@
 //! sent to `data.txt`, and answers `recibido <id>` once the line is written
 //! (and synced, per the fsync policy).
 //!
-//! - [`storage`]: `data.txt`, written in batches (group commit);
+//! - [`storage`]: `data.txt`, written in batches (group commit), one
+//!   checksummed record per message, in a data directory that one process
+//!   at a time may use;
 //! - [`run`]: connect and register (async), then hand the connection to a
 //!   dedicated *data-path thread* that reads what the head node sends,
 //!   appends it to `data.txt`, syncs, and writes the acknowledgements: file
@@ -33,8 +35,8 @@ use tracing::{debug, error, info, warn};
 
 pub mod storage;
 
-use storage::DataFile;
 pub use storage::FsyncPolicy;
+use storage::{DataFile, StorageError};
 
 /// Settings of a data node.
 #[derive(Debug, Clone)]
@@ -49,6 +51,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Durability of acknowledged messages.
     pub fsync: FsyncPolicy,
+    /// What `data.txt` is written through: the file itself, or one that
+    /// injects disk faults (to test how the node handles them).
+    pub storage: storage::Backend,
     /// Under `--fsync batch`: how long a batch smaller than the one before
     /// may wait for the rest of its burst before it is committed (zero:
     /// never wait).
@@ -85,6 +90,7 @@ impl Config {
             node_id,
             incarnation: new_incarnation(),
             fsync: FsyncPolicy::Batch,
+            storage: storage::Backend::File,
             commit_linger: DEFAULT_COMMIT_LINGER,
             cluster_token: None,
             open_registration: false,
@@ -109,14 +115,13 @@ pub fn new_incarnation() -> u64 {
 /// Why a data node stopped for good.
 #[derive(Debug, thiserror::Error)]
 pub enum DataNodeError {
-    /// `data.txt` could not be opened or written.
-    #[error("cannot write {path}: {reason}")]
-    Storage {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        reason: String,
-    },
+    /// The data directory could not be used, or a commit to `data.txt`
+    /// failed (nothing in that batch was acknowledged).
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The data-path thread could not be started, or died.
+    #[error("the data-path thread failed: {0}")]
+    DataPathThread(String),
     /// The head node refused this node's proof of the cluster token.
     #[error("head node {0} refused this node: {1} (check the cluster token)")]
     Unauthorized(String, String),
@@ -141,16 +146,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         return Err(DataNodeError::NoToken);
     }
     // Moves into each session's data-path thread and back out of it.
-    let mut data =
-        DataFile::open(&config.data_dir, config.fsync).map_err(|e| DataNodeError::Storage {
-            path: config.data_dir.join("data.txt"),
-            reason: e.to_string(),
-        })?;
-    let data_path = data.path().to_owned();
+    let mut data = DataFile::open_with(&config.data_dir, config.fsync, config.storage)?;
     info!(
         node = %config.node_id,
         incarnation = config.incarnation,
-        data = %data_path.display(),
+        data = %data.path().display(),
         fsync = ?config.fsync,
         "dataNode starting"
     );
@@ -187,24 +187,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 data = file;
                 end
             }
-            Err(reason) => {
-                break Err(DataNodeError::Storage {
-                    path: data_path,
-                    reason,
-                });
-            }
+            Err(e) => break Err(e),
         };
         match end {
             SessionEnd::Reconnect(why) => {
                 warn!(headnode = %config.headnode, "lost the head node ({why}); reconnecting")
             }
             SessionEnd::Left => break Ok(()),
-            SessionEnd::StorageFailed(reason) => {
-                break Err(DataNodeError::Storage {
-                    path: data_path,
-                    reason,
-                });
-            }
+            SessionEnd::StorageFailed(e) => break Err(e.into()),
         }
     };
     info!(node = %config.node_id, "dataNode stopped");
@@ -339,7 +329,7 @@ async fn open_stream(config: &Config) -> std::io::Result<TcpStream> {
 enum SessionEnd {
     Reconnect(String),
     Left,
-    StorageFailed(String),
+    StorageFailed(StorageError),
 }
 
 /// How often the data-path thread looks up from a quiet socket to check
@@ -355,7 +345,7 @@ async fn serve<F: Future<Output = ()>>(
     conn: Connection,
     data: DataFile,
     shutdown: &mut Latch<F>,
-) -> Result<(DataFile, SessionEnd), String> {
+) -> Result<(DataFile, SessionEnd), DataNodeError> {
     let (stream, leftover) = conn.into_stream();
     let stream = match stream
         .into_std()
@@ -391,7 +381,9 @@ async fn serve<F: Future<Output = ()>>(
             let _ = done_tx.send((data, end));
         });
     if let Err(e) = spawned {
-        return Err(format!("cannot start the data-path thread: {e}"));
+        return Err(DataNodeError::DataPathThread(format!(
+            "cannot start it: {e}"
+        )));
     }
     let result = tokio::select! {
         done = &mut done_rx => done,
@@ -403,7 +395,7 @@ async fn serve<F: Future<Output = ()>>(
     };
     // The thread has finished with the socket; closing it again is harmless.
     drop(closer);
-    result.map_err(|_| "the data-path thread stopped unexpectedly".to_owned())
+    result.map_err(|_| DataNodeError::DataPathThread("it stopped unexpectedly".into()))
 }
 
 /// Waits until `until` for more bytes from the head node and appends what
@@ -532,11 +524,12 @@ fn data_path(
             last_batch = staged;
         }
         if let Err(e) = data.commit() {
-            let reason = e.to_string();
-            error!(%reason, "cannot write data.txt; leaving the cluster");
+            // No acknowledgement of this batch may leave: the head node
+            // sends its messages to another node instead.
             answers.clear();
-            let _ = stream.write_all(format!("ERROR storage failure: {reason}\n").as_bytes());
-            return SessionEnd::StorageFailed(reason);
+            error!("{e}; nothing in this batch was acknowledged; stopping");
+            let _ = stream.write_all(format!("ERROR storage failure: {e}\n").as_bytes());
+            return SessionEnd::StorageFailed(e);
         }
         if leave.load(Ordering::Relaxed) && leave_by.is_none() {
             FromDataNode::Leaving.encode(&mut answers);

@@ -1,21 +1,47 @@
 //! `datanode`: a data node of the message store. See `--help`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use datanode::FsyncPolicy;
+use datanode::storage::{self, DATA_FILE};
 use protocol::cli::{LogArgs, TokenArgs, parse_duration, parse_timeout};
 use protocol::message::NodeId;
 use protocol::telemetry::{self, FileRoute, LogSpec};
 
 /// Data node: registers with the head node, appends every message it is sent
-/// to data.txt (`<timestamp> - [<message-id>] mensaje: <text>`) and answers
-/// `recibido <id>` once the line is written. Reconnects with backoff forever
-/// when the head node goes away; on SIGTERM it leaves the cluster cleanly.
+/// to data.txt (`<timestamp> - [<message-id>] crc32c=<checksum> mensaje:
+/// <text>`) and answers `recibido <id>` once the line is written. Reconnects
+/// with backoff forever when the head node goes away; on SIGTERM it leaves
+/// the cluster cleanly.
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(version, args_conflicts_with_subcommands = true)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Checks a data.txt: torn lines, checksum mismatches, ids stored twice.
+    ///
+    /// Reads only, so it can check the file of a running node. Prints a
+    /// summary and the first problems. Exit status 0 when clean, 1 when it
+    /// found problems, 2 when the file cannot be read.
+    Verify {
+        /// The data directory (or the data.txt itself).
+        #[arg(env = "DATA_DIR")]
+        data_dir: PathBuf,
+    },
+}
+
+/// Running the node.
+#[derive(Debug, clap::Args)]
+struct NodeArgs {
     /// Head node to register with, as HOST:PORT.
     #[arg(long, env = "HEADNODE", default_value = "headnode:5000")]
     headnode: String,
@@ -56,13 +82,48 @@ struct Args {
     log: LogArgs,
 }
 
-fn main() -> std::process::ExitCode {
+fn main() -> ExitCode {
     let args = Args::parse();
-    protocol::cli::exit_code("datanode", run(args))
+    match args.command {
+        Some(Command::Verify { data_dir }) => verify(&data_dir),
+        None => protocol::cli::exit_code("datanode", run(args.node)),
+    }
+}
+
+/// Problems printed under the summary; the rest are only counted.
+const PROBLEMS_SHOWN: usize = 10;
+
+fn verify(data_dir: &Path) -> ExitCode {
+    let path = if data_dir.is_dir() {
+        data_dir.join(DATA_FILE)
+    } else {
+        data_dir.to_owned()
+    };
+    let report = match storage::verify(&path) {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("datanode verify: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    println!("{}: {report}", path.display());
+    let mut problems = report.problems();
+    for problem in problems.by_ref().take(PROBLEMS_SHOWN) {
+        println!("  {problem}");
+    }
+    let more = problems.count();
+    if more > 0 {
+        println!("  ... and {more} more");
+    }
+    if report.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }
 
 #[tokio::main(flavor = "current_thread")]
-async fn run(args: Args) -> anyhow::Result<()> {
+async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let node_id = match args.node_id {
         Some(id) => id,
         None => host_name_id()?,

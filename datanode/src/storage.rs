@@ -1,20 +1,42 @@
-//! `data.txt`: append-only, one human-readable line per message.
+//! `data.txt`: append-only, one human-readable record per message.
 //!
-//! Each line is `<timestamp> - [<message-id>] mensaje: <text>`. Lines are
-//! staged, then [`DataFile::commit`] appends everything staged with one
-//! `write` and, under [`FsyncPolicy::Batch`], makes it durable with one
-//! `fdatasync` before any of it is acknowledged (group commit). This is
-//! blocking file I/O: it runs on the data node's data-path thread, never on
-//! an async runtime's worker.
+//! - the record format, `<timestamp> - [<message-id>]
+//!   crc32c=<checksum> mensaje: <text>`, written by [`format_record`] and
+//!   read by [`parse_line`];
+//! - [`DataFile`]: the open file. Records are staged, then
+//!   [`DataFile::commit`] appends everything staged with one `write` and,
+//!   under [`FsyncPolicy::Batch`], makes it durable with one `fdatasync`
+//!   before any of it is acknowledged (group commit). A failed commit cuts
+//!   the file back to where the batch began. Blocking file I/O: it runs on
+//!   the data node's data-path thread, never on an async runtime's worker;
+//! - [`DirLock`]: one process per data directory;
+//! - [`verify`]: checks a whole file without taking the lock;
+//! - [`StorageFile`]: what a commit writes through, so tests can inject
+//!   faults ([`FaultyFile`]).
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::SystemTime;
 
 use protocol::message::MessageId;
 use protocol::timefmt::write_timestamp;
+use tracing::{error, warn};
+
+mod file;
+mod lock;
+mod record;
+mod verify;
+
+pub use file::{Faults, FaultyFile, StorageFile};
+pub use lock::{DirLock, LOCK_FILE};
+pub use record::{Checksum, LineError, Record, format_record, parse_line};
+pub use verify::{CorruptRecord, DuplicateId, Torn, TornRecord, VerifyReport, verify};
+
+/// Name of the data file inside a data directory.
+pub const DATA_FILE: &str = "data.txt";
 
 /// When appended lines are forced to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -44,29 +66,150 @@ impl FromStr for FsyncPolicy {
     }
 }
 
-/// The open `data.txt` and the lines staged for the next commit.
+/// What commits to `data.txt` are written through.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Backend {
+    /// The file itself.
+    #[default]
+    File,
+    /// A [`FaultyFile`] that injects these faults: for testing how a node
+    /// handles a full or failing disk.
+    Faulty(Faults),
+}
+
+/// Why a data directory or its `data.txt` cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// Another claim ([`DirLock`]) on the directory is held: another node,
+    /// in this process or another.
+    #[error(
+        "data directory {} is in use by another process{}",
+        dir.display(),
+        pid.map(|pid| format!(" (pid {pid})")).unwrap_or_default()
+    )]
+    InUse {
+        /// The directory.
+        dir: PathBuf,
+        /// The holder's process id, as it wrote it in the lock file.
+        pid: Option<u32>,
+    },
+    /// The directory, the lock file or `data.txt` could not be created or opened.
+    #[error("cannot open {}: {error}", path.display())]
+    Open {
+        /// What could not be opened.
+        path: PathBuf,
+        /// Why.
+        error: io::Error,
+    },
+    /// A torn record at the end of `data.txt` could not be cut off.
+    #[error("cannot repair the end of {}: {error}", path.display())]
+    Repair {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        error: io::Error,
+    },
+    /// Appending a batch failed (a full disk, a short write).
+    #[error("cannot write {}: {error}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        error: io::Error,
+    },
+    /// Forcing a batch to disk failed: what the disk holds is unknown.
+    #[error("cannot sync {} to disk: {error}", path.display())]
+    Sync {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        error: io::Error,
+    },
+    /// An earlier commit failed; nothing more is written to the file.
+    #[error("{} is not written after a failed commit", path.display())]
+    Failed {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file could not be read.
+    #[error("cannot read {}: {error}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        error: io::Error,
+    },
+}
+
+/// The open `data.txt` and the records staged for the next commit. Holds
+/// the claim on its directory for as long as it lives.
 #[derive(Debug)]
 pub struct DataFile {
-    file: File,
+    file: Box<dyn StorageFile>,
     path: PathBuf,
     policy: FsyncPolicy,
     staged: Vec<u8>,
     /// End offset in `staged` of each staged line (for `Always`).
     line_ends: Vec<usize>,
     stamp: String,
+    /// The file's length after the last successful commit: where a failed
+    /// commit cuts it back to.
+    committed_len: u64,
+    /// Set by a failed commit. What the disk holds is unknown from then on
+    /// (a failed fsync may have dropped pages it will never report again),
+    /// so nothing more is written.
+    failed: bool,
+    _lock: DirLock,
 }
 
 impl DataFile {
-    /// Opens (creating if needed) `dir/data.txt` for appending.
-    pub fn open(dir: &Path, policy: FsyncPolicy) -> io::Result<DataFile> {
-        std::fs::create_dir_all(dir)?;
-        let path = dir.join("data.txt");
-        let mut file = OpenOptions::new()
+    /// [`DataFile::open_with`], writing to the file itself.
+    pub fn open(dir: &Path, policy: FsyncPolicy) -> Result<DataFile, StorageError> {
+        DataFile::open_with(dir, policy, Backend::File)
+    }
+
+    /// Claims `dir` ([`DirLock`]), creating it if needed, and opens (or
+    /// creates) `dir/data.txt` for appending, through `backend`. Directory
+    /// entries it creates are synced to disk. A torn record at the end of
+    /// the file (an interrupted write, never acknowledged) is cut off; a
+    /// last whole record that fails its checksum is kept, with a warning.
+    pub fn open_with(
+        dir: &Path,
+        policy: FsyncPolicy,
+        backend: Backend,
+    ) -> Result<DataFile, StorageError> {
+        create_dir_synced(dir).map_err(|error| StorageError::Open {
+            path: dir.to_owned(),
+            error,
+        })?;
+        let lock = DirLock::acquire(dir)?;
+        let path = dir.join(DATA_FILE);
+        let open_error = |error| StorageError::Open {
+            path: path.clone(),
+            error,
+        };
+        let created = !path.try_exists().map_err(open_error)?;
+        let file = OpenOptions::new()
             .create(true)
             .append(true)
             .read(true)
-            .open(&path)?;
-        repair_partial_last_line(&mut file)?;
+            .open(&path)
+            .map_err(open_error)?;
+        if created || lock.created_file() {
+            sync_dir(dir).map_err(|error| StorageError::Open {
+                path: dir.to_owned(),
+                error,
+            })?;
+        }
+        cut_torn_tail(&file, &path).map_err(|error| StorageError::Repair {
+            path: path.clone(),
+            error,
+        })?;
+        let file: Box<dyn StorageFile> = match backend {
+            Backend::File => Box::new(file),
+            Backend::Faulty(faults) => Box::new(FaultyFile::new(file, faults)),
+        };
+        let committed_len = file.len().map_err(open_error)?;
         Ok(DataFile {
             file,
             path,
@@ -74,6 +217,9 @@ impl DataFile {
             staged: Vec::with_capacity(64 * 1024),
             line_ends: Vec::new(),
             stamp: String::with_capacity(32),
+            committed_len,
+            failed: false,
+            _lock: lock,
         })
     }
 
@@ -82,14 +228,15 @@ impl DataFile {
         &self.path
     }
 
-    /// Stages `<now> - [<id>] mensaje: <text>`; nothing is written until [`DataFile::commit`].
+    /// Stages a record of `text` ([`format_record`]); nothing is written
+    /// until [`DataFile::commit`].
     pub fn stage(&mut self, id: Option<MessageId>, text: &[u8]) {
         if self.line_ends.is_empty() {
             // One timestamp per batch: the lines are written together.
             self.stamp.clear();
             let _ = write_timestamp(&mut self.stamp, SystemTime::now());
         }
-        format_line(&mut self.staged, &self.stamp, id, text);
+        format_record(&mut self.staged, &self.stamp, id, text);
         self.line_ends.push(self.staged.len());
     }
 
@@ -100,83 +247,241 @@ impl DataFile {
 
     /// Appends every staged line and syncs per the policy. When this returns
     /// `Ok`, the lines may be acknowledged.
-    pub fn commit(&mut self) -> io::Result<()> {
+    ///
+    /// When it fails, none of them may be: the file is cut back to its
+    /// length before the batch (best effort, and not synced: after a failed
+    /// fsync another one proves nothing), and every later commit fails with
+    /// [`StorageError::Failed`].
+    pub fn commit(&mut self) -> Result<(), StorageError> {
+        if self.failed {
+            self.clear_staged();
+            return Err(StorageError::Failed {
+                path: self.path.clone(),
+            });
+        }
         if self.line_ends.is_empty() {
             return Ok(());
         }
-        let result = match self.policy {
+        let result = self.append_staged();
+        let batch_len = self.staged.len() as u64;
+        self.clear_staged();
+        match result {
+            Ok(()) => {
+                self.committed_len += batch_len;
+                Ok(())
+            }
+            Err(e) => {
+                self.failed = true;
+                self.cut_back_failed_batch();
+                Err(e)
+            }
+        }
+    }
+
+    fn append_staged(&mut self) -> Result<(), StorageError> {
+        let path = &self.path;
+        let write_error = |error| StorageError::Write {
+            path: path.clone(),
+            error,
+        };
+        let sync_error = |error| StorageError::Sync {
+            path: path.clone(),
+            error,
+        };
+        match self.policy {
             FsyncPolicy::Always => {
                 let mut start = 0;
-                let mut result = Ok(());
                 for &end in &self.line_ends {
-                    result = self
-                        .file
+                    self.file
                         .write_all(&self.staged[start..end])
-                        .and_then(|()| self.file.sync_data());
-                    if result.is_err() {
-                        break;
-                    }
+                        .map_err(write_error)?;
+                    self.file.sync_data().map_err(sync_error)?;
                     start = end;
                 }
-                result
             }
-            FsyncPolicy::Batch => self
-                .file
-                .write_all(&self.staged)
-                .and_then(|()| self.file.sync_data()),
-            FsyncPolicy::Never => self.file.write_all(&self.staged),
-        };
+            FsyncPolicy::Batch => {
+                self.file.write_all(&self.staged).map_err(write_error)?;
+                self.file.sync_data().map_err(sync_error)?;
+            }
+            FsyncPolicy::Never => self.file.write_all(&self.staged).map_err(write_error)?,
+        }
+        Ok(())
+    }
+
+    /// Nothing of a failed batch is acknowledged, so none of it should stay
+    /// in the file looking stored.
+    fn cut_back_failed_batch(&mut self) {
+        match self.file.set_len(self.committed_len) {
+            Ok(()) => warn!(
+                length = self.committed_len,
+                "cut {} back to its length before the failed batch",
+                self.path.display()
+            ),
+            Err(e) => error!(
+                length = self.committed_len,
+                "cannot cut {} back to its length before the failed batch ({e}); \
+                 records after that length were never acknowledged",
+                self.path.display()
+            ),
+        }
+    }
+
+    fn clear_staged(&mut self) {
         self.staged.clear();
         self.line_ends.clear();
         if self.staged.capacity() > 4 * 1024 * 1024 {
             self.staged = Vec::with_capacity(64 * 1024);
         }
-        result
     }
 }
 
-/// A crash mid-append can leave a last line without its newline; start the
-/// next line on a fresh one so no two messages share a line.
-fn repair_partial_last_line(file: &mut File) -> io::Result<()> {
-    let len = file.seek(SeekFrom::End(0))?;
-    if len == 0 {
+/// Creates `dir` and any missing parent, syncing each parent whose entries
+/// changed so that the new directories survive a power loss.
+fn create_dir_synced(dir: &Path) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut ancestor = Some(dir);
+    while let Some(d) = ancestor.filter(|d| !d.as_os_str().is_empty()) {
+        if d.try_exists()? {
+            break;
+        }
+        missing.push(d);
+        ancestor = d.parent();
+    }
+    if missing.is_empty() {
         return Ok(());
     }
-    file.seek(SeekFrom::Start(len - 1))?;
-    let mut last = [0u8; 1];
-    file.read_exact(&mut last)?;
-    if last[0] != b'\n' {
-        tracing::warn!("data.txt ended in a partial line (interrupted write); starting a new line");
-        file.write_all(b"\n")?;
-        file.sync_data()?;
+    std::fs::create_dir_all(dir)?;
+    for new in missing {
+        match new.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => sync_dir(parent)?,
+            _ => sync_dir(Path::new("."))?,
+        }
     }
     Ok(())
 }
 
-/// Appends `<stamp> - [<id>] mensaje: <text>\n`.
-fn format_line(buf: &mut Vec<u8>, stamp: &str, id: Option<MessageId>, text: &[u8]) {
-    buf.extend_from_slice(stamp.as_bytes());
-    buf.extend_from_slice(b" - ");
-    if let Some(id) = id {
-        buf.push(b'[');
-        id.put(buf);
-        buf.extend_from_slice(b"] ");
-    }
-    buf.extend_from_slice(b"mensaje: ");
-    buf.extend_from_slice(text);
-    buf.push(b'\n');
+/// Makes the entries of `dir` (files created or removed in it) durable.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
 }
 
-/// Reads back the message ids stored in a `data.txt` (for tests and tools).
-pub fn stored_ids(path: &Path) -> io::Result<Vec<MessageId>> {
-    let text = std::fs::read_to_string(path)?;
-    Ok(text
-        .lines()
-        .filter_map(|line| {
-            let start = line.find(" - [")? + 4;
-            let end = start + line[start..].find(']')?;
-            line[start..end].parse().ok()
+/// A crash mid-append can leave a torn record at the end of the file. It
+/// was never acknowledged (a record is, only once its whole batch has been
+/// written and synced), so it is cut off, back to just after the last
+/// newline. The last whole record is kept even if it fails its checksum:
+/// it may have been acknowledged. That is only reported.
+fn cut_torn_tail(file: &File, path: &Path) -> io::Result<()> {
+    let len = file.metadata()?.len();
+    let whole = last_newline_before(file, len)?.map_or(0, |at| at + 1);
+    if whole < len {
+        file.set_len(whole)?;
+        file.sync_data()?;
+        warn!(
+            removed_bytes = len - whole,
+            "{} ended in a torn record (an interrupted write, never acknowledged); removed its {} bytes",
+            path.display(),
+            len - whole
+        );
+    }
+    if whole > 0 {
+        warn_if_last_record_damaged(file, whole, path)?;
+    }
+    Ok(())
+}
+
+/// Longer than any record the node writes: not read whole into memory.
+const LONGEST_RECORD: u64 = 16 << 20;
+
+/// Warns when the last line of the file, which ends at `end` (just after
+/// its newline), is not an intact record.
+fn warn_if_last_record_damaged(file: &File, end: u64, path: &Path) -> io::Result<()> {
+    let start = last_newline_before(file, end - 1)?.map_or(0, |at| at + 1);
+    let problem = if end - start > LONGEST_RECORD {
+        "is too long to be a record".to_owned()
+    } else {
+        let mut line = vec![0u8; (end - start) as usize];
+        file.read_exact_at(&mut line, start)?;
+        match parse_line(&line) {
+            Ok(record) if record.is_intact() => return Ok(()),
+            Ok(_) => "fails its checksum".to_owned(),
+            Err(e) => format!("is not a record ({e})"),
+        }
+    };
+    let line = newlines_before(file, start)? + 1;
+    warn!(
+        line,
+        "the last record of {} (line {line}) {problem}; kept, as it may have been acknowledged \
+         (`datanode verify` lists every damaged record)",
+        path.display()
+    );
+    Ok(())
+}
+
+const SCAN_CHUNK: usize = 64 * 1024;
+
+/// Offset of the last `\n` before offset `end`, if any.
+fn last_newline_before(file: &File, mut end: u64) -> io::Result<Option<u64>> {
+    let mut chunk = vec![0u8; SCAN_CHUNK];
+    while end > 0 {
+        let start = end.saturating_sub(SCAN_CHUNK as u64);
+        let buf = &mut chunk[..(end - start) as usize];
+        file.read_exact_at(buf, start)?;
+        if let Some(at) = buf.iter().rposition(|&b| b == b'\n') {
+            return Ok(Some(start + at as u64));
+        }
+        end = start;
+    }
+    Ok(None)
+}
+
+/// How many `\n` the file has before offset `end`.
+fn newlines_before(file: &File, end: u64) -> io::Result<u64> {
+    let mut chunk = vec![0u8; SCAN_CHUNK];
+    let mut count = 0;
+    let mut at = 0;
+    while at < end {
+        let len = (end - at).min(SCAN_CHUNK as u64) as usize;
+        file.read_exact_at(&mut chunk[..len], at)?;
+        count += chunk[..len].iter().filter(|&&b| b == b'\n').count() as u64;
+        at += len as u64;
+    }
+    Ok(count)
+}
+
+/// One message read back from a `data.txt`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// Its id, if it came with one.
+    pub id: Option<MessageId>,
+    /// Its text.
+    pub text: String,
+}
+
+/// Every message in a `data.txt` whose record is whole and intact (or
+/// written before records carried a checksum), in file order: for tests
+/// and tools.
+pub fn stored_messages(path: &Path) -> Result<Vec<StoredMessage>, StorageError> {
+    let contents = std::fs::read(path).map_err(|error| StorageError::Read {
+        path: path.to_owned(),
+        error,
+    })?;
+    Ok(contents
+        .split_inclusive(|&b| b == b'\n')
+        .filter(|line| line.ends_with(b"\n"))
+        .filter_map(|line| parse_line(line).ok())
+        .filter(Record::is_intact)
+        .map(|record| StoredMessage {
+            id: record.id,
+            text: record.text_lossy().into_owned(),
         })
+        .collect())
+}
+
+/// The ids of [`stored_messages`], in file order.
+pub fn stored_ids(path: &Path) -> Result<Vec<MessageId>, StorageError> {
+    Ok(stored_messages(path)?
+        .into_iter()
+        .filter_map(|message| message.id)
         .collect())
 }
 
@@ -186,6 +491,21 @@ mod tests {
 
     fn id(seq: u64) -> MessageId {
         MessageId { epoch: 9, seq }
+    }
+
+    fn record(seq: u64, text: &str) -> Vec<u8> {
+        let mut buf = Vec::new();
+        format_record(
+            &mut buf,
+            "2026-01-01 00:00:00,000",
+            Some(id(seq)),
+            text.as_bytes(),
+        );
+        buf
+    }
+
+    fn faulty(faults: Faults) -> Backend {
+        Backend::Faulty(faults)
     }
 
     #[test]
@@ -206,38 +526,182 @@ mod tests {
             let text = std::fs::read_to_string(data.path()).unwrap();
             let lines: Vec<&str> = text.lines().collect();
             assert_eq!(lines.len(), 2, "{policy:?}: {text}");
+            assert!(lines[0].contains(" - [9-1] crc32c="), "{}", lines[0]);
             assert!(
-                lines[0].ends_with(" - [9-1] mensaje: numero random: 5"),
+                lines[0].ends_with(" mensaje: numero random: 5"),
                 "{}",
                 lines[0]
             );
-            assert!(lines[1].ends_with(" - [9-2] mensaje: hola"), "{}", lines[1]);
+            assert!(lines[1].ends_with(" mensaje: hola"), "{}", lines[1]);
             assert_eq!(
-                lines[0].len(),
-                "2026-11-23 05:37:10,123 - [9-1] mensaje: numero random: 5".len()
+                stored_messages(data.path()).unwrap(),
+                [
+                    StoredMessage {
+                        id: Some(id(1)),
+                        text: "numero random: 5".into()
+                    },
+                    StoredMessage {
+                        id: Some(id(2)),
+                        text: "hola".into()
+                    },
+                ]
             );
-            assert_eq!(stored_ids(data.path()).unwrap(), [id(1), id(2)]);
+            assert!(verify(data.path()).unwrap().is_clean());
         }
     }
 
     #[test]
-    fn reopening_appends_and_repairs_a_partial_line() {
+    fn reopening_cuts_off_a_torn_record_and_appends_after_the_last_whole_one() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("data.txt"),
-            b"2026-01-01 00:00:00,000 - [9-1] mensaje: a\n2026-01-01 00:00:00,000 - [9-2] men",
-        )
-        .unwrap();
+        let mut contents = record(1, "a");
+        contents.extend(&record(2, "b")[..30]);
+        std::fs::write(dir.path().join(DATA_FILE), &contents).unwrap();
         let mut data = DataFile::open(dir.path(), FsyncPolicy::Batch).unwrap();
+        assert_eq!(
+            std::fs::read(data.path()).unwrap(),
+            record(1, "a"),
+            "the torn bytes are gone, the whole record stays"
+        );
         data.stage(Some(id(3)), b"c");
         data.commit().unwrap();
-        let text = std::fs::read_to_string(data.path()).unwrap();
-        assert_eq!(text.lines().count(), 3);
-        assert!(
-            text.contains("[9-2] men\n2026"),
-            "the torn line stays on its own line"
+        assert_eq!(stored_ids(data.path()).unwrap(), [id(1), id(3)]);
+        assert!(verify(data.path()).unwrap().is_clean());
+    }
+
+    #[test]
+    fn a_file_that_is_all_torn_record_is_emptied() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(DATA_FILE), &record(1, "a")[..10]).unwrap();
+        let data = DataFile::open(dir.path(), FsyncPolicy::Batch).unwrap();
+        assert_eq!(std::fs::read(data.path()).unwrap(), b"");
+    }
+
+    #[test]
+    fn a_last_whole_record_that_fails_its_checksum_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut contents = record(1, "a");
+        let mut damaged = record(2, "b");
+        let last_text_byte = damaged.len() - 2;
+        damaged[last_text_byte] = b'B';
+        contents.extend(&damaged);
+        std::fs::write(dir.path().join(DATA_FILE), &contents).unwrap();
+        let data = DataFile::open(dir.path(), FsyncPolicy::Batch).unwrap();
+        assert_eq!(std::fs::read(data.path()).unwrap(), contents);
+        assert_eq!(
+            stored_ids(data.path()).unwrap(),
+            [id(1)],
+            "kept, but not read as intact"
         );
-        assert_eq!(stored_ids(data.path()).unwrap(), [id(1), id(2), id(3)]);
+        let report = verify(data.path()).unwrap();
+        assert_eq!(
+            report.corrupt,
+            [CorruptRecord {
+                line: 2,
+                id: Some(id(2))
+            }]
+        );
+    }
+
+    #[test]
+    fn a_data_directory_is_used_by_one_data_file_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = DataFile::open(dir.path(), FsyncPolicy::Batch).unwrap();
+        let e = DataFile::open(dir.path(), FsyncPolicy::Batch).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "data directory {} is in use by another process (pid {})",
+                dir.path().display(),
+                std::process::id()
+            )
+        );
+        drop(first);
+        DataFile::open(dir.path(), FsyncPolicy::Batch).unwrap();
+    }
+
+    #[test]
+    fn verify_reads_a_directory_a_data_file_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut data = DataFile::open(dir.path(), FsyncPolicy::Batch).unwrap();
+        data.stage(Some(id(1)), b"a");
+        data.commit().unwrap();
+        let report = verify(data.path()).unwrap();
+        assert_eq!((report.records, report.is_clean()), (1, true));
+        assert!(
+            DataFile::open(dir.path(), FsyncPolicy::Batch).is_err(),
+            "verify left the claim alone"
+        );
+    }
+
+    #[test]
+    fn opening_creates_missing_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let nested = dir.path().join("a/b");
+        let data = DataFile::open(&nested, FsyncPolicy::Batch).unwrap();
+        assert!(data.path().exists());
+        assert!(nested.join(LOCK_FILE).exists());
+    }
+
+    #[test]
+    fn running_out_of_space_mid_batch_acknowledges_nothing_and_cuts_the_batch_off() {
+        for policy in [FsyncPolicy::Always, FsyncPolicy::Batch, FsyncPolicy::Never] {
+            let dir = tempfile::tempdir().unwrap();
+            let first = record(1, "a").len() as u64;
+            let faults = Faults {
+                // The first batch and part of the second fit.
+                write_budget: Some(first + 50),
+                ..Faults::default()
+            };
+            let mut data = DataFile::open_with(dir.path(), policy, faulty(faults)).unwrap();
+            data.stage(Some(id(1)), b"a");
+            data.commit().unwrap();
+            let before = std::fs::read(data.path()).unwrap();
+            for n in 2..=4 {
+                data.stage(Some(id(n)), b"a longer text than the first");
+            }
+            let e = data.commit().unwrap_err();
+            assert!(
+                matches!(&e, StorageError::Write { error, .. } if error.raw_os_error() == Some(28)),
+                "{policy:?}: {e:?}"
+            );
+            assert_eq!(
+                std::fs::read(data.path()).unwrap(),
+                before,
+                "{policy:?}: back to its length before the batch"
+            );
+            data.stage(Some(id(5)), b"a");
+            assert!(
+                matches!(data.commit(), Err(StorageError::Failed { .. })),
+                "{policy:?}: nothing more is written"
+            );
+            assert_eq!(std::fs::read(data.path()).unwrap(), before);
+        }
+    }
+
+    #[test]
+    fn a_failed_fsync_acknowledges_nothing_and_is_never_retried() {
+        for policy in [FsyncPolicy::Always, FsyncPolicy::Batch] {
+            let dir = tempfile::tempdir().unwrap();
+            let faults = Faults {
+                syncs_before_eio: Some(1),
+                ..Faults::default()
+            };
+            let mut data = DataFile::open_with(dir.path(), policy, faulty(faults)).unwrap();
+            data.stage(Some(id(1)), b"a");
+            data.commit().unwrap();
+            data.stage(Some(id(2)), b"b");
+            let e = data.commit().unwrap_err();
+            assert!(
+                matches!(&e, StorageError::Sync { error, .. } if error.raw_os_error() == Some(5)),
+                "{policy:?}: {e:?}"
+            );
+            assert_eq!(stored_ids(data.path()).unwrap(), [id(1)], "{policy:?}");
+            data.stage(Some(id(3)), b"c");
+            assert!(
+                matches!(data.commit(), Err(StorageError::Failed { .. })),
+                "{policy:?}: a failed commit is not retried"
+            );
+        }
     }
 
     #[test]

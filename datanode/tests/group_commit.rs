@@ -2,98 +2,31 @@
 //! smaller than the one before waits (up to `commit_linger`) for the rest
 //! of its burst, and is committed with it in one write.
 
+mod support;
+
 use std::time::{Duration, Instant};
 
-use datanode::Config;
-use protocol::handshake::{self, RoleStep};
-use protocol::message::PETICION;
-use protocol::{Connection, ReaderConfig};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use datanode::storage::parse_line;
+use support::ScriptedHead;
 
-/// A head node of our own: accepts the data node and welcomes it.
-struct ScriptedHead {
-    conn: Connection,
-    next_seq: u64,
+async fn start(linger: Duration) -> ScriptedHead {
+    ScriptedHead::start(|config| config.commit_linger = linger).await
 }
 
-impl ScriptedHead {
-    async fn start(linger: Duration) -> (ScriptedHead, tempfile::TempDir, oneshot::Sender<()>) {
-        protocol::telemetry::init_for_tests();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::new(
-            listener.local_addr().unwrap().to_string(),
-            "dn1".parse().unwrap(),
-        );
-        config.data_dir = dir.path().to_path_buf();
-        config.commit_linger = linger;
-        // The scripted head node welcomes without a challenge.
-        config.open_registration = true;
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(datanode::run(config, async {
-            let _ = stopped.await;
-        }));
-        let (stream, _) = listener.accept().await.unwrap();
-        let mut conn = accept(stream);
-        handshake::accept(
-            &mut conn.reader,
-            &mut conn.writer,
-            RoleStep::Required,
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
-        conn.writer.send(b"welcome dn1").await.unwrap();
-        (ScriptedHead { conn, next_seq: 1 }, dir, stop)
-    }
-
-    /// Sends `count` messages in one write; their ids.
-    async fn send(&mut self, count: usize) -> Vec<String> {
-        let mut ids = Vec::new();
-        for _ in 0..count {
-            let id = format!("7-{}", self.next_seq);
-            self.next_seq += 1;
-            self.conn
-                .writer
-                .queue(format!("mensaje {id}: numero random: 1").as_bytes());
-            ids.push(id);
-        }
-        self.conn.writer.flush().await.unwrap();
-        ids
-    }
-
-    async fn expect_ack(&mut self, id: &str) {
-        let line = tokio::time::timeout(Duration::from_secs(10), self.conn.reader.read_frame())
-            .await
-            .expect("no acknowledgement within 10 s")
-            .unwrap()
-            .unwrap();
-        assert_eq!(line.as_str(), format!("recibido {id}"));
-    }
-}
-
-fn accept(stream: TcpStream) -> Connection {
-    Connection::accept(stream, ReaderConfig::default(), PETICION.as_bytes()).unwrap()
-}
-
-/// The data.txt lines of these ids, in file order.
-fn lines_of(dir: &tempfile::TempDir, ids: &[String]) -> Vec<String> {
-    let text = std::fs::read_to_string(dir.path().join("data.txt")).unwrap();
-    text.lines()
-        .filter(|line| ids.iter().any(|id| line.contains(&format!("[{id}]"))))
-        .map(str::to_owned)
+/// The timestamps of these ids' records, in file order: one per committed batch.
+fn stamps_of(head: &ScriptedHead, ids: &[String]) -> Vec<String> {
+    let contents = std::fs::read(head.data_file()).unwrap();
+    contents
+        .split_inclusive(|&b| b == b'\n')
+        .filter_map(|line| parse_line(line).ok())
+        .filter(|record| record.id.is_some_and(|id| ids.contains(&id.to_string())))
+        .map(|record| record.timestamp.to_owned())
         .collect()
-}
-
-/// `<date> <time>` of a data.txt line: one per committed batch.
-fn stamp(line: &str) -> &str {
-    line.split(" - ").next().unwrap()
 }
 
 #[tokio::test]
 async fn a_burst_that_trickles_in_is_committed_together() {
-    let (mut head, dir, _stop) = ScriptedHead::start(Duration::from_secs(1)).await;
+    let mut head = start(Duration::from_secs(1)).await;
     for id in head.send(10).await {
         head.expect_ack(&id).await;
     }
@@ -111,18 +44,15 @@ async fn a_burst_that_trickles_in_is_committed_together() {
     // the first of them was staged.
     // As large as the last batch: committed without waiting out the linger.
     assert!(waited < Duration::from_millis(900), "{waited:?}");
-    let lines = lines_of(&dir, &burst);
-    assert_eq!(lines.len(), 10, "{lines:?}");
-    assert!(
-        lines.iter().all(|l| stamp(l) == stamp(&lines[0])),
-        "{lines:?}"
-    );
+    let stamps = stamps_of(&head, &burst);
+    assert_eq!(stamps.len(), 10, "{stamps:?}");
+    assert!(stamps.iter().all(|s| *s == stamps[0]), "{stamps:?}");
 }
 
 #[tokio::test]
 async fn a_small_batch_waits_no_longer_than_the_linger() {
     let linger = Duration::from_millis(300);
-    let (mut head, _dir, _stop) = ScriptedHead::start(linger).await;
+    let mut head = start(linger).await;
     for id in head.send(10).await {
         head.expect_ack(&id).await;
     }
@@ -142,7 +72,7 @@ async fn a_small_batch_waits_no_longer_than_the_linger() {
 
 #[tokio::test]
 async fn without_linger_a_lone_message_is_committed_at_once() {
-    let (mut head, _dir, _stop) = ScriptedHead::start(Duration::ZERO).await;
+    let mut head = start(Duration::ZERO).await;
     for id in head.send(10).await {
         head.expect_ack(&id).await;
     }

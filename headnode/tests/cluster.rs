@@ -335,6 +335,7 @@ async fn failed_icmp_probe_evicts_at_the_next_round_and_the_node_rejoins() {
             |e| matches!(e, Event::Evicted { member, .. } if member.node.as_str() == "dn1"),
         )
         .await;
+    cluster.nodes[0].released().await;
     let restarted = cluster.node_config("dn1");
     let new_incarnation = restarted.incarnation;
     assert_ne!(new_incarnation, first_incarnation);

@@ -262,13 +262,13 @@ impl<'a> ToDataNode<'a> {
             if let Some(text) = rest.strip_prefix(": ") {
                 return Ok(ToDataNode::Store { id: None, text });
             }
-            if let Some(rest) = rest.strip_prefix(' ') {
-                if let Some((id, text)) = rest.split_once(": ") {
-                    return Ok(ToDataNode::Store {
-                        id: Some(id.parse()?),
-                        text,
-                    });
-                }
+            if let Some(rest) = rest.strip_prefix(' ')
+                && let Some((id, text)) = rest.split_once(": ")
+            {
+                return Ok(ToDataNode::Store {
+                    id: Some(id.parse()?),
+                    text,
+                });
             }
             return Err(ParseError::new("malformed 'mensaje' line"));
         }

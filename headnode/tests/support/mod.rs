@@ -76,6 +76,22 @@ impl TestNode {
     pub fn kill(&self) {
         self.task.abort();
     }
+
+    /// Waits (at most 10 s) until no data node holds this node's data
+    /// directory. A killed node's data-path thread lets go of it a moment
+    /// after the task is aborted; a killed process would at once.
+    pub async fn released(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match datanode::storage::DirLock::acquire(&self.data_dir) {
+                Ok(_) => return,
+                Err(datanode::storage::StorageError::InUse { .. }) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
+                Err(e) => panic!("{} not released: {e}", self.id),
+            }
+        }
+    }
 }
 
 pub struct Cluster {
@@ -197,7 +213,7 @@ impl Cluster {
         let mut all = HashMap::new();
         for node in &self.nodes {
             let mut counts = HashMap::new();
-            let path = node.data_dir.join("data.txt");
+            let path = node.data_dir.join(datanode::storage::DATA_FILE);
             for id in datanode::storage::stored_ids(&path).unwrap_or_default() {
                 *counts.entry(id).or_insert(0) += 1;
             }
@@ -210,17 +226,10 @@ impl Cluster {
     pub fn stored_texts(&self) -> HashMap<MessageId, String> {
         let mut texts = HashMap::new();
         for node in &self.nodes {
-            let file = std::fs::read_to_string(node.data_dir.join("data.txt")).unwrap_or_default();
-            for line in file.lines() {
-                let Some(start) = line.find(" - [") else {
-                    continue;
-                };
-                let rest = &line[start + 4..];
-                let Some((id, text)) = rest.split_once("] mensaje: ") else {
-                    continue;
-                };
-                if let Ok(id) = id.parse() {
-                    texts.insert(id, text.to_owned());
+            let path = node.data_dir.join(datanode::storage::DATA_FILE);
+            for message in datanode::storage::stored_messages(&path).unwrap_or_default() {
+                if let Some(id) = message.id {
+                    texts.insert(id, message.text);
                 }
             }
         }
