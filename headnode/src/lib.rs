@@ -358,7 +358,7 @@ async fn register_data_node(
         node,
         incarnation: hello.incarnation.unwrap_or(conn_id),
         conn: conn_id,
-        addr: peer.ip(),
+        addr: prober::canonical_ip(peer.ip()),
         legacy,
     };
     let (queue_tx, queue_rx) = mpsc::unbounded_channel();

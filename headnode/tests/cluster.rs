@@ -347,6 +347,37 @@ async fn failed_icmp_probe_evicts_at_the_next_round_and_the_node_rejoins() {
 }
 
 #[tokio::test]
+async fn ipv4_peers_of_a_dual_stack_listener_are_known_by_their_ipv4_address() {
+    let listener = match tokio::net::TcpListener::bind("[::]:0").await {
+        Ok(listener) => listener,
+        Err(e) => {
+            println!("skipped: cannot listen on [::] ({e})");
+            return;
+        }
+    };
+    let port = listener.local_addr().unwrap().port();
+    let v4: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let probe = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(v4)).await;
+    if !matches!(probe, Ok(Ok(_))) {
+        println!("skipped: [::] does not accept IPv4 here (IPV6_V6ONLY?): {probe:?}");
+        return;
+    }
+    drop(probe);
+    let mut cluster = Cluster::start_on(listener, v4, fast_config()).await;
+    let config = cluster.node_config("dn1");
+    let task = tokio::spawn(datanode::run(config, std::future::pending()));
+    let joined = cluster
+        .wait_for("dn1 to join", |e| matches!(e, Event::Joined { .. }))
+        .await;
+    let Event::Joined { member, .. } = joined else {
+        unreachable!()
+    };
+    assert_eq!(member.addr, std::net::IpAddr::from([127, 0, 0, 1]));
+    task.abort();
+    cluster.stop().await;
+}
+
+#[tokio::test]
 async fn second_live_process_with_the_same_id_is_refused() {
     let cluster = start_with_nodes(1).await;
     let mut twin = cluster.node_config("dn1");

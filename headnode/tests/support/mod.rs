@@ -105,14 +105,19 @@ pub fn fast_config() -> Config {
 }
 
 impl Cluster {
-    pub async fn start(mut config: Config) -> Cluster {
+    pub async fn start(config: Config) -> Cluster {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        Cluster::start_on(listener, addr, config).await
+    }
+
+    /// Starts a head node on `listener`; data nodes are pointed at `addr`.
+    pub async fn start_on(listener: TcpListener, addr: SocketAddr, mut config: Config) -> Cluster {
         protocol::telemetry::init_for_tests();
         let prober = Arc::new(FakeProber::default());
         let (events_tx, events) = mpsc::unbounded_channel();
         config.prober = Some(prober.clone());
         config.observer = Some(events_tx);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let head = tokio::spawn(headnode::run(listener, config.clone(), async {
             let _ = stopped.await;
