@@ -169,13 +169,7 @@ impl Driver {
             Input::Leaving { conn } => membership.leaving(conn),
             Input::Drained { conn } => membership.left(conn),
             Input::AckTimeout { conn } => membership.ack_timeout(conn),
-            Input::RoundDone { results } => {
-                let mut events = Vec::new();
-                for (conn, outcome) in results {
-                    events.extend(membership.round_result(conn, outcome));
-                }
-                events
-            }
+            Input::RoundDone { results } => membership.round_result(&results, now()),
             Input::ConfirmDone { conn, outcome } => membership.confirm_result(conn, outcome, now()),
         }
     }
@@ -294,8 +288,17 @@ impl Driver {
                         rtt.as_secs_f64() * 1000.0
                     );
                 }
-                Event::Missed { member, misses } => {
-                    warn!(target: HEARTBEAT_TARGET, "{member} did not answer ping ({misses} of {misses_allowed} allowed misses)");
+                Event::Missed {
+                    member,
+                    misses,
+                    heartbeat_answers,
+                } => {
+                    let heartbeat = if *heartbeat_answers {
+                        "; its heartbeat still answers"
+                    } else {
+                        ""
+                    };
+                    warn!(target: HEARTBEAT_TARGET, "{member} did not answer ping ({misses} of {misses_allowed} allowed misses){heartbeat}");
                 }
                 Event::NoneLeft => {
                     warn!(target: HEARTBEAT_TARGET, "no hay dataNodes");

@@ -31,8 +31,9 @@ struct Args {
     /// How long one ICMP echo may take before it counts as missed.
     #[arg(long, env = "PING_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     ping_timeout: Duration,
-    /// ICMP rounds a data node may miss in a row before it is evicted.
-    #[arg(long, env = "PING_MISSES", default_value_t = 1)]
+    /// ICMP rounds a data node may miss in a row before it is evicted (one
+    /// is enough if its heartbeat is silent too).
+    #[arg(long, env = "PING_MISSES", default_value_t = headnode::DetectorConfig::default().ping_misses)]
     ping_misses: u32,
     /// Period of the application heartbeat on each data-node connection.
     #[arg(long, env = "HEARTBEAT_INTERVAL", default_value = "1s", value_parser = parse_duration)]

@@ -7,7 +7,10 @@
 //!
 //! Three detectors feed it:
 //! - **ICMP rounds** (the original system's heartbeat): a member whose host
-//!   does not answer `ping_misses` rounds in a row is evicted as unreachable;
+//!   does not answer `ping_misses` rounds in a row is evicted as unreachable,
+//!   and so is a member whose host misses one round while its application
+//!   heartbeat is already silent (two detectors agreeing). One lost echo
+//!   alone evicts no one;
 //! - **connection loss**: evicted at once;
 //! - **application heartbeat**: a member whose process stops answering
 //!   `ping <n>` for `suspect_after` is *suspect* (sent no new messages);
@@ -32,7 +35,8 @@ pub type ConnId = u64;
 /// Timings of the failure detectors.
 #[derive(Debug, Clone)]
 pub struct DetectorConfig {
-    /// ICMP rounds a member may miss in a row before eviction.
+    /// ICMP rounds a member may miss in a row before eviction (a member whose
+    /// heartbeat is already silent goes at its first miss).
     pub ping_misses: u32,
     /// Silence on the application heartbeat after which a member is suspect.
     pub suspect_after: Duration,
@@ -43,7 +47,7 @@ pub struct DetectorConfig {
 impl Default for DetectorConfig {
     fn default() -> Self {
         DetectorConfig {
-            ping_misses: 1,
+            ping_misses: 3,
             suspect_after: Duration::from_secs(2),
             hung_grace: Duration::from_secs(3),
         }
@@ -194,6 +198,9 @@ pub enum Event {
         member: MemberInfo,
         /// Rounds missed in a row.
         misses: u32,
+        /// Whether its application heartbeat still answers (never for an
+        /// original-system node, which has none).
+        heartbeat_answers: bool,
     },
     /// The last member is gone.
     NoneLeft,
@@ -224,6 +231,17 @@ struct Member {
     health: Health,
     last_heartbeat: Instant,
     icmp_misses: u32,
+}
+
+impl Member {
+    /// Whether its heartbeat answered within `suspect_after` (judged from
+    /// the time, too: `tick` may not have run since it went quiet). Never
+    /// for a legacy member, which has no heartbeat.
+    fn heartbeat_answers(&self, now: Instant, suspect_after: Duration) -> bool {
+        !self.info.legacy
+            && matches!(self.health, Health::Alive | Health::Leaving)
+            && now.saturating_duration_since(self.last_heartbeat) < suspect_after
+    }
 }
 
 /// The membership state machine. See the module docs.
@@ -314,9 +332,24 @@ impl Membership {
         }
     }
 
-    /// Result of one periodic ICMP round for a member.
-    pub fn round_result(&mut self, conn: ConnId, outcome: ProbeOutcome) -> Vec<Event> {
-        let misses_allowed = self.config.ping_misses.max(1);
+    /// Results of one periodic ICMP round: one outcome per member probed.
+    /// Results about connections that are no longer members are ignored.
+    pub fn round_result(&mut self, results: &[(ConnId, ProbeOutcome)], now: Instant) -> Vec<Event> {
+        let mut events = Vec::new();
+        for (conn, outcome) in results {
+            events.extend(self.member_round_result(*conn, *outcome, now));
+        }
+        events
+    }
+
+    fn member_round_result(
+        &mut self,
+        conn: ConnId,
+        outcome: ProbeOutcome,
+        now: Instant,
+    ) -> Vec<Event> {
+        let misses_allowed = self.misses_allowed();
+        let suspect_after = self.config.suspect_after;
         let Some(member) = self.member_mut(conn) else {
             return Vec::new();
         };
@@ -331,12 +364,16 @@ impl Membership {
             ProbeOutcome::Unavailable => Vec::new(),
             ProbeOutcome::NoReply => {
                 member.icmp_misses += 1;
-                if member.icmp_misses >= misses_allowed {
+                let heartbeat_answers = member.heartbeat_answers(now, suspect_after);
+                // Legacy members have no heartbeat to agree or disagree.
+                let heartbeat_agrees = !member.info.legacy && !heartbeat_answers;
+                if member.icmp_misses >= misses_allowed || heartbeat_agrees {
                     self.evict(conn, EvictReason::Unreachable)
                 } else {
                     vec![Event::Missed {
                         member: member.info.clone(),
                         misses: member.icmp_misses,
+                        heartbeat_answers,
                     }]
                 }
             }
@@ -454,6 +491,10 @@ impl Membership {
     fn member_mut(&mut self, conn: ConnId) -> Option<&mut Member> {
         let node = self.by_conn.get(&conn)?;
         self.members.get_mut(node)
+    }
+
+    fn misses_allowed(&self) -> u32 {
+        self.config.ping_misses.max(1)
     }
 
     fn evict(&mut self, conn: ConnId, reason: EvictReason) -> Vec<Event> {

@@ -12,12 +12,36 @@ fn member(node: &str, incarnation: u64, conn: ConnId) -> MemberInfo {
     }
 }
 
+fn legacy(node: &str, incarnation: u64, conn: ConnId) -> MemberInfo {
+    MemberInfo {
+        legacy: true,
+        ..member(node, incarnation, conn)
+    }
+}
+
 fn cluster() -> Membership {
     Membership::new(DetectorConfig {
-        ping_misses: 1,
+        ping_misses: 3,
         suspect_after: 2 * SECOND,
         hung_grace: 3 * SECOND,
     })
+}
+
+const RTT: ProbeOutcome = ProbeOutcome::Reply(Duration::from_micros(80));
+const LOST: ProbeOutcome = ProbeOutcome::NoReply;
+
+fn missed(events: &[Event]) -> Vec<(String, u32, bool)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Missed {
+                member,
+                misses,
+                heartbeat_answers,
+            } => Some((member.node.to_string(), *misses, *heartbeat_answers)),
+            _ => None,
+        })
+        .collect()
 }
 
 fn routable(m: &Membership) -> Vec<String> {
@@ -91,7 +115,7 @@ fn same_process_on_a_new_connection_replaces_the_stale_one() {
     assert!(m.is_member(11) && !m.is_member(10));
     // Late news about the old connection changes nothing.
     assert!(m.connection_lost(10, "reset").is_empty());
-    assert!(m.round_result(10, ProbeOutcome::NoReply).is_empty());
+    assert!(m.round_result(&[(10, LOST)], t0).is_empty());
     assert_eq!(routable(&m), ["dn1"]);
 }
 
@@ -113,45 +137,113 @@ fn restarted_node_replaces_its_silent_predecessor() {
 }
 
 #[test]
-fn icmp_miss_evicts_as_unreachable_at_the_next_round() {
+fn one_lost_echo_evicts_no_one_whose_heartbeat_answers() {
     let t0 = Instant::now();
     let mut m = cluster();
     m.register(member("dn1", 1, 10), t0).unwrap();
     m.register(member("dn2", 1, 20), t0).unwrap();
-    let ok = m.round_result(10, ProbeOutcome::Reply(Duration::from_micros(80)));
-    assert!(matches!(ok[..], [Event::Available { .. }]));
-    let events = m.round_result(20, ProbeOutcome::NoReply);
+    let events = m.round_result(&[(10, RTT), (20, LOST)], t0 + SECOND);
+    assert!(matches!(&events[0], Event::Available { member, .. } if member.conn == 10));
+    assert_eq!(missed(&events), [("dn2".to_string(), 1, true)]);
+    assert_eq!(routable(&m), ["dn1", "dn2"]);
+}
+
+#[test]
+fn ping_misses_rounds_in_a_row_evict_as_unreachable() {
+    let t0 = Instant::now();
+    let mut m = cluster();
+    m.register(member("dn1", 1, 10), t0).unwrap();
+    m.register(member("dn2", 1, 20), t0).unwrap();
+    let round = |m: &mut Membership, s: u32, dn2: ProbeOutcome| {
+        let now = t0 + s * SECOND;
+        m.heartbeat(10, now);
+        m.heartbeat(20, now);
+        m.round_result(&[(10, RTT), (20, dn2)], now)
+    };
+    assert_eq!(missed(&round(&mut m, 1, LOST)), [("dn2".into(), 1, true)]);
+    assert_eq!(missed(&round(&mut m, 2, LOST)), [("dn2".into(), 2, true)]);
+    assert!(
+        missed(&round(&mut m, 3, RTT)).is_empty(),
+        "a reply resets the count"
+    );
+    assert_eq!(missed(&round(&mut m, 4, LOST)), [("dn2".into(), 1, true)]);
+    assert_eq!(missed(&round(&mut m, 5, LOST)), [("dn2".into(), 2, true)]);
+    assert_eq!(
+        evicted(&round(&mut m, 6, LOST)),
+        [("dn2".to_string(), EvictReason::Unreachable)]
+    );
+    assert_eq!(routable(&m), ["dn1"]);
+}
+
+#[test]
+fn one_allowed_miss_evicts_at_the_first_missed_round() {
+    let t0 = Instant::now();
+    let mut m = Membership::new(DetectorConfig {
+        ping_misses: 1,
+        ..DetectorConfig::default()
+    });
+    m.register(member("dn1", 1, 10), t0).unwrap();
+    m.register(member("dn2", 1, 20), t0).unwrap();
+    let events = m.round_result(&[(10, RTT), (20, LOST)], t0);
     assert_eq!(
         evicted(&events),
         [("dn2".to_string(), EvictReason::Unreachable)]
     );
-    assert_eq!(routable(&m), ["dn1"]);
-    let events = m.round_result(10, ProbeOutcome::NoReply);
-    assert_eq!(events.last(), Some(&Event::NoneLeft));
 }
 
 #[test]
-fn icmp_misses_allowance_is_respected() {
+fn missed_round_evicts_a_suspect_member_at_once() {
     let t0 = Instant::now();
-    let mut m = Membership::new(DetectorConfig {
-        ping_misses: 3,
-        ..DetectorConfig::default()
-    });
+    let mut m = cluster();
     m.register(member("dn1", 1, 10), t0).unwrap();
+    m.register(member("dn2", 1, 20), t0).unwrap();
+    m.heartbeat(20, t0 + 2 * SECOND);
     assert!(matches!(
-        m.round_result(10, ProbeOutcome::NoReply)[..],
-        [Event::Missed { misses: 1, .. }]
+        m.tick(t0 + 2 * SECOND)[..],
+        [Event::Suspected { .. }]
     ));
-    m.round_result(10, ProbeOutcome::Reply(SECOND / 1000));
-    assert!(matches!(
-        m.round_result(10, ProbeOutcome::NoReply)[..],
-        [Event::Missed { misses: 1, .. }]
-    ));
-    assert!(matches!(
-        m.round_result(10, ProbeOutcome::NoReply)[..],
-        [Event::Missed { misses: 2, .. }]
-    ));
-    assert_eq!(evicted(&m.round_result(10, ProbeOutcome::NoReply)).len(), 1);
+    let events = m.round_result(&[(10, LOST), (20, RTT)], t0 + 2 * SECOND);
+    assert_eq!(
+        evicted(&events),
+        [("dn1".to_string(), EvictReason::Unreachable)],
+        "heartbeat and ICMP agree"
+    );
+}
+
+#[test]
+fn missed_round_evicts_a_member_silent_past_suspect_after_before_any_tick() {
+    let t0 = Instant::now();
+    let mut m = cluster();
+    m.register(member("dn1", 1, 10), t0).unwrap();
+    m.register(member("dn2", 1, 20), t0).unwrap();
+    m.heartbeat(20, t0 + 2 * SECOND);
+    let events = m.round_result(&[(10, LOST), (20, RTT)], t0 + 2 * SECOND);
+    assert_eq!(
+        evicted(&events),
+        [("dn1".to_string(), EvictReason::Unreachable)]
+    );
+}
+
+#[test]
+fn legacy_member_is_evicted_after_ping_misses_rounds() {
+    let t0 = Instant::now();
+    let mut m = cluster();
+    m.register(legacy("dn-10.0.0.9-4000", 7, 30), t0).unwrap();
+    let round = [(30, LOST)];
+    assert_eq!(
+        missed(&m.round_result(&round, t0 + SECOND)),
+        [("dn-10.0.0.9-4000".into(), 1, false)]
+    );
+    assert_eq!(
+        missed(&m.round_result(&round, t0 + 2 * SECOND)),
+        [("dn-10.0.0.9-4000".into(), 2, false)]
+    );
+    let events = m.round_result(&round, t0 + 3 * SECOND);
+    assert_eq!(
+        evicted(&events),
+        [("dn-10.0.0.9-4000".to_string(), EvictReason::Unreachable)]
+    );
+    assert_eq!(events.last(), Some(&Event::NoneLeft));
 }
 
 #[test]
@@ -159,8 +251,26 @@ fn icmp_unavailable_never_evicts() {
     let t0 = Instant::now();
     let mut m = cluster();
     m.register(member("dn1", 1, 10), t0).unwrap();
-    for _ in 0..10 {
-        assert!(m.round_result(10, ProbeOutcome::Unavailable).is_empty());
+    m.register(legacy("dn-10.0.0.9-4000", 7, 30), t0).unwrap();
+    for s in 0..10 {
+        let round = [
+            (10, ProbeOutcome::Unavailable),
+            (30, ProbeOutcome::Unavailable),
+        ];
+        assert!(m.round_result(&round, t0 + s * SECOND).is_empty());
+    }
+    assert_eq!(routable(&m), ["dn-10.0.0.9-4000", "dn1"]);
+}
+
+#[test]
+fn results_about_former_connections_are_ignored() {
+    let t0 = Instant::now();
+    let mut m = cluster();
+    m.register(member("dn1", 1, 10), t0).unwrap();
+    m.connection_lost(10, "reset");
+    m.register(member("dn1", 1, 11), t0).unwrap();
+    for s in 1..=5 {
+        assert!(m.round_result(&[(10, LOST)], t0 + s * SECOND).is_empty());
     }
     assert_eq!(routable(&m), ["dn1"]);
 }

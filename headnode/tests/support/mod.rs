@@ -25,6 +25,8 @@ use tokio::time::Instant;
 #[derive(Default)]
 pub struct FakeProber {
     down: Mutex<HashSet<IpAddr>>,
+    /// Probes still to lose, per host.
+    to_lose: Mutex<HashMap<IpAddr, u32>>,
 }
 
 impl FakeProber {
@@ -36,6 +38,21 @@ impl FakeProber {
             set.remove(&ip);
         }
     }
+
+    /// The next `n` probes of `ip` get no reply.
+    pub fn lose_next(&self, ip: IpAddr, n: u32) {
+        self.to_lose.lock().unwrap().insert(ip, n);
+    }
+
+    fn answers(&self, ip: IpAddr) -> bool {
+        if let Some(n) = self.to_lose.lock().unwrap().get_mut(&ip) {
+            if *n > 0 {
+                *n -= 1;
+                return false;
+            }
+        }
+        !self.down.lock().unwrap().contains(&ip)
+    }
 }
 
 impl Prober for FakeProber {
@@ -44,12 +61,12 @@ impl Prober for FakeProber {
         addr: IpAddr,
         _timeout: Duration,
     ) -> Pin<Box<dyn Future<Output = ProbeOutcome> + Send + '_>> {
-        let down = self.down.lock().unwrap().contains(&addr);
+        let answers = self.answers(addr);
         Box::pin(async move {
-            if down {
-                ProbeOutcome::NoReply
-            } else {
+            if answers {
                 ProbeOutcome::Reply(Duration::from_micros(42))
+            } else {
+                ProbeOutcome::NoReply
             }
         })
     }
@@ -94,7 +111,7 @@ pub fn fast_config() -> Config {
         ping_interval: Duration::from_secs(3600),
         heartbeat_interval: Duration::from_millis(100),
         detector: headnode::DetectorConfig {
-            ping_misses: 1,
+            ping_misses: 3,
             suspect_after: Duration::from_millis(600),
             hung_grace: Duration::from_millis(600),
         },
