@@ -300,6 +300,17 @@ impl Driver {
                     };
                     warn!(target: HEARTBEAT_TARGET, "{member} did not answer ping ({misses} of {misses_allowed} allowed misses){heartbeat}");
                 }
+                Event::IcmpUnanswered { rounds } => {
+                    let plural = if *rounds == 1 { "" } else { "s" };
+                    warn!(
+                        target: HEARTBEAT_TARGET,
+                        "ICMP unavailable: no echo reply from any data node for {rounds} round{plural} while every heartbeat answers; \
+                         evicting on heartbeat and connection loss only"
+                    );
+                }
+                Event::IcmpAnswering => {
+                    info!(target: HEARTBEAT_TARGET, "ICMP answering again; missed rounds count toward eviction again");
+                }
                 Event::NoneLeft => {
                     warn!(target: HEARTBEAT_TARGET, "no hay dataNodes");
                     warn!("no hay dataNodes");

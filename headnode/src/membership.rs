@@ -10,7 +10,10 @@
 //!   does not answer `ping_misses` rounds in a row is evicted as unreachable,
 //!   and so is a member whose host misses one round while its application
 //!   heartbeat is already silent (two detectors agreeing). One lost echo
-//!   alone evicts no one;
+//!   alone evicts no one. When no host answers a round while every heartbeat
+//!   does, ICMP itself is failing (filtered, rate-limited), not the members:
+//!   such a round counts against no one, and after `ping_misses` of them in
+//!   a row ICMP alone evicts no one until some host answers again;
 //! - **connection loss**: evicted at once;
 //! - **application heartbeat**: a member whose process stops answering
 //!   `ping <n>` for `suspect_after` is *suspect* (sent no new messages);
@@ -36,7 +39,9 @@ pub type ConnId = u64;
 #[derive(Debug, Clone)]
 pub struct DetectorConfig {
     /// ICMP rounds a member may miss in a row before eviction (a member whose
-    /// heartbeat is already silent goes at its first miss).
+    /// heartbeat is already silent goes at its first miss). Also the number
+    /// of rounds in a row no host may answer, while every heartbeat does,
+    /// before ICMP is taken to be failing rather than the members.
     pub ping_misses: u32,
     /// Silence on the application heartbeat after which a member is suspect.
     pub suspect_after: Duration,
@@ -202,6 +207,16 @@ pub enum Event {
         /// original-system node, which has none).
         heartbeat_answers: bool,
     },
+    /// No host has answered ICMP for `rounds` rounds in a row while every
+    /// heartbeat answers: ICMP is failing, not the members. Until
+    /// [`Event::IcmpAnswering`], missed rounds count against no one.
+    IcmpUnanswered {
+        /// Rounds in a row without any reply.
+        rounds: u32,
+    },
+    /// A host answered ICMP again after [`Event::IcmpUnanswered`]; missed
+    /// rounds count again, from zero.
+    IcmpAnswering,
     /// The last member is gone.
     NoneLeft,
 }
@@ -252,6 +267,10 @@ pub struct Membership {
     by_conn: HashMap<ConnId, NodeId>,
     /// Ids that were members at some point, for "rejoined" logs.
     ever_seen: HashMap<NodeId, u64>,
+    /// Rounds in a row in which no host answered while every heartbeat did.
+    unanswered_rounds: u32,
+    /// Set by [`Event::IcmpUnanswered`], cleared by [`Event::IcmpAnswering`].
+    icmp_unanswered: bool,
 }
 
 impl Membership {
@@ -262,6 +281,8 @@ impl Membership {
             members: BTreeMap::new(),
             by_conn: HashMap::new(),
             ever_seen: HashMap::new(),
+            unanswered_rounds: 0,
+            icmp_unanswered: false,
         }
     }
 
@@ -333,11 +354,57 @@ impl Membership {
     }
 
     /// Results of one periodic ICMP round: one outcome per member probed.
-    /// Results about connections that are no longer members are ignored.
+    ///
+    /// A miss counts against a member unless no host answered the round
+    /// while every probed member's heartbeat answers (see the module docs);
+    /// results about connections that are no longer members are ignored.
     pub fn round_result(&mut self, results: &[(ConnId, ProbeOutcome)], now: Instant) -> Vec<Event> {
+        let probed: Vec<(ConnId, ProbeOutcome)> = results
+            .iter()
+            .filter(|(conn, _)| self.is_member(*conn))
+            .copied()
+            .collect();
+        let answered = probed
+            .iter()
+            .any(|(_, outcome)| matches!(outcome, ProbeOutcome::Reply(_)));
+        let missed = probed
+            .iter()
+            .any(|(_, outcome)| *outcome == ProbeOutcome::NoReply);
         let mut events = Vec::new();
-        for (conn, outcome) in results {
-            events.extend(self.member_round_result(*conn, *outcome, now));
+        if answered {
+            self.unanswered_rounds = 0;
+            if self.icmp_unanswered {
+                self.icmp_unanswered = false;
+                // Misses before the outage and after it are not "in a row".
+                for member in self.members.values_mut() {
+                    member.icmp_misses = 0;
+                }
+                events.push(Event::IcmpAnswering);
+            }
+        } else if missed {
+            if self.icmp_unanswered {
+                return events;
+            }
+            let suspect_after = self.config.suspect_after;
+            let every_heartbeat_answers = probed.iter().all(|(conn, _)| {
+                self.member(*conn)
+                    .is_some_and(|m| m.heartbeat_answers(now, suspect_after))
+            });
+            if every_heartbeat_answers {
+                // Says nothing about any member; only about ICMP.
+                self.unanswered_rounds += 1;
+                if self.unanswered_rounds >= self.misses_allowed() {
+                    self.icmp_unanswered = true;
+                    events.push(Event::IcmpUnanswered {
+                        rounds: self.unanswered_rounds,
+                    });
+                }
+                return events;
+            }
+            self.unanswered_rounds = 0;
+        }
+        for (conn, outcome) in probed {
+            events.extend(self.member_round_result(conn, outcome, now));
         }
         events
     }
@@ -397,6 +464,8 @@ impl Membership {
         let silent_for = now.saturating_duration_since(member.last_heartbeat);
         let reason = match outcome {
             ProbeOutcome::Reply(_) => EvictReason::Hung { silent_for },
+            // While no host answers ICMP, a missing reply says nothing of this one.
+            ProbeOutcome::NoReply if self.icmp_unanswered => EvictReason::Silent { silent_for },
             ProbeOutcome::NoReply => EvictReason::Unreachable,
             ProbeOutcome::Unavailable => EvictReason::Silent { silent_for },
         };
@@ -486,6 +555,11 @@ impl Membership {
     /// Whether `conn` is a current member's connection.
     pub fn is_member(&self, conn: ConnId) -> bool {
         self.by_conn.contains_key(&conn)
+    }
+
+    fn member(&self, conn: ConnId) -> Option<&Member> {
+        let node = self.by_conn.get(&conn)?;
+        self.members.get(node)
     }
 
     fn member_mut(&mut self, conn: ConnId) -> Option<&mut Member> {

@@ -390,6 +390,59 @@ async fn one_lost_echo_evicts_no_one() {
     cluster.stop().await;
 }
 
+/// Current-thread runtime: the captured log sees every line the head node writes.
+#[tokio::test]
+async fn filtered_icmp_evicts_no_one_while_heartbeats_answer_and_is_logged_once() {
+    let (logs, _guard) = support::LogCapture::start();
+    let mut config = fast_config();
+    config.ping_interval = Duration::from_millis(100);
+    config.detector.ping_misses = 3;
+    // Generous, so that a slow machine cannot make a member look suspect.
+    config.detector.suspect_after = Duration::from_secs(3);
+    config.detector.hung_grace = Duration::from_secs(3);
+    let mut cluster = Cluster::start(config).await;
+    for id in ["dn1", "dn2"] {
+        let config = cluster.node_config(id);
+        cluster.add_node(config).await;
+    }
+
+    cluster.prober.set_all_down(true);
+    cluster
+        .wait_for("ICMP to be given up on", |e| {
+            matches!(e, Event::IcmpUnanswered { rounds: 3 })
+        })
+        .await;
+    // About ten more rounds without a reply.
+    let events = cluster.events_within(Duration::from_secs(1)).await;
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, Event::Evicted { .. } | Event::IcmpUnanswered { .. })),
+        "{events:?}"
+    );
+
+    cluster.prober.set_all_down(false);
+    cluster
+        .wait_for("ICMP to answer again", |e| *e == Event::IcmpAnswering)
+        .await;
+    let events = cluster.events_within(Duration::from_millis(500)).await;
+    assert!(
+        !events.iter().any(|e| matches!(e, Event::Evicted { .. })),
+        "{events:?}"
+    );
+    cluster.stop().await;
+    assert_eq!(
+        logs.count(
+            "ICMP unavailable: no echo reply from any data node for 3 rounds while every heartbeat answers; \
+             evicting on heartbeat and connection loss only"
+        ),
+        1
+    );
+    assert_eq!(logs.count("ICMP answering again"), 1);
+    assert_eq!(logs.count("did not answer ping"), 0);
+    assert_eq!(logs.count("no disponible"), 0);
+}
+
 #[tokio::test]
 async fn ipv4_peers_of_a_dual_stack_listener_are_known_by_their_ipv4_address() {
     let listener = match tokio::net::TcpListener::bind("[::]:0").await {

@@ -229,6 +229,7 @@ fn legacy_member_is_evicted_after_ping_misses_rounds() {
     let t0 = Instant::now();
     let mut m = cluster();
     m.register(legacy("dn-10.0.0.9-4000", 7, 30), t0).unwrap();
+    // Alone and without a heartbeat: nothing says ICMP rather than the host failed.
     let round = [(30, LOST)];
     assert_eq!(
         missed(&m.round_result(&round, t0 + SECOND)),
@@ -273,6 +274,167 @@ fn results_about_former_connections_are_ignored() {
         assert!(m.round_result(&[(10, LOST)], t0 + s * SECOND).is_empty());
     }
     assert_eq!(routable(&m), ["dn1"]);
+}
+
+/// A round in which `conns` all miss, at `t0 + s` seconds, after each
+/// member answers its heartbeat.
+fn silent_round(m: &mut Membership, t0: Instant, s: u32, conns: &[ConnId]) -> Vec<Event> {
+    let now = t0 + s * SECOND;
+    for conn in conns {
+        m.heartbeat(*conn, now);
+    }
+    let results: Vec<_> = conns.iter().map(|conn| (*conn, LOST)).collect();
+    m.round_result(&results, now)
+}
+
+#[test]
+fn no_host_answering_while_every_heartbeat_does_evicts_no_one_and_is_told_once() {
+    let t0 = Instant::now();
+    let mut m = cluster();
+    m.register(member("dn1", 1, 10), t0).unwrap();
+    m.register(member("dn2", 1, 20), t0).unwrap();
+    assert!(silent_round(&mut m, t0, 1, &[10, 20]).is_empty());
+    assert!(silent_round(&mut m, t0, 2, &[10, 20]).is_empty());
+    assert_eq!(
+        silent_round(&mut m, t0, 3, &[10, 20]),
+        [Event::IcmpUnanswered { rounds: 3 }]
+    );
+    for s in 4..=20 {
+        assert!(
+            silent_round(&mut m, t0, s, &[10, 20]).is_empty(),
+            "round {s}"
+        );
+    }
+    assert_eq!(routable(&m), ["dn1", "dn2"]);
+
+    // The first reply ends it, and the count starts from zero.
+    m.heartbeat(10, t0 + 21 * SECOND);
+    m.heartbeat(20, t0 + 21 * SECOND);
+    let events = m.round_result(&[(10, RTT), (20, LOST)], t0 + 21 * SECOND);
+    assert_eq!(events[0], Event::IcmpAnswering);
+    assert_eq!(missed(&events), [("dn2".into(), 1, true)]);
+    assert!(matches!(&events[1], Event::Available { member, .. } if member.conn == 10));
+    assert!(
+        !m.round_result(&[(10, RTT)], t0 + 21 * SECOND)
+            .contains(&Event::IcmpAnswering),
+        "told once"
+    );
+}
+
+#[test]
+fn a_lone_member_whose_icmp_is_filtered_stays() {
+    let t0 = Instant::now();
+    let mut m = cluster();
+    m.register(member("dn1", 1, 10), t0).unwrap();
+    let events: Vec<Event> = (1..=10)
+        .flat_map(|s| silent_round(&mut m, t0, s, &[10]))
+        .collect();
+    assert_eq!(events, [Event::IcmpUnanswered { rounds: 3 }]);
+    assert_eq!(routable(&m), ["dn1"]);
+}
+
+#[test]
+fn rounds_without_replies_must_be_in_a_row_to_count_as_an_icmp_outage() {
+    let t0 = Instant::now();
+    let mut m = cluster();
+    m.register(member("dn1", 1, 10), t0).unwrap();
+    m.register(member("dn2", 1, 20), t0).unwrap();
+    for s in [1, 3, 5, 7] {
+        assert!(silent_round(&mut m, t0, s, &[10, 20]).is_empty());
+        assert!(silent_round(&mut m, t0, s + 1, &[10, 20]).is_empty());
+        m.round_result(&[(10, RTT), (20, RTT)], t0 + (s + 1) * SECOND);
+    }
+    assert_eq!(routable(&m), ["dn1", "dn2"]);
+}
+
+#[test]
+fn no_host_answering_is_not_an_icmp_outage_while_a_member_is_suspect() {
+    let t0 = Instant::now();
+    let mut m = cluster();
+    m.register(member("dn1", 1, 10), t0).unwrap();
+    m.register(member("dn2", 1, 20), t0).unwrap();
+    m.heartbeat(20, t0 + 2 * SECOND);
+    m.tick(t0 + 2 * SECOND);
+    let events = m.round_result(&[(10, LOST), (20, LOST)], t0 + 2 * SECOND);
+    assert_eq!(
+        evicted(&events),
+        [("dn1".to_string(), EvictReason::Unreachable)]
+    );
+    assert_eq!(missed(&events), [("dn2".into(), 1, true)]);
+}
+
+#[test]
+fn with_a_legacy_member_no_host_answering_counts_against_everyone() {
+    let t0 = Instant::now();
+    let mut m = cluster();
+    m.register(member("dn1", 1, 10), t0).unwrap();
+    m.register(legacy("dn-10.0.0.9-4000", 7, 30), t0).unwrap();
+    let mut events = Vec::new();
+    for s in 1..=3 {
+        m.heartbeat(10, t0 + s * SECOND);
+        events.extend(m.round_result(&[(10, LOST), (30, LOST)], t0 + s * SECOND));
+    }
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, Event::IcmpUnanswered { .. }))
+    );
+    assert_eq!(evicted(&events).len(), 2, "{events:?}");
+}
+
+#[test]
+fn during_an_icmp_outage_icmp_alone_evicts_no_one() {
+    let t0 = Instant::now();
+    let mut m = cluster();
+    m.register(member("dn1", 1, 10), t0).unwrap();
+    for s in 1..=3 {
+        silent_round(&mut m, t0, s, &[10]);
+    }
+    // An original node joins meanwhile: it has no heartbeat to vouch for
+    // it, but ICMP cannot judge it either.
+    m.register(legacy("dn-10.0.0.9-4000", 7, 30), t0 + 3 * SECOND)
+        .unwrap();
+    for s in 4..=10 {
+        m.heartbeat(10, t0 + s * SECOND);
+        assert!(
+            m.round_result(&[(10, LOST), (30, LOST)], t0 + s * SECOND)
+                .is_empty()
+        );
+    }
+    assert_eq!(routable(&m), ["dn-10.0.0.9-4000", "dn1"]);
+}
+
+#[test]
+fn during_an_icmp_outage_a_silent_member_is_evicted_as_silent_not_unreachable() {
+    let t0 = Instant::now();
+    let mut m = cluster();
+    m.register(member("dn1", 1, 10), t0).unwrap();
+    for s in 1..=3 {
+        silent_round(&mut m, t0, s, &[10]);
+    }
+    // dn1 last answered at 3 s.
+    assert!(matches!(
+        m.tick(t0 + 5 * SECOND)[..],
+        [Event::Suspected { .. }]
+    ));
+    assert!(
+        m.round_result(&[(10, LOST)], t0 + 5 * SECOND).is_empty(),
+        "no verdict from ICMP"
+    );
+    assert!(matches!(
+        m.tick(t0 + 8 * SECOND)[..],
+        [Event::ProbeNow { .. }]
+    ));
+    let events = m.confirm_result(10, LOST, t0 + 8 * SECOND);
+    assert_eq!(
+        evicted(&events),
+        [(
+            "dn1".to_string(),
+            EvictReason::Silent {
+                silent_for: 5 * SECOND
+            }
+        )]
+    );
 }
 
 #[test]

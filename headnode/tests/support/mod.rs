@@ -8,6 +8,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,6 +26,8 @@ use tokio::time::Instant;
 #[derive(Default)]
 pub struct FakeProber {
     down: Mutex<HashSet<IpAddr>>,
+    /// As if ICMP were filtered: no host answers.
+    all_down: AtomicBool,
     /// Probes still to lose, per host.
     to_lose: Mutex<HashMap<IpAddr, u32>>,
 }
@@ -39,6 +42,10 @@ impl FakeProber {
         }
     }
 
+    pub fn set_all_down(&self, down: bool) {
+        self.all_down.store(down, Ordering::Relaxed);
+    }
+
     /// The next `n` probes of `ip` get no reply.
     pub fn lose_next(&self, ip: IpAddr, n: u32) {
         self.to_lose.lock().unwrap().insert(ip, n);
@@ -51,7 +58,7 @@ impl FakeProber {
                 return false;
             }
         }
-        !self.down.lock().unwrap().contains(&ip)
+        !self.all_down.load(Ordering::Relaxed) && !self.down.lock().unwrap().contains(&ip)
     }
 }
 
@@ -268,6 +275,50 @@ impl Cluster {
             "head node shutdown took {:?}",
             started.elapsed()
         );
+    }
+}
+
+/// Log lines written on this thread while the guard lives. With a
+/// current-thread runtime, that is everything the head node logs.
+#[derive(Clone, Default)]
+pub struct LogCapture(Arc<Mutex<Vec<u8>>>);
+
+impl LogCapture {
+    pub fn start() -> (LogCapture, tracing::subscriber::DefaultGuard) {
+        let capture = LogCapture::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(capture.clone())
+            .with_ansi(false)
+            .finish();
+        (capture, tracing::subscriber::set_default(subscriber))
+    }
+
+    /// How many lines contain `text`.
+    pub fn count(&self, text: &str) -> usize {
+        let bytes = self.0.lock().unwrap();
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .filter(|line| line.contains(text))
+            .count()
+    }
+}
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogCapture {
+    type Writer = LogCapture;
+
+    fn make_writer(&'a self) -> LogCapture {
+        self.clone()
     }
 }
 
