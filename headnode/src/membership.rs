@@ -21,9 +21,10 @@
 //!   answers: if it does, the process is **hung**; if not, it is
 //!   **unreachable**. Either way it is evicted.
 //!
-//! Members are keyed by node id plus *incarnation* (which changes on every
+//! Members are keyed by node id plus *incarnation* (which grows on every
 //! process start), and each registration by its connection id, so a late
-//! result about an old connection or an old incarnation is ignored.
+//! result about an old connection or an old incarnation is ignored, and an
+//! older process cannot take an id back from a newer one.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -227,6 +228,17 @@ pub enum Refusal {
     /// Another live process holds this node id.
     #[error("node id {0} is already in use by a live data node")]
     IdInUse(NodeId),
+    /// A newer process of this node has registered since this one started:
+    /// this one is a leftover and must not take the id back.
+    #[error("stale incarnation {incarnation} of {node}: incarnation {newer} has registered since")]
+    StaleIncarnation {
+        /// The node id asked for.
+        node: NodeId,
+        /// The incarnation that asked.
+        incarnation: u64,
+        /// The highest incarnation of `node` that has registered.
+        newer: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -265,7 +277,9 @@ pub struct Membership {
     config: DetectorConfig,
     members: BTreeMap<NodeId, Member>,
     by_conn: HashMap<ConnId, NodeId>,
-    /// Ids that were members at some point, for "rejoined" logs.
+    /// Ids that were members at some point, with the highest incarnation
+    /// registered (registration refuses lower ones, so it is the latest),
+    /// for "rejoined" logs and to refuse older processes.
     ever_seen: HashMap<NodeId, u64>,
     /// Rounds in a row in which no host answered while every heartbeat did.
     unanswered_rounds: u32,
@@ -288,12 +302,25 @@ impl Membership {
 
     /// A node asks to join.
     ///
-    /// The same id with the same incarnation is the same process on a new
-    /// connection: the old connection is stale and replaced. The same id with
-    /// another incarnation replaces the old member only if that one has
-    /// stopped answering (a restart racing its own eviction); a second live
-    /// process is refused.
+    /// Incarnations are ordered: one lower than the highest registered under
+    /// this id is an older process and is refused, whether the newer one is
+    /// still a member or not. The same incarnation is the same process on a
+    /// new connection: the old connection is stale and replaced. A higher
+    /// incarnation replaces the old member only if that one has stopped
+    /// answering (a restart racing its own eviction); while it is alive, the
+    /// id is in use and the newcomer is refused.
     pub fn register(&mut self, info: MemberInfo, now: Instant) -> Result<Vec<Event>, Refusal> {
+        let newer = self
+            .ever_seen
+            .get(&info.node)
+            .filter(|newer| **newer > info.incarnation);
+        if let Some(&newer) = newer {
+            return Err(Refusal::StaleIncarnation {
+                incarnation: info.incarnation,
+                newer,
+                node: info.node,
+            });
+        }
         let mut events = Vec::new();
         if let Some(existing) = self.members.get(&info.node) {
             let same_process = existing.info.incarnation == info.incarnation;

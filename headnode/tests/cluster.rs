@@ -475,6 +475,34 @@ async fn ipv4_peers_of_a_dual_stack_listener_are_known_by_their_ipv4_address() {
 }
 
 #[tokio::test]
+async fn older_incarnation_of_a_node_is_refused() {
+    let mut cluster = Cluster::start(fast_config()).await;
+    let config = cluster.node_config("dn1");
+    let incarnation = config.incarnation;
+    cluster.add_node(config).await;
+    let stream = TcpStream::connect(cluster.addr).await.unwrap();
+    let mut conn = protocol::Connection::connect(stream, 1024).unwrap();
+    let role = format!("dataNode id=dn1 incarnation={}", incarnation - 1);
+    protocol::handshake::initiate(
+        &mut conn.reader,
+        &mut conn.writer,
+        Some(&role),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let answer = conn.reader.read_frame().await.unwrap().unwrap();
+    assert_eq!(
+        answer.as_str(),
+        format!(
+            "ERROR stale incarnation {} of dn1: incarnation {incarnation} has registered since",
+            incarnation - 1
+        )
+    );
+    cluster.stop().await;
+}
+
+#[tokio::test]
 async fn second_live_process_with_the_same_id_is_refused() {
     let cluster = start_with_nodes(1).await;
     let mut twin = cluster.node_config("dn1");

@@ -96,6 +96,53 @@ fn second_live_process_with_the_same_id_is_refused() {
 }
 
 #[test]
+fn older_incarnation_is_refused_whatever_became_of_the_newer_one() {
+    let t0 = Instant::now();
+    let mut m = cluster();
+    m.register(member("dn1", 5, 10), t0).unwrap();
+    let stale = "stale incarnation 4 of dn1: incarnation 5 has registered since";
+    // The newer one is alive, ...
+    let refusal = m.register(member("dn1", 4, 11), t0).unwrap_err();
+    assert_eq!(refusal.to_string(), stale);
+    // ... suspect, ...
+    m.tick(t0 + 2 * SECOND);
+    let refusal = m
+        .register(member("dn1", 4, 12), t0 + 2 * SECOND)
+        .unwrap_err();
+    assert_eq!(refusal.to_string(), stale);
+    assert!(m.is_member(10), "a refusal evicts no one");
+    // ... or already evicted.
+    m.connection_lost(10, "reset");
+    let refusal = m
+        .register(member("dn1", 4, 13), t0 + 3 * SECOND)
+        .unwrap_err();
+    assert_eq!(
+        refusal,
+        Refusal::StaleIncarnation {
+            node: "dn1".parse().unwrap(),
+            incarnation: 4,
+            newer: 5
+        }
+    );
+    assert!(routable(&m).is_empty());
+    // The newer process itself comes back, on a new connection.
+    let events = m.register(member("dn1", 5, 14), t0 + 4 * SECOND).unwrap();
+    assert!(matches!(
+        &events[..],
+        [Event::Joined { rejoined: true, .. }]
+    ));
+}
+
+#[test]
+fn incarnation_order_is_per_node_id() {
+    let t0 = Instant::now();
+    let mut m = cluster();
+    m.register(member("dn1", 5, 10), t0).unwrap();
+    m.register(member("dn2", 1, 20), t0).unwrap();
+    assert_eq!(routable(&m), ["dn1", "dn2"]);
+}
+
+#[test]
 fn same_process_on_a_new_connection_replaces_the_stale_one() {
     let t0 = Instant::now();
     let mut m = cluster();
