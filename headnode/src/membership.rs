@@ -36,6 +36,17 @@ use protocol::message::NodeId;
 /// Identifies one accepted data-node connection for its whole life.
 pub type ConnId = u64;
 
+/// How many node ids [`Membership`] remembers (with the highest incarnation
+/// each has registered), for "rejoined" logs and to refuse older processes.
+///
+/// Current members are always remembered; beyond this many ids, the one
+/// registered least recently among the rest is forgotten, so registration
+/// churn with made-up ids cannot grow the head node's memory without bound.
+/// Forgetting an id costs little but is not free: when it registers again
+/// it is logged as joined rather than rejoined, and an older incarnation of
+/// it (a stale process) could register again, since nothing newer is known.
+pub const REMEMBERED_IDS: usize = 4096;
+
 /// Timings of the failure detectors.
 #[derive(Debug, Clone)]
 pub struct DetectorConfig {
@@ -159,7 +170,8 @@ pub enum Event {
     Joined {
         /// The new member.
         member: MemberInfo,
-        /// Whether the id had been a member before.
+        /// Whether the id had been a member before (and is still
+        /// remembered: see [`REMEMBERED_IDS`]).
         rejoined: bool,
     },
     /// A member stopped answering the application heartbeat; route nothing new to it.
@@ -271,16 +283,29 @@ impl Member {
     }
 }
 
+/// What is remembered of a node id that has registered.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    /// The highest incarnation that has registered under the id.
+    incarnation: u64,
+    /// When it last registered, in registrations since start: the order in
+    /// which ids are forgotten.
+    registered: u64,
+}
+
 /// The membership state machine. See the module docs.
 #[derive(Debug)]
 pub struct Membership {
     config: DetectorConfig,
     members: BTreeMap<NodeId, Member>,
     by_conn: HashMap<ConnId, NodeId>,
-    /// Ids that were members at some point, with the highest incarnation
-    /// registered (registration refuses lower ones, so it is the latest),
-    /// for "rejoined" logs and to refuse older processes.
-    ever_seen: HashMap<NodeId, u64>,
+    /// Ids that have registered: every member, and others up to
+    /// [`REMEMBERED_IDS`] ids in all.
+    ever_seen: HashMap<NodeId, Seen>,
+    /// The ids of `ever_seen` that are not current members, by
+    /// `Seen::registered`: the ones that may be forgotten, oldest first.
+    forgettable: BTreeMap<u64, NodeId>,
+    registrations: u64,
     /// Rounds in a row in which no host answered while every heartbeat did.
     unanswered_rounds: u32,
     /// Set by [`Event::IcmpUnanswered`], cleared by [`Event::IcmpAnswering`].
@@ -295,6 +320,8 @@ impl Membership {
             members: BTreeMap::new(),
             by_conn: HashMap::new(),
             ever_seen: HashMap::new(),
+            forgettable: BTreeMap::new(),
+            registrations: 0,
             unanswered_rounds: 0,
             icmp_unanswered: false,
         }
@@ -313,11 +340,11 @@ impl Membership {
         let newer = self
             .ever_seen
             .get(&info.node)
-            .filter(|newer| **newer > info.incarnation);
-        if let Some(&newer) = newer {
+            .filter(|seen| seen.incarnation > info.incarnation);
+        if let Some(seen) = newer {
             return Err(Refusal::StaleIncarnation {
                 incarnation: info.incarnation,
-                newer,
+                newer: seen.incarnation,
                 node: info.node,
             });
         }
@@ -341,10 +368,7 @@ impl Membership {
             // Replacing is not the cluster running dry.
             events.retain(|e| *e != Event::NoneLeft);
         }
-        let rejoined = self
-            .ever_seen
-            .insert(info.node.clone(), info.incarnation)
-            .is_some();
+        let rejoined = self.remember(&info);
         self.by_conn.insert(info.conn, info.node.clone());
         self.members.insert(
             info.node.clone(),
@@ -598,6 +622,43 @@ impl Membership {
         self.config.ping_misses.max(1)
     }
 
+    /// Records a registration; whether the id had registered before.
+    fn remember(&mut self, info: &MemberInfo) -> bool {
+        self.registrations += 1;
+        let registered = self.registrations;
+        let rejoined = match self.ever_seen.get_mut(&info.node) {
+            Some(seen) => {
+                self.forgettable.remove(&seen.registered);
+                seen.incarnation = seen.incarnation.max(info.incarnation);
+                seen.registered = registered;
+                true
+            }
+            None => {
+                self.ever_seen.insert(
+                    info.node.clone(),
+                    Seen {
+                        incarnation: info.incarnation,
+                        registered,
+                    },
+                );
+                false
+            }
+        };
+        self.forget_beyond_limit();
+        rejoined
+    }
+
+    /// Forgets the least recently registered non-members beyond [`REMEMBERED_IDS`].
+    fn forget_beyond_limit(&mut self) {
+        while self.ever_seen.len() > REMEMBERED_IDS {
+            let Some((_, node)) = self.forgettable.pop_first() else {
+                // Every id remembered is a member.
+                return;
+            };
+            self.ever_seen.remove(&node);
+        }
+    }
+
     fn evict(&mut self, conn: ConnId, reason: EvictReason) -> Vec<Event> {
         let Some(node) = self.by_conn.remove(&conn) else {
             return Vec::new();
@@ -605,6 +666,10 @@ impl Membership {
         let Some(member) = self.members.remove(&node) else {
             return Vec::new();
         };
+        if let Some(seen) = self.ever_seen.get(&node) {
+            // Forgotten at the next registration, if it is then the oldest.
+            self.forgettable.insert(seen.registered, node);
+        }
         let mut events = vec![Event::Evicted {
             member: member.info,
             reason,

@@ -636,3 +636,81 @@ fn eviction_reasons_read_well_in_logs() {
         "connection lost (reset by peer)"
     );
 }
+
+/// Registers `n` made-up ids, each dropping its connection at once.
+fn churn(m: &mut Membership, t0: Instant, prefix: &str, n: usize, first_conn: ConnId) {
+    for i in 0..n {
+        let conn = first_conn + i as ConnId;
+        m.register(member(&format!("{prefix}{i}"), 1, conn), t0)
+            .unwrap();
+        m.connection_lost(conn, "reset");
+    }
+}
+
+#[test]
+fn remembered_ids_are_bounded_under_registration_churn() {
+    let t0 = Instant::now();
+    let mut m = cluster();
+    churn(&mut m, t0, "made-up-", REMEMBERED_IDS + 100, 1000);
+    assert_eq!(m.ever_seen.len(), REMEMBERED_IDS);
+    assert_eq!(m.forgettable.len(), REMEMBERED_IDS);
+    // The least recently registered are forgotten: such an id joins anew.
+    let events = m.register(member("made-up-0", 1, 1), t0).unwrap();
+    assert!(matches!(
+        &events[..],
+        [Event::Joined {
+            rejoined: false,
+            ..
+        }]
+    ));
+    let last = format!("made-up-{}", REMEMBERED_IDS + 99);
+    let events = m.register(member(&last, 1, 2), t0).unwrap();
+    assert!(matches!(
+        &events[..],
+        [Event::Joined { rejoined: true, .. }]
+    ));
+    assert_eq!(m.ever_seen.len(), REMEMBERED_IDS);
+}
+
+#[test]
+fn members_and_recently_registered_ids_are_not_forgotten() {
+    let t0 = Instant::now();
+    let mut m = cluster();
+    m.register(member("member", 5, 1), t0).unwrap();
+    m.register(member("returning", 5, 2), t0).unwrap();
+    m.connection_lost(2, "reset");
+    churn(&mut m, t0, "made-up-", REMEMBERED_IDS / 2, 1000);
+    // Registering again makes it recent.
+    m.register(member("returning", 5, 3), t0).unwrap();
+    m.connection_lost(3, "reset");
+    // Ten more than fit: the oldest made-up ids go, and nothing else.
+    churn(&mut m, t0, "more-", REMEMBERED_IDS / 2 + 8, 100_000);
+    assert_eq!(m.ever_seen.len(), REMEMBERED_IDS);
+    let remembered = |id: &str| m.ever_seen.contains_key(&id.parse::<NodeId>().unwrap());
+    assert!(!remembered("made-up-9") && remembered("made-up-10"));
+    assert!(matches!(
+        m.register(member("member", 4, 4), t0),
+        Err(Refusal::StaleIncarnation { newer: 5, .. })
+    ));
+    assert!(matches!(
+        m.register(member("returning", 4, 5), t0),
+        Err(Refusal::StaleIncarnation { newer: 5, .. })
+    ));
+}
+
+#[test]
+fn with_more_members_than_remembered_ids_every_member_is_remembered() {
+    let t0 = Instant::now();
+    let mut m = cluster();
+    let n = REMEMBERED_IDS + 10;
+    for i in 0..n {
+        m.register(member(&format!("dn{i}"), 1, i as ConnId), t0)
+            .unwrap();
+    }
+    assert_eq!(m.ever_seen.len(), n);
+    for i in 0..n {
+        m.connection_lost(i as ConnId, "reset");
+    }
+    churn(&mut m, t0, "made-up-", 1, 1_000_000);
+    assert_eq!(m.ever_seen.len(), REMEMBERED_IDS);
+}
