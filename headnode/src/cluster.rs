@@ -170,13 +170,7 @@ impl Driver {
             Input::Leaving { conn } => membership.leaving(conn),
             Input::Drained { conn } => membership.left(conn),
             Input::AckTimeout { conn } => membership.ack_timeout(conn),
-            Input::RoundDone { results } => {
-                let mut events = Vec::new();
-                for (conn, outcome) in results {
-                    events.extend(membership.round_result(conn, outcome));
-                }
-                events
-            }
+            Input::RoundDone { results } => membership.round_result(&results, now()),
             Input::ConfirmDone { conn, outcome } => membership.confirm_result(conn, outcome, now()),
         }
     }
@@ -295,8 +289,28 @@ impl Driver {
                         rtt.as_secs_f64() * 1000.0
                     );
                 }
-                Event::Missed { member, misses } => {
-                    warn!(target: HEARTBEAT_TARGET, "{member} did not answer ping ({misses} of {misses_allowed} allowed misses)");
+                Event::Missed {
+                    member,
+                    misses,
+                    heartbeat_answers,
+                } => {
+                    let heartbeat = if *heartbeat_answers {
+                        "; its heartbeat still answers"
+                    } else {
+                        ""
+                    };
+                    warn!(target: HEARTBEAT_TARGET, "{member} did not answer ping ({misses} of {misses_allowed} allowed misses){heartbeat}");
+                }
+                Event::IcmpUnanswered { rounds } => {
+                    let plural = if *rounds == 1 { "" } else { "s" };
+                    warn!(
+                        target: HEARTBEAT_TARGET,
+                        "ICMP unavailable: no echo reply from any data node for {rounds} round{plural} while every heartbeat answers; \
+                         evicting on heartbeat and connection loss only"
+                    );
+                }
+                Event::IcmpAnswering => {
+                    info!(target: HEARTBEAT_TARGET, "ICMP answering again; missed rounds count toward eviction again");
                 }
                 Event::NoneLeft => {
                     warn!(target: HEARTBEAT_TARGET, "no hay dataNodes");

@@ -37,8 +37,11 @@ struct Args {
     /// How long one ICMP echo may take before it counts as missed.
     #[arg(long, env = "PING_TIMEOUT", default_value = "1s", value_parser = parse_timeout)]
     ping_timeout: Duration,
-    /// ICMP rounds a data node may miss in a row before it is evicted.
-    #[arg(long, env = "PING_MISSES", default_value_t = 1,
+    /// ICMP rounds a data node may miss in a row before it is evicted (one
+    /// is enough if its heartbeat is silent too). When no data node answers
+    /// this many rounds while every heartbeat does, ICMP is taken to be
+    /// filtered and evicts no one until a host answers again.
+    #[arg(long, env = "PING_MISSES", default_value_t = headnode::DetectorConfig::default().ping_misses,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     ping_misses: u32,
     /// Period of the application heartbeat on each data-node connection.

@@ -7,7 +7,13 @@
 //!
 //! Three detectors feed it:
 //! - **ICMP rounds** (the original system's heartbeat): a member whose host
-//!   does not answer `ping_misses` rounds in a row is evicted as unreachable;
+//!   does not answer `ping_misses` rounds in a row is evicted as unreachable,
+//!   and so is a member whose host misses one round while its application
+//!   heartbeat is already silent (two detectors agreeing). One lost echo
+//!   alone evicts no one. When no host answers a round while every heartbeat
+//!   does, ICMP itself is failing (filtered, rate-limited), not the members:
+//!   such a round counts against no one, and after `ping_misses` of them in
+//!   a row ICMP alone evicts no one until some host answers again;
 //! - **connection loss**: evicted at once;
 //! - **application heartbeat**: a member whose process stops answering
 //!   `ping <n>` for `suspect_after` is *suspect* (sent no new messages);
@@ -15,9 +21,10 @@
 //!   answers: if it does, the process is **hung**; if not, it is
 //!   **unreachable**. Either way it is evicted.
 //!
-//! Members are keyed by node id plus *incarnation* (which changes on every
+//! Members are keyed by node id plus *incarnation* (which grows on every
 //! process start), and each registration by its connection id, so a late
-//! result about an old connection or an old incarnation is ignored.
+//! result about an old connection or an old incarnation is ignored, and an
+//! older process cannot take an id back from a newer one.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -29,10 +36,24 @@ use protocol::message::NodeId;
 /// Identifies one accepted data-node connection for its whole life.
 pub type ConnId = u64;
 
+/// How many node ids [`Membership`] remembers (with the highest incarnation
+/// each has registered), for "rejoined" logs and to refuse older processes.
+///
+/// Current members are always remembered; beyond this many ids, the one
+/// registered least recently among the rest is forgotten, so registration
+/// churn with made-up ids cannot grow the head node's memory without bound.
+/// Forgetting an id costs little but is not free: when it registers again
+/// it is logged as joined rather than rejoined, and an older incarnation of
+/// it (a stale process) could register again, since nothing newer is known.
+pub const REMEMBERED_IDS: usize = 4096;
+
 /// Timings of the failure detectors.
 #[derive(Debug, Clone)]
 pub struct DetectorConfig {
-    /// ICMP rounds a member may miss in a row before eviction.
+    /// ICMP rounds a member may miss in a row before eviction (a member whose
+    /// heartbeat is already silent goes at its first miss). Also the number
+    /// of rounds in a row no host may answer, while every heartbeat does,
+    /// before ICMP is taken to be failing rather than the members.
     pub ping_misses: u32,
     /// Silence on the application heartbeat after which a member is suspect.
     pub suspect_after: Duration,
@@ -43,7 +64,7 @@ pub struct DetectorConfig {
 impl Default for DetectorConfig {
     fn default() -> Self {
         DetectorConfig {
-            ping_misses: 1,
+            ping_misses: 3,
             suspect_after: Duration::from_secs(2),
             hung_grace: Duration::from_secs(3),
         }
@@ -149,7 +170,8 @@ pub enum Event {
     Joined {
         /// The new member.
         member: MemberInfo,
-        /// Whether the id had been a member before.
+        /// Whether the id had been a member before (and is still
+        /// remembered: see [`REMEMBERED_IDS`]).
         rejoined: bool,
     },
     /// A member stopped answering the application heartbeat; route nothing new to it.
@@ -194,7 +216,20 @@ pub enum Event {
         member: MemberInfo,
         /// Rounds missed in a row.
         misses: u32,
+        /// Whether its application heartbeat still answers (never for an
+        /// original-system node, which has none).
+        heartbeat_answers: bool,
     },
+    /// No host has answered ICMP for `rounds` rounds in a row while every
+    /// heartbeat answers: ICMP is failing, not the members. Until
+    /// [`Event::IcmpAnswering`], missed rounds count against no one.
+    IcmpUnanswered {
+        /// Rounds in a row without any reply.
+        rounds: u32,
+    },
+    /// A host answered ICMP again after [`Event::IcmpUnanswered`]; missed
+    /// rounds count again, from zero.
+    IcmpAnswering,
     /// The last member is gone.
     NoneLeft,
 }
@@ -205,6 +240,17 @@ pub enum Refusal {
     /// Another live process holds this node id.
     #[error("node id {0} is already in use by a live data node")]
     IdInUse(NodeId),
+    /// A newer process of this node has registered since this one started:
+    /// this one is a leftover and must not take the id back.
+    #[error("stale incarnation {incarnation} of {node}: incarnation {newer} has registered since")]
+    StaleIncarnation {
+        /// The node id asked for.
+        node: NodeId,
+        /// The incarnation that asked.
+        incarnation: u64,
+        /// The highest incarnation of `node` that has registered.
+        newer: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,14 +272,44 @@ struct Member {
     icmp_misses: u32,
 }
 
+impl Member {
+    /// Whether its heartbeat answered within `suspect_after` (judged from
+    /// the time, too: `tick` may not have run since it went quiet). Never
+    /// for a legacy member, which has no heartbeat.
+    fn heartbeat_answers(&self, now: Instant, suspect_after: Duration) -> bool {
+        !self.info.legacy
+            && matches!(self.health, Health::Alive | Health::Leaving)
+            && now.saturating_duration_since(self.last_heartbeat) < suspect_after
+    }
+}
+
+/// What is remembered of a node id that has registered.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    /// The highest incarnation that has registered under the id.
+    incarnation: u64,
+    /// When it last registered, in registrations since start: the order in
+    /// which ids are forgotten.
+    registered: u64,
+}
+
 /// The membership state machine. See the module docs.
 #[derive(Debug)]
 pub struct Membership {
     config: DetectorConfig,
     members: BTreeMap<NodeId, Member>,
     by_conn: HashMap<ConnId, NodeId>,
-    /// Ids that were members at some point, for "rejoined" logs.
-    ever_seen: HashMap<NodeId, u64>,
+    /// Ids that have registered: every member, and others up to
+    /// [`REMEMBERED_IDS`] ids in all.
+    ever_seen: HashMap<NodeId, Seen>,
+    /// The ids of `ever_seen` that are not current members, by
+    /// `Seen::registered`: the ones that may be forgotten, oldest first.
+    forgettable: BTreeMap<u64, NodeId>,
+    registrations: u64,
+    /// Rounds in a row in which no host answered while every heartbeat did.
+    unanswered_rounds: u32,
+    /// Set by [`Event::IcmpUnanswered`], cleared by [`Event::IcmpAnswering`].
+    icmp_unanswered: bool,
 }
 
 impl Membership {
@@ -244,17 +320,34 @@ impl Membership {
             members: BTreeMap::new(),
             by_conn: HashMap::new(),
             ever_seen: HashMap::new(),
+            forgettable: BTreeMap::new(),
+            registrations: 0,
+            unanswered_rounds: 0,
+            icmp_unanswered: false,
         }
     }
 
     /// A node asks to join.
     ///
-    /// The same id with the same incarnation is the same process on a new
-    /// connection: the old connection is stale and replaced. The same id with
-    /// another incarnation replaces the old member only if that one has
-    /// stopped answering (a restart racing its own eviction); a second live
-    /// process is refused.
+    /// Incarnations are ordered: one lower than the highest registered under
+    /// this id is an older process and is refused, whether the newer one is
+    /// still a member or not. The same incarnation is the same process on a
+    /// new connection: the old connection is stale and replaced. A higher
+    /// incarnation replaces the old member only if that one has stopped
+    /// answering (a restart racing its own eviction); while it is alive, the
+    /// id is in use and the newcomer is refused.
     pub fn register(&mut self, info: MemberInfo, now: Instant) -> Result<Vec<Event>, Refusal> {
+        let newer = self
+            .ever_seen
+            .get(&info.node)
+            .filter(|seen| seen.incarnation > info.incarnation);
+        if let Some(seen) = newer {
+            return Err(Refusal::StaleIncarnation {
+                incarnation: info.incarnation,
+                newer: seen.incarnation,
+                node: info.node,
+            });
+        }
         let mut events = Vec::new();
         if let Some(existing) = self.members.get(&info.node) {
             let same_process = existing.info.incarnation == info.incarnation;
@@ -275,10 +368,7 @@ impl Membership {
             // Replacing is not the cluster running dry.
             events.retain(|e| *e != Event::NoneLeft);
         }
-        let rejoined = self
-            .ever_seen
-            .insert(info.node.clone(), info.incarnation)
-            .is_some();
+        let rejoined = self.remember(&info);
         self.by_conn.insert(info.conn, info.node.clone());
         self.members.insert(
             info.node.clone(),
@@ -314,9 +404,70 @@ impl Membership {
         }
     }
 
-    /// Result of one periodic ICMP round for a member.
-    pub fn round_result(&mut self, conn: ConnId, outcome: ProbeOutcome) -> Vec<Event> {
-        let misses_allowed = self.config.ping_misses.max(1);
+    /// Results of one periodic ICMP round: one outcome per member probed.
+    ///
+    /// A miss counts against a member unless no host answered the round
+    /// while every probed member's heartbeat answers (see the module docs);
+    /// results about connections that are no longer members are ignored.
+    pub fn round_result(&mut self, results: &[(ConnId, ProbeOutcome)], now: Instant) -> Vec<Event> {
+        let probed: Vec<(ConnId, ProbeOutcome)> = results
+            .iter()
+            .filter(|(conn, _)| self.is_member(*conn))
+            .copied()
+            .collect();
+        let answered = probed
+            .iter()
+            .any(|(_, outcome)| matches!(outcome, ProbeOutcome::Reply(_)));
+        let missed = probed
+            .iter()
+            .any(|(_, outcome)| *outcome == ProbeOutcome::NoReply);
+        let mut events = Vec::new();
+        if answered {
+            self.unanswered_rounds = 0;
+            if self.icmp_unanswered {
+                self.icmp_unanswered = false;
+                // Misses before the outage and after it are not "in a row".
+                for member in self.members.values_mut() {
+                    member.icmp_misses = 0;
+                }
+                events.push(Event::IcmpAnswering);
+            }
+        } else if missed {
+            if self.icmp_unanswered {
+                return events;
+            }
+            let suspect_after = self.config.suspect_after;
+            let every_heartbeat_answers = probed.iter().all(|(conn, _)| {
+                self.member(*conn)
+                    .is_some_and(|m| m.heartbeat_answers(now, suspect_after))
+            });
+            if every_heartbeat_answers {
+                // Says nothing about any member; only about ICMP.
+                self.unanswered_rounds += 1;
+                if self.unanswered_rounds >= self.misses_allowed() {
+                    self.icmp_unanswered = true;
+                    events.push(Event::IcmpUnanswered {
+                        rounds: self.unanswered_rounds,
+                    });
+                }
+                return events;
+            }
+            self.unanswered_rounds = 0;
+        }
+        for (conn, outcome) in probed {
+            events.extend(self.member_round_result(conn, outcome, now));
+        }
+        events
+    }
+
+    fn member_round_result(
+        &mut self,
+        conn: ConnId,
+        outcome: ProbeOutcome,
+        now: Instant,
+    ) -> Vec<Event> {
+        let misses_allowed = self.misses_allowed();
+        let suspect_after = self.config.suspect_after;
         let Some(member) = self.member_mut(conn) else {
             return Vec::new();
         };
@@ -331,12 +482,16 @@ impl Membership {
             ProbeOutcome::Unavailable => Vec::new(),
             ProbeOutcome::NoReply => {
                 member.icmp_misses += 1;
-                if member.icmp_misses >= misses_allowed {
+                let heartbeat_answers = member.heartbeat_answers(now, suspect_after);
+                // Legacy members have no heartbeat to agree or disagree.
+                let heartbeat_agrees = !member.info.legacy && !heartbeat_answers;
+                if member.icmp_misses >= misses_allowed || heartbeat_agrees {
                     self.evict(conn, EvictReason::Unreachable)
                 } else {
                     vec![Event::Missed {
                         member: member.info.clone(),
                         misses: member.icmp_misses,
+                        heartbeat_answers,
                     }]
                 }
             }
@@ -360,6 +515,8 @@ impl Membership {
         let silent_for = now.saturating_duration_since(member.last_heartbeat);
         let reason = match outcome {
             ProbeOutcome::Reply(_) => EvictReason::Hung { silent_for },
+            // While no host answers ICMP, a missing reply says nothing of this one.
+            ProbeOutcome::NoReply if self.icmp_unanswered => EvictReason::Silent { silent_for },
             ProbeOutcome::NoReply => EvictReason::Unreachable,
             ProbeOutcome::Unavailable => EvictReason::Silent { silent_for },
         };
@@ -451,9 +608,55 @@ impl Membership {
         self.by_conn.contains_key(&conn)
     }
 
+    fn member(&self, conn: ConnId) -> Option<&Member> {
+        let node = self.by_conn.get(&conn)?;
+        self.members.get(node)
+    }
+
     fn member_mut(&mut self, conn: ConnId) -> Option<&mut Member> {
         let node = self.by_conn.get(&conn)?;
         self.members.get_mut(node)
+    }
+
+    fn misses_allowed(&self) -> u32 {
+        self.config.ping_misses.max(1)
+    }
+
+    /// Records a registration; whether the id had registered before.
+    fn remember(&mut self, info: &MemberInfo) -> bool {
+        self.registrations += 1;
+        let registered = self.registrations;
+        let rejoined = match self.ever_seen.get_mut(&info.node) {
+            Some(seen) => {
+                self.forgettable.remove(&seen.registered);
+                seen.incarnation = seen.incarnation.max(info.incarnation);
+                seen.registered = registered;
+                true
+            }
+            None => {
+                self.ever_seen.insert(
+                    info.node.clone(),
+                    Seen {
+                        incarnation: info.incarnation,
+                        registered,
+                    },
+                );
+                false
+            }
+        };
+        self.forget_beyond_limit();
+        rejoined
+    }
+
+    /// Forgets the least recently registered non-members beyond [`REMEMBERED_IDS`].
+    fn forget_beyond_limit(&mut self) {
+        while self.ever_seen.len() > REMEMBERED_IDS {
+            let Some((_, node)) = self.forgettable.pop_first() else {
+                // Every id remembered is a member.
+                return;
+            };
+            self.ever_seen.remove(&node);
+        }
     }
 
     fn evict(&mut self, conn: ConnId, reason: EvictReason) -> Vec<Event> {
@@ -463,6 +666,10 @@ impl Membership {
         let Some(member) = self.members.remove(&node) else {
             return Vec::new();
         };
+        if let Some(seen) = self.ever_seen.get(&node) {
+            // Forgotten at the next registration, if it is then the oldest.
+            self.forgettable.insert(seen.registered, node);
+        }
         let mut events = vec![Event::Evicted {
             member: member.info,
             reason,

@@ -20,6 +20,14 @@ pub trait Prober: Send + Sync + 'static {
     ) -> Pin<Box<dyn Future<Output = ProbeOutcome> + Send + '_>>;
 }
 
+/// The address to ping and to name a peer by: an IPv4-mapped IPv6 address
+/// (`::ffff:a.b.c.d`, how a socket bound to `[::]` sees IPv4 peers) becomes
+/// the IPv4 address it stands for, which answers ICMPv4, not ICMPv6.
+/// Every other address is returned as it is.
+pub fn canonical_ip(addr: IpAddr) -> IpAddr {
+    addr.to_canonical()
+}
+
 /// ICMP through surge-ping: one shared socket, an increasing sequence number
 /// per host. Uses an unprivileged ICMP socket where
 /// `net.ipv4.ping_group_range` allows it, else a raw socket (CAP_NET_RAW).
@@ -82,6 +90,7 @@ impl Prober for IcmpProber {
         addr: IpAddr,
         timeout: Duration,
     ) -> Pin<Box<dyn Future<Output = ProbeOutcome> + Send + '_>> {
+        let addr = canonical_ip(addr);
         Box::pin(async move {
             let client = match addr {
                 IpAddr::V4(_) => self.v4.as_ref(),
@@ -116,5 +125,39 @@ impl Prober for IcmpProber {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv4_mapped_addresses_are_pinged_as_ipv4() {
+        let mapped: IpAddr = "::ffff:10.1.2.3".parse().unwrap();
+        assert_eq!(canonical_ip(mapped), "10.1.2.3".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn other_addresses_are_kept() {
+        for addr in ["10.1.2.3", "::1", "fd00::2", "::", "64:ff9b::a01:203"] {
+            let addr: IpAddr = addr.parse().unwrap();
+            assert_eq!(canonical_ip(addr), addr);
+        }
+    }
+
+    #[tokio::test]
+    async fn mapped_loopback_answers_ping_like_ipv4_loopback() {
+        let prober = IcmpProber::new();
+        let timeout = Duration::from_secs(1);
+        let v4 = prober.probe("127.0.0.1".parse().unwrap(), timeout).await;
+        if !matches!(v4, ProbeOutcome::Reply(_)) {
+            println!("skipped: ICMP to 127.0.0.1 gives {v4:?} here");
+            return;
+        }
+        let mapped = prober
+            .probe("::ffff:127.0.0.1".parse().unwrap(), timeout)
+            .await;
+        assert!(matches!(mapped, ProbeOutcome::Reply(_)), "{mapped:?}");
     }
 }

@@ -208,16 +208,20 @@ async fn register_data_node(
     let node = match hello.node_id {
         Some(node) => node,
         // Original-system nodes have no name; name them by address.
-        None => format!("dn-{}-{}", peer.ip().to_canonical(), peer.port())
-            .replace(':', ".")
-            .parse()
-            .map_err(|e: protocol::ParseError| e.to_string())?,
+        None => format!(
+            "dn-{}-{}",
+            crate::prober::canonical_ip(peer.ip()),
+            peer.port()
+        )
+        .replace(':', ".")
+        .parse()
+        .map_err(|e: protocol::ParseError| e.to_string())?,
     };
     let info = membership::MemberInfo {
         node,
         incarnation: hello.incarnation.unwrap_or(conn_id),
         conn: conn_id,
-        addr: peer.ip().to_canonical(),
+        addr: crate::prober::canonical_ip(peer.ip()),
         legacy,
     };
     Ok((info, slot))

@@ -12,12 +12,36 @@ fn member(node: &str, incarnation: u64, conn: ConnId) -> MemberInfo {
     }
 }
 
+fn legacy(node: &str, incarnation: u64, conn: ConnId) -> MemberInfo {
+    MemberInfo {
+        legacy: true,
+        ..member(node, incarnation, conn)
+    }
+}
+
 fn cluster() -> Membership {
     Membership::new(DetectorConfig {
-        ping_misses: 1,
+        ping_misses: 3,
         suspect_after: 2 * SECOND,
         hung_grace: 3 * SECOND,
     })
+}
+
+const RTT: ProbeOutcome = ProbeOutcome::Reply(Duration::from_micros(80));
+const LOST: ProbeOutcome = ProbeOutcome::NoReply;
+
+fn missed(events: &[Event]) -> Vec<(String, u32, bool)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Missed {
+                member,
+                misses,
+                heartbeat_answers,
+            } => Some((member.node.to_string(), *misses, *heartbeat_answers)),
+            _ => None,
+        })
+        .collect()
 }
 
 fn routable(m: &Membership) -> Vec<String> {
@@ -72,6 +96,53 @@ fn second_live_process_with_the_same_id_is_refused() {
 }
 
 #[test]
+fn older_incarnation_is_refused_whatever_became_of_the_newer_one() {
+    let t0 = Instant::now();
+    let mut m = cluster();
+    m.register(member("dn1", 5, 10), t0).unwrap();
+    let stale = "stale incarnation 4 of dn1: incarnation 5 has registered since";
+    // The newer one is alive, ...
+    let refusal = m.register(member("dn1", 4, 11), t0).unwrap_err();
+    assert_eq!(refusal.to_string(), stale);
+    // ... suspect, ...
+    m.tick(t0 + 2 * SECOND);
+    let refusal = m
+        .register(member("dn1", 4, 12), t0 + 2 * SECOND)
+        .unwrap_err();
+    assert_eq!(refusal.to_string(), stale);
+    assert!(m.is_member(10), "a refusal evicts no one");
+    // ... or already evicted.
+    m.connection_lost(10, "reset");
+    let refusal = m
+        .register(member("dn1", 4, 13), t0 + 3 * SECOND)
+        .unwrap_err();
+    assert_eq!(
+        refusal,
+        Refusal::StaleIncarnation {
+            node: "dn1".parse().unwrap(),
+            incarnation: 4,
+            newer: 5
+        }
+    );
+    assert!(routable(&m).is_empty());
+    // The newer process itself comes back, on a new connection.
+    let events = m.register(member("dn1", 5, 14), t0 + 4 * SECOND).unwrap();
+    assert!(matches!(
+        &events[..],
+        [Event::Joined { rejoined: true, .. }]
+    ));
+}
+
+#[test]
+fn incarnation_order_is_per_node_id() {
+    let t0 = Instant::now();
+    let mut m = cluster();
+    m.register(member("dn1", 5, 10), t0).unwrap();
+    m.register(member("dn2", 1, 20), t0).unwrap();
+    assert_eq!(routable(&m), ["dn1", "dn2"]);
+}
+
+#[test]
 fn same_process_on_a_new_connection_replaces_the_stale_one() {
     let t0 = Instant::now();
     let mut m = cluster();
@@ -91,7 +162,7 @@ fn same_process_on_a_new_connection_replaces_the_stale_one() {
     assert!(m.is_member(11) && !m.is_member(10));
     // Late news about the old connection changes nothing.
     assert!(m.connection_lost(10, "reset").is_empty());
-    assert!(m.round_result(10, ProbeOutcome::NoReply).is_empty());
+    assert!(m.round_result(&[(10, LOST)], t0).is_empty());
     assert_eq!(routable(&m), ["dn1"]);
 }
 
@@ -113,45 +184,114 @@ fn restarted_node_replaces_its_silent_predecessor() {
 }
 
 #[test]
-fn icmp_miss_evicts_as_unreachable_at_the_next_round() {
+fn one_lost_echo_evicts_no_one_whose_heartbeat_answers() {
     let t0 = Instant::now();
     let mut m = cluster();
     m.register(member("dn1", 1, 10), t0).unwrap();
     m.register(member("dn2", 1, 20), t0).unwrap();
-    let ok = m.round_result(10, ProbeOutcome::Reply(Duration::from_micros(80)));
-    assert!(matches!(ok[..], [Event::Available { .. }]));
-    let events = m.round_result(20, ProbeOutcome::NoReply);
+    let events = m.round_result(&[(10, RTT), (20, LOST)], t0 + SECOND);
+    assert!(matches!(&events[0], Event::Available { member, .. } if member.conn == 10));
+    assert_eq!(missed(&events), [("dn2".to_string(), 1, true)]);
+    assert_eq!(routable(&m), ["dn1", "dn2"]);
+}
+
+#[test]
+fn ping_misses_rounds_in_a_row_evict_as_unreachable() {
+    let t0 = Instant::now();
+    let mut m = cluster();
+    m.register(member("dn1", 1, 10), t0).unwrap();
+    m.register(member("dn2", 1, 20), t0).unwrap();
+    let round = |m: &mut Membership, s: u32, dn2: ProbeOutcome| {
+        let now = t0 + s * SECOND;
+        m.heartbeat(10, now);
+        m.heartbeat(20, now);
+        m.round_result(&[(10, RTT), (20, dn2)], now)
+    };
+    assert_eq!(missed(&round(&mut m, 1, LOST)), [("dn2".into(), 1, true)]);
+    assert_eq!(missed(&round(&mut m, 2, LOST)), [("dn2".into(), 2, true)]);
+    assert!(
+        missed(&round(&mut m, 3, RTT)).is_empty(),
+        "a reply resets the count"
+    );
+    assert_eq!(missed(&round(&mut m, 4, LOST)), [("dn2".into(), 1, true)]);
+    assert_eq!(missed(&round(&mut m, 5, LOST)), [("dn2".into(), 2, true)]);
+    assert_eq!(
+        evicted(&round(&mut m, 6, LOST)),
+        [("dn2".to_string(), EvictReason::Unreachable)]
+    );
+    assert_eq!(routable(&m), ["dn1"]);
+}
+
+#[test]
+fn one_allowed_miss_evicts_at_the_first_missed_round() {
+    let t0 = Instant::now();
+    let mut m = Membership::new(DetectorConfig {
+        ping_misses: 1,
+        ..DetectorConfig::default()
+    });
+    m.register(member("dn1", 1, 10), t0).unwrap();
+    m.register(member("dn2", 1, 20), t0).unwrap();
+    let events = m.round_result(&[(10, RTT), (20, LOST)], t0);
     assert_eq!(
         evicted(&events),
         [("dn2".to_string(), EvictReason::Unreachable)]
     );
-    assert_eq!(routable(&m), ["dn1"]);
-    let events = m.round_result(10, ProbeOutcome::NoReply);
-    assert_eq!(events.last(), Some(&Event::NoneLeft));
 }
 
 #[test]
-fn icmp_misses_allowance_is_respected() {
+fn missed_round_evicts_a_suspect_member_at_once() {
     let t0 = Instant::now();
-    let mut m = Membership::new(DetectorConfig {
-        ping_misses: 3,
-        ..DetectorConfig::default()
-    });
+    let mut m = cluster();
     m.register(member("dn1", 1, 10), t0).unwrap();
+    m.register(member("dn2", 1, 20), t0).unwrap();
+    m.heartbeat(20, t0 + 2 * SECOND);
     assert!(matches!(
-        m.round_result(10, ProbeOutcome::NoReply)[..],
-        [Event::Missed { misses: 1, .. }]
+        m.tick(t0 + 2 * SECOND)[..],
+        [Event::Suspected { .. }]
     ));
-    m.round_result(10, ProbeOutcome::Reply(SECOND / 1000));
-    assert!(matches!(
-        m.round_result(10, ProbeOutcome::NoReply)[..],
-        [Event::Missed { misses: 1, .. }]
-    ));
-    assert!(matches!(
-        m.round_result(10, ProbeOutcome::NoReply)[..],
-        [Event::Missed { misses: 2, .. }]
-    ));
-    assert_eq!(evicted(&m.round_result(10, ProbeOutcome::NoReply)).len(), 1);
+    let events = m.round_result(&[(10, LOST), (20, RTT)], t0 + 2 * SECOND);
+    assert_eq!(
+        evicted(&events),
+        [("dn1".to_string(), EvictReason::Unreachable)],
+        "heartbeat and ICMP agree"
+    );
+}
+
+#[test]
+fn missed_round_evicts_a_member_silent_past_suspect_after_before_any_tick() {
+    let t0 = Instant::now();
+    let mut m = cluster();
+    m.register(member("dn1", 1, 10), t0).unwrap();
+    m.register(member("dn2", 1, 20), t0).unwrap();
+    m.heartbeat(20, t0 + 2 * SECOND);
+    let events = m.round_result(&[(10, LOST), (20, RTT)], t0 + 2 * SECOND);
+    assert_eq!(
+        evicted(&events),
+        [("dn1".to_string(), EvictReason::Unreachable)]
+    );
+}
+
+#[test]
+fn legacy_member_is_evicted_after_ping_misses_rounds() {
+    let t0 = Instant::now();
+    let mut m = cluster();
+    m.register(legacy("dn-10.0.0.9-4000", 7, 30), t0).unwrap();
+    // Alone and without a heartbeat: nothing says ICMP rather than the host failed.
+    let round = [(30, LOST)];
+    assert_eq!(
+        missed(&m.round_result(&round, t0 + SECOND)),
+        [("dn-10.0.0.9-4000".into(), 1, false)]
+    );
+    assert_eq!(
+        missed(&m.round_result(&round, t0 + 2 * SECOND)),
+        [("dn-10.0.0.9-4000".into(), 2, false)]
+    );
+    let events = m.round_result(&round, t0 + 3 * SECOND);
+    assert_eq!(
+        evicted(&events),
+        [("dn-10.0.0.9-4000".to_string(), EvictReason::Unreachable)]
+    );
+    assert_eq!(events.last(), Some(&Event::NoneLeft));
 }
 
 #[test]
@@ -159,10 +299,189 @@ fn icmp_unavailable_never_evicts() {
     let t0 = Instant::now();
     let mut m = cluster();
     m.register(member("dn1", 1, 10), t0).unwrap();
-    for _ in 0..10 {
-        assert!(m.round_result(10, ProbeOutcome::Unavailable).is_empty());
+    m.register(legacy("dn-10.0.0.9-4000", 7, 30), t0).unwrap();
+    for s in 0..10 {
+        let round = [
+            (10, ProbeOutcome::Unavailable),
+            (30, ProbeOutcome::Unavailable),
+        ];
+        assert!(m.round_result(&round, t0 + s * SECOND).is_empty());
+    }
+    assert_eq!(routable(&m), ["dn-10.0.0.9-4000", "dn1"]);
+}
+
+#[test]
+fn results_about_former_connections_are_ignored() {
+    let t0 = Instant::now();
+    let mut m = cluster();
+    m.register(member("dn1", 1, 10), t0).unwrap();
+    m.connection_lost(10, "reset");
+    m.register(member("dn1", 1, 11), t0).unwrap();
+    for s in 1..=5 {
+        assert!(m.round_result(&[(10, LOST)], t0 + s * SECOND).is_empty());
     }
     assert_eq!(routable(&m), ["dn1"]);
+}
+
+/// A round in which `conns` all miss, at `t0 + s` seconds, after each
+/// member answers its heartbeat.
+fn silent_round(m: &mut Membership, t0: Instant, s: u32, conns: &[ConnId]) -> Vec<Event> {
+    let now = t0 + s * SECOND;
+    for conn in conns {
+        m.heartbeat(*conn, now);
+    }
+    let results: Vec<_> = conns.iter().map(|conn| (*conn, LOST)).collect();
+    m.round_result(&results, now)
+}
+
+#[test]
+fn no_host_answering_while_every_heartbeat_does_evicts_no_one_and_is_told_once() {
+    let t0 = Instant::now();
+    let mut m = cluster();
+    m.register(member("dn1", 1, 10), t0).unwrap();
+    m.register(member("dn2", 1, 20), t0).unwrap();
+    assert!(silent_round(&mut m, t0, 1, &[10, 20]).is_empty());
+    assert!(silent_round(&mut m, t0, 2, &[10, 20]).is_empty());
+    assert_eq!(
+        silent_round(&mut m, t0, 3, &[10, 20]),
+        [Event::IcmpUnanswered { rounds: 3 }]
+    );
+    for s in 4..=20 {
+        assert!(
+            silent_round(&mut m, t0, s, &[10, 20]).is_empty(),
+            "round {s}"
+        );
+    }
+    assert_eq!(routable(&m), ["dn1", "dn2"]);
+
+    // The first reply ends it, and the count starts from zero.
+    m.heartbeat(10, t0 + 21 * SECOND);
+    m.heartbeat(20, t0 + 21 * SECOND);
+    let events = m.round_result(&[(10, RTT), (20, LOST)], t0 + 21 * SECOND);
+    assert_eq!(events[0], Event::IcmpAnswering);
+    assert_eq!(missed(&events), [("dn2".into(), 1, true)]);
+    assert!(matches!(&events[1], Event::Available { member, .. } if member.conn == 10));
+    assert!(
+        !m.round_result(&[(10, RTT)], t0 + 21 * SECOND)
+            .contains(&Event::IcmpAnswering),
+        "told once"
+    );
+}
+
+#[test]
+fn a_lone_member_whose_icmp_is_filtered_stays() {
+    let t0 = Instant::now();
+    let mut m = cluster();
+    m.register(member("dn1", 1, 10), t0).unwrap();
+    let events: Vec<Event> = (1..=10)
+        .flat_map(|s| silent_round(&mut m, t0, s, &[10]))
+        .collect();
+    assert_eq!(events, [Event::IcmpUnanswered { rounds: 3 }]);
+    assert_eq!(routable(&m), ["dn1"]);
+}
+
+#[test]
+fn rounds_without_replies_must_be_in_a_row_to_count_as_an_icmp_outage() {
+    let t0 = Instant::now();
+    let mut m = cluster();
+    m.register(member("dn1", 1, 10), t0).unwrap();
+    m.register(member("dn2", 1, 20), t0).unwrap();
+    for s in [1, 3, 5, 7] {
+        assert!(silent_round(&mut m, t0, s, &[10, 20]).is_empty());
+        assert!(silent_round(&mut m, t0, s + 1, &[10, 20]).is_empty());
+        m.round_result(&[(10, RTT), (20, RTT)], t0 + (s + 1) * SECOND);
+    }
+    assert_eq!(routable(&m), ["dn1", "dn2"]);
+}
+
+#[test]
+fn no_host_answering_is_not_an_icmp_outage_while_a_member_is_suspect() {
+    let t0 = Instant::now();
+    let mut m = cluster();
+    m.register(member("dn1", 1, 10), t0).unwrap();
+    m.register(member("dn2", 1, 20), t0).unwrap();
+    m.heartbeat(20, t0 + 2 * SECOND);
+    m.tick(t0 + 2 * SECOND);
+    let events = m.round_result(&[(10, LOST), (20, LOST)], t0 + 2 * SECOND);
+    assert_eq!(
+        evicted(&events),
+        [("dn1".to_string(), EvictReason::Unreachable)]
+    );
+    assert_eq!(missed(&events), [("dn2".into(), 1, true)]);
+}
+
+#[test]
+fn with_a_legacy_member_no_host_answering_counts_against_everyone() {
+    let t0 = Instant::now();
+    let mut m = cluster();
+    m.register(member("dn1", 1, 10), t0).unwrap();
+    m.register(legacy("dn-10.0.0.9-4000", 7, 30), t0).unwrap();
+    let mut events = Vec::new();
+    for s in 1..=3 {
+        m.heartbeat(10, t0 + s * SECOND);
+        events.extend(m.round_result(&[(10, LOST), (30, LOST)], t0 + s * SECOND));
+    }
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, Event::IcmpUnanswered { .. }))
+    );
+    assert_eq!(evicted(&events).len(), 2, "{events:?}");
+}
+
+#[test]
+fn during_an_icmp_outage_icmp_alone_evicts_no_one() {
+    let t0 = Instant::now();
+    let mut m = cluster();
+    m.register(member("dn1", 1, 10), t0).unwrap();
+    for s in 1..=3 {
+        silent_round(&mut m, t0, s, &[10]);
+    }
+    // An original node joins meanwhile: it has no heartbeat to vouch for
+    // it, but ICMP cannot judge it either.
+    m.register(legacy("dn-10.0.0.9-4000", 7, 30), t0 + 3 * SECOND)
+        .unwrap();
+    for s in 4..=10 {
+        m.heartbeat(10, t0 + s * SECOND);
+        assert!(
+            m.round_result(&[(10, LOST), (30, LOST)], t0 + s * SECOND)
+                .is_empty()
+        );
+    }
+    assert_eq!(routable(&m), ["dn-10.0.0.9-4000", "dn1"]);
+}
+
+#[test]
+fn during_an_icmp_outage_a_silent_member_is_evicted_as_silent_not_unreachable() {
+    let t0 = Instant::now();
+    let mut m = cluster();
+    m.register(member("dn1", 1, 10), t0).unwrap();
+    for s in 1..=3 {
+        silent_round(&mut m, t0, s, &[10]);
+    }
+    // dn1 last answered at 3 s.
+    assert!(matches!(
+        m.tick(t0 + 5 * SECOND)[..],
+        [Event::Suspected { .. }]
+    ));
+    assert!(
+        m.round_result(&[(10, LOST)], t0 + 5 * SECOND).is_empty(),
+        "no verdict from ICMP"
+    );
+    assert!(matches!(
+        m.tick(t0 + 8 * SECOND)[..],
+        [Event::ProbeNow { .. }]
+    ));
+    let events = m.confirm_result(10, LOST, t0 + 8 * SECOND);
+    assert_eq!(
+        evicted(&events),
+        [(
+            "dn1".to_string(),
+            EvictReason::Silent {
+                silent_for: 5 * SECOND
+            }
+        )]
+    );
 }
 
 #[test]
@@ -316,4 +635,82 @@ fn eviction_reasons_read_well_in_logs() {
         EvictReason::ConnectionLost("reset by peer".into()).to_string(),
         "connection lost (reset by peer)"
     );
+}
+
+/// Registers `n` made-up ids, each dropping its connection at once.
+fn churn(m: &mut Membership, t0: Instant, prefix: &str, n: usize, first_conn: ConnId) {
+    for i in 0..n {
+        let conn = first_conn + i as ConnId;
+        m.register(member(&format!("{prefix}{i}"), 1, conn), t0)
+            .unwrap();
+        m.connection_lost(conn, "reset");
+    }
+}
+
+#[test]
+fn remembered_ids_are_bounded_under_registration_churn() {
+    let t0 = Instant::now();
+    let mut m = cluster();
+    churn(&mut m, t0, "made-up-", REMEMBERED_IDS + 100, 1000);
+    assert_eq!(m.ever_seen.len(), REMEMBERED_IDS);
+    assert_eq!(m.forgettable.len(), REMEMBERED_IDS);
+    // The least recently registered are forgotten: such an id joins anew.
+    let events = m.register(member("made-up-0", 1, 1), t0).unwrap();
+    assert!(matches!(
+        &events[..],
+        [Event::Joined {
+            rejoined: false,
+            ..
+        }]
+    ));
+    let last = format!("made-up-{}", REMEMBERED_IDS + 99);
+    let events = m.register(member(&last, 1, 2), t0).unwrap();
+    assert!(matches!(
+        &events[..],
+        [Event::Joined { rejoined: true, .. }]
+    ));
+    assert_eq!(m.ever_seen.len(), REMEMBERED_IDS);
+}
+
+#[test]
+fn members_and_recently_registered_ids_are_not_forgotten() {
+    let t0 = Instant::now();
+    let mut m = cluster();
+    m.register(member("member", 5, 1), t0).unwrap();
+    m.register(member("returning", 5, 2), t0).unwrap();
+    m.connection_lost(2, "reset");
+    churn(&mut m, t0, "made-up-", REMEMBERED_IDS / 2, 1000);
+    // Registering again makes it recent.
+    m.register(member("returning", 5, 3), t0).unwrap();
+    m.connection_lost(3, "reset");
+    // Ten more than fit: the oldest made-up ids go, and nothing else.
+    churn(&mut m, t0, "more-", REMEMBERED_IDS / 2 + 8, 100_000);
+    assert_eq!(m.ever_seen.len(), REMEMBERED_IDS);
+    let remembered = |id: &str| m.ever_seen.contains_key(&id.parse::<NodeId>().unwrap());
+    assert!(!remembered("made-up-9") && remembered("made-up-10"));
+    assert!(matches!(
+        m.register(member("member", 4, 4), t0),
+        Err(Refusal::StaleIncarnation { newer: 5, .. })
+    ));
+    assert!(matches!(
+        m.register(member("returning", 4, 5), t0),
+        Err(Refusal::StaleIncarnation { newer: 5, .. })
+    ));
+}
+
+#[test]
+fn with_more_members_than_remembered_ids_every_member_is_remembered() {
+    let t0 = Instant::now();
+    let mut m = cluster();
+    let n = REMEMBERED_IDS + 10;
+    for i in 0..n {
+        m.register(member(&format!("dn{i}"), 1, i as ConnId), t0)
+            .unwrap();
+    }
+    assert_eq!(m.ever_seen.len(), n);
+    for i in 0..n {
+        m.connection_lost(i as ConnId, "reset");
+    }
+    churn(&mut m, t0, "made-up-", 1, 1_000_000);
+    assert_eq!(m.ever_seen.len(), REMEMBERED_IDS);
 }

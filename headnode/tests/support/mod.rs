@@ -8,6 +8,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,6 +27,10 @@ use tokio::time::Instant;
 #[derive(Default)]
 pub struct FakeProber {
     down: Mutex<HashSet<IpAddr>>,
+    /// As if ICMP were filtered: no host answers.
+    all_down: AtomicBool,
+    /// Probes still to lose, per host.
+    to_lose: Mutex<HashMap<IpAddr, u32>>,
 }
 
 impl FakeProber {
@@ -37,6 +42,25 @@ impl FakeProber {
             set.remove(&ip);
         }
     }
+
+    pub fn set_all_down(&self, down: bool) {
+        self.all_down.store(down, Ordering::Relaxed);
+    }
+
+    /// The next `n` probes of `ip` get no reply.
+    pub fn lose_next(&self, ip: IpAddr, n: u32) {
+        self.to_lose.lock().unwrap().insert(ip, n);
+    }
+
+    fn answers(&self, ip: IpAddr) -> bool {
+        if let Some(n) = self.to_lose.lock().unwrap().get_mut(&ip) {
+            if *n > 0 {
+                *n -= 1;
+                return false;
+            }
+        }
+        !self.all_down.load(Ordering::Relaxed) && !self.down.lock().unwrap().contains(&ip)
+    }
 }
 
 impl Prober for FakeProber {
@@ -45,12 +69,12 @@ impl Prober for FakeProber {
         addr: IpAddr,
         _timeout: Duration,
     ) -> Pin<Box<dyn Future<Output = ProbeOutcome> + Send + '_>> {
-        let down = self.down.lock().unwrap().contains(&addr);
+        let answers = self.answers(addr);
         Box::pin(async move {
-            if down {
-                ProbeOutcome::NoReply
-            } else {
+            if answers {
                 ProbeOutcome::Reply(Duration::from_micros(42))
+            } else {
+                ProbeOutcome::NoReply
             }
         })
     }
@@ -119,7 +143,7 @@ pub fn fast_config() -> Config {
         ping_interval: Duration::from_secs(3600),
         heartbeat_interval: Duration::from_millis(100),
         detector: headnode::DetectorConfig {
-            ping_misses: 1,
+            ping_misses: 3,
             suspect_after: Duration::from_millis(600),
             hung_grace: Duration::from_millis(600),
         },
@@ -130,14 +154,19 @@ pub fn fast_config() -> Config {
 }
 
 impl Cluster {
-    pub async fn start(mut config: Config) -> Cluster {
+    pub async fn start(config: Config) -> Cluster {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        Cluster::start_on(listener, addr, config).await
+    }
+
+    /// Starts a head node on `listener`; data nodes are pointed at `addr`.
+    pub async fn start_on(listener: TcpListener, addr: SocketAddr, mut config: Config) -> Cluster {
         protocol::telemetry::init_for_tests();
         let prober = Arc::new(FakeProber::default());
         let (events_tx, events) = mpsc::unbounded_channel();
         config.prober = Some(prober.clone());
         config.observer = Some(events_tx);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let head = tokio::spawn(headnode::run(listener, config.clone(), async {
             let _ = stopped.await;
@@ -265,6 +294,50 @@ impl Cluster {
             "head node shutdown took {:?}",
             started.elapsed()
         );
+    }
+}
+
+/// Log lines written on this thread while the guard lives. With a
+/// current-thread runtime, that is everything the head node logs.
+#[derive(Clone, Default)]
+pub struct LogCapture(Arc<Mutex<Vec<u8>>>);
+
+impl LogCapture {
+    pub fn start() -> (LogCapture, tracing::subscriber::DefaultGuard) {
+        let capture = LogCapture::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(capture.clone())
+            .with_ansi(false)
+            .finish();
+        (capture, tracing::subscriber::set_default(subscriber))
+    }
+
+    /// How many lines contain `text`.
+    pub fn count(&self, text: &str) -> usize {
+        let bytes = self.0.lock().unwrap();
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .filter(|line| line.contains(text))
+            .count()
+    }
+}
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogCapture {
+    type Writer = LogCapture;
+
+    fn make_writer(&'a self) -> LogCapture {
+        self.clone()
     }
 }
 
