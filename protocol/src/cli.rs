@@ -66,7 +66,7 @@ fn parse_duration_in(text: &str, min: Duration, max: Duration) -> Result<Duratio
 }
 
 fn show(d: Duration) -> String {
-    if d >= Duration::from_secs(3600) && d.as_secs() % 3600 == 0 {
+    if d >= Duration::from_secs(3600) && d.as_secs().is_multiple_of(3600) {
         format!("{}h", d.as_secs() / 3600)
     } else {
         format!("{d:?}")

@@ -241,11 +241,11 @@ impl Handshakes {
         let id = room.next;
         room.next += 1;
         let token = CancellationToken::new();
-        if room.waiting.len() >= room.max {
-            if let Some((_, oldest)) = room.waiting.pop_front() {
-                oldest.cancel();
-                room.evicted += 1;
-            }
+        if room.waiting.len() >= room.max
+            && let Some((_, oldest)) = room.waiting.pop_front()
+        {
+            oldest.cancel();
+            room.evicted += 1;
         }
         room.waiting.push_back((id, token.clone()));
         HandshakeSlot {

@@ -53,11 +53,11 @@ impl FakeProber {
     }
 
     fn answers(&self, ip: IpAddr) -> bool {
-        if let Some(n) = self.to_lose.lock().unwrap().get_mut(&ip) {
-            if *n > 0 {
-                *n -= 1;
-                return false;
-            }
+        if let Some(n) = self.to_lose.lock().unwrap().get_mut(&ip)
+            && *n > 0
+        {
+            *n -= 1;
+            return false;
         }
         !self.all_down.load(Ordering::Relaxed) && !self.down.lock().unwrap().contains(&ip)
     }
