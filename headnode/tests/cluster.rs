@@ -249,6 +249,7 @@ async fn two_second_stall_evicts_no_one() {
     // Default detector timings: suspect after 2 s of silence, evict 3 s later.
     let config = headnode::Config {
         ping_interval: Duration::from_secs(3600),
+        cluster_token: Some(support::test_token()),
         ..headnode::Config::default()
     };
     let mut cluster = Cluster::start(config).await;
@@ -487,20 +488,9 @@ async fn older_incarnation_of_a_node_is_refused() {
     let config = cluster.node_config("dn1");
     let incarnation = config.incarnation;
     cluster.add_node(config).await;
-    let stream = TcpStream::connect(cluster.addr).await.unwrap();
-    let mut conn = protocol::Connection::connect(stream, 1024).unwrap();
-    let role = format!("dataNode id=dn1 incarnation={}", incarnation - 1);
-    protocol::handshake::initiate(
-        &mut conn.reader,
-        &mut conn.writer,
-        Some(&role),
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
-    let answer = conn.reader.read_frame().await.unwrap().unwrap();
+    let (_conn, answer) = register(cluster.addr, "dn1", incarnation - 1).await;
     assert_eq!(
-        answer.as_str(),
+        answer,
         format!(
             "ERROR stale incarnation {} of dn1: incarnation {incarnation} has registered since",
             incarnation - 1
