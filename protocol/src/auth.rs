@@ -232,8 +232,8 @@ mod tests {
             node_nonce: &node_nonce,
             head_nonce: &head_nonce,
         };
-        let ours = token("correct horse battery staple");
-        let theirs = token("correct horse battery stapl3");
+        let ours = token("correct-horse-battery-staple");
+        let theirs = token("correct-horse-battery-stapl3");
         assert!(ours.verify_head(&exchange, &ours.head_proof(&exchange)));
         assert!(ours.verify_node(&exchange, &ours.node_proof(&exchange)));
         assert!(!ours.verify_head(&exchange, &theirs.head_proof(&exchange)));
