@@ -37,7 +37,7 @@ export HOST_UID HOST_GID LOGS_DIR
 
 DC = $(COMPOSE) -p $(PROJECT) --profile scale
 
-.PHONY: help up down build binaries images logs-dir tail logs compose-logs ps scale e2e bench test clean-logs check-compose
+.PHONY: help up down build binaries images logs-dir token tail logs compose-logs ps scale e2e bench test clean-logs check-compose
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  make %-13s %s\n", $$1, $$2 }'
@@ -54,6 +54,17 @@ images: ## build the static binaries and the four images
 
 build: images ## same as images
 
+token: ## write a random cluster token to .env (git-ignored) unless one is set
+	@if [ -n "$${CLUSTER_TOKEN:-}" ]; then \
+		echo "using CLUSTER_TOKEN from the environment"; \
+	elif [ -f .env ] && grep -q '^CLUSTER_TOKEN=.' .env; then \
+		echo "using the cluster token in .env"; \
+	else \
+		umask 077; \
+		printf 'CLUSTER_TOKEN=%s\n' "$$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')" >> .env; \
+		echo "wrote a new random cluster token to .env"; \
+	fi
+
 logs-dir: ## create the log folder, writable by the containers' user
 	@mkdir -p "$(LOGS_DIR)"
 	@if [ "$$(id -u)" = 0 ]; then \
@@ -67,9 +78,12 @@ logs-dir: ## create the log folder, writable by the containers' user
 
 # When `make up` began, for the time to the first acknowledged message.
 up: UP_START := $(shell date +%s.%N)
-up: check-compose images logs-dir ## build everything, start the stack, print where the logs are
+up: check-compose token images logs-dir ## build everything, start the stack, print where the logs are
 	$(DC) up -d --remove-orphans echo-server echo-client headnode datanode1 datanode2 datanode3 client
 	@START=$(UP_START) docker/after-up.sh
+
+# Stopping and listing need no token, but compose reads the whole file.
+down ps compose-logs: export CLUSTER_TOKEN := $(or $(CLUSTER_TOKEN),not-needed-to-stop-or-list)
 
 down: check-compose ## stop and remove the containers and the network (log files stay)
 	-@docker ps -q --filter "label=com.docker.compose.project=$(PROJECT)" --filter status=paused \
@@ -79,7 +93,7 @@ down: check-compose ## stop and remove the containers and the network (log files
 ps: check-compose ## list the stack's containers
 	$(DC) ps
 
-scale: check-compose logs-dir ## add scalable data nodes: make scale N=2
+scale: check-compose token logs-dir ## add scalable data nodes: make scale N=2
 	$(DC) up -d --no-recreate --scale datanode=$(N) datanode
 
 tail: ## follow every log file (tail -F)

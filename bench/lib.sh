@@ -159,7 +159,10 @@ start_cluster() {
     mkdir -p "$dir"
     pick_port || return 1
     hp="$PORT"
-    RUST_LOG=warn "$HEADNODE" --listen "127.0.0.1:$hp" --log-dir "$dir/headnode" \
+    # A throw-away cluster token, passed in the environment (never as an argument).
+    local token
+    token=$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')
+    CLUSTER_TOKEN=$token RUST_LOG=warn "$HEADNODE" --listen "127.0.0.1:$hp" --log-dir "$dir/headnode" \
         >"$dir/headnode.out" 2>&1 &
     hpid=$!
     track "$hpid"
@@ -169,7 +172,7 @@ start_cluster() {
         return 1
     fi
     for i in 1 2 3; do
-        RUST_LOG=warn "$DATANODE" --headnode "127.0.0.1:$hp" --node-id "dn$i" \
+        CLUSTER_TOKEN=$token RUST_LOG=warn "$DATANODE" --headnode "127.0.0.1:$hp" --node-id "dn$i" \
             --data-dir "$dir/dn$i" --fsync "$fsync" >"$dir/dn$i.out" 2>&1 &
         pid=$!
         track "$pid"

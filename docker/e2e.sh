@@ -83,6 +83,9 @@ if [[ $HOST_UID == 0 ]]; then
 fi
 export HOST_UID HOST_GID
 
+# A cluster token of this test's own; it never appears in arguments or logs.
+CLUSTER_TOKEN=$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')
+export CLUSTER_TOKEN
 export PING_INTERVAL=${E2E_PING_INTERVAL:-1s}
 export PING_TIMEOUT=${E2E_PING_TIMEOUT:-500ms}
 export HEARTBEAT_INTERVAL=${E2E_HEARTBEAT_INTERVAL:-250ms}

@@ -85,6 +85,8 @@ def main():
              "--log-dir", os.path.join(logs, "echo")], env=env, stdout=subprocess.DEVNULL))
         procs.append(subprocess.Popen(
             [os.path.join(BIN, "headnode"), "--listen", f"127.0.0.1:{head_port}",
+             # Original data nodes cannot prove a cluster token.
+             "--open-registration",
              "--log-dir", os.path.join(logs, "head"), "--ping-interval", "1h"],
             env=env, stdout=subprocess.DEVNULL))
         wait_listening(echo_port)
