@@ -117,7 +117,16 @@ pub(crate) async fn run_membership(
                 driver.start_round();
                 Vec::new()
             }
-            Some(_) = driver.probes.join_next(), if !driver.probes.is_empty() => Vec::new(),
+            Some(done) = driver.probes.join_next(), if !driver.probes.is_empty() => {
+                if let Err(e) = done
+                    && e.is_panic()
+                {
+                    // A probe that panics would silently stop failure
+                    // detection; let the head node see this task die.
+                    std::panic::resume_unwind(e.into_panic());
+                }
+                Vec::new()
+            }
         };
         driver.carry_out(&events);
     }
@@ -198,8 +207,14 @@ impl Driver {
                 pings.spawn(async move { (host, prober.probe(host, timeout).await) });
             }
             let mut outcomes = HashMap::new();
-            while let Some(Ok((host, outcome))) = pings.join_next().await {
-                outcomes.insert(host, outcome);
+            while let Some(done) = pings.join_next().await {
+                match done {
+                    Ok((host, outcome)) => {
+                        outcomes.insert(host, outcome);
+                    }
+                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                    Err(_) => {}
+                }
             }
             let results = members
                 .into_iter()

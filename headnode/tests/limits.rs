@@ -1,0 +1,310 @@
+//! The head node against peers that misbehave: every bound holds, and the
+//! truth about each message's outcome is told.
+
+mod support;
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use headnode::membership::{Event, ProbeOutcome};
+use headnode::{Prober, RunError};
+use protocol::message::StoreReply;
+use support::{Cluster, connect_client, fake_node, fast_config, register};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+
+/// Reads one reply line from a client connection, within 10 s.
+async fn reply(conn: &mut protocol::Connection) -> String {
+    tokio::time::timeout(Duration::from_secs(10), conn.reader.read_frame())
+        .await
+        .expect("a reply within 10 s")
+        .expect("a readable reply")
+        .expect("the connection still open")
+        .as_str()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_its_answers_is_paused_then_closed() {
+    let mut config = fast_config();
+    config.write_timeout = Duration::from_secs(1);
+    let mut cluster = Cluster::start(config).await;
+    cluster.add_node(cluster.node_config("dn1")).await;
+
+    // Empty lines, each answered `ERROR empty message`, and never a read.
+    let mut flooder = TcpStream::connect(cluster.addr).await.unwrap();
+    flooder.write_all(b"peticion\ncliente\n").await.unwrap();
+    let sent = Arc::new(AtomicU64::new(0));
+    let counter = sent.clone();
+    let flood = tokio::spawn(async move {
+        let chunk = vec![b'\n'; 64 * 1024];
+        loop {
+            match flooder.write_all(&chunk).await {
+                Ok(()) => counter.fetch_add(chunk.len() as u64, Ordering::Relaxed),
+                Err(e) => return e,
+            };
+        }
+    });
+    // The head node stops reading it once its answers pile up, and closes
+    // it when its socket takes nothing for the write timeout.
+    let error = tokio::time::timeout(Duration::from_secs(20), flood)
+        .await
+        .expect("the head node closed the flooding client")
+        .unwrap();
+    let sent = sent.load(Ordering::Relaxed);
+    assert!(
+        sent < 64 << 20,
+        "the head node kept reading: {sent} bytes taken ({error})"
+    );
+    // Everyone else is served as before.
+    let replies = support::send_pipelined(cluster.addr, vec!["hola".into()], || {}).await;
+    assert!(
+        matches!(replies[0], StoreReply::Stored { .. }),
+        "{replies:?}"
+    );
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_nodes_get_in_while_clients_hold_every_client_place() {
+    let mut config = fast_config();
+    // 40 in all: 10 reserved for data nodes, 10 for handshakes, 20 clients.
+    config.max_connections = 40;
+    let mut cluster = Cluster::start(config).await;
+    let mut clients = Vec::new();
+    let mut refused = 0;
+    for _ in 0..40 {
+        let stream = TcpStream::connect(cluster.addr).await.unwrap();
+        let mut conn = protocol::Connection::connect(stream, 1024).unwrap();
+        match protocol::handshake::initiate(
+            &mut conn.reader,
+            &mut conn.writer,
+            Some("cliente"),
+            Duration::from_secs(5),
+        )
+        .await
+        {
+            Ok(_) => clients.push(conn),
+            Err(e) => panic!("handshake: {e}"),
+        }
+    }
+    // Clients past their places are told so after the role step.
+    for conn in &mut clients {
+        if let Ok(Ok(Some(line))) =
+            tokio::time::timeout(Duration::from_millis(50), conn.reader.read_frame()).await
+        {
+            assert_eq!(line.as_str(), "ERROR server full (20 clients)");
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 20);
+    cluster.add_node(cluster.node_config("dn1")).await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_handshake_room_makes_way_for_a_peer_that_finishes() {
+    let mut config = fast_config();
+    config.max_handshakes = 4;
+    let cluster = Cluster::start(config).await;
+    let mut silent = Vec::new();
+    for _ in 0..4 {
+        silent.push(TcpStream::connect(cluster.addr).await.unwrap());
+    }
+    // Give the head node time to take them in.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut conn = connect_client(cluster.addr).await;
+    conn.writer.send(b"still served").await.unwrap();
+    assert!(reply(&mut conn).await.starts_with("ERROR no data nodes"));
+    let mut answer = String::new();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        silent[0].read_to_string(&mut answer),
+    )
+    .await;
+    assert!(
+        answer.starts_with("ERROR server busy"),
+        "the longest waiter is closed: {answer:?}"
+    );
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_client_is_told_and_closed() {
+    let mut config = fast_config();
+    config.client_idle_timeout = Duration::from_millis(500);
+    let cluster = Cluster::start(config).await;
+    let mut conn = connect_client(cluster.addr).await;
+    let started = Instant::now();
+    assert_eq!(reply(&mut conn).await, "ERROR idle for 500ms; closing");
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    assert!(conn.reader.read_frame().await.unwrap().is_none());
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_acknowledgement_answers_the_client() {
+    let mut config = fast_config();
+    config.ack_timeout = Duration::from_millis(300);
+    config.no_node_wait = Duration::from_secs(5);
+    let cluster = Cluster::start(config).await;
+    let slow = fake_node(cluster.addr, "slow").await;
+    // It stops reading; the message times out on it and, with no other
+    // node, waits for one. Then it reads, writes and acknowledges.
+    slow.hang.notify_one();
+    let mut conn = connect_client(cluster.addr).await;
+    conn.writer.send(b"numero random: 7").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    slow.resume.notify_one();
+    let started = Instant::now();
+    let answer = reply(&mut conn).await;
+    assert!(
+        answer.starts_with("slow , mensaje: recibido "),
+        "the late acknowledgement is the answer: {answer}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "answered by the acknowledgement, not by the end of the wait"
+    );
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_sent_to_a_node_that_died_unacknowledged_is_outcome_unknown() {
+    let mut config = fast_config();
+    config.no_node_wait = Duration::from_millis(300);
+    let cluster = Cluster::start(config).await;
+    let (mut node, welcome) = register(cluster.addr, "mute", 1).await;
+    assert_eq!(welcome, "welcome mute");
+    let mut conn = connect_client(cluster.addr).await;
+    conn.writer.send(b"numero random: 8").await.unwrap();
+    // The node reads the message, then dies without acknowledging it.
+    loop {
+        let line = node.reader.read_frame().await.unwrap().unwrap();
+        if line.as_str().starts_with("mensaje ") {
+            break;
+        }
+    }
+    drop(node);
+    let answer = reply(&mut conn).await;
+    assert!(
+        answer.starts_with("ERROR outcome unknown: no data nodes available"),
+        "{answer}"
+    );
+    // A message no node was ever sent is plainly not stored.
+    conn.writer.send(b"numero random: 9").await.unwrap();
+    assert_eq!(reply(&mut conn).await, "ERROR no data nodes available");
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_characters_are_refused_and_never_reach_a_data_file() {
+    let mut cluster = Cluster::start(fast_config()).await;
+    cluster.add_node(cluster.node_config("dn1")).await;
+    let mut conn = connect_client(cluster.addr).await;
+    for bad in [
+        &b"forged\r2026-01-01 00:00:00,000 - [1-1] mensaje: x"[..],
+        b"nul\0byte",
+        b"esc\x1b[2J",
+    ] {
+        conn.writer.send(bad).await.unwrap();
+        let answer = reply(&mut conn).await;
+        assert!(
+            answer.starts_with("ERROR invalid message: control character U+"),
+            "{answer}"
+        );
+    }
+    conn.writer.send(b"tab\tis fine").await.unwrap();
+    assert!(
+        reply(&mut conn)
+            .await
+            .starts_with("dn1 , mensaje: recibido ")
+    );
+    let data = std::fs::read(cluster.nodes[0].data_dir.join("data.txt")).unwrap();
+    assert!(!data.contains(&b'\r') && !data.contains(&0));
+    assert_eq!(data.iter().filter(|b| **b == b'\n').count(), 1);
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn a_zero_interval_is_refused_before_anything_starts() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let config = headnode::Config {
+        heartbeat_interval: Duration::ZERO,
+        ..fast_config()
+    };
+    let result = headnode::run(listener, config, std::future::pending()).await;
+    assert!(
+        matches!(&result, Err(RunError::Config(e)) if e.to_string().contains("heartbeat interval")),
+        "{result:?}"
+    );
+}
+
+#[test]
+fn the_binary_refuses_a_zero_interval_with_one_clear_line() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_headnode"))
+        .args(["--listen", "127.0.0.1:0", "--ping-interval", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("invalid value '0' for '--ping-interval"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("out of range"), "{stderr}");
+}
+
+/// ICMP that panics, as a bug in a background task would.
+struct PanickingProber;
+
+impl Prober for PanickingProber {
+    fn probe(
+        &self,
+        _addr: IpAddr,
+        _timeout: Duration,
+    ) -> Pin<Box<dyn Future<Output = ProbeOutcome> + Send + '_>> {
+        Box::pin(async { panic!("prober bug") })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_background_task_stops_the_head_node() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let config = headnode::Config {
+        ping_interval: Duration::from_millis(50),
+        prober: Some(Arc::new(PanickingProber)),
+        observer: Some(events_tx),
+        ..fast_config()
+    };
+    let head = tokio::spawn(headnode::run(listener, config, std::future::pending()));
+    let _node = fake_node(addr, "dn1").await;
+    while let Some(event) = events.recv().await {
+        if matches!(event, Event::Joined { .. }) {
+            break;
+        }
+    }
+    let result = tokio::time::timeout(Duration::from_secs(10), head)
+        .await
+        .expect("the head node stops instead of running on without its membership")
+        .unwrap();
+    assert!(
+        matches!(
+            &result,
+            Err(RunError::TaskStopped {
+                task: "membership",
+                ..
+            })
+        ),
+        "{result:?}"
+    );
+    // And it no longer accepts anyone, so a health check fails.
+    assert!(TcpStream::connect(addr).await.is_err());
+}
