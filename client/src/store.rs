@@ -3,7 +3,8 @@
 //! logs every answer as `Servidor recibio: <answer>`.
 //!
 //! Nothing is given up on: a message answered `ERROR no data nodes
-//! available` is sent again after a backoff, and when the connection drops,
+//! available` or `ERROR outcome unknown: ...` is sent again after a
+//! backoff, and when the connection drops,
 //! every message not yet acknowledged is sent again on the next one (in
 //! order). A message may therefore be stored twice, never lost.
 
@@ -11,7 +12,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use protocol::backoff::Backoff;
-use protocol::message::{NO_DATA_NODES, ROLE_CLIENT, StoreReply};
+use protocol::message::{NO_DATA_NODES, OUTCOME_UNKNOWN, ROLE_CLIENT, StoreReply};
 use rand::RngExt;
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -149,7 +150,12 @@ pub async fn run(
                             summary.acknowledged += 1;
                             no_nodes_backoff.reset();
                         }
-                        Ok(StoreReply::Error(reason)) if reason == NO_DATA_NODES => {
+                        // Nothing stored, or perhaps stored by a data node that
+                        // failed before acknowledging: sending it again may
+                        // store it twice (same text, another id), never lose it.
+                        Ok(StoreReply::Error(reason))
+                            if reason == NO_DATA_NODES || reason.starts_with(OUTCOME_UNKNOWN) =>
+                        {
                             warn!("Servidor recibio: {}", line.as_str());
                             let delay = no_nodes_backoff.next_delay();
                             hold_until = Some(Instant::now() + delay);
