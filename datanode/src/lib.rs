@@ -33,6 +33,7 @@ use protocol::telemetry::MESSAGES_TARGET;
 use tokio::net::TcpStream;
 use tracing::{debug, error, info, warn};
 
+pub mod audit;
 pub mod storage;
 
 pub use storage::FsyncPolicy;

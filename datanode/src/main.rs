@@ -37,6 +37,20 @@ enum Command {
         #[arg(env = "DATA_DIR")]
         data_dir: PathBuf,
     },
+    /// Compares every acknowledgement clients logged with every data node's
+    /// data.txt: lost, misplaced, duplicated and unacknowledged messages.
+    ///
+    /// Prints one `key=value` summary line and the first problems. Exit
+    /// status 0 when every acknowledged message is stored where its ack
+    /// says, 1 otherwise, 2 when a file cannot be read.
+    Audit {
+        /// A client's log (registro_cliente.txt); repeat for each client.
+        #[arg(long = "client-log", required = true)]
+        client_logs: Vec<PathBuf>,
+        /// Data directories; each directory's name is its node's id.
+        #[arg(required = true)]
+        data_dirs: Vec<PathBuf>,
+    },
 }
 
 /// Running the node.
@@ -86,12 +100,41 @@ fn main() -> ExitCode {
     let args = Args::parse();
     match args.command {
         Some(Command::Verify { data_dir }) => verify(&data_dir),
+        Some(Command::Audit {
+            client_logs,
+            data_dirs,
+        }) => audit(&client_logs, &data_dirs),
         None => protocol::cli::exit_code("datanode", run(args.node)),
     }
 }
 
 /// Problems printed under the summary; the rest are only counted.
 const PROBLEMS_SHOWN: usize = 10;
+
+fn audit(client_logs: &[PathBuf], data_dirs: &[PathBuf]) -> ExitCode {
+    let report = match datanode::audit::audit(client_logs, data_dirs) {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("datanode audit: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    println!("{report}");
+    for (kind, count) in &report.client_errors {
+        println!("  client error {kind:?}: {count}");
+    }
+    for id in report.lost.iter().take(PROBLEMS_SHOWN) {
+        println!("  lost: {id} was acknowledged and is in no data file");
+    }
+    for (id, node) in report.misplaced.iter().take(PROBLEMS_SHOWN) {
+        println!("  misplaced: {id} was acknowledged by {node}, whose data file lacks it");
+    }
+    if report.is_sound() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
 
 fn verify(data_dir: &Path) -> ExitCode {
     let path = if data_dir.is_dir() {
