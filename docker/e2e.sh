@@ -37,55 +37,16 @@ E2E_BUILD=${E2E_BUILD:-1}
 E2E_KEEP_LOGS=${E2E_KEEP_LOGS:-0}
 E2E_TIME_BUDGET=${E2E_TIME_BUDGET:-280}
 
-log() { printf '[e2e %3ds] %s\n' "$SECONDS" "$*"; }
-PASSED=0
-ok() {
-    PASSED=$((PASSED + 1))
-    log "ok: $*"
-}
-fail() {
-    printf '[e2e %3ds] FAIL: %s\n' "$SECONDS" "$*" >&2
-    exit 1
-}
+NAME=e2e
+# shellcheck source=docker/lib.sh
+source "$ROOT/docker/lib.sh"
 
 # ------------------------------------------------------------------ skip?
-if ! command -v docker >/dev/null 2>&1; then
-    echo "SKIP: e2e: no docker command, so no Docker engine to test against"
-    exit 0
-fi
-if ! timeout 20 docker info >/dev/null 2>&1; then
-    echo "SKIP: e2e: no Docker engine reachable (docker info failed)"
-    exit 0
-fi
-if docker compose version >/dev/null 2>&1; then
-    COMPOSE=(docker compose)
-elif command -v docker-compose >/dev/null 2>&1; then
-    COMPOSE=(docker-compose)
-else
-    echo "SKIP: e2e: a Docker engine is reachable but neither 'docker compose' nor 'docker-compose' is installed"
-    exit 0
-fi
-command -v python3 >/dev/null || fail "python3 is needed for the connection-limit and acknowledgement checks"
+require_docker_or_skip
 
 # ------------------------------------------------------------------ setup
-PROJECT=msgstore-e2e-$$
-P=$PROJECT-
-export CONTAINER_PREFIX=$P NETWORK_NAME=$PROJECT
-LOGS_DIR=$(mktemp -d "${TMPDIR:-/tmp}/msgstore-e2e.XXXXXX")
-chmod 755 "$LOGS_DIR"
-export LOGS_DIR
-# Containers run as the invoking user, or as 10001 when that is root.
-HOST_UID=$(id -u)
-HOST_GID=$(id -g)
-if [[ $HOST_UID == 0 ]]; then
-    HOST_UID=10001 HOST_GID=10001
-    chown "$HOST_UID:$HOST_GID" "$LOGS_DIR"
-fi
-export HOST_UID HOST_GID
-
-# A cluster token of this test's own; it never appears in arguments or logs.
-CLUSTER_TOKEN=$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')
-export CLUSTER_TOKEN
+setup_project
+command -v python3 >/dev/null || fail "python3 is needed for the connection-limit and acknowledgement checks"
 export PING_INTERVAL=${E2E_PING_INTERVAL:-1s}
 export PING_TIMEOUT=${E2E_PING_TIMEOUT:-500ms}
 export HEARTBEAT_INTERVAL=${E2E_HEARTBEAT_INTERVAL:-250ms}
@@ -96,10 +57,6 @@ export CLIENT_INTERVAL=${E2E_CLIENT_INTERVAL:-1ms}
 export CLIENT_PIPELINE=${E2E_CLIENT_PIPELINE:-16}
 export ECHO_INTERVAL=200ms
 export ECHO_MAX_CONNECTIONS=100
-
-DC=("${COMPOSE[@]}" -p "$PROJECT" --profile scale -f "$ROOT/docker-compose.yml")
-HB=$LOGS_DIR/headnode/heartbeat_server.txt
-CLIENT_LOG=$LOGS_DIR/client/registro_cliente.txt
 SUMMARY=()
 WATCHDOG=
 
@@ -107,23 +64,7 @@ cleanup() {
     local rc=$?
     set +e
     [[ -n $WATCHDOG ]] && kill "$WATCHDOG" 2>/dev/null
-    if ((rc != 0)); then
-        echo "---- diagnostics (project $PROJECT) ----"
-        docker ps -a --filter "label=com.docker.compose.project=$PROJECT" \
-            --format 'table {{.Names}}\t{{.Status}}'
-        local f
-        for f in "$LOGS_DIR"/*/*.txt; do
-            [[ -f $f ]] || continue
-            echo "---- last lines of ${f#"$LOGS_DIR"/}"
-            tail -n 15 "$f"
-        done
-        echo "---- container output"
-        timeout 30 "${DC[@]}" logs --no-color --tail 10 2>&1 | tail -n 80
-    fi
-    docker ps -q --filter "label=com.docker.compose.project=$PROJECT" --filter status=paused \
-        | xargs -r docker unpause >/dev/null 2>&1
-    timeout 60 "${DC[@]}" down --remove-orphans --timeout 3 >/dev/null 2>&1
-    docker network rm "$NETWORK_NAME" >/dev/null 2>&1
+    teardown_project "$rc"
     if [[ $E2E_KEEP_LOGS == 1 ]]; then
         echo "log files kept in $LOGS_DIR"
     else
@@ -142,49 +83,8 @@ trap cleanup EXIT
 trap 'fail "interrupted or over the time budget"' INT TERM
 
 # ------------------------------------------------------------------ helpers
-now_ms() { date +%s%3N; }
-
-# Milliseconds in a duration such as 250ms, 1s, 1.5s.
-dur_ms() {
-    awk -v d="$1" 'BEGIN {
-        if (d ~ /ms$/) { sub(/ms$/, "", d); printf "%d", d }
-        else { sub(/s$/, "", d); printf "%d", d * 1000 } }'
-}
-
-# Epoch milliseconds of a log line's leading `YYYY-MM-DD HH:MM:SS,mmm` (UTC).
-line_ms() {
-    local stamp=${1:0:23}
-    [[ $stamp =~ ^[0-9]{4}-[0-9]{2}-[0-9]{2}\ [0-9]{2}:[0-9]{2}:[0-9]{2},[0-9]{3}$ ]] || return 1
-    echo $(($(date -u -d "${stamp:0:19}" +%s) * 1000 + 10#${stamp:20:3}))
-}
-
-lines() { if [[ -f $1 ]]; then wc -l <"$1"; else echo 0; fi; }
-
-# wait_for FILE REGEX SECONDS [SKIP_LINES]: prints the first line after
-# SKIP_LINES that matches; fails (returns 1) after SECONDS.
-wait_for() {
-    local file=$1 regex=$2 deadline=$(($(now_ms) + $3 * 1000)) skip=${4:-0}
-    while (($(now_ms) < deadline)); do
-        if [[ -f $file ]] && awk -v skip="$skip" -v re="$regex" '
-            NR > skip && $0 ~ re { print; found = 1; exit }
-            END { exit !found }' "$file"; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    return 1
-}
-
-count() { if [[ -f $2 ]]; then grep -c -E -- "$1" "$2" || true; else echo 0; fi; }
 acks() { count 'mensaje: recibido' "$CLIENT_LOG"; }
 errors() { count 'Servidor recibio: ERROR' "$CLIENT_LOG"; }
-
-# Time from $1 (epoch ms) to the log line $2, or to now if it has no stamp.
-delay_ms() {
-    local at
-    at=$(line_ms "$2") || at=$(now_ms)
-    echo $((at - $1))
-}
 
 wait_acks_above() { # N SECONDS
     local deadline=$((SECONDS + $2))
@@ -192,10 +92,6 @@ wait_acks_above() { # N SECONDS
         ((SECONDS < deadline)) || return 1
         sleep 0.2
     done
-}
-
-ip_of() {
-    docker inspect --format '{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}' "$1" | awk '{ print $1 }'
 }
 
 # ------------------------------------------------------------------ build
@@ -213,13 +109,7 @@ for bin in echo-server client headnode datanode; do
 done
 
 # Bounded from here on: a watchdog ends the test (cleanup included).
-(
-    sleep "$E2E_TIME_BUDGET" &
-    trap 'kill $! 2>/dev/null; exit 0' TERM
-    wait $!
-    kill -TERM $$
-) >/dev/null 2>&1 </dev/null &
-WATCHDOG=$!
+start_watchdog "$E2E_TIME_BUDGET"
 
 # ------------------------------------------------------------------ Activity 1
 test_echo() {
