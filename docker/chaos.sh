@@ -155,7 +155,7 @@ row() {
 eviction_ms() {
     local line
     line=$(wait_for "$HB" " $1 .*$2" 30 "$SKIP") || fail "$1 was not evicted ($2) within 30 s"
-    log "  $line"
+    log "  $line" >&2
     echo "$(delay_ms "$T0" "$line") ms"
 }
 
