@@ -146,7 +146,11 @@ fn node_name(dir: &Path) -> String {
 /// An error reason without the parts that differ per message, so errors
 /// can be counted by kind.
 fn error_kind(reason: &str) -> String {
-    let kind = reason.split([':', '(', ';']).next().unwrap_or(reason).trim();
+    let kind = reason
+        .split([':', '(', ';'])
+        .next()
+        .unwrap_or(reason)
+        .trim();
     kind.chars()
         .filter(|c| !c.is_ascii_digit())
         .collect::<String>()
@@ -166,7 +170,10 @@ mod tests {
             format_record(
                 &mut buf,
                 "2026-01-01 00:00:00,000",
-                Some(MessageId { epoch: 1, seq: *seq }),
+                Some(MessageId {
+                    epoch: 1,
+                    seq: *seq,
+                }),
                 b"x",
             );
         }
@@ -203,6 +210,10 @@ mod tests {
         assert_eq!(report.client_errors["outcome unknown"], 1);
         assert_eq!(report.client_errors["no data nodes available"], 2);
         assert!(!report.is_sound());
-        assert!(report.to_string().starts_with("acknowledged=4 lost=1 misplaced=1"));
+        assert!(
+            report
+                .to_string()
+                .starts_with("acknowledged=4 lost=1 misplaced=1")
+        );
     }
 }

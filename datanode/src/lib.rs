@@ -130,6 +130,10 @@ pub enum DataNodeError {
     /// this cluster's head node, or its token differs.
     #[error("head node {0} did not prove it knows the cluster token; not registering with it")]
     HeadNotAuthenticated(String),
+    /// A newer process with this node id has registered since this one
+    /// started: this one is stale and stops.
+    #[error("head node refused this node: {0}")]
+    Superseded(String),
     /// Neither a token nor open registration was configured.
     #[error(
         "no cluster token: set CLUSTER_TOKEN or --cluster-token-file (or --open-registration to join a head node without one)"
@@ -218,8 +222,8 @@ async fn connect(config: &Config) -> Result<Connection, ConnectError> {
     let head_not_authenticated =
         || ConnectError::Fatal(DataNodeError::HeadNotAuthenticated(config.headnode.clone()));
     let stream = open_stream(config).await.map_err(|e| retry(&e))?;
-    let mut conn =
-        Connection::connect(stream, config.max_line + FORWARD_OVERHEAD).map_err(|e| retry(&e))?;
+    let mut conn = Connection::connect(stream, config.max_line.saturating_add(FORWARD_OVERHEAD))
+        .map_err(|e| retry(&e))?;
     let node_nonce = config.cluster_token.as_ref().map(|_| Nonce::random());
     let hello = DataNodeHello {
         node_id: Some(config.node_id.clone()),
@@ -292,6 +296,13 @@ async fn connect(config: &Config) -> Result<Connection, ConnectError> {
             Ok(ToDataNode::Error(reason)) if reason.starts_with("unauthorized") => {
                 return Err(unauthorized(reason));
             }
+            Ok(ToDataNode::Error(reason)) if reason.starts_with("stale incarnation") => {
+                // A newer process with this id has registered: this one is
+                // the stale one and must not come back.
+                return Err(ConnectError::Fatal(DataNodeError::Superseded(
+                    reason.to_owned(),
+                )));
+            }
             Ok(ToDataNode::Error(reason)) => {
                 return Err(ConnectError::Retry(format!("refused: {reason}")));
             }
@@ -362,7 +373,7 @@ async fn serve<F: Future<Output = ()>>(
     let leave = Arc::new(AtomicBool::new(false));
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
     let thread_config = DataPathConfig {
-        max_line: config.max_line + FORWARD_OVERHEAD,
+        max_line: config.max_line.saturating_add(FORWARD_OVERHEAD),
         head_timeout: config.head_timeout,
         leave_timeout: config.leave_timeout,
         // Only a batch commit has an fdatasync worth sharing.

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::connection::{FrameReader, FrameWriter, close_with_error};
-use crate::error::{HandshakeError, ParseError};
+use crate::error::{HandshakeError, ParseError, ReadError};
 use crate::message::{CONFIRMACION, ERROR_PREFIX, PETICION, Role, truncate_for_log};
 
 /// Default time a peer has to finish the handshake.
@@ -46,9 +46,11 @@ where
         .await
         .unwrap_or(Err(HandshakeError::TimedOut(timeout)));
     if let Err(error) = &result {
+        // A peer whose socket failed or closed cannot read a reason; one that
+        // sent too long a line, or stalled mid-line, can.
         let reason = match error {
-            HandshakeError::Read(read) if !read.is_fatal() => Some(read.to_string()),
-            HandshakeError::Read(_) | HandshakeError::Closed => None,
+            HandshakeError::Read(ReadError::Io(_) | ReadError::ClosedMidLine { .. })
+            | HandshakeError::Closed => None,
             other => Some(other.to_string()),
         };
         if let Some(reason) = reason {
@@ -208,6 +210,32 @@ mod tests {
             server.await.unwrap(),
             Err(HandshakeError::Unexpected(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn too_long_a_first_line_is_answered_with_the_reason() {
+        let (mut peer, server_side) = duplex(4096);
+        let (sr, sw) = tokio::io::split(server_side);
+        let server = tokio::spawn(async move {
+            let config = ReaderConfig {
+                max_line: 16,
+                ..ReaderConfig::default()
+            };
+            let mut reader = FrameReader::detecting(sr, config, b"peticion");
+            let mut writer = FrameWriter::new(sw);
+            accept(
+                &mut reader,
+                &mut writer,
+                RoleStep::None,
+                Duration::from_secs(5),
+            )
+            .await
+        });
+        peer.write_all(&[b'x'; 100]).await.unwrap();
+        let mut answer = String::new();
+        peer.read_to_string(&mut answer).await.unwrap_or_default();
+        assert_eq!(answer, "ERROR line too long (max 16 bytes)\n");
+        assert!(server.await.unwrap().is_err());
     }
 
     #[tokio::test(start_paused = true)]
