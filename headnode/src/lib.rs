@@ -13,7 +13,8 @@
 //! - `registration`: handshake, token challenge, and the connection pools;
 //! - `client_session` / `node_session`: one task per connection.
 //!
-//! [`run`] is the only entry point; the binary and the tests both call it.
+//! [`run`] is the entry point for the binary and the tests; [`run_on`] is
+//! the same server on any [`Listener`] (a simulated network's, say).
 
 use std::future::Future;
 use std::io;
@@ -21,6 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use protocol::net::Listener;
 use protocol::server::{Admission, Handshakes};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
@@ -112,6 +114,16 @@ const NODE_DRAIN: Duration = Duration::from_millis(500);
 /// (membership, the waiting room) stops.
 pub async fn run(
     listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    run_on(listener, config, shutdown).await
+}
+
+/// [`run`] on any [`Listener`]: the network is a seam, so the same server
+/// runs over tokio's TCP or over a simulated network.
+pub async fn run_on<L: Listener>(
+    listener: L,
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
@@ -270,7 +282,7 @@ pub async fn run(
 
 /// The start-up lines: where the head node listens, how many connections
 /// of each kind it takes, and, loudly, how data nodes are admitted.
-fn announce(listener: &TcpListener, shared: &Shared, fd_limit: u64) -> io::Result<()> {
+fn announce<L: Listener>(listener: &L, shared: &Shared, fd_limit: u64) -> io::Result<()> {
     let config = &shared.config;
     let limits = shared.limits;
     info!(
