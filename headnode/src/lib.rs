@@ -177,7 +177,7 @@ pub async fn run_on<L: Listener>(
         router.clone(),
         config.no_node_wait,
         config.max_parked,
-        rand::make_rng(),
+        seeded_rng(config.rng_seed, 0),
         nodes_stop.clone(),
     ));
     names.insert(parking.id(), "waiting-room");
@@ -199,6 +199,8 @@ pub async fn run_on<L: Listener>(
     announce(&listener, &shared, fd_limit)?;
 
     tokio::pin!(shutdown);
+    // Numbers the accepted connections, to derive each one's generator.
+    let mut accepted_count = 0u64;
     let result = loop {
         let (stream, peer, permit) = tokio::select! {
             biased;
@@ -219,7 +221,8 @@ pub async fn run_on<L: Listener>(
         let (clients_stop, nodes_stop) = (clients_stop.clone(), nodes_stop.clone());
         let node_tasks_inner = node_tasks.clone();
         let waiting_room = handshakes.enter();
-        let rng = SmallRng::seed_from_u64(rand::random());
+        accepted_count += 1;
+        let mut rng = seeded_rng(shared.config.rng_seed, accepted_count);
         let task = async move {
             // Boxed: the handshake's state is freed once it is done, so
             // an idle client's task stays small.
@@ -229,6 +232,7 @@ pub async fn run_on<L: Listener>(
                 shared.clone(),
                 waiting_room,
                 &clients_stop,
+                &mut rng,
             ))
             .await;
             match session {
@@ -241,7 +245,7 @@ pub async fn run_on<L: Listener>(
                     // so answers in flight can still arrive.
                     node_tasks_inner.spawn(
                         async move {
-                            node_session::run(registered, nodes_stop).await;
+                            node_session::run(registered, rng, nodes_stop).await;
                             drop(permit);
                         }
                         .in_current_span(),
@@ -278,6 +282,23 @@ pub async fn run_on<L: Listener>(
     essential.abort_all();
     info!("head node stopped");
     result
+}
+
+/// A generator for stream `stream` of the head node: derived from `seed`
+/// when there is one, so a seeded run repeats its choices exactly.
+fn seeded_rng(seed: Option<u64>, stream: u64) -> SmallRng {
+    match seed {
+        Some(seed) => SmallRng::seed_from_u64(splitmix64(seed ^ splitmix64(stream))),
+        None => SmallRng::seed_from_u64(rand::random()),
+    }
+}
+
+/// One step of SplitMix64: spreads nearby inputs far apart.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// The start-up lines: where the head node listens, how many connections

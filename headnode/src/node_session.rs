@@ -38,7 +38,11 @@ pub(crate) struct Registered<S: Stream> {
 /// At most this many messages are taken from the queue per write.
 const WRITE_BATCH: usize = 1024;
 
-pub(crate) async fn run<S: Stream>(registered: Registered<S>, nodes_stop: CancellationToken) {
+pub(crate) async fn run<S: Stream>(
+    registered: Registered<S>,
+    mut rng: SmallRng,
+    nodes_stop: CancellationToken,
+) {
     let Registered {
         mut conn,
         info,
@@ -55,7 +59,6 @@ pub(crate) async fn run<S: Stream>(registered: Registered<S>, nodes_stop: Cancel
         config.max_node_in_flight.max(1)
     };
     let mut in_flight = InFlight::default();
-    let mut rng: SmallRng = rand::make_rng();
     let mut heartbeat = tokio::time::interval(config.heartbeat_interval);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let max_unacked_bytes = config.max_node_unacked_bytes;

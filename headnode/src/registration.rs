@@ -13,6 +13,7 @@ use protocol::handshake::{self, RoleStep};
 use protocol::message::{DataNodeHello, FromDataNode, NodeId, PETICION, Role, ToDataNode};
 use protocol::net::Stream;
 use protocol::server::HandshakeSlot;
+use rand::rngs::SmallRng;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -39,6 +40,7 @@ pub(crate) async fn accept_peer<S: Stream>(
     shared: Arc<Shared>,
     waiting_room: HandshakeSlot,
     stop: &CancellationToken,
+    rng: &mut SmallRng,
 ) -> Option<Peer<S>> {
     let mut conn = match Connection::accept(stream, shared.config.reader, PETICION.as_bytes()) {
         Ok(conn) => conn,
@@ -54,6 +56,7 @@ pub(crate) async fn accept_peer<S: Stream>(
         shared.config.handshake_timeout,
     );
     let role = tokio::select! {
+        biased;
         _ = stop.cancelled() => return None,
         _ = waiting_room.evicted() => {
             debug!("closed while still in its handshake, to make room for a newer connection");
@@ -76,6 +79,7 @@ pub(crate) async fn accept_peer<S: Stream>(
         }
         Ok(Some(Role::DataNode(hello))) => {
             let registered = tokio::select! {
+                biased;
                 _ = stop.cancelled() => return None,
                 _ = waiting_room.evicted() => {
                     conn.close_with_error(&"server busy: registration not finished in time").await;
@@ -83,7 +87,7 @@ pub(crate) async fn accept_peer<S: Stream>(
                 }
                 registered = tokio::time::timeout(
                     shared.config.handshake_timeout,
-                    register_data_node(&mut conn, peer, hello, &shared),
+                    register_data_node(&mut conn, peer, hello, &shared, rng),
                 ) => registered,
             };
             match registered {
@@ -125,6 +129,7 @@ async fn register_data_node<S: Stream>(
     peer: SocketAddr,
     hello: DataNodeHello,
     shared: &Shared,
+    rng: &mut SmallRng,
 ) -> Result<(membership::MemberInfo, OwnedSemaphorePermit), String> {
     let config = &shared.config;
     let named = hello.node_id.as_ref().map(NodeId::as_str).unwrap_or("?");
@@ -134,7 +139,7 @@ async fn register_data_node<S: Stream>(
                 warn!("dataNode refused: a challenge needs an id and an incarnation");
                 return Err("unauthorized".into());
             };
-            let head_nonce = Nonce::random();
+            let head_nonce = Nonce::from_rng(rng);
             let exchange = Exchange {
                 node_id: node_id.as_str(),
                 incarnation,
