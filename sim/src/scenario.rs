@@ -70,10 +70,15 @@ fn detector() -> DetectorConfig {
 /// hold and one interval until the next ping, silence stays below
 /// `suspect_after + hung_grace`.
 fn max_short_hold() -> Duration {
-    let d = detector();
-    (d.suspect_after + d.hung_grace)
+    grace()
         .saturating_sub(Config::default().heartbeat_interval)
-        .saturating_sub(Duration::from_millis(1500))
+        .saturating_sub(Duration::from_millis(700))
+}
+
+/// Heartbeat silence after which the head node evicts a data node.
+fn grace() -> Duration {
+    let d = detector();
+    d.suspect_after + d.hung_grace
 }
 
 /// A fault the scenario injects.
@@ -106,6 +111,22 @@ pub enum Fault {
         /// Held this long.
         lasting: Duration,
     },
+    /// The link between a data node and the head node holds everything
+    /// for longer than the grace: the node is evicted, and what it sent
+    /// arrives late.
+    LongHold {
+        /// Which node.
+        node: usize,
+        /// Held this long.
+        lasting: Duration,
+    },
+    /// The link between a client and the head node holds everything.
+    ClientHold {
+        /// Which client (from 1).
+        client: u32,
+        /// Held this long.
+        lasting: Duration,
+    },
     /// A data node's fsync takes `fsync` for a while.
     SlowDisk {
         /// Which node.
@@ -123,16 +144,19 @@ impl Fault {
             Fault::CrashDataNode { down_for, .. } | Fault::CrashHead { down_for } => down_for,
             Fault::Partition { lasting, .. }
             | Fault::ShortHold { lasting, .. }
+            | Fault::LongHold { lasting, .. }
+            | Fault::ClientHold { lasting, .. }
             | Fault::SlowDisk { lasting, .. } => lasting,
         }
     }
 
     fn node(&self) -> Option<usize> {
         match *self {
-            Fault::CrashHead { .. } => None,
+            Fault::CrashHead { .. } | Fault::ClientHold { .. } => None,
             Fault::CrashDataNode { node, .. }
             | Fault::Partition { node, .. }
             | Fault::ShortHold { node, .. }
+            | Fault::LongHold { node, .. }
             | Fault::SlowDisk { node, .. } => Some(node),
         }
     }
@@ -161,20 +185,28 @@ pub fn schedule(seed: u64, settings: &Settings) -> Vec<Scheduled> {
         let at = ms(&mut rng, 200, settings.fault_window.as_millis() as u64);
         let node = rng.random_range(0..NODES.len());
         let fault = match rng.random_range(0..100) {
-            0..20 => Fault::CrashDataNode {
+            0..18 => Fault::CrashDataNode {
                 node,
                 down_for: ms(&mut rng, 100, 4000),
             },
-            20..32 => Fault::CrashHead {
+            18..30 => Fault::CrashHead {
                 down_for: ms(&mut rng, 100, 3000),
             },
-            32..52 => Fault::Partition {
+            30..45 => Fault::Partition {
                 node,
                 lasting: ms(&mut rng, 200, 8000),
             },
-            52..80 => Fault::ShortHold {
+            45..70 => Fault::ShortHold {
                 node,
                 lasting: ms(&mut rng, 100, max_short_hold().as_millis() as u64),
+            },
+            70..78 => Fault::LongHold {
+                node,
+                lasting: grace() + ms(&mut rng, 500, 5000),
+            },
+            78..86 => Fault::ClientHold {
+                client: rng.random_range(1..=settings.clients),
+                lasting: ms(&mut rng, 100, 5000),
             },
             _ => Fault::SlowDisk {
                 node,
@@ -349,7 +381,7 @@ pub fn run(seed: u64, settings: &Settings) -> Result<Outcome, Failure> {
             report,
             trace: trace.clone(),
         });
-        sim.client(format!("c{id}"), client.run());
+        sim.client(client_host(id), client.run());
     }
 
     let mut problems = Vec::new();
@@ -418,7 +450,13 @@ enum Action {
     Repair(&'static str),
     Hold(&'static str),
     Release(&'static str),
+    HoldClient(String),
+    ReleaseClient(String),
     Fsync(usize, Duration),
+}
+
+fn client_host(client: u32) -> String {
+    format!("c{client}")
 }
 
 fn actions(faults: &[Scheduled]) -> Vec<(Duration, Action)> {
@@ -433,9 +471,13 @@ fn actions(faults: &[Scheduled]) -> Vec<(Duration, Action)> {
             Fault::Partition { node, .. } => {
                 (Action::Partition(NODES[node]), Action::Repair(NODES[node]))
             }
-            Fault::ShortHold { node, .. } => {
+            Fault::ShortHold { node, .. } | Fault::LongHold { node, .. } => {
                 (Action::Hold(NODES[node]), Action::Release(NODES[node]))
             }
+            Fault::ClientHold { client, .. } => (
+                Action::HoldClient(client_host(client)),
+                Action::ReleaseClient(client_host(client)),
+            ),
             Fault::SlowDisk { node, fsync, .. } => (
                 Action::Fsync(node, fsync),
                 Action::Fsync(node, Duration::from_millis(2)),
@@ -476,6 +518,8 @@ fn apply(sim: &mut turmoil::Sim<'_>, action: &Action, disks: &[Disk], unreachabl
         }
         Action::Hold(host) => sim.hold(host, HEAD),
         Action::Release(host) => sim.release(host, HEAD),
+        Action::HoldClient(ref client) => sim.hold(client.as_str(), HEAD),
+        Action::ReleaseClient(ref client) => sim.release(client.as_str(), HEAD),
         Action::Fsync(node, delay) => disks[node].set_fsync_delay(delay),
     }
 }
