@@ -17,6 +17,7 @@ use std::sync::Arc;
 use protocol::Line;
 use protocol::connection::Connection;
 use protocol::message::{OUTCOME_UNKNOWN, StoreReply, truncate_for_log, validate_text};
+use protocol::net::Stream;
 use protocol::telemetry::MESSAGES_TARGET;
 use rand::rngs::SmallRng;
 use tokio::sync::{AcquireError, OwnedSemaphorePermit, mpsc};
@@ -74,8 +75,8 @@ struct Blocked {
     charge: Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>,
 }
 
-pub(crate) async fn run(
-    mut conn: Connection,
+pub(crate) async fn run<S: Stream>(
+    mut conn: Connection<S>,
     shared: Arc<Shared>,
     stop: CancellationToken,
     mut rng: SmallRng,
@@ -242,7 +243,7 @@ fn failed(slot: u64, reason: &str) -> Completion {
     }
 }
 
-fn queue_reply(conn: &mut Connection, done: Completion) {
+fn queue_reply<S: Stream>(conn: &mut Connection<S>, done: Completion) {
     match &done.outcome {
         Outcome::Stored { node, id } => {
             conn.writer

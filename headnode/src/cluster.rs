@@ -5,7 +5,7 @@
 //! the current time, carries out the resulting [`Event`]s (publish routes,
 //! close evicted connections, spawn probes) and writes the heartbeat log.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -106,12 +106,11 @@ pub(crate) async fn run_membership(
     };
 
     loop {
+        // Biased, so runs repeat exactly; the timers come before the inputs
+        // so a steady stream of inputs cannot starve them.
         let events = tokio::select! {
+            biased;
             _ = cancel.cancelled() => break,
-            input = inputs.recv() => match input {
-                Some(input) => driver.handle_input(input),
-                None => break,
-            },
             _ = ticks.tick() => driver.membership.tick(now()),
             _ = rounds.tick() => {
                 driver.start_round();
@@ -127,6 +126,10 @@ pub(crate) async fn run_membership(
                 }
                 Vec::new()
             }
+            input = inputs.recv() => match input {
+                Some(input) => driver.handle_input(input),
+                None => break,
+            },
         };
         driver.carry_out(&events);
     }
@@ -200,7 +203,8 @@ impl Driver {
         let inputs = self.inputs.clone();
         let timeout = self.config.ping_timeout;
         self.probes.spawn(async move {
-            let hosts: HashSet<IpAddr> = members.iter().map(|(_, addr)| *addr).collect();
+            // Ordered, so the prober sees the same sequence of calls every run.
+            let hosts: BTreeSet<IpAddr> = members.iter().map(|(_, addr)| *addr).collect();
             let mut pings = JoinSet::new();
             for host in hosts {
                 let prober = prober.clone();

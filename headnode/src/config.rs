@@ -80,6 +80,11 @@ pub struct Config {
     pub prober: Option<Arc<dyn Prober>>,
     /// Epoch of message ids; `None` uses the start time.
     pub id_epoch: Option<u64>,
+    /// Seed of every random choice the head node makes (routing, the
+    /// waiting room, challenge nonces), for reproducible runs such as a
+    /// simulation; each connection's generator is derived from it and the
+    /// connection's number. `None` seeds from the operating system.
+    pub rng_seed: Option<u64>,
     /// Receives every membership event, for monitoring and tests.
     pub observer: Option<mpsc::UnboundedSender<membership::Event>>,
 }
@@ -119,6 +124,7 @@ impl Default for Config {
             max_handshakes: 256,
             prober: None,
             id_epoch: None,
+            rng_seed: None,
             observer: None,
         }
     }

@@ -13,7 +13,8 @@
 //! - `registration`: handshake, token challenge, and the connection pools;
 //! - `client_session` / `node_session`: one task per connection.
 //!
-//! [`run`] is the only entry point; the binary and the tests both call it.
+//! [`run`] is the entry point for the binary and the tests; [`run_on`] is
+//! the same server on any [`Listener`] (a simulated network's, say).
 
 use std::future::Future;
 use std::io;
@@ -21,6 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use protocol::net::Listener;
 use protocol::server::{Admission, Handshakes};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
@@ -115,6 +117,16 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
+    run_on(listener, config, shutdown).await
+}
+
+/// [`run`] on any [`Listener`]: the network is a seam, so the same server
+/// runs over tokio's TCP or over a simulated network.
+pub async fn run_on<L: Listener>(
+    listener: L,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
     config.validate()?;
     let fd_limit = protocol::server::raise_fd_limit();
     let limits = Limits::share(
@@ -165,7 +177,7 @@ pub async fn run(
         router.clone(),
         config.no_node_wait,
         config.max_parked,
-        rand::make_rng(),
+        seeded_rng(config.rng_seed, 0),
         nodes_stop.clone(),
     ));
     names.insert(parking.id(), "waiting-room");
@@ -187,6 +199,8 @@ pub async fn run(
     announce(&listener, &shared, fd_limit)?;
 
     tokio::pin!(shutdown);
+    // Numbers the accepted connections, to derive each one's generator.
+    let mut accepted_count = 0u64;
     let result = loop {
         let (stream, peer, permit) = tokio::select! {
             biased;
@@ -207,7 +221,8 @@ pub async fn run(
         let (clients_stop, nodes_stop) = (clients_stop.clone(), nodes_stop.clone());
         let node_tasks_inner = node_tasks.clone();
         let waiting_room = handshakes.enter();
-        let rng = SmallRng::seed_from_u64(rand::random());
+        accepted_count += 1;
+        let mut rng = seeded_rng(shared.config.rng_seed, accepted_count);
         let task = async move {
             // Boxed: the handshake's state is freed once it is done, so
             // an idle client's task stays small.
@@ -217,6 +232,7 @@ pub async fn run(
                 shared.clone(),
                 waiting_room,
                 &clients_stop,
+                &mut rng,
             ))
             .await;
             match session {
@@ -229,7 +245,7 @@ pub async fn run(
                     // so answers in flight can still arrive.
                     node_tasks_inner.spawn(
                         async move {
-                            node_session::run(registered, nodes_stop).await;
+                            node_session::run(registered, rng, nodes_stop).await;
                             drop(permit);
                         }
                         .in_current_span(),
@@ -268,9 +284,26 @@ pub async fn run(
     result
 }
 
+/// A generator for stream `stream` of the head node: derived from `seed`
+/// when there is one, so a seeded run repeats its choices exactly.
+fn seeded_rng(seed: Option<u64>, stream: u64) -> SmallRng {
+    match seed {
+        Some(seed) => SmallRng::seed_from_u64(splitmix64(seed ^ splitmix64(stream))),
+        None => SmallRng::seed_from_u64(rand::random()),
+    }
+}
+
+/// One step of SplitMix64: spreads nearby inputs far apart.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 /// The start-up lines: where the head node listens, how many connections
 /// of each kind it takes, and, loudly, how data nodes are admitted.
-fn announce(listener: &TcpListener, shared: &Shared, fd_limit: u64) -> io::Result<()> {
+fn announce<L: Listener>(listener: &L, shared: &Shared, fd_limit: u64) -> io::Result<()> {
     let config = &shared.config;
     let limits = shared.limits;
     info!(

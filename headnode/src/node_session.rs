@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use protocol::connection::Connection;
 use protocol::message::{FromDataNode, MessageId, ToDataNode, truncate_for_log};
+use protocol::net::Stream;
 use protocol::telemetry::MESSAGES_TARGET;
 use rand::rngs::SmallRng;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
@@ -21,8 +22,8 @@ use crate::membership::MemberInfo;
 use crate::router::NodeLoad;
 
 /// A data node that has been accepted into the cluster.
-pub(crate) struct Registered {
-    pub(crate) conn: Connection,
+pub(crate) struct Registered<S: Stream> {
+    pub(crate) conn: Connection<S>,
     pub(crate) info: MemberInfo,
     pub(crate) queue: mpsc::UnboundedReceiver<Forward>,
     /// What the router counts as held by this session.
@@ -37,7 +38,11 @@ pub(crate) struct Registered {
 /// At most this many messages are taken from the queue per write.
 const WRITE_BATCH: usize = 1024;
 
-pub(crate) async fn run(registered: Registered, nodes_stop: CancellationToken) {
+pub(crate) async fn run<S: Stream>(
+    registered: Registered<S>,
+    mut rng: SmallRng,
+    nodes_stop: CancellationToken,
+) {
     let Registered {
         mut conn,
         info,
@@ -54,7 +59,6 @@ pub(crate) async fn run(registered: Registered, nodes_stop: CancellationToken) {
         config.max_node_in_flight.max(1)
     };
     let mut in_flight = InFlight::default();
-    let mut rng: SmallRng = rand::make_rng();
     let mut heartbeat = tokio::time::interval(config.heartbeat_interval);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let max_unacked_bytes = config.max_node_unacked_bytes;
@@ -201,8 +205,8 @@ pub(crate) async fn run(registered: Registered, nodes_stop: CancellationToken) {
     debug!(node = %info.node, "dataNode session ended");
 }
 
-fn send(
-    conn: &mut Connection,
+fn send<S: Stream>(
+    conn: &mut Connection<S>,
     info: &MemberInfo,
     in_flight: &mut InFlight,
     load: &NodeLoad,

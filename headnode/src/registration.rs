@@ -11,8 +11,9 @@ use protocol::auth::{Exchange, Nonce};
 use protocol::connection::Connection;
 use protocol::handshake::{self, RoleStep};
 use protocol::message::{DataNodeHello, FromDataNode, NodeId, PETICION, Role, ToDataNode};
+use protocol::net::Stream;
 use protocol::server::HandshakeSlot;
-use tokio::net::TcpStream;
+use rand::rngs::SmallRng;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -24,22 +25,23 @@ use crate::node_session;
 use crate::router::NodeLoad;
 
 /// A peer past its handshake.
-pub(crate) enum Peer {
+pub(crate) enum Peer<S: Stream> {
     /// A client, with its place among the clients.
-    Client(Connection, OwnedSemaphorePermit),
+    Client(Connection<S>, OwnedSemaphorePermit),
     /// A data node accepted into the cluster.
-    DataNode(node_session::Registered),
+    DataNode(node_session::Registered<S>),
 }
 
 /// Handshake, role, authentication and registration. `None` when the peer
 /// was refused or went away (already logged).
-pub(crate) async fn accept_peer(
-    stream: TcpStream,
+pub(crate) async fn accept_peer<S: Stream>(
+    stream: S,
     peer: SocketAddr,
     shared: Arc<Shared>,
     waiting_room: HandshakeSlot,
     stop: &CancellationToken,
-) -> Option<Peer> {
+    rng: &mut SmallRng,
+) -> Option<Peer<S>> {
     let mut conn = match Connection::accept(stream, shared.config.reader, PETICION.as_bytes()) {
         Ok(conn) => conn,
         Err(e) => {
@@ -54,6 +56,7 @@ pub(crate) async fn accept_peer(
         shared.config.handshake_timeout,
     );
     let role = tokio::select! {
+        biased;
         _ = stop.cancelled() => return None,
         _ = waiting_room.evicted() => {
             debug!("closed while still in its handshake, to make room for a newer connection");
@@ -76,6 +79,7 @@ pub(crate) async fn accept_peer(
         }
         Ok(Some(Role::DataNode(hello))) => {
             let registered = tokio::select! {
+                biased;
                 _ = stop.cancelled() => return None,
                 _ = waiting_room.evicted() => {
                     conn.close_with_error(&"server busy: registration not finished in time").await;
@@ -83,7 +87,7 @@ pub(crate) async fn accept_peer(
                 }
                 registered = tokio::time::timeout(
                     shared.config.handshake_timeout,
-                    register_data_node(&mut conn, peer, hello, &shared),
+                    register_data_node(&mut conn, peer, hello, &shared, rng),
                 ) => registered,
             };
             match registered {
@@ -120,11 +124,12 @@ pub(crate) async fn accept_peer(
 
 /// Authenticates a data node and takes one of the reserved data-node
 /// places. On refusal, the reason to send it (logged already).
-async fn register_data_node(
-    conn: &mut Connection,
+async fn register_data_node<S: Stream>(
+    conn: &mut Connection<S>,
     peer: SocketAddr,
     hello: DataNodeHello,
     shared: &Shared,
+    rng: &mut SmallRng,
 ) -> Result<(membership::MemberInfo, OwnedSemaphorePermit), String> {
     let config = &shared.config;
     let named = hello.node_id.as_ref().map(NodeId::as_str).unwrap_or("?");
@@ -134,7 +139,7 @@ async fn register_data_node(
                 warn!("dataNode refused: a challenge needs an id and an incarnation");
                 return Err("unauthorized".into());
             };
-            let head_nonce = Nonce::random();
+            let head_nonce = Nonce::from_rng(rng);
             let exchange = Exchange {
                 node_id: node_id.as_str(),
                 incarnation,
@@ -228,12 +233,12 @@ async fn register_data_node(
 }
 
 /// Hands a data node that proved itself to the membership task.
-async fn registration(
-    mut conn: Connection,
+async fn registration<S: Stream>(
+    mut conn: Connection<S>,
     info: membership::MemberInfo,
     slot: OwnedSemaphorePermit,
     shared: Arc<Shared>,
-) -> Option<node_session::Registered> {
+) -> Option<node_session::Registered<S>> {
     let (queue_tx, queue_rx) = mpsc::unbounded_channel();
     let load = Arc::new(NodeLoad::default());
     let evicted = CancellationToken::new();

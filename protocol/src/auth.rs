@@ -166,6 +166,13 @@ impl Nonce {
     pub fn random() -> Self {
         Nonce(rand::random())
     }
+
+    /// A nonce drawn from `rng` (a seeded one gives reproducible runs).
+    pub fn from_rng<R: rand::Rng + ?Sized>(rng: &mut R) -> Self {
+        let mut bytes = [0u8; 16];
+        rng.fill_bytes(&mut bytes);
+        Nonce(bytes)
+    }
 }
 
 /// An HMAC-SHA256 proof, written as 64 lowercase hex digits.

@@ -17,11 +17,11 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::Instant;
 
 use crate::codec::{DEFAULT_MAX_LINE, Line, LineDecoder, encode_line};
 use crate::error::ReadError;
+use crate::net::Stream;
 
 /// Default idle gap that ends an unterminated message of an original-system peer.
 pub const DEFAULT_IDLE_FLUSH: Duration = Duration::from_millis(10);
@@ -394,27 +394,33 @@ pub async fn close_with_error<R, W>(
     }
 }
 
-/// A TCP connection split into a frame reader and a frame writer, so one task
-/// can wait on both in a `select!`.
-#[derive(Debug)]
-pub struct Connection {
+/// A connection split into a frame reader and a frame writer, so one task
+/// can wait on both in a `select!`. A TCP connection unless `S` says
+/// otherwise (a simulated network's stream, say).
+pub struct Connection<S: Stream = TcpStream> {
     /// Incoming frames.
-    pub reader: FrameReader<OwnedReadHalf>,
+    pub reader: FrameReader<S::ReadHalf>,
     /// Outgoing frames.
-    pub writer: FrameWriter<OwnedWriteHalf>,
+    pub writer: FrameWriter<S::WriteHalf>,
     /// The peer's address, for logs.
     pub peer: std::net::SocketAddr,
     /// Our end's address, for logs.
     pub local: std::net::SocketAddr,
 }
 
-impl Connection {
+impl<S: Stream> std::fmt::Debug for Connection<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("peer", &self.peer)
+            .field("local", &self.local)
+            .field("framing", &self.reader.framing())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Stream> Connection<S> {
     /// Server side: the peer may be line-framed or of the original system.
-    pub fn accept(
-        stream: TcpStream,
-        config: ReaderConfig,
-        opening: &'static [u8],
-    ) -> io::Result<Self> {
+    pub fn accept(stream: S, config: ReaderConfig, opening: &'static [u8]) -> io::Result<Self> {
         let peer = stream.peer_addr()?;
         let local = stream.local_addr()?;
         let _ = stream.set_nodelay(true);
@@ -428,7 +434,7 @@ impl Connection {
     }
 
     /// Client side: we and the server both frame with newlines.
-    pub fn connect(stream: TcpStream, max_line: usize) -> io::Result<Self> {
+    pub fn connect(stream: S, max_line: usize) -> io::Result<Self> {
         let peer = stream.peer_addr()?;
         let local = stream.local_addr()?;
         let _ = stream.set_nodelay(true);
@@ -445,7 +451,9 @@ impl Connection {
     pub async fn close_with_error(&mut self, reason: &(dyn std::fmt::Display + Sync)) {
         close_with_error(&mut self.reader, &mut self.writer, reason).await;
     }
+}
 
+impl Connection<TcpStream> {
     /// The TCP stream again, with the bytes read but not yet decoded. Queued
     /// but unflushed frames are dropped: flush first.
     pub fn into_stream(self) -> (TcpStream, BytesMut) {

@@ -8,7 +8,8 @@
 //! - [`auth`]: the cluster token's challenge and response;
 //! - [`telemetry`]: log files plus stdout; [`shutdown`]: SIGTERM and Ctrl-C;
 //!   [`backoff`]: jittered reconnect delays; [`timefmt`]: log timestamps;
-//! - [`server`]: accepting under a connection cap.
+//! - [`server`]: accepting under a connection cap;
+//! - [`net`]: the listener and stream traits servers are generic over.
 //!
 //! The protocol itself is described in `docs/protocol.md`.
 #![deny(missing_docs)]
@@ -21,6 +22,7 @@ pub mod connection;
 pub mod error;
 pub mod handshake;
 pub mod message;
+pub mod net;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;

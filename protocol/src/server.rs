@@ -10,12 +10,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
+
+use crate::net::{Listener, Stream};
 
 /// How long a refused connection is kept open so the refusal is read before
 /// the close (closing with unread input would send a reset).
@@ -112,10 +113,10 @@ impl Admission {
     /// a connection reset before it was accepted) are retried with a growing
     /// pause of up to a second, and logged at most once every 10 s with how
     /// many there were, so the server keeps serving the connections it has.
-    pub async fn accept(
+    pub async fn accept<L: Listener>(
         &self,
-        listener: &TcpListener,
-    ) -> (TcpStream, SocketAddr, OwnedSemaphorePermit) {
+        listener: &L,
+    ) -> (L::Stream, SocketAddr, OwnedSemaphorePermit) {
         let mut delay = Duration::from_millis(5);
         loop {
             let (stream, peer) = match listener.accept().await {
@@ -180,7 +181,7 @@ impl Admission {
 /// and drains the peer's input for a moment, so the refusal is read rather
 /// than lost to a reset. At most [`MAX_LINGERING_REFUSALS`] linger; beyond
 /// that the connection is closed at once.
-fn refuse(lingering: &Arc<Semaphore>, tracker: &TaskTracker, stream: TcpStream, reason: String) {
+fn refuse<S: Stream>(lingering: &Arc<Semaphore>, tracker: &TaskTracker, stream: S, reason: String) {
     let message = format!("ERROR {reason}\n");
     // A fresh socket's send buffer always has room for one short line.
     let _ = stream.try_write(message.as_bytes());

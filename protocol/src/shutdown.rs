@@ -8,6 +8,7 @@ pub async fn signal() {
         match signal(SignalKind::terminate()) {
             Ok(mut term) => {
                 tokio::select! {
+                    biased;
                     _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
                     _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C received, shutting down"),
                 }

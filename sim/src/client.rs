@@ -1,0 +1,190 @@
+//! A pipelining client: keeps a window of messages in flight, matches each
+//! reply with the oldest unanswered message, resends what was unanswered
+//! when its connection drops (as `client store` does), and retries messages
+//! the head node could not place (`no data nodes available`, `outcome
+//! unknown`) a moment later.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use protocol::connection::Connection;
+use protocol::handshake;
+use protocol::message::{MessageId, StoreReply};
+use tokio::time::Instant;
+
+use crate::net::SimStream;
+use crate::trace::Trace;
+
+/// Longest reply line.
+const MAX_LINE: usize = 1 << 16;
+/// No reply for this long: the connection is taken as lost.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(20);
+/// Pause before sending again after an error reply or a lost connection.
+const RETRY_PAUSE: Duration = Duration::from_millis(250);
+
+/// One client of the simulation.
+pub struct ClientModel {
+    /// Its number; its texts are `c<id>-<n>`.
+    pub id: u32,
+    /// Where the head node listens.
+    pub head: String,
+    /// Messages to store.
+    pub messages: usize,
+    /// Messages in flight at most.
+    pub window: usize,
+    /// Pause between two sends: the load spreads over the faults.
+    pub pace: Duration,
+    /// What it saw.
+    pub report: Arc<Mutex<ClientReport>>,
+    /// Where it records replies.
+    pub trace: Trace,
+}
+
+/// What a client saw.
+#[derive(Debug, Default, Clone)]
+pub struct ClientReport {
+    /// The text of each message, by number.
+    pub texts: Vec<String>,
+    /// Acknowledgements: message number, node named, id.
+    pub acks: Vec<(usize, String, MessageId)>,
+    /// Messages sent (resends included).
+    pub sent: u64,
+    /// Error replies (each one retried).
+    pub errors: u64,
+    /// Connections lost.
+    pub drops: u64,
+    /// Messages resent because their connection was lost unanswered.
+    pub resent: u64,
+    /// Broken promises seen on the wire.
+    pub violations: Vec<String>,
+    /// Whether every message was acknowledged.
+    pub done: bool,
+}
+
+impl ClientModel {
+    /// The texts this client stores.
+    pub fn texts(&self) -> Vec<String> {
+        (0..self.messages)
+            .map(|n| format!("c{}-{n}", self.id))
+            .collect()
+    }
+
+    /// Runs until every message is acknowledged.
+    pub async fn run(self: Arc<Self>) -> turmoil::Result {
+        let texts = self.texts();
+        self.report().texts = texts.clone();
+        let mut to_send: VecDeque<usize> = (0..texts.len()).collect();
+        while !to_send.is_empty() {
+            let mut in_flight = VecDeque::new();
+            let lost = self.connection(&texts, &mut to_send, &mut in_flight).await;
+            let Err(why) = lost else { break };
+            {
+                let mut report = self.report();
+                report.drops += 1;
+                report.resent += in_flight.len() as u64;
+            }
+            self.trace.record(format!(
+                "c{} lost its connection ({why}); resends {}",
+                self.id,
+                in_flight.len()
+            ));
+            while let Some(n) = in_flight.pop_back() {
+                to_send.push_front(n);
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+        self.report().done = true;
+        self.trace.record(format!("c{} done", self.id));
+        Ok(())
+    }
+
+    /// One connection: sends and reads until everything is acknowledged
+    /// (`Ok`) or the connection is lost (`Err`, with `in_flight` unanswered).
+    async fn connection(
+        &self,
+        texts: &[String],
+        to_send: &mut VecDeque<usize>,
+        in_flight: &mut VecDeque<usize>,
+    ) -> Result<(), String> {
+        let stream = SimStream::connect(&self.head)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let mut conn = Connection::connect(stream, MAX_LINE).map_err(|e| e.to_string())?;
+        handshake::initiate(
+            &mut conn.reader,
+            &mut conn.writer,
+            Some("cliente"),
+            Duration::from_secs(5),
+        )
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+        let mut pause_until: Option<Instant> = None;
+        let mut next_send = Instant::now();
+        loop {
+            if to_send.is_empty() && in_flight.is_empty() {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if pause_until.is_some_and(|until| now >= until) {
+                pause_until = None;
+            }
+            if pause_until.is_none()
+                && now >= next_send
+                && in_flight.len() < self.window
+                && let Some(n) = to_send.pop_front()
+            {
+                conn.writer.queue(texts[n].as_bytes());
+                in_flight.push_back(n);
+                self.report().sent += 1;
+                next_send = now + self.pace;
+            }
+            conn.writer
+                .flush()
+                .await
+                .map_err(|e| format!("write: {e}"))?;
+            let may_send = !to_send.is_empty() && in_flight.len() < self.window;
+            let wake = may_send.then(|| pause_until.unwrap_or(next_send).max(next_send));
+            let frame = tokio::select! {
+                biased;
+                frame = tokio::time::timeout(REPLY_TIMEOUT, conn.reader.read_frame()), if !in_flight.is_empty() => frame,
+                _ = protocol::server::sleep_until(wake), if wake.is_some() => continue,
+            };
+            let line = match frame {
+                Ok(Ok(Some(line))) => line.as_str().to_owned(),
+                Ok(Ok(None)) => return Err("closed by the head node".into()),
+                Ok(Err(e)) => return Err(e.to_string()),
+                Err(_) => {
+                    // The head node answers or closes; silence is a bug.
+                    let why = format!("no reply for {REPLY_TIMEOUT:?}");
+                    self.violation(why.clone());
+                    return Err(why);
+                }
+            };
+            let Some(n) = in_flight.pop_front() else {
+                self.violation(format!("a reply with nothing in flight: {line}"));
+                continue;
+            };
+            self.trace
+                .record(format!("c{} {} <- {line}", self.id, texts[n]));
+            match StoreReply::parse(&line) {
+                Ok(StoreReply::Stored { node, id }) => self.report().acks.push((n, node, id)),
+                Ok(StoreReply::Error(_)) => {
+                    self.report().errors += 1;
+                    to_send.push_back(n);
+                    pause_until = Some(Instant::now() + RETRY_PAUSE);
+                }
+                Err(e) => self.violation(format!("unparsable reply {line:?}: {e}")),
+            }
+        }
+    }
+
+    fn violation(&self, what: String) {
+        self.trace.record(format!("c{} VIOLATION {what}", self.id));
+        self.report().violations.push(what);
+    }
+
+    fn report(&self) -> std::sync::MutexGuard<'_, ClientReport> {
+        self.report.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}

@@ -1,0 +1,608 @@
+//! One seed of the simulation: a head node, three data-node models and
+//! pipelining clients on a simulated network, a fault schedule drawn from
+//! the seed, and the invariants checked once every client is done.
+
+use std::fmt;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+
+use headnode::membership::{Event, EvictReason};
+use headnode::{Config, DetectorConfig};
+use protocol::auth::ClusterToken;
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
+use tokio::sync::mpsc;
+
+use crate::client::{ClientModel, ClientReport};
+use crate::datanode::DataNodeModel;
+use crate::disk::Disk;
+use crate::net::SimListener;
+use crate::prober::{SimProber, Unreachable};
+use crate::trace::Trace;
+
+/// The data nodes' host names (and node ids).
+pub const NODES: [&str; 3] = ["dn1", "dn2", "dn3"];
+/// The head node's host name.
+pub const HEAD: &str = "head";
+const PORT: u16 = 7000;
+const TOKEN: &str = "simulation-cluster-token";
+
+/// Size of the workload and of the fault schedule.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Clients.
+    pub clients: u32,
+    /// Messages per client.
+    pub messages: usize,
+    /// Messages in flight per client.
+    pub window: usize,
+    /// Pause between two sends of one client.
+    pub pace: Duration,
+    /// Faults per seed, at most.
+    pub max_faults: usize,
+    /// Faults start within this time.
+    pub fault_window: Duration,
+    /// Simulated time a seed may take before it fails as stuck.
+    pub limit: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            clients: 3,
+            messages: 120,
+            window: 8,
+            pace: Duration::from_millis(100),
+            max_faults: 5,
+            fault_window: Duration::from_secs(12),
+            limit: Duration::from_secs(240),
+        }
+    }
+}
+
+/// The detector the head node runs with; short holds stay below its grace.
+fn detector() -> DetectorConfig {
+    DetectorConfig::default()
+}
+
+/// The longest "short hold": with a heartbeat answered just before the
+/// hold and one interval until the next ping, silence stays below
+/// `suspect_after + hung_grace`.
+fn max_short_hold() -> Duration {
+    grace()
+        .saturating_sub(Config::default().heartbeat_interval)
+        .saturating_sub(Duration::from_millis(700))
+}
+
+/// Heartbeat silence after which the head node evicts a data node.
+fn grace() -> Duration {
+    let d = detector();
+    d.suspect_after + d.hung_grace
+}
+
+/// A fault the scenario injects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// A data node's process dies, unsynced writes are lost, and it starts again.
+    CrashDataNode {
+        /// Which node.
+        node: usize,
+        /// Down this long.
+        down_for: Duration,
+    },
+    /// The head node's process dies and starts again.
+    CrashHead {
+        /// Down this long.
+        down_for: Duration,
+    },
+    /// The link between a data node and the head node drops everything.
+    Partition {
+        /// Which node.
+        node: usize,
+        /// Cut this long.
+        lasting: Duration,
+    },
+    /// The link between a data node and the head node holds everything,
+    /// shorter than the failure detector's grace.
+    ShortHold {
+        /// Which node.
+        node: usize,
+        /// Held this long.
+        lasting: Duration,
+    },
+    /// The link between a data node and the head node holds everything
+    /// for longer than the grace: the node is evicted, and what it sent
+    /// arrives late.
+    LongHold {
+        /// Which node.
+        node: usize,
+        /// Held this long.
+        lasting: Duration,
+    },
+    /// The link between a client and the head node holds everything.
+    ClientHold {
+        /// Which client (from 1).
+        client: u32,
+        /// Held this long.
+        lasting: Duration,
+    },
+    /// A data node's fsync takes `fsync` for a while.
+    SlowDisk {
+        /// Which node.
+        node: usize,
+        /// The slow fsync.
+        fsync: Duration,
+        /// Slow this long.
+        lasting: Duration,
+    },
+}
+
+impl Fault {
+    fn lasting(&self) -> Duration {
+        match *self {
+            Fault::CrashDataNode { down_for, .. } | Fault::CrashHead { down_for } => down_for,
+            Fault::Partition { lasting, .. }
+            | Fault::ShortHold { lasting, .. }
+            | Fault::LongHold { lasting, .. }
+            | Fault::ClientHold { lasting, .. }
+            | Fault::SlowDisk { lasting, .. } => lasting,
+        }
+    }
+
+    fn node(&self) -> Option<usize> {
+        match *self {
+            Fault::CrashHead { .. } | Fault::ClientHold { .. } => None,
+            Fault::CrashDataNode { node, .. }
+            | Fault::Partition { node, .. }
+            | Fault::ShortHold { node, .. }
+            | Fault::LongHold { node, .. }
+            | Fault::SlowDisk { node, .. } => Some(node),
+        }
+    }
+}
+
+/// A fault and when it starts.
+#[derive(Debug, Clone)]
+pub struct Scheduled {
+    /// Start, in simulated time.
+    pub at: Duration,
+    /// What.
+    pub fault: Fault,
+}
+
+/// Draws the faults of `seed`: one at a time per data node (so a short
+/// hold is never mixed with another fault of the same node), head-node
+/// crashes at any time.
+pub fn schedule(seed: u64, settings: &Settings) -> Vec<Scheduled> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let count = rng.random_range(1..=settings.max_faults);
+    let mut node_free_at = [Duration::ZERO; NODES.len()];
+    let mut faults = Vec::new();
+    let ms =
+        |rng: &mut SmallRng, lo: u64, hi: u64| Duration::from_millis(rng.random_range(lo..=hi));
+    for _ in 0..count {
+        let at = ms(&mut rng, 200, settings.fault_window.as_millis() as u64);
+        let node = rng.random_range(0..NODES.len());
+        let fault = match rng.random_range(0..100) {
+            0..18 => Fault::CrashDataNode {
+                node,
+                down_for: ms(&mut rng, 100, 4000),
+            },
+            18..30 => Fault::CrashHead {
+                down_for: ms(&mut rng, 100, 3000),
+            },
+            30..45 => Fault::Partition {
+                node,
+                lasting: ms(&mut rng, 200, 8000),
+            },
+            45..70 => Fault::ShortHold {
+                node,
+                lasting: ms(&mut rng, 100, max_short_hold().as_millis() as u64),
+            },
+            70..78 => Fault::LongHold {
+                node,
+                lasting: grace() + ms(&mut rng, 500, 5000),
+            },
+            78..86 => Fault::ClientHold {
+                client: rng.random_range(1..=settings.clients),
+                lasting: ms(&mut rng, 100, 5000),
+            },
+            _ => Fault::SlowDisk {
+                node,
+                fsync: ms(&mut rng, 50, 1000),
+                lasting: ms(&mut rng, 500, 6000),
+            },
+        };
+        if let Some(node) = fault.node() {
+            if at < node_free_at[node] {
+                continue;
+            }
+            // Room after each fault, so the next one on this node starts
+            // from a settled membership.
+            node_free_at[node] = at + fault.lasting() + Duration::from_secs(6);
+        }
+        faults.push(Scheduled { at, fault });
+    }
+    faults.sort_by_key(|s| s.at);
+    faults
+}
+
+/// What one seed did.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The seed.
+    pub seed: u64,
+    /// Digest of the trace: equal for two runs of one seed.
+    pub digest: u64,
+    /// Every observable line.
+    pub trace: Vec<String>,
+    /// The faults injected.
+    pub faults: Vec<Scheduled>,
+    /// Acknowledgements received.
+    pub acks: usize,
+    /// Error replies (retried).
+    pub errors: u64,
+    /// Client connections lost.
+    pub drops: u64,
+    /// Messages resent after a lost connection.
+    pub resent: u64,
+    /// Data-node evictions.
+    pub evictions: usize,
+    /// Simulated time until every client was done.
+    pub sim_time: Duration,
+}
+
+/// Why a seed failed.
+#[derive(Debug)]
+pub struct Failure {
+    /// The seed.
+    pub seed: u64,
+    /// What went wrong.
+    pub problems: Vec<String>,
+    /// The faults of the seed.
+    pub faults: Vec<Scheduled>,
+    /// The end of the trace.
+    pub trace_tail: Vec<String>,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "seed {} failed:", self.seed)?;
+        for problem in &self.problems {
+            writeln!(f, "  - {problem}")?;
+        }
+        writeln!(f, "faults:")?;
+        for s in &self.faults {
+            writeln!(f, "  {:>9.3} {:?}", s.at.as_secs_f64(), s.fault)?;
+        }
+        writeln!(f, "trace (last {} lines):", self.trace_tail.len())?;
+        for line in &self.trace_tail {
+            writeln!(f, "  {line}")?;
+        }
+        write!(
+            f,
+            "replay: SIM_SEED={} cargo test -p sim --test simulation replay -- --nocapture",
+            self.seed
+        )
+    }
+}
+
+/// A membership event and when the head node emitted it.
+type Timed = (Duration, Event);
+
+/// Runs seed `seed` and checks every invariant.
+pub fn run(seed: u64, settings: &Settings) -> Result<Outcome, Failure> {
+    let faults = schedule(seed, settings);
+    let trace = Trace::default();
+    let token = ClusterToken::new(TOKEN).expect("a valid token");
+    let unreachable = Unreachable::default();
+    let events: Arc<Mutex<Vec<Timed>>> = Arc::default();
+    let disks: Vec<Disk> = NODES
+        .iter()
+        .map(|_| Disk::new(Duration::from_millis(2)))
+        .collect();
+    let head_addr = format!("{HEAD}:{PORT}");
+
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(seed)
+        .epoch(UNIX_EPOCH)
+        .simulation_duration(settings.limit)
+        .tcp_capacity(4096)
+        .build();
+
+    let head_starts = Arc::new(AtomicU64::new(0));
+    {
+        let (token, unreachable, events, trace) = (
+            token.clone(),
+            unreachable.clone(),
+            events.clone(),
+            trace.clone(),
+        );
+        sim.host(HEAD, move || {
+            let start = head_starts.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            let (observer, mut observed) = mpsc::unbounded_channel();
+            let config = Config {
+                cluster_token: Some(token.clone()),
+                detector: detector(),
+                prober: Some(Arc::new(SimProber {
+                    unreachable: unreachable.clone(),
+                })),
+                // A new epoch per start, as a restarted process's clock gives.
+                id_epoch: Some(start),
+                rng_seed: Some(seed.wrapping_mul(31).wrapping_add(start)),
+                observer: Some(observer),
+                ..Config::default()
+            };
+            let (events, trace) = (events.clone(), trace.clone());
+            async move {
+                trace.record(format!("head starts, epoch {start}"));
+                tokio::spawn(async move {
+                    while let Some(event) = observed.recv().await {
+                        let at = turmoil::sim_elapsed().unwrap_or_default();
+                        trace.record_at(at, format!("head: {event:?}"));
+                        events
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push((at, event));
+                    }
+                });
+                let listener =
+                    SimListener(turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?);
+                headnode::run_on(listener, config, std::future::pending()).await?;
+                Ok(())
+            }
+        });
+    }
+
+    for (i, name) in NODES.iter().enumerate() {
+        let model = Arc::new(DataNodeModel {
+            id: (*name).to_owned(),
+            head: head_addr.clone(),
+            token: token.clone(),
+            disk: disks[i].clone(),
+            starts: Arc::default(),
+            seed: seed ^ (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            trace: trace.clone(),
+        });
+        sim.host(*name, move || model.clone().run());
+    }
+
+    let mut reports = Vec::new();
+    for id in 1..=settings.clients {
+        let report: Arc<Mutex<ClientReport>> = Arc::default();
+        reports.push(report.clone());
+        let client = Arc::new(ClientModel {
+            id,
+            head: head_addr.clone(),
+            messages: settings.messages,
+            window: settings.window,
+            pace: settings.pace,
+            report,
+            trace: trace.clone(),
+        });
+        sim.client(client_host(id), client.run());
+    }
+
+    let mut problems = Vec::new();
+    let mut actions = actions(&faults);
+    actions.reverse();
+    loop {
+        while actions.last().is_some_and(|(at, _)| *at <= sim.elapsed()) {
+            let (_, action) = actions.pop().expect("checked above");
+            trace.record_at(sim.elapsed(), format!("fault: {action:?}"));
+            apply(&mut sim, &action, &disks, &unreachable);
+        }
+        match sim.step() {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) => {
+                problems.push(format!("the simulation stopped: {e}"));
+                break;
+            }
+        }
+    }
+    let sim_time = sim.elapsed();
+    drop(sim);
+
+    let events = std::mem::take(&mut *events.lock().unwrap_or_else(|p| p.into_inner()));
+    let reports: Vec<ClientReport> = reports
+        .iter()
+        .map(|r| r.lock().unwrap_or_else(|p| p.into_inner()).clone())
+        .collect();
+    check_acks_are_durable(&reports, &disks, &mut problems);
+    check_short_holds(&faults, &events, &mut problems);
+    check_clients(&reports, &mut problems);
+
+    if !problems.is_empty() {
+        let lines = trace.lines();
+        let tail = lines[lines.len().saturating_sub(60)..].to_vec();
+        return Err(Failure {
+            seed,
+            problems,
+            faults,
+            trace_tail: tail,
+        });
+    }
+    Ok(Outcome {
+        seed,
+        digest: trace.digest(),
+        trace: trace.lines(),
+        faults,
+        acks: reports.iter().map(|r| r.acks.len()).sum(),
+        errors: reports.iter().map(|r| r.errors).sum(),
+        drops: reports.iter().map(|r| r.drops).sum(),
+        resent: reports.iter().map(|r| r.resent).sum(),
+        evictions: events
+            .iter()
+            .filter(|(_, e)| matches!(e, Event::Evicted { .. }))
+            .count(),
+        sim_time,
+    })
+}
+
+/// A step of a fault.
+#[derive(Debug, Clone)]
+enum Action {
+    Crash(&'static str),
+    Restart(&'static str),
+    Partition(&'static str),
+    Repair(&'static str),
+    Hold(&'static str),
+    Release(&'static str),
+    HoldClient(String),
+    ReleaseClient(String),
+    Fsync(usize, Duration),
+}
+
+fn client_host(client: u32) -> String {
+    format!("c{client}")
+}
+
+fn actions(faults: &[Scheduled]) -> Vec<(Duration, Action)> {
+    let mut actions = Vec::new();
+    for s in faults {
+        let end = s.at + s.fault.lasting();
+        let (start, stop) = match s.fault {
+            Fault::CrashDataNode { node, .. } => {
+                (Action::Crash(NODES[node]), Action::Restart(NODES[node]))
+            }
+            Fault::CrashHead { .. } => (Action::Crash(HEAD), Action::Restart(HEAD)),
+            Fault::Partition { node, .. } => {
+                (Action::Partition(NODES[node]), Action::Repair(NODES[node]))
+            }
+            Fault::ShortHold { node, .. } | Fault::LongHold { node, .. } => {
+                (Action::Hold(NODES[node]), Action::Release(NODES[node]))
+            }
+            Fault::ClientHold { client, .. } => (
+                Action::HoldClient(client_host(client)),
+                Action::ReleaseClient(client_host(client)),
+            ),
+            Fault::SlowDisk { node, fsync, .. } => (
+                Action::Fsync(node, fsync),
+                Action::Fsync(node, Duration::from_millis(2)),
+            ),
+        };
+        actions.push((s.at, start));
+        actions.push((end, stop));
+    }
+    // Stable: simultaneous steps keep their schedule order.
+    actions.sort_by_key(|(at, _)| *at);
+    actions
+}
+
+fn node_index(host: &str) -> Option<usize> {
+    NODES.iter().position(|n| *n == host)
+}
+
+fn apply(sim: &mut turmoil::Sim<'_>, action: &Action, disks: &[Disk], unreachable: &Unreachable) {
+    match *action {
+        Action::Crash(host) => {
+            sim.crash(host);
+            if let Some(i) = node_index(host) {
+                disks[i].crash();
+                unreachable.set(sim.lookup(host), true);
+            }
+        }
+        Action::Restart(host) => {
+            sim.bounce(host);
+            unreachable.set(sim.lookup(host), false);
+        }
+        Action::Partition(host) => {
+            sim.partition(host, HEAD);
+            unreachable.set(sim.lookup(host), true);
+        }
+        Action::Repair(host) => {
+            sim.repair(host, HEAD);
+            unreachable.set(sim.lookup(host), false);
+        }
+        Action::Hold(host) => sim.hold(host, HEAD),
+        Action::Release(host) => sim.release(host, HEAD),
+        Action::HoldClient(ref client) => sim.hold(client.as_str(), HEAD),
+        Action::ReleaseClient(ref client) => sim.release(client.as_str(), HEAD),
+        Action::Fsync(node, delay) => disks[node].set_fsync_delay(delay),
+    }
+}
+
+/// Every acknowledged message is durable on the node the ack names, with
+/// the text of the client that got the ack.
+fn check_acks_are_durable(reports: &[ClientReport], disks: &[Disk], problems: &mut Vec<String>) {
+    let durable: Vec<_> = disks.iter().map(Disk::durable).collect();
+    for report in reports {
+        for (n, node, id) in &report.acks {
+            let text = &report.texts[*n];
+            let Some(i) = node_index(node) else {
+                problems.push(format!("{text}: acknowledged by unknown node {node:?}"));
+                continue;
+            };
+            let stored: Vec<&str> = durable[i]
+                .iter()
+                .filter(|r| r.id == *id)
+                .map(|r| r.text.as_str())
+                .collect();
+            if stored.is_empty() {
+                let elsewhere = durable.iter().any(|d| d.iter().any(|r| r.id == *id));
+                problems.push(format!(
+                    "{text}: acknowledged as {id} by {node}, but not durable there (elsewhere: {elsewhere})"
+                ));
+            } else if stored.iter().any(|s| s != text) {
+                problems.push(format!(
+                    "{text}: acknowledged as {id} by {node}, which stored {stored:?} under that id"
+                ));
+            }
+        }
+    }
+}
+
+/// No data node is evicted because of a hold shorter than the grace.
+fn check_short_holds(faults: &[Scheduled], events: &[Timed], problems: &mut Vec<String>) {
+    let settle = Duration::from_secs(2);
+    for s in faults {
+        let Fault::ShortHold { node, lasting } = s.fault else {
+            continue;
+        };
+        let window = s.at..s.at + lasting + settle;
+        for (at, event) in events {
+            let Event::Evicted { member, reason } = event else {
+                continue;
+            };
+            if member.node.as_str() == NODES[node]
+                && window.contains(at)
+                && !matches!(reason, EvictReason::Replaced { .. })
+            {
+                problems.push(format!(
+                    "{} evicted at {at:?} ({reason}) during a hold of {lasting:?} from {:?}",
+                    NODES[node], s.at
+                ));
+            }
+        }
+    }
+}
+
+/// Every client finished, saw no broken promise, and got one answer per
+/// message sent or a dropped connection.
+fn check_clients(reports: &[ClientReport], problems: &mut Vec<String>) {
+    for (i, report) in reports.iter().enumerate() {
+        let c = i + 1;
+        if !report.done {
+            problems.push(format!("client c{c} did not finish"));
+        }
+        for v in &report.violations {
+            problems.push(format!("client c{c}: {v}"));
+        }
+        let answered = report.acks.len() as u64 + report.errors;
+        if answered + report.resent != report.sent {
+            problems.push(format!(
+                "client c{c}: sent {} but got {} answers and resent {} after drops",
+                report.sent, answered, report.resent
+            ));
+        }
+        let mut acked = vec![false; report.texts.len()];
+        for (n, _, _) in &report.acks {
+            acked[*n] = true;
+        }
+        if report.done && acked.iter().any(|a| !a) {
+            problems.push(format!("client c{c} finished with unacknowledged messages"));
+        }
+    }
+}
