@@ -25,6 +25,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::fmt::MakeWriter;
@@ -94,11 +95,19 @@ pub fn dropped_lines() -> u64 {
     DROPPED_LINES.load(Ordering::Relaxed)
 }
 
+/// Longest time dropping a [`LogGuard`] waits for the writer threads to
+/// write out what they hold. A sink that takes nothing (a stdout pipe nobody
+/// reads) must not keep a stopping process alive.
+pub const FLUSH_AT_EXIT_LIMIT: Duration = Duration::from_secs(2);
+
 /// Keeps the background log writers alive; drop it last, at exit, to flush.
+/// Dropping it waits at most [`FLUSH_AT_EXIT_LIMIT`].
 #[must_use = "dropping the guard stops log writing"]
 pub struct LogGuard {
     writers: Vec<LossyWriter>,
-    _workers: Vec<WorkerGuard>,
+    /// The files' workers first, stdout's last, so the files are flushed
+    /// even when stdout is stuck.
+    workers: Vec<WorkerGuard>,
 }
 
 impl Drop for LogGuard {
@@ -108,7 +117,27 @@ impl Drop for LogGuard {
         for writer in &self.writers {
             writer.write_pending_notice();
         }
+        // A `WorkerGuard` whose queue is full reports that with `println!`,
+        // which waits for the lock on stdout; the stdout worker holds that
+        // lock while it is blocked writing to a pipe nobody reads. Dropped
+        // here, the guards would then keep the process from ever exiting.
+        drop_within(std::mem::take(&mut self.workers), FLUSH_AT_EXIT_LIMIT);
     }
+}
+
+/// Drops `value` on a thread of its own and waits at most `limit` for the
+/// drop to finish. True if it finished; if not, the thread is left behind
+/// (it ends with the process).
+fn drop_within<T: Send + 'static>(value: T, limit: Duration) -> bool {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("log shutdown".into())
+        .spawn(move || {
+            drop(value);
+            let _ = done_tx.send(());
+        });
+    // If no thread can be started, the value was dropped right here.
+    spawned.is_err() || done_rx.recv_timeout(limit).is_ok()
 }
 
 /// A [`MakeWriter`] that never blocks: tracing-appender's lossy
@@ -334,10 +363,7 @@ pub fn init(spec: &LogSpec) -> Result<LogGuard, TelemetryError> {
         .with(env_filter)
         .try_init()
         .map_err(|_| TelemetryError::AlreadyInitialised)?;
-    Ok(LogGuard {
-        writers,
-        _workers: workers,
-    })
+    Ok(LogGuard { writers, workers })
 }
 
 /// Formats events as `2026-11-23 05:37:10,123  INFO span{field=1}: message key=value`.
@@ -556,6 +582,29 @@ mod tests {
         line.write_all(b"last\n").unwrap();
         let text = stall.wait_for("last line never arrived", |text| text.ends_with("last\n"));
         assert_eq!(text.lines().count(), 4, "{text}");
+    }
+
+    #[test]
+    fn dropping_the_guards_waits_a_bounded_time_for_a_drop_that_never_ends() {
+        /// Its drop parks until the test releases it, or for ever.
+        struct Stuck(mpsc::Receiver<()>);
+        impl Drop for Stuck {
+            fn drop(&mut self) {
+                let _ = self.0.recv();
+            }
+        }
+        let (release, parked) = mpsc::channel();
+        let started = Instant::now();
+        assert!(!drop_within(Stuck(parked), Duration::from_millis(200)));
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(200), "{waited:?}");
+        assert!(waited < Duration::from_secs(5), "{waited:?}");
+        drop(release);
+
+        // A drop that ends (its sender is gone) is waited for.
+        let (gone, quick) = mpsc::channel::<()>();
+        drop(gone);
+        assert!(drop_within(Stuck(quick), WAIT));
     }
 
     #[test]
