@@ -3,10 +3,10 @@
 //! data nodes' acknowledgements interleave.
 //!
 //! What one client can make the head node hold is bounded: at most
-//! `max_client_in_flight` unanswered messages, answers not yet taken by its
-//! socket up to `max_client_unflushed` bytes (then it is not read until they
-//! drain), and its messages' bytes count against the shared in-flight
-//! budget. A client whose socket takes nothing for `write_timeout` is
+//! `max_client_in_flight` unanswered messages holding at most
+//! `max_client_in_flight_bytes`, answers not yet taken by its socket up to
+//! `max_client_unflushed` bytes (then it is not read until they drain), and
+//! its messages' bytes count against the shared in-flight budget. A client whose socket takes nothing for `write_timeout` is
 //! closed, and so is one that sends nothing for `client_idle_timeout`.
 
 use std::collections::VecDeque;
@@ -29,10 +29,13 @@ use crate::Shared;
 use crate::config::MESSAGE_OVERHEAD;
 use crate::forward::{Completion, Envelope, Forward, Outcome};
 
-/// Answers not yet written, by slot: the message at `first_slot` is at the front.
+/// Answers not yet written, by slot: the message at `first_slot` is at the
+/// front. Each slot also keeps what its message costs while in flight.
 struct ReplyWindow {
     first_slot: u64,
-    slots: VecDeque<Option<Completion>>,
+    slots: VecDeque<(u32, Option<Completion>)>,
+    /// Bytes of the messages still waiting for their answer.
+    in_flight_bytes: usize,
 }
 
 impl ReplyWindow {
@@ -41,22 +44,32 @@ impl ReplyWindow {
     }
 
     fn open_slot(&mut self) -> u64 {
-        self.slots.push_back(None);
+        self.slots.push_back((0, None));
         self.next_slot() - 1
+    }
+
+    /// Counts `cost` bytes in flight for the message in `slot`.
+    fn charge(&mut self, slot: u64, cost: u32) {
+        let index = slot.wrapping_sub(self.first_slot) as usize;
+        if let Some((charged, None)) = self.slots.get_mut(index) {
+            *charged = cost;
+            self.in_flight_bytes += cost as usize;
+        }
     }
 
     fn fill(&mut self, done: Completion) {
         let index = done.slot.wrapping_sub(self.first_slot) as usize;
-        if let Some(slot) = self.slots.get_mut(index) {
+        if let Some((charged, slot @ None)) = self.slots.get_mut(index) {
+            self.in_flight_bytes -= *charged as usize;
             *slot = Some(done);
         }
     }
 
     /// Takes the answers that are ready and next in order.
     fn pop_ready(&mut self) -> Option<Completion> {
-        if matches!(self.slots.front(), Some(Some(_))) {
+        if matches!(self.slots.front(), Some((_, Some(_)))) {
             self.first_slot += 1;
-            self.slots.pop_front().flatten()
+            self.slots.pop_front().and_then(|(_, done)| done)
         } else {
             None
         }
@@ -87,6 +100,7 @@ pub(crate) async fn run<S: Stream>(
     let mut window = ReplyWindow {
         first_slot: 0,
         slots: VecDeque::new(),
+        in_flight_bytes: 0,
     };
     let mut blocked: Option<Blocked> = None;
     let mut reading = true;
@@ -105,6 +119,7 @@ pub(crate) async fn run<S: Stream>(
         let may_read = reading
             && blocked.is_none()
             && window.len() < max_in_flight
+            && window.in_flight_bytes < config.max_client_in_flight_bytes
             && conn.writer.pending() < config.max_client_unflushed;
         let stall_deadline = conn.writer.stall_deadline(config.write_timeout);
         tokio::select! {
@@ -136,7 +151,10 @@ pub(crate) async fn run<S: Stream>(
             charge = async { blocked.as_mut().expect("armed only when blocked").charge.as_mut().await }, if blocked.is_some() => {
                 let waiting = blocked.take().expect("armed only when blocked");
                 match charge {
-                    Ok(charge) => forward(&shared, &client, &done_tx, waiting.slot, &waiting.line, charge, &mut rng),
+                    Ok(charge) => {
+                        window.charge(waiting.slot, charge.num_permits() as u32);
+                        forward(&shared, &client, &done_tx, waiting.slot, &waiting.line, charge, &mut rng);
+                    }
                     Err(_) => window.fill(failed(waiting.slot, "head node shutting down")),
                 }
             }
@@ -156,7 +174,10 @@ pub(crate) async fn run<S: Stream>(
                         } else {
                             let cost = charge_for(&line);
                             match shared.budget.clone().try_acquire_many_owned(cost) {
-                                Ok(charge) => forward(&shared, &client, &done_tx, slot, &line, charge, &mut rng),
+                                Ok(charge) => {
+                                    window.charge(slot, cost);
+                                    forward(&shared, &client, &done_tx, slot, &line, charge, &mut rng);
+                                }
                                 Err(_) => {
                                     debug!("in-flight budget used up; this cliente waits");
                                     let budget = shared.budget.clone();

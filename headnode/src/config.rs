@@ -45,6 +45,11 @@ pub struct Config {
     pub max_attempts: u32,
     /// Unanswered messages per client before the head node stops reading it.
     pub max_client_in_flight: usize,
+    /// Bytes of text (plus the per-message overhead) one client may have in
+    /// flight before the head node stops reading it. Data-node queues are
+    /// first come, first served, so this bounds how much of a heavy
+    /// client's data a light client's message can find ahead of it.
+    pub max_client_in_flight_bytes: usize,
     /// Answers queued for a client and not yet taken by its socket, in
     /// bytes, before the head node stops reading from that client.
     pub max_client_unflushed: usize,
@@ -111,12 +116,13 @@ impl Default for Config {
             no_node_wait: Duration::from_secs(1),
             max_attempts: 5,
             max_client_in_flight: 4096,
+            max_client_in_flight_bytes: 512 * 1024,
             max_client_unflushed: 256 * 1024,
             write_timeout: Duration::from_secs(30),
             client_idle_timeout: Duration::from_secs(300),
-            in_flight_budget: 64 * 1024 * 1024,
+            in_flight_budget: 32 * 1024 * 1024,
             max_node_in_flight: 65_536,
-            max_node_unacked_bytes: 16 * 1024 * 1024,
+            max_node_unacked_bytes: 4 * 1024 * 1024,
             max_parked: 65_536,
             sticky_run: DEFAULT_STICKY_RUN,
             max_connections: 16_384,
@@ -170,6 +176,10 @@ impl Config {
         let caps = [
             ("max attempts", self.max_attempts as usize),
             ("max client in flight", self.max_client_in_flight),
+            (
+                "max client in-flight bytes",
+                self.max_client_in_flight_bytes,
+            ),
             ("max client unflushed", self.max_client_unflushed),
             ("in-flight budget", self.in_flight_budget),
             ("max node in flight", self.max_node_in_flight),

@@ -80,8 +80,13 @@ struct Args {
     max_client_in_flight: u32,
     /// Bytes of messages (text plus 256 bytes each) the head node holds at
     /// once over all clients; clients are not read while it is used up.
-    #[arg(long, env = "IN_FLIGHT_BUDGET", default_value = "64MiB", value_parser = parse_bytes)]
+    #[arg(long, env = "IN_FLIGHT_BUDGET", default_value = "32MiB", value_parser = parse_bytes)]
     in_flight_budget: usize,
+    /// Bytes of messages one client may have in flight before it is read no
+    /// further, so a heavy client cannot fill the data nodes' queues ahead
+    /// of everyone else.
+    #[arg(long, env = "MAX_CLIENT_IN_FLIGHT_BYTES", default_value = "512KiB", value_parser = parse_bytes)]
+    max_client_in_flight_bytes: usize,
     /// A client that sends nothing for this long, with nothing in flight, is disconnected.
     #[arg(long, env = "CLIENT_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_timeout)]
     client_idle_timeout: Duration,
@@ -171,6 +176,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         max_data_nodes: args.max_data_nodes as usize,
         max_client_in_flight: args.max_client_in_flight as usize,
         in_flight_budget: args.in_flight_budget,
+        max_client_in_flight_bytes: args.max_client_in_flight_bytes,
         client_idle_timeout: args.client_idle_timeout,
         write_timeout: args.write_timeout,
         sticky_run: args.sticky_run as usize,
