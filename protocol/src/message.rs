@@ -411,7 +411,10 @@ pub const OUTCOME_UNKNOWN: &str = "outcome unknown";
 /// a record in `data.txt` or a line in a log, so they are refused.
 pub fn validate_text(text: &str) -> Result<(), ParseError> {
     // Fast path, the usual case: printable ASCII and tabs only.
-    if text.bytes().all(|b| (0x20..0x7f).contains(&b) || b == b'\t') {
+    if text
+        .bytes()
+        .all(|b| (0x20..0x7f).contains(&b) || b == b'\t')
+    {
         return Ok(());
     }
     match text
