@@ -273,11 +273,10 @@ async fn connect(config: &Config) -> Result<Connection, ConnectError> {
                     node_nonce,
                     head_nonce: &nonce,
                 };
-                if !token.verify_head(&exchange, &proof) {
+                let Some(ours) = token.answer_challenge(&exchange, &proof) else {
                     return Err(head_not_authenticated());
-                }
+                };
                 authenticated = true;
-                let ours = token.node_proof(&exchange);
                 conn.writer
                     .queue_with(|buf| FromDataNode::Proof(ours).encode(buf));
                 conn.writer.flush().await.map_err(|e| retry(&e))?;

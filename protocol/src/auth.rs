@@ -102,6 +102,15 @@ impl ClusterToken {
         self.prove(NODE_LABEL, exchange)
     }
 
+    /// The data node's side of a challenge: its proof for this exchange, but
+    /// only if `head_proof` shows the head node knows the token too. `None`
+    /// means it does not, and the node must not answer, so a data node
+    /// never proves anything to a head node it has not authenticated.
+    pub fn answer_challenge(&self, exchange: &Exchange<'_>, head_proof: &Proof) -> Option<Proof> {
+        self.verify_head(exchange, head_proof)
+            .then(|| self.node_proof(exchange))
+    }
+
     /// Whether `proof` is the head node's proof for this exchange (constant time).
     pub fn verify_head(&self, exchange: &Exchange<'_>, proof: &Proof) -> bool {
         self.mac(HEAD_LABEL, exchange)
@@ -244,6 +253,15 @@ mod tests {
         assert!(ours.verify_head(&exchange, &ours.head_proof(&exchange)));
         assert!(ours.verify_node(&exchange, &ours.node_proof(&exchange)));
         assert!(!ours.verify_head(&exchange, &theirs.head_proof(&exchange)));
+        assert_eq!(
+            ours.answer_challenge(&exchange, &ours.head_proof(&exchange)),
+            Some(ours.node_proof(&exchange))
+        );
+        assert_eq!(
+            ours.answer_challenge(&exchange, &theirs.head_proof(&exchange)),
+            None,
+            "no proof for a head node that does not know the token"
+        );
         assert!(!ours.verify_node(&exchange, &theirs.node_proof(&exchange)));
     }
 

@@ -203,11 +203,6 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
-    /// Bytes of an unfinished line held in the buffer.
-    pub fn buffered(&self) -> usize {
-        self.buf.len()
-    }
-
     /// Reads and throws away input until the peer closes or `limit` passes.
     ///
     /// Used after refusing a peer: closing a socket with unread input makes

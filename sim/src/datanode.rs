@@ -109,11 +109,11 @@ impl DataNodeModel {
             node_nonce: &node_nonce,
             head_nonce: &nonce,
         };
-        if !self.token.verify_head(&exchange, &proof) {
+        let Some(ours) = self.token.answer_challenge(&exchange, &proof) else {
             return Err("the head node's proof is wrong".into());
-        }
+        };
         conn.writer
-            .queue_with(|buf| FromDataNode::Proof(self.token.node_proof(&exchange)).encode(buf));
+            .queue_with(|buf| FromDataNode::Proof(ours).encode(buf));
         conn.writer.flush().await.map_err(|e| e.to_string())?;
         let welcome = read_line(&mut conn, STEP_TIMEOUT).await?;
         if welcome != format!("welcome {}", self.id) {

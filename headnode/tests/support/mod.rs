@@ -433,12 +433,11 @@ pub async fn register(addr: SocketAddr, id: &str, incarnation: u64) -> (Connecti
         node_nonce: &node_nonce,
         head_nonce: &nonce,
     };
-    assert!(
-        token.verify_head(&exchange, &proof),
-        "the head node proves the token"
-    );
+    let ours = token
+        .answer_challenge(&exchange, &proof)
+        .expect("the head node proves the token");
     conn.writer
-        .queue_with(|buf| FromDataNode::Proof(token.node_proof(&exchange)).encode(buf));
+        .queue_with(|buf| FromDataNode::Proof(ours).encode(buf));
     conn.writer.flush().await.unwrap();
     let answer = conn.reader.read_frame().await.unwrap().unwrap();
     let answer = answer.as_str().to_owned();
