@@ -75,7 +75,8 @@ fn role(text: &str) {
         return;
     };
     let line = match &role {
-        Role::Client => protocol::message::ROLE_CLIENT.to_owned(),
+        Role::Client(None) => protocol::message::ROLE_CLIENT.to_owned(),
+        Role::Client(Some(id)) => format!("{} id={id}", protocol::message::ROLE_CLIENT),
         Role::DataNode(hello) => hello.to_line(),
     };
     assert_eq!(
@@ -119,10 +120,14 @@ fn store_reply(text: &str) {
     };
     let encoded = match &reply {
         // The head node only ever names its data nodes by their `NodeId`.
-        StoreReply::Stored { node, id } => match node.parse::<NodeId>() {
-            Ok(node) => {
+        StoreReply::Stored { holders, id } => match holders
+            .iter()
+            .map(|node| node.parse::<NodeId>())
+            .collect::<Result<Vec<_>, _>>()
+        {
+            Ok(holders) => {
                 let mut buf = BytesMut::new();
-                StoreReply::encode_stored(&node, *id, &mut buf);
+                StoreReply::encode_stored(&holders, *id, &mut buf);
                 String::from_utf8(buf.to_vec()).expect("StoreReply encodes UTF-8")
             }
             Err(_) => return,

@@ -158,7 +158,7 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(confirmation, "confirmacion");
-        assert_eq!(server.await.unwrap().unwrap(), Some(Role::Client));
+        assert_eq!(server.await.unwrap().unwrap(), Some(Role::Client(None)));
     }
 
     #[tokio::test(start_paused = true)]

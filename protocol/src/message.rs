@@ -87,50 +87,195 @@ pub fn put_u64(buf: &mut impl BufMut, mut n: u64) {
     buf.put_slice(&digits[i..]);
 }
 
-/// A data node's name: 1 to 64 characters from `A-Z a-z 0-9 . _ -`, so it
-/// fits in logs, file names and space-separated protocol lines.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct NodeId(Arc<str>);
+/// Whether `s` is a valid name (node id, zone, client id): 1 to 64
+/// characters from `A-Z a-z 0-9 . _ -`, so it fits in logs, file names and
+/// space-separated protocol lines.
+pub fn is_valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
 
-impl NodeId {
-    /// The id as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
+macro_rules! name_type {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(Arc<str>);
+
+        impl $name {
+            /// The name as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = ParseError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                if !is_valid_name(s) {
+                    return Err(ParseError::new(format!(
+                        concat!("invalid ", $what, " {:?} (1-64 characters of A-Z a-z 0-9 . _ -)"),
+                        truncate_for_log(s)
+                    )));
+                }
+                Ok($name(Arc::from(s)))
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+name_type!(
+    /// A data node's name: 1 to 64 characters from `A-Z a-z 0-9 . _ -`.
+    NodeId,
+    "node id"
+);
+name_type!(
+    /// A data node's failure domain (a host, a rack, a zone): replicas of
+    /// one message go to distinct zones when there are enough of them.
+    Zone,
+    "zone"
+);
+name_type!(
+    /// A client's name for itself, the first half of every key it sends:
+    /// random per client process unless given.
+    ClientId,
+    "client id"
+);
+
+/// A client-chosen key, `<client-id>/<seq>`: a message resent with the same
+/// key is stored once per replica and answered with its original id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageKey {
+    /// Who sent it.
+    pub client: ClientId,
+    /// The client's sequence number for it.
+    pub seq: u64,
+}
+
+impl MessageKey {
+    /// The key as a borrowed value, for encoding.
+    pub fn as_ref(&self) -> KeyRef<'_> {
+        KeyRef {
+            client: self.client.as_str(),
+            seq: self.seq,
+        }
     }
 }
 
-impl FromStr for NodeId {
+impl fmt::Display for MessageKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.client, self.seq)
+    }
+}
+
+impl FromStr for MessageKey {
     type Err = ParseError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let valid_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
-        if s.is_empty() || s.len() > 64 || !s.chars().all(valid_char) {
-            return Err(ParseError::new(format!(
-                "invalid node id {:?} (1-64 characters of A-Z a-z 0-9 . _ -)",
-                truncate_for_log(s)
-            )));
-        }
-        Ok(NodeId(Arc::from(s)))
+        let key = KeyRef::parse(s)?;
+        Ok(MessageKey {
+            client: ClientId(Arc::from(key.client)),
+            seq: key.seq,
+        })
     }
 }
 
-impl fmt::Display for NodeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+/// A [`MessageKey`] borrowed from a line: parsing one allocates nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyRef<'a> {
+    /// The client id, already validated.
+    pub client: &'a str,
+    /// The client's sequence number.
+    pub seq: u64,
+}
+
+impl<'a> KeyRef<'a> {
+    /// Parses `<client-id>/<seq>`.
+    pub fn parse(s: &'a str) -> Result<Self, ParseError> {
+        let bad = || ParseError::new(format!("bad message key {:?}", truncate_for_log(s)));
+        let (client, seq) = s.rsplit_once('/').ok_or_else(bad)?;
+        if !is_valid_name(client) {
+            return Err(bad());
+        }
+        Ok(KeyRef {
+            client,
+            seq: parse_decimal(seq).ok_or_else(bad)?,
+        })
     }
+
+    /// Appends `<client-id>/<seq>` to `buf`.
+    pub fn put(&self, buf: &mut impl BufMut) {
+        buf.put_slice(self.client.as_bytes());
+        buf.put_u8(b'/');
+        put_u64(buf, self.seq);
+    }
+
+    /// An owned copy.
+    pub fn to_key(&self) -> MessageKey {
+        MessageKey {
+            client: ClientId(Arc::from(self.client)),
+            seq: self.seq,
+        }
+    }
+}
+
+impl fmt::Display for KeyRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.client, self.seq)
+    }
+}
+
+/// Parses a plain decimal `u64` (digits only, no sign, at most 20 digits).
+fn parse_decimal(s: &str) -> Option<u64> {
+    if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// One message line from a client that announced a client id: `<seq>
+/// <text>`. The key is the connection's client id and `seq`.
+pub fn parse_keyed_message(line: &str) -> Result<(u64, &str), ParseError> {
+    let (seq, text) = line.split_once(' ').ok_or_else(|| {
+        ParseError::new("expected '<seq> <text>' (this connection announced a client id)")
+    })?;
+    let seq = parse_decimal(seq).ok_or_else(|| {
+        ParseError::new(format!(
+            "bad sequence number {:?}: expected '<seq> <text>' (this connection announced a client id)",
+            truncate_for_log(seq)
+        ))
+    })?;
+    Ok((seq, text))
+}
+
+/// Appends one keyed message line, `<seq> <text>` (without terminator).
+pub fn encode_keyed_message(seq: u64, text: &[u8], buf: &mut impl BufMut) {
+    put_u64(buf, seq);
+    buf.put_u8(b' ');
+    buf.put_slice(text);
 }
 
 /// The role a peer announces in the third step of the head node's handshake.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Role {
-    /// `cliente`: sends messages to store.
-    Client,
+    /// `cliente`: sends messages to store, one per line, unkeyed (the
+    /// original form). `cliente id=<client-id>`: every line is then `<seq>
+    /// <text>`, keyed `<client-id>/<seq>` ([`parse_keyed_message`]).
+    Client(Option<ClientId>),
     /// `dataNode ...`: stores messages.
     DataNode(DataNodeHello),
 }
 
 /// What a data node says about itself when it registers.
 ///
-/// Wire form: `dataNode id=<node-id> incarnation=<n> [nonce=<32 hex>]`; the
+/// Wire form: `dataNode id=<node-id> incarnation=<n> [nonce=<32 hex>]
+/// [zone=<zone>]`; the
 /// nonce opens the challenge and response of [`crate::auth`]. An
 /// original-system data node sends the bare word `dataNode`; all fields are
 /// then `None` and the head node names it.
@@ -143,12 +288,17 @@ pub struct DataNodeHello {
     pub incarnation: Option<u64>,
     /// The node's challenge to the head node, when it holds a cluster token.
     pub nonce: Option<Nonce>,
+    /// The node's failure domain.
+    pub zone: Option<Zone>,
 }
 
 impl DataNodeHello {
     /// Whether this is an original-system data node (bare `dataNode`).
     pub fn is_legacy(&self) -> bool {
-        self.node_id.is_none() && self.incarnation.is_none() && self.nonce.is_none()
+        self.node_id.is_none()
+            && self.incarnation.is_none()
+            && self.nonce.is_none()
+            && self.zone.is_none()
     }
 
     /// The role line a data node sends.
@@ -163,6 +313,9 @@ impl DataNodeHello {
         if let Some(nonce) = &self.nonce {
             line.push_str(&format!(" nonce={nonce}"));
         }
+        if let Some(zone) = &self.zone {
+            line.push_str(&format!(" zone={zone}"));
+        }
         line
     }
 }
@@ -172,7 +325,16 @@ impl FromStr for Role {
     fn from_str(line: &str) -> Result<Self, Self::Err> {
         let mut words = line.split_whitespace();
         match words.next() {
-            Some(ROLE_CLIENT) if words.next().is_none() => Ok(Role::Client),
+            Some(ROLE_CLIENT) => match (words.next(), words.next()) {
+                (None, _) => Ok(Role::Client(None)),
+                (Some(word), None) if word.starts_with("id=") => {
+                    Ok(Role::Client(Some(word["id=".len()..].parse()?)))
+                }
+                _ => Err(ParseError::new(format!(
+                    "expected '{ROLE_CLIENT}' or '{ROLE_CLIENT} id=<client-id>', got {:?}",
+                    truncate_for_log(line)
+                ))),
+            },
             Some(ROLE_DATANODE) => {
                 let mut hello = DataNodeHello::default();
                 for word in words {
@@ -193,6 +355,7 @@ impl FromStr for Role {
                             })?)
                         }
                         "nonce" => hello.nonce = Some(value.parse()?),
+                        "zone" => hello.zone = Some(value.parse()?),
                         other => {
                             return Err(ParseError::new(format!(
                                 "unknown dataNode field {:?}",
@@ -214,8 +377,15 @@ impl FromStr for Role {
 /// A frame sent by the head node to a data node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ToDataNode<'a> {
-    /// `welcome <node-id>`: registration accepted, under this id.
-    Welcome(NodeId),
+    /// `welcome <node-id> <epoch>`: registration accepted, under this id,
+    /// by a head node run with this epoch. A data node that has seen a
+    /// newer epoch refuses it: it is a stale head node.
+    Welcome {
+        /// The node's id in the cluster.
+        node: NodeId,
+        /// The head node's epoch (its start time in Unix ms); only grows.
+        epoch: u64,
+    },
     /// `challenge <head-nonce> <head-proof>`: the head node proves it knows
     /// the cluster token and asks the data node to prove it too.
     Challenge {
@@ -224,14 +394,25 @@ pub enum ToDataNode<'a> {
         /// The head node's proof.
         proof: Proof,
     },
-    /// `mensaje <id>: <text>`: store this message. Original-system data nodes
-    /// get `mensaje: <text>`, without the id.
+    /// `mensaje <id> [<client-id>/<seq>]: <text>`: store this message,
+    /// under this key if it has one. Original-system data nodes get
+    /// `mensaje: <text>`, without id or key.
     Store {
         /// The id the head node assigned.
         id: Option<MessageId>,
+        /// The client's key, if it sent one.
+        key: Option<KeyRef<'a>>,
         /// The client's text.
         text: &'a str,
     },
+    /// `withdraw <id>`: the head node sent this message elsewhere after its
+    /// acknowledgement timed out. If it is not yet written, do not write it
+    /// and answer `withdrawn <id>`; if it is, its `recibido` stands.
+    Withdraw(MessageId),
+    /// `members <node-id>...`: the data nodes the head node routes to now
+    /// (sent on every change). A data node reports the last list it got to
+    /// the next head node, which waits for those nodes before it serves.
+    Members(Vec<NodeId>),
     /// `ping <n>`: application heartbeat; answer `pong <n>`.
     Ping(u64),
     /// `bye`: the head node has drained this node after it asked to leave.
@@ -241,14 +422,24 @@ pub enum ToDataNode<'a> {
 }
 
 impl<'a> ToDataNode<'a> {
-    /// Appends `mensaje <id>: <text>` (or `mensaje: <text>` without an id)
-    /// from text that is already known to be UTF-8.
-    pub fn encode_store(id: Option<MessageId>, text: &[u8], buf: &mut BytesMut) {
-        buf.reserve(text.len() + 40);
+    /// Appends `mensaje <id> <key>: <text>` (`mensaje: <text>` without an
+    /// id, and no key without an id) from text that is already known to be
+    /// UTF-8.
+    pub fn encode_store(
+        id: Option<MessageId>,
+        key: Option<KeyRef<'_>>,
+        text: &[u8],
+        buf: &mut BytesMut,
+    ) {
+        buf.reserve(text.len() + 120);
         match id {
             Some(id) => {
                 buf.extend_from_slice(b"mensaje ");
                 id.put(buf);
+                if let Some(key) = key {
+                    buf.put_u8(b' ');
+                    key.put(buf);
+                }
                 buf.extend_from_slice(b": ");
             }
             None => buf.extend_from_slice(b"mensaje: "),
@@ -260,13 +451,22 @@ impl<'a> ToDataNode<'a> {
     pub fn parse(line: &'a str) -> Result<Self, ParseError> {
         if let Some(rest) = line.strip_prefix("mensaje") {
             if let Some(text) = rest.strip_prefix(": ") {
-                return Ok(ToDataNode::Store { id: None, text });
+                return Ok(ToDataNode::Store {
+                    id: None,
+                    key: None,
+                    text,
+                });
             }
             if let Some(rest) = rest.strip_prefix(' ')
-                && let Some((id, text)) = rest.split_once(": ")
+                && let Some((head, text)) = rest.split_once(": ")
             {
+                let (id, key) = match head.split_once(' ') {
+                    Some((id, key)) => (id, Some(KeyRef::parse(key)?)),
+                    None => (head, None),
+                };
                 return Ok(ToDataNode::Store {
                     id: Some(id.parse()?),
+                    key,
                     text,
                 });
             }
@@ -275,9 +475,18 @@ impl<'a> ToDataNode<'a> {
         if let Some(reason) = line.strip_prefix(ERROR_PREFIX) {
             return Ok(ToDataNode::Error(reason));
         }
+        if let Some(rest) = line.strip_prefix("members") {
+            return Ok(ToDataNode::Members(parse_names(rest)?));
+        }
         let mut words = line.split(' ');
         let parsed = match (words.next(), words.next(), words.next()) {
-            (Some("welcome"), Some(id), None) => ToDataNode::Welcome(id.parse()?),
+            (Some("welcome"), Some(id), Some(epoch)) if words.next().is_none() => {
+                ToDataNode::Welcome {
+                    node: id.parse()?,
+                    epoch: parse_counter(epoch)?,
+                }
+            }
+            (Some("withdraw"), Some(id), None) => ToDataNode::Withdraw(id.parse()?),
             (Some("challenge"), Some(nonce), Some(proof)) if words.next().is_none() => {
                 ToDataNode::Challenge {
                     nonce: nonce.parse()?,
@@ -299,14 +508,26 @@ impl<'a> ToDataNode<'a> {
     /// Appends the frame's text (without terminator) to `buf`.
     pub fn encode(&self, buf: &mut BytesMut) {
         match self {
-            ToDataNode::Welcome(id) => {
+            ToDataNode::Welcome { node, epoch } => {
                 buf.extend_from_slice(b"welcome ");
-                buf.extend_from_slice(id.as_str().as_bytes());
+                buf.extend_from_slice(node.as_str().as_bytes());
+                buf.put_u8(b' ');
+                put_u64(buf, *epoch);
+            }
+            ToDataNode::Withdraw(id) => {
+                buf.extend_from_slice(b"withdraw ");
+                id.put(buf);
+            }
+            ToDataNode::Members(nodes) => {
+                buf.extend_from_slice(b"members");
+                put_names(nodes, buf);
             }
             ToDataNode::Challenge { nonce, proof } => {
                 buf.extend_from_slice(format!("challenge {nonce} {proof}").as_bytes());
             }
-            ToDataNode::Store { id, text } => ToDataNode::encode_store(*id, text.as_bytes(), buf),
+            ToDataNode::Store { id, key, text } => {
+                ToDataNode::encode_store(*id, *key, text.as_bytes(), buf)
+            }
             ToDataNode::Ping(n) => {
                 buf.extend_from_slice(b"ping ");
                 put_u64(buf, *n);
@@ -323,9 +544,37 @@ impl<'a> ToDataNode<'a> {
 /// A frame sent by a data node to the head node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FromDataNode {
-    /// `recibido <id>`: the message is written. Original-system data nodes
-    /// send a bare `recibido` (id `None`), for the one message they hold.
+    /// `recibido <id>`: the message is written (or its key was already
+    /// held under this same id, and nothing was written again).
+    /// Original-system data nodes send a bare `recibido` (id `None`), for
+    /// the one message they hold.
     Stored(Option<MessageId>),
+    /// `recibido <id> <held-id>`: the message's key is already held here
+    /// under another id, `held`; nothing was written.
+    AlreadyHeld {
+        /// The id the head node sent.
+        id: MessageId,
+        /// The id this node holds the key under.
+        held: MessageId,
+    },
+    /// `withdrawn <id>`: answer to `withdraw <id>`: not written, and never
+    /// will be.
+    Withdrawn(MessageId),
+    /// `held <client-id> <seq>:<id>...`: part of the report a data node
+    /// sends after `welcome`: keys of this client it holds (within its
+    /// deduplication window), with their ids. At most
+    /// [`HELD_PER_LINE`] per line.
+    Held {
+        /// Whose keys.
+        client: ClientId,
+        /// Sequence numbers and the ids they are stored under.
+        keys: Vec<(u64, MessageId)>,
+    },
+    /// `peers <node-id>...`: part of the report: the data nodes the
+    /// previous head node last named in `members` (possibly none).
+    Peers(Vec<NodeId>),
+    /// `ready`: the report is complete; the node can take messages.
+    Ready,
     /// `pong <n>`: answer to `ping <n>`.
     Pong(u64),
     /// `proof <node-proof>`: the data node's answer to a challenge.
@@ -342,10 +591,39 @@ impl FromDataNode {
         if let Some(reason) = line.strip_prefix(ERROR_PREFIX) {
             return Ok(FromDataNode::Error(reason.to_owned()));
         }
+        if let Some(rest) = line.strip_prefix("peers") {
+            return Ok(FromDataNode::Peers(parse_names(rest)?));
+        }
+        if let Some(rest) = line.strip_prefix("held ") {
+            let mut words = rest.split(' ');
+            let client = words.next().unwrap_or_default().parse()?;
+            let keys = words
+                .map(|pair| {
+                    let bad =
+                        || ParseError::new(format!("bad held key {:?}", truncate_for_log(pair)));
+                    let (seq, id) = pair.split_once(':').ok_or_else(bad)?;
+                    Ok((parse_decimal(seq).ok_or_else(bad)?, id.parse()?))
+                })
+                .collect::<Result<Vec<_>, ParseError>>()?;
+            if keys.len() > HELD_PER_LINE {
+                return Err(ParseError::new(format!(
+                    "more than {HELD_PER_LINE} keys in one held line"
+                )));
+            }
+            return Ok(FromDataNode::Held { client, keys });
+        }
         let mut words = line.split(' ');
         let parsed = match (words.next(), words.next(), words.next()) {
             (Some(RECIBIDO), None, None) => FromDataNode::Stored(None),
             (Some(RECIBIDO), Some(id), None) => FromDataNode::Stored(Some(id.parse()?)),
+            (Some(RECIBIDO), Some(id), Some(held)) if words.next().is_none() => {
+                FromDataNode::AlreadyHeld {
+                    id: id.parse()?,
+                    held: held.parse()?,
+                }
+            }
+            (Some("withdrawn"), Some(id), None) => FromDataNode::Withdrawn(id.parse()?),
+            (Some("ready"), None, None) => FromDataNode::Ready,
             (Some("pong"), Some(n), None) => FromDataNode::Pong(parse_counter(n)?),
             (Some("proof"), Some(proof), None) => FromDataNode::Proof(proof.parse()?),
             (Some("bye"), None, None) => FromDataNode::Leaving,
@@ -369,6 +647,32 @@ impl FromDataNode {
                     id.put(buf);
                 }
             }
+            FromDataNode::AlreadyHeld { id, held } => {
+                buf.extend_from_slice(RECIBIDO.as_bytes());
+                buf.put_u8(b' ');
+                id.put(buf);
+                buf.put_u8(b' ');
+                held.put(buf);
+            }
+            FromDataNode::Withdrawn(id) => {
+                buf.extend_from_slice(b"withdrawn ");
+                id.put(buf);
+            }
+            FromDataNode::Held { client, keys } => {
+                buf.extend_from_slice(b"held ");
+                buf.extend_from_slice(client.as_str().as_bytes());
+                for (seq, id) in keys {
+                    buf.put_u8(b' ');
+                    put_u64(buf, *seq);
+                    buf.put_u8(b':');
+                    id.put(buf);
+                }
+            }
+            FromDataNode::Peers(nodes) => {
+                buf.extend_from_slice(b"peers");
+                put_names(nodes, buf);
+            }
+            FromDataNode::Ready => buf.extend_from_slice(b"ready"),
             FromDataNode::Pong(n) => {
                 buf.extend_from_slice(b"pong ");
                 put_u64(buf, *n);
@@ -388,11 +692,12 @@ impl FromDataNode {
 /// The head node's answer to one client message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreReply {
-    /// `<node-id> , mensaje: recibido <id>`: stored by that data node.
+    /// `<node-id>[+<node-id>...] , mensaje: recibido <id>`: stored (and
+    /// synced) by these data nodes.
     Stored {
-        /// The data node whose `data.txt` holds the message.
-        node: String,
-        /// The message id, as written in that `data.txt`.
+        /// The data nodes whose `data.txt` holds the message.
+        holders: Vec<String>,
+        /// The message id, as written in those `data.txt` files.
         id: MessageId,
     },
     /// `ERROR <reason>`: not stored.
@@ -401,6 +706,14 @@ pub enum StoreReply {
 
 /// The error reason a client gets when no data node can take its message.
 pub const NO_DATA_NODES: &str = "no data nodes available";
+/// How the error reason starts when fewer data nodes are live than the
+/// copies a message needs before it is acknowledged: `not enough data
+/// nodes (1 live, 2 required)`. The client may resend it with its key.
+pub const NOT_ENOUGH_NODES: &str = "not enough data nodes";
+/// How a data node's refusal of a head node with an older epoch starts.
+pub const STALE_HEAD: &str = "stale head node";
+/// Keys per `held` line of a data node's report.
+pub const HELD_PER_LINE: usize = 64;
 /// How an error reason starts when the message may or may not be stored
 /// (sent to a data node that failed before acknowledging it). Sending it
 /// again may store it twice; not sending it again may lose it.
@@ -439,17 +752,57 @@ impl StoreReply {
             ParseError::new(format!("unexpected reply {:?}", truncate_for_log(line)))
         })?;
         Ok(StoreReply::Stored {
-            node: node.to_owned(),
+            holders: node.split('+').map(str::to_owned).collect(),
             id: rest.parse()?,
         })
     }
 
     /// Appends the `Stored` reply text to `buf` without allocating.
-    pub fn encode_stored(node: &NodeId, id: MessageId, buf: &mut BytesMut) {
-        buf.reserve(node.as_str().len() + 64);
-        buf.extend_from_slice(node.as_str().as_bytes());
+    pub fn encode_stored<'n>(
+        holders: impl IntoIterator<Item = &'n NodeId>,
+        id: MessageId,
+        buf: &mut BytesMut,
+    ) {
+        buf.reserve(160);
+        for (i, node) in holders.into_iter().enumerate() {
+            if i > 0 {
+                buf.put_u8(b'+');
+            }
+            buf.extend_from_slice(node.as_str().as_bytes());
+        }
         buf.extend_from_slice(b" , mensaje: recibido ");
         id.put(buf);
+    }
+}
+
+/// Parses ` <name> <name>...` (possibly empty) into node ids.
+fn parse_names(rest: &str) -> Result<Vec<NodeId>, ParseError> {
+    if !rest.is_empty() && !rest.starts_with(' ') {
+        return Err(ParseError::new(format!(
+            "unexpected line {:?}",
+            truncate_for_log(rest)
+        )));
+    }
+    let names: Vec<NodeId> = rest
+        .split(' ')
+        .filter(|w| !w.is_empty())
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    if names.len() > MAX_NAMES_PER_LINE {
+        return Err(ParseError::new(format!(
+            "more than {MAX_NAMES_PER_LINE} node ids in one line"
+        )));
+    }
+    Ok(names)
+}
+
+/// Most node ids in one `members` or `peers` line.
+pub const MAX_NAMES_PER_LINE: usize = 512;
+
+fn put_names(nodes: &[NodeId], buf: &mut BytesMut) {
+    for node in nodes {
+        buf.put_u8(b' ');
+        buf.extend_from_slice(node.as_str().as_bytes());
     }
 }
 
@@ -521,7 +874,11 @@ mod tests {
 
     #[test]
     fn roles_parse() {
-        assert_eq!("cliente".parse::<Role>().unwrap(), Role::Client);
+        assert_eq!("cliente".parse::<Role>().unwrap(), Role::Client(None));
+        assert_eq!(
+            "cliente id=c-7f".parse::<Role>().unwrap(),
+            Role::Client(Some("c-7f".parse().unwrap()))
+        );
         let Role::DataNode(legacy) = "dataNode".parse::<Role>().unwrap() else {
             panic!("expected a data node");
         };
@@ -531,10 +888,11 @@ mod tests {
             node_id: Some("dn1".parse().unwrap()),
             incarnation: Some(77),
             nonce: Some(nonce),
+            zone: Some("rack-2".parse().unwrap()),
         };
         assert_eq!(
             hello.to_line(),
-            "dataNode id=dn1 incarnation=77 nonce=00112233445566778899aabbccddeeff"
+            "dataNode id=dn1 incarnation=77 nonce=00112233445566778899aabbccddeeff zone=rack-2"
         );
         assert_eq!(
             hello.to_line().parse::<Role>().unwrap(),
@@ -544,6 +902,9 @@ mod tests {
             "",
             "server",
             "cliente x",
+            "cliente id=",
+            "cliente id=a b",
+            "cliente id=a/b",
             "dataNode id=",
             "dataNode foo=1",
             "dataNode id",
@@ -552,6 +913,27 @@ mod tests {
         ] {
             assert!(bad.parse::<Role>().is_err(), "{bad:?} should be refused");
         }
+    }
+
+    #[test]
+    fn keys_and_keyed_lines_parse() {
+        let key: MessageKey = "c-1.x/42".parse().unwrap();
+        assert_eq!(key.to_string(), "c-1.x/42");
+        assert_eq!(key.as_ref().to_key(), key);
+        for bad in ["c1", "/1", "c1/", "c1/x", "c 1/2", "c1/-2", "c1/+2"] {
+            assert!(bad.parse::<MessageKey>().is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            parse_keyed_message("7 numero random: 3").unwrap(),
+            (7, "numero random: 3")
+        );
+        assert_eq!(parse_keyed_message("7 ").unwrap(), (7, ""));
+        for bad in ["numero random: 3", "7", "x7 a", "-1 a"] {
+            assert!(parse_keyed_message(bad).is_err(), "{bad:?}");
+        }
+        let mut buf = BytesMut::new();
+        encode_keyed_message(12, b"hola", &mut buf);
+        assert_eq!(&buf[..], b"12 hola");
     }
 
     #[test]
@@ -596,21 +978,38 @@ mod tests {
     #[test]
     fn head_to_datanode_frames_round_trip() {
         let frames = [
-            ToDataNode::Welcome("dn-2".parse().unwrap()),
+            ToDataNode::Welcome {
+                node: "dn-2".parse().unwrap(),
+                epoch: 1_795_413_330_851,
+            },
+            ToDataNode::Withdraw(id(4, 5)),
+            ToDataNode::Members(vec!["dn1".parse().unwrap(), "dn3".parse().unwrap()]),
+            ToDataNode::Members(vec![]),
+            ToDataNode::Store {
+                id: Some(id(5, 7)),
+                key: Some(KeyRef {
+                    client: "c-1",
+                    seq: 99,
+                }),
+                text: "numero random: 7: x",
+            },
             ToDataNode::Challenge {
                 nonce: crate::auth::Nonce::random(),
                 proof: "ab".repeat(32).parse().unwrap(),
             },
             ToDataNode::Store {
                 id: Some(id(5, 6)),
+                key: None,
                 text: "numero random: 7",
             },
             ToDataNode::Store {
                 id: None,
+                key: None,
                 text: "numero random: 8",
             },
             ToDataNode::Store {
                 id: Some(id(1, 1)),
+                key: None,
                 text: "text: with colons: ",
             },
             ToDataNode::Ping(3),
@@ -626,6 +1025,9 @@ mod tests {
         assert!(ToDataNode::parse("mensaje").is_err());
         assert!(ToDataNode::parse("mensaje x").is_err());
         assert!(ToDataNode::parse("ping").is_err());
+        assert!(ToDataNode::parse("welcome dn1").is_err());
+        assert!(ToDataNode::parse("mensaje 1-2 bad key: x").is_err());
+        assert!(ToDataNode::parse("membersx").is_err());
     }
 
     #[test]
@@ -637,6 +1039,18 @@ mod tests {
             FromDataNode::Proof("0f".repeat(32).parse().unwrap()),
             FromDataNode::Leaving,
             FromDataNode::Error("disk full".into()),
+            FromDataNode::AlreadyHeld {
+                id: id(9, 11),
+                held: id(8, 2),
+            },
+            FromDataNode::Withdrawn(id(9, 12)),
+            FromDataNode::Held {
+                client: "c-1".parse().unwrap(),
+                keys: vec![(1, id(8, 2)), (2, id(8, 5))],
+            },
+            FromDataNode::Peers(vec!["dn2".parse().unwrap()]),
+            FromDataNode::Peers(vec![]),
+            FromDataNode::Ready,
         ];
         for frame in frames {
             let mut buf = BytesMut::new();
@@ -651,14 +1065,22 @@ mod tests {
     #[test]
     fn store_reply_round_trips() {
         let mut buf = BytesMut::new();
-        StoreReply::encode_stored(&"dn1".parse().unwrap(), id(3, 4), &mut buf);
+        let holders: Vec<NodeId> = vec!["dn1".parse().unwrap(), "dn3".parse().unwrap()];
+        StoreReply::encode_stored(&holders, id(3, 4), &mut buf);
         let text = std::str::from_utf8(&buf).unwrap();
-        assert_eq!(text, "dn1 , mensaje: recibido 3-4");
+        assert_eq!(text, "dn1+dn3 , mensaje: recibido 3-4");
         assert_eq!(
             StoreReply::parse(text).unwrap(),
             StoreReply::Stored {
-                node: "dn1".into(),
+                holders: vec!["dn1".into(), "dn3".into()],
                 id: id(3, 4)
+            }
+        );
+        assert_eq!(
+            StoreReply::parse("dn2 , mensaje: recibido 3-5").unwrap(),
+            StoreReply::Stored {
+                holders: vec!["dn2".into()],
+                id: id(3, 5)
             }
         );
         assert_eq!(

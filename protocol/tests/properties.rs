@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use protocol::auth::Nonce;
 use protocol::codec::{DEFAULT_MAX_LINE, LineDecoder, encode_line};
 use protocol::message::{
-    DataNodeHello, FromDataNode, MessageId, NodeId, Role, StoreReply, ToDataNode,
+    DataNodeHello, FromDataNode, KeyRef, MessageId, NodeId, Role, StoreReply, ToDataNode,
 };
 
 /// Text a frame can carry: no `\n`, and no `\r` at the end (see `encode_line`).
@@ -30,10 +30,12 @@ fn data_node_hello() -> impl Strategy<Value = DataNodeHello> {
         proptest::option::of(node_id()),
         proptest::option::of(any::<u64>()),
         proptest::option::of(any::<[u8; 16]>()),
+        proptest::option::of(node_id()),
     )
-        .prop_map(|(node_id, incarnation, nonce)| DataNodeHello {
+        .prop_map(|(node_id, incarnation, nonce, zone)| DataNodeHello {
             node_id,
             incarnation,
+            zone: zone.map(|z| z.as_str().parse().expect("a node id is a valid zone")),
             nonce: nonce.map(|bytes| {
                 let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
                 hex.parse::<Nonce>().expect("32 hex digits")
@@ -110,11 +112,19 @@ proptest! {
         id in proptest::option::of(message_id()),
         text in any::<String>(),
         counter in any::<u64>(),
-        which in 0..5u8,
+        seq in any::<u64>(),
+        which in 0..7u8,
     ) {
+        let client = node.to_string();
         let frame = match which {
-            0 => ToDataNode::Welcome(node),
-            1 => ToDataNode::Store { id, text: &text },
+            0 => ToDataNode::Welcome { node, epoch: counter },
+            1 => ToDataNode::Store { id, key: None, text: &text },
+            5 => ToDataNode::Store {
+                id: Some(id.unwrap_or(MessageId { epoch: 1, seq: 1 })),
+                key: Some(KeyRef { client: &client, seq }),
+                text: &text,
+            },
+            6 => ToDataNode::Members(vec![node.clone(), node]),
             2 => ToDataNode::Ping(counter),
             3 => ToDataNode::Bye,
             _ => ToDataNode::Error(&text),
@@ -132,9 +142,9 @@ proptest! {
     ) {
         // The hot path builds `mensaje` frames without a `ToDataNode`.
         let mut buf = BytesMut::new();
-        ToDataNode::encode_store(id, text.as_bytes(), &mut buf);
+        ToDataNode::encode_store(id, None, text.as_bytes(), &mut buf);
         let encoded = std::str::from_utf8(&buf).unwrap();
-        prop_assert_eq!(ToDataNode::parse(encoded), Ok(ToDataNode::Store { id, text: &text }));
+        prop_assert_eq!(ToDataNode::parse(encoded), Ok(ToDataNode::Store { id, key: None, text: &text }));
     }
 
     #[test]
@@ -157,13 +167,19 @@ proptest! {
     }
 
     #[test]
-    fn stored_reply_tells_the_client_its_node_and_id(node in node_id(), id in message_id()) {
+    fn stored_reply_tells_the_client_its_holders_and_id(
+        holders in proptest::collection::vec(node_id(), 1..4),
+        id in message_id(),
+    ) {
         let mut buf = BytesMut::new();
-        StoreReply::encode_stored(&node, id, &mut buf);
+        StoreReply::encode_stored(&holders, id, &mut buf);
         let encoded = std::str::from_utf8(&buf).unwrap();
         prop_assert_eq!(
             StoreReply::parse(encoded),
-            Ok(StoreReply::Stored { node: node.as_str().to_owned(), id })
+            Ok(StoreReply::Stored {
+                holders: holders.iter().map(|n| n.as_str().to_owned()).collect(),
+                id,
+            })
         );
     }
 
