@@ -4,7 +4,11 @@
 //!
 //! - [`storage`]: `data.txt`, written in batches (group commit), one
 //!   checksummed record per message, in a data directory that one process
-//!   at a time may use;
+//!   at a time may use; and `epoch`, the newest head node seen, so an
+//!   older (stale) one is refused;
+//! - [`keys`]: the client keys held here, rebuilt from `data.txt` at start,
+//!   reported to each head node after `welcome`, so a resent key is
+//!   answered with its original id and never written twice;
 //! - [`run`]: connect and register (async), then hand the connection to a
 //!   dedicated *data-path thread* that reads what the head node sends,
 //!   appends it to `data.txt`, syncs, and writes the acknowledgements: file
@@ -13,6 +17,7 @@
 //!   with jittered backoff, forever. On shutdown it tells the head node
 //!   `bye`, keeps acknowledging until the head node has drained it, then exits.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -27,17 +32,22 @@ use protocol::backoff::Backoff;
 use protocol::codec::LineDecoder;
 use protocol::connection::Connection;
 use protocol::handshake;
-use protocol::message::{DataNodeHello, FromDataNode, NodeId, ToDataNode, truncate_for_log};
+use protocol::message::{
+    DataNodeHello, FromDataNode, MessageId, MessageKey, NodeId, STALE_HEAD, ToDataNode, Zone,
+    truncate_for_log,
+};
 use protocol::shutdown::Latch;
 use protocol::telemetry::MESSAGES_TARGET;
 use tokio::net::TcpStream;
 use tracing::{debug, error, info, warn};
 
 pub mod audit;
+pub mod keys;
 pub mod storage;
 
+use keys::{Decision, KeyIndex, commit_decision, now_millis};
 pub use storage::FsyncPolicy;
-use storage::{DataFile, StorageError};
+use storage::{DataFile, EpochCheck, EpochFile, StorageError, check_epoch};
 
 /// Settings of a data node.
 #[derive(Debug, Clone)]
@@ -46,6 +56,14 @@ pub struct Config {
     pub headnode: String,
     /// This node's name.
     pub node_id: NodeId,
+    /// This node's failure domain, sent in its hello: the head node puts
+    /// copies of one message in distinct zones. `None` sends none.
+    pub zone: Option<Zone>,
+    /// Client keys remembered, at most (`--dedup-keys`).
+    pub dedup_keys: usize,
+    /// How long after its record is written a key is remembered, at most
+    /// (`--dedup-window`).
+    pub dedup_window: Duration,
     /// Changes on every process start.
     pub incarnation: u64,
     /// Directory of `data.txt`.
@@ -89,6 +107,9 @@ impl Config {
             headnode: headnode.into(),
             data_dir: PathBuf::from(format!("logs/datanode-{node_id}")),
             node_id,
+            zone: None,
+            dedup_keys: keys::DEFAULT_DEDUP_KEYS,
+            dedup_window: keys::DEFAULT_DEDUP_WINDOW,
             incarnation: new_incarnation(),
             fsync: FsyncPolicy::Batch,
             storage: storage::Backend::File,
@@ -151,12 +172,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         return Err(DataNodeError::NoToken);
     }
     // Moves into each session's data-path thread and back out of it.
-    let mut data = DataFile::open_with(&config.data_dir, config.fsync, config.storage)?;
+    let mut state = NodeState::open(&config)?;
     info!(
         node = %config.node_id,
+        zone = ?config.zone.as_ref().map(Zone::as_str),
         incarnation = config.incarnation,
-        data = %data.path().display(),
+        data = %state.data.path().display(),
         fsync = ?config.fsync,
+        keys = state.keys.len(),
+        epoch = state.epoch.newest(),
         "dataNode starting"
     );
     let mut shutdown = Latch::new(shutdown);
@@ -167,10 +191,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
         let attempt = tokio::select! {
             _ = shutdown.wait() => break Ok(()),
-            attempt = connect(&config) => attempt,
+            attempt = connect(&config, state.epoch.newest()) => attempt,
         };
-        let conn = match attempt {
-            Ok(conn) => conn,
+        let (conn, epoch) = match attempt {
+            Ok(welcomed) => welcomed,
             Err(ConnectError::Fatal(e)) => break Err(e),
             Err(ConnectError::Retry(why)) => {
                 let delay = backoff.next_delay();
@@ -187,9 +211,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             }
         };
         backoff.reset();
-        let end = match serve(&config, conn, data, &mut shutdown).await {
-            Ok((file, end)) => {
-                data = file;
+        let end = match serve(&config, conn, epoch, state, &mut shutdown).await {
+            Ok((back, end)) => {
+                state = back;
                 end
             }
             Err(e) => break Err(e),
@@ -198,7 +222,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             SessionEnd::Reconnect(why) => {
                 warn!(headnode = %config.headnode, "lost the head node ({why}); reconnecting")
             }
-            SessionEnd::Left => break Ok(()),
+            SessionEnd::Left => {
+                let stats = state.data.stats();
+                // Its own target, so that a quiet log level can keep it.
+                info!(
+                    target: "datanode::stats", node = %config.node_id,
+                    records = stats.records, commits = stats.commits, fsyncs = stats.syncs,
+                    "written by this process"
+                );
+                break Ok(());
+            }
+            SessionEnd::Superseded(reason) => break Err(DataNodeError::Superseded(reason)),
             SessionEnd::StorageFailed(e) => break Err(e.into()),
         }
     };
@@ -206,12 +240,44 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     result
 }
 
+/// What a data node keeps across its sessions with head nodes: moved into
+/// each session's data-path thread and back out of it.
+struct NodeState {
+    data: DataFile,
+    keys: KeyIndex,
+    epoch: EpochFile,
+    /// The nodes the last head node named in `members`, for the next
+    /// report; `None` until a head node has sent one.
+    peers: Option<Vec<NodeId>>,
+}
+
+impl NodeState {
+    /// Opens the data directory, reads the epoch file and rebuilds the key
+    /// index from `data.txt`. Blocking file I/O, once, before any session.
+    fn open(config: &Config) -> Result<NodeState, StorageError> {
+        let data = DataFile::open_with(&config.data_dir, config.fsync, config.storage)?;
+        let epoch = EpochFile::load(&config.data_dir)?;
+        let mut keys = KeyIndex::new(config.dedup_keys, config.dedup_window);
+        keys.load(data.path(), now_millis())?;
+        Ok(NodeState {
+            data,
+            keys,
+            epoch,
+            peers: None,
+        })
+    }
+}
+
 enum ConnectError {
     Retry(String),
     Fatal(DataNodeError),
 }
 
-async fn connect(config: &Config) -> Result<Connection, ConnectError> {
+/// Connects, registers and is welcomed; the connection and the head node's
+/// epoch. A head node whose epoch is older than `newest_epoch` is refused
+/// with a `stale head node` error and retried later: a newer one may take
+/// its address.
+async fn connect(config: &Config, newest_epoch: u64) -> Result<(Connection, u64), ConnectError> {
     let retry = |e: &dyn std::fmt::Display| ConnectError::Retry(e.to_string());
     let unauthorized = |why: &str| {
         ConnectError::Fatal(DataNodeError::Unauthorized(
@@ -229,6 +295,7 @@ async fn connect(config: &Config) -> Result<Connection, ConnectError> {
         node_id: Some(config.node_id.clone()),
         incarnation: Some(config.incarnation),
         nonce: node_nonce,
+        zone: config.zone.clone(),
     };
     let role = hello.to_line();
     match handshake::initiate(
@@ -281,16 +348,29 @@ async fn connect(config: &Config) -> Result<Connection, ConnectError> {
                     .queue_with(|buf| FromDataNode::Proof(ours).encode(buf));
                 conn.writer.flush().await.map_err(|e| retry(&e))?;
             }
-            Ok(ToDataNode::Welcome(id)) => {
+            Ok(ToDataNode::Welcome { node: id, epoch }) => {
                 if config.cluster_token.is_some() && !authenticated {
                     return Err(head_not_authenticated());
                 }
+                if let EpochCheck::Stale { newest } = check_epoch(newest_epoch, epoch) {
+                    let reason = stale_head_reason(epoch, newest);
+                    error!(
+                        headnode = %config.headnode, epoch, newest,
+                        "refusing a stale head node: its epoch {epoch} is older than {newest}, \
+                         which a newer head node had; it may not store anything here (will retry: \
+                         a newer head node may come back at this address)"
+                    );
+                    conn.writer
+                        .queue_with(|buf| FromDataNode::Error(reason.clone()).encode(buf));
+                    let _ = conn.writer.flush().await;
+                    return Err(ConnectError::Retry(reason));
+                }
                 info!(
-                    node = %id,
+                    node = %id, epoch,
                     "Conexion establecida con {} y {}; registered as {id}",
                     conn.local, conn.peer
                 );
-                return Ok(conn);
+                return Ok((conn, epoch));
             }
             Ok(ToDataNode::Error(reason)) if reason.starts_with("unauthorized") => {
                 return Err(unauthorized(reason));
@@ -313,6 +393,14 @@ async fn connect(config: &Config) -> Result<Connection, ConnectError> {
             }
         }
     }
+}
+
+/// The reason of the error line that refuses a stale head node.
+fn stale_head_reason(epoch: u64, newest: u64) -> String {
+    format!(
+        "{STALE_HEAD}: epoch {epoch} is older than {newest}, the newest this data node has seen; \
+         a newer head node has run since, so this one may not store anything"
+    )
 }
 
 async fn open_stream(config: &Config) -> std::io::Result<TcpStream> {
@@ -339,6 +427,7 @@ async fn open_stream(config: &Config) -> std::io::Result<TcpStream> {
 
 enum SessionEnd {
     Reconnect(String),
+    Superseded(String),
     Left,
     StorageFailed(StorageError),
 }
@@ -354,20 +443,21 @@ const POLL: Duration = Duration::from_millis(100);
 async fn serve<F: Future<Output = ()>>(
     config: &Config,
     conn: Connection,
-    data: DataFile,
+    epoch: u64,
+    state: NodeState,
     shutdown: &mut Latch<F>,
-) -> Result<(DataFile, SessionEnd), DataNodeError> {
+) -> Result<(NodeState, SessionEnd), DataNodeError> {
     let (stream, leftover) = conn.into_stream();
     let stream = match stream
         .into_std()
         .and_then(|s| s.set_nonblocking(false).map(|()| s))
     {
         Ok(stream) => stream,
-        Err(e) => return Ok((data, SessionEnd::Reconnect(e.to_string()))),
+        Err(e) => return Ok((state, SessionEnd::Reconnect(e.to_string()))),
     };
     let closer = match stream.try_clone() {
         Ok(closer) => CloseOnDrop(closer),
-        Err(e) => return Ok((data, SessionEnd::Reconnect(e.to_string()))),
+        Err(e) => return Ok((state, SessionEnd::Reconnect(e.to_string()))),
     };
     let leave = Arc::new(AtomicBool::new(false));
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
@@ -387,9 +477,16 @@ async fn serve<F: Future<Output = ()>>(
         .name("data path".into())
         .spawn(move || {
             let _span = span.enter();
-            let mut data = data;
-            let end = data_path(stream, leftover, &mut data, &thread_config, &thread_leave);
-            let _ = done_tx.send((data, end));
+            let mut state = state;
+            let end = data_path(
+                stream,
+                leftover,
+                &mut state,
+                epoch,
+                &thread_config,
+                &thread_leave,
+            );
+            let _ = done_tx.send((state, end));
         });
     if let Err(e) = spawned {
         return Err(DataNodeError::DataPathThread(format!(
@@ -457,14 +554,138 @@ struct DataPathConfig {
     commit_linger: Duration,
 }
 
-/// The data path: read everything the head node sent, stage each message,
-/// commit the batch (one write, one fdatasync under `batch`), then write all
-/// the acknowledgements and heartbeat answers at once. Blocking I/O on its
-/// own thread.
+/// One message staged in the current batch: written at its commit unless
+/// withdrawn first.
+struct Staged {
+    id: Option<MessageId>,
+    key: Option<MessageKey>,
+    /// Its place in [`Batch::answers`].
+    answer: usize,
+}
+
+/// What the data path has read since its last commit. Bounded by what the
+/// head node may have unacknowledged at this node (its per-node window).
+#[derive(Default)]
+struct Batch {
+    /// One answer per message and ping, in the order they came.
+    answers: Vec<FromDataNode>,
+    /// The messages to write, in the order they were staged in the data
+    /// file (the same index).
+    staged: Vec<Staged>,
+    /// The keys of `staged`, so a key repeated before the commit is seen.
+    keys: HashMap<MessageKey, Option<MessageId>>,
+}
+
+impl Batch {
+    /// `withdraw <id>`: drops the latest staged message with this id (only
+    /// lines read before the withdraw are searched, so a later line that
+    /// reuses the id is never cancelled) and answers `withdrawn` in its
+    /// place. False if none is staged: it was written already (its
+    /// `recibido` stands) or never came.
+    fn withdraw(&mut self, id: MessageId, data: &mut DataFile) -> bool {
+        let Some(at) = self.staged.iter().rposition(|s| s.id == Some(id)) else {
+            return false;
+        };
+        if !data.unstage(at) {
+            return false;
+        }
+        let staged = self.staged.remove(at);
+        self.answers[staged.answer] = FromDataNode::Withdrawn(id);
+        if let Some(key) = staged.key {
+            self.keys.remove(&key);
+        }
+        true
+    }
+}
+
+/// Handles one `mensaje`: stages it, or answers it from the key index, or
+/// (its key is staged already in this batch) asks for the batch to be
+/// committed first. False in that last case: nothing was done with it.
+fn handle_store(
+    id: Option<MessageId>,
+    key: Option<protocol::message::KeyRef<'_>>,
+    text: &str,
+    state: &mut NodeState,
+    batch: &mut Batch,
+) -> bool {
+    let owned = key.map(|k| k.to_key());
+    let held = key.and_then(|k| state.keys.get(k));
+    let staged = owned.as_ref().is_some_and(|k| batch.keys.contains_key(k));
+    match commit_decision(id, held, staged) {
+        Decision::Write => {
+            debug!(target: MESSAGES_TARGET, id = ?id.map(|id| id.to_string()), key = ?key.map(|k| k.to_string()), "storing mensaje: {}", truncate_for_log(text));
+            state.data.stage(id, key, text.as_bytes());
+            if let Some(k) = &owned {
+                batch.keys.insert(k.clone(), id);
+            }
+            batch.staged.push(Staged {
+                id,
+                key: owned,
+                answer: batch.answers.len(),
+            });
+            batch.answers.push(FromDataNode::Stored(id));
+        }
+        Decision::AlreadyStored => {
+            debug!(target: MESSAGES_TARGET, id = ?id.map(|id| id.to_string()), key = ?key.map(|k| k.to_string()), "already held under this id; not written again");
+            batch.answers.push(FromDataNode::Stored(id));
+        }
+        Decision::HeldAs(held) => {
+            info!(
+                id = ?id.map(|id| id.to_string()), %held, key = ?key.map(|k| k.to_string()),
+                "key already held here under another id; answered with it, not written again"
+            );
+            batch.answers.push(match id {
+                Some(id) => FromDataNode::AlreadyHeld { id, held },
+                // A key always comes with an id; answered as stored if not.
+                None => FromDataNode::Stored(None),
+            });
+        }
+        Decision::AfterCommit => return false,
+    }
+    true
+}
+
+/// The report after `welcome`: the keys held within the window (`held`
+/// lines), the nodes the last head node listed (`peers`, if any did), then
+/// `ready`. Written in pieces of about 64 KiB.
+fn send_report(stream: &mut std::net::TcpStream, state: &mut NodeState) -> std::io::Result<()> {
+    const PIECE: usize = 64 * 1024;
+    state.keys.expire(now_millis());
+    let mut buf = BytesMut::with_capacity(PIECE + 4096);
+    state.keys.for_each_held_line(|line| {
+        line.encode(&mut buf);
+        buf.extend_from_slice(b"\n");
+        if buf.len() >= PIECE {
+            stream.write_all(&buf)?;
+            buf.clear();
+        }
+        Ok::<_, std::io::Error>(())
+    })?;
+    if let Some(peers) = &state.peers {
+        FromDataNode::Peers(peers.clone()).encode(&mut buf);
+        buf.extend_from_slice(b"\n");
+    }
+    FromDataNode::Ready.encode(&mut buf);
+    buf.extend_from_slice(b"\n");
+    stream.write_all(&buf)?;
+    info!(
+        keys = state.keys.len(),
+        peers = ?state.peers.as_ref().map(|p| p.iter().map(NodeId::as_str).collect::<Vec<_>>()),
+        "reported what this node holds to the head node"
+    );
+    Ok(())
+}
+
+/// The data path: raise the epoch file to the head node's epoch and send
+/// the report; then read everything the head node sent, stage each
+/// message, commit the batch (one write, one fdatasync under `batch`),
+/// then write all the answers and heartbeat answers at once. Blocking I/O
+/// on its own thread.
 fn data_path(
     mut stream: std::net::TcpStream,
     mut inbuf: BytesMut,
-    data: &mut DataFile,
+    state: &mut NodeState,
+    epoch: u64,
     config: &DataPathConfig,
     leave: &AtomicBool,
 ) -> SessionEnd {
@@ -476,45 +697,86 @@ fn data_path(
     if let Err(e) = timeouts {
         return SessionEnd::Reconnect(e.to_string());
     }
+    // Before the head node hears anything: an older head node that comes
+    // back later must find this epoch on disk.
+    if let Err(e) = state.epoch.raise(epoch) {
+        error!("{e}; cannot record the head node's epoch; stopping");
+        let _ = stream.write_all(format!("ERROR storage failure: {e}\n").as_bytes());
+        return SessionEnd::StorageFailed(e);
+    }
+    if let Err(e) = send_report(&mut stream, state) {
+        return SessionEnd::Reconnect(format!("write failed during the report: {e}"));
+    }
     let mut decoder = LineDecoder::new(config.max_line);
-    let mut answers = BytesMut::new();
+    let mut batch = Batch::default();
+    let mut out = BytesMut::new();
     let mut scratch = vec![0u8; 64 * 1024];
     let mut last_heard = Instant::now();
     let mut leave_by: Option<Instant> = None;
     let mut last_batch = 0;
     let mut linger_until: Option<Instant> = None;
+    // A message whose key is staged in the batch before it: handled first
+    // in the next batch, once that key is written and synced.
+    let mut carried: Option<protocol::codec::Line> = None;
     loop {
-        // Everything complete in the buffer is one batch.
+        // Everything complete in the buffer is one batch, up to a repeated key.
         let mut drained = false;
+        let mut split = false;
         loop {
-            let line = match decoder.decode(&mut inbuf) {
-                Ok(Some(line)) => line,
-                Ok(None) => break,
-                Err(e) => return SessionEnd::Reconnect(format!("protocol error: {e}")),
+            let line = match carried.take() {
+                Some(line) => line,
+                None => match decoder.decode(&mut inbuf) {
+                    Ok(Some(line)) => line,
+                    Ok(None) => break,
+                    Err(e) => return SessionEnd::Reconnect(format!("protocol error: {e}")),
+                },
             };
-            match ToDataNode::parse(line.as_str()) {
-                Ok(ToDataNode::Store { id, text }) => {
-                    debug!(target: MESSAGES_TARGET, id = ?id.map(|id| id.to_string()), "storing mensaje: {}", truncate_for_log(text));
-                    data.stage(id, text.as_bytes());
-                    FromDataNode::Stored(id).encode(&mut answers);
-                    answers.extend_from_slice(b"\n");
+            let handled = match ToDataNode::parse(line.as_str()) {
+                Ok(ToDataNode::Store { id, key, text }) => {
+                    handle_store(id, key, text, state, &mut batch)
+                }
+                Ok(ToDataNode::Withdraw(id)) => {
+                    if batch.withdraw(id, &mut state.data) {
+                        info!(%id, "withdrawn before it was written: not stored here");
+                    } else {
+                        debug!(%id, "withdraw of a message already written (or never received); its recibido stands");
+                    }
+                    true
                 }
                 Ok(ToDataNode::Ping(n)) => {
                     // Answered with this batch, after its messages are written.
-                    FromDataNode::Pong(n).encode(&mut answers);
-                    answers.extend_from_slice(b"\n");
+                    batch.answers.push(FromDataNode::Pong(n));
+                    true
                 }
-                Ok(ToDataNode::Bye) => drained = true,
-                Ok(ToDataNode::Welcome(_)) => {}
+                Ok(ToDataNode::Members(nodes)) => {
+                    debug!(members = nodes.len(), "the head node's routable data nodes");
+                    state.peers = Some(nodes);
+                    true
+                }
+                Ok(ToDataNode::Bye) => {
+                    drained = true;
+                    true
+                }
+                Ok(ToDataNode::Welcome { .. }) => true,
                 Ok(ToDataNode::Challenge { .. }) => {
                     return SessionEnd::Reconnect(
                         "protocol error: challenge after registration".into(),
                     );
                 }
+                Ok(ToDataNode::Error(reason)) if reason.starts_with("stale incarnation") => {
+                    // The membership decides after the report: a newer
+                    // process with this id has registered, so this one stops.
+                    return SessionEnd::Superseded(reason.to_owned());
+                }
                 Ok(ToDataNode::Error(reason)) => {
                     return SessionEnd::Reconnect(format!("head node error: {reason}"));
                 }
                 Err(e) => return SessionEnd::Reconnect(format!("protocol error: {e}")),
+            };
+            if !handled {
+                carried = Some(line);
+                split = true;
+                break;
             }
         }
         // Group commit: right after an acknowledged batch, the clients it
@@ -522,8 +784,8 @@ fn data_path(
         // hundred µs. A batch smaller than the last is the head of that
         // burst: wait a little for the rest rather than pay a whole
         // fdatasync for a few messages while the others queue behind it.
-        let staged = data.staged();
-        let lingering = !drained && leave_by.is_none() && !config.commit_linger.is_zero();
+        let staged = state.data.staged();
+        let lingering = !drained && !split && leave_by.is_none() && !config.commit_linger.is_zero();
         if lingering && staged > 0 && staged < last_batch {
             let until = *linger_until.get_or_insert_with(|| Instant::now() + config.commit_linger);
             if read_more_before(&mut stream, &mut inbuf, &mut scratch, until) {
@@ -534,24 +796,36 @@ fn data_path(
         if staged > 0 {
             last_batch = staged;
         }
-        if let Err(e) = data.commit() {
+        if let Err(e) = state.data.commit() {
             // No acknowledgement of this batch may leave: the head node
             // sends its messages to another node instead.
-            answers.clear();
             error!("{e}; nothing in this batch was acknowledged; stopping");
             let _ = stream.write_all(format!("ERROR storage failure: {e}\n").as_bytes());
             return SessionEnd::StorageFailed(e);
         }
+        // Written and synced: from now on a resend of these keys is
+        // answered from the index.
+        let now = now_millis();
+        for staged in batch.staged.drain(..) {
+            if let (Some(key), Some(id)) = (staged.key, staged.id) {
+                state.keys.insert(key.as_ref(), id, now, now);
+            }
+        }
+        batch.keys.clear();
+        for answer in batch.answers.drain(..) {
+            answer.encode(&mut out);
+            out.extend_from_slice(b"\n");
+        }
         if leave.load(Ordering::Relaxed) && leave_by.is_none() {
-            FromDataNode::Leaving.encode(&mut answers);
-            answers.extend_from_slice(b"\n");
+            FromDataNode::Leaving.encode(&mut out);
+            out.extend_from_slice(b"\n");
             leave_by = Some(Instant::now() + config.leave_timeout);
         }
-        if !answers.is_empty() {
-            if let Err(e) = stream.write_all(&answers) {
+        if !out.is_empty() {
+            if let Err(e) = stream.write_all(&out) {
                 return SessionEnd::Reconnect(format!("write failed: {e}"));
             }
-            answers.clear();
+            out.clear();
         }
         if drained {
             // The head node has everything it sent us acknowledged.
@@ -561,6 +835,10 @@ fn data_path(
         if leave_by.is_some_and(|by| Instant::now() >= by) {
             warn!("head node did not finish draining this node in time; leaving anyway");
             return SessionEnd::Left;
+        }
+        if split {
+            // Lines already read wait behind the repeated key: no read yet.
+            continue;
         }
         match stream.read(&mut scratch) {
             Ok(0) if leave_by.is_some() => return SessionEnd::Left,

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use datanode::FsyncPolicy;
 use datanode::storage::{self, DATA_FILE};
 use protocol::cli::{LogArgs, TokenArgs, parse_duration, parse_timeout};
-use protocol::message::NodeId;
+use protocol::message::{NodeId, Zone};
 use protocol::telemetry::{self, FileRoute, LogSpec};
 
 /// Data node: registers with the head node, appends every message it is sent
@@ -38,15 +38,29 @@ enum Command {
         data_dir: PathBuf,
     },
     /// Compares every acknowledgement clients logged with every data node's
-    /// data.txt: lost, misplaced, duplicated and unacknowledged messages.
+    /// data.txt, by key: lost, misplaced, conflicting ids, under- and
+    /// over-replicated, duplicated and unacknowledged messages.
     ///
     /// Prints one `key=value` summary line and the first problems. Exit
     /// status 0 when every acknowledged message is stored where its ack
-    /// says, 1 otherwise, 2 when a file cannot be read.
+    /// says under one id (and, with --strict, has --replicas copies), 1
+    /// otherwise, 2 when a file cannot be read.
     Audit {
         /// A client's log (registro_cliente.txt); repeat for each client.
         #[arg(long = "client-log", required = true)]
         client_logs: Vec<PathBuf>,
+        /// Copies every message should have (the head node's --replicas).
+        #[arg(long, env = "REPLICAS", default_value_t = 2,
+              value_parser = clap::value_parser!(u8).range(1..))]
+        replicas: u8,
+        /// A data directory whose contents were lost (a wiped disk); copies
+        /// missing because of it are counted apart. Repeat for each.
+        #[arg(long = "lost-dir")]
+        lost_dirs: Vec<PathBuf>,
+        /// Fail when an acknowledged message has fewer than --replicas
+        /// copies for a reason other than a lost directory.
+        #[arg(long)]
+        strict: bool,
         /// Data directories; each directory's name is its node's id.
         #[arg(required = true)]
         data_dirs: Vec<PathBuf>,
@@ -62,6 +76,19 @@ struct NodeArgs {
     /// This node's name (1-64 of A-Z a-z 0-9 . _ -). Default: the host name.
     #[arg(long, env = "NODE_ID")]
     node_id: Option<NodeId>,
+    /// This node's failure domain (a host, rack or zone; 1-64 of A-Z a-z 0-9
+    /// . _ -): the head node puts the copies of one message in distinct
+    /// zones. Default: the host name.
+    #[arg(long, env = "ZONE")]
+    zone: Option<Zone>,
+    /// Client keys remembered to recognise resends, at most (rebuilt from
+    /// data.txt at start and reported to each head node).
+    #[arg(long, env = "DEDUP_KEYS", default_value_t = datanode::keys::DEFAULT_DEDUP_KEYS as u64,
+          value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    dedup_keys: u64,
+    /// How long after its record is written a client key is remembered, at most.
+    #[arg(long, env = "DEDUP_WINDOW", default_value = "2m", value_parser = parse_timeout)]
+    dedup_window: Duration,
     /// Directory of data.txt. Default: ./logs/datanode-<node-id>.
     #[arg(long, env = "DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -102,8 +129,19 @@ fn main() -> ExitCode {
         Some(Command::Verify { data_dir }) => verify(&data_dir),
         Some(Command::Audit {
             client_logs,
+            replicas,
+            lost_dirs,
+            strict,
             data_dirs,
-        }) => audit(&client_logs, &data_dirs),
+        }) => audit(
+            &datanode::audit::AuditConfig {
+                client_logs,
+                data_dirs,
+                lost_dirs,
+                replicas: replicas.into(),
+            },
+            strict,
+        ),
         None => protocol::cli::exit_code("datanode", run(args.node)),
     }
 }
@@ -111,8 +149,8 @@ fn main() -> ExitCode {
 /// Problems printed under the summary; the rest are only counted.
 const PROBLEMS_SHOWN: usize = 10;
 
-fn audit(client_logs: &[PathBuf], data_dirs: &[PathBuf]) -> ExitCode {
-    let report = match datanode::audit::audit(client_logs, data_dirs) {
+fn audit(config: &datanode::audit::AuditConfig, strict: bool) -> ExitCode {
+    let report = match datanode::audit::audit(config) {
         Ok(report) => report,
         Err(e) => {
             eprintln!("datanode audit: {e}");
@@ -123,13 +161,35 @@ fn audit(client_logs: &[PathBuf], data_dirs: &[PathBuf]) -> ExitCode {
     for (kind, count) in &report.client_errors {
         println!("  client error {kind:?}: {count}");
     }
-    for id in report.lost.iter().take(PROBLEMS_SHOWN) {
-        println!("  lost: {id} was acknowledged and is in no data file");
+    for message in report.lost.iter().take(PROBLEMS_SHOWN) {
+        println!("  lost: {message} was acknowledged and is in no data file");
     }
-    for (id, node) in report.misplaced.iter().take(PROBLEMS_SHOWN) {
-        println!("  misplaced: {id} was acknowledged by {node}, whose data file lacks it");
+    for (message, node) in report.misplaced.iter().take(PROBLEMS_SHOWN) {
+        println!("  misplaced: {message} was acknowledged by {node}, whose data file lacks it");
     }
-    if report.is_sound() {
+    for (key, ids) in report.conflicting_ids.iter().take(PROBLEMS_SHOWN) {
+        let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        println!(
+            "  conflicting ids: key {key} is under ids {}",
+            ids.join(", ")
+        );
+    }
+    for (message, copies) in report.under_replicated.iter().take(PROBLEMS_SHOWN) {
+        println!(
+            "  under-replicated: {message} has {copies} of {} copies",
+            report.replicas
+        );
+    }
+    for (message, copies) in report.under_replicated_dir_lost.iter().take(PROBLEMS_SHOWN) {
+        println!(
+            "  under-replicated (dir lost): {message} has {copies} of {} copies",
+            report.replicas
+        );
+    }
+    for (message, node, times) in report.duplicated.iter().take(PROBLEMS_SHOWN) {
+        println!("  duplicated: {message} is {times} times in {node}'s data file");
+    }
+    if report.passes(strict) {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -171,6 +231,11 @@ async fn run(args: NodeArgs) -> anyhow::Result<()> {
         Some(id) => id,
         None => host_name_id()?,
     };
+    // Without a usable host name, each node is its own failure domain.
+    let zone = args
+        .zone
+        .or_else(|| host_name().parse().ok())
+        .or_else(|| node_id.as_str().parse().ok());
     // Before logging starts, so a bad token file is one clear line.
     let token = args.token.load()?;
     let mut config = datanode::Config::new(args.headnode, node_id);
@@ -183,6 +248,9 @@ async fn run(args: NodeArgs) -> anyhow::Result<()> {
         files: vec![("registro_datanode.txt", FileRoute::Rest)],
         stdout: true,
     })?;
+    config.zone = zone;
+    config.dedup_keys = args.dedup_keys as usize;
+    config.dedup_window = args.dedup_window;
     config.fsync = args.fsync;
     config.commit_linger = args.commit_linger;
     config.cluster_token = token;
@@ -195,13 +263,14 @@ async fn run(args: NodeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The host name as a node id (in a container: the container's host name).
-fn host_name_id() -> anyhow::Result<NodeId> {
+/// The host name (in a container: the container's), with every character
+/// a name may not hold replaced by `-`, cut to 64 characters; empty if it
+/// cannot be read.
+fn host_name() -> String {
     let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .or_else(|_| std::fs::read_to_string("/etc/hostname"))
         .unwrap_or_default();
-    let cleaned: String = raw
-        .trim()
+    raw.trim()
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
@@ -211,8 +280,13 @@ fn host_name_id() -> anyhow::Result<NodeId> {
             }
         })
         .take(64)
-        .collect();
-    cleaned.parse().map_err(|_| {
-        anyhow::anyhow!("cannot derive a node id from the host name {raw:?}; pass --node-id")
+        .collect()
+}
+
+/// The host name as a node id.
+fn host_name_id() -> anyhow::Result<NodeId> {
+    let name = host_name();
+    name.parse().map_err(|_| {
+        anyhow::anyhow!("cannot derive a node id from the host name {name:?}; pass --node-id")
     })
 }

@@ -21,19 +21,23 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::SystemTime;
 
-use protocol::message::MessageId;
+use protocol::message::{KeyRef, MessageId};
 use protocol::timefmt::write_timestamp;
 use tracing::{error, warn};
 
+mod epoch;
 mod file;
 mod lock;
 mod record;
 mod verify;
 
+pub use epoch::{EPOCH_FILE, EpochCheck, EpochFile, check_epoch};
 pub use file::{Faults, FaultyFile, StorageFile};
 pub use lock::{DirLock, LOCK_FILE};
 pub use record::{Checksum, LineError, Record, format_record, parse_line};
-pub use verify::{CorruptRecord, DuplicateId, Torn, TornRecord, VerifyReport, verify};
+pub use verify::{
+    CorruptRecord, DuplicateId, DuplicateKey, Torn, TornRecord, VerifyReport, verify,
+};
 
 /// Name of the data file inside a data directory.
 pub const DATA_FILE: &str = "data.txt";
@@ -131,6 +135,14 @@ pub enum StorageError {
         /// The file.
         path: PathBuf,
     },
+    /// The epoch file holds something other than one number.
+    #[error("{} does not hold an epoch: {content:?}", path.display())]
+    BadEpoch {
+        /// The file.
+        path: PathBuf,
+        /// What it holds (at most 80 characters of it).
+        content: String,
+    },
     /// The file could not be read.
     #[error("cannot read {}: {error}", path.display())]
     Read {
@@ -159,7 +171,20 @@ pub struct DataFile {
     /// (a failed fsync may have dropped pages it will never report again),
     /// so nothing more is written.
     failed: bool,
+    stats: CommitStats,
     _lock: DirLock,
+}
+
+/// What this process has written to `data.txt`, for the log at shutdown
+/// (the benchmark reads fsyncs per second from it).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Records written and synced (per the policy).
+    pub records: u64,
+    /// Successful commits (batches).
+    pub commits: u64,
+    /// `fdatasync` calls that succeeded.
+    pub syncs: u64,
 }
 
 impl DataFile {
@@ -219,6 +244,7 @@ impl DataFile {
             stamp: String::with_capacity(32),
             committed_len,
             failed: false,
+            stats: CommitStats::default(),
             _lock: lock,
         })
     }
@@ -228,16 +254,41 @@ impl DataFile {
         &self.path
     }
 
-    /// Stages a record of `text` ([`format_record`]); nothing is written
-    /// until [`DataFile::commit`].
-    pub fn stage(&mut self, id: Option<MessageId>, text: &[u8]) {
+    /// Stages a record of `text` under `key` ([`format_record`]); nothing
+    /// is written until [`DataFile::commit`].
+    pub fn stage(&mut self, id: Option<MessageId>, key: Option<KeyRef<'_>>, text: &[u8]) {
         if self.line_ends.is_empty() {
             // One timestamp per batch: the lines are written together.
             self.stamp.clear();
             let _ = write_timestamp(&mut self.stamp, SystemTime::now());
         }
-        format_record(&mut self.staged, &self.stamp, id, text);
+        format_record(&mut self.staged, &self.stamp, id, key, text);
         self.line_ends.push(self.staged.len());
+    }
+
+    /// Drops the `index`-th staged record (from 0) before it is written;
+    /// the later ones move down by one. False if there is no such record.
+    pub fn unstage(&mut self, index: usize) -> bool {
+        if index >= self.line_ends.len() {
+            return false;
+        }
+        let start = if index == 0 {
+            0
+        } else {
+            self.line_ends[index - 1]
+        };
+        let end = self.line_ends[index];
+        self.staged.drain(start..end);
+        self.line_ends.remove(index);
+        for later in &mut self.line_ends[index..] {
+            *later -= end - start;
+        }
+        true
+    }
+
+    /// What this process has committed so far.
+    pub fn stats(&self) -> CommitStats {
+        self.stats
     }
 
     /// Lines staged and not yet committed.
@@ -264,10 +315,13 @@ impl DataFile {
         }
         let result = self.append_staged();
         let batch_len = self.staged.len() as u64;
+        let records = self.line_ends.len() as u64;
         self.clear_staged();
         match result {
             Ok(()) => {
                 self.committed_len += batch_len;
+                self.stats.records += records;
+                self.stats.commits += 1;
                 Ok(())
             }
             Err(e) => {
@@ -296,12 +350,14 @@ impl DataFile {
                         .write_all(&self.staged[start..end])
                         .map_err(write_error)?;
                     self.file.sync_data().map_err(sync_error)?;
+                    self.stats.syncs += 1;
                     start = end;
                 }
             }
             FsyncPolicy::Batch => {
                 self.file.write_all(&self.staged).map_err(write_error)?;
                 self.file.sync_data().map_err(sync_error)?;
+                self.stats.syncs += 1;
             }
             FsyncPolicy::Never => self.file.write_all(&self.staged).map_err(write_error)?,
         }
@@ -361,6 +417,34 @@ fn create_dir_synced(dir: &Path) -> io::Result<()> {
 }
 
 /// Makes the entries of `dir` (files created or removed in it) durable.
+/// Calls `each` with every line of the file at `path` (its newline
+/// included; the last one may have none), reading only as far as the
+/// file's length when it was opened, so that a running node's appends do
+/// not keep it reading. Stops early when `each` says so.
+pub(crate) fn each_line(
+    path: &Path,
+    mut each: impl FnMut(&[u8]) -> std::ops::ControlFlow<()>,
+) -> Result<(), StorageError> {
+    use std::io::{BufRead, BufReader, Read};
+    let read_error = |error| StorageError::Read {
+        path: path.to_owned(),
+        error,
+    };
+    let file = File::open(path).map_err(read_error)?;
+    let len = file.metadata().map_err(read_error)?.len();
+    let mut reader = BufReader::with_capacity(1 << 20, file.take(len));
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line).map_err(read_error)? == 0 {
+            return Ok(());
+        }
+        if each(&line).is_break() {
+            return Ok(());
+        }
+    }
+}
+
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -499,6 +583,7 @@ mod tests {
             &mut buf,
             "2026-01-01 00:00:00,000",
             Some(id(seq)),
+            None,
             text.as_bytes(),
         );
         buf
@@ -513,8 +598,8 @@ mod tests {
         for policy in [FsyncPolicy::Always, FsyncPolicy::Batch, FsyncPolicy::Never] {
             let dir = tempfile::tempdir().unwrap();
             let mut data = DataFile::open(dir.path(), policy).unwrap();
-            data.stage(Some(id(1)), b"numero random: 5");
-            data.stage(Some(id(2)), b"hola");
+            data.stage(Some(id(1)), None, b"numero random: 5");
+            data.stage(Some(id(2)), None, b"hola");
             assert_eq!(data.staged(), 2);
             assert_eq!(
                 std::fs::read_to_string(data.path()).unwrap(),
@@ -551,6 +636,48 @@ mod tests {
     }
 
     #[test]
+    fn commits_are_counted_with_one_sync_per_batch_or_per_record() {
+        for (policy, syncs) in [
+            (FsyncPolicy::Always, 3),
+            (FsyncPolicy::Batch, 1),
+            (FsyncPolicy::Never, 0),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut data = DataFile::open(dir.path(), policy).unwrap();
+            for n in 1..=3 {
+                data.stage(Some(id(n)), None, b"x");
+            }
+            data.commit().unwrap();
+            data.commit().unwrap();
+            assert_eq!(
+                data.stats(),
+                CommitStats {
+                    records: 3,
+                    commits: 1,
+                    syncs
+                },
+                "{policy:?}: an empty commit counts nothing"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unstaged_record_is_never_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut data = DataFile::open(dir.path(), FsyncPolicy::Batch).unwrap();
+        for n in 1..=3 {
+            data.stage(Some(id(n)), None, b"x");
+        }
+        assert!(data.unstage(1));
+        assert!(!data.unstage(2));
+        data.stage(Some(id(4)), None, b"x");
+        assert!(data.unstage(0));
+        data.commit().unwrap();
+        assert_eq!(stored_ids(data.path()).unwrap(), [id(3), id(4)]);
+        assert!(verify(data.path()).unwrap().is_clean());
+    }
+
+    #[test]
     fn reopening_cuts_off_a_torn_record_and_appends_after_the_last_whole_one() {
         let dir = tempfile::tempdir().unwrap();
         let mut contents = record(1, "a");
@@ -562,7 +689,7 @@ mod tests {
             record(1, "a"),
             "the torn bytes are gone, the whole record stays"
         );
-        data.stage(Some(id(3)), b"c");
+        data.stage(Some(id(3)), None, b"c");
         data.commit().unwrap();
         assert_eq!(stored_ids(data.path()).unwrap(), [id(1), id(3)]);
         assert!(verify(data.path()).unwrap().is_clean());
@@ -623,7 +750,7 @@ mod tests {
     fn verify_reads_a_directory_a_data_file_holds() {
         let dir = tempfile::tempdir().unwrap();
         let mut data = DataFile::open(dir.path(), FsyncPolicy::Batch).unwrap();
-        data.stage(Some(id(1)), b"a");
+        data.stage(Some(id(1)), None, b"a");
         data.commit().unwrap();
         let report = verify(data.path()).unwrap();
         assert_eq!((report.records, report.is_clean()), (1, true));
@@ -653,11 +780,11 @@ mod tests {
                 ..Faults::default()
             };
             let mut data = DataFile::open_with(dir.path(), policy, faulty(faults)).unwrap();
-            data.stage(Some(id(1)), b"a");
+            data.stage(Some(id(1)), None, b"a");
             data.commit().unwrap();
             let before = std::fs::read(data.path()).unwrap();
             for n in 2..=4 {
-                data.stage(Some(id(n)), b"a longer text than the first");
+                data.stage(Some(id(n)), None, b"a longer text than the first");
             }
             let e = data.commit().unwrap_err();
             assert!(
@@ -669,7 +796,7 @@ mod tests {
                 before,
                 "{policy:?}: back to its length before the batch"
             );
-            data.stage(Some(id(5)), b"a");
+            data.stage(Some(id(5)), None, b"a");
             assert!(
                 matches!(data.commit(), Err(StorageError::Failed { .. })),
                 "{policy:?}: nothing more is written"
@@ -687,16 +814,16 @@ mod tests {
                 ..Faults::default()
             };
             let mut data = DataFile::open_with(dir.path(), policy, faulty(faults)).unwrap();
-            data.stage(Some(id(1)), b"a");
+            data.stage(Some(id(1)), None, b"a");
             data.commit().unwrap();
-            data.stage(Some(id(2)), b"b");
+            data.stage(Some(id(2)), None, b"b");
             let e = data.commit().unwrap_err();
             assert!(
                 matches!(&e, StorageError::Sync { error, .. } if error.raw_os_error() == Some(5)),
                 "{policy:?}: {e:?}"
             );
             assert_eq!(stored_ids(data.path()).unwrap(), [id(1)], "{policy:?}");
-            data.stage(Some(id(3)), b"c");
+            data.stage(Some(id(3)), None, b"c");
             assert!(
                 matches!(data.commit(), Err(StorageError::Failed { .. })),
                 "{policy:?}: a failed commit is not retried"

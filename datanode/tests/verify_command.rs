@@ -13,6 +13,7 @@ fn record(seq: u64, text: &str) -> Vec<u8> {
         &mut buf,
         "2026-11-23 05:55:31,793",
         Some(id),
+        None,
         text.as_bytes(),
     );
     buf
@@ -44,7 +45,7 @@ fn a_clean_file_exits_0_with_a_one_line_summary() {
     assert_eq!(
         out,
         format!(
-            "{}: 3 records, 0 corrupt, 0 torn, 0 duplicated ids (0 extra copies)\n",
+            "{}: 3 records, 0 corrupt, 0 torn, 0 duplicated ids (0 extra copies), 0 keys under several ids\n",
             path.display()
         )
     );
@@ -61,7 +62,7 @@ fn problems_exit_1_and_are_listed_under_the_summary() {
     assert_eq!(status, 1, "{out}");
     let lines: Vec<&str> = out.lines().collect();
     assert!(
-        lines[0].ends_with(": 2 records, 0 corrupt, 1 torn, 1 duplicated ids (1 extra copies)"),
+        lines[0].ends_with(": 2 records, 0 corrupt, 1 torn, 1 duplicated ids (1 extra copies), 0 keys under several ids"),
         "{out}"
     );
     assert!(lines[1].starts_with("  line 3: torn: "), "{out}");

@@ -168,7 +168,9 @@ impl ClientModel {
             self.trace
                 .record(format!("c{} {} <- {line}", self.id, texts[n]));
             match StoreReply::parse(&line) {
-                Ok(StoreReply::Stored { node, id }) => self.report().acks.push((n, node, id)),
+                Ok(StoreReply::Stored { holders, id }) => {
+                    self.report().acks.push((n, holders.join("+"), id))
+                }
                 Ok(StoreReply::Error(_)) => {
                     self.report().errors += 1;
                     to_send.push_back(n);

@@ -5,13 +5,15 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use protocol::message::MessageId;
+use protocol::message::{MessageId, MessageKey};
 
 /// One stored message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     /// The head node's id for it.
     pub id: MessageId,
+    /// The client's key, if it sent one.
+    pub key: Option<MessageKey>,
     /// Its text.
     pub text: String,
 }
@@ -22,6 +24,8 @@ struct State {
     volatile: Vec<Record>,
     fsync_delay: Duration,
     lost_on_crash: usize,
+    /// The newest head-node epoch seen (the `epoch` file).
+    epoch: u64,
 }
 
 /// A shared handle to one node's disk.
@@ -37,11 +41,23 @@ impl Disk {
     }
 
     /// Appends a record to the volatile part.
-    pub fn write(&self, id: MessageId, text: &str) {
+    pub fn write(&self, id: MessageId, key: Option<MessageKey>, text: &str) {
         self.lock().volatile.push(Record {
             id,
+            key,
             text: text.to_owned(),
         });
+    }
+
+    /// The newest head-node epoch written down.
+    pub fn epoch(&self) -> u64 {
+        self.lock().epoch
+    }
+
+    /// Writes down a newer epoch, durably (the real node syncs its file).
+    pub fn raise_epoch(&self, epoch: u64) {
+        let mut state = self.lock();
+        state.epoch = state.epoch.max(epoch);
     }
 
     /// Waits for the (possibly slow) fsync, then makes every write so far durable.

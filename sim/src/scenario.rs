@@ -331,6 +331,11 @@ pub fn run(seed: u64, settings: &Settings) -> Result<Outcome, Failure> {
                 // A new epoch per start, as a restarted process's clock gives.
                 id_epoch: Some(start),
                 rng_seed: Some(seed.wrapping_mul(31).wrapping_add(start)),
+                // Two copies, both written before the answer: every
+                // acknowledged message must survive on both holders.
+                replicas: 2,
+                min_replicas: 2,
+                recovery_wait: Duration::from_secs(2),
                 observer: Some(observer),
                 ..Config::default()
             };
@@ -529,26 +534,28 @@ fn apply(sim: &mut turmoil::Sim<'_>, action: &Action, disks: &[Disk], unreachabl
 fn check_acks_are_durable(reports: &[ClientReport], disks: &[Disk], problems: &mut Vec<String>) {
     let durable: Vec<_> = disks.iter().map(Disk::durable).collect();
     for report in reports {
-        for (n, node, id) in &report.acks {
+        for (n, holders, id) in &report.acks {
             let text = &report.texts[*n];
-            let Some(i) = node_index(node) else {
-                problems.push(format!("{text}: acknowledged by unknown node {node:?}"));
-                continue;
-            };
-            let stored: Vec<&str> = durable[i]
-                .iter()
-                .filter(|r| r.id == *id)
-                .map(|r| r.text.as_str())
-                .collect();
-            if stored.is_empty() {
-                let elsewhere = durable.iter().any(|d| d.iter().any(|r| r.id == *id));
-                problems.push(format!(
+            for node in holders.split('+') {
+                let Some(i) = node_index(node) else {
+                    problems.push(format!("{text}: acknowledged by unknown node {node:?}"));
+                    continue;
+                };
+                let stored: Vec<&str> = durable[i]
+                    .iter()
+                    .filter(|r| r.id == *id)
+                    .map(|r| r.text.as_str())
+                    .collect();
+                if stored.is_empty() {
+                    let elsewhere = durable.iter().any(|d| d.iter().any(|r| r.id == *id));
+                    problems.push(format!(
                     "{text}: acknowledged as {id} by {node}, but not durable there (elsewhere: {elsewhere})"
                 ));
-            } else if stored.iter().any(|s| s != text) {
-                problems.push(format!(
+                } else if stored.iter().any(|s| s != text) {
+                    problems.push(format!(
                     "{text}: acknowledged as {id} by {node}, which stored {stored:?} under that id"
                 ));
+                }
             }
         }
     }

@@ -3,7 +3,10 @@
 //!
 //! ```text
 //! 2026-11-23 05:55:31,793 - [1795413330851-2] crc32c=1a2b3c4d mensaje: numero random: 1
+//! 2026-11-23 05:55:31,793 - [1795413330851-3] key=c-5f2a/17 crc32c=1a2b3c4d mensaje: numero random: 4
 //! ```
+//!
+//! A message its client sent with a key carries it as `key=<client>/<seq>`.
 //!
 //! The checksum is the CRC32C of the line with its `crc32c=XXXXXXXX ` token
 //! removed, which is the line as records were written before they carried
@@ -14,10 +17,11 @@
 use std::borrow::Cow;
 use std::ops::Range;
 
-use protocol::message::MessageId;
+use protocol::message::{KeyRef, MessageId};
 
 const SEPARATOR: &[u8] = b" - ";
 const CHECKSUM_KEY: &[u8] = b"crc32c";
+const MESSAGE_KEY: &[u8] = b"key";
 const TEXT_MARKER: &[u8] = b"mensaje: ";
 /// `YYYY-MM-DD HH:MM:SS,mmm`: `d` a digit, anything else itself.
 const TIMESTAMP_SHAPE: &[u8] = b"dddd-dd-dd dd:dd:dd,ddd";
@@ -26,7 +30,13 @@ const TIMESTAMP_SHAPE: &[u8] = b"dddd-dd-dd dd:dd:dd,ddd";
 ///
 /// `text` MUST NOT contain `\n`: a record is one line (the protocol's
 /// framing already guarantees it).
-pub fn format_record(buf: &mut Vec<u8>, timestamp: &str, id: Option<MessageId>, text: &[u8]) {
+pub fn format_record(
+    buf: &mut Vec<u8>,
+    timestamp: &str,
+    id: Option<MessageId>,
+    key: Option<KeyRef<'_>>,
+    text: &[u8],
+) {
     debug_assert!(!text.contains(&b'\n'), "a record is one line");
     let start = buf.len();
     buf.extend_from_slice(timestamp.as_bytes());
@@ -35,6 +45,12 @@ pub fn format_record(buf: &mut Vec<u8>, timestamp: &str, id: Option<MessageId>, 
         buf.push(b'[');
         id.put(buf);
         buf.extend_from_slice(b"] ");
+    }
+    if let Some(key) = key {
+        buf.extend_from_slice(MESSAGE_KEY);
+        buf.push(b'=');
+        key.put(buf);
+        buf.push(b' ');
     }
     // The checksum covers the line without its own token, so it is computed
     // over the pieces before the token is written: no copy, no insert.
@@ -57,6 +73,8 @@ pub struct Record<'a> {
     pub timestamp: &'a str,
     /// The message id; `None` for a message that came without one.
     pub id: Option<MessageId>,
+    /// The client's key; `None` for a message sent without one.
+    pub key: Option<KeyRef<'a>>,
     /// The client's text, byte for byte.
     pub text: &'a [u8],
     /// What the record's checksum says about the line.
@@ -109,6 +127,9 @@ pub enum LineError {
     /// The line ends before `mensaje: `.
     #[error("no \"mensaje: \"")]
     NoText,
+    /// A `key=` value that is not `<client-id>/<seq>`, or a second one.
+    #[error("bad key field")]
+    BadKey,
 }
 
 /// Parses one line of `data.txt` (a trailing `\n` is ignored).
@@ -150,6 +171,7 @@ pub fn parse_line(line: &[u8]) -> Result<Record<'_>, LineError> {
     }
 
     let mut checksum_field: Option<(u32, Range<usize>)> = None;
+    let mut message_key = None;
     while !line[pos..].starts_with(TEXT_MARKER) {
         let len = find(&line[pos..], b' ').ok_or(LineError::NoText)?;
         let field = &line[pos..pos + len];
@@ -170,6 +192,14 @@ pub fn parse_line(line: &[u8]) -> Result<Record<'_>, LineError> {
             let stored = parse_hex(value).ok_or(LineError::BadChecksum)?;
             // The token and the space after it.
             checksum_field = Some((stored, pos..pos + len + 1));
+        } else if key == MESSAGE_KEY {
+            let parsed = std::str::from_utf8(value)
+                .ok()
+                .and_then(|v| KeyRef::parse(v).ok())
+                .ok_or(LineError::BadKey)?;
+            if message_key.replace(parsed).is_some() {
+                return Err(LineError::BadKey);
+            }
         }
         pos += len + 1;
     }
@@ -190,6 +220,7 @@ pub fn parse_line(line: &[u8]) -> Result<Record<'_>, LineError> {
     Ok(Record {
         timestamp,
         id,
+        key: message_key,
         text,
         checksum,
     })
@@ -234,8 +265,41 @@ mod tests {
 
     fn formatted(id: Option<MessageId>, text: &str) -> String {
         let mut buf = Vec::new();
-        format_record(&mut buf, STAMP, id, text.as_bytes());
+        format_record(&mut buf, STAMP, id, None, text.as_bytes());
         String::from_utf8(buf).unwrap()
+    }
+
+    #[test]
+    fn a_keyed_record_carries_its_key_under_the_checksum() {
+        let mut buf = Vec::new();
+        let key = KeyRef {
+            client: "c-5f2a",
+            seq: 17,
+        };
+        format_record(&mut buf, STAMP, Some(id(3)), Some(key), b"numero random: 4");
+        let line = String::from_utf8(buf).unwrap();
+        let unchecked =
+            "2026-11-23 05:55:31,793 - [1795413330851-3] key=c-5f2a/17 mensaje: numero random: 4";
+        let crc = crc32c::crc32c(unchecked.as_bytes());
+        assert_eq!(
+            line,
+            format!(
+                "2026-11-23 05:55:31,793 - [1795413330851-3] key=c-5f2a/17 crc32c={crc:08x} mensaje: numero random: 4\n"
+            )
+        );
+        let record = parse_line(line.as_bytes()).unwrap();
+        assert_eq!(record.key, Some(key));
+        assert_eq!(record.checksum, Checksum::Valid);
+        let forged = line.replace("c-5f2a/17", "c-5f2a/18");
+        assert!(!parse_line(forged.as_bytes()).unwrap().is_intact());
+        for bad in ["key=x ", "key=c/1 key=c/2 "] {
+            let line = format!("{STAMP} - [1-1] {bad}mensaje: x");
+            assert_eq!(
+                parse_line(line.as_bytes()),
+                Err(LineError::BadKey),
+                "{line}"
+            );
+        }
     }
 
     #[test]
@@ -272,6 +336,7 @@ mod tests {
             Record {
                 timestamp: STAMP,
                 id: Some(id(7)),
+                key: None,
                 text: b"a - [b] c=d mensaje: e",
                 checksum: Checksum::Valid,
             }
@@ -374,7 +439,7 @@ mod tests {
                 std::time::UNIX_EPOCH + std::time::Duration::from_millis(millis),
             );
             let mut line = Vec::new();
-            format_record(&mut line, &stamp, id, text.as_bytes());
+            format_record(&mut line, &stamp, id, None, text.as_bytes());
             let record = parse_line(&line).unwrap();
             proptest::prop_assert_eq!(record.timestamp, stamp.as_str());
             proptest::prop_assert_eq!(record.id, id);

@@ -1,14 +1,13 @@
 //! Checking a whole `data.txt`: torn lines, checksum mismatches, ids
-//! stored more than once. Read-only: it takes no lock, so it can check the
+//! stored more than once, client keys stored under more than one id. Read-only: it takes no lock, so it can check the
 //! file of a running node.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::ops::ControlFlow;
 use std::path::Path;
 
-use protocol::message::MessageId;
+use protocol::message::{MessageId, MessageKey};
 
 use super::StorageError;
 use super::record::{Checksum, LineError, parse_line};
@@ -26,6 +25,18 @@ pub struct VerifyReport {
     pub torn: Vec<TornRecord>,
     /// Ids that more than one intact record carries, in order of first appearance.
     pub duplicates: Vec<DuplicateId>,
+    /// Client keys that intact records carry under more than one id (a
+    /// resend stored again), in order of first appearance.
+    pub duplicate_keys: Vec<DuplicateKey>,
+}
+
+/// A client key stored under more than one id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DuplicateKey {
+    /// The key.
+    pub key: MessageKey,
+    /// The ids it is stored under, in file order.
+    pub ids: Vec<MessageId>,
 }
 
 /// A record whose checksum does not match its line.
@@ -66,9 +77,12 @@ pub struct DuplicateId {
 }
 
 impl VerifyReport {
-    /// True when nothing is corrupt, torn or duplicated.
+    /// True when nothing is corrupt, torn or duplicated (by id or by key).
     pub fn is_clean(&self) -> bool {
-        self.corrupt.is_empty() && self.torn.is_empty() && self.duplicates.is_empty()
+        self.corrupt.is_empty()
+            && self.torn.is_empty()
+            && self.duplicates.is_empty()
+            && self.duplicate_keys.is_empty()
     }
 
     /// Copies beyond the first of every duplicated id.
@@ -77,7 +91,7 @@ impl VerifyReport {
     }
 
     /// Every problem, one line each: torn lines and corrupt records in file
-    /// order, then duplicated ids.
+    /// order, then duplicated ids, then keys stored under several ids.
     pub fn problems(&self) -> impl Iterator<Item = String> + '_ {
         let torn = self.torn.iter().map(|t| match &t.why {
             Torn::NoNewline => (
@@ -103,24 +117,36 @@ impl VerifyReport {
             .duplicates
             .iter()
             .map(|d| format!("id {}: stored {} times", d.id, d.count));
+        let keys = self.duplicate_keys.iter().map(|d| {
+            let ids: Vec<String> = d.ids.iter().map(ToString::to_string).collect();
+            format!(
+                "key {}: stored under {} ids ({})",
+                d.key,
+                d.ids.len(),
+                ids.join(", ")
+            )
+        });
         by_line
             .into_iter()
             .map(|(_, problem)| problem)
             .chain(duplicates)
+            .chain(keys)
     }
 }
 
-/// `10000 records, 0 corrupt, 0 torn, 2 duplicated ids (2 extra copies)`.
+/// `10000 records, 0 corrupt, 0 torn, 2 duplicated ids (2 extra copies), 0
+/// keys under several ids`.
 impl fmt::Display for VerifyReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} records, {} corrupt, {} torn, {} duplicated ids ({} extra copies)",
+            "{} records, {} corrupt, {} torn, {} duplicated ids ({} extra copies), {} keys under several ids",
             self.records,
             self.corrupt.len(),
             self.torn.len(),
             self.duplicates.len(),
-            self.extra_copies()
+            self.extra_copies(),
+            self.duplicate_keys.len()
         )?;
         if self.unchecked > 0 {
             write!(f, "; {} written without a checksum", self.unchecked)?;
@@ -134,39 +160,30 @@ impl fmt::Display for VerifyReport {
 /// Reads only as far as the file's length when it starts, so that a
 /// running node's appends do not keep it reading.
 pub fn verify(path: &Path) -> Result<VerifyReport, StorageError> {
-    let read_error = |error| StorageError::Read {
-        path: path.to_owned(),
-        error,
-    };
-    let file = File::open(path).map_err(read_error)?;
-    let len = file.metadata().map_err(read_error)?.len();
-    let mut reader = BufReader::with_capacity(1 << 20, file.take(len));
     let mut report = VerifyReport::default();
     let mut counts: HashMap<MessageId, u64> = HashMap::new();
     let mut order = Vec::new();
-    let mut line = Vec::new();
+    // Each key's distinct ids, and the keys with more than one, in order.
+    let mut key_ids: HashMap<MessageKey, Vec<MessageId>> = HashMap::new();
+    let mut key_order = Vec::new();
     let mut number = 0;
-    loop {
-        line.clear();
-        if reader.read_until(b'\n', &mut line).map_err(read_error)? == 0 {
-            break;
-        }
+    super::each_line(path, |line| {
         number += 1;
         if line.last() != Some(&b'\n') {
             report.torn.push(TornRecord {
                 line: number,
                 why: Torn::NoNewline,
             });
-            break;
+            return ControlFlow::Break(());
         }
-        let record = match parse_line(&line) {
+        let record = match parse_line(line) {
             Ok(record) => record,
             Err(e) => {
                 report.torn.push(TornRecord {
                     line: number,
                     why: Torn::Unparseable(e),
                 });
-                continue;
+                return ControlFlow::Continue(());
             }
         };
         report.records += 1;
@@ -178,7 +195,7 @@ pub fn verify(path: &Path) -> Result<VerifyReport, StorageError> {
                     line: number,
                     id: record.id,
                 });
-                continue;
+                return ControlFlow::Continue(());
             }
         }
         if let Some(id) = record.id {
@@ -187,8 +204,25 @@ pub fn verify(path: &Path) -> Result<VerifyReport, StorageError> {
             if *count == 2 {
                 order.push(id);
             }
+            if let Some(key) = record.key {
+                let ids = key_ids.entry(key.to_key()).or_default();
+                if !ids.contains(&id) {
+                    ids.push(id);
+                    if ids.len() == 2 {
+                        key_order.push(key.to_key());
+                    }
+                }
+            }
         }
-    }
+        ControlFlow::Continue(())
+    })?;
+    report.duplicate_keys = key_order
+        .into_iter()
+        .map(|key| DuplicateKey {
+            ids: key_ids.remove(&key).unwrap_or_default(),
+            key,
+        })
+        .collect();
     report.duplicates = order
         .into_iter()
         .map(|id| DuplicateId {
@@ -209,7 +243,7 @@ mod tests {
     fn record(seq: u64, text: &str) -> Vec<u8> {
         let mut buf = Vec::new();
         let id = MessageId { epoch: 9, seq };
-        format_record(&mut buf, STAMP, Some(id), text.as_bytes());
+        format_record(&mut buf, STAMP, Some(id), None, text.as_bytes());
         buf
     }
 
@@ -228,7 +262,7 @@ mod tests {
         assert_eq!(report.records, 3);
         assert_eq!(
             report.to_string(),
-            "3 records, 0 corrupt, 0 torn, 0 duplicated ids (0 extra copies)"
+            "3 records, 0 corrupt, 0 torn, 0 duplicated ids (0 extra copies), 0 keys under several ids"
         );
     }
 
@@ -278,7 +312,7 @@ mod tests {
         assert!(!report.is_clean());
         assert_eq!(
             report.to_string(),
-            "5 records, 1 corrupt, 2 torn, 1 duplicated ids (2 extra copies); 1 written without a checksum"
+            "5 records, 1 corrupt, 2 torn, 1 duplicated ids (2 extra copies), 0 keys under several ids; 1 written without a checksum"
         );
         let problems: Vec<String> = report.problems().collect();
         assert_eq!(
@@ -290,6 +324,48 @@ mod tests {
                 "id 9-1: stored 3 times",
             ]
         );
+    }
+
+    #[test]
+    fn finds_keys_stored_under_several_ids() {
+        let keyed = |seq: u64, key_seq: u64| {
+            let mut buf = Vec::new();
+            let id = MessageId { epoch: 9, seq };
+            let key = protocol::message::KeyRef {
+                client: "c-1",
+                seq: key_seq,
+            };
+            format_record(&mut buf, STAMP, Some(id), Some(key), b"x");
+            buf
+        };
+        let mut contents = keyed(1, 1);
+        contents.extend(keyed(2, 2));
+        contents.extend(keyed(3, 1));
+        contents.extend(keyed(3, 1));
+        let report = verify_bytes(&contents);
+        assert_eq!(
+            report.duplicate_keys,
+            [DuplicateKey {
+                key: "c-1/1".parse().unwrap(),
+                ids: vec![
+                    MessageId { epoch: 9, seq: 1 },
+                    MessageId { epoch: 9, seq: 3 }
+                ],
+            }]
+        );
+        assert_eq!(
+            report.to_string(),
+            "4 records, 0 corrupt, 0 torn, 1 duplicated ids (1 extra copies), 1 keys under several ids"
+        );
+        let problems: Vec<String> = report.problems().collect();
+        assert_eq!(
+            problems,
+            [
+                "id 9-3: stored 2 times",
+                "key c-1/1: stored under 2 ids (9-1, 9-3)"
+            ]
+        );
+        assert!(!report.is_clean());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! A head node of our own, scripted by each test: it accepts one data node,
-//! welcomes it, sends it messages and reads its answers.
+//! welcomes it, reads its report (`held`, `peers`, `ready`), sends it
+//! messages and reads its answers.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -7,7 +8,7 @@ use std::time::Duration;
 
 use datanode::{Config, DataNodeError};
 use protocol::handshake::{self, RoleStep};
-use protocol::message::PETICION;
+use protocol::message::{FromDataNode, HELD_PER_LINE, MessageId, PETICION};
 use protocol::{Connection, ReaderConfig};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -16,6 +17,7 @@ use tokio::task::JoinHandle;
 /// The scripted head node, and the data node it has accepted.
 pub struct ScriptedHead {
     pub conn: Connection,
+    listener: TcpListener,
     next_seq: u64,
     /// Where the data node keeps `data.txt`.
     pub dir: tempfile::TempDir,
@@ -26,11 +28,22 @@ pub struct ScriptedHead {
 
 impl ScriptedHead {
     /// Starts a data node in a temporary directory, with `configure` applied
-    /// to its configuration, and welcomes it.
+    /// to its configuration, welcomes it under epoch 1 and reads its report.
     pub async fn start(configure: impl FnOnce(&mut Config)) -> ScriptedHead {
+        let mut head = ScriptedHead::start_in(tempfile::tempdir().unwrap(), configure).await;
+        head.welcome(1).await;
+        head.read_report().await;
+        head
+    }
+
+    /// Starts a data node in `dir` (which may hold a previous run's files)
+    /// and takes its connection through the handshake, up to `welcome`.
+    pub async fn start_in(
+        dir: tempfile::TempDir,
+        configure: impl FnOnce(&mut Config),
+    ) -> ScriptedHead {
         protocol::telemetry::init_for_tests();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let dir = tempfile::tempdir().unwrap();
         let mut config = Config::new(
             listener.local_addr().unwrap().to_string(),
             "dn1".parse().unwrap(),
@@ -43,24 +56,65 @@ impl ScriptedHead {
         let node = tokio::spawn(datanode::run(config, async {
             let _ = stopped.await;
         }));
-        let (stream, _) = listener.accept().await.unwrap();
-        let mut conn = accept(stream);
-        handshake::accept(
-            &mut conn.reader,
-            &mut conn.writer,
-            RoleStep::Required,
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
-        conn.writer.send(b"welcome dn1").await.unwrap();
+        let conn = accept_node(&listener).await;
         ScriptedHead {
             conn,
+            listener,
             next_seq: 1,
             dir,
             node,
             stop: Some(stop),
         }
+    }
+
+    /// Sends `welcome dn1 <epoch>`.
+    pub async fn welcome(&mut self, epoch: u64) {
+        let line = format!("welcome dn1 {epoch}");
+        self.conn.writer.send(line.as_bytes()).await.unwrap();
+    }
+
+    /// Reads the report up to `ready`: its `held` lines (parsed) and its
+    /// `peers` line, if any.
+    pub async fn read_report(&mut self) -> Report {
+        let mut report = Report::default();
+        loop {
+            let line = self.next_line().await.expect("closed during its report");
+            match FromDataNode::parse(&line) {
+                Ok(FromDataNode::Held { client, keys }) => {
+                    assert!(keys.len() <= HELD_PER_LINE, "{line}");
+                    for (seq, id) in keys {
+                        report.held.push((format!("{client}/{seq}"), id));
+                    }
+                }
+                Ok(FromDataNode::Peers(peers)) => {
+                    report.peers = Some(peers.iter().map(ToString::to_string).collect())
+                }
+                Ok(FromDataNode::Ready) => return report,
+                other => panic!("unexpected line in the report: {line:?} ({other:?})"),
+            }
+        }
+    }
+
+    /// Waits for the data node to connect again (after it lost or refused
+    /// this head node) and takes it through the handshake.
+    pub async fn reconnected(&mut self) {
+        self.conn = tokio::time::timeout(Duration::from_secs(10), accept_node(&self.listener))
+            .await
+            .expect("the data node did not come back within 10 s");
+    }
+
+    /// Sends one keyed message `mensaje <id> <key>: <text>`.
+    pub async fn send_keyed(&mut self, id: &str, key: &str, text: &str) {
+        let line = format!("mensaje {id} {key}: {text}");
+        self.conn.writer.send(line.as_bytes()).await.unwrap();
+    }
+
+    /// Queues raw lines and sends them in one write.
+    pub async fn send_lines(&mut self, lines: &[String]) {
+        for line in lines {
+            self.conn.writer.queue(line.as_bytes());
+        }
+        self.conn.writer.flush().await.unwrap();
     }
 
     /// Sends `count` messages in one write; their ids.
@@ -106,6 +160,40 @@ impl ScriptedHead {
         }
         (&mut self.node).await.expect("data node panicked")
     }
+
+    /// Stops the data node and keeps its directory, for a restart.
+    pub async fn stop_keeping_dir(mut self) -> tempfile::TempDir {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        // It asks to leave; the head node lets it go.
+        let _ = self.conn.writer.send(b"bye").await;
+        (&mut self.node).await.expect("data node panicked").unwrap();
+        self.dir
+    }
+}
+
+/// What a data node reported after `welcome`.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Every held key (`client/seq`) and its id.
+    pub held: Vec<(String, MessageId)>,
+    /// The `peers` line, if it sent one.
+    pub peers: Option<Vec<String>>,
+}
+
+async fn accept_node(listener: &TcpListener) -> Connection {
+    let (stream, _) = listener.accept().await.unwrap();
+    let mut conn = accept(stream);
+    handshake::accept(
+        &mut conn.reader,
+        &mut conn.writer,
+        RoleStep::Required,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    conn
 }
 
 fn accept(stream: TcpStream) -> Connection {

@@ -1,0 +1,448 @@
+//! The keys this data node holds: which message id each recent client key
+//! (`<client-id>/<seq>`) was stored under, so that a resend is answered
+//! with the original id and never written twice.
+//!
+//! - [`KeyIndex`]: the index, rebuilt from `data.txt` when the node starts
+//!   ([`KeyIndex::load`]) and reported to every head node that welcomes it
+//!   ([`KeyIndex::for_each_held_line`]);
+//! - [`commit_decision`]: what to do with one keyed message, as a pure
+//!   function.
+//!
+//! Bounds: at most `max_keys` keys (`--dedup-keys`), none whose record is
+//! older than `window` (`--dedup-window`); the oldest are forgotten first.
+//! A client id is stored once however many keys it has. Cost: see
+//! `docs/limits.md` (measured by the ignored tests `bytes_per_key_*`).
+
+use std::collections::{HashMap, VecDeque};
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use protocol::message::{ClientId, FromDataNode, HELD_PER_LINE, KeyRef, MessageId};
+use protocol::timefmt::parse_timestamp_millis;
+
+use crate::storage::{self, StorageError, parse_line};
+
+/// Default of `--dedup-keys`: the same as the head node's.
+pub const DEFAULT_DEDUP_KEYS: usize = 1_000_000;
+/// Default of `--dedup-window`: the same as the head node's.
+pub const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(120);
+
+/// What to do with one message from the head node, given what is known of
+/// its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Write it, and answer `recibido <id>` once synced.
+    Write,
+    /// Its key is held under this same id: answer `recibido <id>`, write nothing.
+    AlreadyStored,
+    /// Its key is held under another id: answer `recibido <id> <held>`,
+    /// write nothing.
+    HeldAs(MessageId),
+    /// Its key was staged earlier in this batch and is not synced yet:
+    /// commit the batch first, then decide again (it is then held).
+    AfterCommit,
+}
+
+/// Decides what to do with message `id`, whose key is held in the index
+/// under `held` (if at all) and is or is not `staged` earlier in the
+/// current, uncommitted batch. An unkeyed message is always written.
+pub fn commit_decision(id: Option<MessageId>, held: Option<MessageId>, staged: bool) -> Decision {
+    match held {
+        Some(held) if Some(held) == id => Decision::AlreadyStored,
+        Some(held) => Decision::HeldAs(held),
+        None if staged => Decision::AfterCommit,
+        None => Decision::Write,
+    }
+}
+
+/// One remembered key, in the eviction queue.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    client: u32,
+    seq: u64,
+    /// When its record was written, in Unix milliseconds.
+    at_ms: u64,
+}
+
+#[derive(Debug)]
+struct Client {
+    name: Arc<str>,
+    /// Keys of this client in the index; the client is forgotten at zero.
+    keys: u32,
+}
+
+/// Client key -> message id, for the keys written and synced here within
+/// the window.
+#[derive(Debug)]
+pub struct KeyIndex {
+    /// Client id -> its number; each name is stored once.
+    numbers: HashMap<Arc<str>, u32>,
+    /// Number -> client; `None` for a free number.
+    clients: Vec<Option<Client>>,
+    /// Numbers free for reuse.
+    free: Vec<u32>,
+    /// (client number, seq) -> the id it was stored under.
+    ids: HashMap<(u32, u64), MessageId>,
+    /// Every key of `ids`, in the order it was added: the oldest is evicted first.
+    order: VecDeque<Entry>,
+    max_keys: usize,
+    window_ms: u64,
+}
+
+impl KeyIndex {
+    /// An empty index of at most `max_keys` keys (at least one), each kept
+    /// at most `window` after its record was written.
+    pub fn new(max_keys: usize, window: Duration) -> Self {
+        KeyIndex {
+            numbers: HashMap::new(),
+            clients: Vec::new(),
+            free: Vec::new(),
+            ids: HashMap::new(),
+            order: VecDeque::new(),
+            max_keys: max_keys.max(1),
+            window_ms: u64::try_from(window.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// Keys held.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// The id `key` is held under, if it is.
+    pub fn get(&self, key: KeyRef<'_>) -> Option<MessageId> {
+        let client = *self.numbers.get(key.client)?;
+        self.ids.get(&(client, key.seq)).copied()
+    }
+
+    /// Remembers that `key` was written under `id` at `at_ms` (Unix ms),
+    /// unless it is already held (the first id stays) or is already out of
+    /// the window at `now_ms`. Evicts what falls out of the bounds. True if
+    /// it was added.
+    pub fn insert(&mut self, key: KeyRef<'_>, id: MessageId, at_ms: u64, now_ms: u64) -> bool {
+        if at_ms.saturating_add(self.window_ms) < now_ms || self.get(key).is_some() {
+            return false;
+        }
+        let client = self.number(key.client);
+        self.ids.insert((client, key.seq), id);
+        if let Some(Some(c)) = self.clients.get_mut(client as usize) {
+            c.keys += 1;
+        }
+        self.order.push_back(Entry {
+            client,
+            seq: key.seq,
+            at_ms,
+        });
+        while self.order.len() > self.max_keys {
+            self.evict_oldest();
+        }
+        self.expire(now_ms);
+        true
+    }
+
+    /// Forgets the keys whose records are older than the window at `now_ms`.
+    pub fn expire(&mut self, now_ms: u64) {
+        while self
+            .order
+            .front()
+            .is_some_and(|e| e.at_ms.saturating_add(self.window_ms) < now_ms)
+        {
+            self.evict_oldest();
+        }
+    }
+
+    fn evict_oldest(&mut self) {
+        let Some(entry) = self.order.pop_front() else {
+            return;
+        };
+        self.ids.remove(&(entry.client, entry.seq));
+        let slot = &mut self.clients[entry.client as usize];
+        if let Some(client) = slot {
+            client.keys -= 1;
+            if client.keys == 0 {
+                self.numbers.remove(&client.name);
+                *slot = None;
+                self.free.push(entry.client);
+            }
+        }
+    }
+
+    /// The number of client `name`, given a new one if it has none.
+    fn number(&mut self, name: &str) -> u32 {
+        if let Some(&n) = self.numbers.get(name) {
+            return n;
+        }
+        let name: Arc<str> = Arc::from(name);
+        let client = Some(Client {
+            name: name.clone(),
+            keys: 0,
+        });
+        let n = match self.free.pop() {
+            Some(n) => {
+                self.clients[n as usize] = client;
+                n
+            }
+            None => {
+                // Fewer than `max_keys` + 1 clients have keys, and numbers
+                // are reused, so this stays far below `u32::MAX`.
+                self.clients.push(client);
+                (self.clients.len() - 1) as u32
+            }
+        };
+        self.numbers.insert(name, n);
+        n
+    }
+
+    /// Calls `f` with the report of every key held: `held` lines, grouped
+    /// by client, at most [`HELD_PER_LINE`] keys each, in order of client
+    /// and sequence number; stops at `f`'s first error. Sorts a copy of the
+    /// keys (32 bytes each) first.
+    pub fn for_each_held_line<E>(
+        &self,
+        mut f: impl FnMut(FromDataNode) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut keys: Vec<(u32, u64, MessageId)> = self
+            .ids
+            .iter()
+            .map(|(&(client, seq), &id)| (client, seq, id))
+            .collect();
+        keys.sort_unstable_by_key(|&(client, seq, _)| (client, seq));
+        for group in keys.chunk_by(|a, b| a.0 == b.0) {
+            let Some(Some(name)) = self.clients.get(group[0].0 as usize) else {
+                continue;
+            };
+            // Names were validated when they were first read.
+            let Ok(client) = name.name.parse::<ClientId>() else {
+                continue;
+            };
+            for chunk in group.chunks(HELD_PER_LINE) {
+                f(FromDataNode::Held {
+                    client: client.clone(),
+                    keys: chunk.iter().map(|&(_, seq, id)| (seq, id)).collect(),
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds the keyed records of the `data.txt` at `path` whose time is
+    /// within the window at `now_ms`, in file order (the first record of a
+    /// key wins). Damaged and torn records are skipped. How many keys were
+    /// added.
+    pub fn load(&mut self, path: &Path, now_ms: u64) -> Result<usize, StorageError> {
+        let mut added = 0;
+        storage::each_line(path, |line| {
+            if let Ok(record) = parse_line(line)
+                && let (Some(key), Some(id), true) = (record.key, record.id, record.is_intact())
+                && let Some(at_ms) = parse_timestamp_millis(record.timestamp)
+                && self.insert(key, id, at_ms, now_ms)
+            {
+                added += 1;
+            }
+            ControlFlow::Continue(())
+        })?;
+        Ok(added)
+    }
+}
+
+/// The time now in Unix milliseconds (0 if the clock is before 1970).
+pub fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(seq: u64) -> MessageId {
+        MessageId { epoch: 7, seq }
+    }
+
+    fn key(client: &str, seq: u64) -> KeyRef<'_> {
+        KeyRef { client, seq }
+    }
+
+    #[test]
+    fn an_unkeyed_or_unknown_key_is_written() {
+        assert_eq!(commit_decision(Some(id(1)), None, false), Decision::Write);
+        assert_eq!(commit_decision(None, None, false), Decision::Write);
+    }
+
+    #[test]
+    fn a_key_held_under_the_same_id_is_answered_without_a_write() {
+        assert_eq!(
+            commit_decision(Some(id(1)), Some(id(1)), false),
+            Decision::AlreadyStored
+        );
+    }
+
+    #[test]
+    fn a_key_held_under_another_id_is_answered_with_that_id() {
+        assert_eq!(
+            commit_decision(Some(id(2)), Some(id(1)), false),
+            Decision::HeldAs(id(1))
+        );
+    }
+
+    #[test]
+    fn a_key_staged_in_this_batch_waits_for_the_commit() {
+        assert_eq!(
+            commit_decision(Some(id(2)), None, true),
+            Decision::AfterCommit
+        );
+    }
+
+    #[test]
+    fn keys_are_found_under_their_first_id() {
+        let mut index = KeyIndex::new(10, Duration::from_secs(60));
+        assert!(index.insert(key("c1", 1), id(1), 1000, 1000));
+        assert!(!index.insert(key("c1", 1), id(9), 1000, 1000));
+        assert!(index.insert(key("c2", 1), id(2), 1000, 1000));
+        assert_eq!(index.get(key("c1", 1)), Some(id(1)));
+        assert_eq!(index.get(key("c2", 1)), Some(id(2)));
+        assert_eq!(index.get(key("c1", 2)), None);
+        assert_eq!(index.get(key("c3", 1)), None);
+    }
+
+    #[test]
+    fn the_oldest_key_is_evicted_past_the_bound() {
+        let mut index = KeyIndex::new(2, Duration::from_secs(60));
+        for seq in 1..=3 {
+            index.insert(key("c1", seq), id(seq), 1000, 1000);
+        }
+        assert_eq!(index.len(), 2);
+        assert_eq!(index.get(key("c1", 1)), None);
+        assert_eq!(index.get(key("c1", 3)), Some(id(3)));
+    }
+
+    #[test]
+    fn keys_older_than_the_window_are_forgotten_with_their_client() {
+        let mut index = KeyIndex::new(10, Duration::from_secs(1));
+        index.insert(key("old", 1), id(1), 1000, 1000);
+        index.insert(key("new", 1), id(2), 1500, 1500);
+        index.expire(2200);
+        assert_eq!(index.get(key("old", 1)), None);
+        assert_eq!(index.get(key("new", 1)), Some(id(2)));
+        assert_eq!(index.numbers.len(), 1, "the old client's name is freed");
+        assert!(
+            !index.insert(key("late", 1), id(3), 100, 2200),
+            "a record already out of the window is not added"
+        );
+        // The freed number is reused.
+        index.insert(key("again", 1), id(4), 2200, 2200);
+        assert_eq!(index.clients.len(), 2);
+        assert_eq!(index.get(key("again", 1)), Some(id(4)));
+    }
+
+    #[test]
+    fn the_report_groups_keys_by_client_at_most_64_per_line() {
+        let mut index = KeyIndex::new(1000, Duration::from_secs(60));
+        for seq in 1..=70 {
+            index.insert(key("a", seq), id(seq), 1000, 1000);
+        }
+        index.insert(key("b", 5), id(100), 1000, 1000);
+        let mut lines = Vec::new();
+        index
+            .for_each_held_line(|line| {
+                lines.push(line);
+                Ok::<_, ()>(())
+            })
+            .unwrap();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        let mut seen = 0;
+        for line in &lines {
+            let FromDataNode::Held { client, keys } = line else {
+                panic!("{line:?}");
+            };
+            assert!(keys.len() <= HELD_PER_LINE);
+            for &(seq, held) in keys {
+                assert_eq!(index.get(key(client.as_str(), seq)), Some(held));
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, 71);
+    }
+
+    #[test]
+    fn load_reads_keyed_intact_records_within_the_window() {
+        use crate::storage::format_record;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data.txt");
+        let mut contents = Vec::new();
+        let stamp = "2026-11-23 05:55:31,793";
+        let at = parse_timestamp_millis(stamp).unwrap();
+        format_record(&mut contents, stamp, Some(id(1)), Some(key("c", 1)), b"a");
+        format_record(&mut contents, stamp, Some(id(2)), None, b"unkeyed");
+        format_record(
+            &mut contents,
+            stamp,
+            Some(id(3)),
+            Some(key("c", 1)),
+            b"again",
+        );
+        let old = "2026-11-23 05:50:00,000";
+        format_record(&mut contents, old, Some(id(4)), Some(key("c", 2)), b"old");
+        let mut damaged = Vec::new();
+        format_record(&mut damaged, stamp, Some(id(5)), Some(key("c", 3)), b"x");
+        let last = damaged.len() - 2;
+        damaged[last] = b'y';
+        contents.extend(damaged);
+        contents.extend(b"2026-11-23 05:55:31,793 - [7-6] key=c/4 torn");
+        std::fs::write(&path, contents).unwrap();
+        let mut index = KeyIndex::new(10, Duration::from_secs(120));
+        assert_eq!(index.load(&path, at + 1000).unwrap(), 1);
+        assert_eq!(index.get(key("c", 1)), Some(id(1)));
+        assert_eq!(index.get(key("c", 2)), None, "out of the window");
+        assert_eq!(index.get(key("c", 3)), None, "damaged");
+    }
+
+    /// Resident memory of the process, in bytes.
+    fn resident_bytes() -> u64 {
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+        let pages: u64 = statm.split(' ').nth(1).unwrap().parse().unwrap();
+        pages * 4096
+    }
+
+    /// Inserts 1M keys from `clients` clients; prints the resident bytes
+    /// they added per key. Run each case alone (its own process), in
+    /// release: `cargo test --release -p datanode --lib bytes_per_key_1k --
+    /// --ignored --nocapture` (and `bytes_per_key_1m`).
+    fn measure_bytes_per_key(clients: u64) {
+        const KEYS: u64 = 1_000_000;
+        let names: Vec<String> = (0..clients).map(|c| format!("c-{c:012x}")).collect();
+        let before = resident_bytes();
+        let mut index = KeyIndex::new(KEYS as usize, Duration::from_secs(3600));
+        for n in 0..KEYS {
+            let client = &names[(n % clients) as usize];
+            index.insert(key(client, n / clients + 1), id(n), 1000, 1000);
+        }
+        let after = resident_bytes();
+        assert_eq!(index.len() as u64, KEYS);
+        println!(
+            "{clients} clients: {} bytes per key",
+            (after - before) / KEYS
+        );
+    }
+
+    #[test]
+    #[ignore = "a measurement, not a check: run it alone, in release"]
+    fn bytes_per_key_1k_clients() {
+        measure_bytes_per_key(1_000);
+    }
+
+    #[test]
+    #[ignore = "a measurement, not a check: run it alone, in release"]
+    fn bytes_per_key_1m_clients() {
+        measure_bytes_per_key(1_000_000);
+    }
+}
