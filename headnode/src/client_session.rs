@@ -1,6 +1,12 @@
-//! One task per client: reads messages, routes each to a data node, and
+//! One task per client: reads messages, routes each to its data nodes, and
 //! writes the answers back in the order the messages came, however the
 //! data nodes' acknowledgements interleave.
+//!
+//! A client that announced a client id sends keyed lines (`<seq> <text>`):
+//! a key seen before is not stored again; its request waits for, or gets at
+//! once, the answer of the message that key became (see `keys`). No client
+//! is read until the head node has recovered what the data nodes hold
+//! (see `recovery`), so a resend after a restart is recognised.
 //!
 //! What one client can make the head node hold is bounded: at most
 //! `max_client_in_flight` unanswered messages holding at most
@@ -16,7 +22,10 @@ use std::sync::Arc;
 
 use protocol::Line;
 use protocol::connection::Connection;
-use protocol::message::{OUTCOME_UNKNOWN, StoreReply, truncate_for_log, validate_text};
+use protocol::message::{
+    ClientId, MessageKey, OUTCOME_UNKNOWN, StoreReply, parse_keyed_message, truncate_for_log,
+    validate_text,
+};
 use protocol::net::Stream;
 use protocol::telemetry::MESSAGES_TARGET;
 use rand::rngs::SmallRng;
@@ -27,7 +36,8 @@ use tracing::{debug, info, warn};
 
 use crate::Shared;
 use crate::config::MESSAGE_OVERHEAD;
-use crate::forward::{Completion, Envelope, Forward, Outcome};
+use crate::forward::{Completion, Envelope, Outcome, Waiter};
+use crate::keys::Found;
 
 /// Answers not yet written, by slot: the message at `first_slot` is at the
 /// front. Each slot also keeps what its message costs while in flight.
@@ -90,6 +100,7 @@ struct Blocked {
 
 pub(crate) async fn run<S: Stream>(
     mut conn: Connection<S>,
+    client_id: Option<ClientId>,
     shared: Arc<Shared>,
     stop: CancellationToken,
     mut rng: SmallRng,
@@ -106,6 +117,9 @@ pub(crate) async fn run<S: Stream>(
     let mut reading = true;
     let mut last_heard = Instant::now();
     let max_in_flight = config.max_client_in_flight.max(1);
+    let mut serving = shared.recovered.is_open();
+    let recovered = shared.recovered.opened();
+    tokio::pin!(recovered);
     // Created once: a fresh `cancelled()` per loop turn costs a lock each time.
     let stopping = stop.cancelled();
     tokio::pin!(stopping);
@@ -117,6 +131,7 @@ pub(crate) async fn run<S: Stream>(
         let idle = reading && window.len() == 0 && conn.writer.pending() == 0;
         let idle_deadline = idle.then(|| last_heard + config.client_idle_timeout);
         let may_read = reading
+            && serving
             && blocked.is_none()
             && window.len() < max_in_flight
             && window.in_flight_bytes < config.max_client_in_flight_bytes
@@ -124,6 +139,10 @@ pub(crate) async fn run<S: Stream>(
         let stall_deadline = conn.writer.stall_deadline(config.write_timeout);
         tokio::select! {
             biased;
+            () = &mut recovered, if !serving => {
+                serving = true;
+                continue;
+            }
             _ = &mut stopping, if reading => {
                 // Shutdown: take nothing new, answer what is in flight.
                 reading = false;
@@ -153,7 +172,9 @@ pub(crate) async fn run<S: Stream>(
                 match charge {
                     Ok(charge) => {
                         window.charge(waiting.slot, charge.num_permits() as u32);
-                        forward(&shared, &client, &done_tx, waiting.slot, &waiting.line, charge, &mut rng);
+                        if let Err(refusal) = forward(&shared, &client, client_id.as_ref(), &done_tx, waiting.slot, &waiting.line, charge, &mut rng) {
+                            window.fill(failed(waiting.slot, &refusal));
+                        }
                     }
                     Err(_) => window.fill(failed(waiting.slot, "head node shutting down")),
                 }
@@ -169,14 +190,16 @@ pub(crate) async fn run<S: Stream>(
                 match frame {
                     Ok(Some(line)) => {
                         let slot = window.open_slot();
-                        if let Err(refusal) = check(&line) {
+                        if let Err(refusal) = check(&line, client_id.is_some()) {
                             window.fill(failed(slot, &refusal));
                         } else {
                             let cost = charge_for(&line);
                             match shared.budget.clone().try_acquire_many_owned(cost) {
                                 Ok(charge) => {
                                     window.charge(slot, cost);
-                                    forward(&shared, &client, &done_tx, slot, &line, charge, &mut rng);
+                                    if let Err(refusal) = forward(&shared, &client, client_id.as_ref(), &done_tx, slot, &line, charge, &mut rng) {
+                                        window.fill(failed(slot, &refusal));
+                                    }
                                 }
                                 Err(_) => {
                                     debug!("in-flight budget used up; this cliente waits");
@@ -215,11 +238,18 @@ pub(crate) async fn run<S: Stream>(
 }
 
 /// Why a line cannot be a message, if it cannot.
-fn check(line: &Line) -> Result<(), String> {
-    if line.bytes().is_empty() {
+fn check(line: &Line, keyed: bool) -> Result<(), String> {
+    let text = if keyed {
+        parse_keyed_message(line.as_str())
+            .map_err(|e| format!("invalid message: {e}"))?
+            .1
+    } else {
+        line.as_str()
+    };
+    if text.is_empty() {
         return Err("empty message".to_owned());
     }
-    validate_text(line.as_str()).map_err(|e| format!("invalid message: {e}"))
+    validate_text(text).map_err(|e| format!("invalid message: {e}"))
 }
 
 /// What a message costs the in-flight budget, in bytes.
@@ -227,32 +257,101 @@ fn charge_for(line: &Line) -> u32 {
     u32::try_from(line.bytes().len() + MESSAGE_OVERHEAD).unwrap_or(u32::MAX)
 }
 
+/// Routes one checked line: a new message, or a key seen before. Err
+/// with the reason when the line cannot be a message.
+#[allow(clippy::too_many_arguments)]
 fn forward(
     shared: &Shared,
     client: &Arc<str>,
+    client_id: Option<&ClientId>,
     done_tx: &mpsc::UnboundedSender<Completion>,
     slot: u64,
     line: &Line,
     charge: OwnedSemaphorePermit,
     rng: &mut SmallRng,
-) {
-    let envelope = Envelope::new(
-        shared.ids.next_id(),
-        line.bytes().clone(),
-        client.clone(),
+) -> Result<(), String> {
+    let waiter = || Waiter {
         slot,
-        done_tx.clone(),
-        Some(charge),
-    );
+        reply_to: done_tx.clone(),
+    };
+    let replication = shared.replication;
+    let Some(client_id) = client_id else {
+        let envelope = Arc::new(
+            Envelope::new(
+                shared.ids.next_id(),
+                line.bytes().clone(),
+                client.clone(),
+                waiter(),
+                replication,
+            )
+            .charged(Some(charge)),
+        );
+        route(shared, envelope, line.as_str(), rng);
+        return Ok(());
+    };
+    let (seq, text) = parse_keyed_message(line.as_str()).map_err(|e| e.to_string())?;
+    let text_at = line.as_str().len() - text.len();
+    let text = line.bytes().slice(text_at..);
+    let key = MessageKey {
+        client: client_id.clone(),
+        seq,
+    };
+    let mut charge = Some(charge);
+    let found = shared.keys.lookup_or_insert(&key, Instant::now(), || {
+        Arc::new(
+            Envelope::new(
+                shared.ids.next_id(),
+                text.clone(),
+                client.clone(),
+                waiter(),
+                replication,
+            )
+            .keyed(key.clone(), shared.keys.clone())
+            .charged(charge.take()),
+        )
+    });
+    match found {
+        Found::New(envelope) => route(shared, envelope, line.as_str(), rng),
+        Found::InFlight(envelope) => {
+            debug!(%key, id = %envelope.id, "resent key: waiting for its message's answer");
+            envelope.add_waiter(waiter());
+        }
+        Found::Settled { id, holders } if holders.len() >= replication.needed => {
+            debug!(%key, %id, "resent key: already stored");
+            let _ = done_tx.send(Completion {
+                slot,
+                outcome: Outcome::Stored { holders, id },
+            });
+        }
+        Found::Settled { id, holders } => {
+            // Seen before with too few copies: more copies, same id.
+            info!(%key, %id, holders = holders.len(), "resent key stored with too few copies; making more under the same id");
+            let envelope = Arc::new(
+                Envelope::new(id, text, client.clone(), waiter(), replication)
+                    .keyed(key.clone(), shared.keys.clone())
+                    .held_by(holders)
+                    .charged(charge.take()),
+            );
+            shared.keys.track(&key, &envelope);
+            route(shared, envelope, line.as_str(), rng);
+        }
+    }
+    Ok(())
+}
+
+fn route(shared: &Shared, envelope: Arc<Envelope>, line: &str, rng: &mut SmallRng) {
     let id = envelope.id;
-    match shared.router.route(Forward::new(envelope), None, rng) {
-        Some(node) => info!(
+    let client = envelope.client.clone();
+    let nodes = shared.router.start(envelope, None, rng);
+    if nodes.is_empty() {
+        debug!(%id, "not enough data nodes available; message waits");
+    } else {
+        info!(
             target: MESSAGES_TARGET,
-            %id, %client, %node,
+            %id, %client, nodes = ?nodes.iter().map(|n| n.as_str()).collect::<Vec<_>>(),
             "forwarding mensaje: {}",
-            truncate_for_log(line.as_str())
-        ),
-        None => debug!(%id, "no data node available; message waits"),
+            truncate_for_log(line)
+        );
     }
 }
 
@@ -266,9 +365,9 @@ fn failed(slot: u64, reason: &str) -> Completion {
 
 fn queue_reply<S: Stream>(conn: &mut Connection<S>, done: Completion) {
     match &done.outcome {
-        Outcome::Stored { node, id } => {
+        Outcome::Stored { holders, id } => {
             conn.writer
-                .queue_with(|buf| StoreReply::encode_stored(node, *id, buf));
+                .queue_with(|buf| StoreReply::encode_stored(holders, *id, buf));
         }
         Outcome::NotStored(reason) => conn.writer.queue_error(reason),
         Outcome::Unknown(reason) => conn.writer.queue_error(&format!(

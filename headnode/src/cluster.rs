@@ -21,7 +21,10 @@ use crate::membership::{
     ConnId, DetectorConfig, Event, EvictReason, MemberInfo, Membership, ProbeOutcome, Refusal,
 };
 use crate::prober::Prober;
+use crate::recovery::{Gate, Recovered, Recovery};
 use crate::router::{NodeHandle, NodeLoad, Routes};
+use crate::signal::Signal;
+use protocol::message::NodeId;
 
 /// What the membership task hears about.
 #[derive(Debug)]
@@ -34,6 +37,8 @@ pub(crate) enum Input {
         load: Arc<NodeLoad>,
         /// Cancelled when the member is evicted; the session then closes.
         evicted: CancellationToken,
+        /// The nodes its report named (see `recovery`).
+        peers: Vec<NodeId>,
         respond: oneshot::Sender<Result<(), Refusal>>,
     },
     /// The member answered an application heartbeat.
@@ -61,6 +66,8 @@ pub(crate) struct ClusterConfig {
     pub(crate) ping_interval: Duration,
     pub(crate) ping_timeout: Duration,
     pub(crate) observer: Option<mpsc::UnboundedSender<Event>>,
+    /// How long to wait for the nodes the previous head node had.
+    pub(crate) recovery_wait: Duration,
 }
 
 struct Session {
@@ -77,8 +84,13 @@ struct Driver {
     prober: Arc<dyn Prober>,
     inputs: mpsc::Sender<Input>,
     routes: watch::Sender<Arc<Routes>>,
+    /// Bumped after every new snapshot in `routes`.
+    route_changes: Arc<Signal>,
     /// ICMP rounds and confirming probes under way.
     probes: JoinSet<()>,
+    recovery: Recovery,
+    /// Set once recovery is done: clients are read from then on.
+    recovered: Arc<Gate>,
 }
 
 /// Runs the membership task until `cancel`; then evicts everyone.
@@ -87,7 +99,9 @@ pub(crate) async fn run_membership(
     prober: Arc<dyn Prober>,
     inputs_tx: mpsc::Sender<Input>,
     mut inputs: mpsc::Receiver<Input>,
-    routes: watch::Sender<Arc<Routes>>,
+    // The snapshot and the signal that wakes its readers.
+    (routes, route_changes): (watch::Sender<Arc<Routes>>, Arc<Signal>),
+    recovered: Arc<Gate>,
     cancel: CancellationToken,
 ) {
     let mut rounds = tokio::time::interval(config.ping_interval);
@@ -95,6 +109,7 @@ pub(crate) async fn run_membership(
     // Fine-grained enough that suspicion and eviction land within ~50 ms of due.
     let mut ticks = tokio::time::interval(Duration::from_millis(50));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let driver_recovery_wait = config.recovery_wait;
     let mut driver = Driver {
         membership: Membership::new(config.detector.clone()),
         config,
@@ -102,7 +117,10 @@ pub(crate) async fn run_membership(
         prober,
         inputs: inputs_tx,
         routes,
+        route_changes,
         probes: JoinSet::new(),
+        recovery: Recovery::new(now(), driver_recovery_wait),
+        recovered,
     };
 
     loop {
@@ -111,7 +129,12 @@ pub(crate) async fn run_membership(
         let events = tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
-            _ = ticks.tick() => driver.membership.tick(now()),
+            _ = ticks.tick() => {
+                if let Some(done) = driver.recovery.tick(now()) {
+                    driver.recovered(done);
+                }
+                driver.membership.tick(now())
+            }
             _ = rounds.tick() => {
                 driver.start_round();
                 Vec::new()
@@ -144,6 +167,22 @@ fn now() -> std::time::Instant {
 }
 
 impl Driver {
+    fn recovered(&mut self, done: Recovered) {
+        match done {
+            Recovered::AllReported { nodes } => info!(
+                target: HEARTBEAT_TARGET,
+                nodes, "recovery done: every data node the previous head node had has reported what it holds; serving clients"
+            ),
+            Recovered::TimedOut { missing } => warn!(
+                target: HEARTBEAT_TARGET,
+                missing = ?missing.iter().map(NodeId::as_str).collect::<Vec<_>>(),
+                wait = ?self.config.recovery_wait,
+                "recovery wait over: serving clients without these data nodes' reports (a resend of a key only they hold would be stored again)"
+            ),
+        }
+        self.recovered.open();
+    }
+
     fn handle_input(&mut self, input: Input) -> Vec<Event> {
         let membership = &mut self.membership;
         match input {
@@ -152,15 +191,20 @@ impl Driver {
                 queue,
                 load,
                 evicted,
+                peers,
                 respond,
             } => match membership.register(info.clone(), now()) {
                 Ok(events) => {
+                    if let Some(done) = self.recovery.reported(&info.node, &peers, now()) {
+                        self.recovered(done);
+                    }
                     self.sessions.insert(
                         info.conn,
                         Session {
                             handle: NodeHandle {
                                 conn: info.conn,
                                 node: info.node.clone(),
+                                zone: info.zone.clone(),
                                 queue,
                                 load,
                                 one_at_a_time: info.legacy,
@@ -349,5 +393,6 @@ impl Driver {
             .filter_map(|m| self.sessions.get(&m.conn).map(|s| s.handle.clone()))
             .collect();
         self.routes.send_replace(Arc::new(Routes::new(nodes)));
+        self.route_changes.bump();
     }
 }

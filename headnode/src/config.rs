@@ -28,6 +28,20 @@ pub struct Config {
     /// original-system ones. Off by default: anyone who can reach the port
     /// could then register and be sent messages.
     pub open_registration: bool,
+    /// Copies of each message the head node makes, on distinct data nodes
+    /// (and distinct zones when there are enough).
+    pub replicas: usize,
+    /// Copies written and synced before the client is answered; the rest
+    /// complete in the background. At most `replicas`.
+    pub min_replicas: usize,
+    /// Keys remembered for deduplication, at most. See `keys`.
+    pub dedup_keys: usize,
+    /// How long a key is remembered for deduplication, at most.
+    pub dedup_window: Duration,
+    /// After a start, how long the head node waits for the data nodes the
+    /// previous head node had (named in their reports) before it serves
+    /// clients anyway. See `recovery`.
+    pub recovery_wait: Duration,
     /// Period of the ICMP heartbeat rounds.
     pub ping_interval: Duration,
     /// How long one ICMP echo may take.
@@ -94,6 +108,13 @@ pub struct Config {
     pub observer: Option<mpsc::UnboundedSender<membership::Event>>,
 }
 
+/// Default of [`Config::dedup_keys`].
+pub const DEFAULT_DEDUP_KEYS: usize = 1_000_000;
+/// Default of [`Config::dedup_window`].
+pub const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(120);
+/// Most copies of one message.
+pub const MAX_REPLICAS: usize = 5;
+
 /// Default of [`Config::sticky_run`].
 pub const DEFAULT_STICKY_RUN: usize = 1024;
 
@@ -108,6 +129,11 @@ impl Default for Config {
             handshake_timeout: handshake::DEFAULT_HANDSHAKE_TIMEOUT,
             cluster_token: None,
             open_registration: false,
+            replicas: 2,
+            min_replicas: 2,
+            dedup_keys: DEFAULT_DEDUP_KEYS,
+            dedup_window: DEFAULT_DEDUP_WINDOW,
+            recovery_wait: Duration::from_secs(5),
             ping_interval: Duration::from_secs(5),
             ping_timeout: Duration::from_secs(1),
             detector: DetectorConfig::default(),
@@ -167,6 +193,8 @@ impl Config {
             ("write timeout", self.write_timeout),
             ("client idle timeout", self.client_idle_timeout),
             ("suspect-after", self.detector.suspect_after),
+            ("dedup window", self.dedup_window),
+            ("recovery wait", self.recovery_wait),
         ];
         for (name, value) in timeouts {
             if value.is_zero() {
@@ -190,11 +218,26 @@ impl Config {
             ("max data nodes", self.max_data_nodes),
             ("max handshakes", self.max_handshakes),
             ("ping misses", self.detector.ping_misses as usize),
+            ("replicas", self.replicas),
+            ("min replicas", self.min_replicas),
+            ("dedup keys", self.dedup_keys),
         ];
         for (name, value) in caps {
             if value == 0 {
                 return Err(ConfigError(format!("{name} must be at least 1")));
             }
+        }
+        if self.replicas > MAX_REPLICAS {
+            return Err(ConfigError(format!(
+                "replicas {} is more than {MAX_REPLICAS}",
+                self.replicas
+            )));
+        }
+        if self.min_replicas > self.replicas {
+            return Err(ConfigError(format!(
+                "min replicas {} is more than replicas {}",
+                self.min_replicas, self.replicas
+            )));
         }
         if self.in_flight_budget < self.reader.max_line + MESSAGE_OVERHEAD {
             return Err(ConfigError(format!(
@@ -247,6 +290,11 @@ impl std::fmt::Debug for Config {
             .field("ack_timeout", &self.ack_timeout)
             .field("no_node_wait", &self.no_node_wait)
             .field("sticky_run", &self.sticky_run)
+            .field("replicas", &self.replicas)
+            .field("min_replicas", &self.min_replicas)
+            .field("dedup_keys", &self.dedup_keys)
+            .field("dedup_window", &self.dedup_window)
+            .field("recovery_wait", &self.recovery_wait)
             .finish_non_exhaustive()
     }
 }

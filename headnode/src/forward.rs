@@ -1,30 +1,42 @@
 //! One client message on its way through the head node, and how it ends.
 //!
-//! A message is an [`Envelope`] shared by every attempt to store it: the
-//! first data node that acknowledges it, from any attempt, answers the
-//! client; later acknowledgements only tell that it is stored twice. An
-//! envelope answers exactly once, and if it is dropped unanswered it still
-//! answers, so no client is ever left waiting.
+//! A message is an [`Envelope`] shared by every copy of it: the head node
+//! makes `replicas` copies on distinct data nodes and answers the client
+//! once `min_replicas` of them are written and synced; the rest complete in
+//! the background. A copy whose node fails is moved to another node; a copy
+//! no node can take is given up, and the message is then counted as
+//! under-replicated (or, if too few copies were made to answer, the client
+//! is told why). An envelope answers exactly once, and if it is dropped
+//! unanswered it still answers, so no client is ever left waiting.
 //!
-//! A failure is told apart from an unknown fate: once a message has been
+//! A failure is told apart from an unknown fate: once a copy has been
 //! handed to a data node that then failed without acknowledging it, nobody
 //! knows whether that node wrote it, and the client is told so
 //! ([`Outcome::Unknown`]) rather than `not stored`.
+//!
+//! Several clients' requests may wait on one envelope: a resend of a key
+//! whose message is still on its way waits for the same answer (see
+//! `keys`).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use protocol::message::{MessageId, NodeId};
+use protocol::message::{MessageId, MessageKey, NodeId};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::time::Instant;
+use tracing::warn;
+
+use crate::keys::KeyTable;
+use crate::membership::ConnId;
 
 /// How a client message ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Outcome {
-    /// Written by this data node, under this id.
+    /// Written and synced by these data nodes, under this id.
     Stored {
-        /// The node whose `data.txt` holds it.
-        node: NodeId,
+        /// The nodes whose `data.txt` holds it, in the order they wrote it.
+        holders: Vec<NodeId>,
         /// Its id there.
         id: MessageId,
     },
@@ -36,7 +48,7 @@ pub(crate) enum Outcome {
     Unknown(Arc<str>),
 }
 
-/// An ended message, on its way back to its client's task.
+/// An ended message, on its way back to a client's task.
 #[derive(Debug)]
 pub(crate) struct Completion {
     /// Position of the message in its client's stream.
@@ -45,104 +57,347 @@ pub(crate) struct Completion {
     pub(crate) outcome: Outcome,
 }
 
-/// A client message and where its answer goes, shared by every attempt.
+/// A client request waiting for a message's answer.
 #[derive(Debug)]
-pub(crate) struct Envelope {
-    /// Cluster-unique id.
-    pub(crate) id: MessageId,
-    /// The client's text.
-    pub(crate) text: Bytes,
-    /// The client's address, for logs.
-    pub(crate) client: Arc<str>,
-    slot: u64,
-    reply_to: mpsc::UnboundedSender<Completion>,
-    answered: AtomicBool,
-    /// Handed to a data node that has not acknowledged it (and may never).
-    maybe_stored: AtomicBool,
-    /// The message's share of the in-flight budget, returned on drop.
-    _charge: Option<OwnedSemaphorePermit>,
+pub(crate) struct Waiter {
+    /// Its position in that client's stream.
+    pub(crate) slot: u64,
+    /// That client's task.
+    pub(crate) reply_to: mpsc::UnboundedSender<Completion>,
 }
 
-impl Envelope {
-    pub(crate) fn new(
-        id: MessageId,
-        text: Bytes,
-        client: Arc<str>,
-        slot: u64,
-        reply_to: mpsc::UnboundedSender<Completion>,
-        charge: Option<OwnedSemaphorePermit>,
-    ) -> Arc<Envelope> {
-        Arc::new(Envelope {
-            id,
-            text,
-            client,
-            slot,
-            reply_to,
-            answered: AtomicBool::new(false),
-            maybe_stored: AtomicBool::new(false),
-            _charge: charge,
-        })
-    }
-
-    /// Whether the client has had its answer.
-    pub(crate) fn is_answered(&self) -> bool {
-        self.answered.load(Ordering::Acquire)
-    }
-
-    /// The message is being written to a data node's socket: from now on a
-    /// failure of that node leaves its fate unknown.
-    pub(crate) fn mark_sent(&self) {
-        self.maybe_stored.store(true, Ordering::Relaxed);
-    }
-
-    /// `node` has written it. True if this answered the client; false if an
-    /// earlier acknowledgement already had (the message is stored twice).
-    pub(crate) fn stored(&self, node: &NodeId) -> bool {
-        self.answer(Outcome::Stored {
-            node: node.clone(),
-            id: self.id,
-        })
-    }
-
-    /// Nothing more will be tried. The client is told `reason`, as a plain
-    /// failure if no data node was ever sent the message, as an unknown
-    /// outcome otherwise. False if it was already answered.
-    pub(crate) fn give_up(&self, reason: Arc<str>) -> bool {
-        let outcome = if self.maybe_stored.load(Ordering::Relaxed) {
-            Outcome::Unknown(reason)
-        } else {
-            Outcome::NotStored(reason)
-        };
-        self.answer(outcome)
-    }
-
-    fn answer(&self, outcome: Outcome) -> bool {
-        if self.answered.swap(true, Ordering::AcqRel) {
-            return false;
-        }
+impl Waiter {
+    fn send(&self, outcome: Outcome) {
         // The client task may be gone; then nobody waits for the answer.
         let _ = self.reply_to.send(Completion {
             slot: self.slot,
             outcome,
         });
-        true
+    }
+}
+
+/// Requests waiting on one message at most: resends beyond this many while
+/// it is still on its way are answered at once with an error.
+const MAX_WAITERS: usize = 64;
+
+/// How many copies to make, and how many before the client is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Replication {
+    /// Copies wanted (R).
+    pub(crate) replicas: usize,
+    /// Copies written before the answer (W).
+    pub(crate) needed: usize,
+}
+
+/// The copies of one message.
+#[derive(Debug, Default)]
+struct Copies {
+    waiters: Vec<Waiter>,
+    answered: bool,
+    /// Answered with a failure.
+    failed: bool,
+    /// Nodes that wrote it.
+    holders: Vec<NodeId>,
+    /// Nodes a copy is queued for or sent to, not yet acknowledged.
+    placed: Vec<(ConnId, NodeId)>,
+    /// Copies still on their way: placed, or waiting for a node.
+    open: usize,
+    /// Nodes that were sent a copy and failed without acknowledging it:
+    /// they may hold it, so no new copy goes there.
+    maybe_at: Vec<NodeId>,
+    under_replicated: bool,
+}
+
+/// A client message and where its answer goes, shared by every copy.
+#[derive(Debug)]
+pub(crate) struct Envelope {
+    /// Cluster-unique id.
+    pub(crate) id: MessageId,
+    /// The client's key, if it sent one.
+    pub(crate) key: Option<MessageKey>,
+    /// The client's text.
+    pub(crate) text: Bytes,
+    /// The client's address, for logs.
+    pub(crate) client: Arc<str>,
+    replication: Replication,
+    copies: Mutex<Copies>,
+    /// Where the key's entry is settled when the message ends.
+    keys: Option<Arc<KeyTable>>,
+    /// The message's share of the in-flight budget, returned on drop.
+    _charge: Option<OwnedSemaphorePermit>,
+}
+
+/// What became of an acknowledged copy.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum CopyStored {
+    /// It answered the client, with these holders.
+    Answered,
+    /// Counted; the client was answered before or will be later.
+    Counted,
+    /// The node already held it (a second acknowledgement of one copy).
+    Again,
+    /// One more copy than wanted: a late acknowledgement after the copy
+    /// had been moved elsewhere.
+    OverReplicated,
+}
+
+impl Envelope {
+    /// A message to be stored under `id`, answered to `waiter`.
+    pub(crate) fn new(
+        id: MessageId,
+        text: Bytes,
+        client: Arc<str>,
+        waiter: Waiter,
+        replication: Replication,
+    ) -> Envelope {
+        Envelope {
+            id,
+            key: None,
+            text,
+            client,
+            replication,
+            copies: Mutex::new(Copies {
+                waiters: vec![waiter],
+                ..Copies::default()
+            }),
+            keys: None,
+            _charge: None,
+        }
+    }
+
+    /// Sent under `key`, whose entry in `keys` is settled when it ends.
+    pub(crate) fn keyed(mut self, key: MessageKey, keys: Arc<KeyTable>) -> Envelope {
+        self.key = Some(key);
+        self.keys = Some(keys);
+        self
+    }
+
+    /// Already held by `holders` (a resend of a key stored with too few
+    /// copies).
+    pub(crate) fn held_by(self, holders: Vec<NodeId>) -> Envelope {
+        self.copies().holders = holders;
+        self
+    }
+
+    /// Holding `charge`, its share of the in-flight budget.
+    pub(crate) fn charged(mut self, charge: Option<OwnedSemaphorePermit>) -> Envelope {
+        self._charge = charge;
+        self
+    }
+
+    fn copies(&self) -> MutexGuard<'_, Copies> {
+        // Every change under this lock leaves it consistent.
+        self.copies
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// How many copies to make and wait for.
+    pub(crate) fn replication(&self) -> Replication {
+        self.replication
+    }
+
+    /// Whether the client was answered with a failure.
+    pub(crate) fn has_failed(&self) -> bool {
+        self.copies().failed
+    }
+
+    /// The nodes that wrote it so far.
+    pub(crate) fn holders(&self) -> Vec<NodeId> {
+        self.copies().holders.clone()
+    }
+
+    /// Copies still to be made to reach `replicas`, counting those on
+    /// their way; and copies written so far.
+    pub(crate) fn wanted(&self) -> (usize, usize) {
+        let copies = self.copies();
+        let have = copies.holders.len() + copies.open;
+        (
+            self.replication.replicas.saturating_sub(have),
+            copies.holders.len(),
+        )
+    }
+
+    /// Whether `node` holds, may hold or is about to get a copy: no new
+    /// copy goes there.
+    pub(crate) fn excludes(&self, node: &NodeId) -> bool {
+        let copies = self.copies();
+        copies.holders.contains(node)
+            || copies.placed.iter().any(|(_, n)| n == node)
+            || copies.maybe_at.contains(node)
+    }
+
+    /// Another request for the same key waits for this message's answer;
+    /// it gets it at once if the message is already acknowledged.
+    pub(crate) fn add_waiter(&self, waiter: Waiter) {
+        let mut copies = self.copies();
+        if copies.answered {
+            let outcome = if copies.failed {
+                Outcome::NotStored("resent while the first attempt was failing".into())
+            } else {
+                Outcome::Stored {
+                    holders: copies.holders.clone(),
+                    id: self.id,
+                }
+            };
+            drop(copies);
+            waiter.send(outcome);
+        } else if copies.waiters.len() >= MAX_WAITERS {
+            drop(copies);
+            waiter.send(Outcome::NotStored(
+                format!("more than {MAX_WAITERS} resends of this key are waiting").into(),
+            ));
+        } else {
+            copies.waiters.push(waiter);
+        }
+    }
+
+    /// A new copy for `node` (connection `conn`) is about to be queued.
+    pub(crate) fn place(&self, conn: ConnId, node: &NodeId) {
+        let mut copies = self.copies();
+        copies.placed.push((conn, node.clone()));
+        copies.open += 1;
+    }
+
+    /// A copy will be made once a node can take it.
+    pub(crate) fn reserve(&self) {
+        self.copies().open += 1;
+    }
+
+    /// A copy that was placed on `conn` was not taken (its queue had just
+    /// closed) and goes elsewhere.
+    pub(crate) fn unplace(&self, conn: ConnId) {
+        let mut copies = self.copies();
+        copies.placed.retain(|(c, _)| *c != conn);
+        copies.open = copies.open.saturating_sub(1);
+    }
+
+    /// A copy that was placed on `conn` must go elsewhere; `sent` if that
+    /// node may have written it (it may then hold it).
+    pub(crate) fn move_copy(&self, conn: ConnId, sent: bool) {
+        let mut copies = self.copies();
+        if let Some(at) = copies.placed.iter().position(|(c, _)| *c == conn) {
+            let (_, node) = copies.placed.swap_remove(at);
+            if sent && !copies.maybe_at.contains(&node) {
+                copies.maybe_at.push(node);
+            }
+        }
+    }
+
+    /// A moved copy is placed again on `node`.
+    pub(crate) fn replace(&self, conn: ConnId, node: &NodeId) {
+        self.copies().placed.push((conn, node.clone()));
+    }
+
+    /// `node` (on `conn`) has written and synced a copy.
+    pub(crate) fn copy_stored(&self, conn: ConnId, node: &NodeId) -> CopyStored {
+        let mut copies = self.copies();
+        let placed = copies.placed.iter().position(|(c, _)| *c == conn);
+        if let Some(at) = placed {
+            copies.placed.swap_remove(at);
+            copies.open = copies.open.saturating_sub(1);
+        }
+        copies.maybe_at.retain(|n| n != node);
+        if copies.holders.contains(node) {
+            return CopyStored::Again;
+        }
+        copies.holders.push(node.clone());
+        if copies.holders.len() > self.replication.replicas {
+            return CopyStored::OverReplicated;
+        }
+        if !copies.answered && copies.holders.len() >= self.replication.needed {
+            let outcome = Outcome::Stored {
+                holders: copies.holders.clone(),
+                id: self.id,
+            };
+            Self::answer(&mut copies, outcome);
+            return CopyStored::Answered;
+        }
+        CopyStored::Counted
+    }
+
+    /// A copy on its way is given up: no node could take it. The client is
+    /// told `reason` if too few copies are left to answer it; otherwise the
+    /// message is under-replicated. True the first time a message turns
+    /// out under-replicated.
+    pub(crate) fn give_up_copy(&self, reason: Arc<str>) -> bool {
+        let mut copies = self.copies();
+        copies.open = copies.open.saturating_sub(1);
+        self.settle_if_short(&mut copies, reason)
+    }
+
+    /// No copy of a new message could be placed in time (too few nodes).
+    pub(crate) fn give_up(&self, reason: Arc<str>) {
+        let mut copies = self.copies();
+        self.settle_if_short(&mut copies, reason);
+    }
+
+    fn settle_if_short(&self, copies: &mut Copies, reason: Arc<str>) -> bool {
+        let reachable = copies.holders.len() + copies.open;
+        if !copies.answered && reachable < self.replication.needed {
+            let outcome = if copies.maybe_at.is_empty() {
+                Outcome::NotStored(reason)
+            } else {
+                Outcome::Unknown(reason)
+            };
+            copies.failed = true;
+            Self::answer(copies, outcome);
+            return false;
+        }
+        if copies.answered
+            && !copies.failed
+            && copies.open == 0
+            && copies.holders.len() < self.replication.replicas
+            && !copies.under_replicated
+        {
+            copies.under_replicated = true;
+            return true;
+        }
+        false
+    }
+
+    fn answer(copies: &mut Copies, outcome: Outcome) {
+        copies.answered = true;
+        for waiter in copies.waiters.drain(..) {
+            waiter.send(outcome.clone());
+        }
     }
 }
 
 impl Drop for Envelope {
     fn drop(&mut self) {
-        // Every path answers before it lets go; this is the net under them
-        // (and the answer during shutdown, when queues are dropped whole).
-        self.give_up("head node shutting down".into());
+        let copies = self
+            .copies
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let (Some(keys), Some(key)) = (&self.keys, &self.key) {
+            keys.settle(key, self.id, &copies.holders);
+        }
+        if !copies.answered {
+            // Every path answers before it lets go; this is the net under
+            // them (and the answer during shutdown, when queues are dropped
+            // whole).
+            let reason: Arc<str> = "head node shutting down".into();
+            let outcome = if copies.maybe_at.is_empty() && copies.placed.is_empty() {
+                Outcome::NotStored(reason)
+            } else {
+                Outcome::Unknown(reason)
+            };
+            copies.failed = true;
+            Envelope::answer(copies, outcome);
+        }
     }
 }
 
-/// One attempt to store a message: the envelope and how many data nodes
-/// have been tried.
+/// One copy of a message on its way to a data node: the envelope and how
+/// many nodes this copy has been tried on.
 #[derive(Debug)]
 pub(crate) struct Forward {
     pub(crate) envelope: Arc<Envelope>,
     pub(crate) attempts: u32,
+    /// When it first had to wait for a node, so a copy moved between the
+    /// waiting room and failing nodes still waits at most once in all.
+    pub(crate) waiting_since: Option<Instant>,
 }
 
 impl Forward {
@@ -151,12 +406,28 @@ impl Forward {
         Forward {
             envelope,
             attempts: 0,
+            waiting_since: None,
         }
     }
 
     /// The message id.
     pub(crate) fn id(&self) -> MessageId {
         self.envelope.id
+    }
+}
+
+/// Logs a message that has fewer copies than wanted.
+pub(crate) fn report_under_replicated(envelope: &Envelope, count: u64) {
+    // One line per message would flood the log while a node is down: the
+    // first, then one per thousand, with the running count.
+    if count == 1 || count.is_multiple_of(1000) {
+        warn!(
+            id = %envelope.id,
+            holders = ?envelope.holders().iter().map(NodeId::as_str).collect::<Vec<_>>(),
+            wanted = envelope.replication.replicas,
+            under_replicated_total = count,
+            "message stored with fewer copies than wanted (not enough data nodes)"
+        );
     }
 }
 
@@ -210,18 +481,33 @@ impl Default for IdGenerator {
 pub(crate) mod tests {
     use super::*;
 
-    /// An envelope for tests, and the receiver of its answer.
+    /// An envelope for tests (R=1, W=1), and the receiver of its answer.
     pub(crate) fn envelope(seq: u64) -> (Arc<Envelope>, mpsc::UnboundedReceiver<Completion>) {
+        replicated(seq, 1, 1)
+    }
+
+    /// An envelope wanting `replicas` copies, answered after `needed`.
+    pub(crate) fn replicated(
+        seq: u64,
+        replicas: usize,
+        needed: usize,
+    ) -> (Arc<Envelope>, mpsc::UnboundedReceiver<Completion>) {
         let (reply_to, replies) = mpsc::unbounded_channel();
-        let envelope = Envelope::new(
+        let envelope = Arc::new(Envelope::new(
             MessageId { epoch: 1, seq },
             Bytes::from_static(b"numero random: 1"),
             "test".into(),
-            seq,
-            reply_to,
-            None,
-        );
+            Waiter {
+                slot: seq,
+                reply_to,
+            },
+            Replication { replicas, needed },
+        ));
         (envelope, replies)
+    }
+
+    fn node(name: &str) -> NodeId {
+        name.parse().unwrap()
     }
 
     #[test]
@@ -234,22 +520,71 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn the_first_acknowledgement_answers_and_later_ones_do_not() {
-        let (envelope, mut replies) = envelope(7);
-        let (a, b): (NodeId, NodeId) = ("a".parse().unwrap(), "b".parse().unwrap());
-        assert!(envelope.stored(&b));
-        assert!(!envelope.stored(&a), "stored twice: no second answer");
-        assert!(!envelope.give_up("late failure".into()));
+    fn the_client_is_answered_when_the_needed_copies_are_written() {
+        let (envelope, mut replies) = replicated(7, 3, 2);
+        for (conn, name) in [(1, "a"), (2, "b"), (3, "c")] {
+            envelope.place(conn, &node(name));
+        }
+        assert_eq!(envelope.copy_stored(2, &node("b")), CopyStored::Counted);
+        assert!(replies.try_recv().is_err(), "one copy of two needed");
+        assert_eq!(envelope.copy_stored(1, &node("a")), CopyStored::Answered);
         let done = replies.try_recv().unwrap();
         assert_eq!(done.slot, 7);
         assert_eq!(
             done.outcome,
             Outcome::Stored {
-                node: b,
+                holders: vec![node("b"), node("a")],
                 id: MessageId { epoch: 1, seq: 7 }
             }
         );
-        assert!(replies.try_recv().is_err());
+        assert_eq!(envelope.copy_stored(3, &node("c")), CopyStored::Counted);
+        assert_eq!(envelope.copy_stored(3, &node("c")), CopyStored::Again);
+        assert!(replies.try_recv().is_err(), "one answer only");
+        assert_eq!(envelope.wanted(), (0, 3));
+    }
+
+    #[test]
+    fn a_moved_copy_that_is_acknowledged_late_is_one_copy_too_many() {
+        let (envelope, _replies) = replicated(1, 2, 2);
+        envelope.place(1, &node("a"));
+        envelope.place(2, &node("b"));
+        // b timed out: its copy moves to c, and b may still write it.
+        envelope.move_copy(2, true);
+        assert!(envelope.excludes(&node("b")));
+        envelope.replace(3, &node("c"));
+        assert_eq!(envelope.copy_stored(1, &node("a")), CopyStored::Counted);
+        assert_eq!(envelope.copy_stored(3, &node("c")), CopyStored::Answered);
+        assert_eq!(
+            envelope.copy_stored(2, &node("b")),
+            CopyStored::OverReplicated
+        );
+    }
+
+    #[test]
+    fn too_few_copies_fail_the_message_and_copies_beyond_the_needed_count_as_under_replicated() {
+        let (envelope, mut replies) = replicated(1, 2, 2);
+        envelope.place(1, &node("a"));
+        envelope.place(2, &node("b"));
+        envelope.copy_stored(1, &node("a"));
+        envelope.move_copy(2, false);
+        assert!(!envelope.give_up_copy("not enough data nodes (1 live, 2 required)".into()));
+        assert!(matches!(
+            replies.try_recv().unwrap().outcome,
+            Outcome::NotStored(reason) if reason.starts_with("not enough data nodes")
+        ));
+        assert!(envelope.has_failed());
+
+        let (envelope, mut replies) = replicated(2, 2, 1);
+        envelope.place(1, &node("a"));
+        envelope.place(2, &node("b"));
+        envelope.copy_stored(1, &node("a"));
+        assert!(matches!(
+            replies.try_recv().unwrap().outcome,
+            Outcome::Stored { .. }
+        ));
+        envelope.move_copy(2, true);
+        assert!(envelope.give_up_copy("no node".into()), "under-replicated");
+        assert!(!envelope.has_failed());
     }
 
     #[test]
@@ -262,11 +597,34 @@ pub(crate) mod tests {
         ));
 
         let (sent, mut replies) = envelope(2);
-        sent.mark_sent();
-        sent.give_up("5 data nodes failed to acknowledge it".into());
+        sent.place(1, &node("a"));
+        sent.move_copy(1, true);
+        sent.give_up_copy("5 data nodes failed to acknowledge it".into());
         assert!(matches!(
             replies.try_recv().unwrap().outcome,
             Outcome::Unknown(_)
+        ));
+    }
+
+    #[test]
+    fn a_resend_waits_for_the_same_answer_or_gets_it_at_once() {
+        let (envelope, mut first) = replicated(1, 1, 1);
+        let (reply_to, mut second) = mpsc::unbounded_channel();
+        envelope.add_waiter(Waiter { slot: 9, reply_to });
+        envelope.place(1, &node("a"));
+        envelope.copy_stored(1, &node("a"));
+        assert!(matches!(
+            first.try_recv().unwrap().outcome,
+            Outcome::Stored { .. }
+        ));
+        let done = second.try_recv().unwrap();
+        assert_eq!(done.slot, 9);
+        assert!(matches!(done.outcome, Outcome::Stored { .. }));
+        let (reply_to, mut third) = mpsc::unbounded_channel();
+        envelope.add_waiter(Waiter { slot: 10, reply_to });
+        assert!(matches!(
+            third.try_recv().unwrap().outcome,
+            Outcome::Stored { .. }
         ));
     }
 

@@ -1,34 +1,31 @@
 //! The messages one data node holds, oldest first.
 //!
-//! A data node acknowledges in the order it was sent messages, so a FIFO is
-//! enough: an ack matches the front. A message whose ack timed out is handed
-//! back for resending but leaves a *tombstone* in its place: the node still
-//! has it and will acknowledge it in turn. That late ack answers the client
-//! if no other node has stored it yet (the first acknowledgement of any
-//! attempt wins); otherwise the message is now stored twice.
+//! A data node answers in the order it was sent messages, so a FIFO is
+//! enough: an answer matches the front (ids are compared whole, since a
+//! resent key keeps the id an earlier head node run gave it). A message
+//! whose ack times out stays here: the node is asked to withdraw it and
+//! answers either `withdrawn` (then, and only then, the copy goes to another
+//! node) or `recibido` (it was written after all). Moving the copy before
+//! that answer could leave one copy too many; a node that never answers is
+//! evicted by the failure detector, and its messages move then.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 
+use protocol::message::MessageId;
 use tokio::time::Instant;
 
-use crate::forward::{Envelope, Forward};
+use crate::forward::Forward;
 
 struct Entry {
-    seq: u64,
+    id: MessageId,
     deadline: Instant,
     message: Forward,
-    /// Handed back for resending after a timeout: a tombstone.
-    resent: bool,
 }
 
 /// What an acknowledgement matched.
 pub(crate) enum Acked {
-    /// The message, now stored.
+    /// The message, now answered.
     Message(Forward),
-    /// A message already resent after a timeout: this node stored it after
-    /// all. The envelope answers its client if no other node has yet.
-    Late(Arc<Envelope>),
     /// Nothing this node holds.
     Unknown,
 }
@@ -36,22 +33,19 @@ pub(crate) enum Acked {
 #[derive(Default)]
 pub(crate) struct InFlight {
     entries: VecDeque<Entry>,
-    /// Leading entries whose deadline has already been handled.
+    /// Leading entries whose deadline has already passed (withdraw sent).
     expired: usize,
-    /// Entries still holding their message (not tombstones).
-    waiting: usize,
-    /// Bytes of text of every entry, tombstones included: the node may
-    /// still be writing all of them.
+    /// Bytes of text of every entry: the node may be writing all of them.
     bytes: usize,
 }
 
 impl InFlight {
-    /// Messages sent and not yet acknowledged nor handed back.
+    /// Messages sent and not yet answered.
     pub(crate) fn waiting(&self) -> usize {
-        self.waiting
+        self.entries.len()
     }
 
-    /// Bytes of text sent to the node and not yet acknowledged.
+    /// Bytes of text sent to the node and not yet answered.
     pub(crate) fn bytes(&self) -> usize {
         self.bytes
     }
@@ -59,40 +53,30 @@ impl InFlight {
     pub(crate) fn push(&mut self, message: Forward, deadline: Instant) {
         self.bytes += message.envelope.text.len();
         self.entries.push_back(Entry {
-            seq: message.id().seq,
+            id: message.id(),
             deadline,
             message,
-            resent: false,
         });
-        self.waiting += 1;
     }
 
-    /// Matches the acknowledgement of `seq` (or, for an original-system node
-    /// that names no id, of the oldest message). Entries older than `seq`
-    /// that still wait will never be acknowledged: they are returned in
-    /// `skipped` to be resent.
-    pub(crate) fn ack(&mut self, seq: Option<u64>, skipped: &mut Vec<Forward>) -> Acked {
-        let seq = match seq {
-            Some(seq) => seq,
-            None => match self.entries.front() {
-                Some(front) => front.seq,
+    /// Matches the answer for `id` (or, for an original-system node that
+    /// names no id, for the oldest message). Entries sent before it will
+    /// never be answered: they are returned in `skipped` to be resent. An
+    /// id this node does not hold changes nothing.
+    pub(crate) fn ack(&mut self, id: Option<MessageId>, skipped: &mut Vec<Forward>) -> Acked {
+        let position = match id {
+            None if self.entries.is_empty() => return Acked::Unknown,
+            None => 0,
+            // Almost always the front.
+            Some(id) => match self.entries.iter().position(|entry| entry.id == id) {
+                Some(position) => position,
                 None => return Acked::Unknown,
             },
         };
-        while self.entries.front().is_some_and(|front| front.seq < seq) {
+        for _ in 0..position {
             if let Some(message) = self.pop_front() {
                 skipped.push(message);
             }
-        }
-        if self.entries.front().is_none_or(|front| front.seq != seq) {
-            return Acked::Unknown;
-        }
-        let resent = self.entries.front().is_some_and(|front| front.resent);
-        if resent {
-            let entry = self.entries.pop_front().expect("checked above");
-            self.expired = self.expired.saturating_sub(1);
-            self.bytes -= entry.message.envelope.text.len();
-            return Acked::Late(entry.message.envelope);
         }
         match self.pop_front() {
             Some(message) => Acked::Message(message),
@@ -105,47 +89,31 @@ impl InFlight {
         self.entries.get(self.expired).map(|entry| entry.deadline)
     }
 
-    /// Hands back every message whose deadline is past, leaving tombstones.
-    pub(crate) fn expire(&mut self, now: Instant) -> Vec<Forward> {
+    /// The ids of the messages whose deadline has just passed, once each:
+    /// they stay, waiting for the node's answer to a withdraw.
+    pub(crate) fn expire(&mut self, now: Instant) -> Vec<MessageId> {
         let mut expired = Vec::new();
-        while let Some(entry) = self.entries.get_mut(self.expired) {
+        while let Some(entry) = self.entries.get(self.expired) {
             if entry.deadline > now {
                 break;
             }
-            if !entry.resent {
-                entry.resent = true;
-                self.waiting -= 1;
-                expired.push(Forward {
-                    envelope: entry.message.envelope.clone(),
-                    attempts: entry.message.attempts,
-                });
-            }
+            expired.push(entry.id);
             self.expired += 1;
         }
         expired
     }
 
-    /// Everything still waiting, oldest first; tombstones are dropped.
+    /// Everything still waiting, oldest first.
     pub(crate) fn drain(&mut self) -> Vec<Forward> {
         self.expired = 0;
-        self.waiting = 0;
         self.bytes = 0;
-        self.entries
-            .drain(..)
-            .filter(|entry| !entry.resent)
-            .map(|entry| entry.message)
-            .collect()
+        self.entries.drain(..).map(|entry| entry.message).collect()
     }
 
-    /// Removes the front entry; its message if it was not a tombstone.
     fn pop_front(&mut self) -> Option<Forward> {
         let entry = self.entries.pop_front()?;
         self.expired = self.expired.saturating_sub(1);
         self.bytes -= entry.message.envelope.text.len();
-        if entry.resent {
-            return None;
-        }
-        self.waiting -= 1;
         Some(entry.message)
     }
 }
@@ -162,7 +130,12 @@ mod tests {
         Forward {
             envelope,
             attempts: 1,
+            waiting_since: None,
         }
+    }
+
+    fn id(seq: u64) -> Option<MessageId> {
+        Some(MessageId { epoch: 1, seq })
     }
 
     fn seqs(messages: &[Forward]) -> Vec<u64> {
@@ -178,15 +151,13 @@ mod tests {
         }
         assert_eq!(in_flight.bytes(), 3 * 16);
         let mut skipped = Vec::new();
-        assert!(
-            matches!(in_flight.ack(Some(1), &mut skipped), Acked::Message(m) if m.id().seq == 1)
-        );
+        assert!(matches!(in_flight.ack(id(1), &mut skipped), Acked::Message(m) if m.id().seq == 1));
         assert!(matches!(in_flight.ack(None, &mut skipped), Acked::Message(m) if m.id().seq == 2));
         assert_eq!(in_flight.waiting(), 1);
-        assert!(matches!(
-            in_flight.ack(Some(9), &mut skipped),
-            Acked::Unknown
-        ));
+        assert!(matches!(in_flight.ack(id(9), &mut skipped), Acked::Unknown));
+        assert!(skipped.is_empty(), "an id it does not hold changes nothing");
+        in_flight.push(message(4), t0);
+        assert!(matches!(in_flight.ack(id(4), &mut skipped), Acked::Message(m) if m.id().seq == 4));
         assert_eq!(
             seqs(&skipped),
             [3],
@@ -197,7 +168,7 @@ mod tests {
     }
 
     #[test]
-    fn timed_out_messages_leave_tombstones_whose_late_ack_still_counts() {
+    fn timed_out_messages_stay_until_the_node_answers() {
         let t0 = Instant::now();
         let second = Duration::from_secs(1);
         let mut in_flight = InFlight::default();
@@ -205,28 +176,23 @@ mod tests {
         in_flight.push(message(2), t0 + 2 * second);
         assert_eq!(in_flight.next_deadline(), Some(t0 + second));
         assert!(in_flight.expire(t0).is_empty());
-        let resent = in_flight.expire(t0 + second);
-        assert_eq!(seqs(&resent), [1]);
-        assert_eq!(in_flight.next_deadline(), Some(t0 + 2 * second));
-        assert_eq!(in_flight.waiting(), 1);
-        assert_eq!(
-            in_flight.bytes(),
-            2 * 16,
-            "the node may still write the resent one"
+        let expired = in_flight.expire(t0 + second);
+        assert_eq!(expired, [MessageId { epoch: 1, seq: 1 }]);
+        assert!(
+            in_flight.expire(t0 + second).is_empty(),
+            "each message expires once"
         );
+        assert_eq!(in_flight.next_deadline(), Some(t0 + 2 * second));
+        assert_eq!(in_flight.waiting(), 2, "still the node's until it answers");
+        assert_eq!(in_flight.bytes(), 2 * 16);
 
         let mut skipped = Vec::new();
-        let Acked::Late(late) = in_flight.ack(Some(1), &mut skipped) else {
-            panic!("expected a late acknowledgement");
-        };
         assert!(
-            Arc::ptr_eq(&late, &resent[0].envelope),
-            "the late ack reaches the same message as its resend"
+            matches!(in_flight.ack(id(1), &mut skipped), Acked::Message(m) if m.id().seq == 1),
+            "a late answer (recibido or withdrawn) matches the message itself"
         );
         assert_eq!(in_flight.next_deadline(), Some(t0 + 2 * second));
-        assert!(
-            matches!(in_flight.ack(Some(2), &mut skipped), Acked::Message(m) if m.id().seq == 2)
-        );
+        assert!(matches!(in_flight.ack(id(2), &mut skipped), Acked::Message(m) if m.id().seq == 2));
         assert_eq!(in_flight.next_deadline(), None);
         assert!(skipped.is_empty());
         assert_eq!(in_flight.bytes(), 0);
@@ -240,7 +206,7 @@ mod tests {
             in_flight.push(message(seq), t0 + Duration::from_secs(seq));
         }
         in_flight.expire(t0 + Duration::from_secs(2));
-        assert_eq!(seqs(&in_flight.drain()), [3, 4]);
+        assert_eq!(seqs(&in_flight.drain()), [1, 2, 3, 4]);
         assert_eq!(in_flight.waiting(), 0);
         assert_eq!(in_flight.bytes(), 0);
         assert_eq!(in_flight.next_deadline(), None);

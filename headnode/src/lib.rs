@@ -38,12 +38,15 @@ mod cluster;
 pub mod config;
 mod forward;
 mod in_flight;
+mod keys;
 pub mod membership;
 mod node_session;
 mod parking;
 pub mod prober;
+mod recovery;
 mod registration;
 mod router;
+mod signal;
 
 pub use config::{Config, ConfigError, DEFAULT_STICKY_RUN, Limits};
 pub use forward::IdGenerator;
@@ -69,6 +72,12 @@ pub(crate) struct Shared {
     /// Bytes of messages the head node may hold at once (see
     /// [`Config::in_flight_budget`]).
     pub(crate) budget: Arc<Semaphore>,
+    /// Recent client keys and what they became.
+    pub(crate) keys: Arc<keys::KeyTable>,
+    /// Copies per message, and before the answer.
+    pub(crate) replication: forward::Replication,
+    /// True once the data nodes have reported (see `recovery`).
+    pub(crate) recovered: Arc<recovery::Gate>,
     pub(crate) client_slots: Arc<Semaphore>,
     pub(crate) node_slots: Arc<Semaphore>,
     next_conn: AtomicU64,
@@ -144,6 +153,7 @@ pub async fn run_on<L: Listener>(
     let (routes_tx, routes_rx) = watch::channel(Arc::new(Routes::default()));
     let (parking_tx, parking_rx) = mpsc::unbounded_channel();
     let (inputs_tx, inputs_rx) = mpsc::channel(MEMBERSHIP_QUEUE);
+    let recovered = Arc::new(recovery::Gate::default());
     let router = Router::new(
         routes_rx,
         parking_tx,
@@ -164,11 +174,13 @@ pub async fn run_on<L: Listener>(
             ping_interval: config.ping_interval,
             ping_timeout: config.ping_timeout,
             observer: config.observer.clone(),
+            recovery_wait: config.recovery_wait,
         },
         prober,
         inputs_tx.clone(),
         inputs_rx,
-        routes_tx,
+        (routes_tx, router.changes()),
+        recovered.clone(),
         nodes_stop.clone(),
     ));
     names.insert(membership.id(), "membership");
@@ -191,6 +203,12 @@ pub async fn run_on<L: Listener>(
         ids,
         membership_tx: inputs_tx,
         budget: Arc::new(Semaphore::new(budget)),
+        keys: Arc::new(keys::KeyTable::new(config.dedup_keys, config.dedup_window)),
+        replication: forward::Replication {
+            replicas: config.replicas,
+            needed: config.min_replicas,
+        },
+        recovered,
         client_slots: Arc::new(Semaphore::new(limits.clients)),
         node_slots: Arc::new(Semaphore::new(limits.data_nodes)),
         next_conn: AtomicU64::new(1),
@@ -236,8 +254,8 @@ pub async fn run_on<L: Listener>(
             ))
             .await;
             match session {
-                Some(Peer::Client(conn, slot)) => {
-                    client_session::run(conn, shared, clients_stop, rng).await;
+                Some(Peer::Client(conn, slot, client_id)) => {
+                    client_session::run(conn, client_id, shared, clients_stop, rng).await;
                     drop(slot);
                 }
                 Some(Peer::DataNode(registered)) => {
@@ -280,7 +298,11 @@ pub async fn run_on<L: Listener>(
         warn!("some data-node connections did not close in time");
     }
     essential.abort_all();
-    info!("head node stopped");
+    info!(
+        under_replicated = shared.router.under_replicated(),
+        over_replicated = shared.router.over_replicated(),
+        "head node stopped"
+    );
     result
 }
 
@@ -314,6 +336,11 @@ fn announce<L: Listener>(listener: &L, shared: &Shared, fd_limit: u64) -> io::Re
         data_nodes = limits.data_nodes,
         handshakes = limits.handshakes,
         in_flight_budget = config.in_flight_budget,
+        replicas = config.replicas,
+        min_replicas = config.min_replicas,
+        dedup_keys = config.dedup_keys,
+        dedup_window = ?config.dedup_window,
+        dedup_memory_max_mib = (config.dedup_keys * keys::BYTES_PER_KEY) >> 20,
         "head node listening"
     );
     match (&config.cluster_token, config.open_registration) {

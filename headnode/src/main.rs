@@ -99,6 +99,27 @@ struct Args {
     #[arg(long, env = "STICKY_RUN", default_value_t = headnode::DEFAULT_STICKY_RUN as u32,
           value_parser = clap::value_parser!(u32).range(1..))]
     sticky_run: u32,
+    /// Copies of each message, on distinct data nodes (distinct zones when
+    /// there are enough).
+    #[arg(long, env = "REPLICAS", default_value_t = 2,
+          value_parser = clap::value_parser!(u8).range(1..=headnode::config::MAX_REPLICAS as i64))]
+    replicas: u8,
+    /// Copies written and synced before the client is answered: a number,
+    /// or `all` (the default: every one of --replicas); the rest complete in
+    /// the background.
+    #[arg(long, env = "MIN_REPLICAS", default_value = "all", value_parser = parse_min_replicas)]
+    min_replicas: MinReplicas,
+    /// Client keys remembered to recognise resends, at most.
+    #[arg(long, env = "DEDUP_KEYS", default_value_t = headnode::config::DEFAULT_DEDUP_KEYS as u64,
+          value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    dedup_keys: u64,
+    /// How long a client key is remembered, at most.
+    #[arg(long, env = "DEDUP_WINDOW", default_value = "2m", value_parser = parse_timeout)]
+    dedup_window: Duration,
+    /// After a start, how long to wait for the data nodes the previous head
+    /// node had before serving clients anyway.
+    #[arg(long, env = "RECOVERY_WAIT", default_value = "5s", value_parser = parse_timeout)]
+    recovery_wait: Duration,
     #[command(flatten)]
     framing: FramingArgs,
     #[command(flatten)]
@@ -180,8 +201,39 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         client_idle_timeout: args.client_idle_timeout,
         write_timeout: args.write_timeout,
         sticky_run: args.sticky_run as usize,
+        replicas: usize::from(args.replicas),
+        min_replicas: match args.min_replicas {
+            MinReplicas::All => usize::from(args.replicas),
+            MinReplicas::Count(n) => usize::from(n),
+        },
+        dedup_keys: args.dedup_keys as usize,
+        dedup_window: args.dedup_window,
+        recovery_wait: args.recovery_wait,
         ..headnode::Config::default()
     };
     headnode::run(listener, config, protocol::shutdown::signal()).await?;
     Ok(())
+}
+
+/// `--min-replicas`: `all` of `--replicas`, or a count.
+#[derive(Debug, Clone, Copy)]
+enum MinReplicas {
+    All,
+    Count(u8),
+}
+
+fn parse_min_replicas(s: &str) -> Result<MinReplicas, String> {
+    // An empty value (`MIN_REPLICAS=` in a compose file) means the default.
+    if s.is_empty() || s == "all" {
+        return Ok(MinReplicas::All);
+    }
+    match s.parse::<u8>() {
+        Ok(n) if (1..=headnode::config::MAX_REPLICAS).contains(&usize::from(n)) => {
+            Ok(MinReplicas::Count(n))
+        }
+        _ => Err(format!(
+            "expected `all` or a number from 1 to {}",
+            headnode::config::MAX_REPLICAS
+        )),
+    }
 }

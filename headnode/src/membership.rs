@@ -84,6 +84,8 @@ pub struct MemberInfo {
     pub addr: IpAddr,
     /// An original-system node: no application heartbeat, one message at a time.
     pub legacy: bool,
+    /// Its failure domain, if it named one.
+    pub zone: Option<protocol::message::Zone>,
 }
 
 impl fmt::Display for MemberInfo {

@@ -1,11 +1,12 @@
-//! One task per data node: writes forwarded messages in batches, matches
-//! acknowledgements, sends the application heartbeat, and hands back to the
-//! router every message it cannot get acknowledged.
+//! One task per data node: writes the copies routed to it in batches,
+//! matches its answers, sends the application heartbeat and the list of
+//! routable nodes, and moves to other nodes every copy it cannot get
+//! acknowledged.
 
 use std::sync::Arc;
 
 use protocol::connection::Connection;
-use protocol::message::{FromDataNode, MessageId, ToDataNode, truncate_for_log};
+use protocol::message::{FromDataNode, MessageId, NodeId, ToDataNode, truncate_for_log};
 use protocol::net::Stream;
 use protocol::telemetry::MESSAGES_TARGET;
 use rand::rngs::SmallRng;
@@ -16,7 +17,7 @@ use tracing::{debug, info, warn};
 
 use crate::Shared;
 use crate::cluster::Input;
-use crate::forward::Forward;
+use crate::forward::{CopyStored, Forward};
 use crate::in_flight::{Acked, InFlight};
 use crate::membership::MemberInfo;
 use crate::router::NodeLoad;
@@ -67,15 +68,14 @@ pub(crate) async fn run<S: Stream>(
     let mut ack_timeout_reported = false;
     let mut skipped = Vec::new();
     let membership = &shared.membership_tx;
+    let routes = shared.router.watch();
+    let route_changes = shared.router.changes();
+    // From 0: the current list first, then every change.
+    let mut routes_seen = 0;
     // Created once: a fresh `cancelled()` per loop turn costs a lock each time.
     let evicted = evicted.cancelled();
     let stopping = nodes_stop.cancelled();
     tokio::pin!(evicted, stopping);
-
-    if !info.legacy {
-        conn.writer
-            .queue_with(|buf| ToDataNode::Welcome(info.node.clone()).encode(buf));
-    }
 
     // Why the session ended; `None` when the membership task already knows.
     let lost: Option<String> = loop {
@@ -101,11 +101,30 @@ pub(crate) async fn run<S: Stream>(
                 };
                 match FromDataNode::parse(line.as_str()) {
                     Ok(FromDataNode::Stored(id)) => {
-                        if acknowledge(&info, &mut in_flight, id, shared.ids.epoch(), &mut skipped) {
-                            load.acknowledged();
+                        acknowledge(&shared, &info, &load, &mut in_flight, id, None, &mut skipped);
+                        for message in skipped.drain(..) {
+                            load.resolve(false);
+                            reroute(&shared, &info, message, true, "acknowledged a later message but not this one", &mut rng);
+                        }
+                    }
+                    Ok(FromDataNode::AlreadyHeld { id, held }) => {
+                        acknowledge(&shared, &info, &load, &mut in_flight, Some(id), Some(held), &mut skipped);
+                        for message in skipped.drain(..) {
+                            load.resolve(false);
+                            reroute(&shared, &info, message, true, "acknowledged a later message but not this one", &mut rng);
+                        }
+                    }
+                    Ok(FromDataNode::Withdrawn(id)) => {
+                        match in_flight.ack(Some(id), &mut skipped) {
+                            Acked::Message(message) => {
+                                load.resolve(false);
+                                reroute(&shared, &info, message, false, "withdrawn after its ack timeout", &mut rng);
+                            }
+                            Acked::Unknown => {}
                         }
                         for message in skipped.drain(..) {
-                            reroute(&shared, &info, &load, message, "acknowledged a later message but not this one", &mut rng);
+                            load.resolve(false);
+                            reroute(&shared, &info, message, true, "answered a later message but not this one", &mut rng);
                         }
                     }
                     Ok(FromDataNode::Pong(_)) => {
@@ -122,9 +141,14 @@ pub(crate) async fn run<S: Stream>(
                         conn.close_with_error(&"closing after your error").await;
                         break Some(format!("data node reported an error: {reason}"));
                     }
-                    Ok(FromDataNode::Proof(_)) => {
-                        conn.close_with_error(&"unexpected proof after registration").await;
-                        break Some("protocol error: proof after registration".to_owned());
+                    Ok(
+                        FromDataNode::Proof(_)
+                        | FromDataNode::Held { .. }
+                        | FromDataNode::Peers(_)
+                        | FromDataNode::Ready,
+                    ) => {
+                        conn.close_with_error(&"unexpected registration line after registration").await;
+                        break Some(format!("protocol error: {} after registration", truncate_for_log(line.as_str())));
                     }
                     Err(e) => {
                         warn!(node = %info.node, error = %e, "bad line from dataNode: {}", truncate_for_log(line.as_str()));
@@ -136,20 +160,31 @@ pub(crate) async fn run<S: Stream>(
             message = queue.recv(), if in_flight.waiting() < max_in_flight && in_flight.bytes() < max_unacked_bytes => {
                 let Some(message) = message else { break None };
                 if leaving {
-                    reroute(&shared, &info, &load, message, "it is leaving", &mut rng);
+                    load.resolve(false);
+                    reroute(&shared, &info, message, false, "it is leaving", &mut rng);
                     continue;
                 }
                 let deadline = Instant::now() + config.ack_timeout;
-                send(&mut conn, &info, &mut in_flight, &load, message, deadline);
+                send(&mut conn, &info, &mut in_flight, message, deadline);
                 let mut taken = 1;
                 while taken < WRITE_BATCH
                     && in_flight.waiting() < max_in_flight
                     && in_flight.bytes() < max_unacked_bytes
                 {
                     let Ok(message) = queue.try_recv() else { break };
-                    send(&mut conn, &info, &mut in_flight, &load, message, deadline);
+                    send(&mut conn, &info, &mut in_flight, message, deadline);
                     taken += 1;
                 }
+            }
+            seen = route_changes.changed_since(routes_seen), if !info.legacy => {
+                routes_seen = seen;
+                let members: Vec<NodeId> = routes
+                    .borrow()
+                    .nodes
+                    .iter()
+                    .map(|n| n.node.clone())
+                    .collect();
+                conn.writer.queue_with(|buf| ToDataNode::Members(members).encode(buf));
             }
             _ = heartbeat.tick(), if !info.legacy => {
                 ping_seq += 1;
@@ -163,13 +198,15 @@ pub(crate) async fn run<S: Stream>(
                     let _ = membership.send(Input::AckTimeout { conn: info.conn }).await;
                     continue;
                 }
-                for message in in_flight.expire(Instant::now()) {
+                let expired = in_flight.expire(Instant::now());
+                if let Some(first) = expired.first() {
                     warn!(
-                        id = %message.id(), client = %message.envelope.client, node = %info.node,
-                        timeout = ?config.ack_timeout,
-                        "no acknowledgement in time; resending to another dataNode (it may end up stored twice)"
+                        node = %info.node, first = %first, messages = expired.len(), timeout = ?config.ack_timeout,
+                        "no acknowledgement in time; asking the dataNode to withdraw them: each copy moves once it answers withdrawn, or when it is evicted"
                     );
-                    reroute(&shared, &info, &load, message, "ack timeout", &mut rng);
+                }
+                for id in expired {
+                    conn.writer.queue_with(|buf| ToDataNode::Withdraw(id).encode(buf));
                 }
             }
         }
@@ -192,15 +229,21 @@ pub(crate) async fn run<S: Stream>(
     // Whatever this node held goes to the others.
     queue.close();
     let why = lost.as_deref().unwrap_or("evicted");
-    let mut held = in_flight.drain();
+    let sent = in_flight.drain();
+    let mut queued = Vec::new();
     while let Ok(message) = queue.try_recv() {
-        held.push(message);
+        queued.push(message);
     }
-    if !held.is_empty() {
-        warn!(node = %info.node, messages = held.len(), "dataNode gone ({why}); resending the messages it had not acknowledged");
+    if !sent.is_empty() || !queued.is_empty() {
+        warn!(node = %info.node, messages = sent.len() + queued.len(), "dataNode gone ({why}); sending the copies it had not acknowledged to other nodes");
     }
-    for message in held {
-        reroute(&shared, &info, &load, message, why, &mut rng);
+    for message in sent {
+        load.resolve(false);
+        reroute(&shared, &info, message, true, why, &mut rng);
+    }
+    for message in queued {
+        load.resolve(false);
+        reroute(&shared, &info, message, false, why, &mut rng);
     }
     debug!(node = %info.node, "dataNode session ended");
 }
@@ -209,89 +252,84 @@ fn send<S: Stream>(
     conn: &mut Connection<S>,
     info: &MemberInfo,
     in_flight: &mut InFlight,
-    load: &NodeLoad,
     message: Forward,
     deadline: Instant,
 ) {
-    if message.envelope.is_answered() {
-        // Another node stored it meanwhile (a late acknowledgement).
-        load.release();
-        return;
-    }
-    let id = if info.legacy {
-        None
+    let envelope = &message.envelope;
+    if info.legacy {
+        conn.writer
+            .queue_with(|buf| ToDataNode::encode_store(None, None, &envelope.text, buf));
     } else {
-        Some(message.id())
-    };
-    conn.writer
-        .queue_with(|buf| ToDataNode::encode_store(id, &message.envelope.text, buf));
-    message.envelope.mark_sent();
+        let key = envelope.key.as_ref().map(|key| key.as_ref());
+        conn.writer.queue_with(|buf| {
+            ToDataNode::encode_store(Some(envelope.id), key, &envelope.text, buf)
+        });
+    }
     in_flight.push(message, deadline);
 }
 
-/// Matches an acknowledgement; true if it completed a message this session held.
+/// Matches an acknowledgement and counts the copy it stands for.
 fn acknowledge(
+    shared: &Shared,
     info: &MemberInfo,
+    load: &NodeLoad,
     in_flight: &mut InFlight,
     id: Option<MessageId>,
-    epoch: u64,
+    held_as: Option<MessageId>,
     skipped: &mut Vec<Forward>,
-) -> bool {
-    if let Some(id) = id.filter(|id| id.epoch != epoch) {
-        debug!(node = %info.node, %id, "ack for a message of an earlier head node run; ignored");
-        return false;
-    }
-    match in_flight.ack(id.map(|id| id.seq), skipped) {
+) {
+    let envelope = match in_flight.ack(id, skipped) {
         Acked::Message(message) => {
-            let envelope = &message.envelope;
-            if envelope.stored(&info.node) {
-                info!(
-                    target: MESSAGES_TARGET,
-                    id = %envelope.id, client = %envelope.client,
-                    "recibido en dataNode {} {}", info.node, info.addr
-                );
-            } else {
-                warn!(
-                    id = %envelope.id, node = %info.node,
-                    "stored twice (same id): another dataNode acknowledged it first"
-                );
-            }
-            true
-        }
-        Acked::Late(envelope) => {
-            if envelope.stored(&info.node) {
-                info!(
-                    id = %envelope.id, node = %info.node, client = %envelope.client,
-                    "late acknowledgement after a resend: the message is stored here, and the client is answered"
-                );
-            } else {
-                warn!(
-                    id = %envelope.id, node = %info.node,
-                    "late acknowledgement: this message was resent after a timeout and is stored twice (same id)"
-                );
-            }
-            false
+            load.resolve(true);
+            message.envelope
         }
         Acked::Unknown => {
             debug!(node = %info.node, ?id, "acknowledgement for no message in flight; ignored");
-            false
+            return;
+        }
+    };
+    if let Some(held) = held_as.filter(|held| *held != envelope.id) {
+        warn!(
+            id = %envelope.id, %held, node = %info.node,
+            key = ?envelope.key.as_ref().map(ToString::to_string),
+            "this key is already held there under another id; not written again"
+        );
+    }
+    match envelope.copy_stored(info.conn, &info.node) {
+        CopyStored::Answered => info!(
+            target: MESSAGES_TARGET,
+            id = %envelope.id, client = %envelope.client,
+            "recibido en dataNode {} {}", info.node, info.addr
+        ),
+        CopyStored::Counted => debug!(
+            target: MESSAGES_TARGET,
+            id = %envelope.id, "recibido en dataNode {} {}", info.node, info.addr
+        ),
+        CopyStored::Again => debug!(id = %envelope.id, node = %info.node, "acknowledged again"),
+        CopyStored::OverReplicated => {
+            shared.router.count_over_replicated();
+            warn!(
+                id = %envelope.id, node = %info.node,
+                "late acknowledgement: this node wrote a copy that had been moved elsewhere; one copy more than wanted"
+            );
         }
     }
 }
 
-/// Passes a message this session held to another node.
+/// Moves one copy this session held to another node; `sent` if this node
+/// may have written it.
 fn reroute(
     shared: &Shared,
     from: &MemberInfo,
-    load: &NodeLoad,
     message: Forward,
+    sent: bool,
     why: &str,
     rng: &mut SmallRng,
 ) {
-    load.release();
+    message.envelope.move_copy(from.conn, sent);
     let id = message.id();
     let client = message.envelope.client.clone();
-    if let Some(node) = shared.router.route(message, Some(from.conn), rng) {
-        info!(%id, %client, from = %from.node, to = %node, "message resent to another dataNode ({why})");
+    if let Some(node) = shared.router.reroute(message, rng) {
+        info!(%id, %client, from = %from.node, to = %node, "copy sent to another dataNode ({why})");
     }
 }

@@ -1,30 +1,68 @@
-//! The waiting room for messages no data node can take right now.
+//! The waiting room for messages and copies no data node can take now.
 //!
-//! A message waits here at most `wait`; as soon as a node is routable it is
-//! routed, otherwise its client is told `ERROR no data nodes available`.
-//! At most `max` messages wait at once: beyond that a message is refused at
-//! once with the same error, so a cluster without data nodes cannot be made
-//! to hold an unbounded pile of messages. (Their bytes are also bounded by
-//! the in-flight budget every message is charged to.)
+//! A message that needs more copies before its client is answered than
+//! there are nodes to take them waits here at most `wait`; as soon as
+//! enough nodes are routable it is routed, otherwise its client is told
+//! `ERROR not enough data nodes (1 live, 2 required)` (or `no data nodes
+//! available` when there is none). A copy beyond those needed waits the
+//! same way and is then given up: the message is under-replicated.
+//!
+//! At most `max` wait at once: beyond that one is refused at once, so a
+//! cluster without data nodes cannot be made to hold an unbounded pile of
+//! messages. (Their bytes are also bounded by the in-flight budget every
+//! message is charged to.)
 
-use std::collections::VecDeque;
-use std::sync::Arc;
 use std::time::Duration;
 
-use protocol::message::NO_DATA_NODES;
 use rand::rngs::SmallRng;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::forward::Forward;
-use crate::router::Router;
+use crate::router::{Parked, Router};
 
-/// Holds messages no node could take, for at most `wait`; routes them as
-/// soon as a node is available, gives up on them when the wait is over.
+impl Parked {
+    fn since(&self) -> Instant {
+        match self {
+            Parked::Start(_, since) => *since,
+            Parked::Copy(copy) => copy.waiting_since.unwrap_or_else(Instant::now),
+        }
+    }
+
+    /// Gives up waiting: the client is told why, or the message is
+    /// counted as under-replicated.
+    fn give_up(self, router: &Router) {
+        match self {
+            Parked::Start(envelope, _) => {
+                let reason = router.not_enough_nodes(envelope.replication().needed);
+                envelope.give_up(reason.into());
+            }
+            Parked::Copy(copy) => {
+                let reason = router.not_enough_nodes(copy.envelope.replication().needed);
+                if copy.envelope.give_up_copy(reason.into()) {
+                    router.count_under_replicated(&copy.envelope);
+                }
+            }
+        }
+    }
+
+    fn retry(self, router: &Router, rng: &mut SmallRng) {
+        match self {
+            Parked::Start(envelope, since) => {
+                router.start(envelope, Some(since), rng);
+            }
+            Parked::Copy(copy) => {
+                router.reroute(copy, rng);
+            }
+        }
+    }
+}
+
+/// Holds what no node could take, for at most `wait`; routes it again
+/// whenever the routable nodes change, gives up on it when the wait is over.
 pub(crate) async fn run_parking_lot(
-    mut parked: mpsc::UnboundedReceiver<Forward>,
+    mut parked: mpsc::UnboundedReceiver<Parked>,
     router: Router,
     wait: Duration,
     max: usize,
@@ -32,11 +70,10 @@ pub(crate) async fn run_parking_lot(
     cancel: CancellationToken,
 ) {
     let mut routes = router.watch();
-    let mut waiting: VecDeque<(Instant, Forward)> = VecDeque::new();
-    let no_nodes: Arc<str> = NO_DATA_NODES.into();
+    let mut waiting: Vec<(Instant, Parked)> = Vec::new();
     let mut refused_since_report = 0u64;
     loop {
-        let next_deadline = waiting.front().map(|(deadline, _)| *deadline);
+        let next_deadline = waiting.iter().map(|(deadline, _)| *deadline).min();
         tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
@@ -44,39 +81,45 @@ pub(crate) async fn run_parking_lot(
                 if changed.is_err() {
                     break;
                 }
-            }
-            message = parked.recv() => match message {
-                Some(message) if waiting.len() < max => {
-                    waiting.push_back((Instant::now() + wait, message));
+                routes.borrow_and_update();
+                // Everything is tried again; what still cannot be placed
+                // comes back here, keeping its first deadline.
+                for (_, item) in std::mem::take(&mut waiting) {
+                    item.retry(&router, &mut rng);
                 }
-                Some(message) => {
+            }
+            item = parked.recv() => match item {
+                Some(item) if waiting.len() < max => {
+                    let deadline = item.since() + wait;
+                    if deadline <= Instant::now() {
+                        item.give_up(&router);
+                    } else {
+                        waiting.push((deadline, item));
+                    }
+                }
+                Some(item) => {
                     if refused_since_report == 0 {
-                        warn!(max, "waiting room for messages without a data node is full; refusing more");
+                        warn!(max, "waiting room for messages without enough data nodes is full; refusing more");
                     }
                     refused_since_report += 1;
-                    message.envelope.give_up(no_nodes.clone());
+                    item.give_up(&router);
                 }
                 None => break,
             },
             _ = protocol::server::sleep_until(next_deadline) => {
                 let now = Instant::now();
-                while waiting.front().is_some_and(|(deadline, _)| *deadline <= now) {
-                    if let Some((_, message)) = waiting.pop_front() {
-                        message.envelope.give_up(no_nodes.clone());
-                    }
+                let (due, left): (Vec<_>, Vec<_>) = std::mem::take(&mut waiting)
+                    .into_iter()
+                    .partition(|(deadline, _)| *deadline <= now);
+                waiting = left;
+                for (_, item) in due {
+                    item.give_up(&router);
                 }
             }
         }
         if waiting.is_empty() && refused_since_report > 0 {
             warn!(refused = refused_since_report, "waiting room drained");
             refused_since_report = 0;
-        }
-        if !waiting.is_empty() && !routes.borrow_and_update().nodes.is_empty() {
-            for (_, message) in waiting.drain(..) {
-                // With nodes present this sends; if they vanished meanwhile,
-                // the message comes back here with a fresh deadline.
-                router.route(message, None, &mut rng);
-            }
         }
     }
     // Dropping what waits answers each client (`head node shutting down`).
@@ -87,24 +130,16 @@ pub(crate) async fn run_parking_lot(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
-    use crate::forward::{Completion, Envelope, Outcome};
-    use crate::router::{NodeHandle, Routes};
-    use bytes::Bytes;
-    use protocol::message::MessageId;
+    use crate::forward::tests::replicated;
+    use crate::forward::{Completion, Outcome};
+    use crate::router::Routes;
+    use crate::router::tests::node;
+    use protocol::message::NO_DATA_NODES;
     use rand::SeedableRng;
     use tokio::sync::watch;
-
-    fn forward(seq: u64, reply_to: &mpsc::UnboundedSender<Completion>) -> Forward {
-        Forward::new(Envelope::new(
-            MessageId { epoch: 1, seq },
-            Bytes::from_static(b"x"),
-            "test".into(),
-            seq,
-            reply_to.clone(),
-            None,
-        ))
-    }
 
     fn start(max: usize) -> (Router, watch::Sender<Arc<Routes>>, CancellationToken) {
         let (routes_tx, routes_rx) = watch::channel(Arc::new(Routes::default()));
@@ -122,49 +157,91 @@ mod tests {
         (router, routes_tx, cancel)
     }
 
+    fn submit(
+        router: &Router,
+        seq: u64,
+        replicas: usize,
+        needed: usize,
+        rng: &mut SmallRng,
+    ) -> mpsc::UnboundedReceiver<Completion> {
+        let (envelope, replies) = replicated(seq, replicas, needed);
+        router.start(envelope, None, rng);
+        replies
+    }
+
     #[tokio::test(start_paused = true)]
     async fn parked_messages_fail_after_the_wait_or_go_to_a_new_node() {
         let (router, routes_tx, cancel) = start(10);
-        let (reply, mut replies) = mpsc::unbounded_channel();
         let mut rng = SmallRng::seed_from_u64(1);
 
-        router.route(forward(1, &reply), None, &mut rng);
+        let mut replies = submit(&router, 1, 1, 1, &mut rng);
         let started = Instant::now();
         let done = replies.recv().await.unwrap();
         assert!(matches!(&done.outcome, Outcome::NotStored(r) if &**r == NO_DATA_NODES));
         assert_eq!(started.elapsed(), Duration::from_secs(1));
 
-        router.route(forward(2, &reply), None, &mut rng);
+        let _replies = submit(&router, 2, 1, 1, &mut rng);
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let (queue, mut a_rx) = mpsc::unbounded_channel();
-        let a = NodeHandle {
-            conn: 1,
-            node: "a".parse().unwrap(),
-            queue,
-            load: Arc::default(),
-            one_at_a_time: false,
-        };
+        let (a, mut a_rx) = node(1, "a");
         routes_tx.send(Arc::new(Routes::new(vec![a]))).unwrap();
         assert_eq!(a_rx.recv().await.unwrap().id().seq, 2);
         cancel.cancel();
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_message_needing_two_copies_with_one_node_gets_a_clear_error_in_time() {
+        let (router, routes_tx, cancel) = start(10);
+        let mut rng = SmallRng::seed_from_u64(1);
+        let (a, _a_rx) = node(1, "a");
+        routes_tx
+            .send(Arc::new(Routes::new(vec![a.clone()])))
+            .unwrap();
+        let mut replies = submit(&router, 1, 2, 2, &mut rng);
+        let started = Instant::now();
+        // A change that still leaves one node does not restart the wait.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        routes_tx.send(Arc::new(Routes::new(vec![a]))).unwrap();
+        let done = replies.recv().await.unwrap();
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+        assert!(
+            matches!(&done.outcome, Outcome::NotStored(r) if &**r == "not enough data nodes (1 live, 2 required)"),
+            "{done:?}"
+        );
+        cancel.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_second_node_joining_in_time_gets_the_waiting_messages() {
+        let (router, routes_tx, cancel) = start(10);
+        let mut rng = SmallRng::seed_from_u64(1);
+        let (a, mut a_rx) = node(1, "a");
+        let (b, mut b_rx) = node(2, "b");
+        routes_tx
+            .send(Arc::new(Routes::new(vec![a.clone()])))
+            .unwrap();
+        let _replies = submit(&router, 1, 2, 2, &mut rng);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        routes_tx.send(Arc::new(Routes::new(vec![a, b]))).unwrap();
+        assert_eq!(a_rx.recv().await.unwrap().id().seq, 1);
+        assert_eq!(b_rx.recv().await.unwrap().id().seq, 1);
+        cancel.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_full_waiting_room_refuses_at_once() {
         let (router, _routes_tx, cancel) = start(3);
-        let (reply, mut replies) = mpsc::unbounded_channel();
         let mut rng = SmallRng::seed_from_u64(1);
-        for seq in 1..=5 {
-            router.route(forward(seq, &reply), None, &mut rng);
-        }
+        let mut all: Vec<_> = (1..=5)
+            .map(|seq| submit(&router, seq, 1, 1, &mut rng))
+            .collect();
         // Two did not fit and are refused before any wait is over.
         let started = Instant::now();
-        let first = replies.recv().await.unwrap();
-        let second = replies.recv().await.unwrap();
+        let fourth = all[3].recv().await.unwrap();
+        let fifth = all[4].recv().await.unwrap();
         assert_eq!(started.elapsed(), Duration::ZERO);
-        assert_eq!((first.slot, second.slot), (4, 5));
-        assert!(matches!(&first.outcome, Outcome::NotStored(r) if &**r == NO_DATA_NODES));
-        for _ in 0..3 {
+        assert!(matches!(&fourth.outcome, Outcome::NotStored(r) if &**r == NO_DATA_NODES));
+        assert!(matches!(&fifth.outcome, Outcome::NotStored(_)));
+        for replies in &mut all[..3] {
             replies.recv().await.unwrap();
         }
         assert_eq!(started.elapsed(), Duration::from_secs(1));
@@ -174,9 +251,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn shutdown_answers_every_waiting_message() {
         let (router, _routes_tx, cancel) = start(10);
-        let (reply, mut replies) = mpsc::unbounded_channel();
         let mut rng = SmallRng::seed_from_u64(1);
-        router.route(forward(1, &reply), None, &mut rng);
+        let mut replies = submit(&router, 1, 1, 1, &mut rng);
         tokio::task::yield_now().await;
         cancel.cancel();
         let done = replies.recv().await.unwrap();

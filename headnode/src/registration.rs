@@ -1,7 +1,8 @@
 //! From an accepted socket to a served peer: the handshake, the role, the
-//! cluster token's challenge and response for data nodes, and a place in
-//! the right pool (clients, or the data-node connections reserved so that
-//! clients can never take them).
+//! cluster token's challenge and response for data nodes, a place in the
+//! right pool (clients, or the data-node connections reserved so that
+//! clients can never take them), and a data node's report of what it holds
+//! (its keys fill the deduplication window; see `keys` and `recovery`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,13 +11,16 @@ use protocol::HandshakeError;
 use protocol::auth::{Exchange, Nonce};
 use protocol::connection::Connection;
 use protocol::handshake::{self, RoleStep};
-use protocol::message::{DataNodeHello, FromDataNode, NodeId, PETICION, Role, ToDataNode};
+use protocol::message::{
+    ClientId, DataNodeHello, FromDataNode, MessageKey, NodeId, PETICION, Role, STALE_HEAD,
+    ToDataNode, truncate_for_log,
+};
 use protocol::net::Stream;
 use protocol::server::HandshakeSlot;
 use rand::rngs::SmallRng;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::Shared;
 use crate::cluster::Input;
@@ -26,8 +30,9 @@ use crate::router::NodeLoad;
 
 /// A peer past its handshake.
 pub(crate) enum Peer<S: Stream> {
-    /// A client, with its place among the clients.
-    Client(Connection<S>, OwnedSemaphorePermit),
+    /// A client, with its place among the clients and the client id it
+    /// announced (its messages are then keyed).
+    Client(Connection<S>, OwnedSemaphorePermit, Option<ClientId>),
     /// A data node accepted into the cluster.
     DataNode(node_session::Registered<S>),
 }
@@ -66,7 +71,7 @@ pub(crate) async fn accept_peer<S: Stream>(
         role = handshake => role,
     };
     match role {
-        Ok(Some(Role::Client)) => {
+        Ok(Some(Role::Client(client_id))) => {
             let Ok(slot) = shared.client_slots.clone().try_acquire_owned() else {
                 warn!(max = shared.limits.clients, "cliente refused: server full");
                 let reason = format!("server full ({} clients)", shared.limits.clients);
@@ -74,8 +79,8 @@ pub(crate) async fn accept_peer<S: Stream>(
                 return None;
             };
             drop(waiting_room);
-            info!(framing = ?conn.reader.framing(), "cliente connected");
-            Some(Peer::Client(conn, slot))
+            info!(framing = ?conn.reader.framing(), client_id = ?client_id.as_ref().map(ClientId::as_str), "cliente connected");
+            Some(Peer::Client(conn, slot, client_id))
         }
         Ok(Some(Role::DataNode(hello))) => {
             let registered = tokio::select! {
@@ -87,12 +92,16 @@ pub(crate) async fn accept_peer<S: Stream>(
                 }
                 registered = tokio::time::timeout(
                     shared.config.handshake_timeout,
-                    register_data_node(&mut conn, peer, hello, &shared, rng),
+                    async {
+                        let (info, slot) = register_data_node(&mut conn, peer, hello, &shared, rng).await?;
+                        let peers = read_report(&mut conn, &info, &shared).await?;
+                        Ok::<_, String>((info, slot, peers))
+                    },
                 ) => registered,
             };
             match registered {
-                Ok(Ok((info, slot))) => Some(Peer::DataNode(
-                    registration(conn, info, slot, shared).await?,
+                Ok(Ok((info, slot, peers))) => Some(Peer::DataNode(
+                    registration(conn, info, slot, peers, shared).await?,
                 )),
                 Ok(Err(refusal)) => {
                     conn.close_with_error(&refusal).await;
@@ -228,8 +237,79 @@ async fn register_data_node<S: Stream>(
         conn: conn_id,
         addr: crate::prober::canonical_ip(peer.ip()),
         legacy,
+        zone: hello.zone,
     };
     Ok((info, slot))
+}
+
+/// Welcomes a data node under this head node's epoch and reads its report:
+/// the keys it holds (into the deduplication window) and the nodes it last
+/// heard of. Returns those nodes. An original-system node reports nothing.
+async fn read_report<S: Stream>(
+    conn: &mut Connection<S>,
+    info: &membership::MemberInfo,
+    shared: &Shared,
+) -> Result<Vec<NodeId>, String> {
+    if info.legacy {
+        return Ok(Vec::new());
+    }
+    conn.writer.queue_with(|buf| {
+        ToDataNode::Welcome {
+            node: info.node.clone(),
+            epoch: shared.ids.epoch(),
+        }
+        .encode(buf)
+    });
+    conn.writer
+        .flush()
+        .await
+        .map_err(|e| format!("write failed: {e}"))?;
+    let mut keys = 0usize;
+    let mut peers = Vec::new();
+    loop {
+        let line = conn
+            .reader
+            .read_frame()
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("closed during its report")?;
+        match FromDataNode::parse(line.as_str()) {
+            Ok(FromDataNode::Held { client, keys: held }) => {
+                let now = tokio::time::Instant::now();
+                keys += held.len();
+                for (seq, id) in held {
+                    let key = MessageKey {
+                        client: client.clone(),
+                        seq,
+                    };
+                    shared.keys.holds(key, id, &info.node, now);
+                }
+            }
+            Ok(FromDataNode::Peers(named)) => peers = named,
+            Ok(FromDataNode::Ready) => break,
+            Ok(FromDataNode::Error(reason)) if reason.starts_with(STALE_HEAD) => {
+                error!(
+                    node = %info.node,
+                    "dataNode refuses this head node: {reason} (a newer head node is running, or this host's clock is behind)"
+                );
+                return Err(format!("refused by the data node: {reason}"));
+            }
+            _ => {
+                warn!(node = %info.node, "dataNode sent an unexpected line in its report: {}", truncate_for_log(line.as_str()));
+                return Err(format!(
+                    "expected 'held', 'peers' or 'ready', got {:?}",
+                    truncate_for_log(line.as_str())
+                ));
+            }
+        }
+    }
+    info!(
+        node = %info.node,
+        keys,
+        peers = ?peers.iter().map(NodeId::as_str).collect::<Vec<_>>(),
+        "dataNode reported what it holds"
+    );
+    Ok(peers)
 }
 
 /// Hands a data node that proved itself to the membership task.
@@ -237,6 +317,7 @@ async fn registration<S: Stream>(
     mut conn: Connection<S>,
     info: membership::MemberInfo,
     slot: OwnedSemaphorePermit,
+    peers: Vec<NodeId>,
     shared: Arc<Shared>,
 ) -> Option<node_session::Registered<S>> {
     let (queue_tx, queue_rx) = mpsc::unbounded_channel();
@@ -248,6 +329,7 @@ async fn registration<S: Stream>(
         queue: queue_tx,
         load: load.clone(),
         evicted: evicted.clone(),
+        peers,
         respond,
     };
     if shared.membership_tx.send(registration).await.is_err() {

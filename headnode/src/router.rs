@@ -1,36 +1,40 @@
-//! Routing client messages to data nodes.
+//! Choosing the data nodes that get each message's copies.
 //!
 //! The membership task publishes the set of routable data nodes as an
 //! immutable snapshot ([`Routes`]) through a `watch` channel; client tasks
-//! read it without locks held across awaits. A message goes to a node chosen
-//! uniformly at random. When no node can take it, the message waits in the
-//! *parking lot* for at most `no_node_wait`; if a node joins in time it is
-//! routed then, otherwise the client is told `ERROR no data nodes
-//! available`.
+//! read it without locks held across awaits. A message's `replicas` copies
+//! go to distinct nodes chosen at random, in distinct zones when there are
+//! enough zones. When fewer nodes can take a message than the copies it
+//! needs before its client is answered, it waits in the waiting room
+//! (`parking`) for at most `no_node_wait`; then its client is told `ERROR
+//! not enough data nodes (1 live, 2 required)`. A copy beyond those needed
+//! that no node can take waits there too, and is then given up: the
+//! message is counted as under-replicated.
 //!
 //! Under load the choice is *sticky*, as in Kafka's sticky partitioner: the
-//! node picked at random keeps receiving the next messages while it is still
-//! busy with earlier ones, up to `sticky_run` messages, then another node is
-//! picked at random. Messages arriving together then share one group commit
-//! (one `fdatasync`) on one node instead of costing one on every node, which
-//! is what limits a cluster whose nodes share a disk. A message that finds
-//! its node idle starts a new run, so a light load is spread per message.
+//! set of nodes picked at random keeps receiving the next messages while
+//! its nodes are still busy with earlier ones, up to `sticky_run` messages,
+//! then another set is picked at random. Messages arriving together then
+//! share one group commit (one `fdatasync`) per node instead of costing one
+//! on every node, which is what limits a cluster whose nodes share a disk.
+//! A message that finds its set idle starts a new run, so a light load is
+//! spread per message.
 //!
 //! Original-system data nodes read one `recv(1024)` per message, so they
 //! are never sent a message longer than [`ORIGINAL_NODE_MAX_TEXT`].
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use protocol::message::NodeId;
+use protocol::message::{NO_DATA_NODES, NOT_ENOUGH_NODES, NodeId, Zone};
 use rand::RngExt;
 use rand::rngs::SmallRng;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::warn;
 
-use crate::forward::Forward;
+use crate::forward::{Envelope, Forward, report_under_replicated};
 use crate::membership::ConnId;
 
 /// The longest message an original-system data node can take: it reads
@@ -44,6 +48,8 @@ pub(crate) struct NodeHandle {
     pub(crate) conn: ConnId,
     /// Its name.
     pub(crate) node: NodeId,
+    /// Its failure domain, if it named one.
+    pub(crate) zone: Option<Zone>,
     /// Its forwarding queue, read by its connection task.
     pub(crate) queue: mpsc::UnboundedSender<Forward>,
     /// Messages its connection task holds, shared with that task.
@@ -61,23 +67,34 @@ impl NodeHandle {
 }
 
 /// How many messages a data node's connection task holds (queued for the
-/// node, or sent and not yet acknowledged) and when it last made progress.
-/// The router adds each message it hands over; the task releases each one
-/// it answers or passes on, and notes each acknowledgement.
+/// node, or sent and not yet answered) and when it last made progress.
+///
+/// Each field has one writer: the router counts what it hands over
+/// ([`NodeLoad::hand_over`]); the node's session counts what it is done
+/// with ([`NodeLoad::resolve`]). Held is the difference.
 #[derive(Debug)]
 pub(crate) struct NodeLoad {
-    held: AtomicUsize,
-    /// Microseconds after `since` of the last acknowledgement, or of the
-    /// moment an idle node was given a message.
-    progress_at: AtomicU64,
+    /// Messages handed to the node's queue (router).
+    handed: AtomicUsize,
+    /// When a message was handed to the node while it held none, in µs
+    /// after `since` (router).
+    busy_since: AtomicU64,
+    /// Messages the session is done with: acknowledged, moved elsewhere,
+    /// or dropped (session).
+    resolved: AtomicUsize,
+    /// When the node last acknowledged something, in µs after `since`
+    /// (session).
+    acked_at: AtomicU64,
     since: Instant,
 }
 
 impl Default for NodeLoad {
     fn default() -> Self {
         NodeLoad {
-            held: AtomicUsize::new(0),
-            progress_at: AtomicU64::new(0),
+            handed: AtomicUsize::new(0),
+            busy_since: AtomicU64::new(0),
+            resolved: AtomicUsize::new(0),
+            acked_at: AtomicU64::new(0),
             since: Instant::now(),
         }
     }
@@ -89,45 +106,45 @@ impl Default for NodeLoad {
 pub(crate) const STALL: Duration = Duration::from_millis(100);
 
 impl NodeLoad {
-    /// A message was handed to the node's task.
-    pub(crate) fn add(&self) {
-        if self.held.fetch_add(1, Ordering::Relaxed) == 0 {
+    fn micros(&self) -> u64 {
+        self.since.elapsed().as_micros() as u64
+    }
+
+    /// The router handed one message to the node's queue.
+    pub(crate) fn hand_over(&self) {
+        if self.held() == 0 {
             // An idle node's clock starts now, not at its last ack.
-            self.progressed();
+            self.busy_since.store(self.micros(), Ordering::Relaxed);
         }
+        self.handed.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A message left the node's task without being acknowledged there
-    /// (sent elsewhere, or handed back by a queue that had just closed).
-    pub(crate) fn release(&self) {
-        // Saturates at zero: a miscount must never make an idle node look
-        // busy for good.
-        let _ = self
-            .held
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
-    }
-
-    /// The node acknowledged one of the messages it held.
-    pub(crate) fn acknowledged(&self) {
-        self.release();
-        self.progressed();
-    }
-
-    fn progressed(&self) {
-        let micros = self.since.elapsed().as_micros() as u64;
-        self.progress_at.store(micros, Ordering::Relaxed);
+    /// The session is done with one message it was handed; `acknowledged`
+    /// if the node wrote it.
+    pub(crate) fn resolve(&self, acknowledged: bool) {
+        self.resolved.fetch_add(1, Ordering::Relaxed);
+        if acknowledged {
+            self.acked_at.store(self.micros(), Ordering::Relaxed);
+        }
     }
 
     /// Messages held now.
     pub(crate) fn held(&self) -> usize {
-        self.held.load(Ordering::Relaxed)
+        // Saturates: the two counters are read apart, and a miscount must
+        // never make an idle node look busy for good.
+        self.handed
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.resolved.load(Ordering::Relaxed))
     }
 
     /// Whether it acknowledged something (or was given its first message)
     /// within [`STALL`].
     fn moving(&self) -> bool {
-        let now = self.since.elapsed().as_micros() as u64;
-        now.saturating_sub(self.progress_at.load(Ordering::Relaxed)) < STALL.as_micros() as u64
+        let last = self
+            .acked_at
+            .load(Ordering::Relaxed)
+            .max(self.busy_since.load(Ordering::Relaxed));
+        self.micros().saturating_sub(last) < STALL.as_micros() as u64
     }
 }
 
@@ -136,25 +153,14 @@ impl NodeLoad {
 pub(crate) struct Routes {
     /// The nodes, in no particular order.
     pub(crate) nodes: Vec<NodeHandle>,
-    /// The node of the current sticky run, and messages left in that run.
-    /// Races between client tasks on other threads only make a run a
-    /// little longer or shorter.
-    run: StickyRun,
+    /// The nodes of the current sticky run, and messages left in that run.
+    run: Mutex<StickyRun>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct StickyRun {
-    node: AtomicUsize,
-    left: AtomicUsize,
-}
-
-impl Default for StickyRun {
-    fn default() -> Self {
-        StickyRun {
-            node: AtomicUsize::new(usize::MAX),
-            left: AtomicUsize::new(0),
-        }
-    }
+    set: Vec<usize>,
+    left: usize,
 }
 
 impl Routes {
@@ -162,57 +168,135 @@ impl Routes {
     pub(crate) fn new(nodes: Vec<NodeHandle>) -> Self {
         Routes {
             nodes,
-            run: StickyRun::default(),
+            run: Mutex::default(),
         }
     }
 
-    /// Index of the node for a new message (there is at least one node):
-    /// the current run's node while it is busy, not stalled and the run not
-    /// used up; otherwise a random node, another one if the run's node is
-    /// still busy.
-    fn pick(&self, sticky_run: usize, rng: &mut SmallRng) -> usize {
-        let count = self.nodes.len();
+    /// `count` distinct nodes among `eligible` (indices) for a new message:
+    /// the current run's set while its nodes are busy, not stalled and the
+    /// run not used up; otherwise a random set (another one if the run's
+    /// nodes are still busy).
+    fn pick_set(
+        &self,
+        eligible: &[usize],
+        count: usize,
+        sticky_run: usize,
+        rng: &mut SmallRng,
+    ) -> Vec<usize> {
         if sticky_run <= 1 {
-            return rng.random_range(0..count);
+            return self.random_set(eligible, count, &[], rng);
         }
-        let current = self.run.node.load(Ordering::Relaxed);
-        let left = self.run.left.load(Ordering::Relaxed);
-        let node = self.nodes.get(current);
-        let busy = node.map(|n| &n.load).filter(|l| l.held() > 0);
-        let batches = node.is_some_and(|n| !n.one_at_a_time);
-        if left > 0 && batches && busy.is_some_and(|l| l.moving()) {
-            self.run.left.store(left - 1, Ordering::Relaxed);
-            return current;
+        let mut run = self.run.lock().unwrap_or_else(|p| p.into_inner());
+        let continues = run.left > 0
+            && run.set.len() == count
+            && run.set.iter().all(|&i| {
+                self.nodes
+                    .get(i)
+                    .is_some_and(|n| !n.one_at_a_time && n.load.held() > 0 && n.load.moving())
+                    && eligible.contains(&i)
+            });
+        if continues {
+            run.left -= 1;
+            return run.set.clone();
         }
-        let next = if busy.is_some() && count > 1 {
-            // Used up or stalled: the next run goes to another node.
-            let pick = rng.random_range(0..count - 1);
-            pick + usize::from(pick >= current)
+        let still_busy = run
+            .set
+            .iter()
+            .any(|&i| self.nodes.get(i).is_some_and(|n| n.load.held() > 0));
+        let avoid = if still_busy {
+            run.set.clone()
         } else {
-            rng.random_range(0..count)
+            Vec::new()
         };
-        self.run.node.store(next, Ordering::Relaxed);
-        self.run.left.store(sticky_run - 1, Ordering::Relaxed);
-        next
+        let set = self.random_set(eligible, count, &avoid, rng);
+        run.set.clone_from(&set);
+        run.left = sticky_run - 1;
+        set
+    }
+
+    /// `count` distinct nodes among `eligible` chosen at random, in
+    /// distinct zones first (a node without a zone is its own zone), and
+    /// not exactly the set `avoid` when another set exists.
+    fn random_set(
+        &self,
+        eligible: &[usize],
+        count: usize,
+        avoid: &[usize],
+        rng: &mut SmallRng,
+    ) -> Vec<usize> {
+        let mut order = eligible.to_vec();
+        for i in (1..order.len()).rev() {
+            order.swap(i, rng.random_range(0..=i));
+        }
+        let zone = |i: usize| self.nodes[i].zone.as_ref();
+        let mut chosen: Vec<usize> = Vec::with_capacity(count);
+        for &i in &order {
+            if chosen.len() == count {
+                break;
+            }
+            let fresh_zone = zone(i).is_none_or(|z| !chosen.iter().any(|&c| zone(c) == Some(z)));
+            if fresh_zone {
+                chosen.push(i);
+            }
+        }
+        for &i in &order {
+            if chosen.len() == count {
+                break;
+            }
+            if !chosen.contains(&i) {
+                chosen.push(i);
+            }
+        }
+        let same_as_avoided = !avoid.is_empty()
+            && chosen.len() == avoid.len()
+            && chosen.iter().all(|i| avoid.contains(i));
+        if same_as_avoided && order.len() > chosen.len() {
+            // Swap one member for a node outside the set.
+            let outside: Vec<usize> = order
+                .iter()
+                .copied()
+                .filter(|i| !chosen.contains(i))
+                .collect();
+            let slot = rng.random_range(0..chosen.len());
+            chosen[slot] = outside[rng.random_range(0..outside.len())];
+        }
+        chosen
     }
 }
 
-/// Sends messages to data nodes. Cheap to clone: one per client task.
+/// A message or copy waiting in the waiting room for a node.
+#[derive(Debug)]
+pub(crate) enum Parked {
+    /// A message that needs more nodes than can take it now, and when it
+    /// started waiting.
+    Start(Arc<Envelope>, Instant),
+    /// One copy of a message that no node can take now.
+    Copy(Forward),
+}
+
+/// Sends messages' copies to data nodes. Cheap to clone: one per client task.
 #[derive(Debug, Clone)]
 pub(crate) struct Router {
     routes: watch::Receiver<Arc<Routes>>,
-    parking: mpsc::UnboundedSender<Forward>,
+    parking: mpsc::UnboundedSender<Parked>,
     max_attempts: u32,
     sticky_run: usize,
+    /// Messages stored with fewer copies than wanted, since the start.
+    under_replicated: Arc<AtomicU64>,
+    /// Copies beyond the wanted count, since the start.
+    over_replicated: Arc<AtomicU64>,
+    /// Bumped after every new snapshot: what node sessions and the
+    /// parking task wait on (in a repeatable order, unlike the watch).
+    changes: Arc<crate::signal::Signal>,
 }
 
 impl Router {
-    /// A router reading `routes` and parking unroutable messages in
-    /// `parking`; up to `sticky_run` messages in a row go to one busy node
-    /// (1: every message is routed on its own).
+    /// A router reading `routes` and parking what cannot be placed in
+    /// `parking`; up to `sticky_run` messages in a row go to one busy set
+    /// of nodes (1: every message is routed on its own).
     pub(crate) fn new(
         routes: watch::Receiver<Arc<Routes>>,
-        parking: mpsc::UnboundedSender<Forward>,
+        parking: mpsc::UnboundedSender<Parked>,
         max_attempts: u32,
         sticky_run: usize,
     ) -> Self {
@@ -221,7 +305,15 @@ impl Router {
             parking,
             max_attempts,
             sticky_run,
+            under_replicated: Arc::default(),
+            over_replicated: Arc::default(),
+            changes: Arc::default(),
         }
+    }
+
+    /// The signal bumped after every new snapshot.
+    pub(crate) fn changes(&self) -> Arc<crate::signal::Signal> {
+        self.changes.clone()
     }
 
     /// The current snapshot.
@@ -234,146 +326,224 @@ impl Router {
         self.routes.clone()
     }
 
-    /// Sends `message` to a random routable node other than `exclude`
-    /// (the node that just failed it), or parks it when there is none.
-    /// Returns the node chosen, if any.
-    pub(crate) fn route(
+    /// Messages stored with fewer copies than wanted, since the start.
+    pub(crate) fn under_replicated(&self) -> u64 {
+        self.under_replicated.load(Ordering::Relaxed)
+    }
+
+    /// Copies written beyond the wanted count (a late acknowledgement after
+    /// a copy was moved), since the start.
+    pub(crate) fn over_replicated(&self) -> u64 {
+        self.over_replicated.load(Ordering::Relaxed)
+    }
+
+    /// Counts one copy more than wanted.
+    pub(crate) fn count_over_replicated(&self) {
+        self.over_replicated.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a message whose last missing copy was given up.
+    pub(crate) fn count_under_replicated(&self, envelope: &Envelope) {
+        let count = self.under_replicated.fetch_add(1, Ordering::Relaxed) + 1;
+        report_under_replicated(envelope, count);
+    }
+
+    /// Places the copies `envelope` still wants on distinct nodes, or parks
+    /// it (since `waiting_since`, or now) when fewer nodes can take it than
+    /// the copies it needs before its client is answered. Returns the
+    /// nodes chosen (empty when it waits or failed).
+    pub(crate) fn start(
         &self,
-        mut message: Forward,
-        exclude: Option<ConnId>,
+        envelope: Arc<Envelope>,
+        waiting_since: Option<Instant>,
         rng: &mut SmallRng,
-    ) -> Option<NodeId> {
-        if message.envelope.is_answered() {
-            // Another attempt was acknowledged meanwhile: nothing to do.
-            return None;
+    ) -> Vec<NodeId> {
+        let (want, have) = envelope.wanted();
+        if want == 0 {
+            return Vec::new();
         }
+        let replication = envelope.replication();
+        let routes = self.snapshot();
+        let text_len = envelope.text.len();
+        let eligible: Vec<usize> = (0..routes.nodes.len())
+            .filter(|&i| {
+                let node = &routes.nodes[i];
+                node.takes(text_len) && (have == 0 || !envelope.excludes(&node.node))
+            })
+            .collect();
+        let needed_more = replication.needed.saturating_sub(have);
+        if eligible.len() < needed_more {
+            let too_small = routes.nodes.iter().filter(|n| !n.takes(text_len)).count();
+            if too_small > 0 && routes.nodes.len() >= needed_more {
+                // Only original-system nodes could make up the count;
+                // waiting would not help.
+                let reason = format!(
+                    "message too long for the live data nodes ({text_len} bytes; original-system data nodes take at most {ORIGINAL_NODE_MAX_TEXT})"
+                );
+                envelope.give_up(reason.into());
+                return Vec::new();
+            }
+            let since = waiting_since.unwrap_or_else(Instant::now);
+            // Fails only during shutdown, when the client is being closed anyway.
+            let _ = self.parking.send(Parked::Start(envelope, since));
+            return Vec::new();
+        }
+        let count = want.min(eligible.len());
+        let sticky = if have == 0 && count == replication.replicas {
+            self.sticky_run
+        } else {
+            1
+        };
+        let set = routes.pick_set(&eligible, count, sticky, rng);
+        let mut chosen = Vec::with_capacity(set.len());
+        for &i in &set {
+            let node = &routes.nodes[i];
+            envelope.place(node.conn, &node.node);
+            match offer(node, Forward::first(envelope.clone())) {
+                Ok(()) => chosen.push(node.node.clone()),
+                Err(back) => {
+                    // That node's task just ended: this copy goes elsewhere.
+                    envelope.unplace(node.conn);
+                    envelope.reserve();
+                    self.reroute(back, rng);
+                }
+            }
+        }
+        for _ in count..want {
+            // Not enough nodes for every copy: the rest wait for one.
+            envelope.reserve();
+            self.reroute(Forward::first(envelope.clone()), rng);
+        }
+        chosen
+    }
+
+    /// Sends one copy (already counted as on its way by its envelope) to a
+    /// node that does not hold, may not hold and is not getting one, in a
+    /// zone its other copies are not in when possible; parks it when there
+    /// is none. Returns the node chosen, if any.
+    pub(crate) fn reroute(&self, mut message: Forward, rng: &mut SmallRng) -> Option<NodeId> {
+        let envelope = message.envelope.clone();
         if message.attempts >= self.max_attempts {
             warn!(
                 id = %message.id(),
                 attempts = message.attempts,
-                "giving up on message: no data node acknowledged it"
+                "giving up on a copy: no data node acknowledged it"
             );
             let reason = format!("{} data nodes failed to acknowledge it", message.attempts);
-            message.envelope.give_up(reason.into());
+            if envelope.give_up_copy(reason.into()) {
+                self.count_under_replicated(&envelope);
+            }
             return None;
         }
-        let text_len = message.envelope.text.len();
-        // The common case allocates nothing: one pick among the nodes; a
-        // resent message skips the node that failed it and leaves the
-        // sticky run alone.
-        let first_choice = {
-            let routes = self.routes.borrow();
-            let nodes = &routes.nodes;
-            let excluded = exclude.and_then(|conn| nodes.iter().position(|n| n.conn == conn));
-            let count = nodes.len() - usize::from(excluded.is_some());
-            if count == 0 {
-                None
-            } else {
-                let pick = match excluded {
-                    None => routes.pick(self.sticky_run, rng),
-                    Some(at) => {
-                        let pick = rng.random_range(0..count);
-                        pick + usize::from(pick >= at)
-                    }
-                };
-                let node = &nodes[pick];
-                if node.takes(text_len) {
-                    match offer(node, message) {
-                        Ok(()) => return Some(node.node.clone()),
-                        Err(back) => message = back,
-                    }
-                }
-                Some(node.conn)
+        let text_len = envelope.text.len();
+        let routes = self.snapshot();
+        let mut candidates: Vec<&NodeHandle> = routes
+            .nodes
+            .iter()
+            .filter(|n| !envelope.excludes(&n.node))
+            .collect();
+        let any_candidate = !candidates.is_empty();
+        candidates.retain(|n| n.takes(text_len));
+        if candidates.is_empty() && any_candidate {
+            let reason = format!(
+                "message too long for the live data nodes ({text_len} bytes; original-system data nodes take at most {ORIGINAL_NODE_MAX_TEXT})"
+            );
+            if envelope.give_up_copy(reason.into()) {
+                self.count_under_replicated(&envelope);
             }
-        };
-        // That node's task just ended, or it cannot take this message: try
-        // the others, in random order.
-        if let Some(tried) = first_choice {
-            let routes = self.snapshot();
-            let mut candidates: Vec<&NodeHandle> = routes
-                .nodes
-                .iter()
-                .filter(|n| Some(n.conn) != exclude && n.conn != tried)
+            return None;
+        }
+        // Zones that already have a copy go last.
+        let used_zones: Vec<&Zone> = routes
+            .nodes
+            .iter()
+            .filter(|n| envelope.excludes(&n.node))
+            .filter_map(|n| n.zone.as_ref())
+            .collect();
+        while !candidates.is_empty() {
+            let fresh: Vec<usize> = (0..candidates.len())
+                .filter(|&i| {
+                    candidates[i]
+                        .zone
+                        .as_ref()
+                        .is_none_or(|z| !used_zones.contains(&z))
+                })
                 .collect();
-            let mut refused_for_size = false;
-            while !candidates.is_empty() {
-                let node = candidates.swap_remove(rng.random_range(0..candidates.len()));
-                if !node.takes(text_len) {
-                    refused_for_size = true;
-                    continue;
+            let at = if fresh.is_empty() {
+                rng.random_range(0..candidates.len())
+            } else {
+                fresh[rng.random_range(0..fresh.len())]
+            };
+            let node = candidates.swap_remove(at);
+            envelope.replace(node.conn, &node.node);
+            match offer(node, message) {
+                Ok(()) => return Some(node.node.clone()),
+                Err(back) => {
+                    envelope.move_copy(node.conn, false);
+                    message = back;
                 }
-                match offer(node, message) {
-                    Ok(()) => return Some(node.node.clone()),
-                    Err(back) => message = back,
-                }
-            }
-            let tried_was_too_small = routes
-                .nodes
-                .iter()
-                .any(|n| n.conn == tried && !n.takes(text_len));
-            if refused_for_size || tried_was_too_small {
-                // Only original-system nodes are live; waiting would not help.
-                let reason = format!(
-                    "message too long for the live data nodes ({text_len} bytes; original-system data nodes take at most {ORIGINAL_NODE_MAX_TEXT})"
-                );
-                message.envelope.give_up(reason.into());
-                return None;
             }
         }
+        message.waiting_since.get_or_insert_with(Instant::now);
         // Fails only during shutdown, when the client is being closed anyway.
-        let _ = self.parking.send(message);
+        let _ = self.parking.send(Parked::Copy(message));
         None
+    }
+
+    /// The reason given to a client whose message could not get the copies
+    /// it needs in time.
+    pub(crate) fn not_enough_nodes(&self, needed: usize) -> String {
+        let live = self.routes.borrow().nodes.len();
+        if live == 0 {
+            NO_DATA_NODES.to_owned()
+        } else {
+            format!("{NOT_ENOUGH_NODES} ({live} live, {needed} required)")
+        }
     }
 }
 
-/// Hands `message` to `node`'s queue, counting the attempt; gives it back
+impl Forward {
+    /// A copy's first attempt.
+    fn first(envelope: Arc<Envelope>) -> Self {
+        Forward::new(envelope)
+    }
+}
+
+/// Hands a copy to `node`'s queue, counting the attempt; gives it back
 /// (attempt uncounted) if that node's task has just ended.
 fn offer(node: &NodeHandle, mut message: Forward) -> Result<(), Forward> {
     message.attempts += 1;
-    // Counted before the send: the node's task may answer it at once.
-    node.load.add();
-    node.queue
-        .send(message)
-        .map_err(|mpsc::error::SendError(mut back)| {
-            node.load.release();
+    match node.queue.send(message) {
+        Ok(()) => {
+            node.load.hand_over();
+            Ok(())
+        }
+        Err(mpsc::error::SendError(mut back)) => {
             back.attempts -= 1;
-            back
-        })
+            Err(back)
+        }
+    }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use crate::forward::{Completion, Envelope, Outcome};
+    use crate::forward::tests::replicated;
+    use crate::forward::{Completion, Outcome, Replication, Waiter};
     use bytes::Bytes;
     use protocol::message::MessageId;
     use rand::SeedableRng;
 
-    fn forward(id: u64, reply_to: &mpsc::UnboundedSender<Completion>) -> Forward {
-        forward_text(id, reply_to, b"numero random: 1")
-    }
+    type Replies = mpsc::UnboundedReceiver<Completion>;
 
-    fn forward_text(
-        id: u64,
-        reply_to: &mpsc::UnboundedSender<Completion>,
-        text: &'static [u8],
-    ) -> Forward {
-        Forward::new(Envelope::new(
-            MessageId { epoch: 1, seq: id },
-            Bytes::from_static(text),
-            "test".into(),
-            id,
-            reply_to.clone(),
-            None,
-        ))
-    }
-
-    fn node(conn: ConnId, name: &str) -> (NodeHandle, mpsc::UnboundedReceiver<Forward>) {
+    /// A routable node named `name` on connection `conn`, and its queue.
+    pub(crate) fn node(conn: ConnId, name: &str) -> (NodeHandle, mpsc::UnboundedReceiver<Forward>) {
         let (queue, rx) = mpsc::unbounded_channel();
         (
             NodeHandle {
                 conn,
                 node: name.parse().unwrap(),
+                zone: None,
                 queue,
                 load: Arc::default(),
                 one_at_a_time: false,
@@ -382,92 +552,143 @@ mod tests {
         )
     }
 
+    fn router(
+        nodes: Vec<NodeHandle>,
+        sticky: usize,
+    ) -> (
+        Router,
+        mpsc::UnboundedReceiver<Parked>,
+        watch::Sender<Arc<Routes>>,
+    ) {
+        let (routes_tx, routes_rx) = watch::channel(Arc::new(Routes::new(nodes)));
+        let (park_tx, park_rx) = mpsc::unbounded_channel();
+        (
+            Router::new(routes_rx, park_tx, 5, sticky),
+            park_rx,
+            routes_tx,
+        )
+    }
+
+    /// Starts message `seq` wanting `replicas` copies, `needed` before the
+    /// answer; the names of the nodes chosen.
+    fn start(
+        router: &Router,
+        seq: u64,
+        replicas: usize,
+        needed: usize,
+        rng: &mut SmallRng,
+    ) -> (Vec<String>, Replies) {
+        let (envelope, replies) = replicated(seq, replicas, needed);
+        let chosen = router.start(envelope, None, rng);
+        (chosen.iter().map(|n| n.to_string()).collect(), replies)
+    }
+
+    fn drain(rx: &mut mpsc::UnboundedReceiver<Forward>) -> usize {
+        let mut n = 0;
+        while rx.try_recv().is_ok() {
+            n += 1;
+        }
+        n
+    }
+
     #[test]
     fn random_choice_is_roughly_uniform_and_never_out_of_range() {
         let (a, mut a_rx) = node(1, "a");
         let (b, mut b_rx) = node(2, "b");
         let (c, mut c_rx) = node(3, "c");
-        let (_tx, routes_rx) = watch::channel(Arc::new(Routes::new(vec![a, b, c])));
-        let (park_tx, _park_rx) = mpsc::unbounded_channel();
-        let router = Router::new(routes_rx, park_tx, 5, 1);
-        let (reply, _replies) = mpsc::unbounded_channel();
+        let (router, _park, _routes) = router(vec![a, b, c], 1);
         let mut rng = SmallRng::seed_from_u64(7);
         for i in 0..3000 {
-            router.route(forward(i, &reply), None, &mut rng).unwrap();
+            assert_eq!(start(&router, i, 1, 1, &mut rng).0.len(), 1);
         }
-        let counts = [&mut a_rx, &mut b_rx, &mut c_rx].map(|rx| {
-            let mut n = 0;
-            while rx.try_recv().is_ok() {
-                n += 1;
-            }
-            n
-        });
-        assert_eq!(counts.iter().sum::<i32>(), 3000);
+        let counts = [&mut a_rx, &mut b_rx, &mut c_rx].map(drain);
+        assert_eq!(counts.iter().sum::<usize>(), 3000);
         for n in counts {
             assert!((800..1200).contains(&n), "{counts:?}");
         }
     }
 
-    /// Routes `count` new messages; the name of the node each went to.
-    fn route_many(router: &Router, count: u64, rng: &mut SmallRng) -> Vec<String> {
-        let (reply, _replies) = mpsc::unbounded_channel();
-        (0..count)
-            .map(|i| {
-                router
-                    .route(forward(i, &reply), None, rng)
-                    .unwrap()
-                    .to_string()
-            })
-            .collect()
+    #[test]
+    fn each_copy_goes_to_a_distinct_node() {
+        let (a, mut a_rx) = node(1, "a");
+        let (b, mut b_rx) = node(2, "b");
+        let (c, mut c_rx) = node(3, "c");
+        let (router, _park, _routes) = router(vec![a, b, c], 1);
+        let mut rng = SmallRng::seed_from_u64(8);
+        for i in 0..3000 {
+            let (chosen, _) = start(&router, i, 2, 2, &mut rng);
+            assert_eq!(chosen.len(), 2);
+            assert_ne!(chosen[0], chosen[1]);
+        }
+        // Each node gets two thirds of the messages.
+        for n in [&mut a_rx, &mut b_rx, &mut c_rx].map(drain) {
+            assert!((1800..2200).contains(&n), "{n}");
+        }
     }
 
     #[test]
-    fn a_busy_node_keeps_its_run_then_another_node_is_chosen() {
+    fn copies_go_to_distinct_zones_when_there_are_enough() {
+        let mut nodes = Vec::new();
+        let mut receivers = Vec::new();
+        for (conn, name, zone) in [(1, "a1", "za"), (2, "a2", "za"), (3, "b1", "zb")] {
+            let (mut handle, rx) = node(conn, name);
+            handle.zone = Some(zone.parse().unwrap());
+            nodes.push(handle);
+            receivers.push(rx);
+        }
+        let (router, _park, _routes) = router(nodes, 1);
+        let mut rng = SmallRng::seed_from_u64(9);
+        for i in 0..500 {
+            let (chosen, _) = start(&router, i, 2, 2, &mut rng);
+            assert!(chosen.contains(&"b1".to_string()), "{chosen:?}");
+        }
+    }
+
+    #[test]
+    fn a_busy_set_keeps_its_run_then_another_set_is_chosen() {
         let (a, _a_rx) = node(1, "a");
         let (b, _b_rx) = node(2, "b");
         let (c, _c_rx) = node(3, "c");
-        let (_tx, routes_rx) = watch::channel(Arc::new(Routes::new(vec![a, b, c])));
-        let (park_tx, _park_rx) = mpsc::unbounded_channel();
-        let router = Router::new(routes_rx, park_tx, 5, 4);
+        let (router, _park, _routes) = router(vec![a, b, c], 4);
         let mut rng = SmallRng::seed_from_u64(3);
         // Nothing is acknowledged, so every chosen node stays busy: runs of
-        // exactly 4, each on a different node than the run before.
-        let chosen = route_many(&router, 400, &mut rng);
-        for run in chosen.chunks(4) {
-            assert!(run.iter().all(|n| *n == run[0]), "{run:?}");
+        // exactly 4, each on a different set than the run before.
+        let sets: Vec<Vec<String>> = (0..400)
+            .map(|i| {
+                let mut set = start(&router, i, 2, 2, &mut rng).0;
+                set.sort();
+                set
+            })
+            .collect();
+        for run in sets.chunks(4) {
+            assert!(run.iter().all(|s| *s == run[0]), "{run:?}");
         }
-        for pair in chosen.chunks(4).collect::<Vec<_>>().windows(2) {
+        for pair in sets.chunks(4).collect::<Vec<_>>().windows(2) {
             assert_ne!(pair[0][0], pair[1][0]);
-        }
-        for name in ["a", "b", "c"] {
-            let n = chosen.iter().filter(|c| *c == name).count();
-            assert!((100..170).contains(&n), "{name}: {n}");
         }
     }
 
     #[test]
-    fn a_node_that_went_idle_ends_the_run() {
-        let (a, _a_rx) = node(1, "a");
-        let (b, _b_rx) = node(2, "b");
-        let (c, _c_rx) = node(3, "c");
+    fn a_set_that_went_idle_ends_the_run() {
+        let (a, mut a_rx) = node(1, "a");
+        let (b, mut b_rx) = node(2, "b");
+        let (c, mut c_rx) = node(3, "c");
         let loads = [a.load.clone(), b.load.clone(), c.load.clone()];
-        let (_tx, routes_rx) = watch::channel(Arc::new(Routes::new(vec![a, b, c])));
-        let (park_tx, _park_rx) = mpsc::unbounded_channel();
-        let router = Router::new(routes_rx, park_tx, 5, 1024);
+        let (router, _park, _routes) = router(vec![a, b, c], 1024);
         let mut rng = SmallRng::seed_from_u64(5);
         // Each message is answered before the next: a light load is spread
         // per message, uniformly.
-        let mut counts = std::collections::HashMap::<String, usize>::new();
-        for _ in 0..3000 {
-            let name = route_many(&router, 1, &mut rng).remove(0);
-            for load in &loads {
-                load.release();
+        for i in 0..3000 {
+            start(&router, i, 1, 1, &mut rng);
+            for (load, rx) in loads.iter().zip([&mut a_rx, &mut b_rx, &mut c_rx]) {
+                for _ in 0..drain(rx) {
+                    load.resolve(true);
+                }
             }
-            *counts.entry(name).or_default() += 1;
         }
-        assert_eq!(counts.len(), 3, "{counts:?}");
-        for n in counts.values() {
-            assert!((800..1200).contains(n), "{counts:?}");
+        for load in &loads {
+            let n = load.handed.load(Ordering::Relaxed);
+            assert!((800..1200).contains(&n), "{n}");
         }
     }
 
@@ -475,15 +696,17 @@ mod tests {
     async fn a_stalled_node_gets_no_more_of_its_run() {
         let (a, _a_rx) = node(1, "a");
         let (b, _b_rx) = node(2, "b");
-        let (_tx, routes_rx) = watch::channel(Arc::new(Routes::new(vec![a, b])));
-        let (park_tx, _park_rx) = mpsc::unbounded_channel();
-        let router = Router::new(routes_rx, park_tx, 5, 1024);
+        let (router, _park, _routes) = router(vec![a, b], 1024);
         let mut rng = SmallRng::seed_from_u64(11);
-        let first = route_many(&router, 10, &mut rng);
+        let first: Vec<String> = (0..10)
+            .map(|i| start(&router, i, 1, 1, &mut rng).0.remove(0))
+            .collect();
         assert!(first.iter().all(|n| *n == first[0]));
         // Its node acknowledges nothing for longer than STALL.
         tokio::time::advance(STALL + Duration::from_millis(1)).await;
-        let next = route_many(&router, 10, &mut rng);
+        let next: Vec<String> = (10..20)
+            .map(|i| start(&router, i, 1, 1, &mut rng).0.remove(0))
+            .collect();
         assert!(next.iter().all(|n| *n != first[0]), "{next:?}");
     }
 
@@ -492,146 +715,146 @@ mod tests {
         let (mut a, _a_rx) = node(1, "a");
         a.one_at_a_time = true;
         let (b, _b_rx) = node(2, "b");
-        let (_tx, routes_rx) = watch::channel(Arc::new(Routes::new(vec![a, b])));
-        let (park_tx, _park_rx) = mpsc::unbounded_channel();
-        let router = Router::new(routes_rx, park_tx, 5, 4);
+        let (router, _park, _routes) = router(vec![a, b], 4);
         let mut rng = SmallRng::seed_from_u64(13);
-        // Nothing is acknowledged: "b" gets runs of 4, "a" one message at a
-        // time between them.
-        let chosen = route_many(&router, 1000, &mut rng).concat();
-        let runs_of_a = chosen.matches('a').count();
-        assert!(runs_of_a >= 190, "{chosen}");
+        let chosen: String = (0..1000)
+            .map(|i| start(&router, i, 1, 1, &mut rng).0.remove(0))
+            .collect();
+        assert!(chosen.matches('a').count() >= 190, "{chosen}");
         assert!(!chosen.contains("aa"), "{chosen}");
         assert!(!chosen.contains("bbbbb"), "{chosen}");
     }
 
     #[test]
-    fn a_resent_message_leaves_the_run_alone() {
-        let (a, _a_rx) = node(1, "a");
-        let (b, _b_rx) = node(2, "b");
-        let (_tx, routes_rx) = watch::channel(Arc::new(Routes::new(vec![a, b])));
-        let (park_tx, _park_rx) = mpsc::unbounded_channel();
-        let router = Router::new(routes_rx, park_tx, 5, 1024);
-        let mut rng = SmallRng::seed_from_u64(9);
-        let (reply, _replies) = mpsc::unbounded_channel();
-        let first = route_many(&router, 1, &mut rng).remove(0);
-        let other_conn = if first == "a" { 2 } else { 1 };
-        // A message resent away from the other node lands on the run's
-        // node without counting against the run, which goes on there.
-        let resent = router.route(forward(100, &reply), Some(other_conn), &mut rng);
-        assert_eq!(resent.unwrap().as_str(), first);
-        assert!(
-            route_many(&router, 50, &mut rng)
-                .iter()
-                .all(|n| *n == first)
+    fn too_few_nodes_for_the_needed_copies_parks_the_message() {
+        let (a, mut a_rx) = node(1, "a");
+        let (router, mut park, _routes) = router(vec![a], 1);
+        let mut rng = SmallRng::seed_from_u64(1);
+        let (chosen, _replies) = start(&router, 1, 2, 2, &mut rng);
+        assert!(chosen.is_empty());
+        assert_eq!(drain(&mut a_rx), 0, "no lone copy is written");
+        assert!(matches!(park.try_recv().unwrap(), Parked::Start(..)));
+        assert_eq!(
+            router.not_enough_nodes(2),
+            "not enough data nodes (1 live, 2 required)"
         );
     }
 
     #[test]
-    fn retries_skip_the_failed_node_and_closed_queues() {
-        let (a, a_rx) = node(1, "a");
+    fn with_enough_nodes_to_answer_but_fewer_than_wanted_the_missing_copy_waits() {
+        let (a, mut a_rx) = node(1, "a");
+        let (router, mut park, _routes) = router(vec![a], 1);
+        let mut rng = SmallRng::seed_from_u64(1);
+        let (chosen, _replies) = start(&router, 1, 2, 1, &mut rng);
+        assert_eq!(chosen, ["a"]);
+        assert_eq!(drain(&mut a_rx), 1);
+        assert!(matches!(park.try_recv().unwrap(), Parked::Copy(_)));
+    }
+
+    #[test]
+    fn a_moved_copy_skips_every_node_that_holds_may_hold_or_gets_one() {
+        let (a, _a_rx) = node(1, "a");
         let (b, mut b_rx) = node(2, "b");
         let (c, c_rx) = node(3, "c");
+        let (d, mut d_rx) = node(4, "d");
         drop(c_rx);
-        let (_tx, routes_rx) = watch::channel(Arc::new(Routes::new(vec![a, b, c])));
-        let (park_tx, _park_rx) = mpsc::unbounded_channel();
-        let router = Router::new(routes_rx, park_tx, 5, 1);
-        let (reply, _replies) = mpsc::unbounded_channel();
+        let (router, _park, _routes) = router(vec![a, b, c, d], 1);
         let mut rng = SmallRng::seed_from_u64(1);
-        for i in 0..50 {
-            let chosen = router.route(forward(i, &reply), Some(1), &mut rng);
-            assert_eq!(chosen.unwrap().as_str(), "b");
+        for seq in 0..50 {
+            let (envelope, _replies) = replicated(seq, 2, 2);
+            envelope.place(1, &"a".parse().unwrap());
+            envelope.place(2, &"b".parse().unwrap());
+            // a failed after it was sent the copy: it may hold it.
+            envelope.move_copy(1, true);
+            let copy = Forward::new(envelope);
+            assert_eq!(router.reroute(copy, &mut rng).unwrap().as_str(), "d");
         }
-        drop(a_rx);
-        assert_eq!(b_rx.try_recv().unwrap().attempts, 1);
+        assert_eq!(drain(&mut b_rx), 0);
+        assert_eq!(d_rx.try_recv().unwrap().attempts, 1);
     }
 
     #[test]
-    fn no_node_parks_the_message() {
-        let (_tx, routes_rx) = watch::channel(Arc::new(Routes::default()));
-        let (park_tx, mut park_rx) = mpsc::unbounded_channel();
-        let router = Router::new(routes_rx, park_tx, 5, 1);
-        let (reply, _replies) = mpsc::unbounded_channel();
-        let mut rng = SmallRng::seed_from_u64(1);
-        assert!(router.route(forward(1, &reply), None, &mut rng).is_none());
-        assert_eq!(park_rx.try_recv().unwrap().id().seq, 1);
-    }
-
-    #[test]
-    fn too_many_attempts_fail_the_message() {
+    fn too_many_attempts_give_the_copy_up() {
         let (a, _a_rx) = node(1, "a");
-        let (_tx, routes_rx) = watch::channel(Arc::new(Routes::new(vec![a])));
-        let (park_tx, _park_rx) = mpsc::unbounded_channel();
-        let router = Router::new(routes_rx, park_tx, 3, 1);
-        let (reply, mut replies) = mpsc::unbounded_channel();
-        let mut message = forward(9, &reply);
-        message.attempts = 3;
+        let (router, _park, _routes) = router(vec![a], 1);
+        let (envelope, mut replies) = replicated(9, 1, 1);
+        envelope.reserve();
+        let mut copy = Forward::new(envelope.clone());
+        copy.attempts = 5;
         assert!(
             router
-                .route(message, None, &mut SmallRng::seed_from_u64(1))
+                .reroute(copy, &mut SmallRng::seed_from_u64(1))
                 .is_none()
         );
-        let done = replies.try_recv().unwrap();
-        assert!(
-            matches!(&done.outcome, Outcome::NotStored(reason) if reason.contains("3 data nodes failed")),
-            "{done:?}"
-        );
+        assert!(matches!(
+            &replies.try_recv().unwrap().outcome,
+            Outcome::NotStored(reason) if reason.contains("5 data nodes failed")
+        ));
 
         // The same after a node was sent it: its fate is unknown.
-        let mut message = forward(10, &reply);
-        message.envelope.mark_sent();
-        message.attempts = 3;
-        router.route(message, None, &mut SmallRng::seed_from_u64(1));
+        let (envelope, mut replies) = replicated(10, 1, 1);
+        envelope.place(7, &"x".parse().unwrap());
+        envelope.move_copy(7, true);
+        let mut copy = Forward::new(envelope);
+        copy.attempts = 5;
+        router.reroute(copy, &mut SmallRng::seed_from_u64(1));
         assert!(matches!(
             replies.try_recv().unwrap().outcome,
             Outcome::Unknown(_)
         ));
     }
 
+    fn long_message(seq: u64, len: usize) -> (Arc<Envelope>, Replies) {
+        let (reply_to, replies) = mpsc::unbounded_channel();
+        let envelope = Arc::new(Envelope::new(
+            MessageId { epoch: 1, seq },
+            Bytes::from(vec![b'x'; len]),
+            "test".into(),
+            Waiter {
+                slot: seq,
+                reply_to,
+            },
+            Replication {
+                replicas: 1,
+                needed: 1,
+            },
+        ));
+        (envelope, replies)
+    }
+
     #[test]
     fn original_data_nodes_are_never_sent_a_message_longer_than_one_recv() {
         let (mut a, mut a_rx) = node(1, "a");
         a.one_at_a_time = true;
-        let (b, b_rx) = node(2, "b");
-        let (_tx, routes_rx) = watch::channel(Arc::new(Routes::new(vec![a, b])));
-        let (park_tx, _park_rx) = mpsc::unbounded_channel();
-        let router = Router::new(routes_rx, park_tx, 5, 1);
-        let (reply, _replies) = mpsc::unbounded_channel();
+        let (b, mut b_rx) = node(2, "b");
+        let (router, _park, _routes) = router(vec![a, b], 1);
         let mut rng = SmallRng::seed_from_u64(4);
-        let long: &'static [u8] =
-            Box::leak(vec![b'x'; ORIGINAL_NODE_MAX_TEXT + 1].into_boxed_slice());
         for i in 0..100 {
-            let chosen = router.route(forward_text(i, &reply, long), None, &mut rng);
-            assert_eq!(chosen.unwrap().as_str(), "b");
+            let (envelope, _r) = long_message(i, ORIGINAL_NODE_MAX_TEXT + 1);
+            assert_eq!(router.start(envelope, None, &mut rng)[0].as_str(), "b");
         }
-        assert!(a_rx.try_recv().is_err());
-        assert_eq!(b_rx.len(), 100);
+        assert_eq!(drain(&mut a_rx), 0);
+        assert_eq!(drain(&mut b_rx), 100);
         // Exactly the limit still fits.
-        let fits: &'static [u8] = Box::leak(vec![b'x'; ORIGINAL_NODE_MAX_TEXT].into_boxed_slice());
-        let mut to_a = 0;
         for i in 0..100 {
-            let chosen = router.route(forward_text(i, &reply, fits), None, &mut rng);
-            to_a += usize::from(chosen.unwrap().as_str() == "a");
+            let (envelope, _r) = long_message(i, ORIGINAL_NODE_MAX_TEXT);
+            router.start(envelope, None, &mut rng);
         }
-        assert!(to_a > 0);
+        assert!(drain(&mut a_rx) > 0);
     }
 
     #[test]
     fn a_long_message_with_only_original_nodes_gets_a_clear_error() {
         let (mut a, _a_rx) = node(1, "a");
         a.one_at_a_time = true;
-        let (_tx, routes_rx) = watch::channel(Arc::new(Routes::new(vec![a])));
-        let (park_tx, mut park_rx) = mpsc::unbounded_channel();
-        let router = Router::new(routes_rx, park_tx, 5, 1);
-        let (reply, mut replies) = mpsc::unbounded_channel();
-        let long: &'static [u8] = Box::leak(vec![b'x'; 2000].into_boxed_slice());
-        let mut rng = SmallRng::seed_from_u64(4);
+        let (router, mut park, _routes) = router(vec![a], 1);
+        let (envelope, mut replies) = long_message(1, 2000);
         assert!(
             router
-                .route(forward_text(1, &reply, long), None, &mut rng)
-                .is_none()
+                .start(envelope, None, &mut SmallRng::seed_from_u64(4))
+                .is_empty()
         );
-        assert!(park_rx.try_recv().is_err(), "waiting would not help");
+        assert!(park.try_recv().is_err(), "waiting would not help");
         let done = replies.try_recv().unwrap();
         assert!(
             matches!(&done.outcome, Outcome::NotStored(reason) if reason.starts_with("message too long for the live data nodes (2000 bytes")),

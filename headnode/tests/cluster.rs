@@ -12,7 +12,7 @@ use protocol::auth::{ClusterToken, Nonce};
 use protocol::message::{MessageId, StoreReply};
 use support::{
     Cluster, TEST_TOKEN, check_every_ack_is_stored, connect_client, fake_node, fast_config,
-    register, send_pipelined,
+    register_refused, send_pipelined,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -160,7 +160,7 @@ async fn killing_a_node_mid_load_loses_no_acknowledged_message() {
     };
     let acked_by_killed = all
         .iter()
-        .filter(|r| matches!(r, StoreReply::Stored { node, .. } if node == "dn1"))
+        .filter(|r| matches!(r, StoreReply::Stored { holders, .. } if holders.iter().any(|n| n == "dn1")))
         .count();
     println!(
         "kill test: sent 10000, acknowledged {}, stored per node {per_node:?} (dn1 acknowledged {acked_by_killed} before it died), stored twice {duplicates}, kill-to-eviction {detection:?}",
@@ -232,7 +232,7 @@ async fn hung_node_is_suspected_then_evicted_and_its_messages_stored_elsewhere()
     let duplicates = check_every_ack_is_stored(&cluster, &all, &fakes);
     let by_hung = all
         .iter()
-        .filter(|r| matches!(r, StoreReply::Stored { node, .. } if node == "hung"))
+        .filter(|r| matches!(r, StoreReply::Stored { holders, .. } if holders.iter().any(|n| n == "hung")))
         .count();
     println!(
         "hang test: sent 600, acknowledged {} ({by_hung} by the hung node before it hung), duplicated {duplicates}, hang-to-eviction {detection:?}",
@@ -488,7 +488,7 @@ async fn older_incarnation_of_a_node_is_refused() {
     let config = cluster.node_config("dn1");
     let incarnation = config.incarnation;
     cluster.add_node(config).await;
-    let (_conn, answer) = register(cluster.addr, "dn1", incarnation - 1).await;
+    let answer = register_refused(cluster.addr, "dn1", incarnation - 1).await;
     assert_eq!(
         answer,
         format!(
@@ -504,7 +504,7 @@ async fn second_live_process_with_the_same_id_is_refused() {
     let cluster = start_with_nodes(1).await;
     let mut twin = cluster.node_config("dn1");
     twin.data_dir = cluster.dir.path().join("twin");
-    let (_conn, answer) = register(cluster.addr, "dn1", twin.incarnation).await;
+    let answer = register_refused(cluster.addr, "dn1", twin.incarnation).await;
     assert_eq!(
         answer,
         "ERROR node id dn1 is already in use by a live data node"
@@ -709,6 +709,7 @@ async fn without_data_nodes_clients_get_a_prompt_error_then_traffic_resumes() {
     let store = tokio::spawn(client::store::run(
         client::store::StoreConfig {
             connect,
+            client_id: None,
             interval: Duration::ZERO,
             count: Some(20),
             pipeline: 4,
@@ -720,7 +721,7 @@ async fn without_data_nodes_clients_get_a_prompt_error_then_traffic_resumes() {
     let config = cluster.node_config("late");
     cluster.add_node(config).await;
     let summary = store.await.unwrap().unwrap();
-    assert_eq!(summary.acknowledged, 20);
+    assert_eq!(summary.answered, 20);
     assert_eq!(summary.failed, 0);
     assert!(summary.resent > 0, "the client had to retry: {summary:?}");
     let stored = cluster.stored();
@@ -841,7 +842,7 @@ async fn original_style_peers_work_alongside_line_framed_ones() {
         .iter()
         .chain(&legacy_replies)
         .filter_map(|r| match r {
-            StoreReply::Stored { node, id } if *node == legacy_id => Some(*id),
+            StoreReply::Stored { holders, id } if holders.contains(&legacy_id) => Some(*id),
             _ => None,
         })
         .collect();
@@ -862,9 +863,10 @@ async fn original_style_peers_work_alongside_line_framed_ones() {
 fn check_every_ack_is_stored_or_legacy(cluster: &Cluster, replies: &[StoreReply], legacy_id: &str) {
     let stored = cluster.stored();
     for reply in replies {
-        let StoreReply::Stored { node, id } = reply else {
+        let StoreReply::Stored { holders, id } = reply else {
             panic!("{reply:?}")
         };
+        let node = &holders[0];
         if node != legacy_id {
             assert!(stored[node].contains_key(id), "{node} lacks {id}");
         }

@@ -180,7 +180,7 @@ async fn a_message_sent_to_a_node_that_died_unacknowledged_is_outcome_unknown() 
     config.no_node_wait = Duration::from_millis(300);
     let cluster = Cluster::start(config).await;
     let (mut node, welcome) = register(cluster.addr, "mute", 1).await;
-    assert_eq!(welcome, "welcome mute");
+    assert!(welcome.starts_with("welcome mute "), "{welcome}");
     let mut conn = connect_client(cluster.addr).await;
     conn.writer.send(b"numero random: 8").await.unwrap();
     // The node reads the message, then dies without acknowledging it.

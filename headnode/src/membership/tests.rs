@@ -9,12 +9,14 @@ fn member(node: &str, incarnation: u64, conn: ConnId) -> MemberInfo {
         conn,
         addr: "10.0.0.1".parse().unwrap(),
         legacy: false,
+        zone: None,
     }
 }
 
 fn legacy(node: &str, incarnation: u64, conn: ConnId) -> MemberInfo {
     MemberInfo {
         legacy: true,
+        zone: None,
         ..member(node, incarnation, conn)
     }
 }

@@ -149,6 +149,10 @@ pub fn fast_config() -> Config {
         },
         ack_timeout: Duration::from_secs(3),
         no_node_wait: Duration::from_millis(300),
+        // Most tests look at one copy; the replication tests ask for more.
+        replicas: 1,
+        min_replicas: 1,
+        recovery_wait: Duration::from_millis(300),
         ..Config::default()
     }
 }
@@ -414,6 +418,7 @@ pub async fn register(addr: SocketAddr, id: &str, incarnation: u64) -> (Connecti
         node_id: Some(id.parse().unwrap()),
         incarnation: Some(incarnation),
         nonce: Some(node_nonce),
+        zone: None,
     };
     handshake::initiate(
         &mut conn.reader,
@@ -441,7 +446,29 @@ pub async fn register(addr: SocketAddr, id: &str, incarnation: u64) -> (Connecti
     conn.writer.flush().await.unwrap();
     let answer = conn.reader.read_frame().await.unwrap().unwrap();
     let answer = answer.as_str().to_owned();
+    if answer.starts_with("welcome ") {
+        // An empty report: no keys held, no peers known.
+        conn.writer.send(b"peers").await.unwrap();
+        conn.writer.send(b"ready").await.unwrap();
+    }
     (conn, answer)
+}
+
+/// Registers as [`register`] does and returns the head node's refusal: the
+/// membership decides after the report, so a refused node is welcomed, sends
+/// its report, and then reads the `ERROR`.
+pub async fn register_refused(addr: SocketAddr, id: &str, incarnation: u64) -> String {
+    let (mut conn, answer) = register(addr, id, incarnation).await;
+    if !answer.starts_with("welcome ") {
+        return answer;
+    }
+    let next = tokio::time::timeout(Duration::from_secs(10), conn.reader.read_frame())
+        .await
+        .expect("no answer to the report within 10 s");
+    match next {
+        Ok(Some(line)) => line.as_str().to_owned(),
+        other => panic!("closed without a refusal: {other:?}"),
+    }
 }
 
 pub async fn fake_node(addr: SocketAddr, id: &str) -> FakeNode {
@@ -449,7 +476,7 @@ pub async fn fake_node(addr: SocketAddr, id: &str) -> FakeNode {
     let hang = Arc::new(tokio::sync::Notify::new());
     let resume = Arc::new(tokio::sync::Notify::new());
     let (mut conn, welcome) = register(addr, id, 1).await;
-    assert_eq!(welcome, format!("welcome {id}"));
+    assert!(welcome.starts_with(&format!("welcome {id} ")), "{welcome}");
     let task = tokio::spawn({
         let (acked, hang, resume) = (acked.clone(), hang.clone(), resume.clone());
         async move {
@@ -470,7 +497,8 @@ pub async fn fake_node(addr: SocketAddr, id: &str) -> FakeNode {
                         .await
                         .ok();
                 } else if let Some(rest) = text.strip_prefix("mensaje ") {
-                    let id: MessageId = rest.split_once(": ").unwrap().0.parse().unwrap();
+                    let head = rest.split_once(": ").unwrap().0;
+                    let id: MessageId = head.split(' ').next().unwrap().parse().unwrap();
                     acked.lock().unwrap().push(id);
                     conn.writer
                         .send(format!("recibido {id}").as_bytes())
@@ -498,9 +526,10 @@ pub fn check_every_ack_is_stored(
 ) -> usize {
     let stored = cluster.stored();
     for reply in replies {
-        let StoreReply::Stored { node, id } = reply else {
+        let StoreReply::Stored { holders, id } = reply else {
             panic!("client got an error: {reply:?}");
         };
+        let node = &holders[0];
         let held = match stored.get(node) {
             Some(ids) => ids.contains_key(id),
             None => fakes.get(node).is_some_and(|ids| ids.contains(id)),
