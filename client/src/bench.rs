@@ -2,6 +2,9 @@
 //! each, for a count or a duration; latency from an HDR histogram. Every
 //! reply is checked: a stored-ack for the head node, the exact text for the
 //! echo server. A run with errors is a failed run.
+//!
+//! Against the head node each connection announces its own client id,
+//! `<client-id>.<N>` (N from 1), and keys its messages `1`, `2`, ...
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -10,7 +13,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use hdrhistogram::Histogram;
-use protocol::message::{ROLE_CLIENT, StoreReply, put_u64};
+use protocol::message::{ClientId, ROLE_CLIENT, encode_keyed_message, put_u64};
 use rand::RngExt;
 use rand::rngs::SmallRng;
 use tokio::time::Instant;
@@ -49,6 +52,8 @@ pub enum Payload {
 pub struct BenchConfig {
     /// Where to connect.
     pub connect: ConnectOptions,
+    /// Client id the connections' ids are made from; `None` picks a random one.
+    pub client_id: Option<ClientId>,
     /// What is measured.
     pub target: BenchTarget,
     /// Connections at once.
@@ -146,15 +151,23 @@ struct Shared {
 }
 
 /// Runs the benchmark.
-pub async fn run(mut config: BenchConfig) -> Result<BenchReport, ClientError> {
-    config.connect.role = match config.target {
-        BenchTarget::Store => Some(ROLE_CLIENT),
-        BenchTarget::Echo => None,
-    };
+pub async fn run(config: BenchConfig) -> Result<BenchReport, ClientError> {
     let connections = config.connections.max(1);
+    let client_id = config
+        .client_id
+        .clone()
+        .unwrap_or_else(crate::reply::random_client_id);
     let mut conns = Vec::with_capacity(connections);
-    for _ in 0..connections {
-        conns.push(session::connect(&config.connect).await?);
+    for n in 1..=connections {
+        let mut connect = config.connect.clone();
+        connect.role = match config.target {
+            BenchTarget::Store => {
+                let id = connection_id(&client_id, n)?;
+                Some(format!("{ROLE_CLIENT} id={id}"))
+            }
+            BenchTarget::Echo => None,
+        };
+        conns.push(session::connect(&connect).await?);
     }
     let start = Instant::now();
     let measure_from = start + config.warmup;
@@ -229,6 +242,15 @@ pub async fn run(mut config: BenchConfig) -> Result<BenchReport, ClientError> {
     })
 }
 
+/// The client id of connection `n`: `<client-id>.<n>`.
+pub fn connection_id(client_id: &ClientId, n: usize) -> Result<ClientId, ClientError> {
+    format!("{client_id}.{n}").parse().map_err(|e| {
+        ClientError::Config(format!(
+            "client id {client_id} is too long for per-connection ids: {e}"
+        ))
+    })
+}
+
 fn new_histogram() -> Histogram<u64> {
     // 1 µs to 60 s at 3 significant figures; the bounds are valid constants.
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
@@ -261,6 +283,8 @@ async fn drive(
     // Send time and, for the echo target, the text to compare.
     let mut in_flight: VecDeque<(Instant, Option<Bytes>)> = VecDeque::with_capacity(pipeline);
     let mut text = BytesMut::new();
+    let mut line = BytesMut::new();
+    let mut seq = 0u64;
     let mut last = shared.measure_from;
     let mut exhausted = false;
     loop {
@@ -277,7 +301,15 @@ async fn drive(
                 }
                 Payload::Fixed(fixed) => text.extend_from_slice(fixed),
             }
-            conn.writer.queue(&text);
+            match target {
+                BenchTarget::Store => {
+                    seq += 1;
+                    line.clear();
+                    encode_keyed_message(seq, &text, &mut line);
+                    conn.writer.queue(&line);
+                }
+                BenchTarget::Echo => conn.writer.queue(&text),
+            }
             let expected = (target == BenchTarget::Echo).then(|| Bytes::copy_from_slice(&text));
             in_flight.push_back((Instant::now(), expected));
         }
@@ -307,8 +339,8 @@ async fn drive(
             };
             let ok = match target {
                 BenchTarget::Store => matches!(
-                    StoreReply::parse(reply.as_str()),
-                    Ok(StoreReply::Stored { .. })
+                    crate::reply::classify(reply.as_str()),
+                    Ok(crate::reply::Answer::Stored { .. })
                 ),
                 BenchTarget::Echo => expected.is_some_and(|e| e == reply.bytes()),
             };
@@ -366,7 +398,7 @@ pub async fn hold_idle(
     hold: Duration,
 ) -> Result<usize, ClientError> {
     let mut connect = connect;
-    connect.role = Some(ROLE_CLIENT);
+    connect.role = Some(ROLE_CLIENT.to_owned());
     let mut open = Vec::with_capacity(connections);
     // A few hundred handshakes at a time: fast, without a SYN flood.
     for chunk in (0..connections).collect::<Vec<_>>().chunks(256) {

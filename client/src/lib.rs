@@ -1,12 +1,14 @@
 //! Clients of the message store.
 //!
 //! - [`echo`]: Activity 1, against the echo server;
-//! - [`store`]: Activity 2, against the head node;
+//! - [`store`]: Activity 2, against the head node, with keyed messages;
 //! - [`bench`]: load generator with latency percentiles;
+//! - [`reply`]: the head node's answers, read one way by store and bench;
 //! - [`session`]: connecting with the handshake and retrying with backoff.
 
 pub mod bench;
 pub mod echo;
+pub mod reply;
 pub mod session;
 pub mod store;
 

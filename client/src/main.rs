@@ -4,7 +4,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use protocol::cli::{LogArgs, parse_duration};
+use std::path::PathBuf;
+
+use protocol::cli::parse_duration;
+use protocol::message::ClientId;
 use protocol::telemetry::{self, FileRoute, LogSpec};
 
 /// Client of the message store.
@@ -14,18 +17,23 @@ struct Args {
     #[command(subcommand)]
     command: Command,
     #[command(flatten)]
-    log: LogArgs,
+    server: ServerArgs,
 }
 
-/// Flags every subcommand shares.
+/// Flags every subcommand shares; they may come before or after it.
 #[derive(Debug, clap::Args)]
 struct ServerArgs {
-    /// Server to connect to, as HOST:PORT.
-    #[arg(long, env = "SERVER", default_value = "127.0.0.1:5000")]
+    /// Server to connect to, as HOST:PORT (a host name is resolved again on
+    /// every reconnect).
+    #[arg(long, env = "SERVER", default_value = "127.0.0.1:5000", global = true)]
     server: String,
-    /// Give up once (re)connecting has failed for this long.
-    #[arg(long, env = "RETRY_FOR", default_value = "30s", value_parser = parse_duration)]
+    /// Give up once (re)connecting has failed for this long; `store` also
+    /// gives up on a message the head node keeps refusing for this long.
+    #[arg(long, env = "RETRY_FOR", default_value = "30s", value_parser = parse_duration, global = true)]
     retry_for: Duration,
+    /// Directory for registro_cliente.txt (default logs/client; bench writes none).
+    #[arg(long, env = "LOG_DIR", global = true)]
+    log_dir: Option<PathBuf>,
 }
 
 impl ServerArgs {
@@ -36,13 +44,20 @@ impl ServerArgs {
     }
 }
 
+/// The client id flag of `store` and `bench`.
+#[derive(Debug, clap::Args)]
+struct KeyArgs {
+    /// Client id of the message keys (`<client-id>/<seq>`): 1-64 of
+    /// A-Z a-z 0-9 . _ -. Default: `c-` and 12 random hex digits.
+    #[arg(long, env = "CLIENT_ID")]
+    client_id: Option<ClientId>,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Activity 1: send `numero random: N` every --interval to the echo
     /// server and log each echo as `Servidor recibio: <reply>`.
     Echo {
-        #[command(flatten)]
-        server: ServerArgs,
         /// Pause between messages.
         #[arg(long, env = "INTERVAL", default_value = "3s", value_parser = parse_duration)]
         interval: Duration,
@@ -50,17 +65,18 @@ enum Command {
         #[arg(long, env = "COUNT")]
         count: Option<u64>,
     },
-    /// Activity 2: send `numero random: N` to the head node every --interval
-    /// and log each answer (`<data-node> , mensaje: recibido <id>`) to
-    /// registro_cliente.txt. Messages refused for lack of data nodes, or left
-    /// unanswered by a lost connection, are sent again.
+    /// Activity 2: send `numero random: N` to the head node every --interval,
+    /// keyed `<client-id>/<seq>`, and log each answer (`<data-node>+<data-node>
+    /// , mensaje: recibido <id> key=<client-id>/<seq>`) to registro_cliente.txt.
+    /// Messages refused for lack of data nodes, with an unknown outcome, or
+    /// left unanswered by a lost connection, are sent again with the same key.
     Store {
         #[command(flatten)]
-        server: ServerArgs,
+        key: KeyArgs,
         /// Pause between messages; 0 sends as fast as --pipeline allows.
         #[arg(long, env = "INTERVAL", default_value = "3s", value_parser = parse_duration)]
         interval: Duration,
-        /// Stop once this many messages are acknowledged (default: run until stopped).
+        /// Stop once this many messages are answered (default: run until stopped).
         #[arg(long, env = "COUNT")]
         count: Option<u64>,
         /// Messages in flight at once.
@@ -76,8 +92,6 @@ enum Command {
     /// Opens many client connections to the head node and holds them idle
     /// (for measuring memory per connection). Prints `READY <n>` when open.
     Idle {
-        #[command(flatten)]
-        server: ServerArgs,
         /// Connections to open.
         #[arg(long, env = "IDLE_CONNECTIONS", default_value_t = 10_000)]
         connections: usize,
@@ -90,7 +104,7 @@ enum Command {
 #[derive(Debug, clap::Args)]
 struct BenchArgs {
     #[command(flatten)]
-    server: ServerArgs,
+    key: KeyArgs,
     /// What to measure: the head node (`store`) or the echo server (`echo`).
     #[arg(long, env = "BENCH_TARGET", value_enum, default_value = "store")]
     target: client::bench::BenchTarget,
@@ -137,7 +151,7 @@ fn main() -> std::process::ExitCode {
     let args = Args::parse();
     if let Command::Bench(bench) = args.command {
         // No log files for a load generator: figures go to stdout.
-        return protocol::cli::exit_code("client", run_bench(bench));
+        return protocol::cli::exit_code("client", run_bench(bench, args.server));
     }
     protocol::cli::exit_code("client", run(args))
 }
@@ -145,16 +159,17 @@ fn main() -> std::process::ExitCode {
 #[tokio::main]
 async fn run(args: Args) -> anyhow::Result<()> {
     let _log_guard = telemetry::init(&LogSpec {
-        dir: args.log.dir_or("logs/client"),
+        dir: args
+            .server
+            .log_dir
+            .clone()
+            .unwrap_or_else(|| "logs/client".into()),
         files: vec![("registro_cliente.txt", FileRoute::Rest)],
         stdout: true,
     })?;
+    let server = args.server;
     match args.command {
-        Command::Echo {
-            server,
-            interval,
-            count,
-        } => {
+        Command::Echo { interval, count } => {
             let config = client::echo::EchoConfig {
                 connect: server.connect_options(),
                 interval,
@@ -174,17 +189,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
             );
         }
         Command::Bench(_) => unreachable!("handled before logging is set up"),
-        Command::Idle {
-            server,
-            connections,
-            hold,
-        } => {
+        Command::Idle { connections, hold } => {
             let open =
                 client::bench::hold_idle(server.connect_options(), connections, hold).await?;
             tracing::info!(open, "idle connections closed");
         }
         Command::Store {
-            server,
+            key,
             interval,
             count,
             pipeline,
@@ -192,6 +203,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         } => {
             let config = client::store::StoreConfig {
                 connect: server.connect_options(),
+                client_id: key.client_id,
                 interval,
                 count,
                 pipeline,
@@ -199,11 +211,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
             };
             let summary = client::store::run(config, protocol::shutdown::signal()).await?;
             tracing::info!(
-                acknowledged = summary.acknowledged,
+                client_id = %summary.client_id,
+                answered = summary.answered,
                 failed = summary.failed,
                 resent = summary.resent,
+                answered_with_earlier_id = summary.answered_with_earlier_id,
+                conflicting_ids = summary.conflicting_ids,
                 reconnects = summary.reconnects,
                 "store client finished"
+            );
+            anyhow::ensure!(
+                summary.conflicting_ids == 0,
+                "{} keys were answered with conflicting ids",
+                summary.conflicting_ids
             );
             anyhow::ensure!(
                 summary.failed == 0,
@@ -215,7 +235,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
+fn run_bench(args: BenchArgs, server: ServerArgs) -> anyhow::Result<()> {
     let runtime = if args.threads == 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -228,13 +248,13 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     };
     runtime
         .context("cannot start the async runtime")?
-        .block_on(bench(args))
+        .block_on(bench(args, server))
 }
 
-async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+async fn bench(args: BenchArgs, server: ServerArgs) -> anyhow::Result<()> {
     use client::bench::{BenchConfig, Limit, Payload};
     use std::io::IsTerminal;
-    let connect = args.server.connect_options();
+    let connect = server.connect_options();
     let payload = match (args.payload_size, args.message) {
         (Some(size), _) => Payload::Fixed(bytes::Bytes::from(vec![b'x'; size.max(1)])),
         (None, Some(text)) => Payload::Fixed(text.into()),
@@ -247,6 +267,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     };
     let report = client::bench::run(BenchConfig {
         connect,
+        client_id: args.key.client_id,
         target: args.target,
         connections: args.connections,
         pipeline: args.pipeline,

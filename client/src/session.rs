@@ -31,6 +31,9 @@ pub enum ClientError {
         /// The server's `ERROR` text.
         reason: String,
     },
+    /// A setting cannot be used (for example a client id that is not a valid name).
+    #[error("{0}")]
+    Config(String),
     /// The server broke the protocol.
     #[error("protocol error from {server}: {reason}")]
     Protocol {
@@ -46,8 +49,9 @@ pub enum ClientError {
 pub struct ConnectOptions {
     /// `host:port` of the server; host names are resolved on every attempt.
     pub server: String,
-    /// The role line for the head node (`cliente`); `None` for the echo server.
-    pub role: Option<&'static str>,
+    /// The role line for the head node (`cliente` or `cliente id=<client-id>`);
+    /// `None` for the echo server.
+    pub role: Option<String>,
     /// Give up once connecting has failed continuously for this long.
     pub retry_for: Duration,
     /// First reconnect delay; doubles up to `max_backoff`.
@@ -60,10 +64,10 @@ pub struct ConnectOptions {
 
 impl ConnectOptions {
     /// Defaults for `server`: retry for 30 s, backoff 100 ms to 5 s.
-    pub fn new(server: impl Into<String>, role: Option<&'static str>) -> Self {
+    pub fn new(server: impl Into<String>, role: Option<&str>) -> Self {
         ConnectOptions {
             server: server.into(),
-            role,
+            role: role.map(str::to_owned),
             retry_for: Duration::from_secs(30),
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
@@ -124,7 +128,7 @@ async fn try_connect(options: &ConnectOptions) -> Result<Connection, HandshakeEr
     handshake::initiate(
         &mut conn.reader,
         &mut conn.writer,
-        options.role,
+        options.role.as_deref(),
         handshake::DEFAULT_HANDSHAKE_TIMEOUT,
     )
     .await?;

@@ -26,6 +26,7 @@ fn config(server: String, target: BenchTarget, count: u64) -> BenchConfig {
     connect.retry_for = Duration::from_secs(5);
     BenchConfig {
         connect,
+        client_id: None,
         target,
         connections: 4,
         pipeline: 8,
@@ -66,4 +67,59 @@ async fn replies_that_are_not_stored_acks_are_errors() {
     );
     assert_eq!(report.messages, 0, "{report}");
     assert_eq!(report.msgs_per_sec, 0.0);
+}
+
+#[tokio::test]
+async fn each_store_connection_keys_its_messages_under_its_own_client_id() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    protocol::telemetry::init_for_tests();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    // A fake head node: answers every keyed line as stored, and returns
+    // each connection's role line and sequence numbers when it closes.
+    let head = tokio::spawn(async move {
+        let mut peers = Vec::new();
+        for n in 0..2u64 {
+            let (stream, _) = listener.accept().await.unwrap();
+            peers.push(tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut lines = BufReader::new(read).lines();
+                assert_eq!(lines.next_line().await.unwrap().unwrap(), "peticion");
+                write.write_all(b"confirmacion\n").await.unwrap();
+                let role = lines.next_line().await.unwrap().unwrap();
+                let mut seqs = Vec::new();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let (seq, text) = line.split_once(' ').unwrap();
+                    assert_eq!(text, "same");
+                    let seq: u64 = seq.parse().unwrap();
+                    seqs.push(seq);
+                    let answer = format!("dn1+dn2 , mensaje: recibido {n}-{seq}\n");
+                    write.write_all(answer.as_bytes()).await.unwrap();
+                }
+                (role, seqs)
+            }));
+        }
+        let mut seen = Vec::new();
+        for peer in peers {
+            seen.push(peer.await.unwrap());
+        }
+        seen.sort();
+        seen
+    });
+    let mut cfg = config(addr, BenchTarget::Store, 10);
+    cfg.connections = 2;
+    cfg.pipeline = 2;
+    cfg.client_id = Some("bench-x".parse().unwrap());
+    cfg.payload = Payload::Fixed("same".into());
+    let report = client::bench::run(cfg).await.unwrap();
+    assert_eq!(report.errors, 0, "{report}");
+    assert_eq!(report.messages, 10, "{report}");
+    let seen = head.await.unwrap();
+    assert_eq!(seen[0].0, "cliente id=bench-x.1");
+    assert_eq!(seen[1].0, "cliente id=bench-x.2");
+    for (role, seqs) in &seen {
+        let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
+        assert_eq!(seqs, &expected, "{role}");
+    }
+    assert_eq!(seen[0].1.len() + seen[1].1.len(), 10);
 }
