@@ -15,7 +15,8 @@
 #       timings, while messages keep flowing;
 #     - `docker network disconnect` the third: evicted as unreachable;
 #     - every message the client logged as acknowledged is in the data.txt
-#       of the node that acknowledged it.
+#       of every node its answer names (`datanode1+datanode3 , mensaje:
+#       recibido <id>`), and each of those is a known data node.
 #
 # Prints `SKIP: ...` and exits 0 when no Docker engine is reachable.
 #
@@ -229,17 +230,21 @@ test_store() {
     SUMMARY+=("docker network disconnect -> eviction as unreachable: $ms ms (client errors meanwhile: $(($(errors) - errors_before)))")
     docker network connect "$NETWORK_NAME" "${P}datanode3"
 
-    # --- every acknowledged message is stored, by the node that acknowledged it
+    # --- every acknowledged message is stored, by every node that acknowledged it
     "${DC[@]}" stop -t 5 client >/dev/null 2>&1
-    python3 - "$CLIENT_LOG" "$LOGS_DIR" <<'EOF' || fail "acknowledged messages missing from data.txt (see above)"
+    python3 - "$CLIENT_LOG" "$LOGS_DIR" datanode1 datanode2 datanode3 <<'EOF' || fail "acknowledged messages missing from data.txt (see above)"
 import glob, os, re, sys
-client_log, logs = sys.argv[1], sys.argv[2]
+client_log, logs, known = sys.argv[1], sys.argv[2], set(sys.argv[3:])
+# `<node>[+<node>...] , mensaje: recibido <id>`, then ` key=<client>/<seq>`.
 ack = re.compile(r"Servidor recibio: (\S+) , mensaje: recibido (\S+)")
 acked = {}
+unknown = []
 for line in open(client_log, errors="replace"):
     m = ack.search(line)
     if m:
-        acked[m.group(2)] = m.group(1)
+        holders = m.group(1).split("+")
+        unknown += [(m.group(2), h) for h in holders if h not in known]
+        acked[m.group(2)] = holders
 stored = {}
 for path in glob.glob(os.path.join(logs, "*", "data.txt")):
     node = os.path.basename(os.path.dirname(path))
@@ -250,16 +255,19 @@ for path in glob.glob(os.path.join(logs, "*", "data.txt")):
         if m:
             stored.setdefault(m.group(1), set()).add(node)
 missing = [i for i in acked if i not in stored]
-elsewhere = [i for i in acked if i in stored and acked[i] not in stored[i]]
+elsewhere = [i for i in acked if i in stored and not set(acked[i]) <= stored[i]]
 print(f"    {len(acked)} acknowledged, {len(stored)} stored message ids, "
-      f"{len(missing)} acknowledged but not stored, {len(elsewhere)} stored but not by the node named in the ack")
+      f"{len(missing)} acknowledged but not stored, {len(elsewhere)} not stored by every node named in the ack, "
+      f"{len(unknown)} acks naming an unknown node")
 for i in (missing + elsewhere)[:5]:
-    print(f"    e.g. {i} (acknowledged by {acked[i]}, stored by {sorted(stored.get(i, []))})")
+    print(f"    e.g. {i} (acknowledged by {'+'.join(acked[i])}, stored by {sorted(stored.get(i, []))})")
+for i, h in unknown[:5]:
+    print(f"    e.g. {i} acknowledged by {h!r}, not one of {sorted(known)}")
 if not acked:
     print("    no acknowledged message found in the client log")
-sys.exit(1 if missing or elsewhere or not acked else 0)
+sys.exit(1 if missing or elsewhere or unknown or not acked else 0)
 EOF
-    ok "every acknowledged message is in the data.txt of the node that acknowledged it"
+    ok "every acknowledged message is in the data.txt of every node that acknowledged it"
 }
 
 for part in $E2E_PARTS; do

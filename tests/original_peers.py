@@ -102,10 +102,14 @@ def main():
             check(reply == msg, f"echo of {msg!r} is exact, no newline ({reply!r})")
         client.close()
 
-        # Activity 2: an original data node and an original client.
-        stored, ready = [], threading.Event()
-        threading.Thread(target=original_data_node, args=(head_port, stored, ready), daemon=True).start()
-        ready.wait(5)
+        # Activity 2: two original data nodes (each counts as one of the
+        # head node's default 2 replicas) and an original client.
+        stores = []
+        for _ in range(2):
+            stored, ready = [], threading.Event()
+            threading.Thread(target=original_data_node, args=(head_port, stored, ready), daemon=True).start()
+            ready.wait(5)
+            stores.append(stored)
         time.sleep(0.2)
         client, answer = connect(head_port)
         check(answer == "confirmacion", f"head node answers exactly 'confirmacion' ({answer!r})")
@@ -116,11 +120,15 @@ def main():
             msg = f"numero random: {n}"
             client.sendall(msg.encode("utf-8"))
             reply = client.recv(BUFFER).decode("utf-8")
-            check(reply.startswith("dn-127.0.0.1-") and " , mensaje: recibido " in reply
-                  and not reply.endswith("\n"), f"store answer {reply!r}")
+            holders = reply.split(" , ", 1)[0].split("+")
+            check(len(set(holders)) == 2 and all(h.startswith("dn-127.0.0.1-") for h in holders)
+                  and " , mensaje: recibido " in reply and not reply.endswith("\n"),
+                  f"store answer names both nodes {reply!r}")
         client.close()
-        check(stored == [f"mensaje: numero random: {n}" for n in range(5)],
-              f"the data node got one bare 'mensaje: ...' per recv ({stored!r})")
+        time.sleep(0.2)
+        for stored in stores:
+            check(stored == [f"mensaje: numero random: {n}" for n in range(5)],
+                  f"each data node got one bare 'mensaje: ...' per recv ({stored!r})")
     finally:
         for p in procs:
             p.terminate()
