@@ -341,7 +341,8 @@ def run_clients(cluster, n, count, pipeline, tag):
     for i in range(n):
         log_dir = os.path.join(cluster.tmp, f"client-{tag}-{i}")
         logs.append(os.path.join(log_dir, "registro_cliente.txt"))
-        out = open(os.path.join(cluster.tmp, f"client-{tag}-{i}.out"), "wb")
+        out_path = os.path.join(cluster.tmp, f"client-{tag}-{i}.out")
+        out = open(out_path, "wb")
         cluster.files.append(out)
         procs.append(subprocess.Popen(
             [os.path.join(BIN, "client"), "--log-dir", log_dir, "store",
@@ -349,6 +350,7 @@ def run_clients(cluster, n, count, pipeline, tag):
              "--pipeline", str(pipeline), "--interval", "0", "--retry-for", "60s",
              "--client-id", f"{tag}-{i}"],
             env=dict(os.environ, RUST_LOG="info"), stdout=out, stderr=subprocess.STDOUT))
+        procs[-1].out_path = out_path
     return procs, logs
 
 
@@ -383,6 +385,13 @@ def wait_clients(checks, procs, timeout):
             p.wait(5)
             codes.append("timeout")
     checks.check(all(c == 0 for c in codes), f"every client finished without error (exit {codes})")
+    for p, code in zip(procs, codes):
+        if code != 0:
+            # Why it failed: its warnings and errors, last ones first.
+            with open(p.out_path, errors="replace") as f:
+                worst = [line.rstrip() for line in f if " WARN " in line or " ERROR " in line]
+            for line in worst[-5:]:
+                print(f"    {os.path.basename(p.out_path)}: {line}")
 
 
 # ------------------------------------------------------------------- cases

@@ -231,7 +231,10 @@ pub(crate) async fn run<S: Stream>(
     let why = lost.as_deref().unwrap_or("evicted");
     let sent = in_flight.drain();
     let mut queued = Vec::new();
-    while let Ok(message) = queue.try_recv() {
+    // `recv` until `None`, not `try_recv`: a send that began before the
+    // close may not be visible yet, and a copy dropped here would answer
+    // its client `head node shutting down`.
+    while let Some(message) = queue.recv().await {
         queued.push(message);
     }
     if !sent.is_empty() || !queued.is_empty() {

@@ -125,7 +125,8 @@ pub(crate) async fn run_parking_lot(
     // Dropping what waits answers each client (`head node shutting down`).
     drop(waiting);
     parked.close();
-    while parked.try_recv().is_ok() {}
+    // Until `None`: a send that began before the close is still delivered.
+    while parked.recv().await.is_some() {}
 }
 
 #[cfg(test)]

@@ -395,19 +395,27 @@ impl Router {
             1
         };
         let set = routes.pick_set(&eligible, count, sticky, rng);
-        let mut chosen = Vec::with_capacity(set.len());
+        // Every node of the set is marked before any copy is offered: a copy
+        // refused below is moved by `reroute`, which must not pick a node
+        // of this set that is still to get its own copy.
         for &i in &set {
             let node = &routes.nodes[i];
             envelope.place(node.conn, &node.node);
+        }
+        let mut chosen = Vec::with_capacity(set.len());
+        let mut refused = Vec::new();
+        for &i in &set {
+            let node = &routes.nodes[i];
             match offer(node, Forward::first(envelope.clone())) {
                 Ok(()) => chosen.push(node.node.clone()),
-                Err(back) => {
-                    // That node's task just ended: this copy goes elsewhere.
-                    envelope.unplace(node.conn);
-                    envelope.reserve();
-                    self.reroute(back, rng);
-                }
+                Err(back) => refused.push((node.conn, back)),
             }
+        }
+        for (conn, back) in refused {
+            // That node's task just ended: this copy goes elsewhere.
+            envelope.unplace(conn);
+            envelope.reserve();
+            self.reroute(back, rng);
         }
         for _ in count..want {
             // Not enough nodes for every copy: the rest wait for one.
@@ -860,5 +868,30 @@ pub(crate) mod tests {
             matches!(&done.outcome, Outcome::NotStored(reason) if reason.starts_with("message too long for the live data nodes (2000 bytes")),
             "{done:?}"
         );
+    }
+
+    #[test]
+    fn a_copy_offered_to_a_node_whose_session_just_ended_goes_to_another() {
+        for sticky in [1, 8] {
+            for seed in 0..50 {
+                let (a, mut a_rx) = node(1, "a");
+                let (gone, mut gone_rx) = node(2, "gone");
+                let (c, mut c_rx) = node(3, "c");
+                gone_rx.close();
+                let (router, mut park, _routes) = router(vec![a, gone, c], sticky);
+                let mut rng = SmallRng::seed_from_u64(seed);
+                for seq in 0..4 {
+                    let (envelope, _replies) = replicated(seq, 2, 2);
+                    router.start(envelope.clone(), None, &mut rng);
+                    let queued = (drain(&mut a_rx), drain(&mut c_rx));
+                    let parked = std::iter::from_fn(|| park.try_recv().ok()).count();
+                    assert_eq!(
+                        (queued, parked, envelope.wanted()),
+                        ((1, 1), 0, (0, 0)),
+                        "sticky {sticky}, seed {seed}, message {seq}: both copies on a and c"
+                    );
+                }
+            }
+        }
     }
 }
