@@ -532,6 +532,7 @@ print_report() {
     fi
     if [ -n "$RSS_AFTER" ]; then
         echo "head node RSS (VmRSS) with $IDLE_CONNS idle clients: $(mb "$RSS_BEFORE") before, $(mb "$RSS_AFTER") with $RSS_OPEN connections established on its port ($(awk -v a="$RSS_AFTER" -v b="$RSS_BEFORE" -v n="$IDLE_CONNS" 'BEGIN { printf "%.1f kB per connection", (a - b) / n }')), $(mb "$RSS_CLOSED") after they closed"
+        [ -z "${RSS_LOADED:-}" ] || echo "head node RSS after carrying the runs above (its deduplication window full): $(mb "$RSS_LOADED")"
     else
         echo "head node RSS with $IDLE_CONNS idle clients: failed: $RSS_NOTE"
     fi

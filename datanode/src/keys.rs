@@ -406,11 +406,8 @@ mod tests {
         assert_eq!(index.get(key("c", 3)), None, "damaged");
     }
 
-    /// Resident memory of the process, in bytes.
     fn resident_bytes() -> u64 {
-        let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-        let pages: u64 = statm.split(' ').nth(1).unwrap().parse().unwrap();
-        pages * 4096
+        protocol::telemetry::resident_bytes().expect("Linux /proc/self/status")
     }
 
     /// Inserts 1M keys from `clients` clients; prints the resident bytes

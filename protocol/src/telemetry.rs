@@ -89,6 +89,15 @@ pub const BUFFERED_LINES_LIMIT: usize = 16_384;
 /// Lines dropped by every [`LossyWriter`] of this process.
 static DROPPED_LINES: AtomicU64 = AtomicU64::new(0);
 
+/// Resident memory of this process in bytes (`VmRSS` in `/proc/self/status`);
+/// `None` where that file does not exist.
+pub fn resident_bytes() -> Option<u64> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// Log lines this process has dropped so far because a sink (a file or
 /// stdout) was [`BUFFERED_LINES_LIMIT`] lines behind, over all sinks.
 pub fn dropped_lines() -> u64 {
