@@ -15,7 +15,8 @@
 # After each fault, `datanode audit` compares every acknowledgement the
 # client logged with every data node's data.txt (Jepsen-style: lost,
 # duplicated, stored but unacknowledged). For each row the table gives
-# lost and duplicated messages, client errors, the detection time (fault to
+# lost messages, messages with fewer or more copies than wanted, messages
+# written twice in one data file, client errors, the detection time (fault to
 # eviction, or head kill to the next acknowledgement), and the head node's
 # memory and open descriptors before and after. Any lost message fails the
 # run, and so does a leak: more than 20 MB or 50 descriptors more after a
@@ -128,17 +129,19 @@ wait_acks_grow() { # SECONDS: more acknowledgements than now within SECONDS
     done
 }
 
-LAST_LOST=0 LAST_EXTRA=0 LAST_ERRORS=0
+LAST_LOST=0 LAST_UNDER=0 LAST_OVER=0 LAST_DUP=0 LAST_ERRORS=0
 # row NAME DETECTION USAGE_BEFORE: audits, checks for loss and leaks, and
 # adds a line to the table.
 row() {
-    local name=$1 detection=$2 before=$3 after line lost extra errors
+    local name=$1 detection=$2 before=$3 after line lost under over dup errors
     sleep 1
     after=$(head_usage)
     line=$(audit | head -n 1) || true
     [[ $line == acknowledged=* ]] || fail "$name: audit failed: $line"
     lost=$(field lost "$line")
-    extra=$(field extra_copies "$line")
+    under=$(field under_replicated "$line")
+    over=$(field over_replicated "$line")
+    dup=$(field duplicated "$line")
     errors=$(errors)
     ((lost == 0)) || fail "$name: $lost acknowledged messages lost ($line)"
     (($(field conflicting_ids "$line") == 0)) || fail "$name: keys stored under two ids ($line)"
@@ -151,8 +154,8 @@ row() {
         ((fds_after - fds_before <= 50)) \
             || fail "$name: head node descriptors grew from $fds_before to $fds_after"
     fi
-    ROWS+=("| $name | $((lost - LAST_LOST)) | $((extra - LAST_EXTRA)) | $((errors - LAST_ERRORS)) | $detection | $rss_before → $rss_after MB | $fds_before → $fds_after |")
-    LAST_LOST=$lost LAST_EXTRA=$extra LAST_ERRORS=$errors
+    ROWS+=("| $name | $((lost - LAST_LOST)) | $((under - LAST_UNDER)) | $((over - LAST_OVER)) | $((dup - LAST_DUP)) | $((errors - LAST_ERRORS)) | $detection | $rss_before → $rss_after MB | $fds_before → $fds_after |")
+    LAST_LOST=$lost LAST_UNDER=$under LAST_OVER=$over LAST_DUP=$dup LAST_ERRORS=$errors
     ok "$name: detection $detection; $line"
 }
 
@@ -287,6 +290,6 @@ final=$(audit) || fail "final audit: $final"
 log "final audit: $(head -n 1 <<<"$final")"
 
 echo "---- chaos matrix (client: pipeline $CLIENT_PIPELINE, 2 KB messages; 4 data nodes, $REPLICAS copies each)"
-echo "| fault | lost | duplicated | client errors | detection | head RSS | head fds |"
-echo "|---|---|---|---|---|---|---|"
+echo "| fault | lost | under-replicated | over-replicated | twice on one node | client errors | detection | head RSS | head fds |"
+echo "|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${ROWS[@]}"

@@ -8,17 +8,18 @@
 //! - [`commit_decision`]: what to do with one keyed message, as a pure
 //!   function.
 //!
-//! Bounds: at most `max_keys` keys (`--dedup-keys`), none whose record is
-//! older than `window` (`--dedup-window`); the oldest are forgotten first.
-//! A client id is stored once however many keys it has. Cost: see
-//! `docs/limits.md` (measured by the ignored tests `bytes_per_key_*`).
+//! Bounds: at most `max_keys` keys (`--dedup-keys`), each kept at least
+//! `window` (`--dedup-window`) after its record was written while the bound
+//! allows, and at most about twice that (see [`KeyWindow`]). A client id
+//! is stored once however many keys it has. Cost: see `docs/limits.md`
+//! (measured by the ignored tests `bytes_per_key_*`).
 
-use std::collections::{HashMap, VecDeque};
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use protocol::key_window::KeyWindow;
 use protocol::message::{ClientId, FromDataNode, HELD_PER_LINE, KeyRef, MessageId};
 use protocol::timefmt::parse_timestamp_millis;
 
@@ -57,147 +58,53 @@ pub fn commit_decision(id: Option<MessageId>, held: Option<MessageId>, staged: b
     }
 }
 
-/// One remembered key, in the eviction queue.
-#[derive(Debug, Clone, Copy)]
-struct Entry {
-    client: u32,
-    seq: u64,
-    /// When its record was written, in Unix milliseconds.
-    at_ms: u64,
-}
-
-#[derive(Debug)]
-struct Client {
-    name: Arc<str>,
-    /// Keys of this client in the index; the client is forgotten at zero.
-    keys: u32,
-}
-
 /// Client key -> message id, for the keys written and synced here within
-/// the window.
+/// the window: a [`KeyWindow`] whose clock is the time of each record.
 #[derive(Debug)]
 pub struct KeyIndex {
-    /// Client id -> its number; each name is stored once.
-    numbers: HashMap<Arc<str>, u32>,
-    /// Number -> client; `None` for a free number.
-    clients: Vec<Option<Client>>,
-    /// Numbers free for reuse.
-    free: Vec<u32>,
-    /// (client number, seq) -> the id it was stored under.
-    ids: HashMap<(u32, u64), MessageId>,
-    /// Every key of `ids`, in the order it was added: the oldest is evicted first.
-    order: VecDeque<Entry>,
-    max_keys: usize,
+    keys: KeyWindow<MessageId>,
     window_ms: u64,
 }
 
 impl KeyIndex {
-    /// An empty index of at most `max_keys` keys (at least one), each kept
-    /// at most `window` after its record was written.
+    /// An empty index of at most `max_keys` keys (at least two), each kept
+    /// at least `window` after its record was written while the bound
+    /// allows, and at most about twice that.
     pub fn new(max_keys: usize, window: Duration) -> Self {
         KeyIndex {
-            numbers: HashMap::new(),
-            clients: Vec::new(),
-            free: Vec::new(),
-            ids: HashMap::new(),
-            order: VecDeque::new(),
-            max_keys: max_keys.max(1),
+            keys: KeyWindow::new(max_keys.max(2), window),
             window_ms: u64::try_from(window.as_millis()).unwrap_or(u64::MAX),
         }
     }
 
     /// Keys held.
     pub fn len(&self) -> usize {
-        self.ids.len()
+        self.keys.len()
     }
 
     /// Whether no key is held.
     pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
+        self.keys.is_empty()
     }
 
     /// The id `key` is held under, if it is.
     pub fn get(&self, key: KeyRef<'_>) -> Option<MessageId> {
-        let client = *self.numbers.get(key.client)?;
-        self.ids.get(&(client, key.seq)).copied()
+        self.keys.get(key.client, key.seq).copied()
     }
 
     /// Remembers that `key` was written under `id` at `at_ms` (Unix ms),
     /// unless it is already held (the first id stays) or is already out of
-    /// the window at `now_ms`. Evicts what falls out of the bounds. True if
-    /// it was added.
+    /// the window at `now_ms`. True if it was added.
     pub fn insert(&mut self, key: KeyRef<'_>, id: MessageId, at_ms: u64, now_ms: u64) -> bool {
-        if at_ms.saturating_add(self.window_ms) < now_ms || self.get(key).is_some() {
+        if at_ms.saturating_add(self.window_ms) < now_ms {
             return false;
         }
-        let client = self.number(key.client);
-        self.ids.insert((client, key.seq), id);
-        if let Some(Some(c)) = self.clients.get_mut(client as usize) {
-            c.keys += 1;
-        }
-        self.order.push_back(Entry {
-            client,
-            seq: key.seq,
-            at_ms,
-        });
-        while self.order.len() > self.max_keys {
-            self.evict_oldest();
-        }
-        self.expire(now_ms);
-        true
+        self.keys.insert(key.client, key.seq, id, at_ms)
     }
 
-    /// Forgets the keys whose records are older than the window at `now_ms`.
+    /// Forgets what is past the window at `now_ms`.
     pub fn expire(&mut self, now_ms: u64) {
-        while self
-            .order
-            .front()
-            .is_some_and(|e| e.at_ms.saturating_add(self.window_ms) < now_ms)
-        {
-            self.evict_oldest();
-        }
-    }
-
-    fn evict_oldest(&mut self) {
-        let Some(entry) = self.order.pop_front() else {
-            return;
-        };
-        self.ids.remove(&(entry.client, entry.seq));
-        let slot = &mut self.clients[entry.client as usize];
-        if let Some(client) = slot {
-            client.keys -= 1;
-            if client.keys == 0 {
-                self.numbers.remove(&client.name);
-                *slot = None;
-                self.free.push(entry.client);
-            }
-        }
-    }
-
-    /// The number of client `name`, given a new one if it has none.
-    fn number(&mut self, name: &str) -> u32 {
-        if let Some(&n) = self.numbers.get(name) {
-            return n;
-        }
-        let name: Arc<str> = Arc::from(name);
-        let client = Some(Client {
-            name: name.clone(),
-            keys: 0,
-        });
-        let n = match self.free.pop() {
-            Some(n) => {
-                self.clients[n as usize] = client;
-                n
-            }
-            None => {
-                // Fewer than `max_keys` + 1 clients have keys, and numbers
-                // are reused, so this stays far below `u32::MAX`.
-                self.clients.push(client);
-                (self.clients.len() - 1) as u32
-            }
-        };
-        self.numbers.insert(name, n);
-        n
+        self.keys.expire(now_ms);
     }
 
     /// Calls `f` with the report of every key held: `held` lines, grouped
@@ -208,18 +115,15 @@ impl KeyIndex {
         &self,
         mut f: impl FnMut(FromDataNode) -> Result<(), E>,
     ) -> Result<(), E> {
-        let mut keys: Vec<(u32, u64, MessageId)> = self
-            .ids
+        let mut keys: Vec<(&Arc<str>, u64, MessageId)> = self
+            .keys
             .iter()
-            .map(|(&(client, seq), &id)| (client, seq, id))
+            .map(|(client, seq, &id)| (client, seq, id))
             .collect();
-        keys.sort_unstable_by_key(|&(client, seq, _)| (client, seq));
+        keys.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
         for group in keys.chunk_by(|a, b| a.0 == b.0) {
-            let Some(Some(name)) = self.clients.get(group[0].0 as usize) else {
-                continue;
-            };
             // Names were validated when they were first read.
-            let Ok(client) = name.name.parse::<ClientId>() else {
+            let Ok(client) = group[0].0.parse::<ClientId>() else {
                 continue;
             };
             for chunk in group.chunks(HELD_PER_LINE) {
@@ -315,33 +219,33 @@ mod tests {
     }
 
     #[test]
-    fn the_oldest_key_is_evicted_past_the_bound() {
-        let mut index = KeyIndex::new(2, Duration::from_secs(60));
-        for seq in 1..=3 {
+    fn the_oldest_keys_are_forgotten_past_the_bound() {
+        // Room for the client's run and two keys per generation.
+        let bound = 2 * (protocol::key_window::SLOTS_PER_CLIENT + 2);
+        let mut index = KeyIndex::new(bound, Duration::from_secs(60));
+        for seq in 1..=5 {
             index.insert(key("c1", seq), id(seq), 1000, 1000);
         }
-        assert_eq!(index.len(), 2);
+        assert_eq!(index.len(), 3);
         assert_eq!(index.get(key("c1", 1)), None);
-        assert_eq!(index.get(key("c1", 3)), Some(id(3)));
+        assert_eq!(index.get(key("c1", 2)), None);
+        assert_eq!(index.get(key("c1", 5)), Some(id(5)));
     }
 
     #[test]
-    fn keys_older_than_the_window_are_forgotten_with_their_client() {
-        let mut index = KeyIndex::new(10, Duration::from_secs(1));
+    fn keys_are_kept_at_least_the_window_after_their_record() {
+        let mut index = KeyIndex::new(1000, Duration::from_secs(1));
         index.insert(key("old", 1), id(1), 1000, 1000);
-        index.insert(key("new", 1), id(2), 1500, 1500);
-        index.expire(2200);
-        assert_eq!(index.get(key("old", 1)), None);
+        index.insert(key("new", 1), id(2), 2100, 2100);
+        index.expire(2500);
+        assert_eq!(index.get(key("old", 1)), Some(id(1)), "a window old");
+        index.expire(3200);
+        assert_eq!(index.get(key("old", 1)), None, "two windows old");
         assert_eq!(index.get(key("new", 1)), Some(id(2)));
-        assert_eq!(index.numbers.len(), 1, "the old client's name is freed");
         assert!(
-            !index.insert(key("late", 1), id(3), 100, 2200),
+            !index.insert(key("late", 1), id(3), 100, 3200),
             "a record already out of the window is not added"
         );
-        // The freed number is reused.
-        index.insert(key("again", 1), id(4), 2200, 2200);
-        assert_eq!(index.clients.len(), 2);
-        assert_eq!(index.get(key("again", 1)), Some(id(4)));
     }
 
     #[test]
@@ -418,7 +322,10 @@ mod tests {
         const KEYS: u64 = 1_000_000;
         let names: Vec<String> = (0..clients).map(|c| format!("c-{c:012x}")).collect();
         let before = resident_bytes();
-        let mut index = KeyIndex::new(KEYS as usize, Duration::from_secs(3600));
+        // Room for every key: the bound counts both generations, and a
+        // client's run as a few slots more.
+        let room = 2 * KEYS as usize * (1 + protocol::key_window::SLOTS_PER_CLIENT);
+        let mut index = KeyIndex::new(room, Duration::from_secs(3600));
         for n in 0..KEYS {
             let client = &names[(n % clients) as usize];
             index.insert(key(client, n / clients + 1), id(n), 1000, 1000);

@@ -61,7 +61,8 @@ pub struct Config {
     pub zone: Option<Zone>,
     /// Client keys remembered, at most (`--dedup-keys`).
     pub dedup_keys: usize,
-    /// How long after its record is written a key is remembered, at most
+    /// How long after its record is written a key is remembered, at least
+    /// while `dedup_keys` allows, at most about twice this
     /// (`--dedup-window`).
     pub dedup_window: Duration,
     /// Changes on every process start.

@@ -86,7 +86,8 @@ struct NodeArgs {
     #[arg(long, env = "DEDUP_KEYS", default_value_t = datanode::keys::DEFAULT_DEDUP_KEYS as u64,
           value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
     dedup_keys: u64,
-    /// How long after its record is written a client key is remembered, at most.
+    /// How long after its record is written a client key is remembered at
+    /// least, while --dedup-keys allows (at most about twice this).
     #[arg(long, env = "DEDUP_WINDOW", default_value = "2m", value_parser = parse_timeout)]
     dedup_window: Duration,
     /// Directory of data.txt. Default: ./logs/datanode-<node-id>.

@@ -36,7 +36,8 @@ pub struct Config {
     pub min_replicas: usize,
     /// Keys remembered for deduplication, at most. See `keys`.
     pub dedup_keys: usize,
-    /// How long a key is remembered for deduplication, at most.
+    /// How long a key is remembered for deduplication, at least (while
+    /// `dedup_keys` allows; at most about twice this).
     pub dedup_window: Duration,
     /// After a start, how long the head node waits for the data nodes the
     /// previous head node had (named in their reports) before it serves

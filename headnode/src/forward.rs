@@ -366,12 +366,13 @@ impl Envelope {
 
 impl Drop for Envelope {
     fn drop(&mut self) {
+        let this: *const Envelope = self;
         let copies = self
             .copies
             .get_mut()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let (Some(keys), Some(key)) = (&self.keys, &self.key) {
-            keys.settle(key, self.id, &copies.holders);
+            keys.settle(key, this, self.id, &copies.holders);
         }
         if !copies.answered {
             // Every path answers before it lets go; this is the net under

@@ -12,41 +12,35 @@
 //! the head node serves no client until the data nodes it expects have
 //! reported (see `recovery`).
 //!
-//! Bounds: at most `max_keys` keys. A key is remembered at least `window`
-//! after it was first seen (unless the key bound forces the oldest out
-//! sooner) and at most about twice that: each shard keeps two generations,
-//! and the older one is dropped whole when the newer one is `window` old or
-//! half the shard's share of `max_keys`. A resend of a forgotten key is
-//! stored as a new message (the data nodes, which keep their own window,
-//! still refuse to write it twice under one id). Cost: about
-//! [`BYTES_PER_KEY`] bytes per key, measured by `head_bytes_per_key_*`
+//! Bounds: at most `max_keys` keys, each kept at least `window` while the
+//! bound allows and at most about twice that (a [`KeyWindow`]: one run of
+//! sequence numbers per client, in two generations). A resend of a
+//! forgotten key is stored as a new message (the data nodes, which keep
+//! their own window, still refuse to write it twice under one id). Cost:
+//! about [`BYTES_PER_KEY`] bytes per key, measured by `head_bytes_per_key_*`
 //! below.
 
-use std::collections::{HashMap, HashSet};
-use std::hash::BuildHasher;
-use std::sync::{Arc, Mutex, Weak};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
+use protocol::key_window::KeyWindow;
 use protocol::message::{MessageId, MessageKey, NodeId};
 use tokio::time::Instant;
 use tracing::warn;
 
 use crate::forward::Envelope;
 
-/// Memory of one remembered key: a map entry of 64 bytes (key, id,
-/// holders, envelope pointer), one control byte and the hash table's spare
-/// room (up to half its buckets). Client ids and sets of holders are
-/// shared, not copied; a client id costs about 40 bytes more, once per
-/// client. Measured by `head_bytes_per_key_*` below; the start-up line
-/// reports `dedup-keys` times this.
-pub(crate) const BYTES_PER_KEY: usize = 136;
+/// Memory of one remembered key: its slot of 40 bytes (id, holders,
+/// envelope pointer) in its client's run, and the run's spare room (up to
+/// as much again). Client ids and sets of holders are shared, not copied;
+/// a client id costs about 100 bytes more, once per client. Measured by
+/// `head_bytes_per_key_*` below; the start-up line reports `dedup-keys`
+/// times this.
+pub(crate) const BYTES_PER_KEY: usize = 64;
 
-/// Independent parts of the table, each with its own lock, so client tasks
-/// on different threads rarely wait for each other.
-const SHARDS: usize = 16;
-
-/// Distinct sets of holders a shard shares between its keys; beyond this
-/// the sharing starts over (keys keep the sets they have).
+/// Distinct sets of holders shared between the keys; beyond this the
+/// sharing starts over (keys keep the sets they have).
 const MAX_SHARED_HOLDER_SETS: usize = 4096;
 
 /// What a key became.
@@ -72,81 +66,44 @@ pub(crate) enum Found {
     Settled { id: MessageId, holders: Vec<NodeId> },
 }
 
-struct Shard {
-    /// Keys first seen since `current_since`.
-    current: HashMap<MessageKey, KeyEntry>,
-    /// The generation before; dropped whole at the next turn.
-    previous: HashMap<MessageKey, KeyEntry>,
-    current_since: Instant,
+struct Keys {
+    window: KeyWindow<KeyEntry>,
     /// Sets of holders shared by the entries.
     holder_sets: HashSet<Arc<[NodeId]>>,
 }
 
-impl Shard {
-    fn get(&self, key: &MessageKey) -> Option<&KeyEntry> {
-        self.current.get(key).or_else(|| self.previous.get(key))
-    }
-
-    fn get_mut(&mut self, key: &MessageKey) -> Option<&mut KeyEntry> {
-        match self.current.get_mut(key) {
-            Some(entry) => Some(entry),
-            None => self.previous.get_mut(key),
-        }
-    }
-
-    /// The shared copy of `holders`.
-    fn share(&mut self, holders: &[NodeId]) -> Arc<[NodeId]> {
-        if let Some(shared) = self.holder_sets.get(holders) {
-            return shared.clone();
-        }
-        if self.holder_sets.len() >= MAX_SHARED_HOLDER_SETS {
-            self.holder_sets.clear();
-        }
-        let shared: Arc<[NodeId]> = holders.into();
-        self.holder_sets.insert(shared.clone());
-        shared
-    }
-}
-
 /// The table, shared by every client session, data-node registration and
-/// envelope.
+/// envelope. One lock: every operation is a few memory accesses (a
+/// lookup of the client, then an index into its run).
 pub(crate) struct KeyTable {
-    shards: Vec<Mutex<Shard>>,
-    hasher: std::hash::RandomState,
-    /// Keys per generation of one shard.
-    max_per_generation: usize,
-    window: Duration,
+    keys: Mutex<Keys>,
+    /// The origin of the window's clock.
+    started: Instant,
 }
 
 impl KeyTable {
     /// A table of at most `max_keys` keys, each kept at least `window`
     /// while the bound allows.
     pub(crate) fn new(max_keys: usize, window: Duration) -> Self {
-        let now = Instant::now();
         KeyTable {
-            shards: (0..SHARDS)
-                .map(|_| {
-                    Mutex::new(Shard {
-                        current: HashMap::new(),
-                        previous: HashMap::new(),
-                        current_since: now,
-                        holder_sets: HashSet::new(),
-                    })
-                })
-                .collect(),
-            hasher: std::hash::RandomState::new(),
-            max_per_generation: (max_keys.div_ceil(SHARDS) / 2).max(1),
-            window,
+            keys: Mutex::new(Keys {
+                window: KeyWindow::new(max_keys, window),
+                holder_sets: HashSet::new(),
+            }),
+            started: Instant::now(),
         }
     }
 
-    fn shard(&self, key: &MessageKey) -> std::sync::MutexGuard<'_, Shard> {
-        let index = self.hasher.hash_one(key) as usize % SHARDS;
-        // A panic while holding a shard leaves it consistent (every change
-        // is one insert or remove), so a poisoned lock is still usable.
-        self.shards[index]
+    fn lock(&self) -> MutexGuard<'_, Keys> {
+        // A panic while holding the lock leaves the table consistent
+        // (every change is one insert or one field), so it stays usable.
+        self.keys
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn millis(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.started).as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Looks `key` up; if it is unknown, remembers it as the envelope
@@ -157,8 +114,9 @@ impl KeyTable {
         now: Instant,
         make: impl FnOnce() -> Arc<Envelope>,
     ) -> Found {
-        let mut shard = self.shard(key);
-        if let Some(entry) = shard.get(key) {
+        let now_ms = self.millis(now);
+        let mut keys = self.lock();
+        if let Some(entry) = keys.window.get(key.client.as_str(), key.seq) {
             if let Some(envelope) = entry.live.upgrade()
                 && !envelope.has_failed()
             {
@@ -172,45 +130,59 @@ impl KeyTable {
         let envelope = make();
         let entry = KeyEntry {
             id: envelope.id,
-            holders: shard.share(&[]),
+            holders: share(&mut keys.holder_sets, &[]),
             live: Arc::downgrade(&envelope),
         };
-        self.insert(&mut shard, key.clone(), entry, now);
+        keys.window
+            .insert(key.client.as_str(), key.seq, entry, now_ms);
         Found::New(envelope)
     }
 
     /// A message for a key seen before is on its way again (more copies
     /// are being made): resends wait for it.
     pub(crate) fn track(&self, key: &MessageKey, envelope: &Arc<Envelope>) {
-        let mut shard = self.shard(key);
-        if let Some(entry) = shard.get_mut(key) {
+        let mut keys = self.lock();
+        if let Some(entry) = keys.window.get_mut(key.client.as_str(), key.seq) {
             entry.live = Arc::downgrade(envelope);
         }
     }
 
-    /// The message of `key` ended with these holders.
-    pub(crate) fn settle(&self, key: &MessageKey, id: MessageId, holders: &[NodeId]) {
-        let mut shard = self.shard(key);
-        if shard.get(key).is_some_and(|entry| entry.id == id) {
-            let shared = shard.share(holders);
-            if let Some(entry) = shard.get_mut(key) {
-                entry.holders = shared;
+    /// The message of `key`, `ended`, ended with these holders.
+    ///
+    /// The entry lets go of its pointer to `ended`: a `Weak` keeps the
+    /// envelope's allocation alive (about 300 bytes) as long as it exists.
+    pub(crate) fn settle(
+        &self,
+        key: &MessageKey,
+        ended: *const Envelope,
+        id: MessageId,
+        holders: &[NodeId],
+    ) {
+        let mut keys = self.lock();
+        let keys = &mut *keys;
+        if let Some(entry) = keys.window.get_mut(key.client.as_str(), key.seq)
+            && entry.id == id
+        {
+            if *entry.holders != *holders {
+                entry.holders = share(&mut keys.holder_sets, holders);
+            }
+            if std::ptr::eq(entry.live.as_ptr(), ended) {
+                entry.live = Weak::new();
             }
         }
     }
 
     /// A data node reports that it holds `key` under `id`.
     pub(crate) fn holds(&self, key: MessageKey, id: MessageId, node: &NodeId, now: Instant) {
-        let mut shard = self.shard(&key);
-        match shard.get(&key) {
+        let now_ms = self.millis(now);
+        let mut keys = self.lock();
+        let keys = &mut *keys;
+        match keys.window.get_mut(key.client.as_str(), key.seq) {
             Some(entry) if entry.id == id => {
                 if !entry.holders.contains(node) {
                     let mut holders = entry.holders.to_vec();
                     holders.push(node.clone());
-                    let shared = shard.share(&holders);
-                    if let Some(entry) = shard.get_mut(&key) {
-                        entry.holders = shared;
-                    }
+                    entry.holders = share(&mut keys.holder_sets, &holders);
                 }
             }
             Some(entry) => {
@@ -222,46 +194,39 @@ impl KeyTable {
             None => {
                 let entry = KeyEntry {
                     id,
-                    holders: shard.share(std::slice::from_ref(node)),
+                    holders: share(&mut keys.holder_sets, std::slice::from_ref(node)),
                     live: Weak::new(),
                 };
-                self.insert(&mut shard, key, entry, now);
+                keys.window
+                    .insert(key.client.as_str(), key.seq, entry, now_ms);
             }
         }
-    }
-
-    fn insert(&self, shard: &mut Shard, key: MessageKey, entry: KeyEntry, now: Instant) {
-        let full = shard.current.len() >= self.max_per_generation;
-        let old = now.saturating_duration_since(shard.current_since) >= self.window;
-        if full || old {
-            // The older generation is forgotten whole; its map keeps its
-            // room for the new one.
-            std::mem::swap(&mut shard.current, &mut shard.previous);
-            shard.current.clear();
-            shard.current_since = now;
-        }
-        shard.current.insert(key, entry);
     }
 
     /// Keys remembered now.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| {
-                s.lock()
-                    .map(|s| s.current.len() + s.previous.len())
-                    .unwrap_or_default()
-            })
-            .sum()
+        self.lock().window.len()
     }
+}
+
+/// The shared copy of `holders` in `sets`.
+fn share(sets: &mut HashSet<Arc<[NodeId]>>, holders: &[NodeId]) -> Arc<[NodeId]> {
+    if let Some(shared) = sets.get(holders) {
+        return shared.clone();
+    }
+    if sets.len() >= MAX_SHARED_HOLDER_SETS {
+        sets.clear();
+    }
+    let shared: Arc<[NodeId]> = holders.into();
+    sets.insert(shared.clone());
+    shared
 }
 
 impl std::fmt::Debug for KeyTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyTable")
-            .field("max_per_generation", &self.max_per_generation)
-            .field("window", &self.window)
+            .field("keys", &self.lock().window.len())
             .finish_non_exhaustive()
     }
 }
@@ -290,7 +255,14 @@ mod tests {
         assert!(Arc::ptr_eq(&again, &first));
 
         let dn1: NodeId = "dn1".parse().unwrap();
-        table.settle(&key(1), first.id, std::slice::from_ref(&dn1));
+        assert_eq!(Arc::weak_count(&first), 1, "the table points to it");
+        table.settle(
+            &key(1),
+            Arc::as_ptr(&first),
+            first.id,
+            std::slice::from_ref(&dn1),
+        );
+        assert_eq!(Arc::weak_count(&first), 0, "and lets go once it ended");
         drop((made, again, first));
         let Found::Settled { id, holders } =
             table.lookup_or_insert(&key(1), now, || unreachable!())
@@ -321,13 +293,13 @@ mod tests {
 
     #[test]
     fn the_oldest_keys_are_forgotten_beyond_the_bound_or_the_window() {
-        let table = KeyTable::new(SHARDS * 2, Duration::from_secs(60));
+        let table = KeyTable::new(32, Duration::from_secs(60));
         let t0 = Instant::now();
         let dn1: NodeId = "dn1".parse().unwrap();
         for seq in 0..1000 {
             table.holds(key(seq), MessageId { epoch: 1, seq }, &dn1, t0);
         }
-        assert!(table.len() <= SHARDS * 2, "{}", table.len());
+        assert!(table.len() <= 32, "{}", table.len());
         // The newest are the ones kept.
         let newest = (990..1000)
             .filter(|&seq| {
@@ -384,9 +356,10 @@ mod tests {
         let names: Vec<protocol::message::ClientId> = (0..clients)
             .map(|c| format!("c-{c:012x}").parse().unwrap())
             .collect();
-        // Room to spare: each shard holds a sixteenth of the bound, and keys
-        // do not spread exactly evenly.
-        let table = KeyTable::new(2 * KEYS as usize, Duration::from_secs(3600));
+        // Room for every key: the bound counts both generations, and a
+        // client's run as a few slots more.
+        let room = 2 * KEYS as usize * (1 + protocol::key_window::SLOTS_PER_CLIENT);
+        let table = KeyTable::new(room, Duration::from_secs(3600));
         for n in 0..KEYS {
             let client = &names[(n % clients) as usize];
             let key = MessageKey {

@@ -113,7 +113,8 @@ struct Args {
     #[arg(long, env = "DEDUP_KEYS", default_value_t = headnode::config::DEFAULT_DEDUP_KEYS as u64,
           value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
     dedup_keys: u64,
-    /// How long a client key is remembered, at most.
+    /// How long a client key is remembered at least, while --dedup-keys
+    /// allows (at most about twice this).
     #[arg(long, env = "DEDUP_WINDOW", default_value = "2m", value_parser = parse_timeout)]
     dedup_window: Duration,
     /// After a start, how long to wait for the data nodes the previous head

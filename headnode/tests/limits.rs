@@ -13,7 +13,7 @@ use std::time::Duration;
 use headnode::membership::{Event, ProbeOutcome};
 use headnode::{Prober, RunError};
 use protocol::message::StoreReply;
-use support::{Cluster, connect_client, fake_node, fast_config, register};
+use support::{Cluster, connect_client, fake_node, fast_config, register, welcome};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
@@ -307,4 +307,63 @@ async fn a_dead_background_task_stops_the_head_node() {
     );
     // And it no longer accepts anyone, so a health check fails.
     assert!(TcpStream::connect(addr).await.is_err());
+}
+
+/// A data node that passed the token check but whose report never ends (a
+/// line of keys every 20 ms, each within the line limit) is cut off when the
+/// registration time is up, told why, and the head node keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_node_report_that_never_ends_is_cut_off() {
+    let mut config = fast_config();
+    config.handshake_timeout = Duration::from_millis(800);
+    config.dedup_keys = 10_000;
+    let cluster = Cluster::start(config).await;
+    let (conn, answer) = welcome(cluster.addr, "endless", 1).await;
+    assert!(answer.starts_with("welcome endless "), "{answer}");
+    let started = Instant::now();
+    let protocol::Connection {
+        mut reader,
+        mut writer,
+        ..
+    } = conn;
+    let sender = tokio::spawn(async move {
+        let mut seq = 0u64;
+        // Bounded: 10 s of lines at most.
+        for _ in 0..500 {
+            let mut line = String::from("held c-endless");
+            for _ in 0..protocol::message::HELD_PER_LINE {
+                seq += 1;
+                line.push_str(&format!(" {seq}:1-{seq}"));
+            }
+            if writer.send(line.as_bytes()).await.is_err() {
+                return seq;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        seq
+    });
+    let told = tokio::time::timeout(Duration::from_secs(10), reader.read_frame())
+        .await
+        .expect("cut off within 10 s")
+        .expect("the reason, before the connection closes")
+        .expect("a line, not the end of the stream");
+    let took = started.elapsed();
+    assert_eq!(
+        told.as_str(),
+        "ERROR registration not finished within 800ms"
+    );
+    assert!(
+        (Duration::from_millis(700)..Duration::from_secs(5)).contains(&took),
+        "{took:?}"
+    );
+    sender.abort();
+
+    // The head node still takes data nodes and stores messages.
+    let _node = fake_node(cluster.addr, "dn1").await;
+    let replies = support::send_pipelined(cluster.addr, vec!["hola".into()], || {}).await;
+    assert!(
+        matches!(replies[0], StoreReply::Stored { .. }),
+        "{replies:?}"
+    );
+    cluster.stop().await;
 }

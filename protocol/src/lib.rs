@@ -21,6 +21,7 @@ pub mod codec;
 pub mod connection;
 pub mod error;
 pub mod handshake;
+pub mod key_window;
 pub mod message;
 pub mod net;
 pub mod server;

@@ -407,9 +407,21 @@ pub struct FakeNode {
 }
 
 /// Registers as data node `id` with the test token, answering the head
-/// node's challenge; returns the connection and the head node's last answer
-/// (`welcome <id>` or an `ERROR`).
+/// node's challenge, and sends an empty report; returns the connection and
+/// the head node's last answer (`welcome <id>` or an `ERROR`).
 pub async fn register(addr: SocketAddr, id: &str, incarnation: u64) -> (Connection, String) {
+    let (mut conn, answer) = welcome(addr, id, incarnation).await;
+    if answer.starts_with("welcome ") {
+        // An empty report: no keys held, no peers known.
+        conn.writer.send(b"peers").await.unwrap();
+        conn.writer.send(b"ready").await.unwrap();
+    }
+    (conn, answer)
+}
+
+/// Authenticates as data node `id` as [`register`] does, up to the head
+/// node's answer, and sends no report.
+pub async fn welcome(addr: SocketAddr, id: &str, incarnation: u64) -> (Connection, String) {
     let token = test_token();
     let stream = TcpStream::connect(addr).await.unwrap();
     let mut conn = Connection::connect(stream, 1 << 17).unwrap();
@@ -446,11 +458,6 @@ pub async fn register(addr: SocketAddr, id: &str, incarnation: u64) -> (Connecti
     conn.writer.flush().await.unwrap();
     let answer = conn.reader.read_frame().await.unwrap().unwrap();
     let answer = answer.as_str().to_owned();
-    if answer.starts_with("welcome ") {
-        // An empty report: no keys held, no peers known.
-        conn.writer.send(b"peers").await.unwrap();
-        conn.writer.send(b"ready").await.unwrap();
-    }
     (conn, answer)
 }
 
