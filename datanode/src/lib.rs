@@ -17,7 +17,6 @@
 //!   with jittered backoff, forever. On shutdown it tells the head node
 //!   `bye`, keeps acknowledging until the head node has drained it, then exits.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -32,9 +31,9 @@ use protocol::backoff::Backoff;
 use protocol::codec::LineDecoder;
 use protocol::connection::Connection;
 use protocol::handshake;
+use protocol::key_window::KeyWindow;
 use protocol::message::{
-    DataNodeHello, FromDataNode, MessageId, MessageKey, NodeId, STALE_HEAD, ToDataNode, Zone,
-    truncate_for_log,
+    DataNodeHello, FromDataNode, MessageId, NodeId, STALE_HEAD, ToDataNode, Zone, truncate_for_log,
 };
 use protocol::shutdown::Latch;
 use protocol::telemetry::MESSAGES_TARGET;
@@ -559,14 +558,15 @@ struct DataPathConfig {
 /// withdrawn first.
 struct Staged {
     id: Option<MessageId>,
-    key: Option<MessageKey>,
+    /// Its key: the client's name shared with [`Batch::keys`], and the
+    /// sequence number.
+    key: Option<(Arc<str>, u64)>,
     /// Its place in [`Batch::answers`].
     answer: usize,
 }
 
 /// What the data path has read since its last commit. Bounded by what the
 /// head node may have unacknowledged at this node (its per-node window).
-#[derive(Default)]
 struct Batch {
     /// One answer per message and ping, in the order they came.
     answers: Vec<FromDataNode>,
@@ -574,7 +574,18 @@ struct Batch {
     /// file (the same index).
     staged: Vec<Staged>,
     /// The keys of `staged`, so a key repeated before the commit is seen.
-    keys: HashMap<MessageKey, Option<MessageId>>,
+    /// Never forgets one: unbounded here, bounded by the batch.
+    keys: KeyWindow<Option<MessageId>>,
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Batch {
+            answers: Vec::new(),
+            staged: Vec::new(),
+            keys: KeyWindow::new(usize::MAX, Duration::MAX),
+        }
+    }
 }
 
 impl Batch {
@@ -592,8 +603,8 @@ impl Batch {
         }
         let staged = self.staged.remove(at);
         self.answers[staged.answer] = FromDataNode::Withdrawn(id);
-        if let Some(key) = staged.key {
-            self.keys.remove(&key);
+        if let Some((client, seq)) = staged.key {
+            self.keys.remove(&client, seq);
         }
         true
     }
@@ -609,19 +620,20 @@ fn handle_store(
     state: &mut NodeState,
     batch: &mut Batch,
 ) -> bool {
-    let owned = key.map(|k| k.to_key());
     let held = key.and_then(|k| state.keys.get(k));
-    let staged = owned.as_ref().is_some_and(|k| batch.keys.contains_key(k));
+    let staged = key.is_some_and(|k| batch.keys.get(k.client, k.seq).is_some());
     match commit_decision(id, held, staged) {
         Decision::Write => {
             debug!(target: MESSAGES_TARGET, id = ?id.map(|id| id.to_string()), key = ?key.map(|k| k.to_string()), "storing mensaje: {}", truncate_for_log(text));
             state.data.stage(id, key, text.as_bytes());
-            if let Some(k) = &owned {
-                batch.keys.insert(k.clone(), id);
-            }
+            let key = key.and_then(|k| {
+                // The batch's clock stands still: it never forgets a key.
+                batch.keys.insert(k.client, k.seq, id, 0);
+                Some((batch.keys.client_name(k.client)?.clone(), k.seq))
+            });
             batch.staged.push(Staged {
                 id,
-                key: owned,
+                key,
                 answer: batch.answers.len(),
             });
             batch.answers.push(FromDataNode::Stored(id));
@@ -808,8 +820,12 @@ fn data_path(
         // answered from the index.
         let now = now_millis();
         for staged in batch.staged.drain(..) {
-            if let (Some(key), Some(id)) = (staged.key, staged.id) {
-                state.keys.insert(key.as_ref(), id, now, now);
+            if let (Some((client, seq)), Some(id)) = (staged.key, staged.id) {
+                let key = protocol::message::KeyRef {
+                    client: &client,
+                    seq,
+                };
+                state.keys.insert(key, id, now, now);
             }
         }
         batch.keys.clear();

@@ -172,7 +172,7 @@ pub(crate) async fn run<S: Stream>(
                 match charge {
                     Ok(charge) => {
                         window.charge(waiting.slot, charge.num_permits() as u32);
-                        if let Err(refusal) = forward(&shared, &client, client_id.as_ref(), &done_tx, waiting.slot, &waiting.line, charge, &mut rng) {
+                        if let Err(refusal) = forward(&shared, &client, client_id.as_ref(), &done_tx, waiting.slot, &waiting.line, charge, Instant::now(), &mut rng) {
                             window.fill(failed(waiting.slot, &refusal));
                         }
                     }
@@ -197,7 +197,7 @@ pub(crate) async fn run<S: Stream>(
                             match shared.budget.clone().try_acquire_many_owned(cost) {
                                 Ok(charge) => {
                                     window.charge(slot, cost);
-                                    if let Err(refusal) = forward(&shared, &client, client_id.as_ref(), &done_tx, slot, &line, charge, &mut rng) {
+                                    if let Err(refusal) = forward(&shared, &client, client_id.as_ref(), &done_tx, slot, &line, charge, last_heard, &mut rng) {
                                         window.fill(failed(slot, &refusal));
                                     }
                                 }
@@ -268,6 +268,7 @@ fn forward(
     slot: u64,
     line: &Line,
     charge: OwnedSemaphorePermit,
+    now: Instant,
     rng: &mut SmallRng,
 ) -> Result<(), String> {
     let waiter = || Waiter {
@@ -297,7 +298,7 @@ fn forward(
         seq,
     };
     let mut charge = Some(charge);
-    let found = shared.keys.lookup_or_insert(&key, Instant::now(), || {
+    let found = shared.keys.lookup_or_insert(&key, now, || {
         Arc::new(
             Envelope::new(
                 shared.ids.next_id(),

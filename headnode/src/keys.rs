@@ -20,7 +20,7 @@
 //! about [`BYTES_PER_KEY`] bytes per key, measured by `head_bytes_per_key_*`
 //! below.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -68,8 +68,7 @@ pub(crate) enum Found {
 
 struct Keys {
     window: KeyWindow<KeyEntry>,
-    /// Sets of holders shared by the entries.
-    holder_sets: HashSet<Arc<[NodeId]>>,
+    holder_sets: HolderSets,
 }
 
 /// The table, shared by every client session, data-node registration and
@@ -88,7 +87,7 @@ impl KeyTable {
         KeyTable {
             keys: Mutex::new(Keys {
                 window: KeyWindow::new(max_keys, window),
-                holder_sets: HashSet::new(),
+                holder_sets: HolderSets::default(),
             }),
             started: Instant::now(),
         }
@@ -211,17 +210,40 @@ impl KeyTable {
 }
 
 /// The shared copy of `holders` in `sets`.
-fn share(sets: &mut HashSet<Arc<[NodeId]>>, holders: &[NodeId]) -> Arc<[NodeId]> {
-    if let Some(shared) = sets.get(holders) {
+fn share(sets: &mut HolderSets, holders: &[NodeId]) -> Arc<[NodeId]> {
+    // Consecutive messages mostly have the same holders (sticky routing),
+    // and node ids compare by pointer first: a look at the last few sets
+    // spares a hash of the names.
+    if let Some(shared) = sets.recent.iter().find(|set| ***set == *holders) {
         return shared.clone();
     }
-    if sets.len() >= MAX_SHARED_HOLDER_SETS {
-        sets.clear();
+    let shared = match sets.all.get(holders) {
+        Some(shared) => shared.clone(),
+        None => {
+            if sets.all.len() >= MAX_SHARED_HOLDER_SETS {
+                sets.all.clear();
+            }
+            let shared: Arc<[NodeId]> = holders.into();
+            sets.all.insert(shared.clone());
+            shared
+        }
+    };
+    if sets.recent.len() >= RECENT_HOLDER_SETS {
+        sets.recent.pop_back();
     }
-    let shared: Arc<[NodeId]> = holders.into();
-    sets.insert(shared.clone());
+    sets.recent.push_front(shared.clone());
     shared
 }
+
+/// Sets of holders shared by the entries, the last ones used first.
+#[derive(Default)]
+struct HolderSets {
+    all: HashSet<Arc<[NodeId]>>,
+    recent: VecDeque<Arc<[NodeId]>>,
+}
+
+/// Sets of holders looked at before the hash of all of them.
+const RECENT_HOLDER_SETS: usize = 4;
 
 impl std::fmt::Debug for KeyTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

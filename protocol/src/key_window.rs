@@ -97,6 +97,13 @@ impl<V> Run<V> {
         self.scattered.as_mut()?.get_mut(&seq)
     }
 
+    fn remove(&mut self, seq: u64) -> Option<V> {
+        if let Some(slot) = seq.checked_sub(self.base).and_then(|i| self.index(i)) {
+            return self.slots[slot].take();
+        }
+        self.scattered.as_mut()?.remove(&seq)
+    }
+
     fn index(&self, offset: u64) -> Option<usize> {
         usize::try_from(offset)
             .ok()
@@ -206,6 +213,38 @@ impl<V> KeyWindow<V> {
         self.current.slots += run.insert(seq, value);
         self.current.keys += 1;
         true
+    }
+
+    /// Forgets `client`'s key `seq`; its value, if it was held. Its slot
+    /// stays counted until its generation is dropped.
+    pub fn remove(&mut self, client: &str, seq: u64) -> Option<V> {
+        for generation in [&mut self.current, &mut self.previous] {
+            if let Some(run) = generation.clients.get_mut(client)
+                && let Some(value) = run.remove(seq)
+            {
+                generation.keys -= 1;
+                return Some(value);
+            }
+        }
+        None
+    }
+
+    /// Forgets every key, keeping the room the current generation had.
+    pub fn clear(&mut self) {
+        self.current.clients.clear();
+        self.current.slots = 0;
+        self.current.keys = 0;
+        self.previous = Generation::default();
+        self.current_since_ms = None;
+    }
+
+    /// The shared name of `client`, if it has keys here: keys kept
+    /// elsewhere can point to it instead of a copy.
+    pub fn client_name(&self, client: &str) -> Option<&Arc<str>> {
+        [&self.current, &self.previous]
+            .into_iter()
+            .find_map(|generation| generation.clients.get_key_value(client))
+            .map(|(name, _)| name)
     }
 
     /// Drops what is past the window at `now_ms`: the previous generation
@@ -348,6 +387,26 @@ mod tests {
         }
         let per_client = 1 + SLOTS_PER_CLIENT;
         assert!(window.len() <= 1000 / per_client + 1, "{}", window.len());
+    }
+
+    #[test]
+    fn removed_keys_are_gone_and_clear_forgets_all() {
+        let mut window = KeyWindow::new(100, MINUTE);
+        for seq in [1, 2, 3, 500] {
+            window.insert("c", seq, seq, 0);
+        }
+        assert_eq!(window.remove("c", 2), Some(2));
+        assert_eq!(window.remove("c", 500), Some(500));
+        assert_eq!(window.remove("c", 2), None);
+        assert_eq!(window.get("c", 2), None);
+        assert_eq!(window.len(), 2);
+        assert!(window.insert("c", 2, 20, 0), "a removed key can come back");
+        assert_eq!(window.get("c", 2), Some(&20));
+        let name = window.client_name("c").unwrap().clone();
+        assert_eq!(&*name, "c");
+        window.clear();
+        assert!(window.is_empty() && window.get("c", 1).is_none());
+        assert!(window.client_name("c").is_none());
     }
 
     #[test]
