@@ -477,7 +477,7 @@ print_report() {
     echo
     echo "Loopback benchmark, $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo "machine: nproc $(nproc), $cpu, Linux $(uname -r), load average at start $LOAD_AT_START"
-    echo "ours: head node + 3 data nodes, --fsync batch (acknowledged after fdatasync), RUST_LOG=warn (per-message log lines off)"
+    echo "ours: head node + 3 data nodes, --replicas 1 and --replicas 2 (--min-replicas all), --fsync batch (acknowledged after fdatasync), RUST_LOG=warn (per-message log lines off)"
     if [ "$REDIS_OK" = 1 ]; then
         echo "Redis $REDIS_VERSION: appendonly yes, appendfsync always, save \"\", auto-aof-rewrite-percentage 0; redis-benchmark XADD s * f <payload>"
     else
