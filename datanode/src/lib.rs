@@ -119,7 +119,7 @@ impl Config {
             max_line: protocol::DEFAULT_MAX_LINE,
             head_timeout: Duration::from_secs(10),
             min_backoff: Duration::from_millis(200),
-            max_backoff: Duration::from_secs(5),
+            max_backoff: Duration::from_secs(1),
             leave_timeout: Duration::from_secs(5),
             source_ip: None,
         }

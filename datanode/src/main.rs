@@ -111,8 +111,11 @@ struct NodeArgs {
     /// Reconnect when the head node has sent nothing, not even a heartbeat, for this long.
     #[arg(long, env = "HEAD_TIMEOUT", default_value = "10s", value_parser = parse_timeout)]
     head_timeout: Duration,
-    /// Longest reconnect delay (delays start at 200ms and double, with jitter).
-    #[arg(long, env = "MAX_BACKOFF", default_value = "5s", value_parser = parse_timeout)]
+    /// Longest reconnect delay (delays start at 200ms and double, with
+    /// jitter). Short: a restarted head node serves clients only once the
+    /// data nodes of its predecessor have come back, and there are few of
+    /// them (at most 64).
+    #[arg(long, env = "MAX_BACKOFF", default_value = "1s", value_parser = parse_timeout)]
     max_backoff: Duration,
     /// Local IP address to connect from (on hosts with several).
     #[arg(long, env = "SOURCE_IP")]
