@@ -3,15 +3,18 @@
 //! both built on it.
 //!
 //! It is laid out for the way clients number their messages: each client's
-//! keys are one run of consecutive sequence numbers, so a new key is
-//! appended at the end of its client's run and a lookup is a range check
-//! and an index, without hashing the key itself or touching a random
-//! place in a large table. Keys out of order (a resend, a gap wider than
-//! [`MAX_GAP`]) go to a small map beside the run.
+//! keys are runs of consecutive sequence numbers, so a new key is appended
+//! at the end of its client's last run and a lookup is a range check and
+//! an index, without hashing the key itself or touching a random place in
+//! a large table. A data node that gets every third key of a client keeps
+//! the gaps inside the run (up to [`MAX_GAP`]) or starts a new run; keys
+//! that come out of order (a resend, a report) go to a small map beside
+//! the runs.
 //!
 //! Bounds: two generations, each at most half of `max_keys` slots (a slot
-//! is a key, or a gap of at most [`MAX_GAP`] inside a run; each client's
-//! run costs [`SLOTS_PER_CLIENT`] more). A new key goes
+//! is a key, or a gap of at most [`MAX_GAP`] inside a run; each client
+//! costs [`SLOTS_PER_CLIENT`] more, each run after its first
+//! [`SLOTS_PER_RUN`]). A new key goes
 //! to the current generation; when it is full, or `window` old, the
 //! previous one is dropped whole and the current one takes its place. So a
 //! key is kept at least `window` after it was added, unless `max_keys`
@@ -19,18 +22,21 @@
 //! is the caller's, in milliseconds: the head node's is monotonic, a data
 //! node's is the time its records were written.
 
+use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// The widest gap kept inside a run: a key further ahead than this from
-/// the end of its client's run goes to the map beside it.
+/// the end of its client's last run starts a new run.
 pub const MAX_GAP: u64 = 16;
 
-/// Slots a client's run costs by itself (its entry and allocations), so the
+/// Slots a client costs by itself (its entry and allocations), so the
 /// bound holds in memory too when every client sends a single key.
 pub const SLOTS_PER_CLIENT: usize = 4;
+
+/// Slots a run beyond a client's first costs by itself.
+pub const SLOTS_PER_RUN: usize = 2;
 
 /// Recent client keys and a value for each; see the module documentation.
 #[derive(Debug)]
@@ -45,8 +51,9 @@ pub struct KeyWindow<V> {
 
 #[derive(Debug)]
 struct Generation<V> {
-    clients: HashMap<Arc<str>, Run<V>>,
-    /// Slots used by every run: keys and the gaps between them.
+    clients: HashMap<Arc<str>, ClientKeys<V>>,
+    /// Slots used by every client: keys, the gaps between them, and each
+    /// client's and run's own cost.
     slots: usize,
     keys: usize,
 }
@@ -61,81 +68,140 @@ impl<V> Default for Generation<V> {
     }
 }
 
-/// One client's keys in one generation.
+/// Consecutive sequence numbers of one client, from `base`.
 #[derive(Debug)]
 struct Run<V> {
-    /// Sequence number of `slots[0]`.
     base: u64,
-    slots: VecDeque<Option<V>>,
-    /// Keys outside the run; most clients have none. Boxed: an empty map
-    /// inline would cost every client 48 bytes.
-    #[allow(clippy::box_collection)]
-    scattered: Option<Box<HashMap<u64, V>>>,
+    slots: Vec<Option<V>>,
 }
 
 impl<V> Run<V> {
-    fn new() -> Self {
-        Run {
-            base: 0,
-            // Many clients send one key: room for one at first.
-            slots: VecDeque::with_capacity(1),
-            scattered: None,
-        }
-    }
-
-    fn get(&self, seq: u64) -> Option<&V> {
-        if let Some(slot) = seq.checked_sub(self.base).and_then(|i| self.index(i)) {
-            return self.slots[slot].as_ref();
-        }
-        self.scattered.as_ref()?.get(&seq)
-    }
-
-    fn get_mut(&mut self, seq: u64) -> Option<&mut V> {
-        if let Some(slot) = seq.checked_sub(self.base).and_then(|i| self.index(i)) {
-            return self.slots[slot].as_mut();
-        }
-        self.scattered.as_mut()?.get_mut(&seq)
-    }
-
-    fn remove(&mut self, seq: u64) -> Option<V> {
-        if let Some(slot) = seq.checked_sub(self.base).and_then(|i| self.index(i)) {
-            return self.slots[slot].take();
-        }
-        self.scattered.as_mut()?.remove(&seq)
-    }
-
-    fn index(&self, offset: u64) -> Option<usize> {
+    /// The index of `seq` in this run, if it falls in it.
+    fn index(&self, seq: u64) -> Option<usize> {
+        let offset = seq.checked_sub(self.base)?;
         usize::try_from(offset)
             .ok()
             .filter(|&i| i < self.slots.len())
     }
 
+    fn end(&self) -> u64 {
+        self.base.saturating_add(self.slots.len() as u64)
+    }
+}
+
+/// One client's keys in one generation: runs in increasing order, and
+/// the keys that fit none (sent out of order).
+#[derive(Debug)]
+struct ClientKeys<V> {
+    runs: Vec<Run<V>>,
+    /// Keys outside every run, below the last one's start; most clients
+    /// have none. Boxed: an empty map inline would cost every client 48
+    /// bytes.
+    #[allow(clippy::box_collection)]
+    scattered: Option<Box<HashMap<u64, V>>>,
+}
+
+impl<V> ClientKeys<V> {
+    fn new() -> Self {
+        ClientKeys {
+            runs: Vec::with_capacity(1),
+            scattered: None,
+        }
+    }
+
+    /// The run `seq` falls in, if any: the last one first (where new keys
+    /// go), then a binary search.
+    fn run_of(&self, seq: u64) -> Option<(usize, usize)> {
+        let last = self.runs.len().checked_sub(1)?;
+        if seq >= self.runs[last].base {
+            return self.runs[last].index(seq).map(|i| (last, i));
+        }
+        let after = self.runs.partition_point(|run| run.base <= seq);
+        let at = after.checked_sub(1)?;
+        self.runs[at].index(seq).map(|i| (at, i))
+    }
+
+    fn get(&self, seq: u64) -> Option<&V> {
+        match self.run_of(seq) {
+            Some((run, i)) => self.runs[run].slots[i].as_ref(),
+            None => self.scattered_below_last(seq)?.get(&seq),
+        }
+    }
+
+    fn get_mut(&mut self, seq: u64) -> Option<&mut V> {
+        match self.run_of(seq) {
+            Some((run, i)) => self.runs[run].slots[i].as_mut(),
+            None => {
+                self.scattered_below_last(seq)?;
+                self.scattered.as_mut()?.get_mut(&seq)
+            }
+        }
+    }
+
+    fn remove(&mut self, seq: u64) -> Option<V> {
+        match self.run_of(seq) {
+            Some((run, i)) => self.runs[run].slots[i].take(),
+            None => self.scattered.as_mut()?.remove(&seq),
+        }
+    }
+
+    /// The map of scattered keys, when `seq` could be in it: scattered
+    /// keys all lie below the last run's start.
+    fn scattered_below_last(&self, seq: u64) -> Option<&HashMap<u64, V>> {
+        let scattered = self.scattered.as_deref()?;
+        (seq < self.runs.last()?.base).then_some(scattered)
+    }
+
     /// Adds `seq` (known to be absent); the slots it took.
     fn insert(&mut self, seq: u64, value: V) -> usize {
-        if self.slots.is_empty() {
-            self.base = seq;
-            self.slots.push_back(Some(value));
-            return 1;
-        }
-        let end = self.base.saturating_add(self.slots.len() as u64);
-        if let Some(slot) = seq.checked_sub(self.base).and_then(|i| self.index(i)) {
-            // A gap inside the run, filled now: its slot was counted.
-            self.slots[slot] = Some(value);
+        if let Some((run, i)) = self.run_of(seq) {
+            // A gap inside a run, filled now: its slot was counted.
+            self.runs[run].slots[i] = Some(value);
             return 0;
         }
-        match seq.checked_sub(end) {
+        let Some(last) = self.runs.last_mut() else {
+            self.runs.push(Run {
+                base: seq,
+                slots: vec![Some(value)],
+            });
+            return 1;
+        };
+        if seq < last.base {
+            self.scattered.get_or_insert_default().insert(seq, value);
+            return 1;
+        }
+        match seq.checked_sub(last.end()) {
             Some(gap) if gap <= MAX_GAP => {
                 for _ in 0..gap {
-                    self.slots.push_back(None);
+                    last.slots.push(None);
                 }
-                self.slots.push_back(Some(value));
+                last.slots.push(Some(value));
                 gap as usize + 1
             }
             _ => {
-                self.scattered.get_or_insert_default().insert(seq, value);
-                1
+                self.runs.push(Run {
+                    base: seq,
+                    slots: vec![Some(value)],
+                });
+                SLOTS_PER_RUN + 1
             }
         }
+    }
+
+    /// Every key, with its sequence number.
+    fn iter(&self) -> impl Iterator<Item = (u64, &V)> {
+        let in_runs = self.runs.iter().flat_map(|run| {
+            // A run never reaches past `u64::MAX`.
+            run.slots.iter().enumerate().filter_map(move |(i, slot)| {
+                Some((run.base.wrapping_add(i as u64), slot.as_ref()?))
+            })
+        });
+        let scattered = self
+            .scattered
+            .iter()
+            .flat_map(|map| map.iter())
+            .map(|(&seq, v)| (seq, v));
+        in_runs.chain(scattered)
     }
 }
 
@@ -205,7 +271,7 @@ impl<V> KeyWindow<V> {
                 };
                 self.current.slots += SLOTS_PER_CLIENT;
                 match self.current.clients.entry(name) {
-                    Entry::Vacant(vacant) => vacant.insert(Run::new()),
+                    Entry::Vacant(vacant) => vacant.insert(ClientKeys::new()),
                     Entry::Occupied(occupied) => occupied.into_mut(),
                 }
             }
@@ -269,19 +335,7 @@ impl<V> KeyWindow<V> {
         [&self.previous, &self.current]
             .into_iter()
             .flat_map(|generation| generation.clients.iter())
-            .flat_map(|(client, run)| {
-                // A run never reaches past `u64::MAX`.
-                let in_run = run.slots.iter().enumerate().filter_map(move |(i, slot)| {
-                    slot.as_ref()
-                        .map(|v| (client, run.base.wrapping_add(i as u64), v))
-                });
-                let scattered = run
-                    .scattered
-                    .iter()
-                    .flat_map(|map| map.iter())
-                    .map(move |(&seq, v)| (client, seq, v));
-                in_run.chain(scattered)
-            })
+            .flat_map(|(client, keys)| keys.iter().map(move |(seq, v)| (client, seq, v)))
     }
 
     fn turn_if_due(&mut self, now_ms: u64) {
@@ -352,6 +406,76 @@ mod tests {
         listed.sort_unstable();
         expected.sort_unstable();
         assert_eq!(listed, expected);
+    }
+
+    #[test]
+    fn a_share_of_a_clients_keys_stays_in_runs() {
+        // What one data node of three sees: bursts of a client's keys with
+        // wide gaps between them.
+        let mut window = KeyWindow::new(1_000_000, MINUTE);
+        let seqs: Vec<u64> = (0..100u64)
+            .flat_map(|burst| (0..20).map(move |i| burst * 60 + i))
+            .collect();
+        for &seq in &seqs {
+            assert!(window.insert("c", seq, seq, 0));
+        }
+        let keys = &window.current.clients["c"];
+        assert!(keys.scattered.is_none(), "no key left the runs");
+        assert_eq!(keys.runs.len(), 100);
+        assert!(seqs.iter().all(|&seq| window.get("c", seq) == Some(&seq)));
+        assert!(window.get("c", 30).is_none() && window.get("c", 6000).is_none());
+    }
+
+    #[test]
+    fn matches_a_map_whatever_the_order() {
+        // A small deterministic generator: sequential, bursty, backwards
+        // and random keys, inserts, lookups and removals.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut window = KeyWindow::new(usize::MAX, Duration::MAX);
+        let mut model = std::collections::HashMap::new();
+        let mut cursor = 0u64;
+        for step in 0..200_000u64 {
+            let client = ["a", "b", "c"][(next() % 3) as usize];
+            let seq = match next() % 10 {
+                0..=5 => {
+                    cursor += 1 + next() % 3;
+                    cursor
+                }
+                6 => cursor + next() % 100,
+                7 => cursor.saturating_sub(next() % 500),
+                8 => next() % 1_000_000,
+                _ => next(),
+            };
+            match next() % 4 {
+                0 | 1 => {
+                    let added = window.insert(client, seq, step, 0);
+                    let fresh = !model.contains_key(&(client, seq));
+                    assert_eq!(added, fresh, "insert {client}/{seq}");
+                    model.entry((client, seq)).or_insert(step);
+                }
+                2 => assert_eq!(
+                    window.get(client, seq),
+                    model.get(&(client, seq)),
+                    "get {client}/{seq}"
+                ),
+                _ => assert_eq!(
+                    window.remove(client, seq),
+                    model.remove(&(client, seq)),
+                    "remove {client}/{seq}"
+                ),
+            }
+        }
+        assert_eq!(window.len(), model.len());
+        for (&(client, seq), value) in &model {
+            assert_eq!(window.get(client, seq), Some(value));
+        }
+        assert_eq!(window.iter().count(), model.len());
     }
 
     #[test]
