@@ -63,7 +63,6 @@ pub fn commit_decision(id: Option<MessageId>, held: Option<MessageId>, staged: b
 #[derive(Debug)]
 pub struct KeyIndex {
     keys: KeyWindow<MessageId>,
-    window_ms: u64,
 }
 
 impl KeyIndex {
@@ -73,7 +72,6 @@ impl KeyIndex {
     pub fn new(max_keys: usize, window: Duration) -> Self {
         KeyIndex {
             keys: KeyWindow::new(max_keys.max(2), window),
-            window_ms: u64::try_from(window.as_millis()).unwrap_or(u64::MAX),
         }
     }
 
@@ -96,7 +94,7 @@ impl KeyIndex {
     /// unless it is already held (the first id stays) or is already out of
     /// the window at `now_ms`. True if it was added.
     pub fn insert(&mut self, key: KeyRef<'_>, id: MessageId, at_ms: u64, now_ms: u64) -> bool {
-        if at_ms.saturating_add(self.window_ms) < now_ms {
+        if at_ms.saturating_add(self.keys.window_ms()) < now_ms {
             return false;
         }
         self.keys.insert(key.client, key.seq, id, at_ms)

@@ -13,8 +13,8 @@
 //! reported (see `recovery`).
 //!
 //! Bounds: at most `max_keys` keys, each kept at least `window` while the
-//! bound allows and at most about twice that (a [`KeyWindow`]: one run of
-//! sequence numbers per client, in two generations). A resend of a
+//! bound allows and at most about twice that (a [`KeyWindow`]: runs of
+//! consecutive sequence numbers per client, in two generations). A resend of a
 //! forgotten key is stored as a new message (the data nodes, which keep
 //! their own window, still refuse to write it twice under one id). Cost:
 //! about [`BYTES_PER_KEY`] bytes per key, measured by `head_bytes_per_key_*`
@@ -31,12 +31,12 @@ use tracing::warn;
 
 use crate::forward::Envelope;
 
-/// Memory of one remembered key: its slot of 40 bytes (id, holders,
-/// envelope pointer) in its client's run, and the run's spare room (up to
-/// as much again). Client ids and sets of holders are shared, not copied;
-/// a client id costs about 100 bytes more, once per client. Measured by
-/// `head_bytes_per_key_*` below; the start-up line reports `dedup-keys`
-/// times this.
+/// Memory of one slot of the bound, at most: a key's 40 bytes (id,
+/// holders, envelope pointer) in its client's run and the run's spare
+/// room; a client, and each run after its first, are counted as a few
+/// slots more (see [`KeyWindow`]). Sets of holders are shared, not copied.
+/// Measured by `head_bytes_per_key_*` below; the start-up line reports
+/// `dedup-keys` times this.
 pub(crate) const BYTES_PER_KEY: usize = 64;
 
 /// Distinct sets of holders shared between the keys; beyond this the
@@ -129,7 +129,7 @@ impl KeyTable {
         let envelope = make();
         let entry = KeyEntry {
             id: envelope.id,
-            holders: share(&mut keys.holder_sets, &[]),
+            holders: keys.holder_sets.share(&[]),
             live: Arc::downgrade(&envelope),
         };
         keys.window
@@ -163,7 +163,7 @@ impl KeyTable {
             && entry.id == id
         {
             if *entry.holders != *holders {
-                entry.holders = share(&mut keys.holder_sets, holders);
+                entry.holders = keys.holder_sets.share(holders);
             }
             if std::ptr::eq(entry.live.as_ptr(), ended) {
                 entry.live = Weak::new();
@@ -181,7 +181,7 @@ impl KeyTable {
                 if !entry.holders.contains(node) {
                     let mut holders = entry.holders.to_vec();
                     holders.push(node.clone());
-                    entry.holders = share(&mut keys.holder_sets, &holders);
+                    entry.holders = keys.holder_sets.share(&holders);
                 }
             }
             Some(entry) => {
@@ -193,7 +193,7 @@ impl KeyTable {
             None => {
                 let entry = KeyEntry {
                     id,
-                    holders: share(&mut keys.holder_sets, std::slice::from_ref(node)),
+                    holders: keys.holder_sets.share(std::slice::from_ref(node)),
                     live: Weak::new(),
                 };
                 keys.window
@@ -209,32 +209,6 @@ impl KeyTable {
     }
 }
 
-/// The shared copy of `holders` in `sets`.
-fn share(sets: &mut HolderSets, holders: &[NodeId]) -> Arc<[NodeId]> {
-    // Consecutive messages mostly have the same holders (sticky routing),
-    // and node ids compare by pointer first: a look at the last few sets
-    // spares a hash of the names.
-    if let Some(shared) = sets.recent.iter().find(|set| ***set == *holders) {
-        return shared.clone();
-    }
-    let shared = match sets.all.get(holders) {
-        Some(shared) => shared.clone(),
-        None => {
-            if sets.all.len() >= MAX_SHARED_HOLDER_SETS {
-                sets.all.clear();
-            }
-            let shared: Arc<[NodeId]> = holders.into();
-            sets.all.insert(shared.clone());
-            shared
-        }
-    };
-    if sets.recent.len() >= RECENT_HOLDER_SETS {
-        sets.recent.pop_back();
-    }
-    sets.recent.push_front(shared.clone());
-    shared
-}
-
 /// Sets of holders shared by the entries, the last ones used first.
 #[derive(Default)]
 struct HolderSets {
@@ -244,6 +218,34 @@ struct HolderSets {
 
 /// Sets of holders looked at before the hash of all of them.
 const RECENT_HOLDER_SETS: usize = 4;
+
+impl HolderSets {
+    /// The shared copy of `holders`.
+    fn share(&mut self, holders: &[NodeId]) -> Arc<[NodeId]> {
+        // Consecutive messages mostly have the same holders (sticky
+        // routing), and node ids compare by pointer first: a look at the
+        // last few sets spares a hash of the names.
+        if let Some(shared) = self.recent.iter().find(|set| ***set == *holders) {
+            return shared.clone();
+        }
+        let shared = match self.all.get(holders) {
+            Some(shared) => shared.clone(),
+            None => {
+                if self.all.len() >= MAX_SHARED_HOLDER_SETS {
+                    self.all.clear();
+                }
+                let shared: Arc<[NodeId]> = holders.into();
+                self.all.insert(shared.clone());
+                shared
+            }
+        };
+        if self.recent.len() >= RECENT_HOLDER_SETS {
+            self.recent.pop_back();
+        }
+        self.recent.push_front(shared.clone());
+        shared
+    }
+}
 
 impl std::fmt::Debug for KeyTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -364,11 +366,13 @@ mod tests {
         );
     }
 
-    /// Remembers 1M keys from `clients` clients, each held by two nodes;
-    /// prints the resident bytes they added per key. Run alone, in release:
+    /// Remembers 1M keys from `clients` clients, each held by two nodes,
+    /// each client's in increasing order or (`backwards`) decreasing, so
+    /// every key but the first is out of order; prints the resident bytes
+    /// they added per key and per slot of the bound. Run alone, in release:
     /// `cargo test --release -p headnode --lib head_bytes_per_key --
     /// --ignored --nocapture`.
-    fn measure_bytes_per_key(clients: u64) {
+    fn measure_bytes_per_key(clients: u64, backwards: bool) {
         const KEYS: u64 = 1_000_000;
         let nodes: [NodeId; 2] = ["datanode1".parse().unwrap(), "datanode2".parse().unwrap()];
         let t0 = Instant::now();
@@ -380,13 +384,14 @@ mod tests {
             .collect();
         // Room for every key: the bound counts both generations, and a
         // client's run as a few slots more.
-        let room = 2 * KEYS as usize * (1 + protocol::key_window::SLOTS_PER_CLIENT);
+        let room = 2 * KEYS as usize * (1 + protocol::key_window::SLOTS_PER_CLIENT) * 2;
         let table = KeyTable::new(room, Duration::from_secs(3600));
         for n in 0..KEYS {
             let client = &names[(n % clients) as usize];
+            let seq = n / clients + 1;
             let key = MessageKey {
                 client: client.clone(),
-                seq: n / clients + 1,
+                seq: if backwards { u64::MAX - seq } else { seq },
             };
             let id = MessageId {
                 epoch: 1_795_000_000_000,
@@ -398,21 +403,30 @@ mod tests {
         drop(names);
         let after = protocol::telemetry::resident_bytes().expect("Linux /proc/self/status");
         assert_eq!(table.len() as u64, KEYS);
+        let slots = table.lock().window.slots();
         println!(
-            "head node, {clients} clients: {} bytes per key (estimate {BYTES_PER_KEY})",
-            (after - before) / KEYS
+            "head node, {clients} clients{}: {} bytes per key, {} per slot (bound {BYTES_PER_KEY})",
+            if backwards { ", keys backwards" } else { "" },
+            (after - before) / KEYS,
+            (after - before) / slots as u64,
         );
     }
 
     #[test]
     #[ignore = "a measurement, not a check: run it alone, in release"]
     fn head_bytes_per_key_1k_clients() {
-        measure_bytes_per_key(1_000);
+        measure_bytes_per_key(1_000, false);
+    }
+
+    #[test]
+    #[ignore = "a measurement, not a check: run it alone, in release"]
+    fn head_bytes_per_key_1k_clients_backwards() {
+        measure_bytes_per_key(1_000, true);
     }
 
     #[test]
     #[ignore = "a measurement, not a check: run it alone, in release"]
     fn head_bytes_per_key_1m_clients() {
-        measure_bytes_per_key(1_000_000);
+        measure_bytes_per_key(1_000_000, false);
     }
 }

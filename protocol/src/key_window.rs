@@ -14,7 +14,7 @@
 //! Bounds: two generations, each at most half of `max_keys` slots (a slot
 //! is a key, or a gap of at most [`MAX_GAP`] inside a run; each client
 //! costs [`SLOTS_PER_CLIENT`] more, each run after its first
-//! [`SLOTS_PER_RUN`]). A new key goes
+//! [`SLOTS_PER_RUN`], a key out of order [`SLOTS_PER_SCATTERED_KEY`]). A new key goes
 //! to the current generation; when it is full, or `window` old, the
 //! previous one is dropped whole and the current one takes its place. So a
 //! key is kept at least `window` after it was added, unless `max_keys`
@@ -23,7 +23,6 @@
 //! node's is the time its records were written.
 
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,6 +36,10 @@ pub const SLOTS_PER_CLIENT: usize = 4;
 
 /// Slots a run beyond a client's first costs by itself.
 pub const SLOTS_PER_RUN: usize = 2;
+
+/// Slots a key out of order costs: an entry of the hashed map beside the
+/// runs takes about twice a slot of a run.
+pub const SLOTS_PER_SCATTERED_KEY: usize = 2;
 
 /// Recent client keys and a value for each; see the module documentation.
 #[derive(Debug)]
@@ -168,7 +171,7 @@ impl<V> ClientKeys<V> {
         };
         if seq < last.base {
             self.scattered.get_or_insert_default().insert(seq, value);
-            return 1;
+            return SLOTS_PER_SCATTERED_KEY;
         }
         match seq.checked_sub(last.end()) {
             Some(gap) if gap <= MAX_GAP => {
@@ -223,6 +226,11 @@ impl<V> KeyWindow<V> {
         self.current.keys + self.previous.keys
     }
 
+    /// Slots in use, of the `max_keys` bound.
+    pub fn slots(&self) -> usize {
+        self.current.slots + self.previous.slots
+    }
+
     /// Whether no key is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -231,7 +239,11 @@ impl<V> KeyWindow<V> {
     /// The value of `client`'s key `seq`, if it is held.
     pub fn get(&self, client: &str, seq: u64) -> Option<&V> {
         for generation in [&self.current, &self.previous] {
-            if let Some(value) = generation.clients.get(client).and_then(|run| run.get(seq)) {
+            if let Some(value) = generation
+                .clients
+                .get(client)
+                .and_then(|keys| keys.get(seq))
+            {
                 return Some(value);
             }
         }
@@ -244,7 +256,7 @@ impl<V> KeyWindow<V> {
             .current
             .clients
             .get(client)
-            .is_some_and(|run| run.get(seq).is_some());
+            .is_some_and(|keys| keys.get(seq).is_some());
         let generation = if in_current {
             &mut self.current
         } else {
@@ -261,22 +273,22 @@ impl<V> KeyWindow<V> {
             return false;
         }
         self.turn_if_due(now_ms);
-        let run = match self.current.clients.get_mut(client) {
-            Some(run) => run,
+        let keys = match self.current.clients.get_mut(client) {
+            Some(keys) => keys,
             None => {
-                // The name is shared with the previous generation's run.
+                // The name is shared with the previous generation.
                 let name = match self.previous.clients.get_key_value(client) {
                     Some((name, _)) => name.clone(),
                     None => Arc::from(client),
                 };
                 self.current.slots += SLOTS_PER_CLIENT;
-                match self.current.clients.entry(name) {
-                    Entry::Vacant(vacant) => vacant.insert(ClientKeys::new()),
-                    Entry::Occupied(occupied) => occupied.into_mut(),
-                }
+                self.current
+                    .clients
+                    .entry(name)
+                    .or_insert_with(ClientKeys::new)
             }
         };
-        self.current.slots += run.insert(seq, value);
+        self.current.slots += keys.insert(seq, value);
         self.current.keys += 1;
         true
     }
@@ -285,8 +297,8 @@ impl<V> KeyWindow<V> {
     /// stays counted until its generation is dropped.
     pub fn remove(&mut self, client: &str, seq: u64) -> Option<V> {
         for generation in [&mut self.current, &mut self.previous] {
-            if let Some(run) = generation.clients.get_mut(client)
-                && let Some(value) = run.remove(seq)
+            if let Some(keys) = generation.clients.get_mut(client)
+                && let Some(value) = keys.remove(seq)
             {
                 generation.keys -= 1;
                 return Some(value);
@@ -311,6 +323,11 @@ impl<V> KeyWindow<V> {
             .into_iter()
             .find_map(|generation| generation.clients.get_key_value(client))
             .map(|(name, _)| name)
+    }
+
+    /// The window, in milliseconds of the caller's clock.
+    pub fn window_ms(&self) -> u64 {
+        self.window_ms
     }
 
     /// Drops what is past the window at `now_ms`: the previous generation
