@@ -200,13 +200,31 @@ pub fn audit(config: &AuditConfig) -> Result<AuditReport, StorageError> {
     let mut key_of_id: HashMap<MessageId, MessageKey> = HashMap::new();
     for dir in &config.data_dirs {
         let node = node_name(dir);
-        let path = dir.join(DATA_FILE);
-        let contents = match std::fs::read(&path) {
-            Ok(contents) => contents,
-            // A node that never stored anything has no file.
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(error) => return Err(StorageError::Read { path, error }),
-        };
+        // Every segment, then data.txt: one store.
+        let mut paths: Vec<_> = storage::segments::list_segments(dir)?
+            .into_iter()
+            .map(|segment| segment.path)
+            .collect();
+        paths.push(dir.join(DATA_FILE));
+        let mut contents = Vec::new();
+        let last = paths.len() - 1;
+        for (n, path) in paths.into_iter().enumerate() {
+            match std::fs::read(&path) {
+                Ok(mut more) if n < last => {
+                    // A segment never ends torn; if one did, its last line
+                    // must not merge with the next file's first (its
+                    // checksum then fails, and it is skipped).
+                    if more.last().is_some_and(|&b| b != b'\n') {
+                        more.push(b'\n');
+                    }
+                    contents.extend(more)
+                }
+                Ok(more) => contents.extend(more),
+                // A node that never stored anything has no file.
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => return Err(StorageError::Read { path, error }),
+            }
+        }
         let records = contents
             .split_inclusive(|&b| b == b'\n')
             .filter(|line| line.ends_with(b"\n"))
@@ -414,6 +432,28 @@ mod tests {
                 .to_string()
                 .starts_with("acknowledged=4 lost=1 misplaced=1 conflicting_ids=0")
         );
+    }
+
+    #[test]
+    fn a_node_s_segments_are_read_with_its_data_txt() {
+        let root = tempfile::tempdir().unwrap();
+        let dn1 = root.path().join("dn1");
+        write_data(&dn1, &[(1, None), (2, None)]);
+        std::fs::rename(dn1.join(DATA_FILE), dn1.join("data.000001.txt")).unwrap();
+        write_data(&dn1, &[(3, None)]);
+        let log = root.path().join("registro_cliente.txt");
+        std::fs::write(
+            &log,
+            "t - Servidor recibio: dn1 , mensaje: recibido 1-1\n\
+             t - Servidor recibio: dn1 , mensaje: recibido 1-3\n",
+        )
+        .unwrap();
+        let report = audit(&config(&[&log], &[&dn1], &[], 1)).unwrap();
+        assert!(
+            report.lost.is_empty() && report.misplaced.is_empty(),
+            "{report}"
+        );
+        assert_eq!(report.unacknowledged, 1, "1-2, in the segment");
     }
 
     #[test]

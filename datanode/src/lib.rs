@@ -6,9 +6,16 @@
 //!   checksummed record per message, in a data directory that one process
 //!   at a time may use; and `epoch`, the newest head node seen, so an
 //!   older (stale) one is refused;
-//! - [`keys`]: the client keys held here, rebuilt from `data.txt` at start,
+//! - [`store`]: the directory as a whole: `data.txt` rolled into numbered
+//!   segments, old segments removed by retention, and the message index
+//!   over all of them, rebuilt at start;
+//! - [`reads`]: `get`, `getkey` and `scan` from the head node, served by a
+//!   read thread beside the data path, so reads never hold up writes;
+//! - [`keys`]: the client keys held here, rebuilt from the data files at start,
 //!   reported to each head node after `welcome`, so a resent key is
 //!   answered with its original id and never written twice;
+//! - [`metrics`]: what `/metrics` shows, on the HTTP port of
+//!   [`run_with_http`];
 //! - [`run`]: connect and register (async), then hand the connection to a
 //!   dedicated *data-path thread* that reads what the head node sends,
 //!   appends it to `data.txt`, syncs, and writes the acknowledgements: file
@@ -33,7 +40,8 @@ use protocol::connection::Connection;
 use protocol::handshake;
 use protocol::key_window::KeyWindow;
 use protocol::message::{
-    DataNodeHello, FromDataNode, MessageId, NodeId, STALE_HEAD, ToDataNode, Zone, truncate_for_log,
+    DataNodeHello, FromDataNode, MAX_SCAN_RECORDS, MessageId, NodeId, STALE_HEAD, ToDataNode, Zone,
+    truncate_for_log,
 };
 use protocol::shutdown::Latch;
 use protocol::telemetry::MESSAGES_TARGET;
@@ -42,11 +50,16 @@ use tracing::{debug, error, info, warn};
 
 pub mod audit;
 pub mod keys;
+pub mod metrics;
+pub mod reads;
 pub mod storage;
+pub mod store;
 
 use keys::{Decision, KeyIndex, commit_decision, now_millis};
+use reads::{MAX_READS_IN_FLIGHT, ReadJob, ReadServer, SharedWriter};
 pub use storage::FsyncPolicy;
 use storage::{DataFile, EpochCheck, EpochFile, StorageError, check_epoch};
+use store::{Store, StoreConfig};
 
 /// Settings of a data node.
 #[derive(Debug, Clone)]
@@ -73,6 +86,9 @@ pub struct Config {
     /// What `data.txt` is written through: the file itself, or one that
     /// injects disk faults (to test how the node handles them).
     pub storage: storage::Backend,
+    /// Segment size and retention (`--segment-bytes`, `--retention-age`,
+    /// `--retention-bytes`).
+    pub store: StoreConfig,
     /// Under `--fsync batch`: how long a batch smaller than the one before
     /// may wait for the rest of its burst before it is committed (zero:
     /// never wait).
@@ -113,6 +129,7 @@ impl Config {
             incarnation: new_incarnation(),
             fsync: FsyncPolicy::Batch,
             storage: storage::Backend::File,
+            store: StoreConfig::default(),
             commit_linger: DEFAULT_COMMIT_LINGER,
             cluster_token: None,
             open_registration: false,
@@ -164,15 +181,53 @@ pub enum DataNodeError {
 
 /// Extra room for the `mensaje <id>: ` prefix around a client's text.
 const FORWARD_OVERHEAD: usize = 256;
+/// Extra room for a record's timestamp, id, key and checksum around a
+/// `mensaje` line's text, when it is read back.
+const RECORD_OVERHEAD: usize = 256;
 
 /// Runs the data node until `shutdown`, reconnecting whenever the head node
 /// goes away. Returns an error only for conditions retrying cannot fix.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DataNodeError> {
+    serve_node(config, None, shutdown).await
+}
+
+/// [`run`], and `/metrics` and `/healthz` on `http` (see [`metrics`]),
+/// under the default bounds of `protocol::http`.
+pub async fn run_with_http(
+    config: Config,
+    http: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DataNodeError> {
+    serve_node(config, Some(http), shutdown).await
+}
+
+async fn serve_node(
+    config: Config,
+    http: Option<tokio::net::TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DataNodeError> {
     if config.cluster_token.is_none() && !config.open_registration {
         return Err(DataNodeError::NoToken);
     }
     // Moves into each session's data-path thread and back out of it.
     let mut state = NodeState::open(&config)?;
+    state.data.metrics.set_keys(state.keys.len());
+    // Stops the HTTP port when this function returns, however it does.
+    let http_stop = tokio_util::sync::CancellationToken::new();
+    let _http_stop = http_stop.clone().drop_guard();
+    if let Some(http) = http {
+        match http.local_addr() {
+            Ok(addr) => info!(%addr, "/metrics served over HTTP"),
+            Err(e) => warn!(error = %e, "HTTP port has no address"),
+        }
+        let metrics = state.data.metrics();
+        tokio::spawn(protocol::http::run(
+            http,
+            protocol::http::HttpConfig::default(),
+            move |request: &protocol::http::Request| metrics::handle(&metrics, request),
+            http_stop.cancelled_owned(),
+        ));
+    }
     info!(
         node = %config.node_id,
         zone = ?config.zone.as_ref().map(Zone::as_str),
@@ -224,10 +279,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             }
             SessionEnd::Left => {
                 let stats = state.data.stats();
+                let removed = state.store.retention_stats();
                 // Its own target, so that a quiet log level can keep it.
                 info!(
                     target: "datanode::stats", node = %config.node_id,
                     records = stats.records, commits = stats.commits, fsyncs = stats.syncs,
+                    segments_removed = removed.segments, records_removed = removed.records,
+                    bytes_removed = removed.bytes,
                     "written by this process"
                 );
                 break Ok(());
@@ -244,6 +302,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 /// each session's data-path thread and back out of it.
 struct NodeState {
     data: DataFile,
+    store: Store,
     keys: KeyIndex,
     epoch: EpochFile,
     /// The nodes the last head node named in `members`, for the next
@@ -252,15 +311,27 @@ struct NodeState {
 }
 
 impl NodeState {
-    /// Opens the data directory, reads the epoch file and rebuilds the key
-    /// index from `data.txt`. Blocking file I/O, once, before any session.
+    /// Opens the data directory, reads the epoch file and rebuilds the
+    /// message index and the key index from every segment and `data.txt`.
+    /// Blocking file I/O, once, before any session.
     fn open(config: &Config) -> Result<NodeState, StorageError> {
+        let started = Instant::now();
         let data = DataFile::open_with(&config.data_dir, config.fsync, config.storage)?;
         let epoch = EpochFile::load(&config.data_dir)?;
         let mut keys = KeyIndex::new(config.dedup_keys, config.dedup_window);
-        keys.load(data.path(), now_millis())?;
+        let store = Store::open(&data, config.store, &mut keys, std::time::SystemTime::now())?;
+        let opened = store.open_stats();
+        info!(
+            node = %config.node_id,
+            files = opened.files, records = opened.records, indexed = store.indexed(),
+            index_bytes = store.index_bytes(), keys = opened.keys, skipped = opened.skipped,
+            took = ?started.elapsed(),
+            "read {} data files: {} records indexed, {} keys within the window",
+            opened.files, store.indexed(), opened.keys
+        );
         Ok(NodeState {
             data,
+            store,
             keys,
             epoch,
             peers: None,
@@ -576,6 +647,10 @@ struct Batch {
     /// The keys of `staged`, so a key repeated before the commit is seen.
     /// Never forgets one: unbounded here, bounded by the batch.
     keys: KeyWindow<Option<MessageId>>,
+    /// Reads admitted in this batch, handed to the read thread once the
+    /// batch is committed (so a read sees the writes before it). At most
+    /// [`MAX_READS_IN_FLIGHT`].
+    reads: Vec<ReadJob>,
 }
 
 impl Default for Batch {
@@ -584,11 +659,31 @@ impl Default for Batch {
             answers: Vec::new(),
             staged: Vec::new(),
             keys: KeyWindow::new(usize::MAX, Duration::MAX),
+            reads: Vec::new(),
         }
     }
 }
 
 impl Batch {
+    /// Admits a read for after the commit, or answers it `readerror` at
+    /// once when [`MAX_READS_IN_FLIGHT`] are outstanding.
+    fn read(&mut self, reads: &ReadServer, req: u64, job: ReadJob) {
+        if reads.admit() {
+            self.reads.push(job);
+        } else {
+            debug!(
+                req,
+                "read refused: {MAX_READS_IN_FLIGHT} reads already outstanding"
+            );
+            self.answers.push(FromDataNode::ReadError {
+                req,
+                reason: format!(
+                    "too many reads in flight (at most {MAX_READS_IN_FLIGHT}); send it again once answers come"
+                ),
+            });
+        }
+    }
+
     /// `withdraw <id>`: drops the latest staged message with this id (only
     /// lines read before the withdraw are searched, so a later line that
     /// reuses the id is never cancelled) and answers `withdrawn` in its
@@ -628,7 +723,7 @@ fn handle_store(
             state.data.stage(id, key, text.as_bytes());
             let key = key.and_then(|k| {
                 // The batch's clock stands still: it never forgets a key.
-                batch.keys.insert(k.client, k.seq, id, 0);
+                batch.keys.insert_new(k.client, k.seq, id, 0);
                 Some((batch.keys.client_name(k.client)?.clone(), k.seq))
             });
             batch.staged.push(Staged {
@@ -720,6 +815,21 @@ fn data_path(
     if let Err(e) = send_report(&mut stream, state) {
         return SessionEnd::Reconnect(format!("write failed during the report: {e}"));
     }
+    // From here on the read thread writes to the connection too: every
+    // write goes through the shared writer, whole lines at a time.
+    let writer = match stream.try_clone() {
+        Ok(clone) => SharedWriter::new(clone),
+        Err(e) => return SessionEnd::Reconnect(e.to_string()),
+    };
+    let reads = match ReadServer::start(
+        state
+            .store
+            .reader(config.max_line.saturating_add(RECORD_OVERHEAD)),
+        writer.clone(),
+    ) {
+        Ok(reads) => reads,
+        Err(e) => return SessionEnd::Reconnect(format!("cannot start the read thread: {e}")),
+    };
     let mut decoder = LineDecoder::new(config.max_line);
     let mut batch = Batch::default();
     let mut out = BytesMut::new();
@@ -770,6 +880,35 @@ fn data_path(
                     drained = true;
                     true
                 }
+                Ok(ToDataNode::Get { req, id }) => {
+                    batch.read(&reads, req, ReadJob::Get { req, id });
+                    true
+                }
+                Ok(ToDataNode::GetKey { req, key }) => {
+                    // The key index lives on this thread: look the key up
+                    // here, read the record there.
+                    match state.keys.get(key) {
+                        Some(id) => batch.read(&reads, req, ReadJob::Get { req, id }),
+                        None => batch.answers.push(FromDataNode::NotFound {
+                            req,
+                            removed: false,
+                        }),
+                    }
+                    true
+                }
+                Ok(ToDataNode::Scan { req, after, limit }) => {
+                    if limit > MAX_SCAN_RECORDS {
+                        batch.answers.push(FromDataNode::ReadError {
+                            req,
+                            reason: format!(
+                                "scan limit {limit} is over the most one scan may ask, {MAX_SCAN_RECORDS}"
+                            ),
+                        });
+                    } else {
+                        batch.read(&reads, req, ReadJob::Scan { req, after, limit });
+                    }
+                    true
+                }
                 Ok(ToDataNode::Welcome { .. }) => true,
                 Ok(ToDataNode::Challenge { .. }) => {
                     return SessionEnd::Reconnect(
@@ -813,9 +952,10 @@ fn data_path(
             // No acknowledgement of this batch may leave: the head node
             // sends its messages to another node instead.
             error!("{e}; nothing in this batch was acknowledged; stopping");
-            let _ = stream.write_all(format!("ERROR storage failure: {e}\n").as_bytes());
+            let _ = writer.write_all(format!("ERROR storage failure: {e}\n").as_bytes());
             return SessionEnd::StorageFailed(e);
         }
+        state.store.committed(&state.data);
         // Written and synced: from now on a resend of these keys is
         // answered from the index.
         let now = now_millis();
@@ -829,6 +969,7 @@ fn data_path(
             }
         }
         batch.keys.clear();
+        state.data.metrics.set_keys(state.keys.len());
         for answer in batch.answers.drain(..) {
             answer.encode(&mut out);
             out.extend_from_slice(b"\n");
@@ -839,10 +980,41 @@ fn data_path(
             leave_by = Some(Instant::now() + config.leave_timeout);
         }
         if !out.is_empty() {
-            if let Err(e) = stream.write_all(&out) {
+            if let Err(e) = writer.write_all(&out) {
                 return SessionEnd::Reconnect(format!("write failed: {e}"));
             }
             out.clear();
+        }
+        for job in batch.reads.drain(..) {
+            if !reads.submit(job) {
+                return SessionEnd::Reconnect("the read thread stopped: its writes failed".into());
+            }
+        }
+        // Between batches: roll data.txt into a segment once it is full,
+        // and remove what retention says to.
+        let now = std::time::SystemTime::now();
+        match state.store.maybe_roll(&mut state.data, now) {
+            Ok(true) => {}
+            Ok(false) if state.store.retention_due(now) => {
+                if let Err(e) = state.store.apply_retention(now) {
+                    error!(
+                        "{e}; retention will try again in {:?}",
+                        store::RETENTION_CHECK_EVERY
+                    );
+                }
+            }
+            Ok(false) => {}
+            Err(e @ StorageError::Roll { .. }) | Err(e @ StorageError::Failed { .. }) => {
+                error!("{e}; stopping (a restart recovers the directory)");
+                let _ = writer.write_all(format!("ERROR storage failure: {e}\n").as_bytes());
+                return SessionEnd::StorageFailed(e);
+            }
+            Err(e) => {
+                error!(
+                    "{e}; retention will try again in {:?}",
+                    store::RETENTION_CHECK_EVERY
+                );
+            }
         }
         if drained {
             // The head node has everything it sent us acknowledged.

@@ -27,7 +27,8 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Checks a data.txt: torn lines, checksum mismatches, ids stored twice.
+    /// Checks a data directory (its segments and data.txt) or one data
+    /// file: torn lines, checksum mismatches, ids stored twice.
     ///
     /// Reads only, so it can check the file of a running node. Prints a
     /// summary and the first problems. Exit status 0 when clean, 1 when it
@@ -93,6 +94,21 @@ struct NodeArgs {
     /// Directory of data.txt. Default: ./logs/datanode-<node-id>.
     #[arg(long, env = "DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// data.txt is renamed to the next numbered segment beside it
+    /// (data.000001.txt, ...) and started anew once it is this long
+    /// (1MiB to 64GiB; units B, KiB, MiB, GiB).
+    #[arg(long, env = "SEGMENT_BYTES", default_value = "128MiB",
+          value_parser = datanode::store::parse_segment_bytes)]
+    segment_bytes: u64,
+    /// Remove a whole segment once its newest record is older than this
+    /// (7d, 12h, 30m). The active data.txt is never removed. Default: off.
+    #[arg(long, env = "RETENTION_AGE", value_parser = datanode::store::parse_age)]
+    retention_age: Option<Duration>,
+    /// Remove the oldest segments while all data files together (segments
+    /// and data.txt) are larger than this (units B, KiB, MiB, GiB, TiB).
+    /// Default: off.
+    #[arg(long, env = "RETENTION_BYTES", value_parser = datanode::store::parse_bytes)]
+    retention_bytes: Option<u64>,
     /// When written messages are forced to disk: `always` (each message),
     /// `batch` (one fsync for all messages written together, before any is
     /// acknowledged) or `never` (left to the OS).
@@ -120,6 +136,10 @@ struct NodeArgs {
     /// Local IP address to connect from (on hosts with several).
     #[arg(long, env = "SOURCE_IP")]
     source_ip: Option<std::net::IpAddr>,
+    /// Address of the HTTP port serving /metrics (Prometheus) and /healthz,
+    /// or `off` (the default) for none.
+    #[arg(long, env = "HTTP_LISTEN", default_value = "off", value_parser = protocol::cli::parse_listen_or_off)]
+    http_listen: protocol::cli::OptionalListen,
     /// Longest accepted message text, in bytes.
     #[arg(long, env = "MAX_LINE_BYTES", default_value_t = protocol::DEFAULT_MAX_LINE)]
     max_line: usize,
@@ -201,19 +221,24 @@ fn audit(config: &datanode::audit::AuditConfig, strict: bool) -> ExitCode {
 }
 
 fn verify(data_dir: &Path) -> ExitCode {
-    let path = if data_dir.is_dir() {
-        data_dir.join(DATA_FILE)
+    let (path, report) = if data_dir.is_dir() {
+        (data_dir.join(DATA_FILE), storage::verify_dir(data_dir))
     } else {
-        data_dir.to_owned()
+        (data_dir.to_owned(), storage::verify(data_dir))
     };
-    let report = match storage::verify(&path) {
+    let report = match report {
         Ok(report) => report,
         Err(e) => {
             eprintln!("datanode verify: {e}");
             return ExitCode::from(2);
         }
     };
-    println!("{}: {report}", path.display());
+    if report.files.len() > 1 {
+        let files = report.files.len();
+        println!("{} ({files} files): {report}", data_dir.display());
+    } else {
+        println!("{}: {report}", path.display());
+    }
     let mut problems = report.problems();
     for problem in problems.by_ref().take(PROBLEMS_SHOWN) {
         println!("  {problem}");
@@ -256,6 +281,13 @@ async fn run(args: NodeArgs) -> anyhow::Result<()> {
     config.dedup_keys = args.dedup_keys as usize;
     config.dedup_window = args.dedup_window;
     config.fsync = args.fsync;
+    config.store = datanode::store::StoreConfig {
+        segment_bytes: args.segment_bytes,
+        retention: datanode::storage::retention::RetentionPolicy {
+            max_age: args.retention_age,
+            max_bytes: args.retention_bytes,
+        },
+    };
     config.commit_linger = args.commit_linger;
     config.cluster_token = token;
     config.open_registration = args.open_registration;
@@ -263,7 +295,15 @@ async fn run(args: NodeArgs) -> anyhow::Result<()> {
     config.max_backoff = args.max_backoff;
     config.max_line = args.max_line;
     config.source_ip = args.source_ip;
-    datanode::run(config, protocol::shutdown::signal()).await?;
+    match args.http_listen.0 {
+        Some(addr) => {
+            let http = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen for HTTP on {addr}: {e}"))?;
+            datanode::run_with_http(config, http, protocol::shutdown::signal()).await?;
+        }
+        None => datanode::run(config, protocol::shutdown::signal()).await?,
+    }
     Ok(())
 }
 

@@ -19,24 +19,30 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use protocol::message::{KeyRef, MessageId};
 use protocol::timefmt::write_timestamp;
 use tracing::{error, warn};
 
+use crate::metrics::NodeMetrics;
+
 mod epoch;
 mod file;
+pub mod index;
 mod lock;
 mod record;
+pub mod retention;
+pub mod segments;
 mod verify;
 
 pub use epoch::{EPOCH_FILE, EpochCheck, EpochFile, check_epoch};
-pub use file::{Faults, FaultyFile, StorageFile};
+pub use file::{Faults, FaultyFile, RollStep, StorageFile};
 pub use lock::{DirLock, LOCK_FILE};
 pub use record::{Checksum, LineError, Record, format_record, parse_line};
 pub use verify::{
-    CorruptRecord, DuplicateId, DuplicateKey, Torn, TornRecord, VerifyReport, verify,
+    CorruptRecord, DuplicateId, DuplicateKey, Torn, TornRecord, VerifyReport, verify, verify_dir,
 };
 
 /// Name of the data file inside a data directory.
@@ -143,6 +149,25 @@ pub enum StorageError {
         /// What it holds (at most 80 characters of it).
         content: String,
     },
+    /// Rolling `data.txt` into a segment failed at some step: the node
+    /// stops, and its next start recovers from whatever step was reached.
+    #[error("cannot roll {} into {}: {error}", path.display(), segment.display())]
+    Roll {
+        /// The active file.
+        path: PathBuf,
+        /// The segment it was becoming.
+        segment: PathBuf,
+        /// Why.
+        error: io::Error,
+    },
+    /// A segment could not be removed by retention.
+    #[error("cannot remove {}: {error}", path.display())]
+    Remove {
+        /// The segment.
+        path: PathBuf,
+        /// Why.
+        error: io::Error,
+    },
     /// The file could not be read.
     #[error("cannot read {}: {error}", path.display())]
     Read {
@@ -159,11 +184,20 @@ pub enum StorageError {
 pub struct DataFile {
     file: Box<dyn StorageFile>,
     path: PathBuf,
+    dir: PathBuf,
     policy: FsyncPolicy,
+    backend: Backend,
     staged: Vec<u8>,
     /// End offset in `staged` of each staged line (for `Always`).
     line_ends: Vec<usize>,
+    /// The id of each staged line (same index as `line_ends`).
+    staged_ids: Vec<Option<MessageId>>,
+    /// The records with an id of the last successful commit, with their
+    /// offsets in the file: for the message index. Bounded by the batch.
+    last_commit: Vec<(MessageId, u64)>,
     stamp: String,
+    /// `stamp` in Unix milliseconds.
+    stamp_ms: u64,
     /// The file's length after the last successful commit: where a failed
     /// commit cuts it back to.
     committed_len: u64,
@@ -172,6 +206,8 @@ pub struct DataFile {
     /// so nothing more is written.
     failed: bool,
     stats: CommitStats,
+    /// The same, and fsync durations, for `/metrics`.
+    pub(crate) metrics: Arc<NodeMetrics>,
     _lock: DirLock,
 }
 
@@ -238,13 +274,19 @@ impl DataFile {
         Ok(DataFile {
             file,
             path,
+            dir: dir.to_owned(),
             policy,
+            backend,
             staged: Vec::with_capacity(64 * 1024),
             line_ends: Vec::new(),
+            staged_ids: Vec::new(),
+            last_commit: Vec::new(),
             stamp: String::with_capacity(32),
+            stamp_ms: 0,
             committed_len,
             failed: false,
             stats: CommitStats::default(),
+            metrics: Arc::default(),
             _lock: lock,
         })
     }
@@ -259,11 +301,109 @@ impl DataFile {
     pub fn stage(&mut self, id: Option<MessageId>, key: Option<KeyRef<'_>>, text: &[u8]) {
         if self.line_ends.is_empty() {
             // One timestamp per batch: the lines are written together.
+            let now = SystemTime::now();
             self.stamp.clear();
-            let _ = write_timestamp(&mut self.stamp, SystemTime::now());
+            let _ = write_timestamp(&mut self.stamp, now);
+            self.stamp_ms = protocol::timefmt::parse_timestamp_millis(&self.stamp).unwrap_or(0);
         }
         format_record(&mut self.staged, &self.stamp, id, key, text);
         self.line_ends.push(self.staged.len());
+        self.staged_ids.push(id);
+    }
+
+    /// The directory of the file.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The file's length after the last successful commit.
+    pub fn len(&self) -> u64 {
+        self.committed_len
+    }
+
+    /// Whether nothing has been committed to the file.
+    pub fn is_empty(&self) -> bool {
+        self.committed_len == 0
+    }
+
+    /// The records with an id of the last successful commit, with the
+    /// offsets where they start in the file, in file order; empty after a
+    /// commit with nothing staged.
+    pub fn last_commit(&self) -> &[(MessageId, u64)] {
+        &self.last_commit
+    }
+
+    /// The time written in the records of the last batch staged, Unix ms.
+    pub fn last_stamp_ms(&self) -> u64 {
+        self.stamp_ms
+    }
+
+    /// Rolls the active file into segment `segment` (its path): syncs
+    /// `data.txt` (whatever the fsync policy, so that only the active file
+    /// can ever end in a torn record), renames it, syncs the directory,
+    /// creates an empty `data.txt` and syncs the directory again. Called
+    /// between batches only (nothing may be staged).
+    ///
+    /// A crash at any step leaves a directory that opens without loss or
+    /// duplication: before the rename, nothing changed; after it, the
+    /// records are in the segment and [`DataFile::open`] creates the
+    /// missing `data.txt`. A failure here marks the file failed (no commit
+    /// succeeds after it): the node stops and its next start recovers.
+    pub fn roll(&mut self, segment: &Path) -> Result<(), StorageError> {
+        if self.failed {
+            return Err(StorageError::Failed {
+                path: self.path.clone(),
+            });
+        }
+        debug_assert!(self.line_ends.is_empty(), "never in the middle of a batch");
+        let result = self.roll_steps(segment);
+        if let Err(error) = result {
+            self.failed = true;
+            return Err(StorageError::Roll {
+                path: self.path.clone(),
+                segment: segment.to_owned(),
+                error,
+            });
+        }
+        Ok(())
+    }
+
+    fn roll_steps(&mut self, segment: &Path) -> io::Result<()> {
+        let stop_after = match self.backend {
+            Backend::Faulty(faults) => faults.roll_stops_after,
+            Backend::File => None,
+        };
+        let injected = |step: RollStep| {
+            if stop_after == Some(step) {
+                Err(io::Error::other(format!("injected crash after {step:?}")))
+            } else {
+                Ok(())
+            }
+        };
+        self.file.sync_data()?;
+        injected(RollStep::Synced)?;
+        if segment.try_exists()? {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "the segment already exists",
+            ));
+        }
+        std::fs::rename(&self.path, segment)?;
+        sync_dir(&self.dir)?;
+        injected(RollStep::Renamed)?;
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .read(true)
+            .open(&self.path)?;
+        sync_dir(&self.dir)?;
+        injected(RollStep::Created)?;
+        self.file = match self.backend {
+            Backend::File => Box::new(file),
+            Backend::Faulty(faults) => Box::new(FaultyFile::new(file, faults)),
+        };
+        self.committed_len = 0;
+        Ok(())
     }
 
     /// Drops the `index`-th staged record (from 0) before it is written;
@@ -280,10 +420,16 @@ impl DataFile {
         let end = self.line_ends[index];
         self.staged.drain(start..end);
         self.line_ends.remove(index);
+        self.staged_ids.remove(index);
         for later in &mut self.line_ends[index..] {
             *later -= end - start;
         }
         true
+    }
+
+    /// What `/metrics` shows of this file (and the keys held, set by the node).
+    pub fn metrics(&self) -> Arc<NodeMetrics> {
+        self.metrics.clone()
     }
 
     /// What this process has committed so far.
@@ -310,18 +456,29 @@ impl DataFile {
                 path: self.path.clone(),
             });
         }
+        self.last_commit.clear();
         if self.line_ends.is_empty() {
             return Ok(());
         }
         let result = self.append_staged();
         let batch_len = self.staged.len() as u64;
         let records = self.line_ends.len() as u64;
+        if result.is_ok() {
+            let mut start = self.committed_len;
+            for (&end, id) in self.line_ends.iter().zip(&self.staged_ids) {
+                if let Some(id) = id {
+                    self.last_commit.push((*id, start));
+                }
+                start = self.committed_len + end as u64;
+            }
+        }
         self.clear_staged();
         match result {
             Ok(()) => {
                 self.committed_len += batch_len;
                 self.stats.records += records;
                 self.stats.commits += 1;
+                self.metrics.committed(records, batch_len);
                 Ok(())
             }
             Err(e) => {
@@ -349,14 +506,18 @@ impl DataFile {
                     self.file
                         .write_all(&self.staged[start..end])
                         .map_err(write_error)?;
+                    let started = std::time::Instant::now();
                     self.file.sync_data().map_err(sync_error)?;
+                    self.metrics.synced(started.elapsed());
                     self.stats.syncs += 1;
                     start = end;
                 }
             }
             FsyncPolicy::Batch => {
                 self.file.write_all(&self.staged).map_err(write_error)?;
+                let started = std::time::Instant::now();
                 self.file.sync_data().map_err(sync_error)?;
+                self.metrics.synced(started.elapsed());
                 self.stats.syncs += 1;
             }
             FsyncPolicy::Never => self.file.write_all(&self.staged).map_err(write_error)?,
@@ -385,6 +546,7 @@ impl DataFile {
     fn clear_staged(&mut self) {
         self.staged.clear();
         self.line_ends.clear();
+        self.staged_ids.clear();
         if self.staged.capacity() > 4 * 1024 * 1024 {
             self.staged = Vec::with_capacity(64 * 1024);
         }
@@ -416,7 +578,6 @@ fn create_dir_synced(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Makes the entries of `dir` (files created or removed in it) durable.
 /// Calls `each` with every line of the file at `path` (its newline
 /// included; the last one may have none), reading only as far as the
 /// file's length when it was opened, so that a running node's appends do
@@ -445,7 +606,9 @@ pub(crate) fn each_line(
     }
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
+/// Makes the entries of `dir` (files created, renamed or removed in it)
+/// durable.
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
@@ -723,6 +886,7 @@ mod tests {
         assert_eq!(
             report.corrupt,
             [CorruptRecord {
+                file: DATA_FILE.into(),
                 line: 2,
                 id: Some(id(2))
             }]

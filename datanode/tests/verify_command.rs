@@ -78,3 +78,28 @@ fn an_unreadable_file_exits_2_with_one_line_on_stderr() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.starts_with("datanode verify: cannot read "), "{err}");
 }
+
+#[test]
+fn a_directory_with_segments_is_checked_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("data.000001.txt"), record(1, "x")).unwrap();
+    std::fs::write(dir.path().join("data.000002.txt"), record(2, "y")).unwrap();
+    let mut active = record(3, "z");
+    active.extend(record(2, "y"));
+    std::fs::write(dir.path().join(DATA_FILE), active).unwrap();
+    let (status, out, _) = verify(dir.path());
+    assert_eq!(status, 1, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            format!(
+                "{} (3 files): 4 records, 0 corrupt, 0 torn, 1 duplicated ids (1 extra copies), 0 keys under several ids",
+                dir.path().display()
+            )
+            .as_str(),
+            "  id 9-2: stored 2 times",
+        ],
+        "{out}"
+    );
+}

@@ -48,6 +48,21 @@ pub struct Faults {
     pub write_budget: Option<u64>,
     /// `sync_data` calls that succeed; every one after them fails with EIO.
     pub syncs_before_eio: Option<u64>,
+    /// A roll of `data.txt` into a segment stops after this step, as if
+    /// the process had crashed there (the roll then reports an error).
+    pub roll_stops_after: Option<RollStep>,
+}
+
+/// The steps of a roll of `data.txt` into a segment, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RollStep {
+    /// `data.txt` is synced; nothing renamed yet.
+    Synced,
+    /// `data.txt` is renamed to the segment and the directory synced; no
+    /// new `data.txt` yet.
+    Renamed,
+    /// The new, empty `data.txt` is created and the directory synced.
+    Created,
 }
 
 /// A [`StorageFile`] that writes through to a real file until the

@@ -1,4 +1,5 @@
-//! Checking a whole `data.txt`: torn lines, checksum mismatches, ids
+//! Checking a whole `data.txt`, or a whole data directory (its segments,
+//! then `data.txt`): torn lines, checksum mismatches, ids
 //! stored more than once, client keys stored under more than one id. Read-only: it takes no lock, so it can check the
 //! file of a running node.
 
@@ -15,6 +16,8 @@ use super::record::{Checksum, LineError, parse_line};
 /// What [`verify`] found in a `data.txt`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VerifyReport {
+    /// The files read, in order (file names).
+    pub files: Vec<String>,
     /// Whole lines that are records: intact, unchecked or corrupt.
     pub records: u64,
     /// Records written before records carried a checksum.
@@ -42,7 +45,9 @@ pub struct DuplicateKey {
 /// A record whose checksum does not match its line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CorruptRecord {
-    /// Line number, from 1.
+    /// The file's name.
+    pub file: String,
+    /// Line number in the file, from 1.
     pub line: u64,
     /// The id as read (which may itself be what changed).
     pub id: Option<MessageId>,
@@ -51,7 +56,9 @@ pub struct CorruptRecord {
 /// A line that is not a whole record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TornRecord {
-    /// Line number, from 1.
+    /// The file's name.
+    pub file: String,
+    /// Line number in the file, from 1.
     pub line: u64,
     /// What is wrong with it.
     pub why: Torn,
@@ -93,26 +100,37 @@ impl VerifyReport {
     /// Every problem, one line each: torn lines and corrupt records in file
     /// order, then duplicated ids, then keys stored under several ids.
     pub fn problems(&self) -> impl Iterator<Item = String> + '_ {
-        let torn = self.torn.iter().map(|t| match &t.why {
-            Torn::NoNewline => (
-                t.line,
-                format!(
-                    "line {}: torn: the file ends without a newline (an interrupted write, or one in progress)",
-                    t.line
+        // Files are named only when there are several.
+        let several = self.files.len() > 1;
+        let place = move |file: &str, line: u64| {
+            let order = self.files.iter().position(|f| f == file).unwrap_or(0);
+            let name = if several {
+                format!("{file} line {line}")
+            } else {
+                format!("line {line}")
+            };
+            ((order, line), name)
+        };
+        let torn = self.torn.iter().map(move |t| {
+            let (at, name) = place(&t.file, t.line);
+            match &t.why {
+                Torn::NoNewline => (
+                    at,
+                    format!(
+                        "{name}: torn: the file ends without a newline (an interrupted write, or one in progress)"
+                    ),
                 ),
-            ),
-            Torn::Unparseable(e) => (t.line, format!("line {}: torn: not a record ({e})", t.line)),
+                Torn::Unparseable(e) => (at, format!("{name}: torn: not a record ({e})")),
+            }
         });
-        let corrupt = self.corrupt.iter().map(|c| {
+        let corrupt = self.corrupt.iter().map(move |c| {
             let id =
                 c.id.map_or_else(|| "no id".to_owned(), |id| format!("id {id}"));
-            (
-                c.line,
-                format!("line {}: corrupt: checksum mismatch, {id}", c.line),
-            )
+            let (at, name) = place(&c.file, c.line);
+            (at, format!("{name}: corrupt: checksum mismatch, {id}"))
         });
-        let mut by_line: Vec<(u64, String)> = torn.chain(corrupt).collect();
-        by_line.sort_by_key(|(line, _)| *line);
+        let mut by_line: Vec<((usize, u64), String)> = torn.chain(corrupt).collect();
+        by_line.sort_by_key(|(at, _)| *at);
         let duplicates = self
             .duplicates
             .iter()
@@ -160,62 +178,92 @@ impl fmt::Display for VerifyReport {
 /// Reads only as far as the file's length when it starts, so that a
 /// running node's appends do not keep it reading.
 pub fn verify(path: &Path) -> Result<VerifyReport, StorageError> {
+    verify_files(&[path.to_owned()])
+}
+
+/// Checks every file of the data directory `dir`: its segments, oldest
+/// first, then `data.txt`, as one store (an id in two files is stored
+/// twice). A segment that ends without a newline is torn, as `data.txt`
+/// may be.
+pub fn verify_dir(dir: &Path) -> Result<VerifyReport, StorageError> {
+    let files: Vec<_> = super::segments::list_data_files(dir, 0)?
+        .into_iter()
+        .map(|f| f.path)
+        .collect();
+    if files.is_empty() {
+        // Reports the missing data.txt as `verify` does.
+        return verify(&dir.join(super::DATA_FILE));
+    }
+    verify_files(&files)
+}
+
+fn verify_files(paths: &[std::path::PathBuf]) -> Result<VerifyReport, StorageError> {
     let mut report = VerifyReport::default();
     let mut counts: HashMap<MessageId, u64> = HashMap::new();
     let mut order = Vec::new();
     // Each key's distinct ids, and the keys with more than one, in order.
     let mut key_ids: HashMap<MessageKey, Vec<MessageId>> = HashMap::new();
     let mut key_order = Vec::new();
-    let mut number = 0;
-    super::each_line(path, |line| {
-        number += 1;
-        if line.last() != Some(&b'\n') {
-            report.torn.push(TornRecord {
-                line: number,
-                why: Torn::NoNewline,
-            });
-            return ControlFlow::Break(());
-        }
-        let record = match parse_line(line) {
-            Ok(record) => record,
-            Err(e) => {
+    for path in paths {
+        let file = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        report.files.push(file.clone());
+        let mut number = 0;
+        super::each_line(path, |line| {
+            number += 1;
+            if line.last() != Some(&b'\n') {
                 report.torn.push(TornRecord {
+                    file: file.clone(),
                     line: number,
-                    why: Torn::Unparseable(e),
+                    why: Torn::NoNewline,
                 });
-                return ControlFlow::Continue(());
+                return ControlFlow::Break(());
             }
-        };
-        report.records += 1;
-        match record.checksum {
-            Checksum::Valid => {}
-            Checksum::Unchecked => report.unchecked += 1,
-            Checksum::Mismatch { .. } => {
-                report.corrupt.push(CorruptRecord {
-                    line: number,
-                    id: record.id,
-                });
-                return ControlFlow::Continue(());
+            let record = match parse_line(line) {
+                Ok(record) => record,
+                Err(e) => {
+                    report.torn.push(TornRecord {
+                        file: file.clone(),
+                        line: number,
+                        why: Torn::Unparseable(e),
+                    });
+                    return ControlFlow::Continue(());
+                }
+            };
+            report.records += 1;
+            match record.checksum {
+                Checksum::Valid => {}
+                Checksum::Unchecked => report.unchecked += 1,
+                Checksum::Mismatch { .. } => {
+                    report.corrupt.push(CorruptRecord {
+                        file: file.clone(),
+                        line: number,
+                        id: record.id,
+                    });
+                    return ControlFlow::Continue(());
+                }
             }
-        }
-        if let Some(id) = record.id {
-            let count = counts.entry(id).or_insert(0);
-            *count += 1;
-            if *count == 2 {
-                order.push(id);
-            }
-            if let Some(key) = record.key {
-                let ids = key_ids.entry(key.to_key()).or_default();
-                if !ids.contains(&id) {
-                    ids.push(id);
-                    if ids.len() == 2 {
-                        key_order.push(key.to_key());
+            if let Some(id) = record.id {
+                let count = counts.entry(id).or_insert(0);
+                *count += 1;
+                if *count == 2 {
+                    order.push(id);
+                }
+                if let Some(key) = record.key {
+                    let ids = key_ids.entry(key.to_key()).or_default();
+                    if !ids.contains(&id) {
+                        ids.push(id);
+                        if ids.len() == 2 {
+                            key_order.push(key.to_key());
+                        }
                     }
                 }
             }
-        }
-        ControlFlow::Continue(())
-    })?;
+            ControlFlow::Continue(())
+        })?;
+    }
     report.duplicate_keys = key_order
         .into_iter()
         .map(|key| DuplicateKey {
@@ -285,6 +333,7 @@ mod tests {
         assert_eq!(
             report.corrupt,
             [CorruptRecord {
+                file: "data.txt".into(),
                 line: 2,
                 id: Some(MessageId { epoch: 9, seq: 2 })
             }]
@@ -293,10 +342,12 @@ mod tests {
             report.torn,
             [
                 TornRecord {
+                    file: "data.txt".into(),
                     line: 3,
                     why: Torn::Unparseable(LineError::NoText)
                 },
                 TornRecord {
+                    file: "data.txt".into(),
                     line: 7,
                     why: Torn::NoNewline
                 },
@@ -366,6 +417,32 @@ mod tests {
             ]
         );
         assert!(!report.is_clean());
+    }
+
+    #[test]
+    fn a_directory_is_checked_across_its_segments_naming_the_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut first = record(1, "a");
+        first.extend(&record(2, "b")[..20]);
+        std::fs::write(dir.path().join("data.000001.txt"), first).unwrap();
+        std::fs::write(dir.path().join("data.000002.txt"), record(3, "c")).unwrap();
+        let mut active = record(1, "a");
+        active.extend(record(4, "d"));
+        std::fs::write(dir.path().join("data.txt"), active).unwrap();
+        let report = verify_dir(dir.path()).unwrap();
+        assert_eq!(
+            report.files,
+            ["data.000001.txt", "data.000002.txt", "data.txt"]
+        );
+        assert_eq!(report.records, 4);
+        let problems: Vec<String> = report.problems().collect();
+        assert_eq!(
+            problems,
+            [
+                "data.000001.txt line 2: torn: the file ends without a newline (an interrupted write, or one in progress)",
+                "id 9-1: stored 2 times",
+            ]
+        );
     }
 
     #[test]

@@ -1,0 +1,483 @@
+//! The data directory as a whole: its segments and `data.txt`, the message
+//! index over all of them, rolling and retention.
+//!
+//! - [`Store::open`]: after [`DataFile::open`] (which cuts a torn tail off
+//!   `data.txt`), reads every file once, oldest segment first, and builds
+//!   the [`MessageIndex`], each file's [`SegmentMeta`] and the client keys
+//!   within the deduplication window ([`KeyIndex`]);
+//! - [`Store::committed`]: indexes what a commit wrote;
+//! - [`Store::maybe_roll`]: between batches, rolls `data.txt` into a
+//!   segment once it has reached `--segment-bytes`;
+//! - [`Store::apply_retention`]: removes whole old segments per the
+//!   [`RetentionPolicy`], recording each in `retention.txt` first;
+//! - [`Store::reader`]: a handle the read thread uses
+//!   ([`crate::reads::StoreReader`]).
+//!
+//! Runs on the data-path thread; the index is shared with the read thread
+//! behind a lock that either side holds only for in-memory work (never
+//! across file I/O), so reads never wait for a disk write, nor writes for
+//! a disk read.
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, SystemTime};
+
+use protocol::message::MessageId;
+use protocol::timefmt::parse_timestamp_millis;
+use tracing::{info, warn};
+
+use crate::keys::KeyIndex;
+use crate::reads::StoreReader;
+use crate::storage::index::{Location, MessageIndex};
+use crate::storage::retention::{
+    Reason, RemovedIds, RetentionLog, RetentionPolicy, SegmentMeta, choose_removals,
+};
+use crate::storage::segments::{DEFAULT_SEGMENT_BYTES, list_data_files, segment_name};
+use crate::storage::{DATA_FILE, DataFile, StorageError, each_line, parse_line};
+
+/// How the store rolls and prunes its files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// `data.txt` is rolled into a segment once it is at least this long
+    /// (`--segment-bytes`).
+    pub segment_bytes: u64,
+    /// Which old segments are removed.
+    pub retention: RetentionPolicy,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+            retention: RetentionPolicy::default(),
+        }
+    }
+}
+
+/// How often the data path checks retention by age when nothing rolls.
+pub const RETENTION_CHECK_EVERY: Duration = Duration::from_secs(60);
+
+/// What retention has removed since this process started.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionStats {
+    /// Segments removed.
+    pub segments: u64,
+    /// Their records.
+    pub records: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+/// What [`Store::open`] read.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct OpenStats {
+    /// Files read (segments and `data.txt`).
+    pub files: usize,
+    /// Intact records with an id, indexed or not.
+    pub records: u64,
+    /// Keys added to the key index.
+    pub keys: usize,
+    /// Lines skipped: torn, damaged or without an id.
+    pub skipped: u64,
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct Store {
+    dir: PathBuf,
+    config: StoreConfig,
+    index: Arc<RwLock<MessageIndex>>,
+    /// The number the active file will get when rolled; what index
+    /// locations of its records carry.
+    active: Arc<AtomicU32>,
+    /// The closed segments, oldest first.
+    segments: Vec<SegmentMeta>,
+    /// The active file's records.
+    active_meta: SegmentMeta,
+    retention: RetentionLog,
+    removed: Arc<RwLock<RemovedIds>>,
+    stats: RetentionStats,
+    opened: OpenStats,
+    last_retention_ms: u64,
+}
+
+impl Store {
+    /// Reads every file of `data`'s directory and rebuilds the message
+    /// index, the files' metadata and `keys` (the keyed records within its
+    /// window at `now_ms`); then applies retention once. `data` must be
+    /// freshly opened (its torn tail already cut off).
+    pub fn open(
+        data: &DataFile,
+        config: StoreConfig,
+        keys: &mut KeyIndex,
+        now: SystemTime,
+    ) -> Result<Store, StorageError> {
+        let dir = data.dir().to_owned();
+        let retention = RetentionLog::load(&dir)?;
+        let first_free = retention.removed().highest_segment().saturating_add(1);
+        let files = list_data_files(&dir, first_free)?;
+        let now_ms = millis(now);
+        let mut builder = MessageIndex::builder();
+        let mut segments = Vec::new();
+        let mut active_meta = None;
+        let mut opened = OpenStats {
+            files: files.len(),
+            ..OpenStats::default()
+        };
+        let mut last_stamp: ([u8; 23], Option<u64>) = ([0; 23], None);
+        for file in &files {
+            let mut meta = SegmentMeta::new(file.number);
+            let mut offset = 0u64;
+            let mut torn = false;
+            each_line(&file.path, |line| {
+                let at = offset;
+                offset += line.len() as u64;
+                if line.last() != Some(&b'\n') {
+                    torn = true;
+                    return ControlFlow::Break(());
+                }
+                let record = match parse_line(line) {
+                    Ok(record) if record.is_intact() => record,
+                    _ => {
+                        opened.skipped += 1;
+                        return ControlFlow::Continue(());
+                    }
+                };
+                let Some(id) = record.id else {
+                    opened.skipped += 1;
+                    return ControlFlow::Continue(());
+                };
+                opened.records += 1;
+                builder.push(
+                    id,
+                    Location {
+                        segment: file.number,
+                        offset: at,
+                    },
+                );
+                // A batch's records share one timestamp: parsed once per run.
+                let at_ms = if last_stamp.0.as_slice() == record.timestamp.as_bytes() {
+                    last_stamp.1
+                } else {
+                    let at_ms = parse_timestamp_millis(record.timestamp);
+                    if let Ok(stamp) = record.timestamp.as_bytes().try_into() {
+                        last_stamp = (stamp, at_ms);
+                    }
+                    at_ms
+                };
+                meta.add(id, at_ms);
+                if let (Some(key), Some(at_ms)) = (record.key, at_ms)
+                    && keys.insert(key, id, at_ms, now_ms)
+                {
+                    opened.keys += 1;
+                }
+                ControlFlow::Continue(())
+            })?;
+            meta.bytes = offset;
+            if torn {
+                // Only the active file may end torn, and open cut that.
+                warn!(
+                    "{} ends in a line without a newline; its records before it are read, \
+                     the torn line is left as it is (`datanode verify` reports it)",
+                    file.path.display()
+                );
+            }
+            if file.active {
+                active_meta = Some(meta);
+            } else {
+                segments.push(meta);
+            }
+        }
+        let index = builder.finish();
+        let active_meta = match active_meta {
+            Some(meta) => meta,
+            // open creates data.txt; a store without one is a bug upstream.
+            None => SegmentMeta::new(
+                segments
+                    .last()
+                    .map_or(first_free, |s| s.number.saturating_add(1))
+                    .max(first_free),
+            ),
+        };
+        if index.unindexed() > 0 {
+            warn!(
+                unindexed = index.unindexed(),
+                "records that do not fit the message index (see docs/limits.md): they cannot be read by id"
+            );
+        }
+        let removed = retention.removed().clone();
+        let mut store = Store {
+            active: Arc::new(AtomicU32::new(active_meta.number)),
+            dir,
+            config,
+            index: Arc::new(RwLock::new(index)),
+            segments,
+            active_meta,
+            retention,
+            removed: Arc::new(RwLock::new(removed)),
+            stats: RetentionStats::default(),
+            opened,
+            last_retention_ms: now_ms,
+        };
+        store.apply_retention(now)?;
+        Ok(store)
+    }
+
+    /// What the rebuild at open read.
+    pub fn open_stats(&self) -> OpenStats {
+        self.opened
+    }
+
+    /// Messages in the index.
+    pub fn indexed(&self) -> usize {
+        read_lock(&self.index).len()
+    }
+
+    /// Heap bytes of the message index.
+    pub fn index_bytes(&self) -> usize {
+        read_lock(&self.index).heap_bytes()
+    }
+
+    /// The closed segments, oldest first.
+    pub fn segments(&self) -> &[SegmentMeta] {
+        &self.segments
+    }
+
+    /// The number of the active file (the one it will get when rolled).
+    pub fn active_number(&self) -> u32 {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// What retention has removed since this process started.
+    pub fn retention_stats(&self) -> RetentionStats {
+        self.stats
+    }
+
+    /// Whether retention may have removed `id` from this directory (ever,
+    /// per `retention.txt`): a repair must never bring such a message
+    /// back. See [`RemovedIds::removed`].
+    pub fn retention_removed(&self, id: MessageId) -> bool {
+        read_lock(&self.removed).removed(id)
+    }
+
+    /// A handle for the read thread; `max_record` bounds one record's
+    /// length as read back.
+    pub fn reader(&self, max_record: usize) -> StoreReader {
+        StoreReader::new(
+            self.dir.clone(),
+            self.index.clone(),
+            self.active.clone(),
+            self.removed.clone(),
+            max_record,
+        )
+    }
+
+    /// Indexes what the last commit of `data` wrote.
+    pub fn committed(&mut self, data: &DataFile) {
+        let written = data.last_commit();
+        self.active_meta.bytes = data.len();
+        if written.is_empty() {
+            return;
+        }
+        let segment = self.active_meta.number;
+        let stamp = Some(data.last_stamp_ms());
+        let mut index = write_lock(&self.index);
+        for &(id, offset) in written {
+            index.insert(id, Location { segment, offset });
+        }
+        drop(index);
+        for &(id, _) in written {
+            self.active_meta.add(id, stamp);
+        }
+    }
+
+    /// Rolls `data.txt` into the next segment if it has reached the
+    /// segment size (call between batches), then applies retention. True
+    /// if it rolled.
+    pub fn maybe_roll(
+        &mut self,
+        data: &mut DataFile,
+        now: SystemTime,
+    ) -> Result<bool, StorageError> {
+        if data.len() < self.config.segment_bytes {
+            return Ok(false);
+        }
+        let number = self.active_meta.number;
+        let segment = self.dir.join(segment_name(number));
+        data.roll(&segment)?;
+        let next = number.saturating_add(1);
+        // Records already indexed keep their location: the number was the
+        // active file's all along.
+        self.active.store(next, Ordering::Release);
+        let mut closed = std::mem::replace(&mut self.active_meta, SegmentMeta::new(next));
+        closed.bytes = data_len_or(&segment, closed.bytes);
+        info!(
+            segment = %segment.display(),
+            records = closed.records,
+            bytes = closed.bytes,
+            ids = %closed.epochs_text(),
+            "rolled {DATA_FILE} into {} at {} bytes; a new {DATA_FILE} is started",
+            segment_name(number),
+            closed.bytes
+        );
+        self.segments.push(closed);
+        self.apply_retention(now)?;
+        Ok(true)
+    }
+
+    /// Whether retention is due between two batches: by age every
+    /// [`RETENTION_CHECK_EVERY`]; by size as soon as the files are over it
+    /// and a segment could go.
+    pub fn retention_due(&self, now: SystemTime) -> bool {
+        let policy = &self.config.retention;
+        let age_due = policy.max_age.is_some()
+            && millis(now).saturating_sub(self.last_retention_ms)
+                >= RETENTION_CHECK_EVERY.as_millis() as u64;
+        let over_size = policy.max_bytes.is_some_and(|max| {
+            !self.segments.is_empty()
+                && self.active_meta.bytes + self.segments.iter().map(|s| s.bytes).sum::<u64>() > max
+        });
+        age_due || over_size
+    }
+
+    /// Removes the segments the retention policy says to remove at `now`,
+    /// oldest first: each is recorded in `retention.txt` (synced), dropped
+    /// from the index, then deleted, and logged. How many were removed.
+    pub fn apply_retention(&mut self, now: SystemTime) -> Result<usize, StorageError> {
+        let now_ms = millis(now);
+        self.last_retention_ms = now_ms;
+        let policy = self.config.retention;
+        if !policy.is_on() {
+            return Ok(0);
+        }
+        let removals = choose_removals(&self.segments, self.active_meta.bytes, now_ms, &policy);
+        for &(number, reason) in &removals {
+            let Some(at) = self.segments.iter().position(|s| s.number == number) else {
+                continue;
+            };
+            let meta = self.segments[at].clone();
+            let name = segment_name(number);
+            let path = self.dir.join(&name);
+            self.retention.record(&meta, &name, reason, now)?;
+            *write_lock(&self.removed) = self.retention.removed().clone();
+            write_lock(&self.index).remove_segment(number);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => return Err(StorageError::Remove { path, error }),
+            }
+            crate::storage::sync_dir(&self.dir).map_err(|error| StorageError::Remove {
+                path: path.clone(),
+                error,
+            })?;
+            self.segments.remove(at);
+            self.stats.segments += 1;
+            self.stats.records += meta.records;
+            self.stats.bytes += meta.bytes;
+            let why = match reason {
+                Reason::Age => format!(
+                    "its newest record is older than the retention age {:?}",
+                    policy.max_age.unwrap_or_default()
+                ),
+                Reason::Bytes => format!(
+                    "the data files were over the retention size of {} bytes",
+                    policy.max_bytes.unwrap_or_default()
+                ),
+            };
+            info!(
+                segment = %name, records = meta.records, bytes = meta.bytes,
+                ids = %meta.epochs_text(), reason = reason.as_str(),
+                removed_total = self.stats.segments,
+                "retention removed {name} ({} records, ids {}): {why}",
+                meta.records,
+                meta.epochs_text()
+            );
+        }
+        Ok(removals.len())
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// The length of the file at `path`, or `fallback` if it cannot be read.
+fn data_len_or(path: &Path, fallback: u64) -> u64 {
+    std::fs::metadata(path).map_or(fallback, |m| m.len())
+}
+
+fn millis(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The index and the removed ids hold no invariant a panicking holder
+/// could break halfway through a read; a poisoned lock is still usable.
+pub(crate) fn read_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+pub(crate) fn write_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Parses a retention age: a number and a unit, `d` (days), `h`, `m` or
+/// `s` (`7d`, `12h`, `90m`); at least a second.
+pub fn parse_age(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let bad = || format!("invalid age {text:?} (examples: 7d, 12h, 30m)");
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let unit_secs = match unit {
+        "d" => 86_400,
+        "h" => 3_600,
+        "m" => 60,
+        "s" => 1,
+        _ => return Err(bad()),
+    };
+    let secs = n.checked_mul(unit_secs).ok_or_else(bad)?;
+    if secs == 0 {
+        return Err(format!("age {text:?} must be at least 1s"));
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+/// Parses a size in bytes: a number, optionally followed by `KiB`, `MiB`,
+/// `GiB` or `TiB` (`128MiB`, `2GiB`, `1048576`).
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let bad = || format!("invalid size {text:?} (examples: 128MiB, 2GiB, 1048576)");
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let shift = match unit {
+        "" | "B" => 0,
+        "KiB" => 10,
+        "MiB" => 20,
+        "GiB" => 30,
+        "TiB" => 40,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(1 << shift).ok_or_else(bad)
+}
+
+/// [`parse_bytes`] within the segment size's bounds.
+pub fn parse_segment_bytes(text: &str) -> Result<u64, String> {
+    use crate::storage::segments::{MAX_SEGMENT_BYTES, MIN_SEGMENT_BYTES};
+    let bytes = parse_bytes(text)?;
+    if !(MIN_SEGMENT_BYTES..=MAX_SEGMENT_BYTES).contains(&bytes) {
+        return Err(format!(
+            "segment size {bytes} is out of range ({MIN_SEGMENT_BYTES} to {MAX_SEGMENT_BYTES} bytes)"
+        ));
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests;
