@@ -351,6 +351,7 @@ class Cluster:
         env = dict(os.environ, CLUSTER_TOKEN=self.token, RUST_LOG="info")
         cmd = [self.binary("headnode"), "--listen", f"127.0.0.1:{self.port}",
                "--ping-interval", "1h", "--log-dir", self.head_log_dir,
+               "--http-listen", "off",
                "--line-timeout", f"{LINE_TIMEOUT_S}s",
                "--handshake-timeout", f"{HANDSHAKE_TIMEOUT_S}s"]
         if shutil.which("prlimit"):

@@ -87,7 +87,8 @@ def main():
             [os.path.join(BIN, "headnode"), "--listen", f"127.0.0.1:{head_port}",
              # Original data nodes cannot prove a cluster token.
              "--open-registration",
-             "--log-dir", os.path.join(logs, "head"), "--ping-interval", "1h"],
+             "--log-dir", os.path.join(logs, "head"), "--ping-interval", "1h",
+             "--http-listen", "off"],
             env=env, stdout=subprocess.DEVNULL))
         wait_listening(echo_port)
         wait_listening(head_port)

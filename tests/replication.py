@@ -120,6 +120,8 @@ class Cluster:
         self.files.append(out)
         cmd = [os.path.join(BIN, "headnode"), "--listen", f"127.0.0.1:{port or self.port}",
                "--log-dir", log_dir, "--ping-interval", "1h",
+               # Several head nodes run at once here: no HTTP port.
+               "--http-listen", "off",
                "--replicas", str(self.replicas), "--min-replicas", str(self.min_replicas)]
         started = time.monotonic()
         proc = subprocess.Popen(cmd + self.head_args, env=self.env, stdout=out,

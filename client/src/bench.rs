@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use hdrhistogram::Histogram;
-use protocol::message::{ClientId, ROLE_CLIENT, encode_keyed_message, put_u64};
+use protocol::message::{ClientId, ROLE_CLIENT, StoreReply, encode_keyed_message, put_u64};
 use rand::RngExt;
 use rand::rngs::SmallRng;
 use tokio::time::Instant;
@@ -287,6 +287,7 @@ async fn drive(
     let mut seq = 0u64;
     let mut last = shared.measure_from;
     let mut exhausted = false;
+    let mut queued_at: Option<Instant> = None;
     loop {
         while !exhausted && in_flight.len() < pipeline {
             if !shared.take_ticket() {
@@ -311,8 +312,11 @@ async fn drive(
                 BenchTarget::Echo => conn.writer.queue(&text),
             }
             let expected = (target == BenchTarget::Echo).then(|| Bytes::copy_from_slice(&text));
-            in_flight.push_back((Instant::now(), expected));
+            // Every message queued in this turn leaves with the same flush.
+            let sent = *queued_at.get_or_insert_with(Instant::now);
+            in_flight.push_back((sent, expected));
         }
+        queued_at = None;
         if in_flight.is_empty() {
             return (histogram, last);
         }
@@ -332,16 +336,14 @@ async fn drive(
             }
         };
         let now = Instant::now();
+        let mut completed = 0;
         while let Some(reply) = line {
             let Some((sent, expected)) = in_flight.pop_front() else {
                 shared.errors.fetch_add(1, Ordering::Relaxed);
                 break;
             };
             let ok = match target {
-                BenchTarget::Store => matches!(
-                    crate::reply::classify(reply.as_str()),
-                    Ok(crate::reply::Answer::Stored { .. })
-                ),
+                BenchTarget::Store => StoreReply::stored_id(reply.as_str()).is_some(),
                 BenchTarget::Echo => expected.is_some_and(|e| e == reply.bytes()),
             };
             if !ok {
@@ -351,9 +353,10 @@ async fn drive(
                 let _ = histogram.record(micros.max(1));
                 last = now;
             }
-            shared.completed.fetch_add(1, Ordering::Relaxed);
+            completed += 1;
             line = conn.reader.next_buffered().ok().flatten();
         }
+        shared.completed.fetch_add(completed, Ordering::Relaxed);
     }
 }
 

@@ -6,8 +6,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
-use protocol::cli::parse_duration;
-use protocol::message::ClientId;
+use protocol::cli::{parse_duration, parse_period};
+use protocol::message::{ClientId, MessageId, MessageKey};
 use protocol::telemetry::{self, FileRoute, LogSpec};
 
 /// Client of the message store.
@@ -91,6 +91,28 @@ enum Command {
     Bench(BenchArgs),
     /// Opens many client connections to the head node and holds them idle
     /// (for measuring memory per connection). Prints `READY <n>` when open.
+    /// Shows the cluster as the head node sees it: each data node's state,
+    /// heartbeat, messages and last eviction, the message rate and the
+    /// totals, read from the head node's HTTP port (/status.json).
+    Status {
+        /// The head node's HTTP port, as HOST:PORT.
+        #[arg(long, env = "STATUS_HTTP", default_value = "127.0.0.1:8080")]
+        http: String,
+        /// Print the JSON snapshot instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Refresh every interval (default 2s) until Ctrl-C.
+        #[arg(long, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "2s",
+              value_parser = parse_period)]
+        watch: Option<Duration>,
+    },
+    /// Reads one stored message back, by id or by client key: prints its
+    /// text, the live data nodes that hold it and when it was stored.
+    /// Fails (exit status 1) if no live data node holds it.
+    Get(GetArgs),
+    /// Prints every stored message once, in id order, merged over the live
+    /// data nodes: `<id> <stored UTC> <key>|- <text>`.
+    Tail(TailArgs),
     Idle {
         /// Connections to open.
         #[arg(long, env = "IDLE_CONNECTIONS", default_value_t = 10_000)]
@@ -99,6 +121,40 @@ enum Command {
         #[arg(long, env = "IDLE_HOLD", default_value = "20s", value_parser = parse_duration)]
         hold: Duration,
     },
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("wanted").required(true).args(["id", "key"])))]
+struct GetArgs {
+    /// The message id (`<epoch>-<seq>`), as in `recibido <id>`.
+    id: Option<MessageId>,
+    /// A client key instead, `<client-id>/<seq>` (found within the data
+    /// nodes' deduplication window only).
+    #[arg(long)]
+    key: Option<MessageKey>,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct TailArgs {
+    /// Start after this message id.
+    #[arg(long, conflicts_with = "since")]
+    from: Option<MessageId>,
+    /// Only messages stored since this time: Unix ms, a UTC time
+    /// (2026-11-24T10:00:00Z) or a duration ago (10m).
+    #[arg(long)]
+    since: Option<String>,
+    /// Keep printing new messages as they are stored, until Ctrl-C.
+    #[arg(short = 'f', long)]
+    follow: bool,
+    /// Pause between polls while following.
+    #[arg(long, default_value = "200ms", value_parser = parse_period)]
+    poll: Duration,
+    /// One JSON object per line.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -149,6 +205,17 @@ fn non_empty(text: &str) -> Result<String, String> {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    if let Command::Status { http, json, watch } = &args.command {
+        // No log files: the status goes to stdout.
+        return protocol::cli::exit_code("client", show_status(http, *json, *watch));
+    }
+    if let Command::Get(get) = &args.command {
+        // No log files: the message goes to stdout.
+        return protocol::cli::exit_code("client", read_one(get, &args.server));
+    }
+    if let Command::Tail(tail) = &args.command {
+        return protocol::cli::exit_code("client", read_all(tail, &args.server));
+    }
     if let Command::Bench(bench) = args.command {
         // No log files for a load generator: figures go to stdout.
         return protocol::cli::exit_code("client", run_bench(bench, args.server));
@@ -188,7 +255,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 summary.mismatched
             );
         }
-        Command::Bench(_) => unreachable!("handled before logging is set up"),
+        Command::Bench(_) | Command::Status { .. } | Command::Get(_) | Command::Tail(_) => {
+            unreachable!("handled before logging is set up")
+        }
         Command::Idle { connections, hold } => {
             let open =
                 client::bench::hold_idle(server.connect_options(), connections, hold).await?;
@@ -233,6 +302,103 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn read_one(args: &GetArgs, server: &ServerArgs) -> anyhow::Result<()> {
+    let wanted = match (&args.id, &args.key) {
+        (Some(id), _) => client::read::Wanted::Id(*id),
+        (None, Some(key)) => client::read::Wanted::Key(key.clone()),
+        (None, None) => anyhow::bail!("give a message id or --key <client-id>/<seq>"),
+    };
+    let found = client::read::get(&server.connect_options(), &wanted).await?;
+    if args.json {
+        println!("{}", client::read::to_json(&found));
+    } else {
+        print!("{}", client::read::describe(&found));
+    }
+    Ok(())
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn read_all(args: &TailArgs, server: &ServerArgs) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut options = client::read::TailOptions::new(server.connect_options());
+    options.after = args.from;
+    options.since_ms = args
+        .since
+        .as_deref()
+        .map(|since| client::read::parse_since(since, std::time::SystemTime::now()))
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    options.follow = args.follow;
+    options.poll = args.poll;
+    let stdout = std::io::stdout();
+    let json = args.json;
+    let tailed = client::read::tail(
+        &options,
+        |found| {
+            let mut out = stdout.lock();
+            if json {
+                writeln!(out, "{}", client::read::to_json(found))?;
+            } else {
+                writeln!(out, "{}", client::read::tail_line(found))?;
+            }
+            out.flush()
+        },
+        protocol::shutdown::signal(),
+    )
+    .await;
+    match tailed {
+        // Whoever read the output stopped (`| head`): done, as in `cat`.
+        Err(client::read::ReadError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            Ok(())
+        }
+        other => other.map(drop).map_err(Into::into),
+    }
+}
+
+/// How long one status request may take.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[tokio::main(flavor = "current_thread")]
+async fn show_status(http: &str, json: bool, watch: Option<Duration>) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let Some(every) = watch else {
+        if json {
+            println!(
+                "{}",
+                client::status::fetch_json(http, STATUS_TIMEOUT).await?
+            );
+        } else {
+            print!(
+                "{}",
+                client::status::render(&client::status::fetch(http, STATUS_TIMEOUT).await?)
+            );
+        }
+        return Ok(());
+    };
+    let stop = protocol::shutdown::signal();
+    tokio::pin!(stop);
+    loop {
+        let shown = if json {
+            client::status::fetch_json(http, STATUS_TIMEOUT)
+                .await
+                .map(|j| j + "\n")
+        } else {
+            client::status::fetch(http, STATUS_TIMEOUT)
+                .await
+                .map(|s| client::status::render(&s))
+        };
+        let text = shown.unwrap_or_else(|e| format!("{e}\n"));
+        // Home and clear the screen, then the new table: refreshed in place.
+        print!("\x1b[H\x1b[2J{text}\n(every {every:?}; Ctrl-C to stop)\n");
+        let _ = std::io::stdout().flush();
+        tokio::select! {
+            _ = &mut stop => return Ok(()),
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
 }
 
 fn run_bench(args: BenchArgs, server: ServerArgs) -> anyhow::Result<()> {

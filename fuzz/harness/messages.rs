@@ -78,6 +78,7 @@ fn role(text: &str) {
         Role::Client(None) => protocol::message::ROLE_CLIENT.to_owned(),
         Role::Client(Some(id)) => format!("{} id={id}", protocol::message::ROLE_CLIENT),
         Role::DataNode(hello) => hello.to_line(),
+        Role::Reader => protocol::message::ROLE_READER.to_owned(),
     };
     assert_eq!(
         line.parse::<Role>(),

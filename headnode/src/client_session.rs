@@ -95,6 +95,7 @@ impl ReplyWindow {
 struct Blocked {
     slot: u64,
     line: Line,
+    checked: Checked,
     charge: Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>,
 }
 
@@ -123,8 +124,12 @@ pub(crate) async fn run<S: Stream>(
     // Created once: a fresh `cancelled()` per loop turn costs a lock each time.
     let stopping = stop.cancelled();
     tokio::pin!(stopping);
+    // The acknowledgement latency is sampled: one message of this client
+    // is timed at a time (its slot and when it was read), so the cost per
+    // message is one comparison, and a clock read per sample.
+    let mut timed: Option<(u64, Instant)> = None;
 
-    let end = loop {
+    let end = 'session: loop {
         if !reading && window.len() == 0 && conn.writer.pending() == 0 {
             break "done";
         }
@@ -172,7 +177,7 @@ pub(crate) async fn run<S: Stream>(
                 match charge {
                     Ok(charge) => {
                         window.charge(waiting.slot, charge.num_permits() as u32);
-                        if let Err(refusal) = forward(&shared, &client, client_id.as_ref(), &done_tx, waiting.slot, &waiting.line, charge, Instant::now(), &mut rng) {
+                        if let Err(refusal) = forward(&shared, &client, client_id.as_ref(), &done_tx, waiting.slot, &waiting.line, waiting.checked, charge, Instant::now(), &mut rng) {
                             window.fill(failed(waiting.slot, &refusal));
                         }
                     }
@@ -187,69 +192,106 @@ pub(crate) async fn run<S: Stream>(
             }
             frame = conn.reader.read_frame(), if may_read => {
                 last_heard = Instant::now();
-                match frame {
-                    Ok(Some(line)) => {
-                        let slot = window.open_slot();
-                        if let Err(refusal) = check(&line, client_id.is_some()) {
-                            window.fill(failed(slot, &refusal));
-                        } else {
-                            let cost = charge_for(&line);
-                            match shared.budget.clone().try_acquire_many_owned(cost) {
-                                Ok(charge) => {
-                                    window.charge(slot, cost);
-                                    if let Err(refusal) = forward(&shared, &client, client_id.as_ref(), &done_tx, slot, &line, charge, last_heard, &mut rng) {
-                                        window.fill(failed(slot, &refusal));
+                let mut frame = frame;
+                // Every line already buffered is taken in this turn: one
+                // pass of the loop per read, not per message.
+                loop {
+                    match frame {
+                        Ok(Some(line)) => {
+                            let slot = window.open_slot();
+                            timed.get_or_insert((slot, last_heard));
+                            match check(line.as_str(), client_id.is_some()) {
+                                Err(refusal) => window.fill(failed(slot, &refusal)),
+                                Ok(checked) => {
+                                    let cost = charge_for(&line);
+                                    match shared.budget.clone().try_acquire_many_owned(cost) {
+                                        Ok(charge) => {
+                                            window.charge(slot, cost);
+                                            if let Err(refusal) = forward(&shared, &client, client_id.as_ref(), &done_tx, slot, &line, checked, charge, last_heard, &mut rng) {
+                                                window.fill(failed(slot, &refusal));
+                                            }
+                                        }
+                                        Err(_) => {
+                                            debug!("in-flight budget used up; this cliente waits");
+                                            let budget = shared.budget.clone();
+                                            blocked = Some(Blocked {
+                                                slot,
+                                                line,
+                                                checked,
+                                                charge: Box::pin(budget.acquire_many_owned(cost)),
+                                            });
+                                        }
                                     }
-                                }
-                                Err(_) => {
-                                    debug!("in-flight budget used up; this cliente waits");
-                                    let budget = shared.budget.clone();
-                                    blocked = Some(Blocked {
-                                        slot,
-                                        line,
-                                        charge: Box::pin(budget.acquire_many_owned(cost)),
-                                    });
                                 }
                             }
                         }
+                        Ok(None) => {
+                            info!(in_flight = window.len(), "cliente closed its side");
+                            reading = false;
+                            break;
+                        }
+                        Err(e) if e.is_fatal() => {
+                            warn!(error = %e, "closing cliente connection");
+                            conn.close_with_error(&e).await;
+                            break 'session "protocol error";
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "bad message from cliente");
+                            let slot = window.open_slot();
+                            window.fill(failed(slot, &e.to_string()));
+                        }
                     }
-                    Ok(None) => {
-                        info!(in_flight = window.len(), "cliente closed its side");
-                        reading = false;
+                    let may_take_more = blocked.is_none()
+                        && window.len() < max_in_flight
+                        && window.in_flight_bytes < config.max_client_in_flight_bytes;
+                    if !may_take_more {
+                        break;
                     }
-                    Err(e) if e.is_fatal() => {
-                        warn!(error = %e, "closing cliente connection");
-                        conn.close_with_error(&e).await;
-                        break "protocol error";
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "bad message from cliente");
-                        let slot = window.open_slot();
-                        window.fill(failed(slot, &e.to_string()));
-                    }
+                    frame = match conn.reader.next_buffered() {
+                        Ok(None) => break,
+                        next => next,
+                    };
                 }
             }
         }
         while let Some(done) = window.pop_ready() {
+            if let Some((slot, read_at)) = timed
+                && slot == done.slot
+            {
+                shared.status.ack_latency.observe(read_at.elapsed());
+                timed = None;
+            }
             queue_reply(&mut conn, done);
         }
     };
     info!(reason = end, "cliente disconnected");
 }
 
-/// Why a line cannot be a message, if it cannot.
-fn check(line: &Line, keyed: bool) -> Result<(), String> {
-    let text = if keyed {
-        parse_keyed_message(line.as_str())
-            .map_err(|e| format!("invalid message: {e}"))?
-            .1
+/// A line found to be a message.
+#[derive(Debug, Clone, Copy)]
+struct Checked {
+    /// Its key's sequence number, on a keyed connection.
+    seq: Option<u64>,
+    /// Where its text starts in the line.
+    text_at: usize,
+}
+
+/// Why a line cannot be a message, if it cannot; else its parts.
+fn check(line: &str, keyed: bool) -> Result<Checked, String> {
+    let (seq, text) = if keyed {
+        let (seq, text) = parse_keyed_message(line).map_err(|e| format!("invalid message: {e}"))?;
+        (Some(seq), text)
     } else {
-        line.as_str()
+        (None, line)
     };
     if text.is_empty() {
         return Err("empty message".to_owned());
     }
-    validate_text(text).map_err(|e| format!("invalid message: {e}"))
+    validate_text(text).map_err(|e| format!("invalid message: {e}"))?;
+    Ok(Checked {
+        seq,
+        text_at: line.len() - text.len(),
+    })
 }
 
 /// What a message costs the in-flight budget, in bytes.
@@ -267,6 +309,7 @@ fn forward(
     done_tx: &mpsc::UnboundedSender<Completion>,
     slot: u64,
     line: &Line,
+    checked: Checked,
     charge: OwnedSemaphorePermit,
     now: Instant,
     rng: &mut SmallRng,
@@ -276,7 +319,7 @@ fn forward(
         reply_to: done_tx.clone(),
     };
     let replication = shared.replication;
-    let Some(client_id) = client_id else {
+    let (Some(client_id), Some(seq)) = (client_id, checked.seq) else {
         let envelope = Arc::new(
             Envelope::new(
                 shared.ids.next_id(),
@@ -287,12 +330,10 @@ fn forward(
             )
             .charged(Some(charge)),
         );
-        route(shared, envelope, line.as_str(), rng);
+        route(shared, envelope, line, rng);
         return Ok(());
     };
-    let (seq, text) = parse_keyed_message(line.as_str()).map_err(|e| e.to_string())?;
-    let text_at = line.as_str().len() - text.len();
-    let text = line.bytes().slice(text_at..);
+    let text = line.bytes().slice(checked.text_at..);
     let key = MessageKey {
         client: client_id.clone(),
         seq,
@@ -312,7 +353,7 @@ fn forward(
         )
     });
     match found {
-        Found::New(envelope) => route(shared, envelope, line.as_str(), rng),
+        Found::New(envelope) => route(shared, envelope, line, rng),
         Found::InFlight(envelope) => {
             debug!(%key, id = %envelope.id, "resent key: waiting for its message's answer");
             envelope.add_waiter(waiter());
@@ -334,13 +375,13 @@ fn forward(
                     .charged(charge.take()),
             );
             shared.keys.track(&key, &envelope);
-            route(shared, envelope, line.as_str(), rng);
+            route(shared, envelope, line, rng);
         }
     }
     Ok(())
 }
 
-fn route(shared: &Shared, envelope: Arc<Envelope>, line: &str, rng: &mut SmallRng) {
+fn route(shared: &Shared, envelope: Arc<Envelope>, line: &Line, rng: &mut SmallRng) {
     let id = envelope.id;
     let client = envelope.client.clone();
     let nodes = shared.router.start(envelope, None, rng);
@@ -351,7 +392,7 @@ fn route(shared: &Shared, envelope: Arc<Envelope>, line: &str, rng: &mut SmallRn
             target: MESSAGES_TARGET,
             %id, %client, nodes = ?nodes.iter().map(|n| n.as_str()).collect::<Vec<_>>(),
             "forwarding mensaje: {}",
-            truncate_for_log(line)
+            truncate_for_log(line.as_str())
         );
     }
 }

@@ -68,6 +68,8 @@ pub(crate) struct ClusterConfig {
     pub(crate) observer: Option<mpsc::UnboundedSender<Event>>,
     /// How long to wait for the nodes the previous head node had.
     pub(crate) recovery_wait: Duration,
+    /// Where membership events are recorded for the operator.
+    pub(crate) status: Arc<crate::status::Status>,
 }
 
 struct Session {
@@ -221,7 +223,12 @@ impl Driver {
                     Vec::new()
                 }
             },
-            Input::Heartbeat { conn } => membership.heartbeat(conn, now()),
+            Input::Heartbeat { conn } => {
+                if let Some(session) = self.sessions.get(&conn) {
+                    self.config.status.heartbeat(&session.handle.node);
+                }
+                membership.heartbeat(conn, now())
+            }
             Input::ConnectionLost { conn, why } => membership.connection_lost(conn, why),
             Input::Leaving { conn } => membership.leaving(conn),
             Input::Drained { conn } => membership.left(conn),
@@ -293,6 +300,7 @@ impl Driver {
         let misses_allowed = self.config.detector.ping_misses.max(1);
         let mut routes_changed = false;
         for event in events {
+            self.config.status.record(event);
             match event {
                 Event::Joined { member, rejoined } => {
                     let verb = if *rejoined { "rejoined" } else { "joined" };

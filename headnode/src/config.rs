@@ -43,6 +43,8 @@ pub struct Config {
     /// previous head node had (named in their reports) before it serves
     /// clients anyway. See `recovery`.
     pub recovery_wait: Duration,
+    /// Bounds of the HTTP port (see `protocol::http`), when there is one.
+    pub http: protocol::http::HttpConfig,
     /// Period of the ICMP heartbeat rounds.
     pub ping_interval: Duration,
     /// How long one ICMP echo may take.
@@ -79,6 +81,19 @@ pub struct Config {
     /// queued for them, or waiting for one. Clients are not read while it
     /// is used up.
     pub in_flight_budget: usize,
+    /// Reader (`lector`) connections at once; one more is refused
+    /// `ERROR server full (N readers)`. Readers take client places too.
+    pub max_readers: usize,
+    /// Read requests (`get`, `tail`) served at once over all readers; a
+    /// request waits up to 5 s for its turn, then gets `ERROR head node
+    /// busy`.
+    pub max_reads: usize,
+    /// How long a data node has to answer one read (a whole scan page).
+    pub read_timeout: Duration,
+    /// While messages are in flight, a tail sends only records stored at
+    /// least this long ago (see `tail::Watermark`); `None`: `ack_timeout`
+    /// plus `no_node_wait`.
+    pub tail_lag: Option<Duration>,
     /// Unacknowledged messages per data node; more wait in its queue.
     pub max_node_in_flight: usize,
     /// Unacknowledged bytes of text per data node; more wait in its queue.
@@ -135,6 +150,7 @@ impl Default for Config {
             dedup_keys: DEFAULT_DEDUP_KEYS,
             dedup_window: DEFAULT_DEDUP_WINDOW,
             recovery_wait: Duration::from_secs(5),
+            http: protocol::http::HttpConfig::default(),
             ping_interval: Duration::from_secs(5),
             ping_timeout: Duration::from_secs(1),
             detector: DetectorConfig::default(),
@@ -148,6 +164,10 @@ impl Default for Config {
             write_timeout: Duration::from_secs(30),
             client_idle_timeout: Duration::from_secs(300),
             in_flight_budget: 32 * 1024 * 1024,
+            max_readers: 64,
+            max_reads: 8,
+            read_timeout: Duration::from_secs(5),
+            tail_lag: None,
             max_node_in_flight: 65_536,
             max_node_unacked_bytes: 4 * 1024 * 1024,
             max_parked: 65_536,
@@ -160,6 +180,14 @@ impl Default for Config {
             rng_seed: None,
             observer: None,
         }
+    }
+}
+
+impl Config {
+    /// The tail's lag while messages are in flight.
+    pub fn tail_lag(&self) -> Duration {
+        self.tail_lag
+            .unwrap_or(self.ack_timeout + self.no_node_wait)
     }
 }
 
@@ -196,6 +224,7 @@ impl Config {
             ("suspect-after", self.detector.suspect_after),
             ("dedup window", self.dedup_window),
             ("recovery wait", self.recovery_wait),
+            ("read timeout", self.read_timeout),
         ];
         for (name, value) in timeouts {
             if value.is_zero() {
@@ -222,6 +251,8 @@ impl Config {
             ("replicas", self.replicas),
             ("min replicas", self.min_replicas),
             ("dedup keys", self.dedup_keys),
+            ("max readers", self.max_readers),
+            ("max reads", self.max_reads),
         ];
         for (name, value) in caps {
             if value == 0 {

@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use protocol::message::{MessageId, MessageKey, NodeId};
+use smallvec::SmallVec;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::Instant;
 use tracing::warn;
@@ -30,13 +31,17 @@ use tracing::warn;
 use crate::keys::KeyTable;
 use crate::membership::ConnId;
 
+/// The data nodes holding a message, in the order they wrote it; on the
+/// stack up to 3 (the usual number of copies).
+pub(crate) type Holders = SmallVec<[NodeId; 3]>;
+
 /// How a client message ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Outcome {
     /// Written and synced by these data nodes, under this id.
     Stored {
         /// The nodes whose `data.txt` holds it, in the order they wrote it.
-        holders: Vec<NodeId>,
+        holders: Holders,
         /// Its id there.
         id: MessageId,
     },
@@ -92,14 +97,16 @@ pub(crate) struct Replication {
 /// The copies of one message.
 #[derive(Debug, Default)]
 struct Copies {
-    waiters: Vec<Waiter>,
+    /// Who waits for the answer: the first request, and resends of its key.
+    waiter: Option<Waiter>,
+    more_waiters: Vec<Waiter>,
     answered: bool,
     /// Answered with a failure.
     failed: bool,
     /// Nodes that wrote it.
-    holders: Vec<NodeId>,
+    holders: Holders,
     /// Nodes a copy is queued for or sent to, not yet acknowledged.
-    placed: Vec<(ConnId, NodeId)>,
+    placed: SmallVec<[(ConnId, NodeId); 3]>,
     /// Copies still on their way: placed, or waiting for a node.
     open: usize,
     /// Nodes that were sent a copy and failed without acknowledging it:
@@ -157,7 +164,7 @@ impl Envelope {
             client,
             replication,
             copies: Mutex::new(Copies {
-                waiters: vec![waiter],
+                waiter: Some(waiter),
                 ..Copies::default()
             }),
             keys: None,
@@ -174,7 +181,7 @@ impl Envelope {
 
     /// Already held by `holders` (a resend of a key stored with too few
     /// copies).
-    pub(crate) fn held_by(self, holders: Vec<NodeId>) -> Envelope {
+    pub(crate) fn held_by(self, holders: Holders) -> Envelope {
         self.copies().holders = holders;
         self
     }
@@ -203,7 +210,7 @@ impl Envelope {
     }
 
     /// The nodes that wrote it so far.
-    pub(crate) fn holders(&self) -> Vec<NodeId> {
+    pub(crate) fn holders(&self) -> Holders {
         self.copies().holders.clone()
     }
 
@@ -242,13 +249,15 @@ impl Envelope {
             };
             drop(copies);
             waiter.send(outcome);
-        } else if copies.waiters.len() >= MAX_WAITERS {
+        } else if copies.more_waiters.len() + 1 >= MAX_WAITERS {
             drop(copies);
             waiter.send(Outcome::NotStored(
                 format!("more than {MAX_WAITERS} resends of this key are waiting").into(),
             ));
+        } else if copies.waiter.is_none() {
+            copies.waiter = Some(waiter);
         } else {
-            copies.waiters.push(waiter);
+            copies.more_waiters.push(waiter);
         }
     }
 
@@ -358,8 +367,11 @@ impl Envelope {
 
     fn answer(copies: &mut Copies, outcome: Outcome) {
         copies.answered = true;
-        for waiter in copies.waiters.drain(..) {
+        for waiter in copies.more_waiters.drain(..) {
             waiter.send(outcome.clone());
+        }
+        if let Some(waiter) = copies.waiter.take() {
+            waiter.send(outcome);
         }
     }
 }
@@ -463,6 +475,12 @@ impl IdGenerator {
         self.epoch
     }
 
+    /// The sequence number the next id will get (a read only, for the
+    /// tail's watermark).
+    pub fn peek_next_seq(&self) -> u64 {
+        self.next.load(Ordering::SeqCst)
+    }
+
     /// The next id.
     pub fn next_id(&self) -> MessageId {
         MessageId {
@@ -534,7 +552,7 @@ pub(crate) mod tests {
         assert_eq!(
             done.outcome,
             Outcome::Stored {
-                holders: vec![node("b"), node("a")],
+                holders: smallvec::smallvec![node("b"), node("a")],
                 id: MessageId { epoch: 1, seq: 7 }
             }
         );

@@ -29,7 +29,7 @@ use protocol::message::{MessageId, MessageKey, NodeId};
 use tokio::time::Instant;
 use tracing::warn;
 
-use crate::forward::Envelope;
+use crate::forward::{Envelope, Holders};
 
 /// Memory of one slot of the bound, at most: a key's 40 bytes (id,
 /// holders, envelope pointer) in its client's run and the run's spare
@@ -63,7 +63,7 @@ pub(crate) enum Found {
     InFlight(Arc<Envelope>),
     /// The message was seen before and is no longer on its way: its id and
     /// who holds it. It may have fewer copies than needed.
-    Settled { id: MessageId, holders: Vec<NodeId> },
+    Settled { id: MessageId, holders: Holders },
 }
 
 struct Keys {
@@ -123,7 +123,7 @@ impl KeyTable {
             }
             return Found::Settled {
                 id: entry.id,
-                holders: entry.holders.to_vec(),
+                holders: entry.holders.iter().cloned().collect(),
             };
         }
         let envelope = make();
@@ -133,7 +133,7 @@ impl KeyTable {
             live: Arc::downgrade(&envelope),
         };
         keys.window
-            .insert(key.client.as_str(), key.seq, entry, now_ms);
+            .insert_new(key.client.as_str(), key.seq, entry, now_ms);
         Found::New(envelope)
     }
 
@@ -293,7 +293,7 @@ mod tests {
         else {
             panic!("expected a settled key");
         };
-        assert_eq!((id.seq, holders), (1, vec![dn1]));
+        assert_eq!((id.seq, holders), (1, smallvec::smallvec![dn1]));
     }
 
     #[test]
@@ -312,7 +312,7 @@ mod tests {
             panic!("expected a settled key");
         };
         assert_eq!(found, id);
-        assert_eq!(holders, vec![dn1, dn2]);
+        assert_eq!(holders.as_slice(), [dn1, dn2]);
     }
 
     #[test]

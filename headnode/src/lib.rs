@@ -11,10 +11,14 @@
 //! - `parking`: the waiting room for messages no node can take yet;
 //! - `cluster`: the task that owns the membership and writes the heartbeat log;
 //! - `registration`: handshake, token challenge, and the connection pools;
-//! - `client_session` / `node_session`: one task per connection.
+//! - `client_session` / `node_session` / `reader_session`: one task per connection;
+//! - `reads`: reads sent to a data node on its session, and their answers;
+//! - `tail`: the merge of the nodes' scans, and its watermark;
+//! - `status`: metrics, the status snapshot and page, on the HTTP port.
 //!
 //! [`run`] is the entry point for the binary and the tests; [`run_on`] is
-//! the same server on any [`Listener`] (a simulated network's, say).
+//! the same server on any [`Listener`] (a simulated network's, say), and
+//! [`run_with_http`] adds the operator's HTTP port.
 
 use std::future::Future;
 use std::io;
@@ -43,10 +47,14 @@ pub mod membership;
 mod node_session;
 mod parking;
 pub mod prober;
+mod reader_session;
+mod reads;
 mod recovery;
 mod registration;
 mod router;
 mod signal;
+mod status;
+mod tail;
 
 pub use config::{Config, ConfigError, DEFAULT_STICKY_RUN, Limits};
 pub use forward::IdGenerator;
@@ -72,6 +80,14 @@ pub(crate) struct Shared {
     /// Bytes of messages the head node may hold at once (see
     /// [`Config::in_flight_budget`]).
     pub(crate) budget: Arc<Semaphore>,
+    /// Permits of `budget` when nothing is in flight.
+    pub(crate) budget_total: usize,
+    /// The data nodes that serve reads now.
+    pub(crate) reads: reads::ReadPool,
+    /// Read requests served at once ([`Config::max_reads`]).
+    pub(crate) read_budget: Semaphore,
+    /// Places for readers ([`Config::max_readers`]).
+    pub(crate) reader_slots: Arc<Semaphore>,
     /// Recent client keys and what they became.
     pub(crate) keys: Arc<keys::KeyTable>,
     /// Copies per message, and before the answer.
@@ -80,6 +96,8 @@ pub(crate) struct Shared {
     pub(crate) recovered: Arc<recovery::Gate>,
     pub(crate) client_slots: Arc<Semaphore>,
     pub(crate) node_slots: Arc<Semaphore>,
+    /// Counters and the cluster table for the operator.
+    pub(crate) status: Arc<status::Status>,
     next_conn: AtomicU64,
 }
 
@@ -136,7 +154,29 @@ pub async fn run_on<L: Listener>(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
+    serve(listener, None, config, shutdown).await
+}
+
+/// [`run`], and the operator's endpoints (`/metrics`, `/healthz`,
+/// `/status.json`, the status page at `/`, `/events`) on `http`, bounded by
+/// [`Config::http`].
+pub async fn run_with_http(
+    listener: TcpListener,
+    http: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    serve(listener, Some(http), config, shutdown).await
+}
+
+async fn serve<L: Listener>(
+    listener: L,
+    http: Option<TcpListener>,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
     config.validate()?;
+    let status = Arc::new(status::Status::default());
     let fd_limit = protocol::server::raise_fd_limit();
     let limits = Limits::share(
         protocol::server::connection_budget(fd_limit, config.max_connections),
@@ -175,6 +215,7 @@ pub async fn run_on<L: Listener>(
             ping_timeout: config.ping_timeout,
             observer: config.observer.clone(),
             recovery_wait: config.recovery_wait,
+            status: status.clone(),
         },
         prober,
         inputs_tx.clone(),
@@ -203,6 +244,10 @@ pub async fn run_on<L: Listener>(
         ids,
         membership_tx: inputs_tx,
         budget: Arc::new(Semaphore::new(budget)),
+        budget_total: budget,
+        reads: reads::ReadPool::default(),
+        read_budget: Semaphore::new(config.max_reads),
+        reader_slots: Arc::new(Semaphore::new(config.max_readers)),
         keys: Arc::new(keys::KeyTable::new(config.dedup_keys, config.dedup_window)),
         replication: forward::Replication {
             replicas: config.replicas,
@@ -211,10 +256,24 @@ pub async fn run_on<L: Listener>(
         recovered,
         client_slots: Arc::new(Semaphore::new(limits.clients)),
         node_slots: Arc::new(Semaphore::new(limits.data_nodes)),
+        status,
         next_conn: AtomicU64::new(1),
         config,
     });
     announce(&listener, &shared, fd_limit)?;
+    // The operator's side: not essential, so it never stops the head node.
+    let observers = TaskTracker::new();
+    observers.spawn(status::run_ticker(shared.clone(), nodes_stop.clone()));
+    if let Some(http) = http {
+        info!(addr = %http.local_addr()?, "status page, /metrics and /status.json served over HTTP");
+        let handler_shared = shared.clone();
+        observers.spawn(protocol::http::run(
+            http,
+            shared.config.http.clone(),
+            move |request: &protocol::http::Request| status::handle(&handler_shared, request),
+            nodes_stop.clone().cancelled_owned(),
+        ));
+    }
 
     tokio::pin!(shutdown);
     // Numbers the accepted connections, to derive each one's generator.
@@ -258,6 +317,10 @@ pub async fn run_on<L: Listener>(
                     client_session::run(conn, client_id, shared, clients_stop, rng).await;
                     drop(slot);
                 }
+                Some(Peer::Reader(conn, slot, client_slot)) => {
+                    reader_session::run(conn, shared, clients_stop).await;
+                    drop((slot, client_slot));
+                }
                 Some(Peer::DataNode(registered)) => {
                     // Data-node sessions outlive client sessions at shutdown,
                     // so answers in flight can still arrive.
@@ -298,6 +361,8 @@ pub async fn run_on<L: Listener>(
         warn!("some data-node connections did not close in time");
     }
     essential.abort_all();
+    observers.close();
+    let _ = tokio::time::timeout(NODE_DRAIN, observers.wait()).await;
     info!(
         under_replicated = shared.router.under_replicated(),
         over_replicated = shared.router.over_replicated(),

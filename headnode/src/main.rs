@@ -6,7 +6,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use protocol::cli::{
-    FramingArgs, LogArgs, TokenArgs, parse_bytes, parse_duration, parse_period, parse_timeout,
+    FramingArgs, LogArgs, TokenArgs, parse_bytes, parse_duration, parse_listen_or_off,
+    parse_period, parse_timeout,
 };
 use protocol::telemetry::{self, FileRoute, HEARTBEAT_TARGET, LogSpec};
 use tokio::net::TcpListener;
@@ -24,6 +25,12 @@ struct Args {
     /// Address to listen on.
     #[arg(long, env = "LISTEN", default_value = "0.0.0.0:5000")]
     listen: SocketAddr,
+    /// Address of the operator's HTTP port: the status page at `/`,
+    /// `/status.json`, `/events`, `/metrics` (Prometheus) and `/healthz`.
+    /// `off` serves none. Loopback by default: nothing there is secret, but
+    /// it is for the operator, not the network.
+    #[arg(long, env = "HTTP_LISTEN", default_value = "127.0.0.1:8080", value_parser = parse_listen_or_off)]
+    http_listen: protocol::cli::OptionalListen,
     #[command(flatten)]
     token: TokenArgs,
     /// Also accept data nodes that cannot prove the cluster token, including
@@ -99,6 +106,22 @@ struct Args {
     #[arg(long, env = "STICKY_RUN", default_value_t = headnode::DEFAULT_STICKY_RUN as u32,
           value_parser = clap::value_parser!(u32).range(1..))]
     sticky_run: u32,
+    /// Reader (`lector`) connections at once (`client get`, `client tail`).
+    #[arg(long, env = "MAX_READERS", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    max_readers: u32,
+    /// Read requests served at once over all readers.
+    #[arg(long, env = "MAX_READS", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..=256))]
+    max_reads: u32,
+    /// While messages are in flight, a tail prints only messages stored at
+    /// least this long ago, so that none with a smaller id can still appear
+    /// (default: --ack-timeout plus --no-node-wait).
+    #[arg(long, env = "TAIL_LAG", value_parser = parse_timeout)]
+    tail_lag: Option<Duration>,
+    /// How long a data node has to answer one read (a whole scan page).
+    #[arg(long, env = "READ_TIMEOUT", default_value = "5s", value_parser = parse_timeout)]
+    read_timeout: Duration,
     /// Copies of each message, on distinct data nodes (distinct zones when
     /// there are enough).
     #[arg(long, env = "REPLICAS", default_value_t = 2,
@@ -202,6 +225,10 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         client_idle_timeout: args.client_idle_timeout,
         write_timeout: args.write_timeout,
         sticky_run: args.sticky_run as usize,
+        max_readers: args.max_readers as usize,
+        max_reads: args.max_reads as usize,
+        tail_lag: args.tail_lag,
+        read_timeout: args.read_timeout,
         replicas: usize::from(args.replicas),
         min_replicas: match args.min_replicas {
             MinReplicas::All => usize::from(args.replicas),
@@ -212,7 +239,15 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         recovery_wait: args.recovery_wait,
         ..headnode::Config::default()
     };
-    headnode::run(listener, config, protocol::shutdown::signal()).await?;
+    match args.http_listen.0 {
+        Some(addr) => {
+            let http = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for HTTP on {addr}"))?;
+            headnode::run_with_http(listener, http, config, protocol::shutdown::signal()).await?;
+        }
+        None => headnode::run(listener, config, protocol::shutdown::signal()).await?,
+    }
     Ok(())
 }
 

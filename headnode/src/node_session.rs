@@ -1,7 +1,8 @@
 //! One task per data node: writes the copies routed to it in batches,
 //! matches its answers, sends the application heartbeat and the list of
-//! routable nodes, and moves to other nodes every copy it cannot get
-//! acknowledged.
+//! routable nodes, moves to other nodes every copy it cannot get
+//! acknowledged, and sends the reads other tasks hand it (see `reads`),
+//! after the writes waiting in the same turn.
 
 use std::sync::Arc;
 
@@ -20,7 +21,9 @@ use crate::cluster::Input;
 use crate::forward::{CopyStored, Forward};
 use crate::in_flight::{Acked, InFlight};
 use crate::membership::MemberInfo;
+use crate::reads::{PendingReads, ReadJob};
 use crate::router::NodeLoad;
+use crate::status::NodeCounters;
 
 /// A data node that has been accepted into the cluster.
 pub(crate) struct Registered<S: Stream> {
@@ -54,12 +57,21 @@ pub(crate) async fn run<S: Stream>(
         _slot,
     } = registered;
     let config = &shared.config;
+    let counters = shared.status.node_counters(&info.node);
     let max_in_flight = if info.legacy {
         1
     } else {
         config.max_node_in_flight.max(1)
     };
     let mut in_flight = InFlight::default();
+    // Original-system nodes cannot serve reads.
+    let (_read_slot, mut reads_rx) = if info.legacy {
+        (None, None)
+    } else {
+        let (joined, reads_rx) = shared.reads.join(info.conn, info.node.clone());
+        (Some(joined), Some(reads_rx))
+    };
+    let mut reads = PendingReads::default();
     let mut heartbeat = tokio::time::interval(config.heartbeat_interval);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let max_unacked_bytes = config.max_node_unacked_bytes;
@@ -78,7 +90,7 @@ pub(crate) async fn run<S: Stream>(
     tokio::pin!(evicted, stopping);
 
     // Why the session ended; `None` when the membership task already knows.
-    let lost: Option<String> = loop {
+    let lost: Option<String> = 'session: loop {
         let next_deadline = in_flight.next_deadline().filter(|_| !ack_timeout_reported);
         let stall_deadline = conn.writer.stall_deadline(config.write_timeout);
         tokio::select! {
@@ -94,73 +106,94 @@ pub(crate) async fn run<S: Stream>(
                 break Some(format!("it took none of our bytes for {:?}", config.write_timeout));
             }
             frame = conn.reader.read_frame() => {
-                let line = match frame {
-                    Ok(Some(line)) => line,
-                    Ok(None) => break Some("closed by the data node".to_owned()),
-                    Err(e) => break Some(e.to_string()),
-                };
-                match FromDataNode::parse(line.as_str()) {
-                    Ok(FromDataNode::Stored(id)) => {
-                        acknowledge(&shared, &info, &load, &mut in_flight, id, None, &mut skipped);
-                        for message in skipped.drain(..) {
-                            load.resolve(false);
-                            reroute(&shared, &info, message, true, "acknowledged a later message but not this one", &mut rng);
-                        }
-                    }
-                    Ok(FromDataNode::AlreadyHeld { id, held }) => {
-                        acknowledge(&shared, &info, &load, &mut in_flight, Some(id), Some(held), &mut skipped);
-                        for message in skipped.drain(..) {
-                            load.resolve(false);
-                            reroute(&shared, &info, message, true, "acknowledged a later message but not this one", &mut rng);
-                        }
-                    }
-                    Ok(FromDataNode::Withdrawn(id)) => {
-                        match in_flight.ack(Some(id), &mut skipped) {
-                            Acked::Message(message) => {
-                                load.resolve(false);
-                                reroute(&shared, &info, message, false, "withdrawn after its ack timeout", &mut rng);
+                // Every line already buffered is handled in this turn: a
+                // data node answers a whole group commit at once.
+                let mut frame = frame;
+                let mut acked = false;
+                loop {
+                    let line = match frame {
+                        Ok(Some(line)) => line,
+                        Ok(None) => break 'session Some("closed by the data node".to_owned()),
+                        Err(e) => break 'session Some(e.to_string()),
+                    };
+                    match FromDataNode::parse(line.as_str()) {
+                        Ok(FromDataNode::Stored(id)) => {
+                            acked |= acknowledge(&shared, &info, &load, &counters, &mut in_flight, id, None, &mut skipped);
+                            for message in skipped.drain(..) {
+                                load.resolve();
+                                reroute(&shared, &info, message, true, "acknowledged a later message but not this one", &mut rng);
                             }
-                            Acked::Unknown => {}
                         }
-                        for message in skipped.drain(..) {
-                            load.resolve(false);
-                            reroute(&shared, &info, message, true, "answered a later message but not this one", &mut rng);
+                        Ok(FromDataNode::AlreadyHeld { id, held }) => {
+                            acked |= acknowledge(&shared, &info, &load, &counters, &mut in_flight, Some(id), Some(held), &mut skipped);
+                            for message in skipped.drain(..) {
+                                load.resolve();
+                                reroute(&shared, &info, message, true, "acknowledged a later message but not this one", &mut rng);
+                            }
+                        }
+                        Ok(FromDataNode::Withdrawn(id)) => {
+                            match in_flight.ack(Some(id), &mut skipped) {
+                                Acked::Message(message) => {
+                                    load.resolve();
+                                    reroute(&shared, &info, message, false, "withdrawn after its ack timeout", &mut rng);
+                                }
+                                Acked::Unknown => {}
+                            }
+                            for message in skipped.drain(..) {
+                                load.resolve();
+                                reroute(&shared, &info, message, true, "answered a later message but not this one", &mut rng);
+                            }
+                        }
+                        Ok(FromDataNode::Pong(_)) => {
+                            // When the membership task is behind, a heartbeat may
+                            // be dropped: the next one comes within a second.
+                            let _ = membership.try_send(Input::Heartbeat { conn: info.conn });
+                        }
+                        Ok(FromDataNode::Leaving) => {
+                            info!(node = %info.node, in_flight = in_flight.waiting(), "dataNode says it is leaving");
+                            leaving = true;
+                            let _ = membership.send(Input::Leaving { conn: info.conn }).await;
+                        }
+                        Ok(FromDataNode::Error(reason)) => {
+                            conn.close_with_error(&"closing after your error").await;
+                            break 'session Some(format!("data node reported an error: {reason}"));
+                        }
+                        Ok(
+                            answer @ (FromDataNode::Found { .. }
+                            | FromDataNode::NotFound { .. }
+                            | FromDataNode::Scanned { .. }
+                            | FromDataNode::ReadError { .. }),
+                        ) => reads.answer(&info.node, answer),
+                        Ok(
+                            FromDataNode::Proof(_)
+                            | FromDataNode::Held { .. }
+                            | FromDataNode::Peers(_)
+                            | FromDataNode::Ready,
+                        ) => {
+                            conn.close_with_error(&"unexpected registration line after registration").await;
+                            break 'session Some(format!("protocol error: {} after registration", truncate_for_log(line.as_str())));
+                        }
+                        Err(e) => {
+                            warn!(node = %info.node, error = %e, "bad line from dataNode: {}", truncate_for_log(line.as_str()));
+                            conn.close_with_error(&e).await;
+                            break 'session Some(format!("protocol error: {e}"));
                         }
                     }
-                    Ok(FromDataNode::Pong(_)) => {
-                        // When the membership task is behind, a heartbeat may
-                        // be dropped: the next one comes within a second.
-                        let _ = membership.try_send(Input::Heartbeat { conn: info.conn });
-                    }
-                    Ok(FromDataNode::Leaving) => {
-                        info!(node = %info.node, in_flight = in_flight.waiting(), "dataNode says it is leaving");
-                        leaving = true;
-                        let _ = membership.send(Input::Leaving { conn: info.conn }).await;
-                    }
-                    Ok(FromDataNode::Error(reason)) => {
-                        conn.close_with_error(&"closing after your error").await;
-                        break Some(format!("data node reported an error: {reason}"));
-                    }
-                    Ok(
-                        FromDataNode::Proof(_)
-                        | FromDataNode::Held { .. }
-                        | FromDataNode::Peers(_)
-                        | FromDataNode::Ready,
-                    ) => {
-                        conn.close_with_error(&"unexpected registration line after registration").await;
-                        break Some(format!("protocol error: {} after registration", truncate_for_log(line.as_str())));
-                    }
-                    Err(e) => {
-                        warn!(node = %info.node, error = %e, "bad line from dataNode: {}", truncate_for_log(line.as_str()));
-                        conn.close_with_error(&e).await;
-                        break Some(format!("protocol error: {e}"));
-                    }
+
+
+                    frame = match conn.reader.next_buffered() {
+                        Ok(None) => break,
+                        next => next,
+                    };
+                }
+                if acked {
+                    load.acked_now();
                 }
             }
             message = queue.recv(), if in_flight.waiting() < max_in_flight && in_flight.bytes() < max_unacked_bytes => {
                 let Some(message) = message else { break None };
                 if leaving {
-                    load.resolve(false);
+                    load.resolve();
                     reroute(&shared, &info, message, false, "it is leaving", &mut rng);
                     continue;
                 }
@@ -174,6 +207,12 @@ pub(crate) async fn run<S: Stream>(
                     let Ok(message) = queue.try_recv() else { break };
                     send(&mut conn, &info, &mut in_flight, message, deadline);
                     taken += 1;
+                }
+            }
+            job = next_read(&mut reads_rx), if reads.has_room() => {
+                match job {
+                    Some(job) => reads.send(job, |frame| conn.writer.queue_with(|buf| frame.encode(buf))),
+                    None => reads_rx = None,
                 }
             }
             seen = route_changes.changed_since(routes_seen), if !info.legacy => {
@@ -226,6 +265,12 @@ pub(crate) async fn run<S: Stream>(
             })
             .await;
     }
+    // Its readers see their answer channels close: the read failed.
+    if reads.len() > 0 {
+        info!(node = %info.node, reads = reads.len(), "dataNode gone with reads unanswered; they fail and their readers go on with the other nodes");
+    }
+    drop(reads);
+    drop(reads_rx);
     // Whatever this node held goes to the others.
     queue.close();
     let why = lost.as_deref().unwrap_or("evicted");
@@ -241,14 +286,22 @@ pub(crate) async fn run<S: Stream>(
         warn!(node = %info.node, messages = sent.len() + queued.len(), "dataNode gone ({why}); sending the copies it had not acknowledged to other nodes");
     }
     for message in sent {
-        load.resolve(false);
+        load.resolve();
         reroute(&shared, &info, message, true, why, &mut rng);
     }
     for message in queued {
-        load.resolve(false);
+        load.resolve();
         reroute(&shared, &info, message, false, why, &mut rng);
     }
     debug!(node = %info.node, "dataNode session ended");
+}
+
+/// The next read handed to this session; never, for a node that serves none.
+async fn next_read(reads_rx: &mut Option<mpsc::Receiver<ReadJob>>) -> Option<ReadJob> {
+    match reads_rx {
+        Some(reads_rx) => reads_rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn send<S: Stream>(
@@ -271,24 +324,27 @@ fn send<S: Stream>(
     in_flight.push(message, deadline);
 }
 
-/// Matches an acknowledgement and counts the copy it stands for.
+/// Matches an acknowledgement and counts the copy it stands for; true if
+/// it matched a copy in flight.
+#[allow(clippy::too_many_arguments)]
 fn acknowledge(
     shared: &Shared,
     info: &MemberInfo,
     load: &NodeLoad,
+    counters: &NodeCounters,
     in_flight: &mut InFlight,
     id: Option<MessageId>,
     held_as: Option<MessageId>,
     skipped: &mut Vec<Forward>,
-) {
+) -> bool {
     let envelope = match in_flight.ack(id, skipped) {
         Acked::Message(message) => {
-            load.resolve(true);
+            load.resolve();
             message.envelope
         }
         Acked::Unknown => {
             debug!(node = %info.node, ?id, "acknowledgement for no message in flight; ignored");
-            return;
+            return false;
         }
     };
     if let Some(held) = held_as.filter(|held| *held != envelope.id) {
@@ -298,12 +354,19 @@ fn acknowledge(
             "this key is already held there under another id; not written again"
         );
     }
-    match envelope.copy_stored(info.conn, &info.node) {
-        CopyStored::Answered => info!(
+    let stored = envelope.copy_stored(info.conn, &info.node);
+    if stored != CopyStored::Again {
+        counters.count(envelope.text.len());
+    }
+    match stored {
+        CopyStored::Answered => {
+            shared.status.count_stored();
+            info!(
             target: MESSAGES_TARGET,
             id = %envelope.id, client = %envelope.client,
             "recibido en dataNode {} {}", info.node, info.addr
-        ),
+            )
+        }
         CopyStored::Counted => debug!(
             target: MESSAGES_TARGET,
             id = %envelope.id, "recibido en dataNode {} {}", info.node, info.addr
@@ -317,6 +380,7 @@ fn acknowledge(
             );
         }
     }
+    true
 }
 
 /// Moves one copy this session held to another node; `sent` if this node

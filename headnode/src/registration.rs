@@ -33,6 +33,8 @@ pub(crate) enum Peer<S: Stream> {
     /// A client, with its place among the clients and the client id it
     /// announced (its messages are then keyed).
     Client(Connection<S>, OwnedSemaphorePermit, Option<ClientId>),
+    /// A reader, with its place among the readers and among the clients.
+    Reader(Connection<S>, OwnedSemaphorePermit, OwnedSemaphorePermit),
     /// A data node accepted into the cluster.
     DataNode(node_session::Registered<S>),
 }
@@ -81,6 +83,28 @@ pub(crate) async fn accept_peer<S: Stream>(
             drop(waiting_room);
             info!(framing = ?conn.reader.framing(), client_id = ?client_id.as_ref().map(ClientId::as_str), "cliente connected");
             Some(Peer::Client(conn, slot, client_id))
+        }
+        Ok(Some(Role::Reader)) => {
+            // Readers prove nothing, like clients: whoever may store may
+            // read. They take a client place too.
+            let Ok(slot) = shared.reader_slots.clone().try_acquire_owned() else {
+                warn!(
+                    max = shared.config.max_readers,
+                    "lector refused: too many readers"
+                );
+                let reason = format!("server full ({} readers)", shared.config.max_readers);
+                conn.close_with_error(&reason).await;
+                return None;
+            };
+            let Ok(client_slot) = shared.client_slots.clone().try_acquire_owned() else {
+                warn!(max = shared.limits.clients, "lector refused: server full");
+                let reason = format!("server full ({} clients)", shared.limits.clients);
+                conn.close_with_error(&reason).await;
+                return None;
+            };
+            drop(waiting_room);
+            info!("lector connected");
+            Some(Peer::Reader(conn, slot, client_slot))
         }
         Ok(Some(Role::DataNode(hello))) => {
             let registered = tokio::select! {

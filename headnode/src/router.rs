@@ -30,12 +30,19 @@ use std::time::Duration;
 use protocol::message::{NO_DATA_NODES, NOT_ENOUGH_NODES, NodeId, Zone};
 use rand::RngExt;
 use rand::rngs::SmallRng;
+use smallvec::SmallVec;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::warn;
 
-use crate::forward::{Envelope, Forward, report_under_replicated};
+use crate::forward::{Envelope, Forward, Holders, report_under_replicated};
 use crate::membership::ConnId;
+
+/// Indices of nodes in a snapshot; on the stack up to 16 nodes.
+type Indices = SmallVec<[usize; 16]>;
+
+/// Indices of the nodes of one message's set; on the stack up to 4.
+type Set = SmallVec<[usize; 4]>;
 
 /// The longest message an original-system data node can take: it reads
 /// one `recv(1024)` per message, and the message arrives as `mensaje: <text>`.
@@ -119,13 +126,16 @@ impl NodeLoad {
         self.handed.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The session is done with one message it was handed; `acknowledged`
-    /// if the node wrote it.
-    pub(crate) fn resolve(&self, acknowledged: bool) {
+    /// The session is done with one message it was handed: acknowledged
+    /// (then [`NodeLoad::acked_now`] follows, once for all the
+    /// acknowledgements read together), moved elsewhere or dropped.
+    pub(crate) fn resolve(&self) {
         self.resolved.fetch_add(1, Ordering::Relaxed);
-        if acknowledged {
-            self.acked_at.store(self.micros(), Ordering::Relaxed);
-        }
+    }
+
+    /// The node has just acknowledged something.
+    pub(crate) fn acked_now(&self) {
+        self.acked_at.store(self.micros(), Ordering::Relaxed);
     }
 
     /// Messages held now.
@@ -138,13 +148,14 @@ impl NodeLoad {
     }
 
     /// Whether it acknowledged something (or was given its first message)
-    /// within [`STALL`].
-    fn moving(&self) -> bool {
+    /// within [`STALL`] before `now`.
+    fn moving(&self, now: Instant) -> bool {
         let last = self
             .acked_at
             .load(Ordering::Relaxed)
             .max(self.busy_since.load(Ordering::Relaxed));
-        self.micros().saturating_sub(last) < STALL.as_micros() as u64
+        let now = now.saturating_duration_since(self.since).as_micros() as u64;
+        now.saturating_sub(last) < STALL.as_micros() as u64
     }
 }
 
@@ -159,7 +170,7 @@ pub(crate) struct Routes {
 
 #[derive(Debug, Default)]
 struct StickyRun {
-    set: Vec<usize>,
+    set: Set,
     left: usize,
 }
 
@@ -182,17 +193,19 @@ impl Routes {
         count: usize,
         sticky_run: usize,
         rng: &mut SmallRng,
-    ) -> Vec<usize> {
+    ) -> Set {
         if sticky_run <= 1 {
             return self.random_set(eligible, count, &[], rng);
         }
         let mut run = self.run.lock().unwrap_or_else(|p| p.into_inner());
+        // One clock read for the whole set.
+        let now = Instant::now();
         let continues = run.left > 0
             && run.set.len() == count
             && run.set.iter().all(|&i| {
                 self.nodes
                     .get(i)
-                    .is_some_and(|n| !n.one_at_a_time && n.load.held() > 0 && n.load.moving())
+                    .is_some_and(|n| !n.one_at_a_time && n.load.held() > 0 && n.load.moving(now))
                     && eligible.contains(&i)
             });
         if continues {
@@ -206,7 +219,7 @@ impl Routes {
         let avoid = if still_busy {
             run.set.clone()
         } else {
-            Vec::new()
+            Set::new()
         };
         let set = self.random_set(eligible, count, &avoid, rng);
         run.set.clone_from(&set);
@@ -223,13 +236,13 @@ impl Routes {
         count: usize,
         avoid: &[usize],
         rng: &mut SmallRng,
-    ) -> Vec<usize> {
-        let mut order = eligible.to_vec();
+    ) -> Set {
+        let mut order = Indices::from_slice(eligible);
         for i in (1..order.len()).rev() {
             order.swap(i, rng.random_range(0..=i));
         }
         let zone = |i: usize| self.nodes[i].zone.as_ref();
-        let mut chosen: Vec<usize> = Vec::with_capacity(count);
+        let mut chosen = Set::with_capacity(count);
         for &i in &order {
             if chosen.len() == count {
                 break;
@@ -252,7 +265,7 @@ impl Routes {
             && chosen.iter().all(|i| avoid.contains(i));
         if same_as_avoided && order.len() > chosen.len() {
             // Swap one member for a node outside the set.
-            let outside: Vec<usize> = order
+            let outside: Indices = order
                 .iter()
                 .copied()
                 .filter(|i| !chosen.contains(i))
@@ -357,15 +370,15 @@ impl Router {
         envelope: Arc<Envelope>,
         waiting_since: Option<Instant>,
         rng: &mut SmallRng,
-    ) -> Vec<NodeId> {
+    ) -> Holders {
         let (want, have) = envelope.wanted();
         if want == 0 {
-            return Vec::new();
+            return Holders::new();
         }
         let replication = envelope.replication();
         let routes = self.snapshot();
         let text_len = envelope.text.len();
-        let eligible: Vec<usize> = (0..routes.nodes.len())
+        let eligible: Indices = (0..routes.nodes.len())
             .filter(|&i| {
                 let node = &routes.nodes[i];
                 node.takes(text_len) && (have == 0 || !envelope.excludes(&node.node))
@@ -381,12 +394,12 @@ impl Router {
                     "message too long for the live data nodes ({text_len} bytes; original-system data nodes take at most {ORIGINAL_NODE_MAX_TEXT})"
                 );
                 envelope.give_up(reason.into());
-                return Vec::new();
+                return Holders::new();
             }
             let since = waiting_since.unwrap_or_else(Instant::now);
             // Fails only during shutdown, when the client is being closed anyway.
             let _ = self.parking.send(Parked::Start(envelope, since));
-            return Vec::new();
+            return Holders::new();
         }
         let count = want.min(eligible.len());
         let sticky = if have == 0 && count == replication.replicas {
@@ -402,7 +415,7 @@ impl Router {
             let node = &routes.nodes[i];
             envelope.place(node.conn, &node.node);
         }
-        let mut chosen = Vec::with_capacity(set.len());
+        let mut chosen = Holders::new();
         let mut refused = Vec::new();
         for &i in &set {
             let node = &routes.nodes[i];
@@ -690,7 +703,8 @@ pub(crate) mod tests {
             start(&router, i, 1, 1, &mut rng);
             for (load, rx) in loads.iter().zip([&mut a_rx, &mut b_rx, &mut c_rx]) {
                 for _ in 0..drain(rx) {
-                    load.resolve(true);
+                    load.resolve();
+                    load.acked_now();
                 }
             }
         }

@@ -38,6 +38,9 @@ fn start_head(log_dir: &Path) -> (Head, SocketAddr) {
         .args([
             "--listen",
             "127.0.0.1:0",
+            // Tests run at once: a port of its choosing here too.
+            "--http-listen",
+            "127.0.0.1:0",
             "--ping-interval",
             "1h",
             "--log-dir",

@@ -235,3 +235,35 @@ mod tests {
         assert_eq!(parse_timeout("1ms").unwrap(), Duration::from_millis(1));
     }
 }
+
+/// A listen address that may be switched off (`--http-listen off`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptionalListen(pub Option<std::net::SocketAddr>);
+
+/// Parses an optional listen address: `IP:PORT`, or `off` (also an empty
+/// value) for none.
+pub fn parse_listen_or_off(text: &str) -> Result<OptionalListen, String> {
+    let text = text.trim();
+    if text.is_empty() || text.eq_ignore_ascii_case("off") {
+        return Ok(OptionalListen(None));
+    }
+    text.parse()
+        .map(|addr| OptionalListen(Some(addr)))
+        .map_err(|_| format!("expected IP:PORT or `off`, not {text:?}"))
+}
+
+#[cfg(test)]
+mod listen_tests {
+    use super::*;
+
+    #[test]
+    fn a_listen_address_may_be_off() {
+        assert_eq!(parse_listen_or_off("off"), Ok(OptionalListen(None)));
+        assert_eq!(parse_listen_or_off(""), Ok(OptionalListen(None)));
+        assert_eq!(
+            parse_listen_or_off("127.0.0.1:8080"),
+            Ok(OptionalListen(Some("127.0.0.1:8080".parse().unwrap())))
+        );
+        assert!(parse_listen_or_off("localhost:8080").is_err());
+    }
+}

@@ -4,11 +4,14 @@
 //! - [`connection`]: [`FrameReader`]/[`FrameWriter`] over a socket, including
 //!   the idle cut for peers of the original system that send no newline;
 //! - [`message`]: the typed messages of each conversation;
+//! - [`reads`]: what a reader (`lector`) asks the head node and its answers;
 //! - [`handshake`]: `peticion` / `confirmacion` / role, for every server;
 //! - [`auth`]: the cluster token's challenge and response;
 //! - [`telemetry`]: log files plus stdout; [`shutdown`]: SIGTERM and Ctrl-C;
 //!   [`backoff`]: jittered reconnect delays; [`timefmt`]: log timestamps;
 //! - [`server`]: accepting under a connection cap;
+//! - [`http`]: a small bounded HTTP/1.1 GET server for the operator's endpoints;
+//!   [`metrics`]: Prometheus helpers; [`status`]: the head node's status snapshot;
 //! - [`net`]: the listener and stream traits servers are generic over.
 //!
 //! The protocol itself is described in `docs/protocol.md`.
@@ -21,11 +24,15 @@ pub mod codec;
 pub mod connection;
 pub mod error;
 pub mod handshake;
+pub mod http;
 pub mod key_window;
 pub mod message;
+pub mod metrics;
 pub mod net;
+pub mod reads;
 pub mod server;
 pub mod shutdown;
+pub mod status;
 pub mod telemetry;
 pub mod timefmt;
 

@@ -19,6 +19,8 @@ pub const CONFIRMACION: &str = "confirmacion";
 pub const ROLE_CLIENT: &str = "cliente";
 /// Role of a peer that stores messages.
 pub const ROLE_DATANODE: &str = "dataNode";
+/// Role of a peer that reads stored messages back (see [`crate::reads`]).
+pub const ROLE_READER: &str = "lector";
 /// A data node's acknowledgement that a message is written.
 pub const RECIBIDO: &str = "recibido";
 /// Prefix of every error line.
@@ -44,10 +46,10 @@ impl FromStr for MessageId {
     type Err = ParseError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || ParseError::new(format!("bad message id {:?}", truncate_for_log(s)));
-        let (epoch, seq) = s.split_once('-').ok_or_else(bad)?;
+        let (epoch, seq) = split_at_first(s, b'-').ok_or_else(bad)?;
         Ok(MessageId {
-            epoch: epoch.parse().map_err(|_| bad())?,
-            seq: seq.parse().map_err(|_| bad())?,
+            epoch: parse_decimal(epoch).ok_or_else(bad)?,
+            seq: parse_decimal(seq).ok_or_else(bad)?,
         })
     }
 }
@@ -199,7 +201,8 @@ impl<'a> KeyRef<'a> {
     /// Parses `<client-id>/<seq>`.
     pub fn parse(s: &'a str) -> Result<Self, ParseError> {
         let bad = || ParseError::new(format!("bad message key {:?}", truncate_for_log(s)));
-        let (client, seq) = s.rsplit_once('/').ok_or_else(bad)?;
+        let at = s.bytes().rposition(|b| b == b'/').ok_or_else(bad)?;
+        let (client, seq) = (&s[..at], &s[at + 1..]);
         if !is_valid_name(client) {
             return Err(bad());
         }
@@ -232,17 +235,32 @@ impl fmt::Display for KeyRef<'_> {
 }
 
 /// Parses a plain decimal `u64` (digits only, no sign, at most 20 digits).
+/// `s` split around its first `byte`, an ASCII byte: on the short fields
+/// of a line a plain scan beats `split_once`'s searcher.
+fn split_at_first(s: &str, byte: u8) -> Option<(&str, &str)> {
+    let at = s.bytes().position(|b| b == byte)?;
+    Some((&s[..at], &s[at + 1..]))
+}
+
 fn parse_decimal(s: &str) -> Option<u64> {
-    if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
+    if s.is_empty() || s.len() > 20 {
         return None;
     }
-    s.parse().ok()
+    // One pass, digits only (no sign, unlike `str::parse`), on every id
+    // of every acknowledgement.
+    s.bytes().try_fold(0u64, |n, b| {
+        let digit = b.wrapping_sub(b'0');
+        if digit > 9 {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(digit))
+    })
 }
 
 /// One message line from a client that announced a client id: `<seq>
 /// <text>`. The key is the connection's client id and `seq`.
 pub fn parse_keyed_message(line: &str) -> Result<(u64, &str), ParseError> {
-    let (seq, text) = line.split_once(' ').ok_or_else(|| {
+    let (seq, text) = split_at_first(line, b' ').ok_or_else(|| {
         ParseError::new("expected '<seq> <text>' (this connection announced a client id)")
     })?;
     let seq = parse_decimal(seq).ok_or_else(|| {
@@ -270,6 +288,9 @@ pub enum Role {
     Client(Option<ClientId>),
     /// `dataNode ...`: stores messages.
     DataNode(DataNodeHello),
+    /// `lector`: reads stored messages back, one request per line
+    /// ([`crate::reads::ReadRequest`]).
+    Reader,
 }
 
 /// What a data node says about itself when it registers.
@@ -335,6 +356,13 @@ impl FromStr for Role {
                     truncate_for_log(line)
                 ))),
             },
+            Some(ROLE_READER) => match words.next() {
+                None => Ok(Role::Reader),
+                Some(_) => Err(ParseError::new(format!(
+                    "expected '{ROLE_READER}' alone, got {:?}",
+                    truncate_for_log(line)
+                ))),
+            },
             Some(ROLE_DATANODE) => {
                 let mut hello = DataNodeHello::default();
                 for word in words {
@@ -367,7 +395,7 @@ impl FromStr for Role {
                 Ok(Role::DataNode(hello))
             }
             _ => Err(ParseError::new(format!(
-                "expected role '{ROLE_CLIENT}' or '{ROLE_DATANODE}', got {:?}",
+                "expected role '{ROLE_CLIENT}', '{ROLE_READER}' or '{ROLE_DATANODE}', got {:?}",
                 truncate_for_log(line)
             ))),
         }
@@ -417,6 +445,36 @@ pub enum ToDataNode<'a> {
     Ping(u64),
     /// `bye`: the head node has drained this node after it asked to leave.
     Bye,
+    /// `get <req> <message-id>`: read the message stored under this id.
+    /// Answered `found <req> ...` or `notfound <req>`.
+    Get {
+        /// The head node's number for this request, repeated in the answer.
+        req: u64,
+        /// The message wanted.
+        id: MessageId,
+    },
+    /// `getkey <req> <client-id>/<seq>`: read the message stored under
+    /// this client key, if the node's key index (its deduplication window)
+    /// knows the key. Answered like [`ToDataNode::Get`].
+    GetKey {
+        /// The head node's number for this request.
+        req: u64,
+        /// The client key.
+        key: KeyRef<'a>,
+    },
+    /// `scan <req> <after> <limit>`: the next records with an id greater
+    /// than `after` (`start`: from the smallest), at most `limit` of them
+    /// (at most [`MAX_SCAN_RECORDS`]), in id order ([`MessageId`]'s order:
+    /// epoch, then sequence number). Answered with one `found <req> ...`
+    /// per record, then `scanned <req> ...`.
+    Scan {
+        /// The head node's number for this request.
+        req: u64,
+        /// Only ids greater than this; `None` from the smallest.
+        after: Option<MessageId>,
+        /// Records wanted, at most.
+        limit: u32,
+    },
     /// `ERROR <reason>`.
     Error(&'a str),
 }
@@ -457,10 +515,12 @@ impl<'a> ToDataNode<'a> {
                     text,
                 });
             }
+            // The id and key hold no `:`: the first one ends them.
             if let Some(rest) = rest.strip_prefix(' ')
-                && let Some((head, text)) = rest.split_once(": ")
+                && let Some((head, text)) = split_at_first(rest, b':')
+                && let Some(text) = text.strip_prefix(' ')
             {
-                let (id, key) = match head.split_once(' ') {
+                let (id, key) = match split_at_first(head, b' ') {
                     Some((id, key)) => (id, Some(KeyRef::parse(key)?)),
                     None => (head, None),
                 };
@@ -495,6 +555,37 @@ impl<'a> ToDataNode<'a> {
             }
             (Some("ping"), Some(n), None) => ToDataNode::Ping(parse_counter(n)?),
             (Some("bye"), None, None) => ToDataNode::Bye,
+            (Some("get"), Some(req), Some(id)) if words.next().is_none() => ToDataNode::Get {
+                req: parse_counter(req)?,
+                id: id.parse()?,
+            },
+            (Some("getkey"), Some(req), Some(key)) if words.next().is_none() => {
+                ToDataNode::GetKey {
+                    req: parse_counter(req)?,
+                    key: KeyRef::parse(key)?,
+                }
+            }
+            (Some("scan"), Some(req), Some(after)) => {
+                let (Some(limit), None) = (words.next(), words.next()) else {
+                    return Err(ParseError::new(
+                        "expected 'scan <req> <after-id|start> <limit>'",
+                    ));
+                };
+                let limit = parse_decimal(limit)
+                    .and_then(|n| u32::try_from(n).ok())
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| {
+                        ParseError::new(format!("bad scan limit {:?}", truncate_for_log(limit)))
+                    })?;
+                ToDataNode::Scan {
+                    req: parse_counter(req)?,
+                    after: match after {
+                        SCAN_START => None,
+                        id => Some(id.parse()?),
+                    },
+                    limit,
+                }
+            }
             _ => {
                 return Err(ParseError::new(format!(
                     "unexpected line from head node: {:?}",
@@ -533,6 +624,29 @@ impl<'a> ToDataNode<'a> {
                 put_u64(buf, *n);
             }
             ToDataNode::Bye => buf.extend_from_slice(b"bye"),
+            ToDataNode::Get { req, id } => {
+                buf.extend_from_slice(b"get ");
+                put_u64(buf, *req);
+                buf.put_u8(b' ');
+                id.put(buf);
+            }
+            ToDataNode::GetKey { req, key } => {
+                buf.extend_from_slice(b"getkey ");
+                put_u64(buf, *req);
+                buf.put_u8(b' ');
+                key.put(buf);
+            }
+            ToDataNode::Scan { req, after, limit } => {
+                buf.extend_from_slice(b"scan ");
+                put_u64(buf, *req);
+                buf.put_u8(b' ');
+                match after {
+                    Some(id) => id.put(buf),
+                    None => buf.extend_from_slice(SCAN_START.as_bytes()),
+                }
+                buf.put_u8(b' ');
+                put_u64(buf, u64::from(*limit));
+            }
             ToDataNode::Error(reason) => {
                 buf.extend_from_slice(ERROR_PREFIX.as_bytes());
                 buf.extend_from_slice(reason.as_bytes());
@@ -581,13 +695,82 @@ pub enum FromDataNode {
     Proof(Proof),
     /// `bye`: the node is shutting down; send it nothing new.
     Leaving,
+    /// `found <req> <message-id> <stored-ms> <client-id>/<seq>|- <text>`:
+    /// one record, the answer to `get` or `getkey`, or one of a scan's.
+    Found {
+        /// The request it answers.
+        req: u64,
+        /// The record.
+        record: ReadRecord,
+    },
+    /// `notfound <req>` (this node holds no such message) or `notfound
+    /// <req> removed` (retention removed it here): the answer to `get` or
+    /// `getkey`.
+    NotFound {
+        /// The request it answers.
+        req: u64,
+        /// Whether the node's retention removed it (so it must not be
+        /// brought back).
+        removed: bool,
+    },
+    /// `scanned <req> <count> <last-id>|- more|done`: the end of a scan's
+    /// answer: how many `found` lines it sent, the last id among them
+    /// (send `scan <req> <last-id> ...` to go on), and whether records
+    /// with greater ids may follow (`done`: none here now).
+    Scanned {
+        /// The request it answers.
+        req: u64,
+        /// `found` lines sent for it.
+        count: u32,
+        /// The greatest id sent; `None` if none was.
+        last: Option<MessageId>,
+        /// Whether more records may follow.
+        more: bool,
+    },
+    /// `readerror <req> <reason>`: this read was not served (too many
+    /// reads outstanding, a limit out of bounds, a file that cannot be
+    /// read). Only this request failed: unlike `ERROR`, the connection
+    /// stays open.
+    ReadError {
+        /// The request it answers.
+        req: u64,
+        /// Why, one line.
+        reason: String,
+    },
     /// `ERROR <reason>`.
     Error(String),
+}
+
+/// The word of a `scan` that stands for "from the smallest id".
+pub const SCAN_START: &str = "start";
+/// The most records one `scan` may ask for.
+pub const MAX_SCAN_RECORDS: u32 = 1000;
+
+/// One stored message as a data node reads it back: the payload of a
+/// `found` line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadRecord {
+    /// Its id.
+    pub id: MessageId,
+    /// Its client key, if it was sent with one.
+    pub key: Option<MessageKey>,
+    /// When it was stored (its record's timestamp), in Unix milliseconds.
+    pub stored_ms: u64,
+    /// The client's text (one line).
+    pub text: String,
 }
 
 impl FromDataNode {
     /// Parses one line received from a data node.
     pub fn parse(line: &str) -> Result<Self, ParseError> {
+        // The usual line first: an acknowledgement of one message.
+        if let Some(id) = line
+            .strip_prefix(RECIBIDO)
+            .and_then(|rest| rest.strip_prefix(' '))
+            && !id.bytes().any(|b| b == b' ')
+        {
+            return Ok(FromDataNode::Stored(Some(id.parse()?)));
+        }
         if let Some(reason) = line.strip_prefix(ERROR_PREFIX) {
             return Ok(FromDataNode::Error(reason.to_owned()));
         }
@@ -612,8 +795,50 @@ impl FromDataNode {
             }
             return Ok(FromDataNode::Held { client, keys });
         }
+        if let Some(rest) = line.strip_prefix("found ") {
+            return parse_found(rest);
+        }
+        if let Some(rest) = line.strip_prefix("readerror ") {
+            let (req, reason) = rest.split_once(' ').unwrap_or((rest, ""));
+            return Ok(FromDataNode::ReadError {
+                req: parse_counter(req)?,
+                reason: reason.to_owned(),
+            });
+        }
         let mut words = line.split(' ');
         let parsed = match (words.next(), words.next(), words.next()) {
+            (Some("notfound"), Some(req), None) => FromDataNode::NotFound {
+                req: parse_counter(req)?,
+                removed: false,
+            },
+            (Some("notfound"), Some(req), Some("removed")) if words.next().is_none() => {
+                FromDataNode::NotFound {
+                    req: parse_counter(req)?,
+                    removed: true,
+                }
+            }
+            (Some("scanned"), Some(req), Some(count)) => {
+                let (Some(last), Some(more), None) = (words.next(), words.next(), words.next())
+                else {
+                    return Err(ParseError::new(
+                        "expected 'scanned <req> <count> <last-id>|- more|done'",
+                    ));
+                };
+                FromDataNode::Scanned {
+                    req: parse_counter(req)?,
+                    count: u32::try_from(parse_counter(count)?)
+                        .map_err(|_| ParseError::new("scanned count out of range"))?,
+                    last: match last {
+                        "-" => None,
+                        id => Some(id.parse()?),
+                    },
+                    more: match more {
+                        "more" => true,
+                        "done" => false,
+                        _ => return Err(ParseError::new("expected 'more' or 'done'")),
+                    },
+                }
+            }
             (Some(RECIBIDO), None, None) => FromDataNode::Stored(None),
             (Some(RECIBIDO), Some(id), None) => FromDataNode::Stored(Some(id.parse()?)),
             (Some(RECIBIDO), Some(id), Some(held)) if words.next().is_none() => {
@@ -681,12 +906,109 @@ impl FromDataNode {
                 buf.extend_from_slice(format!("proof {proof}").as_bytes());
             }
             FromDataNode::Leaving => buf.extend_from_slice(b"bye"),
+            FromDataNode::Found { req, record } => {
+                FromDataNode::encode_found(
+                    *req,
+                    record.id,
+                    record.key.as_ref().map(MessageKey::as_ref),
+                    record.stored_ms,
+                    record.text.as_bytes(),
+                    buf,
+                );
+            }
+            FromDataNode::NotFound { req, removed } => {
+                buf.extend_from_slice(b"notfound ");
+                put_u64(buf, *req);
+                if *removed {
+                    buf.extend_from_slice(b" removed");
+                }
+            }
+            FromDataNode::Scanned {
+                req,
+                count,
+                last,
+                more,
+            } => {
+                buf.extend_from_slice(b"scanned ");
+                put_u64(buf, *req);
+                buf.put_u8(b' ');
+                put_u64(buf, u64::from(*count));
+                buf.put_u8(b' ');
+                match last {
+                    Some(id) => id.put(buf),
+                    None => buf.put_u8(b'-'),
+                }
+                buf.extend_from_slice(if *more { b" more" } else { b" done" });
+            }
+            FromDataNode::ReadError { req, reason } => {
+                buf.extend_from_slice(b"readerror ");
+                put_u64(buf, *req);
+                buf.put_u8(b' ');
+                buf.extend_from_slice(reason.as_bytes());
+            }
             FromDataNode::Error(reason) => {
                 buf.extend_from_slice(ERROR_PREFIX.as_bytes());
                 buf.extend_from_slice(reason.as_bytes());
             }
         }
     }
+}
+
+impl FromDataNode {
+    /// Appends `found <req> <id> <stored-ms> <key>|- <text>` (without
+    /// terminator) straight from a record read back, without building a
+    /// [`ReadRecord`]. `text` MUST be one line.
+    pub fn encode_found(
+        req: u64,
+        id: MessageId,
+        key: Option<KeyRef<'_>>,
+        stored_ms: u64,
+        text: &[u8],
+        buf: &mut BytesMut,
+    ) {
+        buf.reserve(text.len() + 120);
+        buf.extend_from_slice(b"found ");
+        put_u64(buf, req);
+        buf.put_u8(b' ');
+        id.put(buf);
+        buf.put_u8(b' ');
+        put_u64(buf, stored_ms);
+        buf.put_u8(b' ');
+        match key {
+            Some(key) => key.put(buf),
+            None => buf.put_u8(b'-'),
+        }
+        buf.put_u8(b' ');
+        buf.extend_from_slice(text);
+    }
+}
+
+/// Parses what follows `found `.
+fn parse_found(rest: &str) -> Result<FromDataNode, ParseError> {
+    let mut parts = rest.splitn(5, ' ');
+    let (Some(req), Some(id), Some(stored), Some(key), Some(text)) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return Err(ParseError::new(
+            "expected 'found <req> <id> <stored-ms> <key>|- <text>'",
+        ));
+    };
+    Ok(FromDataNode::Found {
+        req: parse_counter(req)?,
+        record: ReadRecord {
+            id: id.parse()?,
+            key: match key {
+                "-" => None,
+                key => Some(key.parse()?),
+            },
+            stored_ms: parse_counter(stored)?,
+            text: text.to_owned(),
+        },
+    })
 }
 
 /// The head node's answer to one client message.
@@ -755,6 +1077,19 @@ impl StoreReply {
             holders: node.split('+').map(str::to_owned).collect(),
             id: rest.parse()?,
         })
+    }
+
+    /// The id of a `Stored` reply, without allocating the holders' names;
+    /// `None` for any other line.
+    pub fn stored_id(line: &str) -> Option<MessageId> {
+        const MARK: &str = " , mensaje: recibido ";
+        // The id is the last word: look for the mark just before it.
+        let at = line.bytes().rposition(|b| b == b' ')?;
+        let head = line[..=at].strip_suffix(MARK)?;
+        if head.is_empty() || line.starts_with(ERROR_PREFIX) {
+            return None;
+        }
+        line[at + 1..].parse().ok()
     }
 
     /// Appends the `Stored` reply text to `buf` without allocating.
@@ -875,6 +1210,7 @@ mod tests {
     #[test]
     fn roles_parse() {
         assert_eq!("cliente".parse::<Role>().unwrap(), Role::Client(None));
+        assert_eq!("lector".parse::<Role>().unwrap(), Role::Reader);
         assert_eq!(
             "cliente id=c-7f".parse::<Role>().unwrap(),
             Role::Client(Some("c-7f".parse().unwrap()))
@@ -902,6 +1238,7 @@ mod tests {
             "",
             "server",
             "cliente x",
+            "lector x",
             "cliente id=",
             "cliente id=a b",
             "cliente id=a/b",
@@ -1015,6 +1352,27 @@ mod tests {
             ToDataNode::Ping(3),
             ToDataNode::Bye,
             ToDataNode::Error("unauthorized"),
+            ToDataNode::Get {
+                req: 1,
+                id: id(5, 6),
+            },
+            ToDataNode::GetKey {
+                req: 2,
+                key: KeyRef {
+                    client: "c-1",
+                    seq: 99,
+                },
+            },
+            ToDataNode::Scan {
+                req: 3,
+                after: None,
+                limit: 1000,
+            },
+            ToDataNode::Scan {
+                req: u64::MAX,
+                after: Some(id(1_795_413_330_851, 42)),
+                limit: 1,
+            },
         ];
         for frame in frames {
             let mut buf = BytesMut::new();
@@ -1028,6 +1386,29 @@ mod tests {
         assert!(ToDataNode::parse("welcome dn1").is_err());
         assert!(ToDataNode::parse("mensaje 1-2 bad key: x").is_err());
         assert!(ToDataNode::parse("membersx").is_err());
+        for bad in [
+            "get 1",
+            "get x 1-2",
+            "get 1 1-2 extra",
+            "getkey 1 c-1",
+            "getkey 1 c 1/2",
+            "scan 1 start",
+            "scan 1 start 0",
+            "scan 1 start -1",
+            "scan 1 start 4294967296",
+            "scan 1 nope 10",
+            "scan 1 start 10 more",
+        ] {
+            assert!(ToDataNode::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            ToDataNode::parse("scan 7 start 1000").unwrap(),
+            ToDataNode::Scan {
+                req: 7,
+                after: None,
+                limit: 1000
+            }
+        );
     }
 
     #[test]
@@ -1051,6 +1432,48 @@ mod tests {
             FromDataNode::Peers(vec!["dn2".parse().unwrap()]),
             FromDataNode::Peers(vec![]),
             FromDataNode::Ready,
+            FromDataNode::Found {
+                req: 4,
+                record: ReadRecord {
+                    id: id(9, 13),
+                    key: Some("c-1/77".parse().unwrap()),
+                    stored_ms: 1_795_413_331_793,
+                    text: "numero random: 7 with  spaces: and - dashes ".into(),
+                },
+            },
+            FromDataNode::Found {
+                req: 5,
+                record: ReadRecord {
+                    id: id(9, 14),
+                    key: None,
+                    stored_ms: 0,
+                    text: String::new(),
+                },
+            },
+            FromDataNode::NotFound {
+                req: 6,
+                removed: false,
+            },
+            FromDataNode::NotFound {
+                req: 7,
+                removed: true,
+            },
+            FromDataNode::Scanned {
+                req: 8,
+                count: 1000,
+                last: Some(id(9, 14)),
+                more: true,
+            },
+            FromDataNode::Scanned {
+                req: 9,
+                count: 0,
+                last: None,
+                more: false,
+            },
+            FromDataNode::ReadError {
+                req: 10,
+                reason: "too many reads outstanding (at most 16)".into(),
+            },
         ];
         for frame in frames {
             let mut buf = BytesMut::new();
@@ -1060,6 +1483,41 @@ mod tests {
         }
         assert!(FromDataNode::parse("recibido x").is_err());
         assert!(FromDataNode::parse("recibidos").is_err());
+        for bad in [
+            "found 1 9-1 0 -",
+            "found x 9-1 0 - text",
+            "found 1 9-1 0 bad-key text",
+            "notfound",
+            "notfound 1 gone",
+            "scanned 1 2 9-1",
+            "scanned 1 2 9-1 maybe",
+            "scanned 1 4294967296 - done",
+            "readerror x why",
+        ] {
+            assert!(FromDataNode::parse(bad).is_err(), "{bad}");
+        }
+        let mut buf = BytesMut::new();
+        FromDataNode::encode_found(3, id(1, 2), None, 5, b"a b", &mut buf);
+        assert_eq!(&buf[..], b"found 3 1-2 5 - a b");
+    }
+
+    #[test]
+    fn decimals_are_digits_only_and_fit_in_u64() {
+        assert_eq!(parse_decimal("0"), Some(0));
+        assert_eq!(parse_decimal("007"), Some(7));
+        assert_eq!(parse_decimal("18446744073709551615"), Some(u64::MAX));
+        for bad in [
+            "",
+            "18446744073709551616",
+            "99999999999999999999",
+            "+1",
+            "-1",
+            "1a",
+            " 1",
+            "1/",
+        ] {
+            assert_eq!(parse_decimal(bad), None, "{bad:?}");
+        }
     }
 
     #[test]
@@ -1088,5 +1546,15 @@ mod tests {
             StoreReply::Error(NO_DATA_NODES.into())
         );
         assert!(StoreReply::parse("hello").is_err());
+        assert_eq!(StoreReply::stored_id(text), Some(id(3, 4)));
+        for other in [
+            "ERROR no data nodes available",
+            "hello",
+            " , mensaje: recibido 3-4",
+            "dn1 , mensaje: recibido 3-x",
+            "ERROR x , mensaje: recibido 3-4",
+        ] {
+            assert_eq!(StoreReply::stored_id(other), None, "{other}");
+        }
     }
 }

@@ -181,6 +181,7 @@ proptest! {
                 id,
             })
         );
+        prop_assert_eq!(StoreReply::stored_id(encoded), Some(id));
     }
 
     #[test]

@@ -164,17 +164,45 @@ impl Cluster {
         Cluster::start_on(listener, addr, config).await
     }
 
+    /// Starts a head node with its HTTP port too; returns that port's address.
+    pub async fn start_with_http(config: Config) -> (Cluster, SocketAddr) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http_addr = http.local_addr().unwrap();
+        let cluster = Cluster::start_inner(listener, Some(http), addr, config).await;
+        (cluster, http_addr)
+    }
+
     /// Starts a head node on `listener`; data nodes are pointed at `addr`.
-    pub async fn start_on(listener: TcpListener, addr: SocketAddr, mut config: Config) -> Cluster {
+    pub async fn start_on(listener: TcpListener, addr: SocketAddr, config: Config) -> Cluster {
+        Cluster::start_inner(listener, None, addr, config).await
+    }
+
+    async fn start_inner(
+        listener: TcpListener,
+        http: Option<TcpListener>,
+        addr: SocketAddr,
+        mut config: Config,
+    ) -> Cluster {
         protocol::telemetry::init_for_tests();
         let prober = Arc::new(FakeProber::default());
         let (events_tx, events) = mpsc::unbounded_channel();
         config.prober = Some(prober.clone());
         config.observer = Some(events_tx);
         let (stop, stopped) = oneshot::channel::<()>();
-        let head = tokio::spawn(headnode::run(listener, config.clone(), async {
+        let stopped = async {
             let _ = stopped.await;
-        }));
+        };
+        let head = match http {
+            Some(http) => tokio::spawn(headnode::run_with_http(
+                listener,
+                http,
+                config.clone(),
+                stopped,
+            )),
+            None => tokio::spawn(headnode::run(listener, config.clone(), stopped)),
+        };
         Cluster {
             addr,
             config,

@@ -1,0 +1,128 @@
+//! `client status` against an HTTP port serving a fixed snapshot.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use protocol::http::{self, HttpConfig, Request, Response};
+use protocol::status::{NodeStatus, StatusSnapshot, Totals};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+fn snapshot() -> StatusSnapshot {
+    StatusSnapshot {
+        at: "2026-11-24 12:00:00,000".into(),
+        epoch: 1795413330851,
+        uptime_seconds: 12.0,
+        replicas: 2,
+        min_replicas: 2,
+        clients: 3,
+        message_rate: 4.5,
+        rate_window_seconds: 5.0,
+        nodes: vec![NodeStatus {
+            id: "dn1".into(),
+            zone: Some("rack1".into()),
+            address: "127.0.0.1".into(),
+            state: "live".into(),
+            incarnation: 9,
+            last_heartbeat_seconds_ago: Some(0.2),
+            icmp_rtt_ms: None,
+            messages_stored: 5,
+            bytes_stored: 80,
+            fsync_p99_ms: None,
+            last_eviction: None,
+        }],
+        totals: Totals {
+            messages_stored: 5,
+            under_replicated: 0,
+            over_replicated: 0,
+            repair_in_progress: false,
+            repair: "none".into(),
+        },
+        recent_events: Vec::new(),
+    }
+}
+
+/// Serves `snapshot()` at /status.json until the sender is dropped.
+async fn serve() -> (SocketAddr, oneshot::Sender<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let json = serde_json::to_vec(&snapshot()).unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(http::run(
+        listener,
+        HttpConfig::default(),
+        move |request: &Request| match request.path.as_str() {
+            "/status.json" => Response::ok("application/json", json.clone()),
+            _ => Response::not_found(),
+        },
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    (addr, stop)
+}
+
+async fn client(args: Vec<String>) -> std::process::Output {
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_client"))
+                .args(args)
+                .env_remove("STATUS_HTTP")
+                .output()
+                .unwrap()
+        }),
+    )
+    .await
+    .expect("client status finishes")
+    .unwrap()
+}
+
+#[tokio::test]
+async fn status_json_prints_the_snapshot() {
+    let (addr, _stop) = serve().await;
+    let output = client(vec![
+        "status".into(),
+        "--http".into(),
+        addr.to_string(),
+        "--json".into(),
+    ])
+    .await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let printed: StatusSnapshot = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(printed, snapshot());
+}
+
+#[tokio::test]
+async fn status_prints_a_table() {
+    let (addr, _stop) = serve().await;
+    let output = client(vec!["status".into(), "--http".into(), addr.to_string()]).await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(stdout.contains("NODE"), "{stdout}");
+    let row = stdout.lines().find(|l| l.starts_with("dn1")).unwrap();
+    assert!(row.contains("LIVE") && row.contains("rack1"), "{stdout}");
+    assert!(stdout.contains("repair: none"), "{stdout}");
+}
+
+#[tokio::test]
+async fn status_from_nothing_is_one_clear_error() {
+    // A port with nothing behind it: bound, then closed.
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let output = client(vec!["status".into(), "--http".into(), addr.to_string()]).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot reach the head node's HTTP port"),
+        "{stderr}"
+    );
+}

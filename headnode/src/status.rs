@@ -1,0 +1,657 @@
+//! What the head node shows an operator, on its HTTP port
+//! (`--http-listen`): Prometheus metrics at `/metrics`, `/healthz`, the
+//! status snapshot at `/status.json`, the status page at `/`, and the same
+//! snapshot once a second as server-sent events at `/events`.
+//!
+//! The hot path only adds to atomics: messages stored, each data node's
+//! copies and bytes (its session holds its counters), and the
+//! acknowledgement latency (sampled: see `client_session`). Everything
+//! else is read when asked for, or kept by the membership task, which
+//! records every membership event here (a short lock, a few times a second
+//! at most).
+//!
+//! Bounded: the table keeps the current members and at most
+//! [`KEPT_DEPARTED`] departed (evicted or left) nodes, each for at most
+//! [`KEPT_DEPARTED_FOR`]; the event ring keeps the last [`RECENT_EVENTS`]
+//! events; the rate window [`RATE_WINDOW`] samples.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::registry::{Registry, Unit};
+use protocol::http::{Body, Request, Response};
+use protocol::message::NodeId;
+use protocol::metrics::{self, AtomicHistogram, LATENCY_BUCKETS};
+use protocol::status::{ClusterEvent, Eviction, NodeStatus, StatusSnapshot, Totals};
+use protocol::timefmt::timestamp;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::Shared;
+use crate::membership::{Event, EvictReason};
+
+/// Departed (evicted or left) nodes kept in the table at most; the one
+/// that departed first goes first.
+pub(crate) const KEPT_DEPARTED: usize = 64;
+/// How long a departed node stays in the table at most.
+pub(crate) const KEPT_DEPARTED_FOR: Duration = Duration::from_secs(3600);
+/// Membership events kept for the status page.
+pub(crate) const RECENT_EVENTS: usize = 50;
+/// Samples (one a second) the message rate is measured over.
+pub(crate) const RATE_WINDOW: usize = 5;
+
+/// The reason kinds of evictions, as labels and in the snapshot.
+const REASONS: [&str; 8] = [
+    "unreachable",
+    "hung",
+    "silent",
+    "ack_timeout",
+    "connection_lost",
+    "left",
+    "replaced",
+    "shutdown",
+];
+
+fn reason_index(reason: &EvictReason) -> usize {
+    match reason {
+        EvictReason::Unreachable => 0,
+        EvictReason::Hung { .. } => 1,
+        EvictReason::Silent { .. } => 2,
+        EvictReason::AckTimeout => 3,
+        EvictReason::ConnectionLost(_) => 4,
+        EvictReason::Left => 5,
+        EvictReason::Replaced { .. } => 6,
+        EvictReason::Shutdown => 7,
+    }
+}
+
+/// The states a row can be in, as labels and in the snapshot.
+const STATES: [&str; 5] = ["live", "suspect", "leaving", "evicted", "left"];
+
+/// Copies one data node acknowledged, counted by its session.
+#[derive(Debug, Default)]
+pub(crate) struct NodeCounters {
+    copies: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl NodeCounters {
+    /// One copy of `bytes` bytes of text written there.
+    pub(crate) fn count(&self, bytes: usize) {
+        self.copies.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug)]
+struct Row {
+    zone: Option<String>,
+    addr: IpAddr,
+    /// An index into [`STATES`].
+    state: usize,
+    incarnation: u64,
+    last_heartbeat: Option<Instant>,
+    rtt: Option<Duration>,
+    last_eviction: Option<Evicted>,
+    departed: Option<Instant>,
+}
+
+#[derive(Debug, Clone)]
+struct Evicted {
+    reason: usize,
+    detail: String,
+    at: SystemTime,
+    when: Instant,
+}
+
+#[derive(Debug)]
+struct Recorded {
+    at: SystemTime,
+    when: Instant,
+    node: NodeId,
+    kind: &'static str,
+    reason: Option<usize>,
+    detail: String,
+}
+
+#[derive(Debug, Default)]
+struct View {
+    rows: BTreeMap<NodeId, Row>,
+    /// By node id, across its incarnations; kept while its row is.
+    counters: HashMap<NodeId, Arc<NodeCounters>>,
+    events: VecDeque<Recorded>,
+}
+
+/// Counters and the cluster table. One per head node, shared.
+#[derive(Debug)]
+pub(crate) struct Status {
+    started: Instant,
+    /// Messages stored with the copies their client waited for.
+    stored: AtomicU64,
+    /// From a client's request to its answer (sampled).
+    pub(crate) ack_latency: AtomicHistogram,
+    evictions: [AtomicU64; REASONS.len()],
+    view: Mutex<View>,
+    /// (time, messages stored) once a second, newest last.
+    rate: Mutex<VecDeque<(Instant, u64)>>,
+    /// The snapshot, as JSON, for `/events`.
+    feed: watch::Sender<Arc<str>>,
+}
+
+impl Default for Status {
+    fn default() -> Self {
+        Status {
+            started: Instant::now(),
+            stored: AtomicU64::new(0),
+            ack_latency: AtomicHistogram::new(LATENCY_BUCKETS),
+            evictions: std::array::from_fn(|_| AtomicU64::new(0)),
+            view: Mutex::default(),
+            rate: Mutex::default(),
+            feed: watch::Sender::new(Arc::from("{}")),
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every change under these locks leaves the state consistent.
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Status {
+    /// One message stored with the copies its client waited for.
+    pub(crate) fn count_stored(&self) {
+        self.stored.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counters a data node's session adds to.
+    pub(crate) fn node_counters(&self, node: &NodeId) -> Arc<NodeCounters> {
+        lock(&self.view)
+            .counters
+            .entry(node.clone())
+            .or_default()
+            .clone()
+    }
+
+    /// A member answered its heartbeat.
+    pub(crate) fn heartbeat(&self, node: &NodeId) {
+        if let Some(row) = lock(&self.view).rows.get_mut(node) {
+            row.last_heartbeat = Some(Instant::now());
+        }
+    }
+
+    /// Records what a membership event changes in the table.
+    pub(crate) fn record(&self, event: &Event) {
+        let now = Instant::now();
+        let mut view = lock(&self.view);
+        let view = &mut *view;
+        let (node, kind, reason, detail) = match event {
+            Event::Joined { member, rejoined } => {
+                let row = view.rows.entry(member.node.clone()).or_insert(Row {
+                    zone: None,
+                    addr: member.addr,
+                    state: 0,
+                    incarnation: member.incarnation,
+                    last_heartbeat: None,
+                    rtt: None,
+                    last_eviction: None,
+                    departed: None,
+                });
+                row.zone = member.zone.as_ref().map(|z| z.as_str().to_owned());
+                row.addr = member.addr;
+                row.state = 0;
+                row.incarnation = member.incarnation;
+                row.last_heartbeat = Some(now);
+                row.departed = None;
+                view.counters.entry(member.node.clone()).or_default();
+                let kind = if *rejoined { "rejoined" } else { "joined" };
+                let detail = format!("{member} {kind} (incarnation {})", member.incarnation);
+                (&member.node, kind, None, detail)
+            }
+            Event::Suspected { member, silent_for } => {
+                set_state(view, &member.node, 1);
+                let detail = format!(
+                    "{member} suspect: no heartbeat reply for {:.1}s",
+                    silent_for.as_secs_f64()
+                );
+                (&member.node, "suspect", None, detail)
+            }
+            Event::Recovered { member } => {
+                set_state(view, &member.node, 0);
+                (
+                    &member.node,
+                    "recovered",
+                    None,
+                    format!("{member} answering again"),
+                )
+            }
+            Event::Leaving { member } => {
+                set_state(view, &member.node, 2);
+                (&member.node, "leaving", None, format!("{member} leaving"))
+            }
+            Event::Evicted { member, reason } => {
+                let index = reason_index(reason);
+                self.evictions[index].fetch_add(1, Ordering::Relaxed);
+                let detail = format!("{member} {reason}, eliminado");
+                if let Some(row) = view.rows.get_mut(&member.node)
+                    && row.incarnation == member.incarnation
+                {
+                    row.state = if matches!(reason, EvictReason::Left) {
+                        4
+                    } else {
+                        3
+                    };
+                    row.departed = Some(now);
+                    row.last_heartbeat = None;
+                    row.last_eviction = Some(Evicted {
+                        reason: index,
+                        detail: detail.clone(),
+                        at: SystemTime::now(),
+                        when: now,
+                    });
+                }
+                (&member.node, "evicted", Some(index), detail)
+            }
+            Event::Available { member, rtt } => {
+                if let Some(row) = view.rows.get_mut(&member.node) {
+                    row.rtt = Some(*rtt);
+                }
+                return;
+            }
+            Event::ProbeNow { .. }
+            | Event::Missed { .. }
+            | Event::IcmpUnanswered { .. }
+            | Event::IcmpAnswering
+            | Event::NoneLeft => return,
+        };
+        if view.events.len() == RECENT_EVENTS {
+            view.events.pop_front();
+        }
+        view.events.push_back(Recorded {
+            at: SystemTime::now(),
+            when: now,
+            node: node.clone(),
+            kind,
+            reason,
+            detail,
+        });
+        prune(view, now);
+    }
+
+    /// Samples the stored count for the message rate (once a second).
+    fn sample(&self) {
+        let mut rate = lock(&self.rate);
+        if rate.len() > RATE_WINDOW {
+            rate.pop_front();
+        }
+        rate.push_back((Instant::now(), self.stored.load(Ordering::Relaxed)));
+    }
+
+    /// Messages stored per second over the window, and the window.
+    fn rate(&self) -> (f64, Duration) {
+        let rate = lock(&self.rate);
+        match (rate.front(), rate.back()) {
+            (Some(&(t0, n0)), Some(&(t1, n1))) if t1 > t0 => {
+                let window = t1 - t0;
+                (n1.saturating_sub(n0) as f64 / window.as_secs_f64(), window)
+            }
+            _ => (0.0, Duration::ZERO),
+        }
+    }
+
+    /// A receiver of the snapshot published once a second.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Arc<str>> {
+        self.feed.subscribe()
+    }
+}
+
+fn set_state(view: &mut View, node: &NodeId, state: usize) {
+    if let Some(row) = view.rows.get_mut(node) {
+        row.state = state;
+    }
+}
+
+/// Drops departed rows past [`KEPT_DEPARTED_FOR`] or beyond [`KEPT_DEPARTED`].
+fn prune(view: &mut View, now: Instant) {
+    view.rows.retain(|_, row| {
+        row.departed
+            .is_none_or(|t| now.saturating_duration_since(t) < KEPT_DEPARTED_FOR)
+    });
+    let mut departed: Vec<(Instant, NodeId)> = view
+        .rows
+        .iter()
+        .filter_map(|(node, row)| row.departed.map(|t| (t, node.clone())))
+        .collect();
+    if departed.len() > KEPT_DEPARTED {
+        departed.sort();
+        for (_, node) in &departed[..departed.len() - KEPT_DEPARTED] {
+            view.rows.remove(node);
+        }
+    }
+    // Counters of a node whose row is gone, unless a session still holds them.
+    let View { rows, counters, .. } = view;
+    counters.retain(|node, c| rows.contains_key(node) || Arc::strong_count(c) > 1);
+}
+
+/// The status snapshot of `shared`'s head node.
+pub(crate) fn snapshot(shared: &Shared) -> StatusSnapshot {
+    let status = &shared.status;
+    let now = Instant::now();
+    let wall = SystemTime::now();
+    let (message_rate, window) = status.rate();
+    let mut view = lock(&status.view);
+    prune(&mut view, now);
+    let ago = |t: Instant| now.saturating_duration_since(t).as_secs_f64();
+    let mut nodes: Vec<NodeStatus> = view
+        .rows
+        .iter()
+        .map(|(node, row)| {
+            let counters = view.counters.get(node);
+            let read = |f: fn(&NodeCounters) -> &AtomicU64| {
+                counters.map_or(0, |c| f(c).load(Ordering::Relaxed))
+            };
+            NodeStatus {
+                id: node.to_string(),
+                zone: row.zone.clone(),
+                address: row.addr.to_string(),
+                state: STATES[row.state].to_owned(),
+                incarnation: row.incarnation,
+                last_heartbeat_seconds_ago: row.last_heartbeat.map(ago),
+                icmp_rtt_ms: row.rtt.map(|rtt| rtt.as_secs_f64() * 1000.0),
+                messages_stored: read(|c| &c.copies),
+                bytes_stored: read(|c| &c.bytes),
+                fsync_p99_ms: None,
+                last_eviction: row.last_eviction.as_ref().map(|e| Eviction {
+                    reason: REASONS[e.reason].to_owned(),
+                    detail: e.detail.clone(),
+                    at: timestamp(e.at),
+                    seconds_ago: ago(e.when),
+                }),
+            }
+        })
+        .collect();
+    // Members first, then the departed; by id within each.
+    nodes.sort_by_key(|n| (matches!(n.state.as_str(), "evicted" | "left"), n.id.clone()));
+    let recent_events = view
+        .events
+        .iter()
+        .map(|e| ClusterEvent {
+            at: timestamp(e.at),
+            seconds_ago: ago(e.when),
+            node: e.node.to_string(),
+            kind: e.kind.to_owned(),
+            reason: e.reason.map(|r| REASONS[r].to_owned()),
+            detail: e.detail.clone(),
+        })
+        .collect();
+    drop(view);
+    StatusSnapshot {
+        at: timestamp(wall),
+        epoch: shared.ids.epoch(),
+        uptime_seconds: ago(status.started),
+        replicas: shared.replication.replicas,
+        min_replicas: shared.replication.needed,
+        clients: clients(shared),
+        message_rate,
+        rate_window_seconds: window.as_secs_f64(),
+        nodes,
+        totals: Totals {
+            messages_stored: status.stored.load(Ordering::Relaxed),
+            under_replicated: shared.router.under_replicated(),
+            over_replicated: shared.router.over_replicated(),
+            repair_in_progress: false,
+            repair: "none".to_owned(),
+        },
+        recent_events,
+    }
+}
+
+fn clients(shared: &Shared) -> usize {
+    shared
+        .limits
+        .clients
+        .saturating_sub(shared.client_slots.available_permits())
+}
+
+fn data_node_connections(shared: &Shared) -> usize {
+    shared
+        .limits
+        .data_nodes
+        .saturating_sub(shared.node_slots.available_permits())
+}
+
+/// Writes the head node's metrics when scraped.
+struct Scrape(Arc<Shared>);
+
+impl std::fmt::Debug for Scrape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Scrape")
+    }
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let shared = &self.0;
+        let status = &shared.status;
+        let mut by_state = [0i64; STATES.len()];
+        let mut per_node: Vec<(String, u64, u64)> = Vec::new();
+        {
+            let mut view = lock(&status.view);
+            prune(&mut view, Instant::now());
+            for row in view.rows.values() {
+                by_state[row.state] += 1;
+            }
+            for (node, c) in &view.counters {
+                per_node.push((
+                    node.to_string(),
+                    c.copies.load(Ordering::Relaxed),
+                    c.bytes.load(Ordering::Relaxed),
+                ));
+            }
+        }
+        per_node.sort();
+        metrics::gauge_family(
+            &mut e,
+            "msgstore_data_nodes",
+            "Data nodes by state (evicted and left: those still in the status table).",
+            "state",
+            STATES.iter().copied().zip(by_state),
+        )?;
+        metrics::counter(
+            &mut e,
+            "msgstore_messages_stored",
+            "Messages stored with the copies their client waited for.",
+            None,
+            status.stored.load(Ordering::Relaxed),
+        )?;
+        metrics::counter(
+            &mut e,
+            "msgstore_messages_under_replicated",
+            "Messages left with fewer copies than --replicas.",
+            None,
+            shared.router.under_replicated(),
+        )?;
+        metrics::counter(
+            &mut e,
+            "msgstore_copies_over_replicated",
+            "Copies written beyond --replicas (a late acknowledgement of a moved copy).",
+            None,
+            shared.router.over_replicated(),
+        )?;
+        metrics::counter_family(
+            &mut e,
+            "msgstore_evictions",
+            "Data nodes evicted, by reason.",
+            None,
+            "reason",
+            REASONS
+                .iter()
+                .copied()
+                .zip(status.evictions.iter().map(|c| c.load(Ordering::Relaxed))),
+        )?;
+        metrics::counter_family(
+            &mut e,
+            "msgstore_node_copies_stored",
+            "Copies each data node acknowledged (nodes in the status table).",
+            None,
+            "node",
+            per_node.iter().map(|(n, copies, _)| (n.as_str(), *copies)),
+        )?;
+        metrics::counter_family(
+            &mut e,
+            "msgstore_node_stored",
+            "Bytes of message text each data node acknowledged (nodes in the status table).",
+            Some(&Unit::Bytes),
+            "node",
+            per_node.iter().map(|(n, _, bytes)| (n.as_str(), *bytes)),
+        )?;
+        metrics::histogram(
+            &mut e,
+            "msgstore_ack_latency",
+            "From a client's message to its answer (sampled: one message in flight per client at a time).",
+            Some(&Unit::Seconds),
+            &status.ack_latency,
+        )?;
+        metrics::gauge(
+            &mut e,
+            "msgstore_client_connections",
+            "Clients connected.",
+            None,
+            clients(shared) as i64,
+        )?;
+        metrics::gauge(
+            &mut e,
+            "msgstore_data_node_connections",
+            "Data nodes connected.",
+            None,
+            data_node_connections(shared) as i64,
+        )?;
+        metrics::process(&mut e, "head node", status.started.elapsed())?;
+        metrics::gauge(
+            &mut e,
+            "msgstore_epoch",
+            "The message-id epoch of this head node (changes on every start).",
+            None,
+            shared.ids.epoch() as i64,
+        )
+    }
+}
+
+/// The status page.
+const PAGE: &str = include_str!("status.html");
+
+/// Answers the HTTP endpoints of the head node.
+pub(crate) fn handle(shared: &Arc<Shared>, request: &Request) -> Response {
+    match request.path.as_str() {
+        "/metrics" => {
+            let mut registry = Registry::default();
+            registry.register_collector(Box::new(Scrape(shared.clone())));
+            Response::ok(metrics::CONTENT_TYPE, metrics::encode(&registry))
+        }
+        "/healthz" => Response::text(200, "ok"),
+        "/status.json" => match serde_json::to_vec(&snapshot(shared)) {
+            Ok(json) => Response::ok("application/json", json),
+            Err(e) => Response::text(500, &format!("cannot encode the status: {e}")),
+        },
+        "/" | "/index.html" => Response::ok("text/html; charset=utf-8", PAGE),
+        "/events" => {
+            // A new subscriber starts from a fresh snapshot, not the last
+            // one published (perhaps long ago, while nobody listened).
+            if let Ok(json) = serde_json::to_string(&snapshot(shared)) {
+                shared.status.feed.send_replace(Arc::from(json));
+            }
+            Response {
+                status: 200,
+                body: Body::Events(shared.status.subscribe()),
+            }
+        }
+        _ => Response::not_found(),
+    }
+}
+
+/// Once a second: samples the message rate and, while someone listens on
+/// `/events`, publishes the snapshot. Ends on `stop`.
+pub(crate) async fn run_ticker(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        shared.status.sample();
+        if shared.status.feed.receiver_count() > 0
+            && let Ok(json) = serde_json::to_string(&snapshot(&shared))
+        {
+            shared.status.feed.send_replace(Arc::from(json));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::membership::MemberInfo;
+
+    fn member(name: &str, incarnation: u64) -> MemberInfo {
+        MemberInfo {
+            node: name.parse().unwrap(),
+            incarnation,
+            conn: incarnation,
+            addr: "10.0.0.1".parse().unwrap(),
+            legacy: false,
+            zone: None,
+        }
+    }
+
+    #[test]
+    fn departed_nodes_and_events_are_bounded() {
+        let status = Status::default();
+        for i in 0..(KEPT_DEPARTED as u64 + 10) {
+            let m = member(&format!("n{i}"), 1);
+            status.record(&Event::Joined {
+                member: m.clone(),
+                rejoined: false,
+            });
+            status.record(&Event::Evicted {
+                member: m,
+                reason: EvictReason::ConnectionLost("reset".into()),
+            });
+        }
+        let view = lock(&status.view);
+        assert_eq!(view.rows.len(), KEPT_DEPARTED);
+        assert!(
+            !view.rows.contains_key(&"n0".parse().unwrap()),
+            "oldest gone"
+        );
+        assert_eq!(view.events.len(), RECENT_EVENTS);
+        assert_eq!(view.counters.len(), KEPT_DEPARTED);
+        assert_eq!(
+            status.evictions[reason_index(&EvictReason::ConnectionLost(String::new()))]
+                .load(Ordering::Relaxed),
+            KEPT_DEPARTED as u64 + 10
+        );
+    }
+
+    #[test]
+    fn an_eviction_of_an_older_incarnation_leaves_the_new_row_live() {
+        let status = Status::default();
+        status.record(&Event::Joined {
+            member: member("a", 2),
+            rejoined: true,
+        });
+        status.record(&Event::Evicted {
+            member: member("a", 1),
+            reason: EvictReason::Unreachable,
+        });
+        let view = lock(&status.view);
+        let row = &view.rows[&"a".parse::<NodeId>().unwrap()];
+        assert_eq!(STATES[row.state], "live");
+        assert!(row.last_eviction.is_none());
+    }
+}

@@ -1,0 +1,445 @@
+//! Reading messages back through the head node: `get` and `tail`, with
+//! real data nodes in one process.
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use client::ConnectOptions;
+use client::read::{Found, ReadError, TailOptions, Wanted};
+use protocol::connection::Connection;
+use protocol::handshake;
+use protocol::message::{MessageId, StoreReply};
+use support::{Cluster, fast_config};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+async fn start(nodes: &[&str]) -> Cluster {
+    let config = headnode::Config {
+        replicas: 2,
+        min_replicas: 2,
+        ..fast_config()
+    };
+    let mut cluster = Cluster::start(config).await;
+    for id in nodes {
+        let config = cluster.node_config(id);
+        cluster.add_node(config).await;
+    }
+    cluster
+}
+
+async fn connect(cluster: &Cluster, role: &str) -> Connection {
+    let stream = TcpStream::connect(cluster.addr).await.unwrap();
+    let mut conn = Connection::connect(stream, 1 << 16).unwrap();
+    handshake::initiate(
+        &mut conn.reader,
+        &mut conn.writer,
+        Some(role),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    conn
+}
+
+/// Stores `texts` one at a time as client `client_id` from `first_seq`;
+/// returns each message's id and holders.
+async fn store(
+    conn: &mut Connection,
+    first_seq: u64,
+    texts: &[String],
+) -> Vec<(MessageId, Vec<String>)> {
+    let mut stored = Vec::new();
+    for (i, text) in texts.iter().enumerate() {
+        let seq = first_seq + i as u64;
+        conn.writer
+            .send(format!("{seq} {text}").as_bytes())
+            .await
+            .unwrap();
+        let line = tokio::time::timeout(Duration::from_secs(20), conn.reader.read_frame())
+            .await
+            .expect("no reply within 20 s")
+            .unwrap()
+            .expect("head node closed the connection");
+        match StoreReply::parse(line.as_str()).unwrap() {
+            StoreReply::Stored { holders, id } => stored.push((id, holders)),
+            StoreReply::Error(reason) => panic!("not stored: {reason}"),
+        }
+    }
+    stored
+}
+
+fn options(cluster: &Cluster) -> ConnectOptions {
+    let mut connect = ConnectOptions::new(cluster.addr.to_string(), None);
+    connect.retry_for = Duration::from_secs(5);
+    connect
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Tails (following) in the background; the records seen so far.
+fn follow(
+    cluster: &Cluster,
+    batch: u32,
+) -> (Arc<Mutex<Vec<Found>>>, tokio::sync::oneshot::Sender<()>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut tail = TailOptions::new(options(cluster));
+    tail.follow = true;
+    tail.poll = Duration::from_millis(50);
+    tail.batch = batch;
+    let sink = seen.clone();
+    tokio::spawn(async move {
+        client::read::tail(
+            &tail,
+            |found| {
+                sink.lock().unwrap().push(found.clone());
+                Ok(())
+            },
+            async {
+                let _ = stop_rx.await;
+            },
+        )
+        .await
+        .expect("tail failed")
+    });
+    (seen, stop_tx)
+}
+
+/// Waits (at most `within`) until `seen` holds `count` records.
+async fn wait_seen(seen: &Mutex<Vec<Found>>, count: usize, within: Duration) {
+    let deadline = Instant::now() + within;
+    while seen.lock().unwrap().len() < count {
+        assert!(
+            Instant::now() < deadline,
+            "tail saw {} of {count} messages",
+            seen.lock().unwrap().len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every id once, in order, and exactly `expected`.
+fn assert_once_in_order(seen: &[Found], expected: &[MessageId]) {
+    let ids: Vec<MessageId> = seen.iter().map(|f| f.record.id).collect();
+    let unique: HashSet<MessageId> = ids.iter().copied().collect();
+    assert_eq!(unique.len(), ids.len(), "an id was printed twice");
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "not in id order");
+    let mut wanted = expected.to_vec();
+    wanted.sort();
+    let missing: Vec<_> = wanted.iter().filter(|id| !unique.contains(id)).collect();
+    assert!(
+        missing.is_empty(),
+        "missing {} ids, first {:?}",
+        missing.len(),
+        missing.first()
+    );
+    assert_eq!(ids, wanted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_by_id_and_by_key_returns_text_holders_and_time() {
+    let cluster = start(&["dn1", "dn2", "dn3"]).await;
+    let mut writer = connect(&cluster, "cliente id=c-get").await;
+    let before = now_ms();
+    let texts: Vec<String> = (1..=5).map(|n| format!("numero random: {n}")).collect();
+    let stored = store(&mut writer, 1, &texts).await;
+    let after = now_ms();
+    for (i, (id, holders)) in stored.iter().enumerate() {
+        let found = client::read::get(&options(&cluster), &Wanted::Id(*id))
+            .await
+            .unwrap();
+        assert_eq!(found.record.id, *id);
+        assert_eq!(found.record.text, texts[i]);
+        assert_eq!(
+            found.record.key.as_ref().unwrap().to_string(),
+            format!("c-get/{}", i + 1)
+        );
+        let mut wanted = holders.clone();
+        wanted.sort();
+        let got: Vec<String> = found.holders.iter().map(ToString::to_string).collect();
+        assert_eq!(got, wanted, "every live holder is named");
+        assert!(
+            (before..=after).contains(&found.record.stored_ms),
+            "stored at {} outside {before}..={after}",
+            found.record.stored_ms
+        );
+        let by_key = client::read::get(
+            &options(&cluster),
+            &Wanted::Key(format!("c-get/{}", i + 1).parse().unwrap()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(by_key, found);
+    }
+    let unknown = MessageId {
+        epoch: stored[0].0.epoch,
+        seq: 999_999,
+    };
+    let err = client::read::get(&options(&cluster), &Wanted::Id(unknown))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ReadError::NotFound { .. }), "{err}");
+    assert_eq!(err.to_string(), format!("{unknown} not found"));
+    let err = client::read::get(
+        &options(&cluster),
+        &Wanted::Key("c-get/77".parse().unwrap()),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, ReadError::NotFound { .. }), "{err}");
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_reads_from_a_live_replica_while_a_holder_is_down() {
+    let cluster = start(&["dn1", "dn2", "dn3"]).await;
+    let mut writer = connect(&cluster, "cliente id=c-down").await;
+    let stored = store(&mut writer, 1, &["hola".to_owned()]).await;
+    let (id, holders) = stored[0].clone();
+    let down = cluster
+        .nodes
+        .iter()
+        .position(|n| n.id == holders[0])
+        .unwrap();
+    cluster.nodes[down].kill();
+    cluster.nodes[down].released().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = client::read::get(&options(&cluster), &Wanted::Id(id))
+            .await
+            .unwrap();
+        assert_eq!(found.record.text, "hola");
+        let names: Vec<String> = found.holders.iter().map(ToString::to_string).collect();
+        if names == vec![holders[1].clone()] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still named {names:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_prints_every_message_once_in_id_order() {
+    let cluster = start(&["dn1", "dn2", "dn3"]).await;
+    let texts: Vec<String> = (0..300).map(|n| format!("numero random: {n}")).collect();
+    let replies = support::send_pipelined(cluster.addr, texts, || {}).await;
+    let ids: Vec<MessageId> = replies
+        .iter()
+        .map(|r| match r {
+            StoreReply::Stored { id, holders } => {
+                assert_eq!(holders.len(), 2);
+                *id
+            }
+            StoreReply::Error(reason) => panic!("not stored: {reason}"),
+        })
+        .collect();
+    let mut tail = TailOptions::new(options(&cluster));
+    tail.batch = 37;
+    let mut seen = Vec::new();
+    let last = client::read::tail(
+        &tail,
+        |found| {
+            seen.push(found.clone());
+            Ok(())
+        },
+        std::future::pending(),
+    )
+    .await
+    .unwrap();
+    assert_once_in_order(&seen, &ids);
+    assert_eq!(last, ids.iter().max().copied());
+    assert!(
+        seen.iter().all(|f| f.holders.len() == 2),
+        "each message on two nodes"
+    );
+    // From an id: only what follows it.
+    let mut from = TailOptions::new(options(&cluster));
+    from.after = Some(seen[199].record.id);
+    let mut rest = Vec::new();
+    client::read::tail(
+        &from,
+        |found| {
+            rest.push(found.record.id);
+            Ok(())
+        },
+        std::future::pending(),
+    )
+    .await
+    .unwrap();
+    let wanted: Vec<MessageId> = seen[200..].iter().map(|f| f.record.id).collect();
+    assert_eq!(rest, wanted);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_follow_sees_new_messages() {
+    let cluster = start(&["dn1", "dn2", "dn3"]).await;
+    let (seen, stop) = follow(&cluster, 1000);
+    let mut writer = connect(&cluster, "cliente id=c-follow").await;
+    let texts: Vec<String> = (0..20).map(|n| format!("nuevo {n}")).collect();
+    let first = store(&mut writer, 1, &texts[..10]).await;
+    wait_seen(&seen, 10, Duration::from_secs(15)).await;
+    let second = store(&mut writer, 11, &texts[10..]).await;
+    wait_seen(&seen, 20, Duration::from_secs(15)).await;
+    let _ = stop.send(());
+    let ids: Vec<MessageId> = first.iter().chain(&second).map(|(id, _)| *id).collect();
+    let seen = seen.lock().unwrap().clone();
+    assert_once_in_order(&seen, &ids);
+    assert_eq!(seen[19].record.text, "nuevo 19");
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_goes_on_without_gap_or_duplicate_while_a_node_dies_and_comes_back() {
+    let mut cluster = start(&["dn1", "dn2", "dn3"]).await;
+    let (seen, stop) = follow(&cluster, 25);
+    let mut writer = connect(&cluster, "cliente id=c-churn").await;
+    let texts: Vec<String> = (0..360).map(|n| format!("numero random: {n}")).collect();
+    let mut ids: Vec<MessageId> = Vec::new();
+    ids.extend(
+        store(&mut writer, 1, &texts[..120])
+            .await
+            .iter()
+            .map(|(id, _)| *id),
+    );
+    // Mid-tail: a node dies while messages keep coming.
+    cluster.nodes[1].kill();
+    ids.extend(
+        store(&mut writer, 121, &texts[120..240])
+            .await
+            .iter()
+            .map(|(id, _)| *id),
+    );
+    wait_seen(&seen, 200, Duration::from_secs(30)).await;
+    // It comes back with what it held; the tail takes it in again.
+    cluster.nodes[1].released().await;
+    let config = cluster.node_config("dn2");
+    cluster.add_node(config).await;
+    ids.extend(
+        store(&mut writer, 241, &texts[240..])
+            .await
+            .iter()
+            .map(|(id, _)| *id),
+    );
+    wait_seen(&seen, ids.len(), Duration::from_secs(30)).await;
+    // Nothing more comes after the last one.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = stop.send(());
+    let seen = seen.lock().unwrap().clone();
+    assert_once_in_order(&seen, &ids);
+    cluster.stop().await;
+}
+
+/// The answer lines to one batch of request lines, read until `count`.
+async fn answers(conn: &mut Connection, count: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    while lines.len() < count {
+        let line = tokio::time::timeout(Duration::from_secs(10), conn.reader.read_frame())
+            .await
+            .expect("no answer within 10 s")
+            .unwrap()
+            .expect("closed");
+        lines.push(line.as_str().to_owned());
+    }
+    lines
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_readers_get_clear_errors_and_bounded_answers() {
+    let cluster = start(&["dn1", "dn2"]).await;
+    let mut writer = connect(&cluster, "cliente id=c-hostile").await;
+    let texts: Vec<String> = (0..30).map(|n| format!("m{n}")).collect();
+    store(&mut writer, 1, &texts).await;
+    let mut reader = connect(&cluster, "lector").await;
+    for (request, answer) in [
+        (
+            "tail start 99999999",
+            "ERROR bad tail limit \"99999999\": 1 to 1000",
+        ),
+        ("tail start 0", "ERROR bad tail limit \"0\": 1 to 1000"),
+        (
+            "get",
+            "ERROR expected 'get <message-id>' or 'get <client-id>/<seq>'",
+        ),
+        ("get nope", "ERROR bad message id \"nope\""),
+        (
+            "mensaje: hola",
+            "ERROR unknown request \"mensaje: hola\": expected 'get <message-id>', 'get <client-id>/<seq>' or 'tail <after-id>|start <limit> [since=<unix-ms>]'",
+        ),
+    ] {
+        reader.writer.send(request.as_bytes()).await.unwrap();
+        assert_eq!(
+            answers(&mut reader, 1).await,
+            vec![answer.to_owned()],
+            "{request}"
+        );
+    }
+    reader.writer.send(b"\xff\xfe").await.unwrap();
+    assert_eq!(
+        answers(&mut reader, 1).await,
+        vec!["ERROR invalid UTF-8".to_owned()]
+    );
+    // A small tail: its limit, then `end ... more`.
+    reader.writer.send(b"tail start 3").await.unwrap();
+    let page = answers(&mut reader, 4).await;
+    assert!(
+        page[..3].iter().all(|l| l.starts_with("found ")),
+        "{page:?}"
+    );
+    assert!(
+        page[3].starts_with("end 3 ") && page[3].ends_with(" more"),
+        "{page:?}"
+    );
+    // Far more requests at once than are served: the rest are refused, in order.
+    let burst = "get 1-1\n".repeat(40);
+    reader.writer.queue(&burst.as_bytes()[..burst.len() - 1]);
+    reader.writer.flush().await.unwrap();
+    let lines = answers(&mut reader, 40).await;
+    let served = lines
+        .iter()
+        .take_while(|l| l.starts_with("notfound 1-1"))
+        .count();
+    assert!(served >= 16, "{lines:?}");
+    assert!(
+        lines[served..]
+            .iter()
+            .all(|l| l.starts_with("ERROR too many requests in flight (at most 16 per reader)")),
+        "{lines:?}"
+    );
+    // The connection goes on.
+    reader.writer.send(b"tail start 1000").await.unwrap();
+    let all = answers(&mut reader, 31).await;
+    assert_eq!(
+        all[30],
+        format!("end 30 {} done", all[29].split(' ').nth(1).unwrap())
+    );
+    // A line over the limit closes the connection with the reason.
+    reader.writer.send(&vec![b'x'; 70_000]).await.unwrap();
+    assert_eq!(
+        answers(&mut reader, 1).await,
+        vec!["ERROR line too long (max 65536 bytes)".to_owned()]
+    );
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_without_data_nodes_get_a_clear_error() {
+    let cluster = start(&[]).await;
+    let err = client::read::get(&options(&cluster), &Wanted::Id("1-1".parse().unwrap()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the head node could not serve it: no data nodes available"
+    );
+    cluster.stop().await;
+}

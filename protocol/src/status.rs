@@ -1,0 +1,118 @@
+//! The head node's status snapshot, as served at `/status.json` (and each
+//! second on `/events`) and read by `client status`. One definition for
+//! the writer and the reader.
+
+use serde::{Deserialize, Serialize};
+
+/// The cluster as the head node sees it, at one moment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusSnapshot {
+    /// When the snapshot was taken (UTC, `2026-11-24 12:00:00,000`).
+    pub at: String,
+    /// The message-id epoch of this head node (changes on every start).
+    pub epoch: u64,
+    /// Seconds since the head node started.
+    pub uptime_seconds: f64,
+    /// Copies made of each message (R).
+    pub replicas: usize,
+    /// Copies written before the client is answered (W).
+    pub min_replicas: usize,
+    /// Clients connected now.
+    pub clients: usize,
+    /// Messages stored per second, over the last `rate_window_seconds`.
+    pub message_rate: f64,
+    /// The window of `message_rate`, in seconds (0 just after start).
+    pub rate_window_seconds: f64,
+    /// One row per data node: current members first, then the departed
+    /// ones still remembered (a bounded number, for a bounded time).
+    pub nodes: Vec<NodeStatus>,
+    /// Totals since the head node started.
+    pub totals: Totals,
+    /// The most recent membership events, newest last (bounded).
+    pub recent_events: Vec<ClusterEvent>,
+}
+
+/// What the cluster holds, since the head node started.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Totals {
+    /// Messages stored with the copies their client waited for.
+    pub messages_stored: u64,
+    /// Messages left with fewer copies than `replicas`.
+    pub under_replicated: u64,
+    /// Copies written beyond `replicas` (a late acknowledgement of a copy
+    /// already moved elsewhere).
+    pub over_replicated: u64,
+    /// Whether missing copies are being made again. There is no repair
+    /// yet: always false (see `repair`).
+    pub repair_in_progress: bool,
+    /// What repair exists: `none`.
+    pub repair: String,
+}
+
+/// One data node's row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Its node id.
+    pub id: String,
+    /// Its failure domain, if it named one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// Its IP address as the head node sees it.
+    pub address: String,
+    /// `live`, `suspect`, `leaving`, `evicted` or `left`.
+    pub state: String,
+    /// Its process incarnation (grows on every start).
+    pub incarnation: u64,
+    /// Seconds since its last application heartbeat answer (or its
+    /// registration), while it is a member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heartbeat_seconds_ago: Option<f64>,
+    /// Round-trip time of its last ICMP echo, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icmp_rtt_ms: Option<f64>,
+    /// Copies it acknowledged since the head node started (all its
+    /// incarnations).
+    pub messages_stored: u64,
+    /// Bytes of message text in those copies.
+    pub bytes_stored: u64,
+    /// The 99th percentile of its fsyncs, in milliseconds, when the node
+    /// reports it (data nodes do not report it to the head node yet; see
+    /// the node's own `/metrics`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fsync_p99_ms: Option<f64>,
+    /// Its last eviction, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_eviction: Option<Eviction>,
+}
+
+/// An eviction: why and when.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Eviction {
+    /// A short, fixed kind: `unreachable`, `hung`, `silent`, `ack_timeout`,
+    /// `connection_lost`, `left`, `replaced` or `shutdown`.
+    pub reason: String,
+    /// The whole reason, as in the heartbeat log.
+    pub detail: String,
+    /// When (UTC, `2026-11-24 12:00:00,000`).
+    pub at: String,
+    /// Seconds before the snapshot.
+    pub seconds_ago: f64,
+}
+
+/// One membership event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterEvent {
+    /// When (UTC).
+    pub at: String,
+    /// Seconds before the snapshot.
+    pub seconds_ago: f64,
+    /// The node it concerns.
+    pub node: String,
+    /// `joined`, `rejoined`, `suspect`, `recovered`, `leaving` or `evicted`.
+    pub kind: String,
+    /// For an eviction, its reason kind (see [`Eviction::reason`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// A readable line.
+    pub detail: String,
+}
