@@ -37,6 +37,7 @@ export HOST_UID HOST_GID LOGS_DIR
 
 DC = $(COMPOSE) -p $(PROJECT) --profile scale
 
+.PHONY: stack-up stack-down stack-test
 .PHONY: help up down build binaries images logs-dir token tail logs compose-logs ps scale e2e bench test clean-logs check-compose
 
 help: ## this list
@@ -105,6 +106,16 @@ logs: tail ## same as tail
 
 compose-logs: check-compose ## follow the containers' stdout instead
 	$(DC) logs -f --tail 20
+
+stack-up: ## Docker Swarm: init a swarm if none, build, deploy docker/stack.yml, wait for the first ack
+	docker/stack.sh up
+
+stack-down: ## remove the swarm stack (and the swarm, if stack-up created it); data volumes stay
+	docker/stack.sh down
+
+stack-test: ## end-to-end tests on a single-node swarm and on a swarm of 3 engines (root)
+	docker/stack-e2e.sh
+	docker/swarm-hosts-e2e.sh
 
 e2e: ## end-to-end test (own project; skips when no Docker engine is reachable)
 	docker/e2e.sh

@@ -163,7 +163,7 @@ start_cluster() {
     # A throw-away cluster token, passed in the environment (never as an argument).
     local token
     token=$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')
-    CLUSTER_TOKEN=$token RUST_LOG=warn "$HEADNODE" --listen "127.0.0.1:$hp" --log-dir "$dir/headnode" \
+    CLUSTER_TOKEN=$token RUST_LOG=warn "$HEADNODE" --listen "127.0.0.1:$hp" --http-listen off --log-dir "$dir/headnode" \
         --replicas "$replicas" >"$dir/headnode.out" 2>&1 &
     hpid=$!
     track "$hpid"

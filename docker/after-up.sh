@@ -25,6 +25,8 @@ The stack is up. Each container writes to $shown/<container-name>/:
   $shown/datanode1/registro_datanode.txt     data node log
   $shown/client/registro_cliente.txt         client: one line per acknowledgement
 
+Status page:        http://127.0.0.1:${HEAD_HTTP_PORT:-8080}/    (also: target/release/client status --watch)
+Metrics:            http://127.0.0.1:${HEAD_HTTP_PORT:-8080}/metrics
 Follow everything:  make tail      (tail -F $shown/*/*.txt)
 Just evictions:     tail -F $shown/headnode/heartbeat_server.txt
 Watch an eviction:  docker kill datanode1   ... then: docker start datanode1

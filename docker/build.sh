@@ -51,6 +51,9 @@ build_binaries() {
     rm -rf "$STAGE"
     mkdir -p "$STAGE"
     cp -R docker/rootfs "$STAGE/rootfs"
+    # Mount points owned by the images' user: a new named volume mounted
+    # there takes their owner, so a non-root process can write to it.
+    mkdir -p "$STAGE/owned/data" "$STAGE/owned/logs"
     for bin in "${BINARIES[@]}"; do
         cp "$CARGO_TARGET_DIR/$TARGET/release/$bin" "$STAGE/$bin"
     done

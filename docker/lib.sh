@@ -44,6 +44,9 @@ setup_project() {
     PROJECT=msgstore-$NAME-$$
     P=$PROJECT-
     export CONTAINER_PREFIX=$P NETWORK_NAME=$PROJECT
+    # Empty: Docker publishes the head node's HTTP port on a free host
+    # port, so this stack never collides with another one's 8080.
+    export HEAD_HTTP_PORT=
     LOGS_DIR=$(mktemp -d "${TMPDIR:-/tmp}/msgstore-$NAME.XXXXXX")
     chmod 755 "$LOGS_DIR"
     export LOGS_DIR
@@ -136,6 +139,26 @@ delay_ms() {
     local at
     at=$(line_ms "$2") || at=$(now_ms)
     echo $((at - $1))
+}
+
+# audit_clean LABEL DOCKER_RUN_ARGS... -- AUDIT_ARGS...: `datanode audit`
+# (2 copies) in the data node's image over the client log mounted at /c;
+# fails unless nothing acknowledged is lost or misplaced, no key has two
+# ids and none is twice on one node; else `ok LABEL: <summary>`.
+audit_clean() {
+    local label=$1 run=() out summary field value
+    shift
+    while [[ $# -gt 0 && $1 != -- ]]; do run+=("$1"); shift; done
+    shift
+    out=$(docker run --rm --network none --user 0 "${run[@]}" msgstore-datanode:latest \
+        audit --replicas 2 --client-log /c/client/registro_cliente.txt "$@" 2>&1)
+    summary=$(head -n1 <<<"$out")
+    [[ $summary == acknowledged=* ]] || fail "audit failed: $out"
+    for field in lost misplaced conflicting_ids duplicated; do
+        value=$(tr ' ' '\n' <<<"$summary" | sed -n "s/^$field=//p")
+        [[ -z $value || $value == 0 ]] || fail "audit: $field=$value: $out"
+    done
+    ok "$label: $summary"
 }
 
 ip_of() {
