@@ -6,7 +6,6 @@ use protocol::HandshakeError;
 use protocol::backoff::Backoff;
 use protocol::connection::Connection;
 use protocol::handshake;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -123,7 +122,7 @@ fn is_transient_refusal(reason: &str) -> bool {
 }
 
 async fn try_connect(options: &ConnectOptions) -> Result<Connection, HandshakeError> {
-    let stream = TcpStream::connect(&options.server).await?;
+    let stream = protocol::net::dial(&options.server, None, protocol::net::CONNECT_TIMEOUT).await?;
     let mut conn = Connection::connect(stream, options.max_line)?;
     handshake::initiate(
         &mut conn.reader,

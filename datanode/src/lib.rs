@@ -475,25 +475,12 @@ fn stale_head_reason(epoch: u64, newest: u64) -> String {
 }
 
 async fn open_stream(config: &Config) -> std::io::Result<TcpStream> {
-    let Some(source) = config.source_ip else {
-        return TcpStream::connect(&config.headnode).await;
-    };
-    let target = tokio::net::lookup_host(&config.headnode)
-        .await?
-        .find(|addr| addr.is_ipv4() == source.is_ipv4())
-        .ok_or_else(|| {
-            std::io::Error::other(format!(
-                "{} has no address of the source's family",
-                config.headnode
-            ))
-        })?;
-    let socket = if source.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.bind(std::net::SocketAddr::new(source, 0))?;
-    socket.connect(target).await
+    protocol::net::dial(
+        &config.headnode,
+        config.source_ip,
+        protocol::net::CONNECT_TIMEOUT,
+    )
+    .await
 }
 
 enum SessionEnd {

@@ -78,3 +78,97 @@ impl Listener for tokio::net::TcpListener {
         tokio::net::TcpListener::local_addr(self)
     }
 }
+
+/// How long one outgoing connection may take, name lookup included.
+///
+/// Without a bound, a connection begun while the peer's network is cut keeps
+/// retrying its SYN on the kernel's schedule (1, 2, 4, ... 64 s, about two
+/// minutes in all), so a node could take a minute to notice that the link came
+/// back. A few seconds covers any real round trip and keeps reconnection prompt.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Connects to `target` (`host:port`, looked up on every call, so a peer
+/// that moved is found at its new address), from `source` when given, with
+/// name lookup and connection bounded together by `timeout`. Addresses are
+/// tried in the order the resolver gives them; the last error is returned.
+pub async fn dial(
+    target: &str,
+    source: Option<std::net::IpAddr>,
+    timeout: std::time::Duration,
+) -> io::Result<tokio::net::TcpStream> {
+    let attempt = async {
+        let mut last = None;
+        for addr in tokio::net::lookup_host(target).await? {
+            if source.is_some_and(|s| s.is_ipv4() != addr.is_ipv4()) {
+                continue;
+            }
+            let socket = if addr.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
+            if let Some(source) = source {
+                socket.bind(SocketAddr::new(source, 0))?;
+            }
+            match socket.connect(addr).await {
+                Ok(stream) => return Ok(stream),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            io::Error::other(match source {
+                Some(s) => format!("{target} has no address of {s}'s family"),
+                None => format!("{target} has no address"),
+            })
+        }))
+    };
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .unwrap_or_else(|_| {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no answer from {target} within {timeout:?}"),
+            ))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn dial_connects_by_name() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stream = dial(&format!("localhost:{port}"), None, CONNECT_TIMEOUT).await;
+        assert_eq!(stream.unwrap().peer_addr().unwrap().port(), port);
+    }
+
+    #[tokio::test]
+    async fn dial_gives_up_after_the_timeout() {
+        // A listener that never accepts, with its queue full, drops new SYNs,
+        // as a cut link does: the connection neither succeeds nor fails.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(1).unwrap();
+        let target = listener.local_addr().unwrap().to_string();
+        let mut queued = Vec::new();
+        let mut hangs = false;
+        for _ in 0..8 {
+            let short = std::time::Duration::from_millis(300);
+            match tokio::time::timeout(short, tokio::net::TcpStream::connect(&target)).await {
+                Ok(Ok(stream)) => queued.push(stream),
+                Ok(Err(e)) => panic!("{e}"),
+                Err(_) => {
+                    hangs = true;
+                    break;
+                }
+            }
+        }
+        assert!(hangs, "the full listener kept accepting connections");
+        let timeout = std::time::Duration::from_millis(200);
+        let err = dial(&target, None, timeout).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+        assert!(err.to_string().contains("no answer from"), "{err}");
+    }
+}
