@@ -125,11 +125,7 @@ pub fn render(s: &StatusSnapshot) -> String {
         s.totals.messages_stored,
         s.totals.under_replicated,
         s.totals.over_replicated,
-        if s.totals.repair_in_progress {
-            "in progress"
-        } else {
-            s.totals.repair.as_str()
-        }
+        s.totals.repair
     );
     out.push('\n');
     let header = [
@@ -275,13 +271,17 @@ mod tests {
                 under_replicated: 0,
                 over_replicated: 1,
                 repair_in_progress: false,
-                repair: "none".into(),
+                repair: "idle; first check 30s after start".into(),
+                repair_pass: None,
             },
             recent_events: Vec::new(),
         };
         let table = render(&snapshot);
         assert!(table.contains("data nodes 1 live of 1"), "{table}");
-        assert!(table.contains("repair: none"), "{table}");
+        assert!(
+            table.contains("repair: idle; first check 30s after start"),
+            "{table}"
+        );
         let dn2 = table.lines().find(|l| l.starts_with("dn2")).unwrap();
         assert!(dn2.contains("EVICTED"), "{table}");
         assert!(dn2.contains("hung (1m15s ago)"), "{table}");

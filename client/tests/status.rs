@@ -36,7 +36,8 @@ fn snapshot() -> StatusSnapshot {
             under_replicated: 0,
             over_replicated: 0,
             repair_in_progress: false,
-            repair: "none".into(),
+            repair: "idle; first check 30s after start".into(),
+            repair_pass: None,
         },
         recent_events: Vec::new(),
     }
@@ -107,7 +108,10 @@ async fn status_prints_a_table() {
     assert!(stdout.contains("NODE"), "{stdout}");
     let row = stdout.lines().find(|l| l.starts_with("dn1")).unwrap();
     assert!(row.contains("LIVE") && row.contains("rack1"), "{stdout}");
-    assert!(stdout.contains("repair: none"), "{stdout}");
+    assert!(
+        stdout.contains("repair: idle; first check 30s after start"),
+        "{stdout}"
+    );
 }
 
 #[tokio::test]

@@ -246,7 +246,7 @@ async fn serve_node(
         }
         let attempt = tokio::select! {
             _ = shutdown.wait() => break Ok(()),
-            attempt = connect(&config, state.epoch.newest()) => attempt,
+            attempt = connect(&config, state.epoch.newest(), state.store_id) => attempt,
         };
         let (conn, epoch) = match attempt {
             Ok(welcomed) => welcomed,
@@ -305,6 +305,8 @@ struct NodeState {
     store: Store,
     keys: KeyIndex,
     epoch: EpochFile,
+    /// Names this data directory (see `storage::load_or_create_store_id`).
+    store_id: u64,
     /// The nodes the last head node named in `members`, for the next
     /// report; `None` until a head node has sent one.
     peers: Option<Vec<NodeId>>,
@@ -318,6 +320,7 @@ impl NodeState {
         let started = Instant::now();
         let data = DataFile::open_with(&config.data_dir, config.fsync, config.storage)?;
         let epoch = EpochFile::load(&config.data_dir)?;
+        let store_id = storage::load_or_create_store_id(&config.data_dir)?;
         let mut keys = KeyIndex::new(config.dedup_keys, config.dedup_window);
         let store = Store::open(&data, config.store, &mut keys, std::time::SystemTime::now())?;
         let opened = store.open_stats();
@@ -334,6 +337,7 @@ impl NodeState {
             store,
             keys,
             epoch,
+            store_id,
             peers: None,
         })
     }
@@ -348,7 +352,11 @@ enum ConnectError {
 /// epoch. A head node whose epoch is older than `newest_epoch` is refused
 /// with a `stale head node` error and retried later: a newer one may take
 /// its address.
-async fn connect(config: &Config, newest_epoch: u64) -> Result<(Connection, u64), ConnectError> {
+async fn connect(
+    config: &Config,
+    newest_epoch: u64,
+    store_id: u64,
+) -> Result<(Connection, u64), ConnectError> {
     let retry = |e: &dyn std::fmt::Display| ConnectError::Retry(e.to_string());
     let unauthorized = |why: &str| {
         ConnectError::Fatal(DataNodeError::Unauthorized(
@@ -367,6 +375,7 @@ async fn connect(config: &Config, newest_epoch: u64) -> Result<(Connection, u64)
         incarnation: Some(config.incarnation),
         nonce: node_nonce,
         zone: config.zone.clone(),
+        store: Some(store_id),
     };
     let role = hello.to_line();
     match handshake::initiate(

@@ -35,12 +35,14 @@ mod lock;
 mod record;
 pub mod retention;
 pub mod segments;
+mod store_id;
 mod verify;
 
 pub use epoch::{EPOCH_FILE, EpochCheck, EpochFile, check_epoch};
 pub use file::{Faults, FaultyFile, RollStep, StorageFile};
 pub use lock::{DirLock, LOCK_FILE};
 pub use record::{Checksum, LineError, Record, format_record, parse_line};
+pub use store_id::{STORE_ID_FILE, load_or_create_store_id};
 pub use verify::{
     CorruptRecord, DuplicateId, DuplicateKey, Torn, TornRecord, VerifyReport, verify, verify_dir,
 };
@@ -144,6 +146,14 @@ pub enum StorageError {
     /// The epoch file holds something other than one number.
     #[error("{} does not hold an epoch: {content:?}", path.display())]
     BadEpoch {
+        /// The file.
+        path: PathBuf,
+        /// What it holds (at most 80 characters of it).
+        content: String,
+    },
+    /// The store-id file holds something other than 16 hex digits.
+    #[error("{} does not hold a store id: {content:?}", path.display())]
+    BadStoreId {
         /// The file.
         path: PathBuf,
         /// What it holds (at most 80 characters of it).

@@ -70,6 +70,8 @@ pub(crate) struct ClusterConfig {
     pub(crate) recovery_wait: Duration,
     /// Where membership events are recorded for the operator.
     pub(crate) status: Arc<crate::status::Status>,
+    /// Told every membership event, to schedule repair.
+    pub(crate) repair: Arc<crate::repair::Repair>,
 }
 
 struct Session {
@@ -301,6 +303,7 @@ impl Driver {
         let mut routes_changed = false;
         for event in events {
             self.config.status.record(event);
+            self.config.repair.record(event);
             match event {
                 Event::Joined { member, rejoined } => {
                     let verb = if *rejoined { "rejoined" } else { "joined" };

@@ -94,6 +94,11 @@ pub struct Config {
     /// least this long ago (see `tail::Watermark`); `None`: `ack_timeout`
     /// plus `no_node_wait`.
     pub tail_lag: Option<Duration>,
+    /// Repair starts once a data node has been gone this long (and this
+    /// long after the head node starts); see `repair`.
+    pub repair_after: Duration,
+    /// Messages repair gives new copies to per second, at most.
+    pub repair_rate: u32,
     /// Unacknowledged messages per data node; more wait in its queue.
     pub max_node_in_flight: usize,
     /// Unacknowledged bytes of text per data node; more wait in its queue.
@@ -123,6 +128,12 @@ pub struct Config {
     /// Receives every membership event, for monitoring and tests.
     pub observer: Option<mpsc::UnboundedSender<membership::Event>>,
 }
+
+/// Default of [`Config::repair_after`]: long enough that a restarted
+/// container or a short network blip comes back before copies are made.
+pub const DEFAULT_REPAIR_AFTER: Duration = Duration::from_secs(30);
+/// Default of [`Config::repair_rate`].
+pub const DEFAULT_REPAIR_RATE: u32 = 2000;
 
 /// Default of [`Config::dedup_keys`].
 pub const DEFAULT_DEDUP_KEYS: usize = 1_000_000;
@@ -168,6 +179,8 @@ impl Default for Config {
             max_reads: 8,
             read_timeout: Duration::from_secs(5),
             tail_lag: None,
+            repair_after: DEFAULT_REPAIR_AFTER,
+            repair_rate: DEFAULT_REPAIR_RATE,
             max_node_in_flight: 65_536,
             max_node_unacked_bytes: 4 * 1024 * 1024,
             max_parked: 65_536,
@@ -225,6 +238,7 @@ impl Config {
             ("dedup window", self.dedup_window),
             ("recovery wait", self.recovery_wait),
             ("read timeout", self.read_timeout),
+            ("repair-after", self.repair_after),
         ];
         for (name, value) in timeouts {
             if value.is_zero() {
@@ -253,6 +267,7 @@ impl Config {
             ("dedup keys", self.dedup_keys),
             ("max readers", self.max_readers),
             ("max reads", self.max_reads),
+            ("repair rate", self.repair_rate as usize),
         ];
         for (name, value) in caps {
             if value == 0 {

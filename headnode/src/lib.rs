@@ -51,6 +51,7 @@ mod reader_session;
 mod reads;
 mod recovery;
 mod registration;
+mod repair;
 mod router;
 mod signal;
 mod status;
@@ -98,6 +99,8 @@ pub(crate) struct Shared {
     pub(crate) node_slots: Arc<Semaphore>,
     /// Counters and the cluster table for the operator.
     pub(crate) status: Arc<status::Status>,
+    /// When repair is due, and how it goes.
+    pub(crate) repair: Arc<repair::Repair>,
     next_conn: AtomicU64,
 }
 
@@ -177,6 +180,7 @@ async fn serve<L: Listener>(
 ) -> Result<(), RunError> {
     config.validate()?;
     let status = Arc::new(status::Status::default());
+    let repair = Arc::new(repair::Repair::new(config.repair_after));
     let fd_limit = protocol::server::raise_fd_limit();
     let limits = Limits::share(
         protocol::server::connection_budget(fd_limit, config.max_connections),
@@ -216,6 +220,7 @@ async fn serve<L: Listener>(
             observer: config.observer.clone(),
             recovery_wait: config.recovery_wait,
             status: status.clone(),
+            repair: repair.clone(),
         },
         prober,
         inputs_tx.clone(),
@@ -257,6 +262,7 @@ async fn serve<L: Listener>(
         client_slots: Arc::new(Semaphore::new(limits.clients)),
         node_slots: Arc::new(Semaphore::new(limits.data_nodes)),
         status,
+        repair,
         next_conn: AtomicU64::new(1),
         config,
     });
@@ -264,6 +270,7 @@ async fn serve<L: Listener>(
     // The operator's side: not essential, so it never stops the head node.
     let observers = TaskTracker::new();
     observers.spawn(status::run_ticker(shared.clone(), nodes_stop.clone()));
+    observers.spawn(repair::run(shared.clone(), nodes_stop.clone()));
     if let Some(http) = http {
         info!(addr = %http.local_addr()?, "status page, /metrics and /status.json served over HTTP");
         let handler_shared = shared.clone();

@@ -119,6 +119,15 @@ struct Args {
     /// (default: --ack-timeout plus --no-node-wait).
     #[arg(long, env = "TAIL_LAG", value_parser = parse_timeout)]
     tail_lag: Option<Duration>,
+    /// Repair gives messages their missing copies once a data node has been
+    /// gone this long (or came back with a new data directory, or this long
+    /// after the head node starts).
+    #[arg(long, env = "REPAIR_AFTER", default_value = "30s", value_parser = parse_timeout)]
+    repair_after: Duration,
+    /// Messages repair gives new copies to per second, at most.
+    #[arg(long, env = "REPAIR_RATE", default_value_t = headnode::config::DEFAULT_REPAIR_RATE,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    repair_rate: u32,
     /// How long a data node has to answer one read (a whole scan page).
     #[arg(long, env = "READ_TIMEOUT", default_value = "5s", value_parser = parse_timeout)]
     read_timeout: Duration,
@@ -229,6 +238,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         max_reads: args.max_reads as usize,
         tail_lag: args.tail_lag,
         read_timeout: args.read_timeout,
+        repair_after: args.repair_after,
+        repair_rate: args.repair_rate,
         replicas: usize::from(args.replicas),
         min_replicas: match args.min_replicas {
             MinReplicas::All => usize::from(args.replicas),

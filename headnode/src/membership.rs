@@ -86,6 +86,8 @@ pub struct MemberInfo {
     pub legacy: bool,
     /// Its failure domain, if it named one.
     pub zone: Option<protocol::message::Zone>,
+    /// Names its data directory, if it sent one (see `DataNodeHello::store`).
+    pub store: Option<u64>,
 }
 
 impl fmt::Display for MemberInfo {

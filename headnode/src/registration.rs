@@ -262,6 +262,7 @@ async fn register_data_node<S: Stream>(
         addr: crate::prober::canonical_ip(peer.ip()),
         legacy,
         zone: hello.zone,
+        store: hello.store,
     };
     Ok((info, slot))
 }

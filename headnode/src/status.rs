@@ -27,7 +27,7 @@ use prometheus_client::registry::{Registry, Unit};
 use protocol::http::{Body, Request, Response};
 use protocol::message::NodeId;
 use protocol::metrics::{self, AtomicHistogram, LATENCY_BUCKETS};
-use protocol::status::{ClusterEvent, Eviction, NodeStatus, StatusSnapshot, Totals};
+use protocol::status::{ClusterEvent, Eviction, NodeStatus, RepairPass, StatusSnapshot, Totals};
 use protocol::timefmt::timestamp;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -389,6 +389,7 @@ pub(crate) fn snapshot(shared: &Shared) -> StatusSnapshot {
             detail: e.detail.clone(),
         })
         .collect();
+    let (repair_in_progress, repair_pass) = shared.repair.pass();
     drop(view);
     StatusSnapshot {
         at: timestamp(wall),
@@ -404,10 +405,33 @@ pub(crate) fn snapshot(shared: &Shared) -> StatusSnapshot {
             messages_stored: status.stored.load(Ordering::Relaxed),
             under_replicated: shared.router.under_replicated(),
             over_replicated: shared.router.over_replicated(),
-            repair_in_progress: false,
-            repair: "none".to_owned(),
+            repair_in_progress,
+            repair: repair_summary(shared, repair_in_progress, repair_pass.as_ref()),
+            repair_pass,
         },
         recent_events,
+    }
+}
+
+/// Repair in a few words, for the table and the page.
+fn repair_summary(shared: &Shared, running: bool, pass: Option<&RepairPass>) -> String {
+    if shared.replication.replicas < 2 {
+        return "off (one copy per message)".to_owned();
+    }
+    match (running, pass) {
+        (true, Some(p)) => format!(
+            "running ({}): {} checked, {} with too few copies, {} copied",
+            p.trigger, p.checked, p.under_replicated, p.copied
+        ),
+        (_, Some(p)) => format!(
+            "idle; last pass {} at {}: {} checked, {} copied in {:.1}s",
+            p.outcome, p.started_at, p.checked, p.copied, p.took_seconds
+        ),
+        _ => format!(
+            "idle; first check {}s after start, then {}s after a data node is lost",
+            shared.config.repair_after.as_secs(),
+            shared.config.repair_after.as_secs()
+        ),
     }
 }
 
@@ -482,6 +506,28 @@ impl Collector for Scrape {
             "Copies written beyond --replicas (a late acknowledgement of a moved copy).",
             None,
             shared.router.over_replicated(),
+        )?;
+        let (passes, repair_copies) = shared.repair.totals();
+        metrics::counter(
+            &mut e,
+            "msgstore_repair_passes",
+            "Repair passes run (each checks every message's copies).",
+            None,
+            passes,
+        )?;
+        metrics::counter(
+            &mut e,
+            "msgstore_repair_copies",
+            "Copies made by repair.",
+            None,
+            repair_copies,
+        )?;
+        metrics::gauge(
+            &mut e,
+            "msgstore_repair_in_progress",
+            "1 while a repair pass runs.",
+            None,
+            i64::from(shared.repair.pass().0),
         )?;
         metrics::counter_family(
             &mut e,
@@ -606,6 +652,7 @@ mod tests {
             addr: "10.0.0.1".parse().unwrap(),
             legacy: false,
             zone: None,
+            store: None,
         }
     }
 

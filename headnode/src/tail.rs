@@ -145,6 +145,14 @@ impl Merge {
         self.cursors.iter().filter(|c| !c.failed).count()
     }
 
+    /// Whether every node still in the merge has sent all it holds, and
+    /// all of it was emitted (nothing held back by the watermark).
+    pub(crate) fn exhausted(&self) -> bool {
+        self.cursors
+            .iter()
+            .all(|c| c.failed || (c.done && c.page.is_empty()))
+    }
+
     /// The greatest id emitted (or the starting point).
     pub(crate) fn last(&self) -> Option<MessageId> {
         self.last

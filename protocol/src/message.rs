@@ -311,6 +311,10 @@ pub struct DataNodeHello {
     pub nonce: Option<Nonce>,
     /// The node's failure domain.
     pub zone: Option<Zone>,
+    /// Names the node's data directory: made when the directory is new,
+    /// so a node that comes back with an empty or different store is told
+    /// apart from one that kept its data (`store=<16 hex digits>`).
+    pub store: Option<u64>,
 }
 
 impl DataNodeHello {
@@ -320,6 +324,7 @@ impl DataNodeHello {
             && self.incarnation.is_none()
             && self.nonce.is_none()
             && self.zone.is_none()
+            && self.store.is_none()
     }
 
     /// The role line a data node sends.
@@ -336,6 +341,9 @@ impl DataNodeHello {
         }
         if let Some(zone) = &self.zone {
             line.push_str(&format!(" zone={zone}"));
+        }
+        if let Some(store) = self.store {
+            line.push_str(&format!(" store={store:016x}"));
         }
         line
     }
@@ -384,6 +392,19 @@ impl FromStr for Role {
                         }
                         "nonce" => hello.nonce = Some(value.parse()?),
                         "zone" => hello.zone = Some(value.parse()?),
+                        "store" => {
+                            hello.store = Some(
+                                (value.len() == 16)
+                                    .then(|| u64::from_str_radix(value, 16).ok())
+                                    .flatten()
+                                    .ok_or_else(|| {
+                                        ParseError::new(format!(
+                                            "bad store id {:?} (16 hex digits)",
+                                            truncate_for_log(value)
+                                        ))
+                                    })?,
+                            )
+                        }
                         other => {
                             return Err(ParseError::new(format!(
                                 "unknown dataNode field {:?}",
@@ -1225,10 +1246,11 @@ mod tests {
             incarnation: Some(77),
             nonce: Some(nonce),
             zone: Some("rack-2".parse().unwrap()),
+            store: Some(0x00ab_cdef_0123_4567),
         };
         assert_eq!(
             hello.to_line(),
-            "dataNode id=dn1 incarnation=77 nonce=00112233445566778899aabbccddeeff zone=rack-2"
+            "dataNode id=dn1 incarnation=77 nonce=00112233445566778899aabbccddeeff zone=rack-2 store=00abcdef01234567"
         );
         assert_eq!(
             hello.to_line().parse::<Role>().unwrap(),
@@ -1247,6 +1269,8 @@ mod tests {
             "dataNode id",
             "dataNode id=dn1 token=s3cret-in-clear",
             "dataNode id=dn1 nonce=short",
+            "dataNode id=dn1 store=123",
+            "dataNode id=dn1 store=zzzzzzzzzzzzzzzz",
         ] {
             assert!(bad.parse::<Role>().is_err(), "{bad:?} should be refused");
         }

@@ -42,11 +42,42 @@ pub struct Totals {
     /// Copies written beyond `replicas` (a late acknowledgement of a copy
     /// already moved elsewhere).
     pub over_replicated: u64,
-    /// Whether missing copies are being made again. There is no repair
-    /// yet: always false (see `repair`).
+    /// Whether a repair pass is running now.
     pub repair_in_progress: bool,
-    /// What repair exists: `none`.
+    /// Repair in a few words: `off`, `idle`, `running`, with the last
+    /// pass's outcome.
     pub repair: String,
+    /// The pass running now, or else the last one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repair_pass: Option<RepairPass>,
+}
+
+/// One repair pass: why it ran, how far it got, what it did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RepairPass {
+    /// Why it ran.
+    pub trigger: String,
+    /// When it started (UTC).
+    pub started_at: String,
+    /// Messages whose copies were counted.
+    pub checked: u64,
+    /// Messages found with fewer live copies than wanted.
+    pub under_replicated: u64,
+    /// Messages given their missing copies.
+    pub copied: u64,
+    /// Copies made.
+    pub new_copies: u64,
+    /// Messages left alone because a node's retention removed them.
+    pub removed_by_retention: u64,
+    /// Messages that could not be copied (the next pass tries again).
+    pub failed: u64,
+    /// Whether it has ended.
+    pub finished: bool,
+    /// How it ended (`done`, `done up to the messages still in flight`,
+    /// `stopped before the end`); empty while it runs.
+    pub outcome: String,
+    /// How long it took, once ended.
+    pub took_seconds: f64,
 }
 
 /// One data node's row.

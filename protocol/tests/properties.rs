@@ -31,10 +31,12 @@ fn data_node_hello() -> impl Strategy<Value = DataNodeHello> {
         proptest::option::of(any::<u64>()),
         proptest::option::of(any::<[u8; 16]>()),
         proptest::option::of(node_id()),
+        proptest::option::of(any::<u64>()),
     )
-        .prop_map(|(node_id, incarnation, nonce, zone)| DataNodeHello {
+        .prop_map(|(node_id, incarnation, nonce, zone, store)| DataNodeHello {
             node_id,
             incarnation,
+            store,
             zone: zone.map(|z| z.as_str().parse().expect("a node id is a valid zone")),
             nonce: nonce.map(|bytes| {
                 let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();

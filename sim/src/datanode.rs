@@ -115,6 +115,7 @@ impl DataNodeModel {
             incarnation: Some(incarnation),
             nonce: Some(node_nonce),
             zone: None,
+            store: None,
         };
         handshake::initiate(
             &mut conn.reader,

@@ -10,6 +10,7 @@ fn member(node: &str, incarnation: u64, conn: ConnId) -> MemberInfo {
         addr: "10.0.0.1".parse().unwrap(),
         legacy: false,
         zone: None,
+        store: None,
     }
 }
 

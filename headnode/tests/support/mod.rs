@@ -459,6 +459,7 @@ pub async fn welcome(addr: SocketAddr, id: &str, incarnation: u64) -> (Connectio
         incarnation: Some(incarnation),
         nonce: Some(node_nonce),
         zone: None,
+        store: None,
     };
     handshake::initiate(
         &mut conn.reader,

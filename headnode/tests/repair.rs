@@ -1,0 +1,302 @@
+//! Repair with real data nodes, in one process: a node lost with its disk
+//! gets its copies made again, with the same id, key and text, and never
+//! more than once; a restarted head node checks again and finds nothing to
+//! do; retention's removals are not brought back.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use headnode::membership::Event;
+use protocol::message::{MessageId, StoreReply};
+use protocol::status::StatusSnapshot;
+use support::{Cluster, fast_config};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+const REPAIR_AFTER: Duration = Duration::from_millis(500);
+
+fn config() -> headnode::Config {
+    headnode::Config {
+        replicas: 2,
+        min_replicas: 2,
+        repair_after: REPAIR_AFTER,
+        ..fast_config()
+    }
+}
+
+async fn status(http: SocketAddr) -> StatusSnapshot {
+    let mut stream = TcpStream::connect(http).await.unwrap();
+    stream
+        .write_all(b"GET /status.json HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let text = String::from_utf8(answer).unwrap();
+    let (_, body) = text.split_once("\r\n\r\n").unwrap();
+    serde_json::from_str(body).unwrap()
+}
+
+/// Waits (at most 20 s) until a repair pass whose trigger contains
+/// `trigger` has ended; returns the snapshot.
+async fn pass_ended(http: SocketAddr, trigger: &str) -> StatusSnapshot {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let snapshot = status(http).await;
+        if let Some(pass) = &snapshot.totals.repair_pass
+            && pass.finished
+            && pass.trigger.contains(trigger)
+        {
+            return snapshot;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no repair pass '{trigger}' ended within 20 s: {:?}",
+            snapshot.totals
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Stores `count` keyed messages through a client connection; their ids,
+/// with texts and holders.
+async fn store(
+    cluster: &Cluster,
+    client: &str,
+    count: u64,
+) -> BTreeMap<MessageId, (String, Vec<String>)> {
+    // A keyed client: announce an id, then `<seq> <text>`.
+    let stream = TcpStream::connect(cluster.addr).await.unwrap();
+    let mut conn = protocol::connection::Connection::connect(stream, 1 << 16).unwrap();
+    protocol::handshake::initiate(
+        &mut conn.reader,
+        &mut conn.writer,
+        Some(&format!("cliente id={client}")),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let mut stored = BTreeMap::new();
+    for seq in 1..=count {
+        let text = format!("numero random: {}", seq * 7 % 100);
+        conn.writer
+            .send(format!("{seq} {text}").as_bytes())
+            .await
+            .unwrap();
+        let line = tokio::time::timeout(Duration::from_secs(10), conn.reader.read_frame())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        match StoreReply::parse(line.as_str()).unwrap() {
+            StoreReply::Stored { id, holders } => {
+                stored.insert(id, (text, holders));
+            }
+            StoreReply::Error(reason) => panic!("not stored: {reason}"),
+        }
+    }
+    stored
+}
+
+/// Per node: each id it holds (in every data file), with its key and
+/// text, and how many records it has.
+type Held = HashMap<MessageId, (Option<String>, String, usize)>;
+
+fn held(cluster: &Cluster) -> HashMap<String, Held> {
+    let mut all = HashMap::new();
+    for node in &cluster.nodes {
+        let mut ids = Held::new();
+        let files = datanode::storage::segments::list_data_files(&node.data_dir, 0).unwrap();
+        for file in files {
+            let contents = std::fs::read(&file.path).unwrap();
+            for line in contents.split_inclusive(|&b| b == b'\n') {
+                let record = datanode::storage::parse_line(line).unwrap();
+                let Some(id) = record.id else { continue };
+                let entry = ids.entry(id).or_insert((
+                    record.key.map(|k| k.to_string()),
+                    String::from_utf8(record.text.to_vec()).unwrap(),
+                    0,
+                ));
+                entry.2 += 1;
+            }
+        }
+        all.insert(node.id.clone(), ids);
+    }
+    all
+}
+
+async fn kill_and_lose_disk(cluster: &mut Cluster, index: usize) {
+    let id = cluster.nodes[index].id.clone();
+    cluster.nodes[index].kill();
+    cluster.nodes[index].released().await;
+    std::fs::remove_dir_all(&cluster.nodes[index].data_dir).unwrap();
+    cluster
+        .wait_for(
+            &format!("{id} evicted"),
+            |e| matches!(e, Event::Evicted { member, .. } if member.node.as_str() == id),
+        )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_disk_is_repaired_once_with_the_same_ids_keys_and_texts() {
+    let (mut cluster, http) = Cluster::start_with_http(config()).await;
+    for id in ["dn1", "dn2", "dn3"] {
+        let node = cluster.node_config(id);
+        cluster.add_node(node).await;
+    }
+    // The start-up check first, so that the next pass is the loss's.
+    pass_ended(http, "head node started").await;
+    let messages = store(&cluster, "c-repair", 90).await;
+    let before = held(&cluster);
+    let on_dn3: BTreeSet<MessageId> = before["dn3"].keys().copied().collect();
+    assert!(!on_dn3.is_empty(), "dn3 holds some messages");
+
+    kill_and_lose_disk(&mut cluster, 2).await;
+    let snapshot = pass_ended(http, "dn3 gone").await;
+    let pass = snapshot.totals.repair_pass.unwrap();
+    assert_eq!(pass.outcome, "done", "{pass:?}");
+    assert_eq!(pass.under_replicated, on_dn3.len() as u64, "{pass:?}");
+    assert_eq!(pass.copied, on_dn3.len() as u64, "{pass:?}");
+    assert_eq!(pass.new_copies, on_dn3.len() as u64, "{pass:?}");
+
+    // Every message on both survivors, once each, as it was sent.
+    let after = held(&cluster);
+    for (id, (text, _)) in &messages {
+        for node in ["dn1", "dn2"] {
+            let (key, stored, records) = after[node]
+                .get(id)
+                .unwrap_or_else(|| panic!("{id} missing on {node}"));
+            assert_eq!((stored, *records), (text, 1), "{id} on {node}");
+            let original = before.values().find_map(|ids| ids.get(id)).unwrap();
+            assert_eq!(key, &original.0, "{id}'s key on {node}");
+        }
+    }
+
+    // dn3 comes back with an empty directory: a new store. A pass runs at
+    // once and finds every message with its two copies: nothing is copied.
+    let node = cluster.node_config("dn3");
+    cluster.nodes.remove(2);
+    cluster.add_node(node).await;
+    let snapshot = pass_ended(http, "new data directory").await;
+    let pass = snapshot.totals.repair_pass.unwrap();
+    assert_eq!((pass.under_replicated, pass.copied), (0, 0), "{pass:?}");
+    assert_eq!(pass.checked, messages.len() as u64, "{pass:?}");
+    assert!(held(&cluster)["dn3"].is_empty());
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_head_node_checks_every_message_and_copies_only_what_is_missing() {
+    let (mut cluster, http) = Cluster::start_with_http(headnode::Config {
+        // Long enough that the first head node never repairs by itself.
+        repair_after: Duration::from_secs(3600),
+        ..config()
+    })
+    .await;
+    for id in ["dn1", "dn2", "dn3"] {
+        let node = cluster.node_config(id);
+        cluster.add_node(node).await;
+    }
+    let messages = store(&cluster, "c-restart", 60).await;
+    let on_dn3 = held(&cluster)["dn3"].len() as u64;
+    kill_and_lose_disk(&mut cluster, 2).await;
+    assert_eq!(status(http).await.totals.repair_pass, None, "no pass yet");
+
+    // The next head node (its own HTTP port) knows nothing of dn3: it
+    // checks every message REPAIR_AFTER after it starts.
+    let dir = std::mem::replace(&mut cluster.dir, tempfile::tempdir().unwrap());
+    for node in &cluster.nodes[..2] {
+        node.kill();
+        node.released().await;
+    }
+    cluster.stop().await;
+    let (mut cluster2, http2) = Cluster::start_with_http(config()).await;
+    for id in ["dn1", "dn2"] {
+        let mut node = cluster2.node_config(id);
+        node.data_dir = dir.path().join(id);
+        cluster2.add_node(node).await;
+    }
+    let pass = pass_ended(http2, "head node started")
+        .await
+        .totals
+        .repair_pass
+        .unwrap();
+    assert_eq!(pass.copied, on_dn3, "{pass:?}");
+    assert_eq!(pass.checked, messages.len() as u64, "{pass:?}");
+    // Idempotent: the texts were written once more on one node each, no more.
+    let mut copies: HashMap<MessageId, usize> = HashMap::new();
+    for node in ["dn1", "dn2"] {
+        let path = dir.path().join(node).join(datanode::storage::DATA_FILE);
+        for id in datanode::storage::stored_ids(&path).unwrap() {
+            *copies.entry(id).or_default() += 1;
+        }
+    }
+    for id in messages.keys() {
+        assert_eq!(copies.get(id), Some(&2), "{id}");
+    }
+    cluster2.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_leaves_alone_what_retention_removed() {
+    let (mut cluster, http) = Cluster::start_with_http(config()).await;
+    // dn1 keeps little: 1 KiB segments, at most 4 KiB in all.
+    let mut dn1 = cluster.node_config("dn1");
+    dn1.store.segment_bytes = 1024;
+    dn1.store.retention.max_bytes = Some(4096);
+    cluster.add_node(dn1).await;
+    for id in ["dn2", "dn3"] {
+        let node = cluster.node_config(id);
+        cluster.add_node(node).await;
+    }
+    pass_ended(http, "head node started").await;
+    let messages = store(&cluster, "c-retention", 200).await;
+    let before = held(&cluster);
+    // What dn1 was sent and no longer holds: its retention removed it.
+    let horizon = messages
+        .iter()
+        .filter(|(id, (_, holders))| {
+            holders.iter().any(|h| h == "dn1") && !before["dn1"].contains_key(id)
+        })
+        .map(|(id, _)| *id)
+        .max()
+        .expect("dn1's retention removed some messages");
+
+    // dn3 is lost. Messages below dn1's horizon that have one live copy
+    // are left alone (dn1 answers "removed"); the others get their copy.
+    cluster.nodes[2].kill();
+    cluster
+        .wait_for(
+            "dn3 evicted",
+            |e| matches!(e, Event::Evicted { member, .. } if member.node.as_str() == "dn3"),
+        )
+        .await;
+    let pass = pass_ended(http, "dn3 gone")
+        .await
+        .totals
+        .repair_pass
+        .unwrap();
+    assert!(pass.removed_by_retention > 0, "{pass:?}");
+    assert!(pass.copied > 0, "{pass:?}");
+    let after = held(&cluster);
+    let mut new_copies = 0;
+    for node in ["dn1", "dn2"] {
+        for id in after[node]
+            .keys()
+            .filter(|id| !before[node].contains_key(id))
+        {
+            assert!(
+                *id > horizon,
+                "{id} brought back on {node}, at or below dn1's retention horizon {horizon}"
+            );
+            new_copies += 1;
+        }
+    }
+    assert_eq!(new_copies as u64, pass.new_copies, "{pass:?}");
+    cluster.stop().await;
+}
