@@ -403,7 +403,8 @@ PER_CLIENT = 2000
 
 
 def case_disk_loss(checks, tmp):
-    cluster = Cluster(tmp)
+    # Repair starts 2 s after a loss (30 s by default).
+    cluster = Cluster(tmp, head_args=("--repair-after", "2s"))
     try:
         cluster.start_three(checks)
         procs, logs = run_clients(cluster, CLIENTS, PER_CLIENT, 16, "disk")
@@ -463,6 +464,22 @@ def case_disk_loss(checks, tmp):
         checks.check(on_dn2 and on_dn2 <= stored_dn2,
                      f"it stores new messages ({len(on_dn2)} of {len(acks2)} acknowledged "
                      "with dn2 among the holders, all in its data.txt)")
+
+        # Repair gave every message that lost its copy on dn2 a second one,
+        # under the same id, and no message a third.
+        everyone = {n: cluster.data_dir(n) for n in ("dn1", "dn2", "dn3")}
+
+        def thin():
+            where = nodes_holding(read_stores(everyone))
+            return [a for a in acks + acks2 if len(where.get(a[2], ())) < 2]
+        checks.check(wait_for(lambda: not thin(), 60),
+                     f"repair: every acknowledged message has its 2 copies again "
+                     f"({len(thin())} of {len(acks) + len(acks2)} have fewer)")
+        copies_check(checks, read_stores(everyone), acks + acks2, 2)
+        passes = re.findall(r"repair (?:done|stopped)[^\n]*", cluster.head_log())
+        copied = sum(int(m) for m in re.findall(r"repair done[^\n]*?(\d+) copied", cluster.head_log()))
+        checks.figure(f"{len(passes)} repair passes, {copied} messages copied; first: "
+                      + (passes[0][:160] if passes else "none"))
     finally:
         cluster.stop()
 
