@@ -10,6 +10,8 @@
 #     to three data nodes, then
 #     - `docker kill` one data node: heartbeat_server.txt records its
 #       eviction within 6 s of the kill, and the client saw no error;
+#     - REPAIR_AFTER (2 s here) later, the head node's repair pass gives the
+#       messages it held their second copy again;
 #     - `docker start` it: it rejoins;
 #     - `docker pause` another: evicted as hung within the configured
 #       timings, while messages keep flowing;
@@ -54,6 +56,7 @@ export HEARTBEAT_INTERVAL=${E2E_HEARTBEAT_INTERVAL:-250ms}
 export SUSPECT_AFTER=${E2E_SUSPECT_AFTER:-1s}
 export HUNG_GRACE=${E2E_HUNG_GRACE:-1s}
 export ACK_TIMEOUT=${E2E_ACK_TIMEOUT:-2s}
+export REPAIR_AFTER=${E2E_REPAIR_AFTER:-2s}
 export CLIENT_INTERVAL=${E2E_CLIENT_INTERVAL:-1ms}
 export CLIENT_PIPELINE=${E2E_CLIENT_PIPELINE:-16}
 export ECHO_INTERVAL=200ms
@@ -170,9 +173,10 @@ test_store() {
     (($(errors) == 0)) || fail "client logged $(errors) ERROR replies before any failure was injected"
 
     # --- kill -> eviction within 6 s, no error for the client
-    local skip t line ms before
+    local skip t line ms before rskip
     skip=$(lines "$HB")
     t=$(now_ms)
+    rskip=$(lines "$LOGS_DIR/headnode/registro_server.txt")
     docker kill "${P}datanode1" >/dev/null
     line=$(wait_for "$HB" ' datanode1 .*eliminado' 10 "$skip") \
         || fail "no eviction of datanode1 in heartbeat_server.txt within 10 s of docker kill"
@@ -184,6 +188,19 @@ test_store() {
     wait_acks_above $((before + 20)) 10 || fail "messages stopped flowing after datanode1 was killed"
     (($(errors) == 0)) || fail "client logged $(errors) ERROR replies around the kill: $(grep -m3 'Servidor recibio: ERROR' "$CLIENT_LOG")"
     ok "eviction after $ms ms; messages keep flowing; the client saw no error"
+
+    # --- REPAIR_AFTER later, the messages datanode1 held get their copy again
+    local head_log=$LOGS_DIR/headnode/registro_server.txt
+    line=$(wait_for "$head_log" 'repair started [(]dataNode datanode1 gone' $(($(dur_ms "$REPAIR_AFTER") / 1000 + 15)) "$rskip") \
+        || fail "no repair pass for datanode1 within REPAIR_AFTER ($REPAIR_AFTER) + 15 s of its eviction"
+    line=$(wait_for "$head_log" 'repair (done|stopped)' 30 "$rskip") || fail "the repair pass did not end within 30 s"
+    line=${line#*INFO }
+    line=${line%% checked=*}
+    log "repair: $line"
+    [[ $line =~ repair\ done.*\ ([0-9]+)\ copied ]] && ((BASH_REMATCH[1] > 0)) \
+        || fail "the repair pass copied nothing: $line"
+    ok "repair gave ${BASH_REMATCH[1]} messages their second copy again after datanode1's loss"
+    SUMMARY+=("docker kill -> repair pass: $line")
 
     # --- start -> rejoin
     skip=$(lines "$HB")
