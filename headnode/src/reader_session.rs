@@ -16,7 +16,7 @@
 //! forwarding queues.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use protocol::connection::Connection;
 use protocol::message::{MessageId, NodeId, ReadRecord};
@@ -275,16 +275,7 @@ async fn tail<S: Stream>(
     since_ms: Option<u64>,
 ) -> Result<(), String> {
     let timeout = shared.config.read_timeout;
-    // The next id first, then the budget: see `Watermark`.
-    let next_seq = shared.ids.peek_next_seq();
-    let idle = shared.budget.available_permits() >= shared.budget_total;
-    let watermark = Watermark::new(
-        shared.ids.epoch(),
-        next_seq,
-        idle,
-        SystemTime::now(),
-        shared.config.tail_lag(),
-    );
+    let watermark = Watermark::current(shared);
     let mut merge = Merge::new(live.iter().map(|r| r.node.clone()).collect(), after);
     let mut sent = 0u32;
     let mut examined = 0u32;
@@ -292,19 +283,9 @@ async fn tail<S: Stream>(
     let more = loop {
         match merge.step(&watermark) {
             Step::Refill(which) => {
-                let mut scans = JoinSet::new();
-                for i in which {
-                    let reader = live[i].clone();
-                    let from = merge.scan_from(i);
-                    scans.spawn(async move { (i, reader.scan(from, SCAN_PAGE, timeout).await) });
-                }
-                while let Some(done) = scans.join_next().await {
-                    let Ok((i, page)) = done else { continue };
-                    if let Err(e) = &page {
-                        warn!(node = %merge.node(i), error = %e, "tail goes on without this dataNode (its messages have copies on the others)");
-                        first_failure.get_or_insert_with(|| e.to_string());
-                    }
-                    merge.page(i, page);
+                for (node, e) in merge.refill(which, &live, SCAN_PAGE, timeout).await {
+                    warn!(node = %node, error = %e, "tail goes on without this dataNode (its messages have copies on the others)");
+                    first_failure.get_or_insert_with(|| e.to_string());
                 }
                 if merge.live() == 0 {
                     let why = first_failure.unwrap_or_default();

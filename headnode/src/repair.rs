@@ -372,16 +372,7 @@ async fn pass(
             ..RepairPass::default()
         });
     }
-    // The next id first, then the budget: see `Watermark`.
-    let next_seq = shared.ids.peek_next_seq();
-    let idle = shared.budget.available_permits() >= shared.budget_total;
-    let watermark = Watermark::new(
-        shared.ids.epoch(),
-        next_seq,
-        idle,
-        SystemTime::now(),
-        shared.config.tail_lag(),
-    );
+    let watermark = Watermark::current(shared);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Completion>();
     let mut in_flight: HashMap<u64, usize> = HashMap::new();
     let mut counts = Counts::default();
@@ -393,21 +384,9 @@ async fn pass(
     let end = loop {
         match merge.step(&watermark) {
             Step::Refill(which) => {
-                let mut scans = JoinSet::new();
-                for i in which {
-                    let reader = live[i].clone();
-                    let after = merge.scan_from(i);
-                    scans.spawn(
-                        async move { (i, reader.scan(after, REPAIR_SCAN_PAGE, timeout).await) },
-                    );
-                }
-                while let Some(done) = scans.join_next().await {
-                    let Ok((i, page)) = done else { continue };
-                    if let Err(e) = &page {
-                        warn!(node = %merge.node(i), error = %e, "repair cannot read this dataNode; the pass goes on without it and will run again");
-                        complete = false;
-                    }
-                    merge.page(i, page);
+                for (node, e) in merge.refill(which, &live, REPAIR_SCAN_PAGE, timeout).await {
+                    warn!(node = %node, error = %e, "repair cannot read this dataNode; the pass goes on without it and will run again");
+                    complete = false;
                 }
                 if merge.live() < 2 {
                     break PassEnd::Incomplete;

@@ -20,7 +20,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use protocol::message::{MessageId, NodeId, ReadRecord};
 
-use crate::reads::{ReadFailed, ScanPage};
+use crate::Shared;
+use crate::reads::{NodeReader, ReadFailed, ScanPage};
 
 /// Which records may be emitted now without risking a gap.
 ///
@@ -70,6 +71,20 @@ impl Watermark {
             settled_below: idle.then_some(next_seq),
             stored_by_ms: now_ms.saturating_sub(lag.as_millis() as u64),
         }
+    }
+
+    /// The watermark of `shared`'s head node now: its next id is read
+    /// before whether it holds any message (see above).
+    pub(crate) fn current(shared: &Shared) -> Self {
+        let next_seq = shared.ids.peek_next_seq();
+        let idle = shared.budget.available_permits() >= shared.budget_total;
+        Watermark::new(
+            shared.ids.epoch(),
+            next_seq,
+            idle,
+            SystemTime::now(),
+            shared.config.tail_lag(),
+        )
     }
 
     /// Whether `record` may be emitted.
@@ -156,6 +171,33 @@ impl Merge {
     /// The greatest id emitted (or the starting point).
     pub(crate) fn last(&self) -> Option<MessageId> {
         self.last
+    }
+
+    /// Scans the nodes at `which` (indices into `live`, in the order the
+    /// merge was made with) at once, `page` records each, and takes their
+    /// answers. The nodes whose read failed, with why: they leave the merge.
+    pub(crate) async fn refill(
+        &mut self,
+        which: Vec<usize>,
+        live: &[NodeReader],
+        page: u32,
+        timeout: std::time::Duration,
+    ) -> Vec<(NodeId, ReadFailed)> {
+        let mut scans = tokio::task::JoinSet::new();
+        for i in which {
+            let reader = live[i].clone();
+            let after = self.scan_from(i);
+            scans.spawn(async move { (i, reader.scan(after, page, timeout).await) });
+        }
+        let mut failed = Vec::new();
+        while let Some(done) = scans.join_next().await {
+            let Ok((i, answer)) = done else { continue };
+            if let Err(e) = &answer {
+                failed.push((self.node(i).clone(), e.clone()));
+            }
+            self.page(i, answer);
+        }
+        failed
     }
 
     /// The answer to a scan of the node at `i`.

@@ -69,30 +69,11 @@ async fn store(
     client: &str,
     count: u64,
 ) -> BTreeMap<MessageId, (String, Vec<String>)> {
-    // A keyed client: announce an id, then `<seq> <text>`.
-    let stream = TcpStream::connect(cluster.addr).await.unwrap();
-    let mut conn = protocol::connection::Connection::connect(stream, 1 << 16).unwrap();
-    protocol::handshake::initiate(
-        &mut conn.reader,
-        &mut conn.writer,
-        Some(&format!("cliente id={client}")),
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
+    let mut conn = support::keyed_client(cluster.addr, client).await;
     let mut stored = BTreeMap::new();
     for seq in 1..=count {
         let text = format!("numero random: {}", seq * 7 % 100);
-        conn.writer
-            .send(format!("{seq} {text}").as_bytes())
-            .await
-            .unwrap();
-        let line = tokio::time::timeout(Duration::from_secs(10), conn.reader.read_frame())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        match StoreReply::parse(line.as_str()).unwrap() {
+        match support::send_keyed(&mut conn, seq, &text).await {
             StoreReply::Stored { id, holders } => {
                 stored.insert(id, (text, holders));
             }

@@ -6,11 +6,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use headnode::membership::Event;
-use protocol::connection::Connection;
-use protocol::handshake;
 use protocol::message::{MessageId, StoreReply};
-use support::{Cluster, fast_config};
-use tokio::net::TcpStream;
+use support::{Cluster, fast_config, keyed_client, send_keyed};
 use tokio::time::Instant;
 
 fn replicated(replicas: usize, min_replicas: usize) -> headnode::Config {
@@ -19,34 +16,6 @@ fn replicated(replicas: usize, min_replicas: usize) -> headnode::Config {
         min_replicas,
         ..fast_config()
     }
-}
-
-/// A client that announced `client_id`: its lines are `<seq> <text>`.
-async fn keyed_client(cluster: &Cluster, client_id: &str) -> Connection {
-    let stream = TcpStream::connect(cluster.addr).await.unwrap();
-    let mut conn = Connection::connect(stream, 1 << 16).unwrap();
-    handshake::initiate(
-        &mut conn.reader,
-        &mut conn.writer,
-        Some(&format!("cliente id={client_id}")),
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
-    conn
-}
-
-async fn send(conn: &mut Connection, seq: u64, text: &str) -> StoreReply {
-    conn.writer
-        .send(format!("{seq} {text}").as_bytes())
-        .await
-        .unwrap();
-    let line = tokio::time::timeout(Duration::from_secs(10), conn.reader.read_frame())
-        .await
-        .expect("no reply within 10 s")
-        .unwrap()
-        .expect("head node closed the connection");
-    StoreReply::parse(line.as_str()).unwrap()
 }
 
 fn stored(reply: &StoreReply) -> (Vec<String>, MessageId) {
@@ -86,10 +55,10 @@ async fn start_with_nodes(config: headnode::Config, nodes: &[&str]) -> Cluster {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_copy_is_written_before_the_answer_and_the_reply_names_them() {
     let cluster = start_with_nodes(replicated(2, 2), &["dn1", "dn2", "dn3"]).await;
-    let mut client = keyed_client(&cluster, "c1").await;
+    let mut client = keyed_client(cluster.addr, "c1").await;
     let mut ids = Vec::new();
     for seq in 1..=60 {
-        let (holders, id) = stored(&send(&mut client, seq, "numero random: 5").await);
+        let (holders, id) = stored(&send_keyed(&mut client, seq, "numero random: 5").await);
         assert_eq!(holders.len(), 2, "{holders:?}");
         assert_ne!(holders[0], holders[1]);
         // Both are written and synced before the answer.
@@ -108,13 +77,13 @@ async fn every_copy_is_written_before_the_answer_and_the_reply_names_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resent_key_gets_its_original_id_and_no_second_copy() {
     let cluster = start_with_nodes(replicated(2, 2), &["dn1", "dn2", "dn3"]).await;
-    let mut client = keyed_client(&cluster, "c-resend").await;
-    let (holders, first) = stored(&send(&mut client, 7, "hola").await);
+    let mut client = keyed_client(cluster.addr, "c-resend").await;
+    let (holders, first) = stored(&send_keyed(&mut client, 7, "hola").await);
     // The same connection, then a new one after the first is gone.
-    let (_, again) = stored(&send(&mut client, 7, "hola").await);
+    let (_, again) = stored(&send_keyed(&mut client, 7, "hola").await);
     drop(client);
-    let mut client = keyed_client(&cluster, "c-resend").await;
-    let (holders_later, later) = stored(&send(&mut client, 7, "hola").await);
+    let mut client = keyed_client(cluster.addr, "c-resend").await;
+    let (holders_later, later) = stored(&send_keyed(&mut client, 7, "hola").await);
     assert_eq!((again, later), (first, first));
     let mut sorted = holders.clone();
     sorted.sort();
@@ -122,7 +91,7 @@ async fn a_resent_key_gets_its_original_id_and_no_second_copy() {
     sorted_later.sort();
     assert_eq!(sorted, sorted_later);
     // The same text under another key is another message.
-    let (_, other) = stored(&send(&mut client, 8, "hola").await);
+    let (_, other) = stored(&send_keyed(&mut client, 8, "hola").await);
     assert_ne!(other, first);
     let copies: usize = stored_keys(&cluster)
         .values()
@@ -135,9 +104,9 @@ async fn a_resent_key_gets_its_original_id_and_no_second_copy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_few_nodes_get_a_clear_error_and_resends_are_stored_twice_once_a_node_joins() {
     let mut cluster = start_with_nodes(replicated(2, 2), &["dn1"]).await;
-    let mut client = keyed_client(&cluster, "c-few").await;
+    let mut client = keyed_client(cluster.addr, "c-few").await;
     let started = Instant::now();
-    let reply = send(&mut client, 1, "numero random: 1").await;
+    let reply = send_keyed(&mut client, 1, "numero random: 1").await;
     assert_eq!(
         reply,
         StoreReply::Error("not enough data nodes (1 live, 2 required)".into())
@@ -155,7 +124,7 @@ async fn too_few_nodes_get_a_clear_error_and_resends_are_stored_twice_once_a_nod
 
     let config = cluster.node_config("dn2");
     cluster.add_node(config).await;
-    let (holders, id) = stored(&send(&mut client, 1, "numero random: 1").await);
+    let (holders, id) = stored(&send_keyed(&mut client, 1, "numero random: 1").await);
     assert_eq!(holders.len(), 2);
     let keys = stored_keys(&cluster);
     assert_eq!(keys["dn1"]["c-few/1"], vec![id]);
@@ -166,12 +135,12 @@ async fn too_few_nodes_get_a_clear_error_and_resends_are_stored_twice_once_a_nod
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_head_node_answers_resends_with_the_original_id() {
     let mut cluster = start_with_nodes(replicated(2, 2), &["dn1", "dn2", "dn3"]).await;
-    let mut client = keyed_client(&cluster, "c-restart").await;
+    let mut client = keyed_client(cluster.addr, "c-restart").await;
     let mut first = HashMap::new();
     for seq in 1..=20 {
         first.insert(
             seq,
-            stored(&send(&mut client, seq, "numero random: 9").await).1,
+            stored(&send_keyed(&mut client, seq, "numero random: 9").await).1,
         );
     }
     drop(client);
@@ -185,13 +154,13 @@ async fn a_restarted_head_node_answers_resends_with_the_original_id() {
             })
             .await;
     }
-    let mut client = keyed_client(&cluster, "c-restart").await;
+    let mut client = keyed_client(cluster.addr, "c-restart").await;
     for seq in [1, 7, 20] {
-        let (holders, id) = stored(&send(&mut client, seq, "numero random: 9").await);
+        let (holders, id) = stored(&send_keyed(&mut client, seq, "numero random: 9").await);
         assert_eq!(id, first[&seq], "key c-restart/{seq}");
         assert_eq!(holders.len(), 2);
     }
-    let (_, new) = stored(&send(&mut client, 21, "numero random: 9").await);
+    let (_, new) = stored(&send_keyed(&mut client, 21, "numero random: 9").await);
     assert!(
         new.epoch > first[&1].epoch,
         "a new head node run, a newer epoch"
@@ -219,8 +188,8 @@ async fn a_head_node_with_an_older_epoch_cannot_make_a_data_node_store_anything(
         &["dn1"],
     )
     .await;
-    let mut client = keyed_client(&newer, "c-epoch").await;
-    stored(&send(&mut client, 1, "stored by the newer head").await);
+    let mut client = keyed_client(newer.addr, "c-epoch").await;
+    stored(&send_keyed(&mut client, 1, "stored by the newer head").await);
     drop(client);
     let dn1_dir = newer.nodes[0].data_dir.clone();
     newer.nodes[0].stop().await.unwrap();
@@ -240,8 +209,8 @@ async fn a_head_node_with_an_older_epoch_cannot_make_a_data_node_store_anything(
         !events.iter().any(|e| matches!(e, Event::Joined { .. })),
         "{events:?}"
     );
-    let mut client = keyed_client(&stale, "c-epoch").await;
-    let reply = send(&mut client, 2, "stored by the stale head").await;
+    let mut client = keyed_client(stale.addr, "c-epoch").await;
+    let reply = send_keyed(&mut client, 2, "stored by the stale head").await;
     assert!(matches!(reply, StoreReply::Error(_)), "{reply:?}");
     let after = std::fs::read(dn1_dir.join(datanode::storage::DATA_FILE)).unwrap();
     assert_eq!(before, after, "nothing written for the stale head node");

@@ -9,9 +9,8 @@ use std::time::Duration;
 
 use headnode::membership::{Event, EvictReason};
 use protocol::connection::Connection;
-use protocol::handshake;
 use protocol::message::StoreReply;
-use support::{Cluster, fast_config};
+use support::{Cluster, fast_config, keyed_client, send_keyed};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -77,31 +76,8 @@ fn sample(text: &str, series: &str) -> f64 {
         .unwrap()
 }
 
-async fn keyed_client(addr: SocketAddr, client_id: &str) -> Connection {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let mut conn = Connection::connect(stream, 1 << 16).unwrap();
-    handshake::initiate(
-        &mut conn.reader,
-        &mut conn.writer,
-        Some(&format!("cliente id={client_id}")),
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
-    conn
-}
-
 async fn store(conn: &mut Connection, seq: u64, text: &str) {
-    conn.writer
-        .send(format!("{seq} {text}").as_bytes())
-        .await
-        .unwrap();
-    let line = tokio::time::timeout(Duration::from_secs(10), conn.reader.read_frame())
-        .await
-        .expect("no reply within 10 s")
-        .unwrap()
-        .expect("head node closed the connection");
-    match StoreReply::parse(line.as_str()).unwrap() {
+    match send_keyed(conn, seq, text).await {
         StoreReply::Stored { holders, .. } => assert_eq!(holders.len(), 2),
         StoreReply::Error(reason) => panic!("not stored: {reason}"),
     }

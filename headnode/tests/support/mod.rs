@@ -585,3 +585,32 @@ pub fn check_every_ack_is_stored(
     }
     seen.values().filter(|n| **n > 1).count()
 }
+
+/// A client that announced `client_id`: its lines are `<seq> <text>`.
+pub async fn keyed_client(addr: SocketAddr, client_id: &str) -> Connection {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let mut conn = Connection::connect(stream, 1 << 16).unwrap();
+    handshake::initiate(
+        &mut conn.reader,
+        &mut conn.writer,
+        Some(&format!("cliente id={client_id}")),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    conn
+}
+
+/// Sends `<seq> <text>` on a keyed client and reads its answer (at most 10 s).
+pub async fn send_keyed(conn: &mut Connection, seq: u64, text: &str) -> StoreReply {
+    conn.writer
+        .send(format!("{seq} {text}").as_bytes())
+        .await
+        .unwrap();
+    let line = tokio::time::timeout(Duration::from_secs(10), conn.reader.read_frame())
+        .await
+        .expect("no reply within 10 s")
+        .unwrap()
+        .expect("head node closed the connection");
+    StoreReply::parse(line.as_str()).unwrap()
+}
