@@ -63,6 +63,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from common import bin_dir_and_why, free_port  # noqa: E402
 
 HEAD_FD_LIMIT = 1024
 RSS_LIMIT_MB = 256
@@ -84,20 +85,7 @@ ACK = re.compile(r"^(\S+) , mensaje: recibido (\d+-\d+)$")
 # Small helpers
 
 
-def bin_dir():
-    """Where the binaries are, and why that directory."""
-    if os.environ.get("BIN_DIR"):
-        return os.environ["BIN_DIR"], "from $BIN_DIR"
-    release = os.path.join(ROOT, "target", "release")
-    if os.path.isfile(os.path.join(release, "headnode")):
-        return release, "release build"
-    return os.path.join(ROOT, "target", "debug"), "debug build (no release build found)"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+bin_dir = bin_dir_and_why
 
 
 def mb(n_bytes):

@@ -19,6 +19,7 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from common import free_port  # noqa: E402
 BIN = os.environ.get("BIN_DIR", os.path.join(ROOT, "target", "debug"))
 BUFFER = 1024
 results = {"passed": 0, "failed": 0}
@@ -31,12 +32,6 @@ def check(condition, what):
     else:
         results["failed"] += 1
         print(f"FAILED: {what}")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_listening(port, deadline=10.0):

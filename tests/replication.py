@@ -47,6 +47,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from common import bin_dir, free_port  # noqa: E402
 
 DATA_LINE = re.compile(r"^\S+ \S+ - \[(\d+-\d+)\] (.*?)mensaje: ")
 KEY_FIELD = re.compile(r"(?:^| )key=(\S+)")
@@ -56,22 +57,7 @@ REPLY = re.compile(r"^(\S+) , mensaje: recibido (\d+-\d+)$")
 NOT_ENOUGH = "ERROR not enough data nodes (1 live, 2 required)"
 
 
-def bin_dir():
-    if os.environ.get("BIN_DIR"):
-        return os.environ["BIN_DIR"]
-    release = os.path.join(ROOT, "target", "release")
-    if os.path.isfile(os.path.join(release, "headnode")):
-        return release
-    return os.path.join(ROOT, "target", "debug")
-
-
 BIN = bin_dir()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def log_time(stamp):

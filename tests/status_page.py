@@ -33,24 +33,10 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def bin_dir():
-    if os.environ.get("BIN_DIR"):
-        return os.environ["BIN_DIR"]
-    release = os.path.join(ROOT, "target", "release")
-    if os.path.isfile(os.path.join(release, "headnode")):
-        return release
-    return os.path.join(ROOT, "target", "debug")
+from common import bin_dir, free_port  # noqa: E402
 
 
 BIN = bin_dir()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def find_browser():
