@@ -69,6 +69,10 @@ pub struct Found {
 /// Connection options for a reader of `server`.
 pub fn reader_options(mut connect: ConnectOptions) -> ConnectOptions {
     connect.role = Some(ROLE_READER.to_owned());
+    // An answer carries a message's text and a little more.
+    connect.max_line = connect
+        .max_line
+        .saturating_add(protocol::message::READ_LINE_OVERHEAD);
     connect
 }
 

@@ -63,6 +63,13 @@ pub(crate) async fn run<S: Stream>(
     } else {
         config.max_node_in_flight.max(1)
     };
+    // Its answers to reads carry a message's text and a little more.
+    conn.reader.set_max_line(
+        config
+            .reader
+            .max_line
+            .saturating_add(protocol::message::READ_LINE_OVERHEAD),
+    );
     let mut in_flight = InFlight::default();
     // Original-system nodes cannot serve reads.
     let (_read_slot, mut reads_rx) = if info.legacy {

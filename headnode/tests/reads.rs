@@ -199,6 +199,25 @@ async fn get_by_id_and_by_key_returns_text_holders_and_time() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_longest_message_is_read_back_whole_by_get_and_tail() {
+    let cluster = start(&["dn1", "dn2"]).await;
+    let mut writer = connect(&cluster, "cliente id=c-long").await;
+    // The longest line a client may send: `<seq> ` and the text.
+    let text = "x".repeat(protocol::DEFAULT_MAX_LINE - "1 ".len());
+    let stored = store(&mut writer, 1, std::slice::from_ref(&text)).await;
+    let found = client::read::get(&options(&cluster), &Wanted::Id(stored[0].0))
+        .await
+        .unwrap();
+    assert_eq!(found.record.text.len(), text.len());
+    assert_eq!(found.holders.len(), 2, "both nodes answered and stayed");
+    let (seen, stop) = follow(&cluster, 10);
+    wait_seen(&seen, 1, Duration::from_secs(10)).await;
+    assert_eq!(seen.lock().unwrap()[0].record.text, text);
+    let _ = stop.send(());
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_reads_from_a_live_replica_while_a_holder_is_down() {
     let cluster = start(&["dn1", "dn2", "dn3"]).await;
     let mut writer = connect(&cluster, "cliente id=c-down").await;

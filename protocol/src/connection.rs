@@ -126,6 +126,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         reader
     }
 
+    /// Changes the longest line accepted from now on (a peer whose role
+    /// allows longer lines, once known). Bytes already buffered are
+    /// scanned again under the new limit.
+    pub fn set_max_line(&mut self, max_line: usize) {
+        self.decoder = LineDecoder::new(max_line);
+    }
+
     /// The stream and any bytes already read but not yet decoded, for
     /// handing the connection to code that reads it another way.
     pub fn into_parts(self) -> (R, BytesMut) {

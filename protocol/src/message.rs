@@ -766,6 +766,11 @@ pub enum FromDataNode {
 pub const SCAN_START: &str = "start";
 /// The most records one `scan` may ask for.
 pub const MAX_SCAN_RECORDS: u32 = 1000;
+/// A read's answer line (`found ...`, from a data node or the head node)
+/// carries a message's text and at most this much more: ids, time, key, and
+/// the names of its holders (up to 64 data nodes). Readers of such lines
+/// accept the longest message plus this.
+pub const READ_LINE_OVERHEAD: usize = 8 * 1024;
 
 /// One stored message as a data node reads it back: the payload of a
 /// `found` line.
