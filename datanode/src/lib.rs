@@ -15,7 +15,7 @@
 //!   reported to each head node after `welcome`, so a resent key is
 //!   answered with its original id and never written twice;
 //! - [`metrics`]: what `/metrics` shows, on the HTTP port of
-//!   [`run_with_http`];
+//!   [`run_with_http`], and the fsync latency reported to the head node;
 //! - [`run`]: connect and register (async), then hand the connection to a
 //!   dedicated *data-path thread* that reads what the head node sends,
 //!   appends it to `data.txt`, syncs, and writes the acknowledgements: file
@@ -56,6 +56,7 @@ pub mod storage;
 pub mod store;
 
 use keys::{Decision, KeyIndex, commit_decision, now_millis};
+use metrics::FsyncWindow;
 use reads::{MAX_READS_IN_FLIGHT, ReadJob, ReadServer, SharedWriter};
 pub use storage::FsyncPolicy;
 use storage::{DataFile, EpochCheck, EpochFile, StorageError, check_epoch};
@@ -109,6 +110,9 @@ pub struct Config {
     pub max_backoff: Duration,
     /// On shutdown, how long to wait for the head node to drain this node.
     pub leave_timeout: Duration,
+    /// How often this node reports its fsync latency to the head node (an
+    /// `fsync` line after a `pong`), over the last two such periods.
+    pub fsync_report_every: Duration,
     /// Local address to connect from (multi-homed hosts); `None` lets the OS choose.
     pub source_ip: Option<std::net::IpAddr>,
 }
@@ -138,6 +142,7 @@ impl Config {
             min_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(1),
             leave_timeout: Duration::from_secs(5),
+            fsync_report_every: protocol::message::FSYNC_REPORT_EVERY,
             source_ip: None,
         }
     }
@@ -523,6 +528,7 @@ async fn serve<F: Future<Output = ()>>(
         max_line: config.max_line.saturating_add(FORWARD_OVERHEAD),
         head_timeout: config.head_timeout,
         leave_timeout: config.leave_timeout,
+        fsync_report_every: config.fsync_report_every,
         // Only a batch commit has an fdatasync worth sharing.
         commit_linger: match config.fsync {
             FsyncPolicy::Batch => config.commit_linger,
@@ -610,6 +616,7 @@ struct DataPathConfig {
     head_timeout: Duration,
     leave_timeout: Duration,
     commit_linger: Duration,
+    fsync_report_every: Duration,
 }
 
 /// One message staged in the current batch: written at its commit unless
@@ -822,6 +829,7 @@ fn data_path(
     let mut out = BytesMut::new();
     let mut scratch = vec![0u8; 64 * 1024];
     let mut last_heard = Instant::now();
+    let mut fsyncs = FsyncWindow::new(config.fsync_report_every, last_heard, &state.data.metrics);
     let mut leave_by: Option<Instant> = None;
     let mut last_batch = 0;
     let mut linger_until: Option<Instant> = None;
@@ -856,6 +864,12 @@ fn data_path(
                 Ok(ToDataNode::Ping(n)) => {
                     // Answered with this batch, after its messages are written.
                     batch.answers.push(FromDataNode::Pong(n));
+                    // Per ping (a second apart by default): a look at the
+                    // clock and, every few seconds, a copy of the fsync
+                    // histogram's buckets.
+                    if let Some(report) = fsyncs.report(Instant::now(), &state.data.metrics) {
+                        batch.answers.push(FromDataNode::Fsync(report));
+                    }
                     true
                 }
                 Ok(ToDataNode::Members(nodes)) => {

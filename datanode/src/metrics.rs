@@ -2,7 +2,9 @@
 //! off by default): `/metrics` and `/healthz`.
 //!
 //! The data-path thread adds to plain atomics once per batch (records,
-//! bytes, fsyncs and their duration, keys held); a scrape reads them.
+//! bytes, fsyncs and their duration, keys held); a scrape reads them. The
+//! same fsync histogram gives the latency the node reports to the head
+//! node (`FsyncWindow`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +14,8 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::{Registry, Unit};
 use protocol::http::{Request, Response};
-use protocol::metrics::{self, AtomicHistogram, LATENCY_BUCKETS};
+use protocol::message::FsyncReport;
+use protocol::metrics::{self, AtomicHistogram, HistogramSnapshot, LATENCY_BUCKETS};
 use std::time::Instant;
 
 /// What this process has written, for `/metrics`.
@@ -60,6 +63,50 @@ impl NodeMetrics {
     /// The 99th percentile of fsync durations (a bucket's upper bound).
     pub fn fsync_p99(&self) -> Option<Duration> {
         self.fsync.quantile_bound(0.99)
+    }
+}
+
+/// The fsync latency this node reports to the head node: the fdatasyncs of
+/// the last two report periods (about 10 s under the default 5 s), as the
+/// difference of two snapshots of the `/metrics` histogram. The write path
+/// pays nothing for it; the data-path thread copies the buckets once per
+/// report.
+#[derive(Debug)]
+pub(crate) struct FsyncWindow {
+    every: Duration,
+    /// Where the next report's window starts.
+    from: (Instant, HistogramSnapshot),
+    /// The last report (or the start): where the window after next starts.
+    last: (Instant, HistogramSnapshot),
+}
+
+impl FsyncWindow {
+    /// A window starting `now`, reporting every `every`.
+    pub(crate) fn new(every: Duration, now: Instant, metrics: &NodeMetrics) -> Self {
+        let start = (now, metrics.fsync.snapshot());
+        FsyncWindow {
+            every,
+            from: start,
+            last: start,
+        }
+    }
+
+    /// The report due at `now`; `None` until `every` has passed since the
+    /// last one.
+    pub(crate) fn report(&mut self, now: Instant, metrics: &NodeMetrics) -> Option<FsyncReport> {
+        if now.saturating_duration_since(self.last.0) < self.every {
+            return None;
+        }
+        let snapshot = metrics.fsync.snapshot();
+        let window = snapshot.since(&self.from.1);
+        let report = FsyncReport {
+            window_ms: now.saturating_duration_since(self.from.0).as_millis() as u64,
+            count: window.count(),
+            p99_micros: window.quantile(0.99).map(|p99| p99.as_micros() as u64),
+        };
+        self.from = self.last;
+        self.last = (now, snapshot);
+        Some(report)
     }
 }
 
@@ -126,6 +173,47 @@ pub(crate) fn handle(metrics: &Arc<NodeMetrics>, request: &Request) -> Response 
 mod tests {
     use super::*;
     use crate::storage::{DataFile, FsyncPolicy};
+
+    #[test]
+    fn the_fsync_report_covers_the_last_two_periods() {
+        let metrics = NodeMetrics::default();
+        let start = Instant::now();
+        let at = |secs: u64| start + Duration::from_secs(secs);
+        // Before the start: not in any window.
+        metrics.synced(Duration::from_secs(2));
+        let mut window = FsyncWindow::new(Duration::from_secs(5), start, &metrics);
+        for _ in 0..99 {
+            metrics.synced(Duration::from_micros(300));
+        }
+        metrics.synced(Duration::from_millis(20));
+        assert_eq!(window.report(at(4), &metrics), None, "not due yet");
+        let first = window.report(at(5), &metrics).unwrap();
+        assert_eq!((first.window_ms, first.count), (5_000, 100));
+        let p99 = first.p99_micros.unwrap();
+        assert!((250..=500).contains(&p99), "{p99} µs");
+
+        for _ in 0..100 {
+            metrics.synced(Duration::from_millis(3));
+        }
+        assert_eq!(window.report(at(9), &metrics), None);
+        let second = window.report(at(10), &metrics).unwrap();
+        assert_eq!((second.window_ms, second.count), (10_000, 200));
+        let p99 = second.p99_micros.unwrap();
+        assert!((2_500..=5_000).contains(&p99), "{p99} µs");
+
+        // The first period has left the window; the second one is idle.
+        let third = window.report(at(15), &metrics).unwrap();
+        assert_eq!((third.window_ms, third.count), (10_000, 100));
+        let fourth = window.report(at(20), &metrics).unwrap();
+        assert_eq!(
+            fourth,
+            FsyncReport {
+                window_ms: 10_000,
+                count: 0,
+                p99_micros: None
+            }
+        );
+    }
 
     #[test]
     fn metrics_show_what_was_written_and_synced() {

@@ -8,7 +8,8 @@
 //! acknowledgement latency (sampled: see `client_session`). Everything
 //! else is read when asked for, or kept by the membership task, which
 //! records every membership event here (a short lock, a few times a second
-//! at most).
+//! at most), and by the node sessions, which record each data node's fsync
+//! report (the same lock, once per node every few seconds).
 //!
 //! Bounded: the table keeps the current members and at most
 //! [`KEPT_DEPARTED`] departed (evicted or left) nodes, each for at most
@@ -25,7 +26,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::{Registry, Unit};
 use protocol::http::{Body, Request, Response};
-use protocol::message::NodeId;
+use protocol::message::{FSYNC_REPORT_EVERY, FsyncReport, NodeId};
 use protocol::metrics::{self, AtomicHistogram, LATENCY_BUCKETS};
 use protocol::status::{ClusterEvent, Eviction, NodeStatus, StatusSnapshot, Totals};
 use protocol::timefmt::timestamp;
@@ -45,6 +46,9 @@ pub(crate) const KEPT_DEPARTED_FOR: Duration = Duration::from_secs(3600);
 pub(crate) const RECENT_EVENTS: usize = 50;
 /// Samples (one a second) the message rate is measured over.
 pub(crate) const RATE_WINDOW: usize = 5;
+/// A data node's fsync report older than this is not shown: it reports
+/// every [`FSYNC_REPORT_EVERY`], so it missed three.
+pub(crate) const FSYNC_REPORT_STALE: Duration = FSYNC_REPORT_EVERY.saturating_mul(3);
 
 /// The reason kinds of evictions, as labels and in the snapshot.
 const REASONS: [&str; 8] = [
@@ -98,6 +102,9 @@ struct Row {
     incarnation: u64,
     last_heartbeat: Option<Instant>,
     rtt: Option<Duration>,
+    /// Its last fsync report, and when it came; cleared when it departs
+    /// or joins again.
+    fsync: Option<(FsyncReport, Instant)>,
     last_eviction: Option<Evicted>,
     departed: Option<Instant>,
 }
@@ -185,6 +192,18 @@ impl Status {
         }
     }
 
+    /// A data node's fsync report, from its session (incarnation
+    /// `incarnation`): shown in its row until it departs or the report
+    /// is [`FSYNC_REPORT_STALE`].
+    pub(crate) fn fsync_reported(&self, node: &NodeId, incarnation: u64, report: FsyncReport) {
+        if let Some(row) = lock(&self.view).rows.get_mut(node)
+            && row.incarnation == incarnation
+            && row.departed.is_none()
+        {
+            row.fsync = Some((report, Instant::now()));
+        }
+    }
+
     /// Records what a membership event changes in the table.
     pub(crate) fn record(&self, event: &Event) {
         let now = Instant::now();
@@ -199,6 +218,7 @@ impl Status {
                     incarnation: member.incarnation,
                     last_heartbeat: None,
                     rtt: None,
+                    fsync: None,
                     last_eviction: None,
                     departed: None,
                 });
@@ -207,6 +227,7 @@ impl Status {
                 row.state = 0;
                 row.incarnation = member.incarnation;
                 row.last_heartbeat = Some(now);
+                row.fsync = None;
                 row.departed = None;
                 view.counters.entry(member.node.clone()).or_default();
                 let kind = if *rejoined { "rejoined" } else { "joined" };
@@ -248,6 +269,7 @@ impl Status {
                     };
                     row.departed = Some(now);
                     row.last_heartbeat = None;
+                    row.fsync = None;
                     row.last_eviction = Some(Evicted {
                         reason: index,
                         detail: detail.clone(),
@@ -355,6 +377,10 @@ pub(crate) fn snapshot(shared: &Shared) -> StatusSnapshot {
             let read = |f: fn(&NodeCounters) -> &AtomicU64| {
                 counters.map_or(0, |c| f(c).load(Ordering::Relaxed))
             };
+            let fsync = row
+                .fsync
+                .filter(|(_, at)| now.saturating_duration_since(*at) < FSYNC_REPORT_STALE)
+                .map(|(report, _)| report);
             NodeStatus {
                 id: node.to_string(),
                 zone: row.zone.clone(),
@@ -365,7 +391,11 @@ pub(crate) fn snapshot(shared: &Shared) -> StatusSnapshot {
                 icmp_rtt_ms: row.rtt.map(|rtt| rtt.as_secs_f64() * 1000.0),
                 messages_stored: read(|c| &c.copies),
                 bytes_stored: read(|c| &c.bytes),
-                fsync_p99_ms: None,
+                fsync_p99_ms: fsync
+                    .and_then(|f| f.p99_micros)
+                    .map(|us| us as f64 / 1000.0),
+                fsyncs_in_window: fsync.map(|f| f.count),
+                fsync_window_seconds: fsync.map(|f| f.window_ms as f64 / 1000.0),
                 last_eviction: row.last_eviction.as_ref().map(|e| Eviction {
                     reason: REASONS[e.reason].to_owned(),
                     detail: e.detail.clone(),
@@ -636,6 +666,39 @@ mod tests {
                 .load(Ordering::Relaxed),
             KEPT_DEPARTED as u64 + 10
         );
+    }
+
+    #[test]
+    fn an_fsync_report_is_kept_for_the_incarnation_that_sent_it_while_it_is_a_member() {
+        let status = Status::default();
+        let report = FsyncReport {
+            window_ms: 10_000,
+            count: 800,
+            p99_micros: Some(1_500),
+        };
+        status.record(&Event::Joined {
+            member: member("a", 2),
+            rejoined: false,
+        });
+        let node: NodeId = "a".parse().unwrap();
+        let shown = |status: &Status| lock(&status.view).rows[&node].fsync.map(|(r, _)| r);
+        status.fsync_reported(&node, 1, report);
+        assert_eq!(shown(&status), None, "from an older incarnation");
+        status.fsync_reported(&node, 2, report);
+        assert_eq!(shown(&status), Some(report));
+        status.record(&Event::Joined {
+            member: member("a", 3),
+            rejoined: true,
+        });
+        assert_eq!(shown(&status), None, "a new process reports anew");
+        status.fsync_reported(&node, 3, report);
+        status.record(&Event::Evicted {
+            member: member("a", 3),
+            reason: EvictReason::Unreachable,
+        });
+        assert_eq!(shown(&status), None, "departed");
+        status.fsync_reported(&node, 3, report);
+        assert_eq!(shown(&status), None, "a late report of a departed node");
     }
 
     #[test]
