@@ -56,7 +56,7 @@ pub mod storage;
 pub mod store;
 
 use keys::{Decision, KeyIndex, commit_decision, now_millis};
-use metrics::FsyncWindow;
+use metrics::{FsyncWindow, NodeMetrics};
 use reads::{MAX_READS_IN_FLIGHT, ReadJob, ReadServer, SharedWriter};
 pub use storage::FsyncPolicy;
 use storage::{DataFile, EpochCheck, EpochFile, StorageError, check_epoch};
@@ -661,10 +661,11 @@ impl Default for Batch {
 impl Batch {
     /// Admits a read for after the commit, or answers it `readerror` at
     /// once when [`MAX_READS_IN_FLIGHT`] are outstanding.
-    fn read(&mut self, reads: &ReadServer, req: u64, job: ReadJob) {
+    fn read(&mut self, reads: &ReadServer, metrics: &NodeMetrics, req: u64, job: ReadJob) {
         if reads.admit() {
             self.reads.push(job);
         } else {
+            metrics.read_failed();
             debug!(
                 req,
                 "read refused: {MAX_READS_IN_FLIGHT} reads already outstanding"
@@ -820,6 +821,7 @@ fn data_path(
             .store
             .reader(config.max_line.saturating_add(RECORD_OVERHEAD)),
         writer.clone(),
+        state.data.metrics(),
     ) {
         Ok(reads) => reads,
         Err(e) => return SessionEnd::Reconnect(format!("cannot start the read thread: {e}")),
@@ -882,23 +884,29 @@ fn data_path(
                     true
                 }
                 Ok(ToDataNode::Get { req, id }) => {
-                    batch.read(&reads, req, ReadJob::Get { req, id });
+                    batch.read(&reads, &state.data.metrics, req, ReadJob::Get { req, id });
                     true
                 }
                 Ok(ToDataNode::GetKey { req, key }) => {
                     // The key index lives on this thread: look the key up
                     // here, read the record there.
                     match state.keys.get(key) {
-                        Some(id) => batch.read(&reads, req, ReadJob::Get { req, id }),
-                        None => batch.answers.push(FromDataNode::NotFound {
-                            req,
-                            removed: false,
-                        }),
+                        Some(id) => {
+                            batch.read(&reads, &state.data.metrics, req, ReadJob::Get { req, id })
+                        }
+                        None => {
+                            state.data.metrics.get_served();
+                            batch.answers.push(FromDataNode::NotFound {
+                                req,
+                                removed: false,
+                            });
+                        }
                     }
                     true
                 }
                 Ok(ToDataNode::Scan { req, after, limit }) => {
                     if limit > MAX_SCAN_RECORDS {
+                        state.data.metrics.read_failed();
                         batch.answers.push(FromDataNode::ReadError {
                             req,
                             reason: format!(
@@ -906,7 +914,12 @@ fn data_path(
                             ),
                         });
                     } else {
-                        batch.read(&reads, req, ReadJob::Scan { req, after, limit });
+                        batch.read(
+                            &reads,
+                            &state.data.metrics,
+                            req,
+                            ReadJob::Scan { req, after, limit },
+                        );
                     }
                     true
                 }

@@ -2,7 +2,8 @@
 //! off by default): `/metrics` and `/healthz`.
 //!
 //! The data-path thread adds to plain atomics once per batch (records,
-//! bytes, fsyncs and their duration, keys held); a scrape reads them. The
+//! bytes, fsyncs and their duration, keys held), the read thread once per
+//! read (reads answered, records scanned); a scrape reads them. The
 //! same fsync histogram gives the latency the node reports to the head
 //! node (`FsyncWindow`).
 
@@ -27,7 +28,17 @@ pub struct NodeMetrics {
     fsyncs: AtomicU64,
     fsync: AtomicHistogram,
     keys: AtomicU64,
+    /// Reads answered, by kind: `get` (and `getkey`), then `scan`.
+    reads: [AtomicU64; READ_KINDS.len()],
+    /// Reads answered `readerror`.
+    read_failures: AtomicU64,
+    /// Records sent in answer to scans.
+    records_scanned: AtomicU64,
 }
+
+/// The kinds of read, as labels: `getkey` is a `get` once its key is
+/// looked up.
+const READ_KINDS: [&str; 2] = ["get", "scan"];
 
 impl Default for NodeMetrics {
     fn default() -> Self {
@@ -38,6 +49,9 @@ impl Default for NodeMetrics {
             fsyncs: AtomicU64::new(0),
             fsync: AtomicHistogram::new(LATENCY_BUCKETS),
             keys: AtomicU64::new(0),
+            reads: std::array::from_fn(|_| AtomicU64::new(0)),
+            read_failures: AtomicU64::new(0),
+            records_scanned: AtomicU64::new(0),
         }
     }
 }
@@ -58,6 +72,23 @@ impl NodeMetrics {
     /// Keys held now.
     pub(crate) fn set_keys(&self, keys: usize) {
         self.keys.store(keys as u64, Ordering::Relaxed);
+    }
+
+    /// A `get` (or `getkey`) answered `found` or `notfound`.
+    pub(crate) fn get_served(&self) {
+        self.reads[0].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A `scan` answered with `records` records and its `scanned` line.
+    pub(crate) fn scan_served(&self, records: usize) {
+        self.reads[1].fetch_add(1, Ordering::Relaxed);
+        self.records_scanned
+            .fetch_add(records as u64, Ordering::Relaxed);
+    }
+
+    /// A read answered `readerror` (refused at a bound, or failed).
+    pub(crate) fn read_failed(&self) {
+        self.read_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The 99th percentile of fsync durations (a bucket's upper bound).
@@ -145,6 +176,28 @@ impl Collector for Scrape {
             Some(&Unit::Seconds),
             &m.fsync,
         )?;
+        metrics::counter_family(
+            &mut e,
+            "msgstore_datanode_reads",
+            "Reads answered to the head node (found, notfound, or a scan's end), by kind; getkey counts as get.",
+            None,
+            "kind",
+            READ_KINDS.iter().copied().zip(m.reads.iter().map(read)),
+        )?;
+        metrics::counter(
+            &mut e,
+            "msgstore_datanode_read_failures",
+            "Reads answered readerror: refused at a bound, or a file that could not be read.",
+            None,
+            read(&m.read_failures),
+        )?;
+        metrics::counter(
+            &mut e,
+            "msgstore_datanode_records_scanned",
+            "Records returned by scans.",
+            None,
+            read(&m.records_scanned),
+        )?;
         metrics::gauge(
             &mut e,
             "msgstore_datanode_keys_held",
@@ -223,6 +276,10 @@ mod tests {
         data.stage(None, None, b"dos");
         data.commit().unwrap();
         data.metrics.set_keys(7);
+        data.metrics.get_served();
+        data.metrics.get_served();
+        data.metrics.scan_served(120);
+        data.metrics.read_failed();
         let response = handle(
             &data.metrics(),
             &Request {
@@ -254,6 +311,22 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("msgstore_datanode_keys_held 7\n"), "{text}");
+        assert!(
+            text.contains("msgstore_datanode_reads_total{kind=\"get\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("msgstore_datanode_reads_total{kind=\"scan\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("msgstore_datanode_records_scanned_total 120\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("msgstore_datanode_read_failures_total 1\n"),
+            "{text}"
+        );
         assert!(text.contains("msgstore_log_lines_dropped_total "), "{text}");
         assert!(data.metrics().fsync_p99().is_some());
         let health = handle(

@@ -11,6 +11,9 @@
 //! at most), and by the node sessions, which record each data node's fsync
 //! report (the same lock, once per node every few seconds).
 //!
+//! Readers' requests are counted by kind and failure reason, and timed,
+//! in [`ReadMetrics`]: a few atomic additions per request.
+//!
 //! Bounded: the table keeps the current members and at most
 //! [`KEPT_DEPARTED`] departed (evicted or left) nodes, each for at most
 //! [`KEPT_DEPARTED_FOR`]; the event ring keeps the last [`RECENT_EVENTS`]
@@ -78,6 +81,82 @@ fn reason_index(reason: &EvictReason) -> usize {
 /// The states a row can be in, as labels and in the snapshot.
 const STATES: [&str; 5] = ["live", "suspect", "leaving", "evicted", "left"];
 
+/// What a reader asked for, as a label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReadKind {
+    /// `get <message-id>`.
+    Get,
+    /// `get <client-id>/<seq>`.
+    GetKey,
+    /// `tail ...`.
+    Tail,
+}
+
+/// The labels of [`ReadKind`], in its order.
+const READ_KINDS: [&str; 3] = ["get", "getkey", "tail"];
+
+/// Why a reader's request was answered `ERROR`, as a label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReadFailure {
+    /// No place in the read budget (`--max-reads`) in time.
+    Busy,
+    /// No live data node to ask.
+    NoDataNodes,
+    /// The data nodes could not be read (none of them, or not all of
+    /// those that might hold it).
+    Unreadable,
+    /// Beyond the requests taken from one reader at once.
+    TooManyInFlight,
+    /// Not a request.
+    BadRequest,
+}
+
+/// The labels of [`ReadFailure`], in its order.
+const READ_FAILURES: [&str; 5] = [
+    "busy",
+    "no_data_nodes",
+    "unreadable",
+    "too_many_in_flight",
+    "bad_request",
+];
+
+/// Readers' requests: answered by kind, failed by reason, and how long
+/// each took from its turn to its answer.
+#[derive(Debug)]
+pub(crate) struct ReadMetrics {
+    served: [AtomicU64; READ_KINDS.len()],
+    failed: [AtomicU64; READ_FAILURES.len()],
+    latency: [AtomicHistogram; READ_KINDS.len()],
+}
+
+impl Default for ReadMetrics {
+    fn default() -> Self {
+        ReadMetrics {
+            served: std::array::from_fn(|_| AtomicU64::new(0)),
+            failed: std::array::from_fn(|_| AtomicU64::new(0)),
+            latency: std::array::from_fn(|_| AtomicHistogram::new(LATENCY_BUCKETS)),
+        }
+    }
+}
+
+impl ReadMetrics {
+    /// A request of `kind` answered after `took`: served (`found`,
+    /// `notfound`, a tail's `end`) or failed (`ERROR`).
+    pub(crate) fn answered(&self, kind: ReadKind, failure: Option<ReadFailure>, took: Duration) {
+        match failure {
+            None => self.served[kind as usize].fetch_add(1, Ordering::Relaxed),
+            Some(why) => self.failed[why as usize].fetch_add(1, Ordering::Relaxed),
+        };
+        self.latency[kind as usize].observe(took);
+    }
+
+    /// A request refused before its turn (malformed, or beyond the
+    /// reader's bound): not timed.
+    pub(crate) fn refused(&self, why: ReadFailure) {
+        self.failed[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// Copies one data node acknowledged, counted by its session.
 #[derive(Debug, Default)]
 pub(crate) struct NodeCounters {
@@ -143,6 +222,8 @@ pub(crate) struct Status {
     stored: AtomicU64,
     /// From a client's request to its answer (sampled).
     pub(crate) ack_latency: AtomicHistogram,
+    /// Readers' requests.
+    pub(crate) reads: ReadMetrics,
     evictions: [AtomicU64; REASONS.len()],
     view: Mutex<View>,
     /// (time, messages stored) once a second, newest last.
@@ -157,6 +238,7 @@ impl Default for Status {
             started: Instant::now(),
             stored: AtomicU64::new(0),
             ack_latency: AtomicHistogram::new(LATENCY_BUCKETS),
+            reads: ReadMetrics::default(),
             evictions: std::array::from_fn(|_| AtomicU64::new(0)),
             view: Mutex::default(),
             rate: Mutex::default(),
@@ -546,6 +628,37 @@ impl Collector for Scrape {
             "From a client's message to its answer (sampled: one message in flight per client at a time).",
             Some(&Unit::Seconds),
             &status.ack_latency,
+        )?;
+        let reads = &status.reads;
+        metrics::counter_family(
+            &mut e,
+            "msgstore_reads",
+            "Readers' requests answered (found, notfound, or a tail's end), by kind.",
+            None,
+            "kind",
+            READ_KINDS
+                .iter()
+                .copied()
+                .zip(reads.served.iter().map(|c| c.load(Ordering::Relaxed))),
+        )?;
+        metrics::counter_family(
+            &mut e,
+            "msgstore_read_failures",
+            "Readers' requests answered with an error, by reason.",
+            None,
+            "reason",
+            READ_FAILURES
+                .iter()
+                .copied()
+                .zip(reads.failed.iter().map(|c| c.load(Ordering::Relaxed))),
+        )?;
+        metrics::histogram_family(
+            &mut e,
+            "msgstore_read_latency",
+            "From a reader's request's turn to its answer (the wait for the read budget included; failed requests too), by kind.",
+            Some(&Unit::Seconds),
+            "kind",
+            READ_KINDS.iter().copied().zip(&reads.latency),
         )?;
         metrics::gauge(
             &mut e,

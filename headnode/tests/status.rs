@@ -91,6 +91,21 @@ async fn keyed_client(addr: SocketAddr, client_id: &str) -> Connection {
     conn
 }
 
+/// A reader (`lector`) connection.
+async fn reader(addr: SocketAddr) -> Connection {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let mut conn = Connection::connect(stream, 1 << 16).unwrap();
+    handshake::initiate(
+        &mut conn.reader,
+        &mut conn.writer,
+        Some("lector"),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    conn
+}
+
 async fn store(conn: &mut Connection, seq: u64, text: &str) {
     conn.writer
         .send(format!("{seq} {text}").as_bytes())
@@ -162,6 +177,53 @@ async fn metrics_count_what_was_stored_and_parse_as_prometheus_text() {
     assert!(sample(&text, "msgstore_uptime_seconds") >= 0.0);
     assert!(sample(&text, "msgstore_epoch") > 0.0);
     assert!(sample(&text, "msgstore_log_lines_dropped_total") >= 0.0);
+    for kind in ["get", "getkey", "tail"] {
+        let series = format!("msgstore_reads_total{{kind=\"{kind}\"}}");
+        assert_eq!(sample(&text, &series), 0.0);
+    }
+
+    // A reader: one request of each kind, and one that is none.
+    let mut reader = reader(cluster.addr).await;
+    for request in ["get metrics-1/2", "get 1-1", "tail start 10", "nonsense"] {
+        reader.writer.queue(request.as_bytes());
+    }
+    reader.writer.flush().await.unwrap();
+    let mut answers = Vec::new();
+    while !answers
+        .last()
+        .is_some_and(|a: &String| a.starts_with("ERROR "))
+    {
+        let line = tokio::time::timeout(Duration::from_secs(10), reader.reader.read_frame())
+            .await
+            .expect("an answer within 10 s")
+            .unwrap()
+            .expect("the head node closed the reader");
+        answers.push(line.as_str().to_owned());
+    }
+    assert!(answers[0].starts_with("found "), "{answers:?}");
+    assert!(answers[1].starts_with("notfound 1-1"), "{answers:?}");
+    assert_eq!(answers.len(), 2 + 3 + 1 + 1, "{answers:?}");
+    let (_, text) = get(http, "/metrics").await;
+    check_exposition(&text);
+    for kind in ["get", "getkey", "tail"] {
+        let served = format!("msgstore_reads_total{{kind=\"{kind}\"}}");
+        assert_eq!(sample(&text, &served), 1.0, "{served}");
+        let timed = format!("msgstore_read_latency_seconds_count{{kind=\"{kind}\"}}");
+        assert_eq!(sample(&text, &timed), 1.0, "{timed}");
+        let all = format!("msgstore_read_latency_seconds_bucket{{le=\"+Inf\",kind=\"{kind}\"}}");
+        assert_eq!(sample(&text, &all), 1.0, "{all}");
+    }
+    assert_eq!(
+        sample(
+            &text,
+            "msgstore_read_failures_total{reason=\"bad_request\"}"
+        ),
+        1.0
+    );
+    for reason in ["busy", "no_data_nodes", "unreadable", "too_many_in_flight"] {
+        let failed = format!("msgstore_read_failures_total{{reason=\"{reason}\"}}");
+        assert_eq!(sample(&text, &failed), 0.0, "{failed}");
+    }
 
     let (status, body) = get(http, "/healthz").await;
     assert_eq!(

@@ -287,6 +287,23 @@ pub fn histogram(
     histogram.encode(encoder.encode_descriptor(name, help, unit, MetricType::Histogram)?)
 }
 
+/// Writes a histogram with one series per label (`label`=`value`).
+pub fn histogram_family<'a>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    label: &str,
+    values: impl IntoIterator<Item = (&'a str, &'a AtomicHistogram)>,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, unit, MetricType::Histogram)?;
+    for (value_of_label, histogram) in values {
+        let labels = [(label, value_of_label)];
+        histogram.encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
 /// The registry in OpenMetrics text.
 pub fn encode(registry: &Registry) -> String {
     let mut out = String::with_capacity(4096);
@@ -305,6 +322,50 @@ mod tests {
 
     #[derive(Debug)]
     struct Sample(AtomicHistogram);
+
+    #[derive(Debug)]
+    struct ByKind([AtomicHistogram; 2]);
+
+    impl Collector for ByKind {
+        fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+            histogram_family(
+                &mut encoder,
+                "demo_read_latency",
+                "Latency by kind.",
+                Some(&Unit::Seconds),
+                "kind",
+                ["get", "tail"].into_iter().zip(&self.0),
+            )
+        }
+    }
+
+    #[test]
+    fn a_histogram_family_has_one_labelled_series_per_value() {
+        let by_kind = ByKind(std::array::from_fn(|_| {
+            AtomicHistogram::new(LATENCY_BUCKETS)
+        }));
+        by_kind.0[0].observe(Duration::from_millis(2));
+        by_kind.0[0].observe(Duration::from_millis(3));
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(by_kind));
+        let text = encode(&registry);
+        assert!(
+            text.contains("# TYPE demo_read_latency_seconds histogram\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("demo_read_latency_seconds_count{kind=\"get\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("demo_read_latency_seconds_bucket{le=\"0.005\",kind=\"get\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("demo_read_latency_seconds_count{kind=\"tail\"} 0\n"),
+            "{text}"
+        );
+    }
 
     impl Collector for Sample {
         fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
