@@ -374,6 +374,82 @@ run_ours() {
     log "  ours $target ${c}x$p: $(fmt_int "$R_RATE") msgs/s, p50 ${R_P50} µs, p99 ${R_P99} µs ($R_MSGS messages)"
 }
 
+# ------------------------------------------------------------- readers ---
+
+# The readers that run beside a write run: a follower, `client tail -f`
+# from the first stored message (its lines are counted, at most
+# READ_FOLLOW_MAX of them), and `client bench --target get` with
+# READ_GET_CONNS connections of READ_GET_PIPELINE request in flight each:
+# `get <id>` of the 1000 oldest messages in turn. The head node serves 8
+# requests at once (--max-reads) and a reader's requests one after the
+# other, so these take at most 5 of the 8, and a latency is one request's
+# own (more in flight on one reader would only queue behind each other).
+READ_FOLLOW_MAX=50000000
+READ_GET_CONNS=4
+READ_GET_PIPELINE=1
+
+# start_readers PORT SECONDS WARMUP NAME: starts both readers for a write
+# run of WARMUP + SECONDS that starts when this returns (1 s later: the read
+# bench first reads its ids while the cluster is idle). Each stops by
+# itself: the follower after READ_FOLLOW_MAX lines or its time limit, the
+# read bench after its duration; stop_readers ends the follower at once.
+start_readers() {
+    local port="$1" secs="$2" warm="$3" name="$4" span
+    span=$((secs + warm))
+    RD_OUT="$BENCH_DIR/$name-get.json" RD_COUNT="$BENCH_DIR/$name-follow.count"
+    rm -f "$RD_COUNT"
+    # Its stdout goes through `head` to `wc`, not to a file that would
+    # compete with the data nodes for the disk.
+    timeout -k 5 $((span + 30)) "$CLIENT" --server "127.0.0.1:$port" tail -f --poll 200ms \
+        2>"$RD_COUNT.err" </dev/null > >(head -n "$READ_FOLLOW_MAX" | wc -l >"$RD_COUNT") &
+    RD_FOLLOW_PID=$!
+    track "$RD_FOLLOW_PID"
+    RD_START="$(date +%s.%N)"
+    timeout -k 5 $((span + 60)) "$CLIENT" --log-dir "$BENCH_DIR/client-logs" bench \
+        --server "127.0.0.1:$port" --target get --connections "$READ_GET_CONNS" \
+        --pipeline "$READ_GET_PIPELINE" --warmup 1s --duration "${span}s" --json \
+        >"$RD_OUT" 2>"$RD_OUT.err" </dev/null &
+    RD_GET_PID=$!
+    track "$RD_GET_PID"
+    sleep 1
+}
+
+# stop_readers: ends the follower, waits for the read bench. Sets
+# RD_TAIL_LINES and RD_TAIL_RATE (lines per second over the follower's
+# life), RD_GET_RATE, RD_GET_P50, RD_GET_P99 (µs), or R_ERR.
+stop_readers() {
+    local i rc secs errs msgs
+    R_ERR="" RD_TAIL_LINES="" RD_TAIL_RATE="" RD_GET_RATE="" RD_GET_P50="" RD_GET_P99=""
+    secs="$(awk -v a="$RD_START" -v b="$(date +%s.%N)" 'BEGIN { print b - a }')"
+    stop_pid "$RD_FOLLOW_PID" 5
+    for ((i = 0; i < 100; i++)); do [ -s "$RD_COUNT" ] && break; sleep 0.1; done
+    wait "$RD_GET_PID" 2>/dev/null
+    rc=$?
+    untrack "$RD_GET_PID"
+    RD_TAIL_LINES="$(tr -d ' ' <"$RD_COUNT" 2>/dev/null)"
+    if ! [[ "$RD_TAIL_LINES" =~ ^[0-9]+$ ]]; then
+        R_ERR="the follower's lines were not counted: $(tail -1 "$RD_COUNT.err" 2>/dev/null)"; return 1
+    fi
+    if [ "$RD_TAIL_LINES" = 0 ]; then
+        R_ERR="the follower printed nothing: $(tail -1 "$RD_COUNT.err" 2>/dev/null)"; return 1
+    fi
+    RD_TAIL_RATE="$(awk -v n="$RD_TAIL_LINES" -v s="$secs" 'BEGIN { printf "%.0f", n / s }')"
+    RD_GET_RATE="$(json_num "$RD_OUT" msgs_per_sec)"
+    RD_GET_P50="$(json_num "$RD_OUT" p50_us)"
+    RD_GET_P99="$(json_num "$RD_OUT" p99_us)"
+    errs="$(json_num "$RD_OUT" errors)" msgs="$(json_num "$RD_OUT" messages)"
+    if [ -z "$RD_GET_RATE" ]; then
+        R_ERR="no JSON from the read bench (exit $rc): $(tail -1 "$RD_OUT.err")"; return 1
+    fi
+    if [ -n "$errs" ] && [ "$errs" != 0 ]; then
+        R_ERR="read bench: $errs errors in $msgs reads"; return 1
+    fi
+    if [ "$rc" != 0 ] || ! awk -v r="$RD_GET_RATE" 'BEGIN { exit !(r > 0) }'; then
+        R_ERR="read bench exited $rc with $RD_GET_RATE reads/s: $(tail -1 "$RD_OUT.err")"; return 1
+    fi
+    log "  readers: follower $(fmt_int "$RD_TAIL_RATE") lines/s ($RD_TAIL_LINES lines), get $(fmt_int "$RD_GET_RATE")/s, p50 ${RD_GET_P50} µs, p99 ${RD_GET_P99} µs"
+}
+
 # Time of one synchronous 64-byte append on the temporary directory's file
 # system (dd with O_DSYNC), in µs: how slow an fdatasync is right now.
 fsync_probe_us() {
@@ -519,6 +595,15 @@ print_report() {
         echo "  $sc, 1 copy:   $(or_dash "${O_CPU[$sc]}")"
         echo "  $sc, 2 copies: $(or_dash "${T_CPU[$sc]}")"
     done
+    echo
+    echo "reads beside writes (1 copy, 50x64, best of $ROUNDS rounds each; readers: a client tail -f follower from the"
+    echo " first stored message, and client bench --target get, $READ_GET_CONNS connections x $READ_GET_PIPELINE in flight; head node --max-reads 8):"
+    if [ -n "$RW_BUSY" ]; then
+        echo "  writes alone: $(fmt_int "$RW_ALONE") msgs/s (p99 $RW_ALONE_P99 µs); beside readers: $(fmt_int "$RW_BUSY") msgs/s (p99 $RW_BUSY_P99 µs); ratio $(ratio "$RW_BUSY" "$RW_ALONE")"
+        echo "  reads meanwhile: get $(fmt_int "$RD_KEPT_GET") reads/s, p50 $RD_KEPT_P50 µs, p99 $RD_KEPT_P99 µs; follower $(fmt_int "$RD_KEPT_TAIL") messages/s"
+    else
+        echo "  failed: $RW_NOTE"
+    fi
     echo
     if [ -n "$FLOOR_RATE" ]; then
         echo "loopback floor (echo server, 1x1): $(fmt_int "$FLOOR_RATE") msgs/s, p50 $FLOOR_P50 µs, p99 $FLOOR_P99 µs"

@@ -2,8 +2,9 @@
 # Loopback benchmark of the message store, side by side with Redis Streams.
 #
 #   bench/run.sh            full run: build, start everything, print one table
-#   bench/run.sh --smoke    a few seconds, ours only: 1x1 and 10x8 must finish
-#                           with zero errors and non-zero throughput
+#   bench/run.sh --smoke    a few seconds, ours only: 1x1, 10x8, and 10x8 beside
+#                           readers must finish with zero errors and non-zero
+#                           throughput
 #
 # Options:
 #   --smoke                 see above
@@ -113,6 +114,21 @@ if [ "$SMOKE" = 1 ]; then
             failed=$((failed + 1))
         fi
     done
+    # Reads beside writes, briefly: a follower and a read bench beside 10x8.
+    start_readers "$HP_A" "$DURATION" 0 smoke-reads
+    if run_ours "$HP_A" store 10 8 "$DURATION" 0 "$BENCH_DIR/smoke-reads.json"; then
+        wrote="$(fmt_int "$R_RATE") msgs/s" write_err=""
+    else
+        wrote="" write_err="$R_ERR"
+    fi
+    if stop_readers && [ -z "$write_err" ]; then
+        printf 'smoke reads ok    10x8 %s beside get %s reads/s (p99 %s us) and a follower (%s lines)\n' \
+            "$wrote" "$(fmt_int "$RD_GET_RATE")" "$RD_GET_P99" "$(fmt_int "$RD_TAIL_LINES")"
+        passed=$((passed + 1))
+    else
+        printf 'smoke reads FAIL  %s\n' "${write_err:-$R_ERR}"
+        failed=$((failed + 1))
+    fi
     echo "smoke: $passed passed, $failed failed"
     [ "$failed" = 0 ]
     exit
@@ -208,6 +224,38 @@ for r in 1 2; do
 done
 [ "$REDIS_OK" = 1 ] && stop_redis
 
+# Reads never block writes: 50x64 writes (1 copy) alone, then beside the
+# readers (start_readers), on a cluster of their own, alternating ROUNDS
+# times; each keeps its best round (and the readers' figures of the round
+# kept beside them). The first round alone stores what the readers read.
+log "writes alone and beside readers"
+RW_ALONE="" RW_ALONE_P99="" RW_BUSY="" RW_BUSY_P99="" RW_NOTE=""
+RD_KEPT_GET="" RD_KEPT_P50="" RD_KEPT_P99="" RD_KEPT_TAIL=""
+if start_cluster R batch 1; then
+    for ((round = 1; round <= ROUNDS; round++)); do
+        log "reads beside writes, round $round of $ROUNDS: 50x64 alone"
+        if ! run_ours "$HP_R" store 50 64 "$DURATION" 1 "$BENCH_DIR/rw-alone-$round.json"; then
+            RW_NOTE="50x64 alone: $R_ERR"; break
+        fi
+        ge "$RW_ALONE" "$R_RATE" || { RW_ALONE=$R_RATE RW_ALONE_P99=$R_P99; }
+        log "reads beside writes, round $round of $ROUNDS: 50x64 beside the readers"
+        start_readers "$HP_R" "$DURATION" 1 "rw-$round"
+        if ! run_ours "$HP_R" store 50 64 "$DURATION" 1 "$BENCH_DIR/rw-busy-$round.json"; then
+            RW_NOTE="50x64 beside readers: $R_ERR"; stop_readers; break
+        fi
+        busy=$R_RATE busy_p99=$R_P99
+        if ! stop_readers; then RW_NOTE="readers: $R_ERR"; break; fi
+        if ! ge "$RW_BUSY" "$busy"; then
+            RW_BUSY=$busy RW_BUSY_P99=$busy_p99
+            RD_KEPT_GET=$RD_GET_RATE RD_KEPT_P50=$RD_GET_P50 RD_KEPT_P99=$RD_GET_P99 RD_KEPT_TAIL=$RD_TAIL_RATE
+        fi
+    done
+    stop_cluster R
+else
+    RW_NOTE="the cluster did not start"
+fi
+[ -z "$RW_NOTE" ] || { RW_ALONE="" RW_BUSY=""; warn "reads beside writes: $RW_NOTE"; }
+
 # Loopback floor (one connection, one message in flight, to the echo server)
 # and the same 1x1 path through a second cluster without fsync. They
 # alternate ROUNDS times; each keeps its round with the lowest p50.
@@ -264,5 +312,5 @@ print_report
 
 # A run of ours with errors is a failed run; unmet targets are only reported.
 for sc in "${SCENARIOS[@]}"; do [ -z "${O_NOTE[$sc]}${T_NOTE[$sc]}" ] || exit 1; done
-[ -z "$FLOOR_NOTE" ] && [ -z "$NEVER_NOTE" ] || exit 1
+[ -z "$FLOOR_NOTE" ] && [ -z "$NEVER_NOTE" ] && [ -z "$RW_NOTE" ] || exit 1
 exit 0

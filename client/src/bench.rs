@@ -1,10 +1,14 @@
 //! `client bench`: load generator. N connections, K messages in flight on
 //! each, for a count or a duration; latency from an HDR histogram. Every
 //! reply is checked: a stored-ack for the head node, the exact text for the
-//! echo server. A run with errors is a failed run.
+//! echo server, the asked message's `found` line for reads. A run with
+//! errors is a failed run.
 //!
 //! Against the head node each connection announces its own client id,
-//! `<client-id>.<N>` (N from 1), and keys its messages `1`, `2`, ...
+//! `<client-id>.<N>` (N from 1), and keys its messages `1`, `2`, ... To
+//! measure reads, each connection is a reader (`lector`) that asks `get
+//! <id>` for ids read first with one `tail` ([`READ_IDS`] of the oldest
+//! stored messages), in turn.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -13,7 +17,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use hdrhistogram::Histogram;
-use protocol::message::{ClientId, ROLE_CLIENT, StoreReply, encode_keyed_message, put_u64};
+use protocol::message::{
+    ClientId, MessageId, ROLE_CLIENT, ROLE_READER, StoreReply, encode_keyed_message, put_u64,
+};
 use rand::RngExt;
 use rand::rngs::SmallRng;
 use tokio::time::Instant;
@@ -27,7 +33,17 @@ pub enum BenchTarget {
     Store,
     /// The echo server: each reply must equal the message (the loopback floor).
     Echo,
+    /// The head node's reads: `get <id>` of messages already stored, each
+    /// reply must be that message's `found` line (at most
+    /// [`MAX_READ_PIPELINE`] in flight per connection).
+    Get,
 }
+
+/// Requests in flight on one reader connection at most: the head node
+/// takes 16 from a reader at a time and refuses the rest.
+pub const MAX_READ_PIPELINE: usize = 16;
+/// Ids a read run asks for, in turn: the oldest stored messages.
+pub const READ_IDS: u32 = 1000;
 
 /// When the run ends.
 #[derive(Debug, Clone, Copy)]
@@ -85,7 +101,7 @@ pub struct BenchReport {
     pub errors: u64,
     /// Measured time.
     pub seconds: f64,
-    /// Messages per second.
+    /// Messages (or reads) per second.
     pub msgs_per_sec: f64,
     /// Latency percentiles, microseconds.
     pub p50_us: u64,
@@ -153,6 +169,12 @@ struct Shared {
 /// Runs the benchmark.
 pub async fn run(config: BenchConfig) -> Result<BenchReport, ClientError> {
     let connections = config.connections.max(1);
+    let pipeline = config.pipeline.max(1);
+    if config.target == BenchTarget::Get && pipeline > MAX_READ_PIPELINE {
+        return Err(ClientError::Config(format!(
+            "a reader may have at most {MAX_READ_PIPELINE} requests in flight, not {pipeline}"
+        )));
+    }
     let client_id = config
         .client_id
         .clone()
@@ -166,9 +188,16 @@ pub async fn run(config: BenchConfig) -> Result<BenchReport, ClientError> {
                 Some(format!("{ROLE_CLIENT} id={id}"))
             }
             BenchTarget::Echo => None,
+            BenchTarget::Get => Some(ROLE_READER.to_owned()),
         };
         conns.push(session::connect(&connect).await?);
     }
+    let ids: Arc<[MessageId]> = match config.target {
+        BenchTarget::Get => read_ids(&mut conns[0], &config.connect.server)
+            .await?
+            .into(),
+        BenchTarget::Store | BenchTarget::Echo => Arc::from([]),
+    };
     let start = Instant::now();
     let measure_from = start + config.warmup;
     let (tickets, count_mode) = match config.limit {
@@ -184,12 +213,18 @@ pub async fn run(config: BenchConfig) -> Result<BenchReport, ClientError> {
         measure_from,
     });
     let mut tasks = Vec::with_capacity(connections);
-    for conn in conns {
+    for (n, conn) in conns.into_iter().enumerate() {
         let shared = shared.clone();
         let payload = config.payload.clone();
         let target = config.target;
-        let pipeline = config.pipeline.max(1);
-        tasks.push(tokio::spawn(drive(conn, shared, payload, target, pipeline)));
+        // Each connection starts at its own place in the ids.
+        let reads = Reads {
+            ids: ids.clone(),
+            next: n * 7919,
+        };
+        tasks.push(tokio::spawn(drive(
+            conn, shared, payload, target, pipeline, reads,
+        )));
     }
     let progress = config
         .progress
@@ -223,9 +258,10 @@ pub async fn run(config: BenchConfig) -> Result<BenchReport, ClientError> {
         target: match config.target {
             BenchTarget::Store => "store",
             BenchTarget::Echo => "echo",
+            BenchTarget::Get => "get",
         },
         connections,
-        pipeline: config.pipeline.max(1),
+        pipeline,
         messages,
         errors: shared.errors.load(Ordering::Relaxed),
         seconds,
@@ -240,6 +276,40 @@ pub async fn run(config: BenchConfig) -> Result<BenchReport, ClientError> {
         p999_us: histogram.value_at_quantile(0.999),
         max_us: histogram.max(),
     })
+}
+
+/// The ids a read run asks for, read on its first connection.
+async fn read_ids(
+    conn: &mut protocol::Connection,
+    server: &str,
+) -> Result<Vec<MessageId>, ClientError> {
+    let failed = |reason: String| ClientError::Protocol {
+        server: server.to_owned(),
+        reason,
+    };
+    let ids = crate::read::first_ids(conn, READ_IDS)
+        .await
+        .map_err(|e| failed(format!("cannot read the ids to get: {e}")))?;
+    if ids.is_empty() {
+        return Err(failed(
+            "nothing to read back yet: store some messages first".into(),
+        ));
+    }
+    Ok(ids)
+}
+
+/// The ids a reader asks for, in turn, and where it is among them.
+struct Reads {
+    ids: Arc<[MessageId]>,
+    next: usize,
+}
+
+impl Reads {
+    fn next_id(&mut self) -> MessageId {
+        let id = self.ids[self.next % self.ids.len()];
+        self.next = self.next.wrapping_add(1);
+        id
+    }
 }
 
 /// The client id of connection `n`: `<client-id>.<n>`.
@@ -277,6 +347,7 @@ async fn drive(
     payload: Payload,
     target: BenchTarget,
     pipeline: usize,
+    mut reads: Reads,
 ) -> (Histogram<u64>, Instant) {
     let mut histogram = new_histogram();
     let mut rng: SmallRng = rand::make_rng();
@@ -295,23 +366,39 @@ async fn drive(
                 break;
             }
             text.clear();
-            match &payload {
-                Payload::Seed => {
-                    text.extend_from_slice(b"numero random: ");
-                    put_u64(&mut text, rng.random_range(0..=100u64));
+            let expected = match target {
+                BenchTarget::Store | BenchTarget::Echo => {
+                    match &payload {
+                        Payload::Seed => {
+                            text.extend_from_slice(b"numero random: ");
+                            put_u64(&mut text, rng.random_range(0..=100u64));
+                        }
+                        Payload::Fixed(fixed) => text.extend_from_slice(fixed),
+                    }
+                    if target == BenchTarget::Store {
+                        seq += 1;
+                        line.clear();
+                        encode_keyed_message(seq, &text, &mut line);
+                        conn.writer.queue(&line);
+                        None
+                    } else {
+                        conn.writer.queue(&text);
+                        Some(Bytes::copy_from_slice(&text))
+                    }
                 }
-                Payload::Fixed(fixed) => text.extend_from_slice(fixed),
-            }
-            match target {
-                BenchTarget::Store => {
-                    seq += 1;
+                BenchTarget::Get => {
+                    // `get <id>`, answered `found <id> ...`.
+                    let id = reads.next_id();
+                    text.extend_from_slice(b"get ");
+                    id.put(&mut text);
+                    conn.writer.queue(&text);
                     line.clear();
-                    encode_keyed_message(seq, &text, &mut line);
-                    conn.writer.queue(&line);
+                    line.extend_from_slice(b"found ");
+                    id.put(&mut line);
+                    line.extend_from_slice(b" ");
+                    Some(Bytes::copy_from_slice(&line))
                 }
-                BenchTarget::Echo => conn.writer.queue(&text),
-            }
-            let expected = (target == BenchTarget::Echo).then(|| Bytes::copy_from_slice(&text));
+            };
             // Every message queued in this turn leaves with the same flush.
             let sent = *queued_at.get_or_insert_with(Instant::now);
             in_flight.push_back((sent, expected));
@@ -345,6 +432,7 @@ async fn drive(
             let ok = match target {
                 BenchTarget::Store => StoreReply::stored_id(reply.as_str()).is_some(),
                 BenchTarget::Echo => expected.is_some_and(|e| e == reply.bytes()),
+                BenchTarget::Get => expected.is_some_and(|e| reply.bytes().starts_with(&e)),
             };
             if !ok {
                 shared.errors.fetch_add(1, Ordering::Relaxed);

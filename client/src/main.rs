@@ -161,7 +161,10 @@ struct TailArgs {
 struct BenchArgs {
     #[command(flatten)]
     key: KeyArgs,
-    /// What to measure: the head node (`store`) or the echo server (`echo`).
+    /// What to measure: the head node's writes (`store`), the echo server
+    /// (`echo`), or the head node's reads (`get`: `get <id>` over reader
+    /// connections, of the oldest 1000 stored messages in turn; at most 16
+    /// in flight per connection).
     #[arg(long, env = "BENCH_TARGET", value_enum, default_value = "store")]
     target: client::bench::BenchTarget,
     /// Connections at once.

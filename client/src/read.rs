@@ -92,6 +92,27 @@ async fn send(conn: &mut Connection, request: &ReadRequest) -> Result<(), ReadEr
         .map_err(|e| ReadError::Lost(e.to_string()))
 }
 
+/// The ids of the first stored messages, at most `limit` (1 to
+/// [`MAX_TAIL_LIMIT`]), in id order: one `tail start <limit>` on a reader
+/// connection.
+pub async fn first_ids(conn: &mut Connection, limit: u32) -> Result<Vec<MessageId>, ReadError> {
+    let request = ReadRequest::Tail {
+        after: None,
+        limit: limit.clamp(1, MAX_TAIL_LIMIT),
+        since_ms: None,
+    };
+    send(conn, &request).await?;
+    let mut ids = Vec::new();
+    loop {
+        match next_reply(conn).await? {
+            ReadReply::Found { record, .. } => ids.push(record.id),
+            ReadReply::End { .. } => return Ok(ids),
+            ReadReply::Error(reason) => return Err(ReadError::Refused(reason)),
+            other => return Err(ReadError::Protocol(format!("{other:?}"))),
+        }
+    }
+}
+
 /// Reads one message by id or key from any live data node.
 pub async fn get(connect: &ConnectOptions, wanted: &Wanted) -> Result<Found, ReadError> {
     let mut conn = session::connect(&reader_options(connect.clone())).await?;

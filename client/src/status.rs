@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use protocol::status::StatusSnapshot;
+use protocol::status::{NodeStatus, StatusSnapshot};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -156,7 +156,7 @@ pub fn render(s: &StatusSnapshot) -> String {
                 n.icmp_rtt_ms.map_or("-".into(), |ms| format!("{ms:.3}ms")),
                 n.messages_stored.to_string(),
                 bytes(n.bytes_stored),
-                n.fsync_p99_ms.map_or("-".into(), |ms| format!("{ms:.2}ms")),
+                fsync_p99(n),
                 n.last_eviction.as_ref().map_or("-".into(), |e| {
                     format!("{} ({} ago)", e.reason, duration(e.seconds_ago))
                 }),
@@ -193,6 +193,16 @@ pub fn render(s: &StatusSnapshot) -> String {
         }
     }
     out
+}
+
+/// The fsync column: the node's recent p99, `no fsyncs` when it reported
+/// a window without any, `-` when it reports nothing.
+fn fsync_p99(n: &NodeStatus) -> String {
+    match (n.fsync_p99_ms, n.fsyncs_in_window) {
+        (Some(ms), _) => format!("{ms:.2}ms"),
+        (None, Some(0)) => "no fsyncs".into(),
+        _ => "-".into(),
+    }
 }
 
 fn duration(seconds: f64) -> String {
@@ -234,7 +244,7 @@ fn bytes(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use protocol::status::{Eviction, NodeStatus, Totals};
+    use protocol::status::{Eviction, Totals};
 
     #[test]
     fn the_table_has_one_row_per_node_with_its_eviction() {
@@ -248,7 +258,9 @@ mod tests {
             icmp_rtt_ms: Some(0.081),
             messages_stored: 12,
             bytes_stored: 3000,
-            fsync_p99_ms: None,
+            fsync_p99_ms: (state == "live").then_some(1.834),
+            fsyncs_in_window: (state == "live").then_some(4_180),
+            fsync_window_seconds: (state == "live").then_some(10.2),
             last_eviction: (state == "evicted").then(|| Eviction {
                 reason: "hung".into(),
                 detail: "dn2 10.0.0.2 hung, eliminado".into(),
@@ -285,6 +297,17 @@ mod tests {
         let dn2 = table.lines().find(|l| l.starts_with("dn2")).unwrap();
         assert!(dn2.contains("EVICTED"), "{table}");
         assert!(dn2.contains("hung (1m15s ago)"), "{table}");
+        let header = table.lines().find(|l| l.starts_with("NODE")).unwrap();
+        let column = header.find("FSYNC P99").unwrap();
+        let dn1 = table.lines().find(|l| l.starts_with("dn1")).unwrap();
+        assert_eq!(&dn1[column..column + 6], "1.83ms", "{table}");
+        assert_eq!(&dn2[column..column + 2], "- ", "{table}");
+        let idle = NodeStatus {
+            fsync_p99_ms: None,
+            fsyncs_in_window: Some(0),
+            ..node("dn3", "live")
+        };
+        assert_eq!(fsync_p99(&idle), "no fsyncs");
         assert!(table.contains("2.9KiB"), "{table}");
         assert_eq!(duration(3700.0), "1h01m");
     }

@@ -28,7 +28,9 @@ fn snapshot() -> StatusSnapshot {
             icmp_rtt_ms: None,
             messages_stored: 5,
             bytes_stored: 80,
-            fsync_p99_ms: None,
+            fsync_p99_ms: Some(2.5),
+            fsyncs_in_window: Some(120),
+            fsync_window_seconds: Some(10.0),
             last_eviction: None,
         }],
         totals: Totals {
@@ -112,6 +114,7 @@ async fn status_prints_a_table() {
         stdout.contains("repair: idle; first check 30s after start"),
         "{stdout}"
     );
+    assert!(row.contains("2.50ms"), "its fsync p99: {stdout}");
 }
 
 #[tokio::test]

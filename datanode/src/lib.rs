@@ -15,7 +15,7 @@
 //!   reported to each head node after `welcome`, so a resent key is
 //!   answered with its original id and never written twice;
 //! - [`metrics`]: what `/metrics` shows, on the HTTP port of
-//!   [`run_with_http`];
+//!   [`run_with_http`], and the fsync latency reported to the head node;
 //! - [`run`]: connect and register (async), then hand the connection to a
 //!   dedicated *data-path thread* that reads what the head node sends,
 //!   appends it to `data.txt`, syncs, and writes the acknowledgements: file
@@ -56,6 +56,7 @@ pub mod storage;
 pub mod store;
 
 use keys::{Decision, KeyIndex, commit_decision, now_millis};
+use metrics::{FsyncWindow, NodeMetrics};
 use reads::{MAX_READS_IN_FLIGHT, ReadJob, ReadServer, SharedWriter};
 pub use storage::FsyncPolicy;
 use storage::{DataFile, EpochCheck, EpochFile, StorageError, check_epoch};
@@ -109,6 +110,9 @@ pub struct Config {
     pub max_backoff: Duration,
     /// On shutdown, how long to wait for the head node to drain this node.
     pub leave_timeout: Duration,
+    /// How often this node reports its fsync latency to the head node (an
+    /// `fsync` line after a `pong`), over the last two such periods.
+    pub fsync_report_every: Duration,
     /// Local address to connect from (multi-homed hosts); `None` lets the OS choose.
     pub source_ip: Option<std::net::IpAddr>,
 }
@@ -138,6 +142,7 @@ impl Config {
             min_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(1),
             leave_timeout: Duration::from_secs(5),
+            fsync_report_every: protocol::message::FSYNC_REPORT_EVERY,
             source_ip: None,
         }
     }
@@ -532,6 +537,7 @@ async fn serve<F: Future<Output = ()>>(
         max_line: config.max_line.saturating_add(FORWARD_OVERHEAD),
         head_timeout: config.head_timeout,
         leave_timeout: config.leave_timeout,
+        fsync_report_every: config.fsync_report_every,
         // Only a batch commit has an fdatasync worth sharing.
         commit_linger: match config.fsync {
             FsyncPolicy::Batch => config.commit_linger,
@@ -619,6 +625,7 @@ struct DataPathConfig {
     head_timeout: Duration,
     leave_timeout: Duration,
     commit_linger: Duration,
+    fsync_report_every: Duration,
 }
 
 /// One message staged in the current batch: written at its commit unless
@@ -663,10 +670,11 @@ impl Default for Batch {
 impl Batch {
     /// Admits a read for after the commit, or answers it `readerror` at
     /// once when [`MAX_READS_IN_FLIGHT`] are outstanding.
-    fn read(&mut self, reads: &ReadServer, req: u64, job: ReadJob) {
+    fn read(&mut self, reads: &ReadServer, metrics: &NodeMetrics, req: u64, job: ReadJob) {
         if reads.admit() {
             self.reads.push(job);
         } else {
+            metrics.read_failed();
             debug!(
                 req,
                 "read refused: {MAX_READS_IN_FLIGHT} reads already outstanding"
@@ -822,6 +830,7 @@ fn data_path(
             .store
             .reader(config.max_line.saturating_add(RECORD_OVERHEAD)),
         writer.clone(),
+        state.data.metrics(),
     ) {
         Ok(reads) => reads,
         Err(e) => return SessionEnd::Reconnect(format!("cannot start the read thread: {e}")),
@@ -831,6 +840,7 @@ fn data_path(
     let mut out = BytesMut::new();
     let mut scratch = vec![0u8; 64 * 1024];
     let mut last_heard = Instant::now();
+    let mut fsyncs = FsyncWindow::new(config.fsync_report_every, last_heard, &state.data.metrics);
     let mut leave_by: Option<Instant> = None;
     let mut last_batch = 0;
     let mut linger_until: Option<Instant> = None;
@@ -865,6 +875,12 @@ fn data_path(
                 Ok(ToDataNode::Ping(n)) => {
                     // Answered with this batch, after its messages are written.
                     batch.answers.push(FromDataNode::Pong(n));
+                    // Per ping (a second apart by default): a look at the
+                    // clock and, every few seconds, a copy of the fsync
+                    // histogram's buckets.
+                    if let Some(report) = fsyncs.report(Instant::now(), &state.data.metrics) {
+                        batch.answers.push(FromDataNode::Fsync(report));
+                    }
                     true
                 }
                 Ok(ToDataNode::Members(nodes)) => {
@@ -877,23 +893,29 @@ fn data_path(
                     true
                 }
                 Ok(ToDataNode::Get { req, id }) => {
-                    batch.read(&reads, req, ReadJob::Get { req, id });
+                    batch.read(&reads, &state.data.metrics, req, ReadJob::Get { req, id });
                     true
                 }
                 Ok(ToDataNode::GetKey { req, key }) => {
                     // The key index lives on this thread: look the key up
                     // here, read the record there.
                     match state.keys.get(key) {
-                        Some(id) => batch.read(&reads, req, ReadJob::Get { req, id }),
-                        None => batch.answers.push(FromDataNode::NotFound {
-                            req,
-                            removed: false,
-                        }),
+                        Some(id) => {
+                            batch.read(&reads, &state.data.metrics, req, ReadJob::Get { req, id })
+                        }
+                        None => {
+                            state.data.metrics.get_served();
+                            batch.answers.push(FromDataNode::NotFound {
+                                req,
+                                removed: false,
+                            });
+                        }
                     }
                     true
                 }
                 Ok(ToDataNode::Scan { req, after, limit }) => {
                     if limit > MAX_SCAN_RECORDS {
+                        state.data.metrics.read_failed();
                         batch.answers.push(FromDataNode::ReadError {
                             req,
                             reason: format!(
@@ -901,7 +923,12 @@ fn data_path(
                             ),
                         });
                     } else {
-                        batch.read(&reads, req, ReadJob::Scan { req, after, limit });
+                        batch.read(
+                            &reads,
+                            &state.data.metrics,
+                            req,
+                            ReadJob::Scan { req, after, limit },
+                        );
                     }
                     true
                 }

@@ -29,6 +29,7 @@ use protocol::message::{FromDataNode, MAX_SCAN_RECORDS, MessageId, ReadRecord};
 use protocol::timefmt::parse_timestamp_millis;
 use tracing::{debug, warn};
 
+use crate::metrics::NodeMetrics;
 use crate::storage::index::{Location, MessageIndex};
 use crate::storage::retention::RemovedIds;
 use crate::storage::segments::segment_name;
@@ -332,8 +333,13 @@ pub struct ReadServer {
 }
 
 impl ReadServer {
-    /// Starts the read thread, which answers through `writer`.
-    pub fn start(reader: StoreReader, writer: SharedWriter) -> io::Result<ReadServer> {
+    /// Starts the read thread, which answers through `writer` and counts
+    /// what it answers in `metrics`.
+    pub fn start(
+        reader: StoreReader,
+        writer: SharedWriter,
+        metrics: Arc<NodeMetrics>,
+    ) -> io::Result<ReadServer> {
         let (jobs, queue) = std::sync::mpsc::sync_channel(MAX_READS_IN_FLIGHT);
         let in_flight = Arc::new(AtomicUsize::new(0));
         let count = in_flight.clone();
@@ -342,7 +348,7 @@ impl ReadServer {
             .name("reads".into())
             .spawn(move || {
                 let _span = span.enter();
-                serve_reads(&reader, &writer, &queue, &count);
+                serve_reads(&reader, &writer, &queue, &count, &metrics);
             })?;
         Ok(ReadServer { jobs, in_flight })
     }
@@ -381,10 +387,11 @@ fn serve_reads(
     writer: &SharedWriter,
     queue: &Receiver<ReadJob>,
     in_flight: &AtomicUsize,
+    metrics: &NodeMetrics,
 ) {
     let mut out = BytesMut::with_capacity(WRITE_PIECE * 2);
     while let Ok(job) = queue.recv() {
-        let written = answer(reader, job, &mut out, writer);
+        let written = answer(reader, job, &mut out, writer, metrics);
         in_flight.fetch_sub(1, Ordering::AcqRel);
         if let Err(e) = written {
             debug!("read thread stops: cannot write to the head node: {e}");
@@ -399,6 +406,7 @@ fn answer(
     job: ReadJob,
     out: &mut BytesMut,
     writer: &SharedWriter,
+    metrics: &NodeMetrics,
 ) -> io::Result<()> {
     out.clear();
     let line = |frame: &FromDataNode, out: &mut BytesMut| {
@@ -407,9 +415,16 @@ fn answer(
     };
     match job {
         ReadJob::Get { req, id } => match reader.get(id) {
-            Ok(Got::Found(record)) => line(&FromDataNode::Found { req, record }, out),
-            Ok(Got::NotFound { removed }) => line(&FromDataNode::NotFound { req, removed }, out),
+            Ok(Got::Found(record)) => {
+                metrics.get_served();
+                line(&FromDataNode::Found { req, record }, out)
+            }
+            Ok(Got::NotFound { removed }) => {
+                metrics.get_served();
+                line(&FromDataNode::NotFound { req, removed }, out)
+            }
             Err(e) => {
+                metrics.read_failed();
                 warn!(req, %id, "read failed: {e}");
                 line(
                     &FromDataNode::ReadError {
@@ -423,6 +438,7 @@ fn answer(
         ReadJob::Scan { req, after, limit } => {
             match reader.scan(after, limit, MAX_SCAN_REPLY_BYTES) {
                 Ok(scanned) => {
+                    metrics.scan_served(scanned.records.len());
                     let count = scanned.records.len() as u32;
                     let last = scanned.records.last().map(|r| r.id);
                     for record in scanned.records {
@@ -444,6 +460,7 @@ fn answer(
                     );
                 }
                 Err(e) => {
+                    metrics.read_failed();
                     warn!(req, after = ?after.map(|a| a.to_string()), "scan failed: {e}");
                     line(
                         &FromDataNode::ReadError {

@@ -32,7 +32,7 @@ fn found(answer: &FromDataNode) -> &ReadRecord {
 
 #[tokio::test]
 async fn messages_are_read_back_by_id_by_key_and_in_id_order_across_segments() {
-    let mut head = ScriptedHead::start(|config| config.store.segment_bytes = 200).await;
+    let mut head = ScriptedHead::start_with_http(|config| config.store.segment_bytes = 200).await;
     for seq in 1..=10 {
         head.send_keyed(
             &format!("7-{seq}"),
@@ -126,6 +126,17 @@ async fn messages_are_read_back_by_id_by_key_and_in_id_order_across_segments() {
         "{:?}",
         answers[12]
     );
+    // Four gets (getkey counted as get, one answered from the key index
+    // alone), two scans of 4 and 2 records, one refused.
+    let metrics = head.metrics().await;
+    for series in [
+        "msgstore_datanode_reads_total{kind=\"get\"} 4\n",
+        "msgstore_datanode_reads_total{kind=\"scan\"} 2\n",
+        "msgstore_datanode_records_scanned_total 6\n",
+        "msgstore_datanode_read_failures_total 1\n",
+    ] {
+        assert!(metrics.contains(series), "no {series} in\n{metrics}");
+    }
     head.stop().await.unwrap();
 }
 

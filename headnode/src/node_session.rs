@@ -156,6 +156,9 @@ pub(crate) async fn run<S: Stream>(
                             // be dropped: the next one comes within a second.
                             let _ = membership.try_send(Input::Heartbeat { conn: info.conn });
                         }
+                        Ok(FromDataNode::Fsync(report)) => {
+                            shared.status.fsync_reported(&info.node, info.incarnation, report);
+                        }
                         Ok(FromDataNode::Leaving) => {
                             info!(node = %info.node, in_flight = in_flight.waiting(), "dataNode says it is leaving");
                             leaving = true;

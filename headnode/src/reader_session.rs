@@ -16,7 +16,7 @@
 //! forwarding queues.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use protocol::connection::Connection;
 use protocol::message::{MessageId, NodeId, ReadRecord};
@@ -29,6 +29,7 @@ use tracing::{debug, info, warn};
 
 use crate::Shared;
 use crate::reads::{GetResult, NodeRead, NodeReader};
+use crate::status::{ReadFailure, ReadKind};
 use crate::tail::{Merge, Step, Watermark};
 
 /// Requests taken from one reader's buffer at once; lines beyond them
@@ -118,11 +119,13 @@ async fn serve<S: Stream>(
                 }
                 Err(reason) => {
                     debug!(reason, "bad request from lector");
+                    shared.status.reads.refused(ReadFailure::BadRequest);
                     conn.writer.queue_error(&reason);
                 }
             }
         }
         for _ in 0..refused {
+            shared.status.reads.refused(ReadFailure::TooManyInFlight);
             conn.writer.queue_error(&format!(
                 "too many requests in flight (at most {READER_QUEUE} per reader); this one was not served"
             ));
@@ -155,41 +158,58 @@ async fn flush<S: Stream>(conn: &mut Connection<S>, shared: &Shared) -> Result<(
     }
 }
 
-/// Serves one request; Err ends the connection.
+/// Serves one request, counted and timed in the read metrics; Err ends
+/// the connection.
 async fn answer<S: Stream>(
     conn: &mut Connection<S>,
     shared: &Shared,
     request: &ReadRequest,
 ) -> Result<(), String> {
+    let started = Instant::now();
+    let kind = match request {
+        ReadRequest::Get(_) => ReadKind::Get,
+        ReadRequest::GetKey(_) => ReadKind::GetKey,
+        ReadRequest::Tail { .. } => ReadKind::Tail,
+    };
+    let failure = respond(conn, shared, request).await?;
+    shared
+        .status
+        .reads
+        .answered(kind, failure, started.elapsed());
+    Ok(())
+}
+
+/// Queues the answer to one request; why it is an `ERROR`, if it is.
+async fn respond<S: Stream>(
+    conn: &mut Connection<S>,
+    shared: &Shared,
+    request: &ReadRequest,
+) -> Result<Option<ReadFailure>, String> {
     let budget = &shared.read_budget;
     let Ok(Ok(_permit)) = tokio::time::timeout(BUDGET_WAIT, budget_permit(budget)).await else {
         conn.writer.queue_error(&format!(
             "head node busy: {} reads at once; try again",
             shared.config.max_reads
         ));
-        return Ok(());
+        return Ok(Some(ReadFailure::Busy));
     };
     let live = shared.reads.live();
     if live.is_empty() {
         conn.writer.queue_error(&protocol::message::NO_DATA_NODES);
-        return Ok(());
+        return Ok(Some(ReadFailure::NoDataNodes));
     }
     match request {
         ReadRequest::Get(id) => {
-            get(conn, shared, live, NodeRead::Get(*id), id.to_string()).await;
-            Ok(())
+            Ok(get(conn, shared, live, NodeRead::Get(*id), id.to_string()).await)
         }
-        ReadRequest::GetKey(key) => {
-            get(
-                conn,
-                shared,
-                live,
-                NodeRead::GetKey(key.clone()),
-                key.to_string(),
-            )
-            .await;
-            Ok(())
-        }
+        ReadRequest::GetKey(key) => Ok(get(
+            conn,
+            shared,
+            live,
+            NodeRead::GetKey(key.clone()),
+            key.to_string(),
+        )
+        .await),
         ReadRequest::Tail {
             after,
             limit,
@@ -203,13 +223,14 @@ async fn budget_permit(budget: &Semaphore) -> Result<tokio::sync::SemaphorePermi
 }
 
 /// Asks every live node for one message; names those that hold it.
+/// Why its answer is an `ERROR`, if it is.
 async fn get<S: Stream>(
     conn: &mut Connection<S>,
     shared: &Shared,
     live: Vec<NodeReader>,
     read: NodeRead,
     what: String,
-) {
+) -> Option<ReadFailure> {
     let timeout = shared.config.read_timeout;
     let asked = live.len();
     let mut reads = JoinSet::new();
@@ -249,23 +270,30 @@ async fn get<S: Stream>(
         Some(record) => conn
             .writer
             .queue_with(|buf| ReadReply::encode_found(&record, &holders, buf)),
-        None if failures.len() == asked => conn
-            .writer
-            .queue_error(&format!("no data node could be read ({})", failures[0])),
-        None if !failures.is_empty() => conn.writer.queue_error(&format!(
-            "not found on {} of {asked} data nodes; {} could not be read ({}); it may be there",
-            asked - failures.len(),
-            failures.len(),
-            failures[0]
-        )),
+        None if failures.len() == asked => {
+            conn.writer
+                .queue_error(&format!("no data node could be read ({})", failures[0]));
+            return Some(ReadFailure::Unreadable);
+        }
+        None if !failures.is_empty() => {
+            conn.writer.queue_error(&format!(
+                "not found on {} of {asked} data nodes; {} could not be read ({}); it may be there",
+                asked - failures.len(),
+                failures.len(),
+                failures[0]
+            ));
+            return Some(ReadFailure::Unreadable);
+        }
         None => conn
             .writer
             .queue_with(|buf| ReadReply::NotFound { what, removed }.encode(buf)),
     }
+    None
 }
 
 /// Merges the live nodes' scans from `after`: at most `limit` records
-/// sent, then `end`.
+/// sent, then `end`. Why its answer ends in an `ERROR`, if it does; Err
+/// ends the connection.
 async fn tail<S: Stream>(
     conn: &mut Connection<S>,
     shared: &Shared,
@@ -273,7 +301,7 @@ async fn tail<S: Stream>(
     after: Option<MessageId>,
     limit: u32,
     since_ms: Option<u64>,
-) -> Result<(), String> {
+) -> Result<Option<ReadFailure>, String> {
     let timeout = shared.config.read_timeout;
     let watermark = Watermark::current(shared);
     let mut merge = Merge::new(live.iter().map(|r| r.node.clone()).collect(), after);
@@ -291,7 +319,7 @@ async fn tail<S: Stream>(
                     let why = first_failure.unwrap_or_default();
                     conn.writer
                         .queue_error(&format!("no data node could be read ({why})"));
-                    return Ok(());
+                    return Ok(Some(ReadFailure::Unreadable));
                 }
             }
             Step::Next(record, holders) => {
@@ -319,5 +347,5 @@ async fn tail<S: Stream>(
         }
         .encode(buf)
     });
-    Ok(())
+    Ok(None)
 }

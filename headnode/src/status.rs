@@ -8,7 +8,11 @@
 //! acknowledgement latency (sampled: see `client_session`). Everything
 //! else is read when asked for, or kept by the membership task, which
 //! records every membership event here (a short lock, a few times a second
-//! at most).
+//! at most), and by the node sessions, which record each data node's fsync
+//! report (the same lock, once per node every few seconds).
+//!
+//! Readers' requests are counted by kind and failure reason, and timed,
+//! in [`ReadMetrics`]: a few atomic additions per request.
 //!
 //! Bounded: the table keeps the current members and at most
 //! [`KEPT_DEPARTED`] departed (evicted or left) nodes, each for at most
@@ -25,7 +29,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::{Registry, Unit};
 use protocol::http::{Body, Request, Response};
-use protocol::message::NodeId;
+use protocol::message::{FSYNC_REPORT_EVERY, FsyncReport, NodeId};
 use protocol::metrics::{self, AtomicHistogram, LATENCY_BUCKETS};
 use protocol::status::{ClusterEvent, Eviction, NodeStatus, RepairPass, StatusSnapshot, Totals};
 use protocol::timefmt::timestamp;
@@ -45,6 +49,9 @@ pub(crate) const KEPT_DEPARTED_FOR: Duration = Duration::from_secs(3600);
 pub(crate) const RECENT_EVENTS: usize = 50;
 /// Samples (one a second) the message rate is measured over.
 pub(crate) const RATE_WINDOW: usize = 5;
+/// A data node's fsync report older than this is not shown: it reports
+/// every [`FSYNC_REPORT_EVERY`], so it missed three.
+pub(crate) const FSYNC_REPORT_STALE: Duration = FSYNC_REPORT_EVERY.saturating_mul(3);
 
 /// The reason kinds of evictions, as labels and in the snapshot.
 const REASONS: [&str; 8] = [
@@ -74,6 +81,82 @@ fn reason_index(reason: &EvictReason) -> usize {
 /// The states a row can be in, as labels and in the snapshot.
 const STATES: [&str; 5] = ["live", "suspect", "leaving", "evicted", "left"];
 
+/// What a reader asked for, as a label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReadKind {
+    /// `get <message-id>`.
+    Get,
+    /// `get <client-id>/<seq>`.
+    GetKey,
+    /// `tail ...`.
+    Tail,
+}
+
+/// The labels of [`ReadKind`], in its order.
+const READ_KINDS: [&str; 3] = ["get", "getkey", "tail"];
+
+/// Why a reader's request was answered `ERROR`, as a label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReadFailure {
+    /// No place in the read budget (`--max-reads`) in time.
+    Busy,
+    /// No live data node to ask.
+    NoDataNodes,
+    /// The data nodes could not be read (none of them, or not all of
+    /// those that might hold it).
+    Unreadable,
+    /// Beyond the requests taken from one reader at once.
+    TooManyInFlight,
+    /// Not a request.
+    BadRequest,
+}
+
+/// The labels of [`ReadFailure`], in its order.
+const READ_FAILURES: [&str; 5] = [
+    "busy",
+    "no_data_nodes",
+    "unreadable",
+    "too_many_in_flight",
+    "bad_request",
+];
+
+/// Readers' requests: answered by kind, failed by reason, and how long
+/// each took from its turn to its answer.
+#[derive(Debug)]
+pub(crate) struct ReadMetrics {
+    served: [AtomicU64; READ_KINDS.len()],
+    failed: [AtomicU64; READ_FAILURES.len()],
+    latency: [AtomicHistogram; READ_KINDS.len()],
+}
+
+impl Default for ReadMetrics {
+    fn default() -> Self {
+        ReadMetrics {
+            served: std::array::from_fn(|_| AtomicU64::new(0)),
+            failed: std::array::from_fn(|_| AtomicU64::new(0)),
+            latency: std::array::from_fn(|_| AtomicHistogram::new(LATENCY_BUCKETS)),
+        }
+    }
+}
+
+impl ReadMetrics {
+    /// A request of `kind` answered after `took`: served (`found`,
+    /// `notfound`, a tail's `end`) or failed (`ERROR`).
+    pub(crate) fn answered(&self, kind: ReadKind, failure: Option<ReadFailure>, took: Duration) {
+        match failure {
+            None => self.served[kind as usize].fetch_add(1, Ordering::Relaxed),
+            Some(why) => self.failed[why as usize].fetch_add(1, Ordering::Relaxed),
+        };
+        self.latency[kind as usize].observe(took);
+    }
+
+    /// A request refused before its turn (malformed, or beyond the
+    /// reader's bound): not timed.
+    pub(crate) fn refused(&self, why: ReadFailure) {
+        self.failed[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// Copies one data node acknowledged, counted by its session.
 #[derive(Debug, Default)]
 pub(crate) struct NodeCounters {
@@ -98,6 +181,9 @@ struct Row {
     incarnation: u64,
     last_heartbeat: Option<Instant>,
     rtt: Option<Duration>,
+    /// Its last fsync report, and when it came; cleared when it departs
+    /// or joins again.
+    fsync: Option<(FsyncReport, Instant)>,
     last_eviction: Option<Evicted>,
     departed: Option<Instant>,
 }
@@ -136,6 +222,8 @@ pub(crate) struct Status {
     stored: AtomicU64,
     /// From a client's request to its answer (sampled).
     pub(crate) ack_latency: AtomicHistogram,
+    /// Readers' requests.
+    pub(crate) reads: ReadMetrics,
     evictions: [AtomicU64; REASONS.len()],
     view: Mutex<View>,
     /// (time, messages stored) once a second, newest last.
@@ -150,6 +238,7 @@ impl Default for Status {
             started: Instant::now(),
             stored: AtomicU64::new(0),
             ack_latency: AtomicHistogram::new(LATENCY_BUCKETS),
+            reads: ReadMetrics::default(),
             evictions: std::array::from_fn(|_| AtomicU64::new(0)),
             view: Mutex::default(),
             rate: Mutex::default(),
@@ -185,6 +274,18 @@ impl Status {
         }
     }
 
+    /// A data node's fsync report, from its session (incarnation
+    /// `incarnation`): shown in its row until it departs or the report
+    /// is [`FSYNC_REPORT_STALE`].
+    pub(crate) fn fsync_reported(&self, node: &NodeId, incarnation: u64, report: FsyncReport) {
+        if let Some(row) = lock(&self.view).rows.get_mut(node)
+            && row.incarnation == incarnation
+            && row.departed.is_none()
+        {
+            row.fsync = Some((report, Instant::now()));
+        }
+    }
+
     /// Records what a membership event changes in the table.
     pub(crate) fn record(&self, event: &Event) {
         let now = Instant::now();
@@ -199,6 +300,7 @@ impl Status {
                     incarnation: member.incarnation,
                     last_heartbeat: None,
                     rtt: None,
+                    fsync: None,
                     last_eviction: None,
                     departed: None,
                 });
@@ -207,6 +309,7 @@ impl Status {
                 row.state = 0;
                 row.incarnation = member.incarnation;
                 row.last_heartbeat = Some(now);
+                row.fsync = None;
                 row.departed = None;
                 view.counters.entry(member.node.clone()).or_default();
                 let kind = if *rejoined { "rejoined" } else { "joined" };
@@ -248,6 +351,7 @@ impl Status {
                     };
                     row.departed = Some(now);
                     row.last_heartbeat = None;
+                    row.fsync = None;
                     row.last_eviction = Some(Evicted {
                         reason: index,
                         detail: detail.clone(),
@@ -355,6 +459,10 @@ pub(crate) fn snapshot(shared: &Shared) -> StatusSnapshot {
             let read = |f: fn(&NodeCounters) -> &AtomicU64| {
                 counters.map_or(0, |c| f(c).load(Ordering::Relaxed))
             };
+            let fsync = row
+                .fsync
+                .filter(|(_, at)| now.saturating_duration_since(*at) < FSYNC_REPORT_STALE)
+                .map(|(report, _)| report);
             NodeStatus {
                 id: node.to_string(),
                 zone: row.zone.clone(),
@@ -365,7 +473,11 @@ pub(crate) fn snapshot(shared: &Shared) -> StatusSnapshot {
                 icmp_rtt_ms: row.rtt.map(|rtt| rtt.as_secs_f64() * 1000.0),
                 messages_stored: read(|c| &c.copies),
                 bytes_stored: read(|c| &c.bytes),
-                fsync_p99_ms: None,
+                fsync_p99_ms: fsync
+                    .and_then(|f| f.p99_micros)
+                    .map(|us| us as f64 / 1000.0),
+                fsyncs_in_window: fsync.map(|f| f.count),
+                fsync_window_seconds: fsync.map(|f| f.window_ms as f64 / 1000.0),
                 last_eviction: row.last_eviction.as_ref().map(|e| Eviction {
                     reason: REASONS[e.reason].to_owned(),
                     detail: e.detail.clone(),
@@ -563,6 +675,37 @@ impl Collector for Scrape {
             Some(&Unit::Seconds),
             &status.ack_latency,
         )?;
+        let reads = &status.reads;
+        metrics::counter_family(
+            &mut e,
+            "msgstore_reads",
+            "Readers' requests answered (found, notfound, or a tail's end), by kind.",
+            None,
+            "kind",
+            READ_KINDS
+                .iter()
+                .copied()
+                .zip(reads.served.iter().map(|c| c.load(Ordering::Relaxed))),
+        )?;
+        metrics::counter_family(
+            &mut e,
+            "msgstore_read_failures",
+            "Readers' requests answered with an error, by reason.",
+            None,
+            "reason",
+            READ_FAILURES
+                .iter()
+                .copied()
+                .zip(reads.failed.iter().map(|c| c.load(Ordering::Relaxed))),
+        )?;
+        metrics::histogram_family(
+            &mut e,
+            "msgstore_read_latency",
+            "From a reader's request's turn to its answer (the wait for the read budget included; failed requests too), by kind.",
+            Some(&Unit::Seconds),
+            "kind",
+            READ_KINDS.iter().copied().zip(&reads.latency),
+        )?;
         metrics::gauge(
             &mut e,
             "msgstore_client_connections",
@@ -683,6 +826,39 @@ mod tests {
                 .load(Ordering::Relaxed),
             KEPT_DEPARTED as u64 + 10
         );
+    }
+
+    #[test]
+    fn an_fsync_report_is_kept_for_the_incarnation_that_sent_it_while_it_is_a_member() {
+        let status = Status::default();
+        let report = FsyncReport {
+            window_ms: 10_000,
+            count: 800,
+            p99_micros: Some(1_500),
+        };
+        status.record(&Event::Joined {
+            member: member("a", 2),
+            rejoined: false,
+        });
+        let node: NodeId = "a".parse().unwrap();
+        let shown = |status: &Status| lock(&status.view).rows[&node].fsync.map(|(r, _)| r);
+        status.fsync_reported(&node, 1, report);
+        assert_eq!(shown(&status), None, "from an older incarnation");
+        status.fsync_reported(&node, 2, report);
+        assert_eq!(shown(&status), Some(report));
+        status.record(&Event::Joined {
+            member: member("a", 3),
+            rejoined: true,
+        });
+        assert_eq!(shown(&status), None, "a new process reports anew");
+        status.fsync_reported(&node, 3, report);
+        status.record(&Event::Evicted {
+            member: member("a", 3),
+            reason: EvictReason::Unreachable,
+        });
+        assert_eq!(shown(&status), None, "departed");
+        status.fsync_reported(&node, 3, report);
+        assert_eq!(shown(&status), None, "a late report of a departed node");
     }
 
     #[test]

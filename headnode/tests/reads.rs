@@ -462,3 +462,55 @@ async fn reads_without_data_nodes_get_a_clear_error() {
     );
     cluster.stop().await;
 }
+
+fn read_bench(
+    cluster: &Cluster,
+    connections: usize,
+    pipeline: usize,
+) -> client::bench::BenchConfig {
+    client::bench::BenchConfig {
+        connect: options(cluster),
+        client_id: None,
+        target: client::bench::BenchTarget::Get,
+        connections,
+        pipeline,
+        limit: client::bench::Limit::Count(400),
+        payload: client::bench::Payload::Seed,
+        warmup: Duration::ZERO,
+        progress: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_read_bench_gets_stored_messages_by_id_and_checks_each_answer() {
+    let cluster = start(&["dn1", "dn2", "dn3"]).await;
+    let empty = client::bench::run(read_bench(&cluster, 1, 1))
+        .await
+        .unwrap_err();
+    assert!(
+        empty.to_string().contains("nothing to read back yet"),
+        "{empty}"
+    );
+    let mut writer = connect(&cluster, "cliente id=bench-reads").await;
+    let texts: Vec<String> = (0..30).map(|i| format!("numero random: {i}")).collect();
+    store(&mut writer, 1, &texts).await;
+
+    let report = client::bench::run(read_bench(&cluster, 2, 8))
+        .await
+        .unwrap();
+    assert_eq!(report.target, "get");
+    assert_eq!(report.errors, 0, "{report}");
+    assert_eq!(report.messages, 400, "{report}");
+    assert!(report.msgs_per_sec > 0.0 && report.p50_us <= report.p99_us);
+
+    let too_deep = client::bench::run(read_bench(&cluster, 1, 17))
+        .await
+        .unwrap_err();
+    assert!(
+        too_deep
+            .to_string()
+            .contains("at most 16 requests in flight"),
+        "{too_deep}"
+    );
+    cluster.stop().await;
+}

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use headnode::membership::{Event, EvictReason};
 use protocol::connection::Connection;
+use protocol::handshake;
 use protocol::message::StoreReply;
 use support::{Cluster, fast_config, keyed_client, send_keyed};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -76,6 +77,21 @@ fn sample(text: &str, series: &str) -> f64 {
         .unwrap()
 }
 
+/// A reader (`lector`) connection.
+async fn reader(addr: SocketAddr) -> Connection {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let mut conn = Connection::connect(stream, 1 << 16).unwrap();
+    handshake::initiate(
+        &mut conn.reader,
+        &mut conn.writer,
+        Some("lector"),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    conn
+}
+
 async fn store(conn: &mut Connection, seq: u64, text: &str) {
     match send_keyed(conn, seq, text).await {
         StoreReply::Stored { holders, .. } => assert_eq!(holders.len(), 2),
@@ -138,6 +154,53 @@ async fn metrics_count_what_was_stored_and_parse_as_prometheus_text() {
     assert!(sample(&text, "msgstore_uptime_seconds") >= 0.0);
     assert!(sample(&text, "msgstore_epoch") > 0.0);
     assert!(sample(&text, "msgstore_log_lines_dropped_total") >= 0.0);
+    for kind in ["get", "getkey", "tail"] {
+        let series = format!("msgstore_reads_total{{kind=\"{kind}\"}}");
+        assert_eq!(sample(&text, &series), 0.0);
+    }
+
+    // A reader: one request of each kind, and one that is none.
+    let mut reader = reader(cluster.addr).await;
+    for request in ["get metrics-1/2", "get 1-1", "tail start 10", "nonsense"] {
+        reader.writer.queue(request.as_bytes());
+    }
+    reader.writer.flush().await.unwrap();
+    let mut answers = Vec::new();
+    while !answers
+        .last()
+        .is_some_and(|a: &String| a.starts_with("ERROR "))
+    {
+        let line = tokio::time::timeout(Duration::from_secs(10), reader.reader.read_frame())
+            .await
+            .expect("an answer within 10 s")
+            .unwrap()
+            .expect("the head node closed the reader");
+        answers.push(line.as_str().to_owned());
+    }
+    assert!(answers[0].starts_with("found "), "{answers:?}");
+    assert!(answers[1].starts_with("notfound 1-1"), "{answers:?}");
+    assert_eq!(answers.len(), 2 + 3 + 1 + 1, "{answers:?}");
+    let (_, text) = get(http, "/metrics").await;
+    check_exposition(&text);
+    for kind in ["get", "getkey", "tail"] {
+        let served = format!("msgstore_reads_total{{kind=\"{kind}\"}}");
+        assert_eq!(sample(&text, &served), 1.0, "{served}");
+        let timed = format!("msgstore_read_latency_seconds_count{{kind=\"{kind}\"}}");
+        assert_eq!(sample(&text, &timed), 1.0, "{timed}");
+        let all = format!("msgstore_read_latency_seconds_bucket{{le=\"+Inf\",kind=\"{kind}\"}}");
+        assert_eq!(sample(&text, &all), 1.0, "{all}");
+    }
+    assert_eq!(
+        sample(
+            &text,
+            "msgstore_read_failures_total{reason=\"bad_request\"}"
+        ),
+        1.0
+    );
+    for reason in ["busy", "no_data_nodes", "unreadable", "too_many_in_flight"] {
+        let failed = format!("msgstore_read_failures_total{{reason=\"{reason}\"}}");
+        assert_eq!(sample(&text, &failed), 0.0, "{failed}");
+    }
 
     let (status, body) = get(http, "/healthz").await;
     assert_eq!(
@@ -248,5 +311,140 @@ async fn the_event_stream_sends_a_snapshot() {
     let status: protocol::status::StatusSnapshot = serde_json::from_str(json).unwrap();
     assert_eq!(status.nodes.len(), 1);
     drop(stream);
+    cluster.stop().await;
+}
+
+/// The status snapshot, as `client status` reads it.
+async fn status(http: SocketAddr) -> protocol::status::StatusSnapshot {
+    client::status::fetch(&http.to_string(), Duration::from_secs(5))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_real_data_node_reports_its_fsync_p99_while_it_writes() {
+    let (mut cluster, http) = Cluster::start_with_http(fast_config()).await;
+    let mut config = cluster.node_config("dn1");
+    config.fsync_report_every = Duration::from_millis(200);
+    cluster.add_node(config).await;
+    // Writes until a report with fdatasyncs in its window has come; its
+    // window is short (two periods), so the writes go on meanwhile.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let row = loop {
+        let texts = (0..50).map(|i| format!("numero random: {i}")).collect();
+        let replies = support::send_pipelined(cluster.addr, texts, || {}).await;
+        assert!(
+            replies
+                .iter()
+                .all(|r| matches!(r, StoreReply::Stored { .. })),
+            "{replies:?}"
+        );
+        let snapshot = status(http).await;
+        let row = snapshot.nodes.into_iter().find(|n| n.id == "dn1").unwrap();
+        if row.fsync_p99_ms.is_some() {
+            break row;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no fsync p99 for dn1 within 10 s: {row:?}"
+        );
+    };
+    let p99 = row.fsync_p99_ms.unwrap();
+    assert!(p99 > 0.0 && p99 <= 10_000.0, "{row:?}");
+    assert!(row.fsyncs_in_window.unwrap() > 0, "{row:?}");
+    let window = row.fsync_window_seconds.unwrap();
+    assert!(
+        window > 0.0 && window < 5.0,
+        "two periods of 200 ms: {row:?}"
+    );
+    cluster.stop().await;
+}
+
+/// An original-system data node: `peticion`, the exact `confirmacion`,
+/// `dataNode`; then it holds its socket (it reports nothing).
+async fn original_data_node(addr: SocketAddr) -> TcpStream {
+    let mut socket = TcpStream::connect(addr).await.unwrap();
+    socket.write_all(b"peticion").await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = socket.read(&mut buf).await.unwrap();
+    assert_eq!(&buf[..n], b"confirmacion");
+    // Its own send: the original sends each step as one unterminated write.
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    socket.write_all(b"dataNode").await.unwrap();
+    socket
+}
+
+#[tokio::test]
+async fn the_status_shows_each_reported_fsync_p99_and_a_dash_for_nodes_that_report_none() {
+    let config = headnode::Config {
+        open_registration: true,
+        ..fast_config()
+    };
+    let (mut cluster, http) = Cluster::start_with_http(config).await;
+    // A data node of ours that reports a p99 of 1.93 ms over 812 fsyncs
+    // with every pong.
+    let (mut conn, welcome) = support::register(cluster.addr, "dn9", 1).await;
+    assert!(welcome.starts_with("welcome dn9 "), "{welcome}");
+    let reporter = tokio::spawn(async move {
+        while let Ok(Some(line)) = conn.reader.read_frame().await {
+            if let Some(n) = line.as_str().strip_prefix("ping ") {
+                let pong = format!("pong {n}");
+                conn.writer.queue(pong.as_bytes());
+                conn.writer.queue(b"fsync 10000 812 1930");
+                if conn.writer.flush().await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let _original = original_data_node(cluster.addr).await;
+    let joined = cluster
+        .wait_for(
+            "the original data node to join",
+            |e| matches!(e, Event::Joined { member, .. } if member.legacy),
+        )
+        .await;
+    let Event::Joined { member, .. } = joined else {
+        unreachable!("matched a join")
+    };
+    let original = member.node.to_string();
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let snapshot = loop {
+        let snapshot = status(http).await;
+        let reported = snapshot
+            .nodes
+            .iter()
+            .any(|n| n.id == "dn9" && n.fsync_p99_ms.is_some());
+        if reported {
+            break snapshot;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "dn9's report not shown within 10 s: {:?}",
+            snapshot.nodes
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let row = |id: &str| snapshot.nodes.iter().find(|n| n.id == id).unwrap();
+    let dn9 = row("dn9");
+    assert_eq!(dn9.fsync_p99_ms, Some(1.93));
+    assert_eq!(dn9.fsyncs_in_window, Some(812));
+    assert_eq!(dn9.fsync_window_seconds, Some(10.0));
+    let legacy = row(&original);
+    assert_eq!(legacy.state, "live");
+    assert_eq!((legacy.fsync_p99_ms, legacy.fsyncs_in_window), (None, None));
+
+    // What `client status` prints for them.
+    let table = client::status::render(&snapshot);
+    let header = table.lines().find(|l| l.starts_with("NODE")).unwrap();
+    let column = header.find("FSYNC P99").unwrap();
+    let cell = |id: &str| {
+        let line = table.lines().find(|l| l.starts_with(id)).unwrap();
+        line[column..].split_whitespace().next().unwrap().to_owned()
+    };
+    assert_eq!(cell("dn9"), "1.93ms", "{table}");
+    assert_eq!(cell(&original), "-", "{table}");
+    reporter.abort();
     cluster.stop().await;
 }

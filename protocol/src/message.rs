@@ -758,8 +758,31 @@ pub enum FromDataNode {
         /// Why, one line.
         reason: String,
     },
+    /// `fsync <window-ms> <count> <p99-µs>|-`: this node's fdatasync
+    /// latency over a recent window, sent every
+    /// [`FSYNC_REPORT_EVERY`] (after a `pong`). Only for the status
+    /// table: the head node decides nothing on it.
+    Fsync(FsyncReport),
     /// `ERROR <reason>`.
     Error(String),
+}
+
+/// How often a data node reports its fsync latency ([`FromDataNode::Fsync`]),
+/// about: with the first `pong` after this long.
+pub const FSYNC_REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A data node's fdatasync latency over a recent window: the payload of an
+/// `fsync` line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FsyncReport {
+    /// How long the window is, in milliseconds: up to the report.
+    pub window_ms: u64,
+    /// fdatasyncs completed in the window.
+    pub count: u64,
+    /// Their 99th percentile in microseconds, estimated from the node's
+    /// histogram buckets ([`crate::metrics::HistogramSnapshot::quantile`]);
+    /// `None` without any.
+    pub p99_micros: Option<u64>,
 }
 
 /// The word of a `scan` that stands for "from the smallest id".
@@ -876,6 +899,21 @@ impl FromDataNode {
             (Some("withdrawn"), Some(id), None) => FromDataNode::Withdrawn(id.parse()?),
             (Some("ready"), None, None) => FromDataNode::Ready,
             (Some("pong"), Some(n), None) => FromDataNode::Pong(parse_counter(n)?),
+            (Some("fsync"), Some(window), Some(count)) => {
+                let (Some(p99), None) = (words.next(), words.next()) else {
+                    return Err(ParseError::new(
+                        "expected 'fsync <window-ms> <count> <p99-us>|-'",
+                    ));
+                };
+                FromDataNode::Fsync(FsyncReport {
+                    window_ms: parse_counter(window)?,
+                    count: parse_counter(count)?,
+                    p99_micros: match p99 {
+                        "-" => None,
+                        p99 => Some(parse_counter(p99)?),
+                    },
+                })
+            }
             (Some("proof"), Some(proof), None) => FromDataNode::Proof(proof.parse()?),
             (Some("bye"), None, None) => FromDataNode::Leaving,
             _ => {
@@ -932,6 +970,17 @@ impl FromDataNode {
                 buf.extend_from_slice(format!("proof {proof}").as_bytes());
             }
             FromDataNode::Leaving => buf.extend_from_slice(b"bye"),
+            FromDataNode::Fsync(report) => {
+                buf.extend_from_slice(b"fsync ");
+                put_u64(buf, report.window_ms);
+                buf.put_u8(b' ');
+                put_u64(buf, report.count);
+                buf.put_u8(b' ');
+                match report.p99_micros {
+                    Some(p99) => put_u64(buf, p99),
+                    None => buf.put_u8(b'-'),
+                }
+            }
             FromDataNode::Found { req, record } => {
                 FromDataNode::encode_found(
                     *req,
@@ -1332,6 +1381,7 @@ mod tests {
             ToDataNode::parse(&format!("ping {long}")).unwrap_err(),
             ToDataNode::parse(&format!("mensaje {long}: hola")).unwrap_err(),
             FromDataNode::parse(&format!("pong {long}")).unwrap_err(),
+            FromDataNode::parse(&format!("fsync 1 2 {long}")).unwrap_err(),
             FromDataNode::parse(&format!("recibido {long}")).unwrap_err(),
             StoreReply::parse(&format!("dn1 , mensaje: recibido {long}")).unwrap_err(),
         ];
@@ -1503,6 +1553,21 @@ mod tests {
                 req: 10,
                 reason: "too many reads outstanding (at most 16)".into(),
             },
+            FromDataNode::Fsync(FsyncReport {
+                window_ms: 10_012,
+                count: 4_183,
+                p99_micros: Some(1_840),
+            }),
+            FromDataNode::Fsync(FsyncReport {
+                window_ms: 5_000,
+                count: 0,
+                p99_micros: None,
+            }),
+            FromDataNode::Fsync(FsyncReport {
+                window_ms: u64::MAX,
+                count: u64::MAX,
+                p99_micros: Some(0),
+            }),
         ];
         for frame in frames {
             let mut buf = BytesMut::new();
@@ -1522,9 +1587,24 @@ mod tests {
             "scanned 1 2 9-1 maybe",
             "scanned 1 4294967296 - done",
             "readerror x why",
+            "fsync",
+            "fsync 10000 12",
+            "fsync 10000 12 1.5",
+            "fsync 10000 -1 900",
+            "fsync 10000 12 900 extra",
+            "fsync x 12 900",
+            "fsync 10000 12 ms",
         ] {
             assert!(FromDataNode::parse(bad).is_err(), "{bad}");
         }
+        let mut buf = BytesMut::new();
+        FromDataNode::Fsync(FsyncReport {
+            window_ms: 10_000,
+            count: 812,
+            p99_micros: Some(1_930),
+        })
+        .encode(&mut buf);
+        assert_eq!(&buf[..], b"fsync 10000 812 1930");
         let mut buf = BytesMut::new();
         FromDataNode::encode_found(3, id(1, 2), None, 5, b"a b", &mut buf);
         assert_eq!(&buf[..], b"found 3 1-2 5 - a b");

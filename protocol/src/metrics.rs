@@ -82,24 +82,94 @@ impl AtomicHistogram {
     /// The upper bound of the bucket holding the `q` quantile (0 to 1), or
     /// `None` before any observation or when it lies beyond the last bound.
     pub fn quantile_bound(&self, q: f64) -> Option<Duration> {
-        let counts: Vec<u64> = self
-            .counts
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .collect();
-        let total: u64 = counts.iter().sum();
-        if total == 0 {
-            return None;
+        self.snapshot().quantile_bound(q)
+    }
+
+    /// The bucket counts now: a few relaxed loads into a copy, no
+    /// allocation, so a caller may take one every few seconds on a hot
+    /// thread and measure a window as the difference of two.
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        let mut counts = [0; MAX_BUCKETS + 1];
+        for (count, bucket) in counts.iter_mut().zip(&self.counts) {
+            *count = bucket.load(Ordering::Relaxed);
         }
-        let rank = ((total as f64) * q.clamp(0.0, 1.0)).ceil().max(1.0) as u64;
-        let mut seen = 0;
-        for (i, count) in counts.iter().enumerate() {
-            seen += count;
-            if seen >= rank {
-                return self.bounds.get(i).map(|&b| Duration::from_secs_f64(b));
+        HistogramSnapshot {
+            bounds: self.bounds,
+            counts,
+        }
+    }
+}
+
+/// The bucket counts of an [`AtomicHistogram`] at one moment, or of the
+/// window between two moments ([`HistogramSnapshot::since`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HistogramSnapshot {
+    bounds: &'static [f64],
+    /// Laid out as [`AtomicHistogram::counts`]: one per bound, then `+Inf`
+    /// at `bounds.len()`; the rest stay zero.
+    counts: [u64; MAX_BUCKETS + 1],
+}
+
+impl HistogramSnapshot {
+    /// Observations counted.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// The observations made after `earlier` (a snapshot of the same
+    /// histogram) up to this one.
+    pub fn since(&self, earlier: &HistogramSnapshot) -> HistogramSnapshot {
+        let mut counts = self.counts;
+        for (count, before) in counts.iter_mut().zip(&earlier.counts) {
+            // Counts only grow; a mismatched pair gives zeros, not a wrap.
+            *count = count.saturating_sub(*before);
+        }
+        HistogramSnapshot {
+            bounds: self.bounds,
+            counts,
+        }
+    }
+
+    /// The bucket holding the `q` quantile (0 to 1) and how many
+    /// observations lie below it; `None` without observations.
+    fn bucket_of(&self, rank: f64) -> Option<(usize, u64)> {
+        let mut below = 0;
+        for (i, &count) in self.counts[..=self.bounds.len()].iter().enumerate() {
+            if count > 0 && (below + count) as f64 >= rank {
+                return Some((i, below));
             }
+            below += count;
         }
         None
+    }
+
+    /// The upper bound of the bucket holding the `q` quantile (0 to 1), or
+    /// `None` without observations or when it lies beyond the last bound.
+    pub fn quantile_bound(&self, q: f64) -> Option<Duration> {
+        let rank = ((self.count() as f64) * q.clamp(0.0, 1.0)).ceil().max(1.0);
+        let (bucket, _) = self.bucket_of(rank)?;
+        self.bounds.get(bucket).map(|&b| Duration::from_secs_f64(b))
+    }
+
+    /// The `q` quantile (0 to 1), estimated as Prometheus's
+    /// `histogram_quantile` does: linearly within the bucket that holds it
+    /// (the first bucket starts at zero); a quantile beyond the last bound
+    /// is that bound. `None` without observations.
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
+        let rank = (self.count() as f64) * q.clamp(0.0, 1.0);
+        let (bucket, below) = self.bucket_of(rank.max(f64::MIN_POSITIVE))?;
+        let Some(&upper) = self.bounds.get(bucket) else {
+            return self.bounds.last().map(|&b| Duration::from_secs_f64(b));
+        };
+        let lower = if bucket == 0 {
+            0.0
+        } else {
+            self.bounds[bucket - 1]
+        };
+        let within = (rank - below as f64) / self.counts[bucket] as f64;
+        Some(Duration::from_secs_f64(
+            lower + (upper - lower) * within.clamp(0.0, 1.0),
+        ))
     }
 }
 
@@ -217,6 +287,23 @@ pub fn histogram(
     histogram.encode(encoder.encode_descriptor(name, help, unit, MetricType::Histogram)?)
 }
 
+/// Writes a histogram with one series per label (`label`=`value`).
+pub fn histogram_family<'a>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    label: &str,
+    values: impl IntoIterator<Item = (&'a str, &'a AtomicHistogram)>,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, unit, MetricType::Histogram)?;
+    for (value_of_label, histogram) in values {
+        let labels = [(label, value_of_label)];
+        histogram.encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
 /// The registry in OpenMetrics text.
 pub fn encode(registry: &Registry) -> String {
     let mut out = String::with_capacity(4096);
@@ -236,6 +323,50 @@ mod tests {
     #[derive(Debug)]
     struct Sample(AtomicHistogram);
 
+    #[derive(Debug)]
+    struct ByKind([AtomicHistogram; 2]);
+
+    impl Collector for ByKind {
+        fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+            histogram_family(
+                &mut encoder,
+                "demo_read_latency",
+                "Latency by kind.",
+                Some(&Unit::Seconds),
+                "kind",
+                ["get", "tail"].into_iter().zip(&self.0),
+            )
+        }
+    }
+
+    #[test]
+    fn a_histogram_family_has_one_labelled_series_per_value() {
+        let by_kind = ByKind(std::array::from_fn(|_| {
+            AtomicHistogram::new(LATENCY_BUCKETS)
+        }));
+        by_kind.0[0].observe(Duration::from_millis(2));
+        by_kind.0[0].observe(Duration::from_millis(3));
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(by_kind));
+        let text = encode(&registry);
+        assert!(
+            text.contains("# TYPE demo_read_latency_seconds histogram\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("demo_read_latency_seconds_count{kind=\"get\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("demo_read_latency_seconds_bucket{le=\"0.005\",kind=\"get\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("demo_read_latency_seconds_count{kind=\"tail\"} 0\n"),
+            "{text}"
+        );
+    }
+
     impl Collector for Sample {
         fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
             counter(&mut encoder, "demo_things", "Things.", None, 3)?;
@@ -254,6 +385,54 @@ mod tests {
                 &self.0,
             )
         }
+    }
+
+    #[test]
+    fn a_window_between_two_snapshots_holds_only_what_came_between() {
+        let h = AtomicHistogram::new(LATENCY_BUCKETS);
+        assert_eq!(h.snapshot().count(), 0);
+        assert_eq!(h.snapshot().quantile(0.99), None);
+        for _ in 0..50 {
+            h.observe(Duration::from_secs(3));
+        }
+        let before = h.snapshot();
+        // 100 fsyncs of 0.5 to 1 ms, then one of 2.5 to 5 ms.
+        for _ in 0..100 {
+            h.observe(Duration::from_micros(800));
+        }
+        h.observe(Duration::from_millis(4));
+        let window = h.snapshot().since(&before);
+        assert_eq!(window.count(), 101);
+        assert_eq!(
+            window.quantile_bound(0.99),
+            Some(Duration::from_secs_f64(0.001))
+        );
+        // Rank 99.99 of 101: within the (0.5 ms, 1 ms] bucket, near its top.
+        let p99 = window.quantile(0.99).unwrap();
+        assert!(
+            p99 > Duration::from_micros(990) && p99 <= Duration::from_millis(1),
+            "{p99:?}"
+        );
+        let p100 = window.quantile(1.0).unwrap();
+        assert_eq!(p100, Duration::from_secs_f64(0.005));
+        // The first bucket starts at zero.
+        let first = AtomicHistogram::new(LATENCY_BUCKETS);
+        first.observe(Duration::from_micros(10));
+        first.observe(Duration::from_micros(20));
+        assert_eq!(
+            first.snapshot().quantile(0.5),
+            Some(Duration::from_secs_f64(0.000_025))
+        );
+        // Beyond the last bound: that bound.
+        let slow = AtomicHistogram::new(LATENCY_BUCKETS);
+        slow.observe(Duration::from_secs(60));
+        assert_eq!(
+            slow.snapshot().quantile(0.99),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(slow.snapshot().quantile_bound(0.99), None);
+        // Snapshots in the wrong order give an empty window, not a wrap.
+        assert_eq!(before.since(&h.snapshot()).count(), 0);
     }
 
     #[test]

@@ -106,11 +106,21 @@ pub struct NodeStatus {
     pub messages_stored: u64,
     /// Bytes of message text in those copies.
     pub bytes_stored: u64,
-    /// The 99th percentile of its fsyncs, in milliseconds, when the node
-    /// reports it (data nodes do not report it to the head node yet; see
-    /// the node's own `/metrics`).
+    /// The 99th percentile of its fdatasyncs over the window of its last
+    /// report (`fsync_window_seconds`, about the last 10 s), in
+    /// milliseconds, estimated from its histogram buckets as Prometheus's
+    /// `histogram_quantile` does. Absent when the node reports none (an
+    /// original-system data node), made no fdatasync in the window (idle,
+    /// or `--fsync never`), has not reported for a while, or is no longer
+    /// a member.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fsync_p99_ms: Option<f64>,
+    /// fdatasyncs in that window; absent as the report is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fsyncs_in_window: Option<u64>,
+    /// That window, in seconds; absent as the report is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fsync_window_seconds: Option<f64>,
     /// Its last eviction, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_eviction: Option<Eviction>,

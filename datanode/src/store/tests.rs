@@ -319,7 +319,12 @@ fn reads_beyond_the_bound_are_not_admitted() {
     let node = open(dir.path(), config(1 << 20), Backend::File);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let stream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-    let reads = ReadServer::start(node.store.reader(1024), SharedWriter::new(stream)).unwrap();
+    let reads = ReadServer::start(
+        node.store.reader(1024),
+        SharedWriter::new(stream),
+        Default::default(),
+    )
+    .unwrap();
     for _ in 0..MAX_READS_IN_FLIGHT {
         assert!(reads.admit());
     }

@@ -23,6 +23,8 @@ pub struct ScriptedHead {
     pub dir: tempfile::TempDir,
     /// The data node's `run`.
     pub node: JoinHandle<Result<(), DataNodeError>>,
+    /// The data node's HTTP port (`/metrics`), when it serves one.
+    pub http: Option<std::net::SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
 }
 
@@ -36,11 +38,29 @@ impl ScriptedHead {
         head
     }
 
+    /// [`ScriptedHead::start`], with the data node's HTTP port on.
+    pub async fn start_with_http(configure: impl FnOnce(&mut Config)) -> ScriptedHead {
+        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut head =
+            ScriptedHead::spawn(tempfile::tempdir().unwrap(), configure, Some(http)).await;
+        head.welcome(1).await;
+        head.read_report().await;
+        head
+    }
+
     /// Starts a data node in `dir` (which may hold a previous run's files)
     /// and takes its connection through the handshake, up to `welcome`.
     pub async fn start_in(
         dir: tempfile::TempDir,
         configure: impl FnOnce(&mut Config),
+    ) -> ScriptedHead {
+        ScriptedHead::spawn(dir, configure, None).await
+    }
+
+    async fn spawn(
+        dir: tempfile::TempDir,
+        configure: impl FnOnce(&mut Config),
+        http: Option<TcpListener>,
     ) -> ScriptedHead {
         protocol::telemetry::init_for_tests();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -53,9 +73,14 @@ impl ScriptedHead {
         config.open_registration = true;
         configure(&mut config);
         let (stop, stopped) = oneshot::channel::<()>();
-        let node = tokio::spawn(datanode::run(config, async {
+        let stopped = async {
             let _ = stopped.await;
-        }));
+        };
+        let http_addr = http.as_ref().map(|h| h.local_addr().unwrap());
+        let node = match http {
+            Some(http) => tokio::spawn(datanode::run_with_http(config, http, stopped)),
+            None => tokio::spawn(datanode::run(config, stopped)),
+        };
         let conn = accept_node(&listener).await;
         ScriptedHead {
             conn,
@@ -63,6 +88,7 @@ impl ScriptedHead {
             next_seq: 1,
             dir,
             node,
+            http: http_addr,
             stop: Some(stop),
         }
     }
@@ -149,6 +175,26 @@ impl ScriptedHead {
     }
 
     /// Where the data node keeps its messages.
+    /// `GET /metrics` from the data node's HTTP port: the body.
+    pub async fn metrics(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self.http.expect("started with its HTTP port");
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+            .await
+            .expect("an answer within 10 s")
+            .unwrap();
+        let text = String::from_utf8(answer).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        body.to_owned()
+    }
+
     pub fn data_file(&self) -> std::path::PathBuf {
         self.dir.path().join(datanode::storage::DATA_FILE)
     }
