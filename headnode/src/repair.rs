@@ -45,7 +45,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::Shared;
 use crate::forward::{Completion, Envelope, Holders, Outcome, Replication, Waiter};
@@ -586,7 +586,7 @@ fn settle(done: Completion, in_flight: &mut HashMap<u64, usize>, counts: &mut Co
     match done.outcome {
         Outcome::Stored { holders, id } => {
             let made = holders.len().saturating_sub(before) as u64;
-            info!(target: "headnode::repair", %id, holders = ?holders.iter().map(|n| n.as_str()).collect::<Vec<_>>(), "repaired: {made} new copies");
+            debug!(target: "headnode::repair", %id, holders = ?holders.iter().map(|n| n.as_str()).collect::<Vec<_>>(), "repaired: {made} new copies");
             counts.copied += 1;
             counts.copies += made;
         }
