@@ -2,7 +2,7 @@
 //!
 //! - [`echo`]: Activity 1, against the echo server;
 //! - [`store`]: Activity 2, against the head node, with keyed messages;
-//! - [`bench`]: load generator with latency percentiles;
+//! - [`bench`](mod@bench): load generator with latency percentiles;
 //! - [`read`]: `get` and `tail`, reading stored messages back as a reader;
 //! - [`reply`]: the head node's answers, read one way by store and bench;
 //! - [`session`]: connecting with the handshake and retrying with backoff;

@@ -1,19 +1,20 @@
 //! The head node: accepts clients and data nodes on one port, forwards each
-//! client message to a live data node chosen at random, and answers the
-//! client once that node has written it.
+//! client message to `--replicas` live data nodes chosen at random, and
+//! answers the client once `--min-replicas` of them have written it.
 //!
 //! Parts:
 //! - [`membership`]: who is in the cluster and who has failed (state machine, no I/O);
 //! - [`prober`]: ICMP echo behind a trait;
 //! - [`config`]: settings, defaults and bounds;
 //! - `forward`: one message's envelope, shared by every attempt to store it;
-//! - [`router`]: random (sticky under load) choice of a node;
+//! - `router`: random (sticky under load) choice of a node;
 //! - `parking`: the waiting room for messages no node can take yet;
 //! - `cluster`: the task that owns the membership and writes the heartbeat log;
 //! - `registration`: handshake, token challenge, and the connection pools;
 //! - `client_session` / `node_session` / `reader_session`: one task per connection;
 //! - `reads`: reads sent to a data node on its session, and their answers;
 //! - `tail`: the merge of the nodes' scans, and its watermark;
+//! - `repair`: when a re-replication pass is due, and the pass;
 //! - `status`: metrics, the status snapshot and page, on the HTTP port.
 //!
 //! [`run`] is the entry point for the binary and the tests; [`run_on`] is
