@@ -130,6 +130,10 @@ pub(crate) enum PassEnd {
     Leftover(Option<MessageId>),
     /// Could not run or finish (too few nodes, a node failed, shutdown).
     Incomplete,
+    /// Could not do all it should (some messages could not be checked or
+    /// copied, or too few nodes were live to copy anything): tried again
+    /// `repair_after` later.
+    Failures,
 }
 
 impl Schedule {
@@ -244,6 +248,11 @@ impl Schedule {
                 self.request(now + self.repair_after, Trigger::Leftover, *after);
             }
             PassEnd::Incomplete => self.request(now + RETRY_AFTER, Trigger::Retry, None),
+            // Not at once: what failed (a node too busy to answer, no node
+            // to take a copy) takes time to change.
+            PassEnd::Failures => {
+                self.request(now + self.repair_after, Trigger::Retry, None);
+            }
         }
     }
 }
@@ -352,10 +361,11 @@ async fn pass(
     if live.len() < 2 {
         warn!(
             live = live.len(),
-            "repair ({trigger}) waits: {} live data node(s), at least 2 needed to copy from one to another",
-            live.len()
+            "repair ({trigger}) waits: {} live data node(s), at least 2 needed to copy from one to another; trying again in {:.0}s",
+            live.len(),
+            shared.config.repair_after.as_secs_f64()
         );
-        return PassEnd::Incomplete;
+        return PassEnd::Failures;
     }
     let started = Instant::now();
     let names: Vec<&str> = live.iter().map(|r| r.node.as_str()).collect();
@@ -445,6 +455,10 @@ async fn pass(
         };
         settle(done, &mut in_flight, &mut counts);
     }
+    let end = match end {
+        PassEnd::Complete | PassEnd::Leftover(_) if counts.failed > 0 => PassEnd::Failures,
+        end => end,
+    };
     let took = started.elapsed();
     let (summary, left) = match &end {
         PassEnd::Complete => ("done", String::new()),
@@ -459,6 +473,13 @@ async fn pass(
         PassEnd::Incomplete => (
             "stopped before the end",
             format!("; again in {}s", RETRY_AFTER.as_secs()),
+        ),
+        PassEnd::Failures => (
+            "done, but some messages could not be copied",
+            format!(
+                "; again in {:.0}s",
+                shared.config.repair_after.as_secs_f64()
+            ),
         ),
     };
     info!(
@@ -750,5 +771,15 @@ mod tests {
             Some((Trigger::Retry, None)),
             "the sooner request wins, and it scans every id"
         );
+    }
+
+    #[test]
+    fn a_pass_with_failures_runs_again_after_the_delay() {
+        let t0 = Instant::now();
+        let mut schedule = settled(t0);
+        schedule.begin(t0);
+        schedule.finish(&PassEnd::Failures, t0);
+        assert_eq!(schedule.due(t0 + AFTER - Duration::from_millis(1)), None);
+        assert_eq!(schedule.due(t0 + AFTER), Some((Trigger::Retry, None)));
     }
 }
