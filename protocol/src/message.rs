@@ -809,6 +809,29 @@ pub struct ReadRecord {
     pub text: String,
 }
 
+impl ReadRecord {
+    /// A record from the words of a `found` line, from a data node or the
+    /// head node: its id, stored time (Unix ms), key (`-`: none) and text.
+    pub fn from_words(
+        id: &str,
+        stored_ms: &str,
+        key: &str,
+        text: &str,
+    ) -> Result<Self, ParseError> {
+        Ok(ReadRecord {
+            id: id.parse()?,
+            key: match key {
+                "-" => None,
+                key => Some(key.parse()?),
+            },
+            stored_ms: stored_ms.parse().map_err(|_| {
+                ParseError::new(format!("bad stored time {:?}", truncate_for_log(stored_ms)))
+            })?,
+            text: text.to_owned(),
+        })
+    }
+}
+
 impl FromDataNode {
     /// Parses one line received from a data node.
     pub fn parse(line: &str) -> Result<Self, ParseError> {
@@ -1074,15 +1097,7 @@ fn parse_found(rest: &str) -> Result<FromDataNode, ParseError> {
     };
     Ok(FromDataNode::Found {
         req: parse_counter(req)?,
-        record: ReadRecord {
-            id: id.parse()?,
-            key: match key {
-                "-" => None,
-                key => Some(key.parse()?),
-            },
-            stored_ms: parse_counter(stored)?,
-            text: text.to_owned(),
-        },
+        record: ReadRecord::from_words(id, stored, key, text)?,
     })
 }
 

@@ -245,17 +245,7 @@ impl ReadReply {
                 list => list.split('+').map(str::parse).collect::<Result<_, _>>()?,
             };
             return Ok(ReadReply::Found {
-                record: ReadRecord {
-                    id: id.parse()?,
-                    key: match key {
-                        "-" => None,
-                        key => Some(key.parse()?),
-                    },
-                    stored_ms: stored.parse().map_err(|_| {
-                        ParseError::new(format!("bad stored time {:?}", truncate_for_log(stored)))
-                    })?,
-                    text: text.to_owned(),
-                },
+                record: ReadRecord::from_words(id, stored, key, text)?,
                 holders,
             });
         }
