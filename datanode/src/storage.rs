@@ -622,6 +622,28 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Replaces `dir/name` with `contents` durably: written to `name.tmp`,
+/// synced, renamed over it, and the directory synced, so a crash leaves
+/// the old contents or the new, never a mix.
+pub(crate) fn replace_durably(dir: &Path, name: &str, contents: &[u8]) -> Result<(), StorageError> {
+    let path = dir.join(name);
+    let temp = dir.join(format!("{name}.tmp"));
+    let write_error = |error| StorageError::Write {
+        path: path.clone(),
+        error,
+    };
+    let sync_error = |error| StorageError::Sync {
+        path: path.clone(),
+        error,
+    };
+    let mut file = File::create(&temp).map_err(write_error)?;
+    file.write_all(contents).map_err(write_error)?;
+    file.sync_all().map_err(sync_error)?;
+    drop(file);
+    std::fs::rename(&temp, &path).map_err(write_error)?;
+    sync_dir(dir).map_err(sync_error)
+}
+
 /// A crash mid-append can leave a torn record at the end of the file. It
 /// was never acknowledged (a record is, only once its whole batch has been
 /// written and synced), so it is cut off, back to just after the last

@@ -3,11 +3,10 @@
 //! (a newer one has run since), so it is refused before it can store
 //! anything. The file holds one decimal number and a newline.
 
-use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
-use super::{StorageError, sync_dir};
+use super::{StorageError, replace_durably};
 
 /// Name of the epoch file inside a data directory.
 pub const EPOCH_FILE: &str = "epoch";
@@ -88,22 +87,7 @@ impl EpochFile {
         if epoch <= self.newest {
             return Ok(());
         }
-        let temp = self.dir.join(format!("{EPOCH_FILE}.tmp"));
-        let write_error = |error| StorageError::Write {
-            path: self.path.clone(),
-            error,
-        };
-        let mut file = File::create(&temp).map_err(write_error)?;
-        file.write_all(format!("{epoch}\n").as_bytes())
-            .map_err(write_error)?;
-        let sync_error = |error| StorageError::Sync {
-            path: self.path.clone(),
-            error,
-        };
-        file.sync_all().map_err(sync_error)?;
-        drop(file);
-        std::fs::rename(&temp, &self.path).map_err(write_error)?;
-        sync_dir(&self.dir).map_err(sync_error)?;
+        replace_durably(&self.dir, EPOCH_FILE, format!("{epoch}\n").as_bytes())?;
         self.newest = epoch;
         Ok(())
     }

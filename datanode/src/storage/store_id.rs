@@ -4,11 +4,10 @@
 //! with an empty or different directory (a lost disk, a new volume), and
 //! repair the copies the old directory held. One line of 16 hex digits.
 
-use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::path::Path;
 
-use super::{StorageError, sync_dir};
+use super::{StorageError, replace_durably};
 
 /// Name of the store-id file inside a data directory.
 pub const STORE_ID_FILE: &str = "store-id";
@@ -32,22 +31,7 @@ pub fn load_or_create_store_id(dir: &Path) -> Result<u64, StorageError> {
         Err(error) => return Err(StorageError::Read { path, error }),
     }
     let id: u64 = rand::random();
-    let temp = dir.join(format!("{STORE_ID_FILE}.tmp"));
-    let write_error = |error| StorageError::Write {
-        path: path.clone(),
-        error,
-    };
-    let sync_error = |error| StorageError::Sync {
-        path: path.clone(),
-        error,
-    };
-    let mut file = File::create(&temp).map_err(write_error)?;
-    file.write_all(format!("{id:016x}\n").as_bytes())
-        .map_err(write_error)?;
-    file.sync_all().map_err(sync_error)?;
-    drop(file);
-    std::fs::rename(&temp, &path).map_err(write_error)?;
-    sync_dir(dir).map_err(sync_error)?;
+    replace_durably(dir, STORE_ID_FILE, format!("{id:016x}\n").as_bytes())?;
     Ok(id)
 }
 
