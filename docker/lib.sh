@@ -165,3 +165,16 @@ ip_of() {
     docker inspect --format '{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}' "$1" | awk '{ print $1 }'
 }
 
+# wait_stack_gone STACK SECONDS: waits, at most SECONDS, until no container
+# of the Swarm stack STACK is left and its network is gone. `docker stack rm`
+# returns at once; the tasks' containers, then the network, volumes and
+# secrets they hold, go after it. Carries on either way.
+wait_stack_gone() {
+    local i
+    for ((i = 0; i < $2; i++)); do
+        [[ -z $(docker ps -aq --filter "label=com.docker.stack.namespace=$1") ]] &&
+            ! docker network inspect "$1_msgstore" >/dev/null 2>&1 && return 0
+        sleep 1
+    done
+    return 0
+}

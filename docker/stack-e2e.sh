@@ -71,12 +71,7 @@ cleanup() {
         docker service logs --tail 15 "${STACK}_headnode" 2>/dev/null
     fi
     docker stack rm "$STACK" >/dev/null 2>&1
-    local i
-    for ((i = 0; i < 60; i++)); do
-        [[ -z $(docker ps -aq --filter "label=com.docker.stack.namespace=$STACK") ]] &&
-            ! docker network inspect "${STACK}_msgstore" >/dev/null 2>&1 && break
-        sleep 1
-    done
+    wait_stack_gone "$STACK" 60
     docker secret rm "$TOKEN_SECRET" >/dev/null 2>&1
     docker volume ls -q | grep -E "^$VOLUME_PREFIX-" | xargs -r docker volume rm >/dev/null 2>&1
     if ((CREATED_SWARM)); then docker swarm leave --force >/dev/null 2>&1; fi

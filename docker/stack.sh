@@ -15,6 +15,8 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
+# shellcheck source=docker/lib.sh
+source "$ROOT/docker/lib.sh"
 STACK=${STACK:-msgstore}
 export VOLUME_PREFIX=${VOLUME_PREFIX:-$STACK}
 export TOKEN_SECRET=${TOKEN_SECRET:-${STACK}_cluster_token}
@@ -116,12 +118,7 @@ down() {
     fi
     # Removal is asynchronous: the network and the secret go once the tasks
     # are gone.
-    local i
-    for ((i = 0; i < 60; i++)); do
-        [[ -z $(docker ps -aq --filter "label=com.docker.stack.namespace=$STACK") ]] &&
-            ! docker network inspect "${STACK}_msgstore" >/dev/null 2>&1 && break
-        sleep 1
-    done
+    wait_stack_gone "$STACK" 60
     docker secret rm "$TOKEN_SECRET" >/dev/null 2>&1 || true
     if [[ -f $MARKER ]]; then
         say "docker swarm leave (stack-up created this swarm)"
@@ -136,11 +133,7 @@ purge() {
     local v
     # Volumes are removed once no container holds them: wait for the tasks'
     # containers to go.
-    local i
-    for ((i = 0; i < 30; i++)); do
-        [[ -z $(docker ps -aq --filter "label=com.docker.stack.namespace=$STACK") ]] && break
-        sleep 1
-    done
+    wait_stack_gone "$STACK" 30
     for v in $(docker volume ls -q | grep -E "^$VOLUME_PREFIX-(dn-[0-9]+|headnode-logs|client-logs|echo-logs)\$" || true); do
         docker volume rm "$v" >/dev/null && say "removed volume $v"
     done

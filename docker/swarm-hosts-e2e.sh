@@ -70,10 +70,7 @@ cleanup() {
     fi
     docker stack rm "$STACK" >/dev/null 2>&1
     local n i
-    for ((i = 0; i < 30; i++)); do
-        [[ -z $(docker ps -aq --filter "label=com.docker.stack.namespace=$STACK") ]] && break
-        sleep 1
-    done
+    wait_stack_gone "$STACK" 30
     for n in 2 3; do
         [[ -n ${DPID[$n]:-} ]] || continue
         engine "$n" swarm leave --force >/dev/null 2>&1
