@@ -993,10 +993,7 @@ fn data_path(
         }
         batch.keys.clear();
         state.data.metrics.set_keys(state.keys.len());
-        for answer in batch.answers.drain(..) {
-            answer.encode(&mut out);
-            out.extend_from_slice(b"\n");
-        }
+        FromDataNode::encode_answers(batch.answers.drain(..), &mut out);
         if leave.load(Ordering::Relaxed) && leave_by.is_none() {
             FromDataNode::Leaving.encode(&mut out);
             out.extend_from_slice(b"\n");

@@ -86,3 +86,29 @@ async fn without_linger_a_lone_message_is_committed_at_once() {
         sent.elapsed()
     );
 }
+
+#[tokio::test]
+async fn a_batch_of_consecutive_ids_is_acknowledged_in_one_line() {
+    let mut head = start(Duration::from_secs(1)).await;
+    // Sent at once: one batch, ids 7-1 to 7-20 one after another.
+    let ids = head.send(20).await;
+    assert_eq!(ids.first().map(String::as_str), Some("7-1"));
+    let first = head.next_raw_line().await.unwrap();
+    let mut acked = 0;
+    let mut line = first.clone();
+    // However the batch was split, its runs cover every id in order.
+    loop {
+        let (start, count) = match line.split(' ').collect::<Vec<_>>()[..] {
+            ["recibidos", start, count] => (start.to_owned(), count.parse::<usize>().unwrap()),
+            ["recibido", start] => (start.to_owned(), 1),
+            _ => panic!("not an acknowledgement: {line}"),
+        };
+        assert_eq!(start, ids[acked], "{line}");
+        acked += count;
+        if acked == ids.len() {
+            break;
+        }
+        line = head.next_raw_line().await.unwrap();
+    }
+    assert!(first.starts_with("recibidos 7-1 "), "{first}");
+}

@@ -131,6 +131,23 @@ pub(crate) async fn run<S: Stream>(
                                 reroute(&shared, &info, message, true, "acknowledged a later message but not this one", &mut rng);
                             }
                         }
+                        Ok(FromDataNode::StoredRun { first, count }) => {
+                            // The node's next `count` messages, in order: each is
+                            // the front of the queue. An id it was not sent ends
+                            // the run, so a forged run costs one scan, not `count`.
+                            for id in (FromDataNode::StoredRun { first, count }).stored_ids() {
+                                let matched = acknowledge(&shared, &info, &load, &counters, &mut in_flight, Some(id), None, &mut skipped);
+                                acked |= matched;
+                                for message in skipped.drain(..) {
+                                    load.resolve();
+                                    reroute(&shared, &info, message, true, "acknowledged a later message but not this one", &mut rng);
+                                }
+                                if !matched {
+                                    warn!(node = %info.node, %first, count, unknown = %id, "a run of acknowledgements names a message not in flight on this node; the rest of the run is ignored");
+                                    break;
+                                }
+                            }
+                        }
                         Ok(FromDataNode::AlreadyHeld { id, held }) => {
                             acked |= acknowledge(&shared, &info, &load, &counters, &mut in_flight, Some(id), Some(held), &mut skipped);
                             for message in skipped.drain(..) {

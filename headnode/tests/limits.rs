@@ -203,6 +203,44 @@ async fn a_message_sent_to_a_node_that_died_unacknowledged_is_outcome_unknown() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_of_acknowledgements_answers_each_message_and_a_forged_run_costs_nothing() {
+    let cluster = Cluster::start(fast_config()).await;
+    let (mut node, welcome) = register(cluster.addr, "runs", 1).await;
+    assert!(welcome.starts_with("welcome runs "), "{welcome}");
+    let mut conn = connect_client(cluster.addr).await;
+    for n in 0..3 {
+        conn.writer
+            .send(format!("numero random: {n}").as_bytes())
+            .await
+            .unwrap();
+    }
+    let mut ids = Vec::new();
+    while ids.len() < 3 {
+        let line = node.reader.read_frame().await.unwrap().unwrap();
+        if let Some(rest) = line.as_str().strip_prefix("mensaje ") {
+            let id: protocol::message::MessageId = rest.split(':').next().unwrap().parse().unwrap();
+            ids.push(id);
+        }
+    }
+    assert!(ids.windows(2).all(|w| w[1].seq == w[0].seq + 1), "{ids:?}");
+    // A run of four billion ids this node was never sent: ignored after
+    // its first id, not looked up four billion times.
+    let forged = format!("recibidos {}-1 4294967295", ids[0].epoch + 1);
+    node.writer.send(forged.as_bytes()).await.unwrap();
+    node.writer
+        .send(format!("recibidos {} 3", ids[0]).as_bytes())
+        .await
+        .unwrap();
+    for id in &ids {
+        assert_eq!(
+            reply(&mut conn).await,
+            format!("runs , mensaje: recibido {id}")
+        );
+    }
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_characters_are_refused_and_never_reach_a_data_file() {
     let mut cluster = Cluster::start(fast_config()).await;
     cluster.add_node(cluster.node_config("dn1")).await;

@@ -317,6 +317,14 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         }
     }
 
+    /// Queues the whole lines `build` appends, each with its own `\n`
+    /// (a writer to a line-framed peer only).
+    pub fn queue_lines(&mut self, build: impl FnOnce(&mut BytesMut)) {
+        debug_assert!(self.terminated, "lines to a peer without line ends");
+        self.note_start();
+        build(&mut self.buf);
+    }
+
     /// Queues `ERROR <reason>`.
     pub fn queue_error(&mut self, reason: &(dyn std::fmt::Display + Sync)) {
         self.queue(format!("ERROR {reason}").as_bytes());

@@ -23,6 +23,8 @@ pub const ROLE_DATANODE: &str = "dataNode";
 pub const ROLE_READER: &str = "lector";
 /// A data node's acknowledgement that a message is written.
 pub const RECIBIDO: &str = "recibido";
+/// Acknowledgement of a run of messages whose ids follow one another.
+pub const RECIBIDOS: &str = "recibidos";
 /// Prefix of every error line.
 pub const ERROR_PREFIX: &str = "ERROR ";
 
@@ -684,6 +686,17 @@ pub enum FromDataNode {
     /// Original-system data nodes send a bare `recibido` (id `None`), for
     /// the one message they hold.
     Stored(Option<MessageId>),
+    /// `recibidos <first-id> <count>`: `count` (at least 2) messages sent
+    /// one after another, whose ids follow one another from `first` (same
+    /// epoch, sequence numbers `first.seq` to `first.seq + count - 1`),
+    /// are each stored as by `recibido <id>`, in that order. One line for
+    /// a group commit's run of answers instead of one per message.
+    StoredRun {
+        /// The first message's id.
+        first: MessageId,
+        /// How many messages, at least 2.
+        count: u32,
+    },
     /// `recibido <id> <held-id>`: the message's key is already held here
     /// under another id, `held`; nothing was written.
     AlreadyHeld {
@@ -919,6 +932,21 @@ impl FromDataNode {
                     held: held.parse()?,
                 }
             }
+            (Some(RECIBIDOS), Some(first), Some(count)) if words.next().is_none() => {
+                let first: MessageId = first.parse()?;
+                let count = parse_decimal(count)
+                    .and_then(|n| u32::try_from(n).ok())
+                    .filter(|&n| n >= 2)
+                    .ok_or_else(|| {
+                        ParseError::new(format!("bad run length {:?}", truncate_for_log(count)))
+                    })?;
+                if first.seq.checked_add(u64::from(count) - 1).is_none() {
+                    return Err(ParseError::new(
+                        "run of ids beyond the last sequence number",
+                    ));
+                }
+                FromDataNode::StoredRun { first, count }
+            }
             (Some("withdrawn"), Some(id), None) => FromDataNode::Withdrawn(id.parse()?),
             (Some("ready"), None, None) => FromDataNode::Ready,
             (Some("pong"), Some(n), None) => FromDataNode::Pong(parse_counter(n)?),
@@ -958,6 +986,13 @@ impl FromDataNode {
                     buf.put_u8(b' ');
                     id.put(buf);
                 }
+            }
+            FromDataNode::StoredRun { first, count } => {
+                buf.extend_from_slice(RECIBIDOS.as_bytes());
+                buf.put_u8(b' ');
+                first.put(buf);
+                buf.put_u8(b' ');
+                put_u64(buf, u64::from(*count));
             }
             FromDataNode::AlreadyHeld { id, held } => {
                 buf.extend_from_slice(RECIBIDO.as_bytes());
@@ -1053,6 +1088,60 @@ impl FromDataNode {
 }
 
 impl FromDataNode {
+    /// Appends `answers`, each with its line terminator, to `buf`; the
+    /// acknowledgements of messages whose ids follow one another (a group
+    /// commit's, mostly) go out as one `recibidos` line per run.
+    pub fn encode_answers(answers: impl IntoIterator<Item = FromDataNode>, buf: &mut BytesMut) {
+        let mut run: Option<(MessageId, u32)> = None;
+        let flush_run = |run: &mut Option<(MessageId, u32)>, buf: &mut BytesMut| {
+            if let Some((first, count)) = run.take() {
+                let answer = match count {
+                    1 => FromDataNode::Stored(Some(first)),
+                    count => FromDataNode::StoredRun { first, count },
+                };
+                answer.encode(buf);
+                buf.put_u8(b'\n');
+            }
+        };
+        for answer in answers {
+            if let FromDataNode::Stored(Some(id)) = answer {
+                match &mut run {
+                    Some((first, count))
+                        if first.epoch == id.epoch
+                            && *count < u32::MAX
+                            && first.seq.checked_add(u64::from(*count)) == Some(id.seq) =>
+                    {
+                        *count += 1;
+                    }
+                    _ => {
+                        flush_run(&mut run, buf);
+                        run = Some((id, 1));
+                    }
+                }
+                continue;
+            }
+            flush_run(&mut run, buf);
+            answer.encode(buf);
+            buf.put_u8(b'\n');
+        }
+        flush_run(&mut run, buf);
+    }
+
+    /// The ids a `Stored` or `StoredRun` answer acknowledges, in order.
+    pub fn stored_ids(&self) -> impl Iterator<Item = MessageId> + use<> {
+        let (first, count) = match self {
+            FromDataNode::Stored(Some(id)) => (Some(*id), 1),
+            FromDataNode::StoredRun { first, count } => (Some(*first), u64::from(*count)),
+            _ => (None, 0),
+        };
+        (0..count).filter_map(move |i| {
+            first.map(|first| MessageId {
+                epoch: first.epoch,
+                seq: first.seq + i,
+            })
+        })
+    }
+
     /// Appends `found <req> <id> <stored-ms> <key>|- <text>` (without
     /// terminator) straight from a record read back, without building a
     /// [`ReadRecord`]. `text` MUST be one line.
@@ -1506,10 +1595,62 @@ mod tests {
     }
 
     #[test]
+    fn consecutive_acknowledgements_become_one_run_and_nothing_else_does() {
+        let mut answers: Vec<FromDataNode> = [5, 6, 7, 9, 10]
+            .into_iter()
+            .map(|seq| FromDataNode::Stored(Some(id(1, seq))))
+            .collect();
+        answers.push(FromDataNode::Pong(3));
+        answers.push(FromDataNode::Stored(Some(id(1, 11))));
+        // Another epoch never continues a run, even with the next number.
+        answers.push(FromDataNode::Stored(Some(id(2, 12))));
+        answers.push(FromDataNode::Stored(None));
+        let mut buf = BytesMut::new();
+        FromDataNode::encode_answers(answers, &mut buf);
+        assert_eq!(
+            std::str::from_utf8(&buf).unwrap(),
+            "recibidos 1-5 3\nrecibidos 1-9 2\npong 3\nrecibido 1-11\nrecibido 2-12\nrecibido\n"
+        );
+        let ids: Vec<u64> = std::str::from_utf8(&buf)
+            .unwrap()
+            .lines()
+            .flat_map(|line| FromDataNode::parse(line).unwrap().stored_ids())
+            .map(|id| id.seq)
+            .collect();
+        assert_eq!(ids, [5, 6, 7, 9, 10, 11, 12]);
+    }
+
+    #[test]
+    fn a_run_must_hold_two_ids_or_more_and_stay_within_its_epoch() {
+        for bad in [
+            "recibidos 1-5 1",
+            "recibidos 1-5 0",
+            "recibidos 1-5",
+            "recibidos 1-5 2 3",
+            "recibidos 1-5 -2",
+            "recibidos 1-5 4294967296",
+            "recibidos 1-18446744073709551615 2",
+        ] {
+            assert!(FromDataNode::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            FromDataNode::parse("recibidos 1-18446744073709551614 2"),
+            Ok(FromDataNode::StoredRun {
+                first: id(1, u64::MAX - 1),
+                count: 2
+            })
+        );
+    }
+
+    #[test]
     fn datanode_to_head_frames_round_trip() {
         let frames = [
             FromDataNode::Stored(Some(id(9, 10))),
             FromDataNode::Stored(None),
+            FromDataNode::StoredRun {
+                first: id(9, 20),
+                count: 700,
+            },
             FromDataNode::Pong(12),
             FromDataNode::Proof("0f".repeat(32).parse().unwrap()),
             FromDataNode::Leaving,

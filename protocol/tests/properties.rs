@@ -169,6 +169,27 @@ proptest! {
     }
 
     #[test]
+    fn runs_of_acknowledgements_name_every_id_in_order(
+        seqs in proptest::collection::vec((0..3u64, 0..4u64), 0..200),
+    ) {
+        // Ids that often, but not always, follow one another.
+        let mut ids = Vec::new();
+        let mut seq = 1u64;
+        for (epoch, step) in seqs {
+            seq += step;
+            ids.push(MessageId { epoch: 1 + epoch / 2, seq });
+        }
+        let mut sent = BytesMut::new();
+        FromDataNode::encode_answers(ids.iter().map(|&id| FromDataNode::Stored(Some(id))), &mut sent);
+        let text = std::str::from_utf8(&sent).unwrap();
+        let read: Vec<MessageId> = text
+            .lines()
+            .flat_map(|line| FromDataNode::parse(line).unwrap().stored_ids().collect::<Vec<_>>())
+            .collect();
+        prop_assert_eq!(read, ids);
+    }
+
+    #[test]
     fn stored_reply_tells_the_client_its_holders_and_id(
         holders in proptest::collection::vec(node_id(), 1..4),
         id in message_id(),

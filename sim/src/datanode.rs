@@ -258,9 +258,8 @@ impl DataNodeModel {
                     held.entry(key).or_insert(message.id);
                 }
             }
-            for answer in &answers {
-                conn.writer.queue_with(|buf| answer.encode(buf));
-            }
+            conn.writer
+                .queue_lines(|buf| FromDataNode::encode_answers(answers, buf));
             if let Err(e) = conn.writer.flush().await {
                 return format!("write failed: {e}");
             }

@@ -19,6 +19,9 @@ pub struct ScriptedHead {
     pub conn: Connection,
     listener: TcpListener,
     next_seq: u64,
+    /// The rest of a `recibidos` run read but not yet handed out, one
+    /// `recibido <id>` each.
+    run: std::collections::VecDeque<String>,
     /// Where the data node keeps `data.txt`.
     pub dir: tempfile::TempDir,
     /// The data node's `run`.
@@ -86,6 +89,7 @@ impl ScriptedHead {
             conn,
             listener,
             next_seq: 1,
+            run: Default::default(),
             dir,
             node,
             http: http_addr,
@@ -158,8 +162,28 @@ impl ScriptedHead {
         ids
     }
 
-    /// The next line from the data node; `None` once it has closed the connection.
+    /// The next line from the data node, a run of acknowledgements
+    /// (`recibidos <first> <count>`) read as its `count` single
+    /// `recibido <id>` lines; `None` once it has closed the connection.
     pub async fn next_line(&mut self) -> Option<String> {
+        if let Some(line) = self.run.pop_front() {
+            return Some(line);
+        }
+        let line = self.next_raw_line().await?;
+        match protocol::message::FromDataNode::parse(&line) {
+            Ok(run @ protocol::message::FromDataNode::StoredRun { .. }) => {
+                self.run
+                    .extend(run.stored_ids().map(|id| format!("recibido {id}")));
+                self.run.pop_front()
+            }
+            _ => Some(line),
+        }
+    }
+
+    /// The next line from the data node as sent; `None` once it has closed
+    /// the connection.
+    pub async fn next_raw_line(&mut self) -> Option<String> {
+        assert!(self.run.is_empty(), "a run was not read to its end");
         let line = tokio::time::timeout(Duration::from_secs(10), self.conn.reader.read_frame())
             .await
             .expect("nothing from the data node within 10 s");
