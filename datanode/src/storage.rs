@@ -188,6 +188,24 @@ pub enum StorageError {
     },
 }
 
+/// How much of the end of `data.txt` stays in the page cache after each
+/// commit; what is older is dropped from it (it is on disk, synced).
+/// Appending to a file takes a fresh page of memory for every 4 KiB, and
+/// a page never used before, or given back to the host by a virtual
+/// machine, costs several times the copy itself; dropping the pages behind
+/// the writes lets the next writes reuse them. Reads of older records go
+/// to the disk. The tail kept serves the readers that follow the writes.
+pub const CACHED_TAIL: u64 = 16 * 1024 * 1024;
+
+/// The bytes of a file `len` long to drop from the page cache when those
+/// before `uncached_to` are dropped already: all but the last
+/// [`CACHED_TAIL`], once that is [`CACHED_TAIL`] or more (one call per
+/// 16 MiB written, not one per commit).
+fn cache_to_drop(len: u64, uncached_to: u64) -> Option<std::ops::Range<u64>> {
+    let keep_from = len.saturating_sub(CACHED_TAIL);
+    (keep_from >= uncached_to.saturating_add(CACHED_TAIL)).then_some(uncached_to..keep_from)
+}
+
 /// The open `data.txt` and the records staged for the next commit. Holds
 /// the claim on its directory for as long as it lives.
 #[derive(Debug)]
@@ -211,6 +229,8 @@ pub struct DataFile {
     /// The file's length after the last successful commit: where a failed
     /// commit cuts it back to.
     committed_len: u64,
+    /// Bytes before this offset were let go of from the page cache.
+    uncached_to: u64,
     /// Set by a failed commit. What the disk holds is unknown from then on
     /// (a failed fsync may have dropped pages it will never report again),
     /// so nothing more is written.
@@ -294,6 +314,7 @@ impl DataFile {
             stamp: String::with_capacity(32),
             stamp_ms: 0,
             committed_len,
+            uncached_to: 0,
             failed: false,
             stats: CommitStats::default(),
             metrics: Arc::default(),
@@ -413,6 +434,7 @@ impl DataFile {
             Backend::Faulty(faults) => Box::new(FaultyFile::new(file, faults)),
         };
         self.committed_len = 0;
+        self.uncached_to = 0;
         Ok(())
     }
 
@@ -486,6 +508,7 @@ impl DataFile {
         match result {
             Ok(()) => {
                 self.committed_len += batch_len;
+                self.drop_written_from_cache();
                 self.stats.records += records;
                 self.stats.commits += 1;
                 self.metrics.committed(records, batch_len);
@@ -533,6 +556,20 @@ impl DataFile {
             FsyncPolicy::Never => self.file.write_all(&self.staged).map_err(write_error)?,
         }
         Ok(())
+    }
+
+    /// Lets the page cache drop what is written and synced, except the
+    /// last [`CACHED_TAIL`]: appends then reuse the pages just freed
+    /// instead of taking new ones (see the constant).
+    fn drop_written_from_cache(&mut self) {
+        if self.policy == FsyncPolicy::Never {
+            // Unsynced pages are dirty: the advice would start writeback.
+            return;
+        }
+        if let Some(range) = cache_to_drop(self.committed_len, self.uncached_to) {
+            self.file.drop_cached(range.start, range.end - range.start);
+            self.uncached_to = range.end;
+        }
     }
 
     /// Nothing of a failed batch is acknowledged, so none of it should stay
@@ -854,6 +891,71 @@ mod tests {
                 "{policy:?}: an empty commit counts nothing"
             );
         }
+    }
+
+    #[test]
+    fn the_page_cache_keeps_only_the_tail_of_the_file() {
+        const MIB: u64 = 1024 * 1024;
+        assert_eq!(CACHED_TAIL, 16 * MIB);
+        // Nothing until 16 MiB more than the tail are written.
+        assert_eq!(cache_to_drop(0, 0), None);
+        assert_eq!(cache_to_drop(31 * MIB, 0), None);
+        assert_eq!(cache_to_drop(32 * MIB, 0), Some(0..16 * MIB));
+        // Then from where the last drop ended, never into the tail.
+        assert_eq!(cache_to_drop(40 * MIB, 16 * MIB), None);
+        assert_eq!(cache_to_drop(50 * MIB, 16 * MIB), Some(16 * MIB..34 * MIB));
+        let mut uncached_to = 0;
+        for len in (0..1000).map(|n| n * 700 * 1024) {
+            if let Some(range) = cache_to_drop(len, uncached_to) {
+                assert_eq!(range.start, uncached_to);
+                assert_eq!(range.end, len - CACHED_TAIL);
+                uncached_to = range.end;
+            }
+            assert!(len.saturating_sub(uncached_to) < 2 * CACHED_TAIL + 700 * 1024);
+        }
+    }
+
+    /// Whether the 4 KiB at `offset` of `path` are in the page cache: a
+    /// read that must not wait for the disk gets them only then.
+    fn cached(path: &Path, offset: u64) -> bool {
+        let file = File::open(path).unwrap();
+        let mut buf = [0u8; 4096];
+        match rustix::io::preadv2(
+            &file,
+            &mut [std::io::IoSliceMut::new(&mut buf)],
+            offset,
+            rustix::io::ReadWriteFlags::NOWAIT,
+        ) {
+            Ok(n) => n > 0,
+            Err(rustix::io::Errno::AGAIN) => false,
+            Err(e) => panic!("preadv2: {e}"),
+        }
+    }
+
+    #[test]
+    fn written_and_synced_bytes_leave_the_page_cache_behind_the_tail() {
+        const MIB: u64 = 1024 * 1024;
+        let dir = tempfile::tempdir().unwrap();
+        let mut data = DataFile::open(dir.path(), FsyncPolicy::Batch).unwrap();
+        let text = vec![b'x'; 1000];
+        let mut n = 0;
+        while data.committed_len < 2 * CACHED_TAIL + 4 * MIB {
+            for _ in 0..256 {
+                n += 1;
+                data.stage(Some(id(n)), None, &text);
+            }
+            data.commit().unwrap();
+        }
+        let path = dir.path().join(DATA_FILE);
+        let len = data.committed_len;
+        for offset in [0, MIB, 8 * MIB, CACHED_TAIL - 4096] {
+            assert!(!cached(&path, offset), "{offset} of {len} is still cached");
+        }
+        for offset in [len - CACHED_TAIL, len - MIB, len - 4096] {
+            assert!(cached(&path, offset), "{offset} of {len} is not cached");
+        }
+        // And everything is still there to read.
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
     }
 
     #[test]

@@ -22,6 +22,9 @@ pub trait StorageFile: Send + std::fmt::Debug {
     fn set_len(&mut self, len: u64) -> io::Result<()>;
     /// The file's current length in bytes.
     fn len(&self) -> io::Result<u64>;
+    /// Lets the kernel drop `len` bytes from `offset` out of the page
+    /// cache (written and synced bytes: they stay on disk).
+    fn drop_cached(&self, offset: u64, len: u64);
 }
 
 impl StorageFile for File {
@@ -36,6 +39,15 @@ impl StorageFile for File {
     }
     fn len(&self) -> io::Result<u64> {
         Ok(self.metadata()?.len())
+    }
+    fn drop_cached(&self, offset: u64, len: u64) {
+        // Advice only: nothing is lost if the kernel does not follow it.
+        let _ = rustix::fs::fadvise(
+            self,
+            offset,
+            std::num::NonZeroU64::new(len),
+            rustix::fs::Advice::DontNeed,
+        );
     }
 }
 
@@ -117,6 +129,9 @@ impl StorageFile for FaultyFile {
     }
     fn len(&self) -> io::Result<u64> {
         StorageFile::len(&self.file)
+    }
+    fn drop_cached(&self, offset: u64, len: u64) {
+        self.file.drop_cached(offset, len);
     }
 }
 
