@@ -89,8 +89,6 @@ enum Command {
     /// Load generator: many connections, many messages in flight; prints
     /// msgs/s and latency percentiles, and fails if any reply is wrong.
     Bench(BenchArgs),
-    /// Opens many client connections to the head node and holds them idle
-    /// (for measuring memory per connection). Prints `READY <n>` when open.
     /// Shows the cluster as the head node sees it: each data node's state,
     /// heartbeat, messages and last eviction, the message rate and the
     /// totals, read from the head node's HTTP port (/status.json).
@@ -113,6 +111,8 @@ enum Command {
     /// Prints every stored message once, in id order, merged over the live
     /// data nodes: `<id> <stored UTC> <key>|- <text>`.
     Tail(TailArgs),
+    /// Opens many client connections to the head node and holds them idle
+    /// (for measuring memory per connection). Prints `READY <n>` when open.
     Idle {
         /// Connections to open.
         #[arg(long, env = "IDLE_CONNECTIONS", default_value_t = 10_000)]
