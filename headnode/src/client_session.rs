@@ -330,7 +330,7 @@ fn forward(
             )
             .charged(Some(charge)),
         );
-        route(shared, envelope, line, rng);
+        route(shared, envelope, line, now, rng);
         return Ok(());
     };
     let text = line.bytes().slice(checked.text_at..);
@@ -353,7 +353,7 @@ fn forward(
         )
     });
     match found {
-        Found::New(envelope) => route(shared, envelope, line, rng),
+        Found::New(envelope) => route(shared, envelope, line, now, rng),
         Found::InFlight(envelope) => {
             debug!(%key, id = %envelope.id, "resent key: waiting for its message's answer");
             envelope.add_waiter(waiter());
@@ -375,16 +375,16 @@ fn forward(
                     .charged(charge.take()),
             );
             shared.keys.track(&key, &envelope);
-            route(shared, envelope, line, rng);
+            route(shared, envelope, line, now, rng);
         }
     }
     Ok(())
 }
 
-fn route(shared: &Shared, envelope: Arc<Envelope>, line: &Line, rng: &mut SmallRng) {
+fn route(shared: &Shared, envelope: Arc<Envelope>, line: &Line, now: Instant, rng: &mut SmallRng) {
     let id = envelope.id;
     let client = envelope.client.clone();
-    let nodes = shared.router.start(envelope, None, rng);
+    let nodes = shared.router.start(envelope, None, now, rng);
     if nodes.is_empty() {
         debug!(%id, "not enough data nodes available; message waits");
     } else {

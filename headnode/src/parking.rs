@@ -50,7 +50,7 @@ impl Parked {
     fn retry(self, router: &Router, rng: &mut SmallRng) {
         match self {
             Parked::Start(envelope, since) => {
-                router.start(envelope, Some(since), rng);
+                router.start(envelope, Some(since), Instant::now(), rng);
             }
             Parked::Copy(copy) => {
                 router.reroute(copy, rng);
@@ -166,7 +166,7 @@ mod tests {
         rng: &mut SmallRng,
     ) -> mpsc::UnboundedReceiver<Completion> {
         let (envelope, replies) = replicated(seq, replicas, needed);
-        router.start(envelope, None, rng);
+        router.start(envelope, None, Instant::now(), rng);
         replies
     }
 

@@ -595,7 +595,9 @@ async fn copy(
     let envelope = envelope
         .held_by(holders.into_iter().collect::<Holders>())
         .charged(Some(charge));
-    shared.router.start(Arc::new(envelope), None, rng);
+    shared
+        .router
+        .start(Arc::new(envelope), None, Instant::now(), rng);
     true
 }
 

@@ -192,14 +192,13 @@ impl Routes {
         eligible: &[usize],
         count: usize,
         sticky_run: usize,
+        now: Instant,
         rng: &mut SmallRng,
     ) -> Set {
         if sticky_run <= 1 {
             return self.random_set(eligible, count, &[], rng);
         }
         let mut run = self.run.lock().unwrap_or_else(|p| p.into_inner());
-        // One clock read for the whole set.
-        let now = Instant::now();
         let continues = run.left > 0
             && run.set.len() == count
             && run.set.iter().all(|&i| {
@@ -362,13 +361,15 @@ impl Router {
     }
 
     /// Places the copies `envelope` still wants on distinct nodes, or parks
-    /// it (since `waiting_since`, or now) when fewer nodes can take it than
-    /// the copies it needs before its client is answered. Returns the
-    /// nodes chosen (empty when it waits or failed).
+    /// it (since `waiting_since`, or `now`) when fewer nodes can take it
+    /// than the copies it needs before its client is answered. Returns the
+    /// nodes chosen (empty when it waits or failed). `now` may be a little
+    /// old (a client's messages read together share one clock read).
     pub(crate) fn start(
         &self,
         envelope: Arc<Envelope>,
         waiting_since: Option<Instant>,
+        now: Instant,
         rng: &mut SmallRng,
     ) -> Holders {
         let (want, have) = envelope.wanted();
@@ -396,7 +397,7 @@ impl Router {
                 envelope.give_up(reason.into());
                 return Holders::new();
             }
-            let since = waiting_since.unwrap_or_else(Instant::now);
+            let since = waiting_since.unwrap_or(now);
             // Fails only during shutdown, when the client is being closed anyway.
             let _ = self.parking.send(Parked::Start(envelope, since));
             return Holders::new();
@@ -407,7 +408,7 @@ impl Router {
         } else {
             1
         };
-        let set = routes.pick_set(&eligible, count, sticky, rng);
+        let set = routes.pick_set(&eligible, count, sticky, now, rng);
         // Every node of the set is marked before any copy is offered: a copy
         // refused below is moved by `reroute`, which must not pick a node
         // of this set that is still to get its own copy.
@@ -600,7 +601,7 @@ pub(crate) mod tests {
         rng: &mut SmallRng,
     ) -> (Vec<String>, Replies) {
         let (envelope, replies) = replicated(seq, replicas, needed);
-        let chosen = router.start(envelope, None, rng);
+        let chosen = router.start(envelope, None, Instant::now(), rng);
         (chosen.iter().map(|n| n.to_string()).collect(), replies)
     }
 
@@ -853,14 +854,17 @@ pub(crate) mod tests {
         let mut rng = SmallRng::seed_from_u64(4);
         for i in 0..100 {
             let (envelope, _r) = long_message(i, ORIGINAL_NODE_MAX_TEXT + 1);
-            assert_eq!(router.start(envelope, None, &mut rng)[0].as_str(), "b");
+            assert_eq!(
+                router.start(envelope, None, Instant::now(), &mut rng)[0].as_str(),
+                "b"
+            );
         }
         assert_eq!(drain(&mut a_rx), 0);
         assert_eq!(drain(&mut b_rx), 100);
         // Exactly the limit still fits.
         for i in 0..100 {
             let (envelope, _r) = long_message(i, ORIGINAL_NODE_MAX_TEXT);
-            router.start(envelope, None, &mut rng);
+            router.start(envelope, None, Instant::now(), &mut rng);
         }
         assert!(drain(&mut a_rx) > 0);
     }
@@ -873,7 +877,12 @@ pub(crate) mod tests {
         let (envelope, mut replies) = long_message(1, 2000);
         assert!(
             router
-                .start(envelope, None, &mut SmallRng::seed_from_u64(4))
+                .start(
+                    envelope,
+                    None,
+                    Instant::now(),
+                    &mut SmallRng::seed_from_u64(4)
+                )
                 .is_empty()
         );
         assert!(park.try_recv().is_err(), "waiting would not help");
@@ -896,7 +905,7 @@ pub(crate) mod tests {
                 let mut rng = SmallRng::seed_from_u64(seed);
                 for seq in 0..4 {
                     let (envelope, _replies) = replicated(seq, 2, 2);
-                    router.start(envelope.clone(), None, &mut rng);
+                    router.start(envelope.clone(), None, Instant::now(), &mut rng);
                     let queued = (drain(&mut a_rx), drain(&mut c_rx));
                     let parked = std::iter::from_fn(|| park.try_recv().ok()).count();
                     assert_eq!(
