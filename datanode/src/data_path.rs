@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use protocol::codec::LineDecoder;
 use protocol::connection::Connection;
-use protocol::key_window::KeyWindow;
 use protocol::message::{
     FromDataNode, MAX_SCAN_RECORDS, MessageId, NodeId, ToDataNode, truncate_for_log,
 };
@@ -221,45 +220,68 @@ struct DataPathConfig {
 }
 
 /// One message staged in the current batch: written at its commit unless
-/// withdrawn first.
+/// withdrawn first. Its key, if any, is in the node's key index from its
+/// staging on.
 struct Staged {
     id: Option<MessageId>,
-    /// Its key: the client's name shared with [`Batch::keys`], and the
-    /// sequence number.
-    key: Option<(Arc<str>, u64)>,
     /// Its place in [`Batch::answers`].
     answer: usize,
 }
 
 /// What the data path has read since its last commit. Bounded by what the
 /// head node may have unacknowledged at this node (its per-node window).
+#[derive(Default)]
 struct Batch {
     /// One answer per message and ping, in the order they came.
     answers: Vec<FromDataNode>,
     /// The messages to write, in the order they were staged in the data
     /// file (the same index).
     staged: Vec<Staged>,
-    /// The keys of `staged`, so a key repeated before the commit is seen.
-    /// Never forgets one: unbounded here, bounded by the batch.
-    keys: KeyWindow<Option<MessageId>>,
+    /// The lowest and highest id in `staged`, if any: most ids a key is
+    /// held under are older, and need no search of `staged`.
+    staged_ids: Option<(MessageId, MessageId)>,
     /// Reads admitted in this batch, handed to the read thread once the
     /// batch is committed (so a read sees the writes before it). At most
     /// [`MAX_READS_IN_FLIGHT`].
     reads: Vec<ReadJob>,
 }
 
-impl Default for Batch {
-    fn default() -> Self {
-        Batch {
-            answers: Vec::new(),
-            staged: Vec::new(),
-            keys: KeyWindow::new(usize::MAX, Duration::MAX),
-            reads: Vec::new(),
-        }
-    }
-}
-
 impl Batch {
+    /// Stages message `id` (answered `recibido` once it is written).
+    fn stage(&mut self, id: Option<MessageId>) {
+        if let Some(id) = id {
+            let (low, high) = self.staged_ids.get_or_insert((id, id));
+            *low = (*low).min(id);
+            *high = (*high).max(id);
+        }
+        self.staged.push(Staged {
+            id,
+            answer: self.answers.len(),
+        });
+        self.answers.push(FromDataNode::Stored(id));
+    }
+
+    /// Whether message `id` is staged in this batch, not yet written.
+    fn has_staged(&self, id: MessageId) -> bool {
+        self.staged_ids
+            .is_some_and(|(low, high)| (low..=high).contains(&id))
+            && self.staged.iter().any(|s| s.id == Some(id))
+    }
+
+    /// The staged messages are written: forgets them.
+    fn written(&mut self) {
+        self.staged.clear();
+        self.staged_ids = None;
+    }
+
+    /// The session ends before this batch's commit: its records are never
+    /// written (nor acknowledged), and their keys leave the index.
+    fn abandon(&mut self, data: &mut DataFile, keys: &mut KeyIndex) {
+        data.discard_staged(|line| forget_key(line, keys));
+        self.written();
+        self.answers.clear();
+    }
+
     /// Admits a read for after the commit, or answers it `readerror` at
     /// once when [`MAX_READS_IN_FLIGHT`] are outstanding.
     fn read(&mut self, reads: &ReadServer, metrics: &NodeMetrics, req: u64, job: ReadJob) {
@@ -285,19 +307,28 @@ impl Batch {
     /// reuses the id is never cancelled) and answers `withdrawn` in its
     /// place. False if none is staged: it was written already (its
     /// `recibido` stands) or never came.
-    fn withdraw(&mut self, id: MessageId, data: &mut DataFile) -> bool {
+    fn withdraw(&mut self, id: MessageId, data: &mut DataFile, keys: &mut KeyIndex) -> bool {
         let Some(at) = self.staged.iter().rposition(|s| s.id == Some(id)) else {
             return false;
         };
-        if !data.unstage(at) {
+        let Some(line) = data.unstage(at) else {
             return false;
-        }
+        };
+        forget_key(&line, keys);
         let staged = self.staged.remove(at);
         self.answers[staged.answer] = FromDataNode::Withdrawn(id);
-        if let Some((client, seq)) = staged.key {
-            self.keys.remove(&client, seq);
-        }
         true
+    }
+}
+
+/// Takes the key of a staged record that will not be written out of the
+/// index (it went in when the record was staged).
+fn forget_key(line: &[u8], keys: &mut KeyIndex) {
+    if let Ok(record) = storage::parse_line(line)
+        && let (Some(key), Some(id)) = (record.key, record.id)
+        && keys.get(key) == Some(id)
+    {
+        keys.remove(key);
     }
 }
 
@@ -311,23 +342,18 @@ fn handle_store(
     state: &mut NodeState,
     batch: &mut Batch,
 ) -> bool {
+    // One lookup per keyed message: a key staged earlier in this batch is
+    // in the index already, under an id this batch holds.
     let held = key.and_then(|k| state.keys.get(k));
-    let staged = key.is_some_and(|k| batch.keys.get(k.client, k.seq).is_some());
+    let staged = held.is_some_and(|held| batch.has_staged(held));
     match commit_decision(id, held, staged) {
         Decision::Write => {
             debug!(target: MESSAGES_TARGET, id = ?id.map(|id| id.to_string()), key = ?key.map(|k| k.to_string()), "storing mensaje: {}", truncate_for_log(text));
             state.data.stage(id, key, text.as_bytes());
-            let key = key.and_then(|k| {
-                // The batch's clock stands still: it never forgets a key.
-                batch.keys.insert_new(k.client, k.seq, id, 0);
-                Some((batch.keys.client_name(k.client)?.clone(), k.seq))
-            });
-            batch.staged.push(Staged {
-                id,
-                key,
-                answer: batch.answers.len(),
-            });
-            batch.answers.push(FromDataNode::Stored(id));
+            if let (Some(key), Some(id)) = (key, id) {
+                state.keys.insert_new(key, id, state.data.last_stamp_ms());
+            }
+            batch.stage(id);
         }
         Decision::AlreadyStored => {
             debug!(target: MESSAGES_TARGET, id = ?id.map(|id| id.to_string()), key = ?key.map(|k| k.to_string()), "already held under this id; not written again");
@@ -438,7 +464,7 @@ fn data_path(
     // A message whose key is staged in the batch before it: handled first
     // in the next batch, once that key is written and synced.
     let mut carried: Option<protocol::codec::Line> = None;
-    loop {
+    let end = 'session: loop {
         // Everything complete in the buffer is one batch, up to a repeated key.
         let mut drained = false;
         let mut split = false;
@@ -448,7 +474,7 @@ fn data_path(
                 None => match decoder.decode(&mut inbuf) {
                     Ok(Some(line)) => line,
                     Ok(None) => break,
-                    Err(e) => return SessionEnd::Reconnect(format!("protocol error: {e}")),
+                    Err(e) => break 'session SessionEnd::Reconnect(format!("protocol error: {e}")),
                 },
             };
             let handled = match ToDataNode::parse(line.as_str()) {
@@ -456,7 +482,7 @@ fn data_path(
                     handle_store(id, key, text, state, &mut batch)
                 }
                 Ok(ToDataNode::Withdraw(id)) => {
-                    if batch.withdraw(id, &mut state.data) {
+                    if batch.withdraw(id, &mut state.data, &mut state.keys) {
                         info!(%id, "withdrawn before it was written: not stored here");
                     } else {
                         debug!(%id, "withdraw of a message already written (or never received); its recibido stands");
@@ -525,19 +551,19 @@ fn data_path(
                 }
                 Ok(ToDataNode::Welcome { .. }) => true,
                 Ok(ToDataNode::Challenge { .. }) => {
-                    return SessionEnd::Reconnect(
+                    break 'session SessionEnd::Reconnect(
                         "protocol error: challenge after registration".into(),
                     );
                 }
                 Ok(ToDataNode::Error(reason)) if reason.starts_with("stale incarnation") => {
                     // The membership decides after the report: a newer
                     // process with this id has registered, so this one stops.
-                    return SessionEnd::Superseded(reason.to_owned());
+                    break 'session SessionEnd::Superseded(reason.to_owned());
                 }
                 Ok(ToDataNode::Error(reason)) => {
-                    return SessionEnd::Reconnect(format!("head node error: {reason}"));
+                    break 'session SessionEnd::Reconnect(format!("head node error: {reason}"));
                 }
-                Err(e) => return SessionEnd::Reconnect(format!("protocol error: {e}")),
+                Err(e) => break 'session SessionEnd::Reconnect(format!("protocol error: {e}")),
             };
             if !handled {
                 carried = Some(line);
@@ -560,22 +586,12 @@ fn data_path(
             // sends its messages to another node instead.
             error!("{e}; nothing in this batch was acknowledged; stopping");
             let _ = writer.write_all(format!("ERROR storage failure: {e}\n").as_bytes());
-            return SessionEnd::StorageFailed(e);
+            break 'session SessionEnd::StorageFailed(e);
         }
         state.store.committed(&state.data);
         // Written and synced: from now on a resend of these keys is
-        // answered from the index.
-        let now = now_millis();
-        for staged in batch.staged.drain(..) {
-            if let (Some((client, seq)), Some(id)) = (staged.key, staged.id) {
-                let key = protocol::message::KeyRef {
-                    client: &client,
-                    seq,
-                };
-                state.keys.insert(key, id, now, now);
-            }
-        }
-        batch.keys.clear();
+        // answered from the index at once.
+        batch.written();
         state.data.metrics.set_keys(state.keys.len());
         FromDataNode::encode_answers(batch.answers.drain(..), &mut out);
         if leave.load(Ordering::Relaxed) && leave_by.is_none() {
@@ -585,13 +601,15 @@ fn data_path(
         }
         if !out.is_empty() {
             if let Err(e) = writer.write_all(&out) {
-                return SessionEnd::Reconnect(format!("write failed: {e}"));
+                break 'session SessionEnd::Reconnect(format!("write failed: {e}"));
             }
             out.clear();
         }
         for job in batch.reads.drain(..) {
             if !reads.submit(job) {
-                return SessionEnd::Reconnect("the read thread stopped: its writes failed".into());
+                break 'session SessionEnd::Reconnect(
+                    "the read thread stopped: its writes failed".into(),
+                );
             }
         }
         // Between batches: roll data.txt into a segment once it is full,
@@ -611,7 +629,7 @@ fn data_path(
             Err(e @ StorageError::Roll { .. }) | Err(e @ StorageError::Failed { .. }) => {
                 error!("{e}; stopping (a restart recovers the directory)");
                 let _ = writer.write_all(format!("ERROR storage failure: {e}\n").as_bytes());
-                return SessionEnd::StorageFailed(e);
+                break 'session SessionEnd::StorageFailed(e);
             }
             Err(e) => {
                 error!(
@@ -623,19 +641,19 @@ fn data_path(
         if drained {
             // The head node has everything it sent us acknowledged.
             let _ = stream.shutdown(std::net::Shutdown::Write);
-            return SessionEnd::Left;
+            break 'session SessionEnd::Left;
         }
         if leave_by.is_some_and(|by| Instant::now() >= by) {
             warn!("head node did not finish draining this node in time; leaving anyway");
-            return SessionEnd::Left;
+            break 'session SessionEnd::Left;
         }
         if split {
             // Lines already read wait behind the repeated key: no read yet.
             continue;
         }
         match stream.read(&mut scratch) {
-            Ok(0) if leave_by.is_some() => return SessionEnd::Left,
-            Ok(0) => return SessionEnd::Reconnect("connection closed".into()),
+            Ok(0) if leave_by.is_some() => break 'session SessionEnd::Left,
+            Ok(0) => break 'session SessionEnd::Reconnect("connection closed".into()),
             Ok(n) => {
                 inbuf.extend_from_slice(&scratch[..n]);
                 last_heard = Instant::now();
@@ -647,16 +665,21 @@ fn data_path(
                 ) =>
             {
                 if last_heard.elapsed() >= config.head_timeout {
-                    return SessionEnd::Reconnect(format!(
+                    break 'session SessionEnd::Reconnect(format!(
                         "no word from the head node for {:?}",
                         config.head_timeout
                     ));
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return SessionEnd::Reconnect(e.to_string()),
+            Err(e) => break 'session SessionEnd::Reconnect(e.to_string()),
         }
-    }
+    };
+    // Whatever is staged was not written: a failed commit has dropped its
+    // records already (and the node then stops); any other end drops them
+    // here, with their keys.
+    batch.abandon(&mut state.data, &mut state.keys);
+    end
 }
 
 /// What the data path does with the batch it has staged.

@@ -42,24 +42,27 @@ pub enum Decision {
     /// write nothing.
     HeldAs(MessageId),
     /// Its key was staged earlier in this batch and is not synced yet:
-    /// commit the batch first, then decide again (it is then held).
+    /// commit the batch first, then decide again (it is then written).
     AfterCommit,
 }
 
 /// Decides what to do with message `id`, whose key is held in the index
-/// under `held` (if at all) and is or is not `staged` earlier in the
-/// current, uncommitted batch. An unkeyed message is always written.
+/// under `held` (if at all); `staged` if that is a message staged in the
+/// current, uncommitted batch (the index holds a key from its staging on).
+/// An unkeyed message is always written.
 pub fn commit_decision(id: Option<MessageId>, held: Option<MessageId>, staged: bool) -> Decision {
     match held {
+        Some(_) if staged => Decision::AfterCommit,
         Some(held) if Some(held) == id => Decision::AlreadyStored,
         Some(held) => Decision::HeldAs(held),
-        None if staged => Decision::AfterCommit,
         None => Decision::Write,
     }
 }
 
 /// Client key -> message id, for the keys written and synced here within
-/// the window: a [`KeyWindow`] whose clock is the time of each record.
+/// the window, and those of the batch being gathered (staged, to be
+/// written at its commit): a [`KeyWindow`] whose clock is the time of each
+/// record.
 #[derive(Debug)]
 pub struct KeyIndex {
     keys: KeyWindow<MessageId>,
@@ -98,6 +101,19 @@ impl KeyIndex {
             return false;
         }
         self.keys.insert(key.client, key.seq, id, at_ms)
+    }
+
+    /// Remembers `key` under `id` from `at_ms` (Unix ms); the caller has
+    /// just found it is not held ([`KeyIndex::get`]), which spares looking
+    /// it up again. The data path adds a key when its record is staged,
+    /// and takes it out again if the record is not written after all.
+    pub fn insert_new(&mut self, key: KeyRef<'_>, id: MessageId, at_ms: u64) {
+        self.keys.insert_new(key.client, key.seq, id, at_ms);
+    }
+
+    /// Forgets `key`; the id it was held under.
+    pub fn remove(&mut self, key: KeyRef<'_>) -> Option<MessageId> {
+        self.keys.remove(key.client, key.seq)
     }
 
     /// Forgets what is past the window at `now_ms`.
@@ -198,10 +214,13 @@ mod tests {
 
     #[test]
     fn a_key_staged_in_this_batch_waits_for_the_commit() {
-        assert_eq!(
-            commit_decision(Some(id(2)), None, true),
-            Decision::AfterCommit
-        );
+        for held in [id(1), id(2)] {
+            assert_eq!(
+                commit_decision(Some(id(2)), Some(held), true),
+                Decision::AfterCommit,
+                "held as {held} in this batch"
+            );
+        }
     }
 
     #[test]

@@ -439,10 +439,11 @@ impl DataFile {
     }
 
     /// Drops the `index`-th staged record (from 0) before it is written;
-    /// the later ones move down by one. False if there is no such record.
-    pub fn unstage(&mut self, index: usize) -> bool {
+    /// the later ones move down by one. The dropped record's line, or
+    /// `None` if there is no such record.
+    pub fn unstage(&mut self, index: usize) -> Option<Vec<u8>> {
         if index >= self.line_ends.len() {
-            return false;
+            return None;
         }
         let start = if index == 0 {
             0
@@ -450,13 +451,25 @@ impl DataFile {
             self.line_ends[index - 1]
         };
         let end = self.line_ends[index];
-        self.staged.drain(start..end);
+        let line = self.staged.drain(start..end).collect();
         self.line_ends.remove(index);
         self.staged_ids.remove(index);
         for later in &mut self.line_ends[index..] {
             *later -= end - start;
         }
-        true
+        Some(line)
+    }
+
+    /// Drops every staged record unwritten (a session that ends before its
+    /// batch's commit: nothing of it was acknowledged), handing each line
+    /// to `dropped` first.
+    pub fn discard_staged(&mut self, mut dropped: impl FnMut(&[u8])) {
+        let mut start = 0;
+        for &end in &self.line_ends {
+            dropped(&self.staged[start..end]);
+            start = end;
+        }
+        self.clear_staged();
     }
 
     /// What `/metrics` shows of this file (and the keys held, set by the node).
@@ -965,13 +978,31 @@ mod tests {
         for n in 1..=3 {
             data.stage(Some(id(n)), None, b"x");
         }
-        assert!(data.unstage(1));
-        assert!(!data.unstage(2));
+        let dropped = data.unstage(1).expect("the second record is staged");
+        assert_eq!(parse_line(&dropped).unwrap().id, Some(id(2)));
+        assert!(data.unstage(2).is_none());
         data.stage(Some(id(4)), None, b"x");
-        assert!(data.unstage(0));
+        assert!(data.unstage(0).is_some());
         data.commit().unwrap();
         assert_eq!(stored_ids(data.path()).unwrap(), [id(3), id(4)]);
         assert!(verify(data.path()).unwrap().is_clean());
+    }
+
+    #[test]
+    fn discarded_records_are_handed_back_and_never_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut data = DataFile::open(dir.path(), FsyncPolicy::Batch).unwrap();
+        data.stage(Some(id(1)), None, b"x");
+        data.commit().unwrap();
+        for n in 2..=4 {
+            data.stage(Some(id(n)), None, b"x");
+        }
+        let mut dropped = Vec::new();
+        data.discard_staged(|line| dropped.push(parse_line(line).unwrap().id));
+        assert_eq!(dropped, [Some(id(2)), Some(id(3)), Some(id(4))]);
+        assert_eq!(data.staged(), 0);
+        data.commit().unwrap();
+        assert_eq!(stored_ids(data.path()).unwrap(), [id(1)]);
     }
 
     #[test]

@@ -151,3 +151,27 @@ async fn a_withdrawn_message_is_answered_withdrawn_and_never_written() {
         ]
     );
 }
+
+#[tokio::test]
+async fn a_batch_cut_off_by_the_end_of_its_session_is_never_written_nor_its_keys_held() {
+    let mut head = ScriptedHead::start(|_| {}).await;
+    // One write: the message is staged, then the bad line ends the session
+    // before the batch's commit.
+    head.send_lines(&[
+        "mensaje 7-1 c-1/1: cut off".into(),
+        "not a line of the protocol".into(),
+    ])
+    .await;
+    head.reconnected().await;
+    head.welcome(8).await;
+    let report = head.read_report().await;
+    assert!(
+        report.held.is_empty(),
+        "a key of a record never written is not held: {:?}",
+        report.held
+    );
+    // Its resend is written under the new id, and the cut-off copy never.
+    head.send_keyed("8-1", "c-1/1", "cut off").await;
+    head.expect_ack("8-1").await;
+    assert_eq!(records(&head), [("8-1".into(), Some("c-1/1".into()))]);
+}
