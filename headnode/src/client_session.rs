@@ -36,7 +36,7 @@ use tracing::{debug, info, warn};
 
 use crate::Shared;
 use crate::config::MESSAGE_OVERHEAD;
-use crate::forward::{Completion, Envelope, Outcome, Waiter};
+use crate::forward::{Completion, Envelope, NewEnvelope, Outcome, Waiter};
 use crate::keys::Found;
 
 /// Answers not yet written, by slot: the message at `first_slot` is at the
@@ -320,16 +320,16 @@ fn forward(
     };
     let replication = shared.replication;
     let (Some(client_id), Some(seq)) = (client_id, checked.seq) else {
-        let envelope = Arc::new(
-            Envelope::new(
+        let envelope = Envelope::new(NewEnvelope {
+            charge: Some(charge),
+            ..NewEnvelope::plain(
                 shared.ids.next_id(),
                 line.bytes().clone(),
                 client.clone(),
                 waiter(),
                 replication,
             )
-            .charged(Some(charge)),
-        );
+        });
         route(shared, envelope, line, now, rng);
         return Ok(());
     };
@@ -340,17 +340,18 @@ fn forward(
     };
     let mut charge = Some(charge);
     let found = shared.keys.lookup_or_insert(&key, now, || {
-        Arc::new(
-            Envelope::new(
+        Envelope::new(NewEnvelope {
+            key: Some(key.clone()),
+            keys: Some(shared.keys.clone()),
+            charge: charge.take(),
+            ..NewEnvelope::plain(
                 shared.ids.next_id(),
                 text.clone(),
                 client.clone(),
                 waiter(),
                 replication,
             )
-            .keyed(key.clone(), shared.keys.clone())
-            .charged(charge.take()),
-        )
+        })
     });
     match found {
         Found::New(envelope) => route(shared, envelope, line, now, rng),
@@ -368,12 +369,13 @@ fn forward(
         Found::Settled { id, holders } => {
             // Seen before with too few copies: more copies, same id.
             info!(%key, %id, holders = holders.len(), "resent key stored with too few copies; making more under the same id");
-            let envelope = Arc::new(
-                Envelope::new(id, text, client.clone(), waiter(), replication)
-                    .keyed(key.clone(), shared.keys.clone())
-                    .held_by(holders)
-                    .charged(charge.take()),
-            );
+            let envelope = Envelope::new(NewEnvelope {
+                key: Some(key.clone()),
+                keys: Some(shared.keys.clone()),
+                held_by: holders,
+                charge: charge.take(),
+                ..NewEnvelope::plain(id, text, client.clone(), waiter(), replication)
+            });
             shared.keys.track(&key, &envelope);
             route(shared, envelope, line, now, rng);
         }

@@ -148,48 +148,82 @@ pub(crate) enum CopyStored {
     OverReplicated,
 }
 
-impl Envelope {
-    /// A message to be stored under `id`, answered to `waiter`.
-    pub(crate) fn new(
+/// Everything an [`Envelope`] starts with, given at once: it is built in
+/// place in its allocation instead of moving through builder calls.
+pub(crate) struct NewEnvelope {
+    /// Cluster-unique id.
+    pub(crate) id: MessageId,
+    /// The client's text.
+    pub(crate) text: Bytes,
+    /// The client's address, for logs.
+    pub(crate) client: Arc<str>,
+    /// Who waits for the answer.
+    pub(crate) waiter: Waiter,
+    /// How many copies to make, and to wait for.
+    pub(crate) replication: Replication,
+    /// The client's key, if it sent one.
+    pub(crate) key: Option<MessageKey>,
+    /// Where the key's entry is settled when the message ends.
+    pub(crate) keys: Option<Arc<KeyTable>>,
+    /// The nodes already holding it (a resend of a key stored with too
+    /// few copies, a repair).
+    pub(crate) held_by: Holders,
+    /// Its share of the in-flight budget, returned when it ends.
+    pub(crate) charge: Option<OwnedSemaphorePermit>,
+}
+
+impl NewEnvelope {
+    /// A message to be stored under `id`, answered to `waiter`: no key, no
+    /// holders yet, no share of the budget.
+    pub(crate) fn plain(
         id: MessageId,
         text: Bytes,
         client: Arc<str>,
         waiter: Waiter,
         replication: Replication,
-    ) -> Envelope {
-        Envelope {
+    ) -> Self {
+        NewEnvelope {
             id,
+            text,
+            client,
+            waiter,
+            replication,
             key: None,
+            keys: None,
+            held_by: Holders::new(),
+            charge: None,
+        }
+    }
+}
+
+impl Envelope {
+    /// The envelope of a message, shared by its copies.
+    pub(crate) fn new(parts: NewEnvelope) -> Arc<Envelope> {
+        let NewEnvelope {
+            id,
+            text,
+            client,
+            waiter,
+            replication,
+            key,
+            keys,
+            held_by,
+            charge,
+        } = parts;
+        Arc::new(Envelope {
+            id,
+            key,
             text,
             client,
             replication,
             copies: Mutex::new(Copies {
                 waiter: Some(waiter),
+                holders: held_by,
                 ..Copies::default()
             }),
-            keys: None,
-            _charge: None,
-        }
-    }
-
-    /// Sent under `key`, whose entry in `keys` is settled when it ends.
-    pub(crate) fn keyed(mut self, key: MessageKey, keys: Arc<KeyTable>) -> Envelope {
-        self.key = Some(key);
-        self.keys = Some(keys);
-        self
-    }
-
-    /// Already held by `holders` (a resend of a key stored with too few
-    /// copies).
-    pub(crate) fn held_by(self, holders: Holders) -> Envelope {
-        self.copies().holders = holders;
-        self
-    }
-
-    /// Holding `charge`, its share of the in-flight budget.
-    pub(crate) fn charged(mut self, charge: Option<OwnedSemaphorePermit>) -> Envelope {
-        self._charge = charge;
-        self
+            keys,
+            _charge: charge,
+        })
     }
 
     fn copies(&self) -> MutexGuard<'_, Copies> {
@@ -512,7 +546,7 @@ pub(crate) mod tests {
         needed: usize,
     ) -> (Arc<Envelope>, mpsc::UnboundedReceiver<Completion>) {
         let (reply_to, replies) = mpsc::unbounded_channel();
-        let envelope = Arc::new(Envelope::new(
+        let envelope = Envelope::new(NewEnvelope::plain(
             MessageId { epoch: 1, seq },
             Bytes::from_static(b"numero random: 1"),
             "test".into(),

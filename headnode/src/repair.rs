@@ -48,7 +48,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::Shared;
-use crate::forward::{Completion, Envelope, Holders, Outcome, Replication, Waiter};
+use crate::forward::{Completion, Envelope, Holders, NewEnvelope, Outcome, Replication, Waiter};
 use crate::membership::{Event, EvictReason};
 use crate::reads::{GetResult, NodeRead, NodeReader};
 use crate::tail::{Merge, Step, Watermark};
@@ -584,20 +584,19 @@ async fn copy(
         replicas: shared.replication.replicas,
         needed: wanted,
     };
-    let mut envelope = Envelope::new(
-        record.id,
-        Bytes::from(record.text),
-        Arc::from("repair"),
-        waiter,
-        replication,
-    );
-    envelope.key = record.key;
-    let envelope = envelope
-        .held_by(holders.into_iter().collect::<Holders>())
-        .charged(Some(charge));
-    shared
-        .router
-        .start(Arc::new(envelope), None, Instant::now(), rng);
+    let envelope = Envelope::new(NewEnvelope {
+        key: record.key,
+        held_by: holders.into_iter().collect::<Holders>(),
+        charge: Some(charge),
+        ..NewEnvelope::plain(
+            record.id,
+            Bytes::from(record.text),
+            Arc::from("repair"),
+            waiter,
+            replication,
+        )
+    });
+    shared.router.start(envelope, None, Instant::now(), rng);
     true
 }
 

@@ -551,7 +551,7 @@ fn offer(node: &NodeHandle, mut message: Forward) -> Result<(), Forward> {
 pub(crate) mod tests {
     use super::*;
     use crate::forward::tests::replicated;
-    use crate::forward::{Completion, Outcome, Replication, Waiter};
+    use crate::forward::{Completion, NewEnvelope, Outcome, Replication, Waiter};
     use bytes::Bytes;
     use protocol::message::MessageId;
     use rand::SeedableRng;
@@ -829,7 +829,7 @@ pub(crate) mod tests {
 
     fn long_message(seq: u64, len: usize) -> (Arc<Envelope>, Replies) {
         let (reply_to, replies) = mpsc::unbounded_channel();
-        let envelope = Arc::new(Envelope::new(
+        let envelope = Envelope::new(NewEnvelope::plain(
             MessageId { epoch: 1, seq },
             Bytes::from(vec![b'x'; len]),
             "test".into(),
