@@ -25,12 +25,16 @@
 //! Client names are hashed with foldhash, seeded at random per process:
 //! several times faster than the standard SipHash on short names, on the
 //! path of every message, and a client that does not know the seed cannot
-//! choose names that collide.
+//! choose names that collide. Both generations share the seed, so an
+//! operation hashes its client's name once, whichever generations it
+//! looks in.
 
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use foldhash::fast::RandomState;
+use hashbrown::HashTable;
 use std::time::Duration;
 
 /// The widest gap kept inside a run: a key further ahead than this from
@@ -51,6 +55,8 @@ pub const SLOTS_PER_SCATTERED_KEY: usize = 2;
 /// Recent client keys and a value for each; see the module documentation.
 #[derive(Debug)]
 pub struct KeyWindow<V> {
+    /// Hashes client names for both generations.
+    hasher: RandomState,
     current: Generation<V>,
     previous: Generation<V>,
     /// When the current generation began, on the caller's clock (ms).
@@ -61,7 +67,8 @@ pub struct KeyWindow<V> {
 
 #[derive(Debug)]
 struct Generation<V> {
-    clients: HashMap<Arc<str>, ClientKeys<V>, RandomState>,
+    /// Each client's name and keys, by the window's hash of the name.
+    clients: HashTable<(Arc<str>, ClientKeys<V>)>,
     /// Slots used by every client: keys, the gaps between them, and each
     /// client's and run's own cost.
     slots: usize,
@@ -71,10 +78,24 @@ struct Generation<V> {
 impl<V> Default for Generation<V> {
     fn default() -> Self {
         Generation {
-            clients: HashMap::default(),
+            clients: HashTable::new(),
             slots: 0,
             keys: 0,
         }
+    }
+}
+
+impl<V> Generation<V> {
+    /// `client`'s name and keys here, if it has any; `hash` is the
+    /// window's hash of the name.
+    fn find(&self, hash: u64, client: &str) -> Option<&(Arc<str>, ClientKeys<V>)> {
+        self.clients.find(hash, |(name, _)| **name == *client)
+    }
+
+    fn find_mut(&mut self, hash: u64, client: &str) -> Option<&mut ClientKeys<V>> {
+        self.clients
+            .find_mut(hash, |(name, _)| **name == *client)
+            .map(|(_, keys)| keys)
     }
 }
 
@@ -220,6 +241,7 @@ impl<V> KeyWindow<V> {
     /// least `window` while the bound allows.
     pub fn new(max_keys: usize, window: Duration) -> Self {
         KeyWindow {
+            hasher: RandomState::default(),
             current: Generation::default(),
             previous: Generation::default(),
             current_since_ms: None,
@@ -245,29 +267,23 @@ impl<V> KeyWindow<V> {
 
     /// The value of `client`'s key `seq`, if it is held.
     pub fn get(&self, client: &str, seq: u64) -> Option<&V> {
-        for generation in [&self.current, &self.previous] {
-            if let Some(value) = generation
-                .clients
-                .get(client)
-                .and_then(|keys| keys.get(seq))
-            {
-                return Some(value);
-            }
-        }
-        None
+        let hash = self.hasher.hash_one(client);
+        [&self.current, &self.previous]
+            .into_iter()
+            .find_map(|generation| generation.find(hash, client)?.1.get(seq))
     }
 
     /// The value of `client`'s key `seq`, to change, if it is held.
     pub fn get_mut(&mut self, client: &str, seq: u64) -> Option<&mut V> {
-        // Two lookups in the current generation would hash the name twice;
-        // a key is mostly found there, so the previous one is looked at
-        // only after a miss.
-        if let Some(keys) = self.current.clients.get_mut(client)
+        let hash = self.hasher.hash_one(client);
+        // A key is mostly found in the current generation; the previous one
+        // is looked at only after a miss.
+        if let Some(keys) = self.current.find_mut(hash, client)
             && keys.get(seq).is_some()
         {
             return keys.get_mut(seq);
         }
-        self.previous.clients.get_mut(client)?.get_mut(seq)
+        self.previous.find_mut(hash, client)?.get_mut(seq)
     }
 
     /// Adds `client`'s key `seq` with `value` at `now_ms`, unless it is
@@ -286,30 +302,40 @@ impl<V> KeyWindow<V> {
     /// hashing the name again.
     pub fn insert_new(&mut self, client: &str, seq: u64, value: V, now_ms: u64) {
         self.turn_if_due(now_ms);
-        let keys = match self.current.clients.get_mut(client) {
-            Some(keys) => keys,
-            None => {
+        let hash = self.hasher.hash_one(client);
+        let KeyWindow {
+            hasher,
+            current,
+            previous,
+            ..
+        } = self;
+        let entry = current.clients.entry(
+            hash,
+            |(name, _)| **name == *client,
+            |(name, _)| hasher.hash_one(&**name),
+        );
+        let keys = match entry {
+            hashbrown::hash_table::Entry::Occupied(found) => &mut found.into_mut().1,
+            hashbrown::hash_table::Entry::Vacant(room) => {
                 // The name is shared with the previous generation.
-                let name = match self.previous.clients.get_key_value(client) {
+                let name = match previous.find(hash, client) {
                     Some((name, _)) => name.clone(),
                     None => Arc::from(client),
                 };
-                self.current.slots += SLOTS_PER_CLIENT;
-                self.current
-                    .clients
-                    .entry(name)
-                    .or_insert_with(ClientKeys::new)
+                current.slots += SLOTS_PER_CLIENT;
+                &mut room.insert((name, ClientKeys::new())).into_mut().1
             }
         };
-        self.current.slots += keys.insert(seq, value);
-        self.current.keys += 1;
+        current.slots += keys.insert(seq, value);
+        current.keys += 1;
     }
 
     /// Forgets `client`'s key `seq`; its value, if it was held. Its slot
     /// stays counted until its generation is dropped.
     pub fn remove(&mut self, client: &str, seq: u64) -> Option<V> {
+        let hash = self.hasher.hash_one(client);
         for generation in [&mut self.current, &mut self.previous] {
-            if let Some(keys) = generation.clients.get_mut(client)
+            if let Some(keys) = generation.find_mut(hash, client)
                 && let Some(value) = keys.remove(seq)
             {
                 generation.keys -= 1;
@@ -331,9 +357,10 @@ impl<V> KeyWindow<V> {
     /// The shared name of `client`, if it has keys here: keys kept
     /// elsewhere can point to it instead of a copy.
     pub fn client_name(&self, client: &str) -> Option<&Arc<str>> {
+        let hash = self.hasher.hash_one(client);
         [&self.current, &self.previous]
             .into_iter()
-            .find_map(|generation| generation.clients.get_key_value(client))
+            .find_map(|generation| generation.find(hash, client))
             .map(|(name, _)| name)
     }
 
@@ -448,7 +475,8 @@ mod tests {
         for &seq in &seqs {
             assert!(window.insert("c", seq, seq, 0));
         }
-        let keys = &window.current.clients["c"];
+        let hash = window.hasher.hash_one("c");
+        let keys = &window.current.find(hash, "c").unwrap().1;
         assert!(keys.scattered.is_none(), "no key left the runs");
         assert_eq!(keys.runs.len(), 100);
         assert!(seqs.iter().all(|&seq| window.get("c", seq) == Some(&seq)));
