@@ -4,7 +4,9 @@
 //!
 //! - [`KeyIndex`]: the index, rebuilt from `data.txt` when the node starts
 //!   ([`KeyIndex::load`]) and reported to every head node that welcomes it
-//!   ([`KeyIndex::for_each_held_line`]);
+//!   ([`KeyIndex::for_each_held_line`]). A key enters it when its record is
+//!   staged: a repeat of it in the same batch is then told apart by its
+//!   held id being one of the batch's (see [`commit_decision`]);
 //! - [`commit_decision`]: what to do with one keyed message, as a pure
 //!   function.
 //!
