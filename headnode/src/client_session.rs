@@ -38,6 +38,7 @@ use crate::Shared;
 use crate::config::MESSAGE_OVERHEAD;
 use crate::forward::{Completion, Envelope, NewEnvelope, Outcome, Waiter};
 use crate::keys::Found;
+use crate::router::Routes;
 
 /// Answers not yet written, by slot: the message at `first_slot` is at the
 /// front. Each slot also keeps what its message costs while in flight.
@@ -177,7 +178,7 @@ pub(crate) async fn run<S: Stream>(
                 match charge {
                     Ok(charge) => {
                         window.charge(waiting.slot, charge.num_permits() as u32);
-                        if let Err(refusal) = forward(&shared, &client, client_id.as_ref(), &done_tx, waiting.slot, &waiting.line, waiting.checked, charge, Instant::now(), &mut rng) {
+                        if let Err(refusal) = forward(&shared, &shared.router.snapshot(), &client, client_id.as_ref(), &done_tx, waiting.slot, &waiting.line, waiting.checked, charge, Instant::now(), &mut rng) {
                             window.fill(failed(waiting.slot, &refusal));
                         }
                     }
@@ -192,6 +193,8 @@ pub(crate) async fn run<S: Stream>(
             }
             frame = conn.reader.read_frame(), if may_read => {
                 last_heard = Instant::now();
+                // One snapshot of the routable nodes for every line of this turn.
+                let routes = shared.router.snapshot();
                 let mut frame = frame;
                 // Every line already buffered is taken in this turn: one
                 // pass of the loop per read, not per message.
@@ -207,7 +210,7 @@ pub(crate) async fn run<S: Stream>(
                                     match shared.budget.clone().try_acquire_many_owned(cost) {
                                         Ok(charge) => {
                                             window.charge(slot, cost);
-                                            if let Err(refusal) = forward(&shared, &client, client_id.as_ref(), &done_tx, slot, &line, checked, charge, last_heard, &mut rng) {
+                                            if let Err(refusal) = forward(&shared, &routes, &client, client_id.as_ref(), &done_tx, slot, &line, checked, charge, last_heard, &mut rng) {
                                                 window.fill(failed(slot, &refusal));
                                             }
                                         }
@@ -304,6 +307,7 @@ fn charge_for(line: &Line) -> u32 {
 #[allow(clippy::too_many_arguments)]
 fn forward(
     shared: &Shared,
+    routes: &Routes,
     client: &Arc<str>,
     client_id: Option<&ClientId>,
     done_tx: &mpsc::UnboundedSender<Completion>,
@@ -330,7 +334,7 @@ fn forward(
                 replication,
             )
         });
-        route(shared, envelope, line, now, rng);
+        route(shared, routes, envelope, line, now, rng);
         return Ok(());
     };
     let text = line.bytes().slice(checked.text_at..);
@@ -354,7 +358,7 @@ fn forward(
         })
     });
     match found {
-        Found::New(envelope) => route(shared, envelope, line, now, rng),
+        Found::New(envelope) => route(shared, routes, envelope, line, now, rng),
         Found::InFlight(envelope) => {
             debug!(%key, id = %envelope.id, "resent key: waiting for its message's answer");
             envelope.add_waiter(waiter());
@@ -377,16 +381,23 @@ fn forward(
                 ..NewEnvelope::plain(id, text, client.clone(), waiter(), replication)
             });
             shared.keys.track(&key, &envelope);
-            route(shared, envelope, line, now, rng);
+            route(shared, routes, envelope, line, now, rng);
         }
     }
     Ok(())
 }
 
-fn route(shared: &Shared, envelope: Arc<Envelope>, line: &Line, now: Instant, rng: &mut SmallRng) {
+fn route(
+    shared: &Shared,
+    routes: &Routes,
+    envelope: Arc<Envelope>,
+    line: &Line,
+    now: Instant,
+    rng: &mut SmallRng,
+) {
     let id = envelope.id;
     let client = envelope.client.clone();
-    let nodes = shared.router.start(envelope, None, now, rng);
+    let nodes = shared.router.start_on(routes, envelope, None, now, rng);
     if nodes.is_empty() {
         debug!(%id, "not enough data nodes available; message waits");
     } else {

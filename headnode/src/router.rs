@@ -372,12 +372,25 @@ impl Router {
         now: Instant,
         rng: &mut SmallRng,
     ) -> Holders {
+        self.start_on(&self.snapshot(), envelope, waiting_since, now, rng)
+    }
+
+    /// [`Router::start`] on a snapshot the caller took: a client session
+    /// takes one for all the lines it read in one turn, rather than one per
+    /// message.
+    pub(crate) fn start_on(
+        &self,
+        routes: &Routes,
+        envelope: Arc<Envelope>,
+        waiting_since: Option<Instant>,
+        now: Instant,
+        rng: &mut SmallRng,
+    ) -> Holders {
         let (want, have) = envelope.wanted();
         if want == 0 {
             return Holders::new();
         }
         let replication = envelope.replication();
-        let routes = self.snapshot();
         let text_len = envelope.text.len();
         let eligible: Indices = (0..routes.nodes.len())
             .filter(|&i| {
