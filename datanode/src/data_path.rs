@@ -27,12 +27,13 @@ use protocol::shutdown::Latch;
 use protocol::telemetry::MESSAGES_TARGET;
 use tracing::{debug, error, info, warn};
 
+use crate::config::{Config, FORWARD_OVERHEAD};
+use crate::error::DataNodeError;
 use crate::keys::{Decision, KeyIndex, commit_decision, now_millis};
 use crate::metrics::{FsyncWindow, NodeMetrics};
 use crate::reads::{MAX_READS_IN_FLIGHT, ReadJob, ReadServer, SharedWriter};
 use crate::storage::{self, DataFile, EpochFile, FsyncPolicy, StorageError};
 use crate::store::{self, Store};
-use crate::{Config, DataNodeError, FORWARD_OVERHEAD};
 
 /// Extra room for a record's timestamp, id, key and checksum around a
 /// `mensaje` line's text, when it is read back.

@@ -28,17 +28,16 @@
 //!   it, then exits.
 
 use std::future::Future;
-use std::path::PathBuf;
-use std::time::Duration;
 
-use protocol::auth::ClusterToken;
 use protocol::backoff::Backoff;
-use protocol::message::{NodeId, Zone};
+use protocol::message::Zone;
 use protocol::shutdown::Latch;
 use tracing::{info, warn};
 
 pub mod audit;
+mod config;
 mod data_path;
+mod error;
 pub mod keys;
 pub mod metrics;
 pub mod reads;
@@ -46,136 +45,11 @@ mod registration;
 pub mod storage;
 pub mod store;
 
+pub use config::{Config, DEFAULT_COMMIT_LINGER, new_incarnation};
 use data_path::{NodeState, SessionEnd};
+pub use error::DataNodeError;
 use registration::ConnectError;
 pub use storage::FsyncPolicy;
-use storage::StorageError;
-use store::StoreConfig;
-
-/// Settings of a data node.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// `host:port` of the head node; resolved on every attempt.
-    pub headnode: String,
-    /// This node's name.
-    pub node_id: NodeId,
-    /// This node's failure domain, sent in its hello: the head node puts
-    /// copies of one message in distinct zones. `None` sends none.
-    pub zone: Option<Zone>,
-    /// Client keys remembered, at most (`--dedup-keys`).
-    pub dedup_keys: usize,
-    /// How long after its record is written a key is remembered, at least
-    /// while `dedup_keys` allows, at most about twice this
-    /// (`--dedup-window`).
-    pub dedup_window: Duration,
-    /// Changes on every process start.
-    pub incarnation: u64,
-    /// Directory of `data.txt`.
-    pub data_dir: PathBuf,
-    /// Durability of acknowledged messages.
-    pub fsync: FsyncPolicy,
-    /// What `data.txt` is written through: the file itself, or one that
-    /// injects disk faults (to test how the node handles them).
-    pub storage: storage::Backend,
-    /// Segment size and retention (`--segment-bytes`, `--retention-age`,
-    /// `--retention-bytes`).
-    pub store: StoreConfig,
-    /// Under `--fsync batch`: how long a batch smaller than the one before
-    /// may wait for the rest of its burst before it is committed (zero:
-    /// never wait).
-    pub commit_linger: Duration,
-    /// The cluster's shared secret: this node proves it knows it, and
-    /// accepts only a head node that proves it knows it too.
-    pub cluster_token: Option<ClusterToken>,
-    /// Without a token: join a head node that accepts data nodes without
-    /// one (the head node is then not authenticated either).
-    pub open_registration: bool,
-    /// Longest accepted client text.
-    pub max_line: usize,
-    /// Reconnect when the head node has sent nothing (not even a heartbeat) for this long.
-    pub head_timeout: Duration,
-    /// First reconnect delay.
-    pub min_backoff: Duration,
-    /// Longest reconnect delay.
-    pub max_backoff: Duration,
-    /// On shutdown, how long to wait for the head node to drain this node.
-    pub leave_timeout: Duration,
-    /// How often this node reports its fsync latency to the head node (an
-    /// `fsync` line after a `pong`), over the last two such periods.
-    pub fsync_report_every: Duration,
-    /// Local address to connect from (multi-homed hosts); `None` lets the OS choose.
-    pub source_ip: Option<std::net::IpAddr>,
-}
-
-/// Default of [`Config::commit_linger`].
-pub const DEFAULT_COMMIT_LINGER: Duration = Duration::from_micros(400);
-
-impl Config {
-    /// Defaults for a node with this id: data in `logs/datanode-<id>`.
-    pub fn new(headnode: impl Into<String>, node_id: NodeId) -> Self {
-        Config {
-            headnode: headnode.into(),
-            data_dir: PathBuf::from(format!("logs/datanode-{node_id}")),
-            node_id,
-            zone: None,
-            dedup_keys: keys::DEFAULT_DEDUP_KEYS,
-            dedup_window: keys::DEFAULT_DEDUP_WINDOW,
-            incarnation: new_incarnation(),
-            fsync: FsyncPolicy::Batch,
-            storage: storage::Backend::File,
-            store: StoreConfig::default(),
-            commit_linger: DEFAULT_COMMIT_LINGER,
-            cluster_token: None,
-            open_registration: false,
-            max_line: protocol::DEFAULT_MAX_LINE,
-            head_timeout: Duration::from_secs(10),
-            min_backoff: Duration::from_millis(200),
-            max_backoff: Duration::from_secs(1),
-            leave_timeout: Duration::from_secs(5),
-            fsync_report_every: protocol::message::FSYNC_REPORT_EVERY,
-            source_ip: None,
-        }
-    }
-}
-
-/// A value that differs on every process start: the start time in microseconds.
-pub fn new_incarnation() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or_default()
-}
-
-/// Why a data node stopped for good.
-#[derive(Debug, thiserror::Error)]
-pub enum DataNodeError {
-    /// The data directory could not be used, or a commit to `data.txt`
-    /// failed (nothing in that batch was acknowledged).
-    #[error(transparent)]
-    Storage(#[from] StorageError),
-    /// The data-path thread could not be started, or died.
-    #[error("the data-path thread failed: {0}")]
-    DataPathThread(String),
-    /// The head node refused this node's proof of the cluster token.
-    #[error("head node {0} refused this node: {1} (check the cluster token)")]
-    Unauthorized(String, String),
-    /// The head node could not prove it knows the cluster token: it is not
-    /// this cluster's head node, or its token differs.
-    #[error("head node {0} did not prove it knows the cluster token; not registering with it")]
-    HeadNotAuthenticated(String),
-    /// A newer process with this node id has registered since this one
-    /// started: this one is stale and stops.
-    #[error("head node refused this node: {0}")]
-    Superseded(String),
-    /// Neither a token nor open registration was configured.
-    #[error(
-        "no cluster token: set CLUSTER_TOKEN or --cluster-token-file (or --open-registration to join a head node without one)"
-    )]
-    NoToken,
-}
-
-/// Extra room for the `mensaje <id>: ` prefix around a client's text.
-const FORWARD_OVERHEAD: usize = 256;
 
 /// Runs the data node until `shutdown`, reconnecting whenever the head node
 /// goes away. Returns an error only for conditions retrying cannot fix.

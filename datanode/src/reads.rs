@@ -31,10 +31,10 @@ use tracing::{debug, warn};
 
 use crate::metrics::NodeMetrics;
 use crate::storage::index::{Location, MessageIndex};
+use crate::storage::read_lock;
 use crate::storage::retention::RemovedIds;
 use crate::storage::segments::segment_name;
 use crate::storage::{DATA_FILE, parse_line};
-use crate::store::read_lock;
 
 /// Read requests one connection may have outstanding (accepted and not yet
 /// answered); one more is answered `readerror` at once.

@@ -12,8 +12,9 @@ use protocol::message::{DataNodeHello, FromDataNode, STALE_HEAD, ToDataNode, tru
 use tokio::net::TcpStream;
 use tracing::{error, info};
 
+use crate::config::{Config, FORWARD_OVERHEAD};
+use crate::error::DataNodeError;
 use crate::storage::{EpochCheck, check_epoch};
-use crate::{Config, DataNodeError, FORWARD_OVERHEAD};
 
 /// Why a registration attempt failed.
 pub(crate) enum ConnectError {

@@ -19,7 +19,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::SystemTime;
 
 use protocol::message::{KeyRef, MessageId};
@@ -814,6 +814,16 @@ pub fn stored_ids(path: &Path) -> Result<Vec<MessageId>, StorageError> {
         .collect())
 }
 
+/// The index and the removed ids hold no invariant a panicking holder
+/// could break halfway through a read; a poisoned lock is still usable.
+pub(crate) fn read_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// See [`read_lock`].
+pub(crate) fn write_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
+}
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,7 +21,7 @@
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use protocol::message::MessageId;
@@ -35,7 +35,9 @@ use crate::storage::retention::{
     Reason, RemovedIds, RetentionLog, RetentionPolicy, SegmentMeta, choose_removals,
 };
 use crate::storage::segments::{DEFAULT_SEGMENT_BYTES, list_data_files, segment_name};
-use crate::storage::{DATA_FILE, DataFile, StorageError, each_line, parse_line};
+use crate::storage::{
+    DATA_FILE, DataFile, StorageError, each_line, parse_line, read_lock, write_lock,
+};
 
 /// How the store rolls and prunes its files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -412,16 +414,6 @@ fn data_len_or(path: &Path, fallback: u64) -> u64 {
 fn millis(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// The index and the removed ids hold no invariant a panicking holder
-/// could break halfway through a read; a poisoned lock is still usable.
-pub(crate) fn read_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(PoisonError::into_inner)
-}
-
-pub(crate) fn write_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Parses a retention age: a number and a unit, `d` (days), `h`, `m` or
