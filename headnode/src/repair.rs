@@ -12,6 +12,11 @@
 //! - the end of a pass that stopped at messages still in flight: a short
 //!   pass over what it left, `--repair-after` later.
 //!
+//! A due pass waits while a data node has been gone less than
+//! `--repair-after` (at most `--repair-after` more): that node may come
+//! back with its copies, and a pass then would give everything it holds a
+//! third copy.
+//!
 //! A pass ([`run`]) takes an inventory of ids from every live data node by
 //! merging their scans in id order (the same merge as `tail`), as HDFS's
 //! block reports tell the name node which blocks each data node holds,
@@ -209,11 +214,35 @@ impl Schedule {
     }
 
     /// The pass due at `now`, if any: why, and from which id.
+    ///
+    /// A pass waits while a node has been gone less than `repair_after`:
+    /// it may come back with its copies, and a pass now would copy all it
+    /// holds a third time (a node flapping, or briefly cut off). It waits
+    /// at most `repair_after` past the time it was due, so a node that
+    /// keeps flapping cannot hold repair back for ever.
     pub(crate) fn due(&self, now: Instant) -> Option<(Trigger, Option<MessageId>)> {
+        let (trigger, from, due_at) = self.pending(now)?;
+        if self.held_back(now, due_at).is_some() {
+            return None;
+        }
+        Some((trigger, from))
+    }
+
+    /// A pass that is due at `now` but waits: the node it waits for, how
+    /// long that node has been gone, and the latest the pass will wait.
+    pub(crate) fn waiting_for(&self, now: Instant) -> Option<(NodeId, Duration, Instant)> {
+        let (_, _, due_at) = self.pending(now)?;
+        let (node, since) = self.held_back(now, due_at)?;
+        Some((node.clone(), now - since, due_at + self.repair_after))
+    }
+
+    /// The pass asked for or made due by a lost node, before any wait:
+    /// why, from which id, and since when it is due.
+    fn pending(&self, now: Instant) -> Option<(Trigger, Option<MessageId>, Instant)> {
         if let Some(req) = &self.requested
             && req.at <= now
         {
-            return Some((req.trigger.clone(), req.from));
+            return Some((req.trigger.clone(), req.from, req.at));
         }
         self.lost
             .iter()
@@ -225,8 +254,23 @@ impl Schedule {
                         away: now - lost.since,
                     },
                     None,
+                    lost.since + self.repair_after,
                 )
             })
+    }
+
+    /// The node gone less than `repair_after` that holds back a pass due
+    /// since `due_at`, and since when it is gone; none once the pass has
+    /// waited `repair_after`.
+    fn held_back(&self, now: Instant, due_at: Instant) -> Option<(&NodeId, Instant)> {
+        if now >= due_at + self.repair_after {
+            return None;
+        }
+        self.lost
+            .iter()
+            .filter(|(_, lost)| now < lost.since + self.repair_after)
+            .max_by_key(|(_, lost)| lost.since)
+            .map(|(node, lost)| (node, lost.since))
     }
 
     /// A pass starts at `now`: it covers every request and every node gone
@@ -322,12 +366,28 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
         return;
     }
     let mut rng = SmallRng::from_rng(&mut rand::rng());
+    // The node the last wait was logged for: logged once per node.
+    let mut last_wait: Option<NodeId> = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
-        let due = lock(&repair.schedule).due(Instant::now());
+        let (due, waiting) = {
+            let schedule = lock(&repair.schedule);
+            let now = Instant::now();
+            (schedule.due(now), schedule.waiting_for(now))
+        };
+        match &waiting {
+            Some((node, away, until)) if last_wait.as_ref() != Some(node) => info!(
+                %node,
+                "repair pass due, waiting for dataNode {node} (gone {:.1}s, less than --repair-after): it may come back with its copies; waiting at most {:.0}s more",
+                away.as_secs_f64(),
+                until.saturating_duration_since(Instant::now()).as_secs_f64()
+            ),
+            _ => {}
+        }
+        last_wait = waiting.map(|(node, _, _)| node);
         let Some((trigger, from)) = due else { continue };
         lock(&repair.schedule).begin(Instant::now());
         let end = tokio::select! {
@@ -782,5 +842,74 @@ mod tests {
         schedule.finish(&PassEnd::Failures, t0);
         assert_eq!(schedule.due(t0 + AFTER - Duration::from_millis(1)), None);
         assert_eq!(schedule.due(t0 + AFTER), Some((Trigger::Retry, None)));
+    }
+
+    #[test]
+    fn a_due_pass_waits_for_a_node_gone_less_than_the_delay() {
+        let t0 = Instant::now();
+        let mut schedule = Schedule::new(AFTER, t0);
+        // dn2 goes 5 s before the start-up pass is due.
+        let gone = t0 + AFTER - Duration::from_secs(5);
+        schedule.record(
+            &evicted("dn2", EvictReason::ConnectionLost("reset".into())),
+            gone,
+        );
+        assert_eq!(schedule.due(t0 + AFTER), None);
+        let (node, away, until) = schedule.waiting_for(t0 + AFTER).unwrap();
+        assert_eq!(node.as_str(), "dn2");
+        assert_eq!(away, Duration::from_secs(5));
+        assert_eq!(until, t0 + AFTER * 2);
+        // It comes back with its data: the pass runs at once.
+        let back = t0 + AFTER + Duration::from_secs(1);
+        schedule.record(&joined("dn2", None), back);
+        assert_eq!(schedule.waiting_for(back), None);
+        assert_eq!(schedule.due(back), Some((Trigger::HeadStarted, None)));
+    }
+
+    #[test]
+    fn a_node_that_stays_away_is_waited_for_only_until_it_counts_as_lost() {
+        let t0 = Instant::now();
+        let mut schedule = Schedule::new(AFTER, t0);
+        let gone = t0 + AFTER - Duration::from_secs(5);
+        schedule.record(&evicted("dn2", EvictReason::Unreachable), gone);
+        assert_eq!(schedule.due(gone + AFTER - Duration::from_millis(1)), None);
+        // Gone the whole delay: the pass runs, and covers dn2's copies too.
+        assert_eq!(
+            schedule.due(gone + AFTER),
+            Some((Trigger::HeadStarted, None))
+        );
+        schedule.begin(gone + AFTER);
+        schedule.finish(&PassEnd::Complete, gone + AFTER);
+        assert_eq!(schedule.due(gone + AFTER * 5), None);
+    }
+
+    #[test]
+    fn a_flapping_node_holds_a_pass_back_at_most_one_delay() {
+        let t0 = Instant::now();
+        let mut schedule = settled(t0);
+        let t1 = t0 + AFTER * 2;
+        schedule.record(&evicted("dn1", EvictReason::Unreachable), t1);
+        let due_at = t1 + AFTER;
+        // dn2 flaps every 2 s from before the pass for dn1 is due.
+        let mut now = due_at - Duration::from_secs(3);
+        while now < due_at + AFTER * 2 {
+            schedule.record(
+                &evicted("dn2", EvictReason::ConnectionLost("reset".into())),
+                now,
+            );
+            let due = schedule.due(now);
+            if now < due_at + AFTER {
+                assert_eq!(due, None, "{:?} after dn1's pass was due", now - due_at);
+            } else {
+                let (trigger, _) = due.expect("waited one delay: runs");
+                assert!(
+                    matches!(trigger, Trigger::NodeLost { ref node, .. } if node.as_str() == "dn1")
+                );
+                return;
+            }
+            schedule.record(&joined("dn2", None), now + Duration::from_secs(1));
+            now += Duration::from_secs(2);
+        }
+        panic!("the pass never ran");
     }
 }
