@@ -141,6 +141,22 @@ pub(crate) enum PassEnd {
     Failures,
 }
 
+/// What [`Schedule::check`] finds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Check {
+    /// No pass is due.
+    Idle,
+    /// A pass runs now: why, and from which id.
+    Run(Trigger, Option<MessageId>),
+    /// A pass is due but waits for `node`, gone `away` (less than
+    /// `repair_after`), until `until` at the latest.
+    Wait {
+        node: NodeId,
+        away: Duration,
+        until: Instant,
+    },
+}
+
 impl Schedule {
     /// A schedule for a head node started at `now`.
     pub(crate) fn new(repair_after: Duration, now: Instant) -> Self {
@@ -214,26 +230,40 @@ impl Schedule {
     }
 
     /// The pass due at `now`, if any: why, and from which id.
+    #[cfg(test)]
+    fn due(&self, now: Instant) -> Option<(Trigger, Option<MessageId>)> {
+        match self.check(now) {
+            Check::Run(trigger, from) => Some((trigger, from)),
+            Check::Idle | Check::Wait { .. } => None,
+        }
+    }
+
+    /// Whether a pass runs at `now`, waits, or none is due.
     ///
     /// A pass waits while a node has been gone less than `repair_after`:
     /// it may come back with its copies, and a pass now would copy all it
     /// holds a third time (a node flapping, or briefly cut off). It waits
     /// at most `repair_after` past the time it was due, so a node that
     /// keeps flapping cannot hold repair back for ever.
-    pub(crate) fn due(&self, now: Instant) -> Option<(Trigger, Option<MessageId>)> {
-        let (trigger, from, due_at) = self.pending(now)?;
-        if self.held_back(now, due_at).is_some() {
-            return None;
+    pub(crate) fn check(&self, now: Instant) -> Check {
+        let Some((trigger, from, due_at)) = self.pending(now) else {
+            return Check::Idle;
+        };
+        let until = due_at + self.repair_after;
+        if now < until
+            && let Some((node, lost)) = self
+                .lost
+                .iter()
+                .filter(|(_, lost)| now < lost.since + self.repair_after)
+                .max_by_key(|(_, lost)| lost.since)
+        {
+            return Check::Wait {
+                node: node.clone(),
+                away: now - lost.since,
+                until,
+            };
         }
-        Some((trigger, from))
-    }
-
-    /// A pass that is due at `now` but waits: the node it waits for, how
-    /// long that node has been gone, and the latest the pass will wait.
-    pub(crate) fn waiting_for(&self, now: Instant) -> Option<(NodeId, Duration, Instant)> {
-        let (_, _, due_at) = self.pending(now)?;
-        let (node, since) = self.held_back(now, due_at)?;
-        Some((node.clone(), now - since, due_at + self.repair_after))
+        Check::Run(trigger, from)
     }
 
     /// The pass asked for or made due by a lost node, before any wait:
@@ -257,20 +287,6 @@ impl Schedule {
                     lost.since + self.repair_after,
                 )
             })
-    }
-
-    /// The node gone less than `repair_after` that holds back a pass due
-    /// since `due_at`, and since when it is gone; none once the pass has
-    /// waited `repair_after`.
-    fn held_back(&self, now: Instant, due_at: Instant) -> Option<(&NodeId, Instant)> {
-        if now >= due_at + self.repair_after {
-            return None;
-        }
-        self.lost
-            .iter()
-            .filter(|(_, lost)| now < lost.since + self.repair_after)
-            .max_by_key(|(_, lost)| lost.since)
-            .map(|(node, lost)| (node, lost.since))
     }
 
     /// A pass starts at `now`: it covers every request and every node gone
@@ -373,22 +389,28 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
-        let (due, waiting) = {
-            let schedule = lock(&repair.schedule);
-            let now = Instant::now();
-            (schedule.due(now), schedule.waiting_for(now))
+        let (trigger, from) = match lock(&repair.schedule).check(Instant::now()) {
+            Check::Idle => {
+                last_wait = None;
+                continue;
+            }
+            Check::Wait { node, away, until } => {
+                if last_wait.as_ref() != Some(&node) {
+                    info!(
+                        %node,
+                        "repair pass due, waiting for dataNode {node} (gone {:.1}s, less than --repair-after): it may come back with its copies; waiting at most {:.0}s more",
+                        away.as_secs_f64(),
+                        until.saturating_duration_since(Instant::now()).as_secs_f64()
+                    );
+                }
+                last_wait = Some(node);
+                continue;
+            }
+            Check::Run(trigger, from) => {
+                last_wait = None;
+                (trigger, from)
+            }
         };
-        match &waiting {
-            Some((node, away, until)) if last_wait.as_ref() != Some(node) => info!(
-                %node,
-                "repair pass due, waiting for dataNode {node} (gone {:.1}s, less than --repair-after): it may come back with its copies; waiting at most {:.0}s more",
-                away.as_secs_f64(),
-                until.saturating_duration_since(Instant::now()).as_secs_f64()
-            ),
-            _ => {}
-        }
-        last_wait = waiting.map(|(node, _, _)| node);
-        let Some((trigger, from)) = due else { continue };
         lock(&repair.schedule).begin(Instant::now());
         let end = tokio::select! {
             _ = stop.cancelled() => return,
@@ -855,14 +877,18 @@ mod tests {
             gone,
         );
         assert_eq!(schedule.due(t0 + AFTER), None);
-        let (node, away, until) = schedule.waiting_for(t0 + AFTER).unwrap();
-        assert_eq!(node.as_str(), "dn2");
-        assert_eq!(away, Duration::from_secs(5));
-        assert_eq!(until, t0 + AFTER * 2);
+        assert_eq!(
+            schedule.check(t0 + AFTER),
+            Check::Wait {
+                node: "dn2".parse().unwrap(),
+                away: Duration::from_secs(5),
+                until: t0 + AFTER * 2,
+            }
+        );
         // It comes back with its data: the pass runs at once.
         let back = t0 + AFTER + Duration::from_secs(1);
         schedule.record(&joined("dn2", None), back);
-        assert_eq!(schedule.waiting_for(back), None);
+        assert!(!matches!(schedule.check(back), Check::Wait { .. }));
         assert_eq!(schedule.due(back), Some((Trigger::HeadStarted, None)));
     }
 
