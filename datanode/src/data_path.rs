@@ -345,14 +345,17 @@ fn handle_store(
 ) -> bool {
     // One lookup per keyed message: a key staged earlier in this batch is
     // in the index already, under an id this batch holds.
-    let held = key.and_then(|k| state.keys.get(k));
+    let looked_up = key.map(|k| state.keys.look_up(k));
+    let held = looked_up.and_then(|k| k.held);
     let staged = held.is_some_and(|held| batch.has_staged(held));
     match commit_decision(id, held, staged) {
         Decision::Write => {
             debug!(target: MESSAGES_TARGET, id = ?id.map(|id| id.to_string()), key = ?key.map(|k| k.to_string()), "storing mensaje: {}", truncate_for_log(text));
             state.data.stage(id, key, text.as_bytes());
-            if let (Some(key), Some(id)) = (key, id) {
-                state.keys.insert_new(key, id, state.data.last_stamp_ms());
+            if let (Some(looked_up), Some(id)) = (looked_up, id) {
+                state
+                    .keys
+                    .insert_looked_up(looked_up, id, state.data.last_stamp_ms());
             }
             batch.stage(id);
         }

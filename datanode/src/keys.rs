@@ -21,7 +21,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use protocol::key_window::KeyWindow;
+use protocol::key_window::{HashedClient, KeyWindow};
 use protocol::message::{ClientId, FromDataNode, HELD_PER_LINE, KeyRef, MessageId};
 use protocol::timefmt::parse_timestamp_millis;
 
@@ -59,6 +59,15 @@ pub fn commit_decision(id: Option<MessageId>, held: Option<MessageId>, staged: b
         Some(held) => Decision::HeldAs(held),
         None => Decision::Write,
     }
+}
+
+/// A key looked up in a [`KeyIndex`], with its client's name hashed.
+#[derive(Debug, Clone, Copy)]
+pub struct LookedUp<'a> {
+    /// The id it is held under, if it is.
+    pub held: Option<MessageId>,
+    client: HashedClient<'a>,
+    seq: u64,
 }
 
 /// Client key -> message id, for the keys written and synced here within
@@ -105,12 +114,25 @@ impl KeyIndex {
         self.keys.insert(key.client, key.seq, id, at_ms)
     }
 
-    /// Remembers `key` under `id` from `at_ms` (Unix ms); the caller has
-    /// just found it is not held ([`KeyIndex::get`]), which spares looking
-    /// it up again. The data path adds a key when its record is staged,
-    /// and takes it out again if the record is not written after all.
-    pub fn insert_new(&mut self, key: KeyRef<'_>, id: MessageId, at_ms: u64) {
-        self.keys.insert_new(key.client, key.seq, id, at_ms);
+    /// Looks `key` up, for [`KeyIndex::insert_looked_up`] if it is not
+    /// held: the data path looks up every keyed message and adds most,
+    /// hashing the client's name once for both.
+    pub fn look_up<'a>(&self, key: KeyRef<'a>) -> LookedUp<'a> {
+        let client = self.keys.hash(key.client);
+        LookedUp {
+            held: self.keys.get_hashed(client, key.seq).copied(),
+            client,
+            seq: key.seq,
+        }
+    }
+
+    /// Remembers a key [`KeyIndex::look_up`] found not held, under `id`
+    /// from `at_ms` (Unix ms). The data path adds a key when its record is
+    /// staged, and takes it out again if the record is not written after
+    /// all.
+    pub fn insert_looked_up(&mut self, key: LookedUp<'_>, id: MessageId, at_ms: u64) {
+        debug_assert!(key.held.is_none(), "only a key not held is added");
+        self.keys.insert_new_hashed(key.client, key.seq, id, at_ms);
     }
 
     /// Forgets `key`; the id it was held under.

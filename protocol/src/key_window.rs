@@ -52,6 +52,14 @@ pub const SLOTS_PER_RUN: usize = 2;
 /// runs takes about twice a slot of a run.
 pub const SLOTS_PER_SCATTERED_KEY: usize = 2;
 
+/// A client's name and its hash by one [`KeyWindow`]: a lookup followed by
+/// an insert hashes the name once.
+#[derive(Debug, Clone, Copy)]
+pub struct HashedClient<'a> {
+    name: &'a str,
+    hash: u64,
+}
+
 /// Recent client keys and a value for each; see the module documentation.
 #[derive(Debug)]
 pub struct KeyWindow<V> {
@@ -267,10 +275,23 @@ impl<V> KeyWindow<V> {
 
     /// The value of `client`'s key `seq`, if it is held.
     pub fn get(&self, client: &str, seq: u64) -> Option<&V> {
-        let hash = self.hasher.hash_one(client);
+        self.get_hashed(self.hash(client), seq)
+    }
+
+    /// `client`'s name hashed once, for a lookup and then an insert of one
+    /// of its keys ([`KeyWindow::get_hashed`], [`KeyWindow::insert_new_hashed`]).
+    pub fn hash<'a>(&self, client: &'a str) -> HashedClient<'a> {
+        HashedClient {
+            name: client,
+            hash: self.hasher.hash_one(client),
+        }
+    }
+
+    /// [`KeyWindow::get`] with the name hashed already.
+    pub fn get_hashed(&self, client: HashedClient<'_>, seq: u64) -> Option<&V> {
         [&self.current, &self.previous]
             .into_iter()
-            .find_map(|generation| generation.find(hash, client)?.1.get(seq))
+            .find_map(|generation| generation.find(client.hash, client.name)?.1.get(seq))
     }
 
     /// The value of `client`'s key `seq`, to change, if it is held.
@@ -301,8 +322,14 @@ impl<V> KeyWindow<V> {
     /// just found it is not held (with [`KeyWindow::get`]), which spares
     /// hashing the name again.
     pub fn insert_new(&mut self, client: &str, seq: u64, value: V, now_ms: u64) {
+        self.insert_new_hashed(self.hash(client), seq, value, now_ms);
+    }
+
+    /// [`KeyWindow::insert_new`] with the name hashed already (by this
+    /// window: every window has its own seed).
+    pub fn insert_new_hashed(&mut self, client: HashedClient<'_>, seq: u64, value: V, now_ms: u64) {
         self.turn_if_due(now_ms);
-        let hash = self.hasher.hash_one(client);
+        let HashedClient { name: client, hash } = client;
         let KeyWindow {
             hasher,
             current,
