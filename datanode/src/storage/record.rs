@@ -52,17 +52,19 @@ pub fn format_record(
         key.put(buf);
         buf.push(b' ');
     }
-    // The checksum covers the line without its own token, so it is computed
-    // over the pieces before the token is written: no copy, no insert.
-    let crc = crc32c::crc32c(&buf[start..]);
-    let crc = crc32c::crc32c_append(crc, TEXT_MARKER);
-    let crc = crc32c::crc32c_append(crc, text);
+    // The checksum covers the line without its own token: the token is
+    // written with room for its digits, which are filled in once the rest
+    // of the line is there (two runs of the checksum, no copy).
+    let header_end = buf.len();
     buf.extend_from_slice(CHECKSUM_KEY);
-    buf.push(b'=');
-    put_hex(buf, crc);
-    buf.push(b' ');
+    buf.extend_from_slice(b"=00000000 ");
+    let digits_at = buf.len() - 9;
+    let marker_at = buf.len();
     buf.extend_from_slice(TEXT_MARKER);
     buf.extend_from_slice(text);
+    let crc = crc32c::crc32c(&buf[start..header_end]);
+    let crc = crc32c::crc32c_append(crc, &buf[marker_at..]);
+    buf[digits_at..digits_at + 8].copy_from_slice(&hex_digits(crc));
     buf.push(b'\n');
 }
 
@@ -233,13 +235,15 @@ fn find(haystack: &[u8], needle: u8) -> Option<usize> {
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// Appends `n` as 8 lowercase hex digits.
-fn put_hex(buf: &mut Vec<u8>, n: u32) {
-    for shift in (0..8).rev() {
-        buf.push(HEX[(n >> (shift * 4)) as usize & 0xf]);
+fn hex_digits(n: u32) -> [u8; 8] {
+    let mut digits = [0u8; 8];
+    for (i, digit) in digits.iter_mut().enumerate() {
+        *digit = HEX[(n >> ((7 - i) * 4)) as usize & 0xf];
     }
+    digits
 }
 
-/// Exactly 8 lowercase hex digits, as [`put_hex`] writes them.
+/// Exactly 8 lowercase hex digits, as [`hex_digits`] makes them.
 fn parse_hex(digits: &[u8]) -> Option<u32> {
     if digits.len() != 8 {
         return None;
@@ -456,11 +460,36 @@ mod tests {
     }
 
     #[test]
+    fn the_checksum_covers_the_line_without_its_own_token() {
+        let mut buf = Vec::new();
+        let key = KeyRef {
+            client: "c-5f2a",
+            seq: 17,
+        };
+        let id = MessageId {
+            epoch: 1_795_413_330_851,
+            seq: 3,
+        };
+        format_record(
+            &mut buf,
+            "2026-11-23 05:55:31,793",
+            Some(id),
+            Some(key),
+            b"numero random: 4",
+        );
+        let line = std::str::from_utf8(&buf).unwrap();
+        let without =
+            "2026-11-23 05:55:31,793 - [1795413330851-3] key=c-5f2a/17 mensaje: numero random: 4";
+        let token = format!("crc32c={:08x} ", crc32c::crc32c(without.as_bytes()));
+        let expected = without.replace("mensaje: ", &format!("{token}mensaje: "));
+        assert_eq!(line, format!("{expected}\n"));
+    }
+
+    #[test]
     fn hex_round_trips() {
         for n in [0, 1, 0xdead_beef, u32::MAX] {
-            let mut buf = Vec::new();
-            put_hex(&mut buf, n);
-            assert_eq!(buf, format!("{n:08x}").into_bytes());
+            let buf = hex_digits(n);
+            assert_eq!(buf.to_vec(), format!("{n:08x}").into_bytes());
             assert_eq!(parse_hex(&buf), Some(n));
         }
     }
