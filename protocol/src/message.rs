@@ -97,8 +97,11 @@ pub fn put_u64(buf: &mut impl BufMut, mut n: u64) {
 pub fn is_valid_name(s: &str) -> bool {
     // A table lookup per byte: every keyed message's client id is checked
     // on the head node and again on each data node.
-    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| NAME_BYTES[usize::from(b)])
+    !s.is_empty() && s.len() <= MAX_NAME_LEN && s.bytes().all(|b| NAME_BYTES[usize::from(b)])
 }
+
+/// The longest name, in bytes (see [`is_valid_name`]).
+const MAX_NAME_LEN: usize = 64;
 
 /// The bytes a name may hold: `A-Z a-z 0-9 . _ -`.
 const NAME_BYTES: [bool; 256] = {
@@ -285,7 +288,8 @@ fn parse_store_fast(rest: &str) -> Option<ToDataNode<'_>> {
             at += 1;
         }
         let client = &rest[client_at..at];
-        (!client.is_empty() && client.len() <= 64 && bytes.get(at) == Some(&b'/')).then_some(())?;
+        (!client.is_empty() && client.len() <= MAX_NAME_LEN && bytes.get(at) == Some(&b'/'))
+            .then_some(())?;
         at += 1;
         let seq = short_decimal(bytes, &mut at)?;
         Some(KeyRef { client, seq })
