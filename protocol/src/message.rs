@@ -1512,6 +1512,28 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_mensaje_line_is_refused_with_what_is_wrong() {
+        // Lines the one-pass reading does not take reach the general one,
+        // which names the fault.
+        for (line, expected) in [
+            ("mensaje 1-2", "malformed 'mensaje' line"),
+            ("mensaje 1-2:x", "malformed 'mensaje' line"),
+            ("mensaje x-2: t", "bad message id \"x-2\""),
+            ("mensaje 1-2-3: t", "bad message id \"1-2-3\""),
+            (
+                "mensaje 1-18446744073709551616: t",
+                "bad message id \"1-18446744073709551616\"",
+            ),
+            ("mensaje 1-2 c d/1: t", "bad message key \"c d/1\""),
+            ("mensaje 1-2 c/x: t", "bad message key \"c/x\""),
+            ("mensaje 1-2 /1: t", "bad message key \"/1\""),
+        ] {
+            let error = ToDataNode::parse(line).unwrap_err();
+            assert!(error.to_string().contains(expected), "{line}: {error}");
+        }
+    }
+
+    #[test]
     fn a_name_holds_letters_digits_dot_underscore_and_dash_only() {
         for b in 0..=255u8 {
             let allowed = b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-');
