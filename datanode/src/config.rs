@@ -8,8 +8,8 @@ use protocol::auth::ClusterToken;
 use protocol::message::{NodeId, Zone};
 
 use crate::keys;
+use crate::storage::StoreConfig;
 use crate::storage::{self, FsyncPolicy};
-use crate::store::StoreConfig;
 
 /// Settings of a data node.
 #[derive(Debug, Clone)]

@@ -32,8 +32,8 @@ use crate::error::DataNodeError;
 use crate::keys::{Decision, KeyIndex, commit_decision, now_millis};
 use crate::metrics::{FsyncWindow, NodeMetrics};
 use crate::reads::{MAX_READS_IN_FLIGHT, ReadJob, ReadServer, SharedWriter};
+use crate::storage::store::{self, Store};
 use crate::storage::{self, DataFile, EpochFile, FsyncPolicy, StorageError};
-use crate::store::{self, Store};
 
 /// Extra room for a record's timestamp, id, key and checksum around a
 /// `mensaje` line's text, when it is read back.

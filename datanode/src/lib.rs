@@ -2,13 +2,12 @@
 //! sent to `data.txt`, and answers `recibido <id>` once the line is written
 //! (and synced, per the fsync policy).
 //!
-//! - [`storage`]: `data.txt`, written in batches (group commit), one
-//!   checksummed record per message, in a data directory that one process
-//!   at a time may use; and `epoch`, the newest head node seen, so an
-//!   older (stale) one is refused;
-//! - [`store`]: the directory as a whole: `data.txt` rolled into numbered
+//! - [`storage`]: the data directory: `data.txt`, written in batches
+//!   (group commit), one checksummed record per message, in a directory
+//!   that one process at a time may use; `data.txt` rolled into numbered
 //!   segments, old segments removed by retention, and the message index
-//!   over all of them, rebuilt at start;
+//!   over all of them, rebuilt at start ([`storage::store`]); and `epoch`,
+//!   the newest head node seen, so an older (stale) one is refused;
 //! - [`reads`]: `get`, `getkey` and `scan` from the head node, served by a
 //!   read thread beside the data path, so reads never hold up writes;
 //! - [`keys`]: the client keys held here, rebuilt from the data files at start,
@@ -43,7 +42,6 @@ pub mod metrics;
 pub mod reads;
 mod registration;
 pub mod storage;
-pub mod store;
 
 pub use config::{Config, DEFAULT_COMMIT_LINGER, new_incarnation};
 use data_path::{NodeState, SessionEnd};

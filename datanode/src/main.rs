@@ -98,16 +98,16 @@ struct NodeArgs {
     /// (data.000001.txt, ...) and started anew once it is this long
     /// (1MiB to 64GiB; units B, KiB, MiB, GiB).
     #[arg(long, env = "SEGMENT_BYTES", default_value = "128MiB",
-          value_parser = datanode::store::parse_segment_bytes)]
+          value_parser = datanode::storage::store::parse_segment_bytes)]
     segment_bytes: u64,
     /// Remove a whole segment once its newest record is older than this
     /// (7d, 12h, 30m). The active data.txt is never removed. Default: off.
-    #[arg(long, env = "RETENTION_AGE", value_parser = datanode::store::parse_age)]
+    #[arg(long, env = "RETENTION_AGE", value_parser = datanode::storage::store::parse_age)]
     retention_age: Option<Duration>,
     /// Remove the oldest segments while all data files together (segments
     /// and data.txt) are larger than this (units B, KiB, MiB, GiB, TiB).
     /// Default: off.
-    #[arg(long, env = "RETENTION_BYTES", value_parser = datanode::store::parse_bytes)]
+    #[arg(long, env = "RETENTION_BYTES", value_parser = datanode::storage::store::parse_bytes)]
     retention_bytes: Option<u64>,
     /// When written messages are forced to disk: `always` (each message),
     /// `batch` (one fsync for all messages written together, before any is
@@ -281,7 +281,7 @@ async fn run(args: NodeArgs) -> anyhow::Result<()> {
     config.dedup_keys = args.dedup_keys as usize;
     config.dedup_window = args.dedup_window;
     config.fsync = args.fsync;
-    config.store = datanode::store::StoreConfig {
+    config.store = datanode::storage::store::StoreConfig {
         segment_bytes: args.segment_bytes,
         retention: datanode::storage::retention::RetentionPolicy {
             max_age: args.retention_age,

@@ -11,7 +11,7 @@ use super::{DATA_FILE, StorageError};
 /// Default of `--segment-bytes`: 128 MiB.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 128 << 20;
 /// Smallest `--segment-bytes` accepted (tests roll far smaller files
-/// through [`crate::store::StoreConfig`]).
+/// through [`crate::storage::StoreConfig`]).
 pub const MIN_SEGMENT_BYTES: u64 = 1 << 20;
 /// Largest `--segment-bytes` accepted: a record's offset in its file must
 /// fit the index's 40 bits with room for the batch that crosses the size.
