@@ -40,7 +40,7 @@ mod store_id;
 mod verify;
 
 pub use data_file::{Backend, CACHED_TAIL, CommitStats, DataFile, FsyncPolicy};
-pub use epoch::{EPOCH_FILE, EpochCheck, EpochFile, check_epoch};
+pub use epoch::{EPOCH_FILE, EpochFile};
 pub use error::StorageError;
 pub use file::{Faults, FaultyFile, RollStep, StorageFile};
 pub(crate) use fs::{each_line, replace_durably, sync_dir};

@@ -7,6 +7,8 @@
 //! - [`reads`]: what a reader (`lector`) asks the head node and its answers;
 //! - [`handshake`]: `peticion` / `confirmacion` / role, for every server;
 //! - [`auth`]: the cluster token's challenge and response;
+//! - [`register`]: the data node's side of registration (hello, challenge,
+//!   proof, welcome, a stale head node refused);
 //! - [`telemetry`]: log files plus stdout; [`shutdown`]: SIGTERM and Ctrl-C;
 //!   [`backoff`]: jittered reconnect delays; [`timefmt`]: log timestamps;
 //! - [`server`]: accepting under a connection cap;
@@ -30,6 +32,7 @@ pub mod message;
 pub mod metrics;
 pub mod net;
 pub mod reads;
+pub mod register;
 pub mod server;
 pub mod shutdown;
 pub mod status;

@@ -1,7 +1,7 @@
 //! `epoch`, beside `data.txt`: the highest head-node epoch this data node
 //! has been welcomed by. A head node with an older epoch is a stale one
 //! (a newer one has run since), so it is refused before it can store
-//! anything. The file holds one decimal number and a newline.
+//! anything (see `protocol::register`). The file holds one decimal number and a newline.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -10,33 +10,6 @@ use super::{StorageError, replace_durably};
 
 /// Name of the epoch file inside a data directory.
 pub const EPOCH_FILE: &str = "epoch";
-
-/// What to do with a head node's `welcome` under `offered`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EpochCheck {
-    /// Older than the newest seen: refuse this head node.
-    Stale {
-        /// The newest epoch seen.
-        newest: u64,
-    },
-    /// Serve it; `persist` when it is newer than any seen, and must be
-    /// written down before anything else is sent to it.
-    Accept {
-        /// Whether the file must be raised to this epoch.
-        persist: bool,
-    },
-}
-
-/// Decides on a head node's epoch, given the newest seen.
-pub fn check_epoch(newest: u64, offered: u64) -> EpochCheck {
-    if offered < newest {
-        EpochCheck::Stale { newest }
-    } else {
-        EpochCheck::Accept {
-            persist: offered > newest,
-        }
-    }
-}
 
 /// The epoch file of one data directory and the value it holds.
 #[derive(Debug)]
@@ -96,14 +69,6 @@ impl EpochFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn an_older_epoch_is_stale_and_a_newer_one_is_persisted() {
-        assert_eq!(check_epoch(5, 4), EpochCheck::Stale { newest: 5 });
-        assert_eq!(check_epoch(5, 5), EpochCheck::Accept { persist: false });
-        assert_eq!(check_epoch(5, 6), EpochCheck::Accept { persist: true });
-        assert_eq!(check_epoch(0, 1), EpochCheck::Accept { persist: true });
-    }
 
     #[test]
     fn the_epoch_survives_a_reload_and_never_goes_down() {

@@ -14,10 +14,11 @@ use std::time::Duration;
 
 use headnode::membership::{Event, ProbeOutcome};
 use headnode::{Config, Prober, RunError};
-use protocol::auth::{ClusterToken, Exchange, Nonce};
+use protocol::auth::{ClusterToken, Nonce};
 use protocol::connection::Connection;
 use protocol::handshake;
-use protocol::message::{DataNodeHello, FromDataNode, MessageId, StoreReply, ToDataNode};
+use protocol::message::{MessageId, StoreReply};
+use protocol::register::{RegisterError, Registration, Welcomed, register as register_node};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -453,40 +454,24 @@ pub async fn welcome(addr: SocketAddr, id: &str, incarnation: u64) -> (Connectio
     let token = test_token();
     let stream = TcpStream::connect(addr).await.unwrap();
     let mut conn = Connection::connect(stream, 1 << 17).unwrap();
-    let node_nonce = Nonce::random();
-    let hello = DataNodeHello {
-        node_id: Some(id.parse().unwrap()),
-        incarnation: Some(incarnation),
-        nonce: Some(node_nonce),
+    let registration = Registration {
+        node_id: id.parse().unwrap(),
+        incarnation,
         zone: None,
         store: None,
+        token: Some((&token, Nonce::random())),
+        newest_epoch: 0,
+        step_timeout: Duration::from_secs(5),
     };
-    handshake::initiate(
-        &mut conn.reader,
-        &mut conn.writer,
-        Some(&hello.to_line()),
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
-    let challenge = conn.reader.read_frame().await.unwrap().unwrap();
-    let Ok(ToDataNode::Challenge { nonce, proof }) = ToDataNode::parse(challenge.as_str()) else {
-        return (conn, challenge.as_str().to_owned());
+    let answer = match register_node(&mut conn, &registration).await {
+        Ok(Welcomed { node, epoch }) => format!("welcome {node} {epoch}"),
+        Err(
+            RegisterError::Unauthorized(reason)
+            | RegisterError::Superseded(reason)
+            | RegisterError::Refused(reason),
+        ) => format!("ERROR {reason}"),
+        Err(e) => panic!("registration failed: {e}"),
     };
-    let exchange = Exchange {
-        node_id: id,
-        incarnation,
-        node_nonce: &node_nonce,
-        head_nonce: &nonce,
-    };
-    let ours = token
-        .answer_challenge(&exchange, &proof)
-        .expect("the head node proves the token");
-    conn.writer
-        .queue_with(|buf| FromDataNode::Proof(ours).encode(buf));
-    conn.writer.flush().await.unwrap();
-    let answer = conn.reader.read_frame().await.unwrap().unwrap();
-    let answer = answer.as_str().to_owned();
     (conn, answer)
 }
 
