@@ -39,13 +39,15 @@ mod data_path;
 mod error;
 pub mod keys;
 pub mod metrics;
+pub mod node;
 pub mod reads;
 mod registration;
 pub mod storage;
 
 pub use config::{Config, DEFAULT_COMMIT_LINGER, new_incarnation};
-use data_path::{NodeState, SessionEnd};
+use data_path::NodeState;
 pub use error::DataNodeError;
+use node::SessionEnd;
 use registration::ConnectError;
 pub use storage::FsyncPolicy;
 
@@ -75,7 +77,6 @@ async fn serve_node(
     }
     // Moves into each session's data-path thread and back out of it.
     let mut state = NodeState::open(&config)?;
-    state.data.metrics.set_keys(state.keys.len());
     // Stops the HTTP port when this function returns, however it does.
     let http_stop = tokio_util::sync::CancellationToken::new();
     let _http_stop = http_stop.clone().drop_guard();
@@ -98,7 +99,7 @@ async fn serve_node(
         incarnation = config.incarnation,
         data = %state.data.path().display(),
         fsync = ?config.fsync,
-        keys = state.keys.len(),
+        keys = state.node.keys().len(),
         epoch = state.epoch.newest(),
         "dataNode starting"
     );

@@ -20,7 +20,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
@@ -30,15 +30,15 @@ use protocol::timefmt::parse_timestamp_millis;
 use tracing::{debug, warn};
 
 use crate::metrics::NodeMetrics;
+use crate::node::ReadSlots;
 use crate::storage::index::{Location, MessageIndex};
 use crate::storage::read_lock;
 use crate::storage::retention::RemovedIds;
 use crate::storage::segments::segment_name;
 use crate::storage::{DATA_FILE, parse_line};
 
-/// Read requests one connection may have outstanding (accepted and not yet
-/// answered); one more is answered `readerror` at once.
-pub const MAX_READS_IN_FLIGHT: usize = 16;
+pub use crate::node::{MAX_READS_IN_FLIGHT, ReadJob};
+
 /// A scan's answer stops once its `found` lines reach this many bytes (it
 /// always carries at least one record); `scanned ... more` says to go on.
 pub const MAX_SCAN_REPLY_BYTES: usize = 1 << 20;
@@ -87,6 +87,37 @@ pub struct Scanned {
     pub records: Vec<ReadRecord>,
     /// Whether records with greater ids may follow.
     pub more: bool,
+}
+
+/// Where reads are served from: the data directory ([`StoreReader`]), or
+/// a simulated disk.
+pub trait Records {
+    /// The record of `id`.
+    fn get(&self, id: MessageId) -> Result<Got, ReadFault>;
+    /// At most `limit` records (capped at [`MAX_SCAN_RECORDS`]) with ids
+    /// greater than `after`, in id order, stopping early past `max_bytes`
+    /// of text.
+    fn scan(
+        &self,
+        after: Option<MessageId>,
+        limit: u32,
+        max_bytes: usize,
+    ) -> Result<Scanned, ReadFault>;
+}
+
+impl Records for StoreReader {
+    fn get(&self, id: MessageId) -> Result<Got, ReadFault> {
+        StoreReader::get(self, id)
+    }
+
+    fn scan(
+        &self,
+        after: Option<MessageId>,
+        limit: u32,
+        max_bytes: usize,
+    ) -> Result<Scanned, ReadFault> {
+        StoreReader::scan(self, after, limit, max_bytes)
+    }
 }
 
 /// Reads records through the message index; cheap to clone.
@@ -303,33 +334,12 @@ impl SharedWriter {
     }
 }
 
-/// A read handed to the read thread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReadJob {
-    /// `get <req> <id>` (and `getkey`, once its key is looked up).
-    Get {
-        /// The request.
-        req: u64,
-        /// The id.
-        id: MessageId,
-    },
-    /// `scan <req> <after> <limit>`.
-    Scan {
-        /// The request.
-        req: u64,
-        /// Ids greater than this.
-        after: Option<MessageId>,
-        /// Records at most (already checked against the bound).
-        limit: u32,
-    },
-}
-
 /// The read thread of one connection; see the module documentation.
 /// Dropping it closes its queue: the thread answers what it holds and ends.
 #[derive(Debug)]
 pub struct ReadServer {
     jobs: SyncSender<ReadJob>,
-    in_flight: Arc<AtomicUsize>,
+    slots: ReadSlots,
 }
 
 impl ReadServer {
@@ -341,26 +351,28 @@ impl ReadServer {
         metrics: Arc<NodeMetrics>,
     ) -> io::Result<ReadServer> {
         let (jobs, queue) = std::sync::mpsc::sync_channel(MAX_READS_IN_FLIGHT);
-        let in_flight = Arc::new(AtomicUsize::new(0));
-        let count = in_flight.clone();
+        let slots = ReadSlots::default();
+        let answered = slots.clone();
         let span = tracing::Span::current();
         std::thread::Builder::new()
             .name("reads".into())
             .spawn(move || {
                 let _span = span.enter();
-                serve_reads(&reader, &writer, &queue, &count, &metrics);
+                serve_reads(&reader, &writer, &queue, &answered, &metrics);
             })?;
-        Ok(ReadServer { jobs, in_flight })
+        Ok(ReadServer { jobs, slots })
+    }
+
+    /// The places for this connection's reads, which the data path takes
+    /// as it admits reads and this thread gives back as it answers them.
+    pub fn slots(&self) -> ReadSlots {
+        self.slots.clone()
     }
 
     /// Takes a place for one more read: false if
     /// [`MAX_READS_IN_FLIGHT`] are outstanding (answer it `readerror`).
     pub fn admit(&self) -> bool {
-        self.in_flight
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < MAX_READS_IN_FLIGHT).then_some(n + 1)
-            })
-            .is_ok()
+        self.slots.admit()
     }
 
     /// Hands an admitted read to the thread; false if it has stopped (its
@@ -370,7 +382,7 @@ impl ReadServer {
             Ok(()) => true,
             // Cannot be full: admitted reads never outnumber its room.
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.in_flight.fetch_sub(1, Ordering::AcqRel);
+                self.slots.release();
                 false
             }
         }
@@ -378,7 +390,7 @@ impl ReadServer {
 
     /// Reads outstanding.
     pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Acquire)
+        self.slots.in_flight()
     }
 }
 
@@ -386,13 +398,15 @@ fn serve_reads(
     reader: &StoreReader,
     writer: &SharedWriter,
     queue: &Receiver<ReadJob>,
-    in_flight: &AtomicUsize,
+    slots: &ReadSlots,
     metrics: &NodeMetrics,
 ) {
     let mut out = BytesMut::with_capacity(WRITE_PIECE * 2);
     while let Ok(job) = queue.recv() {
-        let written = answer(reader, job, &mut out, writer, metrics);
-        in_flight.fetch_sub(1, Ordering::AcqRel);
+        let written = answer(reader, job, metrics, &mut out, |piece| {
+            writer.write_all(piece)
+        });
+        slots.release();
         if let Err(e) = written {
             debug!("read thread stops: cannot write to the head node: {e}");
             return;
@@ -400,19 +414,19 @@ fn serve_reads(
     }
 }
 
-/// Answers one read, writing in pieces of at most [`WRITE_PIECE`].
-fn answer(
-    reader: &StoreReader,
+/// Answers one read from `reader`, counting it in `metrics`, and hands
+/// the answer's lines to `write` in pieces of about 64 KiB
+/// (`out` is the buffer they are encoded in): what the read thread does
+/// with each read, and what the simulation's data node does with its own.
+pub fn answer(
+    reader: &impl Records,
     job: ReadJob,
-    out: &mut BytesMut,
-    writer: &SharedWriter,
     metrics: &NodeMetrics,
+    out: &mut BytesMut,
+    mut write: impl FnMut(&[u8]) -> io::Result<()>,
 ) -> io::Result<()> {
     out.clear();
-    let line = |frame: &FromDataNode, out: &mut BytesMut| {
-        frame.encode(out);
-        out.extend_from_slice(b"\n");
-    };
+    let line = |frame: &FromDataNode, out: &mut BytesMut| frame.encode_line(out);
     match job {
         ReadJob::Get { req, id } => match reader.get(id) {
             Ok(Got::Found(record)) => {
@@ -444,7 +458,7 @@ fn answer(
                     for record in scanned.records {
                         line(&FromDataNode::Found { req, record }, out);
                         if out.len() >= WRITE_PIECE {
-                            writer.write_all(out)?;
+                            write(out)?;
                             out.clear();
                         }
                     }
@@ -474,7 +488,7 @@ fn answer(
         }
     }
     if !out.is_empty() {
-        writer.write_all(out)?;
+        write(out)?;
     }
     Ok(())
 }

@@ -1166,6 +1166,13 @@ impl FromDataNode {
 }
 
 impl FromDataNode {
+    /// Appends the frame and its line terminator to `buf`: how a data node
+    /// writes every line it sends (it speaks to line-framed peers only).
+    pub fn encode_line(&self, buf: &mut BytesMut) {
+        self.encode(buf);
+        buf.put_u8(b'\n');
+    }
+
     /// Appends `answers`, each with its line terminator, to `buf`; the
     /// acknowledgements of messages whose ids follow one another (a group
     /// commit's, mostly) go out as one `recibidos` line per run.
@@ -1177,8 +1184,7 @@ impl FromDataNode {
                     1 => FromDataNode::Stored(Some(first)),
                     count => FromDataNode::StoredRun { first, count },
                 };
-                answer.encode(buf);
-                buf.put_u8(b'\n');
+                answer.encode_line(buf);
             }
         };
         for answer in answers {
@@ -1199,8 +1205,7 @@ impl FromDataNode {
                 continue;
             }
             flush_run(&mut run, buf);
-            answer.encode(buf);
-            buf.put_u8(b'\n');
+            answer.encode_line(buf);
         }
         flush_run(&mut run, buf);
     }

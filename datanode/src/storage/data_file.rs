@@ -20,6 +20,7 @@ use super::{
     parse_line, sync_dir,
 };
 use crate::metrics::NodeMetrics;
+use crate::node::Staging;
 
 /// When appended lines are forced to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -482,6 +483,47 @@ impl DataFile {
         if self.staged.capacity() > 4 * 1024 * 1024 {
             self.staged = Vec::with_capacity(64 * 1024);
         }
+    }
+}
+
+/// The node's decisions stage their batch straight into the write buffer:
+/// a message's text is copied once, into its record.
+impl Staging for DataFile {
+    fn stage(&mut self, id: Option<MessageId>, key: Option<KeyRef<'_>>, text: &[u8]) {
+        DataFile::stage(self, id, key, text);
+    }
+
+    fn staged(&self) -> usize {
+        DataFile::staged(self)
+    }
+
+    fn last_stamp_ms(&self) -> u64 {
+        DataFile::last_stamp_ms(self)
+    }
+
+    fn unstage_record(
+        &mut self,
+        index: usize,
+        dropped: impl FnOnce(Option<MessageId>, Option<KeyRef<'_>>),
+    ) -> bool {
+        let Some(line) = self.unstage(index) else {
+            return false;
+        };
+        if let Ok(record) = parse_line(&line) {
+            dropped(record.id, record.key);
+        }
+        true
+    }
+
+    fn discard_staged_records(
+        &mut self,
+        mut dropped: impl FnMut(Option<MessageId>, Option<KeyRef<'_>>),
+    ) {
+        self.discard_staged(|line| {
+            if let Ok(record) = parse_line(line) {
+                dropped(record.id, record.key);
+            }
+        });
     }
 }
 
