@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
+use node_kit::backoff::Backoff;
 use protocol::HandshakeError;
-use protocol::backoff::Backoff;
 use protocol::connection::Connection;
 use protocol::handshake;
 use tokio::time::Instant;

@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use protocol::backoff::Backoff;
+use node_kit::backoff::Backoff;
 use protocol::message::{ClientId, ROLE_CLIENT, encode_keyed_message};
 use rand::RngExt;
 use tokio::time::Instant;

@@ -18,13 +18,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use node_kit::shutdown::Latch;
+use node_kit::telemetry::MESSAGES_TARGET;
 use protocol::codec::LineDecoder;
 use protocol::connection::Connection;
 use protocol::message::{
     FromDataNode, MAX_SCAN_RECORDS, MessageId, NodeId, ToDataNode, truncate_for_log,
 };
-use protocol::shutdown::Latch;
-use protocol::telemetry::MESSAGES_TARGET;
 use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, FORWARD_OVERHEAD};

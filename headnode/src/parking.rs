@@ -106,7 +106,7 @@ pub(crate) async fn run_parking_lot(
                 }
                 None => break,
             },
-            _ = protocol::server::sleep_until(next_deadline) => {
+            _ = node_kit::server::sleep_until(next_deadline) => {
                 let now = Instant::now();
                 let (due, left): (Vec<_>, Vec<_>) = std::mem::take(&mut waiting)
                     .into_iter()

@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use node_kit::server::HandshakeSlot;
 use protocol::HandshakeError;
 use protocol::auth::{Exchange, Nonce};
 use protocol::connection::Connection;
@@ -16,7 +17,6 @@ use protocol::message::{
     ToDataNode, truncate_for_log,
 };
 use protocol::net::Stream;
-use protocol::server::HandshakeSlot;
 use rand::rngs::SmallRng;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;

@@ -41,9 +41,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use node_kit::timefmt::timestamp;
 use protocol::message::{MessageId, NodeId, ReadRecord};
 use protocol::status::RepairPass;
-use protocol::timefmt::timestamp;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use tokio::sync::mpsc;

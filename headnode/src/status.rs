@@ -25,14 +25,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
+use node_kit::http::{Body, Request, Response};
+use node_kit::metrics::{self, AtomicHistogram, LATENCY_BUCKETS};
+use node_kit::timefmt::timestamp;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::{Registry, Unit};
-use protocol::http::{Body, Request, Response};
 use protocol::message::{FSYNC_REPORT_EVERY, FsyncReport, NodeId};
-use protocol::metrics::{self, AtomicHistogram, LATENCY_BUCKETS};
 use protocol::status::{ClusterEvent, Eviction, NodeStatus, RepairPass, StatusSnapshot, Totals};
-use protocol::timefmt::timestamp;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;

@@ -871,8 +871,7 @@ pub struct FsyncReport {
     /// fdatasyncs completed in the window.
     pub count: u64,
     /// Their 99th percentile in microseconds, estimated from the node's
-    /// histogram buckets ([`crate::metrics::HistogramSnapshot::quantile`]);
-    /// `None` without any.
+    /// histogram buckets; `None` without any.
     pub p99_micros: Option<u64>,
 }
 

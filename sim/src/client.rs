@@ -148,7 +148,7 @@ impl ClientModel {
             let frame = tokio::select! {
                 biased;
                 frame = tokio::time::timeout(REPLY_TIMEOUT, conn.reader.read_frame()), if !in_flight.is_empty() => frame,
-                _ = protocol::server::sleep_until(wake), if wake.is_some() => continue,
+                _ = node_kit::server::sleep_until(wake), if wake.is_some() => continue,
             };
             let line = match frame {
                 Ok(Ok(Some(line))) => line.as_str().to_owned(),

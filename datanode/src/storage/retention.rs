@@ -27,8 +27,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use node_kit::timefmt::write_timestamp;
 use protocol::message::MessageId;
-use protocol::timefmt::write_timestamp;
 use tracing::warn;
 
 use super::StorageError;

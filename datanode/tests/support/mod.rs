@@ -65,7 +65,7 @@ impl ScriptedHead {
         configure: impl FnOnce(&mut Config),
         http: Option<TcpListener>,
     ) -> ScriptedHead {
-        protocol::telemetry::init_for_tests();
+        node_kit::telemetry::init_for_tests();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut config = Config::new(
             listener.local_addr().unwrap().to_string(),

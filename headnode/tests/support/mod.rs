@@ -185,7 +185,7 @@ impl Cluster {
         addr: SocketAddr,
         mut config: Config,
     ) -> Cluster {
-        protocol::telemetry::init_for_tests();
+        node_kit::telemetry::init_for_tests();
         let prober = Arc::new(FakeProber::default());
         let (events_tx, events) = mpsc::unbounded_channel();
         config.prober = Some(prober.clone());
