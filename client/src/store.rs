@@ -102,7 +102,7 @@ pub async fn run(
     let mut ticker = tokio::time::interval(config.interval.max(Duration::from_micros(1)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut allowance = 0u64;
-    let mut retry_backoff = Backoff::new(RETRY_BACKOFF.0, RETRY_BACKOFF.1);
+    let mut retry_backoff = Backoff::new(RETRY_BACKOFF.0, RETRY_BACKOFF.1, rand::make_rng());
     let mut hold_until: Option<Instant> = None;
     let mut line = BytesMut::new();
     tokio::pin!(shutdown);

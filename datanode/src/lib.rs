@@ -105,7 +105,7 @@ async fn serve_node(
         "dataNode starting"
     );
     let mut shutdown = Latch::new(shutdown);
-    let mut backoff = Backoff::new(config.min_backoff, config.max_backoff);
+    let mut backoff = Backoff::new(config.min_backoff, config.max_backoff, rand::make_rng());
     let result = loop {
         if shutdown.fired() {
             break Ok(());
