@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use node_kit::cli::{parse_duration, parse_period};
 use node_kit::telemetry::{self, FileRoute, LogSpec};
-use protocol::message::{ClientId, MessageId, MessageKey};
+use protocol::ids::{ClientId, MessageId, MessageKey};
 
 /// Client of the message store.
 #[derive(Debug, Parser)]

@@ -5,8 +5,10 @@ use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use protocol::connection::Connection;
-use protocol::message::{MessageId, MessageKey, NodeId, ROLE_READER, ReadRecord};
-use protocol::reads::{MAX_TAIL_LIMIT, ReadReply, ReadRequest};
+use protocol::datanode::ReadRecord;
+use protocol::handshake::ROLE_READER;
+use protocol::ids::{MessageId, MessageKey, NodeId};
+use protocol::reader::{MAX_TAIL_LIMIT, ReadReply, ReadRequest};
 use tracing::warn;
 
 use crate::session::{self, ClientError, ConnectOptions};
@@ -72,7 +74,7 @@ pub fn reader_options(mut connect: ConnectOptions) -> ConnectOptions {
     // An answer carries a message's text and a little more.
     connect.max_line = connect
         .max_line
-        .saturating_add(protocol::message::READ_LINE_OVERHEAD);
+        .saturating_add(protocol::datanode::READ_LINE_OVERHEAD);
     connect
 }
 

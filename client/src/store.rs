@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use node_kit::backoff::Backoff;
-use protocol::message::{ClientId, ROLE_CLIENT, encode_keyed_message};
+use protocol::client::encode_keyed_message;
+use protocol::handshake::ROLE_CLIENT;
+use protocol::ids::ClientId;
 use rand::RngExt;
 use tokio::time::Instant;
 use tracing::{error, info, warn};

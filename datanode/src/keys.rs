@@ -23,7 +23,8 @@ use std::time::Duration;
 
 use node_kit::key_window::{HashedClient, KeyWindow};
 use node_kit::timefmt::parse_timestamp_millis;
-use protocol::message::{ClientId, FromDataNode, HELD_PER_LINE, KeyRef, MessageId};
+use protocol::datanode::{FromDataNode, HELD_PER_LINE};
+use protocol::ids::{ClientId, KeyRef, MessageId};
 
 use crate::storage::{self, StorageError, parse_line};
 

@@ -31,7 +31,7 @@ use std::future::Future;
 
 use node_kit::backoff::Backoff;
 use node_kit::shutdown::Latch;
-use protocol::message::Zone;
+use protocol::ids::Zone;
 use tracing::{info, warn};
 
 pub mod audit;

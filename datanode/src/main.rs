@@ -9,7 +9,7 @@ use datanode::FsyncPolicy;
 use datanode::storage::{self, DATA_FILE};
 use node_kit::cli::{LogArgs, TokenArgs, parse_duration, parse_timeout};
 use node_kit::telemetry::{self, FileRoute, LogSpec};
-use protocol::message::{NodeId, Zone};
+use protocol::ids::{NodeId, Zone};
 
 /// Data node: registers with the head node, appends every message it is sent
 /// to data.txt (`<timestamp> - [<message-id>] crc32c=<checksum> mensaje:

@@ -16,7 +16,7 @@ use node_kit::metrics::{self, AtomicHistogram, HistogramSnapshot, LATENCY_BUCKET
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::{Registry, Unit};
-use protocol::message::FsyncReport;
+use protocol::datanode::FsyncReport;
 use std::time::Instant;
 
 /// What this process has written, for `/metrics`.

@@ -26,7 +26,8 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use bytes::BytesMut;
 use node_kit::timefmt::parse_timestamp_millis;
-use protocol::message::{FromDataNode, MAX_SCAN_RECORDS, MessageId, ReadRecord};
+use protocol::datanode::{FromDataNode, MAX_SCAN_RECORDS, ReadRecord};
+use protocol::ids::MessageId;
 use tracing::{debug, warn};
 
 use crate::metrics::NodeMetrics;

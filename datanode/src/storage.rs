@@ -23,7 +23,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::SystemTime;
 
 use node_kit::timefmt::write_timestamp;
-use protocol::message::{KeyRef, MessageId};
+use protocol::ids::{KeyRef, MessageId};
 use tracing::{error, warn};
 
 use crate::metrics::NodeMetrics;

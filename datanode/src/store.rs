@@ -25,7 +25,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use node_kit::timefmt::parse_timestamp_millis;
-use protocol::message::MessageId;
+use protocol::ids::MessageId;
 use tracing::{info, warn};
 
 use crate::keys::KeyIndex;

@@ -18,8 +18,7 @@ use std::time::Duration;
 
 use node_kit::server::Admission;
 use protocol::connection::{Connection, ReaderConfig};
-use protocol::handshake::{self, RoleStep};
-use protocol::message::PETICION;
+use protocol::handshake::{self, PETICION, RoleStep};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -151,7 +150,7 @@ async fn serve_client(
         match frame {
             Ok(Some(line)) => {
                 info!(
-                    message = protocol::message::truncate_for_log(line.as_str()),
+                    message = protocol::error::truncate_for_log(line.as_str()),
                     "received"
                 );
                 conn.writer.queue(line.bytes());

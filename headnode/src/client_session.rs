@@ -22,11 +22,10 @@ use std::sync::Arc;
 
 use node_kit::telemetry::MESSAGES_TARGET;
 use protocol::Line;
+use protocol::client::{OUTCOME_UNKNOWN, StoreReply, parse_keyed_message, validate_text};
 use protocol::connection::Connection;
-use protocol::message::{
-    ClientId, MessageKey, OUTCOME_UNKNOWN, StoreReply, parse_keyed_message, truncate_for_log,
-    validate_text,
-};
+use protocol::error::truncate_for_log;
+use protocol::ids::{ClientId, MessageKey};
 use protocol::net::Stream;
 use rand::rngs::SmallRng;
 use tokio::sync::{AcquireError, OwnedSemaphorePermit, mpsc};

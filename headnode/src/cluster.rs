@@ -24,7 +24,7 @@ use crate::prober::Prober;
 use crate::recovery::{Gate, Recovered, Recovery};
 use crate::router::{NodeHandle, NodeLoad, Routes};
 use crate::signal::Signal;
-use protocol::message::NodeId;
+use protocol::ids::NodeId;
 
 /// What the membership task hears about.
 #[derive(Debug)]

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use node_kit::key_window::KeyWindow;
-use protocol::message::{MessageId, MessageKey, NodeId};
+use protocol::ids::{MessageId, MessageKey, NodeId};
 use tokio::time::Instant;
 use tracing::warn;
 
@@ -379,7 +379,7 @@ mod tests {
         let before = node_kit::telemetry::resident_bytes().expect("Linux /proc/self/status");
         // One id per client, shared by its keys, as a client session or a
         // data node's report line shares it.
-        let names: Vec<protocol::message::ClientId> = (0..clients)
+        let names: Vec<protocol::ids::ClientId> = (0..clients)
             .map(|c| format!("c-{c:012x}").parse().unwrap())
             .collect();
         // Room for every key: the bound counts both generations, and a

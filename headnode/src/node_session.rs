@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use node_kit::telemetry::MESSAGES_TARGET;
 use protocol::connection::Connection;
-use protocol::message::{FromDataNode, MessageId, NodeId, ToDataNode, truncate_for_log};
+use protocol::datanode::{FromDataNode, ToDataNode};
+use protocol::error::truncate_for_log;
+use protocol::ids::{MessageId, NodeId};
 use protocol::net::Stream;
 use rand::rngs::SmallRng;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
@@ -68,7 +70,7 @@ pub(crate) async fn run<S: Stream>(
         config
             .reader
             .max_line
-            .saturating_add(protocol::message::READ_LINE_OVERHEAD),
+            .saturating_add(protocol::datanode::READ_LINE_OVERHEAD),
     );
     let mut in_flight = InFlight::default();
     // Original-system nodes cannot serve reads.

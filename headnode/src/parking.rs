@@ -138,7 +138,7 @@ mod tests {
     use crate::forward::{Completion, Outcome};
     use crate::router::Routes;
     use crate::router::tests::node;
-    use protocol::message::NO_DATA_NODES;
+    use protocol::client::NO_DATA_NODES;
     use rand::SeedableRng;
     use tokio::sync::watch;
 

@@ -42,7 +42,8 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use node_kit::timefmt::timestamp;
-use protocol::message::{MessageId, NodeId, ReadRecord};
+use protocol::datanode::ReadRecord;
+use protocol::ids::{MessageId, NodeId};
 use protocol::status::RepairPass;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;

@@ -8,9 +8,10 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use protocol::client::StoreReply;
 use protocol::connection::Connection;
 use protocol::handshake;
-use protocol::message::{MessageId, StoreReply};
+use protocol::ids::MessageId;
 use tokio::time::Instant;
 
 use crate::net::SimStream;

@@ -17,7 +17,7 @@
 use std::borrow::Cow;
 use std::ops::Range;
 
-use protocol::message::{KeyRef, MessageId};
+use protocol::ids::{KeyRef, MessageId};
 
 const SEPARATOR: &[u8] = b" - ";
 const CHECKSUM_KEY: &[u8] = b"crc32c";

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use node_kit::timefmt::write_timestamp;
-use protocol::message::MessageId;
+use protocol::ids::MessageId;
 use tracing::warn;
 
 use super::StorageError;

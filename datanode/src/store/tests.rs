@@ -1,6 +1,6 @@
 use std::time::{Duration, SystemTime};
 
-use protocol::message::{KeyRef, MessageId};
+use protocol::ids::{KeyRef, MessageId};
 
 use super::*;
 use crate::reads::{Got, MAX_READS_IN_FLIGHT, ReadServer, SharedWriter};
