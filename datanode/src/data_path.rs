@@ -19,10 +19,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use node_kit::shutdown::Latch;
 use protocol::codec::{Line, LineDecoder};
 use protocol::connection::Connection;
-use protocol::message::{FromDataNode, NodeId};
-use protocol::shutdown::Latch;
+use protocol::datanode::FromDataNode;
+use protocol::ids::NodeId;
 use tracing::{error, info};
 
 use crate::config::{Config, FORWARD_OVERHEAD};

@@ -30,11 +30,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use protocol::message::{
-    FromDataNode, KeyRef, MAX_SCAN_RECORDS, MessageId, NodeId, ToDataNode, truncate_for_log,
-};
-use protocol::register::STALE_INCARNATION;
-use protocol::telemetry::MESSAGES_TARGET;
+use node_kit::telemetry::MESSAGES_TARGET;
+use protocol::datanode::register::STALE_INCARNATION;
+use protocol::datanode::{FromDataNode, MAX_SCAN_RECORDS, ToDataNode};
+use protocol::error::truncate_for_log;
+use protocol::ids::{KeyRef, MessageId, NodeId};
 use tracing::{debug, info, warn};
 
 use crate::keys::{Decision, KeyIndex, commit_decision};

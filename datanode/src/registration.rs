@@ -1,6 +1,6 @@
 //! Registering with the head node: connect (by name, resolved on every
 //! attempt, bounded in time), then the protocol's registration
-//! ([`protocol::register`]): `peticion` / `confirmacion`, the hello line
+//! ([`protocol::datanode::register`]): `peticion` / `confirmacion`, the hello line
 //! (node id, incarnation, zone, store id), the cluster token's challenge in
 //! both directions, and `welcome` with the head node's epoch. A head node
 //! older than the newest epoch this directory has seen is refused. What
@@ -9,8 +9,8 @@
 
 use protocol::auth::Nonce;
 use protocol::connection::Connection;
+use protocol::datanode::register::{RegisterError, Registration, Welcomed, register};
 use protocol::handshake;
-use protocol::register::{RegisterError, Registration, Welcomed, register};
 use tokio::net::TcpStream;
 use tracing::{error, info};
 

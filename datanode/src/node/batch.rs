@@ -1,7 +1,8 @@
 //! The batch a session gathers between two commits: its staged messages,
 //! its answers in the order their lines came, and its reads.
 
-use protocol::message::{FromDataNode, KeyRef, MessageId};
+use protocol::datanode::FromDataNode;
+use protocol::ids::{KeyRef, MessageId};
 
 use super::{ReadJob, Staging};
 use crate::keys::KeyIndex;

@@ -1,6 +1,7 @@
 use std::time::{Duration, Instant};
 
-use protocol::message::{FromDataNode, KeyRef, MessageId, MessageKey};
+use protocol::datanode::FromDataNode;
+use protocol::ids::{KeyRef, MessageId, MessageKey};
 
 use super::*;
 

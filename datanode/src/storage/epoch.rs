@@ -1,7 +1,7 @@
 //! `epoch`, beside `data.txt`: the highest head-node epoch this data node
 //! has been welcomed by. A head node with an older epoch is a stale one
 //! (a newer one has run since), so it is refused before it can store
-//! anything (see `protocol::register`). The file holds one decimal number and a newline.
+//! anything (see `protocol::datanode::register`). The file holds one decimal number and a newline.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -30,7 +30,7 @@ impl EpochFile {
                     .parse()
                     .map_err(|_| StorageError::BadEpoch {
                         path: path.clone(),
-                        content: protocol::message::truncate_for_log(&text).to_owned(),
+                        content: protocol::error::truncate_for_log(&text).to_owned(),
                     })?
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => 0,

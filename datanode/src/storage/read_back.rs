@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use protocol::message::MessageId;
+use protocol::ids::MessageId;
 
 use super::{Record, StorageError, parse_line};
 

@@ -21,13 +21,12 @@
 use std::io;
 use std::time::Duration;
 
+use super::{DataNodeHello, FromDataNode, STALE_HEAD, ToDataNode};
 use crate::auth::{ClusterToken, Exchange, Nonce};
 use crate::connection::Connection;
-use crate::error::{HandshakeError, ReadError};
+use crate::error::{HandshakeError, ReadError, truncate_for_log};
 use crate::handshake;
-use crate::message::{
-    DataNodeHello, FromDataNode, NodeId, STALE_HEAD, ToDataNode, Zone, truncate_for_log,
-};
+use crate::ids::{NodeId, Zone};
 use crate::net::Stream;
 
 /// How a head node's `ERROR` reason starts when it refuses this node's

@@ -4,8 +4,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::*;
 use crate::connection::ReaderConfig;
-use crate::handshake::RoleStep;
-use crate::message::{PETICION, Role};
+use crate::handshake::{PETICION, Role, RoleStep};
 
 const TOKEN: &str = "register-test-token-0123456789";
 
