@@ -1,0 +1,510 @@
+#!/usr/bin/env python3
+"""The store's promises, one situation at a time, on real processes.
+
+Each case puts head nodes and data nodes (the release, or debug, binaries on
+free loopback ports) in one situation where a promise of the store is at
+stake, and checks the promise by message id: every answer a client got,
+`dnA+dnB , mensaje: recibido <id>`, must be on disk, under that id, key and
+text, on every node it names; a key has one id; no message has more than R
+copies. A store that keeps its promises passes every case. Each case prints
+lines ending in `ok` or `FAIL` and its figures:
+
+  forgotten-key     a key resent after the head node forgot it (its dedup
+                    window ran out, or its key table was full) while the
+                    data nodes still hold it: the answer must name an id
+                    that is on the nodes it names (R=1 and R=2).
+  full-restart      head node and data nodes killed together; the new head
+                    node starts with only the node that does not hold a key:
+                    the resend of that key must get its first id once the
+                    holder is back, and the key must not be stored twice.
+  tail-restart      a head restart while two of three data nodes are away:
+                    `client tail` (and `tail -f` across the restart) must
+                    print every acknowledged id once, in id order; `client
+                    get` of an id only the absent nodes hold must not say
+                    "not found", and must find it once they are back.
+  clock-skew        a data node that saw a head node whose clock was a year
+                    ahead, a head node 10 minutes behind, a data node 10
+                    minutes behind: each must store again within seconds
+                    (needs libfaketime; installed when missing and root).
+  split-brain       a second head node takes two of four data nodes (a TCP
+                    proxy written here moves them): past a bounded fencing
+                    time the old head node acknowledges nothing, and no key
+                    gets two ids.
+  get-after-new-dir a data node restarted at once with an empty directory
+                    under the same name: `get` of a message the other node
+                    holds must never say "not found".
+  retention-repair  retention on one node and repair: messages it never
+                    held get their copies back; repair never restores what
+                    retention removed and keeps a copy's record time; a
+                    head restart does not leave a third copy of a late
+                    node's messages; a key whose segment retention removed
+                    is not answered as stored when nothing holds it.
+
+    cargo build --release -p headnode -p datanode -p client && python3 tests/guarantees.py
+
+GUARANTEE_CASES=forgotten-key,split-brain runs only the cases named. The
+last line is `N passed, M failed`; the exit status is 0 only if all passed.
+Python 3 standard library only (and libfaketime for clock-skew); Linux.
+"""
+
+import collections
+import glob
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from common import free_port
+from replication import (BIN, Checks, Cluster, KeyedClient, KEY_FIELD, REPLY, read_acks,
+                         wait_for, wait_listening)
+
+# One record of a data file: time, id, fields (key=..., crc32c=...), text.
+RECORD = re.compile(r"^(\S+ \S+) - \[(\d+-\d+)\] (.*?)mensaje: (.*)$")
+
+
+# ------------------------------------------------------------ processes
+
+
+class Nodes(Cluster):
+    """The replication suite's cluster, with per-start environments (a
+    data node's flags by their variables, a skewed clock) and processes of
+    its own (a second head node, readers) that `stop` stops too."""
+
+    def __init__(self, tmp, replicas=2, min_replicas=None, head_args=()):
+        super().__init__(tmp, replicas=replicas, min_replicas=min_replicas,
+                         head_args=head_args)
+        self.extra = []
+
+    def _with_env(self, env, start):
+        saved = self.env
+        self.env = dict(saved, **(env or {}))
+        try:
+            return start()
+        finally:
+            self.env = saved
+
+    def start_node(self, node, port=None, env=None):
+        """Data node `node`; `env` sets its flags by their variables
+        (SEGMENT_BYTES=1MiB) or its clock (faketime_env)."""
+        return self._with_env(env, lambda: Cluster.start_node(self, node, port))
+
+    def start_head(self, port=None, log_name=None, env=None, args=None):
+        saved = self.head_args
+        if args is not None:
+            self.head_args = list(args)
+        try:
+            proc, started = self._with_env(
+                env, lambda: Cluster.start_head(self, port=port, log_name=log_name))
+        finally:
+            self.head_args = saved
+        if port is not None:
+            self.extra.append(proc)
+        return proc, started
+
+    def kill(self, node):
+        """SIGKILLs data node `node` (after a SIGCONT, should it be stopped)."""
+        proc = self.nodes[node]
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.send_signal(signal.SIGCONT)
+        proc.wait(10)
+
+    def signal(self, node, sig):
+        self.nodes[node].send_signal(sig)
+
+    def joins(self, node):
+        """How many times the current head node logged `node` (re)joining."""
+        return len(re.findall(rf"\b{re.escape(node)} \S+ (?:re)?joined", self.heartbeat_log()))
+
+    def run(self, name, cmd, env=None):
+        """A process of the case's own (a client), its output in `<name>.out`."""
+        out = open(os.path.join(self.tmp, f"{name}.out"), "wb")
+        self.files.append(out)
+        proc = subprocess.Popen(cmd, env=dict(os.environ, **(env or {})), stdout=out,
+                                stderr=subprocess.STDOUT)
+        proc.out_path = out.name
+        self.extra.append(proc)
+        return proc
+
+    def output(self, name):
+        with open(os.path.join(self.tmp, f"{name}.out"), errors="replace") as f:
+            return f.read()
+
+    def dirs(self, nodes=None):
+        return {n: self.data_dir(n) for n in (nodes or sorted(self.nodes))}
+
+    def stop(self):
+        for p in self.extra:
+            if p.poll() is None:
+                try:
+                    p.send_signal(signal.SIGCONT)
+                    p.send_signal(signal.SIGTERM)
+                    p.wait(5)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait(5)
+                except OSError:
+                    pass
+        Cluster.stop(self)
+
+
+def stop_proc(proc, sig=signal.SIGTERM, timeout=5):
+    """Stops one process this suite started, and reaps it."""
+    if proc.poll() is None:
+        try:
+            proc.send_signal(sig)
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+# ---------------------------------------------------------------- clocks
+
+FAKETIME_LIBS = "/usr/lib/*/faketime/libfaketime.so.1"
+
+
+def faketime_lib():
+    """libfaketime's path; Debian's faketime package is installed first
+    when it is missing and this runs as root with apt-get."""
+    found = sorted(glob.glob(FAKETIME_LIBS))
+    if found:
+        return found[0]
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        print("installing Debian's faketime package (clocks set apart for clock-skew)",
+              flush=True)
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        try:
+            subprocess.run(["apt-get", "install", "-y", "-q", "faketime"], env=env,
+                           timeout=600, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.STDOUT, check=False)
+        except subprocess.TimeoutExpired:
+            return None
+        found = sorted(glob.glob(FAKETIME_LIBS))
+    return found[0] if found else None
+
+
+def faketime_env(lib, offset):
+    """The environment that sets a process's wall clock `offset` away
+    (`-10m`, `+365d`); its monotonic clock is left alone, as a skewed host's is."""
+    return {"LD_PRELOAD": lib, "FAKETIME": offset, "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+
+
+# ------------------------------------------------------- clients, readers
+
+Answer = collections.namedtuple("Answer", "holders id key text at")
+
+
+class Ledger:
+    """Every `recibido` a client of a case got: who holds it, under which
+    id, key and text. What the store promised, to be found on disk."""
+
+    def __init__(self):
+        self.answers = []
+        self.lock = threading.Lock()
+
+    def add(self, reply, key, text):
+        m = REPLY.match(reply)
+        if not m:
+            return None
+        answer = Answer(tuple(m.group(1).split("+")), m.group(2), key, text, time.monotonic())
+        with self.lock:
+            self.answers.append(answer)
+        return answer
+
+    def add_client_logs(self, paths, text=None):
+        """The answers `client store` logged (its text is random unless
+        --message fixes it: `text` None checks no text)."""
+        for _, holders, mid, key in read_acks(paths):
+            self.answers.append(Answer(tuple(holders), mid, key, text, None))
+
+    def of_key(self, key):
+        return [a for a in self.answers if a.key == key]
+
+
+def text_of(key):
+    """The text sent under `key`: unique, so a copy is tied to its key."""
+    return f"text of {key}"
+
+
+def store(port, client_id, seqs, ledger, text=text_of, window=64, timeout=10):
+    """Sends `<seq> <text>` for every seq under `client_id` on one
+    connection, `window` at a time, and returns every reply (None for one
+    that did not come in time); `recibido` answers go into `ledger`."""
+    replies = []
+    client = KeyedClient(port, client_id, timeout=timeout)
+    try:
+        seqs = list(seqs)
+        for start in range(0, len(seqs), window):
+            part = seqs[start:start + window]
+            for seq in part:
+                client.send(seq, text(f"{client_id}/{seq}"))
+            for seq in part:
+                try:
+                    reply = client.line(timeout)
+                except (TimeoutError, ConnectionError, OSError):
+                    replies.extend([None] * (len(part) - (len(replies) - start)))
+                    return replies
+                ledger.add(reply, f"{client_id}/{seq}", text(f"{client_id}/{seq}"))
+                replies.append(reply)
+    finally:
+        client.close()
+    return replies
+
+
+def store_one(port, client_id, seq, ledger, timeout=10):
+    """One keyed message on a connection of its own; its reply, or the
+    reason there was none."""
+    try:
+        return store(port, client_id, [seq], ledger, timeout=timeout)[0] or "(no answer)"
+    except (OSError, ConnectionError, TimeoutError) as e:
+        return f"(no answer: {e})"
+
+
+class Reader(KeyedClient):
+    """A reader (`lector`): one request per line, one answer line for `get`."""
+
+    def __init__(self, port, timeout=10):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.buf = b""
+        self.sock.sendall(b"peticion\n")
+        answer = self.line(timeout)
+        if answer != "confirmacion":
+            raise ConnectionError(f"handshake answered {answer!r}")
+        self.sock.sendall(b"lector\n")
+
+    def get(self, what, timeout=10):
+        self.sock.sendall(f"get {what}\n".encode())
+        return self.line(timeout)
+
+
+def get_answer(port, what, timeout=10):
+    """`found`, `notfound` (the definite answer: no such message), or the
+    answer itself for anything else (an ERROR, no answer)."""
+    try:
+        reader = Reader(port, timeout)
+        try:
+            line = reader.get(what, timeout)
+        finally:
+            reader.close()
+    except (OSError, ConnectionError, TimeoutError) as e:
+        return f"(no answer: {e})"
+    if line.startswith("found "):
+        return "found"
+    if line.startswith("notfound "):
+        return "notfound"
+    return line
+
+
+# ------------------------------------------------------------------ disk
+
+Copy = collections.namedtuple("Copy", "key text stamp file")
+
+
+def read_disk(dirs):
+    """{node: {id: [Copy]}} from every data file of each node's directory
+    (its segments, oldest first, then data.txt)."""
+    disk = {}
+    for node, path in dirs.items():
+        held = collections.defaultdict(list)
+        files = sorted(glob.glob(os.path.join(path, "data.[0-9]*.txt")))
+        files.append(os.path.join(path, "data.txt"))
+        for name in files:
+            try:
+                with open(name, errors="replace") as f:
+                    for line in f:
+                        m = RECORD.match(line.rstrip("\n"))
+                        if not m:
+                            continue
+                        key = KEY_FIELD.search(m.group(3))
+                        held[m.group(2)].append(Copy(key.group(1) if key else None,
+                                                     m.group(4), m.group(1),
+                                                     os.path.basename(name)))
+            except FileNotFoundError:
+                pass
+        disk[node] = held
+    return disk
+
+
+def holders_on_disk(disk):
+    """{id: the nodes whose files hold it}."""
+    where = collections.defaultdict(set)
+    for node, held in disk.items():
+        for mid in held:
+            where[mid].add(node)
+    return where
+
+
+COUNTS = ("lost", "phantom holders", "wrong key or text", "keys with two ids",
+          "under-replicated", "over-replicated")
+
+
+def check_store(checks, label, disk, answers, replicas, excused=None,
+                two_ids_allowed=(), ignore=()):
+    """The promise, checked by message id, over the data files in `disk`:
+
+    - lost: an answered id on no node at all;
+    - phantom holders: a node an answer names that does not hold its id
+      under its key and text (counted per answer and node);
+    - wrong key or text: an answered id held under another key or text;
+    - keys with two ids: on disk and in answers together (but for the keys
+      in `two_ids_allowed`, resent after the dedup window by design);
+    - under-replicated: an answered id on fewer than `replicas` nodes;
+    - over-replicated: any id on more than `replicas` nodes.
+
+    `excused(answer)` names the nodes whose missing copy of that answer the
+    case explains (a deleted directory, retention): they count as neither
+    phantom nor lost, and the answer is not counted under-replicated.
+    Counts named in `ignore` are printed, not asserted. Returns the counts."""
+    where = holders_on_disk(disk)
+    found = {c: [] for c in COUNTS}
+    ids_of_key = collections.defaultdict(set)
+    for held in disk.values():
+        for mid, copies in held.items():
+            for c in copies:
+                if c.key is not None:
+                    ids_of_key[c.key].add(mid)
+    for a in answers:
+        spared = set(excused(a)) if excused else set()
+        have = where.get(a.id, set())
+        if a.key is not None:
+            ids_of_key[a.key].add(a.id)
+        if not have and set(a.holders) - spared:
+            found["lost"].append(a.id)
+        for node in a.holders:
+            if node in spared:
+                continue
+            copies = disk.get(node, {}).get(a.id, [])
+            if not any(c.key == a.key and (a.text is None or c.text == a.text) for c in copies):
+                found["phantom holders"].append(f"{a.id}@{node}")
+        for node in have:
+            for c in disk[node][a.id]:
+                if c.key != a.key or (a.text is not None and c.text != a.text):
+                    found["wrong key or text"].append(f"{a.id}@{node}")
+        if len(have) < replicas and not spared:
+            found["under-replicated"].append(f"{a.id} on {'+'.join(sorted(have)) or 'none'}")
+    for key, ids in ids_of_key.items():
+        if len(ids) > 1 and key not in two_ids_allowed:
+            found["keys with two ids"].append(f"{key}: {' '.join(sorted(ids))}")
+    for mid, nodes in where.items():
+        if len(nodes) > replicas:
+            found["over-replicated"].append(f"{mid} on {'+'.join(sorted(nodes))}")
+    for name in COUNTS:
+        found[name] = sorted(set(found[name]))
+    asserted = [c for c in COUNTS if c not in ignore]
+    figures = ", ".join(f"{c} {len(found[c])}" + (" (not asserted)" if c in ignore else "")
+                        for c in COUNTS)
+    checks.check(all(not found[c] for c in asserted),
+                 f"{label}: {len(answers)} answers, {len({a.id for a in answers})} ids: {figures}")
+    for c in COUNTS:
+        if found[c]:
+            checks.figure(f"  {c}, e.g. {'; '.join(found[c][:3])}")
+    return {c: len(found[c]) for c in COUNTS}
+
+
+# ------------------------------------------------------------------- cases
+
+
+def first_line(text, needle, width=200):
+    """The first line of `text` holding `needle`, from its level on."""
+    for line in text.splitlines():
+        if needle in line:
+            at = max(line.find(" INFO "), line.find(" WARN "), line.find(" ERROR "), 0)
+            return line[at:].strip()[:width]
+    return "(nothing)"
+
+
+def started(checks, tmp, nodes, replicas=2, min_replicas=None, head_args=(), node_env=None):
+    """A head node and `nodes` in a directory of their own, checked to have joined."""
+    os.makedirs(tmp, exist_ok=True)
+    cluster = Nodes(tmp, replicas=replicas, min_replicas=min_replicas, head_args=head_args)
+    cluster.start_head()
+    for n in nodes:
+        cluster.start_node(n, env=(node_env or {}).get(n))
+    checks.check(cluster.wait_joined(nodes), f"{'+'.join(nodes)} joined (R={replicas})")
+    return cluster
+
+
+def case_forgotten_key(checks, tmp):
+    """The head node forgot a key the data nodes still hold: the data
+    nodes answer `recibido <new id> <held id>`, and the answer must not
+    name the new id as stored where only the old one is."""
+    variants = [
+        ("R=1, window 1ms", 1, ["--dedup-window", "1ms"], 3),
+        ("R=1, 64 keys, 80 of another client", 1, ["--dedup-keys", "64"], 80),
+        ("R=2, window 1ms", 2, ["--dedup-window", "1ms"], 3),
+    ]
+    for n, (what, replicas, args, others) in enumerate(variants, 1):
+        nodes = [f"dn{i}" for i in range(1, replicas + 1)]
+        cluster = started(checks, os.path.join(tmp, f"v{n}"), nodes, replicas, head_args=args)
+        try:
+            ledger = Ledger()
+            first = store_one(cluster.port, "k", 1, ledger)
+            # Keys go in generations: a window runs out after two new ones.
+            for part in ([1], [2], list(range(3, others + 1))):
+                time.sleep(0.05)
+                store(cluster.port, "other", part, ledger)
+            time.sleep(0.05)
+            again = store_one(cluster.port, "k", 1, ledger)
+            checks.figure(f"{what}: k/1 answered {first!r}, resent later {again!r}")
+            m = REPLY.match(again)
+            if m:
+                got = get_answer(cluster.port, m.group(2))
+                # The answered id is a stored message: `get` finds it.
+                checks.check(got == "found", f"{what}: get {m.group(2)} (the resend's id) "
+                             f"answers {got!r}")
+            disk = read_disk(cluster.dirs())
+            on_disk = sorted(f"{mid}@{node}" for node, held in disk.items()
+                             for mid, copies in held.items() if any(c.key == "k/1" for c in copies))
+            checks.figure(f"{what}: k/1 on disk: {' '.join(on_disk)}; the head node logged: "
+                          + first_line(cluster.head_log(), "under another id"))
+            # The resend came after the head node's window: a second id
+            # with a real copy is allowed, an answer naming nothing is not.
+            check_store(checks, what, disk, ledger.answers, replicas, two_ids_allowed={"k/1"})
+        finally:
+            cluster.stop()
+
+
+CASES = {
+    "forgotten-key": case_forgotten_key,
+}
+
+
+def main():
+    wanted = [c for c in os.environ.get("GUARANTEE_CASES", "").split(",") if c]
+    unknown = [c for c in wanted if c not in CASES]
+    if unknown:
+        print(f"unknown case(s): {', '.join(unknown)}; known: {', '.join(CASES)}")
+        return 2
+    print(f"binaries: {BIN}")
+    passed = failed = 0
+    for name, case in CASES.items():
+        if wanted and name not in wanted:
+            continue
+        tmp = tempfile.mkdtemp(prefix=f"guarantees-{name}-")
+        checks = Checks(name)
+        began = time.monotonic()
+        try:
+            case(checks, tmp)
+        except Exception as e:  # a crash of the case is a failure, with its reason
+            checks.check(False, f"raised {type(e).__name__}: {e}")
+        ok = checks.failed == 0
+        print(f"{name}: {'ok' if ok else 'FAIL'} ({time.monotonic() - began:.1f} s)", flush=True)
+        if ok:
+            passed += 1
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            failed += 1
+            print(f"  files kept in {tmp}")
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
