@@ -471,8 +471,71 @@ def case_forgotten_key(checks, tmp):
             cluster.stop()
 
 
+class Background(threading.Thread):
+    """Runs `work()` on a thread of its own; `result` once it is done."""
+
+    def __init__(self, work):
+        super().__init__(daemon=True)
+        self.work = work
+        self.result = None
+        self.done_at = None
+        self.start()
+
+    def run(self):
+        self.result = self.work()
+        self.done_at = time.monotonic()
+
+
+def case_full_restart(checks, tmp):
+    """Every process killed at once; the new head node starts with only a
+    node that does not hold key r/1. Its resend must wait for the holder
+    (at most --recovery-wait) and get r/1's first id."""
+    variants = [("R=1", 1, 1, ["dn1", "dn2"]), ("R=2 W=1", 2, 1, ["dn1", "dn2", "dn3"])]
+    for n, (what, replicas, min_replicas, nodes) in enumerate(variants, 1):
+        cluster = started(checks, os.path.join(tmp, f"v{n}"), nodes, replicas, min_replicas)
+        try:
+            ledger = Ledger()
+            first = store_one(cluster.port, "r", 1, ledger)
+            mid = ledger.answers[0].id if ledger.answers else None
+            # Under W=1 the second copy is written after the answer.
+            wait_for(lambda: len(holders_on_disk(read_disk(cluster.dirs()))[mid]) >= replicas, 5)
+            holders = sorted(holders_on_disk(read_disk(cluster.dirs()))[mid])
+            away = [n for n in nodes if n not in holders]
+            if not checks.check(len(away) == 1, f"{what}: r/1 answered {first!r}, "
+                                f"on {'+'.join(holders)}"):
+                continue
+            cluster.kill_head()
+            for node in nodes:
+                cluster.kill(node)
+            _, restarted = cluster.start_head(
+                args=cluster.head_args + ["--recovery-wait", "60s"])
+            cluster.start_node(away[0])
+            checks.check(cluster.wait_joined(away), f"{what}: a new head node with only "
+                         f"{away[0]}, which does not hold r/1")
+            resend = Background(lambda: store_one(cluster.port, "r", 1, ledger, timeout=30))
+            resend.join(3)
+            early = resend.result
+            checks.figure(f"{what}: the resend, holder away: "
+                          + (f"answered {early!r}" if early else "no answer within 3 s")
+                          + "; the head node logged: "
+                          + first_line(cluster.heartbeat_log(), "recovery done"))
+            for node in holders:
+                cluster.start_node(node)
+            cluster.wait_joined(nodes)
+            resend.join(30)
+            took = (f"{resend.done_at - restarted:.1f} s" if resend.done_at else "none")
+            checks.figure(f"{what}: the resend answered {resend.result!r}; from the restart "
+                          f"to that answer: {took}")
+            disk = read_disk(cluster.dirs())
+            # One id for r/1 on disk and in both answers; each on its holders.
+            check_store(checks, what, disk, ledger.answers, replicas)
+        finally:
+            cluster.stop()
+
+
 CASES = {
     "forgotten-key": case_forgotten_key,
+    "full-restart": case_full_restart,
 }
 
 
