@@ -122,18 +122,21 @@ class Nodes(Cluster):
         """How many times the current head node logged `node` (re)joining."""
         return len(re.findall(rf"\b{re.escape(node)} \S+ (?:re)?joined", self.heartbeat_log()))
 
-    def run(self, name, cmd, env=None):
-        """A process of the case's own (a client), its output in `<name>.out`."""
+    def client(self, name, *args, port=None):
+        """`client <args>` against the head node, in the background: its
+        stdout in `<name>.out`, its log lines and errors in `<name>.err`."""
         out = open(os.path.join(self.tmp, f"{name}.out"), "wb")
-        self.files.append(out)
-        proc = subprocess.Popen(cmd, env=dict(os.environ, **(env or {})), stdout=out,
-                                stderr=subprocess.STDOUT)
-        proc.out_path = out.name
+        err = open(os.path.join(self.tmp, f"{name}.err"), "wb")
+        self.files += [out, err]
+        proc = subprocess.Popen(
+            [os.path.join(BIN, "client"), "--server", f"127.0.0.1:{port or self.port}",
+             "--log-dir", os.path.join(self.tmp, name), *args],
+            env=dict(os.environ, RUST_LOG="info"), stdout=out, stderr=err)
         self.extra.append(proc)
         return proc
 
-    def output(self, name):
-        with open(os.path.join(self.tmp, f"{name}.out"), errors="replace") as f:
+    def output(self, name, stream="out"):
+        with open(os.path.join(self.tmp, f"{name}.{stream}"), errors="replace") as f:
             return f.read()
 
     def dirs(self, nodes=None):
@@ -152,6 +155,15 @@ class Nodes(Cluster):
                 except OSError:
                     pass
         Cluster.stop(self)
+
+
+def finished(proc, timeout):
+    """Its exit status within `timeout` s, else `stopped` (by SIGINT)."""
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        stop_proc(proc, signal.SIGINT)
+        return "stopped"
 
 
 def stop_proc(proc, sig=signal.SIGTERM, timeout=5):
@@ -198,6 +210,21 @@ def faketime_env(lib, offset):
 
 # ------------------------------------------------------- clients, readers
 
+class Background(threading.Thread):
+    """Runs `work()` on a thread of its own; `result` once it is done."""
+
+    def __init__(self, work):
+        super().__init__(daemon=True)
+        self.work = work
+        self.result = None
+        self.done_at = None
+        self.start()
+
+    def run(self):
+        self.result = self.work()
+        self.done_at = time.monotonic()
+
+
 Answer = collections.namedtuple("Answer", "holders id key text at")
 
 
@@ -233,15 +260,19 @@ def text_of(key):
     return f"text of {key}"
 
 
-def store(port, client_id, seqs, ledger, text=text_of, window=64, timeout=10):
+def store(port, client_id, seqs, ledger, text=text_of, window=64, timeout=10, until=None):
     """Sends `<seq> <text>` for every seq under `client_id` on one
     connection, `window` at a time, and returns every reply (None for one
-    that did not come in time); `recibido` answers go into `ledger`."""
+    that did not come in time); `recibido` answers go into `ledger`. Stops
+    early, between windows, once the event `until` is set, or the
+    connection fails."""
     replies = []
     client = KeyedClient(port, client_id, timeout=timeout)
     try:
         seqs = list(seqs)
         for start in range(0, len(seqs), window):
+            if until is not None and until.is_set():
+                break
             part = seqs[start:start + window]
             for seq in part:
                 client.send(seq, text(f"{client_id}/{seq}"))
@@ -256,6 +287,20 @@ def store(port, client_id, seqs, ledger, text=text_of, window=64, timeout=10):
     finally:
         client.close()
     return replies
+
+
+def load(port, clients, per_client, ledger, text=text_of, until=None, first_seq=1):
+    """`clients` keyed clients `<prefix>-<i>` sending `per_client` messages
+    each at once, on threads; returns the threads (joined by the caller)."""
+    def one(client_id):
+        def work():
+            try:
+                return store(port, client_id, range(first_seq, first_seq + per_client), ledger,
+                             text=text, until=until)
+            except (OSError, ConnectionError, TimeoutError) as e:
+                return e
+        return work
+    return [Background(one(c)) for c in clients]
 
 
 def store_one(port, client_id, seq, ledger, timeout=10):
@@ -471,21 +516,6 @@ def case_forgotten_key(checks, tmp):
             cluster.stop()
 
 
-class Background(threading.Thread):
-    """Runs `work()` on a thread of its own; `result` once it is done."""
-
-    def __init__(self, work):
-        super().__init__(daemon=True)
-        self.work = work
-        self.result = None
-        self.done_at = None
-        self.start()
-
-    def run(self):
-        self.result = self.work()
-        self.done_at = time.monotonic()
-
-
 def case_full_restart(checks, tmp):
     """Every process killed at once; the new head node starts with only a
     node that does not hold key r/1. Its resend must wait for the holder
@@ -533,9 +563,124 @@ def case_full_restart(checks, tmp):
             cluster.stop()
 
 
+TAIL_LINE = re.compile(r"^(\d+-\d+) \S+ (\S+) (.*)$")
+
+
+def id_order(mid):
+    """Id order: epoch, then sequence number, as numbers."""
+    epoch, _, seq = mid.partition("-")
+    return int(epoch), int(seq)
+
+
+def tailed_ids(text):
+    """The ids `client tail` printed, in the order printed."""
+    return [m.group(1) for m in map(TAIL_LINE.match, text.splitlines()) if m]
+
+
+def check_tail(checks, label, printed, acked):
+    """Every acknowledged id printed exactly once, and all in id order."""
+    counts = collections.Counter(printed)
+    missing = sorted((i for i in acked if i not in counts), key=id_order)
+    twice = sorted((i for i, c in counts.items() if c > 1), key=id_order)
+    disorder = [b for a, b in zip(printed, printed[1:]) if id_order(b) <= id_order(a)]
+    checks.check(not missing and not twice and not disorder,
+                 f"{label}: {len(printed)} printed; of {len(acked)} acknowledged ids "
+                 f"{len(missing)} never printed, {len(twice)} printed twice, "
+                 f"{len(disorder)} out of id order")
+    if missing:
+        checks.figure(f"  never printed, e.g. {' '.join(missing[:3])}")
+    return missing
+
+
+def head_restart_without(cluster, away):
+    """SIGSTOPs the nodes `away`, SIGKILLs the head node and starts a new
+    one, which the others join. The stopped nodes cannot rejoin."""
+    for node in away:
+        cluster.signal(node, signal.SIGSTOP)
+    cluster.kill_head()
+    cluster.start_head()
+    here = [n for n in sorted(cluster.nodes) if n not in away]
+    return cluster.wait_joined(here)
+
+
+def resume(cluster, away):
+    for node in away:
+        cluster.signal(node, signal.SIGCONT)
+    return cluster.wait_joined(sorted(cluster.nodes))
+
+
+def case_tail_restart(checks, tmp):
+    """A head restart while dn2 and dn3 are away: a tail must not pass the
+    ids only they hold, and `get` must not say they do not exist."""
+    away = ["dn2", "dn3"]
+    cluster = started(checks, tmp, ["dn1", "dn2", "dn3"], 2)
+    try:
+        ledger = Ledger()
+        for t in load(cluster.port, [f"t{i}" for i in range(3)], 1000, ledger):
+            t.join(60)
+        acked = {a.id for a in ledger.answers}
+        checks.check(len(acked) >= 3000, f"{len(acked)} of 3000 messages acknowledged")
+        only_away = [a.id for a in ledger.answers if set(a.holders) == set(away)]
+        checks.figure(f"{len(only_away)} of them held by dn2+dn3 only")
+
+        checks.check(head_restart_without(cluster, away),
+                     "dn2 and dn3 SIGSTOPped, the head node killed and restarted; dn1 rejoined")
+        probe = only_away[len(only_away) // 2] if only_away else None
+        if probe:
+            got = get_answer(cluster.port, probe)
+            # Not found is a definite answer, and a wrong one: its holders
+            # are only away. Any other answer (unavailable, try again) is fine.
+            checks.check(got != "notfound",
+                         f"get {probe} (held by dn2+dn3 only) while they are away: {got!r}")
+        # A tail may wait for the absent nodes: it is stopped after 10 s,
+        # and goes on from what it printed.
+        code = finished(cluster.client("tail-1", "tail"), 10)
+        printed = tailed_ids(cluster.output("tail-1"))
+        cursor = printed[-1] if printed else None
+        checks.figure(f"client tail with only dn1 back: {len(printed)} printed, exit {code}, "
+                      f"last {cursor}")
+        checks.check(resume(cluster, away), "dn2 and dn3 resumed and rejoined")
+        code = finished(cluster.client("tail-2", "tail", *(["--from", cursor] if cursor else [])),
+                        30)
+        more = tailed_ids(cluster.output("tail-2"))
+        checks.figure(f"client tail --from {cursor} once they are back: {len(more)} printed, "
+                      f"exit {code}")
+        check_tail(checks, "tail, then tail --from its cursor", printed + more, acked)
+        if probe:
+            got = get_answer(cluster.port, probe)
+            checks.check(got == "found", f"get {probe} once dn2 and dn3 are back: {got!r}")
+
+        # tail -f across the same restart, under load.
+        follow = cluster.client("tail-f", "tail", "-f", "--from",
+                                max(acked, key=id_order) if acked else "1-0")
+        time.sleep(0.5)
+        more_load, stop = Ledger(), threading.Event()
+        writers = load(cluster.port, [f"f{i}" for i in range(3)], 3000, more_load, until=stop,
+                       text=lambda key: f"followed {key}")
+        wait_for(lambda: len(more_load.answers) >= 1500, 30)
+        checks.check(head_restart_without(cluster, away),
+                     f"under load, after {len(more_load.answers)} acknowledgements: dn2 and dn3 "
+                     "SIGSTOPped, the head node killed and restarted; dn1 rejoined")
+        stop.set()
+        time.sleep(3)
+        checks.check(resume(cluster, away), "dn2 and dn3 resumed and rejoined")
+        for t in writers:
+            t.join(15)
+        time.sleep(4)
+        stop_proc(follow, signal.SIGINT)
+        followed = tailed_ids(cluster.output("tail-f"))
+        check_tail(checks, "tail -f across the restart", followed,
+                   {a.id for a in more_load.answers})
+        ledger.answers += more_load.answers
+        check_store(checks, "store", read_disk(cluster.dirs()), ledger.answers, 2)
+    finally:
+        cluster.stop()
+
+
 CASES = {
     "forgotten-key": case_forgotten_key,
     "full-restart": case_full_restart,
+    "tail-restart": case_tail_restart,
 }
 
 
