@@ -677,10 +677,112 @@ def case_tail_restart(checks, tmp):
         cluster.stop()
 
 
+def until_acked(port, client_id, since, bound, ledger):
+    """Sends key `<client_id>/1` again and again (each on a new connection,
+    after each answer) until it is acknowledged or `bound` s have passed
+    since `since` (monotonic). Returns the seconds from `since` to the
+    acknowledgement (None: none) and how often each other answer came."""
+    others = collections.Counter()
+    while time.monotonic() - since < bound:
+        reply = store_one(port, client_id, 1, ledger,
+                          timeout=max(0.5, bound - (time.monotonic() - since)))
+        if REPLY.match(reply):
+            return time.monotonic() - since, others
+        others[reply[:100]] += 1
+        time.sleep(0.05)
+    return None, others
+
+
+def within(took, others, bound):
+    """`0.8 s` or `none within 11 s`, and the other answers seen meanwhile."""
+    seen = "; ".join(f"{n} x {a!r}" for a, n in others.most_common(3)) or "no other answer"
+    return (f"{took:.1f} s" if took is not None else f"none within {bound} s") + f" ({seen})"
+
+
+def epoch_of(cluster, node):
+    try:
+        with open(os.path.join(cluster.data_dir(node), "epoch")) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+SKEW_BOUND = 11  # seconds waited for an acknowledgement; 10 are asked for
+
+
+def case_clock_skew(checks, tmp):
+    """Clocks set apart: each situation must be serving again within 10 s."""
+    lib = faketime_lib()
+    if not checks.check(lib is not None, f"libfaketime: {lib}"):
+        return
+    now_ms = lambda: int(time.time() * 1000)  # noqa: E731
+
+    # (a) A head node once ran with its clock a year ahead; dn1 keeps its epoch.
+    cluster = Nodes(os.path.join(tmp, "a"), replicas=1)
+    os.makedirs(cluster.tmp)
+    try:
+        cluster.start_head(env=faketime_env(lib, "+365d"))
+        cluster.start_node("dn1")
+        checks.check(cluster.wait_joined(["dn1"]), "(a) dn1 joined a head node a year ahead")
+        epoch = epoch_of(cluster, "dn1")
+        checks.figure(f"(a) dn1's epoch file holds {epoch} "
+                      f"({((epoch or 0) - now_ms()) / 86_400_000:.0f} days ahead)")
+        cluster.kill_head()
+        _, since = cluster.start_head()
+        ledger = Ledger()
+        took, others = until_acked(cluster.port, "a", since, SKEW_BOUND, ledger)
+        checks.check(took is not None and took <= 10, "(a) a head node with the right time "
+                     f"started: first acknowledgement after {within(took, others, SKEW_BOUND)}")
+        checks.figure("(a) dn1 logged: " + first_line(cluster.node_output("dn1"), "stale head"))
+        check_store(checks, "(a)", read_disk(cluster.dirs()), ledger.answers, 1)
+    finally:
+        cluster.stop()
+
+    # (b) A head node whose clock is 10 minutes behind restarts.
+    cluster = Nodes(os.path.join(tmp, "b"), replicas=1)
+    os.makedirs(cluster.tmp)
+    try:
+        cluster.start_head()
+        cluster.start_node("dn1")
+        checks.check(cluster.wait_joined(["dn1"]), "(b) dn1 joined")
+        ledger = Ledger()
+        store_one(cluster.port, "before", 1, ledger)
+        cluster.kill_head()
+        _, since = cluster.start_head(env=faketime_env(lib, "-10m"))
+        took, others = until_acked(cluster.port, "b", since, SKEW_BOUND, ledger)
+        checks.check(took is not None and took <= 10, "(b) the head node restarted 10 minutes "
+                     f"behind: first acknowledgement after {within(took, others, SKEW_BOUND)}")
+        check_store(checks, "(b)", read_disk(cluster.dirs()), ledger.answers, 1)
+    finally:
+        cluster.stop()
+
+    # (c) dn1 restarts with its clock 10 minutes behind.
+    cluster = Nodes(os.path.join(tmp, "c"), replicas=1)
+    os.makedirs(cluster.tmp)
+    try:
+        cluster.start_head()
+        cluster.start_node("dn1")
+        checks.check(cluster.wait_joined(["dn1"]), "(c) dn1 joined")
+        ledger = Ledger()
+        store_one(cluster.port, "before", 1, ledger)
+        cluster.kill("dn1")
+        since = time.monotonic()
+        node = cluster.start_node("dn1", env=faketime_env(lib, "-10m"))
+        took, others = until_acked(cluster.port, "c", since, SKEW_BOUND, ledger)
+        checks.check(took is not None and took <= 10, "(c) dn1 restarted 10 minutes behind: "
+                     f"first acknowledgement after {within(took, others, SKEW_BOUND)}")
+        checks.check(node.poll() is None, f"(c) dn1 still runs (exit status {node.poll()}; "
+                     + first_line(cluster.node_output("dn1"), "stale incarnation") + ")")
+        check_store(checks, "(c)", read_disk(cluster.dirs()), ledger.answers, 1)
+    finally:
+        cluster.stop()
+
+
 CASES = {
     "forgotten-key": case_forgotten_key,
     "full-restart": case_full_restart,
     "tail-restart": case_tail_restart,
+    "clock-skew": case_clock_skew,
 }
 
 
