@@ -177,6 +177,106 @@ def stop_proc(proc, sig=signal.SIGTERM, timeout=5):
             proc.wait(5)
 
 
+class Proxy:
+    """A TCP proxy between data nodes and head nodes: one loopback port per
+    data node, each connection forwarded to the head node that node is
+    routed to now. `route` moves a node: its connections are cut, and the
+    next ones it makes go to the other head node. Threads: one accepting
+    per node, two copying per connection; at most MAX_CONNECTIONS per node."""
+
+    MAX_CONNECTIONS = 64
+
+    def __init__(self, nodes, head_port):
+        self.lock = threading.Lock()
+        self.routes = {n: head_port for n in nodes}
+        self.conns = {n: [] for n in nodes}
+        self.accepted = collections.Counter()
+        self.closed = threading.Event()
+        self.listeners, self.ports, self.threads = {}, {}, []
+        for node in nodes:
+            listener = socket.socket()
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(8)
+            listener.settimeout(0.2)
+            self.listeners[node] = listener
+            self.ports[node] = listener.getsockname()[1]
+            self.threads.append(threading.Thread(target=self._accept, args=(node,), daemon=True))
+            self.threads[-1].start()
+
+    def _accept(self, node):
+        listener = self.listeners[node]
+        while not self.closed.is_set():
+            try:
+                down, _ = listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with self.lock:
+                self.accepted[node] += 1
+                refused = self.accepted[node] > self.MAX_CONNECTIONS
+                target = self.routes[node]
+            try:
+                if refused:
+                    raise OSError("too many connections")
+                up = socket.create_connection(("127.0.0.1", target), timeout=2)
+            except OSError:
+                down.close()
+                continue
+            down.settimeout(None)
+            up.settimeout(None)
+            with self.lock:
+                self.conns[node].append((down, up))
+            for a, b in ((down, up), (up, down)):
+                threading.Thread(target=self._copy, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _copy(src, dst):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        for sock in (src, dst):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    @staticmethod
+    def _cut(pair):
+        for sock in pair:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def route(self, node, head_port):
+        """From now on `node` reaches the head node on `head_port`."""
+        with self.lock:
+            self.routes[node] = head_port
+            pairs, self.conns[node] = self.conns[node], []
+        for pair in pairs:
+            self._cut(pair)
+
+    def close(self):
+        self.closed.set()
+        for listener in self.listeners.values():
+            listener.close()
+        for t in self.threads:
+            t.join(2)
+        with self.lock:
+            pairs = [p for ps in self.conns.values() for p in ps]
+        for pair in pairs:
+            self._cut(pair)
+            for sock in pair:
+                sock.close()
+
+
 # ---------------------------------------------------------------- clocks
 
 FAKETIME_LIBS = "/usr/lib/*/faketime/libfaketime.so.1"
@@ -778,11 +878,68 @@ def case_clock_skew(checks, tmp):
         cluster.stop()
 
 
+FENCING_BOUND = 15  # seconds an old head node may go on acknowledging
+
+
+def case_split_brain(checks, tmp):
+    """A second head node takes dn3 and dn4 through the proxy while the
+    first still has dn1 and dn2: the old one must stop acknowledging within
+    a bounded time, and no key may get a second id from the new one."""
+    nodes = ["dn1", "dn2", "dn3", "dn4"]
+    cluster = Nodes(tmp, replicas=2)
+    cluster.start_head()
+    proxy = Proxy(nodes, cluster.port)
+    try:
+        for node in nodes:
+            cluster.start_node(node, port=proxy.ports[node])
+        checks.check(cluster.wait_joined(nodes), "4 data nodes joined through the proxy")
+        ledger = Ledger()
+        store(cluster.port, "w", range(1, 11), ledger)
+        old_epoch = epoch_of(cluster, "dn1")
+        new_port = free_port()
+        cluster.start_head(port=new_port, log_name="head-new")
+        proxy.route("dn3", new_port)
+        proxy.route("dn4", new_port)
+        moved = wait_for(lambda: (epoch_of(cluster, "dn3") or 0) > (old_epoch or 0), 10)
+        since = time.monotonic()
+        checks.check(moved, f"dn3 and dn4 moved to a second head node: dn3's epoch file "
+                     f"holds {epoch_of(cluster, 'dn3')}, the old head node's is {old_epoch}")
+        old = store_one(cluster.port, "s", 1, ledger, timeout=5)
+        new = store_one(new_port, "s", 1, ledger, timeout=15)
+        checks.figure(f"key s/1 sent to the old head node: {old!r}; resent to the new one: {new!r}")
+
+        # The old head node, asked every second: when does it stop?
+        fenced, acked, seq = None, 0, 1
+        while time.monotonic() - since < FENCING_BOUND:
+            seq += 1
+            reply = store_one(cluster.port, "s", seq, ledger, timeout=3)
+            if not REPLY.match(reply):
+                fenced = time.monotonic() - since
+                checks.figure(f"the old head node first refused after {fenced:.1f} s: {reply!r}")
+                break
+            acked += 1
+            time.sleep(max(0.0, 1 - (time.monotonic() - since) % 1))
+        checks.figure(f"the old head node acknowledged {acked} keys after the move; fenced "
+                      + (f"after {fenced:.1f} s" if fenced is not None
+                         else f"never within {FENCING_BOUND} s"))
+        replies = store(cluster.port, "late", range(1, 11), ledger, timeout=5)
+        late = sum(1 for r in replies if r and REPLY.match(r))
+        checks.check(late == 0, f"past the fencing time ({time.monotonic() - since:.1f} s after "
+                     f"the move) the old head node acknowledged {late} of 10 "
+                     f"(e.g. {next((r for r in replies if r), None)!r})")
+        check_store(checks, "both head nodes' answers", read_disk(cluster.dirs(nodes)),
+                    ledger.answers, 2)
+    finally:
+        cluster.stop()
+        proxy.close()
+
+
 CASES = {
     "forgotten-key": case_forgotten_key,
     "full-restart": case_full_restart,
     "tail-restart": case_tail_restart,
     "clock-skew": case_clock_skew,
+    "split-brain": case_split_brain,
 }
 
 
