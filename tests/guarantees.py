@@ -934,12 +934,86 @@ def case_split_brain(checks, tmp):
         proxy.close()
 
 
+class Hammer(threading.Thread):
+    """Asks `get <id>` again and again on one reader connection (a new one
+    when it fails) until stopped; counts each kind of answer, and when the
+    first definite `notfound` came."""
+
+    def __init__(self, port, mid):
+        super().__init__(daemon=True)
+        self.port, self.mid = port, mid
+        self.answers = collections.Counter()
+        self.first_notfound = None
+        self.halt = threading.Event()
+        self.start()
+
+    def run(self):
+        reader = None
+        while not self.halt.is_set():
+            try:
+                reader = reader or Reader(self.port, timeout=5)
+                line = reader.get(self.mid, timeout=5)
+            except (OSError, ConnectionError, TimeoutError) as e:
+                line = f"(no answer: {type(e).__name__})"
+                if reader is not None:
+                    reader.close()
+                    reader = None
+                time.sleep(0.01)
+            kind = line.split(" ", 1)[0] if line.startswith(("found ", "notfound ")) else line[:80]
+            self.answers[kind] += 1
+            if kind == "notfound" and self.first_notfound is None:
+                self.first_notfound = time.monotonic()
+        if reader is not None:
+            reader.close()
+
+    def stop(self):
+        self.halt.set()
+        self.join(10)
+        return self.answers
+
+
+def case_get_after_new_dir(checks, tmp):
+    """dn1 restarted at once with an empty directory under its name: `get`
+    of a message dn2 still holds must never answer not found."""
+    cluster = started(checks, tmp, ["dn1", "dn2"], 2)
+    try:
+        ledger = Ledger()
+        store(cluster.port, "x", range(1, 21), ledger)
+        probe = ledger.answers[-1].id
+        notfound = 0
+        # Restarted at once, and after short pauses: the get runs all along.
+        for pause in (0, 0, 0.05, 0.3):
+            joins = cluster.joins("dn1")
+            hammer = Hammer(cluster.port, probe)
+            time.sleep(0.2)
+            cluster.kill("dn1")
+            shutil.rmtree(cluster.data_dir("dn1"))
+            time.sleep(pause)
+            cluster.start_node("dn1")
+            back = wait_for(lambda: cluster.joins("dn1") > joins, 10)
+            back_at = time.monotonic()
+            time.sleep(1.5)
+            answers = hammer.stop()
+            after = (f"; the first {hammer.first_notfound - back_at:+.3f} s from its rejoin"
+                     if hammer.first_notfound else "")
+            checks.figure(f"dn1 restarted empty after {pause} s ({'rejoined' if back else 'not back'}"
+                          f"): get {probe}: {dict(answers)}{after}")
+            notfound += answers["notfound"]
+        checks.check(notfound == 0, f"get of a message dn2 holds never answered not found "
+                     f"({notfound} times)")
+        check_store(checks, "store", read_disk(cluster.dirs()), ledger.answers, 2,
+                    excused=lambda a: {"dn1"})
+    finally:
+        cluster.stop()
+
+
 CASES = {
     "forgotten-key": case_forgotten_key,
     "full-restart": case_full_restart,
     "tail-restart": case_tail_restart,
     "clock-skew": case_clock_skew,
     "split-brain": case_split_brain,
+    "get-after-new-dir": case_get_after_new_dir,
 }
 
 
