@@ -1007,6 +1007,149 @@ def case_get_after_new_dir(checks, tmp):
         cluster.stop()
 
 
+RETAINING = {"SEGMENT_BYTES": "1MiB", "RETENTION_BYTES": "2MiB"}
+
+
+def padded(key):
+    """About 1 KB under `key`: a few thousand fill segments of 1 MiB."""
+    return f"{text_of(key)} " + "x" * 1000
+
+
+def removed_segments(cluster, node):
+    try:
+        with open(os.path.join(cluster.data_dir(node), "retention.txt")) as f:
+            return sum(1 for line in f if "removed segment=" in line)
+    except OSError:
+        return 0
+
+
+def repair_passes(cluster):
+    return len(re.findall(r"repair (?:done|stopped)", cluster.head_log()))
+
+
+def after_repair(cluster, passes, timeout=30):
+    """Waits for a repair pass beyond the first `passes`, and for the
+    copies it handed over to land; the last pass's line."""
+    wait_for(lambda: repair_passes(cluster) > passes, timeout, step=0.2)
+    time.sleep(1)
+    done = re.findall(r"repair (?:done|stopped)[^\n]*", cluster.head_log())
+    return done[-1][:230] if done else "no repair pass"
+
+
+def stamp_seconds(stamp):
+    day, clock = stamp.split(" ")
+    whole, _, millis = clock.partition(",")
+    t = time.strptime(f"{day} {whole}", "%Y-%m-%d %H:%M:%S")
+    return time.mktime(t) + int(millis or 0) / 1000
+
+
+def case_retention_repair(checks, tmp):
+    """Retention on dn1, and repair around it."""
+    nodes = ["dn1", "dn2", "dn3"]
+    # (a) dn3's disk is lost: what dn2 and dn3 held, dn1 never held.
+    cluster = started(checks, os.path.join(tmp, "ab"), nodes, 2,
+                      head_args=["--repair-after", "2s"], node_env={"dn1": RETAINING})
+    try:
+        ledger = Ledger()
+        for t in load(cluster.port, [f"r{i}" for i in range(3)], 2000, ledger, text=padded):
+            t.join(120)
+        checks.check(len(ledger.answers) >= 6000 and removed_segments(cluster, "dn1") > 0,
+                     f"(a) {len(ledger.answers)} of 6000 acknowledged; dn1's retention removed "
+                     f"{removed_segments(cluster, 'dn1')} segments")
+        on_dn1 = set(read_disk(cluster.dirs(["dn1"]))["dn1"])
+        retained_away = {a.id for a in ledger.answers if "dn1" in a.holders} - on_dn1
+        passes = repair_passes(cluster)
+        cluster.kill("dn3")
+        shutil.rmtree(cluster.data_dir("dn3"))
+        cluster.start_node("dn3")
+        checks.figure("(a) dn3 killed, its directory deleted, restarted empty; "
+                      + after_repair(cluster, passes))
+        disk = read_disk(cluster.dirs())
+        where = holders_on_disk(disk)
+        never_dn1 = [a for a in ledger.answers if set(a.holders) == {"dn2", "dn3"}]
+        thin = [a.id for a in never_dn1 if len(where.get(a.id, ())) < 2]
+        checks.check(not thin, f"(a) of {len(never_dn1)} messages dn2 and dn3 held (never dn1), "
+                     f"{len(thin)} are left with fewer than 2 copies"
+                     + (f", e.g. {' '.join(thin[:3])}" if thin else ""))
+
+        # (b) dn1, whose retention removed messages, is down while repair runs.
+        original = {a.id: a.holders for a in ledger.answers}
+        passes = repair_passes(cluster)
+        cluster.kill("dn1")
+        checks.figure("(b) dn1 killed; " + after_repair(cluster, passes))
+        disk = read_disk(cluster.dirs())
+        where = holders_on_disk(disk)
+        restored = sorted(mid for mid in retained_away
+                          if where.get(mid, set()) - set(original[mid]))
+        checks.check(not restored, f"(b) of {len(retained_away)} messages dn1's retention "
+                     f"removed, {len(restored)} were copied to a node that never held them"
+                     + (f", e.g. {' '.join(restored[:3])}" if restored else ""))
+        # A repaired copy (on a node its answer did not name) keeps the
+        # record time of the copies written when it was stored.
+        moved, off = 0, []
+        for mid, holders in original.items():
+            first = [stamp_seconds(c.stamp) for n in holders for c in disk[n].get(mid, ())]
+            if not first:
+                continue
+            for node in where.get(mid, set()) - set(holders):
+                moved += 1
+                gap = max(abs(stamp_seconds(c.stamp) - min(first)) for c in disk[node][mid])
+                if gap > 1:
+                    off.append((gap, mid, node))
+        off.sort(reverse=True)
+        checks.check(not off, f"(b) {moved} repaired copies, {len(off)} with a record time more "
+                     "than 1 s from the original's"
+                     + (f" (up to {off[0][0]:.1f} s, e.g. {off[0][1]} on {off[0][2]})" if off else ""))
+    finally:
+        cluster.stop()
+
+    # (c) After a head restart, dn1 comes back late (still down, or still
+    # reading its files) once the head node's first pass has run.
+    cluster = started(checks, os.path.join(tmp, "c"), nodes, 2)
+    try:
+        ledger = Ledger()
+        for t in load(cluster.port, [f"c{i}" for i in range(3)], 200, ledger):
+            t.join(60)
+        passes = repair_passes(cluster)
+        cluster.kill("dn1")
+        cluster.kill_head()
+        cluster.start_head(args=["--repair-after", "4s"])
+        cluster.wait_joined(["dn2", "dn3"])
+        time.sleep(5)
+        cluster.start_node("dn1")
+        checks.figure("(c) head node and dn1 killed; a new head node with --repair-after 4s; "
+                      "dn1 back 5 s after it started; " + after_repair(cluster, passes))
+        check_store(checks, "(c) after dn1 is back", read_disk(cluster.dirs()),
+                    ledger.answers, 2)
+    finally:
+        cluster.stop()
+
+    # (d) A key whose segment retention removed is resent to a new head node.
+    cluster = started(checks, os.path.join(tmp, "d"), ["dn1"], 1,
+                      node_env={"dn1": RETAINING})
+    try:
+        ledger = Ledger()
+        first = store_one(cluster.port, "d", 1, ledger)
+        for t in load(cluster.port, ["fill"], 3500, ledger, text=padded):
+            t.join(120)
+        first_id = ledger.of_key("d/1")[0].id if ledger.of_key("d/1") else None
+        gone = first_id not in read_disk(cluster.dirs())["dn1"]
+        checks.check(gone, f"(d) d/1 answered {first!r}; retention removed it from dn1: {gone}")
+        cluster.kill_head()
+        cluster.start_head()
+        cluster.wait_joined(["dn1"])
+        before = len(ledger.answers)
+        again = store_one(cluster.port, "d", 1, ledger)
+        checks.figure(f"(d) d/1 resent to a new head node: {again!r}")
+        # What retention removed is excused; the resend's answer is not.
+        late = set(a.id for a in ledger.answers[before:])
+        check_store(checks, "(d)", read_disk(cluster.dirs()), ledger.answers, 1,
+                    excused=lambda a: set() if a.id in late else {"dn1"},
+                    two_ids_allowed={"d/1"})
+    finally:
+        cluster.stop()
+
+
 CASES = {
     "forgotten-key": case_forgotten_key,
     "full-restart": case_full_restart,
@@ -1014,6 +1157,7 @@ CASES = {
     "clock-skew": case_clock_skew,
     "split-brain": case_split_brain,
     "get-after-new-dir": case_get_after_new_dir,
+    "retention-repair": case_retention_repair,
 }
 
 
