@@ -62,7 +62,7 @@ import time
 
 from common import free_port
 from replication import (BIN, Checks, Cluster, KeyedClient, KEY_FIELD, REPLY, read_acks,
-                         wait_for, wait_listening)
+                         wait_for)
 
 # One record of a data file: time, id, fields (key=..., crc32c=...), text.
 RECORD = re.compile(r"^(\S+ \S+) - \[(\d+-\d+)\] (.*?)mensaje: (.*)$")
@@ -996,8 +996,9 @@ def case_get_after_new_dir(checks, tmp):
             answers = hammer.stop()
             after = (f"; the first {hammer.first_notfound - back_at:+.3f} s from its rejoin"
                      if hammer.first_notfound else "")
-            checks.figure(f"dn1 restarted empty after {pause} s ({'rejoined' if back else 'not back'}"
-                          f"): get {probe}: {dict(answers)}{after}")
+            state = "rejoined" if back else "not back"
+            checks.figure(f"dn1 restarted empty after {pause} s ({state}): get {probe}: "
+                          f"{dict(answers)}{after}")
             notfound += answers["notfound"]
         checks.check(notfound == 0, f"get of a message dn2 holds never answered not found "
                      f"({notfound} times)")
@@ -1027,7 +1028,7 @@ def repair_passes(cluster):
     return len(re.findall(r"repair (?:done|stopped)", cluster.head_log()))
 
 
-def after_repair(cluster, passes, timeout=30):
+def after_repair(cluster, passes, timeout=20):
     """Waits for a repair pass beyond the first `passes`, and for the
     copies it handed over to land; the last pass's line."""
     wait_for(lambda: repair_passes(cluster) > passes, timeout, step=0.2)
@@ -1047,8 +1048,10 @@ def case_retention_repair(checks, tmp):
     """Retention on dn1, and repair around it."""
     nodes = ["dn1", "dn2", "dn3"]
     # (a) dn3's disk is lost: what dn2 and dn3 held, dn1 never held.
+    # Each message routed on its own: dn1 gets its two thirds, enough to roll.
     cluster = started(checks, os.path.join(tmp, "ab"), nodes, 2,
-                      head_args=["--repair-after", "2s"], node_env={"dn1": RETAINING})
+                      head_args=["--repair-after", "2s", "--sticky-run", "1"],
+                      node_env={"dn1": RETAINING})
     try:
         ledger = Ledger()
         for t in load(cluster.port, [f"r{i}" for i in range(3)], 2000, ledger, text=padded):
@@ -1064,10 +1067,14 @@ def case_retention_repair(checks, tmp):
         cluster.start_node("dn3")
         checks.figure("(a) dn3 killed, its directory deleted, restarted empty; "
                       + after_repair(cluster, passes))
-        disk = read_disk(cluster.dirs())
-        where = holders_on_disk(disk)
         never_dn1 = [a for a in ledger.answers if set(a.holders) == {"dn2", "dn3"}]
-        thin = [a.id for a in never_dn1 if len(where.get(a.id, ())) < 2]
+
+        def thin():
+            where = holders_on_disk(read_disk(cluster.dirs()))
+            return [a.id for a in never_dn1 if len(where.get(a.id, ())) < 2]
+        # Passes that follow (leftovers, retries) may still be copying.
+        wait_for(lambda: not thin(), 10, step=0.5)
+        thin = thin()
         checks.check(not thin, f"(a) of {len(never_dn1)} messages dn2 and dn3 held (never dn1), "
                      f"{len(thin)} are left with fewer than 2 copies"
                      + (f", e.g. {' '.join(thin[:3])}" if thin else ""))
@@ -1097,9 +1104,9 @@ def case_retention_repair(checks, tmp):
                 if gap > 1:
                     off.append((gap, mid, node))
         off.sort(reverse=True)
+        worst = f" (up to {off[0][0]:.1f} s, e.g. {off[0][1]} on {off[0][2]})" if off else ""
         checks.check(not off, f"(b) {moved} repaired copies, {len(off)} with a record time more "
-                     "than 1 s from the original's"
-                     + (f" (up to {off[0][0]:.1f} s, e.g. {off[0][1]} on {off[0][2]})" if off else ""))
+                     f"than 1 s from the original's{worst}")
     finally:
         cluster.stop()
 
@@ -1118,7 +1125,7 @@ def case_retention_repair(checks, tmp):
         time.sleep(5)
         cluster.start_node("dn1")
         checks.figure("(c) head node and dn1 killed; a new head node with --repair-after 4s; "
-                      "dn1 back 5 s after it started; " + after_repair(cluster, passes))
+                      "dn1 back 5 s after it started; " + after_repair(cluster, passes, 12))
         check_store(checks, "(c) after dn1 is back", read_disk(cluster.dirs()),
                     ledger.answers, 2)
     finally:
