@@ -974,17 +974,19 @@ class Hammer(threading.Thread):
 
 def case_get_after_new_dir(checks, tmp):
     """dn1 restarted at once with an empty directory under its name: `get`
-    of a message dn2 still holds must never answer not found."""
+    of a message dn2 still holds must never answer not found, also while
+    the repair that the new directory starts at once reads both nodes."""
     cluster = started(checks, tmp, ["dn1", "dn2"], 2)
     try:
         ledger = Ledger()
-        store(cluster.port, "x", range(1, 21), ledger)
-        probe = ledger.answers[-1].id
+        for t in load(cluster.port, [f"x{i}" for i in range(3)], 1000, ledger):
+            t.join(60)
+        probes = [ledger.answers[0].id, ledger.answers[-1].id]
         notfound = 0
-        # Restarted at once, and after short pauses: the get runs all along.
+        # Restarted at once, and after short pauses; gets run all along.
         for pause in (0, 0, 0.05, 0.3):
             joins = cluster.joins("dn1")
-            hammer = Hammer(cluster.port, probe)
+            hammers = [Hammer(cluster.port, mid) for mid in probes]
             time.sleep(0.2)
             cluster.kill("dn1")
             shutil.rmtree(cluster.data_dir("dn1"))
@@ -993,11 +995,14 @@ def case_get_after_new_dir(checks, tmp):
             back = wait_for(lambda: cluster.joins("dn1") > joins, 10)
             back_at = time.monotonic()
             time.sleep(1.5)
-            answers = hammer.stop()
-            after = (f"; the first {hammer.first_notfound - back_at:+.3f} s from its rejoin"
-                     if hammer.first_notfound else "")
+            answers = collections.Counter()
+            for h in hammers:
+                answers.update(h.stop())
+            firsts = [h.first_notfound - back_at for h in hammers if h.first_notfound]
+            after = f"; the first {min(firsts):+.3f} s from its rejoin" if firsts else ""
             state = "rejoined" if back else "not back"
-            checks.figure(f"dn1 restarted empty after {pause} s ({state}): get {probe}: "
+            checks.figure(f"dn1 restarted empty after {pause} s ({state}): "
+                          f"get {' and '.join(probes)}: "
                           f"{dict(answers)}{after}")
             notfound += answers["notfound"]
         checks.check(notfound == 0, f"get of a message dn2 holds never answered not found "
