@@ -20,14 +20,13 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use node_kit::telemetry::MESSAGES_TARGET;
 use protocol::Line;
+use protocol::client::{OUTCOME_UNKNOWN, StoreReply, parse_keyed_message, validate_text};
 use protocol::connection::Connection;
-use protocol::message::{
-    ClientId, MessageKey, OUTCOME_UNKNOWN, StoreReply, parse_keyed_message, truncate_for_log,
-    validate_text,
-};
+use protocol::error::truncate_for_log;
+use protocol::ids::{ClientId, MessageKey};
 use protocol::net::Stream;
-use protocol::telemetry::MESSAGES_TARGET;
 use rand::rngs::SmallRng;
 use tokio::sync::{AcquireError, OwnedSemaphorePermit, mpsc};
 use tokio::time::Instant;
@@ -163,7 +162,7 @@ pub(crate) async fn run<S: Stream>(
                     window.fill(done);
                 }
             }
-            _ = protocol::server::sleep_until(stall_deadline) => {
+            _ = node_kit::server::sleep_until(stall_deadline) => {
                 warn!(unflushed = conn.writer.pending(), timeout = ?config.write_timeout, "cliente is not reading its answers; closing");
                 break "not reading its answers";
             }
@@ -185,7 +184,7 @@ pub(crate) async fn run<S: Stream>(
                     Err(_) => window.fill(failed(waiting.slot, "head node shutting down")),
                 }
             }
-            _ = protocol::server::sleep_until(idle_deadline) => {
+            _ = node_kit::server::sleep_until(idle_deadline) => {
                 info!(timeout = ?config.client_idle_timeout, "cliente idle; closing");
                 let reason = format!("idle for {:?}; closing", config.client_idle_timeout);
                 conn.close_with_error(&reason).await;

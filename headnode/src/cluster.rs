@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use protocol::telemetry::HEARTBEAT_TARGET;
+use node_kit::telemetry::HEARTBEAT_TARGET;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -24,7 +24,7 @@ use crate::prober::Prober;
 use crate::recovery::{Gate, Recovered, Recovery};
 use crate::router::{NodeHandle, NodeLoad, Routes};
 use crate::signal::Signal;
-use protocol::message::NodeId;
+use protocol::ids::NodeId;
 
 /// What the membership task hears about.
 #[derive(Debug)]

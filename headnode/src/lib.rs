@@ -27,8 +27,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use node_kit::server::{Admission, Handshakes};
 use protocol::net::Listener;
-use protocol::server::{Admission, Handshakes};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use tokio::net::TcpListener;
@@ -182,9 +182,9 @@ async fn serve<L: Listener>(
     config.validate()?;
     let status = Arc::new(status::Status::default());
     let repair = Arc::new(repair::Repair::new(config.repair_after));
-    let fd_limit = protocol::server::raise_fd_limit();
+    let fd_limit = node_kit::server::raise_fd_limit();
     let limits = Limits::share(
-        protocol::server::connection_budget(fd_limit, config.max_connections),
+        node_kit::server::connection_budget(fd_limit, config.max_connections),
         &config,
     );
     let prober: Arc<dyn Prober> = match &config.prober {
@@ -275,10 +275,10 @@ async fn serve<L: Listener>(
     if let Some(http) = http {
         info!(addr = %http.local_addr()?, "status page, /metrics and /status.json served over HTTP");
         let handler_shared = shared.clone();
-        observers.spawn(protocol::http::run(
+        observers.spawn(node_kit::http::run(
             http,
             shared.config.http.clone(),
-            move |request: &protocol::http::Request| status::handle(&handler_shared, request),
+            move |request: &node_kit::http::Request| status::handle(&handler_shared, request),
             nodes_stop.clone().cancelled_owned(),
         ));
     }

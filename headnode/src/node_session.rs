@@ -6,10 +6,12 @@
 
 use std::sync::Arc;
 
+use node_kit::telemetry::MESSAGES_TARGET;
 use protocol::connection::Connection;
-use protocol::message::{FromDataNode, MessageId, NodeId, ToDataNode, truncate_for_log};
+use protocol::datanode::{FromDataNode, ToDataNode};
+use protocol::error::truncate_for_log;
+use protocol::ids::{MessageId, NodeId};
 use protocol::net::Stream;
-use protocol::telemetry::MESSAGES_TARGET;
 use rand::rngs::SmallRng;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::{Instant, MissedTickBehavior};
@@ -68,7 +70,7 @@ pub(crate) async fn run<S: Stream>(
         config
             .reader
             .max_line
-            .saturating_add(protocol::message::READ_LINE_OVERHEAD),
+            .saturating_add(protocol::datanode::READ_LINE_OVERHEAD),
     );
     let mut in_flight = InFlight::default();
     // Original-system nodes cannot serve reads.
@@ -109,7 +111,7 @@ pub(crate) async fn run<S: Stream>(
                     break Some(format!("write failed: {e}"));
                 }
             }
-            _ = protocol::server::sleep_until(stall_deadline) => {
+            _ = node_kit::server::sleep_until(stall_deadline) => {
                 break Some(format!("it took none of our bytes for {:?}", config.write_timeout));
             }
             frame = conn.reader.read_frame() => {
@@ -256,7 +258,7 @@ pub(crate) async fn run<S: Stream>(
                 ping_seq += 1;
                 conn.writer.queue_with(|buf| ToDataNode::Ping(ping_seq).encode(buf));
             }
-            _ = protocol::server::sleep_until(next_deadline) => {
+            _ = node_kit::server::sleep_until(next_deadline) => {
                 if info.legacy {
                     // Its only hang detector: the membership evicts it, and
                     // what it held is resent on the way out below.
