@@ -45,7 +45,6 @@ use node_kit::timefmt::timestamp;
 use protocol::datanode::ReadRecord;
 use protocol::ids::{MessageId, NodeId};
 use protocol::status::RepairPass;
-use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -61,6 +60,9 @@ use crate::tail::{Merge, Step, Watermark};
 
 /// Repair copies on their way at once.
 pub(crate) const REPAIR_IN_FLIGHT: usize = 64;
+/// Which of the generators derived from the head node's seed repair's is
+/// (connections take theirs from 1 up, the waiting room 0).
+const REPAIR_RNG_STREAM: u64 = u64::MAX;
 /// Records per scan page of a repair pass (per node).
 pub(crate) const REPAIR_SCAN_PAGE: u32 = 256;
 /// Data nodes whose store id is remembered, at most (one entry each).
@@ -382,7 +384,9 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
         info!("repair off: one copy per message (--replicas 1), so there is nothing to copy from");
         return;
     }
-    let mut rng = SmallRng::from_rng(&mut rand::rng());
+    // From the head node's seed, when it has one: a seeded run (the
+    // simulation's) places repair copies the same way every time.
+    let mut rng = crate::seeded_rng(shared.config.rng_seed, REPAIR_RNG_STREAM);
     // The node the last wait was logged for: logged once per node.
     let mut last_wait: Option<NodeId> = None;
     loop {
