@@ -8,6 +8,7 @@ use protocol::auth::ClusterToken;
 use protocol::ids::{NodeId, Zone};
 
 use crate::keys;
+use crate::node::SessionConfig;
 use crate::storage::StoreConfig;
 use crate::storage::{self, FsyncPolicy};
 
@@ -93,6 +94,22 @@ impl Config {
             leave_timeout: Duration::from_secs(5),
             fsync_report_every: protocol::datanode::FSYNC_REPORT_EVERY,
             source_ip: None,
+        }
+    }
+}
+
+impl Config {
+    /// The times a session with a head node keeps to. Only a batch commit
+    /// has an fdatasync worth sharing, so only `--fsync batch` lingers.
+    pub fn session(&self) -> SessionConfig {
+        SessionConfig {
+            commit_linger: match self.fsync {
+                FsyncPolicy::Batch => self.commit_linger,
+                FsyncPolicy::Always | FsyncPolicy::Never => Duration::ZERO,
+            },
+            fsync_report_every: self.fsync_report_every,
+            head_timeout: self.head_timeout,
+            leave_timeout: self.leave_timeout,
         }
     }
 }

@@ -32,7 +32,7 @@ use crate::keys::{KeyIndex, now_millis};
 use crate::node::{Commit, Handled, Next, Node, Session, SessionConfig, SessionEnd};
 use crate::reads::{ReadServer, SharedWriter};
 use crate::storage::store::{self, Store};
-use crate::storage::{self, DataFile, EpochFile, FsyncPolicy, StorageError};
+use crate::storage::{self, DataFile, EpochFile, StorageError};
 
 /// Extra room for a record's timestamp, id, key and checksum around a
 /// `mensaje` line's text, when it is read back.
@@ -113,13 +113,7 @@ pub(crate) async fn serve<F: Future<Output = ()>>(
     let thread_config = DataPathConfig {
         max_line: config.max_line.saturating_add(FORWARD_OVERHEAD),
         head_timeout: config.head_timeout,
-        leave_timeout: config.leave_timeout,
-        fsync_report_every: config.fsync_report_every,
-        // Only a batch commit has an fdatasync worth sharing.
-        commit_linger: match config.fsync {
-            FsyncPolicy::Batch => config.commit_linger,
-            FsyncPolicy::Always | FsyncPolicy::Never => Duration::ZERO,
-        },
+        session: config.session(),
     };
     let thread_leave = leave.clone();
     let span = tracing::Span::current();
@@ -170,20 +164,7 @@ impl Drop for CloseOnDrop {
 struct DataPathConfig {
     max_line: usize,
     head_timeout: Duration,
-    leave_timeout: Duration,
-    commit_linger: Duration,
-    fsync_report_every: Duration,
-}
-
-impl DataPathConfig {
-    fn session(&self) -> SessionConfig {
-        SessionConfig {
-            commit_linger: self.commit_linger,
-            fsync_report_every: self.fsync_report_every,
-            head_timeout: self.head_timeout,
-            leave_timeout: self.leave_timeout,
-        }
-    }
+    session: SessionConfig,
 }
 
 /// The report after `welcome` (see [`Node::report`]), written in pieces of
@@ -264,7 +245,7 @@ fn data_path(
     let NodeState {
         data, store, node, ..
     } = state;
-    let mut session = node.session(config.session(), reads.slots(), Instant::now());
+    let mut session = node.session(config.session, reads.slots(), Instant::now());
     let mut path = DataPath {
         stream,
         inbuf,
