@@ -1,59 +1,65 @@
-//! A model of a data node, exact at the protocol level.
+//! A data node of the simulation: the real data node's decisions
+//! ([`::datanode::node`]) driven over a simulated network and a simulated
+//! disk.
 //!
-//! The real data node (`datanode` crate) keeps its data path on a blocking
-//! std thread with std sockets; a simulated network drives only async
-//! sockets on its own runtime, so the real node cannot run here. This model
-//! does what the head node can observe of one:
+//! The real data node keeps its data path on a blocking std thread with
+//! std sockets, which a simulated network cannot drive; this driver does
+//! here what that thread does there, with the same core deciding:
 //!
-//! - registers with `dataNode id=.. incarnation=.. nonce=..`, checks the
-//!   head node's proof of the cluster token and answers with its own;
-//! - refuses a head node whose epoch is older than the newest it has seen
-//!   (kept on its [`Disk`]), and after `welcome` reports the keys it holds
-//!   (`held`), the last `members` list (`peers`) and `ready`;
-//! - writes each `mensaje <id> [<key>]: <text>` of a batch to its [`Disk`],
-//!   syncs once, and only then answers `recibido <id>` (group commit); a
-//!   key it holds is answered `recibido <id>` or `recibido <id> <held>`
-//!   without a write, and a key repeated in a batch is written once;
-//! - drops a message withdrawn before its batch is written, answering
-//!   `withdrawn <id>` in its place;
-//! - answers `ping <n>` with `pong <n>` in order, so after everything
-//!   received before it is durable;
-//! - reconnects with jittered backoff after losing the head node, and takes
-//!   a higher incarnation on every start.
+//! - registers through the protocol's registration
+//!   ([`protocol::datanode::register`]): the hello with its incarnation and
+//!   store id, the head node's proof checked before its own is given, a head
+//!   node older than the newest epoch on its [`Disk`] refused;
+//! - after `welcome`, raises the disk's epoch and sends the core's report:
+//!   the keys its index holds, the last `members` list, `ready`;
+//! - hands every line to the session, waits out the group commit's linger
+//!   for the rest of a burst, writes the staged batch to the [`Disk`] and
+//!   syncs it (a crash loses what was not synced), then answers;
+//! - serves the batch's reads (`get`, `getkey`, `scan`) from the disk's
+//!   durable records with the real node's read answers
+//!   ([`::datanode::reads::answer`]);
+//! - on `bye` closes its side; reconnects with jittered backoff after
+//!   losing the head node, keeps its key index across sessions, rebuilds it
+//!   from the disk on every start, and takes a higher incarnation then.
 
-use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use protocol::auth::{ClusterToken, Exchange, Nonce};
+use bytes::BytesMut;
+use datanode::keys::{DEFAULT_DEDUP_KEYS, DEFAULT_DEDUP_WINDOW, KeyIndex};
+use datanode::metrics::NodeMetrics;
+use datanode::node::{
+    Commit, Handled, Next, Node, ReadSlots, Session, SessionConfig, SessionEnd, Staging,
+};
+use protocol::Line;
+use protocol::auth::{ClusterToken, Nonce};
 use protocol::connection::Connection;
-use protocol::datanode::{DataNodeHello, FromDataNode, HELD_PER_LINE, STALE_HEAD, ToDataNode};
+use protocol::datanode::FromDataNode;
+use protocol::datanode::register::{Registration, register};
 use protocol::handshake;
-use protocol::ids::{MessageId, MessageKey, NodeId};
+use protocol::ids::{KeyRef, MessageId, NodeId};
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 
-use crate::disk::Disk;
+use crate::disk::{Disk, DiskRecords, Record};
 use crate::net::SimStream;
 use crate::trace::Trace;
 
-/// Longest line the model reads.
-const MAX_LINE: usize = 1 << 16;
-/// Time allowed for each registration step.
-const STEP_TIMEOUT: Duration = Duration::from_secs(5);
-/// The head node pings every second; this much silence means the
-/// connection is dead (a partition can break it without a close).
-const HEAD_SILENT: Duration = Duration::from_secs(5);
+/// Longest line read from the head node: the longest text and room for
+/// the `mensaje <id> <key>: ` before it, as the real node allows.
+const MAX_LINE: usize = protocol::DEFAULT_MAX_LINE + 256;
+/// How long a read waits before the session looks at the clock (the real
+/// data path's poll).
+const POLL: Duration = Duration::from_millis(100);
 /// First and longest pause between reconnection attempts.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(1));
-/// Lines handled per fsync at most.
-const BATCH: usize = 256;
 
 /// One data node of the simulation.
-pub struct DataNodeModel {
+pub struct SimDataNode {
     /// Its id, `dn1` and so on.
-    pub id: String,
+    pub id: NodeId,
     /// Where the head node listens (`head:7000`).
     pub head: String,
     /// The cluster token.
@@ -64,30 +70,59 @@ pub struct DataNodeModel {
     pub starts: Arc<AtomicU64>,
     /// Seed of its jitter and nonces.
     pub seed: u64,
+    /// Reads it has answered, by kind: `get` (and `getkey`), `scan`.
+    pub reads: Arc<[AtomicU64; 2]>,
     /// Where it records what it sees.
     pub trace: Trace,
 }
 
-/// What one life of the node keeps between its sessions.
-#[derive(Default)]
-struct Life {
-    /// The last `members` list, for the next report.
-    peers: Option<Vec<NodeId>>,
+/// The simulated clock: a monotonic instant for the core's decisions.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
 }
 
-impl DataNodeModel {
-    /// One life of the node's process: runs until the host is crashed.
+/// The simulated wall clock, in Unix ms (the simulation starts at the
+/// epoch).
+fn now_ms() -> u64 {
+    turmoil::since_epoch().map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The times the real data node keeps to, with its defaults.
+fn session_config(id: &NodeId) -> SessionConfig {
+    datanode::Config::new("head", id.clone()).session()
+}
+
+impl SimDataNode {
+    /// One life of the node's process: runs until the host is crashed, or
+    /// the node must stop for good (as the real one exits).
     pub async fn run(self: Arc<Self>) -> turmoil::Result {
         let incarnation = self.starts.fetch_add(1, Ordering::Relaxed) + 1;
         let mut rng = SmallRng::seed_from_u64(self.seed ^ incarnation.rotate_left(32));
         self.trace
             .record(format!("{} starts, incarnation {incarnation}", self.id));
+        let metrics = Arc::new(NodeMetrics::default());
+        let mut node = Node::new(self.keys_on_disk(), metrics.clone());
         let mut backoff = BACKOFF.0;
-        let life = Mutex::new(Life::default());
         loop {
-            match self.session(incarnation, &mut rng, &life).await {
-                Ok(()) => backoff = BACKOFF.0,
-                Err(why) => self.trace.record(format!("{}: {why}", self.id)),
+            match self
+                .session(incarnation, &mut rng, &mut node, &metrics)
+                .await
+            {
+                Ok(SessionEnd::Reconnect(why)) => {
+                    self.trace
+                        .record(format!("{} lost the head node: {why}", self.id));
+                    backoff = BACKOFF.0;
+                }
+                Ok(end) => {
+                    self.trace.record(format!("{} stops: {end:?}", self.id));
+                    return Ok(());
+                }
+                Err(e) if e.is_fatal() => {
+                    self.trace
+                        .record(format!("{} stops: registration refused: {e}", self.id));
+                    return Ok(());
+                }
+                Err(e) => self.trace.record(format!("{}: {e}", self.id)),
             }
             let pause = backoff / 2 + backoff.mul_f64(rng.random::<f64>() / 2.0);
             tokio::time::sleep(pause).await;
@@ -95,220 +130,288 @@ impl DataNodeModel {
         }
     }
 
-    /// One connection to the head node. `Ok` once it was welcomed and then
-    /// lost; `Err` when registering failed.
+    /// The key index a starting node rebuilds from its data: the keyed
+    /// records within the window, the first of a key winning.
+    fn keys_on_disk(&self) -> KeyIndex {
+        let mut keys = KeyIndex::new(DEFAULT_DEDUP_KEYS, DEFAULT_DEDUP_WINDOW);
+        let now_ms = now_ms();
+        for record in self.disk.durable() {
+            if let (Some(id), Some(key)) = (record.id, &record.key) {
+                keys.insert(key.as_ref(), id, record.stored_ms, now_ms);
+            }
+        }
+        keys
+    }
+
+    /// One connection to the head node: registered, then served until the
+    /// session ends.
     async fn session(
         &self,
         incarnation: u64,
         rng: &mut SmallRng,
-        life: &Mutex<Life>,
-    ) -> Result<(), String> {
+        node: &mut Node,
+        metrics: &NodeMetrics,
+    ) -> Result<SessionEnd, SessionError> {
         let stream = SimStream::connect(&self.head)
             .await
-            .map_err(|e| format!("connect failed: {e}"))?;
-        let mut conn = Connection::connect(stream, MAX_LINE).map_err(|e| e.to_string())?;
-        let node_nonce = Nonce::from_rng(rng);
-        let hello = DataNodeHello {
-            node_id: Some(self.id.parse().map_err(|e| format!("{e}"))?),
-            incarnation: Some(incarnation),
-            nonce: Some(node_nonce),
-            zone: None,
-            store: None,
-        };
-        handshake::initiate(
-            &mut conn.reader,
-            &mut conn.writer,
-            Some(&hello.to_line()),
-            STEP_TIMEOUT,
-        )
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
-        let challenge = read_line(&mut conn, STEP_TIMEOUT).await?;
-        let Ok(ToDataNode::Challenge { nonce, proof }) = ToDataNode::parse(&challenge) else {
-            return Err(format!("refused: {challenge}"));
-        };
-        let exchange = Exchange {
-            node_id: &self.id,
+            .map_err(|e| SessionError::Connect(e.to_string()))?;
+        let mut conn = Connection::connect(stream, MAX_LINE)
+            .map_err(|e| SessionError::Connect(e.to_string()))?;
+        let registration = Registration {
+            node_id: self.id.clone(),
             incarnation,
-            node_nonce: &node_nonce,
-            head_nonce: &nonce,
+            zone: None,
+            store: Some(self.disk.store_id()),
+            token: Some((&self.token, Nonce::from_rng(rng))),
+            newest_epoch: self.disk.epoch(),
+            step_timeout: handshake::DEFAULT_HANDSHAKE_TIMEOUT,
         };
-        let Some(ours) = self.token.answer_challenge(&exchange, &proof) else {
-            return Err("the head node's proof is wrong".into());
-        };
-        conn.writer
-            .queue_with(|buf| FromDataNode::Proof(ours).encode(buf));
-        conn.writer.flush().await.map_err(|e| e.to_string())?;
-        let welcome = read_line(&mut conn, STEP_TIMEOUT).await?;
-        let Ok(ToDataNode::Welcome { node, epoch }) = ToDataNode::parse(&welcome) else {
-            return Err(format!("not welcomed: {welcome}"));
-        };
-        if node.as_str() != self.id {
-            return Err(format!("not welcomed: {welcome}"));
-        }
-        let newest = self.disk.epoch();
-        if epoch < newest {
-            let reason = format!("{STALE_HEAD}: epoch {epoch} is older than {newest}");
-            conn.writer
-                .queue_with(|buf| FromDataNode::Error(reason.clone()).encode(buf));
-            let _ = conn.writer.flush().await;
-            return Err(reason);
-        }
-        self.disk.raise_epoch(epoch);
+        let welcomed = register(&mut conn, &registration)
+            .await
+            .map_err(SessionError::Register)?;
+        self.disk.raise_epoch(welcomed.epoch);
         self.trace.record(format!("{} welcomed", self.id));
-        let peers = life.lock().map(|l| l.peers.clone()).unwrap_or_default();
-        for line in report(&self.disk.durable(), peers) {
-            conn.writer.queue_with(|buf| line.encode(buf));
+        let _ = node.report(now_ms(), |line| {
+            conn.writer.queue_lines(|buf| line.encode_line(buf));
+            Ok::<_, Infallible>(())
+        });
+        if let Err(e) = conn.writer.flush().await {
+            return Ok(SessionEnd::Reconnect(format!(
+                "write failed during the report: {e}"
+            )));
         }
-        conn.writer.flush().await.map_err(|e| e.to_string())?;
-        let lost = self.serve(&mut conn, life).await;
-        self.trace
-            .record(format!("{} lost the head node: {lost}", self.id));
-        Ok(())
+        let slots = ReadSlots::default();
+        let mut session = node.session(session_config(&self.id), slots.clone(), now());
+        let mut path = SimDataPath {
+            conn,
+            first: None,
+            staging: SimStaging::default(),
+            out: BytesMut::new(),
+            slots,
+        };
+        let end = path.run(&mut session, self, metrics).await;
+        session.abandon(&mut path.staging);
+        Ok(end)
+    }
+}
+
+/// Why a session never got going.
+#[derive(Debug)]
+enum SessionError {
+    Connect(String),
+    Register(protocol::datanode::register::RegisterError),
+}
+
+impl SessionError {
+    fn is_fatal(&self) -> bool {
+        matches!(self, SessionError::Register(e) if e.is_fatal())
+    }
+}
+
+impl std::fmt::Display for SessionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SessionError::Connect(e) => write!(f, "connect failed: {e}"),
+            SessionError::Register(e) => write!(f, "registration failed: {e}"),
+        }
+    }
+}
+
+/// The batch being staged, in the process's memory: lost with it.
+#[derive(Default)]
+struct SimStaging {
+    records: Vec<Record>,
+    stamp_ms: u64,
+}
+
+impl Staging for SimStaging {
+    fn stage(&mut self, id: Option<MessageId>, key: Option<KeyRef<'_>>, text: &[u8]) {
+        if self.records.is_empty() {
+            // One timestamp per batch, as the real data file writes it.
+            self.stamp_ms = now_ms();
+        }
+        self.records.push(Record {
+            id,
+            key: key.map(|k| k.to_key()),
+            text: String::from_utf8_lossy(text).into_owned(),
+            stored_ms: self.stamp_ms,
+        });
     }
 
-    /// Stores and answers until the connection is lost; returns why.
-    async fn serve(&self, conn: &mut Connection<SimStream>, life: &Mutex<Life>) -> String {
-        // Keys written and synced, rebuilt from the disk like `data.txt`.
-        let mut held: HashMap<MessageKey, MessageId> = HashMap::new();
-        for record in self.disk.durable() {
-            if let Some(key) = record.key {
-                held.entry(key).or_insert(record.id);
-            }
+    fn staged(&self) -> usize {
+        self.records.len()
+    }
+
+    fn last_stamp_ms(&self) -> u64 {
+        self.stamp_ms
+    }
+
+    fn unstage_record(
+        &mut self,
+        index: usize,
+        dropped: impl FnOnce(Option<MessageId>, Option<KeyRef<'_>>),
+    ) -> bool {
+        if index >= self.records.len() {
+            return false;
         }
-        // Lines read but left for the next batch, behind a repeated key.
-        let mut pending: Vec<String> = Vec::new();
+        let record = self.records.remove(index);
+        dropped(record.id, record.key.as_ref().map(|k| k.as_ref()));
+        true
+    }
+
+    fn discard_staged_records(
+        &mut self,
+        mut dropped: impl FnMut(Option<MessageId>, Option<KeyRef<'_>>),
+    ) {
+        for record in self.records.drain(..) {
+            dropped(record.id, record.key.as_ref().map(|k| k.as_ref()));
+        }
+    }
+}
+
+/// One session's driver: the connection, the batch being staged, and the
+/// reads' places.
+struct SimDataPath {
+    conn: Connection<SimStream>,
+    /// The line to hand in first: one read while lingering, or one that
+    /// waits behind a repeated key.
+    first: Option<Line>,
+    staging: SimStaging,
+    /// Read answers, encoded.
+    out: BytesMut,
+    slots: ReadSlots,
+}
+
+impl SimDataPath {
+    /// Hands in, commits and answers, batch after batch, until the session
+    /// ends.
+    async fn run(
+        &mut self,
+        session: &mut Session<'_>,
+        node: &SimDataNode,
+        metrics: &NodeMetrics,
+    ) -> SessionEnd {
         loop {
-            let mut batch = std::mem::take(&mut pending);
-            if batch.is_empty() {
-                match read_line(conn, HEAD_SILENT).await {
-                    Ok(line) => batch.push(line),
-                    Err(why) => return why,
-                }
+            if let Some(end) = self.hand_lines(session) {
+                return end;
             }
-            while batch.len() < BATCH {
-                match conn.reader.next_buffered() {
-                    Ok(Some(line)) => batch.push(line.as_str().to_owned()),
-                    Ok(None) => break,
-                    Err(e) => return e.to_string(),
-                }
+            if let Commit::WaitUntil(until) = session.when_to_commit(self.staging.staged(), now())
+                && self.read_before(until).await
+            {
+                continue;
             }
-            let mut answers = Vec::with_capacity(batch.len());
-            let mut staged: Vec<Staged> = Vec::new();
-            let mut handled = 0;
-            for line in &batch {
-                match ToDataNode::parse(line) {
-                    Ok(ToDataNode::Store {
-                        id: Some(id),
-                        key,
-                        text,
-                    }) => {
-                        let key = key.map(|k| k.to_key());
-                        match key.as_ref().and_then(|k| held.get(k)) {
-                            Some(&first) if first == id => {
-                                answers.push(FromDataNode::Stored(Some(id)))
-                            }
-                            Some(&first) => {
-                                answers.push(FromDataNode::AlreadyHeld { id, held: first })
-                            }
-                            // Staged in this batch: decided after its commit.
-                            None if key.is_some() && staged.iter().any(|s| s.key == key) => break,
-                            None => {
-                                staged.push(Staged {
-                                    id,
-                                    key,
-                                    text: text.to_owned(),
-                                    answer: answers.len(),
-                                });
-                                answers.push(FromDataNode::Stored(Some(id)));
-                            }
-                        }
+            if let Err(end) = self.commit(session, node, metrics).await {
+                return end;
+            }
+            match session.next(now()) {
+                Next::Read => {
+                    if let Some(end) = self.read(session).await {
+                        return end;
                     }
-                    Ok(ToDataNode::Withdraw(id)) => {
-                        if let Some(at) = staged.iter().rposition(|s| s.id == id) {
-                            let withdrawn = staged.remove(at);
-                            answers[withdrawn.answer] = FromDataNode::Withdrawn(id);
-                        }
-                    }
-                    Ok(ToDataNode::Members(nodes)) => {
-                        if let Ok(mut life) = life.lock() {
-                            life.peers = Some(nodes);
-                        }
-                    }
-                    Ok(ToDataNode::Ping(n)) => answers.push(FromDataNode::Pong(n)),
-                    Ok(ToDataNode::Bye) => return "told to leave".into(),
-                    Ok(ToDataNode::Error(reason)) => return format!("head node error: {reason}"),
-                    Ok(other) => return format!("unexpected {other:?}"),
-                    Err(e) => return format!("unparsable line: {e}"),
                 }
-                handled += 1;
-            }
-            pending = batch.split_off(handled);
-            for message in &staged {
-                self.disk
-                    .write(message.id, message.key.clone(), &message.text);
-            }
-            if !staged.is_empty() {
-                self.disk.fsync().await;
-            }
-            for message in staged {
-                if let Some(key) = message.key {
-                    held.entry(key).or_insert(message.id);
+                Next::HandBack => {}
+                Next::Drained => {
+                    let _ = self.conn.writer.shutdown().await;
+                    return SessionEnd::Left;
                 }
-            }
-            conn.writer
-                .queue_lines(|buf| FromDataNode::encode_answers(answers, buf));
-            if let Err(e) = conn.writer.flush().await {
-                return format!("write failed: {e}");
+                Next::End(end) => return end,
             }
         }
     }
-}
 
-/// A message of the batch being handled, written at its commit unless
-/// withdrawn first.
-struct Staged {
-    id: MessageId,
-    key: Option<MessageKey>,
-    text: String,
-    /// Its place among the batch's answers.
-    answer: usize,
-}
-
-/// The report after `welcome`: the keys on the disk (`held`, grouped by
-/// client, at most [`HELD_PER_LINE`] a line), the last members list
-/// (`peers`), `ready`.
-fn report(records: &[crate::disk::Record], peers: Option<Vec<NodeId>>) -> Vec<FromDataNode> {
-    let mut first: HashMap<&MessageKey, MessageId> = HashMap::new();
-    for record in records {
-        if let Some(key) = &record.key {
-            first.entry(key).or_insert(record.id);
+    /// Hands every line read so far to the session, until one must wait
+    /// for a commit; the end of the session if a line ends it.
+    fn hand_lines(&mut self, session: &mut Session<'_>) -> Option<SessionEnd> {
+        let now = now();
+        loop {
+            let line = match self.first.take() {
+                Some(line) => line,
+                None => match self.conn.reader.next_buffered() {
+                    Ok(Some(line)) => line,
+                    Ok(None) => return None,
+                    Err(e) => return Some(SessionEnd::Reconnect(format!("protocol error: {e}"))),
+                },
+            };
+            match session.handle_line(line.as_str(), now, &mut self.staging) {
+                Handled::Taken => {}
+                Handled::AfterCommit => {
+                    self.first = Some(line);
+                    return None;
+                }
+                Handled::End(end) => return Some(end),
+            }
         }
     }
-    let mut keys: Vec<(MessageKey, MessageId)> =
-        first.into_iter().map(|(k, id)| (k.clone(), id)).collect();
-    keys.sort();
-    let mut lines = Vec::new();
-    for group in keys.chunk_by(|a, b| a.0.client == b.0.client) {
-        for chunk in group.chunks(HELD_PER_LINE) {
-            lines.push(FromDataNode::Held {
-                client: chunk[0].0.client.clone(),
-                keys: chunk.iter().map(|(k, id)| (k.seq, *id)).collect(),
-            });
+
+    /// Writes and syncs the staged batch, then sends its answers and serves
+    /// its reads.
+    async fn commit(
+        &mut self,
+        session: &mut Session<'_>,
+        node: &SimDataNode,
+        metrics: &NodeMetrics,
+    ) -> Result<(), SessionEnd> {
+        let staged = self.staging.staged();
+        if staged > 0 {
+            for record in self.staging.records.drain(..) {
+                node.disk.write(record);
+            }
+            node.disk.fsync().await;
+        }
+        session.committed(staged, now());
+        self.conn
+            .writer
+            .queue_lines(|buf| FromDataNode::encode_answers(session.answers(), buf));
+        let jobs: Vec<_> = session.reads().collect();
+        if !jobs.is_empty() {
+            let records = DiskRecords::of(&node.disk);
+            for job in jobs {
+                let kind = match job {
+                    datanode::node::ReadJob::Get { .. } => 0,
+                    datanode::node::ReadJob::Scan { .. } => 1,
+                };
+                node.reads[kind].fetch_add(1, Ordering::Relaxed);
+                let writer = &mut self.conn.writer;
+                let _ = datanode::reads::answer(&records, job, metrics, &mut self.out, |piece| {
+                    writer.queue_lines(|buf| buf.extend_from_slice(piece));
+                    Ok(())
+                });
+                self.slots.release();
+            }
+        }
+        self.conn
+            .writer
+            .flush()
+            .await
+            .map_err(|e| SessionEnd::Reconnect(format!("write failed: {e}")))
+    }
+
+    /// Waits until `until` for another line (the rest of a burst); false
+    /// if none came in time, or the connection has nothing more to give
+    /// (left to [`SimDataPath::read`]).
+    async fn read_before(&mut self, until: Instant) -> bool {
+        let until = tokio::time::Instant::from_std(until);
+        match tokio::time::timeout_at(until, self.conn.reader.read_frame()).await {
+            Ok(Ok(Some(line))) => {
+                self.first = Some(line);
+                true
+            }
+            _ => false,
         }
     }
-    if let Some(peers) = peers {
-        lines.push(FromDataNode::Peers(peers));
-    }
-    lines.push(FromDataNode::Ready);
-    lines
-}
 
-async fn read_line(conn: &mut Connection<SimStream>, limit: Duration) -> Result<String, String> {
-    match tokio::time::timeout(limit, conn.reader.read_frame()).await {
-        Ok(Ok(Some(line))) => Ok(line.as_str().to_owned()),
-        Ok(Ok(None)) => Err("closed by the head node".into()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("head node silent for {limit:?}")),
+    /// Waits up to [`POLL`] for a line from the head node; the end of the
+    /// session if it closed, failed, or has been silent too long.
+    async fn read(&mut self, session: &mut Session<'_>) -> Option<SessionEnd> {
+        match tokio::time::timeout(POLL, self.conn.reader.read_frame()).await {
+            Ok(Ok(Some(line))) => {
+                session.heard(now());
+                self.first = Some(line);
+                None
+            }
+            Ok(Ok(None)) => Some(session.closed()),
+            Ok(Err(e)) => Some(SessionEnd::Reconnect(e.to_string())),
+            Err(_) => session.silent(now()),
+        }
     }
 }

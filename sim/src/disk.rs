@@ -1,21 +1,31 @@
 //! A data node's simulated disk: writes land in a volatile part, and only
 //! an fsync makes them durable. It lives outside the simulated host, so it
 //! survives the host's crash, minus what was never synced.
+//!
+//! - [`Disk`]: the records, the newest head-node epoch seen, and the name
+//!   of the store (what a data directory's store-id file holds);
+//! - [`DiskRecords`]: reads served from the durable records, as the real
+//!   node's read thread serves them from its files.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use datanode::reads::{Got, ReadFault, Records, Scanned};
+use protocol::datanode::{MAX_SCAN_RECORDS, ReadRecord};
 use protocol::ids::{MessageId, MessageKey};
 
 /// One stored message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     /// The head node's id for it.
-    pub id: MessageId,
+    pub id: Option<MessageId>,
     /// The client's key, if it sent one.
     pub key: Option<MessageKey>,
     /// Its text.
     pub text: String,
+    /// When its batch was staged, in Unix ms of the simulated clock.
+    pub stored_ms: u64,
 }
 
 #[derive(Default)]
@@ -26,6 +36,8 @@ struct State {
     lost_on_crash: usize,
     /// The newest head-node epoch seen (the `epoch` file).
     epoch: u64,
+    /// The name of this store, sent in the hello.
+    store_id: u64,
 }
 
 /// A shared handle to one node's disk.
@@ -33,20 +45,17 @@ struct State {
 pub struct Disk(Arc<Mutex<State>>);
 
 impl Disk {
-    /// A disk whose fsync takes `fsync_delay`.
-    pub fn new(fsync_delay: Duration) -> Self {
+    /// A disk named `store_id`, whose fsync takes `fsync_delay`.
+    pub fn new(fsync_delay: Duration, store_id: u64) -> Self {
         let disk = Disk::default();
         disk.set_fsync_delay(fsync_delay);
+        disk.lock().store_id = store_id;
         disk
     }
 
     /// Appends a record to the volatile part.
-    pub fn write(&self, id: MessageId, key: Option<MessageKey>, text: &str) {
-        self.lock().volatile.push(Record {
-            id,
-            key,
-            text: text.to_owned(),
-        });
+    pub fn write(&self, record: Record) {
+        self.lock().volatile.push(record);
     }
 
     /// The newest head-node epoch written down.
@@ -58,6 +67,11 @@ impl Disk {
     pub fn raise_epoch(&self, epoch: u64) {
         let mut state = self.lock();
         state.epoch = state.epoch.max(epoch);
+    }
+
+    /// The name of this store.
+    pub fn store_id(&self) -> u64 {
+        self.lock().store_id
     }
 
     /// Waits for the (possibly slow) fsync, then makes every write so far durable.
@@ -96,5 +110,72 @@ impl Disk {
         self.0
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The durable records of a disk, as the message index sees them: by id,
+/// the first copy of an id wins (a second copy is the same message).
+pub struct DiskRecords(BTreeMap<MessageId, Record>);
+
+impl DiskRecords {
+    /// What `disk` holds durably now.
+    pub fn of(disk: &Disk) -> Self {
+        let mut by_id = BTreeMap::new();
+        for record in disk.durable() {
+            if let Some(id) = record.id {
+                by_id.entry(id).or_insert(record);
+            }
+        }
+        DiskRecords(by_id)
+    }
+}
+
+fn read_record(id: MessageId, record: &Record) -> ReadRecord {
+    ReadRecord {
+        id,
+        key: record.key.clone(),
+        stored_ms: record.stored_ms,
+        text: record.text.clone(),
+    }
+}
+
+impl Records for DiskRecords {
+    fn get(&self, id: MessageId) -> Result<Got, ReadFault> {
+        Ok(match self.0.get(&id) {
+            Some(record) => Got::Found(read_record(id, record)),
+            // Nothing is removed by retention here.
+            None => Got::NotFound { removed: false },
+        })
+    }
+
+    fn scan(
+        &self,
+        after: Option<MessageId>,
+        limit: u32,
+        max_bytes: usize,
+    ) -> Result<Scanned, ReadFault> {
+        // The bounds of the real node's scan (`StoreReader::scan`).
+        let limit = limit.clamp(1, MAX_SCAN_RECORDS) as usize;
+        let from = match after {
+            Some(after) => std::ops::Bound::Excluded(after),
+            None => std::ops::Bound::Unbounded,
+        };
+        let found: Vec<(&MessageId, &Record)> = self
+            .0
+            .range((from, std::ops::Bound::Unbounded))
+            .take(limit)
+            .collect();
+        let mut more = found.len() == limit;
+        let mut records = Vec::with_capacity(found.len());
+        let mut bytes = 0;
+        for (&id, record) in found {
+            if bytes >= max_bytes {
+                more = true;
+                break;
+            }
+            bytes += record.text.len() + 100;
+            records.push(read_record(id, record));
+        }
+        Ok(Scanned { records, more })
     }
 }

@@ -1,15 +1,14 @@
 //! Deterministic simulation of the head node with `turmoil`.
 //!
 //! The real head node ([`headnode::run_on`]) runs on a simulated network,
-//! together with models of data nodes and clients, all in one process and
+//! together with data nodes and models of clients, all in one process and
 //! driven by one seed:
 //!
 //! - [`net`]: newtypes that put turmoil's sockets behind the head node's
 //!   network seam ([`protocol::net`]);
-//! - [`datanode`]: an async, protocol-exact **model** of a data node. The
-//!   real data node writes on a blocking thread with std sockets, which a
-//!   simulated network cannot drive, so the model speaks the same protocol
-//!   (registration, token challenge, `mensaje`/`recibido`, `ping`/`pong`)
+//! - [`datanode`]: the real data node's decisions ([`::datanode::node`]) and
+//!   registration ([`protocol::datanode::register`]), driven over the
+//!   simulated network instead of the real node's blocking thread, and
 //!   over a [`disk::Disk`] whose unsynced writes a crash discards;
 //! - [`client`]: pipelining clients that resend after a lost connection;
 //! - [`prober`]: ICMP as the simulated topology allows it;

@@ -1,4 +1,4 @@
-//! One seed of the simulation: a head node, three data-node models and
+//! One seed of the simulation: a head node, three data nodes and
 //! pipelining clients on a simulated network, a fault schedule drawn from
 //! the seed, and the invariants checked once every client is done.
 
@@ -15,7 +15,7 @@ use rand::{RngExt, SeedableRng};
 use tokio::sync::mpsc;
 
 use crate::client::{ClientModel, ClientReport};
-use crate::datanode::DataNodeModel;
+use crate::datanode::SimDataNode;
 use crate::disk::Disk;
 use crate::net::SimListener;
 use crate::prober::{SimProber, Unreachable};
@@ -27,6 +27,9 @@ pub const NODES: [&str; 3] = ["dn1", "dn2", "dn3"];
 pub const HEAD: &str = "head";
 const PORT: u16 = 7000;
 const TOKEN: &str = "simulation-cluster-token";
+/// The head node's `--repair-after`: a pass after its start, and after a
+/// data node has been gone this long.
+const REPAIR_AFTER: Duration = Duration::from_secs(4);
 
 /// Size of the workload and of the fault schedule.
 #[derive(Debug, Clone)]
@@ -249,6 +252,9 @@ pub struct Outcome {
     pub resent: u64,
     /// Data-node evictions.
     pub evictions: usize,
+    /// Reads the data nodes answered: `get` (and `getkey`), and `scan`
+    /// (repair's inventory and its checks).
+    pub reads: [u64; 2],
     /// Simulated time until every client was done.
     pub sim_time: Duration,
 }
@@ -291,6 +297,12 @@ impl fmt::Display for Failure {
 /// A membership event and when the head node emitted it.
 type Timed = (Duration, Event);
 
+/// The name of data node `node`'s store in seed `seed`: its disk keeps it
+/// through crashes, as a data directory keeps its store-id file.
+fn store_id(seed: u64, node: usize) -> u64 {
+    seed.rotate_left(17) ^ (node as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d)
+}
+
 /// Runs seed `seed` and checks every invariant.
 pub fn run(seed: u64, settings: &Settings) -> Result<Outcome, Failure> {
     let faults = schedule(seed, settings);
@@ -298,9 +310,8 @@ pub fn run(seed: u64, settings: &Settings) -> Result<Outcome, Failure> {
     let token = ClusterToken::new(TOKEN).expect("a valid token");
     let unreachable = Unreachable::default();
     let events: Arc<Mutex<Vec<Timed>>> = Arc::default();
-    let disks: Vec<Disk> = NODES
-        .iter()
-        .map(|_| Disk::new(Duration::from_millis(2)))
+    let disks: Vec<Disk> = (0..NODES.len())
+        .map(|i| Disk::new(Duration::from_millis(2), store_id(seed, i)))
         .collect();
     let head_addr = format!("{HEAD}:{PORT}");
 
@@ -336,6 +347,10 @@ pub fn run(seed: u64, settings: &Settings) -> Result<Outcome, Failure> {
                 replicas: 2,
                 min_replicas: 2,
                 recovery_wait: Duration::from_secs(2),
+                // Well within a seed's run, so repair's passes (their scans
+                // of every data node, the gets that confirm a copy is
+                // missing, and the copies) run against the data nodes.
+                repair_after: REPAIR_AFTER,
                 observer: Some(observer),
                 ..Config::default()
             };
@@ -360,17 +375,19 @@ pub fn run(seed: u64, settings: &Settings) -> Result<Outcome, Failure> {
         });
     }
 
+    let reads: Arc<[AtomicU64; 2]> = Arc::default();
     for (i, name) in NODES.iter().enumerate() {
-        let model = Arc::new(DataNodeModel {
-            id: (*name).to_owned(),
+        let node = Arc::new(SimDataNode {
+            id: name.parse().expect("a valid node id"),
             head: head_addr.clone(),
             token: token.clone(),
             disk: disks[i].clone(),
             starts: Arc::default(),
             seed: seed ^ (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            reads: reads.clone(),
             trace: trace.clone(),
         });
-        sim.host(*name, move || model.clone().run());
+        sim.host(*name, move || node.clone().run());
     }
 
     let mut reports = Vec::new();
@@ -442,6 +459,7 @@ pub fn run(seed: u64, settings: &Settings) -> Result<Outcome, Failure> {
             .iter()
             .filter(|(_, e)| matches!(e, Event::Evicted { .. }))
             .count(),
+        reads: [0, 1].map(|kind| reads[kind].load(std::sync::atomic::Ordering::Relaxed)),
         sim_time,
     })
 }
@@ -543,11 +561,11 @@ fn check_acks_are_durable(reports: &[ClientReport], disks: &[Disk], problems: &m
                 };
                 let stored: Vec<&str> = durable[i]
                     .iter()
-                    .filter(|r| r.id == *id)
+                    .filter(|r| r.id == Some(*id))
                     .map(|r| r.text.as_str())
                     .collect();
                 if stored.is_empty() {
-                    let elsewhere = durable.iter().any(|d| d.iter().any(|r| r.id == *id));
+                    let elsewhere = durable.iter().any(|d| d.iter().any(|r| r.id == Some(*id)));
                     problems.push(format!(
                     "{text}: acknowledged as {id} by {node}, but not durable there (elsewhere: {elsewhere})"
                 ));

@@ -10,7 +10,8 @@
 //!
 //! - `SIM_SEEDS=<n>`: how many seeds `many_seeds_keep_every_promise` runs
 //!   (default [`DEFAULT_SEEDS`]); `.ci/run` runs more in release.
-//! - `SIM_SEED=<n>`: the seed `replay` runs.
+//! - `SIM_SEED=<n>`: the seed `replay` runs; with `TEST_LOG=1` it prints
+//!   the nodes' logs as well (`RUST_LOG` filters them).
 
 use std::time::Instant;
 
@@ -43,13 +44,15 @@ fn many_seeds_keep_every_promise() {
         match scenario::run(seed, &settings) {
             Ok(outcome) => {
                 println!(
-                    "seed {seed}: ok, {} faults, {} acks, {} errors retried, {} drops ({} resent), {} evictions, {:.1?} simulated",
+                    "seed {seed}: ok, {} faults, {} acks, {} errors retried, {} drops ({} resent), {} evictions, {} gets and {} scans answered, {:.1?} simulated",
                     outcome.faults.len(),
                     outcome.acks,
                     outcome.errors,
                     outcome.drops,
                     outcome.resent,
                     outcome.evictions,
+                    outcome.reads[0],
+                    outcome.reads[1],
                     outcome.sim_time
                 );
                 acks += outcome.acks;
@@ -76,6 +79,9 @@ fn many_seeds_keep_every_promise() {
 
 #[test]
 fn replay() {
+    // `TEST_LOG=1` shows the head node's and the data nodes' logs too
+    // (`RUST_LOG` picks them: `RUST_LOG=headnode=info`, say).
+    node_kit::telemetry::init_for_tests();
     let seed = env_u64("SIM_SEED").unwrap_or(PINNED_SEED);
     println!("SIM_SEED={seed}");
     match scenario::run(seed, &Settings::default()) {
