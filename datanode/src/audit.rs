@@ -164,8 +164,31 @@ pub fn audit(config: &AuditConfig) -> Result<AuditReport, StorageError> {
         replicas: config.replicas,
         ..AuditReport::default()
     };
-    let mut acked: HashMap<Identity, Ack> = HashMap::new();
-    let mut acked_ids: HashMap<MessageKey, BTreeSet<MessageId>> = HashMap::new();
+    let acks = read_acks(config, &mut report)?;
+    let stores = read_stores(config, &mut report)?;
+    check_acks(config, &acks, &stores, &mut report);
+    check_copies(config, acks, &stores, &mut report);
+    report.lost.sort();
+    report.misplaced.sort();
+    report.under_replicated.sort();
+    report.under_replicated_dir_lost.sort();
+    report.over_replicated.sort();
+    report.duplicated.sort();
+    Ok(report)
+}
+
+/// What the client logs say was acknowledged.
+#[derive(Default)]
+struct Acks {
+    acked: HashMap<Identity, Ack>,
+    /// The ids each key was acknowledged with.
+    acked_ids: HashMap<MessageKey, BTreeSet<MessageId>>,
+}
+
+/// Reads the acknowledgements (and counts the error replies) in the
+/// client logs.
+fn read_acks(config: &AuditConfig, report: &mut AuditReport) -> Result<Acks, StorageError> {
+    let mut acks = Acks::default();
     for path in &config.client_logs {
         let text = std::fs::read_to_string(path).map_err(|error| StorageError::Read {
             path: path.clone(),
@@ -180,12 +203,12 @@ pub fn audit(config: &AuditConfig) -> Result<AuditReport, StorageError> {
                 Ok(StoreReply::Stored { holders, id }) => {
                     let identity = match key {
                         Some(key) => {
-                            acked_ids.entry(key.clone()).or_default().insert(id);
+                            acks.acked_ids.entry(key.clone()).or_default().insert(id);
                             Identity::Key(key)
                         }
                         None => Identity::Id(id),
                     };
-                    acked.insert(identity, Ack { id, holders });
+                    acks.acked.insert(identity, Ack { id, holders });
                 }
                 Ok(StoreReply::Error(reason)) => {
                     *report.client_errors.entry(error_kind(&reason)).or_default() += 1;
@@ -194,38 +217,24 @@ pub fn audit(config: &AuditConfig) -> Result<AuditReport, StorageError> {
             }
         }
     }
-    report.acknowledged = acked.len();
+    report.acknowledged = acks.acked.len();
+    Ok(acks)
+}
 
-    let mut stored: HashMap<Identity, Copies> = HashMap::new();
-    // Keyed messages by id too, for acks logged without their key.
-    let mut key_of_id: HashMap<MessageId, MessageKey> = HashMap::new();
+/// What the data directories hold.
+#[derive(Default)]
+struct Stores {
+    stored: HashMap<Identity, Copies>,
+    /// Keyed messages by id too, for acks logged without their key.
+    key_of_id: HashMap<MessageId, MessageKey>,
+}
+
+/// Reads every intact record of every data directory.
+fn read_stores(config: &AuditConfig, report: &mut AuditReport) -> Result<Stores, StorageError> {
+    let mut stores = Stores::default();
     for dir in &config.data_dirs {
         let node = node_name(dir);
-        // Every segment, then data.txt: one store.
-        let mut paths: Vec<_> = storage::segments::list_segments(dir)?
-            .into_iter()
-            .map(|segment| segment.path)
-            .collect();
-        paths.push(dir.join(DATA_FILE));
-        let mut contents = Vec::new();
-        let last = paths.len() - 1;
-        for (n, path) in paths.into_iter().enumerate() {
-            match std::fs::read(&path) {
-                Ok(mut more) if n < last => {
-                    // A segment never ends torn; if one did, its last line
-                    // must not merge with the next file's first (its
-                    // checksum then fails, and it is skipped).
-                    if more.last().is_some_and(|&b| b != b'\n') {
-                        more.push(b'\n');
-                    }
-                    contents.extend(more)
-                }
-                Ok(more) => contents.extend(more),
-                // A node that never stored anything has no file.
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-                Err(error) => return Err(StorageError::Read { path, error }),
-            }
-        }
+        let contents = read_store(dir)?;
         let records = contents
             .split_inclusive(|&b| b == b'\n')
             .filter(|line| line.ends_with(b"\n"))
@@ -236,7 +245,7 @@ pub fn audit(config: &AuditConfig) -> Result<AuditReport, StorageError> {
                 (Some(key), id) => {
                     let key = key.to_key();
                     if let Some(id) = id {
-                        key_of_id.insert(id, key.clone());
+                        stores.key_of_id.insert(id, key.clone());
                     }
                     Identity::Key(key)
                 }
@@ -245,19 +254,55 @@ pub fn audit(config: &AuditConfig) -> Result<AuditReport, StorageError> {
                 (None, None) => continue,
             };
             report.stored_copies += 1;
-            let copies = stored.entry(identity).or_default();
+            let copies = stores.stored.entry(identity).or_default();
             *copies.per_node.entry(node.clone()).or_default() += 1;
             copies.ids.extend(record.id);
         }
     }
+    Ok(stores)
+}
 
+/// Every segment of the data directory `dir`, then its `data.txt`: one
+/// store, read whole.
+fn read_store(dir: &Path) -> Result<Vec<u8>, StorageError> {
+    let mut paths: Vec<_> = storage::segments::list_segments(dir)?
+        .into_iter()
+        .map(|segment| segment.path)
+        .collect();
+    paths.push(dir.join(DATA_FILE));
+    let mut contents = Vec::new();
+    let last = paths.len() - 1;
+    for (n, path) in paths.into_iter().enumerate() {
+        match std::fs::read(&path) {
+            Ok(mut more) if n < last => {
+                // A segment never ends torn; if one did, its last line
+                // must not merge with the next file's first (its
+                // checksum then fails, and it is skipped).
+                if more.last().is_some_and(|&b| b != b'\n') {
+                    more.push(b'\n');
+                }
+                contents.extend(more)
+            }
+            Ok(more) => contents.extend(more),
+            // A node that never stored anything has no file.
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(StorageError::Read { path, error }),
+        }
+    }
+    Ok(contents)
+}
+
+/// Each acknowledged message: stored at all, on the nodes its ack named,
+/// and on as many nodes as wanted.
+fn check_acks(config: &AuditConfig, acks: &Acks, stores: &Stores, report: &mut AuditReport) {
     let lost_nodes: HashSet<String> = config.lost_dirs.iter().map(|d| node_name(d)).collect();
     let audited: HashSet<String> = config.data_dirs.iter().map(|d| node_name(d)).collect();
-    for (identity, ack) in &acked {
-        let found = stored.get(identity).or_else(|| match identity {
-            Identity::Id(id) => key_of_id
+    for (identity, ack) in &acks.acked {
+        let found = stores.stored.get(identity).or_else(|| match identity {
+            Identity::Id(id) => stores
+                .key_of_id
                 .get(id)
-                .and_then(|key| stored.get(&Identity::Key(key.clone()))),
+                .and_then(|key| stores.stored.get(&Identity::Key(key.clone()))),
             Identity::Key(_) => None,
         });
         let Some(copies) = found else {
@@ -281,9 +326,14 @@ pub fn audit(config: &AuditConfig) -> Result<AuditReport, StorageError> {
             }
         }
     }
-    let acked_by_id: HashSet<MessageId> = acked.values().map(|ack| ack.id).collect();
+}
+
+/// Each stored message: too many copies, a node holding it twice, never
+/// acknowledged, or a key under more than one id.
+fn check_copies(config: &AuditConfig, acks: Acks, stores: &Stores, report: &mut AuditReport) {
+    let acked_by_id: HashSet<MessageId> = acks.acked.values().map(|ack| ack.id).collect();
     let mut conflicts: BTreeMap<MessageKey, BTreeSet<MessageId>> = BTreeMap::new();
-    for (identity, copies) in &stored {
+    for (identity, copies) in &stores.stored {
         if copies.per_node.len() > config.replicas {
             report
                 .over_replicated
@@ -296,18 +346,20 @@ pub fn audit(config: &AuditConfig) -> Result<AuditReport, StorageError> {
                     .push((identity.clone(), node.clone(), *times));
             }
         }
-        if !acked.contains_key(identity) && !copies.ids.iter().any(|id| acked_by_id.contains(id)) {
+        if !acks.acked.contains_key(identity)
+            && !copies.ids.iter().any(|id| acked_by_id.contains(id))
+        {
             report.unacknowledged += 1;
         }
         if let Identity::Key(key) = identity {
             let mut ids = copies.ids.clone();
-            ids.extend(acked_ids.get(key).into_iter().flatten().copied());
+            ids.extend(acks.acked_ids.get(key).into_iter().flatten().copied());
             if ids.len() > 1 {
                 conflicts.insert(key.clone(), ids);
             }
         }
     }
-    for (key, ids) in acked_ids {
+    for (key, ids) in acks.acked_ids {
         if ids.len() > 1 {
             conflicts.entry(key).or_default().extend(ids);
         }
@@ -316,13 +368,6 @@ pub fn audit(config: &AuditConfig) -> Result<AuditReport, StorageError> {
         .into_iter()
         .map(|(key, ids)| (key, ids.into_iter().collect()))
         .collect();
-    report.lost.sort();
-    report.misplaced.sort();
-    report.under_replicated.sort();
-    report.under_replicated_dir_lost.sort();
-    report.over_replicated.sort();
-    report.duplicated.sort();
-    Ok(report)
 }
 
 /// Splits `<answer> key=<client-id>/<seq>` into the answer and the key; a
