@@ -30,11 +30,13 @@ use tracing::{info, warn};
 
 use crate::keys::KeyIndex;
 use crate::reads::StoreReader;
-use crate::storage::index::{Location, MessageIndex};
+use crate::storage::index::{IndexBuilder, Location, MessageIndex};
 use crate::storage::retention::{
     Reason, RemovedIds, RetentionLog, RetentionPolicy, SegmentMeta, choose_removals,
 };
-use crate::storage::segments::{DEFAULT_SEGMENT_BYTES, list_data_files, segment_name};
+use crate::storage::segments::{
+    DEFAULT_SEGMENT_BYTES, DataFileName, list_data_files, segment_name,
+};
 use crate::storage::{
     DATA_FILE, DataFile, StorageError, each_line, parse_line, read_lock, write_lock,
 };
@@ -121,77 +123,29 @@ impl Store {
         let first_free = retention.removed().highest_segment().saturating_add(1);
         let files = list_data_files(&dir, first_free)?;
         let now_ms = millis(now);
-        let mut builder = MessageIndex::builder();
+        let mut rebuild = Rebuild {
+            builder: MessageIndex::builder(),
+            keys,
+            now_ms,
+            opened: OpenStats {
+                files: files.len(),
+                ..OpenStats::default()
+            },
+            last_stamp: ([0; 23], None),
+        };
         let mut segments = Vec::new();
         let mut active_meta = None;
-        let mut opened = OpenStats {
-            files: files.len(),
-            ..OpenStats::default()
-        };
-        let mut last_stamp: ([u8; 23], Option<u64>) = ([0; 23], None);
         for file in &files {
-            let mut meta = SegmentMeta::new(file.number);
-            let mut offset = 0u64;
-            let mut torn = false;
-            each_line(&file.path, |line| {
-                let at = offset;
-                offset += line.len() as u64;
-                if line.last() != Some(&b'\n') {
-                    torn = true;
-                    return ControlFlow::Break(());
-                }
-                let record = match parse_line(line) {
-                    Ok(record) if record.is_intact() => record,
-                    _ => {
-                        opened.skipped += 1;
-                        return ControlFlow::Continue(());
-                    }
-                };
-                let Some(id) = record.id else {
-                    opened.skipped += 1;
-                    return ControlFlow::Continue(());
-                };
-                opened.records += 1;
-                builder.push(
-                    id,
-                    Location {
-                        segment: file.number,
-                        offset: at,
-                    },
-                );
-                // A batch's records share one timestamp: parsed once per run.
-                let at_ms = if last_stamp.0.as_slice() == record.timestamp.as_bytes() {
-                    last_stamp.1
-                } else {
-                    let at_ms = parse_timestamp_millis(record.timestamp);
-                    if let Ok(stamp) = record.timestamp.as_bytes().try_into() {
-                        last_stamp = (stamp, at_ms);
-                    }
-                    at_ms
-                };
-                meta.add(id, at_ms);
-                if let (Some(key), Some(at_ms)) = (record.key, at_ms)
-                    && keys.insert(key, id, at_ms, now_ms)
-                {
-                    opened.keys += 1;
-                }
-                ControlFlow::Continue(())
-            })?;
-            meta.bytes = offset;
-            if torn {
-                // Only the active file may end torn, and open cut that.
-                warn!(
-                    "{} ends in a line without a newline; its records before it are read, \
-                     the torn line is left as it is (`datanode verify` reports it)",
-                    file.path.display()
-                );
-            }
+            let meta = rebuild.read_file(file)?;
             if file.active {
                 active_meta = Some(meta);
             } else {
                 segments.push(meta);
             }
         }
+        let Rebuild {
+            builder, opened, ..
+        } = rebuild;
         let index = builder.finish();
         let active_meta = match active_meta {
             Some(meta) => meta,
@@ -403,6 +357,79 @@ impl Store {
     /// The data directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+}
+
+/// What [`Store::open`] builds as it reads the files, oldest first.
+struct Rebuild<'k> {
+    builder: IndexBuilder,
+    keys: &'k mut KeyIndex,
+    now_ms: u64,
+    opened: OpenStats,
+    /// The last record timestamp parsed, and its Unix ms: a batch's records
+    /// share one, so it is parsed once per run.
+    last_stamp: ([u8; 23], Option<u64>),
+}
+
+impl Rebuild<'_> {
+    /// Indexes every intact record with an id of `file` and adds its keys
+    /// within the window; the file's metadata.
+    fn read_file(&mut self, file: &DataFileName) -> Result<SegmentMeta, StorageError> {
+        let mut meta = SegmentMeta::new(file.number);
+        let mut offset = 0u64;
+        let mut torn = false;
+        each_line(&file.path, |line| {
+            let at = offset;
+            offset += line.len() as u64;
+            if line.last() != Some(&b'\n') {
+                torn = true;
+                return ControlFlow::Break(());
+            }
+            self.add_line(line, file.number, at, &mut meta);
+            ControlFlow::Continue(())
+        })?;
+        meta.bytes = offset;
+        if torn {
+            // Only the active file may end torn, and open cut that.
+            warn!(
+                "{} ends in a line without a newline; its records before it are read, \
+                 the torn line is left as it is (`datanode verify` reports it)",
+                file.path.display()
+            );
+        }
+        Ok(meta)
+    }
+
+    /// One whole line of segment `segment`, at `offset`.
+    fn add_line(&mut self, line: &[u8], segment: u32, offset: u64, meta: &mut SegmentMeta) {
+        let record = match parse_line(line) {
+            Ok(record) if record.is_intact() => record,
+            _ => {
+                self.opened.skipped += 1;
+                return;
+            }
+        };
+        let Some(id) = record.id else {
+            self.opened.skipped += 1;
+            return;
+        };
+        self.opened.records += 1;
+        self.builder.push(id, Location { segment, offset });
+        let at_ms = if self.last_stamp.0.as_slice() == record.timestamp.as_bytes() {
+            self.last_stamp.1
+        } else {
+            let at_ms = parse_timestamp_millis(record.timestamp);
+            if let Ok(stamp) = record.timestamp.as_bytes().try_into() {
+                self.last_stamp = (stamp, at_ms);
+            }
+            at_ms
+        };
+        meta.add(id, at_ms);
+        if let (Some(key), Some(at_ms)) = (record.key, at_ms)
+            && self.keys.insert(key, id, at_ms, self.now_ms)
+        {
+            self.opened.keys += 1;
+        }
     }
 }
 
