@@ -1,9 +1,9 @@
 //! What the workspace's integration tests share, so each crate's one test
 //! binary (`tests/it/main.rs`) keeps only what is its own.
 //!
-//! - [`process`]: a workspace binary as a child process, killed when the
-//!   test ends: started until it logs the address it listens on, or run to
-//!   its end with its output as text;
+//! - [`process`]: a workspace binary as a child process: started until it
+//!   logs the address it listens on (and killed when the test ends), or run
+//!   to its end with its output as text;
 //! - [`server`]: a `run(listener, .., shutdown)` future on 127.0.0.1:0 as a
 //!   task with a stop switch, and an address where nothing listens;
 //! - [`lines`]: a blocking connection whose every read and write is bounded,
