@@ -18,13 +18,16 @@
 //! - serves the batch's reads (`get`, `getkey`, `scan`) from the disk's
 //!   durable records with the real node's read answers
 //!   ([`::datanode::reads::answer`]);
+//! - asked to stop, says `bye` after its next batch and exits once the head
+//!   node has drained it (or its time to drain is up), as the real node
+//!   does on SIGTERM;
 //! - on `bye` closes its side; reconnects with jittered backoff after
 //!   losing the head node, keeps its key index across sessions, rebuilds it
 //!   from the disk on every start, and takes a higher incarnation then.
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -72,6 +75,9 @@ pub struct SimDataNode {
     pub seed: u64,
     /// Reads it has answered, by kind: `get` (and `getkey`), `scan`.
     pub reads: Arc<[AtomicU64; 2]>,
+    /// Set to ask the process to stop, as SIGTERM asks the real one: it
+    /// says `bye`, is drained by the head node, and exits.
+    pub leave: Arc<AtomicBool>,
     /// Where it records what it sees.
     pub trace: Trace,
 }
@@ -104,6 +110,12 @@ impl SimDataNode {
         let mut node = Node::new(self.keys_on_disk(), metrics.clone());
         let mut backoff = BACKOFF.0;
         loop {
+            if self.leave.load(Ordering::Relaxed) {
+                // Not registered: nothing to drain.
+                self.trace
+                    .record(format!("{} stops: asked to, between sessions", self.id));
+                return Ok(());
+            }
             match self
                 .session(incarnation, &mut rng, &mut node, &metrics)
                 .await
@@ -357,6 +369,9 @@ impl SimDataPath {
                 node.disk.write(record);
             }
             node.disk.fsync().await;
+        }
+        if node.leave.load(Ordering::Relaxed) {
+            session.request_leave();
         }
         session.committed(staged, now());
         self.conn

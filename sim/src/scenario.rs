@@ -3,7 +3,7 @@
 //! the seed, and the invariants checked once every client is done.
 
 use std::fmt;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -94,6 +94,15 @@ pub enum Fault {
         /// Down this long.
         down_for: Duration,
     },
+    /// A data node is asked to stop (as on SIGTERM): it says `bye`, the
+    /// head node drains it, and it exits; it starts again after
+    /// `down_for` (killed then if it has not finished leaving).
+    LeaveDataNode {
+        /// Which node.
+        node: usize,
+        /// Down this long, from the request.
+        down_for: Duration,
+    },
     /// The head node's process dies and starts again.
     CrashHead {
         /// Down this long.
@@ -144,7 +153,9 @@ pub enum Fault {
 impl Fault {
     fn lasting(&self) -> Duration {
         match *self {
-            Fault::CrashDataNode { down_for, .. } | Fault::CrashHead { down_for } => down_for,
+            Fault::CrashDataNode { down_for, .. }
+            | Fault::LeaveDataNode { down_for, .. }
+            | Fault::CrashHead { down_for } => down_for,
             Fault::Partition { lasting, .. }
             | Fault::ShortHold { lasting, .. }
             | Fault::LongHold { lasting, .. }
@@ -157,6 +168,7 @@ impl Fault {
         match *self {
             Fault::CrashHead { .. } | Fault::ClientHold { .. } => None,
             Fault::CrashDataNode { node, .. }
+            | Fault::LeaveDataNode { node, .. }
             | Fault::Partition { node, .. }
             | Fault::ShortHold { node, .. }
             | Fault::LongHold { node, .. }
@@ -188,9 +200,13 @@ pub fn schedule(seed: u64, settings: &Settings) -> Vec<Scheduled> {
         let at = ms(&mut rng, 200, settings.fault_window.as_millis() as u64);
         let node = rng.random_range(0..NODES.len());
         let fault = match rng.random_range(0..100) {
-            0..18 => Fault::CrashDataNode {
+            0..13 => Fault::CrashDataNode {
                 node,
                 down_for: ms(&mut rng, 100, 4000),
+            },
+            13..18 => Fault::LeaveDataNode {
+                node,
+                down_for: ms(&mut rng, 500, 6000),
             },
             18..30 => Fault::CrashHead {
                 down_for: ms(&mut rng, 100, 3000),
@@ -376,6 +392,7 @@ pub fn run(seed: u64, settings: &Settings) -> Result<Outcome, Failure> {
     }
 
     let reads: Arc<[AtomicU64; 2]> = Arc::default();
+    let leaving: Vec<Arc<AtomicBool>> = NODES.iter().map(|_| Arc::default()).collect();
     for (i, name) in NODES.iter().enumerate() {
         let node = Arc::new(SimDataNode {
             id: name.parse().expect("a valid node id"),
@@ -385,6 +402,7 @@ pub fn run(seed: u64, settings: &Settings) -> Result<Outcome, Failure> {
             starts: Arc::default(),
             seed: seed ^ (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
             reads: reads.clone(),
+            leave: leaving[i].clone(),
             trace: trace.clone(),
         });
         sim.host(*name, move || node.clone().run());
@@ -406,6 +424,11 @@ pub fn run(seed: u64, settings: &Settings) -> Result<Outcome, Failure> {
         sim.client(client_host(id), client.run());
     }
 
+    let world = World {
+        disks: &disks,
+        leaving: &leaving,
+        unreachable: &unreachable,
+    };
     let mut problems = Vec::new();
     let mut actions = actions(&faults);
     actions.reverse();
@@ -413,7 +436,7 @@ pub fn run(seed: u64, settings: &Settings) -> Result<Outcome, Failure> {
         while actions.last().is_some_and(|(at, _)| *at <= sim.elapsed()) {
             let (_, action) = actions.pop().expect("checked above");
             trace.record_at(sim.elapsed(), format!("fault: {action:?}"));
-            apply(&mut sim, &action, &disks, &unreachable);
+            apply(&mut sim, &action, &world);
         }
         match sim.step() {
             Ok(true) => break,
@@ -459,7 +482,7 @@ pub fn run(seed: u64, settings: &Settings) -> Result<Outcome, Failure> {
             .iter()
             .filter(|(_, e)| matches!(e, Event::Evicted { .. }))
             .count(),
-        reads: [0, 1].map(|kind| reads[kind].load(std::sync::atomic::Ordering::Relaxed)),
+        reads: [0, 1].map(|kind| reads[kind].load(Ordering::Relaxed)),
         sim_time,
     })
 }
@@ -468,6 +491,7 @@ pub fn run(seed: u64, settings: &Settings) -> Result<Outcome, Failure> {
 #[derive(Debug, Clone)]
 enum Action {
     Crash(&'static str),
+    Leave(usize),
     Restart(&'static str),
     Partition(&'static str),
     Repair(&'static str),
@@ -489,6 +513,9 @@ fn actions(faults: &[Scheduled]) -> Vec<(Duration, Action)> {
         let (start, stop) = match s.fault {
             Fault::CrashDataNode { node, .. } => {
                 (Action::Crash(NODES[node]), Action::Restart(NODES[node]))
+            }
+            Fault::LeaveDataNode { node, .. } => {
+                (Action::Leave(node), Action::Restart(NODES[node]))
             }
             Fault::CrashHead { .. } => (Action::Crash(HEAD), Action::Restart(HEAD)),
             Fault::Partition { node, .. } => {
@@ -518,7 +545,20 @@ fn node_index(host: &str) -> Option<usize> {
     NODES.iter().position(|n| *n == host)
 }
 
-fn apply(sim: &mut turmoil::Sim<'_>, action: &Action, disks: &[Disk], unreachable: &Unreachable) {
+/// What the fault steps act on besides the simulation itself.
+struct World<'a> {
+    disks: &'a [Disk],
+    /// Each data node's shutdown request.
+    leaving: &'a [Arc<AtomicBool>],
+    unreachable: &'a Unreachable,
+}
+
+fn apply(sim: &mut turmoil::Sim<'_>, action: &Action, world: &World<'_>) {
+    let World {
+        disks,
+        leaving,
+        unreachable,
+    } = *world;
     match *action {
         Action::Crash(host) => {
             sim.crash(host);
@@ -527,7 +567,14 @@ fn apply(sim: &mut turmoil::Sim<'_>, action: &Action, disks: &[Disk], unreachabl
                 unreachable.set(sim.lookup(host), true);
             }
         }
+        Action::Leave(node) => leaving[node].store(true, Ordering::Relaxed),
         Action::Restart(host) => {
+            if let Some(i) = node_index(host) {
+                // A process still running (leaving, say) is killed first:
+                // what it had not synced is gone.
+                disks[i].crash();
+                leaving[i].store(false, Ordering::Relaxed);
+            }
             sim.bounce(host);
             unreachable.set(sim.lookup(host), false);
         }

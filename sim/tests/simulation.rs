@@ -2,8 +2,9 @@
 //!
 //! Each seed runs a head node, three data-node models and three pipelining
 //! clients on turmoil's simulated network, and injects, as the seed
-//! decides: data-node and head-node crashes and restarts, partitions, short
-//! held links, and slow disks. Then it checks that every acknowledged
+//! decides: data-node and head-node crashes and restarts, data nodes asked
+//! to stop (drained by the head node, started again later), partitions,
+//! short held links, and slow disks. Then it checks that every acknowledged
 //! message is durable where the ack says, with its client's text; that no
 //! short hold evicted a node; and that every message got one answer in
 //! order or its connection dropped.
