@@ -2,7 +2,8 @@
 //! reply with the oldest unanswered message, resends what was unanswered
 //! when its connection drops (as `client store` does), and retries messages
 //! the head node could not place (`no data nodes available`, `outcome
-//! unknown`) a moment later.
+//! unknown`) a moment later. A keyed client announces a client id and
+//! sends each message under its key, as `client store` does.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -36,6 +37,10 @@ pub struct ClientModel {
     pub window: usize,
     /// Pause between two sends: the load spreads over the faults.
     pub pace: Duration,
+    /// Whether it announces a client id (`cliente id=c<id>`) and sends each
+    /// message under its key (`<n + 1> <text>`), so a resend is answered
+    /// with the id its first copy got.
+    pub keyed: bool,
     /// What it saw.
     pub report: Arc<Mutex<ClientReport>>,
     /// Where it records replies.
@@ -115,7 +120,7 @@ impl ClientModel {
         handshake::initiate(
             &mut conn.reader,
             &mut conn.writer,
-            Some("cliente"),
+            Some(&self.role()),
             Duration::from_secs(5),
         )
         .await
@@ -135,7 +140,12 @@ impl ClientModel {
                 && in_flight.len() < self.window
                 && let Some(n) = to_send.pop_front()
             {
-                conn.writer.queue(texts[n].as_bytes());
+                if self.keyed {
+                    conn.writer
+                        .queue(format!("{} {}", n + 1, texts[n]).as_bytes());
+                } else {
+                    conn.writer.queue(texts[n].as_bytes());
+                }
                 in_flight.push_back(n);
                 self.report().sent += 1;
                 next_send = now + self.pace;
@@ -180,6 +190,20 @@ impl ClientModel {
                 Err(e) => self.violation(format!("unparsable reply {line:?}: {e}")),
             }
         }
+    }
+
+    /// The role it announces.
+    fn role(&self) -> String {
+        if self.keyed {
+            format!("cliente id={}", self.client_id())
+        } else {
+            "cliente".to_owned()
+        }
+    }
+
+    /// Its client id, when keyed.
+    pub fn client_id(&self) -> String {
+        format!("c{}", self.id)
     }
 
     fn violation(&self, what: String) {

@@ -2,6 +2,7 @@
 //! pipelining clients on a simulated network, a fault schedule drawn from
 //! the seed, and the invariants checked once every client is done.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -10,6 +11,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use headnode::membership::{Event, EvictReason};
 use headnode::{Config, DetectorConfig};
 use protocol::auth::ClusterToken;
+use protocol::ids::{MessageId, MessageKey};
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use tokio::sync::mpsc;
@@ -38,6 +40,9 @@ pub struct Settings {
     pub clients: u32,
     /// Messages per client.
     pub messages: usize,
+    /// Of the clients, how many (the last ones) send keyed messages (none
+    /// by default: see `sim/tests/simulation.rs`).
+    pub keyed_clients: u32,
     /// Messages in flight per client.
     pub window: usize,
     /// Pause between two sends of one client.
@@ -54,6 +59,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             clients: 3,
+            keyed_clients: 0,
             messages: 120,
             window: 8,
             pace: Duration::from_millis(100),
@@ -286,6 +292,8 @@ pub struct Failure {
     pub faults: Vec<Scheduled>,
     /// The end of the trace.
     pub trace_tail: Vec<String>,
+    /// The whole trace.
+    pub trace: Vec<String>,
 }
 
 impl fmt::Display for Failure {
@@ -418,6 +426,7 @@ pub fn run(seed: u64, settings: &Settings) -> Result<Outcome, Failure> {
             messages: settings.messages,
             window: settings.window,
             pace: settings.pace,
+            keyed: id > settings.clients.saturating_sub(settings.keyed_clients),
             report,
             trace: trace.clone(),
         });
@@ -456,6 +465,7 @@ pub fn run(seed: u64, settings: &Settings) -> Result<Outcome, Failure> {
         .map(|r| r.lock().unwrap_or_else(|p| p.into_inner()).clone())
         .collect();
     check_acks_are_durable(&reports, &disks, &mut problems);
+    check_one_id_per_key(&disks, &mut problems);
     check_short_holds(&faults, &events, &mut problems);
     check_clients(&reports, &mut problems);
 
@@ -467,6 +477,7 @@ pub fn run(seed: u64, settings: &Settings) -> Result<Outcome, Failure> {
             problems,
             faults,
             trace_tail: tail,
+            trace: lines,
         });
     }
     Ok(Outcome {
@@ -622,6 +633,30 @@ fn check_acks_are_durable(reports: &[ClientReport], disks: &[Disk], problems: &m
                 ));
                 }
             }
+        }
+    }
+}
+
+/// Every client key is stored under one id, on every node that holds it
+/// (the whole run is within the deduplication window).
+fn check_one_id_per_key(disks: &[Disk], problems: &mut Vec<String>) {
+    let mut ids: BTreeMap<MessageKey, BTreeMap<MessageId, Vec<&'static str>>> = BTreeMap::new();
+    for (i, disk) in disks.iter().enumerate() {
+        for record in disk.durable() {
+            if let (Some(key), Some(id)) = (record.key, record.id) {
+                ids.entry(key)
+                    .or_default()
+                    .entry(id)
+                    .or_default()
+                    .push(NODES[i]);
+            }
+        }
+    }
+    for (key, held) in ids {
+        if held.len() > 1 {
+            problems.push(format!(
+                "key {key} is stored under more than one id: {held:?}"
+            ));
         }
     }
 }

@@ -1,16 +1,22 @@
 //! The head node under faults, seed by seed.
 //!
-//! Each seed runs a head node, three data-node models and three pipelining
-//! clients on turmoil's simulated network, and injects, as the seed
-//! decides: data-node and head-node crashes and restarts, data nodes asked
-//! to stop (drained by the head node, started again later), partitions,
-//! short held links, and slow disks. Then it checks that every acknowledged
-//! message is durable where the ack says, with its client's text; that no
-//! short hold evicted a node; and that every message got one answer in
-//! order or its connection dropped.
+//! Each seed runs a head node, three data nodes (the real data node's
+//! decisions) and three pipelining clients on turmoil's simulated network,
+//! and injects, as the seed decides: data-node and head-node crashes and
+//! restarts, data nodes asked to stop (drained by the head node, started
+//! again later), partitions, short held links, and slow disks. Then it
+//! checks that every acknowledged message is durable where the ack says,
+//! with its client's text; that every client key is stored under one id;
+//! that no short hold evicted a node; and that every message got one
+//! answer in order or its connection dropped.
 //!
 //! - `SIM_SEEDS=<n>`: how many seeds `many_seeds_keep_every_promise` runs
 //!   (default [`DEFAULT_SEEDS`]); `.ci/run` runs more in release.
+//! - `SIM_KEYED_CLIENTS=<n>`: how many of the clients send keyed messages
+//!   (none by default). Keyed resends across a head-node restart break a
+//!   key's one id today (the head node answers `recibido <id> <held>` with
+//!   `<id>`; seed 86 with one keyed client shows it), so they are not yet
+//!   in the default run.
 //! - `SIM_SEED=<n>`: the seed `replay` runs; with `TEST_LOG=1` it prints
 //!   the nodes' logs as well (`RUST_LOG` filters them).
 
@@ -23,6 +29,15 @@ use sim::scenario::{self, Settings};
 const DEFAULT_SEEDS: u64 = 100;
 /// The seed `replay` runs without `SIM_SEED`.
 const PINNED_SEED: u64 = 7;
+
+/// The default workload, with `SIM_KEYED_CLIENTS` keyed clients.
+fn settings() -> Settings {
+    let mut settings = Settings::default();
+    if let Some(keyed) = env_u64("SIM_KEYED_CLIENTS") {
+        settings.keyed_clients = u32::try_from(keyed).unwrap_or(u32::MAX);
+    }
+    settings
+}
 
 fn env_u64(name: &str) -> Option<u64> {
     let value = std::env::var(name).ok()?;
@@ -37,7 +52,7 @@ fn env_u64(name: &str) -> Option<u64> {
 fn many_seeds_keep_every_promise() {
     let seeds = env_u64("SIM_SEEDS").unwrap_or(DEFAULT_SEEDS);
     let first = env_u64("SIM_FIRST_SEED").unwrap_or(0);
-    let settings = Settings::default();
+    let settings = settings();
     let started = Instant::now();
     let mut failures = Vec::new();
     let (mut acks, mut drops, mut resent, mut evictions) = (0, 0, 0, 0);
@@ -85,7 +100,7 @@ fn replay() {
     node_kit::telemetry::init_for_tests();
     let seed = env_u64("SIM_SEED").unwrap_or(PINNED_SEED);
     println!("SIM_SEED={seed}");
-    match scenario::run(seed, &Settings::default()) {
+    match scenario::run(seed, &settings()) {
         Ok(outcome) => {
             for s in &outcome.faults {
                 println!("fault at {:?}: {:?}", s.at, s.fault);
@@ -95,7 +110,12 @@ fn replay() {
             }
             println!("trace digest {:016x}", outcome.digest);
         }
-        Err(failure) => panic!("{failure}"),
+        Err(failure) => {
+            for line in &failure.trace {
+                println!("{line}");
+            }
+            panic!("{failure}")
+        }
     }
 }
 
