@@ -11,8 +11,8 @@ use protocol::connection::ReaderConfig;
 use protocol::handshake;
 use tokio::sync::mpsc;
 
-use crate::membership::{self, DetectorConfig};
-use crate::prober::Prober;
+use crate::state::membership::{self, DetectorConfig};
+use crate::tasks::prober::Prober;
 
 /// Settings of the head node. `Default` gives the documented defaults.
 #[derive(Clone)]

@@ -20,7 +20,7 @@ use protocol::message::{FromDataNode, MessageId, MessageKey, NodeId, ReadRecord,
 use tokio::sync::mpsc;
 use tracing::debug;
 
-use crate::membership::ConnId;
+use crate::state::membership::ConnId;
 
 /// Reads outstanding per data-node connection: the data node refuses more
 /// (`readerror ... at most 16`), so the session queues beyond it.

@@ -20,8 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use protocol::message::{MessageId, NodeId, ReadRecord};
 
-use crate::Shared;
-use crate::reads::{NodeReader, ReadFailed, ScanPage};
+use crate::state::reads::{NodeReader, ReadFailed, ScanPage};
 
 /// Which records may be emitted now without risking a gap.
 ///
@@ -71,20 +70,6 @@ impl Watermark {
             settled_below: idle.then_some(next_seq),
             stored_by_ms: now_ms.saturating_sub(lag.as_millis() as u64),
         }
-    }
-
-    /// The watermark of `shared`'s head node now: its next id is read
-    /// before whether it holds any message (see above).
-    pub(crate) fn current(shared: &Shared) -> Self {
-        let next_seq = shared.ids.peek_next_seq();
-        let idle = shared.budget.available_permits() >= shared.budget_total;
-        Watermark::new(
-            shared.ids.epoch(),
-            next_seq,
-            idle,
-            SystemTime::now(),
-            shared.config.tail_lag(),
-        )
     }
 
     /// Whether `record` may be emitted.

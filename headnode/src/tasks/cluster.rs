@@ -16,14 +16,14 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::forward::Forward;
-use crate::membership::{
+use crate::state::forward::Forward;
+use crate::state::membership::{
     ConnId, DetectorConfig, Event, EvictReason, MemberInfo, Membership, ProbeOutcome, Refusal,
 };
-use crate::prober::Prober;
-use crate::recovery::{Gate, Recovered, Recovery};
-use crate::router::{NodeHandle, NodeLoad, Routes};
-use crate::signal::Signal;
+use crate::state::recovery::{Gate, Recovered, Recovery};
+use crate::state::router::{NodeHandle, NodeLoad, Routes};
+use crate::state::signal::Signal;
+use crate::tasks::prober::Prober;
 use protocol::message::NodeId;
 
 /// What the membership task hears about.
@@ -69,9 +69,9 @@ pub(crate) struct ClusterConfig {
     /// How long to wait for the nodes the previous head node had.
     pub(crate) recovery_wait: Duration,
     /// Where membership events are recorded for the operator.
-    pub(crate) status: Arc<crate::status::Status>,
+    pub(crate) status: Arc<crate::tasks::status::Status>,
     /// Told every membership event, to schedule repair.
-    pub(crate) repair: Arc<crate::repair::Repair>,
+    pub(crate) repair: Arc<crate::tasks::repair::Repair>,
 }
 
 struct Session {

@@ -34,11 +34,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::Shared;
 use crate::config::MESSAGE_OVERHEAD;
-use crate::forward::{Completion, Envelope, NewEnvelope, Outcome, Waiter};
-use crate::keys::Found;
-use crate::router::Routes;
+use crate::state::forward::{Completion, Envelope, NewEnvelope, Outcome, Waiter};
+use crate::state::keys::Found;
+use crate::state::router::Routes;
+use crate::tasks::Shared;
 
 /// Answers not yet written, by slot: the message at `first_slot` is at the
 /// front. Each slot also keeps what its message costs while in flight.

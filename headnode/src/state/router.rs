@@ -35,8 +35,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::warn;
 
-use crate::forward::{Envelope, Forward, Holders, report_under_replicated};
-use crate::membership::ConnId;
+use crate::state::forward::{Envelope, Forward, Holders, report_under_replicated};
+use crate::state::membership::ConnId;
 
 /// Indices of nodes in a snapshot; on the stack up to 16 nodes.
 type Indices = SmallVec<[usize; 16]>;
@@ -299,7 +299,7 @@ pub(crate) struct Router {
     over_replicated: Arc<AtomicU64>,
     /// Bumped after every new snapshot: what node sessions and the
     /// parking task wait on (in a repeatable order, unlike the watch).
-    changes: Arc<crate::signal::Signal>,
+    changes: Arc<crate::state::signal::Signal>,
 }
 
 impl Router {
@@ -324,7 +324,7 @@ impl Router {
     }
 
     /// The signal bumped after every new snapshot.
-    pub(crate) fn changes(&self) -> Arc<crate::signal::Signal> {
+    pub(crate) fn changes(&self) -> Arc<crate::state::signal::Signal> {
         self.changes.clone()
     }
 
@@ -563,8 +563,8 @@ fn offer(node: &NodeHandle, mut message: Forward) -> Result<(), Forward> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::forward::tests::replicated;
-    use crate::forward::{Completion, NewEnvelope, Outcome, Replication, Waiter};
+    use crate::state::forward::tests::replicated;
+    use crate::state::forward::{Completion, NewEnvelope, Outcome, Replication, Waiter};
     use bytes::Bytes;
     use protocol::message::MessageId;
     use rand::SeedableRng;

@@ -27,10 +27,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::Shared;
-use crate::reads::{GetResult, NodeRead, NodeReader};
-use crate::status::{ReadFailure, ReadKind};
-use crate::tail::{Merge, Step, Watermark};
+use crate::state::reads::{GetResult, NodeRead, NodeReader};
+use crate::state::tail::{Merge, Step};
+use crate::tasks::Shared;
+use crate::tasks::status::{ReadFailure, ReadKind};
 
 /// Requests taken from one reader's buffer at once; lines beyond them
 /// already received are answered `ERROR too many requests in flight`.
@@ -303,7 +303,7 @@ async fn tail<S: Stream>(
     since_ms: Option<u64>,
 ) -> Result<Option<ReadFailure>, String> {
     let timeout = shared.config.read_timeout;
-    let watermark = Watermark::current(shared);
+    let watermark = shared.watermark();
     let mut merge = Merge::new(live.iter().map(|r| r.node.clone()).collect(), after);
     let mut sent = 0u32;
     let mut examined = 0u32;

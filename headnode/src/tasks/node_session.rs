@@ -16,14 +16,14 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::Shared;
-use crate::cluster::Input;
-use crate::forward::{CopyStored, Forward};
-use crate::in_flight::{Acked, InFlight};
-use crate::membership::MemberInfo;
-use crate::reads::{PendingReads, ReadJob};
-use crate::router::NodeLoad;
-use crate::status::NodeCounters;
+use crate::state::forward::{CopyStored, Forward};
+use crate::state::in_flight::{Acked, InFlight};
+use crate::state::membership::MemberInfo;
+use crate::state::reads::{PendingReads, ReadJob};
+use crate::state::router::NodeLoad;
+use crate::tasks::Shared;
+use crate::tasks::cluster::Input;
+use crate::tasks::status::NodeCounters;
 
 /// A data node that has been accepted into the cluster.
 pub(crate) struct Registered<S: Stream> {

@@ -52,11 +52,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::Shared;
-use crate::forward::{Completion, Envelope, Holders, NewEnvelope, Outcome, Replication, Waiter};
-use crate::membership::{Event, EvictReason};
-use crate::reads::{GetResult, NodeRead, NodeReader};
-use crate::tail::{Merge, Step, Watermark};
+use crate::state::forward::{
+    Completion, Envelope, Holders, NewEnvelope, Outcome, Replication, Waiter,
+};
+use crate::state::membership::{Event, EvictReason};
+use crate::state::reads::{GetResult, NodeRead, NodeReader};
+use crate::state::tail::{Merge, Step};
+use crate::tasks::Shared;
 
 /// Repair copies on their way at once.
 pub(crate) const REPAIR_IN_FLIGHT: usize = 64;
@@ -464,7 +466,7 @@ async fn pass(
             ..RepairPass::default()
         });
     }
-    let watermark = Watermark::current(shared);
+    let watermark = shared.watermark();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Completion>();
     let mut in_flight: HashMap<u64, usize> = HashMap::new();
     let mut counts = Counts::default();
@@ -730,7 +732,7 @@ impl Pace {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::membership::MemberInfo;
+    use crate::state::membership::MemberInfo;
 
     const AFTER: Duration = Duration::from_secs(30);
 

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::membership::ProbeOutcome;
+use crate::state::membership::ProbeOutcome;
 
 /// Sends one ICMP echo to a host.
 pub trait Prober: Send + Sync + 'static {

@@ -28,8 +28,8 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::Instant;
 use tracing::warn;
 
-use crate::keys::KeyTable;
-use crate::membership::ConnId;
+use crate::state::keys::KeyTable;
+use crate::state::membership::ConnId;
 
 /// The data nodes holding a message, in the order they wrote it; on the
 /// stack up to 3 (the usual number of copies).

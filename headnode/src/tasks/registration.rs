@@ -22,11 +22,11 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::Shared;
-use crate::cluster::Input;
-use crate::membership;
-use crate::node_session;
-use crate::router::NodeLoad;
+use crate::state::membership;
+use crate::state::router::NodeLoad;
+use crate::tasks::Shared;
+use crate::tasks::cluster::Input;
+use crate::tasks::node_session;
 
 /// A peer past its handshake.
 pub(crate) enum Peer<S: Stream> {
@@ -248,7 +248,7 @@ async fn register_data_node<S: Stream>(
         // Original-system nodes have no name; name them by address.
         None => format!(
             "dn-{}-{}",
-            crate::prober::canonical_ip(peer.ip()),
+            crate::tasks::prober::canonical_ip(peer.ip()),
             peer.port()
         )
         .replace(':', ".")
@@ -259,7 +259,7 @@ async fn register_data_node<S: Stream>(
         node,
         incarnation: hello.incarnation.unwrap_or(conn_id),
         conn: conn_id,
-        addr: crate::prober::canonical_ip(peer.ip()),
+        addr: crate::tasks::prober::canonical_ip(peer.ip()),
         legacy,
         zone: hello.zone,
         store: hello.store,

@@ -29,7 +29,7 @@ use protocol::message::{MessageId, MessageKey, NodeId};
 use tokio::time::Instant;
 use tracing::warn;
 
-use crate::forward::{Envelope, Holders};
+use crate::state::forward::{Envelope, Holders};
 
 /// Memory of one slot of the bound, at most: a key's 40 bytes (id,
 /// holders, envelope pointer) in its client's run and the run's spare
@@ -258,7 +258,7 @@ impl std::fmt::Debug for KeyTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::forward::tests::envelope;
+    use crate::state::forward::tests::envelope;
 
     fn key(seq: u64) -> MessageKey {
         format!("c1/{seq}").parse().unwrap()

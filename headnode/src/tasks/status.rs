@@ -37,8 +37,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::Shared;
-use crate::membership::{Event, EvictReason};
+use crate::state::membership::{Event, EvictReason};
+use crate::tasks::Shared;
 
 /// Departed (evicted or left) nodes kept in the table at most; the one
 /// that departed first goes first.
@@ -785,7 +785,7 @@ pub(crate) async fn run_ticker(shared: Arc<Shared>, stop: CancellationToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::membership::MemberInfo;
+    use crate::state::membership::MemberInfo;
 
     fn member(name: &str, incarnation: u64) -> MemberInfo {
         MemberInfo {
