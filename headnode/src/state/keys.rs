@@ -29,7 +29,7 @@ use protocol::message::{MessageId, MessageKey, NodeId};
 use tokio::time::Instant;
 use tracing::warn;
 
-use crate::state::forward::{Envelope, Holders};
+use crate::state::forward::{Envelope, Holders, SettleKey};
 
 /// Memory of one slot of the bound, at most: a key's 40 bytes (id,
 /// holders, envelope pointer) in its client's run and the run's spare
@@ -146,31 +146,6 @@ impl KeyTable {
         }
     }
 
-    /// The message of `key`, `ended`, ended with these holders.
-    ///
-    /// The entry lets go of its pointer to `ended`: a `Weak` keeps the
-    /// envelope's allocation alive (about 300 bytes) as long as it exists.
-    pub(crate) fn settle(
-        &self,
-        key: &MessageKey,
-        ended: *const Envelope,
-        id: MessageId,
-        holders: &[NodeId],
-    ) {
-        let mut keys = self.lock();
-        let keys = &mut *keys;
-        if let Some(entry) = keys.window.get_mut(key.client.as_str(), key.seq)
-            && entry.id == id
-        {
-            if *entry.holders != *holders {
-                entry.holders = keys.holder_sets.share(holders);
-            }
-            if std::ptr::eq(entry.live.as_ptr(), ended) {
-                entry.live = Weak::new();
-            }
-        }
-    }
-
     /// A data node reports that it holds `key` under `id`.
     pub(crate) fn holds(&self, key: MessageKey, id: MessageId, node: &NodeId, now: Instant) {
         let now_ms = self.millis(now);
@@ -206,6 +181,27 @@ impl KeyTable {
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.lock().window.len()
+    }
+}
+
+impl SettleKey for KeyTable {
+    /// The message of `key`, `ended`, ended with these holders.
+    ///
+    /// The entry lets go of its pointer to `ended`: a `Weak` keeps the
+    /// envelope's allocation alive (about 300 bytes) as long as it exists.
+    fn settle(&self, key: &MessageKey, ended: *const Envelope, id: MessageId, holders: &[NodeId]) {
+        let mut keys = self.lock();
+        let keys = &mut *keys;
+        if let Some(entry) = keys.window.get_mut(key.client.as_str(), key.seq)
+            && entry.id == id
+        {
+            if *entry.holders != *holders {
+                entry.holders = keys.holder_sets.share(holders);
+            }
+            if std::ptr::eq(entry.live.as_ptr(), ended) {
+                entry.live = Weak::new();
+            }
+        }
     }
 }
 
