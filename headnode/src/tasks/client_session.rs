@@ -15,7 +15,6 @@
 //! its messages' bytes count against the shared in-flight budget. A client whose socket takes nothing for `write_timeout` is
 //! closed, and so is one that sends nothing for `client_idle_timeout`.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -37,59 +36,9 @@ use tracing::{debug, info, warn};
 use crate::config::MESSAGE_OVERHEAD;
 use crate::state::forward::{Completion, Envelope, NewEnvelope, Outcome, Waiter};
 use crate::state::keys::Found;
+use crate::state::reply_window::ReplyWindow;
 use crate::state::router::Routes;
 use crate::tasks::Shared;
-
-/// Answers not yet written, by slot: the message at `first_slot` is at the
-/// front. Each slot also keeps what its message costs while in flight.
-struct ReplyWindow {
-    first_slot: u64,
-    slots: VecDeque<(u32, Option<Completion>)>,
-    /// Bytes of the messages still waiting for their answer.
-    in_flight_bytes: usize,
-}
-
-impl ReplyWindow {
-    fn next_slot(&self) -> u64 {
-        self.first_slot + self.slots.len() as u64
-    }
-
-    fn open_slot(&mut self) -> u64 {
-        self.slots.push_back((0, None));
-        self.next_slot() - 1
-    }
-
-    /// Counts `cost` bytes in flight for the message in `slot`.
-    fn charge(&mut self, slot: u64, cost: u32) {
-        let index = slot.wrapping_sub(self.first_slot) as usize;
-        if let Some((charged, None)) = self.slots.get_mut(index) {
-            *charged = cost;
-            self.in_flight_bytes += cost as usize;
-        }
-    }
-
-    fn fill(&mut self, done: Completion) {
-        let index = done.slot.wrapping_sub(self.first_slot) as usize;
-        if let Some((charged, slot @ None)) = self.slots.get_mut(index) {
-            self.in_flight_bytes -= *charged as usize;
-            *slot = Some(done);
-        }
-    }
-
-    /// Takes the answers that are ready and next in order.
-    fn pop_ready(&mut self) -> Option<Completion> {
-        if matches!(self.slots.front(), Some((_, Some(_)))) {
-            self.first_slot += 1;
-            self.slots.pop_front().and_then(|(_, done)| done)
-        } else {
-            None
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.slots.len()
-    }
-}
 
 /// A message read while the in-flight budget was used up: it waits for its
 /// share, and the client is not read meanwhile.
@@ -110,11 +59,7 @@ pub(crate) async fn run<S: Stream>(
     let client: Arc<str> = conn.peer.to_string().into();
     let config = &shared.config;
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Completion>();
-    let mut window = ReplyWindow {
-        first_slot: 0,
-        slots: VecDeque::new(),
-        in_flight_bytes: 0,
-    };
+    let mut window = ReplyWindow::default();
     let mut blocked: Option<Blocked> = None;
     let mut reading = true;
     let mut last_heard = Instant::now();
@@ -140,7 +85,7 @@ pub(crate) async fn run<S: Stream>(
             && serving
             && blocked.is_none()
             && window.len() < max_in_flight
-            && window.in_flight_bytes < config.max_client_in_flight_bytes
+            && window.in_flight_bytes() < config.max_client_in_flight_bytes
             && conn.writer.pending() < config.max_client_unflushed;
         let stall_deadline = conn.writer.stall_deadline(config.write_timeout);
         tokio::select! {
@@ -246,7 +191,7 @@ pub(crate) async fn run<S: Stream>(
                     }
                     let may_take_more = blocked.is_none()
                         && window.len() < max_in_flight
-                        && window.in_flight_bytes < config.max_client_in_flight_bytes;
+                        && window.in_flight_bytes() < config.max_client_in_flight_bytes;
                     if !may_take_more {
                         break;
                     }
