@@ -37,6 +37,7 @@ use tracing::warn;
 
 use crate::state::forward::{Envelope, Forward, Holders, report_under_replicated};
 use crate::state::membership::ConnId;
+use crate::state::reads::NodeReader;
 
 /// Indices of nodes in a snapshot; on the stack up to 16 nodes.
 type Indices = SmallVec<[usize; 16]>;
@@ -159,11 +160,16 @@ impl NodeLoad {
     }
 }
 
-/// An immutable snapshot of the routable data nodes.
+/// An immutable snapshot of the data nodes: those that may be sent new
+/// messages, and every member that serves reads. Both come from the
+/// membership, which is the one owner of who is live.
 #[derive(Debug, Default)]
 pub(crate) struct Routes {
-    /// The nodes, in no particular order.
+    /// The routable nodes, in no particular order.
     pub(crate) nodes: Vec<NodeHandle>,
+    /// Every member that serves reads (suspect and leaving ones too), one
+    /// per node id, in node order. Original-system nodes serve none.
+    readers: Vec<NodeReader>,
     /// The nodes of the current sticky run, and messages left in that run.
     run: Mutex<StickyRun>,
 }
@@ -175,12 +181,30 @@ struct StickyRun {
 }
 
 impl Routes {
-    /// A snapshot of these nodes; the first message starts a new run.
+    /// A snapshot of these nodes, none serving reads; the first message
+    /// starts a new run.
+    #[cfg(test)]
     pub(crate) fn new(nodes: Vec<NodeHandle>) -> Self {
+        Routes::with_readers(nodes, Vec::new())
+    }
+
+    /// A snapshot of these routable nodes and these readers.
+    pub(crate) fn with_readers(nodes: Vec<NodeHandle>, readers: Vec<NodeReader>) -> Self {
         Routes {
             nodes,
+            readers,
             run: Mutex::default(),
         }
+    }
+
+    /// The nodes that serve reads now, in node order: a node whose session
+    /// has just ended (its eviction not yet published) is left out.
+    pub(crate) fn readers(&self) -> Vec<NodeReader> {
+        self.readers
+            .iter()
+            .filter(|r| r.is_open())
+            .cloned()
+            .collect()
     }
 
     /// `count` distinct nodes among `eligible` (indices) for a new message:

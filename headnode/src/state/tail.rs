@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use protocol::message::{MessageId, NodeId, ReadRecord};
 
-use crate::state::reads::{NodeReader, ReadFailed, ScanPage};
+use crate::state::reads::{ReadFailed, ScanPage};
 
 /// Which records may be emitted now without risking a gap.
 ///
@@ -95,7 +95,7 @@ struct Cursor {
 /// What the merge needs or gives next.
 #[derive(Debug)]
 pub(crate) enum Step {
-    /// Scan these nodes (indices into [`Merge::nodes`]) from
+    /// Scan these nodes (indices into the merge's nodes) from
     /// [`Merge::scan_from`], and hand the pages to [`Merge::page`].
     Refill(Vec<usize>),
     /// The next record in id order, and the nodes that hold it.
@@ -156,33 +156,6 @@ impl Merge {
     /// The greatest id emitted (or the starting point).
     pub(crate) fn last(&self) -> Option<MessageId> {
         self.last
-    }
-
-    /// Scans the nodes at `which` (indices into `live`, in the order the
-    /// merge was made with) at once, `page` records each, and takes their
-    /// answers. The nodes whose read failed, with why: they leave the merge.
-    pub(crate) async fn refill(
-        &mut self,
-        which: Vec<usize>,
-        live: &[NodeReader],
-        page: u32,
-        timeout: std::time::Duration,
-    ) -> Vec<(NodeId, ReadFailed)> {
-        let mut scans = tokio::task::JoinSet::new();
-        for i in which {
-            let reader = live[i].clone();
-            let after = self.scan_from(i);
-            scans.spawn(async move { (i, reader.scan(after, page, timeout).await) });
-        }
-        let mut failed = Vec::new();
-        while let Some(done) = scans.join_next().await {
-            let Ok((i, answer)) = done else { continue };
-            if let Err(e) = &answer {
-                failed.push((self.node(i).clone(), e.clone()));
-            }
-            self.page(i, answer);
-        }
-        failed
     }
 
     /// The answer to a scan of the node at `i`.

@@ -20,6 +20,7 @@ use crate::state::forward::Forward;
 use crate::state::membership::{
     ConnId, DetectorConfig, Event, EvictReason, MemberInfo, Membership, ProbeOutcome, Refusal,
 };
+use crate::state::reads::{NodeReader, ReadJob};
 use crate::state::recovery::{Gate, Recovered, Recovery};
 use crate::state::router::{NodeHandle, NodeLoad, Routes};
 use crate::state::signal::Signal;
@@ -37,6 +38,9 @@ pub(crate) enum Input {
         load: Arc<NodeLoad>,
         /// Cancelled when the member is evicted; the session then closes.
         evicted: CancellationToken,
+        /// Where its session takes reads; `None` for a node that serves
+        /// none (an original-system one).
+        reads: Option<mpsc::Sender<ReadJob>>,
         /// The nodes its report named (see `recovery`).
         peers: Vec<NodeId>,
         respond: oneshot::Sender<Result<(), Refusal>>,
@@ -76,6 +80,8 @@ pub(crate) struct ClusterConfig {
 
 struct Session {
     handle: NodeHandle,
+    /// Its reads, when it serves them.
+    reader: Option<NodeReader>,
     evicted: CancellationToken,
 }
 
@@ -195,6 +201,7 @@ impl Driver {
                 queue,
                 load,
                 evicted,
+                reads,
                 peers,
                 respond,
             } => match membership.register(info.clone(), now()) {
@@ -213,6 +220,8 @@ impl Driver {
                                 load,
                                 one_at_a_time: info.legacy,
                             },
+                            reader: reads
+                                .map(|jobs_tx| NodeReader::new(info.node.clone(), jobs_tx)),
                             evicted,
                         },
                     );
@@ -403,7 +412,15 @@ impl Driver {
             .routable()
             .filter_map(|m| self.sessions.get(&m.conn).map(|s| s.handle.clone()))
             .collect();
-        self.routes.send_replace(Arc::new(Routes::new(nodes)));
+        // Every member, not only the routable: a suspect or leaving node
+        // still serves reads of what it holds.
+        let readers = self
+            .membership
+            .members()
+            .filter_map(|m| self.sessions.get(&m.conn)?.reader.clone())
+            .collect();
+        self.routes
+            .send_replace(Arc::new(Routes::with_readers(nodes, readers)));
         self.route_changes.bump();
     }
 }

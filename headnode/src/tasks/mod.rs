@@ -10,7 +10,6 @@ use tokio::sync::{Semaphore, mpsc};
 use crate::config::{Config, Limits};
 use crate::state::forward::{IdGenerator, Replication};
 use crate::state::keys::KeyTable;
-use crate::state::reads::ReadPool;
 use crate::state::recovery::Gate;
 use crate::state::router::Router;
 use crate::state::tail::Watermark;
@@ -21,6 +20,7 @@ pub(crate) mod node_session;
 pub(crate) mod parking;
 pub mod prober;
 pub(crate) mod reader_session;
+pub(crate) mod reads;
 pub(crate) mod registration;
 pub(crate) mod repair;
 pub(crate) mod server;
@@ -38,8 +38,6 @@ pub(crate) struct Shared {
     pub(crate) budget: Arc<Semaphore>,
     /// Permits of `budget` when nothing is in flight.
     pub(crate) budget_total: usize,
-    /// The data nodes that serve reads now.
-    pub(crate) reads: ReadPool,
     /// Read requests served at once ([`Config::max_reads`]).
     pub(crate) read_budget: Semaphore,
     /// Places for readers ([`Config::max_readers`]).

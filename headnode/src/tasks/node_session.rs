@@ -30,6 +30,8 @@ pub(crate) struct Registered<S: Stream> {
     pub(crate) conn: Connection<S>,
     pub(crate) info: MemberInfo,
     pub(crate) queue: mpsc::UnboundedReceiver<Forward>,
+    /// The reads other tasks hand it; `None` for a node that serves none.
+    pub(crate) reads: Option<mpsc::Receiver<ReadJob>>,
     /// What the router counts as held by this session.
     pub(crate) load: Arc<NodeLoad>,
     /// Cancelled by the membership task when it evicts this node.
@@ -51,6 +53,7 @@ pub(crate) async fn run<S: Stream>(
         mut conn,
         info,
         mut queue,
+        reads: mut reads_rx,
         load,
         evicted,
         shared,
@@ -71,13 +74,6 @@ pub(crate) async fn run<S: Stream>(
             .saturating_add(protocol::message::READ_LINE_OVERHEAD),
     );
     let mut in_flight = InFlight::default();
-    // Original-system nodes cannot serve reads.
-    let (_read_slot, mut reads_rx) = if info.legacy {
-        (None, None)
-    } else {
-        let (joined, reads_rx) = shared.reads.join(info.conn, info.node.clone());
-        (Some(joined), Some(reads_rx))
-    };
     let mut reads = PendingReads::default();
     let mut heartbeat = tokio::time::interval(config.heartbeat_interval);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);

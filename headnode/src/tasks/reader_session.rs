@@ -29,8 +29,8 @@ use tracing::{debug, info, warn};
 
 use crate::state::reads::{GetResult, NodeRead, NodeReader};
 use crate::state::tail::{Merge, Step};
-use crate::tasks::Shared;
 use crate::tasks::status::{ReadFailure, ReadKind};
+use crate::tasks::{Shared, reads};
 
 /// Requests taken from one reader's buffer at once; lines beyond them
 /// already received are answered `ERROR too many requests in flight`.
@@ -193,7 +193,7 @@ async fn respond<S: Stream>(
         ));
         return Ok(Some(ReadFailure::Busy));
     };
-    let live = shared.reads.live();
+    let live = shared.router.snapshot().readers();
     if live.is_empty() {
         conn.writer.queue_error(&protocol::message::NO_DATA_NODES);
         return Ok(Some(ReadFailure::NoDataNodes));
@@ -237,7 +237,7 @@ async fn get<S: Stream>(
     for reader in live {
         let read = read.clone();
         reads.spawn(async move {
-            let got = reader.get(read, timeout).await;
+            let got = reads::get(&reader, read, timeout).await;
             (reader.node, got)
         });
     }
@@ -311,7 +311,7 @@ async fn tail<S: Stream>(
     let more = loop {
         match merge.step(&watermark) {
             Step::Refill(which) => {
-                for (node, e) in merge.refill(which, &live, SCAN_PAGE, timeout).await {
+                for (node, e) in reads::refill(&mut merge, which, &live, SCAN_PAGE, timeout).await {
                     warn!(node = %node, error = %e, "tail goes on without this dataNode (its messages have copies on the others)");
                     first_failure.get_or_insert_with(|| e.to_string());
                 }

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::state::membership;
+use crate::state::reads::read_channel;
 use crate::state::router::NodeLoad;
 use crate::tasks::Shared;
 use crate::tasks::cluster::Input;
@@ -346,6 +347,13 @@ async fn registration<S: Stream>(
     shared: Arc<Shared>,
 ) -> Option<node_session::Registered<S>> {
     let (queue_tx, queue_rx) = mpsc::unbounded_channel();
+    // Original-system nodes cannot serve reads.
+    let (reads_tx, reads_rx) = if info.legacy {
+        (None, None)
+    } else {
+        let (reads_tx, reads_rx) = read_channel();
+        (Some(reads_tx), Some(reads_rx))
+    };
     let load = Arc::new(NodeLoad::default());
     let evicted = CancellationToken::new();
     let (respond, response) = tokio::sync::oneshot::channel();
@@ -354,6 +362,7 @@ async fn registration<S: Stream>(
         queue: queue_tx,
         load: load.clone(),
         evicted: evicted.clone(),
+        reads: reads_tx,
         peers,
         respond,
     };
@@ -373,6 +382,7 @@ async fn registration<S: Stream>(
         conn,
         info,
         queue: queue_rx,
+        reads: reads_rx,
         load,
         evicted,
         shared,

@@ -58,7 +58,7 @@ use crate::state::forward::{
 use crate::state::membership::{Event, EvictReason};
 use crate::state::reads::{GetResult, NodeRead, NodeReader};
 use crate::state::tail::{Merge, Step};
-use crate::tasks::Shared;
+use crate::tasks::{Shared, reads};
 
 /// Repair copies on their way at once.
 pub(crate) const REPAIR_IN_FLIGHT: usize = 64;
@@ -440,7 +440,7 @@ async fn pass(
     from: Option<MessageId>,
     rng: &mut SmallRng,
 ) -> PassEnd {
-    let live = shared.reads.live();
+    let live = shared.router.snapshot().readers();
     let wanted = shared.replication.replicas.min(live.len());
     if live.len() < 2 {
         warn!(
@@ -478,7 +478,9 @@ async fn pass(
     let end = loop {
         match merge.step(&watermark) {
             Step::Refill(which) => {
-                for (node, e) in merge.refill(which, &live, REPAIR_SCAN_PAGE, timeout).await {
+                for (node, e) in
+                    reads::refill(&mut merge, which, &live, REPAIR_SCAN_PAGE, timeout).await
+                {
                     warn!(node = %node, error = %e, "repair cannot read this dataNode; the pass goes on without it and will run again");
                     complete = false;
                 }
@@ -611,7 +613,7 @@ async fn confirm(
     for reader in live.iter().filter(|r| !holders.contains(&r.node)) {
         let reader = reader.clone();
         asks.spawn(async move {
-            let answer = reader.get(NodeRead::Get(id), timeout).await;
+            let answer = reads::get(&reader, NodeRead::Get(id), timeout).await;
             (reader.node, answer)
         });
     }

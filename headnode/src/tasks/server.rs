@@ -25,7 +25,6 @@ use crate::config::{Config, Limits};
 use crate::error::RunError;
 use crate::state::forward::{self, IdGenerator};
 use crate::state::keys;
-use crate::state::reads;
 use crate::state::recovery;
 use crate::state::router::{Router, Routes};
 use crate::tasks::cluster::{self, ClusterConfig};
@@ -124,7 +123,6 @@ pub(crate) async fn serve<L: Listener>(
         membership_tx: inputs_tx,
         budget: Arc::new(Semaphore::new(budget)),
         budget_total: budget,
-        reads: reads::ReadPool::default(),
         read_budget: Semaphore::new(config.max_reads),
         reader_slots: Arc::new(Semaphore::new(config.max_readers)),
         keys: Arc::new(keys::KeyTable::new(config.dedup_keys, config.dedup_window)),
