@@ -41,7 +41,7 @@ DC = $(COMPOSE) -p $(PROJECT) --profile scale
 .PHONY: help up down build binaries images logs-dir token tail logs compose-logs ps scale e2e bench test clean-logs check-compose
 
 help: ## this list
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  make %-13s %s\n", $$1, $$2 }'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  make %-13s %s\n", $$1, $$2 }'
 
 check-compose:
 	@if [ -z "$(COMPOSE)" ]; then \

@@ -13,6 +13,27 @@ START=${START:-$(date +%s.%N)}
 WAIT_FOR_ACK=${WAIT_FOR_ACK:-60}
 CLIENT_LOG=$LOGS_DIR/client/registro_cliente.txt
 shown=${LOGS_DIR#"$PWD"/}
+prefix=${CONTAINER_PREFIX:-}
+network=${NETWORK_NAME:-msgstore}
+client_image=${IMAGE_PREFIX:-msgstore-}client:${IMAGE_TAG:-latest}
+
+# Where the head node's HTTP port is published: Docker knows (HEAD_HTTP_PORT
+# may be set in .env, or empty for a port Docker picks).
+http=$(docker port "${prefix}headnode" 8080/tcp 2>/dev/null | head -n 1)
+http=${http:-127.0.0.1:${HEAD_HTTP_PORT:-8080}}
+http_flag=
+[[ $http == 127.0.0.1:8080 ]] || http_flag=" --http $http"
+
+# The client docker/build.sh built for the images (same target directory and
+# triple), so the command printed runs as printed; without it, the image.
+static_dir=${CARGO_TARGET_DIR:-$ROOT/target/static}
+triple=${TARGET:-$(rustc -vV 2>/dev/null | sed -n 's/^host: //p')}
+client=$static_dir/$triple/release/client
+if [[ -n $triple && -x $client ]]; then
+    status_cmd="${client#"$PWD"/} status$http_flag --watch"
+else
+    status_cmd="docker run --rm -it --network $network $client_image status --http headnode:8080 --watch"
+fi
 
 cat <<EOF
 
@@ -25,11 +46,13 @@ The stack is up. Each container writes to $shown/<container-name>/:
   $shown/datanode1/registro_datanode.txt     data node log
   $shown/client/registro_cliente.txt         client: one line per acknowledgement
 
-Status page:        http://127.0.0.1:${HEAD_HTTP_PORT:-8080}/    (also: target/release/client status --watch)
-Metrics:            http://127.0.0.1:${HEAD_HTTP_PORT:-8080}/metrics
+Status page:        http://$http/
+Metrics:            http://$http/metrics
+Status table:       $status_cmd
 Follow everything:  make tail      (tail -F $shown/*/*.txt)
 Just evictions:     tail -F $shown/headnode/heartbeat_server.txt
-Watch an eviction:  docker kill datanode1   ... then: docker start datanode1
+Read back:          docker run --rm --network $network $client_image --server headnode:5000 tail
+Watch an eviction:  docker kill ${prefix}datanode1   ... then: docker start ${prefix}datanode1
 Stop it all:        make down
 EOF
 
