@@ -9,6 +9,7 @@ pub(crate) mod keys;
 pub mod membership;
 pub(crate) mod reads;
 pub(crate) mod recovery;
+pub(crate) mod repair;
 pub(crate) mod reply_window;
 pub(crate) mod router;
 pub(crate) mod signal;

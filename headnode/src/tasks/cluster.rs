@@ -22,9 +22,11 @@ use crate::state::membership::{
 };
 use crate::state::reads::{NodeReader, ReadJob};
 use crate::state::recovery::{Gate, Recovered, Recovery};
+use crate::state::repair::MemberChange;
 use crate::state::router::{NodeHandle, NodeLoad, Routes};
 use crate::state::signal::Signal;
 use crate::tasks::prober::Prober;
+use crate::tasks::repair::RepairEvent;
 use protocol::message::NodeId;
 
 /// What the membership task hears about.
@@ -74,8 +76,9 @@ pub(crate) struct ClusterConfig {
     pub(crate) recovery_wait: Duration,
     /// Where membership events are recorded for the operator.
     pub(crate) status: Arc<crate::tasks::status::Status>,
-    /// Told every membership event, to schedule repair.
-    pub(crate) repair: Arc<crate::tasks::repair::Repair>,
+    /// Told every membership change that decides a repair pass (see
+    /// [`RepairEvent`]).
+    pub(crate) repair_tx: mpsc::Sender<RepairEvent>,
 }
 
 struct Session {
@@ -164,11 +167,11 @@ pub(crate) async fn run_membership(
                 None => break,
             },
         };
-        driver.carry_out(&events);
+        driver.carry_out(&events).await;
     }
 
     let events = driver.membership.evict_all();
-    driver.carry_out(&events);
+    driver.carry_out(&events).await;
     driver.probes.abort_all();
 }
 
@@ -298,8 +301,25 @@ impl Driver {
         });
     }
 
+    /// Sends the repair task what `event` changes for it, if anything. Never
+    /// dropped: when its queue is full, this waits for room (the repair task
+    /// reads it in every state, so the wait is short); when that task has
+    /// ended (repair off, or shutting down), nobody needs it.
+    async fn tell_repair(&self, event: &Event) {
+        let Some(change) = MemberChange::of(event) else {
+            return;
+        };
+        let event = RepairEvent {
+            change,
+            at: tokio::time::Instant::now(),
+        };
+        if let Err(mpsc::error::TrySendError::Full(event)) = self.config.repair_tx.try_send(event) {
+            let _ = self.config.repair_tx.send(event).await;
+        }
+    }
+
     /// Logs and acts on events, then republishes the routes if they may have changed.
-    fn carry_out(&mut self, events: &[Event]) {
+    async fn carry_out(&mut self, events: &[Event]) {
         if events.is_empty() {
             return;
         }
@@ -312,7 +332,7 @@ impl Driver {
         let mut routes_changed = false;
         for event in events {
             self.config.status.record(event);
-            self.config.repair.record(event);
+            self.tell_repair(event).await;
             match event {
                 Event::Joined { member, rejoined } => {
                     let verb = if *rejoined { "rejoined" } else { "joined" };

@@ -11,6 +11,7 @@ use crate::config::{Config, Limits};
 use crate::state::forward::{IdGenerator, Replication};
 use crate::state::keys::KeyTable;
 use crate::state::recovery::Gate;
+use crate::state::repair::RepairProgress;
 use crate::state::router::Router;
 use crate::state::tail::Watermark;
 
@@ -52,8 +53,8 @@ pub(crate) struct Shared {
     pub(crate) node_slots: Arc<Semaphore>,
     /// Counters and the cluster table for the operator.
     pub(crate) status: Arc<status::Status>,
-    /// When repair is due, and how it goes.
-    pub(crate) repair: Arc<repair::Repair>,
+    /// How repair passes went.
+    pub(crate) repair: Arc<RepairProgress>,
     pub(crate) next_conn: AtomicU64,
 }
 

@@ -26,6 +26,7 @@ use crate::error::RunError;
 use crate::state::forward::{self, IdGenerator};
 use crate::state::keys;
 use crate::state::recovery;
+use crate::state::repair::{RepairProgress, Schedule};
 use crate::state::router::{Router, Routes};
 use crate::tasks::cluster::{self, ClusterConfig};
 use crate::tasks::prober::{IcmpProber, Prober};
@@ -53,7 +54,9 @@ pub(crate) async fn serve<L: Listener>(
 ) -> Result<(), RunError> {
     config.validate()?;
     let status = Arc::new(status::Status::default());
-    let repair = Arc::new(repair::Repair::new(config.repair_after));
+    let repair_schedule = Schedule::new(config.repair_after, tokio::time::Instant::now());
+    let repair_progress = Arc::new(RepairProgress::default());
+    let (repair_tx, repair_rx) = mpsc::channel(repair::REPAIR_EVENTS);
     let fd_limit = protocol::server::raise_fd_limit();
     let limits = Limits::share(
         protocol::server::connection_budget(fd_limit, config.max_connections),
@@ -93,7 +96,7 @@ pub(crate) async fn serve<L: Listener>(
             observer: config.observer.clone(),
             recovery_wait: config.recovery_wait,
             status: status.clone(),
-            repair: repair.clone(),
+            repair_tx,
         },
         prober,
         inputs_tx.clone(),
@@ -134,7 +137,7 @@ pub(crate) async fn serve<L: Listener>(
         client_slots: Arc::new(Semaphore::new(limits.clients)),
         node_slots: Arc::new(Semaphore::new(limits.data_nodes)),
         status,
-        repair,
+        repair: repair_progress.clone(),
         next_conn: AtomicU64::new(1),
         config,
     });
@@ -142,7 +145,14 @@ pub(crate) async fn serve<L: Listener>(
     // The operator's side: not essential, so it never stops the head node.
     let observers = TaskTracker::new();
     observers.spawn(status::run_ticker(shared.clone(), nodes_stop.clone()));
-    observers.spawn(repair::run(shared.clone(), nodes_stop.clone()));
+    let repair = repair::RepairTask {
+        shared: shared.clone(),
+        schedule: repair_schedule,
+        events_rx: repair_rx,
+        progress: repair_progress,
+        rng: SmallRng::from_rng(&mut rand::rng()),
+    };
+    observers.spawn(repair.run(nodes_stop.clone()));
     if let Some(http) = http {
         info!(addr = %http.local_addr()?, "status page, /metrics and /status.json served over HTTP");
         let handler_shared = shared.clone();
