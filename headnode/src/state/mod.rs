@@ -13,4 +13,5 @@ pub(crate) mod repair;
 pub(crate) mod reply_window;
 pub(crate) mod router;
 pub(crate) mod signal;
+pub(crate) mod status;
 pub(crate) mod tail;

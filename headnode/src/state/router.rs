@@ -300,6 +300,27 @@ impl Routes {
     }
 }
 
+/// Messages stored with fewer copies than wanted, and copies written
+/// beyond the wanted count, since the start: the router counts them, the
+/// status page reads them.
+#[derive(Debug, Default)]
+pub(crate) struct CopyCounts {
+    under: AtomicU64,
+    over: AtomicU64,
+}
+
+impl CopyCounts {
+    /// Messages stored with fewer copies than wanted.
+    pub(crate) fn under_replicated(&self) -> u64 {
+        self.under.load(Ordering::Relaxed)
+    }
+
+    /// Copies written beyond the wanted count.
+    pub(crate) fn over_replicated(&self) -> u64 {
+        self.over.load(Ordering::Relaxed)
+    }
+}
+
 /// A message or copy waiting in the waiting room for a node.
 #[derive(Debug)]
 pub(crate) enum Parked {
@@ -317,10 +338,8 @@ pub(crate) struct Router {
     parking: mpsc::UnboundedSender<Parked>,
     max_attempts: u32,
     sticky_run: usize,
-    /// Messages stored with fewer copies than wanted, since the start.
-    under_replicated: Arc<AtomicU64>,
-    /// Copies beyond the wanted count, since the start.
-    over_replicated: Arc<AtomicU64>,
+    /// Copies too few and too many, since the start.
+    copies: Arc<CopyCounts>,
     /// Bumped after every new snapshot: what node sessions and the
     /// parking task wait on (in a repeatable order, unlike the watch).
     changes: Arc<crate::state::signal::Signal>,
@@ -341,8 +360,7 @@ impl Router {
             parking,
             max_attempts,
             sticky_run,
-            under_replicated: Arc::default(),
-            over_replicated: Arc::default(),
+            copies: Arc::default(),
             changes: Arc::default(),
         }
     }
@@ -362,25 +380,30 @@ impl Router {
         self.routes.clone()
     }
 
+    /// What the router counts of copies too few and too many.
+    pub(crate) fn copy_counts(&self) -> Arc<CopyCounts> {
+        self.copies.clone()
+    }
+
     /// Messages stored with fewer copies than wanted, since the start.
     pub(crate) fn under_replicated(&self) -> u64 {
-        self.under_replicated.load(Ordering::Relaxed)
+        self.copies.under_replicated()
     }
 
     /// Copies written beyond the wanted count (a late acknowledgement after
     /// a copy was moved), since the start.
     pub(crate) fn over_replicated(&self) -> u64 {
-        self.over_replicated.load(Ordering::Relaxed)
+        self.copies.over_replicated()
     }
 
     /// Counts one copy more than wanted.
     pub(crate) fn count_over_replicated(&self) {
-        self.over_replicated.fetch_add(1, Ordering::Relaxed);
+        self.copies.over.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a message whose last missing copy was given up.
     pub(crate) fn count_under_replicated(&self, envelope: &Envelope) {
-        let count = self.under_replicated.fetch_add(1, Ordering::Relaxed) + 1;
+        let count = self.copies.under.fetch_add(1, Ordering::Relaxed) + 1;
         report_under_replicated(envelope, count);
     }
 

@@ -25,6 +25,7 @@ use crate::state::recovery::{Gate, Recovered, Recovery};
 use crate::state::repair::MemberChange;
 use crate::state::router::{NodeHandle, NodeLoad, Routes};
 use crate::state::signal::Signal;
+use crate::state::status::Status;
 use crate::tasks::prober::Prober;
 use crate::tasks::repair::RepairEvent;
 use protocol::message::NodeId;
@@ -75,7 +76,7 @@ pub(crate) struct ClusterConfig {
     /// How long to wait for the nodes the previous head node had.
     pub(crate) recovery_wait: Duration,
     /// Where membership events are recorded for the operator.
-    pub(crate) status: Arc<crate::tasks::status::Status>,
+    pub(crate) status: Arc<Status>,
     /// Told every membership change that decides a repair pass (see
     /// [`RepairEvent`]).
     pub(crate) repair_tx: mpsc::Sender<RepairEvent>,
@@ -239,7 +240,9 @@ impl Driver {
             },
             Input::Heartbeat { conn } => {
                 if let Some(session) = self.sessions.get(&conn) {
-                    self.config.status.heartbeat(&session.handle.node);
+                    self.config
+                        .status
+                        .heartbeat(&session.handle.node, tokio::time::Instant::now());
                 }
                 membership.heartbeat(conn, now())
             }
@@ -331,7 +334,11 @@ impl Driver {
         let misses_allowed = self.config.detector.ping_misses.max(1);
         let mut routes_changed = false;
         for event in events {
-            self.config.status.record(event);
+            self.config.status.record(
+                event,
+                tokio::time::Instant::now(),
+                std::time::SystemTime::now(),
+            );
             self.tell_repair(event).await;
             match event {
                 Event::Joined { member, rejoined } => {

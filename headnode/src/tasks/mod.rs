@@ -11,8 +11,8 @@ use crate::config::{Config, Limits};
 use crate::state::forward::{IdGenerator, Replication};
 use crate::state::keys::KeyTable;
 use crate::state::recovery::Gate;
-use crate::state::repair::RepairProgress;
 use crate::state::router::Router;
+use crate::state::status::Status;
 use crate::state::tail::Watermark;
 
 pub(crate) mod client_session;
@@ -52,9 +52,7 @@ pub(crate) struct Shared {
     pub(crate) client_slots: Arc<Semaphore>,
     pub(crate) node_slots: Arc<Semaphore>,
     /// Counters and the cluster table for the operator.
-    pub(crate) status: Arc<status::Status>,
-    /// How repair passes went.
-    pub(crate) repair: Arc<RepairProgress>,
+    pub(crate) status: Arc<Status>,
     pub(crate) next_conn: AtomicU64,
 }
 

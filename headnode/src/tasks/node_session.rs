@@ -21,9 +21,9 @@ use crate::state::in_flight::{Acked, InFlight};
 use crate::state::membership::MemberInfo;
 use crate::state::reads::{PendingReads, ReadJob};
 use crate::state::router::NodeLoad;
+use crate::state::status::NodeCounters;
 use crate::tasks::Shared;
 use crate::tasks::cluster::Input;
-use crate::tasks::status::NodeCounters;
 
 /// A data node that has been accepted into the cluster.
 pub(crate) struct Registered<S: Stream> {
@@ -170,7 +170,7 @@ pub(crate) async fn run<S: Stream>(
                             let _ = membership.try_send(Input::Heartbeat { conn: info.conn });
                         }
                         Ok(FromDataNode::Fsync(report)) => {
-                            shared.status.fsync_reported(&info.node, info.incarnation, report);
+                            shared.status.fsync_reported(&info.node, info.incarnation, report, Instant::now());
                         }
                         Ok(FromDataNode::Leaving) => {
                             info!(node = %info.node, in_flight = in_flight.waiting(), "dataNode says it is leaving");

@@ -28,8 +28,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::state::reads::{GetResult, NodeRead, NodeReader};
+use crate::state::status::{ReadFailure, ReadKind};
 use crate::state::tail::{Merge, Step};
-use crate::tasks::status::{ReadFailure, ReadKind};
 use crate::tasks::{Shared, reads};
 
 /// Requests taken from one reader's buffer at once; lines beyond them

@@ -28,9 +28,11 @@ use crate::state::keys;
 use crate::state::recovery;
 use crate::state::repair::{RepairProgress, Schedule};
 use crate::state::router::{Router, Routes};
+use crate::state::status::Status;
 use crate::tasks::cluster::{self, ClusterConfig};
 use crate::tasks::prober::{IcmpProber, Prober};
 use crate::tasks::registration::{self, Peer};
+use crate::tasks::status::{Occupancy, StatusSources};
 use crate::tasks::{Shared, client_session, node_session, parking, reader_session, repair, status};
 
 /// Inputs the membership task may have queued at once. Heartbeats beyond it
@@ -53,7 +55,7 @@ pub(crate) async fn serve<L: Listener>(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
     config.validate()?;
-    let status = Arc::new(status::Status::default());
+    let status = Arc::new(Status::new(tokio::time::Instant::now()));
     let repair_schedule = Schedule::new(config.repair_after, tokio::time::Instant::now());
     let repair_progress = Arc::new(RepairProgress::default());
     let (repair_tx, repair_rx) = mpsc::channel(repair::REPAIR_EVENTS);
@@ -137,14 +139,32 @@ pub(crate) async fn serve<L: Listener>(
         client_slots: Arc::new(Semaphore::new(limits.clients)),
         node_slots: Arc::new(Semaphore::new(limits.data_nodes)),
         status,
-        repair: repair_progress.clone(),
         next_conn: AtomicU64::new(1),
         config,
     });
     announce(&listener, &shared, fd_limit)?;
     // The operator's side: not essential, so it never stops the head node.
     let observers = TaskTracker::new();
-    observers.spawn(status::run_ticker(shared.clone(), nodes_stop.clone()));
+    let status_sources = StatusSources {
+        status: shared.status.clone(),
+        repair: repair_progress.clone(),
+        copies: shared.router.copy_counts(),
+        epoch: shared.ids.epoch(),
+        replication: shared.replication,
+        repair_after: shared.config.repair_after,
+        clients: Occupancy {
+            slots: shared.client_slots.clone(),
+            limit: shared.limits.clients,
+        },
+        data_nodes: Occupancy {
+            slots: shared.node_slots.clone(),
+            limit: shared.limits.data_nodes,
+        },
+    };
+    observers.spawn(status::run_ticker(
+        status_sources.clone(),
+        nodes_stop.clone(),
+    ));
     let repair = repair::RepairTask {
         shared: shared.clone(),
         schedule: repair_schedule,
@@ -155,11 +175,10 @@ pub(crate) async fn serve<L: Listener>(
     observers.spawn(repair.run(nodes_stop.clone()));
     if let Some(http) = http {
         info!(addr = %http.local_addr()?, "status page, /metrics and /status.json served over HTTP");
-        let handler_shared = shared.clone();
         observers.spawn(protocol::http::run(
             http,
             shared.config.http.clone(),
-            move |request: &protocol::http::Request| status::handle(&handler_shared, request),
+            move |request: &protocol::http::Request| status::handle(&status_sources, request),
             nodes_stop.clone().cancelled_owned(),
         ));
     }

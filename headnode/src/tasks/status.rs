@@ -3,730 +3,101 @@
 //! status snapshot at `/status.json`, the status page at `/`, and the same
 //! snapshot once a second as server-sent events at `/events`.
 //!
-//! The hot path only adds to atomics: messages stored, each data node's
-//! copies and bytes (its session holds its counters), and the
-//! acknowledgement latency (sampled: see `client_session`). Everything
-//! else is read when asked for, or kept by the membership task, which
-//! records every membership event here (a short lock, a few times a second
-//! at most), and by the node sessions, which record each data node's fsync
-//! report (the same lock, once per node every few seconds).
-//!
-//! Readers' requests are counted by kind and failure reason, and timed,
-//! in [`ReadMetrics`]: a few atomic additions per request.
-//!
-//! Bounded: the table keeps the current members and at most
-//! [`KEPT_DEPARTED`] departed (evicted or left) nodes, each for at most
-//! [`KEPT_DEPARTED_FOR`]; the event ring keeps the last [`RECENT_EVENTS`]
-//! events; the rate window [`RATE_WINDOW`] samples.
+//! The counters and the cluster table are `state::status`; this is the
+//! handler and the ticker, which read them and the few [`Facts`] kept
+//! elsewhere, from the [`StatusSources`] they are given.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::Registry;
 use protocol::http::{Body, Request, Response};
-use protocol::message::{FSYNC_REPORT_EVERY, FsyncReport, NodeId};
-use protocol::metrics::{self, AtomicHistogram, LATENCY_BUCKETS};
-use protocol::status::{ClusterEvent, Eviction, NodeStatus, RepairPass, StatusSnapshot, Totals};
-use protocol::timefmt::timestamp;
-use tokio::sync::watch;
+use protocol::metrics;
+use protocol::status::StatusSnapshot;
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::state::membership::{Event, EvictReason};
-use crate::tasks::Shared;
+use crate::state::forward::Replication;
+use crate::state::repair::RepairProgress;
+use crate::state::router::CopyCounts;
+use crate::state::status::{Facts, Status};
 
-/// Departed (evicted or left) nodes kept in the table at most; the one
-/// that departed first goes first.
-pub(crate) const KEPT_DEPARTED: usize = 64;
-/// How long a departed node stays in the table at most.
-pub(crate) const KEPT_DEPARTED_FOR: Duration = Duration::from_secs(3600);
-/// Membership events kept for the status page.
-pub(crate) const RECENT_EVENTS: usize = 50;
-/// Samples (one a second) the message rate is measured over.
-pub(crate) const RATE_WINDOW: usize = 5;
-/// A data node's fsync report older than this is not shown: it reports
-/// every [`FSYNC_REPORT_EVERY`], so it missed three.
-pub(crate) const FSYNC_REPORT_STALE: Duration = FSYNC_REPORT_EVERY.saturating_mul(3);
-
-/// The reason kinds of evictions, as labels and in the snapshot.
-const REASONS: [&str; 8] = [
-    "unreachable",
-    "hung",
-    "silent",
-    "ack_timeout",
-    "connection_lost",
-    "left",
-    "replaced",
-    "shutdown",
-];
-
-fn reason_index(reason: &EvictReason) -> usize {
-    match reason {
-        EvictReason::Unreachable => 0,
-        EvictReason::Hung { .. } => 1,
-        EvictReason::Silent { .. } => 2,
-        EvictReason::AckTimeout => 3,
-        EvictReason::ConnectionLost(_) => 4,
-        EvictReason::Left => 5,
-        EvictReason::Replaced { .. } => 6,
-        EvictReason::Shutdown => 7,
-    }
-}
-
-/// The states a row can be in, as labels and in the snapshot.
-const STATES: [&str; 5] = ["live", "suspect", "leaving", "evicted", "left"];
-
-/// What a reader asked for, as a label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ReadKind {
-    /// `get <message-id>`.
-    Get,
-    /// `get <client-id>/<seq>`.
-    GetKey,
-    /// `tail ...`.
-    Tail,
-}
-
-/// The labels of [`ReadKind`], in its order.
-const READ_KINDS: [&str; 3] = ["get", "getkey", "tail"];
-
-/// Why a reader's request was answered `ERROR`, as a label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ReadFailure {
-    /// No place in the read budget (`--max-reads`) in time.
-    Busy,
-    /// No live data node to ask.
-    NoDataNodes,
-    /// The data nodes could not be read (none of them, or not all of
-    /// those that might hold it).
-    Unreadable,
-    /// Beyond the requests taken from one reader at once.
-    TooManyInFlight,
-    /// Not a request.
-    BadRequest,
-}
-
-/// The labels of [`ReadFailure`], in its order.
-const READ_FAILURES: [&str; 5] = [
-    "busy",
-    "no_data_nodes",
-    "unreadable",
-    "too_many_in_flight",
-    "bad_request",
-];
-
-/// Readers' requests: answered by kind, failed by reason, and how long
-/// each took from its turn to its answer.
-#[derive(Debug)]
-pub(crate) struct ReadMetrics {
-    served: [AtomicU64; READ_KINDS.len()],
-    failed: [AtomicU64; READ_FAILURES.len()],
-    latency: [AtomicHistogram; READ_KINDS.len()],
-}
-
-impl Default for ReadMetrics {
-    fn default() -> Self {
-        ReadMetrics {
-            served: std::array::from_fn(|_| AtomicU64::new(0)),
-            failed: std::array::from_fn(|_| AtomicU64::new(0)),
-            latency: std::array::from_fn(|_| AtomicHistogram::new(LATENCY_BUCKETS)),
-        }
-    }
-}
-
-impl ReadMetrics {
-    /// A request of `kind` answered after `took`: served (`found`,
-    /// `notfound`, a tail's `end`) or failed (`ERROR`).
-    pub(crate) fn answered(&self, kind: ReadKind, failure: Option<ReadFailure>, took: Duration) {
-        match failure {
-            None => self.served[kind as usize].fetch_add(1, Ordering::Relaxed),
-            Some(why) => self.failed[why as usize].fetch_add(1, Ordering::Relaxed),
-        };
-        self.latency[kind as usize].observe(took);
-    }
-
-    /// A request refused before its turn (malformed, or beyond the
-    /// reader's bound): not timed.
-    pub(crate) fn refused(&self, why: ReadFailure) {
-        self.failed[why as usize].fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// Copies one data node acknowledged, counted by its session.
-#[derive(Debug, Default)]
-pub(crate) struct NodeCounters {
-    copies: AtomicU64,
-    bytes: AtomicU64,
-}
-
-impl NodeCounters {
-    /// One copy of `bytes` bytes of text written there.
-    pub(crate) fn count(&self, bytes: usize) {
-        self.copies.fetch_add(1, Ordering::Relaxed);
-        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-    }
-}
-
-#[derive(Debug)]
-struct Row {
-    zone: Option<String>,
-    addr: IpAddr,
-    /// An index into [`STATES`].
-    state: usize,
-    incarnation: u64,
-    last_heartbeat: Option<Instant>,
-    rtt: Option<Duration>,
-    /// Its last fsync report, and when it came; cleared when it departs
-    /// or joins again.
-    fsync: Option<(FsyncReport, Instant)>,
-    last_eviction: Option<Evicted>,
-    departed: Option<Instant>,
-}
-
+/// Connections of one kind: places taken out of a pool of `limit`.
 #[derive(Debug, Clone)]
-struct Evicted {
-    reason: usize,
-    detail: String,
-    at: SystemTime,
-    when: Instant,
+pub(crate) struct Occupancy {
+    pub(crate) slots: Arc<Semaphore>,
+    pub(crate) limit: usize,
 }
 
-#[derive(Debug)]
-struct Recorded {
-    at: SystemTime,
-    when: Instant,
-    node: NodeId,
-    kind: &'static str,
-    reason: Option<usize>,
-    detail: String,
-}
-
-#[derive(Debug, Default)]
-struct View {
-    rows: BTreeMap<NodeId, Row>,
-    /// By node id, across its incarnations; kept while its row is.
-    counters: HashMap<NodeId, Arc<NodeCounters>>,
-    events: VecDeque<Recorded>,
-}
-
-/// Counters and the cluster table. One per head node, shared.
-#[derive(Debug)]
-pub(crate) struct Status {
-    started: Instant,
-    /// Messages stored with the copies their client waited for.
-    stored: AtomicU64,
-    /// From a client's request to its answer (sampled).
-    pub(crate) ack_latency: AtomicHistogram,
-    /// Readers' requests.
-    pub(crate) reads: ReadMetrics,
-    evictions: [AtomicU64; REASONS.len()],
-    view: Mutex<View>,
-    /// (time, messages stored) once a second, newest last.
-    rate: Mutex<VecDeque<(Instant, u64)>>,
-    /// The snapshot, as JSON, for `/events`.
-    feed: watch::Sender<Arc<str>>,
-}
-
-impl Default for Status {
-    fn default() -> Self {
-        Status {
-            started: Instant::now(),
-            stored: AtomicU64::new(0),
-            ack_latency: AtomicHistogram::new(LATENCY_BUCKETS),
-            reads: ReadMetrics::default(),
-            evictions: std::array::from_fn(|_| AtomicU64::new(0)),
-            view: Mutex::default(),
-            rate: Mutex::default(),
-            feed: watch::Sender::new(Arc::from("{}")),
-        }
+impl Occupancy {
+    fn in_use(&self) -> usize {
+        self.limit.saturating_sub(self.slots.available_permits())
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every change under these locks leaves the state consistent.
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
+/// What the status page reads: the counters and table, and where the
+/// other facts are kept.
+#[derive(Debug, Clone)]
+pub(crate) struct StatusSources {
+    pub(crate) status: Arc<Status>,
+    /// How repair passes went.
+    pub(crate) repair: Arc<RepairProgress>,
+    /// Copies too few and too many, counted by the router.
+    pub(crate) copies: Arc<CopyCounts>,
+    /// The message-id epoch.
+    pub(crate) epoch: u64,
+    pub(crate) replication: Replication,
+    pub(crate) repair_after: Duration,
+    pub(crate) clients: Occupancy,
+    pub(crate) data_nodes: Occupancy,
 }
 
-impl Status {
-    /// One message stored with the copies its client waited for.
-    pub(crate) fn count_stored(&self) {
-        self.stored.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// The counters a data node's session adds to.
-    pub(crate) fn node_counters(&self, node: &NodeId) -> Arc<NodeCounters> {
-        lock(&self.view)
-            .counters
-            .entry(node.clone())
-            .or_default()
-            .clone()
-    }
-
-    /// A member answered its heartbeat.
-    pub(crate) fn heartbeat(&self, node: &NodeId) {
-        if let Some(row) = lock(&self.view).rows.get_mut(node) {
-            row.last_heartbeat = Some(Instant::now());
-        }
-    }
-
-    /// A data node's fsync report, from its session (incarnation
-    /// `incarnation`): shown in its row until it departs or the report
-    /// is [`FSYNC_REPORT_STALE`].
-    pub(crate) fn fsync_reported(&self, node: &NodeId, incarnation: u64, report: FsyncReport) {
-        if let Some(row) = lock(&self.view).rows.get_mut(node)
-            && row.incarnation == incarnation
-            && row.departed.is_none()
-        {
-            row.fsync = Some((report, Instant::now()));
-        }
-    }
-
-    /// Records what a membership event changes in the table.
-    pub(crate) fn record(&self, event: &Event) {
-        let now = Instant::now();
-        let mut view = lock(&self.view);
-        let view = &mut *view;
-        let (node, kind, reason, detail) = match event {
-            Event::Joined { member, rejoined } => {
-                let row = view.rows.entry(member.node.clone()).or_insert(Row {
-                    zone: None,
-                    addr: member.addr,
-                    state: 0,
-                    incarnation: member.incarnation,
-                    last_heartbeat: None,
-                    rtt: None,
-                    fsync: None,
-                    last_eviction: None,
-                    departed: None,
-                });
-                row.zone = member.zone.as_ref().map(|z| z.as_str().to_owned());
-                row.addr = member.addr;
-                row.state = 0;
-                row.incarnation = member.incarnation;
-                row.last_heartbeat = Some(now);
-                row.fsync = None;
-                row.departed = None;
-                view.counters.entry(member.node.clone()).or_default();
-                let kind = if *rejoined { "rejoined" } else { "joined" };
-                let detail = format!("{member} {kind} (incarnation {})", member.incarnation);
-                (&member.node, kind, None, detail)
-            }
-            Event::Suspected { member, silent_for } => {
-                set_state(view, &member.node, 1);
-                let detail = format!(
-                    "{member} suspect: no heartbeat reply for {:.1}s",
-                    silent_for.as_secs_f64()
-                );
-                (&member.node, "suspect", None, detail)
-            }
-            Event::Recovered { member } => {
-                set_state(view, &member.node, 0);
-                (
-                    &member.node,
-                    "recovered",
-                    None,
-                    format!("{member} answering again"),
-                )
-            }
-            Event::Leaving { member } => {
-                set_state(view, &member.node, 2);
-                (&member.node, "leaving", None, format!("{member} leaving"))
-            }
-            Event::Evicted { member, reason } => {
-                let index = reason_index(reason);
-                self.evictions[index].fetch_add(1, Ordering::Relaxed);
-                let detail = format!("{member} {reason}, eliminado");
-                if let Some(row) = view.rows.get_mut(&member.node)
-                    && row.incarnation == member.incarnation
-                {
-                    row.state = if matches!(reason, EvictReason::Left) {
-                        4
-                    } else {
-                        3
-                    };
-                    row.departed = Some(now);
-                    row.last_heartbeat = None;
-                    row.fsync = None;
-                    row.last_eviction = Some(Evicted {
-                        reason: index,
-                        detail: detail.clone(),
-                        at: SystemTime::now(),
-                        when: now,
-                    });
-                }
-                (&member.node, "evicted", Some(index), detail)
-            }
-            Event::Available { member, rtt } => {
-                if let Some(row) = view.rows.get_mut(&member.node) {
-                    row.rtt = Some(*rtt);
-                }
-                return;
-            }
-            Event::ProbeNow { .. }
-            | Event::Missed { .. }
-            | Event::IcmpUnanswered { .. }
-            | Event::IcmpAnswering
-            | Event::NoneLeft => return,
-        };
-        if view.events.len() == RECENT_EVENTS {
-            view.events.pop_front();
-        }
-        view.events.push_back(Recorded {
-            at: SystemTime::now(),
-            when: now,
-            node: node.clone(),
-            kind,
-            reason,
-            detail,
-        });
-        prune(view, now);
-    }
-
-    /// Samples the stored count for the message rate (once a second).
-    fn sample(&self) {
-        let mut rate = lock(&self.rate);
-        if rate.len() > RATE_WINDOW {
-            rate.pop_front();
-        }
-        rate.push_back((Instant::now(), self.stored.load(Ordering::Relaxed)));
-    }
-
-    /// Messages stored per second over the window, and the window.
-    fn rate(&self) -> (f64, Duration) {
-        let rate = lock(&self.rate);
-        match (rate.front(), rate.back()) {
-            (Some(&(t0, n0)), Some(&(t1, n1))) if t1 > t0 => {
-                let window = t1 - t0;
-                (n1.saturating_sub(n0) as f64 / window.as_secs_f64(), window)
-            }
-            _ => (0.0, Duration::ZERO),
-        }
-    }
-
-    /// A receiver of the snapshot published once a second.
-    pub(crate) fn subscribe(&self) -> watch::Receiver<Arc<str>> {
-        self.feed.subscribe()
-    }
-}
-
-fn set_state(view: &mut View, node: &NodeId, state: usize) {
-    if let Some(row) = view.rows.get_mut(node) {
-        row.state = state;
-    }
-}
-
-/// Drops departed rows past [`KEPT_DEPARTED_FOR`] or beyond [`KEPT_DEPARTED`].
-fn prune(view: &mut View, now: Instant) {
-    view.rows.retain(|_, row| {
-        row.departed
-            .is_none_or(|t| now.saturating_duration_since(t) < KEPT_DEPARTED_FOR)
-    });
-    let mut departed: Vec<(Instant, NodeId)> = view
-        .rows
-        .iter()
-        .filter_map(|(node, row)| row.departed.map(|t| (t, node.clone())))
-        .collect();
-    if departed.len() > KEPT_DEPARTED {
-        departed.sort();
-        for (_, node) in &departed[..departed.len() - KEPT_DEPARTED] {
-            view.rows.remove(node);
-        }
-    }
-    // Counters of a node whose row is gone, unless a session still holds them.
-    let View { rows, counters, .. } = view;
-    counters.retain(|node, c| rows.contains_key(node) || Arc::strong_count(c) > 1);
-}
-
-/// The status snapshot of `shared`'s head node.
-pub(crate) fn snapshot(shared: &Shared) -> StatusSnapshot {
-    let status = &shared.status;
-    let now = Instant::now();
-    let wall = SystemTime::now();
-    let (message_rate, window) = status.rate();
-    let mut view = lock(&status.view);
-    prune(&mut view, now);
-    let ago = |t: Instant| now.saturating_duration_since(t).as_secs_f64();
-    let mut nodes: Vec<NodeStatus> = view
-        .rows
-        .iter()
-        .map(|(node, row)| {
-            let counters = view.counters.get(node);
-            let read = |f: fn(&NodeCounters) -> &AtomicU64| {
-                counters.map_or(0, |c| f(c).load(Ordering::Relaxed))
-            };
-            let fsync = row
-                .fsync
-                .filter(|(_, at)| now.saturating_duration_since(*at) < FSYNC_REPORT_STALE)
-                .map(|(report, _)| report);
-            NodeStatus {
-                id: node.to_string(),
-                zone: row.zone.clone(),
-                address: row.addr.to_string(),
-                state: STATES[row.state].to_owned(),
-                incarnation: row.incarnation,
-                last_heartbeat_seconds_ago: row.last_heartbeat.map(ago),
-                icmp_rtt_ms: row.rtt.map(|rtt| rtt.as_secs_f64() * 1000.0),
-                messages_stored: read(|c| &c.copies),
-                bytes_stored: read(|c| &c.bytes),
-                fsync_p99_ms: fsync
-                    .and_then(|f| f.p99_micros)
-                    .map(|us| us as f64 / 1000.0),
-                fsyncs_in_window: fsync.map(|f| f.count),
-                fsync_window_seconds: fsync.map(|f| f.window_ms as f64 / 1000.0),
-                last_eviction: row.last_eviction.as_ref().map(|e| Eviction {
-                    reason: REASONS[e.reason].to_owned(),
-                    detail: e.detail.clone(),
-                    at: timestamp(e.at),
-                    seconds_ago: ago(e.when),
-                }),
-            }
-        })
-        .collect();
-    // Members first, then the departed; by id within each.
-    nodes.sort_by_key(|n| (matches!(n.state.as_str(), "evicted" | "left"), n.id.clone()));
-    let recent_events = view
-        .events
-        .iter()
-        .map(|e| ClusterEvent {
-            at: timestamp(e.at),
-            seconds_ago: ago(e.when),
-            node: e.node.to_string(),
-            kind: e.kind.to_owned(),
-            reason: e.reason.map(|r| REASONS[r].to_owned()),
-            detail: e.detail.clone(),
-        })
-        .collect();
-    let (repair_in_progress, repair_pass) = shared.repair.pass();
-    drop(view);
-    StatusSnapshot {
-        at: timestamp(wall),
-        epoch: shared.ids.epoch(),
-        uptime_seconds: ago(status.started),
-        replicas: shared.replication.replicas,
-        min_replicas: shared.replication.needed,
-        clients: clients(shared),
-        message_rate,
-        rate_window_seconds: window.as_secs_f64(),
-        nodes,
-        totals: Totals {
-            messages_stored: status.stored.load(Ordering::Relaxed),
-            under_replicated: shared.router.under_replicated(),
-            over_replicated: shared.router.over_replicated(),
-            repair_in_progress,
-            repair: repair_summary(shared, repair_in_progress, repair_pass.as_ref()),
+impl StatusSources {
+    /// The facts now.
+    fn facts(&self) -> Facts {
+        let (repair_running, repair_pass) = self.repair.pass();
+        Facts {
+            epoch: self.epoch,
+            replication: self.replication,
+            repair_after: self.repair_after,
+            clients: self.clients.in_use(),
+            data_node_connections: self.data_nodes.in_use(),
+            under_replicated: self.copies.under_replicated(),
+            over_replicated: self.copies.over_replicated(),
+            repair_running,
             repair_pass,
-        },
-        recent_events,
+            repair_totals: self.repair.totals(),
+        }
     }
-}
 
-/// Repair in a few words, for the table and the page.
-fn repair_summary(shared: &Shared, running: bool, pass: Option<&RepairPass>) -> String {
-    if shared.replication.replicas < 2 {
-        return "off (one copy per message)".to_owned();
+    /// The status snapshot now.
+    fn snapshot(&self) -> StatusSnapshot {
+        self.status
+            .snapshot(&self.facts(), Instant::now(), SystemTime::now())
     }
-    match (running, pass) {
-        (true, Some(p)) => format!(
-            "running ({}): {} checked, {} with too few copies, {} copied",
-            p.trigger, p.checked, p.under_replicated, p.copied
-        ),
-        (_, Some(p)) => format!(
-            "idle; last pass {} at {}: {} checked, {} copied in {:.1}s",
-            p.outcome, p.started_at, p.checked, p.copied, p.took_seconds
-        ),
-        _ => format!(
-            "idle; first check {}s after start, then {}s after a data node is lost",
-            shared.config.repair_after.as_secs(),
-            shared.config.repair_after.as_secs()
-        ),
-    }
-}
-
-fn clients(shared: &Shared) -> usize {
-    shared
-        .limits
-        .clients
-        .saturating_sub(shared.client_slots.available_permits())
-}
-
-fn data_node_connections(shared: &Shared) -> usize {
-    shared
-        .limits
-        .data_nodes
-        .saturating_sub(shared.node_slots.available_permits())
 }
 
 /// Writes the head node's metrics when scraped.
-struct Scrape(Arc<Shared>);
-
-impl std::fmt::Debug for Scrape {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Scrape")
-    }
-}
+#[derive(Debug)]
+struct Scrape(StatusSources);
 
 impl Collector for Scrape {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let shared = &self.0;
-        let status = &shared.status;
-        let mut by_state = [0i64; STATES.len()];
-        let mut per_node: Vec<(String, u64, u64)> = Vec::new();
-        {
-            let mut view = lock(&status.view);
-            prune(&mut view, Instant::now());
-            for row in view.rows.values() {
-                by_state[row.state] += 1;
-            }
-            for (node, c) in &view.counters {
-                per_node.push((
-                    node.to_string(),
-                    c.copies.load(Ordering::Relaxed),
-                    c.bytes.load(Ordering::Relaxed),
-                ));
-            }
-        }
-        per_node.sort();
-        metrics::gauge_family(
-            &mut e,
-            "msgstore_data_nodes",
-            "Data nodes by state (evicted and left: those still in the status table).",
-            "state",
-            STATES.iter().copied().zip(by_state),
-        )?;
-        metrics::counter(
-            &mut e,
-            "msgstore_messages_stored",
-            "Messages stored with the copies their client waited for.",
-            None,
-            status.stored.load(Ordering::Relaxed),
-        )?;
-        metrics::counter(
-            &mut e,
-            "msgstore_messages_under_replicated",
-            "Messages left with fewer copies than --replicas.",
-            None,
-            shared.router.under_replicated(),
-        )?;
-        metrics::counter(
-            &mut e,
-            "msgstore_copies_over_replicated",
-            "Copies written beyond --replicas (a late acknowledgement of a moved copy).",
-            None,
-            shared.router.over_replicated(),
-        )?;
-        let (passes, repair_copies) = shared.repair.totals();
-        metrics::counter(
-            &mut e,
-            "msgstore_repair_passes",
-            "Repair passes run (each checks every message's copies).",
-            None,
-            passes,
-        )?;
-        metrics::counter(
-            &mut e,
-            "msgstore_repair_copies",
-            "Copies made by repair.",
-            None,
-            repair_copies,
-        )?;
-        metrics::gauge(
-            &mut e,
-            "msgstore_repair_in_progress",
-            "1 while a repair pass runs.",
-            None,
-            i64::from(shared.repair.pass().0),
-        )?;
-        metrics::counter_family(
-            &mut e,
-            "msgstore_evictions",
-            "Data nodes evicted, by reason.",
-            None,
-            "reason",
-            REASONS
-                .iter()
-                .copied()
-                .zip(status.evictions.iter().map(|c| c.load(Ordering::Relaxed))),
-        )?;
-        metrics::counter_family(
-            &mut e,
-            "msgstore_node_copies_stored",
-            "Copies each data node acknowledged (nodes in the status table).",
-            None,
-            "node",
-            per_node.iter().map(|(n, copies, _)| (n.as_str(), *copies)),
-        )?;
-        metrics::counter_family(
-            &mut e,
-            "msgstore_node_stored",
-            "Bytes of message text each data node acknowledged (nodes in the status table).",
-            Some(&Unit::Bytes),
-            "node",
-            per_node.iter().map(|(n, _, bytes)| (n.as_str(), *bytes)),
-        )?;
-        metrics::histogram(
-            &mut e,
-            "msgstore_ack_latency",
-            "From a client's message to its answer (sampled: one message in flight per client at a time).",
-            Some(&Unit::Seconds),
-            &status.ack_latency,
-        )?;
-        let reads = &status.reads;
-        metrics::counter_family(
-            &mut e,
-            "msgstore_reads",
-            "Readers' requests answered (found, notfound, or a tail's end), by kind.",
-            None,
-            "kind",
-            READ_KINDS
-                .iter()
-                .copied()
-                .zip(reads.served.iter().map(|c| c.load(Ordering::Relaxed))),
-        )?;
-        metrics::counter_family(
-            &mut e,
-            "msgstore_read_failures",
-            "Readers' requests answered with an error, by reason.",
-            None,
-            "reason",
-            READ_FAILURES
-                .iter()
-                .copied()
-                .zip(reads.failed.iter().map(|c| c.load(Ordering::Relaxed))),
-        )?;
-        metrics::histogram_family(
-            &mut e,
-            "msgstore_read_latency",
-            "From a reader's request's turn to its answer (the wait for the read budget included; failed requests too), by kind.",
-            Some(&Unit::Seconds),
-            "kind",
-            READ_KINDS.iter().copied().zip(&reads.latency),
-        )?;
-        metrics::gauge(
-            &mut e,
-            "msgstore_client_connections",
-            "Clients connected.",
-            None,
-            clients(shared) as i64,
-        )?;
-        metrics::gauge(
-            &mut e,
-            "msgstore_data_node_connections",
-            "Data nodes connected.",
-            None,
-            data_node_connections(shared) as i64,
-        )?;
-        metrics::process(&mut e, "head node", status.started.elapsed())?;
+        let sources = &self.0;
+        let facts = sources.facts();
+        sources
+            .status
+            .encode_metrics(&mut e, &facts, Instant::now())?;
+        metrics::process(&mut e, "head node", sources.status.uptime(Instant::now()))?;
         metrics::gauge(
             &mut e,
             "msgstore_epoch",
             "The message-id epoch of this head node (changes on every start).",
             None,
-            shared.ids.epoch() as i64,
+            facts.epoch as i64,
         )
     }
 }
@@ -735,15 +106,15 @@ impl Collector for Scrape {
 const PAGE: &str = include_str!("status.html");
 
 /// Answers the HTTP endpoints of the head node.
-pub(crate) fn handle(shared: &Arc<Shared>, request: &Request) -> Response {
+pub(crate) fn handle(sources: &StatusSources, request: &Request) -> Response {
     match request.path.as_str() {
         "/metrics" => {
             let mut registry = Registry::default();
-            registry.register_collector(Box::new(Scrape(shared.clone())));
+            registry.register_collector(Box::new(Scrape(sources.clone())));
             Response::ok(metrics::CONTENT_TYPE, metrics::encode(&registry))
         }
         "/healthz" => Response::text(200, "ok"),
-        "/status.json" => match serde_json::to_vec(&snapshot(shared)) {
+        "/status.json" => match serde_json::to_vec(&sources.snapshot()) {
             Ok(json) => Response::ok("application/json", json),
             Err(e) => Response::text(500, &format!("cannot encode the status: {e}")),
         },
@@ -751,12 +122,12 @@ pub(crate) fn handle(shared: &Arc<Shared>, request: &Request) -> Response {
         "/events" => {
             // A new subscriber starts from a fresh snapshot, not the last
             // one published (perhaps long ago, while nobody listened).
-            if let Ok(json) = serde_json::to_string(&snapshot(shared)) {
-                shared.status.feed.send_replace(Arc::from(json));
+            if let Ok(json) = serde_json::to_string(&sources.snapshot()) {
+                sources.status.publish(Arc::from(json));
             }
             Response {
                 status: 200,
-                body: Body::Events(shared.status.subscribe()),
+                body: Body::Events(sources.status.subscribe()),
             }
         }
         _ => Response::not_found(),
@@ -765,7 +136,7 @@ pub(crate) fn handle(shared: &Arc<Shared>, request: &Request) -> Response {
 
 /// Once a second: samples the message rate and, while someone listens on
 /// `/events`, publishes the snapshot. Ends on `stop`.
-pub(crate) async fn run_ticker(shared: Arc<Shared>, stop: CancellationToken) {
+pub(crate) async fn run_ticker(sources: StatusSources, stop: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -773,108 +144,11 @@ pub(crate) async fn run_ticker(shared: Arc<Shared>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        shared.status.sample();
-        if shared.status.feed.receiver_count() > 0
-            && let Ok(json) = serde_json::to_string(&snapshot(&shared))
+        sources.status.sample(Instant::now());
+        if sources.status.has_subscribers()
+            && let Ok(json) = serde_json::to_string(&sources.snapshot())
         {
-            shared.status.feed.send_replace(Arc::from(json));
+            sources.status.publish(Arc::from(json));
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::state::membership::MemberInfo;
-
-    fn member(name: &str, incarnation: u64) -> MemberInfo {
-        MemberInfo {
-            node: name.parse().unwrap(),
-            incarnation,
-            conn: incarnation,
-            addr: "10.0.0.1".parse().unwrap(),
-            legacy: false,
-            zone: None,
-            store: None,
-        }
-    }
-
-    #[test]
-    fn departed_nodes_and_events_are_bounded() {
-        let status = Status::default();
-        for i in 0..(KEPT_DEPARTED as u64 + 10) {
-            let m = member(&format!("n{i}"), 1);
-            status.record(&Event::Joined {
-                member: m.clone(),
-                rejoined: false,
-            });
-            status.record(&Event::Evicted {
-                member: m,
-                reason: EvictReason::ConnectionLost("reset".into()),
-            });
-        }
-        let view = lock(&status.view);
-        assert_eq!(view.rows.len(), KEPT_DEPARTED);
-        assert!(
-            !view.rows.contains_key(&"n0".parse().unwrap()),
-            "oldest gone"
-        );
-        assert_eq!(view.events.len(), RECENT_EVENTS);
-        assert_eq!(view.counters.len(), KEPT_DEPARTED);
-        assert_eq!(
-            status.evictions[reason_index(&EvictReason::ConnectionLost(String::new()))]
-                .load(Ordering::Relaxed),
-            KEPT_DEPARTED as u64 + 10
-        );
-    }
-
-    #[test]
-    fn an_fsync_report_is_kept_for_the_incarnation_that_sent_it_while_it_is_a_member() {
-        let status = Status::default();
-        let report = FsyncReport {
-            window_ms: 10_000,
-            count: 800,
-            p99_micros: Some(1_500),
-        };
-        status.record(&Event::Joined {
-            member: member("a", 2),
-            rejoined: false,
-        });
-        let node: NodeId = "a".parse().unwrap();
-        let shown = |status: &Status| lock(&status.view).rows[&node].fsync.map(|(r, _)| r);
-        status.fsync_reported(&node, 1, report);
-        assert_eq!(shown(&status), None, "from an older incarnation");
-        status.fsync_reported(&node, 2, report);
-        assert_eq!(shown(&status), Some(report));
-        status.record(&Event::Joined {
-            member: member("a", 3),
-            rejoined: true,
-        });
-        assert_eq!(shown(&status), None, "a new process reports anew");
-        status.fsync_reported(&node, 3, report);
-        status.record(&Event::Evicted {
-            member: member("a", 3),
-            reason: EvictReason::Unreachable,
-        });
-        assert_eq!(shown(&status), None, "departed");
-        status.fsync_reported(&node, 3, report);
-        assert_eq!(shown(&status), None, "a late report of a departed node");
-    }
-
-    #[test]
-    fn an_eviction_of_an_older_incarnation_leaves_the_new_row_live() {
-        let status = Status::default();
-        status.record(&Event::Joined {
-            member: member("a", 2),
-            rejoined: true,
-        });
-        status.record(&Event::Evicted {
-            member: member("a", 1),
-            reason: EvictReason::Unreachable,
-        });
-        let view = lock(&status.view);
-        let row = &view.rows[&"a".parse::<NodeId>().unwrap()];
-        assert_eq!(STATES[row.state], "live");
-        assert!(row.last_eviction.is_none());
     }
 }
