@@ -19,7 +19,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use protocol::Line;
 use protocol::connection::Connection;
 use protocol::message::{
     ClientId, MessageKey, OUTCOME_UNKNOWN, StoreReply, parse_keyed_message, truncate_for_log,
@@ -27,6 +26,7 @@ use protocol::message::{
 };
 use protocol::net::Stream;
 use protocol::telemetry::MESSAGES_TARGET;
+use protocol::{Line, ReadError};
 use rand::rngs::SmallRng;
 use tokio::sync::{AcquireError, OwnedSemaphorePermit, mpsc};
 use tokio::time::Instant;
@@ -40,179 +40,319 @@ use crate::state::reply_window::ReplyWindow;
 use crate::state::router::Routes;
 use crate::tasks::Shared;
 
-/// A message read while the in-flight budget was used up: it waits for its
-/// share, and the client is not read meanwhile.
-struct Blocked {
+/// A message read and checked, in its slot.
+struct Admitted {
     slot: u64,
     line: Line,
     checked: Checked,
+}
+
+/// A message read while the in-flight budget was used up: it waits for its
+/// share, and the client is not read meanwhile.
+struct Blocked {
+    message: Admitted,
     charge: Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>,
 }
 
+/// What one step of the session leads to: on, or the end and why.
+type Step = Result<(), &'static str>;
+
+/// Serves one client until it leaves, fails, or the head node stops and
+/// every answer in flight is written.
 pub(crate) async fn run<S: Stream>(
-    mut conn: Connection<S>,
+    conn: Connection<S>,
     client_id: Option<ClientId>,
     shared: Arc<Shared>,
     stop: CancellationToken,
-    mut rng: SmallRng,
+    rng: SmallRng,
 ) {
-    let client: Arc<str> = conn.peer.to_string().into();
-    let config = &shared.config;
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Completion>();
-    let mut window = ReplyWindow::default();
-    let mut blocked: Option<Blocked> = None;
-    let mut reading = true;
-    let mut last_heard = Instant::now();
-    let max_in_flight = config.max_client_in_flight.max(1);
-    let mut serving = shared.recovered.is_open();
-    let recovered = shared.recovered.opened();
-    tokio::pin!(recovered);
-    // Created once: a fresh `cancelled()` per loop turn costs a lock each time.
-    let stopping = stop.cancelled();
-    tokio::pin!(stopping);
-    // The acknowledgement latency is sampled: one message of this client
-    // is timed at a time (its slot and when it was read), so the cost per
-    // message is one comparison, and a clock read per sample.
-    let mut timed: Option<(u64, Instant)> = None;
+    let mut session = ClientSession::new(conn, client_id, shared, rng);
+    let end = session.serve(stop).await;
+    info!(reason = end, "cliente disconnected");
+}
 
-    let end = 'session: loop {
-        if !reading && window.len() == 0 && conn.writer.pending() == 0 {
-            break "done";
+/// One client's session: its connection, its answers in order, and what
+/// it may send next.
+struct ClientSession<S: Stream> {
+    conn: Connection<S>,
+    /// The client's address, for logs.
+    client: Arc<str>,
+    /// The id it announced: its messages are keyed.
+    client_id: Option<ClientId>,
+    shared: Arc<Shared>,
+    rng: SmallRng,
+    /// Where its messages' answers come back, from any task.
+    done_tx: mpsc::UnboundedSender<Completion>,
+    done_rx: mpsc::UnboundedReceiver<Completion>,
+    /// Answers in the order the messages came.
+    window: ReplyWindow,
+    /// A message waiting for its share of the in-flight budget.
+    blocked: Option<Blocked>,
+    /// False once the client closed its side or the head node stops.
+    reading: bool,
+    /// False until the head node has recovered what the data nodes hold.
+    serving: bool,
+    /// When the client last sent something.
+    last_heard: Instant,
+    /// Unanswered messages at once, at most.
+    max_in_flight: usize,
+    /// The acknowledgement latency is sampled: one message of this client
+    /// is timed at a time (its slot and when it was read), so the cost per
+    /// message is one comparison, and a clock read per sample.
+    timed: Option<(u64, Instant)>,
+}
+
+/// What routing a message needs of its session.
+struct Sender<'a> {
+    shared: &'a Shared,
+    client: &'a Arc<str>,
+    client_id: Option<&'a ClientId>,
+    done_tx: &'a mpsc::UnboundedSender<Completion>,
+    rng: &'a mut SmallRng,
+}
+
+impl<S: Stream> ClientSession<S> {
+    fn new(
+        conn: Connection<S>,
+        client_id: Option<ClientId>,
+        shared: Arc<Shared>,
+        rng: SmallRng,
+    ) -> Self {
+        let (done_tx, done_rx) = mpsc::unbounded_channel::<Completion>();
+        ClientSession {
+            client: conn.peer.to_string().into(),
+            conn,
+            client_id,
+            max_in_flight: shared.config.max_client_in_flight.max(1),
+            serving: shared.recovered.is_open(),
+            shared,
+            rng,
+            done_tx,
+            done_rx,
+            window: ReplyWindow::default(),
+            blocked: None,
+            reading: true,
+            last_heard: Instant::now(),
+            timed: None,
         }
-        let idle = reading && window.len() == 0 && conn.writer.pending() == 0;
-        let idle_deadline = idle.then(|| last_heard + config.client_idle_timeout);
-        let may_read = reading
-            && serving
-            && blocked.is_none()
-            && window.len() < max_in_flight
-            && window.in_flight_bytes() < config.max_client_in_flight_bytes
-            && conn.writer.pending() < config.max_client_unflushed;
-        let stall_deadline = conn.writer.stall_deadline(config.write_timeout);
-        tokio::select! {
-            biased;
-            () = &mut recovered, if !serving => {
-                serving = true;
-                continue;
+    }
+
+    /// Serves the client; why the session ended.
+    async fn serve(&mut self, stop: CancellationToken) -> &'static str {
+        let gate = self.shared.recovered.clone();
+        let recovered = gate.opened();
+        tokio::pin!(recovered);
+        // Created once: a fresh `cancelled()` per loop turn costs a lock each time.
+        let stopping = stop.cancelled();
+        tokio::pin!(stopping);
+        let config = &self.shared.config;
+        let (idle_timeout, write_timeout) = (config.client_idle_timeout, config.write_timeout);
+        loop {
+            let nothing_held = self.window.len() == 0 && self.conn.writer.pending() == 0;
+            if !self.reading && nothing_held {
+                return "done";
             }
-            _ = &mut stopping, if reading => {
-                // Shutdown: take nothing new, answer what is in flight.
-                reading = false;
-                if let Some(waiting) = blocked.take() {
-                    window.fill(failed(waiting.slot, "head node shutting down"));
+            let idle = self.reading && nothing_held;
+            let idle_deadline = idle.then(|| self.last_heard + idle_timeout);
+            let may_read = self.reading
+                && self.serving
+                && self.may_take_more()
+                && self.conn.writer.pending() < self.shared.config.max_client_unflushed;
+            let stall_deadline = self.conn.writer.stall_deadline(write_timeout);
+            let step = tokio::select! {
+                biased;
+                () = &mut recovered, if !self.serving => {
+                    self.serving = true;
+                    continue;
                 }
-                continue;
+                _ = &mut stopping, if self.reading => {
+                    self.on_stopping();
+                    continue;
+                }
+                Some(done) = self.done_rx.recv() => {
+                    self.on_answers(done);
+                    Ok(())
+                }
+                _ = protocol::server::sleep_until(stall_deadline) => {
+                    warn!(unflushed = self.conn.writer.pending(), timeout = ?write_timeout, "cliente is not reading its answers; closing");
+                    Err("not reading its answers")
+                }
+                flushed = self.conn.writer.flush(), if self.conn.writer.pending() > 0 => {
+                    flushed.map_err(|e| {
+                        info!(error = %e, "cliente gone before its answers were written");
+                        "write failed"
+                    })
+                }
+                charge = blocked_charge(&mut self.blocked), if self.blocked.is_some() => {
+                    self.on_charged(charge);
+                    Ok(())
+                }
+                _ = protocol::server::sleep_until(idle_deadline) => self.on_idle().await,
+                frame = self.conn.reader.read_frame(), if may_read => self.on_frames(frame).await,
+            };
+            if let Err(end) = step {
+                return end;
             }
-            Some(done) = done_rx.recv() => {
-                window.fill(done);
-                while let Ok(done) = done_rx.try_recv() {
-                    window.fill(done);
+            self.write_ready();
+        }
+    }
+
+    /// Whether another message may be taken from the client now.
+    fn may_take_more(&self) -> bool {
+        self.blocked.is_none()
+            && self.window.len() < self.max_in_flight
+            && self.window.in_flight_bytes() < self.shared.config.max_client_in_flight_bytes
+    }
+
+    /// The head node stops: nothing new is taken, what is in flight is
+    /// answered.
+    fn on_stopping(&mut self) {
+        self.reading = false;
+        if let Some(waiting) = self.blocked.take() {
+            let slot = waiting.message.slot;
+            self.window.fill(failed(slot, "head node shutting down"));
+        }
+    }
+
+    /// Answers came back: each waits in its slot for those before it.
+    fn on_answers(&mut self, done: Completion) {
+        self.window.fill(done);
+        while let Ok(done) = self.done_rx.try_recv() {
+            self.window.fill(done);
+        }
+    }
+
+    /// The blocked message got its share of the budget (or the head node
+    /// is stopping): it is routed now.
+    fn on_charged(&mut self, charge: Result<OwnedSemaphorePermit, AcquireError>) {
+        let waiting = self.blocked.take().expect("armed only when blocked");
+        let slot = waiting.message.slot;
+        match charge {
+            Ok(charge) => {
+                self.window.charge(slot, charge.num_permits() as u32);
+                let routes = self.shared.router.snapshot();
+                forward(
+                    self.sender(),
+                    &routes,
+                    &waiting.message,
+                    charge,
+                    Instant::now(),
+                );
+            }
+            Err(_) => self.window.fill(failed(slot, "head node shutting down")),
+        }
+    }
+
+    /// The client sent nothing, with nothing in flight, for the idle
+    /// timeout.
+    async fn on_idle(&mut self) -> Step {
+        let timeout = self.shared.config.client_idle_timeout;
+        info!(timeout = ?timeout, "cliente idle; closing");
+        let reason = format!("idle for {timeout:?}; closing");
+        self.conn.close_with_error(&reason).await;
+        Err("idle")
+    }
+
+    /// A line read, and every line already buffered behind it while the
+    /// client may send more: one pass of the loop per read, not per
+    /// message.
+    async fn on_frames(&mut self, mut frame: Result<Option<Line>, ReadError>) -> Step {
+        self.last_heard = Instant::now();
+        // One snapshot of the routable nodes for every line of this turn.
+        let routes = self.shared.router.snapshot();
+        loop {
+            match frame {
+                Ok(Some(line)) => self.on_line(&routes, line),
+                Ok(None) => {
+                    info!(in_flight = self.window.len(), "cliente closed its side");
+                    self.reading = false;
+                    break;
+                }
+                Err(e) if e.is_fatal() => {
+                    warn!(error = %e, "closing cliente connection");
+                    self.conn.close_with_error(&e).await;
+                    return Err("protocol error");
+                }
+                Err(e) => {
+                    warn!(error = %e, "bad message from cliente");
+                    let slot = self.window.open_slot();
+                    self.window.fill(failed(slot, &e.to_string()));
                 }
             }
-            _ = protocol::server::sleep_until(stall_deadline) => {
-                warn!(unflushed = conn.writer.pending(), timeout = ?config.write_timeout, "cliente is not reading its answers; closing");
-                break "not reading its answers";
+            if !self.may_take_more() {
+                break;
             }
-            flushed = conn.writer.flush(), if conn.writer.pending() > 0 => {
-                if let Err(e) = flushed {
-                    info!(error = %e, "cliente gone before its answers were written");
-                    break "write failed";
-                }
+            frame = match self.conn.reader.next_buffered() {
+                Ok(None) => break,
+                next => next,
+            };
+        }
+        Ok(())
+    }
+
+    /// One line: refused, routed, or blocked until the budget has room.
+    fn on_line(&mut self, routes: &Routes, line: Line) {
+        let slot = self.window.open_slot();
+        self.timed.get_or_insert((slot, self.last_heard));
+        let checked = match check(line.as_str(), self.client_id.is_some()) {
+            Ok(checked) => checked,
+            Err(refusal) => return self.window.fill(failed(slot, &refusal)),
+        };
+        let message = Admitted {
+            slot,
+            line,
+            checked,
+        };
+        let cost = charge_for(&message.line);
+        let budget = &self.shared.budget;
+        match budget.clone().try_acquire_many_owned(cost) {
+            Ok(charge) => {
+                self.window.charge(slot, cost);
+                let now = self.last_heard;
+                forward(self.sender(), routes, &message, charge, now);
             }
-            charge = async { blocked.as_mut().expect("armed only when blocked").charge.as_mut().await }, if blocked.is_some() => {
-                let waiting = blocked.take().expect("armed only when blocked");
-                match charge {
-                    Ok(charge) => {
-                        window.charge(waiting.slot, charge.num_permits() as u32);
-                        if let Err(refusal) = forward(&shared, &shared.router.snapshot(), &client, client_id.as_ref(), &done_tx, waiting.slot, &waiting.line, waiting.checked, charge, Instant::now(), &mut rng) {
-                            window.fill(failed(waiting.slot, &refusal));
-                        }
-                    }
-                    Err(_) => window.fill(failed(waiting.slot, "head node shutting down")),
-                }
-            }
-            _ = protocol::server::sleep_until(idle_deadline) => {
-                info!(timeout = ?config.client_idle_timeout, "cliente idle; closing");
-                let reason = format!("idle for {:?}; closing", config.client_idle_timeout);
-                conn.close_with_error(&reason).await;
-                break "idle";
-            }
-            frame = conn.reader.read_frame(), if may_read => {
-                last_heard = Instant::now();
-                // One snapshot of the routable nodes for every line of this turn.
-                let routes = shared.router.snapshot();
-                let mut frame = frame;
-                // Every line already buffered is taken in this turn: one
-                // pass of the loop per read, not per message.
-                loop {
-                    match frame {
-                        Ok(Some(line)) => {
-                            let slot = window.open_slot();
-                            timed.get_or_insert((slot, last_heard));
-                            match check(line.as_str(), client_id.is_some()) {
-                                Err(refusal) => window.fill(failed(slot, &refusal)),
-                                Ok(checked) => {
-                                    let cost = charge_for(&line);
-                                    match shared.budget.clone().try_acquire_many_owned(cost) {
-                                        Ok(charge) => {
-                                            window.charge(slot, cost);
-                                            if let Err(refusal) = forward(&shared, &routes, &client, client_id.as_ref(), &done_tx, slot, &line, checked, charge, last_heard, &mut rng) {
-                                                window.fill(failed(slot, &refusal));
-                                            }
-                                        }
-                                        Err(_) => {
-                                            debug!("in-flight budget used up; this cliente waits");
-                                            let budget = shared.budget.clone();
-                                            blocked = Some(Blocked {
-                                                slot,
-                                                line,
-                                                checked,
-                                                charge: Box::pin(budget.acquire_many_owned(cost)),
-                                            });
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                        Ok(None) => {
-                            info!(in_flight = window.len(), "cliente closed its side");
-                            reading = false;
-                            break;
-                        }
-                        Err(e) if e.is_fatal() => {
-                            warn!(error = %e, "closing cliente connection");
-                            conn.close_with_error(&e).await;
-                            break 'session "protocol error";
-                        }
-                        Err(e) => {
-                            warn!(error = %e, "bad message from cliente");
-                            let slot = window.open_slot();
-                            window.fill(failed(slot, &e.to_string()));
-                        }
-                    }
-                    let may_take_more = blocked.is_none()
-                        && window.len() < max_in_flight
-                        && window.in_flight_bytes() < config.max_client_in_flight_bytes;
-                    if !may_take_more {
-                        break;
-                    }
-                    frame = match conn.reader.next_buffered() {
-                        Ok(None) => break,
-                        next => next,
-                    };
-                }
+            Err(_) => {
+                debug!("in-flight budget used up; this cliente waits");
+                let charge = Box::pin(budget.clone().acquire_many_owned(cost));
+                self.blocked = Some(Blocked { message, charge });
             }
         }
-        while let Some(done) = window.pop_ready() {
-            if let Some((slot, read_at)) = timed
+    }
+
+    /// The answers next in order, written.
+    fn write_ready(&mut self) {
+        while let Some(done) = self.window.pop_ready() {
+            if let Some((slot, read_at)) = self.timed
                 && slot == done.slot
             {
-                shared.status.ack_latency.observe(read_at.elapsed());
-                timed = None;
+                self.shared.status.ack_latency.observe(read_at.elapsed());
+                self.timed = None;
             }
-            queue_reply(&mut conn, done);
+            queue_reply(&mut self.conn, done);
         }
-    };
-    info!(reason = end, "cliente disconnected");
+    }
+
+    fn sender(&mut self) -> Sender<'_> {
+        Sender {
+            shared: &self.shared,
+            client: &self.client,
+            client_id: self.client_id.as_ref(),
+            done_tx: &self.done_tx,
+            rng: &mut self.rng,
+        }
+    }
+}
+
+/// The blocked message's share of the budget, once it is free.
+async fn blocked_charge(
+    blocked: &mut Option<Blocked>,
+) -> Result<OwnedSemaphorePermit, AcquireError> {
+    blocked
+        .as_mut()
+        .expect("armed only when blocked")
+        .charge
+        .as_mut()
+        .await
 }
 
 /// A line found to be a message.
@@ -247,22 +387,27 @@ fn charge_for(line: &Line) -> u32 {
     u32::try_from(line.bytes().len() + MESSAGE_OVERHEAD).unwrap_or(u32::MAX)
 }
 
-/// Routes one checked line: a new message, or a key seen before. Err
-/// with the reason when the line cannot be a message.
-#[allow(clippy::too_many_arguments)]
+/// Routes one checked line, charged to the budget: a new message, or a
+/// key seen before.
 fn forward(
-    shared: &Shared,
+    session: Sender<'_>,
     routes: &Routes,
-    client: &Arc<str>,
-    client_id: Option<&ClientId>,
-    done_tx: &mpsc::UnboundedSender<Completion>,
-    slot: u64,
-    line: &Line,
-    checked: Checked,
+    message: &Admitted,
     charge: OwnedSemaphorePermit,
     now: Instant,
-    rng: &mut SmallRng,
-) -> Result<(), String> {
+) {
+    let Sender {
+        shared,
+        client,
+        client_id,
+        done_tx,
+        rng,
+    } = session;
+    let Admitted {
+        slot,
+        ref line,
+        checked,
+    } = *message;
     let waiter = || Waiter {
         slot,
         reply_to: done_tx.clone(),
@@ -280,7 +425,7 @@ fn forward(
             )
         });
         route(shared, routes, envelope, line, now, rng);
-        return Ok(());
+        return;
     };
     let text = line.bytes().slice(checked.text_at..);
     let key = MessageKey {
@@ -329,7 +474,6 @@ fn forward(
             route(shared, routes, envelope, line, now, rng);
         }
     }
-    Ok(())
 }
 
 fn route(
