@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use hdrhistogram::Histogram;
-use protocol::message::{
-    ClientId, MessageId, ROLE_CLIENT, ROLE_READER, StoreReply, encode_keyed_message, put_u64,
-};
+use protocol::client::{StoreReply, encode_keyed_message};
+use protocol::handshake::{ROLE_CLIENT, ROLE_READER};
+use protocol::ids::{ClientId, MessageId, put_u64};
 use rand::RngExt;
 use rand::rngs::SmallRng;
 use tokio::time::Instant;

@@ -6,9 +6,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
-use protocol::cli::{parse_duration, parse_period};
-use protocol::message::{ClientId, MessageId, MessageKey};
-use protocol::telemetry::{self, FileRoute, LogSpec};
+use node_kit::cli::{parse_duration, parse_period};
+use node_kit::telemetry::{self, FileRoute, LogSpec};
+use protocol::ids::{ClientId, MessageId, MessageKey};
 
 /// Client of the message store.
 #[derive(Debug, Parser)]
@@ -210,20 +210,20 @@ fn main() -> std::process::ExitCode {
     let args = Args::parse();
     if let Command::Status { http, json, watch } = &args.command {
         // No log files: the status goes to stdout.
-        return protocol::cli::exit_code("client", show_status(http, *json, *watch));
+        return node_kit::cli::exit_code("client", show_status(http, *json, *watch));
     }
     if let Command::Get(get) = &args.command {
         // No log files: the message goes to stdout.
-        return protocol::cli::exit_code("client", read_one(get, &args.server));
+        return node_kit::cli::exit_code("client", read_one(get, &args.server));
     }
     if let Command::Tail(tail) = &args.command {
-        return protocol::cli::exit_code("client", read_all(tail, &args.server));
+        return node_kit::cli::exit_code("client", read_all(tail, &args.server));
     }
     if let Command::Bench(bench) = args.command {
         // No log files for a load generator: figures go to stdout.
-        return protocol::cli::exit_code("client", run_bench(bench, args.server));
+        return node_kit::cli::exit_code("client", run_bench(bench, args.server));
     }
-    protocol::cli::exit_code("client", run(args))
+    node_kit::cli::exit_code("client", run(args))
 }
 
 #[tokio::main]
@@ -245,7 +245,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 interval,
                 count,
             };
-            let summary = client::echo::run(config, protocol::shutdown::signal()).await?;
+            let summary = client::echo::run(config, node_kit::shutdown::signal()).await?;
             tracing::info!(
                 echoed = summary.echoed,
                 mismatched = summary.mismatched,
@@ -281,7 +281,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 pipeline,
                 message,
             };
-            let summary = client::store::run(config, protocol::shutdown::signal()).await?;
+            let summary = client::store::run(config, node_kit::shutdown::signal()).await?;
             tracing::info!(
                 client_id = %summary.client_id,
                 answered = summary.answered,
@@ -349,7 +349,7 @@ async fn read_all(args: &TailArgs, server: &ServerArgs) -> anyhow::Result<()> {
             }
             out.flush()
         },
-        protocol::shutdown::signal(),
+        node_kit::shutdown::signal(),
     )
     .await;
     match tailed {
@@ -381,7 +381,7 @@ async fn show_status(http: &str, json: bool, watch: Option<Duration>) -> anyhow:
         }
         return Ok(());
     };
-    let stop = protocol::shutdown::signal();
+    let stop = node_kit::shutdown::signal();
     tokio::pin!(stop);
     loop {
         let shown = if json {

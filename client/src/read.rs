@@ -5,8 +5,10 @@ use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use protocol::connection::Connection;
-use protocol::message::{MessageId, MessageKey, NodeId, ROLE_READER, ReadRecord};
-use protocol::reads::{MAX_TAIL_LIMIT, ReadReply, ReadRequest};
+use protocol::datanode::ReadRecord;
+use protocol::handshake::ROLE_READER;
+use protocol::ids::{MessageId, MessageKey, NodeId};
+use protocol::reader::{MAX_TAIL_LIMIT, ReadReply, ReadRequest};
 use tracing::warn;
 
 use crate::session::{self, ClientError, ConnectOptions};
@@ -72,7 +74,7 @@ pub fn reader_options(mut connect: ConnectOptions) -> ConnectOptions {
     // An answer carries a message's text and a little more.
     connect.max_line = connect
         .max_line
-        .saturating_add(protocol::message::READ_LINE_OVERHEAD);
+        .saturating_add(protocol::datanode::READ_LINE_OVERHEAD);
     connect
 }
 
@@ -237,7 +239,7 @@ pub async fn tail(
 
 /// `2026-11-24T10:00:00.123Z`: a time in Unix ms, in UTC.
 pub fn utc(ms: u64) -> String {
-    let stamp = protocol::timefmt::timestamp(UNIX_EPOCH + Duration::from_millis(ms));
+    let stamp = node_kit::timefmt::timestamp(UNIX_EPOCH + Duration::from_millis(ms));
     format!("{}Z", stamp.replacen(' ', "T", 1).replacen(',', ".", 1))
 }
 
@@ -255,10 +257,10 @@ pub fn parse_since(text: &str, now: SystemTime) -> Result<u64, String> {
         if asctime.len() == 19 {
             asctime.push_str(",000");
         }
-        return protocol::timefmt::parse_timestamp_millis(&asctime)
+        return node_kit::timefmt::parse_timestamp_millis(&asctime)
             .ok_or_else(|| format!("bad UTC time {text:?} (expected 2026-11-24T10:00:00Z)"));
     }
-    let ago = protocol::cli::parse_duration(text).map_err(|e| {
+    let ago = node_kit::cli::parse_duration(text).map_err(|e| {
         format!("bad --since {text:?}: a Unix ms time, a UTC time like 2026-11-24T10:00:00Z, or a duration ago ({e})")
     })?;
     let now_ms = now

@@ -5,9 +5,8 @@
 use std::collections::{HashMap, VecDeque};
 
 use protocol::ParseError;
-use protocol::message::{
-    ClientId, MessageId, NO_DATA_NODES, NOT_ENOUGH_NODES, OUTCOME_UNKNOWN, StoreReply,
-};
+use protocol::client::{NO_DATA_NODES, NOT_ENOUGH_NODES, OUTCOME_UNKNOWN, StoreReply};
+use protocol::ids::{ClientId, MessageId};
 use rand::RngExt;
 
 /// What an answer means for the message it answers.

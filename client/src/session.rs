@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
+use node_kit::backoff::Backoff;
 use protocol::HandshakeError;
-use protocol::backoff::Backoff;
 use protocol::connection::Connection;
 use protocol::handshake;
 use tokio::time::Instant;
@@ -79,7 +79,7 @@ impl ConnectOptions {
 /// backoff until it succeeds or `retry_for` has passed.
 pub async fn connect(options: &ConnectOptions) -> Result<Connection, ClientError> {
     let started = Instant::now();
-    let mut backoff = Backoff::new(options.min_backoff, options.max_backoff);
+    let mut backoff = Backoff::new(options.min_backoff, options.max_backoff, rand::make_rng());
     loop {
         let last_error = match try_connect(options).await {
             Ok(conn) => {

@@ -14,8 +14,10 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use protocol::backoff::Backoff;
-use protocol::message::{ClientId, ROLE_CLIENT, encode_keyed_message};
+use node_kit::backoff::Backoff;
+use protocol::client::encode_keyed_message;
+use protocol::handshake::ROLE_CLIENT;
+use protocol::ids::ClientId;
 use rand::RngExt;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
@@ -102,7 +104,7 @@ pub async fn run(
     let mut ticker = tokio::time::interval(config.interval.max(Duration::from_micros(1)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut allowance = 0u64;
-    let mut retry_backoff = Backoff::new(RETRY_BACKOFF.0, RETRY_BACKOFF.1);
+    let mut retry_backoff = Backoff::new(RETRY_BACKOFF.0, RETRY_BACKOFF.1, rand::make_rng());
     let mut hold_until: Option<Instant> = None;
     let mut line = BytesMut::new();
     tokio::pin!(shutdown);

@@ -39,7 +39,7 @@ fn config(server: String, target: BenchTarget, count: u64) -> BenchConfig {
 
 #[tokio::test]
 async fn every_echo_is_checked_and_counted() {
-    protocol::telemetry::init_for_tests();
+    node_kit::telemetry::init_for_tests();
     let (addr, _stop) = echo_server().await;
     let report = client::bench::run(config(addr, BenchTarget::Echo, 2000))
         .await
@@ -52,7 +52,7 @@ async fn every_echo_is_checked_and_counted() {
 
 #[tokio::test]
 async fn replies_that_are_not_stored_acks_are_errors() {
-    protocol::telemetry::init_for_tests();
+    node_kit::telemetry::init_for_tests();
     // The echo server answers the handshake and echoes each message back as
     // text, never as `<node> , mensaje: recibido <id>`.
     let (addr, _stop) = echo_server().await;
@@ -72,7 +72,7 @@ async fn replies_that_are_not_stored_acks_are_errors() {
 #[tokio::test]
 async fn each_store_connection_keys_its_messages_under_its_own_client_id() {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-    protocol::telemetry::init_for_tests();
+    node_kit::telemetry::init_for_tests();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     // A fake head node: answers every keyed line as stored, and returns

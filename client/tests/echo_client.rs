@@ -33,7 +33,7 @@ fn config(server: String, count: u64) -> EchoConfig {
 
 #[tokio::test]
 async fn sends_count_messages_and_gets_each_echo() {
-    protocol::telemetry::init_for_tests();
+    node_kit::telemetry::init_for_tests();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let _stop = start_echo_server(listener).await;
@@ -52,7 +52,7 @@ async fn sends_count_messages_and_gets_each_echo() {
 
 #[tokio::test]
 async fn reconnects_when_the_server_comes_back() {
-    protocol::telemetry::init_for_tests();
+    node_kit::telemetry::init_for_tests();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = start_echo_server(listener).await;
@@ -76,7 +76,7 @@ async fn reconnects_when_the_server_comes_back() {
 
 #[tokio::test]
 async fn gives_up_with_a_clear_error_when_nothing_listens() {
-    protocol::telemetry::init_for_tests();
+    node_kit::telemetry::init_for_tests();
     // Bind then drop, so the port is (almost certainly) closed.
     let addr = TcpListener::bind("127.0.0.1:0")
         .await

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use protocol::http::{self, HttpConfig, Request, Response};
+use node_kit::http::{self, HttpConfig, Request, Response};
 use protocol::status::{NodeStatus, StatusSnapshot, Totals};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;

@@ -90,7 +90,7 @@ async fn listen() -> (TcpListener, String) {
 
 #[tokio::test]
 async fn messages_carry_sequential_keys_under_the_announced_client_id() {
-    protocol::telemetry::init_for_tests();
+    node_kit::telemetry::init_for_tests();
     let (listener, addr) = listen().await;
     let mut cfg = config(addr, 5, 1);
     cfg.message = None;
@@ -117,7 +117,7 @@ async fn messages_carry_sequential_keys_under_the_announced_client_id() {
 
 #[tokio::test]
 async fn without_a_client_id_one_is_chosen_at_random() {
-    protocol::telemetry::init_for_tests();
+    node_kit::telemetry::init_for_tests();
     let (listener, addr) = listen().await;
     let mut cfg = config(addr, 1, 1);
     cfg.client_id = None;
@@ -141,7 +141,7 @@ async fn without_a_client_id_one_is_chosen_at_random() {
 
 #[tokio::test]
 async fn a_lost_connection_mid_pipeline_resends_the_unanswered_with_the_same_keys() {
-    protocol::telemetry::init_for_tests();
+    node_kit::telemetry::init_for_tests();
     let (listener, addr) = listen().await;
     let client = tokio::spawn(client::store::run(
         config(addr, 6, 4),
@@ -186,7 +186,7 @@ async fn a_lost_connection_mid_pipeline_resends_the_unanswered_with_the_same_key
 
 #[tokio::test]
 async fn not_enough_data_nodes_is_resent_with_the_same_key_after_a_backoff() {
-    protocol::telemetry::init_for_tests();
+    node_kit::telemetry::init_for_tests();
     let (listener, addr) = listen().await;
     let client = tokio::spawn(client::store::run(
         config(addr, 2, 1),
@@ -215,7 +215,7 @@ async fn not_enough_data_nodes_is_resent_with_the_same_key_after_a_backoff() {
 
 #[tokio::test]
 async fn an_unknown_outcome_resent_and_answered_with_its_original_id_is_counted_as_earlier() {
-    protocol::telemetry::init_for_tests();
+    node_kit::telemetry::init_for_tests();
     let (listener, addr) = listen().await;
     let client = tokio::spawn(client::store::run(
         config(addr, 3, 3),
@@ -241,7 +241,7 @@ async fn an_unknown_outcome_resent_and_answered_with_its_original_id_is_counted_
 
 #[tokio::test]
 async fn a_message_refused_for_longer_than_retry_for_fails() {
-    protocol::telemetry::init_for_tests();
+    node_kit::telemetry::init_for_tests();
     let (listener, addr) = listen().await;
     let mut cfg = config(addr, 1, 1);
     cfg.connect.retry_for = Duration::from_millis(300);

@@ -26,7 +26,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use protocol::message::{MessageId, MessageKey, StoreReply};
+use protocol::client::StoreReply;
+use protocol::ids::{MessageId, MessageKey};
 
 use crate::storage::{self, DATA_FILE, StorageError};
 
@@ -361,7 +362,7 @@ fn error_kind(reason: &str) -> String {
 mod tests {
     use super::*;
     use crate::storage::format_record;
-    use protocol::message::KeyRef;
+    use protocol::ids::KeyRef;
 
     fn id(seq: u64) -> MessageId {
         MessageId { epoch: 1, seq }

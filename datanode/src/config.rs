@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use protocol::auth::ClusterToken;
-use protocol::message::{NodeId, Zone};
+use protocol::ids::{NodeId, Zone};
 
 use crate::keys;
 use crate::storage::{self, FsyncPolicy};
@@ -91,7 +91,7 @@ impl Config {
             min_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(1),
             leave_timeout: Duration::from_secs(5),
-            fsync_report_every: protocol::message::FSYNC_REPORT_EVERY,
+            fsync_report_every: protocol::datanode::FSYNC_REPORT_EVERY,
             source_ip: None,
         }
     }

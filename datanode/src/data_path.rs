@@ -18,13 +18,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use node_kit::shutdown::Latch;
+use node_kit::telemetry::MESSAGES_TARGET;
 use protocol::codec::LineDecoder;
 use protocol::connection::Connection;
-use protocol::message::{
-    FromDataNode, MAX_SCAN_RECORDS, MessageId, NodeId, ToDataNode, truncate_for_log,
-};
-use protocol::shutdown::Latch;
-use protocol::telemetry::MESSAGES_TARGET;
+use protocol::datanode::{FromDataNode, MAX_SCAN_RECORDS, ToDataNode};
+use protocol::error::truncate_for_log;
+use protocol::ids::{MessageId, NodeId};
 use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, FORWARD_OVERHEAD};
@@ -338,7 +338,7 @@ fn forget_key(line: &[u8], keys: &mut KeyIndex) {
 /// committed first. False in that last case: nothing was done with it.
 fn handle_store(
     id: Option<MessageId>,
-    key: Option<protocol::message::KeyRef<'_>>,
+    key: Option<protocol::ids::KeyRef<'_>>,
     text: &str,
     state: &mut NodeState,
     batch: &mut Batch,

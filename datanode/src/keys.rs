@@ -21,9 +21,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use protocol::key_window::{HashedClient, KeyWindow};
-use protocol::message::{ClientId, FromDataNode, HELD_PER_LINE, KeyRef, MessageId};
-use protocol::timefmt::parse_timestamp_millis;
+use node_kit::key_window::{HashedClient, KeyWindow};
+use node_kit::timefmt::parse_timestamp_millis;
+use protocol::datanode::{FromDataNode, HELD_PER_LINE};
+use protocol::ids::{ClientId, KeyRef, MessageId};
 
 use crate::storage::{self, StorageError, parse_line};
 
@@ -262,7 +263,7 @@ mod tests {
     #[test]
     fn the_oldest_keys_are_forgotten_past_the_bound() {
         // Room for the client's run and two keys per generation.
-        let bound = 2 * (protocol::key_window::SLOTS_PER_CLIENT + 2);
+        let bound = 2 * (node_kit::key_window::SLOTS_PER_CLIENT + 2);
         let mut index = KeyIndex::new(bound, Duration::from_secs(60));
         for seq in 1..=5 {
             index.insert(key("c1", seq), id(seq), 1000, 1000);
@@ -352,7 +353,7 @@ mod tests {
     }
 
     fn resident_bytes() -> u64 {
-        protocol::telemetry::resident_bytes().expect("Linux /proc/self/status")
+        node_kit::telemetry::resident_bytes().expect("Linux /proc/self/status")
     }
 
     /// Inserts 1M keys from `clients` clients; prints the resident bytes
@@ -365,7 +366,7 @@ mod tests {
         let before = resident_bytes();
         // Room for every key: the bound counts both generations, and a
         // client's run as a few slots more.
-        let room = 2 * KEYS as usize * (1 + protocol::key_window::SLOTS_PER_CLIENT);
+        let room = 2 * KEYS as usize * (1 + node_kit::key_window::SLOTS_PER_CLIENT);
         let mut index = KeyIndex::new(room, Duration::from_secs(3600));
         for n in 0..KEYS {
             let client = &names[(n % clients) as usize];

@@ -29,9 +29,9 @@
 
 use std::future::Future;
 
-use protocol::backoff::Backoff;
-use protocol::message::Zone;
-use protocol::shutdown::Latch;
+use node_kit::backoff::Backoff;
+use node_kit::shutdown::Latch;
+use protocol::ids::Zone;
 use tracing::{info, warn};
 
 pub mod audit;
@@ -58,7 +58,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 }
 
 /// [`run`], and `/metrics` and `/healthz` on `http` (see [`metrics`]),
-/// under the default bounds of `protocol::http`.
+/// under the default bounds of `node_kit::http`.
 pub async fn run_with_http(
     config: Config,
     http: tokio::net::TcpListener,
@@ -87,10 +87,10 @@ async fn serve_node(
             Err(e) => warn!(error = %e, "HTTP port has no address"),
         }
         let metrics = state.data.metrics();
-        tokio::spawn(protocol::http::run(
+        tokio::spawn(node_kit::http::run(
             http,
-            protocol::http::HttpConfig::default(),
-            move |request: &protocol::http::Request| metrics::handle(&metrics, request),
+            node_kit::http::HttpConfig::default(),
+            move |request: &node_kit::http::Request| metrics::handle(&metrics, request),
             http_stop.cancelled_owned(),
         ));
     }
@@ -105,7 +105,7 @@ async fn serve_node(
         "dataNode starting"
     );
     let mut shutdown = Latch::new(shutdown);
-    let mut backoff = Backoff::new(config.min_backoff, config.max_backoff);
+    let mut backoff = Backoff::new(config.min_backoff, config.max_backoff, rand::make_rng());
     let result = loop {
         if shutdown.fired() {
             break Ok(());

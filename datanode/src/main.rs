@@ -7,9 +7,9 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use datanode::FsyncPolicy;
 use datanode::storage::{self, DATA_FILE};
-use protocol::cli::{LogArgs, TokenArgs, parse_duration, parse_timeout};
-use protocol::message::{NodeId, Zone};
-use protocol::telemetry::{self, FileRoute, LogSpec};
+use node_kit::cli::{LogArgs, TokenArgs, parse_duration, parse_timeout};
+use node_kit::telemetry::{self, FileRoute, LogSpec};
+use protocol::ids::{NodeId, Zone};
 
 /// Data node: registers with the head node, appends every message it is sent
 /// to data.txt (`<timestamp> - [<message-id>] crc32c=<checksum> mensaje:
@@ -138,8 +138,8 @@ struct NodeArgs {
     source_ip: Option<std::net::IpAddr>,
     /// Address of the HTTP port serving /metrics (Prometheus) and /healthz,
     /// or `off` (the default) for none.
-    #[arg(long, env = "HTTP_LISTEN", default_value = "off", value_parser = protocol::cli::parse_listen_or_off)]
-    http_listen: protocol::cli::OptionalListen,
+    #[arg(long, env = "HTTP_LISTEN", default_value = "off", value_parser = node_kit::cli::parse_listen_or_off)]
+    http_listen: node_kit::cli::OptionalListen,
     /// Longest accepted message text, in bytes.
     #[arg(long, env = "MAX_LINE_BYTES", default_value_t = protocol::DEFAULT_MAX_LINE)]
     max_line: usize,
@@ -166,7 +166,7 @@ fn main() -> ExitCode {
             },
             strict,
         ),
-        None => protocol::cli::exit_code("datanode", run(args.node)),
+        None => node_kit::cli::exit_code("datanode", run(args.node)),
     }
 }
 
@@ -300,9 +300,9 @@ async fn run(args: NodeArgs) -> anyhow::Result<()> {
             let http = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen for HTTP on {addr}: {e}"))?;
-            datanode::run_with_http(config, http, protocol::shutdown::signal()).await?;
+            datanode::run_with_http(config, http, node_kit::shutdown::signal()).await?;
         }
-        None => datanode::run(config, protocol::shutdown::signal()).await?,
+        None => datanode::run(config, node_kit::shutdown::signal()).await?,
     }
     Ok(())
 }

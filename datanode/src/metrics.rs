@@ -11,12 +11,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use node_kit::http::{Request, Response};
+use node_kit::metrics::{self, AtomicHistogram, HistogramSnapshot, LATENCY_BUCKETS};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::{Registry, Unit};
-use protocol::http::{Request, Response};
-use protocol::message::FsyncReport;
-use protocol::metrics::{self, AtomicHistogram, HistogramSnapshot, LATENCY_BUCKETS};
+use protocol::datanode::FsyncReport;
 use std::time::Instant;
 
 /// What this process has written, for `/metrics`.
@@ -287,7 +287,7 @@ mod tests {
                 query: None,
             },
         );
-        let protocol::http::Body::Full { bytes, .. } = response.body else {
+        let node_kit::http::Body::Full { bytes, .. } = response.body else {
             panic!("a full body");
         };
         let text = String::from_utf8(bytes).unwrap();

@@ -25,8 +25,9 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use bytes::BytesMut;
-use protocol::message::{FromDataNode, MAX_SCAN_RECORDS, MessageId, ReadRecord};
-use protocol::timefmt::parse_timestamp_millis;
+use node_kit::timefmt::parse_timestamp_millis;
+use protocol::datanode::{FromDataNode, MAX_SCAN_RECORDS, ReadRecord};
+use protocol::ids::MessageId;
 use tracing::{debug, warn};
 
 use crate::metrics::NodeMetrics;

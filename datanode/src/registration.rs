@@ -7,8 +7,9 @@
 use protocol::HandshakeError;
 use protocol::auth::{Exchange, Nonce};
 use protocol::connection::Connection;
+use protocol::datanode::{DataNodeHello, FromDataNode, STALE_HEAD, ToDataNode};
+use protocol::error::truncate_for_log;
 use protocol::handshake;
-use protocol::message::{DataNodeHello, FromDataNode, STALE_HEAD, ToDataNode, truncate_for_log};
 use tokio::net::TcpStream;
 use tracing::{error, info};
 

@@ -22,8 +22,8 @@ use std::str::FromStr;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::SystemTime;
 
-use protocol::message::{KeyRef, MessageId};
-use protocol::timefmt::write_timestamp;
+use node_kit::timefmt::write_timestamp;
+use protocol::ids::{KeyRef, MessageId};
 use tracing::{error, warn};
 
 use crate::metrics::NodeMetrics;
@@ -335,7 +335,7 @@ impl DataFile {
             let now = SystemTime::now();
             self.stamp.clear();
             let _ = write_timestamp(&mut self.stamp, now);
-            self.stamp_ms = protocol::timefmt::parse_timestamp_millis(&self.stamp).unwrap_or(0);
+            self.stamp_ms = node_kit::timefmt::parse_timestamp_millis(&self.stamp).unwrap_or(0);
         }
         format_record(&mut self.staged, &self.stamp, id, key, text);
         self.line_ends.push(self.staged.len());

@@ -24,8 +24,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-use protocol::message::MessageId;
-use protocol::timefmt::parse_timestamp_millis;
+use node_kit::timefmt::parse_timestamp_millis;
+use protocol::ids::MessageId;
 use tracing::{info, warn};
 
 use crate::keys::KeyIndex;

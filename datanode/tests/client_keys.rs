@@ -6,7 +6,7 @@
 mod support;
 
 use datanode::storage::{parse_line, stored_ids};
-use protocol::message::MessageId;
+use protocol::ids::MessageId;
 use support::ScriptedHead;
 
 fn id(text: &str) -> MessageId {

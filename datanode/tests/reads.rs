@@ -3,7 +3,8 @@
 
 mod support;
 
-use protocol::message::{FromDataNode, MessageId, ReadRecord};
+use protocol::datanode::{FromDataNode, ReadRecord};
+use protocol::ids::MessageId;
 use support::ScriptedHead;
 
 fn id(text: &str) -> MessageId {

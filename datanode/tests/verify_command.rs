@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::Command;
 
 use datanode::storage::{DATA_FILE, format_record};
-use protocol::message::MessageId;
+use protocol::ids::MessageId;
 
 fn record(seq: u64, text: &str) -> Vec<u8> {
     let mut buf = Vec::new();

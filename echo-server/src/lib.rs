@@ -16,10 +16,9 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use node_kit::server::Admission;
 use protocol::connection::{Connection, ReaderConfig};
-use protocol::handshake::{self, RoleStep};
-use protocol::message::PETICION;
-use protocol::server::Admission;
+use protocol::handshake::{self, PETICION, RoleStep};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -69,8 +68,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let config = Arc::new(config);
-    let fd_limit = protocol::server::raise_fd_limit();
-    let admission = Admission::new(protocol::server::connection_budget(
+    let fd_limit = node_kit::server::raise_fd_limit();
+    let admission = Admission::new(node_kit::server::connection_budget(
         fd_limit,
         config.max_connections,
     ));
@@ -151,7 +150,7 @@ async fn serve_client(
         match frame {
             Ok(Some(line)) => {
                 info!(
-                    message = protocol::message::truncate_for_log(line.as_str()),
+                    message = protocol::error::truncate_for_log(line.as_str()),
                     "received"
                 );
                 conn.writer.queue(line.bytes());

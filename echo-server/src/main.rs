@@ -4,8 +4,8 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 use clap::Parser;
-use protocol::cli::{FramingArgs, LogArgs};
-use protocol::telemetry::{self, FileRoute, LogSpec};
+use node_kit::cli::{FramingArgs, LogArgs};
+use node_kit::telemetry::{self, FileRoute, LogSpec};
 use tokio::net::TcpListener;
 
 /// Echo server: answers `peticion` with `confirmacion`, then sends every
@@ -28,7 +28,7 @@ struct Args {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    protocol::cli::exit_code("echo-server", run(args))
+    node_kit::cli::exit_code("echo-server", run(args))
 }
 
 #[tokio::main]
@@ -47,6 +47,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         handshake_timeout: args.framing.handshake_timeout,
         ..echo_server::Config::default()
     };
-    echo_server::run(listener, config, protocol::shutdown::signal()).await?;
+    echo_server::run(listener, config, node_kit::shutdown::signal()).await?;
     Ok(())
 }

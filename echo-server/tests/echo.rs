@@ -19,7 +19,7 @@ struct TestServer {
 
 impl TestServer {
     async fn start(config: Config) -> TestServer {
-        protocol::telemetry::init_for_tests();
+        node_kit::telemetry::init_for_tests();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();

@@ -19,8 +19,7 @@ use std::time::Duration;
 
 use protocol::connection::{FrameReader, FrameWriter, ReaderConfig};
 use protocol::error::HandshakeError;
-use protocol::handshake::{RoleStep, accept};
-use protocol::message::{CONFIRMACION, PETICION, Role};
+use protocol::handshake::{CONFIRMACION, PETICION, Role, RoleStep, accept};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio::time::Instant;

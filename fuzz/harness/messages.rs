@@ -10,10 +10,11 @@
 use std::str::FromStr;
 
 use bytes::BytesMut;
-use protocol::error::ParseError;
-use protocol::message::{
-    ERROR_PREFIX, FromDataNode, MessageId, NodeId, Role, StoreReply, ToDataNode, truncate_for_log,
-};
+use protocol::client::StoreReply;
+use protocol::datanode::{FromDataNode, ToDataNode};
+use protocol::error::{ERROR_PREFIX, ParseError, truncate_for_log};
+use protocol::handshake::Role;
+use protocol::ids::{MessageId, NodeId};
 
 /// Longest acceptable error reason: 80 characters of the peer's text,
 /// escaped, plus the explanation around them.
@@ -75,10 +76,10 @@ fn role(text: &str) {
         return;
     };
     let line = match &role {
-        Role::Client(None) => protocol::message::ROLE_CLIENT.to_owned(),
-        Role::Client(Some(id)) => format!("{} id={id}", protocol::message::ROLE_CLIENT),
+        Role::Client(None) => protocol::handshake::ROLE_CLIENT.to_owned(),
+        Role::Client(Some(id)) => format!("{} id={id}", protocol::handshake::ROLE_CLIENT),
         Role::DataNode(hello) => hello.to_line(),
-        Role::Reader => protocol::message::ROLE_READER.to_owned(),
+        Role::Reader => protocol::handshake::ROLE_READER.to_owned(),
     };
     assert_eq!(
         line.parse::<Role>(),

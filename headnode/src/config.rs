@@ -43,8 +43,8 @@ pub struct Config {
     /// previous head node had (named in their reports) before it serves
     /// clients anyway. See `recovery`.
     pub recovery_wait: Duration,
-    /// Bounds of the HTTP port (see `protocol::http`), when there is one.
-    pub http: protocol::http::HttpConfig,
+    /// Bounds of the HTTP port (see `node_kit::http`), when there is one.
+    pub http: node_kit::http::HttpConfig,
     /// Period of the ICMP heartbeat rounds.
     pub ping_interval: Duration,
     /// How long one ICMP echo may take.
@@ -161,7 +161,7 @@ impl Default for Config {
             dedup_keys: DEFAULT_DEDUP_KEYS,
             dedup_window: DEFAULT_DEDUP_WINDOW,
             recovery_wait: Duration::from_secs(5),
-            http: protocol::http::HttpConfig::default(),
+            http: node_kit::http::HttpConfig::default(),
             ping_interval: Duration::from_secs(5),
             ping_timeout: Duration::from_secs(1),
             detector: DetectorConfig::default(),
@@ -219,10 +219,10 @@ impl Config {
             ("heartbeat interval", self.heartbeat_interval),
         ];
         for (name, value) in periods {
-            if value < protocol::cli::MIN_PERIOD {
+            if value < node_kit::cli::MIN_PERIOD {
                 return Err(ConfigError(format!(
                     "{name} {value:?} is too short (at least {:?})",
-                    protocol::cli::MIN_PERIOD
+                    node_kit::cli::MIN_PERIOD
                 )));
             }
         }
@@ -383,7 +383,7 @@ mod tests {
     #[test]
     fn data_nodes_and_handshakes_are_reserved_out_of_the_total() {
         let config = Config::default();
-        let small = Limits::share(1024 - protocol::server::RESERVED_FDS, &config);
+        let small = Limits::share(1024 - node_kit::server::RESERVED_FDS, &config);
         assert_eq!(small.data_nodes, 64);
         assert_eq!(small.handshakes, 224);
         assert_eq!(small.clients, 896 - 64 - 224);

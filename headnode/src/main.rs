@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use protocol::cli::{
+use node_kit::cli::{
     FramingArgs, LogArgs, TokenArgs, parse_bytes, parse_duration, parse_listen_or_off,
     parse_period, parse_timeout,
 };
-use protocol::telemetry::{self, FileRoute, HEARTBEAT_TARGET, LogSpec};
+use node_kit::telemetry::{self, FileRoute, HEARTBEAT_TARGET, LogSpec};
 use tokio::net::TcpListener;
 
 /// Head node: clients (role `cliente`) and data nodes (role `dataNode`)
@@ -30,7 +30,7 @@ struct Args {
     /// `off` serves none. Loopback by default: nothing there is secret, but
     /// it is for the operator, not the network.
     #[arg(long, env = "HTTP_LISTEN", default_value = "127.0.0.1:8080", value_parser = parse_listen_or_off)]
-    http_listen: protocol::cli::OptionalListen,
+    http_listen: node_kit::cli::OptionalListen,
     #[command(flatten)]
     token: TokenArgs,
     /// Also accept data nodes that cannot prove the cluster token, including
@@ -178,7 +178,7 @@ fn main() -> std::process::ExitCode {
         Some(Command::Health { addr, timeout }) => health(addr, *timeout),
         None => serve(args),
     };
-    protocol::cli::exit_code("headnode", result)
+    node_kit::cli::exit_code("headnode", result)
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -255,9 +255,9 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             let http = TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen for HTTP on {addr}"))?;
-            headnode::run_with_http(listener, http, config, protocol::shutdown::signal()).await?;
+            headnode::run_with_http(listener, http, config, node_kit::shutdown::signal()).await?;
         }
-        None => headnode::run(listener, config, protocol::shutdown::signal()).await?,
+        None => headnode::run(listener, config, node_kit::shutdown::signal()).await?,
     }
     Ok(())
 }

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use headnode::membership::{Event, EvictReason};
 use protocol::auth::{ClusterToken, Nonce};
-use protocol::message::{MessageId, StoreReply};
+use protocol::client::StoreReply;
+use protocol::ids::MessageId;
 use support::{
     Cluster, TEST_TOKEN, check_every_ack_is_stored, connect_client, fake_node, fast_config,
     register_refused, send_pipelined,

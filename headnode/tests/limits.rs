@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use headnode::membership::{Event, ProbeOutcome};
 use headnode::{Prober, RunError};
-use protocol::message::StoreReply;
+use protocol::client::StoreReply;
 use support::{Cluster, connect_client, fake_node, fast_config, register, welcome};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -228,7 +228,7 @@ async fn a_run_of_acknowledgements_answers_each_message_and_a_forged_run_costs_n
     while ids.len() < 3 {
         let line = node.reader.read_frame().await.unwrap().unwrap();
         if let Some(rest) = line.as_str().strip_prefix("mensaje ") {
-            let id: protocol::message::MessageId = rest.split(':').next().unwrap().parse().unwrap();
+            let id: protocol::ids::MessageId = rest.split(':').next().unwrap().parse().unwrap();
             ids.push(id);
         }
     }
@@ -379,7 +379,7 @@ async fn a_data_node_report_that_never_ends_is_cut_off() {
         // Bounded: 10 s of lines at most.
         for _ in 0..500 {
             let mut line = String::from("held c-endless");
-            for _ in 0..protocol::message::HELD_PER_LINE {
+            for _ in 0..protocol::datanode::HELD_PER_LINE {
                 seq += 1;
                 line.push_str(&format!(" {seq}:1-{seq}"));
             }

@@ -9,9 +9,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use client::ConnectOptions;
 use client::read::{Found, ReadError, TailOptions, Wanted};
+use protocol::client::StoreReply;
 use protocol::connection::Connection;
 use protocol::handshake;
-use protocol::message::{MessageId, StoreReply};
+use protocol::ids::MessageId;
 use support::{Cluster, fast_config};
 use tokio::net::TcpStream;
 use tokio::time::Instant;

@@ -10,7 +10,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use headnode::membership::Event;
-use protocol::message::{MessageId, StoreReply};
+use protocol::client::StoreReply;
+use protocol::ids::MessageId;
 use protocol::status::StatusSnapshot;
 use support::{Cluster, fast_config};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

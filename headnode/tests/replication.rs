@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use headnode::membership::Event;
-use protocol::message::{MessageId, StoreReply};
+use protocol::client::StoreReply;
+use protocol::ids::MessageId;
 use support::{Cluster, fast_config, keyed_client, send_keyed};
 use tokio::time::Instant;
 

@@ -8,9 +8,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use headnode::membership::{Event, EvictReason};
+use protocol::client::StoreReply;
 use protocol::connection::Connection;
 use protocol::handshake;
-use protocol::message::StoreReply;
 use support::{Cluster, fast_config, keyed_client, send_keyed};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -179,8 +179,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                         self.line_started.get_or_insert(self.last_data);
                     }
                 }
-                _ = crate::server::sleep_until(cut_at) => return self.cut_unterminated(),
-                _ = crate::server::sleep_until(give_up_at) => {
+                _ = sleep_until(cut_at) => return self.cut_unterminated(),
+                _ = sleep_until(give_up_at) => {
                     return Err(ReadError::LineTimedOut {
                         after: self.line_timeout,
                         buffered: self.buf.len(),
@@ -472,6 +472,15 @@ impl Connection<TcpStream> {
             .reunite(self.writer.inner)
             .expect("both halves come from this connection's stream");
         (stream, leftover)
+    }
+}
+
+/// Sleeps until `deadline`, or forever when there is none: the idle cut
+/// and the line timeout are each armed only some of the time.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 

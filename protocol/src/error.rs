@@ -1,9 +1,24 @@
-//! Typed errors of the protocol layer.
+//! Typed errors of the protocol layer, and the error line that carries
+//! them: `ERROR <reason>`.
 //!
 //! Each variant's `Display` is the reason sent to the peer after `ERROR `, so
 //! it is one short line a person can act on.
 
 use std::io;
+
+/// Prefix of every error line.
+pub const ERROR_PREFIX: &str = "ERROR ";
+
+/// At most 80 characters of a peer's line, for error messages and logs.
+///
+/// Every refusal quotes the peer's text through this, so its reason stays
+/// one short line whatever the peer sent.
+pub fn truncate_for_log(line: &str) -> &str {
+    match line.char_indices().nth(80) {
+        Some((end, _)) => &line[..end],
+        None => line,
+    }
+}
 
 /// A frame could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -100,5 +115,40 @@ pub enum HandshakeError {
 impl From<io::Error> for HandshakeError {
     fn from(e: io::Error) -> Self {
         HandshakeError::Read(ReadError::Io(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::client::StoreReply;
+    use crate::datanode::{FromDataNode, ToDataNode};
+    use crate::handshake::Role;
+    use crate::ids::{MessageId, NodeId};
+
+    #[test]
+    fn refusals_quote_at_most_80_characters_of_the_peer_text() {
+        let long = "x".repeat(10_000);
+        let reasons = [
+            long.parse::<MessageId>().unwrap_err(),
+            format!("1-{long}").parse::<MessageId>().unwrap_err(),
+            format!("{long}!").parse::<NodeId>().unwrap_err(),
+            format!("dataNode id={long}").parse::<Role>().unwrap_err(),
+            format!("dataNode {long}").parse::<Role>().unwrap_err(),
+            format!("dataNode incarnation={long}")
+                .parse::<Role>()
+                .unwrap_err(),
+            format!("dataNode {long}=1").parse::<Role>().unwrap_err(),
+            format!("{long} x").parse::<Role>().unwrap_err(),
+            ToDataNode::parse(&format!("ping {long}")).unwrap_err(),
+            ToDataNode::parse(&format!("mensaje {long}: hola")).unwrap_err(),
+            FromDataNode::parse(&format!("pong {long}")).unwrap_err(),
+            FromDataNode::parse(&format!("fsync 1 2 {long}")).unwrap_err(),
+            FromDataNode::parse(&format!("recibido {long}")).unwrap_err(),
+            StoreReply::parse(&format!("dn1 , mensaje: recibido {long}")).unwrap_err(),
+        ];
+        for reason in reasons {
+            let reason = reason.to_string();
+            assert!(reason.len() < 200, "{} bytes: {reason}", reason.len());
+        }
     }
 }

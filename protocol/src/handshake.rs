@@ -6,14 +6,76 @@
 //!  | <--------- confirmacion |
 //!  | cliente | dataNode ... > |   (head node only: the role step)
 //! ```
+//!
+//! The role words and [`Role`], what the third step names, live here too.
 
+use std::str::FromStr;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::connection::{FrameReader, FrameWriter, close_with_error};
-use crate::error::{HandshakeError, ParseError, ReadError};
-use crate::message::{CONFIRMACION, ERROR_PREFIX, PETICION, Role, truncate_for_log};
+use crate::datanode::DataNodeHello;
+use crate::error::{ERROR_PREFIX, HandshakeError, ParseError, ReadError, truncate_for_log};
+use crate::ids::ClientId;
+
+/// First word of every handshake, sent by the connecting peer.
+pub const PETICION: &str = "peticion";
+/// The server's answer to [`PETICION`].
+pub const CONFIRMACION: &str = "confirmacion";
+/// Role of a peer that sends messages to be stored.
+pub const ROLE_CLIENT: &str = "cliente";
+/// Role of a peer that stores messages.
+pub const ROLE_DATANODE: &str = "dataNode";
+/// Role of a peer that reads stored messages back (see [`crate::reader`]).
+pub const ROLE_READER: &str = "lector";
+
+/// The role a peer announces in the third step of the head node's handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// `cliente`: sends messages to store, one per line, unkeyed (the
+    /// original form). `cliente id=<client-id>`: every line is then
+    /// `<seq> <text>`, keyed `<client-id>/<seq>`
+    /// ([`crate::client::parse_keyed_message`]).
+    Client(Option<ClientId>),
+    /// `dataNode ...`: stores messages; the fields that follow are the
+    /// data node's [`DataNodeHello`].
+    DataNode(DataNodeHello),
+    /// `lector`: reads stored messages back, one request per line
+    /// ([`crate::reader::ReadRequest`]).
+    Reader,
+}
+
+impl FromStr for Role {
+    type Err = ParseError;
+    fn from_str(line: &str) -> Result<Self, Self::Err> {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some(ROLE_CLIENT) => match (words.next(), words.next()) {
+                (None, _) => Ok(Role::Client(None)),
+                (Some(word), None) if word.starts_with("id=") => {
+                    Ok(Role::Client(Some(word["id=".len()..].parse()?)))
+                }
+                _ => Err(ParseError::new(format!(
+                    "expected '{ROLE_CLIENT}' or '{ROLE_CLIENT} id=<client-id>', got {:?}",
+                    truncate_for_log(line)
+                ))),
+            },
+            Some(ROLE_READER) => match words.next() {
+                None => Ok(Role::Reader),
+                Some(_) => Err(ParseError::new(format!(
+                    "expected '{ROLE_READER}' alone, got {:?}",
+                    truncate_for_log(line)
+                ))),
+            },
+            Some(ROLE_DATANODE) => Ok(Role::DataNode(DataNodeHello::from_fields(words)?)),
+            _ => Err(ParseError::new(format!(
+                "expected role '{ROLE_CLIENT}', '{ROLE_READER}' or '{ROLE_DATANODE}', got {:?}",
+                truncate_for_log(line)
+            ))),
+        }
+    }
+}
 
 /// Default time a peer has to finish the handshake.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -130,6 +192,54 @@ mod tests {
     use super::*;
     use crate::connection::{Framing, ReaderConfig};
     use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+
+    #[test]
+    fn roles_parse() {
+        assert_eq!("cliente".parse::<Role>().unwrap(), Role::Client(None));
+        assert_eq!("lector".parse::<Role>().unwrap(), Role::Reader);
+        assert_eq!(
+            "cliente id=c-7f".parse::<Role>().unwrap(),
+            Role::Client(Some("c-7f".parse().unwrap()))
+        );
+        let Role::DataNode(legacy) = "dataNode".parse::<Role>().unwrap() else {
+            panic!("expected a data node");
+        };
+        assert!(legacy.is_legacy());
+        let nonce: crate::auth::Nonce = "00112233445566778899aabbccddeeff".parse().unwrap();
+        let hello = DataNodeHello {
+            node_id: Some("dn1".parse().unwrap()),
+            incarnation: Some(77),
+            nonce: Some(nonce),
+            zone: Some("rack-2".parse().unwrap()),
+            store: Some(0x00ab_cdef_0123_4567),
+        };
+        assert_eq!(
+            hello.to_line(),
+            "dataNode id=dn1 incarnation=77 nonce=00112233445566778899aabbccddeeff zone=rack-2 store=00abcdef01234567"
+        );
+        assert_eq!(
+            hello.to_line().parse::<Role>().unwrap(),
+            Role::DataNode(hello.clone())
+        );
+        for bad in [
+            "",
+            "server",
+            "cliente x",
+            "lector x",
+            "cliente id=",
+            "cliente id=a b",
+            "cliente id=a/b",
+            "dataNode id=",
+            "dataNode foo=1",
+            "dataNode id",
+            "dataNode id=dn1 token=s3cret-in-clear",
+            "dataNode id=dn1 nonce=short",
+            "dataNode id=dn1 store=123",
+            "dataNode id=dn1 store=zzzzzzzzzzzzzzzz",
+        ] {
+            assert!(bad.parse::<Role>().is_err(), "{bad:?} should be refused");
+        }
+    }
 
     #[tokio::test]
     async fn client_and_server_agree() {

@@ -7,10 +7,11 @@
 use bytes::BytesMut;
 use proptest::prelude::*;
 use protocol::auth::Nonce;
+use protocol::client::StoreReply;
 use protocol::codec::{DEFAULT_MAX_LINE, LineDecoder, encode_line};
-use protocol::message::{
-    DataNodeHello, FromDataNode, KeyRef, MessageId, NodeId, Role, StoreReply, ToDataNode,
-};
+use protocol::datanode::{DataNodeHello, FromDataNode, ToDataNode};
+use protocol::handshake::Role;
+use protocol::ids::{KeyRef, MessageId, NodeId};
 
 /// Text a frame can carry: no `\n`, and no `\r` at the end (see `encode_line`).
 fn frame_text() -> impl Strategy<Value = String> {

@@ -8,9 +8,10 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use protocol::client::StoreReply;
 use protocol::connection::Connection;
 use protocol::handshake;
-use protocol::message::{MessageId, StoreReply};
+use protocol::ids::MessageId;
 use tokio::time::Instant;
 
 use crate::net::SimStream;
@@ -148,7 +149,7 @@ impl ClientModel {
             let frame = tokio::select! {
                 biased;
                 frame = tokio::time::timeout(REPLY_TIMEOUT, conn.reader.read_frame()), if !in_flight.is_empty() => frame,
-                _ = protocol::server::sleep_until(wake), if wake.is_some() => continue,
+                _ = node_kit::server::sleep_until(wake), if wake.is_some() => continue,
             };
             let line = match frame {
                 Ok(Ok(Some(line))) => line.as_str().to_owned(),

@@ -28,11 +28,9 @@ use std::time::Duration;
 
 use protocol::auth::{ClusterToken, Exchange, Nonce};
 use protocol::connection::Connection;
+use protocol::datanode::{DataNodeHello, FromDataNode, HELD_PER_LINE, STALE_HEAD, ToDataNode};
 use protocol::handshake;
-use protocol::message::{
-    DataNodeHello, FromDataNode, HELD_PER_LINE, MessageId, MessageKey, NodeId, STALE_HEAD,
-    ToDataNode,
-};
+use protocol::ids::{MessageId, MessageKey, NodeId};
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 

@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use protocol::message::{MessageId, MessageKey};
+use protocol::ids::{MessageId, MessageKey};
 
 /// One stored message.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -57,7 +57,7 @@ impl EpochFile {
                     .parse()
                     .map_err(|_| StorageError::BadEpoch {
                         path: path.clone(),
-                        content: protocol::message::truncate_for_log(&text).to_owned(),
+                        content: protocol::error::truncate_for_log(&text).to_owned(),
                     })?
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => 0,

@@ -25,7 +25,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use protocol::message::MessageId;
+use protocol::ids::MessageId;
 
 /// Most distinct epochs (head-node runs) the index can tell apart.
 pub const MAX_EPOCHS: usize = 1 << 16;

@@ -17,7 +17,7 @@
 use std::borrow::Cow;
 use std::ops::Range;
 
-use protocol::message::{KeyRef, MessageId};
+use protocol::ids::{KeyRef, MessageId};
 
 const SEPARATOR: &[u8] = b" - ";
 const CHECKSUM_KEY: &[u8] = b"crc32c";
@@ -440,7 +440,7 @@ mod tests {
             mask in 1..=u8::MAX,
         ) {
             let id = id.map(|(epoch, seq)| MessageId { epoch, seq });
-            let stamp = protocol::timefmt::timestamp(
+            let stamp = node_kit::timefmt::timestamp(
                 std::time::UNIX_EPOCH + std::time::Duration::from_millis(millis),
             );
             let mut line = Vec::new();

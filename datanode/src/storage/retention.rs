@@ -27,8 +27,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use protocol::message::MessageId;
-use protocol::timefmt::write_timestamp;
+use node_kit::timefmt::write_timestamp;
+use protocol::ids::MessageId;
 use tracing::warn;
 
 use super::StorageError;

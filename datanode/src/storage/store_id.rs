@@ -24,7 +24,7 @@ pub fn load_or_create_store_id(dir: &Path) -> Result<u64, StorageError> {
                 .flatten()
                 .ok_or_else(|| StorageError::BadStoreId {
                     path: path.clone(),
-                    content: protocol::message::truncate_for_log(&text).to_owned(),
+                    content: protocol::error::truncate_for_log(&text).to_owned(),
                 });
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}

@@ -8,7 +8,7 @@ use std::fmt;
 use std::ops::ControlFlow;
 use std::path::Path;
 
-use protocol::message::{MessageId, MessageKey};
+use protocol::ids::{MessageId, MessageKey};
 
 use super::StorageError;
 use super::record::{Checksum, LineError, parse_line};
@@ -382,7 +382,7 @@ mod tests {
         let keyed = |seq: u64, key_seq: u64| {
             let mut buf = Vec::new();
             let id = MessageId { epoch: 9, seq };
-            let key = protocol::message::KeyRef {
+            let key = protocol::ids::KeyRef {
                 client: "c-1",
                 seq: key_seq,
             };

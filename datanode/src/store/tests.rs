@@ -1,6 +1,6 @@
 use std::time::{Duration, SystemTime};
 
-use protocol::message::{KeyRef, MessageId};
+use protocol::ids::{KeyRef, MessageId};
 
 use super::*;
 use crate::reads::{Got, MAX_READS_IN_FLIGHT, ReadServer, SharedWriter};
@@ -410,7 +410,7 @@ fn cold_start_10m_records() {
             let at_ms = start_ms + (now_ms - start_ms) * n / RECORDS;
             let at = SystemTime::UNIX_EPOCH + Duration::from_millis(at_ms);
             stamp.clear();
-            protocol::timefmt::write_timestamp(&mut stamp, at).unwrap();
+            node_kit::timefmt::write_timestamp(&mut stamp, at).unwrap();
         }
         let client = format!("c-{:012x}", rng % 1000);
         let key = KeyRef {
@@ -435,7 +435,7 @@ fn cold_start_10m_records() {
         started.elapsed()
     );
 
-    let before = protocol::telemetry::resident_bytes().expect("resident memory");
+    let before = node_kit::telemetry::resident_bytes().expect("resident memory");
     let started = Instant::now();
     let data = DataFile::open(dir.path(), FsyncPolicy::Batch).unwrap();
     let mut keys = KeyIndex::new(
@@ -444,7 +444,7 @@ fn cold_start_10m_records() {
     );
     let store = Store::open(&data, StoreConfig::default(), &mut keys, SystemTime::now()).unwrap();
     let took = started.elapsed();
-    let after = protocol::telemetry::resident_bytes().expect("resident memory");
+    let after = node_kit::telemetry::resident_bytes().expect("resident memory");
     let opened = store.open_stats();
     let per_message = (after.saturating_sub(before)) as f64 / RECORDS as f64;
     println!(

@@ -7,8 +7,9 @@
 use std::time::Duration;
 
 use datanode::{Config, DataNodeError};
-use protocol::handshake::{self, RoleStep};
-use protocol::message::{FromDataNode, HELD_PER_LINE, MessageId, PETICION};
+use protocol::datanode::{FromDataNode, HELD_PER_LINE};
+use protocol::handshake::{self, PETICION, RoleStep};
+use protocol::ids::MessageId;
 use protocol::{Connection, ReaderConfig};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -65,7 +66,7 @@ impl ScriptedHead {
         configure: impl FnOnce(&mut Config),
         http: Option<TcpListener>,
     ) -> ScriptedHead {
-        protocol::telemetry::init_for_tests();
+        node_kit::telemetry::init_for_tests();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut config = Config::new(
             listener.local_addr().unwrap().to_string(),
@@ -170,8 +171,8 @@ impl ScriptedHead {
             return Some(line);
         }
         let line = self.next_raw_line().await?;
-        match protocol::message::FromDataNode::parse(&line) {
-            Ok(run @ protocol::message::FromDataNode::StoredRun { .. }) => {
+        match protocol::datanode::FromDataNode::parse(&line) {
+            Ok(run @ protocol::datanode::FromDataNode::StoredRun { .. }) => {
                 self.run
                     .extend(run.stored_ids().map(|id| format!("recibido {id}")));
                 self.run.pop_front()

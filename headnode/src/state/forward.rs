@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use protocol::message::{MessageId, MessageKey, NodeId};
+use protocol::ids::{MessageId, MessageKey, NodeId};
 use smallvec::SmallVec;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::Instant;

@@ -11,7 +11,7 @@
 
 use std::collections::VecDeque;
 
-use protocol::message::MessageId;
+use protocol::ids::MessageId;
 use tokio::time::Instant;
 
 use crate::state::forward::Forward;

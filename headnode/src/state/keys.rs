@@ -24,8 +24,8 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use protocol::key_window::KeyWindow;
-use protocol::message::{MessageId, MessageKey, NodeId};
+use node_kit::key_window::KeyWindow;
+use protocol::ids::{MessageId, MessageKey, NodeId};
 use tokio::time::Instant;
 use tracing::warn;
 
@@ -372,15 +372,15 @@ mod tests {
         const KEYS: u64 = 1_000_000;
         let nodes: [NodeId; 2] = ["datanode1".parse().unwrap(), "datanode2".parse().unwrap()];
         let t0 = Instant::now();
-        let before = protocol::telemetry::resident_bytes().expect("Linux /proc/self/status");
+        let before = node_kit::telemetry::resident_bytes().expect("Linux /proc/self/status");
         // One id per client, shared by its keys, as a client session or a
         // data node's report line shares it.
-        let names: Vec<protocol::message::ClientId> = (0..clients)
+        let names: Vec<protocol::ids::ClientId> = (0..clients)
             .map(|c| format!("c-{c:012x}").parse().unwrap())
             .collect();
         // Room for every key: the bound counts both generations, and a
         // client's run as a few slots more.
-        let room = 2 * KEYS as usize * (1 + protocol::key_window::SLOTS_PER_CLIENT) * 2;
+        let room = 2 * KEYS as usize * (1 + node_kit::key_window::SLOTS_PER_CLIENT) * 2;
         let table = KeyTable::new(room, Duration::from_secs(3600));
         for n in 0..KEYS {
             let client = &names[(n % clients) as usize];
@@ -397,7 +397,7 @@ mod tests {
             table.holds(key, id, &nodes[1], t0);
         }
         drop(names);
-        let after = protocol::telemetry::resident_bytes().expect("Linux /proc/self/status");
+        let after = node_kit::telemetry::resident_bytes().expect("Linux /proc/self/status");
         assert_eq!(table.len() as u64, KEYS);
         let slots = table.lock().window.slots();
         println!(

@@ -31,7 +31,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use protocol::message::NodeId;
+use protocol::ids::NodeId;
 
 /// Identifies one accepted data-node connection for its whole life.
 pub type ConnId = u64;
@@ -85,7 +85,7 @@ pub struct MemberInfo {
     /// An original-system node: no application heartbeat, one message at a time.
     pub legacy: bool,
     /// Its failure domain, if it named one.
-    pub zone: Option<protocol::message::Zone>,
+    pub zone: Option<protocol::ids::Zone>,
     /// Names its data directory, if it sent one (see `DataNodeHello::store`).
     pub store: Option<u64>,
 }

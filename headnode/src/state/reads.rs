@@ -19,7 +19,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use protocol::message::{FromDataNode, MessageId, MessageKey, NodeId, ReadRecord, ToDataNode};
+use protocol::datanode::{FromDataNode, ReadRecord, ToDataNode};
+use protocol::ids::{MessageId, MessageKey, NodeId};
 use tokio::sync::mpsc;
 use tracing::debug;
 

@@ -55,7 +55,7 @@ impl Gate {
     }
 }
 
-use protocol::message::NodeId;
+use protocol::ids::NodeId;
 
 /// How recovery ended.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -26,7 +26,7 @@ use std::fmt;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use protocol::message::{MessageId, NodeId};
+use protocol::ids::{MessageId, NodeId};
 use protocol::status::RepairPass;
 use tokio::time::Instant;
 

@@ -27,7 +27,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use protocol::message::{NO_DATA_NODES, NOT_ENOUGH_NODES, NodeId, Zone};
+use protocol::client::{NO_DATA_NODES, NOT_ENOUGH_NODES};
+use protocol::ids::{NodeId, Zone};
 use rand::RngExt;
 use rand::rngs::SmallRng;
 use smallvec::SmallVec;
@@ -613,7 +614,7 @@ pub(crate) mod tests {
     use crate::state::forward::tests::replicated;
     use crate::state::forward::{Completion, NewEnvelope, Outcome, Replication, Waiter};
     use bytes::Bytes;
-    use protocol::message::MessageId;
+    use protocol::ids::MessageId;
     use rand::SeedableRng;
 
     type Replies = mpsc::UnboundedReceiver<Completion>;

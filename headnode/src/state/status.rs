@@ -28,10 +28,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-use protocol::message::{FSYNC_REPORT_EVERY, FsyncReport, NodeId};
-use protocol::metrics::{AtomicHistogram, LATENCY_BUCKETS};
+use node_kit::metrics::{AtomicHistogram, LATENCY_BUCKETS};
+use node_kit::timefmt::timestamp;
+use protocol::datanode::{FSYNC_REPORT_EVERY, FsyncReport};
+use protocol::ids::NodeId;
 use protocol::status::{ClusterEvent, Eviction, NodeStatus, RepairPass, StatusSnapshot, Totals};
-use protocol::timefmt::timestamp;
 use tokio::sync::watch;
 use tokio::time::Instant;
 

@@ -18,7 +18,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use protocol::message::{MessageId, NodeId, ReadRecord};
+use protocol::datanode::ReadRecord;
+use protocol::ids::{MessageId, NodeId};
 
 use crate::state::reads::{ReadFailed, ScanPage};
 

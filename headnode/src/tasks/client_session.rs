@@ -19,13 +19,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use node_kit::telemetry::MESSAGES_TARGET;
+use protocol::client::{OUTCOME_UNKNOWN, StoreReply, parse_keyed_message, validate_text};
 use protocol::connection::Connection;
-use protocol::message::{
-    ClientId, MessageKey, OUTCOME_UNKNOWN, StoreReply, parse_keyed_message, truncate_for_log,
-    validate_text,
-};
+use protocol::error::truncate_for_log;
+use protocol::ids::{ClientId, MessageKey};
 use protocol::net::Stream;
-use protocol::telemetry::MESSAGES_TARGET;
 use protocol::{Line, ReadError};
 use rand::rngs::SmallRng;
 use tokio::sync::{AcquireError, OwnedSemaphorePermit, mpsc};
@@ -173,7 +172,7 @@ impl<S: Stream> ClientSession<S> {
                     self.on_answers(done);
                     Ok(())
                 }
-                _ = protocol::server::sleep_until(stall_deadline) => {
+                _ = node_kit::server::sleep_until(stall_deadline) => {
                     warn!(unflushed = self.conn.writer.pending(), timeout = ?write_timeout, "cliente is not reading its answers; closing");
                     Err("not reading its answers")
                 }
@@ -187,7 +186,7 @@ impl<S: Stream> ClientSession<S> {
                     self.on_charged(charge);
                     Ok(())
                 }
-                _ = protocol::server::sleep_until(idle_deadline) => self.on_idle().await,
+                _ = node_kit::server::sleep_until(idle_deadline) => self.on_idle().await,
                 frame = self.conn.reader.read_frame(), if may_read => self.on_frames(frame).await,
             };
             if let Err(end) = step {

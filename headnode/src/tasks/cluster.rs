@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use protocol::telemetry::HEARTBEAT_TARGET;
+use node_kit::telemetry::HEARTBEAT_TARGET;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -28,7 +28,7 @@ use crate::state::signal::Signal;
 use crate::state::status::Status;
 use crate::tasks::prober::Prober;
 use crate::tasks::repair::RepairEvent;
-use protocol::message::NodeId;
+use protocol::ids::NodeId;
 
 /// What the membership task hears about.
 #[derive(Debug)]

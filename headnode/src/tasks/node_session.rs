@@ -10,10 +10,12 @@
 
 use std::sync::Arc;
 
+use node_kit::telemetry::MESSAGES_TARGET;
 use protocol::connection::Connection;
-use protocol::message::{FromDataNode, MessageId, NodeId, ToDataNode, truncate_for_log};
+use protocol::datanode::{FromDataNode, ToDataNode};
+use protocol::error::truncate_for_log;
+use protocol::ids::{MessageId, NodeId};
 use protocol::net::Stream;
-use protocol::telemetry::MESSAGES_TARGET;
 use protocol::{Line, ReadError};
 use rand::rngs::SmallRng;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
@@ -136,7 +138,7 @@ impl<S: Stream> NodeSession<S> {
             config
                 .reader
                 .max_line
-                .saturating_add(protocol::message::READ_LINE_OVERHEAD),
+                .saturating_add(protocol::datanode::READ_LINE_OVERHEAD),
         );
         let mut heartbeat = tokio::time::interval(config.heartbeat_interval);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -185,7 +187,7 @@ impl<S: Stream> NodeSession<S> {
                 flushed = self.conn.writer.flush(), if self.conn.writer.pending() > 0 => {
                     flushed.map_err(|e| End::Lost(format!("write failed: {e}")))
                 }
-                _ = protocol::server::sleep_until(stall_deadline) => {
+                _ = node_kit::server::sleep_until(stall_deadline) => {
                     Err(End::Lost(format!("it took none of our bytes for {write_timeout:?}")))
                 }
                 frame = self.conn.reader.read_frame() => self.on_frames(frame).await,
@@ -202,7 +204,7 @@ impl<S: Stream> NodeSession<S> {
                     self.on_heartbeat();
                     Ok(())
                 }
-                _ = protocol::server::sleep_until(next_deadline) => self.on_ack_deadline().await,
+                _ = node_kit::server::sleep_until(next_deadline) => self.on_ack_deadline().await,
             };
             if let Err(end) = step {
                 return end;

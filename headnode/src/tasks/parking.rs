@@ -106,7 +106,7 @@ pub(crate) async fn run_parking_lot(
                 }
                 None => break,
             },
-            _ = protocol::server::sleep_until(next_deadline) => {
+            _ = node_kit::server::sleep_until(next_deadline) => {
                 let now = Instant::now();
                 let (due, left): (Vec<_>, Vec<_>) = std::mem::take(&mut waiting)
                     .into_iter()
@@ -138,7 +138,7 @@ mod tests {
     use crate::state::forward::{Completion, Outcome};
     use crate::state::router::Routes;
     use crate::state::router::tests::node;
-    use protocol::message::NO_DATA_NODES;
+    use protocol::client::NO_DATA_NODES;
     use rand::SeedableRng;
     use tokio::sync::watch;
 

@@ -47,7 +47,7 @@ impl IcmpProber {
             Ok(client) => Some(client),
             Err(error) => {
                 tracing::warn!(
-                    target: protocol::telemetry::HEARTBEAT_TARGET,
+                    target: node_kit::telemetry::HEARTBEAT_TARGET,
                     %error,
                     "ICMP unavailable (needs net.ipv4.ping_group_range to include this group, or CAP_NET_RAW); \
                      relying on connection loss and the application heartbeat to detect failures"
@@ -113,14 +113,14 @@ impl Prober for IcmpProber {
                 Err(surge_ping::SurgeError::IOError(error))
                     if error.kind() == std::io::ErrorKind::PermissionDenied =>
                 {
-                    tracing::debug!(target: protocol::telemetry::HEARTBEAT_TARGET, %addr, %error, "ping not permitted");
+                    tracing::debug!(target: node_kit::telemetry::HEARTBEAT_TARGET, %addr, %error, "ping not permitted");
                     ProbeOutcome::Unavailable
                 }
                 // Two probes of one host at once cannot be told apart; no verdict.
                 Err(surge_ping::SurgeError::IdenticalRequests { .. }) => ProbeOutcome::Unavailable,
                 Err(error) => {
                     // Unreachable network, no route: the host is not answering.
-                    tracing::debug!(target: protocol::telemetry::HEARTBEAT_TARGET, %addr, %error, "ping failed");
+                    tracing::debug!(target: node_kit::telemetry::HEARTBEAT_TARGET, %addr, %error, "ping failed");
                     ProbeOutcome::NoReply
                 }
             }

@@ -19,9 +19,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use protocol::connection::Connection;
-use protocol::message::{MessageId, NodeId, ReadRecord};
+use protocol::datanode::ReadRecord;
+use protocol::ids::{MessageId, NodeId};
 use protocol::net::Stream;
-use protocol::reads::{ReadReply, ReadRequest};
+use protocol::reader::{ReadReply, ReadRequest};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -195,7 +196,7 @@ async fn respond<S: Stream>(
     };
     let live = shared.router.snapshot().readers();
     if live.is_empty() {
-        conn.writer.queue_error(&protocol::message::NO_DATA_NODES);
+        conn.writer.queue_error(&protocol::client::NO_DATA_NODES);
         return Ok(Some(ReadFailure::NoDataNodes));
     }
     match request {

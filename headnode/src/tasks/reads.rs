@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use protocol::message::{MessageId, NodeId};
+use protocol::ids::{MessageId, NodeId};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -82,7 +82,7 @@ pub(crate) async fn refill(
 
 #[cfg(test)]
 mod tests {
-    use protocol::message::{FromDataNode, ReadRecord, ToDataNode};
+    use protocol::datanode::{FromDataNode, ReadRecord, ToDataNode};
     use tokio::sync::mpsc;
 
     use super::*;

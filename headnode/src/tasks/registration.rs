@@ -7,16 +7,15 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use node_kit::server::HandshakeSlot;
 use protocol::HandshakeError;
 use protocol::auth::{Exchange, Nonce};
 use protocol::connection::Connection;
-use protocol::handshake::{self, RoleStep};
-use protocol::message::{
-    ClientId, DataNodeHello, FromDataNode, MessageKey, NodeId, PETICION, Role, STALE_HEAD,
-    ToDataNode, truncate_for_log,
-};
+use protocol::datanode::{DataNodeHello, FromDataNode, STALE_HEAD, ToDataNode};
+use protocol::error::truncate_for_log;
+use protocol::handshake::{self, PETICION, Role, RoleStep};
+use protocol::ids::{ClientId, MessageKey, NodeId};
 use protocol::net::Stream;
-use protocol::server::HandshakeSlot;
 use rand::rngs::SmallRng;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;

@@ -30,9 +30,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use protocol::message::{MessageId, NodeId, ReadRecord};
+use node_kit::timefmt::timestamp;
+use protocol::datanode::ReadRecord;
+use protocol::ids::{MessageId, NodeId};
 use protocol::status::RepairPass;
-use protocol::timefmt::timestamp;
 use rand::rngs::SmallRng;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+use node_kit::server::{Admission, HandshakeSlot, Handshakes};
 use protocol::net::{Listener, Stream};
-use protocol::server::{Admission, HandshakeSlot, Handshakes};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use tokio::net::TcpListener;
@@ -60,9 +60,9 @@ pub(crate) async fn serve<L: Listener>(
 ) -> Result<(), RunError> {
     config.validate()?;
     let started = Instant::now();
-    let fd_limit = protocol::server::raise_fd_limit();
+    let fd_limit = node_kit::server::raise_fd_limit();
     let limits = Limits::share(
-        protocol::server::connection_budget(fd_limit, config.max_connections),
+        node_kit::server::connection_budget(fd_limit, config.max_connections),
         &config,
     );
     let (shared, ends) = build(config, limits, started);
@@ -268,10 +268,10 @@ impl Server {
         self.observers.spawn(repair.run(stop.clone()));
         if let Some(http) = http {
             info!(addr = %http.local_addr()?, "status page, /metrics and /status.json served over HTTP");
-            self.observers.spawn(protocol::http::run(
+            self.observers.spawn(node_kit::http::run(
                 http,
                 shared.config.http.clone(),
-                move |request: &protocol::http::Request| status::handle(&sources, request),
+                move |request: &node_kit::http::Request| status::handle(&sources, request),
                 stop.clone().cancelled_owned(),
             ));
         }

@@ -10,11 +10,11 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use node_kit::http::{Body, Request, Response};
+use node_kit::metrics;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::Registry;
-use protocol::http::{Body, Request, Response};
-use protocol::metrics;
 use protocol::status::StatusSnapshot;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;

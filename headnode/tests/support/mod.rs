@@ -15,9 +15,11 @@ use std::time::Duration;
 use headnode::membership::{Event, ProbeOutcome};
 use headnode::{Config, Prober, RunError};
 use protocol::auth::{ClusterToken, Exchange, Nonce};
+use protocol::client::StoreReply;
 use protocol::connection::Connection;
+use protocol::datanode::{DataNodeHello, FromDataNode, ToDataNode};
 use protocol::handshake;
-use protocol::message::{DataNodeHello, FromDataNode, MessageId, StoreReply, ToDataNode};
+use protocol::ids::MessageId;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -185,7 +187,7 @@ impl Cluster {
         addr: SocketAddr,
         mut config: Config,
     ) -> Cluster {
-        protocol::telemetry::init_for_tests();
+        node_kit::telemetry::init_for_tests();
         let prober = Arc::new(FakeProber::default());
         let (events_tx, events) = mpsc::unbounded_channel();
         config.prober = Some(prober.clone());

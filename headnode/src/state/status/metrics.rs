@@ -5,9 +5,9 @@
 use std::fmt;
 use std::sync::atomic::Ordering;
 
+use node_kit::metrics;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::Unit;
-use protocol::metrics;
 use tokio::time::Instant;
 
 use super::{Facts, READ_FAILURES, READ_KINDS, REASONS, STATES, Status, lock, prune};

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::net::{Listener, Stream};
+use protocol::net::{Listener, Stream};
 
 /// How long a refused connection is kept open so the refusal is read before
 /// the close (closing with unread input would send a reset).

@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::auth::{ClusterToken, TokenError};
-use crate::codec::DEFAULT_MAX_LINE;
-use crate::connection::ReaderConfig;
+use protocol::auth::{ClusterToken, TokenError};
+use protocol::codec::DEFAULT_MAX_LINE;
+use protocol::connection::ReaderConfig;
 
 /// Parses `250ms`, `5s`, `2m`, `1h`, or a bare number of seconds (`1.5`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {

@@ -12,16 +12,15 @@
 //!
 //! `found <message-id> <stored-ms> <holders> <client-id>/<seq>|- <text>`:
 //! `<holders>` are the data nodes that answered with it, joined by `+`.
-//! See `docs/protocol.md` ("Reading messages back").
+//! See `docs/protocol.md` ("Reader ↔ head node").
 
 use std::fmt;
 
 use bytes::{BufMut, BytesMut};
 
-use crate::error::ParseError;
-use crate::message::{
-    KeyRef, MessageId, MessageKey, NodeId, ReadRecord, SCAN_START, put_u64, truncate_for_log,
-};
+use crate::datanode::{ReadRecord, SCAN_START};
+use crate::error::{ERROR_PREFIX, ParseError, truncate_for_log};
+use crate::ids::{KeyRef, MessageId, MessageKey, NodeId, put_u64};
 
 /// The most records one `tail` request may ask for.
 pub const MAX_TAIL_LIMIT: u32 = 1000;
@@ -216,7 +215,7 @@ impl ReadReply {
                 buf.extend_from_slice(if *more { b" more" } else { b" done" });
             }
             ReadReply::Error(reason) => {
-                buf.extend_from_slice(crate::message::ERROR_PREFIX.as_bytes());
+                buf.extend_from_slice(ERROR_PREFIX.as_bytes());
                 buf.extend_from_slice(reason.as_bytes());
             }
         }
@@ -224,7 +223,7 @@ impl ReadReply {
 
     /// Parses one answer line.
     pub fn parse(line: &str) -> Result<Self, ParseError> {
-        if let Some(reason) = line.strip_prefix(crate::message::ERROR_PREFIX) {
+        if let Some(reason) = line.strip_prefix(ERROR_PREFIX) {
             return Ok(ReadReply::Error(reason.to_owned()));
         }
         if let Some(rest) = line.strip_prefix("found ") {
