@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use node_kit::server::{Admission, HandshakeSlot, Handshakes};
 use protocol::net::{Listener, Stream};
-use rand::SeedableRng;
+use rand::RngExt;
 use rand::rngs::SmallRng;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info, info_span, warn};
 
-use crate::config::{Config, Limits};
+use crate::config::{Config, Limits, RngStream};
 use crate::error::RunError;
 use crate::state::forward::{IdGenerator, Replication};
 use crate::state::keys::{self, KeyTable};
@@ -109,7 +109,10 @@ fn build(config: Config, limits: Limits, started: Instant) -> (Arc<Shared>, Ends
     };
     let prober: Arc<dyn Prober> = match &config.prober {
         Some(prober) => prober.clone(),
-        None => Arc::new(IcmpProber::new()),
+        None => {
+            let identifier = config.rng(RngStream::Prober).random();
+            Arc::new(IcmpProber::with_identifier(identifier))
+        }
     };
     let ids = match config.id_epoch {
         Some(epoch) => IdGenerator::with_epoch(epoch),
@@ -229,7 +232,7 @@ impl Server {
             shared.router.clone(),
             shared.config.no_node_wait,
             shared.config.max_parked,
-            seeded_rng(shared.config.rng_seed, 0),
+            shared.config.rng(RngStream::WaitingRoom),
             self.nodes_stop.clone(),
         ));
         self.names.insert(task.id(), "waiting-room");
@@ -263,7 +266,7 @@ impl Server {
             schedule: repair.schedule,
             events_rx: repair.events_rx,
             progress: repair.progress,
-            rng: SmallRng::from_rng(&mut rand::rng()),
+            rng: shared.config.rng(RngStream::Repair),
         };
         self.observers.spawn(repair.run(stop.clone()));
         if let Some(http) = http {
@@ -318,7 +321,7 @@ impl Server {
         let connection = Connection {
             shared: self.shared.clone(),
             waiting_room: self.handshakes.enter(),
-            rng: seeded_rng(self.shared.config.rng_seed, self.accepted),
+            rng: self.shared.config.rng(RngStream::Connection(self.accepted)),
             clients_stop: self.clients_stop.clone(),
             nodes_stop: self.nodes_stop.clone(),
             node_tasks: self.node_tasks.clone(),
@@ -427,23 +430,6 @@ impl Connection {
         }
         drop(permit);
     }
-}
-
-/// A generator for stream `stream` of the head node: derived from `seed`
-/// when there is one, so a seeded run repeats its choices exactly.
-fn seeded_rng(seed: Option<u64>, stream: u64) -> SmallRng {
-    match seed {
-        Some(seed) => SmallRng::seed_from_u64(splitmix64(seed ^ splitmix64(stream))),
-        None => SmallRng::seed_from_u64(rand::random()),
-    }
-}
-
-/// One step of SplitMix64: spreads nearby inputs far apart.
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 /// The start-up lines: where the head node listens, how many connections
