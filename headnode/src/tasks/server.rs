@@ -85,9 +85,7 @@ struct Ends {
 /// What the membership task starts with.
 struct MembershipEnds {
     config: ClusterConfig,
-    prober: Arc<dyn Prober>,
     inputs_rx: mpsc::Receiver<Input>,
-    routes_tx: watch::Sender<Arc<Routes>>,
 }
 
 /// What the repair task starts with.
@@ -127,6 +125,7 @@ fn build(config: Config, limits: Limits, started: Instant) -> (Arc<Shared>, Ends
         config.max_attempts,
         config.sticky_run,
     );
+    let recovered = Arc::new(Gate::default());
     let membership = MembershipEnds {
         config: ClusterConfig {
             detector: config.detector.clone(),
@@ -136,10 +135,13 @@ fn build(config: Config, limits: Limits, started: Instant) -> (Arc<Shared>, Ends
             recovery_wait: config.recovery_wait,
             status: status.clone(),
             repair_tx,
+            prober,
+            inputs_tx: inputs_tx.clone(),
+            routes_tx,
+            route_changes: router.changes(),
+            recovered: recovered.clone(),
         },
-        prober,
         inputs_rx,
-        routes_tx,
     };
     let budget = u32::try_from(config.in_flight_budget).unwrap_or(u32::MAX) as usize;
     let shared = Arc::new(Shared {
@@ -156,7 +158,7 @@ fn build(config: Config, limits: Limits, started: Instant) -> (Arc<Shared>, Ends
             replicas: config.replicas,
             needed: config.min_replicas,
         },
-        recovered: Arc::new(Gate::default()),
+        recovered,
         client_slots: Arc::new(Semaphore::new(limits.clients)),
         node_slots: Arc::new(Semaphore::new(limits.data_nodes)),
         status,
@@ -219,11 +221,7 @@ impl Server {
         let shared = &self.shared;
         let task = self.essential.spawn(cluster::run_membership(
             membership.config,
-            membership.prober,
-            shared.membership_tx.clone(),
             membership.inputs_rx,
-            (membership.routes_tx, shared.router.changes()),
-            shared.recovered.clone(),
             self.nodes_stop.clone(),
         ));
         self.names.insert(task.id(), "membership");
