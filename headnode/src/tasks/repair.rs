@@ -205,94 +205,204 @@ async fn pass(
         started_at: timestamp(SystemTime::now()),
         ..RepairPass::default()
     });
-    let watermark = shared.watermark();
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Completion>();
-    let mut in_flight: HashMap<u64, usize> = HashMap::new();
-    let mut counts = Counts::default();
-    let mut pace = Pace::new(shared.config.repair_rate);
-    let mut merge = Merge::new(live.iter().map(|r| r.node.clone()).collect(), from);
-    let timeout = shared.config.read_timeout;
-    let mut slot = 0u64;
-    let mut complete = true;
-    let end = loop {
-        match merge.step(&watermark) {
-            Step::Refill(which) => {
-                for (node, e) in
-                    reads::refill(&mut merge, which, &live, REPAIR_SCAN_PAGE, timeout).await
-                {
-                    warn!(node = %node, error = %e, "repair cannot read this dataNode; the pass goes on without it and will run again");
-                    complete = false;
+    let (done_tx, done_rx) = mpsc::unbounded_channel::<Completion>();
+    let mut pass = Pass {
+        shared,
+        progress,
+        rng,
+        wanted,
+        timeout: shared.config.read_timeout,
+        live,
+        counts: Counts::default(),
+        in_flight: HashMap::new(),
+        done_tx,
+        done_rx,
+        pace: Pace::new(shared.config.repair_rate),
+        slot: 0,
+    };
+    let end = pass.scan(from).await;
+    pass.finish(end, started).await
+}
+
+/// A pass under way: the nodes it reads, the copies it has made, and its
+/// counts.
+struct Pass<'a> {
+    shared: &'a Arc<Shared>,
+    progress: &'a RepairProgress,
+    rng: &'a mut SmallRng,
+    /// The nodes it reads, as they were when it started.
+    live: Vec<NodeReader>,
+    /// Copies wanted per message: `replicas`, or fewer with fewer nodes.
+    wanted: usize,
+    /// How long a node has to answer one read.
+    timeout: Duration,
+    counts: Counts,
+    /// Messages whose copies are on their way, by slot: how many holders
+    /// each had before.
+    in_flight: HashMap<u64, usize>,
+    done_tx: mpsc::UnboundedSender<Completion>,
+    done_rx: mpsc::UnboundedReceiver<Completion>,
+    pace: Pace,
+    /// The next message's slot.
+    slot: u64,
+}
+
+impl Pass<'_> {
+    /// Merges the nodes' scans from `from` and checks every message; how
+    /// far it got.
+    async fn scan(&mut self, from: Option<MessageId>) -> PassEnd {
+        let watermark = self.shared.watermark();
+        let mut merge = Merge::new(self.live.iter().map(|r| r.node.clone()).collect(), from);
+        let mut complete = true;
+        loop {
+            match merge.step(&watermark) {
+                Step::Refill(which) => {
+                    let (live, timeout) = (&self.live, self.timeout);
+                    for (node, e) in
+                        reads::refill(&mut merge, which, live, REPAIR_SCAN_PAGE, timeout).await
+                    {
+                        warn!(node = %node, error = %e, "repair cannot read this dataNode; the pass goes on without it and will run again");
+                        complete = false;
+                    }
+                    if merge.live() < 2 {
+                        return PassEnd::Incomplete;
+                    }
                 }
-                if merge.live() < 2 {
-                    break PassEnd::Incomplete;
-                }
-            }
-            Step::Next(record, holders) => {
-                counts.checked += 1;
-                if counts.checked.is_multiple_of(1024) {
-                    progress.update(|p| p.checked = counts.checked);
-                }
-                if holders.len() >= wanted {
-                    continue;
-                }
-                let Some(holders) = confirm(&live, record.id, holders, timeout, &mut counts).await
-                else {
-                    continue;
-                };
-                if holders.len() >= wanted {
-                    continue;
-                }
-                counts.under += 1;
-                pace.wait().await;
-                while in_flight.len() >= REPAIR_IN_FLIGHT {
-                    let Some(done) = done_rx.recv().await else {
-                        break;
+                Step::Next(record, holders) => self.check(record, holders).await,
+                Step::Done => {
+                    let finished = merge.live() == self.live.len() && complete;
+                    return if !finished {
+                        PassEnd::Incomplete
+                    } else if merge.exhausted() {
+                        PassEnd::Complete
+                    } else {
+                        PassEnd::Leftover(merge.last())
                     };
-                    settle(done, &mut in_flight, &mut counts);
                 }
-                let before = holders.len();
-                if copy(shared, record, holders, wanted, slot, &done_tx, rng).await {
-                    in_flight.insert(slot, before);
-                    slot += 1;
-                }
-                while let Ok(done) = done_rx.try_recv() {
-                    settle(done, &mut in_flight, &mut counts);
-                }
-                let snapshot = counts;
-                progress.update(|p| snapshot.put(p));
-            }
-            Step::Done => {
-                let finished = merge.live() == live.len() && complete;
-                break if !finished {
-                    PassEnd::Incomplete
-                } else if merge.exhausted() {
-                    PassEnd::Complete
-                } else {
-                    PassEnd::Leftover(merge.last())
-                };
             }
         }
-    };
-    drop(done_tx);
-    while !in_flight.is_empty() {
-        let Some(done) = done_rx.recv().await else {
-            break;
-        };
-        settle(done, &mut in_flight, &mut counts);
     }
-    let end = match end {
-        PassEnd::Complete | PassEnd::Leftover(_) if counts.failed > 0 => PassEnd::Failures,
-        end => end,
-    };
-    let took = started.elapsed();
-    let (summary, left) = match &end {
+
+    /// One message the scans listed on `holders`: given new copies if it
+    /// has too few.
+    async fn check(&mut self, record: ReadRecord, holders: Vec<NodeId>) {
+        let counts = &mut self.counts;
+        counts.checked += 1;
+        if counts.checked.is_multiple_of(1024) {
+            let checked = counts.checked;
+            self.progress.update(|p| p.checked = checked);
+        }
+        if holders.len() >= self.wanted {
+            return;
+        }
+        let Some(holders) = confirm(&self.live, record.id, holders, self.timeout, counts).await
+        else {
+            return;
+        };
+        if holders.len() >= self.wanted {
+            return;
+        }
+        counts.under += 1;
+        self.pace.wait().await;
+        while self.in_flight.len() >= REPAIR_IN_FLIGHT {
+            let Some(done) = self.done_rx.recv().await else {
+                break;
+            };
+            settle(done, &mut self.in_flight, &mut self.counts);
+        }
+        let before = holders.len();
+        if self.copy(record, holders).await {
+            self.in_flight.insert(self.slot, before);
+            self.slot += 1;
+        }
+        while let Ok(done) = self.done_rx.try_recv() {
+            settle(done, &mut self.in_flight, &mut self.counts);
+        }
+        let snapshot = self.counts;
+        self.progress.update(|p| snapshot.put(p));
+    }
+
+    /// Hands a message's missing copies to the router; false if it could
+    /// not be handed over (the head node is shutting down).
+    async fn copy(&mut self, record: ReadRecord, holders: Vec<NodeId>) -> bool {
+        let shared = self.shared;
+        // Its share of the in-flight budget, as a client message takes (text
+        // plus a line's overhead): repair never holds more than clients may.
+        let cost = u32::try_from(record.text.len() + 64).unwrap_or(u32::MAX);
+        let Ok(charge) = shared.budget.clone().acquire_many_owned(cost).await else {
+            return false;
+        };
+        let waiter = Waiter {
+            slot: self.slot,
+            reply_to: self.done_tx.clone(),
+        };
+        let replication = Replication {
+            replicas: shared.replication.replicas,
+            needed: self.wanted,
+        };
+        let envelope = Envelope::new(NewEnvelope {
+            key: record.key,
+            held_by: holders.into_iter().collect::<Holders>(),
+            charge: Some(charge),
+            ..NewEnvelope::plain(
+                record.id,
+                Bytes::from(record.text),
+                Arc::from("repair"),
+                waiter,
+                replication,
+            )
+        });
+        shared
+            .router
+            .start(envelope, None, Instant::now(), self.rng);
+        true
+    }
+
+    /// Waits for the copies still on their way, then logs and records how
+    /// the pass begun at `started` ended; how it ended, for the schedule.
+    async fn finish(self, end: PassEnd, started: Instant) -> PassEnd {
+        let Pass {
+            shared,
+            progress,
+            done_tx,
+            mut done_rx,
+            mut in_flight,
+            mut counts,
+            ..
+        } = self;
+        drop(done_tx);
+        while !in_flight.is_empty() {
+            let Some(done) = done_rx.recv().await else {
+                break;
+            };
+            settle(done, &mut in_flight, &mut counts);
+        }
+        let end = match end {
+            PassEnd::Complete | PassEnd::Leftover(_) if counts.failed > 0 => PassEnd::Failures,
+            end => end,
+        };
+        let took = started.elapsed();
+        let summary = report(&end, &counts, took, shared.config.repair_after);
+        progress.end(counts.copies, |pass| {
+            counts.put(pass);
+            pass.finished = true;
+            pass.took_seconds = took.as_secs_f64();
+            pass.outcome = summary.to_owned();
+        });
+        end
+    }
+}
+
+/// Logs how a pass ended, after `took`; its outcome in a few words.
+fn report(end: &PassEnd, counts: &Counts, took: Duration, repair_after: Duration) -> &'static str {
+    let (summary, left) = match end {
         PassEnd::Complete => ("done", String::new()),
         PassEnd::Leftover(after) => (
             "done up to the messages still in flight",
             format!(
                 "; the rest (after {}) in {:.0}s",
                 after.map_or("the start".to_owned(), |id| id.to_string()),
-                shared.config.repair_after.as_secs_f64()
+                repair_after.as_secs_f64()
             ),
         ),
         PassEnd::Incomplete => (
@@ -301,10 +411,7 @@ async fn pass(
         ),
         PassEnd::Failures => (
             "done, but some messages could not be copied",
-            format!(
-                "; again in {:.0}s",
-                shared.config.repair_after.as_secs_f64()
-            ),
+            format!("; again in {:.0}s", repair_after.as_secs_f64()),
         ),
     };
     info!(
@@ -314,13 +421,7 @@ async fn pass(
         "repair {summary} in {:.3}s: {} messages checked, {} had too few copies, {} copied ({} new copies), {} left alone as removed by retention, {} could not be copied{left}",
         took.as_secs_f64(), counts.checked, counts.under, counts.copied, counts.copies, counts.removed, counts.failed
     );
-    progress.end(counts.copies, |pass| {
-        counts.put(pass);
-        pass.finished = true;
-        pass.took_seconds = took.as_secs_f64();
-        pass.outcome = summary.to_owned();
-    });
-    end
+    summary
 }
 
 impl Counts {
@@ -378,47 +479,6 @@ async fn confirm(
         return None;
     }
     Some(holders)
-}
-
-/// Hands a message's missing copies to the router; false if it could not
-/// be handed over (the head node is shutting down).
-async fn copy(
-    shared: &Arc<Shared>,
-    record: ReadRecord,
-    holders: Vec<NodeId>,
-    wanted: usize,
-    slot: u64,
-    done_tx: &mpsc::UnboundedSender<Completion>,
-    rng: &mut SmallRng,
-) -> bool {
-    // Its share of the in-flight budget, as a client message takes (text
-    // plus a line's overhead): repair never holds more than clients may.
-    let cost = u32::try_from(record.text.len() + 64).unwrap_or(u32::MAX);
-    let Ok(charge) = shared.budget.clone().acquire_many_owned(cost).await else {
-        return false;
-    };
-    let waiter = Waiter {
-        slot,
-        reply_to: done_tx.clone(),
-    };
-    let replication = Replication {
-        replicas: shared.replication.replicas,
-        needed: wanted,
-    };
-    let envelope = Envelope::new(NewEnvelope {
-        key: record.key,
-        held_by: holders.into_iter().collect::<Holders>(),
-        charge: Some(charge),
-        ..NewEnvelope::plain(
-            record.id,
-            Bytes::from(record.text),
-            Arc::from("repair"),
-            waiter,
-            replication,
-        )
-    });
-    shared.router.start(envelope, None, Instant::now(), rng);
-    true
 }
 
 /// Counts one message's end.
