@@ -23,6 +23,7 @@ use protocol::datanode::ReadRecord;
 use protocol::ids::{MessageId, NodeId};
 use protocol::net::Stream;
 use protocol::reader::{ReadReply, ReadRequest};
+use protocol::{Line, ReadError};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -53,87 +54,120 @@ enum Ended {
 }
 
 pub(crate) async fn run<S: Stream>(
-    mut conn: Connection<S>,
+    conn: Connection<S>,
     shared: Arc<Shared>,
     stop: CancellationToken,
 ) {
-    let reason = match serve(&mut conn, &shared, &stop).await {
+    let mut session = ReaderSession {
+        conn,
+        shared,
+        requests: Vec::with_capacity(READER_QUEUE),
+    };
+    let reason = match session.serve(&stop).await {
         Ended::Closed => "closed".to_owned(),
         Ended::Failed(why) => why,
     };
     info!(reason, "lector disconnected");
 }
 
-async fn serve<S: Stream>(
-    conn: &mut Connection<S>,
-    shared: &Shared,
-    stop: &CancellationToken,
-) -> Ended {
-    let idle = shared.config.client_idle_timeout;
-    let mut requests: Vec<Result<ReadRequest, String>> = Vec::with_capacity(READER_QUEUE);
-    loop {
-        let frame = tokio::select! {
-            biased;
-            _ = stop.cancelled() => return Ended::Closed,
-            frame = tokio::time::timeout(idle, conn.reader.read_frame()) => frame,
-        };
-        let mut frame = match frame {
-            Ok(frame) => frame,
-            Err(_) => {
-                conn.close_with_error(&format!("idle for {idle:?}; closing"))
+/// One reader's session: its connection, and the requests taken from it
+/// and not yet answered.
+struct ReaderSession<S: Stream> {
+    conn: Connection<S>,
+    shared: Arc<Shared>,
+    /// Requests read, in order, at most [`READER_QUEUE`]: each parsed, or
+    /// why it is not a request.
+    requests: Vec<Result<ReadRequest, String>>,
+}
+
+impl<S: Stream> ReaderSession<S> {
+    /// Reads requests and answers them in order, until the reader leaves,
+    /// idles, fails, or the head node stops.
+    async fn serve(&mut self, stop: &CancellationToken) -> Ended {
+        let idle = self.shared.config.client_idle_timeout;
+        loop {
+            let frame = tokio::select! {
+                biased;
+                _ = stop.cancelled() => return Ended::Closed,
+                frame = tokio::time::timeout(idle, self.conn.reader.read_frame()) => frame,
+            };
+            let Ok(frame) = frame else {
+                self.conn
+                    .close_with_error(&format!("idle for {idle:?}; closing"))
                     .await;
                 return Ended::Failed(format!("idle for {idle:?}"));
+            };
+            let refused = match self.take_requests(frame).await {
+                Ok(refused) => refused,
+                Err(ended) => return ended,
+            };
+            if let Err(why) = self.on_requests(refused).await {
+                return Ended::Failed(why);
             }
-        };
-        // This line, and those already buffered behind it, up to the bound.
+        }
+    }
+
+    /// Takes this line, and those already buffered behind it, up to the
+    /// bound; how many lines beyond it were refused.
+    async fn take_requests(
+        &mut self,
+        mut frame: Result<Option<Line>, ReadError>,
+    ) -> Result<u64, Ended> {
         let mut refused = 0u64;
         loop {
+            let room = self.requests.len() < READER_QUEUE;
             match frame {
                 Ok(None) => {
-                    if requests.is_empty() && refused == 0 {
-                        return Ended::Closed;
+                    if self.requests.is_empty() && refused == 0 {
+                        return Err(Ended::Closed);
                     }
                     break;
                 }
-                Ok(Some(line)) if requests.len() < READER_QUEUE => {
-                    requests.push(ReadRequest::parse(line.as_str()).map_err(|e| e.to_string()));
+                Ok(Some(line)) if room => {
+                    let request = ReadRequest::parse(line.as_str()).map_err(|e| e.to_string());
+                    self.requests.push(request);
                 }
                 Ok(Some(_)) => refused += 1,
                 Err(e) if e.is_fatal() => {
-                    conn.close_with_error(&e).await;
-                    return Ended::Failed(e.to_string());
+                    self.conn.close_with_error(&e).await;
+                    return Err(Ended::Failed(e.to_string()));
                 }
-                Err(e) if requests.len() < READER_QUEUE => requests.push(Err(e.to_string())),
+                Err(e) if room => self.requests.push(Err(e.to_string())),
                 Err(_) => refused += 1,
             }
-            frame = match conn.reader.next_buffered() {
+            frame = match self.conn.reader.next_buffered() {
                 Ok(None) => break,
                 next => next,
             };
         }
+        Ok(refused)
+    }
+
+    /// Answers the requests taken, in order, then refuses `refused` more;
+    /// Err ends the connection.
+    async fn on_requests(&mut self, refused: u64) -> Result<(), String> {
+        let mut requests = std::mem::take(&mut self.requests);
         for request in requests.drain(..) {
             match request {
-                Ok(request) => {
-                    if let Err(why) = answer(conn, shared, &request).await {
-                        return Ended::Failed(why);
-                    }
-                }
+                Ok(request) => self.answer(&request).await?,
                 Err(reason) => {
                     debug!(reason, "bad request from lector");
-                    shared.status.reads.refused(ReadFailure::BadRequest);
-                    conn.writer.queue_error(&reason);
+                    self.shared.status.reads.refused(ReadFailure::BadRequest);
+                    self.conn.writer.queue_error(&reason);
                 }
             }
         }
+        self.requests = requests;
         for _ in 0..refused {
-            shared.status.reads.refused(ReadFailure::TooManyInFlight);
-            conn.writer.queue_error(&format!(
+            self.shared
+                .status
+                .reads
+                .refused(ReadFailure::TooManyInFlight);
+            self.conn.writer.queue_error(&format!(
                 "too many requests in flight (at most {READER_QUEUE} per reader); this one was not served"
             ));
-            if conn.writer.pending() >= FLUSH_AT
-                && let Err(why) = flush(conn, shared).await
-            {
-                return Ended::Failed(why);
+            if self.conn.writer.pending() >= FLUSH_AT {
+                self.flush().await?;
             }
         }
         if refused > 0 {
@@ -142,211 +176,205 @@ async fn serve<S: Stream>(
                 "lector sent more requests at once than are served; refused the rest"
             );
         }
-        if let Err(why) = flush(conn, shared).await {
-            return Ended::Failed(why);
+        self.flush().await
+    }
+
+    async fn flush(&mut self) -> Result<(), String> {
+        match tokio::time::timeout(self.shared.config.write_timeout, self.conn.writer.flush()).await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("write failed: {e}")),
+            Err(_) => Err(format!(
+                "it took none of our bytes for {:?}",
+                self.shared.config.write_timeout
+            )),
         }
     }
-}
 
-async fn flush<S: Stream>(conn: &mut Connection<S>, shared: &Shared) -> Result<(), String> {
-    match tokio::time::timeout(shared.config.write_timeout, conn.writer.flush()).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(format!("write failed: {e}")),
-        Err(_) => Err(format!(
-            "it took none of our bytes for {:?}",
-            shared.config.write_timeout
-        )),
+    /// Serves one request, counted and timed in the read metrics; Err ends
+    /// the connection.
+    async fn answer(&mut self, request: &ReadRequest) -> Result<(), String> {
+        let started = Instant::now();
+        let kind = match request {
+            ReadRequest::Get(_) => ReadKind::Get,
+            ReadRequest::GetKey(_) => ReadKind::GetKey,
+            ReadRequest::Tail { .. } => ReadKind::Tail,
+        };
+        let failure = self.respond(request).await?;
+        self.shared
+            .status
+            .reads
+            .answered(kind, failure, started.elapsed());
+        Ok(())
     }
-}
 
-/// Serves one request, counted and timed in the read metrics; Err ends
-/// the connection.
-async fn answer<S: Stream>(
-    conn: &mut Connection<S>,
-    shared: &Shared,
-    request: &ReadRequest,
-) -> Result<(), String> {
-    let started = Instant::now();
-    let kind = match request {
-        ReadRequest::Get(_) => ReadKind::Get,
-        ReadRequest::GetKey(_) => ReadKind::GetKey,
-        ReadRequest::Tail { .. } => ReadKind::Tail,
-    };
-    let failure = respond(conn, shared, request).await?;
-    shared
-        .status
-        .reads
-        .answered(kind, failure, started.elapsed());
-    Ok(())
-}
-
-/// Queues the answer to one request; why it is an `ERROR`, if it is.
-async fn respond<S: Stream>(
-    conn: &mut Connection<S>,
-    shared: &Shared,
-    request: &ReadRequest,
-) -> Result<Option<ReadFailure>, String> {
-    let budget = &shared.read_budget;
-    let Ok(Ok(_permit)) = tokio::time::timeout(BUDGET_WAIT, budget_permit(budget)).await else {
-        conn.writer.queue_error(&format!(
-            "head node busy: {} reads at once; try again",
-            shared.config.max_reads
-        ));
-        return Ok(Some(ReadFailure::Busy));
-    };
-    let live = shared.router.snapshot().readers();
-    if live.is_empty() {
-        conn.writer.queue_error(&protocol::client::NO_DATA_NODES);
-        return Ok(Some(ReadFailure::NoDataNodes));
-    }
-    match request {
-        ReadRequest::Get(id) => {
-            Ok(get(conn, shared, live, NodeRead::Get(*id), id.to_string()).await)
+    /// Queues the answer to one request; why it is an `ERROR`, if it is.
+    async fn respond(&mut self, request: &ReadRequest) -> Result<Option<ReadFailure>, String> {
+        // Its own handle on the budget: the permit is held while the
+        // session writes the answer.
+        let shared = self.shared.clone();
+        let budget = &shared.read_budget;
+        let Ok(Ok(_permit)) = tokio::time::timeout(BUDGET_WAIT, budget_permit(budget)).await else {
+            self.conn.writer.queue_error(&format!(
+                "head node busy: {} reads at once; try again",
+                self.shared.config.max_reads
+            ));
+            return Ok(Some(ReadFailure::Busy));
+        };
+        let live = self.shared.router.snapshot().readers();
+        if live.is_empty() {
+            self.conn
+                .writer
+                .queue_error(&protocol::client::NO_DATA_NODES);
+            return Ok(Some(ReadFailure::NoDataNodes));
         }
-        ReadRequest::GetKey(key) => Ok(get(
-            conn,
-            shared,
-            live,
-            NodeRead::GetKey(key.clone()),
-            key.to_string(),
-        )
-        .await),
-        ReadRequest::Tail {
-            after,
-            limit,
-            since_ms,
-        } => tail(conn, shared, live, *after, *limit, *since_ms).await,
+        match request {
+            ReadRequest::Get(id) => Ok(self.get(live, NodeRead::Get(*id), id.to_string()).await),
+            ReadRequest::GetKey(key) => Ok(self
+                .get(live, NodeRead::GetKey(key.clone()), key.to_string())
+                .await),
+            ReadRequest::Tail {
+                after,
+                limit,
+                since_ms,
+            } => self.tail(live, *after, *limit, *since_ms).await,
+        }
+    }
+
+    /// Asks every live node for one message; names those that hold it.
+    /// Why its answer is an `ERROR`, if it is.
+    async fn get(
+        &mut self,
+        live: Vec<NodeReader>,
+        read: NodeRead,
+        what: String,
+    ) -> Option<ReadFailure> {
+        let timeout = self.shared.config.read_timeout;
+        let asked = live.len();
+        let mut reads = JoinSet::new();
+        for reader in live {
+            let read = read.clone();
+            reads.spawn(async move {
+                let got = reads::get(&reader, read, timeout).await;
+                (reader.node, got)
+            });
+        }
+        let mut found: Option<ReadRecord> = None;
+        let mut holders: Vec<NodeId> = Vec::new();
+        let mut removed = false;
+        let mut failures = Vec::new();
+        while let Some(done) = reads.join_next().await {
+            let Ok((node, got)) = done else { continue };
+            match got {
+                Ok(GetResult::Found(record)) => {
+                    holders.push(node);
+                    // Each copy has its own record time: the first one counts.
+                    if found
+                        .as_ref()
+                        .is_none_or(|f| record.stored_ms < f.stored_ms)
+                    {
+                        found = Some(record);
+                    }
+                }
+                Ok(GetResult::NotFound { removed: r }) => removed |= r,
+                Err(e) => {
+                    warn!(%node, error = %e, what, "read failed on a dataNode; answering from the others");
+                    failures.push(e.to_string());
+                }
+            }
+        }
+        holders.sort();
+        match found {
+            Some(record) => self
+                .conn
+                .writer
+                .queue_with(|buf| ReadReply::encode_found(&record, &holders, buf)),
+            None if failures.len() == asked => {
+                self.conn
+                    .writer
+                    .queue_error(&format!("no data node could be read ({})", failures[0]));
+                return Some(ReadFailure::Unreadable);
+            }
+            None if !failures.is_empty() => {
+                self.conn.writer.queue_error(&format!(
+                    "not found on {} of {asked} data nodes; {} could not be read ({}); it may be there",
+                    asked - failures.len(),
+                    failures.len(),
+                    failures[0]
+                ));
+                return Some(ReadFailure::Unreadable);
+            }
+            None => self
+                .conn
+                .writer
+                .queue_with(|buf| ReadReply::NotFound { what, removed }.encode(buf)),
+        }
+        None
+    }
+
+    /// Merges the live nodes' scans from `after`: at most `limit` records
+    /// sent, then `end`. Why its answer ends in an `ERROR`, if it does; Err
+    /// ends the connection.
+    async fn tail(
+        &mut self,
+        live: Vec<NodeReader>,
+        after: Option<MessageId>,
+        limit: u32,
+        since_ms: Option<u64>,
+    ) -> Result<Option<ReadFailure>, String> {
+        let timeout = self.shared.config.read_timeout;
+        let watermark = self.shared.watermark();
+        let mut merge = Merge::new(live.iter().map(|r| r.node.clone()).collect(), after);
+        let mut sent = 0u32;
+        let mut examined = 0u32;
+        let mut first_failure: Option<String> = None;
+        let more = loop {
+            match merge.step(&watermark) {
+                Step::Refill(which) => {
+                    for (node, e) in
+                        reads::refill(&mut merge, which, &live, SCAN_PAGE, timeout).await
+                    {
+                        warn!(node = %node, error = %e, "tail goes on without this dataNode (its messages have copies on the others)");
+                        first_failure.get_or_insert_with(|| e.to_string());
+                    }
+                    if merge.live() == 0 {
+                        let why = first_failure.unwrap_or_default();
+                        self.conn
+                            .writer
+                            .queue_error(&format!("no data node could be read ({why})"));
+                        return Ok(Some(ReadFailure::Unreadable));
+                    }
+                }
+                Step::Next(record, holders) => {
+                    examined += 1;
+                    if since_ms.is_none_or(|since| record.stored_ms >= since) {
+                        self.conn
+                            .writer
+                            .queue_with(|buf| ReadReply::encode_found(&record, &holders, buf));
+                        sent += 1;
+                        if self.conn.writer.pending() >= FLUSH_AT {
+                            self.flush().await?;
+                        }
+                    }
+                    if sent >= limit || examined >= TAIL_EXAMINE {
+                        break true;
+                    }
+                }
+                Step::Done => break false,
+            }
+        };
+        self.conn.writer.queue_with(|buf| {
+            ReadReply::End {
+                count: sent,
+                cursor: merge.last(),
+                more,
+            }
+            .encode(buf)
+        });
+        Ok(None)
     }
 }
 
 async fn budget_permit(budget: &Semaphore) -> Result<tokio::sync::SemaphorePermit<'_>, ()> {
     budget.acquire().await.map_err(|_| ())
-}
-
-/// Asks every live node for one message; names those that hold it.
-/// Why its answer is an `ERROR`, if it is.
-async fn get<S: Stream>(
-    conn: &mut Connection<S>,
-    shared: &Shared,
-    live: Vec<NodeReader>,
-    read: NodeRead,
-    what: String,
-) -> Option<ReadFailure> {
-    let timeout = shared.config.read_timeout;
-    let asked = live.len();
-    let mut reads = JoinSet::new();
-    for reader in live {
-        let read = read.clone();
-        reads.spawn(async move {
-            let got = reads::get(&reader, read, timeout).await;
-            (reader.node, got)
-        });
-    }
-    let mut found: Option<ReadRecord> = None;
-    let mut holders: Vec<NodeId> = Vec::new();
-    let mut removed = false;
-    let mut failures = Vec::new();
-    while let Some(done) = reads.join_next().await {
-        let Ok((node, got)) = done else { continue };
-        match got {
-            Ok(GetResult::Found(record)) => {
-                holders.push(node);
-                // Each copy has its own record time: the first one counts.
-                if found
-                    .as_ref()
-                    .is_none_or(|f| record.stored_ms < f.stored_ms)
-                {
-                    found = Some(record);
-                }
-            }
-            Ok(GetResult::NotFound { removed: r }) => removed |= r,
-            Err(e) => {
-                warn!(%node, error = %e, what, "read failed on a dataNode; answering from the others");
-                failures.push(e.to_string());
-            }
-        }
-    }
-    holders.sort();
-    match found {
-        Some(record) => conn
-            .writer
-            .queue_with(|buf| ReadReply::encode_found(&record, &holders, buf)),
-        None if failures.len() == asked => {
-            conn.writer
-                .queue_error(&format!("no data node could be read ({})", failures[0]));
-            return Some(ReadFailure::Unreadable);
-        }
-        None if !failures.is_empty() => {
-            conn.writer.queue_error(&format!(
-                "not found on {} of {asked} data nodes; {} could not be read ({}); it may be there",
-                asked - failures.len(),
-                failures.len(),
-                failures[0]
-            ));
-            return Some(ReadFailure::Unreadable);
-        }
-        None => conn
-            .writer
-            .queue_with(|buf| ReadReply::NotFound { what, removed }.encode(buf)),
-    }
-    None
-}
-
-/// Merges the live nodes' scans from `after`: at most `limit` records
-/// sent, then `end`. Why its answer ends in an `ERROR`, if it does; Err
-/// ends the connection.
-async fn tail<S: Stream>(
-    conn: &mut Connection<S>,
-    shared: &Shared,
-    live: Vec<NodeReader>,
-    after: Option<MessageId>,
-    limit: u32,
-    since_ms: Option<u64>,
-) -> Result<Option<ReadFailure>, String> {
-    let timeout = shared.config.read_timeout;
-    let watermark = shared.watermark();
-    let mut merge = Merge::new(live.iter().map(|r| r.node.clone()).collect(), after);
-    let mut sent = 0u32;
-    let mut examined = 0u32;
-    let mut first_failure: Option<String> = None;
-    let more = loop {
-        match merge.step(&watermark) {
-            Step::Refill(which) => {
-                for (node, e) in reads::refill(&mut merge, which, &live, SCAN_PAGE, timeout).await {
-                    warn!(node = %node, error = %e, "tail goes on without this dataNode (its messages have copies on the others)");
-                    first_failure.get_or_insert_with(|| e.to_string());
-                }
-                if merge.live() == 0 {
-                    let why = first_failure.unwrap_or_default();
-                    conn.writer
-                        .queue_error(&format!("no data node could be read ({why})"));
-                    return Ok(Some(ReadFailure::Unreadable));
-                }
-            }
-            Step::Next(record, holders) => {
-                examined += 1;
-                if since_ms.is_none_or(|since| record.stored_ms >= since) {
-                    conn.writer
-                        .queue_with(|buf| ReadReply::encode_found(&record, &holders, buf));
-                    sent += 1;
-                    if conn.writer.pending() >= FLUSH_AT {
-                        flush(conn, shared).await?;
-                    }
-                }
-                if sent >= limit || examined >= TAIL_EXAMINE {
-                    break true;
-                }
-            }
-            Step::Done => break false,
-        }
-    };
-    conn.writer.queue_with(|buf| {
-        ReadReply::End {
-            count: sent,
-            cursor: merge.last(),
-            more,
-        }
-        .encode(buf)
-    });
-    Ok(None)
 }
