@@ -82,14 +82,14 @@ pub(crate) struct KeyTable {
 
 impl KeyTable {
     /// A table of at most `max_keys` keys, each kept at least `window`
-    /// while the bound allows.
-    pub(crate) fn new(max_keys: usize, window: Duration) -> Self {
+    /// while the bound allows; its clock starts at `started`.
+    pub(crate) fn new(max_keys: usize, window: Duration, started: Instant) -> Self {
         KeyTable {
             keys: Mutex::new(Keys {
                 window: KeyWindow::new(max_keys, window),
                 holder_sets: HolderSets::default(),
             }),
-            started: Instant::now(),
+            started,
         }
     }
 
@@ -262,7 +262,7 @@ mod tests {
 
     #[test]
     fn a_new_key_is_remembered_and_a_resend_finds_its_message() {
-        let table = KeyTable::new(100, Duration::from_secs(60));
+        let table = KeyTable::new(100, Duration::from_secs(60), Instant::now());
         let now = Instant::now();
         let (first, _replies) = envelope(1);
         let Found::New(made) = table.lookup_or_insert(&key(1), now, || first.clone()) else {
@@ -294,7 +294,7 @@ mod tests {
 
     #[test]
     fn reports_fill_the_table_and_add_holders() {
-        let table = KeyTable::new(100, Duration::from_secs(60));
+        let table = KeyTable::new(100, Duration::from_secs(60), Instant::now());
         let now = Instant::now();
         let id = MessageId { epoch: 5, seq: 9 };
         let (dn1, dn2): (NodeId, NodeId) = ("dn1".parse().unwrap(), "dn2".parse().unwrap());
@@ -313,7 +313,7 @@ mod tests {
 
     #[test]
     fn the_oldest_keys_are_forgotten_beyond_the_bound_or_the_window() {
-        let table = KeyTable::new(32, Duration::from_secs(60));
+        let table = KeyTable::new(32, Duration::from_secs(60), Instant::now());
         let t0 = Instant::now();
         let dn1: NodeId = "dn1".parse().unwrap();
         for seq in 0..1000 {
@@ -333,7 +333,7 @@ mod tests {
 
         // The window: a key is remembered at least the window, and
         // forgotten once two newer generations have begun.
-        let table = KeyTable::new(100_000, Duration::from_secs(60));
+        let table = KeyTable::new(100_000, Duration::from_secs(60), Instant::now());
         let t0 = Instant::now();
         let at = |secs| t0 + Duration::from_secs(secs);
         table.holds(key(1), MessageId { epoch: 1, seq: 1 }, &dn1, at(0));
@@ -381,7 +381,7 @@ mod tests {
         // Room for every key: the bound counts both generations, and a
         // client's run as a few slots more.
         let room = 2 * KEYS as usize * (1 + node_kit::key_window::SLOTS_PER_CLIENT) * 2;
-        let table = KeyTable::new(room, Duration::from_secs(3600));
+        let table = KeyTable::new(room, Duration::from_secs(3600), Instant::now());
         for n in 0..KEYS {
             let client = &names[(n % clients) as usize];
             let seq = n / clients + 1;

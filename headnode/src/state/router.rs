@@ -97,15 +97,10 @@ pub(crate) struct NodeLoad {
     since: Instant,
 }
 
+#[cfg(test)]
 impl Default for NodeLoad {
     fn default() -> Self {
-        NodeLoad {
-            handed: AtomicUsize::new(0),
-            busy_since: AtomicU64::new(0),
-            resolved: AtomicUsize::new(0),
-            acked_at: AtomicU64::new(0),
-            since: Instant::now(),
-        }
+        NodeLoad::new(Instant::now())
     }
 }
 
@@ -115,29 +110,41 @@ impl Default for NodeLoad {
 pub(crate) const STALL: Duration = Duration::from_millis(100);
 
 impl NodeLoad {
-    fn micros(&self) -> u64 {
-        self.since.elapsed().as_micros() as u64
+    /// The load of a session starting at `since`: nothing held.
+    pub(crate) fn new(since: Instant) -> Self {
+        NodeLoad {
+            handed: AtomicUsize::new(0),
+            busy_since: AtomicU64::new(0),
+            resolved: AtomicUsize::new(0),
+            acked_at: AtomicU64::new(0),
+            since,
+        }
     }
 
-    /// The router handed one message to the node's queue.
-    pub(crate) fn hand_over(&self) {
+    /// `now`, in µs after `since`.
+    fn micros(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.since).as_micros() as u64
+    }
+
+    /// The router handed one message to the node's queue at `now`.
+    pub(crate) fn hand_over(&self, now: Instant) {
         if self.held() == 0 {
             // An idle node's clock starts now, not at its last ack.
-            self.busy_since.store(self.micros(), Ordering::Relaxed);
+            self.busy_since.store(self.micros(now), Ordering::Relaxed);
         }
         self.handed.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The session is done with one message it was handed: acknowledged
-    /// (then [`NodeLoad::acked_now`] follows, once for all the
+    /// (then [`NodeLoad::acked`] follows, once for all the
     /// acknowledgements read together), moved elsewhere or dropped.
     pub(crate) fn resolve(&self) {
         self.resolved.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The node has just acknowledged something.
-    pub(crate) fn acked_now(&self) {
-        self.acked_at.store(self.micros(), Ordering::Relaxed);
+    /// The node acknowledged something at `now`.
+    pub(crate) fn acked(&self, now: Instant) {
+        self.acked_at.store(self.micros(now), Ordering::Relaxed);
     }
 
     /// Messages held now.
@@ -156,8 +163,7 @@ impl NodeLoad {
             .acked_at
             .load(Ordering::Relaxed)
             .max(self.busy_since.load(Ordering::Relaxed));
-        let now = now.saturating_duration_since(self.since).as_micros() as u64;
-        now.saturating_sub(last) < STALL.as_micros() as u64
+        self.micros(now).saturating_sub(last) < STALL.as_micros() as u64
     }
 }
 
@@ -481,7 +487,7 @@ impl Router {
         let mut refused = Vec::new();
         for &i in &set {
             let node = &routes.nodes[i];
-            match offer(node, Forward::first(envelope.clone())) {
+            match offer(node, Forward::first(envelope.clone()), now) {
                 Ok(()) => chosen.push(node.node.clone()),
                 Err(back) => refused.push((node.conn, back)),
             }
@@ -490,12 +496,12 @@ impl Router {
             // That node's task just ended: this copy goes elsewhere.
             envelope.unplace(conn);
             envelope.reserve();
-            self.reroute(back, rng);
+            self.reroute(back, now, rng);
         }
         for _ in count..want {
             // Not enough nodes for every copy: the rest wait for one.
             envelope.reserve();
-            self.reroute(Forward::first(envelope.clone()), rng);
+            self.reroute(Forward::first(envelope.clone()), now, rng);
         }
         chosen
     }
@@ -503,8 +509,14 @@ impl Router {
     /// Sends one copy (already counted as on its way by its envelope) to a
     /// node that does not hold, may not hold and is not getting one, in a
     /// zone its other copies are not in when possible; parks it when there
-    /// is none. Returns the node chosen, if any.
-    pub(crate) fn reroute(&self, mut message: Forward, rng: &mut SmallRng) -> Option<NodeId> {
+    /// is none (its wait counted from `now` if it was not waiting yet).
+    /// Returns the node chosen, if any.
+    pub(crate) fn reroute(
+        &self,
+        mut message: Forward,
+        now: Instant,
+        rng: &mut SmallRng,
+    ) -> Option<NodeId> {
         let envelope = message.envelope.clone();
         if message.attempts >= self.max_attempts {
             warn!(
@@ -559,7 +571,7 @@ impl Router {
             };
             let node = candidates.swap_remove(at);
             envelope.replace(node.conn, &node.node);
-            match offer(node, message) {
+            match offer(node, message, now) {
                 Ok(()) => return Some(node.node.clone()),
                 Err(back) => {
                     envelope.move_copy(node.conn, false);
@@ -567,7 +579,7 @@ impl Router {
                 }
             }
         }
-        message.waiting_since.get_or_insert_with(Instant::now);
+        message.waiting_since.get_or_insert(now);
         // Fails only during shutdown, when the client is being closed anyway.
         let _ = self.parking.send(Parked::Copy(message));
         None
@@ -594,11 +606,11 @@ impl Forward {
 
 /// Hands a copy to `node`'s queue, counting the attempt; gives it back
 /// (attempt uncounted) if that node's task has just ended.
-fn offer(node: &NodeHandle, mut message: Forward) -> Result<(), Forward> {
+fn offer(node: &NodeHandle, mut message: Forward, now: Instant) -> Result<(), Forward> {
     message.attempts += 1;
     match node.queue.send(message) {
         Ok(()) => {
-            node.load.hand_over();
+            node.load.hand_over(now);
             Ok(())
         }
         Err(mpsc::error::SendError(mut back)) => {
@@ -766,7 +778,7 @@ pub(crate) mod tests {
             for (load, rx) in loads.iter().zip([&mut a_rx, &mut b_rx, &mut c_rx]) {
                 for _ in 0..drain(rx) {
                     load.resolve();
-                    load.acked_now();
+                    load.acked(Instant::now());
                 }
             }
         }
@@ -851,7 +863,13 @@ pub(crate) mod tests {
             // a failed after it was sent the copy: it may hold it.
             envelope.move_copy(1, true);
             let copy = Forward::new(envelope);
-            assert_eq!(router.reroute(copy, &mut rng).unwrap().as_str(), "d");
+            assert_eq!(
+                router
+                    .reroute(copy, Instant::now(), &mut rng)
+                    .unwrap()
+                    .as_str(),
+                "d"
+            );
         }
         assert_eq!(drain(&mut b_rx), 0);
         assert_eq!(d_rx.try_recv().unwrap().attempts, 1);
@@ -867,7 +885,7 @@ pub(crate) mod tests {
         copy.attempts = 5;
         assert!(
             router
-                .reroute(copy, &mut SmallRng::seed_from_u64(1))
+                .reroute(copy, Instant::now(), &mut SmallRng::seed_from_u64(1))
                 .is_none()
         );
         assert!(matches!(
@@ -881,7 +899,7 @@ pub(crate) mod tests {
         envelope.move_copy(7, true);
         let mut copy = Forward::new(envelope);
         copy.attempts = 5;
-        router.reroute(copy, &mut SmallRng::seed_from_u64(1));
+        router.reroute(copy, Instant::now(), &mut SmallRng::seed_from_u64(1));
         assert!(matches!(
             replies.try_recv().unwrap().outcome,
             Outcome::Unknown(_)

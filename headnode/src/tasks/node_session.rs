@@ -239,7 +239,7 @@ impl<S: Stream> NodeSession<S> {
             };
         }
         if acked {
-            self.load.acked_now();
+            self.load.acked(Instant::now());
         }
         Ok(())
     }
@@ -529,7 +529,8 @@ impl<S: Stream> NodeSession<S> {
         message.envelope.move_copy(self.info.conn, sent);
         let id = message.id();
         let client = message.envelope.client.clone();
-        if let Some(node) = self.shared.router.reroute(message, &mut self.rng) {
+        let router = &self.shared.router;
+        if let Some(node) = router.reroute(message, Instant::now(), &mut self.rng) {
             info!(%id, %client, from = %self.info.node, to = %node, "copy sent to another dataNode ({why})");
         }
     }

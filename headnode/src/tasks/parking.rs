@@ -53,7 +53,7 @@ impl Parked {
                 router.start(envelope, Some(since), Instant::now(), rng);
             }
             Parked::Copy(copy) => {
-                router.reroute(copy, rng);
+                router.reroute(copy, Instant::now(), rng);
             }
         }
     }

@@ -417,7 +417,7 @@ async fn registration<S: Stream>(
         let (reads_tx, reads_rx) = read_channel();
         (Some(reads_tx), Some(reads_rx))
     };
-    let load = Arc::new(NodeLoad::default());
+    let load = Arc::new(NodeLoad::new(tokio::time::Instant::now()));
     let evicted = CancellationToken::new();
     let (respond, response) = tokio::sync::oneshot::channel();
     let registration = Input::Register {

@@ -153,7 +153,11 @@ fn build(config: Config, limits: Limits, started: Instant) -> (Arc<Shared>, Ends
         budget_total: budget,
         read_budget: Semaphore::new(config.max_reads),
         reader_slots: Arc::new(Semaphore::new(config.max_readers)),
-        keys: Arc::new(KeyTable::new(config.dedup_keys, config.dedup_window)),
+        keys: Arc::new(KeyTable::new(
+            config.dedup_keys,
+            config.dedup_window,
+            started,
+        )),
         replication: Replication {
             replicas: config.replicas,
             needed: config.min_replicas,
