@@ -114,11 +114,11 @@ stack-down: ## remove the swarm stack (and the swarm, if stack-up created it); d
 	docker/stack.sh down
 
 stack-test: ## end-to-end tests on a single-node swarm and on a swarm of 3 engines (root)
-	docker/stack-e2e.sh
-	docker/swarm-hosts-e2e.sh
+	docker/tests/stack-e2e.sh
+	docker/tests/swarm-hosts-e2e.sh
 
 e2e: ## end-to-end test (own project; skips when no Docker engine is reachable)
-	docker/e2e.sh
+	docker/tests/e2e.sh
 
 bench: ## loopback benchmark side by side with Redis Streams (prints one table)
 	bench/run.sh

@@ -1,6 +1,6 @@
-# Shell pieces the container tests share (sourced by docker/e2e.sh and
-# docker/chaos.sh): skipping without Docker, a compose project of the
-# test's own, log-file waits and timings.
+# Shell pieces the container tests in docker/tests/ share, and
+# docker/stack.sh with them: skipping without Docker, a compose project of
+# the test's own, log-file waits and timings.
 #
 # The sourcing script sets NAME (used in log lines and the project name)
 # and ROOT before sourcing.

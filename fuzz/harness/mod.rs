@@ -3,7 +3,7 @@
 //! Each `check` takes the raw bytes of one input, returns normally when every
 //! property holds, and panics with a message naming the property when one
 //! does not. The fuzz targets in `fuzz/fuzz_targets/` call them on generated
-//! inputs; `protocol/tests/fuzz_replay.rs` calls them on every file under
+//! inputs; `protocol/tests/it/fuzz_replay.rs` calls them on every file under
 //! `fuzz/corpus/<target>/` and `fuzz/regressions/<target>/`.
 //!
 //! An input is the bytes a peer sends, nothing else, so a hand-written seed

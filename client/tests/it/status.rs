@@ -1,12 +1,11 @@
 //! `client status` against an HTTP port serving a fixed snapshot.
 
-use std::net::SocketAddr;
-use std::time::Duration;
-
 use node_kit::http::{self, HttpConfig, Request, Response};
 use protocol::status::{NodeStatus, StatusSnapshot, Totals};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use test_support::process::{Finished, run_to_end_async};
+use test_support::server::{TestServer, closed_port};
+
+use crate::helpers::client_command;
 
 fn snapshot() -> StatusSnapshot {
     StatusSnapshot {
@@ -45,67 +44,53 @@ fn snapshot() -> StatusSnapshot {
     }
 }
 
-/// Serves `snapshot()` at /status.json until the sender is dropped.
-async fn serve() -> (SocketAddr, oneshot::Sender<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+/// Serves `snapshot()` at /status.json until stopped or dropped.
+async fn serve() -> TestServer<()> {
     let json = serde_json::to_vec(&snapshot()).unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(http::run(
-        listener,
-        HttpConfig::default(),
-        move |request: &Request| match request.path.as_str() {
-            "/status.json" => Response::ok("application/json", json.clone()),
-            _ => Response::not_found(),
-        },
-        async {
-            let _ = stopped.await;
-        },
-    ));
-    (addr, stop)
+    TestServer::start(|listener, shutdown| {
+        http::run(
+            listener,
+            HttpConfig::default(),
+            move |request: &Request| match request.path.as_str() {
+                "/status.json" => Response::ok("application/json", json.clone()),
+                _ => Response::not_found(),
+            },
+            shutdown,
+        )
+    })
+    .await
 }
 
-async fn client(args: Vec<String>) -> std::process::Output {
-    tokio::time::timeout(
-        Duration::from_secs(30),
-        tokio::task::spawn_blocking(move || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_client"))
-                .args(args)
-                .env_remove("STATUS_HTTP")
-                .output()
-                .unwrap()
-        }),
-    )
-    .await
-    .expect("client status finishes")
-    .unwrap()
+async fn client(args: Vec<String>) -> Finished {
+    run_to_end_async(client_command(args)).await
 }
 
 #[tokio::test]
 async fn status_json_prints_the_snapshot() {
-    let (addr, _stop) = serve().await;
+    let server = serve().await;
     let output = client(vec![
         "status".into(),
         "--http".into(),
-        addr.to_string(),
+        server.addr.to_string(),
         "--json".into(),
     ])
     .await;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = &output.stdout;
+    assert!(output.status.success(), "{}", output.stderr);
     let printed: StatusSnapshot = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(printed, snapshot());
 }
 
 #[tokio::test]
 async fn status_prints_a_table() {
-    let (addr, _stop) = serve().await;
-    let output = client(vec!["status".into(), "--http".into(), addr.to_string()]).await;
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let server = serve().await;
+    let output = client(vec![
+        "status".into(),
+        "--http".into(),
+        server.addr.to_string(),
+    ])
+    .await;
+    let stdout = &output.stdout;
     assert!(output.status.success(), "{stdout}");
     assert!(stdout.contains("NODE"), "{stdout}");
     let row = stdout.lines().find(|l| l.starts_with("dn1")).unwrap();
@@ -119,14 +104,9 @@ async fn status_prints_a_table() {
 
 #[tokio::test]
 async fn status_from_nothing_is_one_clear_error() {
-    // A port with nothing behind it: bound, then closed.
-    let addr = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let addr = closed_port().await;
     let output = client(vec!["status".into(), "--http".into(), addr.to_string()]).await;
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = &output.stderr;
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains("cannot reach the head node's HTTP port"),

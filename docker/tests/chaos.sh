@@ -25,7 +25,7 @@
 # Prints `SKIP: ...` and exits 0 when no Docker engine is reachable.
 #
 # Environment:
-#   CHAOS_BUILD=1         0: use the images already built (docker/e2e.sh builds them)
+#   CHAOS_BUILD=1         0: use the images already built (docker/tests/e2e.sh builds them)
 #   CHAOS_KEEP_LOGS=0     1: keep the log folder (its path is printed)
 #   CHAOS_TIME_BUDGET=420 seconds the run may take after the build
 #   CHAOS_FLAPS=20        kill/start cycles of the flapping node
@@ -33,7 +33,7 @@
 #                         the audit's)
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
 
 CHAOS_BUILD=${CHAOS_BUILD:-1}

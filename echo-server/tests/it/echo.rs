@@ -6,37 +6,14 @@ use std::time::Duration;
 use echo_server::Config;
 use protocol::connection::{Connection, ReaderConfig};
 use protocol::handshake;
+use test_support::server::TestServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use tokio::net::TcpStream;
 
-struct TestServer {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<std::io::Result<()>>,
-}
-
-impl TestServer {
-    async fn start(config: Config) -> TestServer {
-        node_kit::telemetry::init_for_tests();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(echo_server::run(listener, config, async {
-            let _ = stopped.await;
-        }));
-        TestServer {
-            addr,
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    async fn stop(mut self) -> std::io::Result<()> {
-        let _ = self.stop.take().unwrap().send(());
-        self.task.await.expect("server task panicked")
-    }
+/// `echo_server::run` with `config` on 127.0.0.1:0.
+async fn start_server(config: Config) -> TestServer<std::io::Result<()>> {
+    node_kit::telemetry::init_for_tests();
+    TestServer::start(|listener, shutdown| echo_server::run(listener, config, shutdown)).await
 }
 
 fn config_with_cap(max_connections: usize) -> Config {
@@ -82,7 +59,7 @@ async fn read_until_close(stream: &mut TcpStream) -> String {
 
 #[tokio::test]
 async fn echoes_every_message_unchanged() {
-    let server = TestServer::start(Config::default()).await;
+    let server = start_server(Config::default()).await;
     let mut conn = connect(server.addr).await;
     for text in ["numero random: 42", "", "ñandú: 7", "  spaced  "] {
         assert_eq!(echo(&mut conn, text).await, text);
@@ -92,7 +69,7 @@ async fn echoes_every_message_unchanged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_clients_are_served_and_the_101st_is_refused() {
-    let server = TestServer::start(config_with_cap(100)).await;
+    let server = start_server(config_with_cap(100)).await;
     let mut clients = Vec::new();
     for _ in 0..100 {
         clients.push(connect(server.addr).await);
@@ -155,7 +132,7 @@ async fn hundred_clients_are_served_and_the_101st_is_refused() {
 
 #[tokio::test]
 async fn original_style_peer_gets_unterminated_echoes() {
-    let server = TestServer::start(Config::default()).await;
+    let server = start_server(Config::default()).await;
     let mut peer = TcpStream::connect(server.addr).await.unwrap();
     let mut buf = [0u8; 1024];
 
@@ -185,7 +162,7 @@ async fn original_style_message_split_across_segments_is_one_message() {
         },
         ..Config::default()
     };
-    let server = TestServer::start(config).await;
+    let server = start_server(config).await;
     let mut peer = TcpStream::connect(server.addr).await.unwrap();
     peer.set_nodelay(true).unwrap();
     let mut buf = [0u8; 1024];
@@ -205,7 +182,7 @@ async fn original_style_message_split_across_segments_is_one_message() {
 
 #[tokio::test]
 async fn line_framed_and_original_peers_are_served_side_by_side() {
-    let server = TestServer::start(Config::default()).await;
+    let server = start_server(Config::default()).await;
     let mut framed = connect(server.addr).await;
     let mut original = TcpStream::connect(server.addr).await.unwrap();
     let mut buf = [0u8; 1024];
@@ -238,7 +215,7 @@ async fn line_framed_and_original_peers_are_served_side_by_side() {
 
 #[tokio::test]
 async fn garbage_before_handshake_gets_an_error_and_close() {
-    let server = TestServer::start(Config::default()).await;
+    let server = start_server(Config::default()).await;
     let mut peer = TcpStream::connect(server.addr).await.unwrap();
     peer.write_all(b"\x16\x03\x01 hello\n").await.unwrap();
     let reply = read_until_close(&mut peer).await;
@@ -255,7 +232,7 @@ async fn garbage_before_handshake_gets_an_error_and_close() {
 
 #[tokio::test(start_paused = true)]
 async fn silent_peer_is_closed_after_the_handshake_timeout() {
-    let server = TestServer::start(Config::default()).await;
+    let server = start_server(Config::default()).await;
     let started = tokio::time::Instant::now();
     let mut peer = TcpStream::connect(server.addr).await.unwrap();
     let mut reply = Vec::new();
@@ -270,7 +247,7 @@ async fn silent_peer_is_closed_after_the_handshake_timeout() {
 
 #[tokio::test]
 async fn peer_leaving_mid_line_frees_its_slot() {
-    let server = TestServer::start(config_with_cap(1)).await;
+    let server = start_server(config_with_cap(1)).await;
     let mut peer = TcpStream::connect(server.addr).await.unwrap();
     peer.write_all(b"peticion\n").await.unwrap();
     let mut buf = [0u8; 64];
@@ -307,7 +284,7 @@ async fn peer_leaving_mid_line_frees_its_slot() {
 
 #[tokio::test]
 async fn ten_megabyte_line_is_refused_and_the_connection_closed() {
-    let server = TestServer::start(Config::default()).await;
+    let server = start_server(Config::default()).await;
     let mut peer = TcpStream::connect(server.addr).await.unwrap();
     peer.write_all(b"peticion\n").await.unwrap();
     let (mut read, mut write) = peer.into_split();
@@ -335,7 +312,7 @@ async fn ten_megabyte_line_is_refused_and_the_connection_closed() {
 
 #[tokio::test]
 async fn invalid_utf8_gets_an_error_and_the_connection_continues() {
-    let server = TestServer::start(Config::default()).await;
+    let server = start_server(Config::default()).await;
     let mut conn = connect(server.addr).await;
     conn.writer.queue(b"\xff\xfe");
     conn.writer.flush().await.unwrap();
@@ -349,7 +326,7 @@ async fn invalid_utf8_gets_an_error_and_the_connection_continues() {
 
 #[tokio::test]
 async fn shutdown_returns_promptly_and_closes_clients() {
-    let server = TestServer::start(Config::default()).await;
+    let server = start_server(Config::default()).await;
     let mut clients = Vec::new();
     for _ in 0..10 {
         clients.push(connect(server.addr).await);

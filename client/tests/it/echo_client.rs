@@ -4,20 +4,10 @@ use std::time::Duration;
 
 use client::echo::{EchoConfig, EchoSummary};
 use client::{ClientError, ConnectOptions};
+use test_support::server::closed_port;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 
-async fn start_echo_server(listener: TcpListener) -> oneshot::Sender<()> {
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(echo_server::run(
-        listener,
-        echo_server::Config::default(),
-        async {
-            let _ = stopped.await;
-        },
-    ));
-    stop
-}
+use crate::helpers::{echo_server, echo_server_on};
 
 fn config(server: String, count: u64) -> EchoConfig {
     let mut connect = ConnectOptions::new(server, None);
@@ -34,10 +24,8 @@ fn config(server: String, count: u64) -> EchoConfig {
 #[tokio::test]
 async fn sends_count_messages_and_gets_each_echo() {
     node_kit::telemetry::init_for_tests();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let _stop = start_echo_server(listener).await;
-    let summary = client::echo::run(config(addr.to_string(), 5), std::future::pending())
+    let server = echo_server().await;
+    let summary = client::echo::run(config(server.addr.to_string(), 5), std::future::pending())
         .await
         .unwrap();
     assert_eq!(
@@ -53,20 +41,19 @@ async fn sends_count_messages_and_gets_each_echo() {
 #[tokio::test]
 async fn reconnects_when_the_server_comes_back() {
     node_kit::telemetry::init_for_tests();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stop = start_echo_server(listener).await;
+    let first = echo_server().await;
+    let addr = first.addr;
 
     let mut cfg = config(addr.to_string(), 40);
     cfg.interval = Duration::from_millis(20);
     let client = tokio::spawn(client::echo::run(cfg, std::future::pending()));
 
     tokio::time::sleep(Duration::from_millis(200)).await;
-    stop.send(()).unwrap();
+    first.stop().await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Same address, new server.
     let listener = TcpListener::bind(addr).await.unwrap();
-    let _stop = start_echo_server(listener).await;
+    let _second = echo_server_on(listener);
 
     let summary = client.await.unwrap().unwrap();
     assert_eq!(summary.echoed, 40);
@@ -77,12 +64,7 @@ async fn reconnects_when_the_server_comes_back() {
 #[tokio::test]
 async fn gives_up_with_a_clear_error_when_nothing_listens() {
     node_kit::telemetry::init_for_tests();
-    // Bind then drop, so the port is (almost certainly) closed.
-    let addr = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let addr = closed_port().await;
     let mut cfg = config(addr.to_string(), 1);
     cfg.connect.retry_for = Duration::from_millis(300);
     let err = client::echo::run(cfg, std::future::pending())

@@ -32,7 +32,7 @@
 #   E2E_CLIENT_INTERVAL=1ms E2E_CLIENT_PIPELINE=16   the high-rate client
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
 
 E2E_PARTS=${E2E_PARTS:-echo store}
@@ -136,7 +136,7 @@ test_echo() {
     local ip
     ip=$(ip_of "${P}echo-server")
     [[ -n $ip ]] || fail "no IP address for ${P}echo-server"
-    python3 docker/conn_limit.py "$ip" 5000 100 | sed 's/^/    /' \
+    python3 docker/tests/conn_limit.py "$ip" 5000 100 | sed 's/^/    /' \
         || fail "connection-limit check failed"
     ok "101st connection refused with 'ERROR server full (100 connections)'"
 

@@ -6,10 +6,13 @@ use std::time::Duration;
 
 use client::ConnectOptions;
 use client::store::{StoreConfig, StoreSummary};
+use test_support::process::{Finished, run_to_end_async};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
+
+use crate::helpers::client_command;
 
 /// One client connection, as the fake head node sees it after the handshake.
 struct Peer {
@@ -271,20 +274,12 @@ impl Peer {
 }
 
 /// Runs the `client` binary with `args`, answering its messages with
-/// `answers` in order; returns its exit status and stderr.
-async fn run_binary(args: Vec<String>, answers: Vec<String>) -> (std::process::Output, Peer) {
+/// `answers` in order; returns how it ended and the peer it talked to.
+async fn run_binary(args: Vec<String>, answers: Vec<String>) -> (Finished, Peer) {
     let (listener, addr) = listen().await;
     let mut args = args;
     args.extend(["--server".into(), addr]);
-    let child = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_client"))
-            .args(&args)
-            .env_remove("LOG_DIR")
-            .env_remove("SERVER")
-            .env_remove("CLIENT_ID")
-            .output()
-            .unwrap()
-    });
+    let child = tokio::spawn(run_to_end_async(client_command(args)));
     let mut peer = Peer::accept(&listener).await;
     for answer in answers {
         peer.next().await.unwrap();
@@ -313,11 +308,7 @@ async fn shared_flags_after_the_subcommand_are_accepted_and_answers_are_logged_w
     .chain([logs.path().display().to_string()])
     .collect();
     let (output, peer) = run_binary(args, vec![stored(1), stored(2)]).await;
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{}", output.stderr);
     assert_eq!(peer.role, "cliente id=cli-1");
     let log = std::fs::read_to_string(logs.path().join("registro_cliente.txt")).unwrap();
     assert!(
@@ -338,7 +329,7 @@ async fn conflicting_ids_are_counted_and_fail_the_run() {
         .collect();
     // One id for two keys: the answers and the keys no longer agree.
     let (output, _peer) = run_binary(args, vec![stored(1), stored(1)]).await;
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = &output.stderr;
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert_eq!(
         stderr.trim(),

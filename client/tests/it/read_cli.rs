@@ -1,31 +1,25 @@
 //! `client get` and `client tail`: their arguments, and a clear one-line
 //! error when the head node cannot be reached.
 
-use std::process::{Command, Output};
+use test_support::process::{Finished, run_to_end};
 
-fn client(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_client"))
-        .args(args)
-        .env_remove("SERVER")
-        .output()
-        .unwrap()
-}
+use crate::helpers::client_command;
 
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
+fn client(args: &[&str]) -> Finished {
+    run_to_end(&mut client_command(args))
 }
 
 #[test]
 fn get_needs_an_id_or_a_key_and_not_both() {
     let none = client(&["get"]);
     assert!(!none.status.success());
-    assert!(stderr(&none).contains("required"), "{}", stderr(&none));
+    assert!(none.stderr.contains("required"), "{}", none.stderr);
     let both = client(&["get", "1-2", "--key", "c-1/2"]);
     assert!(!both.status.success());
     assert!(
-        stderr(&both).contains("cannot be used with"),
+        both.stderr.contains("cannot be used with"),
         "{}",
-        stderr(&both)
+        both.stderr
     );
     for bad in [
         &["get", "12"][..],
@@ -35,9 +29,9 @@ fn get_needs_an_id_or_a_key_and_not_both() {
         let output = client(bad);
         assert!(!output.status.success(), "{bad:?}");
         assert!(
-            stderr(&output).contains("invalid value"),
+            output.stderr.contains("invalid value"),
             "{bad:?}: {}",
-            stderr(&output)
+            output.stderr
         );
     }
 }
@@ -47,21 +41,21 @@ fn tail_takes_from_or_since_and_a_poll_period() {
     let both = client(&["tail", "--from", "1-2", "--since", "10m"]);
     assert!(!both.status.success());
     assert!(
-        stderr(&both).contains("cannot be used with"),
+        both.stderr.contains("cannot be used with"),
         "{}",
-        stderr(&both)
+        both.stderr
     );
     let bad_from = client(&["tail", "--from", "x"]);
     assert!(
-        stderr(&bad_from).contains("invalid value"),
+        bad_from.stderr.contains("invalid value"),
         "{}",
-        stderr(&bad_from)
+        bad_from.stderr
     );
     let bad_poll = client(&["tail", "-f", "--poll", "soon"]);
     assert!(!bad_poll.status.success());
     let help = client(&["tail", "--help"]);
     assert!(help.status.success());
-    let help = String::from_utf8_lossy(&help.stdout);
+    let help = help.stdout;
     for flag in ["--from", "--since", "--follow", "--json", "--poll"] {
         assert!(help.contains(flag), "{flag} missing from {help}");
     }
@@ -71,7 +65,7 @@ fn tail_takes_from_or_since_and_a_poll_period() {
 fn tail_refuses_a_bad_since_in_one_line() {
     let output = client(&["tail", "--since", "yesterday", "--server", "127.0.0.1:1"]);
     assert!(!output.status.success());
-    let err = stderr(&output);
+    let err = &output.stderr;
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(
         err.starts_with("client: bad --since \"yesterday\""),
@@ -84,7 +78,7 @@ fn get_without_a_head_node_fails_in_one_line() {
     // Nothing listens on port 1 of the loopback.
     let output = client(&["get", "1-2", "--server", "127.0.0.1:1", "--retry-for", "0s"]);
     assert!(!output.status.success());
-    let err = stderr(&output);
+    let err = &output.stderr;
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.starts_with("client: cannot reach 127.0.0.1:1"), "{err}");
     assert!(output.stdout.is_empty());

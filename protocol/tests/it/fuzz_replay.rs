@@ -8,7 +8,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
-#[path = "../../fuzz/harness/mod.rs"]
+#[path = "../../../fuzz/harness/mod.rs"]
 mod harness;
 
 /// The saved inputs of one target, corpus first, each folder in name order.

@@ -19,7 +19,7 @@
 set -uo pipefail
 
 NAME=stack-e2e
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 # shellcheck source=docker/lib.sh
 source "$ROOT/docker/lib.sh"
 cd "$ROOT"

@@ -7,19 +7,7 @@ use client::ConnectOptions;
 use client::bench::{BenchConfig, BenchTarget, Limit, Payload};
 use tokio::net::TcpListener;
 
-async fn echo_server() -> (String, tokio::sync::oneshot::Sender<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(echo_server::run(
-        listener,
-        echo_server::Config::default(),
-        async {
-            let _ = stopped.await;
-        },
-    ));
-    (addr, stop)
-}
+use crate::helpers::echo_server;
 
 fn config(server: String, target: BenchTarget, count: u64) -> BenchConfig {
     let mut connect = ConnectOptions::new(server, None);
@@ -40,8 +28,8 @@ fn config(server: String, target: BenchTarget, count: u64) -> BenchConfig {
 #[tokio::test]
 async fn every_echo_is_checked_and_counted() {
     node_kit::telemetry::init_for_tests();
-    let (addr, _stop) = echo_server().await;
-    let report = client::bench::run(config(addr, BenchTarget::Echo, 2000))
+    let server = echo_server().await;
+    let report = client::bench::run(config(server.addr.to_string(), BenchTarget::Echo, 2000))
         .await
         .unwrap();
     assert_eq!(report.errors, 0, "{report}");
@@ -55,8 +43,8 @@ async fn replies_that_are_not_stored_acks_are_errors() {
     node_kit::telemetry::init_for_tests();
     // The echo server answers the handshake and echoes each message back as
     // text, never as `<node> , mensaje: recibido <id>`.
-    let (addr, _stop) = echo_server().await;
-    let report = client::bench::run(config(addr, BenchTarget::Store, 200))
+    let server = echo_server().await;
+    let report = client::bench::run(config(server.addr.to_string(), BenchTarget::Store, 200))
         .await
         .unwrap();
     // The echoed role line answers the first message of each connection,

@@ -21,7 +21,7 @@
 set -uo pipefail
 
 NAME=swarm-hosts
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 # shellcheck source=docker/lib.sh
 source "$ROOT/docker/lib.sh"
 cd "$ROOT"

@@ -6,25 +6,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use node_kit::http::{self, Body, HttpConfig, Request, Response};
+use test_support::http::{exchange, read_to_close};
+use test_support::server::TestServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, watch};
-use tokio::task::JoinHandle;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
 
 struct Server {
     addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
+    server: TestServer<()>,
     /// Feeds `/events`.
     events: watch::Sender<Arc<str>>,
 }
 
 impl Server {
     async fn start(config: HttpConfig) -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let (events, events_rx) = watch::channel(Arc::<str>::from("first"));
-        let (stop, stopped) = oneshot::channel::<()>();
         let handler = move |request: &Request| match request.path.as_str() {
             "/healthz" => Response::text(200, "ok"),
             "/events" => Response {
@@ -33,40 +30,19 @@ impl Server {
             },
             _ => Response::not_found(),
         };
-        let task = tokio::spawn(http::run(listener, config, handler, async {
-            let _ = stopped.await;
-        }));
+        let server =
+            TestServer::start(|listener, shutdown| http::run(listener, config, handler, shutdown))
+                .await;
         Server {
-            addr,
-            stop: Some(stop),
-            task,
+            addr: server.addr,
+            server,
             events,
         }
     }
 
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(Duration::from_secs(5), self.task)
-            .await
-            .expect("the server stops")
-            .unwrap();
+    async fn stop(self) {
+        self.server.stop().await;
     }
-}
-
-/// Sends `request` and reads the whole answer (the server closes).
-async fn exchange(addr: SocketAddr, request: &[u8]) -> String {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream.write_all(request).await.unwrap();
-    read_to_close(&mut stream).await
-}
-
-async fn read_to_close(stream: &mut TcpStream) -> String {
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
-        .await
-        .expect("the server answers and closes")
-        .unwrap_or_default();
-    String::from_utf8_lossy(&answer).into_owned()
 }
 
 #[tokio::test]
