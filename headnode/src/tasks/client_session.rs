@@ -165,8 +165,10 @@ impl<S: Stream> ClientSession<S> {
                     continue;
                 }
                 _ = &mut stopping, if self.reading => {
+                    // Not `continue`: a blocked message answered here must
+                    // still be written below.
                     self.on_stopping();
-                    continue;
+                    Ok(())
                 }
                 Some(done) = self.done_rx.recv() => {
                     self.on_answers(done);
