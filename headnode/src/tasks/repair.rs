@@ -41,6 +41,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::config::MESSAGE_OVERHEAD;
 use crate::state::forward::{
     Completion, Envelope, Holders, NewEnvelope, Outcome, Replication, Waiter,
 };
@@ -327,8 +328,8 @@ impl Pass<'_> {
     async fn copy(&mut self, record: ReadRecord, holders: Vec<NodeId>) -> bool {
         let shared = self.shared;
         // Its share of the in-flight budget, as a client message takes (text
-        // plus a line's overhead): repair never holds more than clients may.
-        let cost = u32::try_from(record.text.len() + 64).unwrap_or(u32::MAX);
+        // plus a message's overhead): repair never holds more than clients may.
+        let cost = u32::try_from(record.text.len() + MESSAGE_OVERHEAD).unwrap_or(u32::MAX);
         let Ok(charge) = shared.budget.clone().acquire_many_owned(cost).await else {
             return false;
         };
