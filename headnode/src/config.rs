@@ -9,10 +9,12 @@ use std::time::Duration;
 use protocol::auth::ClusterToken;
 use protocol::connection::ReaderConfig;
 use protocol::handshake;
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
 use tokio::sync::mpsc;
 
-use crate::membership::{self, DetectorConfig};
-use crate::prober::Prober;
+use crate::state::membership::{self, DetectorConfig};
+use crate::tasks::prober::Prober;
 
 /// Settings of the head node. `Default` gives the documented defaults.
 #[derive(Clone)]
@@ -121,9 +123,11 @@ pub struct Config {
     /// Epoch of message ids; `None` uses the start time.
     pub id_epoch: Option<u64>,
     /// Seed of every random choice the head node makes (routing, the
-    /// waiting room, challenge nonces), for reproducible runs such as a
-    /// simulation; each connection's generator is derived from it and the
-    /// connection's number. `None` seeds from the operating system.
+    /// waiting room, challenge nonces, repair's copies, the ICMP
+    /// identifier), for reproducible runs such as a simulation; each
+    /// connection's generator is derived from it and the connection's
+    /// number, and each task's from it and the task. `None` seeds from the
+    /// operating system.
     pub rng_seed: Option<u64>,
     /// Receives every membership event, for monitoring and tests.
     pub observer: Option<mpsc::UnboundedSender<membership::Event>>,
@@ -196,12 +200,55 @@ impl Default for Config {
     }
 }
 
+/// Which of the head node's random generators: each is derived from
+/// [`Config::rng_seed`] and its stream, so no two repeat each other's draws.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RngStream {
+    /// The waiting room's.
+    WaitingRoom,
+    /// The `n`-th accepted connection's (from 1).
+    Connection(u64),
+    /// The repair task's.
+    Repair,
+    /// The ICMP prober's identifier.
+    Prober,
+}
+
+impl RngStream {
+    fn number(self) -> u64 {
+        match self {
+            RngStream::WaitingRoom => 0,
+            RngStream::Connection(n) => n,
+            RngStream::Repair => u64::MAX,
+            RngStream::Prober => u64::MAX - 1,
+        }
+    }
+}
+
 impl Config {
+    /// The generator of `stream`: derived from [`Config::rng_seed`] when
+    /// there is one, so a seeded run repeats its choices exactly; else
+    /// seeded from the operating system.
+    pub(crate) fn rng(&self, stream: RngStream) -> SmallRng {
+        match self.rng_seed {
+            Some(seed) => SmallRng::seed_from_u64(splitmix64(seed ^ splitmix64(stream.number()))),
+            None => SmallRng::seed_from_u64(rand::random()),
+        }
+    }
+
     /// The tail's lag while messages are in flight.
     pub fn tail_lag(&self) -> Duration {
         self.tail_lag
             .unwrap_or(self.ack_timeout + self.no_node_wait)
     }
+}
+
+/// One step of SplitMix64: spreads nearby inputs far apart.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// A setting that cannot work.
@@ -349,6 +396,30 @@ impl std::fmt::Debug for Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_seed_gives_each_stream_its_own_repeatable_generator() {
+        use rand::RngExt;
+        let seeded = Config {
+            rng_seed: Some(7),
+            ..Config::default()
+        };
+        let draw = |stream| seeded.rng(stream).random::<u64>();
+        let streams = [
+            RngStream::WaitingRoom,
+            RngStream::Connection(1),
+            RngStream::Connection(2),
+            RngStream::Repair,
+            RngStream::Prober,
+        ];
+        let first: Vec<u64> = streams.iter().map(|&s| draw(s)).collect();
+        let again: Vec<u64> = streams.iter().map(|&s| draw(s)).collect();
+        assert_eq!(first, again, "the same seed draws the same");
+        let mut distinct = first.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), streams.len(), "each stream its own");
+    }
 
     #[test]
     fn defaults_are_valid() {

@@ -213,6 +213,43 @@ async fn a_message_sent_to_a_node_that_died_unacknowledged_is_outcome_unknown() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_waiting_for_room_in_flight_is_answered_when_the_head_node_stops() {
+    let mut config = config_for_a_node_that_never_pongs();
+    config.reader.max_line = 4096;
+    // Room for one large message in flight, not two.
+    config.in_flight_budget = 4096 + 256;
+    let cluster = Cluster::start(config).await;
+    // A node that reads and never acknowledges: the first message holds
+    // the whole budget until the end.
+    let (mut node, welcome) = register(cluster.addr, "silent", 1).await;
+    assert!(welcome.starts_with("welcome silent "), "{welcome}");
+    let mut a = connect_client(cluster.addr).await;
+    a.writer.send("x".repeat(4000).as_bytes()).await.unwrap();
+    loop {
+        let line = node.reader.read_frame().await.unwrap().unwrap();
+        if line.as_str().starts_with("mensaje ") {
+            break;
+        }
+    }
+    tokio::spawn(async move { while let Ok(Some(_)) = node.reader.read_frame().await {} });
+    // B's message waits for room; B has nothing else in flight.
+    let mut b = connect_client(cluster.addr).await;
+    b.writer.send(b"numero random: 5").await.unwrap();
+    // Time for B's session to read it and wait on the budget.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let answer = tokio::spawn(async move {
+        tokio::time::timeout(Duration::from_secs(6), b.reader.read_frame()).await
+    });
+    cluster.stop().await;
+    let answer = answer.await.unwrap();
+    let Ok(Ok(Some(line))) = answer else {
+        panic!("B was not answered: {answer:?}");
+    };
+    assert_eq!(line.as_str(), "ERROR head node shutting down");
+    drop(a);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_of_acknowledgements_answers_each_message_and_a_forged_run_costs_nothing() {
     let cluster = Cluster::start(config_for_a_node_that_never_pongs()).await;
     let (mut node, welcome) = register(cluster.addr, "runs", 1).await;

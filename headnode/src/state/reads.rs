@@ -1,27 +1,28 @@
 //! Reads from data nodes: any head-node task may send `get`, `getkey` or
 //! `scan` to a live data node and await its answer.
 //!
-//! Each data-node session that can serve reads puts a [`NodeReader`] in the
-//! [`ReadPool`] while it runs. A read is a [`ReadJob`] sent over the node's
-//! own bounded channel ([`NODE_READ_QUEUE`]), never the forwarding queue,
-//! so reads never wait behind writes nor writes behind reads. The session
-//! numbers each read, keeps at most [`NODE_READS`] outstanding (the data
-//! node's own bound; more stay in the channel), and routes `found`,
+//! Each data node that can serve reads has a [`NodeReader`], carried by the
+//! routes the membership task publishes (so the nodes that serve reads are
+//! the members, not a second list). A read is a [`ReadJob`] sent over the
+//! node's own bounded channel ([`NODE_READ_QUEUE`]), never the forwarding
+//! queue, so reads never wait behind writes nor writes behind reads. The
+//! session numbers each read, keeps at most [`NODE_READS`] outstanding (the
+//! data node's own bound; more stay in the channel), and routes `found`,
 //! `notfound`, `scanned` and `readerror` lines to the waiting task through a
 //! bounded channel sized for the whole answer, with `try_send` so the
 //! session never waits on a reader. When the session ends, every read it
 //! holds fails with [`ReadFailed::NodeGone`].
+//!
+//! What an answer means is decided here ([`GetResult::from_answer`],
+//! [`ScanPage::take`]); the waiting, with its timeout, is the caller's.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use protocol::datanode::{FromDataNode, ReadRecord, ToDataNode};
 use protocol::ids::{MessageId, MessageKey, NodeId};
 use tokio::sync::mpsc;
 use tracing::debug;
-
-use crate::membership::ConnId;
 
 /// Reads outstanding per data-node connection: the data node refuses more
 /// (`readerror ... at most 16`), so the session queues beyond it.
@@ -83,7 +84,6 @@ pub(crate) struct ReadJob {
 /// One live data node, as readers see it.
 #[derive(Debug, Clone)]
 pub(crate) struct NodeReader {
-    pub(crate) conn: ConnId,
     pub(crate) node: NodeId,
     jobs_tx: mpsc::Sender<ReadJob>,
 }
@@ -105,8 +105,27 @@ pub(crate) struct ScanPage {
     pub(crate) more: bool,
 }
 
+/// The channel a data node's session reads its [`ReadJob`]s from, and the
+/// end readers send them on: [`NODE_READ_QUEUE`] jobs wait in it at most.
+pub(crate) fn read_channel() -> (mpsc::Sender<ReadJob>, mpsc::Receiver<ReadJob>) {
+    mpsc::channel(NODE_READ_QUEUE)
+}
+
 impl NodeReader {
-    fn submit(
+    /// The reader of `node`, whose session reads `jobs_tx`'s other end.
+    pub(crate) fn new(node: NodeId, jobs_tx: mpsc::Sender<ReadJob>) -> Self {
+        NodeReader { node, jobs_tx }
+    }
+
+    /// Whether its session still takes reads.
+    pub(crate) fn is_open(&self) -> bool {
+        !self.jobs_tx.is_closed()
+    }
+
+    /// Hands `read` to the node's session; the answer arrives on the
+    /// returned receiver, which has room for `room` lines. Refused at once
+    /// when the node's channel is full or its session ended.
+    pub(crate) fn submit(
         &self,
         read: NodeRead,
         room: usize,
@@ -120,135 +139,66 @@ impl NodeReader {
             })?;
         Ok(answer_rx)
     }
+}
 
-    /// Reads one message by id or key.
-    pub(crate) async fn get(
-        &self,
-        read: NodeRead,
-        timeout: Duration,
+impl GetResult {
+    /// What the answer of `node` to a `get` or `getkey` means; `None`: its
+    /// session ended before it answered.
+    pub(crate) fn from_answer(
+        node: &NodeId,
+        answer: Option<NodeAnswer>,
     ) -> Result<GetResult, ReadFailed> {
-        let mut answer_rx = self.submit(read, 1)?;
-        let answer = tokio::time::timeout(timeout, answer_rx.recv())
-            .await
-            .map_err(|_| ReadFailed::TimedOut {
-                node: self.node.clone(),
-                after: timeout,
-            })?;
         match answer {
             Some(NodeAnswer::Found(record)) => Ok(GetResult::Found(record)),
             Some(NodeAnswer::NotFound { removed }) => Ok(GetResult::NotFound { removed }),
             Some(NodeAnswer::Refused(reason)) => Err(ReadFailed::Refused {
-                node: self.node.clone(),
+                node: node.clone(),
                 reason,
             }),
             Some(NodeAnswer::Scanned { .. }) => Err(ReadFailed::Malformed {
-                node: self.node.clone(),
+                node: node.clone(),
                 why: "'scanned' in answer to a get",
             }),
-            None => Err(ReadFailed::NodeGone(self.node.clone())),
+            None => Err(ReadFailed::NodeGone(node.clone())),
         }
     }
+}
 
-    /// Reads the next at most `limit` records with an id greater than
-    /// `after`, in id order.
-    pub(crate) async fn scan(
-        &self,
+impl ScanPage {
+    /// Takes one line of `node`'s answer to a scan of ids greater than
+    /// `after` (`None`: its session ended first). True once the page is
+    /// whole; an error once it cannot be.
+    pub(crate) fn take(
+        &mut self,
+        node: &NodeId,
         after: Option<MessageId>,
-        limit: u32,
-        timeout: Duration,
-    ) -> Result<ScanPage, ReadFailed> {
-        let mut answer_rx = self.submit(NodeRead::Scan { after, limit }, limit as usize + 1)?;
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut page = ScanPage::default();
-        loop {
-            let answer = tokio::time::timeout_at(deadline, answer_rx.recv())
-                .await
-                .map_err(|_| ReadFailed::TimedOut {
-                    node: self.node.clone(),
-                    after: timeout,
-                })?;
-            let malformed = |why| ReadFailed::Malformed {
-                node: self.node.clone(),
-                why,
-            };
-            match answer {
-                Some(NodeAnswer::Found(record)) => {
-                    let in_order = page.records.last().map_or(after, |r| Some(r.id));
-                    if in_order.is_some_and(|prev| record.id <= prev) {
-                        return Err(malformed("scan records out of id order"));
-                    }
-                    page.records.push(record);
+        answer: Option<NodeAnswer>,
+    ) -> Result<bool, ReadFailed> {
+        let malformed = |why| ReadFailed::Malformed {
+            node: node.clone(),
+            why,
+        };
+        match answer {
+            Some(NodeAnswer::Found(record)) => {
+                let in_order = self.records.last().map_or(after, |r| Some(r.id));
+                if in_order.is_some_and(|prev| record.id <= prev) {
+                    return Err(malformed("scan records out of id order"));
                 }
-                Some(NodeAnswer::Scanned { last, more }) => {
-                    page.last = last.or(page.records.last().map(|r| r.id));
-                    page.more = more && !page.records.is_empty();
-                    return Ok(page);
-                }
-                Some(NodeAnswer::NotFound { .. }) => {
-                    return Err(malformed("'notfound' in answer to a scan"));
-                }
-                Some(NodeAnswer::Refused(reason)) => {
-                    return Err(ReadFailed::Refused {
-                        node: self.node.clone(),
-                        reason,
-                    });
-                }
-                None => return Err(ReadFailed::NodeGone(self.node.clone())),
+                self.records.push(record);
+                Ok(false)
             }
-        }
-    }
-}
-
-/// The data nodes that serve reads now, by connection.
-#[derive(Debug, Default)]
-pub(crate) struct ReadPool {
-    nodes: Mutex<Vec<NodeReader>>,
-}
-
-impl ReadPool {
-    /// Adds a node's session; its reads arrive on the returned receiver.
-    /// Removed again when the [`Joined`] guard drops.
-    pub(crate) fn join(&self, conn: ConnId, node: NodeId) -> (Joined<'_>, mpsc::Receiver<ReadJob>) {
-        let (jobs_tx, jobs_rx) = mpsc::channel(NODE_READ_QUEUE);
-        let mut nodes = self.lock();
-        nodes.retain(|n| n.conn != conn);
-        nodes.push(NodeReader {
-            conn,
-            node,
-            jobs_tx,
-        });
-        (Joined { pool: self, conn }, jobs_rx)
-    }
-
-    /// Every node that serves reads now, one per node id (the newest
-    /// connection when a node reconnected).
-    pub(crate) fn live(&self) -> Vec<NodeReader> {
-        let nodes = self.lock();
-        let mut live: Vec<NodeReader> = Vec::with_capacity(nodes.len());
-        for reader in nodes.iter().rev() {
-            if !reader.jobs_tx.is_closed() && !live.iter().any(|l| l.node == reader.node) {
-                live.push(reader.clone());
+            Some(NodeAnswer::Scanned { last, more }) => {
+                self.last = last.or(self.records.last().map(|r| r.id));
+                self.more = more && !self.records.is_empty();
+                Ok(true)
             }
+            Some(NodeAnswer::NotFound { .. }) => Err(malformed("'notfound' in answer to a scan")),
+            Some(NodeAnswer::Refused(reason)) => Err(ReadFailed::Refused {
+                node: node.clone(),
+                reason,
+            }),
+            None => Err(ReadFailed::NodeGone(node.clone())),
         }
-        live.sort_by(|a, b| a.node.cmp(&b.node));
-        live
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<NodeReader>> {
-        // Every change under this lock leaves it consistent.
-        self.nodes.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// Removes a session's reader from the pool when dropped.
-pub(crate) struct Joined<'a> {
-    pool: &'a ReadPool,
-    conn: ConnId,
-}
-
-impl Drop for Joined<'_> {
-    fn drop(&mut self) {
-        self.pool.lock().retain(|n| n.conn != self.conn);
     }
 }
 
@@ -353,106 +303,6 @@ mod tests {
             stored_ms: 5,
             text: format!("m{seq}"),
         }
-    }
-
-    /// A session that sends what it is handed and answers from a script.
-    async fn serve(mut jobs_rx: mpsc::Receiver<ReadJob>, script: Vec<Vec<FromDataNode>>) {
-        let node: NodeId = "dn1".parse().unwrap();
-        let mut pending = PendingReads::default();
-        for answers in script {
-            let Some(job) = jobs_rx.recv().await else {
-                return;
-            };
-            let mut req = 0;
-            pending.send(job, |frame| {
-                if let ToDataNode::Get { req: r, .. }
-                | ToDataNode::GetKey { req: r, .. }
-                | ToDataNode::Scan { req: r, .. } = frame
-                {
-                    req = *r;
-                }
-            });
-            for answer in answers {
-                let answer = match answer {
-                    FromDataNode::Found { record, .. } => FromDataNode::Found { req, record },
-                    FromDataNode::Scanned {
-                        count, last, more, ..
-                    } => FromDataNode::Scanned {
-                        req,
-                        count,
-                        last,
-                        more,
-                    },
-                    FromDataNode::NotFound { removed, .. } => {
-                        FromDataNode::NotFound { req, removed }
-                    }
-                    other => other,
-                };
-                pending.answer(&node, answer);
-            }
-        }
-        assert_eq!(pending.len(), 0, "every read ended");
-    }
-
-    #[tokio::test]
-    async fn answers_reach_the_reader_that_asked() {
-        let pool = ReadPool::default();
-        let (_joined, jobs_rx) = pool.join(1, "dn1".parse().unwrap());
-        let reader = pool.live().pop().unwrap();
-        let script = vec![
-            vec![FromDataNode::Found {
-                req: 0,
-                record: record(3),
-            }],
-            vec![FromDataNode::NotFound {
-                req: 0,
-                removed: true,
-            }],
-            vec![
-                FromDataNode::Found {
-                    req: 0,
-                    record: record(1),
-                },
-                FromDataNode::Found {
-                    req: 0,
-                    record: record(2),
-                },
-                FromDataNode::Scanned {
-                    req: 0,
-                    count: 2,
-                    last: Some(id(2)),
-                    more: true,
-                },
-            ],
-        ];
-        let session = tokio::spawn(serve(jobs_rx, script));
-        let wait = Duration::from_secs(5);
-        let got = reader.get(NodeRead::Get(id(3)), wait).await.unwrap();
-        assert!(matches!(got, GetResult::Found(r) if r.id == id(3)));
-        let got = reader.get(NodeRead::Get(id(4)), wait).await.unwrap();
-        assert!(matches!(got, GetResult::NotFound { removed: true }));
-        let page = reader.scan(None, 2, wait).await.unwrap();
-        assert_eq!(page.records.len(), 2);
-        assert_eq!((page.last, page.more), (Some(id(2)), true));
-        session.await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn a_session_that_ends_fails_its_reads_and_leaves_the_pool() {
-        let pool = ReadPool::default();
-        let reader = {
-            let (joined, jobs_rx) = pool.join(1, "dn1".parse().unwrap());
-            let reader = pool.live().pop().unwrap();
-            drop(jobs_rx);
-            drop(joined);
-            reader
-        };
-        assert!(pool.live().is_empty());
-        let failed = reader
-            .get(NodeRead::Get(id(1)), Duration::from_secs(5))
-            .await
-            .unwrap_err();
-        assert!(matches!(failed, ReadFailed::NodeGone(_)), "{failed}");
     }
 
     #[test]

@@ -28,12 +28,21 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::Instant;
 use tracing::warn;
 
-use crate::keys::KeyTable;
-use crate::membership::ConnId;
+use crate::state::membership::ConnId;
 
 /// The data nodes holding a message, in the order they wrote it; on the
 /// stack up to 3 (the usual number of copies).
 pub(crate) type Holders = SmallVec<[NodeId; 3]>;
+
+/// Where a keyed message's key is settled when the message ends: the key
+/// table implements it. A trait, so an envelope needs nothing of the table
+/// but this one call.
+pub(crate) trait SettleKey: Send + Sync + std::fmt::Debug {
+    /// The message of `key`, `ended`, ended under `id` with these holders.
+    /// `ended` is compared, never dereferenced: the envelope is being
+    /// dropped when this is called.
+    fn settle(&self, key: &MessageKey, ended: *const Envelope, id: MessageId, holders: &[NodeId]);
+}
 
 /// How a client message ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,7 +138,7 @@ pub(crate) struct Envelope {
     replication: Replication,
     copies: Mutex<Copies>,
     /// Where the key's entry is settled when the message ends.
-    keys: Option<Arc<KeyTable>>,
+    keys: Option<Arc<dyn SettleKey>>,
     /// The message's share of the in-flight budget, returned on drop.
     _charge: Option<OwnedSemaphorePermit>,
 }
@@ -164,7 +173,7 @@ pub(crate) struct NewEnvelope {
     /// The client's key, if it sent one.
     pub(crate) key: Option<MessageKey>,
     /// Where the key's entry is settled when the message ends.
-    pub(crate) keys: Option<Arc<KeyTable>>,
+    pub(crate) keys: Option<Arc<dyn SettleKey>>,
     /// The nodes already holding it (a resend of a key stored with too
     /// few copies, a repair).
     pub(crate) held_by: Holders,

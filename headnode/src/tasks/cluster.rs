@@ -16,14 +16,18 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::forward::Forward;
-use crate::membership::{
+use crate::state::forward::Forward;
+use crate::state::membership::{
     ConnId, DetectorConfig, Event, EvictReason, MemberInfo, Membership, ProbeOutcome, Refusal,
 };
-use crate::prober::Prober;
-use crate::recovery::{Gate, Recovered, Recovery};
-use crate::router::{NodeHandle, NodeLoad, Routes};
-use crate::signal::Signal;
+use crate::state::reads::{NodeReader, ReadJob};
+use crate::state::recovery::{Gate, Recovered, Recovery};
+use crate::state::repair::MemberChange;
+use crate::state::router::{NodeHandle, NodeLoad, Routes};
+use crate::state::signal::Signal;
+use crate::state::status::Status;
+use crate::tasks::prober::Prober;
+use crate::tasks::repair::RepairEvent;
 use protocol::ids::NodeId;
 
 /// What the membership task hears about.
@@ -37,6 +41,9 @@ pub(crate) enum Input {
         load: Arc<NodeLoad>,
         /// Cancelled when the member is evicted; the session then closes.
         evicted: CancellationToken,
+        /// Where its session takes reads; `None` for a node that serves
+        /// none (an original-system one).
+        reads: Option<mpsc::Sender<ReadJob>>,
         /// The nodes its report named (see `recovery`).
         peers: Vec<NodeId>,
         respond: oneshot::Sender<Result<(), Refusal>>,
@@ -59,8 +66,7 @@ pub(crate) enum Input {
     ConfirmDone { conn: ConnId, outcome: ProbeOutcome },
 }
 
-/// Timings of the membership task.
-#[derive(Debug, Clone)]
+/// What the membership task works with: its timings, and where it reports.
 pub(crate) struct ClusterConfig {
     pub(crate) detector: DetectorConfig,
     pub(crate) ping_interval: Duration,
@@ -69,13 +75,26 @@ pub(crate) struct ClusterConfig {
     /// How long to wait for the nodes the previous head node had.
     pub(crate) recovery_wait: Duration,
     /// Where membership events are recorded for the operator.
-    pub(crate) status: Arc<crate::status::Status>,
-    /// Told every membership event, to schedule repair.
-    pub(crate) repair: Arc<crate::repair::Repair>,
+    pub(crate) status: Arc<Status>,
+    /// Told every membership change that decides a repair pass (see
+    /// [`RepairEvent`]).
+    pub(crate) repair_tx: mpsc::Sender<RepairEvent>,
+    pub(crate) prober: Arc<dyn Prober>,
+    /// Its own inputs, for the probes it starts to report to.
+    pub(crate) inputs_tx: mpsc::Sender<Input>,
+    /// Where it publishes the routes.
+    pub(crate) routes_tx: watch::Sender<Arc<Routes>>,
+    /// Bumped after every new snapshot in `routes_tx`: what wakes its
+    /// readers.
+    pub(crate) route_changes: Arc<Signal>,
+    /// Opened once recovery is done: clients are read from then on.
+    pub(crate) recovered: Arc<Gate>,
 }
 
 struct Session {
     handle: NodeHandle,
+    /// Its reads, when it serves them.
+    reader: Option<NodeReader>,
     evicted: CancellationToken,
 }
 
@@ -85,27 +104,15 @@ struct Driver {
     config: ClusterConfig,
     membership: Membership,
     sessions: HashMap<ConnId, Session>,
-    prober: Arc<dyn Prober>,
-    inputs: mpsc::Sender<Input>,
-    routes: watch::Sender<Arc<Routes>>,
-    /// Bumped after every new snapshot in `routes`.
-    route_changes: Arc<Signal>,
     /// ICMP rounds and confirming probes under way.
     probes: JoinSet<()>,
     recovery: Recovery,
-    /// Set once recovery is done: clients are read from then on.
-    recovered: Arc<Gate>,
 }
 
 /// Runs the membership task until `cancel`; then evicts everyone.
 pub(crate) async fn run_membership(
     config: ClusterConfig,
-    prober: Arc<dyn Prober>,
-    inputs_tx: mpsc::Sender<Input>,
     mut inputs: mpsc::Receiver<Input>,
-    // The snapshot and the signal that wakes its readers.
-    (routes, route_changes): (watch::Sender<Arc<Routes>>, Arc<Signal>),
-    recovered: Arc<Gate>,
     cancel: CancellationToken,
 ) {
     let mut rounds = tokio::time::interval(config.ping_interval);
@@ -113,18 +120,12 @@ pub(crate) async fn run_membership(
     // Fine-grained enough that suspicion and eviction land within ~50 ms of due.
     let mut ticks = tokio::time::interval(Duration::from_millis(50));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let driver_recovery_wait = config.recovery_wait;
     let mut driver = Driver {
         membership: Membership::new(config.detector.clone()),
+        recovery: Recovery::new(now(), config.recovery_wait),
         config,
         sessions: HashMap::new(),
-        prober,
-        inputs: inputs_tx,
-        routes,
-        route_changes,
         probes: JoinSet::new(),
-        recovery: Recovery::new(now(), driver_recovery_wait),
-        recovered,
     };
 
     loop {
@@ -158,11 +159,11 @@ pub(crate) async fn run_membership(
                 None => break,
             },
         };
-        driver.carry_out(&events);
+        driver.carry_out(&events).await;
     }
 
     let events = driver.membership.evict_all();
-    driver.carry_out(&events);
+    driver.carry_out(&events).await;
     driver.probes.abort_all();
 }
 
@@ -184,7 +185,7 @@ impl Driver {
                 "recovery wait over: serving clients without these data nodes' reports (a resend of a key only they hold would be stored again)"
             ),
         }
-        self.recovered.open();
+        self.config.recovered.open();
     }
 
     fn handle_input(&mut self, input: Input) -> Vec<Event> {
@@ -195,6 +196,7 @@ impl Driver {
                 queue,
                 load,
                 evicted,
+                reads,
                 peers,
                 respond,
             } => match membership.register(info.clone(), now()) {
@@ -213,6 +215,8 @@ impl Driver {
                                 load,
                                 one_at_a_time: info.legacy,
                             },
+                            reader: reads
+                                .map(|jobs_tx| NodeReader::new(info.node.clone(), jobs_tx)),
                             evicted,
                         },
                     );
@@ -227,7 +231,9 @@ impl Driver {
             },
             Input::Heartbeat { conn } => {
                 if let Some(session) = self.sessions.get(&conn) {
-                    self.config.status.heartbeat(&session.handle.node);
+                    self.config
+                        .status
+                        .heartbeat(&session.handle.node, tokio::time::Instant::now());
                 }
                 membership.heartbeat(conn, now())
             }
@@ -252,8 +258,8 @@ impl Driver {
             info!(target: HEARTBEAT_TARGET, "no hay dataNodes");
             return;
         }
-        let prober = self.prober.clone();
-        let inputs = self.inputs.clone();
+        let prober = self.config.prober.clone();
+        let inputs = self.config.inputs_tx.clone();
         let timeout = self.config.ping_timeout;
         self.probes.spawn(async move {
             // Ordered, so the prober sees the same sequence of calls every run.
@@ -289,8 +295,25 @@ impl Driver {
         });
     }
 
+    /// Sends the repair task what `event` changes for it, if anything. Never
+    /// dropped: when its queue is full, this waits for room (the repair task
+    /// reads it in every state, so the wait is short); when that task has
+    /// ended (repair off, or shutting down), nobody needs it.
+    async fn tell_repair(&self, event: &Event) {
+        let Some(change) = MemberChange::of(event) else {
+            return;
+        };
+        let event = RepairEvent {
+            change,
+            at: tokio::time::Instant::now(),
+        };
+        if let Err(mpsc::error::TrySendError::Full(event)) = self.config.repair_tx.try_send(event) {
+            let _ = self.config.repair_tx.send(event).await;
+        }
+    }
+
     /// Logs and acts on events, then republishes the routes if they may have changed.
-    fn carry_out(&mut self, events: &[Event]) {
+    async fn carry_out(&mut self, events: &[Event]) {
         if events.is_empty() {
             return;
         }
@@ -299,101 +322,116 @@ impl Driver {
                 let _ = observer.send(event.clone());
             }
         }
-        let misses_allowed = self.config.detector.ping_misses.max(1);
         let mut routes_changed = false;
         for event in events {
-            self.config.status.record(event);
-            self.config.repair.record(event);
-            match event {
-                Event::Joined { member, rejoined } => {
-                    let verb = if *rejoined { "rejoined" } else { "joined" };
-                    let kind = if member.legacy {
-                        ", original-system node"
-                    } else {
-                        ""
-                    };
-                    info!(target: HEARTBEAT_TARGET, "{member} {verb} (incarnation {}{kind})", member.incarnation);
-                    routes_changed = true;
-                }
-                Event::Suspected { member, silent_for } => {
-                    warn!(
-                        target: HEARTBEAT_TARGET,
-                        "{member} suspect: no heartbeat reply for {:.1}s; no new messages routed to it",
-                        silent_for.as_secs_f64()
-                    );
-                    routes_changed = true;
-                }
-                Event::Recovered { member } => {
-                    info!(target: HEARTBEAT_TARGET, "{member} answering again; routing to it again");
-                    routes_changed = true;
-                }
-                Event::ProbeNow { member } => {
-                    let prober = self.prober.clone();
-                    let inputs = self.inputs.clone();
-                    let (conn, addr, timeout) =
-                        (member.conn, member.addr, self.config.ping_timeout);
-                    self.probes.spawn(async move {
-                        let outcome = prober.probe(addr, timeout).await;
-                        let _ = inputs.send(Input::ConfirmDone { conn, outcome }).await;
-                    });
-                }
-                Event::Leaving { member } => {
-                    info!(target: HEARTBEAT_TARGET, "{member} leaving: draining the messages it holds");
-                    routes_changed = true;
-                }
-                Event::Evicted { member, reason } => {
-                    match reason {
-                        EvictReason::Unreachable => {
-                            warn!(target: HEARTBEAT_TARGET, "{member} no disponible, eliminado")
-                        }
-                        EvictReason::Left => {
-                            info!(target: HEARTBEAT_TARGET, "{member} {reason}, eliminado")
-                        }
-                        _ => warn!(target: HEARTBEAT_TARGET, "{member} {reason}, eliminado"),
-                    }
-                    if let Some(session) = self.sessions.remove(&member.conn) {
-                        session.evicted.cancel();
-                    }
-                    routes_changed = true;
-                }
-                Event::Available { member, rtt } => {
-                    info!(
-                        target: HEARTBEAT_TARGET,
-                        "{member} disponible {:.3}ms",
-                        rtt.as_secs_f64() * 1000.0
-                    );
-                }
-                Event::Missed {
-                    member,
-                    misses,
-                    heartbeat_answers,
-                } => {
-                    let heartbeat = if *heartbeat_answers {
-                        "; its heartbeat still answers"
-                    } else {
-                        ""
-                    };
-                    warn!(target: HEARTBEAT_TARGET, "{member} did not answer ping ({misses} of {misses_allowed} allowed misses){heartbeat}");
-                }
-                Event::IcmpUnanswered { rounds } => {
-                    let plural = if *rounds == 1 { "" } else { "s" };
-                    warn!(
-                        target: HEARTBEAT_TARGET,
-                        "ICMP unavailable: no echo reply from any data node for {rounds} round{plural} while every heartbeat answers; \
-                         evicting on heartbeat and connection loss only"
-                    );
-                }
-                Event::IcmpAnswering => {
-                    info!(target: HEARTBEAT_TARGET, "ICMP answering again; missed rounds count toward eviction again");
-                }
-                Event::NoneLeft => {
-                    warn!(target: HEARTBEAT_TARGET, "no hay dataNodes");
-                    warn!("no hay dataNodes");
-                }
-            }
+            self.config.status.record(
+                event,
+                tokio::time::Instant::now(),
+                std::time::SystemTime::now(),
+            );
+            self.tell_repair(event).await;
+            routes_changed |= self.act_on(event);
         }
         if routes_changed {
             self.publish();
+        }
+    }
+
+    /// Logs `event` and does what it asks; whether the routes may have
+    /// changed.
+    fn act_on(&mut self, event: &Event) -> bool {
+        let misses_allowed = self.config.detector.ping_misses.max(1);
+        match event {
+            Event::Joined { member, rejoined } => {
+                let verb = if *rejoined { "rejoined" } else { "joined" };
+                let kind = if member.legacy {
+                    ", original-system node"
+                } else {
+                    ""
+                };
+                info!(target: HEARTBEAT_TARGET, "{member} {verb} (incarnation {}{kind})", member.incarnation);
+                true
+            }
+            Event::Suspected { member, silent_for } => {
+                warn!(
+                    target: HEARTBEAT_TARGET,
+                    "{member} suspect: no heartbeat reply for {:.1}s; no new messages routed to it",
+                    silent_for.as_secs_f64()
+                );
+                true
+            }
+            Event::Recovered { member } => {
+                info!(target: HEARTBEAT_TARGET, "{member} answering again; routing to it again");
+                true
+            }
+            Event::ProbeNow { member } => {
+                let prober = self.config.prober.clone();
+                let inputs = self.config.inputs_tx.clone();
+                let (conn, addr, timeout) = (member.conn, member.addr, self.config.ping_timeout);
+                self.probes.spawn(async move {
+                    let outcome = prober.probe(addr, timeout).await;
+                    let _ = inputs.send(Input::ConfirmDone { conn, outcome }).await;
+                });
+                false
+            }
+            Event::Leaving { member } => {
+                info!(target: HEARTBEAT_TARGET, "{member} leaving: draining the messages it holds");
+                true
+            }
+            Event::Evicted { member, reason } => {
+                match reason {
+                    EvictReason::Unreachable => {
+                        warn!(target: HEARTBEAT_TARGET, "{member} no disponible, eliminado")
+                    }
+                    EvictReason::Left => {
+                        info!(target: HEARTBEAT_TARGET, "{member} {reason}, eliminado")
+                    }
+                    _ => warn!(target: HEARTBEAT_TARGET, "{member} {reason}, eliminado"),
+                }
+                if let Some(session) = self.sessions.remove(&member.conn) {
+                    session.evicted.cancel();
+                }
+                true
+            }
+            Event::Available { member, rtt } => {
+                info!(
+                    target: HEARTBEAT_TARGET,
+                    "{member} disponible {:.3}ms",
+                    rtt.as_secs_f64() * 1000.0
+                );
+                false
+            }
+            Event::Missed {
+                member,
+                misses,
+                heartbeat_answers,
+            } => {
+                let heartbeat = if *heartbeat_answers {
+                    "; its heartbeat still answers"
+                } else {
+                    ""
+                };
+                warn!(target: HEARTBEAT_TARGET, "{member} did not answer ping ({misses} of {misses_allowed} allowed misses){heartbeat}");
+                false
+            }
+            Event::IcmpUnanswered { rounds } => {
+                let plural = if *rounds == 1 { "" } else { "s" };
+                warn!(
+                    target: HEARTBEAT_TARGET,
+                    "ICMP unavailable: no echo reply from any data node for {rounds} round{plural} while every heartbeat answers; \
+                     evicting on heartbeat and connection loss only"
+                );
+                false
+            }
+            Event::IcmpAnswering => {
+                info!(target: HEARTBEAT_TARGET, "ICMP answering again; missed rounds count toward eviction again");
+                false
+            }
+            Event::NoneLeft => {
+                warn!(target: HEARTBEAT_TARGET, "no hay dataNodes");
+                warn!("no hay dataNodes");
+                false
+            }
         }
     }
 
@@ -403,7 +441,15 @@ impl Driver {
             .routable()
             .filter_map(|m| self.sessions.get(&m.conn).map(|s| s.handle.clone()))
             .collect();
-        self.routes.send_replace(Arc::new(Routes::new(nodes)));
-        self.route_changes.bump();
+        // Every member, not only the routable: a suspect or leaving node
+        // still serves reads of what it holds.
+        let readers = self
+            .membership
+            .members()
+            .filter_map(|m| self.sessions.get(&m.conn)?.reader.clone())
+            .collect();
+        let routes = Routes::with_readers(nodes, readers);
+        self.config.routes_tx.send_replace(Arc::new(routes));
+        self.config.route_changes.bump();
     }
 }

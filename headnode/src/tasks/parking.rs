@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::router::{Parked, Router};
+use crate::state::router::{Parked, Router};
 
 impl Parked {
     fn since(&self) -> Instant {
@@ -53,7 +53,7 @@ impl Parked {
                 router.start(envelope, Some(since), Instant::now(), rng);
             }
             Parked::Copy(copy) => {
-                router.reroute(copy, rng);
+                router.reroute(copy, Instant::now(), rng);
             }
         }
     }
@@ -134,10 +134,10 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::forward::tests::replicated;
-    use crate::forward::{Completion, Outcome};
-    use crate::router::Routes;
-    use crate::router::tests::node;
+    use crate::state::forward::tests::replicated;
+    use crate::state::forward::{Completion, Outcome};
+    use crate::state::router::Routes;
+    use crate::state::router::tests::node;
     use protocol::client::NO_DATA_NODES;
     use rand::SeedableRng;
     use tokio::sync::watch;

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::membership::ProbeOutcome;
+use crate::state::membership::ProbeOutcome;
 
 /// Sends one ICMP echo to a host.
 pub trait Prober: Send + Sync + 'static {
@@ -40,9 +40,16 @@ pub struct IcmpProber {
 }
 
 impl IcmpProber {
-    /// Opens the ICMP sockets. Must run inside a tokio runtime. Logs once,
-    /// clearly, when ICMP cannot be used.
+    /// Opens the ICMP sockets, with an identifier drawn from the operating
+    /// system. Must run inside a tokio runtime. Logs once, clearly, when
+    /// ICMP cannot be used.
     pub fn new() -> Self {
+        IcmpProber::with_identifier(rand::random())
+    }
+
+    /// [`IcmpProber::new`] with the echo identifier `identifier`: the head
+    /// node draws it from its seeded generator, so a seeded run repeats it.
+    pub fn with_identifier(identifier: u16) -> Self {
         let v4 = match surge_ping::Client::new(&surge_ping::Config::default()) {
             Ok(client) => Some(client),
             Err(error) => {
@@ -63,7 +70,7 @@ impl IcmpProber {
             v4,
             v6,
             next_seq: Mutex::new(HashMap::new()),
-            identifier: rand::random(),
+            identifier,
         }
     }
 

@@ -1,7 +1,5 @@
-//! What the head node shows an operator, on its HTTP port
-//! (`--http-listen`): Prometheus metrics at `/metrics`, `/healthz`, the
-//! status snapshot at `/status.json`, the status page at `/`, and the same
-//! snapshot once a second as server-sent events at `/events`.
+//! The status counters and the cluster table the operator sees (on the
+//! HTTP port; the page and its endpoints are `tasks::status`).
 //!
 //! The hot path only adds to atomics: messages stored, each data node's
 //! copies and bytes (its session holds its counters), and the
@@ -9,10 +7,15 @@
 //! else is read when asked for, or kept by the membership task, which
 //! records every membership event here (a short lock, a few times a second
 //! at most), and by the node sessions, which record each data node's fsync
-//! report (the same lock, once per node every few seconds).
+//! report (the same lock, once per node every few seconds). Every call
+//! that depends on the time is given it.
 //!
 //! Readers' requests are counted by kind and failure reason, and timed,
 //! in [`ReadMetrics`]: a few atomic additions per request.
+//!
+//! What the status shows besides its own counters (the epoch, repair, the
+//! connections) comes in as [`Facts`] when a snapshot or the metrics are
+//! asked for.
 //!
 //! Bounded: the table keeps the current members and at most
 //! [`KEPT_DEPARTED`] departed (evicted or left) nodes, each for at most
@@ -25,21 +28,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-use node_kit::http::{Body, Request, Response};
-use node_kit::metrics::{self, AtomicHistogram, LATENCY_BUCKETS};
+use node_kit::metrics::{AtomicHistogram, LATENCY_BUCKETS};
 use node_kit::timefmt::timestamp;
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::DescriptorEncoder;
-use prometheus_client::registry::{Registry, Unit};
 use protocol::datanode::{FSYNC_REPORT_EVERY, FsyncReport};
 use protocol::ids::NodeId;
 use protocol::status::{ClusterEvent, Eviction, NodeStatus, RepairPass, StatusSnapshot, Totals};
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
-use crate::Shared;
-use crate::membership::{Event, EvictReason};
+use crate::state::forward::Replication;
+use crate::state::membership::{Event, EvictReason};
+
+mod metrics;
 
 /// Departed (evicted or left) nodes kept in the table at most; the one
 /// that departed first goes first.
@@ -233,10 +233,11 @@ pub(crate) struct Status {
     feed: watch::Sender<Arc<str>>,
 }
 
-impl Default for Status {
-    fn default() -> Self {
+impl Status {
+    /// The status of a head node started at `started`.
+    pub(crate) fn new(started: Instant) -> Self {
         Status {
-            started: Instant::now(),
+            started,
             stored: AtomicU64::new(0),
             ack_latency: AtomicHistogram::new(LATENCY_BUCKETS),
             reads: ReadMetrics::default(),
@@ -268,28 +269,34 @@ impl Status {
             .clone()
     }
 
-    /// A member answered its heartbeat.
-    pub(crate) fn heartbeat(&self, node: &NodeId) {
+    /// A member answered its heartbeat at `now`.
+    pub(crate) fn heartbeat(&self, node: &NodeId, now: Instant) {
         if let Some(row) = lock(&self.view).rows.get_mut(node) {
-            row.last_heartbeat = Some(Instant::now());
+            row.last_heartbeat = Some(now);
         }
     }
 
     /// A data node's fsync report, from its session (incarnation
-    /// `incarnation`): shown in its row until it departs or the report
-    /// is [`FSYNC_REPORT_STALE`].
-    pub(crate) fn fsync_reported(&self, node: &NodeId, incarnation: u64, report: FsyncReport) {
+    /// `incarnation`), received at `now`: shown in its row until it
+    /// departs or the report is [`FSYNC_REPORT_STALE`].
+    pub(crate) fn fsync_reported(
+        &self,
+        node: &NodeId,
+        incarnation: u64,
+        report: FsyncReport,
+        now: Instant,
+    ) {
         if let Some(row) = lock(&self.view).rows.get_mut(node)
             && row.incarnation == incarnation
             && row.departed.is_none()
         {
-            row.fsync = Some((report, Instant::now()));
+            row.fsync = Some((report, now));
         }
     }
 
-    /// Records what a membership event changes in the table.
-    pub(crate) fn record(&self, event: &Event) {
-        let now = Instant::now();
+    /// Records what a membership event, emitted at `now` (`wall` on the
+    /// wall clock), changes in the table.
+    pub(crate) fn record(&self, event: &Event, now: Instant, wall: SystemTime) {
         let mut view = lock(&self.view);
         let view = &mut *view;
         let (node, kind, reason, detail) = match event {
@@ -356,7 +363,7 @@ impl Status {
                     row.last_eviction = Some(Evicted {
                         reason: index,
                         detail: detail.clone(),
-                        at: SystemTime::now(),
+                        at: wall,
                         when: now,
                     });
                 }
@@ -378,7 +385,7 @@ impl Status {
             view.events.pop_front();
         }
         view.events.push_back(Recorded {
-            at: SystemTime::now(),
+            at: wall,
             when: now,
             node: node.clone(),
             kind,
@@ -388,13 +395,14 @@ impl Status {
         prune(view, now);
     }
 
-    /// Samples the stored count for the message rate (once a second).
-    fn sample(&self) {
+    /// Samples the stored count at `now` for the message rate (once a
+    /// second).
+    pub(crate) fn sample(&self, now: Instant) {
         let mut rate = lock(&self.rate);
         if rate.len() > RATE_WINDOW {
             rate.pop_front();
         }
-        rate.push_back((Instant::now(), self.stored.load(Ordering::Relaxed)));
+        rate.push_back((now, self.stored.load(Ordering::Relaxed)));
     }
 
     /// Messages stored per second over the window, and the window.
@@ -412,6 +420,21 @@ impl Status {
     /// A receiver of the snapshot published once a second.
     pub(crate) fn subscribe(&self) -> watch::Receiver<Arc<str>> {
         self.feed.subscribe()
+    }
+
+    /// Time since the head node started, at `now`.
+    pub(crate) fn uptime(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.started)
+    }
+
+    /// Whether anyone listens to the published snapshots.
+    pub(crate) fn has_subscribers(&self) -> bool {
+        self.feed.receiver_count() > 0
+    }
+
+    /// Publishes a snapshot, as JSON, to the subscribers.
+    pub(crate) fn publish(&self, json: Arc<str>) {
+        self.feed.send_replace(json);
     }
 }
 
@@ -443,342 +466,135 @@ fn prune(view: &mut View, now: Instant) {
     counters.retain(|node, c| rows.contains_key(node) || Arc::strong_count(c) > 1);
 }
 
-/// The status snapshot of `shared`'s head node.
-pub(crate) fn snapshot(shared: &Shared) -> StatusSnapshot {
-    let status = &shared.status;
-    let now = Instant::now();
-    let wall = SystemTime::now();
-    let (message_rate, window) = status.rate();
-    let mut view = lock(&status.view);
-    prune(&mut view, now);
-    let ago = |t: Instant| now.saturating_duration_since(t).as_secs_f64();
-    let mut nodes: Vec<NodeStatus> = view
-        .rows
-        .iter()
-        .map(|(node, row)| {
-            let counters = view.counters.get(node);
-            let read = |f: fn(&NodeCounters) -> &AtomicU64| {
-                counters.map_or(0, |c| f(c).load(Ordering::Relaxed))
-            };
-            let fsync = row
-                .fsync
-                .filter(|(_, at)| now.saturating_duration_since(*at) < FSYNC_REPORT_STALE)
-                .map(|(report, _)| report);
-            NodeStatus {
-                id: node.to_string(),
-                zone: row.zone.clone(),
-                address: row.addr.to_string(),
-                state: STATES[row.state].to_owned(),
-                incarnation: row.incarnation,
-                last_heartbeat_seconds_ago: row.last_heartbeat.map(ago),
-                icmp_rtt_ms: row.rtt.map(|rtt| rtt.as_secs_f64() * 1000.0),
-                messages_stored: read(|c| &c.copies),
-                bytes_stored: read(|c| &c.bytes),
-                fsync_p99_ms: fsync
-                    .and_then(|f| f.p99_micros)
-                    .map(|us| us as f64 / 1000.0),
-                fsyncs_in_window: fsync.map(|f| f.count),
-                fsync_window_seconds: fsync.map(|f| f.window_ms as f64 / 1000.0),
-                last_eviction: row.last_eviction.as_ref().map(|e| Eviction {
-                    reason: REASONS[e.reason].to_owned(),
-                    detail: e.detail.clone(),
-                    at: timestamp(e.at),
-                    seconds_ago: ago(e.when),
-                }),
-            }
-        })
-        .collect();
-    // Members first, then the departed; by id within each.
-    nodes.sort_by_key(|n| (matches!(n.state.as_str(), "evicted" | "left"), n.id.clone()));
-    let recent_events = view
-        .events
-        .iter()
-        .map(|e| ClusterEvent {
-            at: timestamp(e.at),
-            seconds_ago: ago(e.when),
-            node: e.node.to_string(),
-            kind: e.kind.to_owned(),
-            reason: e.reason.map(|r| REASONS[r].to_owned()),
-            detail: e.detail.clone(),
-        })
-        .collect();
-    let (repair_in_progress, repair_pass) = shared.repair.pass();
-    drop(view);
-    StatusSnapshot {
-        at: timestamp(wall),
-        epoch: shared.ids.epoch(),
-        uptime_seconds: ago(status.started),
-        replicas: shared.replication.replicas,
-        min_replicas: shared.replication.needed,
-        clients: clients(shared),
-        message_rate,
-        rate_window_seconds: window.as_secs_f64(),
-        nodes,
-        totals: Totals {
-            messages_stored: status.stored.load(Ordering::Relaxed),
-            under_replicated: shared.router.under_replicated(),
-            over_replicated: shared.router.over_replicated(),
-            repair_in_progress,
-            repair: repair_summary(shared, repair_in_progress, repair_pass.as_ref()),
-            repair_pass,
-        },
-        recent_events,
-    }
+/// What the status shows besides its own counters and table, read from
+/// elsewhere when a snapshot or the metrics are asked for.
+#[derive(Debug, Clone)]
+pub(crate) struct Facts {
+    /// This head node's message-id epoch.
+    pub(crate) epoch: u64,
+    /// Copies per message, and before the answer.
+    pub(crate) replication: Replication,
+    /// `--repair-after`.
+    pub(crate) repair_after: Duration,
+    /// Clients connected.
+    pub(crate) clients: usize,
+    /// Data nodes connected.
+    pub(crate) data_node_connections: usize,
+    /// Messages left with fewer copies than wanted, since the start.
+    pub(crate) under_replicated: u64,
+    /// Copies beyond the wanted count, since the start.
+    pub(crate) over_replicated: u64,
+    /// Whether a repair pass runs now.
+    pub(crate) repair_running: bool,
+    /// The pass running now, or else the last one.
+    pub(crate) repair_pass: Option<RepairPass>,
+    /// Repair passes run, and copies they made, since the start.
+    pub(crate) repair_totals: (u64, u64),
 }
 
-/// Repair in a few words, for the table and the page.
-fn repair_summary(shared: &Shared, running: bool, pass: Option<&RepairPass>) -> String {
-    if shared.replication.replicas < 2 {
-        return "off (one copy per message)".to_owned();
-    }
-    match (running, pass) {
-        (true, Some(p)) => format!(
-            "running ({}): {} checked, {} with too few copies, {} copied",
-            p.trigger, p.checked, p.under_replicated, p.copied
-        ),
-        (_, Some(p)) => format!(
-            "idle; last pass {} at {}: {} checked, {} copied in {:.1}s",
-            p.outcome, p.started_at, p.checked, p.copied, p.took_seconds
-        ),
-        _ => format!(
-            "idle; first check {}s after start, then {}s after a data node is lost",
-            shared.config.repair_after.as_secs(),
-            shared.config.repair_after.as_secs()
-        ),
-    }
-}
-
-fn clients(shared: &Shared) -> usize {
-    shared
-        .limits
-        .clients
-        .saturating_sub(shared.client_slots.available_permits())
-}
-
-fn data_node_connections(shared: &Shared) -> usize {
-    shared
-        .limits
-        .data_nodes
-        .saturating_sub(shared.node_slots.available_permits())
-}
-
-/// Writes the head node's metrics when scraped.
-struct Scrape(Arc<Shared>);
-
-impl std::fmt::Debug for Scrape {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Scrape")
-    }
-}
-
-impl Collector for Scrape {
-    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let shared = &self.0;
-        let status = &shared.status;
-        let mut by_state = [0i64; STATES.len()];
-        let mut per_node: Vec<(String, u64, u64)> = Vec::new();
-        {
-            let mut view = lock(&status.view);
-            prune(&mut view, Instant::now());
-            for row in view.rows.values() {
-                by_state[row.state] += 1;
-            }
-            for (node, c) in &view.counters {
-                per_node.push((
-                    node.to_string(),
-                    c.copies.load(Ordering::Relaxed),
-                    c.bytes.load(Ordering::Relaxed),
-                ));
-            }
+impl Facts {
+    /// Repair in a few words, for the table and the page.
+    fn repair_summary(&self) -> String {
+        if self.replication.replicas < 2 {
+            return "off (one copy per message)".to_owned();
         }
-        per_node.sort();
-        metrics::gauge_family(
-            &mut e,
-            "msgstore_data_nodes",
-            "Data nodes by state (evicted and left: those still in the status table).",
-            "state",
-            STATES.iter().copied().zip(by_state),
-        )?;
-        metrics::counter(
-            &mut e,
-            "msgstore_messages_stored",
-            "Messages stored with the copies their client waited for.",
-            None,
-            status.stored.load(Ordering::Relaxed),
-        )?;
-        metrics::counter(
-            &mut e,
-            "msgstore_messages_under_replicated",
-            "Messages left with fewer copies than --replicas.",
-            None,
-            shared.router.under_replicated(),
-        )?;
-        metrics::counter(
-            &mut e,
-            "msgstore_copies_over_replicated",
-            "Copies written beyond --replicas (a late acknowledgement of a moved copy).",
-            None,
-            shared.router.over_replicated(),
-        )?;
-        let (passes, repair_copies) = shared.repair.totals();
-        metrics::counter(
-            &mut e,
-            "msgstore_repair_passes",
-            "Repair passes run (each checks every message's copies).",
-            None,
-            passes,
-        )?;
-        metrics::counter(
-            &mut e,
-            "msgstore_repair_copies",
-            "Copies made by repair.",
-            None,
-            repair_copies,
-        )?;
-        metrics::gauge(
-            &mut e,
-            "msgstore_repair_in_progress",
-            "1 while a repair pass runs.",
-            None,
-            i64::from(shared.repair.pass().0),
-        )?;
-        metrics::counter_family(
-            &mut e,
-            "msgstore_evictions",
-            "Data nodes evicted, by reason.",
-            None,
-            "reason",
-            REASONS
-                .iter()
-                .copied()
-                .zip(status.evictions.iter().map(|c| c.load(Ordering::Relaxed))),
-        )?;
-        metrics::counter_family(
-            &mut e,
-            "msgstore_node_copies_stored",
-            "Copies each data node acknowledged (nodes in the status table).",
-            None,
-            "node",
-            per_node.iter().map(|(n, copies, _)| (n.as_str(), *copies)),
-        )?;
-        metrics::counter_family(
-            &mut e,
-            "msgstore_node_stored",
-            "Bytes of message text each data node acknowledged (nodes in the status table).",
-            Some(&Unit::Bytes),
-            "node",
-            per_node.iter().map(|(n, _, bytes)| (n.as_str(), *bytes)),
-        )?;
-        metrics::histogram(
-            &mut e,
-            "msgstore_ack_latency",
-            "From a client's message to its answer (sampled: one message in flight per client at a time).",
-            Some(&Unit::Seconds),
-            &status.ack_latency,
-        )?;
-        let reads = &status.reads;
-        metrics::counter_family(
-            &mut e,
-            "msgstore_reads",
-            "Readers' requests answered (found, notfound, or a tail's end), by kind.",
-            None,
-            "kind",
-            READ_KINDS
-                .iter()
-                .copied()
-                .zip(reads.served.iter().map(|c| c.load(Ordering::Relaxed))),
-        )?;
-        metrics::counter_family(
-            &mut e,
-            "msgstore_read_failures",
-            "Readers' requests answered with an error, by reason.",
-            None,
-            "reason",
-            READ_FAILURES
-                .iter()
-                .copied()
-                .zip(reads.failed.iter().map(|c| c.load(Ordering::Relaxed))),
-        )?;
-        metrics::histogram_family(
-            &mut e,
-            "msgstore_read_latency",
-            "From a reader's request's turn to its answer (the wait for the read budget included; failed requests too), by kind.",
-            Some(&Unit::Seconds),
-            "kind",
-            READ_KINDS.iter().copied().zip(&reads.latency),
-        )?;
-        metrics::gauge(
-            &mut e,
-            "msgstore_client_connections",
-            "Clients connected.",
-            None,
-            clients(shared) as i64,
-        )?;
-        metrics::gauge(
-            &mut e,
-            "msgstore_data_node_connections",
-            "Data nodes connected.",
-            None,
-            data_node_connections(shared) as i64,
-        )?;
-        metrics::process(&mut e, "head node", status.started.elapsed())?;
-        metrics::gauge(
-            &mut e,
-            "msgstore_epoch",
-            "The message-id epoch of this head node (changes on every start).",
-            None,
-            shared.ids.epoch() as i64,
-        )
+        match (self.repair_running, self.repair_pass.as_ref()) {
+            (true, Some(p)) => format!(
+                "running ({}): {} checked, {} with too few copies, {} copied",
+                p.trigger, p.checked, p.under_replicated, p.copied
+            ),
+            (_, Some(p)) => format!(
+                "idle; last pass {} at {}: {} checked, {} copied in {:.1}s",
+                p.outcome, p.started_at, p.checked, p.copied, p.took_seconds
+            ),
+            _ => format!(
+                "idle; first check {}s after start, then {}s after a data node is lost",
+                self.repair_after.as_secs(),
+                self.repair_after.as_secs()
+            ),
+        }
     }
 }
 
-/// The status page.
-const PAGE: &str = include_str!("status.html");
-
-/// Answers the HTTP endpoints of the head node.
-pub(crate) fn handle(shared: &Arc<Shared>, request: &Request) -> Response {
-    match request.path.as_str() {
-        "/metrics" => {
-            let mut registry = Registry::default();
-            registry.register_collector(Box::new(Scrape(shared.clone())));
-            Response::ok(metrics::CONTENT_TYPE, metrics::encode(&registry))
-        }
-        "/healthz" => Response::text(200, "ok"),
-        "/status.json" => match serde_json::to_vec(&snapshot(shared)) {
-            Ok(json) => Response::ok("application/json", json),
-            Err(e) => Response::text(500, &format!("cannot encode the status: {e}")),
-        },
-        "/" | "/index.html" => Response::ok("text/html; charset=utf-8", PAGE),
-        "/events" => {
-            // A new subscriber starts from a fresh snapshot, not the last
-            // one published (perhaps long ago, while nobody listened).
-            if let Ok(json) = serde_json::to_string(&snapshot(shared)) {
-                shared.status.feed.send_replace(Arc::from(json));
-            }
-            Response {
-                status: 200,
-                body: Body::Events(shared.status.subscribe()),
-            }
-        }
-        _ => Response::not_found(),
-    }
-}
-
-/// Once a second: samples the message rate and, while someone listens on
-/// `/events`, publishes the snapshot. Ends on `stop`.
-pub(crate) async fn run_ticker(shared: Arc<Shared>, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        shared.status.sample();
-        if shared.status.feed.receiver_count() > 0
-            && let Ok(json) = serde_json::to_string(&snapshot(&shared))
-        {
-            shared.status.feed.send_replace(Arc::from(json));
+impl Status {
+    /// The status snapshot at `now` (`wall` on the wall clock), with
+    /// `facts` from elsewhere.
+    pub(crate) fn snapshot(&self, facts: &Facts, now: Instant, wall: SystemTime) -> StatusSnapshot {
+        let status = self;
+        let (message_rate, window) = status.rate();
+        let mut view = lock(&status.view);
+        prune(&mut view, now);
+        let ago = |t: Instant| now.saturating_duration_since(t).as_secs_f64();
+        let mut nodes: Vec<NodeStatus> = view
+            .rows
+            .iter()
+            .map(|(node, row)| {
+                let counters = view.counters.get(node);
+                let read = |f: fn(&NodeCounters) -> &AtomicU64| {
+                    counters.map_or(0, |c| f(c).load(Ordering::Relaxed))
+                };
+                let fsync = row
+                    .fsync
+                    .filter(|(_, at)| now.saturating_duration_since(*at) < FSYNC_REPORT_STALE)
+                    .map(|(report, _)| report);
+                NodeStatus {
+                    id: node.to_string(),
+                    zone: row.zone.clone(),
+                    address: row.addr.to_string(),
+                    state: STATES[row.state].to_owned(),
+                    incarnation: row.incarnation,
+                    last_heartbeat_seconds_ago: row.last_heartbeat.map(ago),
+                    icmp_rtt_ms: row.rtt.map(|rtt| rtt.as_secs_f64() * 1000.0),
+                    messages_stored: read(|c| &c.copies),
+                    bytes_stored: read(|c| &c.bytes),
+                    fsync_p99_ms: fsync
+                        .and_then(|f| f.p99_micros)
+                        .map(|us| us as f64 / 1000.0),
+                    fsyncs_in_window: fsync.map(|f| f.count),
+                    fsync_window_seconds: fsync.map(|f| f.window_ms as f64 / 1000.0),
+                    last_eviction: row.last_eviction.as_ref().map(|e| Eviction {
+                        reason: REASONS[e.reason].to_owned(),
+                        detail: e.detail.clone(),
+                        at: timestamp(e.at),
+                        seconds_ago: ago(e.when),
+                    }),
+                }
+            })
+            .collect();
+        // Members first, then the departed; by id within each.
+        nodes.sort_by_key(|n| (matches!(n.state.as_str(), "evicted" | "left"), n.id.clone()));
+        let recent_events = view
+            .events
+            .iter()
+            .map(|e| ClusterEvent {
+                at: timestamp(e.at),
+                seconds_ago: ago(e.when),
+                node: e.node.to_string(),
+                kind: e.kind.to_owned(),
+                reason: e.reason.map(|r| REASONS[r].to_owned()),
+                detail: e.detail.clone(),
+            })
+            .collect();
+        drop(view);
+        StatusSnapshot {
+            at: timestamp(wall),
+            epoch: facts.epoch,
+            uptime_seconds: ago(status.started),
+            replicas: facts.replication.replicas,
+            min_replicas: facts.replication.needed,
+            clients: facts.clients,
+            message_rate,
+            rate_window_seconds: window.as_secs_f64(),
+            nodes,
+            totals: Totals {
+                messages_stored: status.stored.load(Ordering::Relaxed),
+                under_replicated: facts.under_replicated,
+                over_replicated: facts.over_replicated,
+                repair_in_progress: facts.repair_running,
+                repair: facts.repair_summary(),
+                repair_pass: facts.repair_pass.clone(),
+            },
+            recent_events,
         }
     }
 }
@@ -786,7 +602,7 @@ pub(crate) async fn run_ticker(shared: Arc<Shared>, stop: CancellationToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::membership::MemberInfo;
+    use crate::state::membership::MemberInfo;
 
     fn member(name: &str, incarnation: u64) -> MemberInfo {
         MemberInfo {
@@ -802,17 +618,25 @@ mod tests {
 
     #[test]
     fn departed_nodes_and_events_are_bounded() {
-        let status = Status::default();
+        let status = Status::new(Instant::now());
         for i in 0..(KEPT_DEPARTED as u64 + 10) {
             let m = member(&format!("n{i}"), 1);
-            status.record(&Event::Joined {
-                member: m.clone(),
-                rejoined: false,
-            });
-            status.record(&Event::Evicted {
-                member: m,
-                reason: EvictReason::ConnectionLost("reset".into()),
-            });
+            status.record(
+                &Event::Joined {
+                    member: m.clone(),
+                    rejoined: false,
+                },
+                Instant::now(),
+                SystemTime::now(),
+            );
+            status.record(
+                &Event::Evicted {
+                    member: m,
+                    reason: EvictReason::ConnectionLost("reset".into()),
+                },
+                Instant::now(),
+                SystemTime::now(),
+            );
         }
         let view = lock(&status.view);
         assert_eq!(view.rows.len(), KEPT_DEPARTED);
@@ -831,48 +655,68 @@ mod tests {
 
     #[test]
     fn an_fsync_report_is_kept_for_the_incarnation_that_sent_it_while_it_is_a_member() {
-        let status = Status::default();
+        let status = Status::new(Instant::now());
         let report = FsyncReport {
             window_ms: 10_000,
             count: 800,
             p99_micros: Some(1_500),
         };
-        status.record(&Event::Joined {
-            member: member("a", 2),
-            rejoined: false,
-        });
+        status.record(
+            &Event::Joined {
+                member: member("a", 2),
+                rejoined: false,
+            },
+            Instant::now(),
+            SystemTime::now(),
+        );
         let node: NodeId = "a".parse().unwrap();
         let shown = |status: &Status| lock(&status.view).rows[&node].fsync.map(|(r, _)| r);
-        status.fsync_reported(&node, 1, report);
+        status.fsync_reported(&node, 1, report, Instant::now());
         assert_eq!(shown(&status), None, "from an older incarnation");
-        status.fsync_reported(&node, 2, report);
+        status.fsync_reported(&node, 2, report, Instant::now());
         assert_eq!(shown(&status), Some(report));
-        status.record(&Event::Joined {
-            member: member("a", 3),
-            rejoined: true,
-        });
+        status.record(
+            &Event::Joined {
+                member: member("a", 3),
+                rejoined: true,
+            },
+            Instant::now(),
+            SystemTime::now(),
+        );
         assert_eq!(shown(&status), None, "a new process reports anew");
-        status.fsync_reported(&node, 3, report);
-        status.record(&Event::Evicted {
-            member: member("a", 3),
-            reason: EvictReason::Unreachable,
-        });
+        status.fsync_reported(&node, 3, report, Instant::now());
+        status.record(
+            &Event::Evicted {
+                member: member("a", 3),
+                reason: EvictReason::Unreachable,
+            },
+            Instant::now(),
+            SystemTime::now(),
+        );
         assert_eq!(shown(&status), None, "departed");
-        status.fsync_reported(&node, 3, report);
+        status.fsync_reported(&node, 3, report, Instant::now());
         assert_eq!(shown(&status), None, "a late report of a departed node");
     }
 
     #[test]
     fn an_eviction_of_an_older_incarnation_leaves_the_new_row_live() {
-        let status = Status::default();
-        status.record(&Event::Joined {
-            member: member("a", 2),
-            rejoined: true,
-        });
-        status.record(&Event::Evicted {
-            member: member("a", 1),
-            reason: EvictReason::Unreachable,
-        });
+        let status = Status::new(Instant::now());
+        status.record(
+            &Event::Joined {
+                member: member("a", 2),
+                rejoined: true,
+            },
+            Instant::now(),
+            SystemTime::now(),
+        );
+        status.record(
+            &Event::Evicted {
+                member: member("a", 1),
+                reason: EvictReason::Unreachable,
+            },
+            Instant::now(),
+            SystemTime::now(),
+        );
         let view = lock(&status.view);
         let row = &view.rows[&"a".parse::<NodeId>().unwrap()];
         assert_eq!(STATES[row.state], "live");

@@ -29,7 +29,7 @@ use protocol::ids::{MessageId, MessageKey, NodeId};
 use tokio::time::Instant;
 use tracing::warn;
 
-use crate::forward::{Envelope, Holders};
+use crate::state::forward::{Envelope, Holders, SettleKey};
 
 /// Memory of one slot of the bound, at most: a key's 40 bytes (id,
 /// holders, envelope pointer) in its client's run and the run's spare
@@ -82,14 +82,14 @@ pub(crate) struct KeyTable {
 
 impl KeyTable {
     /// A table of at most `max_keys` keys, each kept at least `window`
-    /// while the bound allows.
-    pub(crate) fn new(max_keys: usize, window: Duration) -> Self {
+    /// while the bound allows; its clock starts at `started`.
+    pub(crate) fn new(max_keys: usize, window: Duration, started: Instant) -> Self {
         KeyTable {
             keys: Mutex::new(Keys {
                 window: KeyWindow::new(max_keys, window),
                 holder_sets: HolderSets::default(),
             }),
-            started: Instant::now(),
+            started,
         }
     }
 
@@ -146,31 +146,6 @@ impl KeyTable {
         }
     }
 
-    /// The message of `key`, `ended`, ended with these holders.
-    ///
-    /// The entry lets go of its pointer to `ended`: a `Weak` keeps the
-    /// envelope's allocation alive (about 300 bytes) as long as it exists.
-    pub(crate) fn settle(
-        &self,
-        key: &MessageKey,
-        ended: *const Envelope,
-        id: MessageId,
-        holders: &[NodeId],
-    ) {
-        let mut keys = self.lock();
-        let keys = &mut *keys;
-        if let Some(entry) = keys.window.get_mut(key.client.as_str(), key.seq)
-            && entry.id == id
-        {
-            if *entry.holders != *holders {
-                entry.holders = keys.holder_sets.share(holders);
-            }
-            if std::ptr::eq(entry.live.as_ptr(), ended) {
-                entry.live = Weak::new();
-            }
-        }
-    }
-
     /// A data node reports that it holds `key` under `id`.
     pub(crate) fn holds(&self, key: MessageKey, id: MessageId, node: &NodeId, now: Instant) {
         let now_ms = self.millis(now);
@@ -206,6 +181,27 @@ impl KeyTable {
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.lock().window.len()
+    }
+}
+
+impl SettleKey for KeyTable {
+    /// The message of `key`, `ended`, ended with these holders.
+    ///
+    /// The entry lets go of its pointer to `ended`: a `Weak` keeps the
+    /// envelope's allocation alive (about 300 bytes) as long as it exists.
+    fn settle(&self, key: &MessageKey, ended: *const Envelope, id: MessageId, holders: &[NodeId]) {
+        let mut keys = self.lock();
+        let keys = &mut *keys;
+        if let Some(entry) = keys.window.get_mut(key.client.as_str(), key.seq)
+            && entry.id == id
+        {
+            if *entry.holders != *holders {
+                entry.holders = keys.holder_sets.share(holders);
+            }
+            if std::ptr::eq(entry.live.as_ptr(), ended) {
+                entry.live = Weak::new();
+            }
+        }
     }
 }
 
@@ -258,7 +254,7 @@ impl std::fmt::Debug for KeyTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::forward::tests::envelope;
+    use crate::state::forward::tests::envelope;
 
     fn key(seq: u64) -> MessageKey {
         format!("c1/{seq}").parse().unwrap()
@@ -266,7 +262,7 @@ mod tests {
 
     #[test]
     fn a_new_key_is_remembered_and_a_resend_finds_its_message() {
-        let table = KeyTable::new(100, Duration::from_secs(60));
+        let table = KeyTable::new(100, Duration::from_secs(60), Instant::now());
         let now = Instant::now();
         let (first, _replies) = envelope(1);
         let Found::New(made) = table.lookup_or_insert(&key(1), now, || first.clone()) else {
@@ -298,7 +294,7 @@ mod tests {
 
     #[test]
     fn reports_fill_the_table_and_add_holders() {
-        let table = KeyTable::new(100, Duration::from_secs(60));
+        let table = KeyTable::new(100, Duration::from_secs(60), Instant::now());
         let now = Instant::now();
         let id = MessageId { epoch: 5, seq: 9 };
         let (dn1, dn2): (NodeId, NodeId) = ("dn1".parse().unwrap(), "dn2".parse().unwrap());
@@ -317,7 +313,7 @@ mod tests {
 
     #[test]
     fn the_oldest_keys_are_forgotten_beyond_the_bound_or_the_window() {
-        let table = KeyTable::new(32, Duration::from_secs(60));
+        let table = KeyTable::new(32, Duration::from_secs(60), Instant::now());
         let t0 = Instant::now();
         let dn1: NodeId = "dn1".parse().unwrap();
         for seq in 0..1000 {
@@ -337,7 +333,7 @@ mod tests {
 
         // The window: a key is remembered at least the window, and
         // forgotten once two newer generations have begun.
-        let table = KeyTable::new(100_000, Duration::from_secs(60));
+        let table = KeyTable::new(100_000, Duration::from_secs(60), Instant::now());
         let t0 = Instant::now();
         let at = |secs| t0 + Duration::from_secs(secs);
         table.holds(key(1), MessageId { epoch: 1, seq: 1 }, &dn1, at(0));
@@ -385,7 +381,7 @@ mod tests {
         // Room for every key: the bound counts both generations, and a
         // client's run as a few slots more.
         let room = 2 * KEYS as usize * (1 + node_kit::key_window::SLOTS_PER_CLIENT) * 2;
-        let table = KeyTable::new(room, Duration::from_secs(3600));
+        let table = KeyTable::new(room, Duration::from_secs(3600), Instant::now());
         for n in 0..KEYS {
             let client = &names[(n % clients) as usize];
             let seq = n / clients + 1;

@@ -21,11 +21,12 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::Shared;
-use crate::cluster::Input;
-use crate::membership;
-use crate::node_session;
-use crate::router::NodeLoad;
+use crate::state::membership;
+use crate::state::reads::read_channel;
+use crate::state::router::NodeLoad;
+use crate::tasks::Shared;
+use crate::tasks::cluster::Input;
+use crate::tasks::node_session;
 
 /// A peer past its handshake.
 pub(crate) enum Peer<S: Stream> {
@@ -48,99 +49,23 @@ pub(crate) async fn accept_peer<S: Stream>(
     stop: &CancellationToken,
     rng: &mut SmallRng,
 ) -> Option<Peer<S>> {
-    let mut conn = match Connection::accept(stream, shared.config.reader, PETICION.as_bytes()) {
+    let conn = match Connection::accept(stream, shared.config.reader, PETICION.as_bytes()) {
         Ok(conn) => conn,
         Err(e) => {
             debug!(error = %e, "connection closed before it could be served");
             return None;
         }
     };
-    let handshake = handshake::accept(
-        &mut conn.reader,
-        &mut conn.writer,
-        RoleStep::Required,
-        shared.config.handshake_timeout,
-    );
-    let role = tokio::select! {
-        biased;
-        _ = stop.cancelled() => return None,
-        _ = waiting_room.evicted() => {
-            debug!("closed while still in its handshake, to make room for a newer connection");
-            conn.close_with_error(&"server busy: handshake not finished in time").await;
-            return None;
-        }
-        role = handshake => role,
+    let mut arrival = Arrival {
+        conn,
+        peer,
+        shared,
+        waiting_room,
     };
-    match role {
-        Ok(Some(Role::Client(client_id))) => {
-            let Ok(slot) = shared.client_slots.clone().try_acquire_owned() else {
-                warn!(max = shared.limits.clients, "cliente refused: server full");
-                let reason = format!("server full ({} clients)", shared.limits.clients);
-                conn.close_with_error(&reason).await;
-                return None;
-            };
-            drop(waiting_room);
-            info!(framing = ?conn.reader.framing(), client_id = ?client_id.as_ref().map(ClientId::as_str), "cliente connected");
-            Some(Peer::Client(conn, slot, client_id))
-        }
-        Ok(Some(Role::Reader)) => {
-            // Readers prove nothing, like clients: whoever may store may
-            // read. They take a client place too.
-            let Ok(slot) = shared.reader_slots.clone().try_acquire_owned() else {
-                warn!(
-                    max = shared.config.max_readers,
-                    "lector refused: too many readers"
-                );
-                let reason = format!("server full ({} readers)", shared.config.max_readers);
-                conn.close_with_error(&reason).await;
-                return None;
-            };
-            let Ok(client_slot) = shared.client_slots.clone().try_acquire_owned() else {
-                warn!(max = shared.limits.clients, "lector refused: server full");
-                let reason = format!("server full ({} clients)", shared.limits.clients);
-                conn.close_with_error(&reason).await;
-                return None;
-            };
-            drop(waiting_room);
-            info!("lector connected");
-            Some(Peer::Reader(conn, slot, client_slot))
-        }
-        Ok(Some(Role::DataNode(hello))) => {
-            let registered = tokio::select! {
-                biased;
-                _ = stop.cancelled() => return None,
-                _ = waiting_room.evicted() => {
-                    conn.close_with_error(&"server busy: registration not finished in time").await;
-                    return None;
-                }
-                registered = tokio::time::timeout(
-                    shared.config.handshake_timeout,
-                    async {
-                        let (info, slot) = register_data_node(&mut conn, peer, hello, &shared, rng).await?;
-                        let peers = read_report(&mut conn, &info, &shared).await?;
-                        Ok::<_, String>((info, slot, peers))
-                    },
-                ) => registered,
-            };
-            match registered {
-                Ok(Ok((info, slot, peers))) => Some(Peer::DataNode(
-                    registration(conn, info, slot, peers, shared).await?,
-                )),
-                Ok(Err(refusal)) => {
-                    conn.close_with_error(&refusal).await;
-                    None
-                }
-                Err(_) => {
-                    warn!("dataNode did not finish registering in time");
-                    let reason = format!(
-                        "registration not finished within {:?}",
-                        shared.config.handshake_timeout
-                    );
-                    conn.close_with_error(&reason).await;
-                    None
-                }
-            }
-        }
+    match arrival.handshake(stop).await? {
+        Ok(Some(Role::Client(client_id))) => arrival.admit_client(client_id).await,
+        Ok(Some(Role::Reader)) => arrival.admit_reader().await,
+        Ok(Some(Role::DataNode(hello))) => arrival.admit_data_node(hello, stop, rng).await,
         Ok(None) => None,
         Err(HandshakeError::Closed) => {
             // Health checks connect, read `confirmacion` and leave.
@@ -154,6 +79,123 @@ pub(crate) async fn accept_peer<S: Stream>(
     }
 }
 
+/// A connection in its handshake: it holds a place in the waiting room
+/// until it has a place in its pool.
+struct Arrival<S: Stream> {
+    conn: Connection<S>,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    waiting_room: HandshakeSlot,
+}
+
+impl<S: Stream> Arrival<S> {
+    /// The handshake and the role the peer takes; `None` when the head
+    /// node stops or the waiting room needs the place first.
+    async fn handshake(
+        &mut self,
+        stop: &CancellationToken,
+    ) -> Option<Result<Option<Role>, HandshakeError>> {
+        let handshake = handshake::accept(
+            &mut self.conn.reader,
+            &mut self.conn.writer,
+            RoleStep::Required,
+            self.shared.config.handshake_timeout,
+        );
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => None,
+            _ = self.waiting_room.evicted() => {
+                debug!("closed while still in its handshake, to make room for a newer connection");
+                self.conn.close_with_error(&"server busy: handshake not finished in time").await;
+                None
+            }
+            role = handshake => Some(role),
+        }
+    }
+
+    /// A client, if there is a place for it.
+    async fn admit_client(mut self, client_id: Option<ClientId>) -> Option<Peer<S>> {
+        let limits = self.shared.limits;
+        let Ok(slot) = self.shared.client_slots.clone().try_acquire_owned() else {
+            warn!(max = limits.clients, "cliente refused: server full");
+            let reason = format!("server full ({} clients)", limits.clients);
+            self.conn.close_with_error(&reason).await;
+            return None;
+        };
+        drop(self.waiting_room);
+        info!(framing = ?self.conn.reader.framing(), client_id = ?client_id.as_ref().map(ClientId::as_str), "cliente connected");
+        Some(Peer::Client(self.conn, slot, client_id))
+    }
+
+    /// A reader, if there is a place for it among the readers and among
+    /// the clients.
+    async fn admit_reader(mut self) -> Option<Peer<S>> {
+        // Readers prove nothing, like clients: whoever may store may
+        // read. They take a client place too.
+        let shared = &self.shared;
+        let Ok(slot) = shared.reader_slots.clone().try_acquire_owned() else {
+            let max = shared.config.max_readers;
+            warn!(max, "lector refused: too many readers");
+            let reason = format!("server full ({max} readers)");
+            self.conn.close_with_error(&reason).await;
+            return None;
+        };
+        let Ok(client_slot) = shared.client_slots.clone().try_acquire_owned() else {
+            let max = shared.limits.clients;
+            warn!(max, "lector refused: server full");
+            let reason = format!("server full ({max} clients)");
+            self.conn.close_with_error(&reason).await;
+            return None;
+        };
+        drop(self.waiting_room);
+        info!("lector connected");
+        Some(Peer::Reader(self.conn, slot, client_slot))
+    }
+
+    /// A data node, once it proved itself, reported what it holds and the
+    /// membership took it, all within the handshake timeout.
+    async fn admit_data_node(
+        mut self,
+        hello: DataNodeHello,
+        stop: &CancellationToken,
+        rng: &mut SmallRng,
+    ) -> Option<Peer<S>> {
+        let timeout = self.shared.config.handshake_timeout;
+        let (conn, peer, shared) = (&mut self.conn, self.peer, &self.shared);
+        let registered = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return None,
+            _ = self.waiting_room.evicted() => {
+                conn.close_with_error(&"server busy: registration not finished in time").await;
+                return None;
+            }
+            registered = tokio::time::timeout(
+                timeout,
+                async {
+                    let (info, slot) = register_data_node(conn, peer, hello, shared, rng).await?;
+                    let peers = read_report(conn, &info, shared).await?;
+                    Ok::<_, String>((info, slot, peers))
+                },
+            ) => registered,
+        };
+        match registered {
+            Ok(Ok((info, slot, peers))) => Some(Peer::DataNode(
+                registration(self.conn, info, slot, peers, self.shared).await?,
+            )),
+            Ok(Err(refusal)) => {
+                self.conn.close_with_error(&refusal).await;
+                None
+            }
+            Err(_) => {
+                warn!("dataNode did not finish registering in time");
+                let reason = format!("registration not finished within {timeout:?}");
+                self.conn.close_with_error(&reason).await;
+                None
+            }
+        }
+    }
+}
+
 /// Authenticates a data node and takes one of the reserved data-node
 /// places. On refusal, the reason to send it (logged already).
 async fn register_data_node<S: Stream>(
@@ -163,6 +205,32 @@ async fn register_data_node<S: Stream>(
     shared: &Shared,
     rng: &mut SmallRng,
 ) -> Result<(membership::MemberInfo, OwnedSemaphorePermit), String> {
+    authenticate(conn, &hello, shared, rng).await?;
+    let named = hello.node_id.as_ref().map(NodeId::as_str).unwrap_or("?");
+    let Ok(slot) = shared.node_slots.clone().try_acquire_owned() else {
+        warn!(
+            node = named,
+            max = shared.limits.data_nodes,
+            "dataNode refused: too many data nodes"
+        );
+        return Err(format!(
+            "too many data nodes ({})",
+            shared.limits.data_nodes
+        ));
+    };
+    let info = member_info(peer, hello, shared.next_conn_id())?;
+    Ok((info, slot))
+}
+
+/// Whether the data node may join: it proves the cluster token, or
+/// registration is open. On refusal, the reason to send it (logged
+/// already).
+async fn authenticate<S: Stream>(
+    conn: &mut Connection<S>,
+    hello: &DataNodeHello,
+    shared: &Shared,
+    rng: &mut SmallRng,
+) -> Result<(), String> {
     let config = &shared.config;
     let named = hello.node_id.as_ref().map(NodeId::as_str).unwrap_or("?");
     match (&config.cluster_token, &hello.nonce) {
@@ -229,41 +297,38 @@ async fn register_data_node<S: Stream>(
             return Err("unauthorized: the head node has no cluster token configured".into());
         }
     }
-    let Ok(slot) = shared.node_slots.clone().try_acquire_owned() else {
-        warn!(
-            node = named,
-            max = shared.limits.data_nodes,
-            "dataNode refused: too many data nodes"
-        );
-        return Err(format!(
-            "too many data nodes ({})",
-            shared.limits.data_nodes
-        ));
-    };
-    let conn_id = shared.next_conn_id();
+    Ok(())
+}
+
+/// What the cluster will know of the data node at `peer`, on connection
+/// `conn_id`.
+fn member_info(
+    peer: SocketAddr,
+    hello: DataNodeHello,
+    conn_id: u64,
+) -> Result<membership::MemberInfo, String> {
     let legacy = hello.is_legacy();
     let node = match hello.node_id {
         Some(node) => node,
         // Original-system nodes have no name; name them by address.
         None => format!(
             "dn-{}-{}",
-            crate::prober::canonical_ip(peer.ip()),
+            crate::tasks::prober::canonical_ip(peer.ip()),
             peer.port()
         )
         .replace(':', ".")
         .parse()
         .map_err(|e: protocol::ParseError| e.to_string())?,
     };
-    let info = membership::MemberInfo {
+    Ok(membership::MemberInfo {
         node,
         incarnation: hello.incarnation.unwrap_or(conn_id),
         conn: conn_id,
-        addr: crate::prober::canonical_ip(peer.ip()),
+        addr: crate::tasks::prober::canonical_ip(peer.ip()),
         legacy,
         zone: hello.zone,
         store: hello.store,
-    };
-    Ok((info, slot))
+    })
 }
 
 /// Welcomes a data node under this head node's epoch and reads its report:
@@ -345,7 +410,14 @@ async fn registration<S: Stream>(
     shared: Arc<Shared>,
 ) -> Option<node_session::Registered<S>> {
     let (queue_tx, queue_rx) = mpsc::unbounded_channel();
-    let load = Arc::new(NodeLoad::default());
+    // Original-system nodes cannot serve reads.
+    let (reads_tx, reads_rx) = if info.legacy {
+        (None, None)
+    } else {
+        let (reads_tx, reads_rx) = read_channel();
+        (Some(reads_tx), Some(reads_rx))
+    };
+    let load = Arc::new(NodeLoad::new(tokio::time::Instant::now()));
     let evicted = CancellationToken::new();
     let (respond, response) = tokio::sync::oneshot::channel();
     let registration = Input::Register {
@@ -353,6 +425,7 @@ async fn registration<S: Stream>(
         queue: queue_tx,
         load: load.clone(),
         evicted: evicted.clone(),
+        reads: reads_tx,
         peers,
         respond,
     };
@@ -372,6 +445,7 @@ async fn registration<S: Stream>(
         conn,
         info,
         queue: queue_rx,
+        reads: reads_rx,
         load,
         evicted,
         shared,

@@ -36,8 +36,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::warn;
 
-use crate::forward::{Envelope, Forward, Holders, report_under_replicated};
-use crate::membership::ConnId;
+use crate::state::forward::{Envelope, Forward, Holders, report_under_replicated};
+use crate::state::membership::ConnId;
+use crate::state::reads::NodeReader;
 
 /// Indices of nodes in a snapshot; on the stack up to 16 nodes.
 type Indices = SmallVec<[usize; 16]>;
@@ -96,15 +97,10 @@ pub(crate) struct NodeLoad {
     since: Instant,
 }
 
+#[cfg(test)]
 impl Default for NodeLoad {
     fn default() -> Self {
-        NodeLoad {
-            handed: AtomicUsize::new(0),
-            busy_since: AtomicU64::new(0),
-            resolved: AtomicUsize::new(0),
-            acked_at: AtomicU64::new(0),
-            since: Instant::now(),
-        }
+        NodeLoad::new(Instant::now())
     }
 }
 
@@ -114,29 +110,41 @@ impl Default for NodeLoad {
 pub(crate) const STALL: Duration = Duration::from_millis(100);
 
 impl NodeLoad {
-    fn micros(&self) -> u64 {
-        self.since.elapsed().as_micros() as u64
+    /// The load of a session starting at `since`: nothing held.
+    pub(crate) fn new(since: Instant) -> Self {
+        NodeLoad {
+            handed: AtomicUsize::new(0),
+            busy_since: AtomicU64::new(0),
+            resolved: AtomicUsize::new(0),
+            acked_at: AtomicU64::new(0),
+            since,
+        }
     }
 
-    /// The router handed one message to the node's queue.
-    pub(crate) fn hand_over(&self) {
+    /// `now`, in µs after `since`.
+    fn micros(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.since).as_micros() as u64
+    }
+
+    /// The router handed one message to the node's queue at `now`.
+    pub(crate) fn hand_over(&self, now: Instant) {
         if self.held() == 0 {
             // An idle node's clock starts now, not at its last ack.
-            self.busy_since.store(self.micros(), Ordering::Relaxed);
+            self.busy_since.store(self.micros(now), Ordering::Relaxed);
         }
         self.handed.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The session is done with one message it was handed: acknowledged
-    /// (then [`NodeLoad::acked_now`] follows, once for all the
+    /// (then [`NodeLoad::acked`] follows, once for all the
     /// acknowledgements read together), moved elsewhere or dropped.
     pub(crate) fn resolve(&self) {
         self.resolved.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The node has just acknowledged something.
-    pub(crate) fn acked_now(&self) {
-        self.acked_at.store(self.micros(), Ordering::Relaxed);
+    /// The node acknowledged something at `now`.
+    pub(crate) fn acked(&self, now: Instant) {
+        self.acked_at.store(self.micros(now), Ordering::Relaxed);
     }
 
     /// Messages held now.
@@ -155,16 +163,20 @@ impl NodeLoad {
             .acked_at
             .load(Ordering::Relaxed)
             .max(self.busy_since.load(Ordering::Relaxed));
-        let now = now.saturating_duration_since(self.since).as_micros() as u64;
-        now.saturating_sub(last) < STALL.as_micros() as u64
+        self.micros(now).saturating_sub(last) < STALL.as_micros() as u64
     }
 }
 
-/// An immutable snapshot of the routable data nodes.
+/// An immutable snapshot of the data nodes: those that may be sent new
+/// messages, and every member that serves reads. Both come from the
+/// membership, which is the one owner of who is live.
 #[derive(Debug, Default)]
 pub(crate) struct Routes {
-    /// The nodes, in no particular order.
+    /// The routable nodes, in no particular order.
     pub(crate) nodes: Vec<NodeHandle>,
+    /// Every member that serves reads (suspect and leaving ones too), one
+    /// per node id, in node order. Original-system nodes serve none.
+    readers: Vec<NodeReader>,
     /// The nodes of the current sticky run, and messages left in that run.
     run: Mutex<StickyRun>,
 }
@@ -176,12 +188,30 @@ struct StickyRun {
 }
 
 impl Routes {
-    /// A snapshot of these nodes; the first message starts a new run.
+    /// A snapshot of these nodes, none serving reads; the first message
+    /// starts a new run.
+    #[cfg(test)]
     pub(crate) fn new(nodes: Vec<NodeHandle>) -> Self {
+        Routes::with_readers(nodes, Vec::new())
+    }
+
+    /// A snapshot of these routable nodes and these readers.
+    pub(crate) fn with_readers(nodes: Vec<NodeHandle>, readers: Vec<NodeReader>) -> Self {
         Routes {
             nodes,
+            readers,
             run: Mutex::default(),
         }
+    }
+
+    /// The nodes that serve reads now, in node order: a node whose session
+    /// has just ended (its eviction not yet published) is left out.
+    pub(crate) fn readers(&self) -> Vec<NodeReader> {
+        self.readers
+            .iter()
+            .filter(|r| r.is_open())
+            .cloned()
+            .collect()
     }
 
     /// `count` distinct nodes among `eligible` (indices) for a new message:
@@ -277,6 +307,27 @@ impl Routes {
     }
 }
 
+/// Messages stored with fewer copies than wanted, and copies written
+/// beyond the wanted count, since the start: the router counts them, the
+/// status page reads them.
+#[derive(Debug, Default)]
+pub(crate) struct CopyCounts {
+    under: AtomicU64,
+    over: AtomicU64,
+}
+
+impl CopyCounts {
+    /// Messages stored with fewer copies than wanted.
+    pub(crate) fn under_replicated(&self) -> u64 {
+        self.under.load(Ordering::Relaxed)
+    }
+
+    /// Copies written beyond the wanted count.
+    pub(crate) fn over_replicated(&self) -> u64 {
+        self.over.load(Ordering::Relaxed)
+    }
+}
+
 /// A message or copy waiting in the waiting room for a node.
 #[derive(Debug)]
 pub(crate) enum Parked {
@@ -294,13 +345,11 @@ pub(crate) struct Router {
     parking: mpsc::UnboundedSender<Parked>,
     max_attempts: u32,
     sticky_run: usize,
-    /// Messages stored with fewer copies than wanted, since the start.
-    under_replicated: Arc<AtomicU64>,
-    /// Copies beyond the wanted count, since the start.
-    over_replicated: Arc<AtomicU64>,
+    /// Copies too few and too many, since the start.
+    copies: Arc<CopyCounts>,
     /// Bumped after every new snapshot: what node sessions and the
     /// parking task wait on (in a repeatable order, unlike the watch).
-    changes: Arc<crate::signal::Signal>,
+    changes: Arc<crate::state::signal::Signal>,
 }
 
 impl Router {
@@ -318,14 +367,13 @@ impl Router {
             parking,
             max_attempts,
             sticky_run,
-            under_replicated: Arc::default(),
-            over_replicated: Arc::default(),
+            copies: Arc::default(),
             changes: Arc::default(),
         }
     }
 
     /// The signal bumped after every new snapshot.
-    pub(crate) fn changes(&self) -> Arc<crate::signal::Signal> {
+    pub(crate) fn changes(&self) -> Arc<crate::state::signal::Signal> {
         self.changes.clone()
     }
 
@@ -339,25 +387,30 @@ impl Router {
         self.routes.clone()
     }
 
+    /// What the router counts of copies too few and too many.
+    pub(crate) fn copy_counts(&self) -> Arc<CopyCounts> {
+        self.copies.clone()
+    }
+
     /// Messages stored with fewer copies than wanted, since the start.
     pub(crate) fn under_replicated(&self) -> u64 {
-        self.under_replicated.load(Ordering::Relaxed)
+        self.copies.under_replicated()
     }
 
     /// Copies written beyond the wanted count (a late acknowledgement after
     /// a copy was moved), since the start.
     pub(crate) fn over_replicated(&self) -> u64 {
-        self.over_replicated.load(Ordering::Relaxed)
+        self.copies.over_replicated()
     }
 
     /// Counts one copy more than wanted.
     pub(crate) fn count_over_replicated(&self) {
-        self.over_replicated.fetch_add(1, Ordering::Relaxed);
+        self.copies.over.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a message whose last missing copy was given up.
     pub(crate) fn count_under_replicated(&self, envelope: &Envelope) {
-        let count = self.under_replicated.fetch_add(1, Ordering::Relaxed) + 1;
+        let count = self.copies.under.fetch_add(1, Ordering::Relaxed) + 1;
         report_under_replicated(envelope, count);
     }
 
@@ -434,7 +487,7 @@ impl Router {
         let mut refused = Vec::new();
         for &i in &set {
             let node = &routes.nodes[i];
-            match offer(node, Forward::first(envelope.clone())) {
+            match offer(node, Forward::first(envelope.clone()), now) {
                 Ok(()) => chosen.push(node.node.clone()),
                 Err(back) => refused.push((node.conn, back)),
             }
@@ -443,12 +496,12 @@ impl Router {
             // That node's task just ended: this copy goes elsewhere.
             envelope.unplace(conn);
             envelope.reserve();
-            self.reroute(back, rng);
+            self.reroute(back, now, rng);
         }
         for _ in count..want {
             // Not enough nodes for every copy: the rest wait for one.
             envelope.reserve();
-            self.reroute(Forward::first(envelope.clone()), rng);
+            self.reroute(Forward::first(envelope.clone()), now, rng);
         }
         chosen
     }
@@ -456,8 +509,14 @@ impl Router {
     /// Sends one copy (already counted as on its way by its envelope) to a
     /// node that does not hold, may not hold and is not getting one, in a
     /// zone its other copies are not in when possible; parks it when there
-    /// is none. Returns the node chosen, if any.
-    pub(crate) fn reroute(&self, mut message: Forward, rng: &mut SmallRng) -> Option<NodeId> {
+    /// is none (its wait counted from `now` if it was not waiting yet).
+    /// Returns the node chosen, if any.
+    pub(crate) fn reroute(
+        &self,
+        mut message: Forward,
+        now: Instant,
+        rng: &mut SmallRng,
+    ) -> Option<NodeId> {
         let envelope = message.envelope.clone();
         if message.attempts >= self.max_attempts {
             warn!(
@@ -512,7 +571,7 @@ impl Router {
             };
             let node = candidates.swap_remove(at);
             envelope.replace(node.conn, &node.node);
-            match offer(node, message) {
+            match offer(node, message, now) {
                 Ok(()) => return Some(node.node.clone()),
                 Err(back) => {
                     envelope.move_copy(node.conn, false);
@@ -520,7 +579,7 @@ impl Router {
                 }
             }
         }
-        message.waiting_since.get_or_insert_with(Instant::now);
+        message.waiting_since.get_or_insert(now);
         // Fails only during shutdown, when the client is being closed anyway.
         let _ = self.parking.send(Parked::Copy(message));
         None
@@ -547,11 +606,11 @@ impl Forward {
 
 /// Hands a copy to `node`'s queue, counting the attempt; gives it back
 /// (attempt uncounted) if that node's task has just ended.
-fn offer(node: &NodeHandle, mut message: Forward) -> Result<(), Forward> {
+fn offer(node: &NodeHandle, mut message: Forward, now: Instant) -> Result<(), Forward> {
     message.attempts += 1;
     match node.queue.send(message) {
         Ok(()) => {
-            node.load.hand_over();
+            node.load.hand_over(now);
             Ok(())
         }
         Err(mpsc::error::SendError(mut back)) => {
@@ -564,8 +623,8 @@ fn offer(node: &NodeHandle, mut message: Forward) -> Result<(), Forward> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::forward::tests::replicated;
-    use crate::forward::{Completion, NewEnvelope, Outcome, Replication, Waiter};
+    use crate::state::forward::tests::replicated;
+    use crate::state::forward::{Completion, NewEnvelope, Outcome, Replication, Waiter};
     use bytes::Bytes;
     use protocol::ids::MessageId;
     use rand::SeedableRng;
@@ -719,7 +778,7 @@ pub(crate) mod tests {
             for (load, rx) in loads.iter().zip([&mut a_rx, &mut b_rx, &mut c_rx]) {
                 for _ in 0..drain(rx) {
                     load.resolve();
-                    load.acked_now();
+                    load.acked(Instant::now());
                 }
             }
         }
@@ -804,7 +863,13 @@ pub(crate) mod tests {
             // a failed after it was sent the copy: it may hold it.
             envelope.move_copy(1, true);
             let copy = Forward::new(envelope);
-            assert_eq!(router.reroute(copy, &mut rng).unwrap().as_str(), "d");
+            assert_eq!(
+                router
+                    .reroute(copy, Instant::now(), &mut rng)
+                    .unwrap()
+                    .as_str(),
+                "d"
+            );
         }
         assert_eq!(drain(&mut b_rx), 0);
         assert_eq!(d_rx.try_recv().unwrap().attempts, 1);
@@ -820,7 +885,7 @@ pub(crate) mod tests {
         copy.attempts = 5;
         assert!(
             router
-                .reroute(copy, &mut SmallRng::seed_from_u64(1))
+                .reroute(copy, Instant::now(), &mut SmallRng::seed_from_u64(1))
                 .is_none()
         );
         assert!(matches!(
@@ -834,7 +899,7 @@ pub(crate) mod tests {
         envelope.move_copy(7, true);
         let mut copy = Forward::new(envelope);
         copy.attempts = 5;
-        router.reroute(copy, &mut SmallRng::seed_from_u64(1));
+        router.reroute(copy, Instant::now(), &mut SmallRng::seed_from_u64(1));
         assert!(matches!(
             replies.try_recv().unwrap().outcome,
             Outcome::Unknown(_)

@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 use protocol::ids::MessageId;
 use tokio::time::Instant;
 
-use crate::forward::Forward;
+use crate::state::forward::Forward;
 
 struct Entry {
     id: MessageId,
@@ -123,7 +123,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::forward::tests::envelope;
+    use crate::state::forward::tests::envelope;
 
     fn message(seq: u64) -> Forward {
         let (envelope, _) = envelope(seq);

@@ -21,8 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use protocol::datanode::ReadRecord;
 use protocol::ids::{MessageId, NodeId};
 
-use crate::Shared;
-use crate::reads::{NodeReader, ReadFailed, ScanPage};
+use crate::state::reads::{ReadFailed, ScanPage};
 
 /// Which records may be emitted now without risking a gap.
 ///
@@ -74,20 +73,6 @@ impl Watermark {
         }
     }
 
-    /// The watermark of `shared`'s head node now: its next id is read
-    /// before whether it holds any message (see above).
-    pub(crate) fn current(shared: &Shared) -> Self {
-        let next_seq = shared.ids.peek_next_seq();
-        let idle = shared.budget.available_permits() >= shared.budget_total;
-        Watermark::new(
-            shared.ids.epoch(),
-            next_seq,
-            idle,
-            SystemTime::now(),
-            shared.config.tail_lag(),
-        )
-    }
-
     /// Whether `record` may be emitted.
     pub(crate) fn allows(&self, record: &ReadRecord) -> bool {
         record.id.epoch < self.epoch
@@ -111,7 +96,7 @@ struct Cursor {
 /// What the merge needs or gives next.
 #[derive(Debug)]
 pub(crate) enum Step {
-    /// Scan these nodes (indices into [`Merge::nodes`]) from
+    /// Scan these nodes (indices into the merge's nodes) from
     /// [`Merge::scan_from`], and hand the pages to [`Merge::page`].
     Refill(Vec<usize>),
     /// The next record in id order, and the nodes that hold it.
@@ -172,33 +157,6 @@ impl Merge {
     /// The greatest id emitted (or the starting point).
     pub(crate) fn last(&self) -> Option<MessageId> {
         self.last
-    }
-
-    /// Scans the nodes at `which` (indices into `live`, in the order the
-    /// merge was made with) at once, `page` records each, and takes their
-    /// answers. The nodes whose read failed, with why: they leave the merge.
-    pub(crate) async fn refill(
-        &mut self,
-        which: Vec<usize>,
-        live: &[NodeReader],
-        page: u32,
-        timeout: std::time::Duration,
-    ) -> Vec<(NodeId, ReadFailed)> {
-        let mut scans = tokio::task::JoinSet::new();
-        for i in which {
-            let reader = live[i].clone();
-            let after = self.scan_from(i);
-            scans.spawn(async move { (i, reader.scan(after, page, timeout).await) });
-        }
-        let mut failed = Vec::new();
-        while let Some(done) = scans.join_next().await {
-            let Ok((i, answer)) = done else { continue };
-            if let Err(e) = &answer {
-                failed.push((self.node(i).clone(), e.clone()));
-            }
-            self.page(i, answer);
-        }
-        failed
     }
 
     /// The answer to a scan of the node at `i`.
