@@ -28,8 +28,11 @@ pub struct Config {
     /// while `dedup_keys` allows, at most about twice this
     /// (`--dedup-window`).
     pub dedup_window: Duration,
-    /// Changes on every process start.
-    pub incarnation: u64,
+    /// This process's incarnation, which grows on every start: `None` (the
+    /// default) raises the data directory's counter (`incarnation`) and
+    /// takes it; `Some` takes the given one (tests that play another
+    /// process).
+    pub incarnation: Option<u64>,
     /// Directory of `data.txt`.
     pub data_dir: PathBuf,
     /// Durability of acknowledged messages.
@@ -80,7 +83,7 @@ impl Config {
             zone: None,
             dedup_keys: keys::DEFAULT_DEDUP_KEYS,
             dedup_window: keys::DEFAULT_DEDUP_WINDOW,
-            incarnation: new_incarnation(),
+            incarnation: None,
             fsync: FsyncPolicy::Batch,
             storage: storage::Backend::File,
             store: StoreConfig::default(),
@@ -112,14 +115,6 @@ impl Config {
             leave_timeout: self.leave_timeout,
         }
     }
-}
-
-/// A value that differs on every process start: the start time in microseconds.
-pub fn new_incarnation() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or_default()
 }
 
 /// Extra room for the `mensaje <id> <key>: ` prefix around a client's

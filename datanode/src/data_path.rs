@@ -8,8 +8,8 @@
 //! runtime and a message crosses no thread hand-off on its way.
 //!
 //! - [`NodeState`]: what the node keeps across sessions (the data file,
-//!   the store, the node's decisions and key index, the epoch file), moved
-//!   into each session's thread and back out of it;
+//!   the store, the node's decisions and key index, the epoch and members
+//!   files), moved into each session's thread and back out of it;
 //! - [`serve`]: runs one session's thread until it ends ([`SessionEnd`]).
 
 use std::future::Future;
@@ -22,17 +22,17 @@ use bytes::BytesMut;
 use node_kit::shutdown::Latch;
 use protocol::codec::{Line, LineDecoder};
 use protocol::connection::Connection;
-use protocol::datanode::FromDataNode;
+use protocol::datanode::{Fence, FromDataNode};
 use protocol::ids::NodeId;
 use tracing::{error, info};
 
 use crate::config::{Config, FORWARD_OVERHEAD};
 use crate::error::DataNodeError;
 use crate::keys::{KeyIndex, now_millis};
-use crate::node::{Commit, Handled, Next, Node, Session, SessionConfig, SessionEnd};
+use crate::node::{Commit, Handled, Kept, Next, Node, Session, SessionConfig, SessionEnd};
 use crate::reads::{ReadServer, SharedWriter};
 use crate::storage::store::{self, Store};
-use crate::storage::{self, DataFile, EpochFile, StorageError};
+use crate::storage::{self, DataFile, EpochFile, MembersFile, StorageError};
 
 /// Extra room for a record's timestamp, id, key and checksum around a
 /// `mensaje` line's text, when it is read back.
@@ -43,21 +43,33 @@ const RECORD_OVERHEAD: usize = 256;
 pub(crate) struct NodeState {
     pub(crate) data: DataFile,
     pub(crate) store: Store,
-    /// The decisions' state: the key index and the last `members` list.
+    /// The decisions' state: the key index, the newest head node accepted
+    /// and the member set.
     pub(crate) node: Node,
     pub(crate) epoch: EpochFile,
+    pub(crate) members: MembersFile,
     /// Names this data directory (see `storage::load_or_create_store_id`).
     pub(crate) store_id: u64,
+    /// This process's incarnation: the directory's counter, raised at this
+    /// start (or the configuration's).
+    pub(crate) incarnation: u64,
 }
 
 impl NodeState {
-    /// Opens the data directory, reads the epoch file and rebuilds the
-    /// message index and the key index from every segment and `data.txt`.
-    /// Blocking file I/O, once, before any session.
+    /// Opens the data directory, raises its incarnation counter, reads the
+    /// epoch and members files and rebuilds the message index and the key
+    /// index from every segment and `data.txt`. Blocking file I/O, once,
+    /// before any session.
     pub(crate) fn open(config: &Config) -> Result<NodeState, StorageError> {
         let started = Instant::now();
         let data = DataFile::open_with(&config.data_dir, config.fsync, config.storage)?;
+        // After the lock (taken by the data file): one process raises it.
+        let incarnation = match config.incarnation {
+            Some(incarnation) => incarnation,
+            None => storage::raise_incarnation(&config.data_dir)?,
+        };
         let epoch = EpochFile::load(&config.data_dir)?;
+        let members = MembersFile::load(&config.data_dir)?;
         let store_id = storage::load_or_create_store_id(&config.data_dir)?;
         let mut keys = KeyIndex::new(config.dedup_keys, config.dedup_window);
         let store = Store::open(&data, config.store, &mut keys, std::time::SystemTime::now())?;
@@ -70,14 +82,31 @@ impl NodeState {
             "read {} data files: {} records indexed, {} keys within the window",
             opened.files, store.indexed(), opened.keys
         );
-        let node = Node::new(keys, data.metrics());
+        let kept = Kept {
+            newest: epoch.newest(),
+            members: members.members().map(<[NodeId]>::to_vec),
+        };
+        let node = Node::new(keys, kept, data.metrics());
         Ok(NodeState {
             data,
             store,
             node,
             epoch,
+            members,
             store_id,
+            incarnation,
         })
+    }
+}
+
+impl NodeState {
+    /// What the node says of itself when it registers.
+    pub(crate) fn me(&self) -> crate::registration::Me {
+        crate::registration::Me {
+            incarnation: self.incarnation,
+            store_id: self.store_id,
+            newest: self.epoch.newest(),
+        }
     }
 }
 
@@ -92,7 +121,7 @@ const POLL: Duration = Duration::from_millis(100);
 pub(crate) async fn serve<F: Future<Output = ()>>(
     config: &Config,
     conn: Connection,
-    epoch: u64,
+    fence: Fence,
     state: NodeState,
     shutdown: &mut Latch<F>,
 ) -> Result<(NodeState, SessionEnd), DataNodeError> {
@@ -126,7 +155,7 @@ pub(crate) async fn serve<F: Future<Output = ()>>(
                 stream,
                 leftover,
                 &mut state,
-                epoch,
+                fence,
                 &thread_config,
                 &thread_leave,
             );
@@ -183,7 +212,7 @@ fn send_report(stream: &mut std::net::TcpStream, node: &mut Node) -> std::io::Re
     stream.write_all(&buf)?;
     info!(
         keys = node.keys().len(),
-        peers = ?node.peers().map(|p| p.iter().map(NodeId::as_str).collect::<Vec<_>>()),
+        members = ?node.members().map(|p| p.iter().map(NodeId::as_str).collect::<Vec<_>>()),
         "reported what this node holds to the head node"
     );
     Ok(())
@@ -197,14 +226,14 @@ fn storage_failure_line(e: &StorageError) -> BytesMut {
     line
 }
 
-/// The data path: raise the epoch file to the head node's epoch and send
+/// The data path: record the head node's fence in the epoch file and send
 /// the report; then drive a session of the node's decisions until it ends.
 /// Blocking I/O on its own thread.
 fn data_path(
     mut stream: std::net::TcpStream,
     inbuf: BytesMut,
     state: &mut NodeState,
-    epoch: u64,
+    fence: Fence,
     config: &DataPathConfig,
     leave: &AtomicBool,
 ) -> SessionEnd {
@@ -217,8 +246,8 @@ fn data_path(
         return SessionEnd::Reconnect(e.to_string());
     }
     // Before the head node hears anything: an older head node that comes
-    // back later must find this epoch on disk.
-    if let Err(e) = state.epoch.raise(epoch) {
+    // back later must find this fence on disk.
+    if let Err(e) = state.epoch.record(fence) {
         error!("{e}; cannot record the head node's epoch; stopping");
         let _ = stream.write_all(&storage_failure_line(&e));
         return SessionEnd::StorageFailed(e);
@@ -243,9 +272,14 @@ fn data_path(
         Err(e) => return SessionEnd::Reconnect(format!("cannot start the read thread: {e}")),
     };
     let NodeState {
-        data, store, node, ..
+        data,
+        store,
+        node,
+        epoch,
+        members,
+        ..
     } = state;
-    let mut session = node.session(config.session, reads.slots(), Instant::now());
+    let mut session = node.session(config.session, reads.slots(), fence, Instant::now());
     let mut path = DataPath {
         stream,
         inbuf,
@@ -257,6 +291,8 @@ fn data_path(
         reads,
         data,
         store,
+        epoch,
+        members,
     };
     let end = path.run(&mut session, leave);
     // Whatever is staged was not written: a failed commit has dropped its
@@ -283,6 +319,8 @@ struct DataPath<'s> {
     reads: ReadServer,
     data: &'s mut DataFile,
     store: &'s mut Store,
+    epoch: &'s mut EpochFile,
+    members: &'s mut MembersFile,
 }
 
 impl DataPath<'_> {
@@ -344,9 +382,29 @@ impl DataPath<'_> {
                     self.carried = Some(line);
                     return None;
                 }
+                Handled::End(SessionEnd::StaleHead(refusal)) => {
+                    // Best effort: the session ends either way.
+                    let mut line = BytesMut::new();
+                    FromDataNode::Error(refusal.clone()).encode_line(&mut line);
+                    let _ = self.writer.write_all(&line);
+                    return Some(SessionEnd::StaleHead(refusal));
+                }
                 Handled::End(end) => return Some(end),
             }
         }
+    }
+
+    /// Records what the batch's lines changed of the node's fence and
+    /// member set, before the batch is written: a message under a newer
+    /// epoch is on disk only once the fence that admits it is.
+    fn record_kept(&mut self, session: &mut Session<'_>) -> Result<(), StorageError> {
+        if let Some(fence) = session.fence_to_record() {
+            self.epoch.record(fence)?;
+        }
+        if let Some(members) = session.members_to_record() {
+            self.members.record(&members)?;
+        }
+        Ok(())
     }
 
     /// Commits the staged batch, then writes its answers (`bye` after them
@@ -357,6 +415,11 @@ impl DataPath<'_> {
         staged: usize,
         leave: &AtomicBool,
     ) -> Result<(), SessionEnd> {
+        if let Err(e) = self.record_kept(session) {
+            error!("{e}; cannot record the head node's epoch or member set; stopping");
+            let _ = self.writer.write_all(&storage_failure_line(&e));
+            return Err(SessionEnd::StorageFailed(e));
+        }
         if let Err(e) = self.data.commit() {
             // No acknowledgement of this batch may leave: the head node
             // sends its messages to another node instead.

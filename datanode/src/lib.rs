@@ -6,8 +6,10 @@
 //!   (group commit), one checksummed record per message, in a directory
 //!   that one process at a time may use; `data.txt` rolled into numbered
 //!   segments, old segments removed by retention, and the message index
-//!   over all of them, rebuilt at start ([`storage::store`]); and `epoch`,
-//!   the newest head node seen, so an older (stale) one is refused;
+//!   over all of them, rebuilt at start ([`storage::store`]); `epoch`, the
+//!   newest head node accepted, so an older (stale) one is refused;
+//!   `incarnation`, raised at every start; and `members`, the cluster's
+//!   member set as the head node last sent it;
 //! - [`reads`]: `get`, `getkey` and `scan` from the head node, served by a
 //!   read thread beside the data path, so reads never hold up writes;
 //! - [`keys`]: the client keys held here, rebuilt from the data files at start,
@@ -44,7 +46,7 @@ pub mod reads;
 mod registration;
 pub mod storage;
 
-pub use config::{Config, DEFAULT_COMMIT_LINGER, new_incarnation};
+pub use config::{Config, DEFAULT_COMMIT_LINGER};
 use data_path::NodeState;
 pub use error::DataNodeError;
 use node::SessionEnd;
@@ -96,11 +98,13 @@ async fn serve_node(
     info!(
         node = %config.node_id,
         zone = ?config.zone.as_ref().map(Zone::as_str),
-        incarnation = config.incarnation,
+        incarnation = state.incarnation,
         data = %state.data.path().display(),
         fsync = ?config.fsync,
         keys = state.node.keys().len(),
-        epoch = state.epoch.newest(),
+        epoch = state.epoch.newest().epoch,
+        head = %state.epoch.newest().head,
+        members = ?state.members.members().map(|m| m.iter().map(|n| n.as_str()).collect::<Vec<_>>()),
         "dataNode starting"
     );
     let mut shutdown = Latch::new(shutdown);
@@ -109,11 +113,12 @@ async fn serve_node(
         if shutdown.fired() {
             break Ok(());
         }
+        let me = state.me();
         let attempt = tokio::select! {
             _ = shutdown.wait() => break Ok(()),
-            attempt = registration::connect(&config, state.epoch.newest(), state.store_id) => attempt,
+            attempt = registration::connect(&config, &me) => attempt,
         };
-        let (conn, epoch) = match attempt {
+        let (conn, fence) = match attempt {
             Ok(welcomed) => welcomed,
             Err(ConnectError::Fatal(e)) => break Err(e),
             Err(ConnectError::Retry(why)) => {
@@ -131,7 +136,7 @@ async fn serve_node(
             }
         };
         backoff.reset();
-        let end = match data_path::serve(&config, conn, epoch, state, &mut shutdown).await {
+        let end = match data_path::serve(&config, conn, fence, state, &mut shutdown).await {
             Ok((back, end)) => {
                 state = back;
                 end
@@ -141,6 +146,9 @@ async fn serve_node(
         match end {
             SessionEnd::Reconnect(why) => {
                 warn!(headnode = %config.headnode, "lost the head node ({why}); reconnecting")
+            }
+            SessionEnd::StaleHead(why) => {
+                warn!(headnode = %config.headnode, "refused the head node's messages ({why}); reconnecting")
             }
             SessionEnd::Left => {
                 let stats = state.data.stats();

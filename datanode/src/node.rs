@@ -5,12 +5,19 @@
 //! the driver, which drains it (foca's accumulating runtime).
 //!
 //! - [`Node`]: what a data node keeps across its sessions with head nodes:
-//!   the key index, the last `members` list, and the report after
-//!   `welcome` made from them;
+//!   the key index, the newest head node accepted ([`Fence`]), the member
+//!   set the head node last sent, and the report after `welcome` made from
+//!   them ([`Kept`] is what of it lives in files beside the data);
 //! - [`Session`]: one session with a head node. [`Session::handle_line`]
 //!   takes one head-node line (a message is staged, or answered from the
 //!   key index; a withdraw, a ping, a read, `members`, `bye`) and says
-//!   whether the driver may go on ([`Handled`]);
+//!   whether the driver may go on ([`Handled`]). Every message is fenced:
+//!   a session with a head node older than the newest the node has
+//!   accepted stores nothing, and a message whose id has a newer epoch
+//!   (the head node went above one another node reported) raises the
+//!   node's fence, which the driver records durably before the batch is
+//!   written ([`Session::fence_to_record`]); a new member set is recorded
+//!   too ([`Session::members_to_record`]);
 //!   [`Session::when_to_commit`] is the group-commit rule
 //!   ([`GroupCommit`]); after the driver's commit,
 //!   [`Session::committed`] releases the batch's answers
@@ -32,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use node_kit::telemetry::MESSAGES_TARGET;
 use protocol::datanode::register::STALE_INCARNATION;
-use protocol::datanode::{FromDataNode, MAX_SCAN_RECORDS, ToDataNode};
+use protocol::datanode::{Fence, FromDataNode, MAX_SCAN_RECORDS, ToDataNode};
 use protocol::error::truncate_for_log;
 use protocol::ids::{KeyRef, MessageId, NodeId};
 use tracing::{debug, info, warn};
@@ -136,10 +143,24 @@ pub enum SessionEnd {
     Reconnect(String),
     /// A newer process with this node id has registered: stop for good.
     Superseded(String),
+    /// The head node is older than the newest this node has accepted: the
+    /// driver tells it `ERROR <reason>` and registers again (a newer head
+    /// node may be at the address).
+    StaleHead(String),
     /// Drained after `bye`, or out of time to drain: the node stops.
     Left,
     /// A write or sync of the data directory failed: the node stops.
     StorageFailed(StorageError),
+}
+
+/// What of a node's state lives in small files beside its data, read when
+/// it starts: the `epoch` and `members` files.
+#[derive(Debug, Clone, Default)]
+pub struct Kept {
+    /// The newest head node it has accepted.
+    pub newest: Fence,
+    /// The member set a head node last sent; `None` if none has.
+    pub members: Option<Vec<NodeId>>,
 }
 
 /// What a data node keeps across its sessions with head nodes.
@@ -147,22 +168,30 @@ pub enum SessionEnd {
 pub struct Node {
     /// The client keys held here (and those of the batch being staged).
     keys: KeyIndex,
-    /// The nodes the last head node named in `members`, for the next
-    /// report; `None` until a head node has sent one.
-    peers: Option<Vec<NodeId>>,
+    /// The newest head node accepted: its sessions only may store.
+    newest: Fence,
+    /// The member set the last head node sent, for the next report; `None`
+    /// until a head node has sent one.
+    members: Option<Vec<NodeId>>,
     metrics: Arc<NodeMetrics>,
 }
 
 impl Node {
-    /// A node holding `keys` (rebuilt from its data files), counting what
-    /// it does in `metrics`.
-    pub fn new(keys: KeyIndex, metrics: Arc<NodeMetrics>) -> Self {
+    /// A node holding `keys` (rebuilt from its data files) and what it
+    /// keeps beside them, counting what it does in `metrics`.
+    pub fn new(keys: KeyIndex, kept: Kept, metrics: Arc<NodeMetrics>) -> Self {
         metrics.set_keys(keys.len());
         Node {
             keys,
-            peers: None,
+            newest: kept.newest,
+            members: kept.members,
             metrics,
         }
+    }
+
+    /// The newest head node accepted.
+    pub fn newest(&self) -> Fence {
+        self.newest
     }
 
     /// The client keys held here.
@@ -170,14 +199,14 @@ impl Node {
         &self.keys
     }
 
-    /// The last `members` list a head node sent, if any did.
-    pub fn peers(&self) -> Option<&[NodeId]> {
-        self.peers.as_deref()
+    /// The member set a head node last sent, if any did.
+    pub fn members(&self) -> Option<&[NodeId]> {
+        self.members.as_deref()
     }
 
     /// The report after `welcome`, one line at a time to `line`: the keys
-    /// held within the window at `now_ms` (`held` lines), the nodes the last
-    /// head node listed (`peers`, if any did), then `ready`. Stops at
+    /// held within the window at `now_ms` (`held` lines), the member set
+    /// (`peers`, if a head node ever sent one), then `ready`. Stops at
     /// `line`'s first error.
     pub fn report<E>(
         &mut self,
@@ -186,23 +215,32 @@ impl Node {
     ) -> Result<(), E> {
         self.keys.expire(now_ms);
         self.keys.for_each_held_line(&mut line)?;
-        if let Some(peers) = &self.peers {
-            line(FromDataNode::Peers(peers.clone()))?;
+        if let Some(members) = &self.members {
+            line(FromDataNode::Peers(members.clone()))?;
         }
         line(FromDataNode::Ready)
     }
 
-    /// Starts a session with a head node at `now`, its reads bounded by
-    /// `reads`.
+    /// Starts a session at `now` with the head node that welcomed this one
+    /// under `fence` (recorded by the driver if the node admits it), its
+    /// reads bounded by `reads`. A head node the node does not admit gets
+    /// nothing stored: its first message ends the session.
     pub fn session(
         &mut self,
         config: SessionConfig,
         reads: ReadSlots,
+        fence: Fence,
         now: Instant,
     ) -> Session<'_> {
+        if self.newest.admits(&fence) {
+            self.newest = fence;
+        }
         let fsyncs = FsyncWindow::new(config.fsync_report_every, now, &self.metrics);
         Session {
             node: self,
+            fence,
+            fence_raised: false,
+            members_changed: false,
             batch: Batch::default(),
             group: GroupCommit::new(config.commit_linger),
             fsyncs,
@@ -263,6 +301,13 @@ pub enum Next {
 #[derive(Debug)]
 pub struct Session<'n> {
     node: &'n mut Node,
+    /// The head node's fence: its epoch, raised by a message under a newer
+    /// one.
+    fence: Fence,
+    /// The fence was raised and is not yet recorded.
+    fence_raised: bool,
+    /// A new member set came and is not yet recorded.
+    members_changed: bool,
     batch: Batch,
     group: GroupCommit,
     fsyncs: FsyncWindow,
@@ -287,6 +332,9 @@ impl Session<'_> {
     pub fn handle_line(&mut self, line: &str, now: Instant, staging: &mut impl Staging) -> Handled {
         match ToDataNode::parse(line) {
             Ok(ToDataNode::Store { id, key, text }) => {
+                if let Some(refusal) = self.fence_message(id) {
+                    return Handled::End(SessionEnd::StaleHead(refusal));
+                }
                 if !self.store(id, key, text, staging) {
                     self.split = true;
                     return Handled::AfterCommit;
@@ -309,8 +357,14 @@ impl Session<'_> {
                 }
             }
             Ok(ToDataNode::Members(nodes)) => {
-                debug!(members = nodes.len(), "the head node's routable data nodes");
-                self.node.peers = Some(nodes);
+                if self.node.members.as_ref() != Some(&nodes) {
+                    info!(
+                        members = ?nodes.iter().map(NodeId::as_str).collect::<Vec<_>>(),
+                        "the cluster's member set changed"
+                    );
+                    self.node.members = Some(nodes);
+                    self.members_changed = true;
+                }
             }
             Ok(ToDataNode::Bye) => self.drained = true,
             Ok(ToDataNode::Get { req, id }) => self.read(req, ReadJob::Get { req, id }),
@@ -333,6 +387,21 @@ impl Session<'_> {
             Err(e) => return Handled::End(SessionEnd::Reconnect(format!("protocol error: {e}"))),
         }
         Handled::Taken
+    }
+
+    /// The fence to record durably before this batch is written, if a
+    /// message raised it (once per raise).
+    pub fn fence_to_record(&mut self) -> Option<Fence> {
+        std::mem::take(&mut self.fence_raised).then_some(self.fence)
+    }
+
+    /// The member set to record durably, if a new one came (once per
+    /// change).
+    pub fn members_to_record(&mut self) -> Option<Vec<NodeId>> {
+        if !std::mem::take(&mut self.members_changed) {
+            return None;
+        }
+        self.node.members.clone()
     }
 
     /// Whether to commit the `staged` records now, or read what else
@@ -423,6 +492,34 @@ impl Session<'_> {
     /// commit has dropped its records already.
     pub fn abandon(mut self, staging: &mut impl Staging) {
         self.batch.abandon(staging, &mut self.node.keys);
+    }
+
+    /// The fencing of one `mensaje`: the refusal if this session's head
+    /// node is older than the newest the node has accepted (nothing more
+    /// may be stored for it). A message under a newer epoch than the
+    /// session's comes from the same head node, which went above an epoch
+    /// another node reported: the node's fence follows it (recorded before
+    /// the batch is written). One under an older epoch is fine: a repair
+    /// copy, or a message given its id before the head node went above.
+    fn fence_message(&mut self, id: Option<MessageId>) -> Option<String> {
+        if !self.node.newest.admits(&self.fence) {
+            let refusal = self.node.newest.refusal(&self.fence);
+            warn!(head = %self.fence, newest = %self.node.newest, "refusing a message of a stale head node: {refusal}");
+            return Some(refusal);
+        }
+        if let Some(id) = id
+            && id.epoch > self.fence.epoch
+        {
+            info!(
+                from = self.fence.epoch,
+                to = id.epoch,
+                "the head node raised its epoch"
+            );
+            self.fence.epoch = id.epoch;
+            self.node.newest = self.fence;
+            self.fence_raised = true;
+        }
+        None
     }
 
     /// Handles one `mensaje`: stages it, or answers it from the key index,

@@ -16,8 +16,10 @@
 //!   [`index`] over all of them, rebuilt at start;
 //! - [`StorageError`]: why the directory or a file of it cannot be used;
 //! - [`DirLock`]: one process per data directory;
-//! - [`EpochFile`]: the newest head node seen, so an older one is refused;
-//!   [`load_or_create_store_id`]: the name of this directory;
+//! - [`EpochFile`]: the newest head node accepted, so an older one is
+//!   refused; [`load_or_create_store_id`]: the name of this directory;
+//!   [`raise_incarnation`]: the process counter; [`MembersFile`]: the
+//!   member set the head node last sent;
 //! - [`verify`]: checks a whole file or directory without taking the lock;
 //!   [`stored_messages`] reads a file back whole, for tests and tools;
 //! - [`StorageFile`]: what a commit writes through, so tests can inject
@@ -28,8 +30,10 @@ mod epoch;
 mod error;
 mod file;
 mod fs;
+mod incarnation;
 pub mod index;
 mod lock;
+mod members;
 mod read_back;
 mod record;
 pub mod retention;
@@ -44,7 +48,9 @@ pub use epoch::{EPOCH_FILE, EpochFile};
 pub use error::StorageError;
 pub use file::{Faults, FaultyFile, RollStep, StorageFile};
 pub(crate) use fs::{each_line, replace_durably, sync_dir};
+pub use incarnation::{INCARNATION_FILE, raise_incarnation};
 pub use lock::{DirLock, LOCK_FILE};
+pub use members::{MEMBERS_FILE, MembersFile};
 pub use read_back::{StoredMessage, stored_ids, stored_messages};
 pub use record::{Checksum, LineError, Record, format_record, parse_line};
 pub(crate) use shared::{read_lock, write_lock};

@@ -97,8 +97,9 @@ async fn a_restarted_node_rebuilds_its_keys_from_data_txt_and_reports_them() {
     expected.sort();
     assert_eq!(held, expected);
     assert_eq!(
-        report.peers, None,
-        "the members list is not kept across a restart"
+        report.peers,
+        Some(vec!["dn1".into(), "dn2".into()]),
+        "the member set is kept across a restart"
     );
     head.send_keyed("8-1", "c-a/3", "a3").await;
     assert_eq!(head.next_line().await.as_deref(), Some("recibido 8-1 7-3"));

@@ -1,6 +1,8 @@
 //! Head-node epochs, seen from a scripted head node: a data node refuses a
-//! head node older than the newest it has been welcomed by, stores nothing
-//! for it, keeps trying, and remembers the epoch across a restart.
+//! head node older than the newest it has been welcomed by (or another one
+//! at that epoch), stores nothing for it, keeps trying, and remembers the
+//! epoch and head-id across a restart. A head node without a head-id (an
+//! older version) counts as head-id 0.
 
 mod support;
 
@@ -16,7 +18,10 @@ async fn an_older_head_node_is_refused_and_nothing_is_stored_for_it() {
     head.welcome(2000).await;
     head.read_report().await;
     let epoch_file = head.dir.path().join(EPOCH_FILE);
-    assert_eq!(std::fs::read_to_string(&epoch_file).unwrap(), "2000\n");
+    assert_eq!(
+        std::fs::read_to_string(&epoch_file).unwrap(),
+        "2000 0000000000000000\n"
+    );
     head.conn.writer.send(b"ERROR going away").await.unwrap();
 
     // A head node of an older run comes back at the address.
@@ -35,7 +40,10 @@ async fn an_older_head_node_is_refused_and_nothing_is_stored_for_it() {
         .await;
     assert_eq!(head.next_line().await, None, "the node closed");
     assert!(stored_ids(&head.data_file()).unwrap().is_empty());
-    assert_eq!(std::fs::read_to_string(&epoch_file).unwrap(), "2000\n");
+    assert_eq!(
+        std::fs::read_to_string(&epoch_file).unwrap(),
+        "2000 0000000000000000\n"
+    );
 
     // It keeps trying, and serves a head node as new as the newest seen.
     head.reconnected().await;
@@ -57,7 +65,7 @@ async fn the_newest_epoch_survives_a_restart() {
     let dir = head.stop_keeping_dir().await;
     assert_eq!(
         std::fs::read_to_string(dir.path().join(EPOCH_FILE)).unwrap(),
-        "5000\n"
+        "5000 0000000000000000\n"
     );
 
     let mut head = ScriptedHead::start_in(dir, |_| {}).await;
@@ -72,6 +80,50 @@ async fn the_newest_epoch_survives_a_restart() {
     head.read_report().await;
     assert_eq!(
         std::fs::read_to_string(head.dir.path().join(EPOCH_FILE)).unwrap(),
-        "6000\n"
+        "6000 0000000000000000\n"
     );
+}
+
+#[tokio::test]
+async fn another_head_node_at_the_newest_epoch_is_refused_until_it_goes_above() {
+    let mut head = ScriptedHead::start_in(tempfile::tempdir().unwrap(), |config| {
+        config.min_backoff = std::time::Duration::from_millis(20);
+    })
+    .await;
+    head.welcome_as(7, "00000000000000aa").await;
+    head.read_report().await;
+    head.conn.writer.send(b"ERROR going away").await.unwrap();
+
+    head.reconnected().await;
+    head.welcome_as(7, "00000000000000bb").await;
+    let refusal = head.next_line().await.unwrap();
+    assert!(
+        refusal.starts_with("ERROR stale head node: epoch 7 belongs to head node 00000000000000aa"),
+        "{refusal}"
+    );
+    assert!(refusal.ends_with("; newest 7"), "{refusal}");
+    head.reconnected().await;
+    head.welcome_as(8, "00000000000000bb").await;
+    head.read_report().await;
+    assert_eq!(
+        std::fs::read_to_string(head.dir.path().join(EPOCH_FILE)).unwrap(),
+        "8 00000000000000bb\n"
+    );
+}
+
+#[tokio::test]
+async fn a_message_under_a_newer_epoch_raises_the_epoch_file_before_it_is_acknowledged() {
+    let mut head = ScriptedHead::start_in(tempfile::tempdir().unwrap(), |_| {}).await;
+    head.welcome_as(3, "00000000000000aa").await;
+    head.read_report().await;
+    // The head node went above an epoch another node reported.
+    head.send_keyed("5-1", "c-1/1", "after the raise").await;
+    head.expect_ack("5-1").await;
+    assert_eq!(
+        std::fs::read_to_string(head.dir.path().join(EPOCH_FILE)).unwrap(),
+        "5 00000000000000aa\n"
+    );
+    // A message given its id before the raise is still stored.
+    head.send_keyed("3-9", "c-1/2", "before the raise").await;
+    head.expect_ack("3-9").await;
 }

@@ -120,11 +120,12 @@ pub struct Config {
     pub max_handshakes: usize,
     /// The ICMP prober; `None` opens real ICMP sockets.
     pub prober: Option<Arc<dyn Prober>>,
-    /// Epoch of message ids; `None` uses the start time.
-    pub id_epoch: Option<u64>,
+    /// The epoch the head node starts from (at least 1), before its data
+    /// nodes report theirs: it goes above every epoch they report.
+    pub id_epoch: u64,
     /// Seed of every random choice the head node makes (routing, the
     /// waiting room, challenge nonces, repair's copies, the ICMP
-    /// identifier), for reproducible runs such as a simulation; each
+    /// identifier, the head-id), for reproducible runs such as a simulation; each
     /// connection's generator is derived from it and the connection's
     /// number, and each task's from it and the task. `None` seeds from the
     /// operating system.
@@ -193,7 +194,7 @@ impl Default for Config {
             max_data_nodes: 64,
             max_handshakes: 256,
             prober: None,
-            id_epoch: None,
+            id_epoch: crate::state::ids::FIRST_EPOCH,
             rng_seed: None,
             observer: None,
         }
@@ -212,6 +213,8 @@ pub(crate) enum RngStream {
     Repair,
     /// The ICMP prober's identifier.
     Prober,
+    /// The head-id this run fences data nodes with.
+    HeadId,
 }
 
 impl RngStream {
@@ -221,6 +224,7 @@ impl RngStream {
             RngStream::Connection(n) => n,
             RngStream::Repair => u64::MAX,
             RngStream::Prober => u64::MAX - 1,
+            RngStream::HeadId => u64::MAX - 2,
         }
     }
 }

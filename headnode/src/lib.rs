@@ -34,7 +34,7 @@ mod tasks;
 
 pub use config::{Config, ConfigError, DEFAULT_STICKY_RUN, Limits};
 pub use error::RunError;
-pub use state::forward::IdGenerator;
+pub use state::ids::IdGenerator;
 pub use state::membership;
 pub use state::membership::DetectorConfig;
 pub use tasks::prober;

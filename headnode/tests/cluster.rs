@@ -295,7 +295,7 @@ async fn host_silent_on_icmp_for_ping_misses_rounds_is_evicted_and_the_node_rejo
     let mut cluster = Cluster::start(config).await;
     let mut dn1 = cluster.node_config("dn1");
     dn1.source_ip = Some("127.0.0.2".parse().unwrap());
-    let first_incarnation = dn1.incarnation;
+    let first_incarnation = dn1.incarnation.unwrap();
     cluster.add_node(dn1).await;
     let config = cluster.node_config("dn2");
     cluster.add_node(config).await;
@@ -356,7 +356,7 @@ async fn host_silent_on_icmp_for_ping_misses_rounds_is_evicted_and_the_node_rejo
         .await;
     cluster.nodes[0].released().await;
     let restarted = cluster.node_config("dn1");
-    let new_incarnation = restarted.incarnation;
+    let new_incarnation = restarted.incarnation.unwrap();
     assert_ne!(new_incarnation, first_incarnation);
     let task = tokio::spawn(datanode::run(restarted, std::future::pending()));
     let rejoined = cluster
@@ -493,7 +493,7 @@ async fn ipv4_peers_of_a_dual_stack_listener_are_known_by_their_ipv4_address() {
 async fn older_incarnation_of_a_node_is_refused() {
     let mut cluster = Cluster::start(fast_config()).await;
     let config = cluster.node_config("dn1");
-    let incarnation = config.incarnation;
+    let incarnation = config.incarnation.unwrap();
     cluster.add_node(config).await;
     let answer = register_refused(cluster.addr, "dn1", incarnation - 1).await;
     assert_eq!(
@@ -511,7 +511,7 @@ async fn second_live_process_with_the_same_id_is_refused() {
     let cluster = start_with_nodes(1).await;
     let mut twin = cluster.node_config("dn1");
     twin.data_dir = cluster.dir.path().join("twin");
-    let answer = register_refused(cluster.addr, "dn1", twin.incarnation).await;
+    let answer = register_refused(cluster.addr, "dn1", twin.incarnation.unwrap()).await;
     assert_eq!(
         answer,
         "ERROR node id dn1 is already in use by a live data node"

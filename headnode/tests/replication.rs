@@ -179,43 +179,45 @@ async fn a_restarted_head_node_answers_resends_with_the_original_id() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_head_node_with_an_older_epoch_cannot_make_a_data_node_store_anything() {
-    // dn1 registers with a head node of epoch 2000...
+async fn a_head_node_started_below_a_data_nodes_epoch_goes_above_it_before_it_stores() {
+    // dn1 registers with a head node at epoch 2000...
     let mut newer = start_with_nodes(
         headnode::Config {
-            id_epoch: Some(2000),
+            id_epoch: 2000,
             ..replicated(1, 1)
         },
         &["dn1"],
     )
     .await;
     let mut client = keyed_client(newer.addr, "c-epoch").await;
-    stored(&send_keyed(&mut client, 1, "stored by the newer head").await);
+    let (_, first) = stored(&send_keyed(&mut client, 1, "stored by the first head").await);
     drop(client);
     let dn1_dir = newer.nodes[0].data_dir.clone();
     newer.nodes[0].stop().await.unwrap();
-    let before = std::fs::read(dn1_dir.join(datanode::storage::DATA_FILE)).unwrap();
 
-    // ...then, restarted, finds a head node of epoch 1000 at the address.
-    let mut stale = Cluster::start(headnode::Config {
-        id_epoch: Some(1000),
+    // ...then, restarted, finds a head node that starts from epoch 1000
+    // (as one whose clock is behind once did): it goes above 2000 before
+    // it welcomes dn1, so every id it gives is newer than dn1's.
+    let mut next = Cluster::start(headnode::Config {
+        id_epoch: 1000,
         ..replicated(1, 1)
     })
     .await;
-    let mut config = stale.node_config("dn1");
+    let mut config = next.node_config("dn1");
     config.data_dir = dn1_dir.clone();
     let node = tokio::spawn(datanode::run(config, std::future::pending()));
-    let events = stale.events_within(Duration::from_secs(1)).await;
-    assert!(
-        !events.iter().any(|e| matches!(e, Event::Joined { .. })),
-        "{events:?}"
-    );
-    let mut client = keyed_client(stale.addr, "c-epoch").await;
-    let reply = send_keyed(&mut client, 2, "stored by the stale head").await;
-    assert!(matches!(reply, StoreReply::Error(_)), "{reply:?}");
-    let after = std::fs::read(dn1_dir.join(datanode::storage::DATA_FILE)).unwrap();
-    assert_eq!(before, after, "nothing written for the stale head node");
+    next.wait_for(
+        "dn1 to join",
+        |e| matches!(e, Event::Joined { member, .. } if member.node.as_str() == "dn1"),
+    )
+    .await;
+    let mut client = keyed_client(next.addr, "c-epoch").await;
+    let (_, second) = stored(&send_keyed(&mut client, 2, "stored by the next head").await);
+    assert_eq!(first.epoch, 2000);
+    assert_eq!(second.epoch, 2001, "above the epoch dn1 had accepted");
+    let epoch_file = std::fs::read_to_string(dn1_dir.join(datanode::storage::EPOCH_FILE)).unwrap();
+    assert!(epoch_file.starts_with("2001 "), "{epoch_file}");
     node.abort();
-    stale.stop().await;
+    next.stop().await;
     newer.stop().await;
 }

@@ -212,10 +212,11 @@ mod tests {
             nonce: Some(nonce),
             zone: Some("rack-2".parse().unwrap()),
             store: Some(0x00ab_cdef_0123_4567),
+            epoch: Some(12),
         };
         assert_eq!(
             hello.to_line(),
-            "dataNode id=dn1 incarnation=77 nonce=00112233445566778899aabbccddeeff zone=rack-2 store=00abcdef01234567"
+            "dataNode id=dn1 incarnation=77 nonce=00112233445566778899aabbccddeeff zone=rack-2 store=00abcdef01234567 epoch=12"
         );
         assert_eq!(
             hello.to_line().parse::<Role>().unwrap(),
@@ -236,6 +237,8 @@ mod tests {
             "dataNode id=dn1 nonce=short",
             "dataNode id=dn1 store=123",
             "dataNode id=dn1 store=zzzzzzzzzzzzzzzz",
+            "dataNode id=dn1 epoch=-1",
+            "dataNode id=dn1 epoch=",
         ] {
             assert!(bad.parse::<Role>().is_err(), "{bad:?} should be refused");
         }

@@ -9,9 +9,9 @@
 //! - registers through the protocol's registration
 //!   ([`protocol::datanode::register`]): the hello with its incarnation and
 //!   store id, the head node's proof checked before its own is given, a head
-//!   node older than the newest epoch on its [`Disk`] refused;
-//! - after `welcome`, raises the disk's epoch and sends the core's report:
-//!   the keys its index holds, the last `members` list, `ready`;
+//!   node the newest fence on its [`Disk`] does not admit refused;
+//! - after `welcome`, records the head node's fence on the disk and sends
+//!   the core's report: the keys its index holds, the member set, `ready`;
 //! - hands every line to the session, waits out the group commit's linger
 //!   for the rest of a burst, writes the staged batch to the [`Disk`] and
 //!   syncs it (a crash loses what was not synced), then answers;
@@ -107,7 +107,7 @@ impl SimDataNode {
         self.trace
             .record(format!("{} starts, incarnation {incarnation}", self.id));
         let metrics = Arc::new(NodeMetrics::default());
-        let mut node = Node::new(self.keys_on_disk(), metrics.clone());
+        let mut node = Node::new(self.keys_on_disk(), self.disk.kept(), metrics.clone());
         let mut backoff = BACKOFF.0;
         loop {
             if self.leave.load(Ordering::Relaxed) {
@@ -120,7 +120,7 @@ impl SimDataNode {
                 .session(incarnation, &mut rng, &mut node, &metrics)
                 .await
             {
-                Ok(SessionEnd::Reconnect(why)) => {
+                Ok(SessionEnd::Reconnect(why) | SessionEnd::StaleHead(why)) => {
                     self.trace
                         .record(format!("{} lost the head node: {why}", self.id));
                     backoff = BACKOFF.0;
@@ -175,13 +175,13 @@ impl SimDataNode {
             zone: None,
             store: Some(self.disk.store_id()),
             token: Some((&self.token, Nonce::from_rng(rng))),
-            newest_epoch: self.disk.epoch(),
+            newest: node.newest(),
             step_timeout: handshake::DEFAULT_HANDSHAKE_TIMEOUT,
         };
         let welcomed = register(&mut conn, &registration)
             .await
             .map_err(SessionError::Register)?;
-        self.disk.raise_epoch(welcomed.epoch);
+        self.disk.record_fence(welcomed.fence);
         self.trace.record(format!("{} welcomed", self.id));
         let _ = node.report(now_ms(), |line| {
             conn.writer.queue_lines(|buf| line.encode_line(buf));
@@ -193,7 +193,12 @@ impl SimDataNode {
             )));
         }
         let slots = ReadSlots::default();
-        let mut session = node.session(session_config(&self.id), slots.clone(), now());
+        let mut session = node.session(
+            session_config(&self.id),
+            slots.clone(),
+            welcomed.fence,
+            now(),
+        );
         let mut path = SimDataPath {
             conn,
             first: None,
@@ -305,6 +310,10 @@ impl SimDataPath {
     ) -> SessionEnd {
         loop {
             if let Some(end) = self.hand_lines(session) {
+                if matches!(end, SessionEnd::StaleHead(_)) {
+                    // Its refusal, best effort.
+                    let _ = self.conn.writer.flush().await;
+                }
                 return end;
             }
             if let Commit::WaitUntil(until) = session.when_to_commit(self.staging.staged(), now())
@@ -350,6 +359,11 @@ impl SimDataPath {
                     self.first = Some(line);
                     return None;
                 }
+                Handled::End(SessionEnd::StaleHead(refusal)) => {
+                    let error = FromDataNode::Error(refusal.clone());
+                    self.conn.writer.queue_lines(|buf| error.encode_line(buf));
+                    return Some(SessionEnd::StaleHead(refusal));
+                }
                 Handled::End(end) => return Some(end),
             }
         }
@@ -363,6 +377,13 @@ impl SimDataPath {
         node: &SimDataNode,
         metrics: &NodeMetrics,
     ) -> Result<(), SessionEnd> {
+        // Before the batch is written, as the real data path does.
+        if let Some(fence) = session.fence_to_record() {
+            node.disk.record_fence(fence);
+        }
+        if let Some(members) = session.members_to_record() {
+            node.disk.record_members(members);
+        }
         let staged = self.staging.staged();
         if staged > 0 {
             for record in self.staging.records.drain(..) {

@@ -2,8 +2,9 @@
 //! an fsync makes them durable. It lives outside the simulated host, so it
 //! survives the host's crash, minus what was never synced.
 //!
-//! - [`Disk`]: the records, the newest head-node epoch seen, and the name
-//!   of the store (what a data directory's store-id file holds);
+//! - [`Disk`]: the records, the newest head node accepted and the member
+//!   set last sent (what a data directory's epoch and members files hold),
+//!   and the name of the store (its store-id file);
 //! - [`DiskRecords`]: reads served from the durable records, as the real
 //!   node's read thread serves them from its files.
 
@@ -11,9 +12,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use datanode::node::Kept;
 use datanode::reads::{Got, ReadFault, Records, Scanned};
-use protocol::datanode::{MAX_SCAN_RECORDS, ReadRecord};
-use protocol::ids::{MessageId, MessageKey};
+use protocol::datanode::{Fence, MAX_SCAN_RECORDS, ReadRecord};
+use protocol::ids::{MessageId, MessageKey, NodeId};
 
 /// One stored message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,8 +36,10 @@ struct State {
     volatile: Vec<Record>,
     fsync_delay: Duration,
     lost_on_crash: usize,
-    /// The newest head-node epoch seen (the `epoch` file).
-    epoch: u64,
+    /// The newest head node accepted (the `epoch` file).
+    newest: Fence,
+    /// The member set a head node last sent (the `members` file).
+    members: Option<Vec<NodeId>>,
     /// The name of this store, sent in the hello.
     store_id: u64,
 }
@@ -58,15 +62,28 @@ impl Disk {
         self.lock().volatile.push(record);
     }
 
-    /// The newest head-node epoch written down.
-    pub fn epoch(&self) -> u64 {
-        self.lock().epoch
+    /// What the node keeps beside its records: the newest head node it
+    /// accepted and the member set last sent.
+    pub fn kept(&self) -> Kept {
+        let state = self.lock();
+        Kept {
+            newest: state.newest,
+            members: state.members.clone(),
+        }
     }
 
-    /// Writes down a newer epoch, durably (the real node syncs its file).
-    pub fn raise_epoch(&self, epoch: u64) {
+    /// Writes down a newer fence, durably (the real node syncs its file);
+    /// one the newest does not admit is ignored, as the real file does.
+    pub fn record_fence(&self, fence: Fence) {
         let mut state = self.lock();
-        state.epoch = state.epoch.max(epoch);
+        if state.newest.admits(&fence) {
+            state.newest = fence;
+        }
+    }
+
+    /// Writes down the member set, durably.
+    pub fn record_members(&self, members: Vec<NodeId>) {
+        self.lock().members = Some(members);
     }
 
     /// The name of this store.

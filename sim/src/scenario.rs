@@ -363,8 +363,6 @@ pub fn run(seed: u64, settings: &Settings) -> Result<Outcome, Failure> {
                 prober: Some(Arc::new(SimProber {
                     unreachable: unreachable.clone(),
                 })),
-                // A new epoch per start, as a restarted process's clock gives.
-                id_epoch: Some(start),
                 rng_seed: Some(seed.wrapping_mul(31).wrapping_add(start)),
                 // Two copies, both written before the answer: every
                 // acknowledged message must survive on both holders.
@@ -380,7 +378,7 @@ pub fn run(seed: u64, settings: &Settings) -> Result<Outcome, Failure> {
             };
             let (events, trace) = (events.clone(), trace.clone());
             async move {
-                trace.record(format!("head starts, epoch {start}"));
+                trace.record(format!("head starts ({start})"));
                 tokio::spawn(async move {
                     while let Some(event) = observed.recv().await {
                         let at = turmoil::sim_elapsed().unwrap_or_default();

@@ -1,6 +1,6 @@
 use std::time::{Duration, Instant};
 
-use protocol::datanode::FromDataNode;
+use protocol::datanode::{FromDataNode, HeadId};
 use protocol::ids::{KeyRef, MessageId, MessageKey};
 
 use super::*;
@@ -68,10 +68,27 @@ impl Disk {
 }
 
 fn node() -> Node {
+    node_with(Kept::default())
+}
+
+fn node_with(kept: Kept) -> Node {
     Node::new(
         KeyIndex::new(1000, Duration::from_secs(120)),
+        kept,
         Arc::default(),
     )
+}
+
+/// The head node of most tests: epoch 3, as the ids of [`id`].
+fn head() -> Fence {
+    fence(3, 1)
+}
+
+fn fence(epoch: u64, head: u64) -> Fence {
+    Fence {
+        epoch,
+        head: HeadId(head),
+    }
 }
 
 fn config() -> SessionConfig {
@@ -115,7 +132,7 @@ fn a_key_held_under_another_id_is_answered_with_that_id_and_not_written_again() 
     let mut node = node();
     let mut disk = Disk::default();
     let t0 = Instant::now();
-    let mut session = node.session(config(), ReadSlots::default(), t0);
+    let mut session = node.session(config(), ReadSlots::default(), head(), t0);
     hand(&mut session, &mut disk, &["mensaje 3-1 c1/7: first"], t0);
     assert_eq!(
         commit(&mut session, &mut disk, t0),
@@ -139,7 +156,7 @@ fn a_resend_under_the_same_id_is_acknowledged_without_a_second_write() {
     let mut node = node();
     let mut disk = Disk::default();
     let t0 = Instant::now();
-    let mut session = node.session(config(), ReadSlots::default(), t0);
+    let mut session = node.session(config(), ReadSlots::default(), head(), t0);
     hand(&mut session, &mut disk, &["mensaje 3-1 c1/7: first"], t0);
     commit(&mut session, &mut disk, t0);
     hand(&mut session, &mut disk, &["mensaje 3-1 c1/7: first"], t0);
@@ -155,7 +172,7 @@ fn a_key_staged_earlier_in_the_batch_splits_it_and_is_decided_after_the_commit()
     let mut node = node();
     let mut disk = Disk::default();
     let t0 = Instant::now();
-    let mut session = node.session(config(), ReadSlots::default(), t0);
+    let mut session = node.session(config(), ReadSlots::default(), head(), t0);
     // A bigger batch first, so a smaller one would linger if it could.
     let warm: Vec<String> = (10..20).map(|n| format!("mensaje 3-{n}: warm")).collect();
     let warm: Vec<&str> = warm.iter().map(String::as_str).collect();
@@ -204,7 +221,7 @@ fn a_withdraw_before_the_commit_drops_the_message_and_its_key() {
     let mut node = node();
     let mut disk = Disk::default();
     let t0 = Instant::now();
-    let mut session = node.session(config(), ReadSlots::default(), t0);
+    let mut session = node.session(config(), ReadSlots::default(), head(), t0);
     hand(
         &mut session,
         &mut disk,
@@ -247,7 +264,7 @@ fn a_withdraw_after_the_commit_leaves_the_recibido_standing() {
     let mut node = node();
     let mut disk = Disk::default();
     let t0 = Instant::now();
-    let mut session = node.session(config(), ReadSlots::default(), t0);
+    let mut session = node.session(config(), ReadSlots::default(), head(), t0);
     hand(&mut session, &mut disk, &["mensaje 3-1: one"], t0);
     commit(&mut session, &mut disk, t0);
     hand(&mut session, &mut disk, &["withdraw 3-1"], t0);
@@ -261,7 +278,7 @@ fn a_scan_over_the_page_limit_is_refused_at_once_and_one_within_it_goes_after_th
     let mut disk = Disk::default();
     let t0 = Instant::now();
     let slots = ReadSlots::default();
-    let mut session = node.session(config(), slots.clone(), t0);
+    let mut session = node.session(config(), slots.clone(), head(), t0);
     let over = MAX_SCAN_RECORDS + 1;
     let lines = [
         format!("scan 1 start {over}"),
@@ -294,7 +311,7 @@ fn reads_beyond_the_bound_are_answered_readerror_until_a_place_is_given_back() {
     let mut disk = Disk::default();
     let t0 = Instant::now();
     let slots = ReadSlots::default();
-    let mut session = node.session(config(), slots.clone(), t0);
+    let mut session = node.session(config(), slots.clone(), head(), t0);
     let lines: Vec<String> = (0..=MAX_READS_IN_FLIGHT)
         .map(|req| format!("get {req} 3-1"))
         .collect();
@@ -320,7 +337,7 @@ fn a_getkey_reads_the_id_the_key_is_held_under_or_answers_notfound() {
     let mut node = node();
     let mut disk = Disk::default();
     let t0 = Instant::now();
-    let mut session = node.session(config(), ReadSlots::default(), t0);
+    let mut session = node.session(config(), ReadSlots::default(), head(), t0);
     hand(&mut session, &mut disk, &["mensaje 3-5 c1/1: one"], t0);
     commit(&mut session, &mut disk, t0);
     hand(
@@ -347,7 +364,7 @@ fn a_ping_is_answered_after_the_writes_read_before_it_with_an_fsync_report_when_
     let mut node = node();
     let mut disk = Disk::default();
     let t0 = Instant::now();
-    let mut session = node.session(config(), ReadSlots::default(), t0);
+    let mut session = node.session(config(), ReadSlots::default(), head(), t0);
     hand(
         &mut session,
         &mut disk,
@@ -378,7 +395,7 @@ fn bye_ends_the_session_once_its_batch_is_answered() {
     let mut node = node();
     let mut disk = Disk::default();
     let t0 = Instant::now();
-    let mut session = node.session(config(), ReadSlots::default(), t0);
+    let mut session = node.session(config(), ReadSlots::default(), head(), t0);
     let warm: Vec<String> = (10..20).map(|n| format!("mensaje 3-{n}: warm")).collect();
     let warm: Vec<&str> = warm.iter().map(String::as_str).collect();
     hand(&mut session, &mut disk, &warm, t0);
@@ -402,7 +419,7 @@ fn a_leaving_node_says_bye_after_its_batch_and_leaves_when_drained_closed_or_out
     let mut node = node();
     let mut disk = Disk::default();
     let t0 = Instant::now();
-    let mut session = node.session(config(), ReadSlots::default(), t0);
+    let mut session = node.session(config(), ReadSlots::default(), head(), t0);
     hand(&mut session, &mut disk, &["mensaje 3-1: one"], t0);
     session.request_leave();
     assert_eq!(
@@ -429,7 +446,7 @@ fn a_leaving_node_says_bye_after_its_batch_and_leaves_when_drained_closed_or_out
 #[test]
 fn a_connection_closed_when_not_leaving_is_a_reason_to_reconnect() {
     let mut node = node();
-    let session = node.session(config(), ReadSlots::default(), Instant::now());
+    let session = node.session(config(), ReadSlots::default(), head(), Instant::now());
     assert!(matches!(session.closed(), SessionEnd::Reconnect(why) if why == "connection closed"));
 }
 
@@ -437,7 +454,7 @@ fn a_connection_closed_when_not_leaving_is_a_reason_to_reconnect() {
 fn a_head_node_silent_for_the_timeout_ends_the_session() {
     let mut node = node();
     let t0 = Instant::now();
-    let mut session = node.session(config(), ReadSlots::default(), t0);
+    let mut session = node.session(config(), ReadSlots::default(), head(), t0);
     assert!(session.silent(t0 + HEAD_TIMEOUT / 2).is_none());
     session.heard(t0 + HEAD_TIMEOUT / 2);
     assert!(session.silent(t0 + HEAD_TIMEOUT).is_none(), "heard since");
@@ -452,7 +469,7 @@ fn a_stale_incarnation_error_stops_the_node_and_other_errors_reconnect() {
     let mut node = node();
     let mut disk = Disk::default();
     let t0 = Instant::now();
-    let mut session = node.session(config(), ReadSlots::default(), t0);
+    let mut session = node.session(config(), ReadSlots::default(), head(), t0);
     let (_, handled) = hand(
         &mut session,
         &mut disk,
@@ -474,7 +491,7 @@ fn an_abandoned_batch_is_never_written_and_its_keys_leave_the_index() {
     let mut node = node();
     let mut disk = Disk::default();
     let t0 = Instant::now();
-    let mut session = node.session(config(), ReadSlots::default(), t0);
+    let mut session = node.session(config(), ReadSlots::default(), head(), t0);
     hand(&mut session, &mut disk, &["mensaje 3-1 c1/1: one"], t0);
     session.abandon(&mut disk);
     assert!(disk.staged.is_empty() && disk.written.is_empty());
@@ -492,7 +509,7 @@ fn the_report_lists_the_keys_held_the_last_members_and_ready() {
     let mut node = node();
     let mut disk = Disk::default();
     let t0 = Instant::now();
-    let mut session = node.session(config(), ReadSlots::default(), t0);
+    let mut session = node.session(config(), ReadSlots::default(), head(), t0);
     hand(
         &mut session,
         &mut disk,
@@ -514,4 +531,101 @@ fn encoded(line: &FromDataNode) -> String {
     let mut buf = bytes::BytesMut::new();
     line.encode(&mut buf);
     String::from_utf8(buf.to_vec()).unwrap()
+}
+
+#[test]
+fn a_session_with_a_head_node_older_than_the_newest_accepted_stores_nothing() {
+    // The driver refuses such a head node at its welcome; the decisions
+    // refuse its messages too, whoever drives them.
+    for (newest, stale) in [(fence(9, 2), fence(3, 1)), (fence(3, 2), fence(3, 1))] {
+        let mut node = node_with(Kept {
+            newest,
+            members: None,
+        });
+        let mut disk = Disk::default();
+        let t0 = Instant::now();
+        let mut session = node.session(config(), ReadSlots::default(), stale, t0);
+        let (taken, handled) = hand(
+            &mut session,
+            &mut disk,
+            &["mensaje 3-1 c1/1: one", "mensaje 3-2: two"],
+            t0,
+        );
+        let Handled::End(SessionEnd::StaleHead(refusal)) = handled else {
+            panic!("{newest:?} then {stale:?}: {handled:?}");
+        };
+        assert_eq!(taken, 0, "its first message ends the session");
+        assert!(refusal.starts_with("stale head node: "), "{refusal}");
+        assert_eq!(
+            protocol::datanode::newest_in_refusal(&refusal),
+            Some(newest.epoch)
+        );
+        assert!(disk.staged.is_empty());
+        assert_eq!(session.fence_to_record(), None);
+        drop(session);
+        assert_eq!(node.newest(), newest, "never goes back");
+    }
+}
+
+#[test]
+fn a_message_under_a_newer_epoch_of_the_same_head_node_raises_the_fence_before_its_write() {
+    let mut node = node();
+    let mut disk = Disk::default();
+    let t0 = Instant::now();
+    let mut session = node.session(config(), ReadSlots::default(), head(), t0);
+    assert_eq!(session.fence_to_record(), None, "recorded at the welcome");
+    hand(&mut session, &mut disk, &["mensaje 3-1: one"], t0);
+    assert_eq!(session.fence_to_record(), None);
+    // The head node went above an epoch another node reported; a repair
+    // copy, or a message given its id before, keeps its older epoch.
+    hand(
+        &mut session,
+        &mut disk,
+        &[
+            "mensaje 5-1: two",
+            "mensaje 3-2: three",
+            "mensaje 2-9: copy",
+        ],
+        t0,
+    );
+    assert_eq!(session.fence_to_record(), Some(fence(5, 1)));
+    assert_eq!(session.fence_to_record(), None, "once per raise");
+    let answers = commit(&mut session, &mut disk, t0);
+    assert_eq!(answers.len(), 4);
+    assert_eq!(disk.written.len(), 4);
+    drop(session);
+    assert_eq!(node.newest(), fence(5, 1));
+    // Its next session is with a head node at least as new.
+    let session = node.session(config(), ReadSlots::default(), fence(4, 7), t0);
+    drop(session);
+    assert_eq!(node.newest(), fence(5, 1), "an older one does not lower it");
+}
+
+#[test]
+fn a_new_member_set_is_recorded_once_and_reported_after_a_restart() {
+    let mut node = node();
+    let mut disk = Disk::default();
+    let t0 = Instant::now();
+    let mut session = node.session(config(), ReadSlots::default(), head(), t0);
+    hand(&mut session, &mut disk, &["members dn1 dn2"], t0);
+    assert_eq!(
+        session.members_to_record(),
+        Some(vec!["dn1".parse().unwrap(), "dn2".parse().unwrap()])
+    );
+    hand(&mut session, &mut disk, &["members dn1 dn2"], t0);
+    assert_eq!(session.members_to_record(), None, "the same set again");
+    drop(session);
+    // What the driver recorded is what the next process starts with.
+    let mut restarted = node_with(Kept {
+        newest: head(),
+        members: node.members().map(<[_]>::to_vec),
+    });
+    let mut lines = Vec::new();
+    restarted
+        .report(1_000, |line| {
+            lines.push(encoded(&line));
+            Ok::<_, ()>(())
+        })
+        .unwrap();
+    assert_eq!(lines, ["peers dn1 dn2", "ready"]);
 }

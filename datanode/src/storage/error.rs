@@ -57,9 +57,25 @@ pub enum StorageError {
         /// The file.
         path: PathBuf,
     },
-    /// The epoch file holds something other than one number.
+    /// The epoch file holds something other than an epoch and a head-id.
     #[error("{} does not hold an epoch: {content:?}", path.display())]
     BadEpoch {
+        /// The file.
+        path: PathBuf,
+        /// What it holds (at most 80 characters of it).
+        content: String,
+    },
+    /// The incarnation file holds something other than one number.
+    #[error("{} does not hold an incarnation: {content:?}", path.display())]
+    BadIncarnation {
+        /// The file.
+        path: PathBuf,
+        /// What it holds (at most 80 characters of it).
+        content: String,
+    },
+    /// The members file holds something other than one line of node ids.
+    #[error("{} does not hold a member set: {content:?}", path.display())]
+    BadMembers {
         /// The file.
         path: PathBuf,
         /// What it holds (at most 80 characters of it).

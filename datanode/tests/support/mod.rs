@@ -98,9 +98,15 @@ impl ScriptedHead {
         }
     }
 
-    /// Sends `welcome dn1 <epoch>`.
+    /// Sends `welcome dn1 <epoch>`, as a head node without a head-id does.
     pub async fn welcome(&mut self, epoch: u64) {
         let line = format!("welcome dn1 {epoch}");
+        self.conn.writer.send(line.as_bytes()).await.unwrap();
+    }
+
+    /// Sends `welcome dn1 <epoch> <head-id>`.
+    pub async fn welcome_as(&mut self, epoch: u64, head: &str) {
+        let line = format!("welcome dn1 {epoch} {head}");
         self.conn.writer.send(line.as_bytes()).await.unwrap();
     }
 

@@ -18,7 +18,6 @@
 //! whose message is still on its way waits for the same answer (see
 //! `keys`).
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -487,58 +486,6 @@ pub(crate) fn report_under_replicated(envelope: &Envelope, count: u64) {
     }
 }
 
-/// Hands out message ids unique across the cluster's life: the head node's
-/// start time in Unix milliseconds, then a counter.
-#[derive(Debug)]
-pub struct IdGenerator {
-    epoch: u64,
-    next: AtomicU64,
-}
-
-impl IdGenerator {
-    /// Ids of a head node run that started now.
-    pub fn new() -> Self {
-        let epoch = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or_default();
-        IdGenerator::with_epoch(epoch)
-    }
-
-    /// Ids with a given epoch (tests).
-    pub fn with_epoch(epoch: u64) -> Self {
-        IdGenerator {
-            epoch,
-            next: AtomicU64::new(1),
-        }
-    }
-
-    /// The epoch of this run.
-    pub fn epoch(&self) -> u64 {
-        self.epoch
-    }
-
-    /// The sequence number the next id will get (a read only, for the
-    /// tail's watermark).
-    pub fn peek_next_seq(&self) -> u64 {
-        self.next.load(Ordering::SeqCst)
-    }
-
-    /// The next id.
-    pub fn next_id(&self) -> MessageId {
-        MessageId {
-            epoch: self.epoch,
-            seq: self.next.fetch_add(1, Ordering::Relaxed),
-        }
-    }
-}
-
-impl Default for IdGenerator {
-    fn default() -> Self {
-        IdGenerator::new()
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -570,15 +517,6 @@ pub(crate) mod tests {
 
     fn node(name: &str) -> NodeId {
         name.parse().unwrap()
-    }
-
-    #[test]
-    fn ids_are_unique_and_carry_the_epoch() {
-        let ids = IdGenerator::with_epoch(42);
-        let a = ids.next_id();
-        let b = ids.next_id();
-        assert_ne!(a, b);
-        assert_eq!((a.epoch, a.seq, b.seq), (42, 1, 2));
     }
 
     #[test]

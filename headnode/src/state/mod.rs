@@ -4,6 +4,7 @@
 //! fabricated instants ([`membership`] is the model).
 
 pub(crate) mod forward;
+pub(crate) mod ids;
 pub(crate) mod in_flight;
 pub(crate) mod keys;
 pub mod membership;

@@ -21,14 +21,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use protocol::datanode::ReadRecord;
 use protocol::ids::{MessageId, NodeId};
 
+use crate::state::ids::Peek;
 use crate::state::reads::{ReadFailed, ScanPage};
 
 /// Which records may be emitted now without risking a gap.
 ///
 /// A record may go out when every id below it is settled, by one of:
-/// - its epoch is older than this head node's: older runs assign no new
-///   ids (a resent key given more copies under its old id is already
-///   visible on the nodes that hold it);
+/// - its epoch is older than the first this head node gave ids under:
+///   older runs assign no new ids (a resent key given more copies under
+///   its old id is already visible on the nodes that hold it). An epoch
+///   this run went above (to be above one a data node reported) is
+///   settled only as its current one is, by the next two rules;
 /// - *exact*: when the head node holds no message at all (its in-flight
 ///   budget is wholly free), every id below the next one it will assign
 ///   has ended: written where it will be written, or failed. Reading that
@@ -46,6 +49,8 @@ use crate::state::reads::{ReadFailed, ScanPage};
 pub(crate) struct Watermark {
     /// This head node's epoch.
     pub(crate) epoch: u64,
+    /// The first epoch this run gave ids under: older ones are settled.
+    pub(crate) first_used: u64,
     /// Every sequence number of `epoch` below this has ended, if known.
     pub(crate) settled_below: Option<u64>,
     /// Records stored at or before this time (Unix ms) may go out.
@@ -55,29 +60,25 @@ pub(crate) struct Watermark {
 impl Watermark {
     /// The watermark from a read of the next id and of whether the head
     /// node holds any message now (in that order), at `now`.
-    pub(crate) fn new(
-        epoch: u64,
-        next_seq: u64,
-        idle: bool,
-        now: SystemTime,
-        lag: Duration,
-    ) -> Self {
+    pub(crate) fn new(ids: Peek, idle: bool, now: SystemTime, lag: Duration) -> Self {
         let now_ms = now
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or_default();
         Watermark {
-            epoch,
-            settled_below: idle.then_some(next_seq),
+            epoch: ids.epoch,
+            first_used: ids.first_used.min(ids.epoch),
+            settled_below: idle.then_some(ids.next_seq),
             stored_by_ms: now_ms.saturating_sub(lag.as_millis() as u64),
         }
     }
 
     /// Whether `record` may be emitted.
     pub(crate) fn allows(&self, record: &ReadRecord) -> bool {
-        record.id.epoch < self.epoch
-            || (record.id.epoch == self.epoch
-                && self.settled_below.is_some_and(|next| record.id.seq < next))
+        let epoch = record.id.epoch;
+        epoch < self.first_used
+            || (epoch < self.epoch && self.settled_below.is_some())
+            || (epoch == self.epoch && self.settled_below.is_some_and(|next| record.id.seq < next))
             || record.stored_ms <= self.stored_by_ms
     }
 }
@@ -263,6 +264,7 @@ mod tests {
     fn open() -> Watermark {
         Watermark {
             epoch: 7,
+            first_used: 7,
             settled_below: Some(u64::MAX),
             stored_by_ms: 0,
         }
@@ -322,8 +324,7 @@ mod tests {
     #[test]
     fn the_watermark_holds_back_records_that_may_precede_an_unwritten_one() {
         let busy = Watermark::new(
-            7,
-            10,
+            peek(7, 10, 7),
             false,
             UNIX_EPOCH + Duration::from_millis(1_003),
             Duration::ZERO,
@@ -337,7 +338,7 @@ mod tests {
         assert_eq!(out, vec![(1, 1), (2, 1), (3, 1)], "stored by 1003 only");
         assert_eq!(merge.last(), Some(id(3)));
 
-        let idle = Watermark::new(7, 5, true, UNIX_EPOCH, Duration::from_secs(10));
+        let idle = Watermark::new(peek(7, 5, 7), true, UNIX_EPOCH, Duration::from_secs(10));
         let mut merge = Merge::new(nodes(&["a"]), None);
         let out = drain(
             &mut merge,
@@ -351,5 +352,29 @@ mod tests {
             ..record(1)
         };
         assert!(idle.allows(&older_epoch));
+    }
+
+    fn peek(epoch: u64, next_seq: u64, first_used: u64) -> Peek {
+        Peek {
+            epoch,
+            next_seq,
+            first_used,
+        }
+    }
+
+    #[test]
+    fn an_epoch_this_run_went_above_is_settled_only_as_the_current_one_is() {
+        let record = |epoch, seq, stored_ms| ReadRecord {
+            id: MessageId { epoch, seq },
+            stored_ms,
+            ..record(1)
+        };
+        // The run gave ids under 5, then went above a reported 6.
+        let busy = Watermark::new(peek(7, 3, 5), false, UNIX_EPOCH, Duration::ZERO);
+        assert!(busy.allows(&record(4, 9, 10)), "an older run's");
+        assert!(!busy.allows(&record(5, 9, 10)), "may still be on its way");
+        let idle = Watermark::new(peek(7, 3, 5), true, UNIX_EPOCH, Duration::ZERO);
+        assert!(idle.allows(&record(5, 9, 10)));
+        assert!(!idle.allows(&record(7, 3, 10)));
     }
 }

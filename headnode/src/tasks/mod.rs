@@ -23,10 +23,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
+use protocol::datanode::HeadId;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::config::{Config, Limits};
-use crate::state::forward::{IdGenerator, Replication};
+use crate::state::forward::Replication;
+use crate::state::ids::IdGenerator;
 use crate::state::keys::KeyTable;
 use crate::state::recovery::Gate;
 use crate::state::router::Router;
@@ -53,8 +55,10 @@ pub(crate) struct Shared {
     /// Chooses the data nodes for each copy, from the routes the
     /// membership task publishes.
     pub(crate) router: Router,
-    /// Message ids, unique across the cluster's life.
-    pub(crate) ids: IdGenerator,
+    /// Message ids, unique across the cluster's life, and the epoch.
+    pub(crate) ids: Arc<IdGenerator>,
+    /// This run's head-id: with the epoch, what data nodes fence on.
+    pub(crate) head_id: HeadId,
     /// The membership task's inputs ([`cluster::Input`]).
     pub(crate) membership_tx: mpsc::Sender<cluster::Input>,
     /// Bytes of messages the head node may hold at once (see
@@ -92,14 +96,8 @@ impl Shared {
     /// The tail's watermark now: the next id is read before whether the
     /// head node holds any message (see [`Watermark`]).
     pub(crate) fn watermark(&self) -> Watermark {
-        let next_seq = self.ids.peek_next_seq();
+        let ids = self.ids.peek();
         let idle = self.budget.available_permits() >= self.budget_total;
-        Watermark::new(
-            self.ids.epoch(),
-            next_seq,
-            idle,
-            SystemTime::now(),
-            self.config.tail_lag(),
-        )
+        Watermark::new(ids, idle, SystemTime::now(), self.config.tail_lag())
     }
 }

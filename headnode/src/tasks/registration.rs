@@ -11,7 +11,7 @@ use node_kit::server::HandshakeSlot;
 use protocol::HandshakeError;
 use protocol::auth::{Exchange, Nonce};
 use protocol::connection::Connection;
-use protocol::datanode::{DataNodeHello, FromDataNode, STALE_HEAD, ToDataNode};
+use protocol::datanode::{DataNodeHello, FromDataNode, STALE_HEAD, ToDataNode, newest_in_refusal};
 use protocol::error::truncate_for_log;
 use protocol::handshake::{self, PETICION, Role, RoleStep};
 use protocol::ids::{ClientId, MessageKey, NodeId};
@@ -161,6 +161,7 @@ impl<S: Stream> Arrival<S> {
         rng: &mut SmallRng,
     ) -> Option<Peer<S>> {
         let timeout = self.shared.config.handshake_timeout;
+        let reported_epoch = hello.epoch;
         let (conn, peer, shared) = (&mut self.conn, self.peer, &self.shared);
         let registered = tokio::select! {
             biased;
@@ -173,7 +174,7 @@ impl<S: Stream> Arrival<S> {
                 timeout,
                 async {
                     let (info, slot) = register_data_node(conn, peer, hello, shared, rng).await?;
-                    let peers = read_report(conn, &info, shared).await?;
+                    let peers = read_report(conn, &info, reported_epoch, shared).await?;
                     Ok::<_, String>((info, slot, peers))
                 },
             ) => registered,
@@ -331,21 +332,34 @@ fn member_info(
     })
 }
 
-/// Welcomes a data node under this head node's epoch and reads its report:
-/// the keys it holds (into the deduplication window) and the nodes it last
-/// heard of. Returns those nodes. An original-system node reports nothing.
+/// Welcomes a data node, whose newest accepted epoch is `reported` (`None`
+/// from a node older than epochs as counters), at an epoch above it, and
+/// reads its report: the keys it holds (into the deduplication window) and
+/// the member set it keeps. Returns that set. An original-system node
+/// reports nothing. A node that refuses the welcome names its newest
+/// epoch, and the next welcome goes above it.
 async fn read_report<S: Stream>(
     conn: &mut Connection<S>,
     info: &membership::MemberInfo,
+    reported: Option<u64>,
     shared: &Shared,
 ) -> Result<Vec<NodeId>, String> {
     if info.legacy {
         return Ok(Vec::new());
     }
+    let before = shared.ids.epoch();
+    let epoch = shared.ids.welcome_epoch(reported.unwrap_or(0));
+    if epoch != before {
+        info!(
+            node = %info.node, reported = ?reported, epoch,
+            "epoch raised above the newest epoch a data node has accepted: ids are given under {epoch} from now on"
+        );
+    }
     conn.writer.queue_with(|buf| {
         ToDataNode::Welcome {
             node: info.node.clone(),
-            epoch: shared.ids.epoch(),
+            epoch,
+            head: reported.map(|_| shared.head_id),
         }
         .encode(buf)
     });
@@ -377,10 +391,19 @@ async fn read_report<S: Stream>(
             Ok(FromDataNode::Peers(named)) => peers = named,
             Ok(FromDataNode::Ready) => break,
             Ok(FromDataNode::Error(reason)) if reason.starts_with(STALE_HEAD) => {
-                error!(
-                    node = %info.node,
-                    "dataNode refuses this head node: {reason} (a newer head node is running, or this host's clock is behind)"
-                );
+                let raised =
+                    newest_in_refusal(&reason).is_some_and(|newest| shared.ids.raise_above(newest));
+                if raised {
+                    warn!(
+                        node = %info.node, epoch = shared.ids.epoch(),
+                        "dataNode refuses this head node's epoch: {reason}; the next welcome goes above it"
+                    );
+                } else {
+                    error!(
+                        node = %info.node,
+                        "dataNode refuses this head node: {reason}"
+                    );
+                }
                 return Err(format!("refused by the data node: {reason}"));
             }
             _ => {

@@ -13,6 +13,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use node_kit::server::{Admission, HandshakeSlot, Handshakes};
+use protocol::datanode::HeadId;
 use protocol::net::{Listener, Stream};
 use rand::RngExt;
 use rand::rngs::SmallRng;
@@ -26,7 +27,8 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::config::{Config, Limits, RngStream};
 use crate::error::RunError;
-use crate::state::forward::{IdGenerator, Replication};
+use crate::state::forward::Replication;
+use crate::state::ids::IdGenerator;
 use crate::state::keys::{self, KeyTable};
 use crate::state::recovery::Gate;
 use crate::state::repair::{RepairProgress, Schedule};
@@ -112,10 +114,8 @@ fn build(config: Config, limits: Limits, started: Instant) -> (Arc<Shared>, Ends
             Arc::new(IcmpProber::with_identifier(identifier))
         }
     };
-    let ids = match config.id_epoch {
-        Some(epoch) => IdGenerator::with_epoch(epoch),
-        None => IdGenerator::new(),
-    };
+    let ids = Arc::new(IdGenerator::starting_at(config.id_epoch));
+    let head_id = HeadId(config.rng(RngStream::HeadId).random());
     let (routes_tx, routes_rx) = watch::channel(Arc::new(Routes::default()));
     let (parking_tx, parking_rx) = mpsc::unbounded_channel();
     let (inputs_tx, inputs_rx) = mpsc::channel(MEMBERSHIP_QUEUE);
@@ -148,6 +148,7 @@ fn build(config: Config, limits: Limits, started: Instant) -> (Arc<Shared>, Ends
         limits,
         router,
         ids,
+        head_id,
         membership_tx: inputs_tx,
         budget: Arc::new(Semaphore::new(budget)),
         budget_total: budget,
@@ -248,7 +249,7 @@ impl Server {
             status: shared.status.clone(),
             repair: repair.progress.clone(),
             copies: shared.router.copy_counts(),
-            epoch: shared.ids.epoch(),
+            ids: shared.ids.clone(),
             replication: shared.replication,
             repair_after: shared.config.repair_after,
             clients: Occupancy {
@@ -441,7 +442,8 @@ fn announce<L: Listener>(listener: &L, shared: &Shared, fd_limit: u64) -> io::Re
     let limits = shared.limits;
     info!(
         addr = %listener.local_addr()?,
-        message_id_epoch = shared.ids.epoch(),
+        epoch = shared.ids.epoch(),
+        head_id = %shared.head_id,
         open_file_limit = fd_limit,
         clients = limits.clients,
         data_nodes = limits.data_nodes,

@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::state::forward::Replication;
+use crate::state::ids::IdGenerator;
 use crate::state::repair::RepairProgress;
 use crate::state::router::CopyCounts;
 use crate::state::status::{Facts, Status};
@@ -47,8 +48,8 @@ pub(crate) struct StatusSources {
     pub(crate) repair: Arc<RepairProgress>,
     /// Copies too few and too many, counted by the router.
     pub(crate) copies: Arc<CopyCounts>,
-    /// The message-id epoch.
-    pub(crate) epoch: u64,
+    /// Message ids: the epoch now.
+    pub(crate) ids: Arc<IdGenerator>,
     pub(crate) replication: Replication,
     pub(crate) repair_after: Duration,
     pub(crate) clients: Occupancy,
@@ -60,7 +61,7 @@ impl StatusSources {
     fn facts(&self) -> Facts {
         let (repair_running, repair_pass) = self.repair.pass();
         Facts {
-            epoch: self.epoch,
+            epoch: self.ids.epoch(),
             replication: self.replication,
             repair_after: self.repair_after,
             clients: self.clients.in_use(),
@@ -95,7 +96,7 @@ impl Collector for Scrape {
         metrics::gauge(
             &mut e,
             "msgstore_epoch",
-            "The message-id epoch of this head node (changes on every start).",
+            "The message-id epoch of this head node: above every epoch its data nodes had accepted when they registered.",
             None,
             facts.epoch as i64,
         )

@@ -157,6 +157,8 @@ pub fn fast_config() -> Config {
         replicas: 1,
         min_replicas: 1,
         recovery_wait: Duration::from_millis(300),
+        // Ids start at 1000-1, so `1-1` is an id nothing holds.
+        id_epoch: 1_000,
         ..Config::default()
     }
 }
@@ -222,6 +224,9 @@ impl Cluster {
     pub fn node_config(&self, id: &str) -> datanode::Config {
         let mut config = datanode::Config::new(self.addr.to_string(), id.parse().unwrap());
         config.data_dir = self.dir.path().join(id);
+        // Given, so a test can name the process it plays; a real start
+        // raises the data directory's counter instead.
+        config.incarnation = Some(next_incarnation());
         config.cluster_token = Some(test_token());
         config.min_backoff = Duration::from_millis(20);
         config.max_backoff = Duration::from_millis(200);
@@ -429,6 +434,13 @@ pub async fn send_pipelined(
     replies
 }
 
+/// A new incarnation, greater than every one given before in this test
+/// binary.
+pub fn next_incarnation() -> u64 {
+    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    LAST.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+}
+
 /// A scripted data node of our protocol: acks and pongs until told to hang,
 /// then keeps its socket open without reading.
 pub struct FakeNode {
@@ -463,11 +475,11 @@ pub async fn welcome(addr: SocketAddr, id: &str, incarnation: u64) -> (Connectio
         zone: None,
         store: None,
         token: Some((&token, Nonce::random())),
-        newest_epoch: 0,
+        newest: Default::default(),
         step_timeout: Duration::from_secs(5),
     };
     let answer = match register_node(&mut conn, &registration).await {
-        Ok(Welcomed { node, epoch }) => format!("welcome {node} {epoch}"),
+        Ok(Welcomed { node, fence }) => format!("welcome {node} {}", fence.epoch),
         Err(
             RegisterError::Unauthorized(reason)
             | RegisterError::Superseded(reason)

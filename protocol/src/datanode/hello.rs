@@ -4,13 +4,13 @@
 use crate::auth::Nonce;
 use crate::error::{ParseError, truncate_for_log};
 use crate::handshake::ROLE_DATANODE;
-use crate::ids::{NodeId, Zone};
+use crate::ids::{NodeId, Zone, parse_decimal};
 
 /// What a data node says about itself when it registers.
 ///
 /// Wire form: `dataNode id=<node-id> incarnation=<n> [nonce=<32 hex>]
-/// [zone=<zone>]`; the
-/// nonce opens the challenge and response of [`crate::auth`]. An
+/// [zone=<zone>] [store=<16 hex>] [epoch=<n>]`; the nonce opens the
+/// challenge and response of [`crate::auth`]. An
 /// original-system data node sends the bare word `dataNode`; all fields are
 /// then `None` and the head node names it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -28,6 +28,10 @@ pub struct DataNodeHello {
     /// so a node that comes back with an empty or different store is told
     /// apart from one that kept its data (`store=<16 hex digits>`).
     pub store: Option<u64>,
+    /// The newest head-node epoch the node has accepted (0: none): the head
+    /// node takes an epoch above it before it welcomes the node. A node
+    /// that sends it is welcomed with the head node's head-id too.
+    pub epoch: Option<u64>,
 }
 
 impl DataNodeHello {
@@ -38,6 +42,7 @@ impl DataNodeHello {
             && self.nonce.is_none()
             && self.zone.is_none()
             && self.store.is_none()
+            && self.epoch.is_none()
     }
 
     /// The role line a data node sends.
@@ -57,6 +62,9 @@ impl DataNodeHello {
         }
         if let Some(store) = self.store {
             line.push_str(&format!(" store={store:016x}"));
+        }
+        if let Some(epoch) = self.epoch {
+            line.push_str(&format!(" epoch={epoch}"));
         }
         line
     }
@@ -95,6 +103,11 @@ impl DataNodeHello {
                                 ))
                             })?,
                     )
+                }
+                "epoch" => {
+                    hello.epoch = Some(parse_decimal(value).ok_or_else(|| {
+                        ParseError::new(format!("bad epoch {:?}", truncate_for_log(value)))
+                    })?)
                 }
                 other => {
                     return Err(ParseError::new(format!(

@@ -4,6 +4,8 @@
 //!
 //! - [`DataNodeHello`]: the `dataNode ...` role line a data node registers
 //!   with (`hello.rs`);
+//! - [`Fence`]: a head node's epoch and head-id, and the rule by which a
+//!   data node accepts or refuses a head node (`fence.rs`);
 //! - [`ToDataNode`]: every line the head node sends it (`to_node.rs`);
 //! - [`FromDataNode`]: every line it sends the head node (`from_node.rs`);
 //! - [`ReadRecord`]: a stored message read back, the payload of `found`,
@@ -18,12 +20,14 @@ use bytes::{BufMut, BytesMut};
 use crate::error::{ParseError, truncate_for_log};
 use crate::ids::NodeId;
 
+mod fence;
 mod from_node;
 mod hello;
 mod record;
 pub mod register;
 mod to_node;
 
+pub use fence::{Fence, HeadId, newest_in_refusal};
 pub use from_node::{
     FSYNC_REPORT_EVERY, FromDataNode, FsyncReport, HELD_PER_LINE, RECIBIDO, RECIBIDOS, STALE_HEAD,
 };

@@ -4,24 +4,25 @@
 //! ```text
 //! data node                                              head node
 //!  | peticion / confirmacion (the handshake)                   |
-//!  | dataNode id=<id> incarnation=<n> [nonce=..] [zone=..] [store=..] >
+//!  | dataNode id=<id> incarnation=<n> [nonce=..] [zone=..] [store=..] epoch=<n>
 //!  | <----------------- challenge <head-nonce> <head-proof>    |  with a token
 //!  | proof <node-proof> --------------------------------->     |
-//!  | <---------------------------------- welcome <id> <epoch>  |
-//!  | ERROR stale head node: ... ------------------------->     |  an old epoch
+//!  | <------------------------ welcome <id> <epoch> <head-id>  |
+//!  | ERROR stale head node: ... newest <n> -------------->     |  refused
 //! ```
 //!
 //! The data node checks the head node's proof before it gives its own, so
 //! a head node that does not know the cluster token learns nothing from
-//! it; and it refuses a head node whose epoch is older than the newest it
-//! has seen (a newer head node has run since: the old one may not store
-//! anything). What follows `welcome`, the report of what the node holds,
-//! is the caller's.
+//! it; and it accepts the head node's epoch and head-id only as
+//! [`Fence::admits`] says: a newer epoch, or the one it has accepted from
+//! this same head node. A refusal names the newest epoch, so the head node
+//! can go above it before the node tries again. What follows `welcome`,
+//! the report of what the node holds, is the caller's.
 
 use std::io;
 use std::time::Duration;
 
-use super::{DataNodeHello, FromDataNode, STALE_HEAD, ToDataNode};
+use super::{DataNodeHello, Fence, FromDataNode, ToDataNode};
 use crate::auth::{ClusterToken, Exchange, Nonce};
 use crate::connection::Connection;
 use crate::error::{HandshakeError, ReadError, truncate_for_log};
@@ -51,9 +52,9 @@ pub struct Registration<'a> {
     /// attempt). `None` registers without one: a head node that asks for a
     /// proof is then refused.
     pub token: Option<(&'a ClusterToken, Nonce)>,
-    /// The newest head-node epoch this node has seen: a head node with an
-    /// older one is refused.
-    pub newest_epoch: u64,
+    /// The newest head node's fence this node has accepted (sent as its
+    /// epoch in the hello); a welcome it does not admit is refused.
+    pub newest: Fence,
     /// Time allowed for the handshake, and for each answer after it.
     pub step_timeout: Duration,
 }
@@ -63,8 +64,9 @@ pub struct Registration<'a> {
 pub struct Welcomed {
     /// This node's id in the cluster.
     pub node: NodeId,
-    /// The head node's epoch: at least the newest this node had seen.
-    pub epoch: u64,
+    /// The head node's epoch and head-id, admitted by the newest fence this
+    /// node had accepted (head-id 0 from a head node that sends none).
+    pub fence: Fence,
 }
 
 /// Why registering failed. [`RegisterError::is_fatal`] says whether trying
@@ -100,18 +102,16 @@ pub enum RegisterError {
     /// The head node answered `ERROR` with this reason.
     #[error("refused: {0}")]
     Refused(String),
-    /// The head node's epoch is older than the newest this node has seen;
-    /// it was told so (`ERROR stale head node: ...`). A newer head node may
-    /// take its address: try again.
-    #[error(
-        "{STALE_HEAD}: epoch {epoch} is older than {newest}, the newest this data node has seen; \
-         a newer head node has run since, so this one may not store anything"
-    )]
+    /// The newest fence this node has accepted does not admit the head
+    /// node's; it was told so (`ERROR stale head node: ... newest <n>`).
+    /// The head node goes above that epoch, or a newer one may take its
+    /// address: try again.
+    #[error("{}", newest.refusal(offered))]
     StaleHead {
-        /// The head node's epoch.
-        epoch: u64,
-        /// The newest epoch this node has seen.
-        newest: u64,
+        /// The head node's epoch and head-id.
+        offered: Fence,
+        /// The newest this node has accepted.
+        newest: Fence,
     },
     /// An answer that has no place in registration (at most the first 80
     /// characters of it).
@@ -146,6 +146,7 @@ pub async fn register<S: Stream>(
         nonce: registration.token.map(|(_, nonce)| nonce),
         zone: registration.zone.clone(),
         store: registration.store,
+        epoch: Some(registration.newest.epoch),
     };
     let timeout = registration.step_timeout;
     match handshake::initiate(
@@ -191,19 +192,26 @@ pub async fn register<S: Stream>(
                     .queue_with(|buf| FromDataNode::Proof(ours).encode(buf));
                 conn.writer.flush().await.map_err(RegisterError::Write)?;
             }
-            Ok(ToDataNode::Welcome { node, epoch }) => {
+            Ok(ToDataNode::Welcome { node, epoch, head }) => {
                 if registration.token.is_some() && !authenticated {
                     return Err(RegisterError::HeadNotAuthenticated);
                 }
-                let newest = registration.newest_epoch;
-                if epoch < newest {
-                    let refusal = RegisterError::StaleHead { epoch, newest };
+                let offered = Fence {
+                    epoch,
+                    head: head.unwrap_or_default(),
+                };
+                let newest = registration.newest;
+                if !newest.admits(&offered) {
+                    let refusal = RegisterError::StaleHead { offered, newest };
                     conn.writer
                         .queue_with(|buf| FromDataNode::Error(refusal.to_string()).encode(buf));
                     let _ = conn.writer.flush().await;
                     return Err(refusal);
                 }
-                return Ok(Welcomed { node, epoch });
+                return Ok(Welcomed {
+                    node,
+                    fence: offered,
+                });
             }
             Ok(ToDataNode::Error(reason)) if reason.starts_with(UNAUTHORIZED) => {
                 return Err(RegisterError::Unauthorized(reason.to_owned()));

@@ -3,7 +3,7 @@
 use bytes::{BufMut, BytesMut};
 
 use super::record::SCAN_START;
-use super::{parse_names, put_names};
+use super::{HeadId, parse_names, put_names};
 use crate::auth::{Nonce, Proof};
 use crate::error::{ERROR_PREFIX, ParseError, truncate_for_log};
 use crate::ids::{
@@ -14,14 +14,18 @@ use crate::ids::{
 /// A frame sent by the head node to a data node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ToDataNode<'a> {
-    /// `welcome <node-id> <epoch>`: registration accepted, under this id,
-    /// by a head node run with this epoch. A data node that has seen a
-    /// newer epoch refuses it: it is a stale head node.
+    /// `welcome <node-id> <epoch> <head-id>`: registration accepted, under
+    /// this id, by the head node `head-id` at this epoch. A data node
+    /// accepts it only as [`Fence::admits`](super::Fence::admits) says.
+    /// A node that sent no epoch in its hello (one older than epochs as
+    /// counters) is welcomed without the head-id.
     Welcome {
         /// The node's id in the cluster.
         node: NodeId,
-        /// The head node's epoch (its start time in Unix ms); only grows.
+        /// The head node's epoch: above every epoch its data nodes report.
         epoch: u64,
+        /// The head node's head-id; `None` for a node that sent no epoch.
+        head: Option<HeadId>,
     },
     /// `challenge <head-nonce> <head-proof>`: the head node proves it knows
     /// the cluster token and asks the data node to prove it too.
@@ -46,9 +50,10 @@ pub enum ToDataNode<'a> {
     /// acknowledgement timed out. If it is not yet written, do not write it
     /// and answer `withdrawn <id>`; if it is, its `recibido` stands.
     Withdraw(MessageId),
-    /// `members <node-id>...`: the data nodes the head node routes to now
-    /// (sent on every change). A data node reports the last list it got to
-    /// the next head node, which waits for those nodes before it serves.
+    /// `members <node-id>...`: the cluster's member set (sent when it
+    /// changes). A data node keeps the last one it got on disk and reports
+    /// it to every head node that welcomes it, which waits for those nodes
+    /// before it serves, and counts its majority among them.
     Members(Vec<NodeId>),
     /// `ping <n>`: application heartbeat; answer `pong <n>`.
     Ping(u64),
@@ -139,10 +144,20 @@ impl<'a> ToDataNode<'a> {
         }
         let mut words = line.split(' ');
         let parsed = match (words.next(), words.next(), words.next()) {
-            (Some("welcome"), Some(id), Some(epoch)) if words.next().is_none() => {
+            (Some("welcome"), Some(id), Some(epoch)) => {
+                let head = match (words.next(), words.next()) {
+                    (None, _) => None,
+                    (Some(head), None) => Some(head.parse()?),
+                    _ => {
+                        return Err(ParseError::new(
+                            "expected 'welcome <node-id> <epoch> [<head-id>]'",
+                        ));
+                    }
+                };
                 ToDataNode::Welcome {
                     node: id.parse()?,
                     epoch: parse_counter(epoch)?,
+                    head,
                 }
             }
             (Some("withdraw"), Some(id), None) => ToDataNode::Withdraw(id.parse()?),
@@ -198,11 +213,14 @@ impl<'a> ToDataNode<'a> {
     /// Appends the frame's text (without terminator) to `buf`.
     pub fn encode(&self, buf: &mut BytesMut) {
         match self {
-            ToDataNode::Welcome { node, epoch } => {
+            ToDataNode::Welcome { node, epoch, head } => {
                 buf.extend_from_slice(b"welcome ");
                 buf.extend_from_slice(node.as_str().as_bytes());
                 buf.put_u8(b' ');
                 put_u64(buf, *epoch);
+                if let Some(head) = head {
+                    buf.extend_from_slice(format!(" {head}").as_bytes());
+                }
             }
             ToDataNode::Withdraw(id) => {
                 buf.extend_from_slice(b"withdraw ");

@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use protocol::auth::Nonce;
 use protocol::client::StoreReply;
 use protocol::codec::{DEFAULT_MAX_LINE, LineDecoder, encode_line};
-use protocol::datanode::{DataNodeHello, FromDataNode, ToDataNode};
+use protocol::datanode::{DataNodeHello, FromDataNode, HeadId, ToDataNode};
 use protocol::handshake::Role;
 use protocol::ids::{KeyRef, MessageId, NodeId};
 
@@ -33,17 +33,21 @@ fn data_node_hello() -> impl Strategy<Value = DataNodeHello> {
         proptest::option::of(any::<[u8; 16]>()),
         proptest::option::of(node_id()),
         proptest::option::of(any::<u64>()),
+        proptest::option::of(any::<u64>()),
     )
-        .prop_map(|(node_id, incarnation, nonce, zone, store)| DataNodeHello {
-            node_id,
-            incarnation,
-            store,
-            zone: zone.map(|z| z.as_str().parse().expect("a node id is a valid zone")),
-            nonce: nonce.map(|bytes| {
-                let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-                hex.parse::<Nonce>().expect("32 hex digits")
-            }),
-        })
+        .prop_map(
+            |(node_id, incarnation, nonce, zone, store, epoch)| DataNodeHello {
+                node_id,
+                incarnation,
+                store,
+                epoch,
+                zone: zone.map(|z| z.as_str().parse().expect("a node id is a valid zone")),
+                nonce: nonce.map(|bytes| {
+                    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                    hex.parse::<Nonce>().expect("32 hex digits")
+                }),
+            },
+        )
 }
 
 /// Cut points in a stream of `len` bytes, in order.
@@ -120,7 +124,11 @@ proptest! {
     ) {
         let client = node.to_string();
         let frame = match which {
-            0 => ToDataNode::Welcome { node, epoch: counter },
+            0 => ToDataNode::Welcome {
+                node,
+                epoch: counter,
+                head: (seq % 2 == 0).then_some(HeadId(seq)),
+            },
             1 => ToDataNode::Store { id, key: None, text: &text },
             5 => ToDataNode::Store {
                 id: Some(id.unwrap_or(MessageId { epoch: 1, seq: 1 })),

@@ -4,6 +4,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::*;
 use crate::connection::ReaderConfig;
+use crate::datanode::HeadId;
 use crate::handshake::{PETICION, Role, RoleStep};
 
 const TOKEN: &str = "register-test-token-0123456789";
@@ -11,8 +12,11 @@ const TOKEN: &str = "register-test-token-0123456789";
 /// What the scripted head node does after it has read the hello.
 #[derive(Clone, Copy)]
 enum Head {
-    /// Challenge with a good proof, check the node's, welcome at this epoch.
+    /// Challenge with a good proof, check the node's, welcome at this epoch
+    /// (without a head-id, as a head node older than head-ids does).
     Welcome(u64),
+    /// As `Welcome`, with this epoch and head-id.
+    WelcomeAs(u64, u64),
     /// Challenge with a proof made from another token.
     WrongProof,
     /// Welcome at once, with no challenge.
@@ -22,12 +26,28 @@ enum Head {
 }
 
 /// Runs `head` against `register` with this node's token (if any) and
-/// newest epoch; the outcome, and every line the head node read after the
-/// hello.
+/// newest epoch (accepted from a head node without a head-id); the
+/// outcome, and every line the head node read after the hello.
 async fn run(
     head: Head,
     token: Option<&ClusterToken>,
     newest_epoch: u64,
+) -> (Result<Welcomed, RegisterError>, DataNodeHello, Vec<String>) {
+    run_as(head, token, fence(newest_epoch, 0)).await
+}
+
+fn fence(epoch: u64, head: u64) -> Fence {
+    Fence {
+        epoch,
+        head: HeadId(head),
+    }
+}
+
+/// [`run`] with the newest fence this node has accepted.
+async fn run_as(
+    head: Head,
+    token: Option<&ClusterToken>,
+    newest: Fence,
 ) -> (Result<Welcomed, RegisterError>, DataNodeHello, Vec<String>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -63,7 +83,7 @@ async fn run(
         zone: Some("z1".parse().unwrap()),
         store: Some(0xabc),
         token: token.map(|token| (token, Nonce::random())),
-        newest_epoch,
+        newest,
         step_timeout: Duration::from_secs(5),
     };
     let outcome = register(&mut conn, &registration).await;
@@ -82,12 +102,18 @@ async fn script(head: Head, hello: &DataNodeHello, conn: &mut Connection<TcpStre
         node_nonce: hello.nonce.as_ref().unwrap_or(&head_nonce),
         head_nonce: &head_nonce,
     };
-    let welcome = |epoch| ToDataNode::Welcome {
+    let welcome = |epoch, head| ToDataNode::Welcome {
         node: node_id.clone(),
         epoch,
+        head,
     };
     match head {
-        Head::Welcome(epoch) => {
+        Head::Welcome(_) | Head::WelcomeAs(..) => {
+            let (epoch, head) = match head {
+                Head::WelcomeAs(epoch, id) => (epoch, Some(HeadId(id))),
+                Head::Welcome(epoch) => (epoch, None),
+                _ => unreachable!(),
+            };
             let proof = token.head_proof(&exchange);
             let challenge = ToDataNode::Challenge {
                 nonce: head_nonce,
@@ -103,7 +129,8 @@ async fn script(head: Head, hello: &DataNodeHello, conn: &mut Connection<TcpStre
                 panic!("no proof: {}", line.as_str());
             };
             assert!(token.verify_node(&exchange, &theirs), "the node's proof");
-            conn.writer.queue_with(|buf| welcome(epoch).encode(buf));
+            conn.writer
+                .queue_with(|buf| welcome(epoch, head).encode(buf));
         }
         Head::WrongProof => {
             let other = ClusterToken::new("another-token-just-as-long-0123").unwrap();
@@ -113,7 +140,7 @@ async fn script(head: Head, hello: &DataNodeHello, conn: &mut Connection<TcpStre
             };
             conn.writer.queue_with(|buf| challenge.encode(buf));
         }
-        Head::WelcomeUnchallenged => conn.writer.queue_with(|buf| welcome(5).encode(buf)),
+        Head::WelcomeUnchallenged => conn.writer.queue_with(|buf| welcome(5, None).encode(buf)),
         Head::Refuse(reason) => conn.writer.queue_error(&reason),
     }
     conn.writer.flush().await.unwrap();
@@ -128,8 +155,9 @@ async fn a_head_node_that_proves_the_token_welcomes_the_node_after_its_proof() {
     let token = token();
     let (outcome, hello, read) = run(Head::Welcome(9), Some(&token), 9).await;
     let welcomed = outcome.unwrap();
-    assert_eq!((welcomed.node.as_str(), welcomed.epoch), ("dn1", 9));
+    assert_eq!((welcomed.node.as_str(), welcomed.fence.epoch), ("dn1", 9));
     assert_eq!(hello.incarnation, Some(7));
+    assert_eq!(hello.epoch, Some(9), "the hello names the newest epoch");
     assert_eq!(hello.zone.as_ref().map(Zone::as_str), Some("z1"));
     assert_eq!(hello.store, Some(0xabc));
     assert!(read.is_empty(), "nothing after the proof: {read:?}");
@@ -143,16 +171,39 @@ async fn a_head_node_older_than_the_newest_epoch_seen_is_told_so_and_refused() {
     assert!(
         matches!(
             error,
-            RegisterError::StaleHead {
-                epoch: 4,
-                newest: 5
-            }
+            RegisterError::StaleHead { offered, newest }
+                if offered.epoch == 4 && newest.epoch == 5
         ),
         "{error:?}"
     );
     assert!(!error.is_fatal(), "a newer head node may come back");
     assert_eq!(read, [format!("ERROR {error}")]);
     assert!(read[0].starts_with("ERROR stale head node: epoch 4 is older than 5"));
+    assert_eq!(crate::datanode::newest_in_refusal(&read[0][6..]), Some(5));
+}
+
+#[tokio::test]
+async fn another_head_node_at_the_newest_epoch_is_refused_and_the_same_one_welcomed() {
+    let token = token();
+    let (outcome, _, read) = run_as(Head::WelcomeAs(5, 2), Some(&token), fence(5, 1)).await;
+    let error = outcome.unwrap_err();
+    assert!(
+        matches!(error, RegisterError::StaleHead { .. }),
+        "{error:?}"
+    );
+    assert!(
+        !error.is_fatal(),
+        "the head node goes above, and the node tries again"
+    );
+    assert!(
+        read[0].starts_with("ERROR stale head node: epoch 5 belongs to head node 0000000000000001"),
+        "{read:?}"
+    );
+    let (outcome, _, read) = run_as(Head::WelcomeAs(5, 1), Some(&token), fence(5, 1)).await;
+    assert_eq!(outcome.unwrap().fence, fence(5, 1));
+    assert!(read.is_empty(), "{read:?}");
+    let (outcome, _, _) = run_as(Head::WelcomeAs(6, 2), Some(&token), fence(5, 1)).await;
+    assert_eq!(outcome.unwrap().fence, fence(6, 2));
 }
 
 #[tokio::test]
@@ -160,7 +211,11 @@ async fn a_head_node_as_new_as_the_newest_epoch_seen_or_newer_is_welcomed() {
     let token = token();
     for (newest, offered) in [(5, 5), (5, 6), (0, 1)] {
         let (outcome, _, read) = run(Head::Welcome(offered), Some(&token), newest).await;
-        assert_eq!(outcome.unwrap().epoch, offered, "{newest} then {offered}");
+        assert_eq!(
+            outcome.unwrap().fence.epoch,
+            offered,
+            "{newest} then {offered}"
+        );
         assert!(read.is_empty(), "{read:?}");
     }
 }
@@ -188,7 +243,7 @@ async fn a_welcome_without_a_challenge_is_refused_by_a_node_with_a_token() {
 #[tokio::test]
 async fn a_node_without_a_token_is_welcomed_unchallenged_and_cannot_answer_a_challenge() {
     let (outcome, hello, _) = run(Head::WelcomeUnchallenged, None, 0).await;
-    assert_eq!(outcome.unwrap().epoch, 5);
+    assert_eq!(outcome.unwrap().fence.epoch, 5);
     assert_eq!(hello.nonce, None);
     let (outcome, _, _) = run(Head::Welcome(5), None, 0).await;
     let error = outcome.unwrap_err();

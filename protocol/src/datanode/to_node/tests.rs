@@ -111,6 +111,12 @@ fn head_to_datanode_frames_round_trip() {
         ToDataNode::Welcome {
             node: "dn-2".parse().unwrap(),
             epoch: 1_795_413_330_851,
+            head: None,
+        },
+        ToDataNode::Welcome {
+            node: "dn-2".parse().unwrap(),
+            epoch: 7,
+            head: Some(crate::datanode::HeadId(0xfeed)),
         },
         ToDataNode::Withdraw(id(4, 5)),
         ToDataNode::Members(vec!["dn1".parse().unwrap(), "dn3".parse().unwrap()]),
@@ -177,6 +183,8 @@ fn head_to_datanode_frames_round_trip() {
     assert!(ToDataNode::parse("mensaje x").is_err());
     assert!(ToDataNode::parse("ping").is_err());
     assert!(ToDataNode::parse("welcome dn1").is_err());
+    assert!(ToDataNode::parse("welcome dn1 5 00000000000000ag").is_err());
+    assert!(ToDataNode::parse("welcome dn1 5 000000000000000a x").is_err());
     assert!(ToDataNode::parse("mensaje 1-2 bad key: x").is_err());
     assert!(ToDataNode::parse("membersx").is_err());
     for bad in [
