@@ -8,6 +8,7 @@ pub(crate) mod ids;
 pub(crate) mod in_flight;
 pub(crate) mod keys;
 pub mod membership;
+pub(crate) mod probe;
 pub(crate) mod reads;
 pub(crate) mod recovery;
 pub(crate) mod repair;
