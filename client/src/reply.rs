@@ -5,7 +5,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use protocol::ParseError;
-use protocol::client::{NO_DATA_NODES, NOT_ENOUGH_NODES, OUTCOME_UNKNOWN, StoreReply};
+use protocol::client::{NO_DATA_NODES, NO_MAJORITY, NOT_ENOUGH_NODES, OUTCOME_UNKNOWN, StoreReply};
 use protocol::ids::{ClientId, MessageId};
 use rand::RngExt;
 
@@ -21,7 +21,7 @@ pub enum Answer {
     },
     /// Not stored, or perhaps stored: sending it again with the same key is
     /// safe and may succeed (`no data nodes available`, `not enough data
-    /// nodes ...`, `outcome unknown ...`).
+    /// nodes ...`, `no majority ...`, `outcome unknown ...`).
     Retry(String),
     /// Refused for good (too long, control characters, ...): sending it
     /// again would get the same answer.
@@ -41,6 +41,7 @@ pub fn classify(line: &str) -> Result<Answer, ParseError> {
 fn is_retryable(reason: &str) -> bool {
     reason == NO_DATA_NODES
         || reason.starts_with(NOT_ENOUGH_NODES)
+        || reason.starts_with(NO_MAJORITY)
         || reason.starts_with(OUTCOME_UNKNOWN)
 }
 
@@ -140,6 +141,7 @@ mod tests {
         for retry in [
             "ERROR no data nodes available",
             "ERROR not enough data nodes (1 live, 2 required)",
+            "ERROR no majority of the cluster's data nodes (1 of 3 members live, 2 needed): this head node may have been replaced; nothing was stored",
             "ERROR outcome unknown: dn1 failed; it may or may not be stored",
         ] {
             assert!(

@@ -53,6 +53,11 @@ pub const NO_DATA_NODES: &str = "no data nodes available";
 /// copies a message needs before it is acknowledged: `not enough data
 /// nodes (1 live, 2 required)`. The client may resend it with its key.
 pub const NOT_ENOUGH_NODES: &str = "not enough data nodes";
+/// How the error reason starts when the head node has no majority of the
+/// cluster's data nodes live (it may have been replaced by another head
+/// node): `no majority of the cluster's data nodes (1 of 3 members live, 2
+/// needed): ...`. The client may resend it with its key; nothing was stored.
+pub const NO_MAJORITY: &str = "no majority of the cluster's data nodes";
 /// How an error reason starts when the message may or may not be stored
 /// (sent to a data node that failed before acknowledging it). Sending it
 /// again may store it twice; not sending it again may lose it.

@@ -24,7 +24,14 @@
 //! Members are keyed by node id plus *incarnation* (which grows on every
 //! process start), and each registration by its connection id, so a late
 //! result about an old connection or an old incarnation is ignored, and an
-//! older process cannot take an id back from a newer one.
+//! older process cannot take an id back from a newer one. Incarnations are
+//! compared only within one data directory (its store id): a node that
+//! comes back with another directory supersedes the old one, whose process
+//! is then refused.
+//!
+//! Besides who is live, it keeps the cluster's member set ([`set`]): the
+//! nodes the cluster is made of, live or not, and whether a majority of
+//! them is live ([`Quorum`]), which the head node needs to answer clients.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -32,6 +39,11 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use protocol::ids::NodeId;
+
+pub mod set;
+
+use set::MemberSet;
+pub use set::Quorum;
 
 /// Identifies one accepted data-node connection for its whole life.
 pub type ConnId = u64;
@@ -46,6 +58,11 @@ pub type ConnId = u64;
 /// it is logged as joined rather than rejoined, and an older incarnation of
 /// it (a stale process) could register again, since nothing newer is known.
 pub const REMEMBERED_IDS: usize = 4096;
+
+/// Data directories (store ids) remembered per node id as replaced by a
+/// newer one, whose processes are refused: the oldest is forgotten beyond
+/// this many.
+pub const SUPERSEDED_STORES: usize = 4;
 
 /// Timings of the failure detectors.
 #[derive(Debug, Clone)]
@@ -236,6 +253,14 @@ pub enum Event {
     IcmpAnswering,
     /// The last member is gone.
     NoneLeft,
+    /// A member absent for the removal wait, while a majority of the set
+    /// was live, is no longer in the member set.
+    Removed {
+        /// The former member.
+        node: NodeId,
+        /// How long it had been absent.
+        absent_for: Duration,
+    },
 }
 
 /// Why a registration was refused.
@@ -254,6 +279,21 @@ pub enum Refusal {
         incarnation: u64,
         /// The highest incarnation of `node` that has registered.
         newer: u64,
+    },
+    /// The process of a data directory another one has replaced under this
+    /// node id: it must stop.
+    #[error(
+        "stale incarnation {incarnation} of {node}: its data directory (store {store:016x}) has been replaced by store {by:016x}"
+    )]
+    SupersededStore {
+        /// The node id asked for.
+        node: NodeId,
+        /// The incarnation that asked.
+        incarnation: u64,
+        /// Its data directory's store id.
+        store: u64,
+        /// The store id that replaced it.
+        by: u64,
     },
 }
 
@@ -288,10 +328,16 @@ impl Member {
 }
 
 /// What is remembered of a node id that has registered.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Seen {
-    /// The highest incarnation that has registered under the id.
+    /// The highest incarnation that has registered under the id, from its
+    /// current data directory.
     incarnation: u64,
+    /// That directory's store id, if the node named one.
+    store: Option<u64>,
+    /// Directories replaced under this id, newest last (at most
+    /// [`SUPERSEDED_STORES`]).
+    superseded: Vec<u64>,
     /// When it last registered, in registrations since start: the order in
     /// which ids are forgotten.
     registered: u64,
@@ -314,12 +360,16 @@ pub struct Membership {
     unanswered_rounds: u32,
     /// Set by [`Event::IcmpUnanswered`], cleared by [`Event::IcmpAnswering`].
     icmp_unanswered: bool,
+    /// The nodes the cluster is made of, live or not.
+    set: MemberSet,
 }
 
 impl Membership {
-    /// An empty cluster.
-    pub fn new(config: DetectorConfig) -> Self {
+    /// An empty cluster, whose absent members leave the member set after
+    /// `remove_after` (while a majority is live).
+    pub fn new(config: DetectorConfig, remove_after: Duration) -> Self {
         Membership {
+            set: MemberSet::new(remove_after),
             config,
             members: BTreeMap::new(),
             by_conn: HashMap::new(),
@@ -333,24 +383,40 @@ impl Membership {
 
     /// A node asks to join.
     ///
-    /// Incarnations are ordered: one lower than the highest registered under
-    /// this id is an older process and is refused, whether the newer one is
-    /// still a member or not. The same incarnation is the same process on a
+    /// Incarnations are ordered within one data directory: one lower than
+    /// the highest registered under this id from the same directory (or
+    /// one of them names none) is an older process and is refused, whether
+    /// the newer one is still a member or not. Another directory is a
+    /// replaced one (a new disk): it supersedes the old, whose process is
+    /// refused from then on. The same incarnation is the same process on a
     /// new connection: the old connection is stale and replaced. A higher
     /// incarnation replaces the old member only if that one has stopped
     /// answering (a restart racing its own eviction); while it is alive, the
-    /// id is in use and the newcomer is refused.
+    /// id is in use and the newcomer is refused. A node that registers
+    /// joins the member set.
     pub fn register(&mut self, info: MemberInfo, now: Instant) -> Result<Vec<Event>, Refusal> {
-        let newer = self
-            .ever_seen
-            .get(&info.node)
-            .filter(|seen| seen.incarnation > info.incarnation);
-        if let Some(seen) = newer {
-            return Err(Refusal::StaleIncarnation {
-                incarnation: info.incarnation,
-                newer: seen.incarnation,
-                node: info.node,
-            });
+        if let Some(seen) = self.ever_seen.get(&info.node) {
+            if let Some(store) = info.store
+                && seen.superseded.contains(&store)
+            {
+                return Err(Refusal::SupersededStore {
+                    incarnation: info.incarnation,
+                    store,
+                    by: seen.store.unwrap_or_default(),
+                    node: info.node,
+                });
+            }
+            let same_store = match (info.store, seen.store) {
+                (Some(store), Some(known)) => store == known,
+                _ => true,
+            };
+            if same_store && seen.incarnation > info.incarnation {
+                return Err(Refusal::StaleIncarnation {
+                    incarnation: info.incarnation,
+                    newer: seen.incarnation,
+                    node: info.node,
+                });
+            }
         }
         let mut events = Vec::new();
         if let Some(existing) = self.members.get(&info.node) {
@@ -368,11 +434,15 @@ impl Membership {
                 EvictReason::Replaced {
                     by_incarnation: info.incarnation,
                 },
+                now,
             ));
             // Replacing is not the cluster running dry.
             events.retain(|e| *e != Event::NoneLeft);
         }
         let rejoined = self.remember(&info);
+        if !info.legacy {
+            self.set.live(&info.node);
+        }
         self.by_conn.insert(info.conn, info.node.clone());
         self.members.insert(
             info.node.clone(),
@@ -490,7 +560,7 @@ impl Membership {
                 // Legacy members have no heartbeat to agree or disagree.
                 let heartbeat_agrees = !member.info.legacy && !heartbeat_answers;
                 if member.icmp_misses >= misses_allowed || heartbeat_agrees {
-                    self.evict(conn, EvictReason::Unreachable)
+                    self.evict(conn, EvictReason::Unreachable, now)
                 } else {
                     vec![Event::Missed {
                         member: member.info.clone(),
@@ -524,17 +594,22 @@ impl Membership {
             ProbeOutcome::NoReply => EvictReason::Unreachable,
             ProbeOutcome::Unavailable => EvictReason::Silent { silent_for },
         };
-        self.evict(conn, reason)
+        self.evict(conn, reason, now)
     }
 
     /// An original-system member did not acknowledge a message in time.
-    pub fn ack_timeout(&mut self, conn: ConnId) -> Vec<Event> {
-        self.evict(conn, EvictReason::AckTimeout)
+    pub fn ack_timeout(&mut self, conn: ConnId, now: Instant) -> Vec<Event> {
+        self.evict(conn, EvictReason::AckTimeout, now)
     }
 
-    /// A member's connection dropped or failed.
-    pub fn connection_lost(&mut self, conn: ConnId, why: impl Into<String>) -> Vec<Event> {
-        self.evict(conn, EvictReason::ConnectionLost(why.into()))
+    /// A member's connection dropped or failed at `now`.
+    pub fn connection_lost(
+        &mut self,
+        conn: ConnId,
+        why: impl Into<String>,
+        now: Instant,
+    ) -> Vec<Event> {
+        self.evict(conn, EvictReason::ConnectionLost(why.into()), now)
     }
 
     /// A member said it is leaving.
@@ -548,23 +623,26 @@ impl Membership {
         }]
     }
 
-    /// A leaving member has been drained.
-    pub fn left(&mut self, conn: ConnId) -> Vec<Event> {
-        self.evict(conn, EvictReason::Left)
+    /// A leaving member has been drained at `now`: it leaves the member
+    /// set too.
+    pub fn left(&mut self, conn: ConnId, now: Instant) -> Vec<Event> {
+        self.evict(conn, EvictReason::Left, now)
     }
 
-    /// Evicts every member (head node shutdown).
-    pub fn evict_all(&mut self) -> Vec<Event> {
+    /// Evicts every member (head node shutdown, at `now`).
+    pub fn evict_all(&mut self, now: Instant) -> Vec<Event> {
         let conns: Vec<ConnId> = self.members.values().map(|m| m.info.conn).collect();
         let mut events = Vec::new();
         for conn in conns {
-            events.extend(self.evict(conn, EvictReason::Shutdown));
+            events.extend(self.evict(conn, EvictReason::Shutdown, now));
         }
         events.retain(|e| *e != Event::NoneLeft);
         events
     }
 
-    /// Advances the application-heartbeat detector to `now`.
+    /// Advances the application-heartbeat detector to `now`, and removes
+    /// from the member set one member absent long enough, if a majority is
+    /// live.
     pub fn tick(&mut self, now: Instant) -> Vec<Event> {
         let mut events = Vec::new();
         let suspect_after = self.config.suspect_after;
@@ -591,7 +669,43 @@ impl Membership {
                 _ => {}
             }
         }
+        if let Some((node, absent_for)) = self.set.remove_due(now, self.legacy_live()) {
+            events.push(Event::Removed { node, absent_for });
+        }
         events
+    }
+
+    /// A registering node reported the member set it keeps, at `now`:
+    /// until [`Membership::recovered`], its members join the set (absent
+    /// until they register).
+    pub fn reported(&mut self, set: &[NodeId], now: Instant) {
+        self.set.reported(set, now);
+    }
+
+    /// Recovery is done: reported sets no longer change the member set.
+    pub fn recovered(&mut self) {
+        self.set.learned();
+    }
+
+    /// Live members against the member set.
+    pub fn quorum(&self) -> Quorum {
+        self.set.quorum(self.legacy_live())
+    }
+
+    /// The member set (original-system nodes, which no data node keeps,
+    /// left out), in node order.
+    pub fn member_set(&self) -> Vec<NodeId> {
+        self.set.names()
+    }
+
+    /// Differs after every change of [`Membership::member_set`].
+    pub fn member_set_version(&self) -> u64 {
+        self.set.version()
+    }
+
+    /// Original-system members connected now: members while connected.
+    fn legacy_live(&self) -> usize {
+        self.members.values().filter(|m| m.info.legacy).count()
     }
 
     /// Members that may be sent new messages.
@@ -633,7 +747,22 @@ impl Membership {
         let rejoined = match self.ever_seen.get_mut(&info.node) {
             Some(seen) => {
                 self.forgettable.remove(&seen.registered);
-                seen.incarnation = seen.incarnation.max(info.incarnation);
+                match (info.store, seen.store) {
+                    (Some(store), Some(known)) if store != known => {
+                        // A replaced directory: its processes are refused
+                        // from now on, and the new one's count afresh.
+                        seen.superseded.push(known);
+                        if seen.superseded.len() > SUPERSEDED_STORES {
+                            seen.superseded.remove(0);
+                        }
+                        seen.store = Some(store);
+                        seen.incarnation = info.incarnation;
+                    }
+                    _ => {
+                        seen.store = seen.store.or(info.store);
+                        seen.incarnation = seen.incarnation.max(info.incarnation);
+                    }
+                }
                 seen.registered = registered;
                 true
             }
@@ -642,6 +771,8 @@ impl Membership {
                     info.node.clone(),
                     Seen {
                         incarnation: info.incarnation,
+                        store: info.store,
+                        superseded: Vec::new(),
                         registered,
                     },
                 );
@@ -663,13 +794,21 @@ impl Membership {
         }
     }
 
-    fn evict(&mut self, conn: ConnId, reason: EvictReason) -> Vec<Event> {
+    fn evict(&mut self, conn: ConnId, reason: EvictReason, now: Instant) -> Vec<Event> {
         let Some(node) = self.by_conn.remove(&conn) else {
             return Vec::new();
         };
         let Some(member) = self.members.remove(&node) else {
             return Vec::new();
         };
+        if !member.info.legacy {
+            match reason {
+                EvictReason::Left => self.set.left(&node),
+                // The new registration keeps it live.
+                EvictReason::Replaced { .. } => {}
+                _ => self.set.absent(&node, now),
+            }
+        }
         if let Some(seen) = self.ever_seen.get(&node) {
             // Forgotten at the next registration, if it is then the oldest.
             self.forgettable.insert(seen.registered, node);

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use protocol::client::{NO_DATA_NODES, NOT_ENOUGH_NODES};
+use protocol::client::{NO_DATA_NODES, NO_MAJORITY, NOT_ENOUGH_NODES};
 use protocol::ids::{NodeId, Zone};
 use rand::RngExt;
 use rand::rngs::SmallRng;
@@ -37,7 +37,7 @@ use tokio::time::Instant;
 use tracing::warn;
 
 use crate::state::forward::{Envelope, Forward, Holders, report_under_replicated};
-use crate::state::membership::ConnId;
+use crate::state::membership::{ConnId, Quorum};
 use crate::state::reads::NodeReader;
 
 /// Indices of nodes in a snapshot; on the stack up to 16 nodes.
@@ -168,8 +168,9 @@ impl NodeLoad {
 }
 
 /// An immutable snapshot of the data nodes: those that may be sent new
-/// messages, and every member that serves reads. Both come from the
-/// membership, which is the one owner of who is live.
+/// messages, every member that serves reads, whether a majority of the
+/// member set is live, and the set itself. All come from the membership,
+/// which is the one owner of who is live and who is a member.
 #[derive(Debug, Default)]
 pub(crate) struct Routes {
     /// The routable nodes, in no particular order.
@@ -177,6 +178,12 @@ pub(crate) struct Routes {
     /// Every member that serves reads (suspect and leaving ones too), one
     /// per node id, in node order. Original-system nodes serve none.
     readers: Vec<NodeReader>,
+    /// Live members against the member set: without a majority nothing new
+    /// is routed and no client is answered `recibido`.
+    pub(crate) quorum: Quorum,
+    /// The member set to tell the data nodes (`members`); `None` until
+    /// recovery is done.
+    pub(crate) member_set: Option<Arc<[NodeId]>>,
     /// The nodes of the current sticky run, and messages left in that run.
     run: Mutex<StickyRun>,
 }
@@ -188,18 +195,30 @@ struct StickyRun {
 }
 
 impl Routes {
-    /// A snapshot of these nodes, none serving reads; the first message
-    /// starts a new run.
+    /// A snapshot of these nodes, none serving reads, every member live;
+    /// the first message starts a new run.
     #[cfg(test)]
     pub(crate) fn new(nodes: Vec<NodeHandle>) -> Self {
-        Routes::with_readers(nodes, Vec::new())
+        let quorum = Quorum {
+            live: nodes.len(),
+            members: nodes.len(),
+        };
+        Routes::with_readers(nodes, Vec::new(), quorum, None)
     }
 
-    /// A snapshot of these routable nodes and these readers.
-    pub(crate) fn with_readers(nodes: Vec<NodeHandle>, readers: Vec<NodeReader>) -> Self {
+    /// A snapshot of these routable nodes and these readers, this quorum
+    /// and member set.
+    pub(crate) fn with_readers(
+        nodes: Vec<NodeHandle>,
+        readers: Vec<NodeReader>,
+        quorum: Quorum,
+        member_set: Option<Arc<[NodeId]>>,
+    ) -> Self {
         Routes {
             nodes,
             readers,
+            quorum,
+            member_set,
             run: Mutex::default(),
         }
     }
@@ -453,7 +472,9 @@ impl Router {
             })
             .collect();
         let needed_more = replication.needed.saturating_sub(have);
-        if eligible.len() < needed_more {
+        // Without a majority of the member set this head node may have been
+        // replaced: nothing new is placed, and it waits as for nodes.
+        if eligible.len() < needed_more || !routes.quorum.holds() {
             let too_small = routes.nodes.iter().filter(|n| !n.takes(text_len)).count();
             if too_small > 0 && routes.nodes.len() >= needed_more {
                 // Only original-system nodes could make up the count;
@@ -586,13 +607,20 @@ impl Router {
     }
 
     /// The reason given to a client whose message could not get the copies
-    /// it needs in time.
+    /// it needs in time: too few live nodes, or no majority of the member
+    /// set.
     pub(crate) fn not_enough_nodes(&self, needed: usize) -> String {
-        let live = self.routes.borrow().nodes.len();
+        let routes = self.routes.borrow();
+        let live = routes.nodes.len();
         if live == 0 {
             NO_DATA_NODES.to_owned()
-        } else {
+        } else if live < needed || routes.quorum.holds() {
             format!("{NOT_ENOUGH_NODES} ({live} live, {needed} required)")
+        } else {
+            format!(
+                "{NO_MAJORITY} ({}): this head node may have been replaced; nothing was stored",
+                routes.quorum
+            )
         }
     }
 }

@@ -375,6 +375,13 @@ impl Status {
                 }
                 return;
             }
+            Event::Removed { node, absent_for } => {
+                let detail = format!(
+                    "{node} removed from the member set after {:.0}s absent",
+                    absent_for.as_secs_f64()
+                );
+                (node, "removed", None, detail)
+            }
             Event::ProbeNow { .. }
             | Event::Missed { .. }
             | Event::IcmpUnanswered { .. }

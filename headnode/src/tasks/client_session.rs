@@ -8,6 +8,13 @@
 //! is read until the head node has recovered what the data nodes hold
 //! (see `recovery`), so a resend after a restart is recognised.
 //!
+//! `recibido` goes out only while a majority of the cluster's member set is
+//! live (checked as the answer is written): a head node without one may
+//! have been replaced by another, so a message it has written is answered
+//! `ERROR outcome unknown: ...` instead (its copies exist; a resend under
+//! the same key is safe), and a new one waits for the majority as it waits
+//! for nodes, then gets `ERROR no majority ...` (see `router`).
+//!
 //! What one client can make the head node hold is bounded: at most
 //! `max_client_in_flight` unanswered messages holding at most
 //! `max_client_in_flight_bytes`, answers not yet taken by its socket up to
@@ -20,10 +27,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use node_kit::telemetry::MESSAGES_TARGET;
-use protocol::client::{OUTCOME_UNKNOWN, StoreReply, parse_keyed_message, validate_text};
+use protocol::client::{
+    NO_MAJORITY, OUTCOME_UNKNOWN, StoreReply, parse_keyed_message, validate_text,
+};
 use protocol::connection::Connection;
 use protocol::error::truncate_for_log;
-use protocol::ids::{ClientId, MessageKey};
+use protocol::ids::{ClientId, MessageId, MessageKey, NodeId};
 use protocol::net::Stream;
 use protocol::{Line, ReadError};
 use rand::rngs::SmallRng;
@@ -35,6 +44,7 @@ use tracing::{debug, info, warn};
 use crate::config::MESSAGE_OVERHEAD;
 use crate::state::forward::{Completion, Envelope, NewEnvelope, Outcome, Waiter};
 use crate::state::keys::Found;
+use crate::state::membership::Quorum;
 use crate::state::reply_window::ReplyWindow;
 use crate::state::router::Routes;
 use crate::tasks::Shared;
@@ -320,9 +330,18 @@ impl<S: Stream> ClientSession<S> {
         }
     }
 
-    /// The answers next in order, written.
+    /// The answers next in order, written: `recibido` only while a
+    /// majority of the member set is live.
     fn write_ready(&mut self) {
-        while let Some(done) = self.window.pop_ready() {
+        let mut quorum = None;
+        while let Some(mut done) = self.window.pop_ready() {
+            if let Outcome::Stored { holders, id } = &done.outcome {
+                let quorum = *quorum.get_or_insert_with(|| self.shared.router.snapshot().quorum);
+                if !quorum.holds() {
+                    warn!(%id, %quorum, "written, but answered outcome unknown: no majority of the member set is live");
+                    done.outcome = Outcome::Unknown(without_majority(quorum, holders, *id).into());
+                }
+            }
             if let Some((slot, read_at)) = self.timed
                 && slot == done.slot
             {
@@ -501,6 +520,17 @@ fn route(
             truncate_for_log(line.as_str())
         );
     }
+}
+
+/// Why a written message is not answered `recibido` while no majority of
+/// the member set is live.
+fn without_majority(quorum: Quorum, holders: &[NodeId], id: MessageId) -> String {
+    let names: Vec<&str> = holders.iter().map(NodeId::as_str).collect();
+    format!(
+        "this head node has {NO_MAJORITY} ({quorum}) and may have been replaced; \
+         it was written on {} under {id}, and a resend under the same key is safe",
+        names.join("+")
+    )
 }
 
 /// A message refused before it was routed: no id, certainly not stored.

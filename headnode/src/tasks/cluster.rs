@@ -4,6 +4,9 @@
 //! bounded channel of [`Input`]s; it feeds them to the state machine with
 //! the current time, carries out the resulting [`Event`]s (publish routes,
 //! close evicted connections, spawn probes) and writes the heartbeat log.
+//! The routes it publishes carry the member set (sent to the data nodes as
+//! `members` once recovery is done) and whether a majority of it is live,
+//! and it logs when the majority is lost and regained.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -18,7 +21,8 @@ use tracing::{info, warn};
 
 use crate::state::forward::Forward;
 use crate::state::membership::{
-    ConnId, DetectorConfig, Event, EvictReason, MemberInfo, Membership, ProbeOutcome, Refusal,
+    ConnId, DetectorConfig, Event, EvictReason, MemberInfo, Membership, ProbeOutcome, Quorum,
+    Refusal,
 };
 use crate::state::probe::Prober;
 use crate::state::reads::{NodeReader, ReadJob};
@@ -74,6 +78,9 @@ pub(crate) struct ClusterConfig {
     pub(crate) observer: Option<mpsc::UnboundedSender<Event>>,
     /// How long to wait for the nodes the previous head node had.
     pub(crate) recovery_wait: Duration,
+    /// How long a member must be absent before it leaves the member set
+    /// (while a majority is live).
+    pub(crate) remove_after: Duration,
     /// Where membership events are recorded for the operator.
     pub(crate) status: Arc<Status>,
     /// Told every membership change that decides a repair pass (see
@@ -107,6 +114,8 @@ struct Driver {
     /// ICMP rounds and confirming probes under way.
     probes: JoinSet<()>,
     recovery: Recovery,
+    /// What the last published routes said of the majority.
+    majority: bool,
 }
 
 /// Runs the membership task until `cancel`; then evicts everyone.
@@ -121,11 +130,12 @@ pub(crate) async fn run_membership(
     let mut ticks = tokio::time::interval(Duration::from_millis(50));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut driver = Driver {
-        membership: Membership::new(config.detector.clone()),
+        membership: Membership::new(config.detector.clone(), config.remove_after),
         recovery: Recovery::new(now(), config.recovery_wait),
         config,
         sessions: HashMap::new(),
         probes: JoinSet::new(),
+        majority: false,
     };
 
     loop {
@@ -162,7 +172,7 @@ pub(crate) async fn run_membership(
         driver.carry_out(&events).await;
     }
 
-    let events = driver.membership.evict_all();
+    let events = driver.membership.evict_all(now());
     driver.carry_out(&events).await;
     driver.probes.abort_all();
 }
@@ -185,7 +195,11 @@ impl Driver {
                 "recovery wait over: serving clients without these data nodes' reports (a resend of a key only they hold would be stored again)"
             ),
         }
+        // The set learned from the reports is the cluster's from now on,
+        // and the data nodes are told it.
+        self.membership.recovered();
         self.config.recovered.open();
+        self.publish();
     }
 
     fn handle_input(&mut self, input: Input) -> Vec<Event> {
@@ -201,6 +215,7 @@ impl Driver {
                 respond,
             } => match membership.register(info.clone(), now()) {
                 Ok(events) => {
+                    membership.reported(&peers, now());
                     if let Some(done) = self.recovery.reported(&info.node, &peers, now()) {
                         self.recovered(done);
                     }
@@ -237,10 +252,10 @@ impl Driver {
                 }
                 membership.heartbeat(conn, now())
             }
-            Input::ConnectionLost { conn, why } => membership.connection_lost(conn, why),
+            Input::ConnectionLost { conn, why } => membership.connection_lost(conn, why, now()),
             Input::Leaving { conn } => membership.leaving(conn),
-            Input::Drained { conn } => membership.left(conn),
-            Input::AckTimeout { conn } => membership.ack_timeout(conn),
+            Input::Drained { conn } => membership.left(conn, now()),
+            Input::AckTimeout { conn } => membership.ack_timeout(conn, now()),
             Input::RoundDone { results } => membership.round_result(&results, now()),
             Input::ConfirmDone { conn, outcome } => membership.confirm_result(conn, outcome, now()),
         }
@@ -432,10 +447,18 @@ impl Driver {
                 warn!("no hay dataNodes");
                 false
             }
+            Event::Removed { node, absent_for } => {
+                warn!(
+                    target: HEARTBEAT_TARGET,
+                    "{node} removed from the member set: absent for {:.0}s while a majority was live",
+                    absent_for.as_secs_f64()
+                );
+                true
+            }
         }
     }
 
-    fn publish(&self) {
+    fn publish(&mut self) {
         let nodes = self
             .membership
             .routable()
@@ -448,8 +471,38 @@ impl Driver {
             .members()
             .filter_map(|m| self.sessions.get(&m.conn)?.reader.clone())
             .collect();
-        let routes = Routes::with_readers(nodes, readers);
+        let quorum = self.membership.quorum();
+        self.log_majority(quorum);
+        let member_set = self
+            .config
+            .recovered
+            .is_open()
+            .then(|| self.membership.member_set().into());
+        let routes = Routes::with_readers(nodes, readers, quorum, member_set);
         self.config.routes_tx.send_replace(Arc::new(routes));
         self.config.route_changes.bump();
+    }
+
+    /// Logs a majority lost or regained since the last routes published.
+    fn log_majority(&mut self, quorum: Quorum) {
+        let holds = quorum.holds();
+        if holds == self.majority {
+            return;
+        }
+        self.majority = holds;
+        let members: Vec<String> = self
+            .membership
+            .member_set()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        if holds {
+            info!(target: HEARTBEAT_TARGET, members = ?members, "majority of the member set live ({quorum}): answering clients");
+        } else if quorum.members > 0 {
+            warn!(
+                target: HEARTBEAT_TARGET, members = ?members,
+                "no majority of the member set live ({quorum}): no client is answered recibido until it is back (another head node may have taken over)"
+            );
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! One task per data node: writes the copies routed to it in batches,
-//! matches its answers, sends the application heartbeat and the list of
-//! routable nodes, moves to other nodes every copy it cannot get
+//! matches its answers, sends the application heartbeat and the member set
+//! (when it changes), moves to other nodes every copy it cannot get
 //! acknowledged, and sends the reads other tasks hand it (see `reads`),
 //! after the writes waiting in the same turn.
 //!
@@ -101,9 +101,11 @@ struct NodeSession<S: Stream> {
     /// When to send the next `ping`.
     heartbeat: Interval,
     ping_seq: u64,
-    /// The version of the routes last sent as `members`; from 0, so the
-    /// current list goes first.
+    /// The version of the routes last looked at; from 0, so the current
+    /// ones are looked at first.
     routes_seen: u64,
+    /// The member set last sent as `members`.
+    members_sent: Option<Arc<[NodeId]>>,
     /// The node said it is leaving: it gets nothing new.
     leaving: bool,
     /// An original-system node's ack timeout was reported: it is being
@@ -157,6 +159,7 @@ impl<S: Stream> NodeSession<S> {
             heartbeat,
             ping_seq: 0,
             routes_seen: 0,
+            members_sent: None,
             leaving: false,
             ack_timeout_reported: false,
             skipped: Vec::new(),
@@ -395,11 +398,20 @@ impl<S: Stream> NodeSession<S> {
         }
     }
 
-    /// The routable nodes changed (version `seen`): the node is told them.
+    /// The routes changed (version `seen`): the node is told the member
+    /// set if that changed (it keeps it on disk, and reports it to the next
+    /// head node).
     fn on_routes_changed(&mut self, seen: u64) {
         self.routes_seen = seen;
         let routes = self.shared.router.snapshot();
-        let members: Vec<NodeId> = routes.nodes.iter().map(|n| n.node.clone()).collect();
+        let Some(members) = &routes.member_set else {
+            return;
+        };
+        if self.members_sent.as_ref() == Some(members) {
+            return;
+        }
+        self.members_sent = Some(members.clone());
+        let members = members.to_vec();
         self.conn
             .writer
             .queue_with(|buf| ToDataNode::Members(members).encode(buf));

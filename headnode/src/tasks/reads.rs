@@ -187,7 +187,8 @@ mod tests {
     async fn a_session_that_ends_fails_its_reads_and_leaves_the_readers() {
         let (jobs_tx, jobs_rx) = read_channel();
         let reader = NodeReader::new("dn1".parse().unwrap(), jobs_tx);
-        let routes = Routes::with_readers(Vec::new(), vec![reader.clone()]);
+        let routes =
+            Routes::with_readers(Vec::new(), vec![reader.clone()], Default::default(), None);
         assert_eq!(routes.readers().len(), 1);
         drop(jobs_rx);
         assert!(routes.readers().is_empty());

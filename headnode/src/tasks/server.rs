@@ -134,6 +134,7 @@ fn build(config: Config, limits: Limits, started: Instant) -> (Arc<Shared>, Ends
             ping_timeout: config.ping_timeout,
             observer: config.observer.clone(),
             recovery_wait: config.recovery_wait,
+            remove_after: config.repair_after,
             status: status.clone(),
             repair_tx,
             prober,

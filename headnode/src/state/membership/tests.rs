@@ -22,12 +22,18 @@ fn legacy(node: &str, incarnation: u64, conn: ConnId) -> MemberInfo {
     }
 }
 
+/// How long an absent member stays in the set here.
+const REMOVE_AFTER: Duration = Duration::from_secs(30);
+
 fn cluster() -> Membership {
-    Membership::new(DetectorConfig {
-        ping_misses: 3,
-        suspect_after: 2 * SECOND,
-        hung_grace: 3 * SECOND,
-    })
+    Membership::new(
+        DetectorConfig {
+            ping_misses: 3,
+            suspect_after: 2 * SECOND,
+            hung_grace: 3 * SECOND,
+        },
+        REMOVE_AFTER,
+    )
 }
 
 const RTT: ProbeOutcome = ProbeOutcome::Reply(Duration::from_micros(80));
@@ -73,7 +79,7 @@ fn joins_and_rejoins_are_told_apart() {
             rejoined: false
         }]
     );
-    m.connection_lost(10, "reset");
+    m.connection_lost(10, "reset", t0);
     let events = m.register(member("dn1", 2, 11), t0).unwrap();
     assert_eq!(
         events,
@@ -115,7 +121,7 @@ fn older_incarnation_is_refused_whatever_became_of_the_newer_one() {
     assert_eq!(refusal.to_string(), stale);
     assert!(m.is_member(10), "a refusal evicts no one");
     // ... or already evicted.
-    m.connection_lost(10, "reset");
+    m.connection_lost(10, "reset", t0);
     let refusal = m
         .register(member("dn1", 4, 13), t0 + 3 * SECOND)
         .unwrap_err();
@@ -164,7 +170,7 @@ fn same_process_on_a_new_connection_replaces_the_stale_one() {
     );
     assert!(m.is_member(11) && !m.is_member(10));
     // Late news about the old connection changes nothing.
-    assert!(m.connection_lost(10, "reset").is_empty());
+    assert!(m.connection_lost(10, "reset", t0).is_empty());
     assert!(m.round_result(&[(10, LOST)], t0).is_empty());
     assert_eq!(routable(&m), ["dn1"]);
 }
@@ -228,10 +234,13 @@ fn ping_misses_rounds_in_a_row_evict_as_unreachable() {
 #[test]
 fn one_allowed_miss_evicts_at_the_first_missed_round() {
     let t0 = Instant::now();
-    let mut m = Membership::new(DetectorConfig {
-        ping_misses: 1,
-        ..DetectorConfig::default()
-    });
+    let mut m = Membership::new(
+        DetectorConfig {
+            ping_misses: 1,
+            ..DetectorConfig::default()
+        },
+        REMOVE_AFTER,
+    );
     m.register(member("dn1", 1, 10), t0).unwrap();
     m.register(member("dn2", 1, 20), t0).unwrap();
     let events = m.round_result(&[(10, RTT), (20, LOST)], t0);
@@ -318,7 +327,7 @@ fn results_about_former_connections_are_ignored() {
     let t0 = Instant::now();
     let mut m = cluster();
     m.register(member("dn1", 1, 10), t0).unwrap();
-    m.connection_lost(10, "reset");
+    m.connection_lost(10, "reset", t0);
     m.register(member("dn1", 1, 11), t0).unwrap();
     for s in 1..=5 {
         assert!(m.round_result(&[(10, LOST)], t0 + s * SECOND).is_empty());
@@ -605,7 +614,7 @@ fn legacy_members_are_not_judged_by_the_application_heartbeat() {
     m.register(legacy, t0).unwrap();
     assert!(m.tick(t0 + 60 * SECOND).is_empty());
     assert_eq!(
-        evicted(&m.ack_timeout(30)),
+        evicted(&m.ack_timeout(30, t0)),
         [("legacy-10.0.0.9-4000".to_string(), EvictReason::AckTimeout)]
     );
 }
@@ -619,7 +628,7 @@ fn leaving_member_is_drained_then_removed() {
     assert!(matches!(m.leaving(10)[..], [Event::Leaving { .. }]));
     assert_eq!(routable(&m), ["dn2"]);
     assert_eq!(
-        evicted(&m.left(10)),
+        evicted(&m.left(10, t0)),
         [("dn1".to_string(), EvictReason::Left)]
     );
 }
@@ -646,7 +655,7 @@ fn churn(m: &mut Membership, t0: Instant, prefix: &str, n: usize, first_conn: Co
         let conn = first_conn + i as ConnId;
         m.register(member(&format!("{prefix}{i}"), 1, conn), t0)
             .unwrap();
-        m.connection_lost(conn, "reset");
+        m.connection_lost(conn, "reset", t0);
     }
 }
 
@@ -681,11 +690,11 @@ fn members_and_recently_registered_ids_are_not_forgotten() {
     let mut m = cluster();
     m.register(member("member", 5, 1), t0).unwrap();
     m.register(member("returning", 5, 2), t0).unwrap();
-    m.connection_lost(2, "reset");
+    m.connection_lost(2, "reset", t0);
     churn(&mut m, t0, "made-up-", REMEMBERED_IDS / 2, 1000);
     // Registering again makes it recent.
     m.register(member("returning", 5, 3), t0).unwrap();
-    m.connection_lost(3, "reset");
+    m.connection_lost(3, "reset", t0);
     // Ten more than fit: the oldest made-up ids go, and nothing else.
     churn(&mut m, t0, "more-", REMEMBERED_IDS / 2 + 8, 100_000);
     assert_eq!(m.ever_seen.len(), REMEMBERED_IDS);
@@ -712,8 +721,203 @@ fn with_more_members_than_remembered_ids_every_member_is_remembered() {
     }
     assert_eq!(m.ever_seen.len(), n);
     for i in 0..n {
-        m.connection_lost(i as ConnId, "reset");
+        m.connection_lost(i as ConnId, "reset", t0);
     }
     churn(&mut m, t0, "made-up-", 1, 1_000_000);
     assert_eq!(m.ever_seen.len(), REMEMBERED_IDS);
+}
+
+fn stored(node: &str, incarnation: u64, conn: ConnId, store: u64) -> MemberInfo {
+    MemberInfo {
+        store: Some(store),
+        ..member(node, incarnation, conn)
+    }
+}
+
+#[test]
+fn incarnations_are_compared_only_within_one_data_directory() {
+    let t0 = Instant::now();
+    let mut m = cluster();
+    m.register(stored("dn1", 57, 10, 0xaa), t0).unwrap();
+    m.connection_lost(10, "reset", t0);
+    // Its disk was replaced: the new directory's counter starts again.
+    let events = m.register(stored("dn1", 1, 11, 0xbb), t0).unwrap();
+    assert!(matches!(
+        &events[..],
+        [Event::Joined { rejoined: true, .. }]
+    ));
+    m.connection_lost(11, "reset", t0);
+    // The old directory's process comes back: it is the stale one now.
+    let refusal = m.register(stored("dn1", 58, 12, 0xaa), t0).unwrap_err();
+    assert_eq!(
+        refusal.to_string(),
+        "stale incarnation 58 of dn1: its data directory (store 00000000000000aa) has been replaced by store 00000000000000bb"
+    );
+    // Within the new directory the order holds as before.
+    m.register(stored("dn1", 2, 13, 0xbb), t0).unwrap();
+    m.connection_lost(13, "reset", t0);
+    let refusal = m.register(stored("dn1", 1, 14, 0xbb), t0).unwrap_err();
+    assert!(matches!(
+        refusal,
+        Refusal::StaleIncarnation { newer: 2, .. }
+    ));
+    // A node that names no directory is compared with any.
+    let refusal = m.register(member("dn1", 1, 15), t0).unwrap_err();
+    assert!(matches!(
+        refusal,
+        Refusal::StaleIncarnation { newer: 2, .. }
+    ));
+}
+
+#[test]
+fn superseded_directories_are_remembered_up_to_a_bound() {
+    let t0 = Instant::now();
+    let mut m = cluster();
+    for (n, store) in (1..=SUPERSEDED_STORES as u64 + 2).enumerate() {
+        let conn = n as ConnId + 10;
+        m.register(stored("dn1", 1, conn, store), t0).unwrap();
+        m.connection_lost(conn, "reset", t0);
+    }
+    // The oldest beyond the bound is forgotten: its process may come back.
+    m.register(stored("dn1", 9, 100, 1), t0).unwrap();
+    m.connection_lost(100, "reset", t0);
+    let refusal = m.register(stored("dn1", 9, 101, 4), t0).unwrap_err();
+    assert!(
+        matches!(refusal, Refusal::SupersededStore { .. }),
+        "{refusal}"
+    );
+}
+
+#[test]
+fn the_member_set_holds_every_registered_node_until_it_leaves_gracefully() {
+    let t0 = Instant::now();
+    let mut m = cluster();
+    for (n, name) in ["dn1", "dn2", "dn3"].iter().enumerate() {
+        m.register(member(name, 1, n as ConnId + 1), t0).unwrap();
+    }
+    m.recovered();
+    assert_eq!(
+        m.quorum(),
+        Quorum {
+            live: 3,
+            members: 3
+        }
+    );
+    m.connection_lost(3, "reset", t0);
+    m.tick(t0 + SECOND);
+    assert_eq!(
+        m.quorum(),
+        Quorum {
+            live: 2,
+            members: 3
+        }
+    );
+    m.connection_lost(2, "reset", t0);
+    assert!(!m.quorum().holds(), "evicted is not removed");
+    m.register(member("dn2", 2, 4), t0).unwrap();
+    m.leaving(1);
+    let version = m.member_set_version();
+    m.left(1, t0);
+    assert_ne!(m.member_set_version(), version);
+    let names: Vec<String> = m.member_set().iter().map(ToString::to_string).collect();
+    assert_eq!(names, ["dn2", "dn3"]);
+    assert_eq!(
+        m.quorum(),
+        Quorum {
+            live: 1,
+            members: 2
+        }
+    );
+}
+
+#[test]
+fn an_absent_member_is_removed_by_the_tick_after_the_wait_with_a_majority_live() {
+    let t0 = Instant::now();
+    let mut m = cluster();
+    for (n, name) in ["dn1", "dn2", "dn3"].iter().enumerate() {
+        m.register(member(name, 1, n as ConnId + 1), t0).unwrap();
+    }
+    m.recovered();
+    m.connection_lost(3, "reset", t0);
+    // Heartbeats keep the others alive meanwhile.
+    let mut at = t0;
+    while at < t0 + REMOVE_AFTER - SECOND {
+        at += SECOND;
+        m.heartbeat(1, at);
+        m.heartbeat(2, at);
+        assert!(
+            !m.tick(at)
+                .iter()
+                .any(|e| matches!(e, Event::Removed { .. }))
+        );
+    }
+    m.heartbeat(1, t0 + REMOVE_AFTER);
+    m.heartbeat(2, t0 + REMOVE_AFTER);
+    let events = m.tick(t0 + REMOVE_AFTER);
+    assert_eq!(
+        events,
+        [Event::Removed {
+            node: "dn3".parse().unwrap(),
+            absent_for: REMOVE_AFTER
+        }]
+    );
+    assert_eq!(
+        m.quorum(),
+        Quorum {
+            live: 2,
+            members: 2
+        }
+    );
+}
+
+#[test]
+fn a_restarted_head_node_learns_the_set_from_reports_until_it_has_recovered() {
+    let t0 = Instant::now();
+    let mut m = cluster();
+    m.register(member("dn2", 1, 1), t0).unwrap();
+    m.reported(
+        &[
+            "dn1".parse().unwrap(),
+            "dn2".parse().unwrap(),
+            "dn3".parse().unwrap(),
+        ],
+        t0,
+    );
+    assert_eq!(
+        m.quorum(),
+        Quorum {
+            live: 1,
+            members: 3
+        }
+    );
+    m.register(member("dn1", 1, 2), t0).unwrap();
+    assert!(m.quorum().holds());
+    m.recovered();
+    m.reported(&["dn9".parse().unwrap()], t0);
+    assert_eq!(m.member_set().len(), 3);
+}
+
+#[test]
+fn original_system_members_count_only_while_connected_and_are_not_in_the_kept_set() {
+    let t0 = Instant::now();
+    let mut m = cluster();
+    m.register(member("dn1", 1, 1), t0).unwrap();
+    m.register(legacy("dn-10.0.0.9-4000", 1, 2), t0).unwrap();
+    m.recovered();
+    assert_eq!(
+        m.quorum(),
+        Quorum {
+            live: 2,
+            members: 2
+        }
+    );
+    assert_eq!(m.member_set().len(), 1);
+    m.connection_lost(2, "reset", t0);
+    assert_eq!(
+        m.quorum(),
+        Quorum {
+            live: 1,
+            members: 1
+        }
+    );
 }
