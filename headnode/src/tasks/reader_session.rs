@@ -6,6 +6,10 @@
 //! - `tail <after>|start <limit> [since=<ms>]` merges the nodes' scans in
 //!   id order (see `tail`).
 //!
+//! No reader is read until the head node has recovered (see `recovery`):
+//! before the data nodes of the member set have reported, a `get` could
+//! miss a message only they hold and answer `notfound`.
+//!
 //! Bounds: at most [`READER_QUEUE`] requests taken from one reader at a
 //! time (lines beyond them that already arrived are answered `ERROR`),
 //! [`Config::max_reads`](crate::Config::max_reads) requests served at once
@@ -85,6 +89,12 @@ impl<S: Stream> ReaderSession<S> {
     /// idles, fails, or the head node stops.
     async fn serve(&mut self, stop: &CancellationToken) -> Ended {
         let idle = self.shared.config.client_idle_timeout;
+        let recovered = self.shared.recovered.clone();
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return Ended::Closed,
+            () = recovered.opened() => {}
+        }
         loop {
             let frame = tokio::select! {
                 biased;
