@@ -941,3 +941,76 @@ async fn leaving_node_is_drained_and_loses_nothing() {
     assert_eq!(duplicates, 0, "a clean leave resends nothing");
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_majority_of_the_member_set_nothing_is_answered_recibido() {
+    let mut config = fast_config();
+    config.detector.suspect_after = Duration::from_millis(300);
+    config.detector.hung_grace = Duration::from_millis(400);
+    config.ack_timeout = Duration::from_secs(10);
+    // Every message routed on its own, so the hung nodes surely get some.
+    config.sticky_run = 1;
+    let mut cluster = Cluster::start(config).await;
+    let dn1 = cluster.node_config("dn1");
+    cluster.add_node(dn1).await;
+    let mut fakes = Vec::new();
+    for name in ["f2", "f3"] {
+        fakes.push(fake_node(cluster.addr, name).await);
+        cluster
+            .wait_for(
+                &format!("{name} to join"),
+                |e| matches!(e, Event::Joined { member, .. } if member.node.as_str() == name),
+            )
+            .await;
+    }
+    let first = send_pipelined(cluster.addr, texts(0, 30), || {}).await;
+    assert!(first.iter().all(|r| matches!(r, StoreReply::Stored { .. })));
+
+    // Two of the three members hang: once both are evicted, the head node
+    // has no majority. What they were sent moves to dn1 and is written
+    // there, but is not answered as stored.
+    for fake in &fakes {
+        fake.hang.notify_one();
+    }
+    let during = send_pipelined(cluster.addr, texts(1, 60), || {}).await;
+    let stored = cluster.stored();
+    let on_dn1 = |id: &MessageId| stored["dn1"].contains_key(id);
+    let mut unknown = 0;
+    for reply in &during {
+        match reply {
+            StoreReply::Stored { holders, id } => {
+                assert_eq!(holders, &["dn1"], "{reply:?}");
+                assert!(on_dn1(id), "{reply:?}");
+            }
+            StoreReply::Error(reason) => {
+                assert!(
+                    reason.starts_with("outcome unknown: this head node has no majority of the cluster's data nodes (1 of 3 members live, 2 needed)"),
+                    "{reason}"
+                );
+                let (_, after) = reason.split_once(" under ").unwrap();
+                let id: MessageId = after.split(',').next().unwrap().parse().unwrap();
+                assert!(on_dn1(&id), "{reason}: its copy exists");
+                unknown += 1;
+            }
+        }
+    }
+    assert!(unknown > 0, "{during:?}");
+    let after = send_pipelined(cluster.addr, texts(2, 5), || {}).await;
+    for reply in &after {
+        assert!(
+            matches!(reply, StoreReply::Error(reason) if reason.starts_with(
+                "no majority of the cluster's data nodes (1 of 3 members live, 2 needed)"
+            )),
+            "{reply:?}"
+        );
+    }
+    println!(
+        "majority test: {} stored, {unknown} outcome unknown while the majority went, then {} refused",
+        during.len() - unknown,
+        after.len()
+    );
+    for fake in fakes {
+        fake.task.abort();
+    }
+    cluster.stop().await;
+}

@@ -2,13 +2,14 @@
 //!
 //! A restarted head node knows nothing: which keys were stored, under which
 //! ids, on which nodes. Each data node tells it when it registers (its
-//! `held` keys) and names the nodes the previous head node was routing to
-//! (`peers`). A client resend that arrived before the node holding its key
-//! had reported would be stored again under a new id, so clients are not
-//! read until every node some report names has reported too, or until
-//! `wait` has passed (a node that is gone for good must not keep the
-//! cluster closed). A fresh cluster's nodes name no peers, so the first
-//! report opens it.
+//! `held` keys) and names the cluster's member set (`peers`), which it
+//! keeps in its `members` file across restarts of either side. A client
+//! resend that arrived before the node holding its key had reported would
+//! be stored again under a new id, so clients and readers are not read
+//! until every member some report names has reported too, or until `wait`
+//! has passed (a node that is gone for good must not keep the cluster
+//! closed). A fresh cluster's nodes name no members, so the first report
+//! opens it; after a full restart, the first node back names them all.
 //!
 //! A state machine without I/O: the membership task feeds it reports and
 //! the time.
@@ -163,6 +164,21 @@ mod tests {
             Some(Recovered::AllReported { nodes: 3 })
         );
         assert_eq!(recovery.reported(&all[2], &all, t0), None, "ends once");
+    }
+
+    #[test]
+    fn after_a_full_restart_a_node_that_holds_no_key_waits_for_the_members_it_kept() {
+        // Every process was killed; dn2 comes back first, and its members
+        // file names dn1, which holds the keys.
+        let t0 = Instant::now();
+        let mut recovery = Recovery::new(t0, Duration::from_secs(60));
+        let kept = ids(&["dn1", "dn2"]);
+        assert_eq!(recovery.reported(&kept[1], &kept, t0), None);
+        assert_eq!(recovery.tick(t0 + Duration::from_secs(59)), None);
+        assert_eq!(
+            recovery.reported(&kept[0], &kept, t0 + Duration::from_secs(59)),
+            Some(Recovered::AllReported { nodes: 2 })
+        );
     }
 
     #[test]

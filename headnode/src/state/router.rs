@@ -865,6 +865,39 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn without_a_majority_of_the_member_set_a_new_message_waits_and_is_refused_so() {
+        let (a, mut a_rx) = node(1, "a");
+        let (router, mut park, routes_tx) = router(vec![a.clone()], 1);
+        // a is live; two more members are not.
+        let quorum = Quorum {
+            live: 1,
+            members: 3,
+        };
+        routes_tx.send_replace(Arc::new(Routes::with_readers(
+            vec![a],
+            Vec::new(),
+            quorum,
+            None,
+        )));
+        let mut rng = SmallRng::seed_from_u64(1);
+        let (chosen, _replies) = start(&router, 1, 1, 1, &mut rng);
+        assert!(chosen.is_empty());
+        assert_eq!(drain(&mut a_rx), 0, "nothing is written");
+        assert!(matches!(park.try_recv().unwrap(), Parked::Start(..)));
+        assert_eq!(
+            router.not_enough_nodes(1),
+            "no majority of the cluster's data nodes (1 of 3 members live, 2 needed): \
+             this head node may have been replaced; nothing was stored"
+        );
+        // Too few live nodes for the copies is said first.
+        assert!(
+            router
+                .not_enough_nodes(2)
+                .starts_with("not enough data nodes")
+        );
+    }
+
+    #[test]
     fn with_enough_nodes_to_answer_but_fewer_than_wanted_the_missing_copy_waits() {
         let (a, mut a_rx) = node(1, "a");
         let (router, mut park, _routes) = router(vec![a], 1);
