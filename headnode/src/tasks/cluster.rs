@@ -364,7 +364,11 @@ impl Driver {
                 } else {
                     ""
                 };
-                info!(target: HEARTBEAT_TARGET, "{member} {verb} (incarnation {}{kind})", member.incarnation);
+                let store = member
+                    .store
+                    .map(|store| format!(", store {store:016x}"))
+                    .unwrap_or_default();
+                info!(target: HEARTBEAT_TARGET, "{member} {verb} (incarnation {}{store}{kind})", member.incarnation);
                 true
             }
             Event::Suspected { member, silent_for } => {
