@@ -4,10 +4,9 @@
 //! epoch and head-id across a restart. A head node without a head-id (an
 //! older version) counts as head-id 0.
 
-mod support;
-
 use datanode::storage::{EPOCH_FILE, stored_ids};
-use support::ScriptedHead;
+
+use crate::support::ScriptedHead;
 
 #[tokio::test]
 async fn an_older_head_node_is_refused_and_nothing_is_stored_for_it() {
