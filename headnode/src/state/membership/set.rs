@@ -13,6 +13,9 @@
 //! - The majority is `floor(n/2) + 1` of the set. Original-system nodes
 //!   (no stable name, no file to keep a set in) count as members while
 //!   they are connected, and are never sent or kept in the set.
+//! - At most [`MAX_MEMBERS`] members, as many as one `members` line names:
+//!   a node that registers beyond them is served but is no member (it
+//!   counts toward no majority), and a reported set adds none beyond them.
 //!
 //! No clocks: every change carries the time it happened.
 
@@ -20,7 +23,11 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use protocol::datanode::MAX_NAMES_PER_LINE;
 use protocol::ids::NodeId;
+
+/// Most members of the set: as many as one `members` line may name.
+pub const MAX_MEMBERS: usize = MAX_NAMES_PER_LINE;
 
 /// Live members against the member set: whether a majority is live.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -86,9 +93,13 @@ impl MemberSet {
         }
     }
 
-    /// `node` has a live session (it joins if it was not a member).
+    /// `node` has a live session (it joins if it was not a member and
+    /// there is room).
     pub(crate) fn live(&mut self, node: &NodeId) {
-        if self.members.insert(node.clone(), Presence::Live).is_none() {
+        if let Some(presence) = self.members.get_mut(node) {
+            *presence = Presence::Live;
+        } else if self.members.len() < MAX_MEMBERS {
+            self.members.insert(node.clone(), Presence::Live);
             self.version += 1;
         }
     }
@@ -116,7 +127,7 @@ impl MemberSet {
             return;
         }
         for node in set {
-            if !self.members.contains_key(node) {
+            if !self.members.contains_key(node) && self.members.len() < MAX_MEMBERS {
                 self.members
                     .insert(node.clone(), Presence::AbsentSince(now));
                 self.version += 1;

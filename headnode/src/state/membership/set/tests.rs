@@ -167,3 +167,22 @@ fn original_system_nodes_count_while_connected() {
     let only_legacy = MemberSet::new(REMOVE_AFTER);
     assert!(only_legacy.quorum(2).holds());
 }
+
+#[test]
+fn the_set_holds_at_most_as_many_members_as_one_members_line_names() {
+    let t0 = Instant::now();
+    let mut set = MemberSet::new(REMOVE_AFTER);
+    let names: Vec<NodeId> = (0..MAX_MEMBERS + 5)
+        .map(|i| id(&format!("dn{i}")))
+        .collect();
+    set.reported(&names[..MAX_MEMBERS - 1], t0);
+    set.live(&names[MAX_MEMBERS + 1]);
+    set.live(&names[MAX_MEMBERS + 2]);
+    assert_eq!(set.names().len(), MAX_MEMBERS);
+    assert!(
+        !set.contains(&names[MAX_MEMBERS + 2]),
+        "served, but no member"
+    );
+    set.reported(&names, t0);
+    assert_eq!(set.names().len(), MAX_MEMBERS);
+}
