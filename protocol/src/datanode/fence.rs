@@ -90,12 +90,17 @@ impl Fence {
 
 /// The newest epoch a data node's `stale head node` refusal names, if the
 /// reason is one: a head node goes above it before the node tries again.
+/// A data node older than epochs as counters names it only as `epoch <e>
+/// is older than <n>, ...`, which is read too.
 pub fn newest_in_refusal(reason: &str) -> Option<u64> {
     if !reason.starts_with(STALE_HEAD) {
         return None;
     }
-    let (_, newest) = reason.rsplit_once("; newest ")?;
-    newest.parse().ok()
+    if let Some((_, newest)) = reason.rsplit_once("; newest ") {
+        return newest.parse().ok();
+    }
+    let (_, rest) = reason.split_once(" is older than ")?;
+    rest.split(',').next()?.parse().ok()
 }
 
 #[cfg(test)]
@@ -144,6 +149,14 @@ mod tests {
         );
         assert_eq!(newest_in_refusal(&twin), Some(9));
         assert_eq!(newest_in_refusal("node id dn1 is in use; newest 3"), None);
+        // As a data node of an older version words it.
+        assert_eq!(
+            newest_in_refusal(
+                "stale head node: epoch 1 is older than 1795413330851, the newest this data node \
+                 has seen; a newer head node has run since, so this one may not store anything"
+            ),
+            Some(1_795_413_330_851)
+        );
     }
 
     #[test]
