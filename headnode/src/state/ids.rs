@@ -42,8 +42,8 @@ struct State {
 }
 
 impl IdGenerator {
-    /// Ids of a head node that starts at `epoch` (at least
-    /// [`FIRST_EPOCH`]) and goes above what its data nodes report.
+    /// Ids of a head node that starts at `epoch` (at least 1) and goes
+    /// above what its data nodes report.
     pub fn starting_at(epoch: u64) -> Self {
         IdGenerator {
             state: Mutex::new(State {
