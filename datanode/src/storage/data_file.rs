@@ -137,6 +137,8 @@ impl DataFile {
     /// entries it creates are synced to disk. A torn record at the end of
     /// the file (an interrupted write, never acknowledged) is cut off; a
     /// last whole record that fails its checksum is kept, with a warning.
+    /// Then the file is synced, before anything reads it: see
+    /// [`sync_before_trusting`].
     pub fn open_with(
         dir: &Path,
         policy: FsyncPolicy,
@@ -166,6 +168,10 @@ impl DataFile {
             })?;
         }
         cut_torn_tail(&file, &path).map_err(|error| StorageError::Repair {
+            path: path.clone(),
+            error,
+        })?;
+        sync_before_trusting(&file, backend).map_err(|error| StorageError::Sync {
             path: path.clone(),
             error,
         })?;
@@ -574,6 +580,24 @@ fn cut_torn_tail(file: &File, path: &Path) -> io::Result<()> {
         warn_if_last_record_damaged(file, whole, path)?;
     }
     Ok(())
+}
+
+/// Syncs `data.txt` as it is opened, before the store indexes it and the
+/// node reports its keys. A process killed between a commit's `write` and
+/// its `fdatasync` leaves records in the page cache that were never
+/// acknowledged and may not be on disk: a restart would read them, index
+/// them and report them as held, and a power loss after that would take
+/// them. One `fdatasync` makes what the node is about to trust durable (or
+/// fails, and the node does not start on a file it cannot vouch for).
+/// Segments need none: each was synced before it was renamed, whatever the
+/// fsync policy; so was the cut of a torn tail.
+fn sync_before_trusting(file: &File, backend: Backend) -> io::Result<()> {
+    if let Backend::Faulty(faults) = backend
+        && faults.open_sync_fails
+    {
+        return Err(rustix::io::Errno::IO.into());
+    }
+    file.sync_data()
 }
 
 /// Longer than any record the node writes: not read whole into memory.

@@ -361,6 +361,29 @@ fn a_failed_fsync_acknowledges_nothing_and_is_never_retried() {
 }
 
 #[test]
+fn an_open_syncs_data_txt_before_anything_trusts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // Written and never synced: as a process killed before its
+        // commit's fdatasync leaves it, in the page cache.
+        let mut data = DataFile::open(dir.path(), FsyncPolicy::Never).unwrap();
+        data.stage(Some(id(1)), None, b"a");
+        data.commit().unwrap();
+    }
+    let faults = Faults {
+        open_sync_fails: true,
+        ..Faults::default()
+    };
+    let e = DataFile::open_with(dir.path(), FsyncPolicy::Batch, faulty(faults)).unwrap_err();
+    assert!(
+        matches!(&e, StorageError::Sync { error, .. } if error.raw_os_error() == Some(5)),
+        "a file that cannot be synced is not read as stored: {e:?}"
+    );
+    let data = DataFile::open(dir.path(), FsyncPolicy::Batch).unwrap();
+    assert_eq!(stored_ids(data.path()).unwrap(), [id(1)]);
+}
+
+#[test]
 fn fsync_policy_parses() {
     assert_eq!("batch".parse::<FsyncPolicy>().unwrap(), FsyncPolicy::Batch);
     assert!("sometimes".parse::<FsyncPolicy>().is_err());
