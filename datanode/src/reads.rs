@@ -34,6 +34,7 @@ use crate::metrics::NodeMetrics;
 use crate::node::ReadSlots;
 use crate::storage::index::{Location, MessageIndex};
 use crate::storage::read_lock;
+use crate::storage::removed::SetCache;
 use crate::storage::retention::RemovedIds;
 use crate::storage::segments::segment_name;
 use crate::storage::{DATA_FILE, parse_line};
@@ -128,6 +129,7 @@ pub struct StoreReader {
     index: Arc<RwLock<MessageIndex>>,
     active: Arc<AtomicU32>,
     removed: Arc<RwLock<RemovedIds>>,
+    sets: Arc<Mutex<SetCache>>,
     max_record: usize,
 }
 
@@ -158,6 +160,7 @@ impl StoreReader {
         index: Arc<RwLock<MessageIndex>>,
         active: Arc<AtomicU32>,
         removed: Arc<RwLock<RemovedIds>>,
+        sets: Arc<Mutex<SetCache>>,
         max_record: usize,
     ) -> Self {
         StoreReader {
@@ -165,13 +168,14 @@ impl StoreReader {
             index,
             active,
             removed,
+            sets,
             max_record: max_record.max(256),
         }
     }
 
-    /// Whether retention may have removed `id` here.
+    /// Whether retention removed `id` here (it held it).
     pub fn retention_removed(&self, id: MessageId) -> bool {
-        read_lock(&self.removed).removed(id)
+        crate::storage::store::retention_removed(&self.dir, &self.removed, &self.sets, id)
     }
 
     /// The record of `id`.

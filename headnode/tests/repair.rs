@@ -1,7 +1,8 @@
 //! Repair with real data nodes, in one process: a node lost with its disk
 //! gets its copies made again, with the same id, key and text, and never
 //! more than once; a restarted head node checks again and finds nothing to
-//! do; retention's removals are not brought back.
+//! do; retention's removals are not brought back, and what a node's
+//! retention did not remove is not left at one copy.
 
 mod support;
 
@@ -109,6 +110,16 @@ fn held(cluster: &Cluster) -> HashMap<String, Held> {
         all.insert(node.id.clone(), ids);
     }
     all
+}
+
+/// The ids of every segment retention removed from `dir`, by segment.
+fn removed_sets(dir: &std::path::Path) -> BTreeMap<u32, datanode::storage::removed::IdSet> {
+    use datanode::storage::removed::{parse_set_file_name, read_set};
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|entry| parse_set_file_name(entry.unwrap().file_name().to_str()?))
+        .map(|number| (number, read_set(dir, number).unwrap()))
+        .collect()
 }
 
 async fn kill_and_lose_disk(cluster: &mut Cluster, index: usize) {
@@ -239,18 +250,24 @@ async fn repair_leaves_alone_what_retention_removed() {
     pass_ended(http, "head node started").await;
     let messages = store(&cluster, "c-retention", 200).await;
     let before = held(&cluster);
+    let dn1_dir = cluster.nodes[0].data_dir.clone();
+    let removed_before = removed_sets(&dn1_dir);
     // What dn1 was sent and no longer holds: its retention removed it.
-    let horizon = messages
+    let removed_from_dn1: BTreeSet<MessageId> = messages
         .iter()
         .filter(|(id, (_, holders))| {
             holders.iter().any(|h| h == "dn1") && !before["dn1"].contains_key(id)
         })
         .map(|(id, _)| *id)
-        .max()
-        .expect("dn1's retention removed some messages");
+        .collect();
+    assert!(
+        !removed_from_dn1.is_empty(),
+        "dn1's retention removed some messages"
+    );
 
-    // dn3 is lost. Messages below dn1's horizon that have one live copy
-    // are left alone (dn1 answers "removed"); the others get their copy.
+    // dn3 is lost. Messages dn1's retention removed that have one live
+    // copy are left alone (dn1 answers "removed"); the others get their
+    // copy, also those dn1 never held.
     cluster.nodes[2].kill();
     cluster
         .wait_for(
@@ -266,19 +283,39 @@ async fn repair_leaves_alone_what_retention_removed() {
     assert!(pass.removed_by_retention > 0, "{pass:?}");
     assert!(pass.copied > 0, "{pass:?}");
     let after = held(&cluster);
+    // dn1's retention goes on: a copy made there may be gone again, in a
+    // segment removed since.
+    let removed_since: Vec<_> = removed_sets(&dn1_dir)
+        .into_iter()
+        .filter(|(number, _)| !removed_before.contains_key(number))
+        .map(|(_, set)| set)
+        .collect();
+    let on = |node: &str, id: &MessageId| {
+        after[node].contains_key(id)
+            || (node == "dn1" && removed_since.iter().any(|set| set.contains(*id)))
+    };
     let mut new_copies = 0;
     for node in ["dn1", "dn2"] {
-        for id in after[node]
+        for id in messages
             .keys()
-            .filter(|id| !before[node].contains_key(id))
+            .filter(|id| on(node, id) && !before[node].contains_key(id))
         {
             assert!(
-                *id > horizon,
-                "{id} brought back on {node}, at or below dn1's retention horizon {horizon}"
+                !removed_from_dn1.contains(id),
+                "{id} brought back on {node}, though dn1's retention removed it"
             );
             new_copies += 1;
         }
     }
     assert_eq!(new_copies as u64, pass.new_copies, "{pass:?}");
+    for (id, (_, holders)) in &messages {
+        if holders.iter().all(|h| h != "dn1") {
+            let copies = ["dn1", "dn2"].iter().filter(|node| on(node, id)).count();
+            assert_eq!(
+                copies, 2,
+                "{id}, which dn1 never held, has {copies} live copies"
+            );
+        }
+    }
     cluster.stop().await;
 }

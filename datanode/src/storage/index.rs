@@ -214,6 +214,25 @@ impl MessageIndex {
         before - self.len()
     }
 
+    /// The ids whose records are in segment `segment`, in id order.
+    pub fn ids_in_segment(&self, segment: u32) -> Vec<MessageId> {
+        let of_segment = |loc: u64| Location::unpack(loc).segment == segment;
+        let mut keys: Vec<u64> = self
+            .main
+            .iter()
+            .filter(|e| of_segment(e.loc))
+            .map(|e| e.key)
+            .chain(
+                self.side
+                    .iter()
+                    .filter(|&(_, &loc)| of_segment(loc))
+                    .map(|(&key, _)| key),
+            )
+            .collect();
+        keys.sort_unstable();
+        keys.into_iter().map(|key| self.id_of(key)).collect()
+    }
+
     /// At most `limit` ids greater than `after` (all, from the smallest, if
     /// `None`), in id order, with their locations.
     pub fn scan(&self, after: Option<MessageId>, limit: usize) -> Vec<(MessageId, Location)> {
@@ -434,6 +453,7 @@ mod tests {
         index.insert(id(1, 1), at(1, 0));
         index.insert(id(1, 2), at(2, 0));
         index.insert(id(1, 0), at(2, 50));
+        assert_eq!(index.ids_in_segment(2), [id(1, 0), id(1, 2)]);
         assert_eq!(index.remove_segment(2), 2);
         assert_eq!(index.get(id(1, 1)), Some(at(1, 0)));
         assert_eq!(index.get(id(1, 2)), None);

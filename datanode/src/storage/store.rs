@@ -21,7 +21,7 @@
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use node_kit::timefmt::parse_timestamp_millis;
@@ -31,8 +31,9 @@ use tracing::{info, warn};
 use crate::keys::KeyIndex;
 use crate::reads::StoreReader;
 use crate::storage::index::{IndexBuilder, Location, MessageIndex};
+use crate::storage::removed::{IdSet, SetCache, write_set};
 use crate::storage::retention::{
-    Reason, RemovedIds, RetentionLog, RetentionPolicy, SegmentMeta, choose_removals,
+    Reason, RemovedIds, RetentionLog, RetentionPolicy, SegmentMeta, choose_removals, lookup_removed,
 };
 use crate::storage::segments::{
     DEFAULT_SEGMENT_BYTES, DataFileName, list_data_files, segment_name,
@@ -102,6 +103,12 @@ pub struct Store {
     active_meta: SegmentMeta,
     retention: RetentionLog,
     removed: Arc<RwLock<RemovedIds>>,
+    /// The id sets of removed segments read last, shared with the readers
+    /// (held only while one reads a set file).
+    sets: Arc<Mutex<SetCache>>,
+    /// The ids of the segments retention removed since the key index was
+    /// last told ([`Store::take_removed_sets`]): their keys leave it too.
+    removed_sets: Vec<IdSet>,
     stats: RetentionStats,
     opened: OpenStats,
     last_retention_ms: u64,
@@ -173,6 +180,8 @@ impl Store {
             active_meta,
             retention,
             removed: Arc::new(RwLock::new(removed)),
+            sets: Arc::default(),
+            removed_sets: Vec::new(),
             stats: RetentionStats::default(),
             opened,
             last_retention_ms: now_ms,
@@ -211,11 +220,18 @@ impl Store {
         self.stats
     }
 
-    /// Whether retention may have removed `id` from this directory (ever,
-    /// per `retention.txt`): a repair must never bring such a message
-    /// back. See [`RemovedIds::removed`].
+    /// Whether retention removed `id` from this directory (per
+    /// `retention.txt` and the removed segments' id sets): a repair must
+    /// never bring such a message back. See [`RemovedIds::lookup`].
     pub fn retention_removed(&self, id: MessageId) -> bool {
-        read_lock(&self.removed).removed(id)
+        retention_removed(&self.dir, &self.removed, &self.sets, id)
+    }
+
+    /// The ids of the segments retention removed since the last call: the
+    /// key index forgets their keys (a key whose record is gone must not
+    /// be answered as stored).
+    pub fn take_removed_sets(&mut self) -> Vec<IdSet> {
+        std::mem::take(&mut self.removed_sets)
     }
 
     /// A handle for the read thread; `max_record` bounds one record's
@@ -226,6 +242,7 @@ impl Store {
             self.index.clone(),
             self.active.clone(),
             self.removed.clone(),
+            self.sets.clone(),
             max_record,
         )
     }
@@ -299,8 +316,10 @@ impl Store {
     }
 
     /// Removes the segments the retention policy says to remove at `now`,
-    /// oldest first: each is recorded in `retention.txt` (synced), dropped
-    /// from the index, then deleted, and logged. How many were removed.
+    /// oldest first: each one's ids are written to its id set file and it
+    /// is recorded in `retention.txt` (both synced), dropped from the
+    /// index, then deleted, and logged. How many were removed; their ids
+    /// wait for [`Store::take_removed_sets`].
     pub fn apply_retention(&mut self, now: SystemTime) -> Result<usize, StorageError> {
         let now_ms = millis(now);
         self.last_retention_ms = now_ms;
@@ -316,9 +335,16 @@ impl Store {
             let meta = self.segments[at].clone();
             let name = segment_name(number);
             let path = self.dir.join(&name);
+            // Its ids first: once the line is written, `removed` is
+            // answered from them.
+            let ids = IdSet::from_sorted(read_lock(&self.index).ids_in_segment(number));
+            write_set(&self.dir, number, &ids)?;
             self.retention.record(&meta, &name, reason, now)?;
+            // Readers see it removed before it leaves the index, so a get
+            // never finds it neither held nor removed.
             *write_lock(&self.removed) = self.retention.removed().clone();
             write_lock(&self.index).remove_segment(number);
+            self.removed_sets.push(ids);
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -431,6 +457,23 @@ impl Rebuild<'_> {
             self.opened.keys += 1;
         }
     }
+}
+
+/// Whether retention removed `id` from `dir`: the ranges under the lock
+/// on `removed`, then (the lock let go of) the id sets that may hold it,
+/// through `sets`.
+pub(crate) fn retention_removed(
+    dir: &Path,
+    removed: &RwLock<RemovedIds>,
+    sets: &Mutex<SetCache>,
+    id: MessageId,
+) -> bool {
+    let lookup = read_lock(removed).lookup(id);
+    lookup_removed(lookup, id, |number| {
+        sets.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(dir, number)
+    })
 }
 
 /// The length of the file at `path`, or `fallback` if it cannot be read.

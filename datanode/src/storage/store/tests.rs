@@ -314,6 +314,51 @@ fn retention_by_bytes_removes_the_oldest_segments_first() {
 }
 
 #[test]
+fn retention_answers_removed_only_for_ids_this_node_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = open(dir.path(), config(200), Backend::File);
+    let mut store_config = config(200);
+    store_config.retention.max_bytes = Some(700);
+    node.store.config = store_config;
+    // Two ids of every three, as a node gets them with R=2 of 3 nodes.
+    let held = |seq: u64| !seq.is_multiple_of(3);
+    for seq in (1..=30).filter(|&seq| held(seq)) {
+        node.write(&[id(5, seq)]).unwrap();
+    }
+    assert!(node.store.retention_stats().segments > 0);
+    let removed_ids: Vec<MessageId> = node
+        .store
+        .take_removed_sets()
+        .iter()
+        .flat_map(|set| {
+            (1..=30)
+                .map(|seq| id(5, seq))
+                .filter(|&id| set.contains(id))
+        })
+        .collect();
+    let first_kept = node.scan_ids(None, 1000)[0];
+    let below: Vec<MessageId> = (1..first_kept.seq)
+        .map(|seq| id(5, seq))
+        .filter(|id| held(id.seq))
+        .collect();
+    assert_eq!(removed_ids, below, "the sets hold what was removed");
+    let check = |node: &Node| {
+        for seq in 1..first_kept.seq {
+            assert_eq!(
+                node.get(id(5, seq)),
+                Got::NotFound { removed: held(seq) },
+                "5-{seq}: removed only if it was held here"
+            );
+        }
+        assert_eq!(node.get(id(5, 30)), Got::NotFound { removed: false });
+        assert_eq!(node.get(id(6, 1)), Got::NotFound { removed: false });
+    };
+    check(&node);
+    drop(node);
+    check(&open(dir.path(), store_config, Backend::File));
+}
+
+#[test]
 fn reads_beyond_the_bound_are_not_admitted() {
     let dir = tempfile::tempdir().unwrap();
     let node = open(dir.path(), config(1 << 20), Backend::File);
