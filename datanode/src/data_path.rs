@@ -307,6 +307,9 @@ impl DataPath<'_> {
             if let Err(end) = self.between_batches() {
                 return end;
             }
+            for removed in self.store.take_removed_sets() {
+                session.forget_removed(|id| removed.contains(id));
+            }
             match session.next(Instant::now()) {
                 Next::Read => {
                     if let Some(end) = self.read(session) {

@@ -344,6 +344,21 @@ impl Session<'_> {
         self.group.decide(staged, may_wait, now)
     }
 
+    /// Retention removed the records of these ids: their keys leave the
+    /// index, so a resend of one is not answered as stored with nothing
+    /// on disk (nor reported to the next head node). Call between
+    /// batches.
+    pub fn forget_removed(&mut self, gone: impl Fn(MessageId) -> bool) {
+        let forgotten = self.node.keys.forget_ids(gone);
+        if forgotten > 0 {
+            debug!(
+                forgotten,
+                "keys whose records retention removed left the key index"
+            );
+            self.node.metrics.set_keys(self.node.keys.len());
+        }
+    }
+
     /// The node is shutting down: it says `bye` after the next commit and
     /// gives the head node [`SessionConfig::leave_timeout`] to drain it.
     pub fn request_leave(&mut self) {

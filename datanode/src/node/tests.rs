@@ -111,6 +111,24 @@ fn commit(session: &mut Session<'_>, disk: &mut Disk, now: Instant) -> Vec<FromD
 }
 
 #[test]
+fn a_key_whose_record_retention_removed_is_written_again_when_resent() {
+    let mut node = node();
+    let mut disk = Disk::default();
+    let t0 = Instant::now();
+    let mut session = node.session(config(), ReadSlots::default(), t0);
+    hand(&mut session, &mut disk, &["mensaje 3-1 c1/7: first"], t0);
+    commit(&mut session, &mut disk, t0);
+    session.forget_removed(|removed| removed == id(1));
+    hand(&mut session, &mut disk, &["mensaje 3-2 c1/7: first"], t0);
+    assert_eq!(
+        commit(&mut session, &mut disk, t0),
+        [FromDataNode::Stored(Some(id(2)))],
+        "not answered as held under 3-1, which is gone"
+    );
+    assert_eq!(disk.written_ids(), [Some(id(1)), Some(id(2))]);
+}
+
+#[test]
 fn a_key_held_under_another_id_is_answered_with_that_id_and_not_written_again() {
     let mut node = node();
     let mut disk = Disk::default();

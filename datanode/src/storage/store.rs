@@ -187,6 +187,9 @@ impl Store {
             last_retention_ms: now_ms,
         };
         store.apply_retention(now)?;
+        for set in store.take_removed_sets() {
+            keys.forget_ids(|id| set.contains(id));
+        }
         Ok(store)
     }
 

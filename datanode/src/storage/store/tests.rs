@@ -359,6 +359,28 @@ fn retention_answers_removed_only_for_ids_this_node_held() {
 }
 
 #[test]
+fn keys_leave_the_key_index_with_their_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut node = open(dir.path(), config(200), Backend::File);
+        for seq in 1..=20 {
+            node.write(&[id(5, seq)]).unwrap();
+        }
+    }
+    let mut store_config = config(200);
+    store_config.retention.max_bytes = Some(700);
+    // Retention removes the oldest segments as the store opens.
+    let node = open(dir.path(), store_config, Backend::File);
+    let kept = node.scan_ids(None, 1000);
+    assert!(kept.len() < 20 && !kept.is_empty(), "{kept:?}");
+    for seq in 1..=20 {
+        let key = KeyRef { client: "c-1", seq };
+        let on_disk = kept.contains(&id(5, seq)).then_some(id(5, seq));
+        assert_eq!(node.keys.get(key), on_disk, "key c-1/{seq}");
+    }
+}
+
+#[test]
 fn reads_beyond_the_bound_are_not_admitted() {
     let dir = tempfile::tempdir().unwrap();
     let node = open(dir.path(), config(1 << 20), Backend::File);
