@@ -14,7 +14,7 @@ use rand::rngs::SmallRng;
 use tokio::sync::mpsc;
 
 use crate::state::membership::{self, DetectorConfig};
-use crate::tasks::prober::Prober;
+use crate::state::probe::Prober;
 
 /// Settings of the head node. `Default` gives the documented defaults.
 #[derive(Clone)]

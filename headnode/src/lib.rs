@@ -37,8 +37,9 @@ pub use error::RunError;
 pub use state::forward::IdGenerator;
 pub use state::membership;
 pub use state::membership::DetectorConfig;
+pub use state::probe::Prober;
 pub use tasks::prober;
-pub use tasks::prober::{IcmpProber, Prober};
+pub use tasks::prober::IcmpProber;
 
 /// Serves clients and data nodes on `listener` until `shutdown` completes.
 ///

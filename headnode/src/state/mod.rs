@@ -7,6 +7,7 @@ pub(crate) mod forward;
 pub(crate) mod in_flight;
 pub(crate) mod keys;
 pub mod membership;
+pub(crate) mod probe;
 pub(crate) mod reads;
 pub(crate) mod recovery;
 pub(crate) mod repair;

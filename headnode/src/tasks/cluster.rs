@@ -20,13 +20,13 @@ use crate::state::forward::Forward;
 use crate::state::membership::{
     ConnId, DetectorConfig, Event, EvictReason, MemberInfo, Membership, ProbeOutcome, Refusal,
 };
+use crate::state::probe::Prober;
 use crate::state::reads::{NodeReader, ReadJob};
 use crate::state::recovery::{Gate, Recovered, Recovery};
 use crate::state::repair::MemberChange;
 use crate::state::router::{NodeHandle, NodeLoad, Routes};
 use crate::state::signal::Signal;
 use crate::state::status::Status;
-use crate::tasks::prober::Prober;
 use crate::tasks::repair::RepairEvent;
 use protocol::ids::NodeId;
 

@@ -313,7 +313,7 @@ fn member_info(
         // Original-system nodes have no name; name them by address.
         None => format!(
             "dn-{}-{}",
-            crate::tasks::prober::canonical_ip(peer.ip()),
+            crate::state::probe::canonical_ip(peer.ip()),
             peer.port()
         )
         .replace(':', ".")
@@ -324,7 +324,7 @@ fn member_info(
         node,
         incarnation: hello.incarnation.unwrap_or(conn_id),
         conn: conn_id,
-        addr: crate::tasks::prober::canonical_ip(peer.ip()),
+        addr: crate::state::probe::canonical_ip(peer.ip()),
         legacy,
         zone: hello.zone,
         store: hello.store,
