@@ -16,7 +16,7 @@ use std::future::Future;
 use std::io::{Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::BytesMut;
 use node_kit::shutdown::Latch;
@@ -31,6 +31,7 @@ use crate::error::DataNodeError;
 use crate::keys::{KeyIndex, now_millis};
 use crate::node::{Commit, Handled, Next, Node, Session, SessionConfig, SessionEnd};
 use crate::reads::{ReadServer, SharedWriter};
+use crate::storage::retention::RetentionClock;
 use crate::storage::store::{self, Store};
 use crate::storage::{self, DataFile, EpochFile, StorageError};
 
@@ -48,6 +49,8 @@ pub(crate) struct NodeState {
     pub(crate) epoch: EpochFile,
     /// Names this data directory (see `storage::load_or_create_store_id`).
     pub(crate) store_id: u64,
+    /// The time age retention goes by.
+    pub(crate) retention_clock: RetentionClock,
 }
 
 impl NodeState {
@@ -60,7 +63,9 @@ impl NodeState {
         let epoch = EpochFile::load(&config.data_dir)?;
         let store_id = storage::load_or_create_store_id(&config.data_dir)?;
         let mut keys = KeyIndex::new(config.dedup_keys, config.dedup_window);
-        let store = Store::open(&data, config.store, &mut keys, std::time::SystemTime::now())?;
+        let now = SystemTime::now();
+        let store = Store::open(&data, config.store, &mut keys, now)?;
+        let retention_clock = RetentionClock::new(store.newest_record_ms(), now, Instant::now());
         let opened = store.open_stats();
         info!(
             node = %config.node_id,
@@ -77,6 +82,7 @@ impl NodeState {
             node,
             epoch,
             store_id,
+            retention_clock,
         })
     }
 }
@@ -243,7 +249,11 @@ fn data_path(
         Err(e) => return SessionEnd::Reconnect(format!("cannot start the read thread: {e}")),
     };
     let NodeState {
-        data, store, node, ..
+        data,
+        store,
+        node,
+        retention_clock,
+        ..
     } = state;
     let mut session = node.session(config.session, reads.slots(), Instant::now());
     let mut path = DataPath {
@@ -257,6 +267,7 @@ fn data_path(
         reads,
         data,
         store,
+        retention_clock: *retention_clock,
     };
     let end = path.run(&mut session, leave);
     // Whatever is staged was not written: a failed commit has dropped its
@@ -283,6 +294,7 @@ struct DataPath<'s> {
     reads: ReadServer,
     data: &'s mut DataFile,
     store: &'s mut Store,
+    retention_clock: RetentionClock,
 }
 
 impl DataPath<'_> {
@@ -392,9 +404,9 @@ impl DataPath<'_> {
     }
 
     /// Between batches: rolls `data.txt` into a segment once it is full,
-    /// and removes what retention says to.
+    /// and removes what retention says to, by the [`RetentionClock`].
     fn between_batches(&mut self) -> Result<(), SessionEnd> {
-        let now = std::time::SystemTime::now();
+        let now = self.retention_clock.now(SystemTime::now(), Instant::now());
         match self.store.maybe_roll(self.data, now) {
             Ok(true) => {}
             Ok(false) if self.store.retention_due(now) => {

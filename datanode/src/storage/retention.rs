@@ -35,7 +35,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use node_kit::timefmt::write_timestamp;
 use protocol::ids::MessageId;
@@ -152,6 +152,48 @@ impl SegmentMeta {
             .collect();
         ranges.join(",")
     }
+}
+
+/// The clock age retention reads: the wall clock, but never ahead of the
+/// newest record time the store held when it opened plus the monotonic
+/// time since. A wall clock stepped forward (by a year, say) then removes
+/// nothing the data's own age does not allow: the segments are judged
+/// against the time their own records and a clock that cannot jump say it
+/// is. Time the node was down does not count until its records say so (a
+/// node back after a week keeps its old segments a week longer), and a
+/// clock stepped back removes less, never more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionClock {
+    /// The newest record time at open (Unix ms), or the wall clock then if
+    /// there was none.
+    anchor_ms: u64,
+    /// The monotonic clock at open.
+    anchor: Instant,
+}
+
+impl RetentionClock {
+    /// The clock of a store opened at `wall` and `mono`, whose newest
+    /// record was written at `newest_record_ms` (Unix ms; `None`: no
+    /// record).
+    pub fn new(newest_record_ms: Option<u64>, wall: SystemTime, mono: Instant) -> Self {
+        RetentionClock {
+            anchor_ms: newest_record_ms.unwrap_or_else(|| unix_ms(wall)),
+            anchor: mono,
+        }
+    }
+
+    /// The time retention goes by when the wall clock reads `wall` and the
+    /// monotonic clock `mono`.
+    pub fn now(&self, wall: SystemTime, mono: Instant) -> SystemTime {
+        let elapsed = mono.saturating_duration_since(self.anchor).as_millis() as u64;
+        let bound = self.anchor_ms.saturating_add(elapsed);
+        SystemTime::UNIX_EPOCH + Duration::from_millis(unix_ms(wall).min(bound))
+    }
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Which segments to remove now, oldest first, and why: by age first,
@@ -568,6 +610,38 @@ mod tests {
             "exactly 12 h old is kept"
         );
     }
+
+    #[test]
+    fn the_retention_clock_never_runs_ahead_of_the_newest_record_and_monotonic_time() {
+        let wall = SystemTime::UNIX_EPOCH + Duration::from_millis(100 * HOUR);
+        let mono = Instant::now();
+        let ms = |t: SystemTime| unix_ms(t);
+        let clock = RetentionClock::new(Some(99 * HOUR), wall, mono);
+        let year = Duration::from_secs(365 * 86_400);
+        let minute = Duration::from_secs(60);
+        assert_eq!(
+            ms(clock.now(wall + year, mono + minute)),
+            99 * HOUR + 60_000,
+            "a step forward is not followed"
+        );
+        assert_eq!(
+            ms(clock.now(wall + minute, mono + 2 * HOUR_D)),
+            100 * HOUR + 60_000,
+            "the wall clock, while it is within the bound"
+        );
+        assert_eq!(
+            ms(clock.now(wall - year, mono + minute)),
+            ms(wall - year),
+            "a step back is followed: it removes less"
+        );
+        let empty = RetentionClock::new(None, wall, mono);
+        assert_eq!(
+            ms(empty.now(wall + year, mono + minute)),
+            100 * HOUR + 60_000
+        );
+    }
+
+    const HOUR_D: Duration = Duration::from_secs(3_600);
 
     #[test]
     fn the_oldest_segments_go_while_the_files_are_over_the_size() {

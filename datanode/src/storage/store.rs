@@ -117,7 +117,9 @@ pub struct Store {
 impl Store {
     /// Reads every file of `data`'s directory and rebuilds the message
     /// index, the files' metadata and `keys` (the keyed records within its
-    /// window at `now_ms`); then applies retention once. `data` must be
+    /// window at `now_ms`); then applies retention once, at `now` or at
+    /// the newest record's time if that is earlier (the start of its
+    /// [`RetentionClock`]). `data` must be
     /// freshly opened (its torn tail already cut off).
     pub fn open(
         data: &DataFile,
@@ -171,6 +173,17 @@ impl Store {
             );
         }
         let removed = retention.removed().clone();
+        // Retention at open goes by the records' own time when the wall
+        // clock is ahead of it (see `RetentionClock`).
+        let newest = segments
+            .iter()
+            .chain([&active_meta])
+            .map(|s| s.newest_ms)
+            .max()
+            .filter(|&ms| ms > 0);
+        let now = newest.map_or(now, |newest| {
+            now.min(SystemTime::UNIX_EPOCH + Duration::from_millis(newest))
+        });
         let mut store = Store {
             active: Arc::new(AtomicU32::new(active_meta.number)),
             dir,
@@ -191,6 +204,17 @@ impl Store {
             keys.forget_ids(|id| set.contains(id));
         }
         Ok(store)
+    }
+
+    /// The time of the newest record in the store (Unix ms), if it holds
+    /// any: where its [`RetentionClock`] starts.
+    pub fn newest_record_ms(&self) -> Option<u64> {
+        self.segments
+            .iter()
+            .chain([&self.active_meta])
+            .map(|s| s.newest_ms)
+            .max()
+            .filter(|&ms| ms > 0)
     }
 
     /// What the rebuild at open read.

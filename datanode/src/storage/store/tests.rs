@@ -4,7 +4,7 @@ use protocol::ids::{KeyRef, MessageId};
 
 use super::*;
 use crate::reads::{Got, MAX_READS_IN_FLIGHT, ReadServer, SharedWriter};
-use crate::storage::retention::RETENTION_FILE;
+use crate::storage::retention::{RETENTION_FILE, RetentionClock};
 use crate::storage::{Backend, Faults, FsyncPolicy, RollStep, verify_dir};
 
 const DAY: Duration = Duration::from_secs(86_400);
@@ -281,6 +281,48 @@ fn retention_by_age_removes_old_segments_never_the_active_file() {
         node.write(&[id(5, seq)]).unwrap();
     }
     assert!(!names(dir.path()).contains(&"data.000001.txt".to_owned()));
+}
+
+#[test]
+fn a_forward_clock_step_removes_nothing_the_records_age_does_not_allow() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = open(dir.path(), config(200), Backend::File);
+    for seq in 1..=6 {
+        node.write(&[id(5, seq)]).unwrap();
+    }
+    let segments = node.store.segments().len();
+    assert!(segments >= 2);
+    let mut store_config = config(200);
+    store_config.retention.max_age = Some(7 * DAY);
+    node.store.config = store_config;
+    // Fabricated clocks: the wall clock jumps a year ahead a second
+    // after the store opened.
+    let (wall, mono) = (SystemTime::now(), std::time::Instant::now());
+    let clock = RetentionClock::new(node.store.newest_record_ms(), wall, mono);
+    let year = 365 * DAY;
+    let stepped = clock.now(wall + year, mono + Duration::from_secs(1));
+    assert_eq!(
+        node.store.apply_retention(stepped).unwrap(),
+        0,
+        "a year's step of the wall clock removes nothing"
+    );
+    assert_eq!(node.store.segments().len(), segments);
+    // Once the records are truly older than the age, they go.
+    let later = clock.now(wall + year, mono + 8 * DAY);
+    assert_eq!(node.store.apply_retention(later).unwrap(), segments);
+    // A store opened under a stepped clock judges by its records too.
+    drop(node);
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut node = open(dir.path(), config(200), Backend::File);
+        for seq in 1..=6 {
+            node.write(&[id(5, seq)]).unwrap();
+        }
+    }
+    let data = DataFile::open(dir.path(), FsyncPolicy::Batch).unwrap();
+    let mut keys = KeyIndex::new(1000, Duration::from_secs(120));
+    let store = Store::open(&data, store_config, &mut keys, SystemTime::now() + year).unwrap();
+    assert_eq!(store.segments().len(), segments, "nothing removed at open");
 }
 
 #[test]
