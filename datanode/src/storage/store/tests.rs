@@ -423,6 +423,39 @@ fn keys_leave_the_key_index_with_their_segment() {
 }
 
 #[test]
+fn a_record_damaged_after_it_was_indexed_costs_one_read_not_every_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = open(dir.path(), config(300), Backend::File);
+    for seq in 1..=6 {
+        node.write(&[id(5, seq)]).unwrap();
+    }
+    // A byte of 5-2's text changes on disk, under the index.
+    let segment = dir.path().join("data.000001.txt");
+    let contents = std::fs::read_to_string(&segment).unwrap();
+    assert!(contents.contains("text of 5-2\n"), "{contents}");
+    std::fs::write(&segment, contents.replace("text of 5-2\n", "text of 5-7\n")).unwrap();
+    let reader = node.store.reader(1024);
+    let scanned = reader.scan(None, 100, usize::MAX).unwrap();
+    let ids: Vec<MessageId> = scanned.records.iter().map(|r| r.id).collect();
+    assert_eq!(
+        ids,
+        [1, 3, 4, 5, 6].map(|seq| id(5, seq)),
+        "the scan goes past it"
+    );
+    assert_eq!(scanned.damaged, 1);
+    let again = reader.scan(None, 100, usize::MAX).unwrap();
+    assert_eq!(
+        (again.records.len(), again.damaged),
+        (5, 0),
+        "marked: not read again"
+    );
+    assert_eq!(node.get(id(5, 2)), Got::NotFound { removed: false });
+    // A new copy (a repair's) is found again.
+    node.write(&[id(5, 2)]).unwrap();
+    assert_eq!(found_text(node.get(id(5, 2))), "text of 5-2");
+}
+
+#[test]
 fn reads_beyond_the_bound_are_not_admitted() {
     let dir = tempfile::tempdir().unwrap();
     let node = open(dir.path(), config(1 << 20), Backend::File);
