@@ -24,7 +24,7 @@ use protocol::codec::{Line, LineDecoder};
 use protocol::connection::Connection;
 use protocol::datanode::FromDataNode;
 use protocol::ids::NodeId;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::config::{Config, FORWARD_OVERHEAD};
 use crate::error::DataNodeError;
@@ -75,6 +75,17 @@ impl NodeState {
             "read {} data files: {} records indexed, {} keys within the window",
             opened.files, store.indexed(), opened.keys
         );
+        if opened.damaged > 0 {
+            warn!(
+                node = %config.node_id, damaged = opened.damaged,
+                "{} damaged records in the data files (`datanode verify {}` lists them): \
+                 left out of reads, and reported to the head node so that a repair pass \
+                 gives their messages their copies",
+                opened.damaged,
+                config.data_dir.display()
+            );
+        }
+        data.metrics().found_damaged(opened.damaged);
         let node = Node::new(keys, data.metrics());
         Ok(NodeState {
             data,

@@ -177,8 +177,9 @@ impl Node {
 
     /// The report after `welcome`, one line at a time to `line`: the keys
     /// held within the window at `now_ms` (`held` lines), the nodes the last
-    /// head node listed (`peers`, if any did), then `ready`. Stops at
-    /// `line`'s first error.
+    /// head node listed (`peers`, if any did), the records found damaged
+    /// since the node started (`damaged`, if any were), then `ready`.
+    /// Stops at `line`'s first error.
     pub fn report<E>(
         &mut self,
         now_ms: u64,
@@ -188,6 +189,10 @@ impl Node {
         self.keys.for_each_held_line(&mut line)?;
         if let Some(peers) = &self.peers {
             line(FromDataNode::Peers(peers.clone()))?;
+        }
+        let damaged = self.metrics.damaged();
+        if damaged > 0 {
+            line(FromDataNode::Damaged(damaged))?;
         }
         line(FromDataNode::Ready)
     }

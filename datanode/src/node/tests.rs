@@ -528,6 +528,27 @@ fn the_report_lists_the_keys_held_the_last_members_and_ready() {
     assert_eq!(lines, ["held c1 1:3-1", "peers dn1 dn2", "ready"]);
 }
 
+#[test]
+fn the_report_says_how_many_damaged_records_the_node_found() {
+    let metrics = Arc::new(NodeMetrics::default());
+    let mut node = Node::new(
+        KeyIndex::new(1000, Duration::from_secs(120)),
+        metrics.clone(),
+    );
+    let report = |node: &mut Node| {
+        let mut lines = Vec::new();
+        node.report(1_000, |line| {
+            lines.push(encoded(&line));
+            Ok::<_, ()>(())
+        })
+        .unwrap();
+        lines
+    };
+    assert_eq!(report(&mut node), ["ready"], "none: no line");
+    metrics.found_damaged(2);
+    assert_eq!(report(&mut node), ["damaged 2", "ready"]);
+}
+
 fn encoded(line: &FromDataNode) -> String {
     let mut buf = bytes::BytesMut::new();
     line.encode(&mut buf);

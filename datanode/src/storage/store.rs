@@ -86,6 +86,11 @@ pub struct OpenStats {
     pub keys: usize,
     /// Lines skipped: torn, damaged or without an id.
     pub skipped: u64,
+    /// Of those, the damaged ones: a record that fails its checksum (or
+    /// has lost its checksum token), a line that is not a record, a
+    /// segment that ends in a torn line. Reported to the head node, whose
+    /// repair then gives their messages their copies.
+    pub damaged: u64,
 }
 
 /// See the module documentation.
@@ -442,6 +447,9 @@ impl Rebuild<'_> {
             ControlFlow::Continue(())
         })?;
         meta.bytes = offset;
+        if torn && !file.active {
+            self.opened.damaged += 1;
+        }
         if torn {
             // Only the active file may end torn, and open cut that.
             warn!(
@@ -459,6 +467,7 @@ impl Rebuild<'_> {
             Ok(record) if record.is_intact() => record,
             _ => {
                 self.opened.skipped += 1;
+                self.opened.damaged += 1;
                 return;
             }
         };

@@ -293,6 +293,7 @@ impl<S: Stream> NodeSession<S> {
                 FromDataNode::Proof(_)
                 | FromDataNode::Held { .. }
                 | FromDataNode::Peers(_)
+                | FromDataNode::Damaged(_)
                 | FromDataNode::Ready,
             ) => {
                 self.conn

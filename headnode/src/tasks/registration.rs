@@ -23,6 +23,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::state::membership;
 use crate::state::reads::read_channel;
+use crate::state::repair::MemberChange;
 use crate::state::router::NodeLoad;
 use crate::tasks::Shared;
 use crate::tasks::cluster::Input;
@@ -173,14 +174,14 @@ impl<S: Stream> Arrival<S> {
                 timeout,
                 async {
                     let (info, slot) = register_data_node(conn, peer, hello, shared, rng).await?;
-                    let peers = read_report(conn, &info, shared).await?;
-                    Ok::<_, String>((info, slot, peers))
+                    let report = read_report(conn, &info, shared).await?;
+                    Ok::<_, String>((info, slot, report))
                 },
             ) => registered,
         };
         match registered {
-            Ok(Ok((info, slot, peers))) => Some(Peer::DataNode(
-                registration(self.conn, info, slot, peers, self.shared).await?,
+            Ok(Ok((info, slot, report))) => Some(Peer::DataNode(
+                registration(self.conn, info, slot, report, self.shared).await?,
             )),
             Ok(Err(refusal)) => {
                 self.conn.close_with_error(&refusal).await;
@@ -331,16 +332,26 @@ fn member_info(
     })
 }
 
+/// What a data node reports after `welcome`, besides the keys it holds.
+#[derive(Debug, Default)]
+struct Report {
+    /// The nodes the previous head node last listed to it.
+    peers: Vec<NodeId>,
+    /// Records it found damaged since it started (`damaged <n>`).
+    damaged: u64,
+}
+
 /// Welcomes a data node under this head node's epoch and reads its report:
-/// the keys it holds (into the deduplication window) and the nodes it last
-/// heard of. Returns those nodes. An original-system node reports nothing.
+/// the keys it holds (into the deduplication window), the nodes it last
+/// heard of and the records it found damaged. An original-system node
+/// reports nothing.
 async fn read_report<S: Stream>(
     conn: &mut Connection<S>,
     info: &membership::MemberInfo,
     shared: &Shared,
-) -> Result<Vec<NodeId>, String> {
+) -> Result<Report, String> {
     if info.legacy {
-        return Ok(Vec::new());
+        return Ok(Report::default());
     }
     conn.writer.queue_with(|buf| {
         ToDataNode::Welcome {
@@ -355,6 +366,7 @@ async fn read_report<S: Stream>(
         .map_err(|e| format!("write failed: {e}"))?;
     let mut keys = 0usize;
     let mut peers = Vec::new();
+    let mut damaged = 0;
     loop {
         let line = conn
             .reader
@@ -375,6 +387,7 @@ async fn read_report<S: Stream>(
                 }
             }
             Ok(FromDataNode::Peers(named)) => peers = named,
+            Ok(FromDataNode::Damaged(records)) => damaged = records,
             Ok(FromDataNode::Ready) => break,
             Ok(FromDataNode::Error(reason)) if reason.starts_with(STALE_HEAD) => {
                 error!(
@@ -386,7 +399,7 @@ async fn read_report<S: Stream>(
             _ => {
                 warn!(node = %info.node, "dataNode sent an unexpected line in its report: {}", truncate_for_log(line.as_str()));
                 return Err(format!(
-                    "expected 'held', 'peers' or 'ready', got {:?}",
+                    "expected 'held', 'peers', 'damaged' or 'ready', got {:?}",
                     truncate_for_log(line.as_str())
                 ));
             }
@@ -396,9 +409,16 @@ async fn read_report<S: Stream>(
         node = %info.node,
         keys,
         peers = ?peers.iter().map(NodeId::as_str).collect::<Vec<_>>(),
+        damaged,
         "dataNode reported what it holds"
     );
-    Ok(peers)
+    if damaged > 0 {
+        warn!(
+            node = %info.node, damaged,
+            "dataNode found {damaged} damaged records in its data files; a repair pass gives their messages their copies"
+        );
+    }
+    Ok(Report { peers, damaged })
 }
 
 /// Hands a data node that proved itself to the membership task.
@@ -406,7 +426,7 @@ async fn registration<S: Stream>(
     mut conn: Connection<S>,
     info: membership::MemberInfo,
     slot: OwnedSemaphorePermit,
-    peers: Vec<NodeId>,
+    report: Report,
     shared: Arc<Shared>,
 ) -> Option<node_session::Registered<S>> {
     let (queue_tx, queue_rx) = mpsc::unbounded_channel();
@@ -426,7 +446,7 @@ async fn registration<S: Stream>(
         load: load.clone(),
         evicted: evicted.clone(),
         reads: reads_tx,
-        peers,
+        peers: report.peers,
         respond,
     };
     if shared.membership_tx.send(registration).await.is_err() {
@@ -441,6 +461,14 @@ async fn registration<S: Stream>(
         Err(_) => return None,
     }
     info!(node = %info.node, legacy = info.legacy, "dataNode connected");
+    if report.damaged > 0 {
+        shared
+            .tell_repair(MemberChange::Damaged {
+                node: info.node.clone(),
+                records: report.damaged,
+            })
+            .await;
+    }
     Some(node_session::Registered {
         conn,
         info,

@@ -135,7 +135,7 @@ fn build(config: Config, limits: Limits, started: Instant) -> (Arc<Shared>, Ends
             observer: config.observer.clone(),
             recovery_wait: config.recovery_wait,
             status: status.clone(),
-            repair_tx,
+            repair_tx: repair_tx.clone(),
             prober,
             inputs_tx: inputs_tx.clone(),
             routes_tx,
@@ -168,6 +168,7 @@ fn build(config: Config, limits: Limits, started: Instant) -> (Arc<Shared>, Ends
         node_slots: Arc::new(Semaphore::new(limits.data_nodes)),
         status,
         next_conn: AtomicU64::new(1),
+        repair_tx,
         config,
     });
     let ends = Ends {

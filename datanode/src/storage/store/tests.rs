@@ -453,6 +453,11 @@ fn a_record_damaged_after_it_was_indexed_costs_one_read_not_every_scan() {
     // A new copy (a repair's) is found again.
     node.write(&[id(5, 2)]).unwrap();
     assert_eq!(found_text(node.get(id(5, 2))), "text of 5-2");
+    // The next start counts the damaged line, to report it.
+    drop(node);
+    let node = open(dir.path(), config(300), Backend::File);
+    assert_eq!(node.store.open_stats().damaged, 1);
+    assert_eq!(found_text(node.get(id(5, 2))), "text of 5-2");
 }
 
 #[test]
