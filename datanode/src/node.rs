@@ -57,6 +57,9 @@ pub const MAX_READS_IN_FLIGHT: usize = 16;
 pub trait Staging {
     /// Stages a record of `text` under `id` and `key`.
     fn stage(&mut self, id: Option<MessageId>, key: Option<KeyRef<'_>>, text: &[u8]);
+    /// Stages a repair's copy: as [`Staging::stage`], with `stored_ms`
+    /// (Unix ms) as its record's time instead of the batch's.
+    fn stage_copy(&mut self, id: MessageId, key: Option<KeyRef<'_>>, text: &[u8], stored_ms: u64);
     /// Records staged and not yet committed.
     fn staged(&self) -> usize;
     /// The time written in the records of the batch being staged, Unix ms
@@ -292,7 +295,18 @@ impl Session<'_> {
     pub fn handle_line(&mut self, line: &str, now: Instant, staging: &mut impl Staging) -> Handled {
         match ToDataNode::parse(line) {
             Ok(ToDataNode::Store { id, key, text }) => {
-                if !self.store(id, key, text, staging) {
+                if !self.store(id, key, text, None, staging) {
+                    self.split = true;
+                    return Handled::AfterCommit;
+                }
+            }
+            Ok(ToDataNode::StoreCopy {
+                id,
+                key,
+                stored_ms,
+                text,
+            }) => {
+                if !self.store(Some(id), key, text, Some(stored_ms), staging) {
                     self.split = true;
                     return Handled::AfterCommit;
                 }
@@ -445,14 +459,16 @@ impl Session<'_> {
         self.batch.abandon(staging, &mut self.node.keys);
     }
 
-    /// Handles one `mensaje`: stages it, or answers it from the key index,
-    /// or (its key is staged already in this batch) asks for the batch to be
+    /// Handles one `mensaje`: stages it (a repair's copy with its
+    /// original time, `stored_ms`), or answers it from the key index, or
+    /// (its key is staged already in this batch) asks for the batch to be
     /// committed first. False in that last case: nothing was done with it.
     fn store(
         &mut self,
         id: Option<MessageId>,
         key: Option<KeyRef<'_>>,
         text: &str,
+        stored_ms: Option<u64>,
         staging: &mut impl Staging,
     ) -> bool {
         // One lookup per keyed message: a key staged earlier in this batch is
@@ -463,7 +479,12 @@ impl Session<'_> {
         match commit_decision(id, held, staged) {
             Decision::Write => {
                 debug!(target: MESSAGES_TARGET, id = ?id.map(|id| id.to_string()), key = ?key.map(|k| k.to_string()), "storing mensaje: {}", truncate_for_log(text));
-                staging.stage(id, key, text.as_bytes());
+                match (id, stored_ms) {
+                    (Some(id), Some(stored_ms)) => {
+                        staging.stage_copy(id, key, text.as_bytes(), stored_ms);
+                    }
+                    _ => staging.stage(id, key, text.as_bytes()),
+                }
                 if let (Some(looked_up), Some(id)) = (looked_up, id) {
                     self.node
                         .keys

@@ -30,6 +30,11 @@ impl Staging for Disk {
         self.staged.push((id, key.map(|k| k.to_key()), text));
     }
 
+    fn stage_copy(&mut self, id: MessageId, key: Option<KeyRef<'_>>, text: &[u8], stored_ms: u64) {
+        let text = format!("{} @{stored_ms}", String::from_utf8(text.to_vec()).unwrap());
+        self.staged.push((Some(id), key.map(|k| k.to_key()), text));
+    }
+
     fn staged(&self) -> usize {
         self.staged.len()
     }
@@ -126,6 +131,41 @@ fn a_key_whose_record_retention_removed_is_written_again_when_resent() {
         "not answered as held under 3-1, which is gone"
     );
     assert_eq!(disk.written_ids(), [Some(id(1)), Some(id(2))]);
+}
+
+#[test]
+fn a_repair_copy_is_staged_with_its_record_time_and_keyed_as_any_message() {
+    let mut node = node();
+    let mut disk = Disk::default();
+    let t0 = Instant::now();
+    let mut session = node.session(config(), ReadSlots::default(), t0);
+    hand(
+        &mut session,
+        &mut disk,
+        &["mensaje 3-1 c1/7 @1795413331793: first"],
+        t0,
+    );
+    assert_eq!(
+        commit(&mut session, &mut disk, t0),
+        [FromDataNode::Stored(Some(id(1)))]
+    );
+    assert_eq!(
+        disk.written,
+        [(
+            Some(id(1)),
+            Some("c1/7".parse().unwrap()),
+            "first @1795413331793".to_owned()
+        )]
+    );
+    hand(&mut session, &mut disk, &["mensaje 3-2 c1/7: again"], t0);
+    assert_eq!(
+        commit(&mut session, &mut disk, t0),
+        [FromDataNode::AlreadyHeld {
+            id: id(2),
+            held: id(1)
+        }],
+        "its key is held"
+    );
 }
 
 #[test]

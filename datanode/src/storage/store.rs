@@ -287,7 +287,9 @@ impl Store {
             return;
         }
         let segment = self.active_meta.number;
-        let stamp = Some(data.last_stamp_ms());
+        // A repair's copy keeps its first copies' time: the batch's newest
+        // record, not the batch's time, is how old the file's data is.
+        let stamp = Some(data.last_commit_newest_ms());
         let mut index = write_lock(&self.index);
         for &(id, offset) in written {
             index.insert(id, Location { segment, offset });
