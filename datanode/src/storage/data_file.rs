@@ -144,7 +144,7 @@ impl DataFile {
     /// the file (an interrupted write, never acknowledged) is cut off; a
     /// last whole record that fails its checksum is kept, with a warning.
     /// Then the file is synced, before anything reads it: see
-    /// [`sync_before_trusting`].
+    /// `sync_before_trusting`.
     pub fn open_with(
         dir: &Path,
         policy: FsyncPolicy,

@@ -435,7 +435,7 @@ impl RetentionLog {
     }
 
     /// Appends the line for `segment`, removed for `reason` at `now`, and
-    /// syncs it: call after its id set is written ([`write_set`]), before
+    /// syncs it: call after its id set is written ([`super::removed::write_set`]), before
     /// deleting the segment. Beyond [`KEPT_SETS`], forgets the oldest set.
     pub fn record(
         &mut self,

@@ -124,7 +124,7 @@ impl Store {
     /// index, the files' metadata and `keys` (the keyed records within its
     /// window at `now_ms`); then applies retention once, at `now` or at
     /// the newest record's time if that is earlier (the start of its
-    /// [`RetentionClock`]). `data` must be
+    /// [`RetentionClock`](crate::storage::retention::RetentionClock)). `data` must be
     /// freshly opened (its torn tail already cut off).
     pub fn open(
         data: &DataFile,
@@ -212,7 +212,7 @@ impl Store {
     }
 
     /// The time of the newest record in the store (Unix ms), if it holds
-    /// any: where its [`RetentionClock`] starts.
+    /// any: where its [`RetentionClock`](crate::storage::retention::RetentionClock) starts.
     pub fn newest_record_ms(&self) -> Option<u64> {
         self.segments
             .iter()
