@@ -60,7 +60,7 @@ def find_browser():
 
 def render(browser, url, profile):
     """The DOM after the page's script has run for a few (virtual) seconds."""
-    # Events (SSE) are covered by headnode/tests/status.rs; here the page
+    # Events (SSE) are covered by headnode/tests/it/status.rs; here the page
     # itself: its script, its rendering, its colours.
     out = subprocess.run(
         [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",

@@ -41,7 +41,7 @@ pub struct Settings {
     /// Messages per client.
     pub messages: usize,
     /// Of the clients, how many (the last ones) send keyed messages (none
-    /// by default: see `sim/tests/simulation.rs`).
+    /// by default: see `sim/tests/it/simulation.rs`).
     pub keyed_clients: u32,
     /// Messages in flight per client.
     pub window: usize,
@@ -312,7 +312,7 @@ impl fmt::Display for Failure {
         }
         write!(
             f,
-            "replay: SIM_SEED={} cargo test -p sim --test simulation replay -- --nocapture",
+            "replay: SIM_SEED={} cargo test -p sim --test it replay -- --nocapture",
             self.seed
         )
     }

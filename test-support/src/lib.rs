@@ -9,20 +9,27 @@
 //! - [`lines`]: a blocking connection whose every read and write is bounded,
 //!   and reading one line from it;
 //! - [`http`]: a raw HTTP/1.1 exchange and a GET, read until the server
-//!   closes.
+//!   closes;
+//! - [`framed`]: one line from the protocol's framed connection, with a
+//!   bound;
+//! - [`scripted_node`]: a data node driven by the test: it registers with a
+//!   head node as the real one does, then says what the test scripts.
 //!
 //! Every wait here has a bound, generous enough for a loaded two-core
 //! machine, so a stuck peer fails the test instead of hanging it.
 //!
-//! This crate depends on no crate of the workspace, so every crate can take
+//! Of the workspace's crates this one depends on `protocol` alone (the
+//! wire the scripted node speaks), so every crate but `protocol` can take
 //! it as a dev-dependency.
 #![deny(missing_docs)]
 
 use std::time::Duration;
 
+pub mod framed;
 pub mod http;
 pub mod lines;
 pub mod process;
+pub mod scripted_node;
 pub mod server;
 
 /// Bound on each wait for another process: to log its address, to finish,

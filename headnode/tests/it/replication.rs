@@ -1,15 +1,14 @@
 //! Replicated, idempotent writes with real data nodes, in one process.
 
-mod support;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
 use headnode::membership::Event;
 use protocol::client::StoreReply;
 use protocol::ids::MessageId;
-use support::{Cluster, fast_config, keyed_client, send_keyed};
 use tokio::time::Instant;
+
+use crate::support::{Cluster, fast_config, keyed_client, send_keyed};
 
 fn replicated(replicas: usize, min_replicas: usize) -> headnode::Config {
     headnode::Config {

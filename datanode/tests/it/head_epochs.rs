@@ -2,10 +2,9 @@
 //! head node older than the newest it has been welcomed by, stores nothing
 //! for it, keeps trying, and remembers the epoch across a restart.
 
-mod support;
-
 use datanode::storage::{EPOCH_FILE, stored_ids};
-use support::ScriptedHead;
+
+use crate::support::ScriptedHead;
 
 #[tokio::test]
 async fn an_older_head_node_is_refused_and_nothing_is_stored_for_it() {

@@ -2,12 +2,11 @@
 //! smaller than the one before waits (up to `commit_linger`) for the rest
 //! of its burst, and is committed with it in one write.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use datanode::storage::parse_line;
-use support::ScriptedHead;
+
+use crate::support::ScriptedHead;
 
 async fn start(linger: Duration) -> ScriptedHead {
     ScriptedHead::start(|config| config.commit_linger = linger).await

@@ -1,11 +1,10 @@
 //! Reads from a scripted head node: `get`, `getkey` and `scan` over the
 //! data node's connection, across segments, and their bounds.
 
-mod support;
-
 use protocol::datanode::{FromDataNode, ReadRecord};
 use protocol::ids::MessageId;
-use support::ScriptedHead;
+
+use crate::support::ScriptedHead;
 
 fn id(text: &str) -> MessageId {
     text.parse().unwrap()

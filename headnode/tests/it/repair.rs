@@ -4,8 +4,6 @@
 //! do; retention's removals are not brought back, and what a node's
 //! retention did not remove is not left at one copy.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -14,10 +12,10 @@ use headnode::membership::Event;
 use protocol::client::StoreReply;
 use protocol::ids::MessageId;
 use protocol::status::StatusSnapshot;
-use support::{Cluster, fast_config};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use test_support::http::get;
 use tokio::time::Instant;
+
+use crate::support::{Cluster, fast_config, keyed_client, send_keyed};
 
 const REPAIR_AFTER: Duration = Duration::from_millis(500);
 
@@ -31,16 +29,7 @@ fn config() -> headnode::Config {
 }
 
 async fn status(http: SocketAddr) -> StatusSnapshot {
-    let mut stream = TcpStream::connect(http).await.unwrap();
-    stream
-        .write_all(b"GET /status.json HTTP/1.1\r\nHost: test\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).await.unwrap();
-    let text = String::from_utf8(answer).unwrap();
-    let (_, body) = text.split_once("\r\n\r\n").unwrap();
-    serde_json::from_str(body).unwrap()
+    serde_json::from_str(&get(http, "/status.json").await.body).unwrap()
 }
 
 /// Waits (at most 20 s) until a repair pass whose trigger contains
@@ -71,11 +60,11 @@ async fn store(
     client: &str,
     count: u64,
 ) -> BTreeMap<MessageId, (String, Vec<String>)> {
-    let mut conn = support::keyed_client(cluster.addr, client).await;
+    let mut conn = keyed_client(cluster.addr, client).await;
     let mut stored = BTreeMap::new();
     for seq in 1..=count {
         let text = format!("numero random: {}", seq * 7 % 100);
-        match support::send_keyed(&mut conn, seq, &text).await {
+        match send_keyed(&mut conn, seq, &text).await {
             StoreReply::Stored { id, holders } => {
                 stored.insert(id, (text, holders));
             }

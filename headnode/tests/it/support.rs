@@ -1,7 +1,7 @@
 //! A cluster in one process: a head node, real data nodes writing to
-//! temporary directories, scripted fake peers, and a fake ICMP prober.
-
-#![allow(dead_code, unreachable_pub)]
+//! temporary directories, and a fake ICMP prober; and the client
+//! connections the areas drive it with. Data nodes scripted by hand are
+//! test-support's `scripted_node`.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -14,14 +14,12 @@ use std::time::Duration;
 
 use headnode::membership::{Event, ProbeOutcome};
 use headnode::{Config, Prober, RunError};
-use protocol::auth::{ClusterToken, Nonce};
 use protocol::client::StoreReply;
 use protocol::connection::Connection;
-use protocol::datanode::register::{
-    RegisterError, Registration, Welcomed, register as register_node,
-};
 use protocol::handshake;
 use protocol::ids::MessageId;
+use test_support::framed;
+use test_support::scripted_node::test_token;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -29,7 +27,7 @@ use tokio::time::Instant;
 
 /// ICMP that answers for every host except those marked down.
 #[derive(Default)]
-pub struct FakeProber {
+pub(crate) struct FakeProber {
     down: Mutex<HashSet<IpAddr>>,
     /// As if ICMP were filtered: no host answers.
     all_down: AtomicBool,
@@ -38,7 +36,7 @@ pub struct FakeProber {
 }
 
 impl FakeProber {
-    pub fn set_down(&self, ip: IpAddr, down: bool) {
+    pub(crate) fn set_down(&self, ip: IpAddr, down: bool) {
         let mut set = self.down.lock().unwrap();
         if down {
             set.insert(ip);
@@ -47,12 +45,12 @@ impl FakeProber {
         }
     }
 
-    pub fn set_all_down(&self, down: bool) {
+    pub(crate) fn set_all_down(&self, down: bool) {
         self.all_down.store(down, Ordering::Relaxed);
     }
 
     /// The next `n` probes of `ip` get no reply.
-    pub fn lose_next(&self, ip: IpAddr, n: u32) {
+    pub(crate) fn lose_next(&self, ip: IpAddr, n: u32) {
         self.to_lose.lock().unwrap().insert(ip, n);
     }
 
@@ -84,16 +82,16 @@ impl Prober for FakeProber {
     }
 }
 
-pub struct TestNode {
-    pub id: String,
-    pub data_dir: PathBuf,
-    pub task: JoinHandle<Result<(), datanode::DataNodeError>>,
+pub(crate) struct TestNode {
+    pub(crate) id: String,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) task: JoinHandle<Result<(), datanode::DataNodeError>>,
     stop: Option<oneshot::Sender<()>>,
 }
 
 impl TestNode {
     /// Graceful shutdown, as on SIGTERM.
-    pub async fn stop(&mut self) -> Result<(), datanode::DataNodeError> {
+    pub(crate) async fn stop(&mut self) -> Result<(), datanode::DataNodeError> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -101,14 +99,14 @@ impl TestNode {
     }
 
     /// Sudden death: the task and its connection are dropped.
-    pub fn kill(&self) {
+    pub(crate) fn kill(&self) {
         self.task.abort();
     }
 
     /// Waits (at most 10 s) until no data node holds this node's data
     /// directory. A killed node's data-path thread lets go of it a moment
     /// after the task is aborted; a killed process would at once.
-    pub async fn released(&self) {
+    pub(crate) async fn released(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             match datanode::storage::DirLock::acquire(&self.data_dir) {
@@ -122,26 +120,19 @@ impl TestNode {
     }
 }
 
-pub struct Cluster {
-    pub addr: SocketAddr,
+pub(crate) struct Cluster {
+    pub(crate) addr: SocketAddr,
     config: Config,
-    pub prober: Arc<FakeProber>,
-    pub events: mpsc::UnboundedReceiver<Event>,
-    pub nodes: Vec<TestNode>,
-    pub dir: tempfile::TempDir,
+    pub(crate) prober: Arc<FakeProber>,
+    pub(crate) events: mpsc::UnboundedReceiver<Event>,
+    pub(crate) nodes: Vec<TestNode>,
+    pub(crate) dir: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
     head: JoinHandle<Result<(), RunError>>,
 }
 
-/// The cluster token of the test clusters.
-pub const TEST_TOKEN: &str = "test-cluster-token-0123456789";
-
-pub fn test_token() -> ClusterToken {
-    ClusterToken::new(TEST_TOKEN).unwrap()
-}
-
 /// Fast timings, so tests finish quickly; each test tunes what it studies.
-pub fn fast_config() -> Config {
+pub(crate) fn fast_config() -> Config {
     Config {
         cluster_token: Some(test_token()),
         ping_interval: Duration::from_secs(3600),
@@ -162,14 +153,14 @@ pub fn fast_config() -> Config {
 }
 
 impl Cluster {
-    pub async fn start(config: Config) -> Cluster {
+    pub(crate) async fn start(config: Config) -> Cluster {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         Cluster::start_on(listener, addr, config).await
     }
 
     /// Starts a head node with its HTTP port too; returns that port's address.
-    pub async fn start_with_http(config: Config) -> (Cluster, SocketAddr) {
+    pub(crate) async fn start_with_http(config: Config) -> (Cluster, SocketAddr) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -179,7 +170,11 @@ impl Cluster {
     }
 
     /// Starts a head node on `listener`; data nodes are pointed at `addr`.
-    pub async fn start_on(listener: TcpListener, addr: SocketAddr, config: Config) -> Cluster {
+    pub(crate) async fn start_on(
+        listener: TcpListener,
+        addr: SocketAddr,
+        config: Config,
+    ) -> Cluster {
         Cluster::start_inner(listener, None, addr, config).await
     }
 
@@ -219,7 +214,7 @@ impl Cluster {
         }
     }
 
-    pub fn node_config(&self, id: &str) -> datanode::Config {
+    pub(crate) fn node_config(&self, id: &str) -> datanode::Config {
         let mut config = datanode::Config::new(self.addr.to_string(), id.parse().unwrap());
         config.data_dir = self.dir.path().join(id);
         config.cluster_token = Some(test_token());
@@ -229,7 +224,7 @@ impl Cluster {
     }
 
     /// Starts a real data node and waits until it has joined.
-    pub async fn add_node(&mut self, config: datanode::Config) -> usize {
+    pub(crate) async fn add_node(&mut self, config: datanode::Config) -> usize {
         let id = config.node_id.to_string();
         let data_dir = config.data_dir.clone();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -251,7 +246,7 @@ impl Cluster {
     }
 
     /// Waits (at most 10 s) for a membership event matching `wanted`.
-    pub async fn wait_for(&mut self, what: &str, wanted: impl Fn(&Event) -> bool) -> Event {
+    pub(crate) async fn wait_for(&mut self, what: &str, wanted: impl Fn(&Event) -> bool) -> Event {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             match tokio::time::timeout_at(deadline, self.events.recv()).await {
@@ -264,7 +259,7 @@ impl Cluster {
     }
 
     /// Every membership event seen within `window`.
-    pub async fn events_within(&mut self, window: Duration) -> Vec<Event> {
+    pub(crate) async fn events_within(&mut self, window: Duration) -> Vec<Event> {
         let deadline = Instant::now() + window;
         let mut seen = Vec::new();
         while let Ok(Some(event)) = tokio::time::timeout_at(deadline, self.events.recv()).await {
@@ -274,7 +269,7 @@ impl Cluster {
     }
 
     /// Message ids in each real node's data.txt, with how often each appears.
-    pub fn stored(&self) -> HashMap<String, HashMap<MessageId, usize>> {
+    pub(crate) fn stored(&self) -> HashMap<String, HashMap<MessageId, usize>> {
         let mut all = HashMap::new();
         for node in &self.nodes {
             let mut counts = HashMap::new();
@@ -288,7 +283,7 @@ impl Cluster {
     }
 
     /// The text stored with each id, over every real node.
-    pub fn stored_texts(&self) -> HashMap<MessageId, String> {
+    pub(crate) fn stored_texts(&self) -> HashMap<MessageId, String> {
         let mut texts = HashMap::new();
         for node in &self.nodes {
             let path = node.data_dir.join(datanode::storage::DATA_FILE);
@@ -302,12 +297,12 @@ impl Cluster {
     }
 
     /// The text stored with an id, searching every real node.
-    pub fn stored_text(&self, id: MessageId) -> Option<String> {
+    pub(crate) fn stored_text(&self, id: MessageId) -> Option<String> {
         self.stored_texts().remove(&id)
     }
 
     /// Stops the head node gracefully and starts a new one on the same address.
-    pub async fn restart_head(&mut self) {
+    pub(crate) async fn restart_head(&mut self) {
         let _ = self.stop.take().unwrap().send(());
         (&mut self.head).await.unwrap().unwrap();
         let listener = TcpListener::bind(self.addr).await.unwrap();
@@ -318,7 +313,7 @@ impl Cluster {
         self.stop = Some(stop);
     }
 
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         for node in &mut self.nodes {
             node.task.abort();
         }
@@ -336,10 +331,10 @@ impl Cluster {
 /// Log lines written on this thread while the guard lives. With a
 /// current-thread runtime, that is everything the head node logs.
 #[derive(Clone, Default)]
-pub struct LogCapture(Arc<Mutex<Vec<u8>>>);
+pub(crate) struct LogCapture(Arc<Mutex<Vec<u8>>>);
 
 impl LogCapture {
-    pub fn start() -> (LogCapture, tracing::subscriber::DefaultGuard) {
+    pub(crate) fn start() -> (LogCapture, tracing::subscriber::DefaultGuard) {
         let capture = LogCapture::default();
         let subscriber = tracing_subscriber::fmt()
             .with_writer(capture.clone())
@@ -349,7 +344,7 @@ impl LogCapture {
     }
 
     /// How many lines contain `text`.
-    pub fn count(&self, text: &str) -> usize {
+    pub(crate) fn count(&self, text: &str) -> usize {
         let bytes = self.0.lock().unwrap();
         String::from_utf8_lossy(&bytes)
             .lines()
@@ -377,14 +372,15 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogCapture {
     }
 }
 
-/// A line-framed client that has completed the handshake as `cliente`.
-pub async fn connect_client(addr: SocketAddr) -> Connection {
+/// A line-framed connection that has completed the handshake as `role`
+/// (`cliente`, `cliente id=<id>`, `lector`).
+pub(crate) async fn connect_as(addr: SocketAddr, role: &str) -> Connection {
     let stream = TcpStream::connect(addr).await.unwrap();
     let mut conn = Connection::connect(stream, 1 << 16).unwrap();
     handshake::initiate(
         &mut conn.reader,
         &mut conn.writer,
-        Some("cliente"),
+        Some(role),
         Duration::from_secs(5),
     )
     .await
@@ -392,9 +388,14 @@ pub async fn connect_client(addr: SocketAddr) -> Connection {
     conn
 }
 
+/// A line-framed client that has completed the handshake as `cliente`.
+pub(crate) async fn connect_client(addr: SocketAddr) -> Connection {
+    connect_as(addr, "cliente").await
+}
+
 /// Sends every text pipelined (all at once) and returns the replies in order.
 /// `on_reply` is called after each reply (for example to count progress).
-pub async fn send_pipelined(
+pub(crate) async fn send_pipelined(
     addr: SocketAddr,
     texts: Vec<String>,
     on_reply: impl Fn() + Send + 'static,
@@ -429,121 +430,10 @@ pub async fn send_pipelined(
     replies
 }
 
-/// A scripted data node of our protocol: acks and pongs until told to hang,
-/// then keeps its socket open without reading.
-pub struct FakeNode {
-    pub acked: Arc<Mutex<Vec<MessageId>>>,
-    pub hang: Arc<tokio::sync::Notify>,
-    pub resume: Arc<tokio::sync::Notify>,
-    pub task: JoinHandle<()>,
-}
-
-/// Registers as data node `id` with the test token, answering the head
-/// node's challenge, and sends an empty report; returns the connection and
-/// the head node's last answer (`welcome <id>` or an `ERROR`).
-pub async fn register(addr: SocketAddr, id: &str, incarnation: u64) -> (Connection, String) {
-    let (mut conn, answer) = welcome(addr, id, incarnation).await;
-    if answer.starts_with("welcome ") {
-        // An empty report: no keys held, no peers known.
-        conn.writer.send(b"peers").await.unwrap();
-        conn.writer.send(b"ready").await.unwrap();
-    }
-    (conn, answer)
-}
-
-/// Authenticates as data node `id` as [`register`] does, up to the head
-/// node's answer, and sends no report.
-pub async fn welcome(addr: SocketAddr, id: &str, incarnation: u64) -> (Connection, String) {
-    let token = test_token();
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let mut conn = Connection::connect(stream, 1 << 17).unwrap();
-    let registration = Registration {
-        node_id: id.parse().unwrap(),
-        incarnation,
-        zone: None,
-        store: None,
-        token: Some((&token, Nonce::random())),
-        newest_epoch: 0,
-        step_timeout: Duration::from_secs(5),
-    };
-    let answer = match register_node(&mut conn, &registration).await {
-        Ok(Welcomed { node, epoch }) => format!("welcome {node} {epoch}"),
-        Err(
-            RegisterError::Unauthorized(reason)
-            | RegisterError::Superseded(reason)
-            | RegisterError::Refused(reason),
-        ) => format!("ERROR {reason}"),
-        Err(e) => panic!("registration failed: {e}"),
-    };
-    (conn, answer)
-}
-
-/// Registers as [`register`] does and returns the head node's refusal: the
-/// membership decides after the report, so a refused node is welcomed, sends
-/// its report, and then reads the `ERROR`.
-pub async fn register_refused(addr: SocketAddr, id: &str, incarnation: u64) -> String {
-    let (mut conn, answer) = register(addr, id, incarnation).await;
-    if !answer.starts_with("welcome ") {
-        return answer;
-    }
-    let next = tokio::time::timeout(Duration::from_secs(10), conn.reader.read_frame())
-        .await
-        .expect("no answer to the report within 10 s");
-    match next {
-        Ok(Some(line)) => line.as_str().to_owned(),
-        other => panic!("closed without a refusal: {other:?}"),
-    }
-}
-
-pub async fn fake_node(addr: SocketAddr, id: &str) -> FakeNode {
-    let acked = Arc::new(Mutex::new(Vec::new()));
-    let hang = Arc::new(tokio::sync::Notify::new());
-    let resume = Arc::new(tokio::sync::Notify::new());
-    let (mut conn, welcome) = register(addr, id, 1).await;
-    assert!(welcome.starts_with(&format!("welcome {id} ")), "{welcome}");
-    let task = tokio::spawn({
-        let (acked, hang, resume) = (acked.clone(), hang.clone(), resume.clone());
-        async move {
-            loop {
-                let line = tokio::select! {
-                    _ = hang.notified() => {
-                        // Hung: hold the socket, read nothing, until resumed.
-                        resume.notified().await;
-                        continue;
-                    }
-                    line = conn.reader.read_frame() => line,
-                };
-                let Ok(Some(line)) = line else { return };
-                let text = line.as_str();
-                if let Some(rest) = text.strip_prefix("ping ") {
-                    conn.writer
-                        .send(format!("pong {rest}").as_bytes())
-                        .await
-                        .ok();
-                } else if let Some(rest) = text.strip_prefix("mensaje ") {
-                    let head = rest.split_once(": ").unwrap().0;
-                    let id: MessageId = head.split(' ').next().unwrap().parse().unwrap();
-                    acked.lock().unwrap().push(id);
-                    conn.writer
-                        .send(format!("recibido {id}").as_bytes())
-                        .await
-                        .ok();
-                }
-            }
-        }
-    });
-    FakeNode {
-        acked,
-        hang,
-        resume,
-        task,
-    }
-}
-
 /// Checks that every acknowledged reply names a node that holds the message:
 /// a real node's data.txt, or the fake nodes' records. Returns the number of
 /// ids stored more than once.
-pub fn check_every_ack_is_stored(
+pub(crate) fn check_every_ack_is_stored(
     cluster: &Cluster,
     replies: &[StoreReply],
     fakes: &HashMap<String, Vec<MessageId>>,
@@ -575,30 +465,16 @@ pub fn check_every_ack_is_stored(
 }
 
 /// A client that announced `client_id`: its lines are `<seq> <text>`.
-pub async fn keyed_client(addr: SocketAddr, client_id: &str) -> Connection {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let mut conn = Connection::connect(stream, 1 << 16).unwrap();
-    handshake::initiate(
-        &mut conn.reader,
-        &mut conn.writer,
-        Some(&format!("cliente id={client_id}")),
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
-    conn
+pub(crate) async fn keyed_client(addr: SocketAddr, client_id: &str) -> Connection {
+    connect_as(addr, &format!("cliente id={client_id}")).await
 }
 
 /// Sends `<seq> <text>` on a keyed client and reads its answer (at most 10 s).
-pub async fn send_keyed(conn: &mut Connection, seq: u64, text: &str) -> StoreReply {
+pub(crate) async fn send_keyed(conn: &mut Connection, seq: u64, text: &str) -> StoreReply {
     conn.writer
         .send(format!("{seq} {text}").as_bytes())
         .await
         .unwrap();
-    let line = tokio::time::timeout(Duration::from_secs(10), conn.reader.read_frame())
-        .await
-        .expect("no reply within 10 s")
-        .unwrap()
-        .expect("head node closed the connection");
-    StoreReply::parse(line.as_str()).unwrap()
+    let line = framed::line(&mut conn.reader, "the reply").await;
+    StoreReply::parse(&line).unwrap()
 }

@@ -1,7 +1,5 @@
 //! The head node with real data nodes, in one process, over loopback.
 
-mod support;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,13 +9,14 @@ use headnode::membership::{Event, EvictReason};
 use protocol::auth::{ClusterToken, Nonce};
 use protocol::client::StoreReply;
 use protocol::ids::MessageId;
-use support::{
-    Cluster, TEST_TOKEN, check_every_ack_is_stored, connect_client, fake_node, fast_config,
-    register_refused, send_pipelined,
-};
+use test_support::scripted_node::{TEST_TOKEN, fake_node, register_refused, test_token};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
+
+use crate::support::{
+    Cluster, LogCapture, check_every_ack_is_stored, connect_client, fast_config, send_pipelined,
+};
 
 fn texts(client: usize, n: usize) -> Vec<String> {
     (0..n)
@@ -254,7 +253,7 @@ async fn two_second_stall_evicts_no_one() {
     // nodes`), which is right but not what this test is about.
     let config = headnode::Config {
         ping_interval: Duration::from_secs(3600),
-        cluster_token: Some(support::test_token()),
+        cluster_token: Some(test_token()),
         replicas: 1,
         min_replicas: 1,
         ..headnode::Config::default()
@@ -408,7 +407,7 @@ async fn one_lost_echo_evicts_no_one() {
 /// Current-thread runtime: the captured log sees every line the head node writes.
 #[tokio::test]
 async fn filtered_icmp_evicts_no_one_while_heartbeats_answer_and_is_logged_once() {
-    let (logs, _guard) = support::LogCapture::start();
+    let (logs, _guard) = LogCapture::start();
     let mut config = fast_config();
     config.ping_interval = Duration::from_millis(100);
     config.detector.ping_misses = 3;

@@ -2,11 +2,10 @@
 //! that could not be stored is answered `ERROR storage failure: ...`, never
 //! `recibido`, and the node stops with the storage error.
 
-mod support;
-
 use datanode::DataNodeError;
 use datanode::storage::{Backend, Faults, StorageError, stored_ids, verify};
-use support::ScriptedHead;
+
+use crate::support::ScriptedHead;
 
 async fn start_with(faults: Faults) -> ScriptedHead {
     ScriptedHead::start(|config| config.storage = Backend::Faulty(faults)).await

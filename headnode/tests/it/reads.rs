@@ -1,8 +1,6 @@
 //! Reading messages back through the head node: `get` and `tail`, with
 //! real data nodes in one process.
 
-mod support;
-
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -11,11 +9,11 @@ use client::ConnectOptions;
 use client::read::{Found, ReadError, TailOptions, Wanted};
 use protocol::client::StoreReply;
 use protocol::connection::Connection;
-use protocol::handshake;
 use protocol::ids::MessageId;
-use support::{Cluster, fast_config};
-use tokio::net::TcpStream;
+use test_support::framed;
 use tokio::time::Instant;
+
+use crate::support::{Cluster, connect_as, fast_config, send_pipelined};
 
 async fn start(nodes: &[&str]) -> Cluster {
     let config = headnode::Config {
@@ -29,20 +27,6 @@ async fn start(nodes: &[&str]) -> Cluster {
         cluster.add_node(config).await;
     }
     cluster
-}
-
-async fn connect(cluster: &Cluster, role: &str) -> Connection {
-    let stream = TcpStream::connect(cluster.addr).await.unwrap();
-    let mut conn = Connection::connect(stream, 1 << 16).unwrap();
-    handshake::initiate(
-        &mut conn.reader,
-        &mut conn.writer,
-        Some(role),
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
-    conn
 }
 
 /// Stores `texts` one at a time as client `client_id` from `first_seq`;
@@ -148,7 +132,7 @@ fn assert_once_in_order(seen: &[Found], expected: &[MessageId]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_by_id_and_by_key_returns_text_holders_and_time() {
     let cluster = start(&["dn1", "dn2", "dn3"]).await;
-    let mut writer = connect(&cluster, "cliente id=c-get").await;
+    let mut writer = connect_as(cluster.addr, "cliente id=c-get").await;
     let before = now_ms();
     let texts: Vec<String> = (1..=5).map(|n| format!("numero random: {n}")).collect();
     let stored = store(&mut writer, 1, &texts).await;
@@ -202,7 +186,7 @@ async fn get_by_id_and_by_key_returns_text_holders_and_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_longest_message_is_read_back_whole_by_get_and_tail() {
     let cluster = start(&["dn1", "dn2"]).await;
-    let mut writer = connect(&cluster, "cliente id=c-long").await;
+    let mut writer = connect_as(cluster.addr, "cliente id=c-long").await;
     // The longest line a client may send: `<seq> ` and the text.
     let text = "x".repeat(protocol::DEFAULT_MAX_LINE - "1 ".len());
     let stored = store(&mut writer, 1, std::slice::from_ref(&text)).await;
@@ -221,7 +205,7 @@ async fn the_longest_message_is_read_back_whole_by_get_and_tail() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_reads_from_a_live_replica_while_a_holder_is_down() {
     let cluster = start(&["dn1", "dn2", "dn3"]).await;
-    let mut writer = connect(&cluster, "cliente id=c-down").await;
+    let mut writer = connect_as(cluster.addr, "cliente id=c-down").await;
     let stored = store(&mut writer, 1, &["hola".to_owned()]).await;
     let (id, holders) = stored[0].clone();
     let down = cluster
@@ -251,7 +235,7 @@ async fn get_reads_from_a_live_replica_while_a_holder_is_down() {
 async fn tail_prints_every_message_once_in_id_order() {
     let cluster = start(&["dn1", "dn2", "dn3"]).await;
     let texts: Vec<String> = (0..300).map(|n| format!("numero random: {n}")).collect();
-    let replies = support::send_pipelined(cluster.addr, texts, || {}).await;
+    let replies = send_pipelined(cluster.addr, texts, || {}).await;
     let ids: Vec<MessageId> = replies
         .iter()
         .map(|r| match r {
@@ -304,7 +288,7 @@ async fn tail_prints_every_message_once_in_id_order() {
 async fn tail_follow_sees_new_messages() {
     let cluster = start(&["dn1", "dn2", "dn3"]).await;
     let (seen, stop) = follow(&cluster, 1000);
-    let mut writer = connect(&cluster, "cliente id=c-follow").await;
+    let mut writer = connect_as(cluster.addr, "cliente id=c-follow").await;
     let texts: Vec<String> = (0..20).map(|n| format!("nuevo {n}")).collect();
     let first = store(&mut writer, 1, &texts[..10]).await;
     wait_seen(&seen, 10, Duration::from_secs(15)).await;
@@ -322,7 +306,7 @@ async fn tail_follow_sees_new_messages() {
 async fn tail_goes_on_without_gap_or_duplicate_while_a_node_dies_and_comes_back() {
     let mut cluster = start(&["dn1", "dn2", "dn3"]).await;
     let (seen, stop) = follow(&cluster, 25);
-    let mut writer = connect(&cluster, "cliente id=c-churn").await;
+    let mut writer = connect_as(cluster.addr, "cliente id=c-churn").await;
     let texts: Vec<String> = (0..360).map(|n| format!("numero random: {n}")).collect();
     let mut ids: Vec<MessageId> = Vec::new();
     ids.extend(
@@ -363,12 +347,7 @@ async fn tail_goes_on_without_gap_or_duplicate_while_a_node_dies_and_comes_back(
 async fn answers(conn: &mut Connection, count: usize) -> Vec<String> {
     let mut lines = Vec::new();
     while lines.len() < count {
-        let line = tokio::time::timeout(Duration::from_secs(10), conn.reader.read_frame())
-            .await
-            .expect("no answer within 10 s")
-            .unwrap()
-            .expect("closed");
-        lines.push(line.as_str().to_owned());
+        lines.push(framed::line(&mut conn.reader, "an answer").await);
     }
     lines
 }
@@ -376,10 +355,10 @@ async fn answers(conn: &mut Connection, count: usize) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_readers_get_clear_errors_and_bounded_answers() {
     let cluster = start(&["dn1", "dn2"]).await;
-    let mut writer = connect(&cluster, "cliente id=c-hostile").await;
+    let mut writer = connect_as(cluster.addr, "cliente id=c-hostile").await;
     let texts: Vec<String> = (0..30).map(|n| format!("m{n}")).collect();
     store(&mut writer, 1, &texts).await;
-    let mut reader = connect(&cluster, "lector").await;
+    let mut reader = connect_as(cluster.addr, "lector").await;
     for (request, answer) in [
         (
             "tail start 99999999",
@@ -492,7 +471,7 @@ async fn the_read_bench_gets_stored_messages_by_id_and_checks_each_answer() {
         empty.to_string().contains("nothing to read back yet"),
         "{empty}"
     );
-    let mut writer = connect(&cluster, "cliente id=bench-reads").await;
+    let mut writer = connect_as(cluster.addr, "cliente id=bench-reads").await;
     let texts: Vec<String> = (0..30).map(|i| format!("numero random: {i}")).collect();
     store(&mut writer, 1, &texts).await;
 

@@ -2,35 +2,19 @@
 //! `/metrics`, `/healthz`, `/status.json` (through `client status`'s
 //! reader), the status page.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use headnode::membership::{Event, EvictReason};
 use protocol::client::StoreReply;
 use protocol::connection::Connection;
-use protocol::handshake;
-use support::{Cluster, fast_config, keyed_client, send_keyed};
+use test_support::framed;
+use test_support::http::{Answer, get};
+use test_support::scripted_node::register;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// `GET path`: the status line and the body.
-async fn get(addr: SocketAddr, path: &str) -> (String, String) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
-        .await
-        .expect("an answer within 10 s")
-        .unwrap();
-    let text = String::from_utf8(answer).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
-    (head.lines().next().unwrap().to_owned(), body.to_owned())
-}
+use crate::support::{Cluster, connect_as, fast_config, keyed_client, send_keyed, send_pipelined};
 
 /// Checks that `text` is Prometheus (OpenMetrics) text: every sample line
 /// is `name{labels} value` with a metric declared by `# TYPE`.
@@ -77,21 +61,6 @@ fn sample(text: &str, series: &str) -> f64 {
         .unwrap()
 }
 
-/// A reader (`lector`) connection.
-async fn reader(addr: SocketAddr) -> Connection {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let mut conn = Connection::connect(stream, 1 << 16).unwrap();
-    handshake::initiate(
-        &mut conn.reader,
-        &mut conn.writer,
-        Some("lector"),
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
-    conn
-}
-
 async fn store(conn: &mut Connection, seq: u64, text: &str) {
     match send_keyed(conn, seq, text).await {
         StoreReply::Stored { holders, .. } => assert_eq!(holders.len(), 2),
@@ -120,8 +89,11 @@ async fn metrics_count_what_was_stored_and_parse_as_prometheus_text() {
     for seq in 1..=3 {
         store(&mut client, seq, "hola").await;
     }
-    let (status, text) = get(http, "/metrics").await;
-    assert_eq!(status, "HTTP/1.1 200 OK");
+    let Answer {
+        status_line,
+        body: text,
+    } = get(http, "/metrics").await;
+    assert_eq!(status_line, "HTTP/1.1 200 OK");
     check_exposition(&text);
     assert_eq!(sample(&text, "msgstore_messages_stored_total"), 3.0);
     assert_eq!(sample(&text, "msgstore_data_nodes{state=\"live\"}"), 2.0);
@@ -160,7 +132,7 @@ async fn metrics_count_what_was_stored_and_parse_as_prometheus_text() {
     }
 
     // A reader: one request of each kind, and one that is none.
-    let mut reader = reader(cluster.addr).await;
+    let mut reader = connect_as(cluster.addr, "lector").await;
     for request in ["get metrics-1/2", "get 1-1", "tail start 10", "nonsense"] {
         reader.writer.queue(request.as_bytes());
     }
@@ -170,17 +142,12 @@ async fn metrics_count_what_was_stored_and_parse_as_prometheus_text() {
         .last()
         .is_some_and(|a: &String| a.starts_with("ERROR "))
     {
-        let line = tokio::time::timeout(Duration::from_secs(10), reader.reader.read_frame())
-            .await
-            .expect("an answer within 10 s")
-            .unwrap()
-            .expect("the head node closed the reader");
-        answers.push(line.as_str().to_owned());
+        answers.push(framed::line(&mut reader.reader, "an answer").await);
     }
     assert!(answers[0].starts_with("found "), "{answers:?}");
     assert!(answers[1].starts_with("notfound 1-1"), "{answers:?}");
     assert_eq!(answers.len(), 2 + 3 + 1 + 1, "{answers:?}");
-    let (_, text) = get(http, "/metrics").await;
+    let text = get(http, "/metrics").await.body;
     check_exposition(&text);
     for kind in ["get", "getkey", "tail"] {
         let served = format!("msgstore_reads_total{{kind=\"{kind}\"}}");
@@ -202,15 +169,23 @@ async fn metrics_count_what_was_stored_and_parse_as_prometheus_text() {
         assert_eq!(sample(&text, &failed), 0.0, "{failed}");
     }
 
-    let (status, body) = get(http, "/healthz").await;
+    let Answer { status_line, body } = get(http, "/healthz").await;
     assert_eq!(
-        (status.as_str(), body.as_str()),
+        (status_line.as_str(), body.as_str()),
         ("HTTP/1.1 200 OK", "ok\n")
     );
-    let (status, page) = get(http, "/").await;
-    assert_eq!(status, "HTTP/1.1 200 OK");
+    let Answer {
+        status_line,
+        body: page,
+    } = get(http, "/").await;
+    assert_eq!(status_line, "HTTP/1.1 200 OK");
     assert!(page.contains("<title>msgstore head node</title>"));
-    assert!(get(http, "/nope").await.0.starts_with("HTTP/1.1 404"));
+    assert!(
+        get(http, "/nope")
+            .await
+            .status_line
+            .starts_with("HTTP/1.1 404")
+    );
     cluster.stop().await;
 }
 
@@ -273,7 +248,7 @@ async fn status_shows_a_killed_node_as_evicted_with_its_reason() {
         "{table}"
     );
 
-    let (_, metrics) = get(http, "/metrics").await;
+    let metrics = get(http, "/metrics").await.body;
     assert_eq!(
         sample(
             &metrics,
@@ -332,7 +307,7 @@ async fn a_real_data_node_reports_its_fsync_p99_while_it_writes() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let row = loop {
         let texts = (0..50).map(|i| format!("numero random: {i}")).collect();
-        let replies = support::send_pipelined(cluster.addr, texts, || {}).await;
+        let replies = send_pipelined(cluster.addr, texts, || {}).await;
         assert!(
             replies
                 .iter()
@@ -383,7 +358,7 @@ async fn the_status_shows_each_reported_fsync_p99_and_a_dash_for_nodes_that_repo
     let (mut cluster, http) = Cluster::start_with_http(config).await;
     // A data node of ours that reports a p99 of 1.93 ms over 812 fsyncs
     // with every pong.
-    let (mut conn, welcome) = support::register(cluster.addr, "dn9", 1).await;
+    let (mut conn, welcome) = register(cluster.addr, "dn9", 1).await;
     assert!(welcome.starts_with("welcome dn9 "), "{welcome}");
     let reporter = tokio::spawn(async move {
         while let Ok(Some(line)) = conn.reader.read_frame().await {

@@ -5,6 +5,7 @@ use std::process::Command;
 
 use datanode::storage::{DATA_FILE, format_record};
 use protocol::ids::MessageId;
+use test_support::process::run_to_end;
 
 fn record(seq: u64, text: &str) -> Vec<u8> {
     let mut buf = Vec::new();
@@ -21,17 +22,13 @@ fn record(seq: u64, text: &str) -> Vec<u8> {
 
 /// Exit status and standard output and error of `datanode verify <dir>`.
 fn verify(dir: &Path) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_datanode"))
-        .arg("verify")
-        .arg(dir)
-        .env_remove("DATA_DIR")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap(),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
+    let out = run_to_end(
+        Command::new(env!("CARGO_BIN_EXE_datanode"))
+            .arg("verify")
+            .arg(dir)
+            .env_remove("DATA_DIR"),
+    );
+    (out.status.code().unwrap(), out.stdout, out.stderr)
 }
 
 #[test]

@@ -1,11 +1,10 @@
 //! The head node against peers that misbehave: every bound holds, and the
 //! truth about each message's outcome is told.
 
-mod support;
-
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -13,20 +12,18 @@ use std::time::Duration;
 use headnode::membership::{Event, ProbeOutcome};
 use headnode::{Prober, RunError};
 use protocol::client::StoreReply;
-use support::{Cluster, connect_client, fake_node, fast_config, register, welcome};
+use test_support::framed;
+use test_support::process::run_to_end;
+use test_support::scripted_node::{fake_node, register, welcome};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
+use crate::support::{Cluster, connect_client, fast_config, send_pipelined};
+
 /// Reads one reply line from a client connection, within 10 s.
 async fn reply(conn: &mut protocol::Connection) -> String {
-    tokio::time::timeout(Duration::from_secs(10), conn.reader.read_frame())
-        .await
-        .expect("a reply within 10 s")
-        .expect("a readable reply")
-        .expect("the connection still open")
-        .as_str()
-        .to_owned()
+    framed::line(&mut conn.reader, "a reply").await
 }
 
 /// For tests whose data node is driven by hand and answers no heartbeat:
@@ -72,7 +69,7 @@ async fn a_client_that_never_reads_its_answers_is_paused_then_closed() {
         "the head node kept reading: {sent} bytes taken ({error})"
     );
     // Everyone else is served as before.
-    let replies = support::send_pipelined(cluster.addr, vec!["hola".into()], || {}).await;
+    let replies = send_pipelined(cluster.addr, vec!["hola".into()], || {}).await;
     assert!(
         matches!(replies[0], StoreReply::Stored { .. }),
         "{replies:?}"
@@ -332,12 +329,14 @@ async fn a_zero_interval_is_refused_before_anything_starts() {
 
 #[test]
 fn the_binary_refuses_a_zero_interval_with_one_clear_line() {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_headnode"))
-        .args(["--listen", "127.0.0.1:0", "--ping-interval", "0"])
-        .output()
-        .unwrap();
+    let output = run_to_end(Command::new(env!("CARGO_BIN_EXE_headnode")).args([
+        "--listen",
+        "127.0.0.1:0",
+        "--ping-interval",
+        "0",
+    ]));
     assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = output.stderr;
     assert!(
         stderr.contains("invalid value '0' for '--ping-interval"),
         "{stderr}"
@@ -445,7 +444,7 @@ async fn a_data_node_report_that_never_ends_is_cut_off() {
 
     // The head node still takes data nodes and stores messages.
     let _node = fake_node(cluster.addr, "dn1").await;
-    let replies = support::send_pipelined(cluster.addr, vec!["hola".into()], || {}).await;
+    let replies = send_pipelined(cluster.addr, vec!["hola".into()], || {}).await;
     assert!(
         matches!(replies[0], StoreReply::Stored { .. }),
         "{replies:?}"

@@ -2,8 +2,6 @@
 //! welcomes it, reads its report (`held`, `peers`, `ready`), sends it
 //! messages and reads its answers.
 
-#![allow(dead_code, unreachable_pub)]
-
 use std::time::Duration;
 
 use datanode::{Config, DataNodeError};
@@ -11,31 +9,32 @@ use protocol::datanode::{FromDataNode, HELD_PER_LINE};
 use protocol::handshake::{self, PETICION, RoleStep};
 use protocol::ids::MessageId;
 use protocol::{Connection, ReaderConfig};
+use test_support::{framed, http};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// The scripted head node, and the data node it has accepted.
-pub struct ScriptedHead {
-    pub conn: Connection,
+pub(crate) struct ScriptedHead {
+    pub(crate) conn: Connection,
     listener: TcpListener,
     next_seq: u64,
     /// The rest of a `recibidos` run read but not yet handed out, one
     /// `recibido <id>` each.
     run: std::collections::VecDeque<String>,
     /// Where the data node keeps `data.txt`.
-    pub dir: tempfile::TempDir,
+    pub(crate) dir: tempfile::TempDir,
     /// The data node's `run`.
-    pub node: JoinHandle<Result<(), DataNodeError>>,
+    pub(crate) node: JoinHandle<Result<(), DataNodeError>>,
     /// The data node's HTTP port (`/metrics`), when it serves one.
-    pub http: Option<std::net::SocketAddr>,
+    pub(crate) http: Option<std::net::SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
 }
 
 impl ScriptedHead {
     /// Starts a data node in a temporary directory, with `configure` applied
     /// to its configuration, welcomes it under epoch 1 and reads its report.
-    pub async fn start(configure: impl FnOnce(&mut Config)) -> ScriptedHead {
+    pub(crate) async fn start(configure: impl FnOnce(&mut Config)) -> ScriptedHead {
         let mut head = ScriptedHead::start_in(tempfile::tempdir().unwrap(), configure).await;
         head.welcome(1).await;
         head.read_report().await;
@@ -43,7 +42,7 @@ impl ScriptedHead {
     }
 
     /// [`ScriptedHead::start`], with the data node's HTTP port on.
-    pub async fn start_with_http(configure: impl FnOnce(&mut Config)) -> ScriptedHead {
+    pub(crate) async fn start_with_http(configure: impl FnOnce(&mut Config)) -> ScriptedHead {
         let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut head =
             ScriptedHead::spawn(tempfile::tempdir().unwrap(), configure, Some(http)).await;
@@ -54,7 +53,7 @@ impl ScriptedHead {
 
     /// Starts a data node in `dir` (which may hold a previous run's files)
     /// and takes its connection through the handshake, up to `welcome`.
-    pub async fn start_in(
+    pub(crate) async fn start_in(
         dir: tempfile::TempDir,
         configure: impl FnOnce(&mut Config),
     ) -> ScriptedHead {
@@ -99,14 +98,14 @@ impl ScriptedHead {
     }
 
     /// Sends `welcome dn1 <epoch>`.
-    pub async fn welcome(&mut self, epoch: u64) {
+    pub(crate) async fn welcome(&mut self, epoch: u64) {
         let line = format!("welcome dn1 {epoch}");
         self.conn.writer.send(line.as_bytes()).await.unwrap();
     }
 
     /// Reads the report up to `ready`: its `held` lines (parsed) and its
     /// `peers` line, if any.
-    pub async fn read_report(&mut self) -> Report {
+    pub(crate) async fn read_report(&mut self) -> Report {
         let mut report = Report::default();
         loop {
             let line = self.next_line().await.expect("closed during its report");
@@ -128,20 +127,20 @@ impl ScriptedHead {
 
     /// Waits for the data node to connect again (after it lost or refused
     /// this head node) and takes it through the handshake.
-    pub async fn reconnected(&mut self) {
+    pub(crate) async fn reconnected(&mut self) {
         self.conn = tokio::time::timeout(Duration::from_secs(10), accept_node(&self.listener))
             .await
             .expect("the data node did not come back within 10 s");
     }
 
     /// Sends one keyed message `mensaje <id> <key>: <text>`.
-    pub async fn send_keyed(&mut self, id: &str, key: &str, text: &str) {
+    pub(crate) async fn send_keyed(&mut self, id: &str, key: &str, text: &str) {
         let line = format!("mensaje {id} {key}: {text}");
         self.conn.writer.send(line.as_bytes()).await.unwrap();
     }
 
     /// Queues raw lines and sends them in one write.
-    pub async fn send_lines(&mut self, lines: &[String]) {
+    pub(crate) async fn send_lines(&mut self, lines: &[String]) {
         for line in lines {
             self.conn.writer.queue(line.as_bytes());
         }
@@ -149,7 +148,7 @@ impl ScriptedHead {
     }
 
     /// Sends `count` messages in one write; their ids.
-    pub async fn send(&mut self, count: usize) -> Vec<String> {
+    pub(crate) async fn send(&mut self, count: usize) -> Vec<String> {
         let mut ids = Vec::new();
         for _ in 0..count {
             let id = format!("7-{}", self.next_seq);
@@ -166,7 +165,7 @@ impl ScriptedHead {
     /// The next line from the data node, a run of acknowledgements
     /// (`recibidos <first> <count>`) read as its `count` single
     /// `recibido <id>` lines; `None` once it has closed the connection.
-    pub async fn next_line(&mut self) -> Option<String> {
+    pub(crate) async fn next_line(&mut self) -> Option<String> {
         if let Some(line) = self.run.pop_front() {
             return Some(line);
         }
@@ -183,49 +182,35 @@ impl ScriptedHead {
 
     /// The next line from the data node as sent; `None` once it has closed
     /// the connection.
-    pub async fn next_raw_line(&mut self) -> Option<String> {
+    pub(crate) async fn next_raw_line(&mut self) -> Option<String> {
         assert!(self.run.is_empty(), "a run was not read to its end");
-        let line = tokio::time::timeout(Duration::from_secs(10), self.conn.reader.read_frame())
-            .await
-            .expect("nothing from the data node within 10 s");
-        match line {
-            Ok(Some(line)) => Some(line.as_str().to_owned()),
-            Ok(None) | Err(_) => None,
-        }
+        framed::next_line(&mut self.conn.reader, "a line from the data node").await
     }
 
-    pub async fn expect_ack(&mut self, id: &str) {
+    pub(crate) async fn expect_ack(&mut self, id: &str) {
         let line = self.next_line().await;
         assert_eq!(line, Some(format!("recibido {id}")));
     }
 
-    /// Where the data node keeps its messages.
     /// `GET /metrics` from the data node's HTTP port: the body.
-    pub async fn metrics(&self) -> String {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    pub(crate) async fn metrics(&self) -> String {
         let addr = self.http.expect("started with its HTTP port");
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
-            .await
-            .unwrap();
-        let mut answer = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
-            .await
-            .expect("an answer within 10 s")
-            .unwrap();
-        let text = String::from_utf8(answer).unwrap();
-        let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        body.to_owned()
+        let answer = http::get(addr, "/metrics").await;
+        assert!(
+            answer.status_line.starts_with("HTTP/1.1 200"),
+            "{}",
+            answer.status_line
+        );
+        answer.body
     }
 
-    pub fn data_file(&self) -> std::path::PathBuf {
+    /// Where the data node keeps its messages.
+    pub(crate) fn data_file(&self) -> std::path::PathBuf {
         self.dir.path().join(datanode::storage::DATA_FILE)
     }
 
     /// Stops the data node as on SIGTERM and returns how `run` ended.
-    pub async fn stop(mut self) -> Result<(), DataNodeError> {
+    pub(crate) async fn stop(mut self) -> Result<(), DataNodeError> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -233,7 +218,7 @@ impl ScriptedHead {
     }
 
     /// Stops the data node and keeps its directory, for a restart.
-    pub async fn stop_keeping_dir(mut self) -> tempfile::TempDir {
+    pub(crate) async fn stop_keeping_dir(mut self) -> tempfile::TempDir {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -246,11 +231,11 @@ impl ScriptedHead {
 
 /// What a data node reported after `welcome`.
 #[derive(Debug, Default)]
-pub struct Report {
+pub(crate) struct Report {
     /// Every held key (`client/seq`) and its id.
-    pub held: Vec<(String, MessageId)>,
+    pub(crate) held: Vec<(String, MessageId)>,
     /// The `peers` line, if it sent one.
-    pub peers: Option<Vec<String>>,
+    pub(crate) peers: Option<Vec<String>>,
 }
 
 async fn accept_node(listener: &TcpListener) -> Connection {

@@ -3,11 +3,10 @@
 //! batch is written once, the index survives a restart, a withdrawn
 //! message is never written, and the report after `welcome` lists the keys.
 
-mod support;
-
 use datanode::storage::{parse_line, stored_ids};
 use protocol::ids::MessageId;
-use support::ScriptedHead;
+
+use crate::support::ScriptedHead;
 
 fn id(text: &str) -> MessageId {
     text.parse().unwrap()

@@ -89,7 +89,7 @@ fn many_seeds_keep_every_promise() {
     );
     assert!(
         failures.is_empty(),
-        "failing seeds {failures:?}; replay one with SIM_SEED=<n> cargo test -p sim --test simulation replay -- --nocapture"
+        "failing seeds {failures:?}; replay one with SIM_SEED=<n> cargo test -p sim --test it replay -- --nocapture"
     );
 }
 
