@@ -16,7 +16,7 @@ use std::future::Future;
 use std::io::{Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::BytesMut;
 use node_kit::shutdown::Latch;
@@ -24,13 +24,14 @@ use protocol::codec::{Line, LineDecoder};
 use protocol::connection::Connection;
 use protocol::datanode::{Fence, FromDataNode};
 use protocol::ids::NodeId;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::config::{Config, FORWARD_OVERHEAD};
 use crate::error::DataNodeError;
 use crate::keys::{KeyIndex, now_millis};
 use crate::node::{Commit, Handled, Kept, Next, Node, Session, SessionConfig, SessionEnd};
 use crate::reads::{ReadServer, SharedWriter};
+use crate::storage::retention::RetentionClock;
 use crate::storage::store::{self, Store};
 use crate::storage::{self, DataFile, EpochFile, MembersFile, StorageError};
 
@@ -53,6 +54,8 @@ pub(crate) struct NodeState {
     /// This process's incarnation: the directory's counter, raised at this
     /// start (or the configuration's).
     pub(crate) incarnation: u64,
+    /// The time age retention goes by.
+    pub(crate) retention_clock: RetentionClock,
 }
 
 impl NodeState {
@@ -72,7 +75,9 @@ impl NodeState {
         let members = MembersFile::load(&config.data_dir)?;
         let store_id = storage::load_or_create_store_id(&config.data_dir)?;
         let mut keys = KeyIndex::new(config.dedup_keys, config.dedup_window);
-        let store = Store::open(&data, config.store, &mut keys, std::time::SystemTime::now())?;
+        let now = SystemTime::now();
+        let store = Store::open(&data, config.store, &mut keys, now)?;
+        let retention_clock = RetentionClock::new(store.newest_record_ms(), now, Instant::now());
         let opened = store.open_stats();
         info!(
             node = %config.node_id,
@@ -82,6 +87,17 @@ impl NodeState {
             "read {} data files: {} records indexed, {} keys within the window",
             opened.files, store.indexed(), opened.keys
         );
+        if opened.damaged > 0 {
+            warn!(
+                node = %config.node_id, damaged = opened.damaged,
+                "{} damaged records in the data files (`datanode verify {}` lists them): \
+                 left out of reads, and reported to the head node so that a repair pass \
+                 gives their messages their copies",
+                opened.damaged,
+                config.data_dir.display()
+            );
+        }
+        data.metrics().found_damaged(opened.damaged);
         let kept = Kept {
             newest: epoch.newest(),
             members: members.members().map(<[NodeId]>::to_vec),
@@ -95,6 +111,7 @@ impl NodeState {
             members,
             store_id,
             incarnation,
+            retention_clock,
         })
     }
 }
@@ -277,6 +294,7 @@ fn data_path(
         node,
         epoch,
         members,
+        retention_clock,
         ..
     } = state;
     let mut session = node.session(config.session, reads.slots(), fence, Instant::now());
@@ -293,6 +311,7 @@ fn data_path(
         store,
         epoch,
         members,
+        retention_clock: *retention_clock,
     };
     let end = path.run(&mut session, leave);
     // Whatever is staged was not written: a failed commit has dropped its
@@ -321,6 +340,7 @@ struct DataPath<'s> {
     store: &'s mut Store,
     epoch: &'s mut EpochFile,
     members: &'s mut MembersFile,
+    retention_clock: RetentionClock,
 }
 
 impl DataPath<'_> {
@@ -344,6 +364,9 @@ impl DataPath<'_> {
             }
             if let Err(end) = self.between_batches() {
                 return end;
+            }
+            for removed in self.store.take_removed_sets() {
+                session.forget_removed(|id| removed.contains(id));
             }
             match session.next(Instant::now()) {
                 Next::Read => {
@@ -452,9 +475,9 @@ impl DataPath<'_> {
     }
 
     /// Between batches: rolls `data.txt` into a segment once it is full,
-    /// and removes what retention says to.
+    /// and removes what retention says to, by the [`RetentionClock`].
     fn between_batches(&mut self) -> Result<(), SessionEnd> {
-        let now = std::time::SystemTime::now();
+        let now = self.retention_clock.now(SystemTime::now(), Instant::now());
         match self.store.maybe_roll(self.data, now) {
             Ok(true) => {}
             Ok(false) if self.store.retention_due(now) => {

@@ -141,6 +141,21 @@ impl KeyIndex {
         self.keys.remove(key.client, key.seq)
     }
 
+    /// Forgets every key held under an id for which `gone` is true (its
+    /// record was removed by retention); how many.
+    pub fn forget_ids(&mut self, gone: impl Fn(MessageId) -> bool) -> usize {
+        let doomed: Vec<(Arc<str>, u64)> = self
+            .keys
+            .iter()
+            .filter(|&(_, _, &id)| gone(id))
+            .map(|(client, seq, _)| (client.clone(), seq))
+            .collect();
+        for (client, seq) in &doomed {
+            self.keys.remove(client, *seq);
+        }
+        doomed.len()
+    }
+
     /// Forgets what is past the window at `now_ms`.
     pub fn expire(&mut self, now_ms: u64) {
         self.keys.expire(now_ms);

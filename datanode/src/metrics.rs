@@ -34,6 +34,10 @@ pub struct NodeMetrics {
     read_failures: AtomicU64,
     /// Records sent in answer to scans.
     records_scanned: AtomicU64,
+    /// Records found damaged: at start (failing their checksum, or not
+    /// records) and by reads since (no longer reading back where the index
+    /// pointed).
+    damaged: AtomicU64,
 }
 
 /// The kinds of read, as labels: `getkey` is a `get` once its key is
@@ -52,6 +56,7 @@ impl Default for NodeMetrics {
             reads: std::array::from_fn(|_| AtomicU64::new(0)),
             read_failures: AtomicU64::new(0),
             records_scanned: AtomicU64::new(0),
+            damaged: AtomicU64::new(0),
         }
     }
 }
@@ -84,6 +89,17 @@ impl NodeMetrics {
         self.reads[1].fetch_add(1, Ordering::Relaxed);
         self.records_scanned
             .fetch_add(records as u64, Ordering::Relaxed);
+    }
+
+    /// `records` more records found damaged.
+    pub(crate) fn found_damaged(&self, records: u64) {
+        self.damaged.fetch_add(records, Ordering::Relaxed);
+    }
+
+    /// Records found damaged since the node started (at its start and by
+    /// reads).
+    pub fn damaged(&self) -> u64 {
+        self.damaged.load(Ordering::Relaxed)
     }
 
     /// A read answered `readerror` (refused at a bound, or failed).
@@ -190,6 +206,13 @@ impl Collector for Scrape {
             "Reads answered readerror: refused at a bound, or a file that could not be read.",
             None,
             read(&m.read_failures),
+        )?;
+        metrics::counter(
+            &mut e,
+            "msgstore_datanode_damaged_records",
+            "Records found damaged: at start (a checksum that fails, a line that is not a record) and by reads since (a record that no longer reads back where the index points); each is left out of reads and reported to the head node, whose repair gives it its copies.",
+            None,
+            read(&m.damaged),
         )?;
         metrics::counter(
             &mut e,

@@ -64,6 +64,9 @@ pub const MAX_READS_IN_FLIGHT: usize = 16;
 pub trait Staging {
     /// Stages a record of `text` under `id` and `key`.
     fn stage(&mut self, id: Option<MessageId>, key: Option<KeyRef<'_>>, text: &[u8]);
+    /// Stages a repair's copy: as [`Staging::stage`], with `stored_ms`
+    /// (Unix ms) as its record's time instead of the batch's.
+    fn stage_copy(&mut self, id: MessageId, key: Option<KeyRef<'_>>, text: &[u8], stored_ms: u64);
     /// Records staged and not yet committed.
     fn staged(&self) -> usize;
     /// The time written in the records of the batch being staged, Unix ms
@@ -206,8 +209,9 @@ impl Node {
 
     /// The report after `welcome`, one line at a time to `line`: the keys
     /// held within the window at `now_ms` (`held` lines), the member set
-    /// (`peers`, if a head node ever sent one), then `ready`. Stops at
-    /// `line`'s first error.
+    /// (`peers`, if a head node ever sent one), the records found damaged
+    /// since the node started (`damaged`, if any were), then `ready`.
+    /// Stops at `line`'s first error.
     pub fn report<E>(
         &mut self,
         now_ms: u64,
@@ -217,6 +221,10 @@ impl Node {
         self.keys.for_each_held_line(&mut line)?;
         if let Some(members) = &self.members {
             line(FromDataNode::Peers(members.clone()))?;
+        }
+        let damaged = self.metrics.damaged();
+        if damaged > 0 {
+            line(FromDataNode::Damaged(damaged))?;
         }
         line(FromDataNode::Ready)
     }
@@ -335,7 +343,23 @@ impl Session<'_> {
                 if let Some(refusal) = self.fence_message(id) {
                     return Handled::End(SessionEnd::StaleHead(refusal));
                 }
-                if !self.store(id, key, text, staging) {
+                if !self.store(id, key, text, None, staging) {
+                    self.split = true;
+                    return Handled::AfterCommit;
+                }
+            }
+            Ok(ToDataNode::StoreCopy {
+                id,
+                key,
+                stored_ms,
+                text,
+            }) => {
+                // A copy's id is the message's, not this head node's own:
+                // fenced, but it raises nothing.
+                if let Some(refusal) = self.fence_message(None) {
+                    return Handled::End(SessionEnd::StaleHead(refusal));
+                }
+                if !self.store(Some(id), key, text, Some(stored_ms), staging) {
                     self.split = true;
                     return Handled::AfterCommit;
                 }
@@ -411,6 +435,21 @@ impl Session<'_> {
     pub fn when_to_commit(&mut self, staged: usize, now: Instant) -> Commit {
         let may_wait = !self.drained && !self.split && self.leave_by.is_none();
         self.group.decide(staged, may_wait, now)
+    }
+
+    /// Retention removed the records of these ids: their keys leave the
+    /// index, so a resend of one is not answered as stored with nothing
+    /// on disk (nor reported to the next head node). Call between
+    /// batches.
+    pub fn forget_removed(&mut self, gone: impl Fn(MessageId) -> bool) {
+        let forgotten = self.node.keys.forget_ids(gone);
+        if forgotten > 0 {
+            debug!(
+                forgotten,
+                "keys whose records retention removed left the key index"
+            );
+            self.node.metrics.set_keys(self.node.keys.len());
+        }
     }
 
     /// The node is shutting down: it says `bye` after the next commit and
@@ -522,14 +561,16 @@ impl Session<'_> {
         None
     }
 
-    /// Handles one `mensaje`: stages it, or answers it from the key index,
-    /// or (its key is staged already in this batch) asks for the batch to be
+    /// Handles one `mensaje`: stages it (a repair's copy with its
+    /// original time, `stored_ms`), or answers it from the key index, or
+    /// (its key is staged already in this batch) asks for the batch to be
     /// committed first. False in that last case: nothing was done with it.
     fn store(
         &mut self,
         id: Option<MessageId>,
         key: Option<KeyRef<'_>>,
         text: &str,
+        stored_ms: Option<u64>,
         staging: &mut impl Staging,
     ) -> bool {
         // One lookup per keyed message: a key staged earlier in this batch is
@@ -540,7 +581,12 @@ impl Session<'_> {
         match commit_decision(id, held, staged) {
             Decision::Write => {
                 debug!(target: MESSAGES_TARGET, id = ?id.map(|id| id.to_string()), key = ?key.map(|k| k.to_string()), "storing mensaje: {}", truncate_for_log(text));
-                staging.stage(id, key, text.as_bytes());
+                match (id, stored_ms) {
+                    (Some(id), Some(stored_ms)) => {
+                        staging.stage_copy(id, key, text.as_bytes(), stored_ms);
+                    }
+                    _ => staging.stage(id, key, text.as_bytes()),
+                }
                 if let (Some(looked_up), Some(id)) = (looked_up, id) {
                     self.node
                         .keys

@@ -12,6 +12,14 @@
 //!   answers to the connection through the [`SharedWriter`] the data path
 //!   writes through, one whole piece of lines at a time.
 //!
+//! A record that no longer reads back where the index points (a line
+//! damaged on disk since the node indexed it) costs one read: it is marked
+//! damaged in the index ([`MessageIndex::mark_damaged`]), logged and
+//! counted, and left out of the answer (a `get` answers `notfound`, a
+//! scan goes on past it), so a repair pass sees this node without it and
+//! gives the message its copies; the node reads the file anew at its next
+//! start. A page that failed on it would fail every pass that crossed it.
+//!
 //! Bounds: a scan returns at most [`MAX_SCAN_RECORDS`] records and stops
 //! after [`MAX_SCAN_REPLY_BYTES`] of answer lines (at least one record); a
 //! record read back is at most the longest line the node accepts.
@@ -33,10 +41,11 @@ use tracing::{debug, warn};
 use crate::metrics::NodeMetrics;
 use crate::node::ReadSlots;
 use crate::storage::index::{Location, MessageIndex};
-use crate::storage::read_lock;
+use crate::storage::removed::SetCache;
 use crate::storage::retention::RemovedIds;
 use crate::storage::segments::segment_name;
 use crate::storage::{DATA_FILE, parse_line};
+use crate::storage::{read_lock, write_lock};
 
 pub use crate::node::{MAX_READS_IN_FLIGHT, ReadJob};
 
@@ -58,15 +67,6 @@ pub enum ReadFault {
         /// Why.
         error: io::Error,
     },
-    /// The index points at a line that is not the record (the file
-    /// changed under the index).
-    #[error("the record of {id} is not where the index says ({})", path.display())]
-    Moved {
-        /// The id looked for.
-        id: MessageId,
-        /// The file tried last.
-        path: PathBuf,
-    },
 }
 
 /// The outcome of a `get`.
@@ -76,9 +76,12 @@ pub enum Got {
     Found(ReadRecord),
     /// Not here; `removed` if retention removed it.
     NotFound {
-        /// Whether retention may have removed it ([`RemovedIds::removed`]).
+        /// Whether retention removed it ([`RemovedIds::lookup`]).
         removed: bool,
     },
+    /// Its record no longer reads back where the index pointed: it is
+    /// marked damaged, and answered `notfound` (no intact copy is here).
+    Damaged,
 }
 
 /// The outcome of a `scan`.
@@ -88,6 +91,9 @@ pub struct Scanned {
     pub records: Vec<ReadRecord>,
     /// Whether records with greater ids may follow.
     pub more: bool,
+    /// Records left out because they no longer read back where the index
+    /// pointed (now marked damaged).
+    pub damaged: u32,
 }
 
 /// Where reads are served from: the data directory ([`StoreReader`]), or
@@ -128,6 +134,7 @@ pub struct StoreReader {
     index: Arc<RwLock<MessageIndex>>,
     active: Arc<AtomicU32>,
     removed: Arc<RwLock<RemovedIds>>,
+    sets: Arc<Mutex<SetCache>>,
     max_record: usize,
 }
 
@@ -158,6 +165,7 @@ impl StoreReader {
         index: Arc<RwLock<MessageIndex>>,
         active: Arc<AtomicU32>,
         removed: Arc<RwLock<RemovedIds>>,
+        sets: Arc<Mutex<SetCache>>,
         max_record: usize,
     ) -> Self {
         StoreReader {
@@ -165,13 +173,14 @@ impl StoreReader {
             index,
             active,
             removed,
+            sets,
             max_record: max_record.max(256),
         }
     }
 
-    /// Whether retention may have removed `id` here.
+    /// Whether retention removed `id` here (it held it).
     pub fn retention_removed(&self, id: MessageId) -> bool {
-        read_lock(&self.removed).removed(id)
+        crate::storage::store::retention_removed(&self.dir, &self.removed, &self.sets, id)
     }
 
     /// The record of `id`.
@@ -180,11 +189,12 @@ impl StoreReader {
         let mut files = OpenFiles::default();
         let found = match location {
             Some(location) => self.read(id, location, &mut files)?,
-            None => None,
+            None => Read::Gone,
         };
         Ok(match found {
-            Some(record) => Got::Found(record),
-            None => Got::NotFound {
+            Read::Found(record) => Got::Found(record),
+            Read::Damaged => Got::Damaged,
+            Read::Gone => Got::NotFound {
                 removed: self.retention_removed(id),
             },
         })
@@ -193,7 +203,7 @@ impl StoreReader {
     /// At most `limit` records (capped at [`MAX_SCAN_RECORDS`]) with ids
     /// greater than `after`, in id order, stopping early past
     /// `max_bytes` of text. A record removed by retention meanwhile is
-    /// skipped.
+    /// skipped; so is one that no longer reads back (marked damaged).
     pub fn scan(
         &self,
         after: Option<MessageId>,
@@ -206,28 +216,39 @@ impl StoreReader {
         let mut bytes = 0;
         let mut more = found.len() == limit;
         let mut files = OpenFiles::default();
+        let mut damaged = 0;
         for &(id, location) in &found {
             if bytes >= max_bytes {
                 // Stopped short of what the index had.
                 more = true;
                 break;
             }
-            if let Some(record) = self.read(id, location, &mut files)? {
-                bytes += record.text.len() + 100;
-                records.push(record);
+            match self.read(id, location, &mut files)? {
+                Read::Found(record) => {
+                    bytes += record.text.len() + 100;
+                    records.push(record);
+                }
+                Read::Damaged => damaged += 1,
+                Read::Gone => {}
             }
         }
-        Ok(Scanned { records, more })
+        Ok(Scanned {
+            records,
+            more,
+            damaged,
+        })
     }
 
-    /// Reads the record of `id` at `location`. `None` if its file is gone
-    /// (removed by retention since the index was read).
+    /// Reads the record of `id` at `location`: [`Read::Gone`] if its file
+    /// is gone (removed by retention since the index was read),
+    /// [`Read::Damaged`] (and marked so in the index) if the line there is
+    /// not its intact record.
     fn read(
         &self,
         id: MessageId,
         location: Location,
         files: &mut OpenFiles,
-    ) -> Result<Option<ReadRecord>, ReadFault> {
+    ) -> Result<Read, ReadFault> {
         let segment = self.dir.join(segment_name(location.segment));
         // The active file may be rolled into its segment at any moment:
         // data.txt first while it is (or was) active, then the segment.
@@ -253,17 +274,39 @@ impl StoreReader {
                 }
             })?;
             if let Some(record) = line.as_deref().and_then(|line| to_read_record(line, id)) {
-                return Ok(Some(record));
+                return Ok(Read::Found(record));
             }
             last = Some(path);
         }
         match last {
             // Every candidate is gone: removed by retention meanwhile.
-            Some(path) if !path.exists() => Ok(None),
-            Some(path) => Err(ReadFault::Moved { id, path }),
-            None => Ok(None),
+            Some(path) if !path.exists() => Ok(Read::Gone),
+            Some(path) => {
+                // The file is there and the line is not the record: it
+                // changed on disk after the node indexed it.
+                write_lock(&self.index).mark_damaged(id);
+                warn!(
+                    %id, file = %path.display(), offset = location.offset,
+                    "the record of {id} no longer reads back where the index points ({}, offset {}): \
+                     marked damaged and left out of reads; a repair pass gives it its copies, \
+                     and `datanode verify` shows the line",
+                    path.display(),
+                    location.offset
+                );
+                Ok(Read::Damaged)
+            }
+            None => Ok(Read::Gone),
         }
     }
+}
+
+/// What [`StoreReader::read`] found.
+enum Read {
+    Found(ReadRecord),
+    /// Removed by retention since the index was read.
+    Gone,
+    /// Not the intact record where the index pointed; now marked damaged.
+    Damaged,
 }
 
 /// The record in `line` if it is the intact record of `id`.
@@ -438,6 +481,17 @@ pub fn answer(
                 metrics.get_served();
                 line(&FromDataNode::NotFound { req, removed }, out)
             }
+            Ok(Got::Damaged) => {
+                metrics.get_served();
+                metrics.found_damaged(1);
+                line(
+                    &FromDataNode::NotFound {
+                        req,
+                        removed: false,
+                    },
+                    out,
+                )
+            }
             Err(e) => {
                 metrics.read_failed();
                 warn!(req, %id, "read failed: {e}");
@@ -454,6 +508,7 @@ pub fn answer(
             match reader.scan(after, limit, MAX_SCAN_REPLY_BYTES) {
                 Ok(scanned) => {
                     metrics.scan_served(scanned.records.len());
+                    metrics.found_damaged(scanned.damaged.into());
                     let count = scanned.records.len() as u32;
                     let last = scanned.records.last().map(|r| r.id);
                     for record in scanned.records {

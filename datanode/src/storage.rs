@@ -12,7 +12,8 @@
 //!   before any of it is acknowledged (group commit). A failed commit cuts
 //!   the file back to where the batch began (`data_file`);
 //! - [`store`]: the directory as a whole: `data.txt` rolled into numbered
-//!   [`segments`], old segments removed by [`retention`], and the message
+//!   [`segments`], old segments removed by [`retention`] (each one's ids
+//!   kept in a file of its own, [`removed`]), and the message
 //!   [`index`] over all of them, rebuilt at start;
 //! - [`StorageError`]: why the directory or a file of it cannot be used;
 //! - [`DirLock`]: one process per data directory;
@@ -36,6 +37,7 @@ mod lock;
 mod members;
 mod read_back;
 mod record;
+pub mod removed;
 pub mod retention;
 pub mod segments;
 mod shared;

@@ -255,6 +255,13 @@ impl Staging for SimStaging {
         });
     }
 
+    fn stage_copy(&mut self, id: MessageId, key: Option<KeyRef<'_>>, text: &[u8], stored_ms: u64) {
+        self.stage(Some(id), key, text);
+        if let Some(record) = self.records.last_mut() {
+            record.stored_ms = stored_ms;
+        }
+    }
+
     fn staged(&self) -> usize {
         self.records.len()
     }

@@ -193,6 +193,10 @@ impl Records for DiskRecords {
             bytes += record.text.len() + 100;
             records.push(read_record(id, record));
         }
-        Ok(Scanned { records, more })
+        Ok(Scanned {
+            records,
+            more,
+            damaged: 0,
+        })
     }
 }

@@ -30,6 +30,11 @@ impl Staging for Disk {
         self.staged.push((id, key.map(|k| k.to_key()), text));
     }
 
+    fn stage_copy(&mut self, id: MessageId, key: Option<KeyRef<'_>>, text: &[u8], stored_ms: u64) {
+        let text = format!("{} @{stored_ms}", String::from_utf8(text.to_vec()).unwrap());
+        self.staged.push((Some(id), key.map(|k| k.to_key()), text));
+    }
+
     fn staged(&self) -> usize {
         self.staged.len()
     }
@@ -125,6 +130,59 @@ fn commit(session: &mut Session<'_>, disk: &mut Disk, now: Instant) -> Vec<FromD
     disk.written.append(&mut disk.staged);
     session.committed(staged, now);
     session.answers().collect()
+}
+
+#[test]
+fn a_key_whose_record_retention_removed_is_written_again_when_resent() {
+    let mut node = node();
+    let mut disk = Disk::default();
+    let t0 = Instant::now();
+    let mut session = node.session(config(), ReadSlots::default(), head(), t0);
+    hand(&mut session, &mut disk, &["mensaje 3-1 c1/7: first"], t0);
+    commit(&mut session, &mut disk, t0);
+    session.forget_removed(|removed| removed == id(1));
+    hand(&mut session, &mut disk, &["mensaje 3-2 c1/7: first"], t0);
+    assert_eq!(
+        commit(&mut session, &mut disk, t0),
+        [FromDataNode::Stored(Some(id(2)))],
+        "not answered as held under 3-1, which is gone"
+    );
+    assert_eq!(disk.written_ids(), [Some(id(1)), Some(id(2))]);
+}
+
+#[test]
+fn a_repair_copy_is_staged_with_its_record_time_and_keyed_as_any_message() {
+    let mut node = node();
+    let mut disk = Disk::default();
+    let t0 = Instant::now();
+    let mut session = node.session(config(), ReadSlots::default(), head(), t0);
+    hand(
+        &mut session,
+        &mut disk,
+        &["mensaje 3-1 c1/7 @1795413331793: first"],
+        t0,
+    );
+    assert_eq!(
+        commit(&mut session, &mut disk, t0),
+        [FromDataNode::Stored(Some(id(1)))]
+    );
+    assert_eq!(
+        disk.written,
+        [(
+            Some(id(1)),
+            Some("c1/7".parse().unwrap()),
+            "first @1795413331793".to_owned()
+        )]
+    );
+    hand(&mut session, &mut disk, &["mensaje 3-2 c1/7: again"], t0);
+    assert_eq!(
+        commit(&mut session, &mut disk, t0),
+        [FromDataNode::AlreadyHeld {
+            id: id(2),
+            held: id(1)
+        }],
+        "its key is held"
+    );
 }
 
 #[test]
@@ -525,6 +583,28 @@ fn the_report_lists_the_keys_held_the_last_members_and_ready() {
     })
     .unwrap();
     assert_eq!(lines, ["held c1 1:3-1", "peers dn1 dn2", "ready"]);
+}
+
+#[test]
+fn the_report_says_how_many_damaged_records_the_node_found() {
+    let metrics = Arc::new(NodeMetrics::default());
+    let mut node = Node::new(
+        KeyIndex::new(1000, Duration::from_secs(120)),
+        Kept::default(),
+        metrics.clone(),
+    );
+    let report = |node: &mut Node| {
+        let mut lines = Vec::new();
+        node.report(1_000, |line| {
+            lines.push(encoded(&line));
+            Ok::<_, ()>(())
+        })
+        .unwrap();
+        lines
+    };
+    assert_eq!(report(&mut node), ["ready"], "none: no line");
+    metrics.found_damaged(2);
+    assert_eq!(report(&mut node), ["damaged 2", "ready"]);
 }
 
 fn encoded(line: &FromDataNode) -> String {

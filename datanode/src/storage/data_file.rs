@@ -99,6 +99,12 @@ pub struct DataFile {
     stamp: String,
     /// `stamp` in Unix milliseconds.
     stamp_ms: u64,
+    /// The time written in a repair's copy ([`DataFile::stage_copy`]).
+    copy_stamp: String,
+    /// The newest time written in a staged record (Unix ms).
+    staged_newest_ms: u64,
+    /// The same, of the last successful commit.
+    committed_newest_ms: u64,
     /// The file's length after the last successful commit: where a failed
     /// commit cuts it back to.
     committed_len: u64,
@@ -137,6 +143,8 @@ impl DataFile {
     /// entries it creates are synced to disk. A torn record at the end of
     /// the file (an interrupted write, never acknowledged) is cut off; a
     /// last whole record that fails its checksum is kept, with a warning.
+    /// Then the file is synced, before anything reads it: see
+    /// `sync_before_trusting`.
     pub fn open_with(
         dir: &Path,
         policy: FsyncPolicy,
@@ -169,6 +177,10 @@ impl DataFile {
             path: path.clone(),
             error,
         })?;
+        sync_before_trusting(&file, backend).map_err(|error| StorageError::Sync {
+            path: path.clone(),
+            error,
+        })?;
         let file: Box<dyn StorageFile> = match backend {
             Backend::File => Box::new(file),
             Backend::Faulty(faults) => Box::new(FaultyFile::new(file, faults)),
@@ -186,6 +198,9 @@ impl DataFile {
             last_commit: Vec::new(),
             stamp: String::with_capacity(32),
             stamp_ms: 0,
+            copy_stamp: String::with_capacity(32),
+            staged_newest_ms: 0,
+            committed_newest_ms: 0,
             committed_len,
             uncached_to: 0,
             failed: false,
@@ -204,15 +219,50 @@ impl DataFile {
     /// is written until [`DataFile::commit`].
     pub fn stage(&mut self, id: Option<MessageId>, key: Option<KeyRef<'_>>, text: &[u8]) {
         if self.line_ends.is_empty() {
-            // One timestamp per batch: the lines are written together.
-            let now = SystemTime::now();
-            self.stamp.clear();
-            let _ = write_timestamp(&mut self.stamp, now);
-            self.stamp_ms = node_kit::timefmt::parse_timestamp_millis(&self.stamp).unwrap_or(0);
+            self.start_batch();
         }
         format_record(&mut self.staged, &self.stamp, id, key, text);
         self.line_ends.push(self.staged.len());
         self.staged_ids.push(id);
+        self.staged_newest_ms = self.staged_newest_ms.max(self.stamp_ms);
+    }
+
+    /// Stages a repair's copy of a message: as [`DataFile::stage`], with
+    /// `stored_ms` (Unix ms, when its first copies were stored) as the
+    /// record's time, so that retention by age counts from then. A time no
+    /// record can carry (0, or past the year 9999) gets the batch's.
+    pub fn stage_copy(
+        &mut self,
+        id: MessageId,
+        key: Option<KeyRef<'_>>,
+        text: &[u8],
+        stored_ms: u64,
+    ) {
+        if self.line_ends.is_empty() {
+            self.start_batch();
+        }
+        self.copy_stamp.clear();
+        let at = SystemTime::UNIX_EPOCH.checked_add(std::time::Duration::from_millis(stored_ms));
+        if let Some(at) = at.filter(|_| stored_ms > 0) {
+            let _ = write_timestamp(&mut self.copy_stamp, at);
+        }
+        let (stamp, stamp_ms) = if self.copy_stamp.len() == self.stamp.len() {
+            (&self.copy_stamp, stored_ms)
+        } else {
+            (&self.stamp, self.stamp_ms)
+        };
+        format_record(&mut self.staged, stamp, Some(id), key, text);
+        self.line_ends.push(self.staged.len());
+        self.staged_ids.push(Some(id));
+        self.staged_newest_ms = self.staged_newest_ms.max(stamp_ms);
+    }
+
+    /// One timestamp per batch: its lines are written together.
+    fn start_batch(&mut self) {
+        let now = SystemTime::now();
+        self.stamp.clear();
+        let _ = write_timestamp(&mut self.stamp, now);
+        self.stamp_ms = node_kit::timefmt::parse_timestamp_millis(&self.stamp).unwrap_or(0);
     }
 
     /// The directory of the file.
@@ -237,9 +287,16 @@ impl DataFile {
         &self.last_commit
     }
 
-    /// The time written in the records of the last batch staged, Unix ms.
+    /// The time written in the records of the last batch staged, Unix ms
+    /// (a repair's copy carries its own).
     pub fn last_stamp_ms(&self) -> u64 {
         self.stamp_ms
+    }
+
+    /// The newest time written in a record of the last successful commit,
+    /// Unix ms (0 if it wrote none).
+    pub fn last_commit_newest_ms(&self) -> u64 {
+        self.committed_newest_ms
     }
 
     /// Rolls the active file into segment `segment` (its path): syncs
@@ -375,6 +432,7 @@ impl DataFile {
             });
         }
         self.last_commit.clear();
+        self.committed_newest_ms = 0;
         if self.line_ends.is_empty() {
             return Ok(());
         }
@@ -389,6 +447,7 @@ impl DataFile {
                 }
                 start = self.committed_len + end as u64;
             }
+            self.committed_newest_ms = self.staged_newest_ms;
         }
         self.clear_staged();
         match result {
@@ -480,6 +539,7 @@ impl DataFile {
         self.staged.clear();
         self.line_ends.clear();
         self.staged_ids.clear();
+        self.staged_newest_ms = 0;
         if self.staged.capacity() > 4 * 1024 * 1024 {
             self.staged = Vec::with_capacity(64 * 1024);
         }
@@ -491,6 +551,10 @@ impl DataFile {
 impl Staging for DataFile {
     fn stage(&mut self, id: Option<MessageId>, key: Option<KeyRef<'_>>, text: &[u8]) {
         DataFile::stage(self, id, key, text);
+    }
+
+    fn stage_copy(&mut self, id: MessageId, key: Option<KeyRef<'_>>, text: &[u8], stored_ms: u64) {
+        DataFile::stage_copy(self, id, key, text, stored_ms);
     }
 
     fn staged(&self) -> usize {
@@ -574,6 +638,24 @@ fn cut_torn_tail(file: &File, path: &Path) -> io::Result<()> {
         warn_if_last_record_damaged(file, whole, path)?;
     }
     Ok(())
+}
+
+/// Syncs `data.txt` as it is opened, before the store indexes it and the
+/// node reports its keys. A process killed between a commit's `write` and
+/// its `fdatasync` leaves records in the page cache that were never
+/// acknowledged and may not be on disk: a restart would read them, index
+/// them and report them as held, and a power loss after that would take
+/// them. One `fdatasync` makes what the node is about to trust durable (or
+/// fails, and the node does not start on a file it cannot vouch for).
+/// Segments need none: each was synced before it was renamed, whatever the
+/// fsync policy; so was the cut of a torn tail.
+fn sync_before_trusting(file: &File, backend: Backend) -> io::Result<()> {
+    if let Backend::Faulty(faults) = backend
+        && faults.open_sync_fails
+    {
+        return Err(rustix::io::Errno::IO.into());
+    }
+    file.sync_data()
 }
 
 /// Longer than any record the node writes: not read whole into memory.

@@ -63,6 +63,9 @@ pub struct Faults {
     /// A roll of `data.txt` into a segment stops after this step, as if
     /// the process had crashed there (the roll then reports an error).
     pub roll_stops_after: Option<RollStep>,
+    /// The `fdatasync` of `data.txt` when it is opened fails with EIO
+    /// (it does not count against `syncs_before_eio`).
+    pub open_sync_fails: bool,
 }
 
 /// The steps of a roll of `data.txt` into a segment, in order.

@@ -19,7 +19,7 @@
 //! ranks above it (one pass too); both are rare.
 //!
 //! Bounds: at most [`MAX_EPOCHS`] distinct epochs, sequence numbers below
-//! 2^48, segment numbers below 2^24 and offsets below 2^40 (1 TiB); a record
+//! 2^48, segment numbers below 2^24 - 1 and offsets below 2^40 (1 TiB); a record
 //! outside them is not indexed (counted in [`MessageIndex::unindexed`]) and
 //! cannot be read by id, which `verify` still checks.
 
@@ -49,9 +49,14 @@ pub struct Location {
     pub offset: u64,
 }
 
+/// The location of an entry whose record was found damaged where it
+/// pointed ([`MessageIndex::mark_damaged`]): no record packs to it, since
+/// segment [`SEGMENT_MAX`] is never used.
+const DAMAGED: u64 = u64::MAX;
+
 impl Location {
     fn pack(self) -> Option<u64> {
-        (self.segment <= SEGMENT_MAX && self.offset <= OFFSET_MAX)
+        (self.segment < SEGMENT_MAX && self.offset <= OFFSET_MAX)
             .then(|| (u64::from(self.segment) << OFFSET_BITS) | self.offset)
     }
 
@@ -121,19 +126,45 @@ impl MessageIndex {
         }
     }
 
-    /// Where the record of `id` is, if it is indexed.
+    /// Where the record of `id` is, if it is indexed (and not marked
+    /// damaged).
     pub fn get(&self, id: MessageId) -> Option<Location> {
+        let loc = *self.loc_of(id)?;
+        (loc != DAMAGED).then(|| Location::unpack(loc))
+    }
+
+    fn loc_of(&self, id: MessageId) -> Option<&u64> {
         let key = self.key_of(id)?;
-        let loc = match self.main.binary_search_by_key(&key, |e| e.key) {
-            Ok(at) => self.main[at].loc,
-            Err(_) => *self.side.get(&key)?,
+        match self.main.binary_search_by_key(&key, |e| e.key) {
+            Ok(at) => Some(&self.main[at].loc),
+            Err(_) => self.side.get(&key),
+        }
+    }
+
+    /// Marks `id` damaged: its record no longer reads back where the index
+    /// points. It is neither found nor scanned from then on, until a new
+    /// copy of it is written ([`MessageIndex::insert`]) or the node starts
+    /// again (which reads the file anew and indexes the record if it is
+    /// whole). No entry moves, so this is cheap under the lock. True if it
+    /// was indexed.
+    pub fn mark_damaged(&mut self, id: MessageId) -> bool {
+        let Some(key) = self.key_of(id) else {
+            return false;
         };
-        Some(Location::unpack(loc))
+        let loc = match self.main.binary_search_by_key(&key, |e| e.key) {
+            Ok(at) => &mut self.main[at].loc,
+            Err(_) => match self.side.get_mut(&key) {
+                Some(loc) => loc,
+                None => return false,
+            },
+        };
+        *loc = DAMAGED;
+        true
     }
 
     /// Adds `id` at `location`. An id already indexed keeps its first
-    /// location (a second copy of a message is the same message). False if
-    /// it could not be indexed.
+    /// location (a second copy of a message is the same message), unless
+    /// that copy was marked damaged. False if it could not be indexed.
     pub fn insert(&mut self, id: MessageId, location: Location) -> bool {
         let (Some(loc), true) = (location.pack(), id.seq <= SEQ_MAX) else {
             self.unindexed += 1;
@@ -154,14 +185,19 @@ impl MessageIndex {
         match self.main.last() {
             None => self.main.push(Entry { key, loc }),
             Some(last) if last.key < key => self.main.push(Entry { key, loc }),
-            Some(_) => {
-                if self.main.binary_search_by_key(&key, |e| e.key).is_err() {
-                    self.side.entry(key).or_insert(loc);
+            Some(_) => match self.main.binary_search_by_key(&key, |e| e.key) {
+                Ok(at) if self.main[at].loc == DAMAGED => self.main[at].loc = loc,
+                Ok(_) => {}
+                Err(_) => {
+                    let held = self.side.entry(key).or_insert(loc);
+                    if *held == DAMAGED {
+                        *held = loc;
+                    }
                     if self.side.len() >= SIDE_LIMIT {
                         self.merge_side();
                     }
                 }
-            }
+            },
         }
         true
     }
@@ -214,6 +250,25 @@ impl MessageIndex {
         before - self.len()
     }
 
+    /// The ids whose records are in segment `segment`, in id order.
+    pub fn ids_in_segment(&self, segment: u32) -> Vec<MessageId> {
+        let of_segment = |loc: u64| Location::unpack(loc).segment == segment;
+        let mut keys: Vec<u64> = self
+            .main
+            .iter()
+            .filter(|e| of_segment(e.loc))
+            .map(|e| e.key)
+            .chain(
+                self.side
+                    .iter()
+                    .filter(|&(_, &loc)| of_segment(loc))
+                    .map(|(&key, _)| key),
+            )
+            .collect();
+        keys.sort_unstable();
+        keys.into_iter().map(|key| self.id_of(key)).collect()
+    }
+
     /// At most `limit` ids greater than `after` (all, from the smallest, if
     /// `None`), in id order, with their locations.
     pub fn scan(&self, after: Option<MessageId>, limit: usize) -> Vec<(MessageId, Location)> {
@@ -237,7 +292,9 @@ impl MessageIndex {
                 (None, None) => break,
             };
             let Some((key, loc)) = next else { break };
-            out.push((self.id_of(key), Location::unpack(loc)));
+            if loc != DAMAGED {
+                out.push((self.id_of(key), Location::unpack(loc)));
+            }
         }
         out
     }
@@ -434,6 +491,7 @@ mod tests {
         index.insert(id(1, 1), at(1, 0));
         index.insert(id(1, 2), at(2, 0));
         index.insert(id(1, 0), at(2, 50));
+        assert_eq!(index.ids_in_segment(2), [id(1, 0), id(1, 2)]);
         assert_eq!(index.remove_segment(2), 2);
         assert_eq!(index.get(id(1, 1)), Some(at(1, 0)));
         assert_eq!(index.get(id(1, 2)), None);
@@ -453,6 +511,36 @@ mod tests {
         let scanned: Vec<MessageId> = index.scan(None, 10).into_iter().map(|(id, _)| id).collect();
         assert_eq!(scanned, [id(1, 5), id(1, 7)]);
         assert_eq!(index.get(id(1, 5)), Some(at(3, 0)));
+    }
+
+    #[test]
+    fn a_damaged_entry_is_neither_found_nor_scanned_until_a_new_copy_comes() {
+        let mut index = MessageIndex::default();
+        for seq in 1..=3 {
+            index.insert(id(1, seq), at(1, seq * 100));
+        }
+        index.insert(id(1, 0), at(2, 0));
+        assert!(index.mark_damaged(id(1, 2)));
+        assert!(
+            index.mark_damaged(id(1, 0)),
+            "out of order, in the side table"
+        );
+        assert!(!index.mark_damaged(id(1, 9)));
+        assert_eq!(index.get(id(1, 2)), None);
+        let ids = |index: &MessageIndex| -> Vec<MessageId> {
+            index.scan(None, 10).into_iter().map(|(id, _)| id).collect()
+        };
+        assert_eq!(ids(&index), [id(1, 1), id(1, 3)]);
+        assert_eq!(
+            index.scan(Some(id(1, 1)), 1),
+            [(id(1, 3), at(1, 300))],
+            "a damaged entry does not count against the limit"
+        );
+        assert!(index.insert(id(1, 2), at(3, 0)));
+        assert!(index.insert(id(1, 0), at(3, 50)));
+        assert_eq!(index.get(id(1, 2)), Some(at(3, 0)), "the new copy");
+        assert_eq!(index.get(id(1, 0)), Some(at(3, 50)));
+        assert_eq!(ids(&index), [id(1, 0), id(1, 1), id(1, 2), id(1, 3)]);
     }
 
     #[test]

@@ -13,6 +13,12 @@
 //! one. Between the id and `mensaje: ` there may be any number of
 //! `key=value ` fields; the reader skips those it does not know, so later
 //! versions can add fields that older readers still read.
+//!
+//! A record without a checksum is read as unchecked only in the shape
+//! records had before they carried one: no field at all between the id and
+//! `mensaje: ` (every field came after the checksum). A record with fields
+//! and no `crc32c=` has lost its checksum token to damage (`crc32c=` read
+//! as `crc32e=`): it is corrupt ([`Checksum::Missing`]), never unchecked.
 
 use std::borrow::Cow;
 use std::ops::Range;
@@ -90,9 +96,10 @@ impl Record<'_> {
         String::from_utf8_lossy(self.text)
     }
 
-    /// False when the checksum shows the line changed after it was written.
+    /// False when the checksum shows the line changed after it was
+    /// written, or the checksum token itself is gone.
     pub fn is_intact(&self) -> bool {
-        !matches!(self.checksum, Checksum::Mismatch { .. })
+        !matches!(self.checksum, Checksum::Mismatch { .. } | Checksum::Missing)
     }
 }
 
@@ -108,8 +115,13 @@ pub enum Checksum {
         /// The checksum of the line as read.
         computed: u32,
     },
-    /// The record was written before records carried a checksum.
+    /// The record was written before records carried a checksum: it has
+    /// no field at all before its text.
     Unchecked,
+    /// The record has fields before its text but no checksum among them:
+    /// the checksum token itself was damaged, so nothing vouches for the
+    /// line.
+    Missing,
 }
 
 /// Why a line is not a record.
@@ -137,10 +149,12 @@ pub enum LineError {
 
 /// Parses one line of `data.txt` (a trailing `\n` is ignored).
 ///
-/// A record without a checksum (as written before records carried one)
-/// parses with [`Checksum::Unchecked`]; one whose checksum does not match
-/// parses with [`Checksum::Mismatch`]. Unknown `key=value` fields before
-/// `mensaje: ` are skipped.
+/// A record without a checksum (as written before records carried one:
+/// no field before `mensaje: `) parses with [`Checksum::Unchecked`]; one
+/// with fields but no checksum with [`Checksum::Missing`]; one whose
+/// checksum does not match with [`Checksum::Mismatch`]. Unknown
+/// `key=value` fields before `mensaje: ` are skipped (the checksum covers
+/// them).
 pub fn parse_line(line: &[u8]) -> Result<Record<'_>, LineError> {
     let line = line.strip_suffix(b"\n").unwrap_or(line);
     let stamp_len = TIMESTAMP_SHAPE.len();
@@ -175,7 +189,9 @@ pub fn parse_line(line: &[u8]) -> Result<Record<'_>, LineError> {
 
     let mut checksum_field: Option<(u32, Range<usize>)> = None;
     let mut message_key = None;
+    let mut has_fields = false;
     while !line[pos..].starts_with(TEXT_MARKER) {
+        has_fields = true;
         let len = find(&line[pos..], b' ').ok_or(LineError::NoText)?;
         let field = &line[pos..pos + len];
         let bad_field = || LineError::BadField(String::from_utf8_lossy(field).into_owned());
@@ -209,6 +225,7 @@ pub fn parse_line(line: &[u8]) -> Result<Record<'_>, LineError> {
     let text = &line[pos + TEXT_MARKER.len()..];
 
     let checksum = match checksum_field {
+        None if has_fields => Checksum::Missing,
         None => Checksum::Unchecked,
         Some((stored, token)) => {
             let computed = crc32c::crc32c(&line[..token.start]);
@@ -357,6 +374,41 @@ mod tests {
         assert!(record.is_intact());
         let bare = parse_line(b"2026-01-01 00:00:00,000 - mensaje: b").unwrap();
         assert_eq!((bare.id, bare.text), (None, &b"b"[..]));
+    }
+
+    #[test]
+    fn a_record_whose_checksum_token_was_damaged_is_corrupt_not_unchecked() {
+        let line = formatted(Some(id(2)), "numero random: 1");
+        for damaged in [
+            line.replace("crc32c=", "crc32e="),
+            line.replace("crc32c=", "crc3c=x"),
+        ] {
+            let record = parse_line(damaged.as_bytes()).unwrap();
+            assert_eq!(record.checksum, Checksum::Missing, "{damaged}");
+            assert!(!record.is_intact(), "{damaged}");
+        }
+        let mut keyed = Vec::new();
+        let key = KeyRef {
+            client: "c-5f2a",
+            seq: 17,
+        };
+        format_record(&mut keyed, STAMP, Some(id(3)), Some(key), b"x");
+        let keyed = String::from_utf8(keyed)
+            .unwrap()
+            .replace("crc32c=", "crc32e=");
+        assert!(
+            !parse_line(keyed.as_bytes()).unwrap().is_intact(),
+            "{keyed}"
+        );
+        // The original system's lines, with no field at all, stay readable.
+        for legacy in [
+            "2026-01-01 00:00:00,000 - [9-1] mensaje: a key=b crc32e=c",
+            "2026-01-01 00:00:00,000 - mensaje: b",
+        ] {
+            let record = parse_line(legacy.as_bytes()).unwrap();
+            assert_eq!(record.checksum, Checksum::Unchecked, "{legacy}");
+            assert!(record.is_intact(), "{legacy}");
+        }
     }
 
     #[test]

@@ -6,32 +6,43 @@
 //! - [`choose_removals`]: which segments to remove, as a pure function of
 //!   the segments and the time;
 //! - [`RetentionLog`]: `retention.txt` beside `data.txt`, one line per
-//!   removed segment, written and synced *before* the segment is deleted.
-//!   From it the node knows, per epoch, the highest sequence number
-//!   retention has removed ([`RetentionLog::removed`]), so that a repair
-//!   never brings such a message back, and the highest segment number ever
-//!   used, so that numbers only grow.
+//!   removed segment, written and synced *before* the segment is deleted,
+//!   and after the segment's exact ids are written to their own file
+//!   (`removed.<NNNNNN>.ids`, see [`super::removed`]). From them the node
+//!   knows which ids retention removed ([`RemovedIds`]), so that it
+//!   answers `removed` for a message it held, never for one it did not
+//!   (a repair then never brings the first back, and gives the second its
+//!   copies); and the highest segment number ever used, so that numbers
+//!   only grow.
 //!
 //! A `retention.txt` line:
 //!
 //! ```text
-//! 2026-11-24 10:00:00,000 - removed segment=1 file=data.000001.txt records=1200 bytes=134217800 reason=age epochs=1795413330851:1-1150,1795413330999:1-50
+//! 2026-11-24 10:00:00,000 - removed segment=1 file=data.000001.txt records=1200 bytes=134217800 reason=age epochs=1795413330851:1-1150,1795413330999:1-50 ids=removed.000001.ids
 //! ```
 //!
-//! Bound: memory holds one number per epoch ever removed from (at most
-//! [`super::index::MAX_EPOCHS`] in practice), never the lines.
+//! A line without `ids=` was written before id sets were kept: an id
+//! within its ranges (`epochs=`) is answered as removed.
+//!
+//! Bounds: the id sets of the last [`KEPT_SETS`] removed segments are
+//! kept (on disk about a byte per id; older ones are deleted, and their
+//! ids are answered as never held: a repair may then copy such a message
+//! back, never leave one at too few copies); memory holds each kept
+//! segment's ranges (tens of bytes) and the sets a reader looked at last
+//! ([`super::removed::SetCache`]), never the lines.
 
-use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use node_kit::timefmt::write_timestamp;
 use protocol::ids::MessageId;
 use tracing::warn;
 
 use super::StorageError;
+use super::removed::{IdSet, parse_set_file_name, set_file_name};
 
 /// Name of the retention record inside a data directory.
 pub const RETENTION_FILE: &str = "retention.txt";
@@ -143,6 +154,48 @@ impl SegmentMeta {
     }
 }
 
+/// The clock age retention reads: the wall clock, but never ahead of the
+/// newest record time the store held when it opened plus the monotonic
+/// time since. A wall clock stepped forward (by a year, say) then removes
+/// nothing the data's own age does not allow: the segments are judged
+/// against the time their own records and a clock that cannot jump say it
+/// is. Time the node was down does not count until its records say so (a
+/// node back after a week keeps its old segments a week longer), and a
+/// clock stepped back removes less, never more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionClock {
+    /// The newest record time at open (Unix ms), or the wall clock then if
+    /// there was none.
+    anchor_ms: u64,
+    /// The monotonic clock at open.
+    anchor: Instant,
+}
+
+impl RetentionClock {
+    /// The clock of a store opened at `wall` and `mono`, whose newest
+    /// record was written at `newest_record_ms` (Unix ms; `None`: no
+    /// record).
+    pub fn new(newest_record_ms: Option<u64>, wall: SystemTime, mono: Instant) -> Self {
+        RetentionClock {
+            anchor_ms: newest_record_ms.unwrap_or_else(|| unix_ms(wall)),
+            anchor: mono,
+        }
+    }
+
+    /// The time retention goes by when the wall clock reads `wall` and the
+    /// monotonic clock `mono`.
+    pub fn now(&self, wall: SystemTime, mono: Instant) -> SystemTime {
+        let elapsed = mono.saturating_duration_since(self.anchor).as_millis() as u64;
+        let bound = self.anchor_ms.saturating_add(elapsed);
+        SystemTime::UNIX_EPOCH + Duration::from_millis(unix_ms(wall).min(bound))
+    }
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Which segments to remove now, oldest first, and why: by age first,
 /// then by size. `segments` are the closed segments, oldest first;
 /// `active_bytes` is the length of `data.txt`, which is never removed.
@@ -178,25 +231,80 @@ pub fn choose_removals(
     removals
 }
 
+/// Removed segments whose exact id sets are kept (their files and their
+/// entries in memory); when one more is removed, the oldest set is
+/// forgotten (its file deleted): its ids are then answered as never held.
+pub const KEPT_SETS: usize = 4096;
+
+/// One segment retention removed, as far as the node still knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RemovedSegment {
+    number: u32,
+    /// Per epoch, the range of its sequence numbers: most ids are told
+    /// apart without reading the set.
+    epochs: Vec<EpochRange>,
+    /// Its ids are in its set file ([`set_file_name`]). `false`: removed
+    /// before id sets were kept, so only its ranges are known, and an id
+    /// within them is answered as removed.
+    exact: bool,
+}
+
+impl RemovedSegment {
+    fn covers(&self, id: MessageId) -> bool {
+        self.epochs
+            .iter()
+            .any(|r| r.epoch == id.epoch && (r.min_seq..=r.max_seq).contains(&id.seq))
+    }
+}
+
+/// What [`RemovedIds::lookup`] can tell without reading a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// Retention removed it here (by the range of a segment removed before
+    /// id sets were kept).
+    Removed,
+    /// Retention removed no segment that may have held it.
+    NotRemoved,
+    /// It is within the ranges of these removed segments (newest first):
+    /// removed iff one of their id sets holds it.
+    InSets(Vec<u32>),
+}
+
 /// What retention has removed, from `retention.txt`; see the module
 /// documentation.
 #[derive(Debug, Clone, Default)]
 pub struct RemovedIds {
-    /// Per epoch, the highest sequence number removed.
-    highest: HashMap<u64, u64>,
+    /// Oldest first: at most [`KEPT_SETS`] with exact sets, and those
+    /// removed before sets were kept.
+    segments: Vec<RemovedSegment>,
     /// The highest segment number removed.
     highest_segment: u32,
 }
 
 impl RemovedIds {
-    /// Whether retention may have removed `id` here: its epoch has had
-    /// records up to at least its sequence number removed. A message for
-    /// which this is true must never be brought back by a repair (it may
-    /// still be held here, as a later copy: look it up first).
-    pub fn removed(&self, id: MessageId) -> bool {
-        self.highest
-            .get(&id.epoch)
-            .is_some_and(|&highest| id.seq <= highest)
+    /// Whether retention removed `id` here, as far as the ranges tell; see
+    /// [`Lookup`]. A message removed here must never be brought back by a
+    /// repair (it may still be held here, as a later copy: look it up in
+    /// the index first).
+    pub fn lookup(&self, id: MessageId) -> Lookup {
+        let mut sets = Vec::new();
+        for segment in self.segments.iter().rev().filter(|s| s.covers(id)) {
+            if !segment.exact {
+                return Lookup::Removed;
+            }
+            sets.push(segment.number);
+        }
+        if sets.is_empty() {
+            Lookup::NotRemoved
+        } else {
+            Lookup::InSets(sets)
+        }
+    }
+
+    /// Whether retention removed `id` here, reading the id sets of the
+    /// segments that may have held it through `set_of`.
+    pub fn removed(&self, id: MessageId, set_of: impl FnMut(u32) -> Option<Arc<IdSet>>) -> bool {
+        lookup_removed(self.lookup(id), id, set_of)
     }
 
     /// The highest segment number retention has removed (0: none).
@@ -204,12 +312,51 @@ impl RemovedIds {
         self.highest_segment
     }
 
-    fn note(&mut self, segment: u32, epochs: &[EpochRange]) {
-        self.highest_segment = self.highest_segment.max(segment);
-        for range in epochs {
-            let highest = self.highest.entry(range.epoch).or_default();
-            *highest = (*highest).max(range.max_seq);
+    /// Removed segments whose exact ids are kept.
+    pub fn exact_sets(&self) -> usize {
+        self.segments.iter().filter(|s| s.exact).count()
+    }
+
+    /// Notes segment `number`, removed; the number of an exact set this
+    /// forgets to stay within `kept` sets, if it does.
+    fn note(
+        &mut self,
+        number: u32,
+        epochs: &[EpochRange],
+        exact: bool,
+        kept: usize,
+    ) -> Option<u32> {
+        self.highest_segment = self.highest_segment.max(number);
+        // A segment removed twice (a crash between its line and its
+        // deletion): the later line stands.
+        self.segments.retain(|s| s.number != number);
+        self.segments.push(RemovedSegment {
+            number,
+            epochs: epochs.to_vec(),
+            exact,
+        });
+        if self.exact_sets() <= kept {
+            return None;
         }
+        let oldest = self.segments.iter().position(|s| s.exact)?;
+        Some(self.segments.remove(oldest).number)
+    }
+}
+
+/// Whether `id` is removed, given what the ranges told ([`Lookup`]) and
+/// `set_of` to read the id sets: for after the lock on [`RemovedIds`] is
+/// let go of, since reading a set is file I/O.
+pub fn lookup_removed(
+    lookup: Lookup,
+    id: MessageId,
+    mut set_of: impl FnMut(u32) -> Option<Arc<IdSet>>,
+) -> bool {
+    match lookup {
+        Lookup::Removed => true,
+        Lookup::NotRemoved => false,
+        Lookup::InSets(numbers) => numbers
+            .into_iter()
+            .any(|number| set_of(number).is_some_and(|set| set.contains(id))),
     }
 }
 
@@ -217,13 +364,24 @@ impl RemovedIds {
 #[derive(Debug)]
 pub struct RetentionLog {
     path: PathBuf,
+    dir: PathBuf,
     removed: RemovedIds,
+    /// Exact id sets kept at most: [`KEPT_SETS`].
+    kept: usize,
 }
 
 impl RetentionLog {
     /// Reads `dir/retention.txt`, if there is one. A line that cannot be
-    /// read is skipped with a warning.
+    /// read is skipped with a warning. Id set files that no line names (a
+    /// crash before the line was written: the segment is still there) are
+    /// deleted; a line whose set file is gone (forgotten past
+    /// [`KEPT_SETS`]) leaves no trace in memory.
     pub fn load(dir: &Path) -> Result<RetentionLog, StorageError> {
+        RetentionLog::load_keeping(dir, KEPT_SETS)
+    }
+
+    /// [`RetentionLog::load`], keeping at most `kept` id sets.
+    fn load_keeping(dir: &Path, kept: usize) -> Result<RetentionLog, StorageError> {
         let path = dir.join(RETENTION_FILE);
         let mut removed = RemovedIds::default();
         let text = match std::fs::read_to_string(&path) {
@@ -231,9 +389,18 @@ impl RetentionLog {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(error) => return Err(StorageError::Read { path, error }),
         };
+        let set_files = list_set_files(dir)?;
+        let mut forgotten = Vec::new();
         for (n, line) in text.lines().enumerate() {
             match parse_removed_line(line) {
-                Some((segment, epochs)) => removed.note(segment, &epochs),
+                Some(line) if line.with_set && !set_files.contains(&line.segment) => {
+                    // Forgotten: past the bound, or deleted by hand.
+                    removed.highest_segment = removed.highest_segment.max(line.segment);
+                    removed.segments.retain(|s| s.number != line.segment);
+                }
+                Some(line) => {
+                    forgotten.extend(removed.note(line.segment, &line.epochs, line.with_set, kept))
+                }
                 None => warn!(
                     line = n + 1,
                     "{}: line {} is not a retention record; skipped",
@@ -242,7 +409,24 @@ impl RetentionLog {
                 ),
             }
         }
-        Ok(RetentionLog { path, removed })
+        for number in set_files {
+            let named = removed
+                .segments
+                .iter()
+                .any(|s| s.exact && s.number == number);
+            if !named {
+                forgotten.push(number);
+            }
+        }
+        for number in forgotten {
+            delete_set(dir, number);
+        }
+        Ok(RetentionLog {
+            path,
+            dir: dir.to_owned(),
+            removed,
+            kept,
+        })
     }
 
     /// What has been removed so far.
@@ -251,7 +435,8 @@ impl RetentionLog {
     }
 
     /// Appends the line for `segment`, removed for `reason` at `now`, and
-    /// syncs it: call before deleting the segment.
+    /// syncs it: call after its id set is written ([`super::removed::write_set`]), before
+    /// deleting the segment. Beyond [`KEPT_SETS`], forgets the oldest set.
     pub fn record(
         &mut self,
         segment: &SegmentMeta,
@@ -262,12 +447,13 @@ impl RetentionLog {
         let mut line = String::with_capacity(200);
         let _ = write_timestamp(&mut line, now);
         line.push_str(&format!(
-            " - removed segment={} file={file_name} records={} bytes={} reason={} epochs={}\n",
+            " - removed segment={} file={file_name} records={} bytes={} reason={} epochs={} ids={}\n",
             segment.number,
             segment.records,
             segment.bytes,
             reason.as_str(),
-            segment.epochs_text()
+            segment.epochs_text(),
+            set_file_name(segment.number)
         ));
         let write_error = |error| StorageError::Write {
             path: self.path.clone(),
@@ -287,16 +473,70 @@ impl RetentionLog {
         if created && let Some(dir) = self.path.parent() {
             super::sync_dir(dir).map_err(write_error)?;
         }
-        self.removed.note(segment.number, &segment.epochs);
+        let forgotten = self
+            .removed
+            .note(segment.number, &segment.epochs, true, self.kept);
+        if let Some(forgotten) = forgotten {
+            delete_set(&self.dir, forgotten);
+        }
         Ok(())
     }
 }
 
-/// `(segment, epochs)` of one `retention.txt` line.
-fn parse_removed_line(line: &str) -> Option<(u32, Vec<EpochRange>)> {
+/// The segment numbers of the id set files in `dir`; leftovers of an
+/// interrupted write (`.tmp`) are deleted.
+fn list_set_files(dir: &Path) -> Result<Vec<u32>, StorageError> {
+    let read_error = |error| StorageError::Read {
+        path: dir.to_owned(),
+        error,
+    };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(read_error(e)),
+    };
+    let mut numbers = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(read_error)?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(number) = parse_set_file_name(name) {
+            numbers.push(number);
+        } else if let Some(partial) = name.strip_suffix(".tmp")
+            && parse_set_file_name(partial).is_some()
+        {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    numbers.sort_unstable();
+    Ok(numbers)
+}
+
+/// Deletes the id set file of segment `number` (best effort: a file left
+/// behind is deleted at the next start).
+fn delete_set(dir: &Path, number: u32) {
+    let path = dir.join(set_file_name(number));
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => warn!("cannot delete {}: {e}", path.display()),
+    }
+}
+
+/// One `retention.txt` line, read.
+struct RemovedLine {
+    segment: u32,
+    epochs: Vec<EpochRange>,
+    /// It names an id set file (`ids=`): its exact ids were kept.
+    with_set: bool,
+}
+
+/// One `retention.txt` line; fields it does not know are skipped.
+fn parse_removed_line(line: &str) -> Option<RemovedLine> {
     let fields = line.split_once(" - removed ")?.1;
     let mut segment = None;
     let mut epochs = None;
+    let mut with_set = false;
     for field in fields.split(' ') {
         let (key, value) = field.split_once('=')?;
         match key {
@@ -314,15 +554,21 @@ fn parse_removed_line(line: &str) -> Option<(u32, Vec<EpochRange>)> {
                 });
                 epochs = Some(ranges.collect::<Option<Vec<_>>>()?);
             }
+            "ids" => with_set = true,
             _ => {}
         }
     }
-    Some((segment?, epochs?))
+    Some(RemovedLine {
+        segment: segment?,
+        epochs: epochs?,
+        with_set,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::removed::{read_set, write_set};
 
     const HOUR: u64 = 3_600_000;
 
@@ -366,6 +612,38 @@ mod tests {
     }
 
     #[test]
+    fn the_retention_clock_never_runs_ahead_of_the_newest_record_and_monotonic_time() {
+        let wall = SystemTime::UNIX_EPOCH + Duration::from_millis(100 * HOUR);
+        let mono = Instant::now();
+        let ms = |t: SystemTime| unix_ms(t);
+        let clock = RetentionClock::new(Some(99 * HOUR), wall, mono);
+        let year = Duration::from_secs(365 * 86_400);
+        let minute = Duration::from_secs(60);
+        assert_eq!(
+            ms(clock.now(wall + year, mono + minute)),
+            99 * HOUR + 60_000,
+            "a step forward is not followed"
+        );
+        assert_eq!(
+            ms(clock.now(wall + minute, mono + 2 * HOUR_D)),
+            100 * HOUR + 60_000,
+            "the wall clock, while it is within the bound"
+        );
+        assert_eq!(
+            ms(clock.now(wall - year, mono + minute)),
+            ms(wall - year),
+            "a step back is followed: it removes less"
+        );
+        let empty = RetentionClock::new(None, wall, mono);
+        assert_eq!(
+            ms(empty.now(wall + year, mono + minute)),
+            100 * HOUR + 60_000
+        );
+    }
+
+    const HOUR_D: Duration = Duration::from_secs(3_600);
+
+    #[test]
     fn the_oldest_segments_go_while_the_files_are_over_the_size() {
         let policy = RetentionPolicy {
             max_age: None,
@@ -407,13 +685,19 @@ mod tests {
     }
 
     #[test]
-    fn the_record_of_removals_survives_a_restart_and_answers_removed() {
+    fn the_record_of_removals_survives_a_restart_and_answers_removed_for_held_ids_only() {
         let dir = tempfile::tempdir().unwrap();
         let mut log = RetentionLog::load(dir.path()).unwrap();
         let mut meta = SegmentMeta::new(3);
-        meta.add(MessageId { epoch: 7, seq: 5 }, Some(1));
-        meta.add(MessageId { epoch: 7, seq: 9 }, Some(2));
-        meta.add(MessageId { epoch: 4, seq: 2 }, Some(3));
+        let held = [
+            MessageId { epoch: 4, seq: 2 },
+            MessageId { epoch: 7, seq: 5 },
+            MessageId { epoch: 7, seq: 9 },
+        ];
+        for (at, &id) in held.iter().enumerate() {
+            meta.add(id, Some(at as u64));
+        }
+        write_set(dir.path(), 3, &IdSet::from_sorted(held)).unwrap();
         log.record(
             &meta,
             "data.000003.txt",
@@ -424,16 +708,70 @@ mod tests {
         let text = std::fs::read_to_string(dir.path().join(RETENTION_FILE)).unwrap();
         assert_eq!(
             text,
-            "1970-01-01 00:00:00,000 - removed segment=3 file=data.000003.txt records=3 bytes=0 reason=age epochs=7:5-9,4:2-2\n"
+            "1970-01-01 00:00:00,000 - removed segment=3 file=data.000003.txt records=3 bytes=0 reason=age epochs=4:2-2,7:5-9 ids=removed.000003.ids\n"
         );
         std::fs::write(dir.path().join(RETENTION_FILE), format!("{text}garbage\n")).unwrap();
         let log = RetentionLog::load(dir.path()).unwrap();
-        let removed = log.removed();
-        assert!(removed.removed(MessageId { epoch: 7, seq: 1 }));
-        assert!(removed.removed(MessageId { epoch: 7, seq: 9 }));
-        assert!(!removed.removed(MessageId { epoch: 7, seq: 10 }));
-        assert!(removed.removed(MessageId { epoch: 4, seq: 2 }));
-        assert!(!removed.removed(MessageId { epoch: 5, seq: 1 }));
-        assert_eq!(removed.highest_segment(), 3);
+        let removed = |seq_epoch: (u64, u64)| {
+            let id = MessageId {
+                epoch: seq_epoch.0,
+                seq: seq_epoch.1,
+            };
+            log.removed()
+                .removed(id, |number| read_set(dir.path(), number).map(Arc::new))
+        };
+        for held in [(7, 5), (7, 9), (4, 2)] {
+            assert!(removed(held), "{held:?} was held and removed");
+        }
+        for never in [(7, 1), (7, 6), (7, 10), (4, 1), (5, 1)] {
+            assert!(!removed(never), "{never:?} was never held");
+        }
+        assert_eq!(log.removed().highest_segment(), 3);
+    }
+
+    #[test]
+    fn a_segment_removed_before_id_sets_were_kept_answers_by_its_ranges() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(RETENTION_FILE),
+            "1970-01-01 00:00:00,000 - removed segment=3 file=data.000003.txt records=3 bytes=0 reason=age epochs=7:5-9,4:2-2\n",
+        )
+        .unwrap();
+        let log = RetentionLog::load(dir.path()).unwrap();
+        let lookup = |epoch, seq| log.removed().lookup(MessageId { epoch, seq });
+        assert_eq!(lookup(7, 6), Lookup::Removed, "within its range");
+        assert_eq!(lookup(7, 4), Lookup::NotRemoved, "below its range");
+        assert_eq!(lookup(7, 10), Lookup::NotRemoved, "above it");
+        assert_eq!(lookup(5, 1), Lookup::NotRemoved);
+    }
+
+    #[test]
+    fn only_the_newest_id_sets_are_kept_and_stray_set_files_go_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        const KEPT: usize = 5;
+        let mut log = RetentionLog::load_keeping(dir.path(), KEPT).unwrap();
+        let id = |seq| MessageId { epoch: 1, seq };
+        let total = KEPT as u32 + 2;
+        for number in 1..=total {
+            let mut meta = SegmentMeta::new(number);
+            meta.add(id(number.into()), Some(1));
+            write_set(dir.path(), number, &IdSet::from_sorted([id(number.into())])).unwrap();
+            log.record(&meta, "x", Reason::Bytes, SystemTime::UNIX_EPOCH)
+                .unwrap();
+        }
+        assert_eq!(log.removed().exact_sets(), KEPT);
+        assert!(!dir.path().join(set_file_name(2)).exists(), "forgotten");
+        assert!(dir.path().join(set_file_name(3)).exists());
+        assert_eq!(log.removed().lookup(id(2)), Lookup::NotRemoved);
+        assert_eq!(log.removed().lookup(id(3)), Lookup::InSets(vec![3]));
+        // A set written by a removal the crash cut short, and a torn one.
+        write_set(dir.path(), total + 1, &IdSet::default()).unwrap();
+        std::fs::write(dir.path().join("removed.999999.ids.tmp"), b"x").unwrap();
+        let log = RetentionLog::load_keeping(dir.path(), KEPT).unwrap();
+        assert_eq!(log.removed().exact_sets(), KEPT);
+        assert_eq!(log.removed().lookup(id(2)), Lookup::NotRemoved);
+        assert_eq!(log.removed().highest_segment(), total);
+        assert!(!dir.path().join(set_file_name(total + 1)).exists());
+        assert!(!dir.path().join("removed.999999.ids.tmp").exists());
     }
 }

@@ -21,7 +21,7 @@
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use node_kit::timefmt::parse_timestamp_millis;
@@ -31,8 +31,9 @@ use tracing::{info, warn};
 use crate::keys::KeyIndex;
 use crate::reads::StoreReader;
 use crate::storage::index::{IndexBuilder, Location, MessageIndex};
+use crate::storage::removed::{IdSet, SetCache, write_set};
 use crate::storage::retention::{
-    Reason, RemovedIds, RetentionLog, RetentionPolicy, SegmentMeta, choose_removals,
+    Reason, RemovedIds, RetentionLog, RetentionPolicy, SegmentMeta, choose_removals, lookup_removed,
 };
 use crate::storage::segments::{
     DEFAULT_SEGMENT_BYTES, DataFileName, list_data_files, segment_name,
@@ -85,6 +86,11 @@ pub struct OpenStats {
     pub keys: usize,
     /// Lines skipped: torn, damaged or without an id.
     pub skipped: u64,
+    /// Of those, the damaged ones: a record that fails its checksum (or
+    /// has lost its checksum token), a line that is not a record, a
+    /// segment that ends in a torn line. Reported to the head node, whose
+    /// repair then gives their messages their copies.
+    pub damaged: u64,
 }
 
 /// See the module documentation.
@@ -102,6 +108,12 @@ pub struct Store {
     active_meta: SegmentMeta,
     retention: RetentionLog,
     removed: Arc<RwLock<RemovedIds>>,
+    /// The id sets of removed segments read last, shared with the readers
+    /// (held only while one reads a set file).
+    sets: Arc<Mutex<SetCache>>,
+    /// The ids of the segments retention removed since the key index was
+    /// last told ([`Store::take_removed_sets`]): their keys leave it too.
+    removed_sets: Vec<IdSet>,
     stats: RetentionStats,
     opened: OpenStats,
     last_retention_ms: u64,
@@ -110,7 +122,9 @@ pub struct Store {
 impl Store {
     /// Reads every file of `data`'s directory and rebuilds the message
     /// index, the files' metadata and `keys` (the keyed records within its
-    /// window at `now_ms`); then applies retention once. `data` must be
+    /// window at `now_ms`); then applies retention once, at `now` or at
+    /// the newest record's time if that is earlier (the start of its
+    /// [`RetentionClock`](crate::storage::retention::RetentionClock)). `data` must be
     /// freshly opened (its torn tail already cut off).
     pub fn open(
         data: &DataFile,
@@ -164,6 +178,17 @@ impl Store {
             );
         }
         let removed = retention.removed().clone();
+        // Retention at open goes by the records' own time when the wall
+        // clock is ahead of it (see `RetentionClock`).
+        let newest = segments
+            .iter()
+            .chain([&active_meta])
+            .map(|s| s.newest_ms)
+            .max()
+            .filter(|&ms| ms > 0);
+        let now = newest.map_or(now, |newest| {
+            now.min(SystemTime::UNIX_EPOCH + Duration::from_millis(newest))
+        });
         let mut store = Store {
             active: Arc::new(AtomicU32::new(active_meta.number)),
             dir,
@@ -173,12 +198,28 @@ impl Store {
             active_meta,
             retention,
             removed: Arc::new(RwLock::new(removed)),
+            sets: Arc::default(),
+            removed_sets: Vec::new(),
             stats: RetentionStats::default(),
             opened,
             last_retention_ms: now_ms,
         };
         store.apply_retention(now)?;
+        for set in store.take_removed_sets() {
+            keys.forget_ids(|id| set.contains(id));
+        }
         Ok(store)
+    }
+
+    /// The time of the newest record in the store (Unix ms), if it holds
+    /// any: where its [`RetentionClock`](crate::storage::retention::RetentionClock) starts.
+    pub fn newest_record_ms(&self) -> Option<u64> {
+        self.segments
+            .iter()
+            .chain([&self.active_meta])
+            .map(|s| s.newest_ms)
+            .max()
+            .filter(|&ms| ms > 0)
     }
 
     /// What the rebuild at open read.
@@ -211,11 +252,18 @@ impl Store {
         self.stats
     }
 
-    /// Whether retention may have removed `id` from this directory (ever,
-    /// per `retention.txt`): a repair must never bring such a message
-    /// back. See [`RemovedIds::removed`].
+    /// Whether retention removed `id` from this directory (per
+    /// `retention.txt` and the removed segments' id sets): a repair must
+    /// never bring such a message back. See [`RemovedIds::lookup`].
     pub fn retention_removed(&self, id: MessageId) -> bool {
-        read_lock(&self.removed).removed(id)
+        retention_removed(&self.dir, &self.removed, &self.sets, id)
+    }
+
+    /// The ids of the segments retention removed since the last call: the
+    /// key index forgets their keys (a key whose record is gone must not
+    /// be answered as stored).
+    pub fn take_removed_sets(&mut self) -> Vec<IdSet> {
+        std::mem::take(&mut self.removed_sets)
     }
 
     /// A handle for the read thread; `max_record` bounds one record's
@@ -226,6 +274,7 @@ impl Store {
             self.index.clone(),
             self.active.clone(),
             self.removed.clone(),
+            self.sets.clone(),
             max_record,
         )
     }
@@ -238,7 +287,9 @@ impl Store {
             return;
         }
         let segment = self.active_meta.number;
-        let stamp = Some(data.last_stamp_ms());
+        // A repair's copy keeps its first copies' time: the batch's newest
+        // record, not the batch's time, is how old the file's data is.
+        let stamp = Some(data.last_commit_newest_ms());
         let mut index = write_lock(&self.index);
         for &(id, offset) in written {
             index.insert(id, Location { segment, offset });
@@ -299,8 +350,10 @@ impl Store {
     }
 
     /// Removes the segments the retention policy says to remove at `now`,
-    /// oldest first: each is recorded in `retention.txt` (synced), dropped
-    /// from the index, then deleted, and logged. How many were removed.
+    /// oldest first: each one's ids are written to its id set file and it
+    /// is recorded in `retention.txt` (both synced), dropped from the
+    /// index, then deleted, and logged. How many were removed; their ids
+    /// wait for [`Store::take_removed_sets`].
     pub fn apply_retention(&mut self, now: SystemTime) -> Result<usize, StorageError> {
         let now_ms = millis(now);
         self.last_retention_ms = now_ms;
@@ -316,9 +369,16 @@ impl Store {
             let meta = self.segments[at].clone();
             let name = segment_name(number);
             let path = self.dir.join(&name);
+            // Its ids first: once the line is written, `removed` is
+            // answered from them.
+            let ids = IdSet::from_sorted(read_lock(&self.index).ids_in_segment(number));
+            write_set(&self.dir, number, &ids)?;
             self.retention.record(&meta, &name, reason, now)?;
+            // Readers see it removed before it leaves the index, so a get
+            // never finds it neither held nor removed.
             *write_lock(&self.removed) = self.retention.removed().clone();
             write_lock(&self.index).remove_segment(number);
+            self.removed_sets.push(ids);
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -389,6 +449,9 @@ impl Rebuild<'_> {
             ControlFlow::Continue(())
         })?;
         meta.bytes = offset;
+        if torn && !file.active {
+            self.opened.damaged += 1;
+        }
         if torn {
             // Only the active file may end torn, and open cut that.
             warn!(
@@ -406,6 +469,7 @@ impl Rebuild<'_> {
             Ok(record) if record.is_intact() => record,
             _ => {
                 self.opened.skipped += 1;
+                self.opened.damaged += 1;
                 return;
             }
         };
@@ -431,6 +495,23 @@ impl Rebuild<'_> {
             self.opened.keys += 1;
         }
     }
+}
+
+/// Whether retention removed `id` from `dir`: the ranges under the lock
+/// on `removed`, then (the lock let go of) the id sets that may hold it,
+/// through `sets`.
+pub(crate) fn retention_removed(
+    dir: &Path,
+    removed: &RwLock<RemovedIds>,
+    sets: &Mutex<SetCache>,
+    id: MessageId,
+) -> bool {
+    let lookup = read_lock(removed).lookup(id);
+    lookup_removed(lookup, id, |number| {
+        sets.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(dir, number)
+    })
 }
 
 /// The length of the file at `path`, or `fallback` if it cannot be read.

@@ -42,7 +42,8 @@ pub struct DuplicateKey {
     pub ids: Vec<MessageId>,
 }
 
-/// A record whose checksum does not match its line.
+/// A record whose checksum does not match its line, or whose checksum
+/// token is gone (fields before the text and no `crc32c=`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CorruptRecord {
     /// The file's name.
@@ -236,7 +237,7 @@ fn verify_files(paths: &[std::path::PathBuf]) -> Result<VerifyReport, StorageErr
             match record.checksum {
                 Checksum::Valid => {}
                 Checksum::Unchecked => report.unchecked += 1,
-                Checksum::Mismatch { .. } => {
+                Checksum::Mismatch { .. } | Checksum::Missing => {
                     report.corrupt.push(CorruptRecord {
                         file: file.clone(),
                         line: number,
@@ -375,6 +376,29 @@ mod tests {
                 "id 9-1: stored 3 times",
             ]
         );
+    }
+
+    #[test]
+    fn a_record_whose_checksum_token_was_damaged_is_counted_corrupt() {
+        let damaged = String::from_utf8(record(2, "b"))
+            .unwrap()
+            .replace("crc32c=", "crc32e=");
+        let mut contents = record(1, "a");
+        contents.extend(damaged.as_bytes());
+        let report = verify_bytes(&contents);
+        assert_eq!(
+            report.unchecked, 0,
+            "not read as a record without a checksum"
+        );
+        assert_eq!(
+            report.corrupt,
+            [CorruptRecord {
+                file: "data.txt".into(),
+                line: 2,
+                id: Some(MessageId { epoch: 9, seq: 2 })
+            }]
+        );
+        assert!(!report.is_clean());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Client keys, seen from a scripted head node: a key the node holds is
 //! answered with its id and never written again, a repeated key in one
 //! batch is written once, the index survives a restart, a withdrawn
-//! message is never written, and the report after `welcome` lists the keys.
+//! message is never written, the report after `welcome` lists the keys,
+//! and a key leaves the index with the segment retention removes.
 
 use datanode::storage::{parse_line, stored_ids};
 use protocol::ids::MessageId;
@@ -174,4 +175,26 @@ async fn a_batch_cut_off_by_the_end_of_its_session_is_never_written_nor_its_keys
     head.send_keyed("8-1", "c-1/1", "cut off").await;
     head.expect_ack("8-1").await;
     assert_eq!(records(&head), [("8-1".into(), Some("c-1/1".into()))]);
+}
+
+#[tokio::test]
+async fn a_key_whose_segment_retention_removed_is_written_again_when_resent() {
+    let mut head = ScriptedHead::start(|config| {
+        config.store.segment_bytes = 200;
+        config.store.retention.max_bytes = Some(600);
+    })
+    .await;
+    for seq in 1..=10 {
+        head.send_keyed(&format!("7-{seq}"), &format!("c-1/{seq}"), "hola")
+            .await;
+        head.expect_ack(&format!("7-{seq}")).await;
+    }
+    assert!(
+        !head.dir.path().join("data.000001.txt").exists(),
+        "7-1's segment was removed"
+    );
+    // A new head node resends c-1/1 under a new id: nothing holds it now.
+    head.send_keyed("8-1", "c-1/1", "hola").await;
+    assert_eq!(head.next_line().await.as_deref(), Some("recibido 8-1"));
+    assert!(stored_ids(&head.data_file()).unwrap().contains(&id("8-1")));
 }

@@ -20,7 +20,8 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use protocol::datanode::ToDataNode;
 use protocol::ids::{MessageId, MessageKey, NodeId};
 use smallvec::SmallVec;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
@@ -134,6 +135,10 @@ pub(crate) struct Envelope {
     pub(crate) text: Bytes,
     /// The client's address, for logs.
     pub(crate) client: Arc<str>,
+    /// A repair's copy: when the copies it is made from were stored (Unix
+    /// ms), the time its new records carry. `None`: a client's message,
+    /// stamped by the data node that writes it.
+    pub(crate) stored_ms: Option<u64>,
     replication: Replication,
     copies: Mutex<Copies>,
     /// Where the key's entry is settled when the message ends.
@@ -178,6 +183,9 @@ pub(crate) struct NewEnvelope {
     pub(crate) held_by: Holders,
     /// Its share of the in-flight budget, returned when it ends.
     pub(crate) charge: Option<OwnedSemaphorePermit>,
+    /// A repair's copy: the time its records carry (see
+    /// [`Envelope::stored_ms`]).
+    pub(crate) stored_ms: Option<u64>,
 }
 
 impl NewEnvelope {
@@ -200,6 +208,7 @@ impl NewEnvelope {
             keys: None,
             held_by: Holders::new(),
             charge: None,
+            stored_ms: None,
         }
     }
 }
@@ -217,12 +226,14 @@ impl Envelope {
             keys,
             held_by,
             charge,
+            stored_ms,
         } = parts;
         Arc::new(Envelope {
             id,
             key,
             text,
             client,
+            stored_ms,
             replication,
             copies: Mutex::new(Copies {
                 waiter: Some(waiter),
@@ -232,6 +243,21 @@ impl Envelope {
             keys,
             _charge: charge,
         })
+    }
+
+    /// Appends the line that asks a data node to store a copy: `mensaje
+    /// <id> [<key>]: <text>`, with ` @<stored-ms>` before the colon for a
+    /// repair's copy; `mensaje: <text>` for an original-system node
+    /// (`legacy`), which knows neither.
+    pub(crate) fn encode_store(&self, legacy: bool, buf: &mut BytesMut) {
+        if legacy {
+            return ToDataNode::encode_store(None, None, &self.text, buf);
+        }
+        let key = self.key.as_ref().map(MessageKey::as_ref);
+        match self.stored_ms {
+            Some(stored_ms) => ToDataNode::encode_copy(self.id, key, stored_ms, &self.text, buf),
+            None => ToDataNode::encode_store(Some(self.id), key, &self.text, buf),
+        }
     }
 
     fn copies(&self) -> MutexGuard<'_, Copies> {
@@ -517,6 +543,42 @@ pub(crate) mod tests {
 
     fn node(name: &str) -> NodeId {
         name.parse().unwrap()
+    }
+
+    #[test]
+    fn a_repair_copy_asks_for_the_record_time_of_the_copies_it_is_made_from() {
+        let (reply_to, _replies) = mpsc::unbounded_channel();
+        let waiter = Waiter { slot: 1, reply_to };
+        let copy = Envelope::new(NewEnvelope {
+            key: Some("c-1/7".parse().unwrap()),
+            stored_ms: Some(1_795_413_331_793),
+            ..NewEnvelope::plain(
+                MessageId { epoch: 9, seq: 4 },
+                Bytes::from_static(b"numero random: 1"),
+                "repair".into(),
+                waiter,
+                Replication {
+                    replicas: 2,
+                    needed: 1,
+                },
+            )
+        });
+        let encoded = |envelope: &Envelope, legacy| {
+            let mut buf = BytesMut::new();
+            envelope.encode_store(legacy, &mut buf);
+            String::from_utf8(buf.to_vec()).unwrap()
+        };
+        assert_eq!(
+            encoded(&copy, false),
+            "mensaje 9-4 c-1/7 @1795413331793: numero random: 1"
+        );
+        assert_eq!(encoded(&copy, true), "mensaje: numero random: 1");
+        let (client, _replies) = envelope(5);
+        assert_eq!(
+            encoded(&client, false),
+            "mensaje 1-5: numero random: 1",
+            "a client's message carries no time: the node stamps it"
+        );
     }
 
     #[test]

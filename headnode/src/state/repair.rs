@@ -9,7 +9,9 @@
 //!   cannot know what a previous head node saw; this is how repair survives
 //!   a restart;
 //! - the end of a pass that stopped at messages still in flight: a short
-//!   pass over what it left, `--repair-after` later.
+//!   pass over what it left, `--repair-after` later;
+//! - a data node reports more damaged records than it reported before
+//!   (records its reads leave out): at once.
 //!
 //! A due pass waits while a data node has been gone less than
 //! `--repair-after` (at most `--repair-after` more): that node may come
@@ -46,6 +48,9 @@ pub(crate) enum MemberChange {
     /// A node is gone (evicted or left): not replaced by a newer
     /// incarnation of itself, and not let go by a head node stopping.
     Gone { node: NodeId },
+    /// A node reported this many damaged records when it registered
+    /// (`damaged <n>`): their messages may lack a copy.
+    Damaged { node: NodeId, records: u64 },
 }
 
 impl MemberChange {
@@ -79,6 +84,8 @@ pub(crate) enum Trigger {
     NodeLost { node: NodeId, away: Duration },
     /// A node came back with another data directory.
     NewStore { node: NodeId },
+    /// A node reported damaged records.
+    Damaged { node: NodeId, records: u64 },
     /// Messages the last pass left because they were still in flight.
     Leftover,
     /// The last pass could not finish.
@@ -97,6 +104,9 @@ impl fmt::Display for Trigger {
             }
             Trigger::NewStore { node } => {
                 write!(f, "dataNode {node} came back with a new data directory")
+            }
+            Trigger::Damaged { node, records } => {
+                write!(f, "dataNode {node} found {records} damaged records")
             }
             Trigger::Leftover => write!(f, "messages the last pass left in flight"),
             Trigger::Retry => write!(f, "the last pass did not finish"),
@@ -125,6 +135,8 @@ pub(crate) struct Schedule {
     repair_after: Duration,
     lost: BTreeMap<NodeId, Lost>,
     stores: HashMap<NodeId, u64>,
+    /// The damaged records each node reported last.
+    damaged: HashMap<NodeId, u64>,
     requested: Option<Request>,
 }
 
@@ -166,6 +178,7 @@ impl Schedule {
             repair_after,
             lost: BTreeMap::new(),
             stores: HashMap::new(),
+            damaged: HashMap::new(),
             requested: Some(Request {
                 at: now + repair_after,
                 trigger: Trigger::HeadStarted,
@@ -215,6 +228,19 @@ impl Schedule {
                 if before.is_some_and(|b| b != store) {
                     self.request(now, Trigger::NewStore { node }, None);
                 }
+            }
+            MemberChange::Damaged { node, records } => {
+                // A node that reports the same damage again (it restarted,
+                // or reconnected) has had its pass; one that reports more
+                // found more.
+                let before = self.damaged.get(&node).copied().unwrap_or(0);
+                if records <= before {
+                    return;
+                }
+                if self.damaged.len() < REMEMBERED_STORES || self.damaged.contains_key(&node) {
+                    self.damaged.insert(node.clone(), records);
+                }
+                self.request(now, Trigger::Damaged { node, records }, None);
             }
             MemberChange::Gone { node } => {
                 if self.lost.len() < REMEMBERED_STORES {
@@ -470,6 +496,44 @@ mod tests {
                 },
                 None
             ))
+        );
+    }
+
+    #[test]
+    fn damaged_records_a_node_reports_are_repaired_at_once_and_once() {
+        let t0 = Instant::now();
+        let mut schedule = settled(t0);
+        let dn1: NodeId = "dn1".parse().unwrap();
+        let damaged = |records| MemberChange::Damaged {
+            node: dn1.clone(),
+            records,
+        };
+        schedule.note(damaged(2), t0);
+        assert_eq!(
+            schedule.due(t0),
+            Some((
+                Trigger::Damaged {
+                    node: dn1.clone(),
+                    records: 2
+                },
+                None
+            ))
+        );
+        schedule.begin(t0);
+        schedule.finish(&PassEnd::Complete, t0);
+        schedule.note(damaged(2), t0 + AFTER);
+        assert_eq!(
+            schedule.due(t0 + AFTER * 3),
+            None,
+            "the same damage reported again (a restart, a reconnection)"
+        );
+        schedule.note(damaged(3), t0 + AFTER * 4);
+        assert!(
+            matches!(
+                schedule.due(t0 + AFTER * 4),
+                Some((Trigger::Damaged { records: 3, .. }, None))
+            ),
+            "one more"
         );
     }
 

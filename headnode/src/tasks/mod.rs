@@ -31,9 +31,11 @@ use crate::state::forward::Replication;
 use crate::state::ids::IdGenerator;
 use crate::state::keys::KeyTable;
 use crate::state::recovery::Gate;
+use crate::state::repair::MemberChange;
 use crate::state::router::Router;
 use crate::state::status::Status;
 use crate::state::tail::Watermark;
+use crate::tasks::repair::RepairEvent;
 
 pub(crate) mod client_session;
 pub(crate) mod cluster;
@@ -85,12 +87,30 @@ pub(crate) struct Shared {
     pub(crate) status: Arc<Status>,
     /// The next data-node connection's id.
     pub(crate) next_conn: AtomicU64,
+    /// The repair task's queue (the membership task holds the same
+    /// sender): registration tells it of the damaged records a node
+    /// reports.
+    pub(crate) repair_tx: mpsc::Sender<RepairEvent>,
 }
 
 impl Shared {
     /// A new data-node connection's id, never given before.
     pub(crate) fn next_conn_id(&self) -> u64 {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Tells the repair task of a change that may make a pass due. Never
+    /// dropped: when its queue is full this waits for room (it is read in
+    /// every state of that task); when that task has ended (repair off, or
+    /// shutting down), nobody needs it.
+    pub(crate) async fn tell_repair(&self, change: MemberChange) {
+        let event = RepairEvent {
+            change,
+            at: tokio::time::Instant::now(),
+        };
+        if let Err(mpsc::error::TrySendError::Full(event)) = self.repair_tx.try_send(event) {
+            let _ = self.repair_tx.send(event).await;
+        }
     }
 
     /// The tail's watermark now: the next id is read before whether the

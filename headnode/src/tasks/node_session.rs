@@ -296,6 +296,7 @@ impl<S: Stream> NodeSession<S> {
                 FromDataNode::Proof(_)
                 | FromDataNode::Held { .. }
                 | FromDataNode::Peers(_)
+                | FromDataNode::Damaged(_)
                 | FromDataNode::Ready,
             ) => {
                 self.conn
@@ -469,17 +470,10 @@ impl<S: Stream> NodeSession<S> {
     }
 
     fn send(&mut self, message: Forward, deadline: Instant) {
-        let envelope = &message.envelope;
-        if self.info.legacy {
-            self.conn
-                .writer
-                .queue_with(|buf| ToDataNode::encode_store(None, None, &envelope.text, buf));
-        } else {
-            let key = envelope.key.as_ref().map(|key| key.as_ref());
-            self.conn.writer.queue_with(|buf| {
-                ToDataNode::encode_store(Some(envelope.id), key, &envelope.text, buf)
-            });
-        }
+        let legacy = self.info.legacy;
+        self.conn
+            .writer
+            .queue_with(|buf| message.envelope.encode_store(legacy, buf));
         self.in_flight.push(message, deadline);
     }
 

@@ -23,6 +23,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::state::membership;
 use crate::state::reads::read_channel;
+use crate::state::repair::MemberChange;
 use crate::state::router::NodeLoad;
 use crate::tasks::Shared;
 use crate::tasks::cluster::Input;
@@ -174,14 +175,14 @@ impl<S: Stream> Arrival<S> {
                 timeout,
                 async {
                     let (info, slot) = register_data_node(conn, peer, hello, shared, rng).await?;
-                    let peers = read_report(conn, &info, reported_epoch, shared).await?;
-                    Ok::<_, String>((info, slot, peers))
+                    let report = read_report(conn, &info, reported_epoch, shared).await?;
+                    Ok::<_, String>((info, slot, report))
                 },
             ) => registered,
         };
         match registered {
-            Ok(Ok((info, slot, peers))) => Some(Peer::DataNode(
-                registration(self.conn, info, slot, peers, self.shared).await?,
+            Ok(Ok((info, slot, report))) => Some(Peer::DataNode(
+                registration(self.conn, info, slot, report, self.shared).await?,
             )),
             Ok(Err(refusal)) => {
                 self.conn.close_with_error(&refusal).await;
@@ -332,20 +333,29 @@ fn member_info(
     })
 }
 
+/// What a data node reports after `welcome`, besides the keys it holds.
+#[derive(Debug, Default)]
+struct Report {
+    /// The member set it keeps (as the last head node sent it).
+    peers: Vec<NodeId>,
+    /// Records it found damaged since it started (`damaged <n>`).
+    damaged: u64,
+}
+
 /// Welcomes a data node, whose newest accepted epoch is `reported` (`None`
 /// from a node older than epochs as counters), at an epoch above it, and
-/// reads its report: the keys it holds (into the deduplication window) and
-/// the member set it keeps. Returns that set. An original-system node
-/// reports nothing. A node that refuses the welcome names its newest
-/// epoch, and the next welcome goes above it.
+/// reads its report: the keys it holds (into the deduplication window),
+/// the member set it keeps and the records it found damaged. An
+/// original-system node reports nothing. A node that refuses the welcome
+/// names its newest epoch, and the next welcome goes above it.
 async fn read_report<S: Stream>(
     conn: &mut Connection<S>,
     info: &membership::MemberInfo,
     reported: Option<u64>,
     shared: &Shared,
-) -> Result<Vec<NodeId>, String> {
+) -> Result<Report, String> {
     if info.legacy {
-        return Ok(Vec::new());
+        return Ok(Report::default());
     }
     let before = shared.ids.epoch();
     let epoch = shared.ids.welcome_epoch(reported.unwrap_or(0));
@@ -369,6 +379,7 @@ async fn read_report<S: Stream>(
         .map_err(|e| format!("write failed: {e}"))?;
     let mut keys = 0usize;
     let mut peers = Vec::new();
+    let mut damaged = 0;
     loop {
         let line = conn
             .reader
@@ -389,6 +400,7 @@ async fn read_report<S: Stream>(
                 }
             }
             Ok(FromDataNode::Peers(named)) => peers = named,
+            Ok(FromDataNode::Damaged(records)) => damaged = records,
             Ok(FromDataNode::Ready) => break,
             Ok(FromDataNode::Error(reason)) if reason.starts_with(STALE_HEAD) => {
                 let raised =
@@ -409,7 +421,7 @@ async fn read_report<S: Stream>(
             _ => {
                 warn!(node = %info.node, "dataNode sent an unexpected line in its report: {}", truncate_for_log(line.as_str()));
                 return Err(format!(
-                    "expected 'held', 'peers' or 'ready', got {:?}",
+                    "expected 'held', 'peers', 'damaged' or 'ready', got {:?}",
                     truncate_for_log(line.as_str())
                 ));
             }
@@ -419,9 +431,16 @@ async fn read_report<S: Stream>(
         node = %info.node,
         keys,
         peers = ?peers.iter().map(NodeId::as_str).collect::<Vec<_>>(),
+        damaged,
         "dataNode reported what it holds"
     );
-    Ok(peers)
+    if damaged > 0 {
+        warn!(
+            node = %info.node, damaged,
+            "dataNode found {damaged} damaged records in its data files; a repair pass gives their messages their copies"
+        );
+    }
+    Ok(Report { peers, damaged })
 }
 
 /// Hands a data node that proved itself to the membership task.
@@ -429,7 +448,7 @@ async fn registration<S: Stream>(
     mut conn: Connection<S>,
     info: membership::MemberInfo,
     slot: OwnedSemaphorePermit,
-    peers: Vec<NodeId>,
+    report: Report,
     shared: Arc<Shared>,
 ) -> Option<node_session::Registered<S>> {
     let (queue_tx, queue_rx) = mpsc::unbounded_channel();
@@ -449,7 +468,7 @@ async fn registration<S: Stream>(
         load: load.clone(),
         evicted: evicted.clone(),
         reads: reads_tx,
-        peers,
+        peers: report.peers,
         respond,
     };
     if shared.membership_tx.send(registration).await.is_err() {
@@ -464,6 +483,14 @@ async fn registration<S: Stream>(
         Err(_) => return None,
     }
     info!(node = %info.node, legacy = info.legacy, "dataNode connected");
+    if report.damaged > 0 {
+        shared
+            .tell_repair(MemberChange::Damaged {
+                node: info.node.clone(),
+                records: report.damaged,
+            })
+            .await;
+    }
     Some(node_session::Registered {
         conn,
         info,

@@ -16,7 +16,9 @@
 //! retention may have removed it: then it is left alone, so repair never
 //! brings back what retention removed). The rest get new copies, made by
 //! the router exactly as a client message's missing copies are: same id,
-//! key and text, on nodes (and zones) that do not hold it, at most
+//! key and text, and the record time of the copy read (so retention by age
+//! counts from when the message was stored), on nodes (and zones) that do
+//! not hold it, at most
 //! `--repair-rate` messages a second and [`REPAIR_IN_FLIGHT`] at once,
 //! within the head node's in-flight budget.
 //!
@@ -345,6 +347,9 @@ impl Pass<'_> {
             key: record.key,
             held_by: holders.into_iter().collect::<Holders>(),
             charge: Some(charge),
+            // The new copy keeps the time of the one it is made from, so
+            // that retention by age does not start over (0: not known).
+            stored_ms: (record.stored_ms > 0).then_some(record.stored_ms),
             ..NewEnvelope::plain(
                 record.id,
                 Bytes::from(record.text),

@@ -136,7 +136,7 @@ fn build(config: Config, limits: Limits, started: Instant) -> (Arc<Shared>, Ends
             recovery_wait: config.recovery_wait,
             remove_after: config.repair_after,
             status: status.clone(),
-            repair_tx,
+            repair_tx: repair_tx.clone(),
             prober,
             inputs_tx: inputs_tx.clone(),
             routes_tx,
@@ -170,6 +170,7 @@ fn build(config: Config, limits: Limits, started: Instant) -> (Arc<Shared>, Ends
         node_slots: Arc::new(Semaphore::new(limits.data_nodes)),
         status,
         next_conn: AtomicU64::new(1),
+        repair_tx,
         config,
     });
     let ends = Ends {

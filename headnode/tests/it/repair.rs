@@ -1,7 +1,8 @@
 //! Repair with real data nodes, in one process: a node lost with its disk
 //! gets its copies made again, with the same id, key and text, and never
 //! more than once; a restarted head node checks again and finds nothing to
-//! do; retention's removals are not brought back.
+//! do; retention's removals are not brought back, and what a node's
+//! retention did not remove is not left at one copy.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -98,6 +99,16 @@ fn held(cluster: &Cluster) -> HashMap<String, Held> {
         all.insert(node.id.clone(), ids);
     }
     all
+}
+
+/// The ids of every segment retention removed from `dir`, by segment.
+fn removed_sets(dir: &std::path::Path) -> BTreeMap<u32, datanode::storage::removed::IdSet> {
+    use datanode::storage::removed::{parse_set_file_name, read_set};
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|entry| parse_set_file_name(entry.unwrap().file_name().to_str()?))
+        .map(|number| (number, read_set(dir, number).unwrap()))
+        .collect()
 }
 
 async fn kill_and_lose_disk(cluster: &mut Cluster, index: usize) {
@@ -228,18 +239,24 @@ async fn repair_leaves_alone_what_retention_removed() {
     pass_ended(http, "head node started").await;
     let messages = store(&cluster, "c-retention", 200).await;
     let before = held(&cluster);
+    let dn1_dir = cluster.nodes[0].data_dir.clone();
+    let removed_before = removed_sets(&dn1_dir);
     // What dn1 was sent and no longer holds: its retention removed it.
-    let horizon = messages
+    let removed_from_dn1: BTreeSet<MessageId> = messages
         .iter()
         .filter(|(id, (_, holders))| {
             holders.iter().any(|h| h == "dn1") && !before["dn1"].contains_key(id)
         })
         .map(|(id, _)| *id)
-        .max()
-        .expect("dn1's retention removed some messages");
+        .collect();
+    assert!(
+        !removed_from_dn1.is_empty(),
+        "dn1's retention removed some messages"
+    );
 
-    // dn3 is lost. Messages below dn1's horizon that have one live copy
-    // are left alone (dn1 answers "removed"); the others get their copy.
+    // dn3 is lost. Messages dn1's retention removed that have one live
+    // copy are left alone (dn1 answers "removed"); the others get their
+    // copy, also those dn1 never held.
     cluster.nodes[2].kill();
     cluster
         .wait_for(
@@ -255,19 +272,141 @@ async fn repair_leaves_alone_what_retention_removed() {
     assert!(pass.removed_by_retention > 0, "{pass:?}");
     assert!(pass.copied > 0, "{pass:?}");
     let after = held(&cluster);
+    // dn1's retention goes on: a copy made there may be gone again, in a
+    // segment removed since.
+    let removed_since: Vec<_> = removed_sets(&dn1_dir)
+        .into_iter()
+        .filter(|(number, _)| !removed_before.contains_key(number))
+        .map(|(_, set)| set)
+        .collect();
+    let on = |node: &str, id: &MessageId| {
+        after[node].contains_key(id)
+            || (node == "dn1" && removed_since.iter().any(|set| set.contains(*id)))
+    };
     let mut new_copies = 0;
     for node in ["dn1", "dn2"] {
-        for id in after[node]
+        for id in messages
             .keys()
-            .filter(|id| !before[node].contains_key(id))
+            .filter(|id| on(node, id) && !before[node].contains_key(id))
         {
             assert!(
-                *id > horizon,
-                "{id} brought back on {node}, at or below dn1's retention horizon {horizon}"
+                !removed_from_dn1.contains(id),
+                "{id} brought back on {node}, though dn1's retention removed it"
             );
             new_copies += 1;
         }
     }
     assert_eq!(new_copies as u64, pass.new_copies, "{pass:?}");
+    for (id, (_, holders)) in &messages {
+        if holders.iter().all(|h| h != "dn1") {
+            let copies = ["dn1", "dn2"].iter().filter(|node| on(node, id)).count();
+            assert_eq!(
+                copies, 2,
+                "{id}, which dn1 never held, has {copies} live copies"
+            );
+        }
+    }
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_a_node_finds_damaged_at_start_gets_its_copy_again_at_once() {
+    let (mut cluster, http) = Cluster::start_with_http(headnode::Config {
+        // No pass of its own: the one that runs is the damage's.
+        repair_after: Duration::from_secs(3600),
+        ..config()
+    })
+    .await;
+    for id in ["dn1", "dn2"] {
+        let node = cluster.node_config(id);
+        cluster.add_node(node).await;
+    }
+    let messages = store(&cluster, "c-damage", 20).await;
+    cluster.nodes[0].kill();
+    cluster.nodes[0].released().await;
+    // A byte of one of dn1's records changes while it is down.
+    let path = cluster.nodes[0].data_dir.join(datanode::storage::DATA_FILE);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let line = text.lines().nth(4).unwrap();
+    let damaged = datanode::storage::parse_line(line.as_bytes())
+        .unwrap()
+        .id
+        .unwrap();
+    let changed = format!("{line}!");
+    std::fs::write(&path, text.replacen(line, &changed, 1)).unwrap();
+
+    let node = cluster.node_config("dn1");
+    cluster.nodes.remove(0);
+    cluster.add_node(node).await;
+    let pass = pass_ended(http, "dn1 found 1 damaged records")
+        .await
+        .totals
+        .repair_pass
+        .unwrap();
+    assert_eq!((pass.under_replicated, pass.copied), (1, 1), "{pass:?}");
+    assert_eq!(pass.checked, messages.len() as u64, "{pass:?}");
+    let report = datanode::storage::verify_dir(&cluster.nodes[1].data_dir).unwrap();
+    assert_eq!(report.corrupt.len(), 1, "the damaged line stays: {report}");
+    assert_eq!(report.corrupt[0].id, Some(damaged));
+    let intact = datanode::storage::stored_ids(&path).unwrap();
+    assert!(intact.contains(&damaged), "a new copy beside it");
+    cluster.stop().await;
+}
+
+/// Per node: the record time of each id it holds (its first record's).
+fn record_times(cluster: &Cluster) -> HashMap<String, HashMap<MessageId, String>> {
+    let mut all = HashMap::new();
+    for node in &cluster.nodes {
+        let mut times = HashMap::new();
+        let files = datanode::storage::segments::list_data_files(&node.data_dir, 0).unwrap();
+        for file in files {
+            let contents = std::fs::read(&file.path).unwrap();
+            for line in contents.split_inclusive(|&b| b == b'\n') {
+                let record = datanode::storage::parse_line(line).unwrap();
+                if let Some(id) = record.id {
+                    times.entry(id).or_insert(record.timestamp.to_owned());
+                }
+            }
+        }
+        all.insert(node.id.clone(), times);
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repaired_copy_keeps_the_record_time_of_the_copy_it_was_made_from() {
+    let (mut cluster, http) = Cluster::start_with_http(config()).await;
+    for id in ["dn1", "dn2", "dn3"] {
+        let node = cluster.node_config(id);
+        cluster.add_node(node).await;
+    }
+    pass_ended(http, "head node started").await;
+    store(&cluster, "c-times", 30).await;
+    let before = record_times(&cluster);
+    // Later than any record time a copy made now could be confused with.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    kill_and_lose_disk(&mut cluster, 2).await;
+    let pass = pass_ended(http, "dn3 gone")
+        .await
+        .totals
+        .repair_pass
+        .unwrap();
+    assert!(pass.copied > 0, "{pass:?}");
+    let after = record_times(&cluster);
+    let mut repaired = 0;
+    for node in ["dn1", "dn2"] {
+        for (id, time) in &after[node] {
+            if before[node].contains_key(id) {
+                continue;
+            }
+            repaired += 1;
+            let originals: Vec<&String> = before.values().filter_map(|t| t.get(id)).collect();
+            assert!(
+                originals.contains(&time),
+                "{id} on {node} at {time}, its copies at {originals:?}"
+            );
+        }
+    }
+    assert_eq!(repaired as u64, pass.new_copies, "{pass:?}");
     cluster.stop().await;
 }

@@ -60,6 +60,12 @@ pub enum FromDataNode {
     /// `peers <node-id>...`: part of the report: the data nodes the
     /// previous head node last named in `members` (possibly none).
     Peers(Vec<NodeId>),
+    /// `damaged <count>`: part of the report, sent only when `count` is
+    /// not 0: records this node found damaged since it started (failing
+    /// their checksum when it opened its files, or no longer reading back
+    /// where its index pointed). They are left out of its reads; the head
+    /// node runs a repair pass so their messages get their copies.
+    Damaged(u64),
     /// `ready`: the report is complete; the node can take messages.
     Ready,
     /// `pong <n>`: answer to `ping <n>`.
@@ -240,6 +246,7 @@ impl FromDataNode {
             }
             (Some("withdrawn"), Some(id), None) => FromDataNode::Withdrawn(id.parse()?),
             (Some("ready"), None, None) => FromDataNode::Ready,
+            (Some("damaged"), Some(count), None) => FromDataNode::Damaged(parse_counter(count)?),
             (Some("pong"), Some(n), None) => FromDataNode::Pong(parse_counter(n)?),
             (Some("fsync"), Some(window), Some(count)) => {
                 let (Some(p99), None) = (words.next(), words.next()) else {
@@ -311,6 +318,10 @@ impl FromDataNode {
                 put_names(nodes, buf);
             }
             FromDataNode::Ready => buf.extend_from_slice(b"ready"),
+            FromDataNode::Damaged(count) => {
+                buf.extend_from_slice(b"damaged ");
+                put_u64(buf, *count);
+            }
             FromDataNode::Pong(n) => {
                 buf.extend_from_slice(b"pong ");
                 put_u64(buf, *n);

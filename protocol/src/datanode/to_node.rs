@@ -46,6 +46,21 @@ pub enum ToDataNode<'a> {
         /// The client's text.
         text: &'a str,
     },
+    /// `mensaje <id> [<client-id>/<seq>] @<unix-ms>: <text>`: a repair's
+    /// copy of a stored message: store it as [`ToDataNode::Store`] does,
+    /// with `stored_ms` as its record's time, the time its first copies
+    /// were stored (so retention by age counts from then, not from the
+    /// copy).
+    StoreCopy {
+        /// The message's id.
+        id: MessageId,
+        /// The client's key, if it sent one.
+        key: Option<KeyRef<'a>>,
+        /// When the copy it was made from was stored, Unix ms.
+        stored_ms: u64,
+        /// The client's text.
+        text: &'a str,
+    },
     /// `withdraw <id>`: the head node sent this message elsewhere after its
     /// acknowledgement timed out. If it is not yet written, do not write it
     /// and answer `withdrawn <id>`; if it is, its `recibido` stands.
@@ -116,6 +131,29 @@ impl<'a> ToDataNode<'a> {
             }
             None => buf.extend_from_slice(b"mensaje: "),
         }
+        buf.extend_from_slice(text);
+    }
+
+    /// Appends `mensaje <id> [<key>] @<stored-ms>: <text>`, a repair's
+    /// copy ([`ToDataNode::StoreCopy`]), from text that is already known
+    /// to be UTF-8.
+    pub fn encode_copy(
+        id: MessageId,
+        key: Option<KeyRef<'_>>,
+        stored_ms: u64,
+        text: &[u8],
+        buf: &mut BytesMut,
+    ) {
+        buf.reserve(text.len() + 140);
+        buf.extend_from_slice(b"mensaje ");
+        id.put(buf);
+        if let Some(key) = key {
+            buf.put_u8(b' ');
+            key.put(buf);
+        }
+        buf.extend_from_slice(b" @");
+        put_u64(buf, stored_ms);
+        buf.extend_from_slice(b": ");
         buf.extend_from_slice(text);
     }
 
@@ -236,6 +274,12 @@ impl<'a> ToDataNode<'a> {
             ToDataNode::Store { id, key, text } => {
                 ToDataNode::encode_store(*id, *key, text.as_bytes(), buf)
             }
+            ToDataNode::StoreCopy {
+                id,
+                key,
+                stored_ms,
+                text,
+            } => ToDataNode::encode_copy(*id, *key, *stored_ms, text.as_bytes(), buf),
             ToDataNode::Ping(n) => {
                 buf.extend_from_slice(b"ping ");
                 put_u64(buf, *n);
@@ -272,23 +316,46 @@ impl<'a> ToDataNode<'a> {
     }
 }
 
-/// `<epoch>-<seq>[ <client>/<seq>]: <text>`, the rest of a `mensaje` line.
+/// `<epoch>-<seq>[ <client>/<seq>][ @<unix-ms>]: <text>`, the rest of a
+/// `mensaje` line: a message to store, or (with the time) a repair's copy.
 fn parse_store(rest: &str) -> Result<ToDataNode<'_>, ParseError> {
-    // The id and key hold no `:`: the first one ends them.
+    // The id, key and time hold no `:`: the first one ends them.
     let Some((head, text)) = split_at_first(rest, b':') else {
         return Err(ParseError::new("malformed 'mensaje' line"));
     };
     let Some(text) = text.strip_prefix(' ') else {
         return Err(ParseError::new("malformed 'mensaje' line"));
     };
+    // A client id never starts with `@`: the time is told apart by it.
+    let (head, stored_ms) = match head.rsplit_once(" @") {
+        Some((head, time)) => {
+            let stored_ms = parse_decimal(time).ok_or_else(|| {
+                ParseError::new(format!(
+                    "bad record time {:?} in 'mensaje' line",
+                    truncate_for_log(time)
+                ))
+            })?;
+            (head, Some(stored_ms))
+        }
+        None => (head, None),
+    };
     let (id, key) = match split_at_first(head, b' ') {
         Some((id, key)) => (id, Some(KeyRef::parse(key)?)),
         None => (head, None),
     };
-    Ok(ToDataNode::Store {
-        id: Some(id.parse()?),
-        key,
-        text,
+    let id = id.parse()?;
+    Ok(match stored_ms {
+        Some(stored_ms) => ToDataNode::StoreCopy {
+            id,
+            key,
+            stored_ms,
+            text,
+        },
+        None => ToDataNode::Store {
+            id: Some(id),
+            key,
+            text,
+        },
     })
 }
 

@@ -361,6 +361,58 @@ fn a_failed_fsync_acknowledges_nothing_and_is_never_retried() {
 }
 
 #[test]
+fn an_open_syncs_data_txt_before_anything_trusts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // Written and never synced: as a process killed before its
+        // commit's fdatasync leaves it, in the page cache.
+        let mut data = DataFile::open(dir.path(), FsyncPolicy::Never).unwrap();
+        data.stage(Some(id(1)), None, b"a");
+        data.commit().unwrap();
+    }
+    let faults = Faults {
+        open_sync_fails: true,
+        ..Faults::default()
+    };
+    let e = DataFile::open_with(dir.path(), FsyncPolicy::Batch, faulty(faults)).unwrap_err();
+    assert!(
+        matches!(&e, StorageError::Sync { error, .. } if error.raw_os_error() == Some(5)),
+        "a file that cannot be synced is not read as stored: {e:?}"
+    );
+    let data = DataFile::open(dir.path(), FsyncPolicy::Batch).unwrap();
+    assert_eq!(stored_ids(data.path()).unwrap(), [id(1)]);
+}
+
+#[test]
+fn a_repair_copy_keeps_the_time_of_the_copy_it_was_made_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut data = DataFile::open(dir.path(), FsyncPolicy::Batch).unwrap();
+    data.stage(Some(id(1)), None, b"a");
+    data.stage_copy(id(2), None, b"b", 1_795_413_331_793);
+    data.stage_copy(id(3), None, b"c", u64::MAX);
+    data.commit().unwrap();
+    let text = std::fs::read_to_string(data.path()).unwrap();
+    let stamps: Vec<&str> = text.lines().map(|line| &line[..23]).collect();
+    assert_eq!(stamps[1], "2026-11-23 05:55:31,793", "{text}");
+    assert_eq!(
+        stamps[2], stamps[0],
+        "a time no record can carry: the batch's"
+    );
+    assert!(verify(data.path()).unwrap().is_clean());
+    assert_eq!(
+        data.last_commit_newest_ms(),
+        data.last_stamp_ms().max(1_795_413_331_793)
+    );
+    data.stage_copy(id(4), None, b"d", 1_000);
+    data.commit().unwrap();
+    assert_eq!(
+        data.last_commit_newest_ms(),
+        1_000,
+        "a batch of old copies is as old as they are"
+    );
+}
+
+#[test]
 fn fsync_policy_parses() {
     assert_eq!("batch".parse::<FsyncPolicy>().unwrap(), FsyncPolicy::Batch);
     assert!("sometimes".parse::<FsyncPolicy>().is_err());

@@ -4,7 +4,7 @@ use protocol::ids::{KeyRef, MessageId};
 
 use super::*;
 use crate::reads::{Got, MAX_READS_IN_FLIGHT, ReadServer, SharedWriter};
-use crate::storage::retention::RETENTION_FILE;
+use crate::storage::retention::{RETENTION_FILE, RetentionClock};
 use crate::storage::{Backend, Faults, FsyncPolicy, RollStep, verify_dir};
 
 const DAY: Duration = Duration::from_secs(86_400);
@@ -284,6 +284,48 @@ fn retention_by_age_removes_old_segments_never_the_active_file() {
 }
 
 #[test]
+fn a_forward_clock_step_removes_nothing_the_records_age_does_not_allow() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = open(dir.path(), config(200), Backend::File);
+    for seq in 1..=6 {
+        node.write(&[id(5, seq)]).unwrap();
+    }
+    let segments = node.store.segments().len();
+    assert!(segments >= 2);
+    let mut store_config = config(200);
+    store_config.retention.max_age = Some(7 * DAY);
+    node.store.config = store_config;
+    // Fabricated clocks: the wall clock jumps a year ahead a second
+    // after the store opened.
+    let (wall, mono) = (SystemTime::now(), std::time::Instant::now());
+    let clock = RetentionClock::new(node.store.newest_record_ms(), wall, mono);
+    let year = 365 * DAY;
+    let stepped = clock.now(wall + year, mono + Duration::from_secs(1));
+    assert_eq!(
+        node.store.apply_retention(stepped).unwrap(),
+        0,
+        "a year's step of the wall clock removes nothing"
+    );
+    assert_eq!(node.store.segments().len(), segments);
+    // Once the records are truly older than the age, they go.
+    let later = clock.now(wall + year, mono + 8 * DAY);
+    assert_eq!(node.store.apply_retention(later).unwrap(), segments);
+    // A store opened under a stepped clock judges by its records too.
+    drop(node);
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut node = open(dir.path(), config(200), Backend::File);
+        for seq in 1..=6 {
+            node.write(&[id(5, seq)]).unwrap();
+        }
+    }
+    let data = DataFile::open(dir.path(), FsyncPolicy::Batch).unwrap();
+    let mut keys = KeyIndex::new(1000, Duration::from_secs(120));
+    let store = Store::open(&data, store_config, &mut keys, SystemTime::now() + year).unwrap();
+    assert_eq!(store.segments().len(), segments, "nothing removed at open");
+}
+
+#[test]
 fn retention_by_bytes_removes_the_oldest_segments_first() {
     let dir = tempfile::tempdir().unwrap();
     let mut node = open(dir.path(), config(200), Backend::File);
@@ -311,6 +353,111 @@ fn retention_by_bytes_removes_the_oldest_segments_first() {
     assert!(!node.store.retention_removed(kept[0]) || kept[0].seq == 1);
     let record = std::fs::read_to_string(dir.path().join(RETENTION_FILE)).unwrap();
     assert!(record.contains("reason=bytes"), "{record}");
+}
+
+#[test]
+fn retention_answers_removed_only_for_ids_this_node_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = open(dir.path(), config(200), Backend::File);
+    let mut store_config = config(200);
+    store_config.retention.max_bytes = Some(700);
+    node.store.config = store_config;
+    // Two ids of every three, as a node gets them with R=2 of 3 nodes.
+    let held = |seq: u64| !seq.is_multiple_of(3);
+    for seq in (1..=30).filter(|&seq| held(seq)) {
+        node.write(&[id(5, seq)]).unwrap();
+    }
+    assert!(node.store.retention_stats().segments > 0);
+    let removed_ids: Vec<MessageId> = node
+        .store
+        .take_removed_sets()
+        .iter()
+        .flat_map(|set| {
+            (1..=30)
+                .map(|seq| id(5, seq))
+                .filter(|&id| set.contains(id))
+        })
+        .collect();
+    let first_kept = node.scan_ids(None, 1000)[0];
+    let below: Vec<MessageId> = (1..first_kept.seq)
+        .map(|seq| id(5, seq))
+        .filter(|id| held(id.seq))
+        .collect();
+    assert_eq!(removed_ids, below, "the sets hold what was removed");
+    let check = |node: &Node| {
+        for seq in 1..first_kept.seq {
+            assert_eq!(
+                node.get(id(5, seq)),
+                Got::NotFound { removed: held(seq) },
+                "5-{seq}: removed only if it was held here"
+            );
+        }
+        assert_eq!(node.get(id(5, 30)), Got::NotFound { removed: false });
+        assert_eq!(node.get(id(6, 1)), Got::NotFound { removed: false });
+    };
+    check(&node);
+    drop(node);
+    check(&open(dir.path(), store_config, Backend::File));
+}
+
+#[test]
+fn keys_leave_the_key_index_with_their_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut node = open(dir.path(), config(200), Backend::File);
+        for seq in 1..=20 {
+            node.write(&[id(5, seq)]).unwrap();
+        }
+    }
+    let mut store_config = config(200);
+    store_config.retention.max_bytes = Some(700);
+    // Retention removes the oldest segments as the store opens.
+    let node = open(dir.path(), store_config, Backend::File);
+    let kept = node.scan_ids(None, 1000);
+    assert!(kept.len() < 20 && !kept.is_empty(), "{kept:?}");
+    for seq in 1..=20 {
+        let key = KeyRef { client: "c-1", seq };
+        let on_disk = kept.contains(&id(5, seq)).then_some(id(5, seq));
+        assert_eq!(node.keys.get(key), on_disk, "key c-1/{seq}");
+    }
+}
+
+#[test]
+fn a_record_damaged_after_it_was_indexed_costs_one_read_not_every_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = open(dir.path(), config(300), Backend::File);
+    for seq in 1..=6 {
+        node.write(&[id(5, seq)]).unwrap();
+    }
+    // A byte of 5-2's text changes on disk, under the index.
+    let segment = dir.path().join("data.000001.txt");
+    let contents = std::fs::read_to_string(&segment).unwrap();
+    assert!(contents.contains("text of 5-2\n"), "{contents}");
+    std::fs::write(&segment, contents.replace("text of 5-2\n", "text of 5-7\n")).unwrap();
+    let reader = node.store.reader(1024);
+    let scanned = reader.scan(None, 100, usize::MAX).unwrap();
+    let ids: Vec<MessageId> = scanned.records.iter().map(|r| r.id).collect();
+    assert_eq!(
+        ids,
+        [1, 3, 4, 5, 6].map(|seq| id(5, seq)),
+        "the scan goes past it"
+    );
+    assert_eq!(scanned.damaged, 1);
+    let again = reader.scan(None, 100, usize::MAX).unwrap();
+    assert_eq!(
+        (again.records.len(), again.damaged),
+        (5, 0),
+        "marked: not read again"
+    );
+    assert_eq!(node.get(id(5, 2)), Got::NotFound { removed: false });
+    // A new copy (a repair's) is found again.
+    node.write(&[id(5, 2)]).unwrap();
+    assert_eq!(found_text(node.get(id(5, 2))), "text of 5-2");
+    // The next start counts the damaged line, to report it.
+    drop(node);
+    let node = open(dir.path(), config(300), Backend::File);
+    assert_eq!(node.store.open_stats().damaged, 1);
+    assert_eq!(found_text(node.get(id(5, 2))), "text of 5-2");
 }
 
 #[test]

@@ -80,6 +80,7 @@ fn datanode_to_head_frames_round_trip() {
         FromDataNode::Peers(vec!["dn2".parse().unwrap()]),
         FromDataNode::Peers(vec![]),
         FromDataNode::Ready,
+        FromDataNode::Damaged(3),
         FromDataNode::Found {
             req: 4,
             record: ReadRecord {

@@ -106,6 +106,58 @@ fn a_bad_mensaje_line_is_refused_with_what_is_wrong() {
 }
 
 #[test]
+fn a_repair_copy_carries_its_record_time_after_the_key() {
+    let key = KeyRef {
+        client: "c-1",
+        seq: 99,
+    };
+    for (line, expected) in [
+        (
+            "mensaje 5-7 c-1/99 @1795413331793: numero random: 7",
+            ToDataNode::StoreCopy {
+                id: id(5, 7),
+                key: Some(key),
+                stored_ms: 1_795_413_331_793,
+                text: "numero random: 7",
+            },
+        ),
+        (
+            "mensaje 5-7 @0: a @1: b",
+            ToDataNode::StoreCopy {
+                id: id(5, 7),
+                key: None,
+                stored_ms: 0,
+                text: "a @1: b",
+            },
+        ),
+    ] {
+        assert_eq!(ToDataNode::parse(line), Ok(expected.clone()), "{line}");
+        let mut buf = BytesMut::new();
+        expected.encode(&mut buf);
+        assert_eq!(&buf[..], line.as_bytes());
+    }
+    for bad in [
+        "mensaje 5-7 @: t",
+        "mensaje 5-7 @+1: t",
+        "mensaje 5-7 @1x: t",
+        "mensaje 5-7 c-1/99 @1 @2: t",
+        "mensaje 5-7 @1 c-1/99: t",
+        "mensaje @1: t",
+    ] {
+        assert!(ToDataNode::parse(bad).is_err(), "{bad}");
+    }
+    assert_eq!(
+        ToDataNode::parse("mensaje 5-7 c-1/99: @1: t"),
+        Ok(ToDataNode::Store {
+            id: Some(id(5, 7)),
+            key: Some(key),
+            text: "@1: t",
+        }),
+        "after the colon it is text"
+    );
+}
+
+#[test]
 fn head_to_datanode_frames_round_trip() {
     let frames = [
         ToDataNode::Welcome {
