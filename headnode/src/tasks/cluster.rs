@@ -216,9 +216,6 @@ impl Driver {
             } => match membership.register(info.clone(), now()) {
                 Ok(events) => {
                     membership.reported(&peers, now());
-                    if let Some(done) = self.recovery.reported(&info.node, &peers, now()) {
-                        self.recovered(done);
-                    }
                     self.sessions.insert(
                         info.conn,
                         Session {
@@ -235,6 +232,11 @@ impl Driver {
                             evicted,
                         },
                     );
+                    // After the session is in: the routes recovery publishes
+                    // include this node, whose report may have ended it.
+                    if let Some(done) = self.recovery.reported(&info.node, &peers, now()) {
+                        self.recovered(done);
+                    }
                     let _ = respond.send(Ok(()));
                     events
                 }
