@@ -11,6 +11,12 @@
 //! head node goes above that too ([`IdGenerator::raise_above`]); the node
 //! tries again.
 //!
+//! Until it has welcomed a data node, a head node has learned no epoch and
+//! gives no id ([`IdGenerator::learned`]): an id given then, under the
+//! epoch it started from, could be one an earlier head node gave to
+//! another message (a message waiting for a first data node was written,
+//! once nodes came, under such an id beside that message).
+//!
 //! Going above an epoch restarts the sequence at 1: ids keep their
 //! order, epoch first. The epoch and the sequence number change together,
 //! under one lock, so no id of the older epoch is given after one of the
@@ -39,6 +45,9 @@ struct State {
     claimed: bool,
     /// The first epoch this run gave ids under, once it has given one.
     first_used: Option<u64>,
+    /// A data node has been welcomed: the epoch is above what the cluster
+    /// reported.
+    learned: bool,
 }
 
 impl IdGenerator {
@@ -51,6 +60,7 @@ impl IdGenerator {
                 next: 1,
                 claimed: false,
                 first_used: None,
+                learned: false,
             }),
         }
     }
@@ -77,7 +87,19 @@ impl IdGenerator {
         }
     }
 
-    /// The next id.
+    /// Whether a data node has been welcomed, so this head node's epoch is
+    /// above the ones its data nodes reported: ids may be given only then.
+    pub fn learned(&self) -> bool {
+        self.state().learned
+    }
+
+    /// An original-system data node was welcomed: it reports no epoch, so
+    /// there is none to learn; ids may be given from now on.
+    pub fn welcomed_without_epoch(&self) {
+        self.state().learned = true;
+    }
+
+    /// The next id; for after [`IdGenerator::learned`].
     pub fn next_id(&self) -> MessageId {
         let mut state = self.state();
         let id = MessageId {
@@ -105,6 +127,7 @@ impl IdGenerator {
             Self::go_above(&mut state, reported);
         }
         state.claimed = true;
+        state.learned = true;
         state.epoch
     }
 
@@ -209,5 +232,14 @@ mod tests {
         assert!(after > before);
         let peek = ids.peek();
         assert_eq!((peek.epoch, peek.next_seq, peek.first_used), (4, 2, 3));
+    }
+
+    #[test]
+    fn ids_may_be_given_only_once_a_data_node_is_welcomed() {
+        let ids = IdGenerator::starting_at(FIRST_EPOCH);
+        assert!(!ids.learned(), "no epoch learned before a welcome");
+        assert_eq!(ids.welcome_epoch(7), 8);
+        assert!(ids.learned());
+        assert_eq!(ids.next_id().epoch, 8, "above the reported epoch");
     }
 }

@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use node_kit::telemetry::MESSAGES_TARGET;
 use protocol::client::{
-    NO_MAJORITY, OUTCOME_UNKNOWN, StoreReply, parse_keyed_message, validate_text,
+    NO_DATA_NODES, NO_MAJORITY, OUTCOME_UNKNOWN, StoreReply, parse_keyed_message, validate_text,
 };
 use protocol::connection::Connection;
 use protocol::error::truncate_for_log;
@@ -309,6 +309,11 @@ impl<S: Stream> ClientSession<S> {
             Ok(checked) => checked,
             Err(refusal) => return self.window.fill(failed(slot, &refusal)),
         };
+        if !self.shared.ids.learned() {
+            // No data node welcomed yet: no epoch learned, so no id may be
+            // given (see `IdGenerator::learned`).
+            return self.window.fill(failed(slot, NO_DATA_NODES));
+        }
         let message = Admitted {
             slot,
             line,

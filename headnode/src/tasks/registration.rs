@@ -355,6 +355,7 @@ async fn read_report<S: Stream>(
     shared: &Shared,
 ) -> Result<Report, String> {
     if info.legacy {
+        shared.ids.welcomed_without_epoch();
         return Ok(Report::default());
     }
     let before = shared.ids.epoch();

@@ -178,6 +178,64 @@ async fn a_restarted_head_node_answers_resends_with_the_original_id() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_came_before_any_data_node_gets_no_id_of_an_earlier_head_node() {
+    // A first head node stores a message on dn1 under an id of its epoch.
+    let mut first = start_with_nodes(replicated(1, 1), &["dn1"]).await;
+    let mut client = keyed_client(first.addr, "c-early").await;
+    let (_, earlier) = stored(&send_keyed(&mut client, 1, "stored by the first head").await);
+    drop(client);
+    let dn1_dir = first.nodes[0].data_dir.clone();
+    first.nodes[0].stop().await.unwrap();
+
+    // A second head node, from the same first epoch, gets a message before
+    // any data node has registered: with time to wait for one, it waited
+    // under an id of that epoch, and was written under it once dn1 came,
+    // beside the first head node's message of that id.
+    let mut next = Cluster::start(headnode::Config {
+        no_node_wait: Duration::from_secs(5),
+        ..replicated(1, 1)
+    })
+    .await;
+    // Past its --recovery-wait (300 ms), with no member to wait for, it
+    // serves clients.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let mut client = keyed_client(next.addr, "c-early").await;
+    client
+        .writer
+        .send(b"2 sent before any data node")
+        .await
+        .unwrap();
+    // The message is read (and, without a node, answered or left waiting)
+    // before dn1 starts.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut config = next.node_config("dn1");
+    config.data_dir = dn1_dir;
+    let node = tokio::spawn(datanode::run(config, std::future::pending()));
+    next.wait_for(
+        "dn1 to join",
+        |e| matches!(e, Event::Joined { member, .. } if member.node.as_str() == "dn1"),
+    )
+    .await;
+    let line = test_support::framed::line(&mut client.reader, "the reply").await;
+    let reply = match StoreReply::parse(&line).unwrap() {
+        // Refused at once, as nothing was stored: sent again now.
+        StoreReply::Error(reason) => {
+            assert_eq!(reason, protocol::client::NO_DATA_NODES);
+            send_keyed(&mut client, 2, "sent before any data node").await
+        }
+        stored => stored,
+    };
+    let (_, later) = stored(&reply);
+    assert!(
+        later.epoch > earlier.epoch,
+        "{later} is given above the epoch of {earlier}, which dn1 held"
+    );
+    node.abort();
+    next.stop().await;
+    first.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_head_node_started_below_a_data_nodes_epoch_goes_above_it_before_it_stores() {
     // dn1 registers with a head node at epoch 2000...
     let mut newer = start_with_nodes(
