@@ -3,7 +3,10 @@
 //! when its connection drops (as `client store` does), and retries messages
 //! the head node could not place (`no data nodes available`, `outcome
 //! unknown`) a moment later. A keyed client announces a client id and
-//! sends each message under its key, as `client store` does.
+//! sends each message under its key, as `client store` does. It connects
+//! to the head node its [`Target`] names, and drops its connection when
+//! the scenario moves it with a cut (resending what was unanswered to the
+//! head node it is moved to).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -15,6 +18,7 @@ use protocol::handshake;
 use protocol::ids::MessageId;
 use tokio::time::Instant;
 
+use crate::heads::{HeadRun, Heads, Target};
 use crate::net::SimStream;
 use crate::trace::Trace;
 
@@ -29,8 +33,10 @@ const RETRY_PAUSE: Duration = Duration::from_millis(250);
 pub struct ClientModel {
     /// Its number; its texts are `c<id>-<n>`.
     pub id: u32,
-    /// Where the head node listens.
-    pub head: String,
+    /// The head node it connects to.
+    pub target: Target,
+    /// The head-node processes, to tag each answer with the one that gave it.
+    pub heads: Heads,
     /// Messages to store.
     pub messages: usize,
     /// Messages in flight at most.
@@ -52,8 +58,8 @@ pub struct ClientModel {
 pub struct ClientReport {
     /// The text of each message, by number.
     pub texts: Vec<String>,
-    /// Acknowledgements: message number, node named, id.
-    pub acks: Vec<(usize, String, MessageId)>,
+    /// Acknowledgements, in the order they came.
+    pub acks: Vec<Ack>,
     /// Messages sent (resends included).
     pub sent: u64,
     /// Error replies (each one retried).
@@ -66,6 +72,21 @@ pub struct ClientReport {
     pub violations: Vec<String>,
     /// Whether every message was acknowledged.
     pub done: bool,
+}
+
+/// One `recibido`.
+#[derive(Debug, Clone)]
+pub struct Ack {
+    /// The number of the message it answers.
+    pub n: usize,
+    /// The data nodes it names.
+    pub holders: Vec<String>,
+    /// The id it gives.
+    pub id: MessageId,
+    /// When it was read, in simulated time.
+    pub at: Duration,
+    /// The head-node process that answered.
+    pub head: HeadRun,
 }
 
 impl ClientModel {
@@ -113,7 +134,9 @@ impl ClientModel {
         to_send: &mut VecDeque<usize>,
         in_flight: &mut VecDeque<usize>,
     ) -> Result<(), String> {
-        let stream = SimStream::connect(&self.head)
+        let cuts = self.target.cuts();
+        let host = self.target.host();
+        let stream = SimStream::connect(&self.target.addr())
             .await
             .map_err(|e| format!("connect: {e}"))?;
         let mut conn = Connection::connect(stream, MAX_LINE).map_err(|e| e.to_string())?;
@@ -125,6 +148,7 @@ impl ClientModel {
         )
         .await
         .map_err(|e| format!("handshake: {e}"))?;
+        let head = self.heads.current(host);
         let mut pause_until: Option<Instant> = None;
         let mut next_send = Instant::now();
         loop {
@@ -158,6 +182,9 @@ impl ClientModel {
             let wake = may_send.then(|| pause_until.unwrap_or(next_send).max(next_send));
             let frame = tokio::select! {
                 biased;
+                _ = self.target.cut_since(cuts) => {
+                    return Err("moved to another head node".into());
+                }
                 frame = tokio::time::timeout(REPLY_TIMEOUT, conn.reader.read_frame()), if !in_flight.is_empty() => frame,
                 _ = node_kit::server::sleep_until(wake), if wake.is_some() => continue,
             };
@@ -179,9 +206,13 @@ impl ClientModel {
             self.trace
                 .record(format!("c{} {} <- {line}", self.id, texts[n]));
             match StoreReply::parse(&line) {
-                Ok(StoreReply::Stored { holders, id }) => {
-                    self.report().acks.push((n, holders.join("+"), id))
-                }
+                Ok(StoreReply::Stored { holders, id }) => self.report().acks.push(Ack {
+                    n,
+                    holders,
+                    id,
+                    at: turmoil::sim_elapsed().unwrap_or_default(),
+                    head,
+                }),
                 Ok(StoreReply::Error(_)) => {
                     self.report().errors += 1;
                     to_send.push_back(n);

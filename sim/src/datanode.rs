@@ -10,11 +10,15 @@
 //!   ([`protocol::datanode::register`]): the hello with its incarnation and
 //!   store id, the head node's proof checked before its own is given, a head
 //!   node the newest fence on its [`Disk`] does not admit refused;
-//! - after `welcome`, records the head node's fence on the disk and sends
-//!   the core's report: the keys its index holds, the member set, `ready`;
+//! - after `welcome`, records the head node's fence on the disk (with the
+//!   head-node process it came from, for the checks) and sends the core's
+//!   report: the keys its index holds, the member set, `ready`;
 //! - hands every line to the session, waits out the group commit's linger
 //!   for the rest of a burst, writes the staged batch to the [`Disk`] and
-//!   syncs it (a crash loses what was not synced), then answers;
+//!   syncs it (a crash loses what was not synced), each record tagged with
+//!   the head node it was written for, then answers; applies the disk's
+//!   retention, if the seed gave it one, and lets the key index forget the
+//!   keys of what it removed, as the real data path does between batches;
 //! - serves the batch's reads (`get`, `getkey`, `scan`) from the disk's
 //!   durable records with the real node's read answers
 //!   ([`::datanode::reads::answer`]);
@@ -23,7 +27,11 @@
 //!   does on SIGTERM;
 //! - on `bye` closes its side; reconnects with jittered backoff after
 //!   losing the head node, keeps its key index across sessions, rebuilds it
-//!   from the disk on every start, and takes a higher incarnation then.
+//!   from the disk on every start, and takes a higher incarnation then;
+//! - connects to the head node its [`Target`] names, and drops its session
+//!   when the scenario moves it with a cut;
+//! - reads the wall clock through its [`WallClock`], which the scenario
+//!   skews and steps.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -39,14 +47,16 @@ use datanode::node::{
 use protocol::Line;
 use protocol::auth::{ClusterToken, Nonce};
 use protocol::connection::Connection;
-use protocol::datanode::FromDataNode;
 use protocol::datanode::register::{Registration, register};
+use protocol::datanode::{Fence, FromDataNode};
 use protocol::handshake;
 use protocol::ids::{KeyRef, MessageId, NodeId};
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 
+use crate::clock::WallClock;
 use crate::disk::{Disk, DiskRecords, Record};
+use crate::heads::{HeadRun, Heads, Target};
 use crate::net::SimStream;
 use crate::trace::Trace;
 
@@ -63,8 +73,12 @@ const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::fro
 pub struct SimDataNode {
     /// Its id, `dn1` and so on.
     pub id: NodeId,
-    /// Where the head node listens (`head:7000`).
-    pub head: String,
+    /// The head node it connects to.
+    pub target: Target,
+    /// The head-node processes, to tag each head node it accepts.
+    pub heads: Heads,
+    /// Its wall clock.
+    pub clock: WallClock,
     /// The cluster token.
     pub token: ClusterToken,
     /// Its disk, shared with the scenario.
@@ -87,10 +101,9 @@ fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
-/// The simulated wall clock, in Unix ms (the simulation starts at the
-/// epoch).
-fn now_ms() -> u64 {
-    turmoil::since_epoch().map_or(0, |d| d.as_millis() as u64)
+/// Simulated time since the start, for the checks' records.
+fn elapsed() -> Duration {
+    turmoil::sim_elapsed().unwrap_or_default()
 }
 
 /// The times the real data node keeps to, with its defaults.
@@ -146,7 +159,7 @@ impl SimDataNode {
     /// records within the window, the first of a key winning.
     fn keys_on_disk(&self) -> KeyIndex {
         let mut keys = KeyIndex::new(DEFAULT_DEDUP_KEYS, DEFAULT_DEDUP_WINDOW);
-        let now_ms = now_ms();
+        let now_ms = self.clock.now_ms();
         for record in self.disk.durable() {
             if let (Some(id), Some(key)) = (record.id, &record.key) {
                 keys.insert(key.as_ref(), id, record.stored_ms, now_ms);
@@ -164,7 +177,9 @@ impl SimDataNode {
         node: &mut Node,
         metrics: &NodeMetrics,
     ) -> Result<SessionEnd, SessionError> {
-        let stream = SimStream::connect(&self.head)
+        let host = self.target.host();
+        let cuts = self.target.cuts();
+        let stream = SimStream::connect(&self.target.addr())
             .await
             .map_err(|e| SessionError::Connect(e.to_string()))?;
         let mut conn = Connection::connect(stream, MAX_LINE)
@@ -181,9 +196,13 @@ impl SimDataNode {
         let welcomed = register(&mut conn, &registration)
             .await
             .map_err(SessionError::Register)?;
-        self.disk.record_fence(welcomed.fence);
-        self.trace.record(format!("{} welcomed", self.id));
-        let _ = node.report(now_ms(), |line| {
+        let head = self.heads.current(host);
+        self.disk.record_fence(welcomed.fence, head, elapsed());
+        self.trace.record(format!(
+            "{} welcomed by {head}: {}",
+            self.id, welcomed.fence
+        ));
+        let _ = node.report(self.clock.now_ms(), |line| {
             conn.writer.queue_lines(|buf| line.encode_line(buf));
             Ok::<_, Infallible>(())
         });
@@ -202,9 +221,16 @@ impl SimDataNode {
         let mut path = SimDataPath {
             conn,
             first: None,
-            staging: SimStaging::default(),
+            staging: SimStaging {
+                records: Vec::new(),
+                stamp_ms: 0,
+                clock: self.clock.clone(),
+            },
             out: BytesMut::new(),
             slots,
+            fence: welcomed.fence,
+            head,
+            cuts,
         };
         let end = path.run(&mut session, self, metrics).await;
         session.abandon(&mut path.staging);
@@ -235,23 +261,26 @@ impl std::fmt::Display for SessionError {
 }
 
 /// The batch being staged, in the process's memory: lost with it.
-#[derive(Default)]
 struct SimStaging {
     records: Vec<Record>,
     stamp_ms: u64,
+    clock: WallClock,
 }
 
 impl Staging for SimStaging {
     fn stage(&mut self, id: Option<MessageId>, key: Option<KeyRef<'_>>, text: &[u8]) {
         if self.records.is_empty() {
             // One timestamp per batch, as the real data file writes it.
-            self.stamp_ms = now_ms();
+            self.stamp_ms = self.clock.now_ms();
         }
         self.records.push(Record {
             id,
             key: key.map(|k| k.to_key()),
             text: String::from_utf8_lossy(text).into_owned(),
             stored_ms: self.stamp_ms,
+            // Set when the batch is written.
+            written_for: Fence::default(),
+            serial: 0,
         });
     }
 
@@ -304,6 +333,12 @@ struct SimDataPath {
     /// Read answers, encoded.
     out: BytesMut,
     slots: ReadSlots,
+    /// The head node this session writes for, raised with its epoch.
+    fence: Fence,
+    /// The head-node process that welcomed this node.
+    head: HeadRun,
+    /// The target's cuts when the session started.
+    cuts: u64,
 }
 
 impl SimDataPath {
@@ -333,7 +368,7 @@ impl SimDataPath {
             }
             match session.next(now()) {
                 Next::Read => {
-                    if let Some(end) = self.read(session).await {
+                    if let Some(end) = self.read(session, &node.target).await {
                         return end;
                     }
                 }
@@ -386,14 +421,16 @@ impl SimDataPath {
     ) -> Result<(), SessionEnd> {
         // Before the batch is written, as the real data path does.
         if let Some(fence) = session.fence_to_record() {
-            node.disk.record_fence(fence);
+            node.disk.record_fence(fence, self.head, elapsed());
+            self.fence = fence;
         }
         if let Some(members) = session.members_to_record() {
             node.disk.record_members(members);
         }
         let staged = self.staging.staged();
         if staged > 0 {
-            for record in self.staging.records.drain(..) {
+            for mut record in self.staging.records.drain(..) {
+                record.written_for = self.fence;
                 node.disk.write(record);
             }
             node.disk.fsync().await;
@@ -402,6 +439,10 @@ impl SimDataPath {
             session.request_leave();
         }
         session.committed(staged, now());
+        let removed = node.disk.apply_retention();
+        if !removed.is_empty() {
+            session.forget_removed(|id| removed.contains(&id));
+        }
         self.conn
             .writer
             .queue_lines(|buf| FromDataNode::encode_answers(session.answers(), buf));
@@ -445,8 +486,15 @@ impl SimDataPath {
 
     /// Waits up to [`POLL`] for a line from the head node; the end of the
     /// session if it closed, failed, or has been silent too long.
-    async fn read(&mut self, session: &mut Session<'_>) -> Option<SessionEnd> {
-        match tokio::time::timeout(POLL, self.conn.reader.read_frame()).await {
+    async fn read(&mut self, session: &mut Session<'_>, target: &Target) -> Option<SessionEnd> {
+        let frame = tokio::select! {
+            biased;
+            _ = target.cut_since(self.cuts) => {
+                return Some(SessionEnd::Reconnect("moved to another head node".into()));
+            }
+            frame = tokio::time::timeout(POLL, self.conn.reader.read_frame()) => frame,
+        };
+        match frame {
             Ok(Ok(Some(line))) => {
                 session.heard(now());
                 self.first = Some(line);

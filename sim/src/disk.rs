@@ -4,18 +4,33 @@
 //!
 //! - [`Disk`]: the records, the newest head node accepted and the member
 //!   set last sent (what a data directory's epoch and members files hold),
-//!   and the name of the store (its store-id file);
+//!   and the name of the store (its store-id file); for the checks, also
+//!   every head node it accepted and when ([`FenceChange`]), and what its
+//!   retention removed;
 //! - [`DiskRecords`]: reads served from the durable records, as the real
 //!   node's read thread serves them from its files.
+//!
+//! Retention, when a seed gives a node some ([`Disk::set_retention`]),
+//! keeps at most that many records: after a sync it removes the oldest
+//! ones, a chunk at a time (as the real node removes whole segments), and
+//! remembers their exact ids, so a `get` of one answers `notfound removed`
+//! and the node's key index forgets their keys.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::collections::BTreeSet;
+
 use datanode::node::Kept;
 use datanode::reads::{Got, ReadFault, Records, Scanned};
 use protocol::datanode::{Fence, MAX_SCAN_RECORDS, ReadRecord};
 use protocol::ids::{MessageId, MessageKey, NodeId};
+
+use crate::heads::HeadRun;
+
+/// Records retention removes at once, oldest first: a segment's worth.
+pub const RETENTION_CHUNK: usize = 16;
 
 /// One stored message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,8 +41,36 @@ pub struct Record {
     pub key: Option<MessageKey>,
     /// Its text.
     pub text: String,
-    /// When its batch was staged, in Unix ms of the simulated clock.
+    /// When its batch was staged, in Unix ms of the node's wall clock (a
+    /// repair's copy: the time of the copy it was made from).
     pub stored_ms: u64,
+    /// The head node whose session wrote it (its fence then).
+    pub written_for: Fence,
+    /// Its place in the order of writes on this disk (from 1; a crash
+    /// leaves gaps where unsynced writes were).
+    pub serial: u64,
+}
+
+/// The data node accepted a newer head node (its `epoch` file changed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FenceChange {
+    /// When, in simulated time.
+    pub at: Duration,
+    /// Records written before it have serials below this.
+    pub before_serial: u64,
+    /// The head node accepted.
+    pub fence: Fence,
+    /// The head-node process it came from.
+    pub head: HeadRun,
+}
+
+/// A record retention removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Removed {
+    /// The record as it was.
+    pub record: Record,
+    /// Writes after the removal have serials from this.
+    pub from_serial: u64,
 }
 
 #[derive(Default)]
@@ -42,6 +85,16 @@ struct State {
     members: Option<Vec<NodeId>>,
     /// The name of this store, sent in the hello.
     store_id: u64,
+    /// The serial of the next write.
+    next_serial: u64,
+    /// Every newer head node accepted, in order: at most one per
+    /// registration or epoch raise in a seed.
+    fences: Vec<FenceChange>,
+    /// Records kept at most, if retention is on.
+    retention: Option<usize>,
+    /// What retention removed (at most the records written in a seed).
+    removed: Vec<Removed>,
+    removed_ids: BTreeSet<MessageId>,
 }
 
 /// A shared handle to one node's disk.
@@ -57,9 +110,53 @@ impl Disk {
         disk
     }
 
-    /// Appends a record to the volatile part.
-    pub fn write(&self, record: Record) {
-        self.lock().volatile.push(record);
+    /// Appends a record to the volatile part, with its serial.
+    pub fn write(&self, mut record: Record) {
+        let mut state = self.lock();
+        state.next_serial += 1;
+        record.serial = state.next_serial;
+        state.volatile.push(record);
+    }
+
+    /// Turns retention on: at most `records` durable records are kept.
+    pub fn set_retention(&self, records: usize) {
+        self.lock().retention = Some(records.max(RETENTION_CHUNK));
+    }
+
+    /// Removes the oldest records, a chunk at a time, while more than
+    /// the retention keeps are durable; the ids removed now.
+    pub fn apply_retention(&self) -> BTreeSet<MessageId> {
+        let mut state = self.lock();
+        let mut gone = BTreeSet::new();
+        let Some(keep) = state.retention else {
+            return gone;
+        };
+        while state.durable.len() > keep {
+            let chunk = RETENTION_CHUNK.min(state.durable.len());
+            let from_serial = state.next_serial + 1;
+            let removed: Vec<Record> = state.durable.drain(..chunk).collect();
+            for record in removed {
+                if let Some(id) = record.id {
+                    gone.insert(id);
+                    state.removed_ids.insert(id);
+                }
+                state.removed.push(Removed {
+                    record,
+                    from_serial,
+                });
+            }
+        }
+        gone
+    }
+
+    /// What retention removed so far.
+    pub fn removed(&self) -> Vec<Removed> {
+        self.lock().removed.clone()
+    }
+
+    /// Every newer head node this disk's node accepted, in order.
+    pub fn fences(&self) -> Vec<FenceChange> {
+        self.lock().fences.clone()
     }
 
     /// What the node keeps beside its records: the newest head node it
@@ -72,11 +169,22 @@ impl Disk {
         }
     }
 
-    /// Writes down a newer fence, durably (the real node syncs its file);
-    /// one the newest does not admit is ignored, as the real file does.
-    pub fn record_fence(&self, fence: Fence) {
+    /// Writes down a newer fence, durably (the real node syncs its file),
+    /// given by head-node process `head` at `at`; one the newest does not
+    /// admit is ignored, as the real file does. Recorded between batches,
+    /// when nothing is unsynced.
+    pub fn record_fence(&self, fence: Fence, head: HeadRun, at: Duration) {
         let mut state = self.lock();
         if state.newest.admits(&fence) {
+            if state.newest != fence {
+                let before_serial = state.next_serial + 1;
+                state.fences.push(FenceChange {
+                    at,
+                    before_serial,
+                    fence,
+                    head,
+                });
+            }
             state.newest = fence;
         }
     }
@@ -132,18 +240,25 @@ impl Disk {
 
 /// The durable records of a disk, as the message index sees them: by id,
 /// the first copy of an id wins (a second copy is the same message).
-pub struct DiskRecords(BTreeMap<MessageId, Record>);
+pub struct DiskRecords {
+    by_id: BTreeMap<MessageId, Record>,
+    removed: BTreeSet<MessageId>,
+}
 
 impl DiskRecords {
-    /// What `disk` holds durably now.
+    /// What `disk` holds durably now, and what its retention removed.
     pub fn of(disk: &Disk) -> Self {
         let mut by_id = BTreeMap::new();
-        for record in disk.durable() {
+        let state = disk.lock();
+        for record in &state.durable {
             if let Some(id) = record.id {
-                by_id.entry(id).or_insert(record);
+                by_id.entry(id).or_insert_with(|| record.clone());
             }
         }
-        DiskRecords(by_id)
+        DiskRecords {
+            by_id,
+            removed: state.removed_ids.clone(),
+        }
     }
 }
 
@@ -158,10 +273,11 @@ fn read_record(id: MessageId, record: &Record) -> ReadRecord {
 
 impl Records for DiskRecords {
     fn get(&self, id: MessageId) -> Result<Got, ReadFault> {
-        Ok(match self.0.get(&id) {
+        Ok(match self.by_id.get(&id) {
             Some(record) => Got::Found(read_record(id, record)),
-            // Nothing is removed by retention here.
-            None => Got::NotFound { removed: false },
+            None => Got::NotFound {
+                removed: self.removed.contains(&id),
+            },
         })
     }
 
@@ -178,7 +294,7 @@ impl Records for DiskRecords {
             None => std::ops::Bound::Unbounded,
         };
         let found: Vec<(&MessageId, &Record)> = self
-            .0
+            .by_id
             .range((from, std::ops::Bound::Unbounded))
             .take(limit)
             .collect();

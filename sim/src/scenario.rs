@@ -1,8 +1,9 @@
 //! One seed of the simulation: a head node, three data nodes and
-//! pipelining clients on a simulated network, a fault schedule drawn from
-//! the seed, and the invariants checked once every client is done.
+//! pipelining clients on a simulated network (and, if the settings ask,
+//! tailing readers), a fault schedule drawn from the seed, the data nodes'
+//! wall clocks skewed and retention on one of them as the seed decides,
+//! and the invariants ([`crate::check`]) checked once every client is done.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,23 +12,31 @@ use std::time::{Duration, UNIX_EPOCH};
 use headnode::membership::{Event, EvictReason};
 use headnode::{Config, DetectorConfig};
 use protocol::auth::ClusterToken;
-use protocol::ids::{MessageId, MessageKey};
+use protocol::ids::MessageId;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use tokio::sync::mpsc;
 
+use crate::check::{self, Answer, NodeHistory};
 use crate::client::{ClientModel, ClientReport};
+use crate::clock::WallClock;
 use crate::datanode::SimDataNode;
 use crate::disk::Disk;
+use crate::heads::{HEADS, Heads, PORT, Target};
 use crate::net::SimListener;
 use crate::prober::{SimProber, Unreachable};
+use crate::reader::ReaderModel;
 use crate::trace::Trace;
 
 /// The data nodes' host names (and node ids).
 pub const NODES: [&str; 3] = ["dn1", "dn2", "dn3"];
 /// The head node's host name.
-pub const HEAD: &str = "head";
-const PORT: u16 = 7000;
+pub const HEAD: &str = HEADS[0];
+/// The second head node's host name (a split brain starts it).
+pub const HEAD2: &str = HEADS[1];
+/// When the simulated wall clock starts: 2026-12-01 00:00 UTC, so a clock
+/// set back still reads a plausible time.
+const START_UNIX_SECS: u64 = 1_796_083_200;
 const TOKEN: &str = "simulation-cluster-token";
 /// The head node's `--repair-after`: a pass after its start, and after a
 /// data node has been gone this long.
@@ -45,6 +54,12 @@ pub struct Settings {
     pub keyed_clients: u32,
     /// Messages in flight per client.
     pub window: usize,
+    /// Readers tailing from the start throughout (none by default: see
+    /// `sim/tests/it/simulation.rs`).
+    pub readers: u32,
+    /// Whether seeds that draw retention on a data node get it (off by
+    /// default: see `sim/tests/it/simulation.rs`).
+    pub retention: bool,
     /// Pause between two sends of one client.
     pub pace: Duration,
     /// Faults per seed, at most.
@@ -60,6 +75,8 @@ impl Default for Settings {
         Settings {
             clients: 3,
             keyed_clients: 0,
+            readers: 0,
+            retention: false,
             messages: 120,
             window: 8,
             pace: Duration::from_millis(100),
@@ -88,6 +105,14 @@ fn max_short_hold() -> Duration {
 fn grace() -> Duration {
     let d = detector();
     d.suspect_after + d.hung_grace
+}
+
+/// How long after losing its majority a head node may still answer
+/// `recibido`: the fencing time of docs/guarantees.md with the settings
+/// here (the detector's grace, one ICMP probe, its 50 ms tick), plus a
+/// second for the answer's way to the client.
+pub fn fencing_time() -> Duration {
+    grace() + Config::default().ping_timeout + Duration::from_millis(50) + Duration::from_secs(1)
 }
 
 /// A fault the scenario injects.
@@ -154,6 +179,35 @@ pub enum Fault {
         /// Slow this long.
         lasting: Duration,
     },
+    /// Every process dies at once, the head node and every data node
+    /// (unsynced writes are lost), and all start again together.
+    CrashCluster {
+        /// Down this long.
+        down_for: Duration,
+    },
+    /// A second head node starts, and some data nodes and clients move to
+    /// it while the first keeps the others: with `cut`, their connections
+    /// to the first are dropped (it notices at once); without, the data
+    /// nodes' links to it go silent (they leave it after their
+    /// `--head-timeout`, it evicts them after its detector's grace). At the
+    /// end the second head node dies and everyone goes back to the first.
+    SplitBrain {
+        /// The data nodes that move.
+        nodes: Vec<usize>,
+        /// The clients that move (from 1).
+        clients: Vec<u32>,
+        /// Whether the old connections are cut or left silent.
+        cut: bool,
+        /// The second head node runs this long.
+        lasting: Duration,
+    },
+    /// A data node's wall clock steps, forward or back.
+    ClockStep {
+        /// Which node.
+        node: usize,
+        /// By this many ms (back if negative).
+        by_ms: i64,
+    },
 }
 
 impl Fault {
@@ -161,18 +215,32 @@ impl Fault {
         match *self {
             Fault::CrashDataNode { down_for, .. }
             | Fault::LeaveDataNode { down_for, .. }
-            | Fault::CrashHead { down_for } => down_for,
+            | Fault::CrashHead { down_for }
+            | Fault::CrashCluster { down_for } => down_for,
             Fault::Partition { lasting, .. }
             | Fault::ShortHold { lasting, .. }
             | Fault::LongHold { lasting, .. }
             | Fault::ClientHold { lasting, .. }
-            | Fault::SlowDisk { lasting, .. } => lasting,
+            | Fault::SlowDisk { lasting, .. }
+            | Fault::SplitBrain { lasting, .. } => lasting,
+            Fault::ClockStep { .. } => Duration::ZERO,
         }
     }
 
+    /// A full-cluster crash or a split brain: every host is in it.
+    pub fn is_cluster_wide(&self) -> bool {
+        matches!(self, Fault::CrashCluster { .. } | Fault::SplitBrain { .. })
+    }
+
+    /// The one data node a fault is about, which no other fault may
+    /// touch meanwhile.
     fn node(&self) -> Option<usize> {
         match *self {
-            Fault::CrashHead { .. } | Fault::ClientHold { .. } => None,
+            Fault::CrashHead { .. }
+            | Fault::ClientHold { .. }
+            | Fault::CrashCluster { .. }
+            | Fault::SplitBrain { .. }
+            | Fault::ClockStep { .. } => None,
             Fault::CrashDataNode { node, .. }
             | Fault::LeaveDataNode { node, .. }
             | Fault::Partition { node, .. }
@@ -192,20 +260,39 @@ pub struct Scheduled {
     pub fault: Fault,
 }
 
+impl Scheduled {
+    /// From its start to its end and the room after it ([`ROOM`]).
+    pub fn span(&self) -> std::ops::Range<Duration> {
+        self.at..self.at + self.fault.lasting() + ROOM
+    }
+
+    /// Whether two faults' spans overlap (a clock step overlaps nothing).
+    fn overlaps(&self, other: &Scheduled) -> bool {
+        let (a, b) = (self.span(), other.span());
+        let steps = |s: &Scheduled| matches!(s.fault, Fault::ClockStep { .. });
+        !steps(self) && !steps(other) && a.start < b.end && b.start < a.end
+    }
+}
+
+/// Room after a fault before another on the same data node (or any other,
+/// after a whole-cluster fault): the membership settles first.
+pub const ROOM: Duration = Duration::from_secs(6);
+
 /// Draws the faults of `seed`: one at a time per data node (so a short
 /// hold is never mixed with another fault of the same node), head-node
-/// crashes at any time.
+/// crashes and clock steps at any time, and a full-cluster crash or a
+/// split brain (at most one per seed) only alone.
 pub fn schedule(seed: u64, settings: &Settings) -> Vec<Scheduled> {
     let mut rng = SmallRng::seed_from_u64(seed);
     let count = rng.random_range(1..=settings.max_faults);
     let mut node_free_at = [Duration::ZERO; NODES.len()];
-    let mut faults = Vec::new();
+    let mut faults: Vec<Scheduled> = Vec::new();
     let ms =
         |rng: &mut SmallRng, lo: u64, hi: u64| Duration::from_millis(rng.random_range(lo..=hi));
     for _ in 0..count {
         let at = ms(&mut rng, 200, settings.fault_window.as_millis() as u64);
         let node = rng.random_range(0..NODES.len());
-        let fault = match rng.random_range(0..100) {
+        let fault = match rng.random_range(0..112) {
             0..13 => Fault::CrashDataNode {
                 node,
                 down_for: ms(&mut rng, 100, 4000),
@@ -233,21 +320,65 @@ pub fn schedule(seed: u64, settings: &Settings) -> Vec<Scheduled> {
                 client: rng.random_range(1..=settings.clients),
                 lasting: ms(&mut rng, 100, 5000),
             },
-            _ => Fault::SlowDisk {
+            86..100 => Fault::SlowDisk {
                 node,
                 fsync: ms(&mut rng, 50, 1000),
                 lasting: ms(&mut rng, 500, 6000),
             },
+            100..104 => Fault::CrashCluster {
+                down_for: ms(&mut rng, 100, 4000),
+            },
+            104..108 => {
+                let moved = rng.random_range(1..NODES.len());
+                let mut nodes: Vec<usize> = (0..NODES.len()).collect();
+                while nodes.len() > moved {
+                    nodes.remove(rng.random_range(0..nodes.len()));
+                }
+                let clients: Vec<u32> = (1..=settings.clients)
+                    .filter(|_| rng.random_bool(0.5))
+                    .collect();
+                Fault::SplitBrain {
+                    nodes,
+                    clients,
+                    cut: rng.random_bool(0.5),
+                    lasting: ms(&mut rng, 3000, 15000),
+                }
+            }
+            _ => {
+                let by_ms = match rng.random_range(0..3) {
+                    0 => rng.random_range(1..=5_000),
+                    1 => rng.random_range(60_000..=600_000),
+                    _ => rng.random_range(3_600_000..=86_400_000),
+                };
+                Fault::ClockStep {
+                    node,
+                    by_ms: if rng.random_bool(0.5) { by_ms } else { -by_ms },
+                }
+            }
         };
-        if let Some(node) = fault.node() {
+        let candidate = Scheduled { at, fault };
+        // A whole-cluster fault overlaps nothing else (clock steps aside);
+        // a seed has one split brain at most.
+        let clash = |other: &Scheduled| {
+            other.overlaps(&candidate)
+                && (other.fault.is_cluster_wide() || candidate.fault.is_cluster_wide())
+        };
+        let second_split = matches!(candidate.fault, Fault::SplitBrain { .. })
+            && faults
+                .iter()
+                .any(|s| matches!(s.fault, Fault::SplitBrain { .. }));
+        if faults.iter().any(clash) || second_split {
+            continue;
+        }
+        if let Some(node) = candidate.fault.node() {
             if at < node_free_at[node] {
                 continue;
             }
             // Room after each fault, so the next one on this node starts
             // from a settled membership.
-            node_free_at[node] = at + fault.lasting() + Duration::from_secs(6);
+            node_free_at[node] = candidate.span().end;
         }
-        faults.push(Scheduled { at, fault });
+        faults.push(candidate);
     }
     faults.sort_by_key(|s| s.at);
     faults
@@ -264,6 +395,8 @@ pub struct Outcome {
     pub trace: Vec<String>,
     /// The faults injected.
     pub faults: Vec<Scheduled>,
+    /// The data nodes' clocks and retention.
+    pub conditions: Conditions,
     /// Acknowledgements received.
     pub acks: usize,
     /// Error replies (retried).
@@ -277,6 +410,10 @@ pub struct Outcome {
     /// Reads the data nodes answered: `get` (and `getkey`), and `scan`
     /// (repair's inventory and its checks).
     pub reads: [u64; 2],
+    /// Records the data nodes' retention removed.
+    pub removed: usize,
+    /// Ids the readers printed, over all of them.
+    pub printed: usize,
     /// Simulated time until every client was done.
     pub sim_time: Duration,
 }
@@ -327,9 +464,45 @@ fn store_id(seed: u64, node: usize) -> u64 {
     seed.rotate_left(17) ^ (node as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d)
 }
 
+/// How a seed sets its data nodes' wall clocks and retention, drawn from
+/// the seed apart from its faults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conditions {
+    /// Each data node's clock offset from the simulated time, in ms: a
+    /// node's clock may start seconds, minutes or hours ahead or behind.
+    pub clock_offsets_ms: [i64; NODES.len()],
+    /// A data node with retention, and the records it keeps at most.
+    pub retention: Option<(usize, usize)>,
+}
+
+/// Draws the clocks and the retention of `seed`.
+pub fn conditions(seed: u64) -> Conditions {
+    let mut rng = SmallRng::seed_from_u64(seed ^ 0x5eed_c10c_5eed_c10c);
+    let clock_offsets_ms = [(); NODES.len()].map(|()| {
+        let ms = match rng.random_range(0..6) {
+            0..3 => 0,
+            3 => rng.random_range(1..=5_000),
+            4 => rng.random_range(60_000..=600_000),
+            _ => rng.random_range(3_600_000..=86_400_000),
+        };
+        if rng.random_bool(0.5) { ms } else { -ms }
+    });
+    let retention = rng
+        .random_bool(0.3)
+        .then(|| (rng.random_range(0..NODES.len()), rng.random_range(60..=160)));
+    Conditions {
+        clock_offsets_ms,
+        retention,
+    }
+}
+
 /// Runs seed `seed` and checks every invariant.
 pub fn run(seed: u64, settings: &Settings) -> Result<Outcome, Failure> {
     let faults = schedule(seed, settings);
+    let mut conditions = conditions(seed);
+    if !settings.retention {
+        conditions.retention = None;
+    }
     let trace = Trace::default();
     let token = ClusterToken::new(TOKEN).expect("a valid token");
     let unreachable = Unreachable::default();
@@ -337,25 +510,42 @@ pub fn run(seed: u64, settings: &Settings) -> Result<Outcome, Failure> {
     let disks: Vec<Disk> = (0..NODES.len())
         .map(|i| Disk::new(Duration::from_millis(2), store_id(seed, i)))
         .collect();
-    let head_addr = format!("{HEAD}:{PORT}");
+    if let Some((node, records)) = conditions.retention {
+        disks[node].set_retention(records);
+    }
+    let clocks: Vec<WallClock> = conditions
+        .clock_offsets_ms
+        .iter()
+        .map(|&ms| WallClock::skewed(ms))
+        .collect();
+    let heads = Heads::default();
+    let node_targets: Vec<Target> = NODES.iter().map(|_| Target::default()).collect();
+    let client_targets: Vec<Target> = (0..settings.clients).map(|_| Target::default()).collect();
+    let split = faults
+        .iter()
+        .any(|s| matches!(s.fault, Fault::SplitBrain { .. }));
+    trace.record(format!("conditions: {conditions:?}"));
 
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
-        .epoch(UNIX_EPOCH)
+        .epoch(UNIX_EPOCH + Duration::from_secs(START_UNIX_SECS))
         .simulation_duration(settings.limit)
         .tcp_capacity(4096)
         .build();
 
-    let head_starts = Arc::new(AtomicU64::new(0));
-    {
-        let (token, unreachable, events, trace) = (
+    // The second head node exists only in seeds with a split brain, down
+    // until the split starts it.
+    let head_hosts = if split { HEADS.len() } else { 1 };
+    for (host, &name) in HEADS.iter().enumerate().take(head_hosts) {
+        let (token, unreachable, events, trace, heads) = (
             token.clone(),
             unreachable.clone(),
             events.clone(),
             trace.clone(),
+            heads.clone(),
         );
-        sim.host(HEAD, move || {
-            let start = head_starts.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        sim.host(name, move || {
+            let run = heads.start(host);
             let (observer, mut observed) = mpsc::unbounded_channel();
             let config = Config {
                 cluster_token: Some(token.clone()),
@@ -363,7 +553,11 @@ pub fn run(seed: u64, settings: &Settings) -> Result<Outcome, Failure> {
                 prober: Some(Arc::new(SimProber {
                     unreachable: unreachable.clone(),
                 })),
-                rng_seed: Some(seed.wrapping_mul(31).wrapping_add(start)),
+                rng_seed: Some(
+                    seed.wrapping_mul(31)
+                        .wrapping_add(run.start)
+                        .wrapping_add((host as u64) << 32),
+                ),
                 // Two copies, both written before the answer: every
                 // acknowledged message must survive on both holders.
                 replicas: 2,
@@ -376,17 +570,21 @@ pub fn run(seed: u64, settings: &Settings) -> Result<Outcome, Failure> {
                 observer: Some(observer),
                 ..Config::default()
             };
-            let (events, trace) = (events.clone(), trace.clone());
+            let (events, trace, heads) = (events.clone(), trace.clone(), heads.clone());
             async move {
-                trace.record(format!("head starts ({start})"));
+                heads.started(run, turmoil::sim_elapsed().unwrap_or_default());
+                trace.record(format!("{run} starts"));
                 tokio::spawn(async move {
                     while let Some(event) = observed.recv().await {
                         let at = turmoil::sim_elapsed().unwrap_or_default();
-                        trace.record_at(at, format!("head: {event:?}"));
-                        events
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .push((at, event));
+                        trace.record_at(at, format!("{run}: {event:?}"));
+                        // The checks of holds are about the first head node.
+                        if host == 0 {
+                            events
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push((at, event));
+                        }
                     }
                 });
                 let listener =
@@ -402,7 +600,9 @@ pub fn run(seed: u64, settings: &Settings) -> Result<Outcome, Failure> {
     for (i, name) in NODES.iter().enumerate() {
         let node = Arc::new(SimDataNode {
             id: name.parse().expect("a valid node id"),
-            head: head_addr.clone(),
+            target: node_targets[i].clone(),
+            heads: heads.clone(),
+            clock: clocks[i].clone(),
             token: token.clone(),
             disk: disks[i].clone(),
             starts: Arc::default(),
@@ -420,7 +620,8 @@ pub fn run(seed: u64, settings: &Settings) -> Result<Outcome, Failure> {
         reports.push(report.clone());
         let client = Arc::new(ClientModel {
             id,
-            head: head_addr.clone(),
+            target: client_targets[id as usize - 1].clone(),
+            heads: heads.clone(),
             messages: settings.messages,
             window: settings.window,
             pace: settings.pace,
@@ -430,14 +631,33 @@ pub fn run(seed: u64, settings: &Settings) -> Result<Outcome, Failure> {
         });
         sim.client(client_host(id), client.run());
     }
+    let mut printed = Vec::new();
+    for id in 1..=settings.readers {
+        let ids: Arc<Mutex<Vec<MessageId>>> = Arc::default();
+        printed.push(ids.clone());
+        let reader = Arc::new(ReaderModel {
+            id,
+            target: Target::default(),
+            clients: reports.clone(),
+            printed: ids,
+            trace: trace.clone(),
+        });
+        sim.client(format!("r{id}"), reader.run());
+    }
 
     let world = World {
         disks: &disks,
         leaving: &leaving,
         unreachable: &unreachable,
+        clocks: &clocks,
+        node_targets: &node_targets,
+        client_targets: &client_targets,
     };
     let mut problems = Vec::new();
     let mut actions = actions(&faults);
+    if split {
+        actions.insert(0, (Duration::ZERO, Action::Crash(HEAD2)));
+    }
     actions.reverse();
     loop {
         while actions.last().is_some_and(|(at, _)| *at <= sim.elapsed()) {
@@ -462,8 +682,55 @@ pub fn run(seed: u64, settings: &Settings) -> Result<Outcome, Failure> {
         .iter()
         .map(|r| r.lock().unwrap_or_else(|p| p.into_inner()).clone())
         .collect();
-    check_acks_are_durable(&reports, &disks, &mut problems);
-    check_one_id_per_key(&disks, &mut problems);
+    let nodes: Vec<NodeHistory> = disks
+        .iter()
+        .enumerate()
+        .map(|(i, disk)| NodeHistory {
+            name: NODES[i].to_owned(),
+            records: disk.durable(),
+            removed: disk.removed(),
+            fences: disk.fences(),
+        })
+        .collect();
+    let answers: Vec<Answer> = reports
+        .iter()
+        .flat_map(|report| {
+            report.acks.iter().map(|ack| Answer {
+                text: report.texts[ack.n].clone(),
+                holders: ack.holders.clone(),
+                id: ack.id,
+                at: ack.at,
+                head: ack.head,
+            })
+        })
+        .collect();
+    check::acks_are_durable(&answers, &nodes, &mut problems);
+    check::one_id_per_key(&nodes, &mut problems);
+    check::no_writes_for_older_heads(&nodes, &answers, &mut problems);
+    check::old_heads_stop_answering(
+        &answers,
+        &nodes,
+        &heads.started_at(),
+        fencing_time(),
+        &mut problems,
+    );
+    check::retention_is_not_undone(&nodes, &mut problems);
+    if !printed.is_empty() {
+        // A message retention removed may be gone before a tail reaches it.
+        let removed: std::collections::BTreeSet<MessageId> = nodes
+            .iter()
+            .flat_map(|n| n.removed.iter().filter_map(|r| r.record.id))
+            .collect();
+        let kept: Vec<Answer> = answers
+            .iter()
+            .filter(|a| !removed.contains(&a.id))
+            .cloned()
+            .collect();
+        for (i, ids) in printed.iter().enumerate() {
+            let ids = ids.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            check::tails_print_every_ack_once(&format!("r{}", i + 1), &ids, &kept, &mut problems);
+        }
+    }
     check_short_holds(&faults, &events, &mut problems);
     check_clients(&reports, &mut problems);
 
@@ -483,7 +750,8 @@ pub fn run(seed: u64, settings: &Settings) -> Result<Outcome, Failure> {
         digest: trace.digest(),
         trace: trace.lines(),
         faults,
-        acks: reports.iter().map(|r| r.acks.len()).sum(),
+        conditions,
+        acks: answers.len(),
         errors: reports.iter().map(|r| r.errors).sum(),
         drops: reports.iter().map(|r| r.drops).sum(),
         resent: reports.iter().map(|r| r.resent).sum(),
@@ -492,6 +760,11 @@ pub fn run(seed: u64, settings: &Settings) -> Result<Outcome, Failure> {
             .filter(|(_, e)| matches!(e, Event::Evicted { .. }))
             .count(),
         reads: [0, 1].map(|kind| reads[kind].load(Ordering::Relaxed)),
+        removed: nodes.iter().map(|n| n.removed.len()).sum(),
+        printed: printed
+            .iter()
+            .map(|ids| ids.lock().unwrap_or_else(|p| p.into_inner()).len())
+            .sum(),
         sim_time,
     })
 }
@@ -509,6 +782,18 @@ enum Action {
     HoldClient(String),
     ReleaseClient(String),
     Fsync(usize, Duration),
+    StepClock(usize, i64),
+    /// The second head node starts; these data nodes and clients move to it.
+    Split {
+        nodes: Vec<usize>,
+        clients: Vec<u32>,
+        cut: bool,
+    },
+    /// The second head node dies; everyone goes back to the first.
+    Heal {
+        nodes: Vec<usize>,
+        cut: bool,
+    },
 }
 
 fn client_host(client: u32) -> String {
@@ -541,6 +826,36 @@ fn actions(faults: &[Scheduled]) -> Vec<(Duration, Action)> {
                 Action::Fsync(node, fsync),
                 Action::Fsync(node, Duration::from_millis(2)),
             ),
+            Fault::CrashCluster { .. } => {
+                // Everything at once: the head node, then each data node.
+                for host in NODES {
+                    actions.push((s.at, Action::Crash(host)));
+                }
+                for host in NODES {
+                    actions.push((end, Action::Restart(host)));
+                }
+                (Action::Crash(HEAD), Action::Restart(HEAD))
+            }
+            Fault::SplitBrain {
+                ref nodes,
+                ref clients,
+                cut,
+                ..
+            } => (
+                Action::Split {
+                    nodes: nodes.clone(),
+                    clients: clients.clone(),
+                    cut,
+                },
+                Action::Heal {
+                    nodes: nodes.clone(),
+                    cut,
+                },
+            ),
+            Fault::ClockStep { node, by_ms } => {
+                actions.push((s.at, Action::StepClock(node, by_ms)));
+                continue;
+            }
         };
         actions.push((s.at, start));
         actions.push((end, stop));
@@ -560,6 +875,9 @@ struct World<'a> {
     /// Each data node's shutdown request.
     leaving: &'a [Arc<AtomicBool>],
     unreachable: &'a Unreachable,
+    clocks: &'a [WallClock],
+    node_targets: &'a [Target],
+    client_targets: &'a [Target],
 }
 
 fn apply(sim: &mut turmoil::Sim<'_>, action: &Action, world: &World<'_>) {
@@ -567,17 +885,20 @@ fn apply(sim: &mut turmoil::Sim<'_>, action: &Action, world: &World<'_>) {
         disks,
         leaving,
         unreachable,
+        clocks,
+        node_targets,
+        client_targets,
     } = *world;
-    match *action {
-        Action::Crash(host) => {
+    match action {
+        &Action::Crash(host) => {
             sim.crash(host);
             if let Some(i) = node_index(host) {
                 disks[i].crash();
                 unreachable.set(sim.lookup(host), true);
             }
         }
-        Action::Leave(node) => leaving[node].store(true, Ordering::Relaxed),
-        Action::Restart(host) => {
+        &Action::Leave(node) => leaving[node].store(true, Ordering::Relaxed),
+        &Action::Restart(host) => {
             if let Some(i) = node_index(host) {
                 // A process still running (leaving, say) is killed first:
                 // what it had not synced is gone.
@@ -587,74 +908,49 @@ fn apply(sim: &mut turmoil::Sim<'_>, action: &Action, world: &World<'_>) {
             sim.bounce(host);
             unreachable.set(sim.lookup(host), false);
         }
-        Action::Partition(host) => {
+        &Action::Partition(host) => {
             sim.partition(host, HEAD);
             unreachable.set(sim.lookup(host), true);
         }
-        Action::Repair(host) => {
+        &Action::Repair(host) => {
             sim.repair(host, HEAD);
             unreachable.set(sim.lookup(host), false);
         }
-        Action::Hold(host) => sim.hold(host, HEAD),
-        Action::Release(host) => sim.release(host, HEAD),
-        Action::HoldClient(ref client) => sim.hold(client.as_str(), HEAD),
-        Action::ReleaseClient(ref client) => sim.release(client.as_str(), HEAD),
-        Action::Fsync(node, delay) => disks[node].set_fsync_delay(delay),
-    }
-}
-
-/// Every acknowledged message is durable on the node the ack names, with
-/// the text of the client that got the ack.
-fn check_acks_are_durable(reports: &[ClientReport], disks: &[Disk], problems: &mut Vec<String>) {
-    let durable: Vec<_> = disks.iter().map(Disk::durable).collect();
-    for report in reports {
-        for (n, holders, id) in &report.acks {
-            let text = &report.texts[*n];
-            for node in holders.split('+') {
-                let Some(i) = node_index(node) else {
-                    problems.push(format!("{text}: acknowledged by unknown node {node:?}"));
-                    continue;
-                };
-                let stored: Vec<&str> = durable[i]
-                    .iter()
-                    .filter(|r| r.id == Some(*id))
-                    .map(|r| r.text.as_str())
-                    .collect();
-                if stored.is_empty() {
-                    let elsewhere = durable.iter().any(|d| d.iter().any(|r| r.id == Some(*id)));
-                    problems.push(format!(
-                    "{text}: acknowledged as {id} by {node}, but not durable there (elsewhere: {elsewhere})"
-                ));
-                } else if stored.iter().any(|s| s != text) {
-                    problems.push(format!(
-                    "{text}: acknowledged as {id} by {node}, which stored {stored:?} under that id"
-                ));
+        &Action::Hold(host) => sim.hold(host, HEAD),
+        &Action::Release(host) => sim.release(host, HEAD),
+        Action::HoldClient(client) => sim.hold(client.as_str(), HEAD),
+        Action::ReleaseClient(client) => sim.release(client.as_str(), HEAD),
+        &Action::Fsync(node, delay) => disks[node].set_fsync_delay(delay),
+        &Action::StepClock(node, by_ms) => clocks[node].step(by_ms),
+        Action::Split {
+            nodes,
+            clients,
+            cut,
+        } => {
+            sim.bounce(HEAD2);
+            for &node in nodes {
+                node_targets[node].move_to(1, *cut);
+                if !*cut {
+                    // Silent: the node answers ICMP still, as a paused
+                    // link's host does; its heartbeats stop.
+                    sim.partition(NODES[node], HEAD);
                 }
             }
-        }
-    }
-}
-
-/// Every client key is stored under one id, on every node that holds it
-/// (the whole run is within the deduplication window).
-fn check_one_id_per_key(disks: &[Disk], problems: &mut Vec<String>) {
-    let mut ids: BTreeMap<MessageKey, BTreeMap<MessageId, Vec<&'static str>>> = BTreeMap::new();
-    for (i, disk) in disks.iter().enumerate() {
-        for record in disk.durable() {
-            if let (Some(key), Some(id)) = (record.key, record.id) {
-                ids.entry(key)
-                    .or_default()
-                    .entry(id)
-                    .or_default()
-                    .push(NODES[i]);
+            for &client in clients {
+                client_targets[client as usize - 1].move_to(1, true);
             }
         }
-    }
-    for (key, held) in ids {
-        if held.len() > 1 {
-            problems.push(format!(
-                "key {key} is stored under more than one id: {held:?}"
-            ));
+        Action::Heal { nodes, cut } => {
+            sim.crash(HEAD2);
+            for &node in nodes {
+                node_targets[node].move_to(0, false);
+                if !*cut {
+                    sim.repair(NODES[node], HEAD);
+                }
+            }
+            for target in client_targets {
+                target.move_to(0, false);
+            }
         }
     }
 }
@@ -703,8 +999,8 @@ fn check_clients(reports: &[ClientReport], problems: &mut Vec<String>) {
             ));
         }
         let mut acked = vec![false; report.texts.len()];
-        for (n, _, _) in &report.acks {
-            acked[*n] = true;
+        for ack in &report.acks {
+            acked[ack.n] = true;
         }
         if report.done && acked.iter().any(|a| !a) {
             problems.push(format!("client c{c} finished with unacknowledged messages"));

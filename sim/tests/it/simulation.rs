@@ -3,15 +3,35 @@
 //! Each seed runs a head node, three data nodes (the real data node's
 //! decisions) and three pipelining clients on turmoil's simulated network,
 //! and injects, as the seed decides: data-node and head-node crashes and
-//! restarts, data nodes asked to stop (drained by the head node, started
-//! again later), partitions, short held links, and slow disks. Then it
-//! checks that every acknowledged message is durable where the ack says,
-//! with its client's text; that every client key is stored under one id;
-//! that no short hold evicted a node; and that every message got one
-//! answer in order or its connection dropped.
+//! restarts, every process crashed and restarted at once, data nodes asked
+//! to stop (drained by the head node, started again later), partitions,
+//! short held links, slow disks, a second head node that takes some data
+//! nodes and clients from the first (a split brain), and data nodes'
+//! clocks skewed and stepped; some seeds give one data node retention.
+//! Then it checks, by message id (`sim::check`): every acknowledged id is
+//! durable with its client's text on every node the answer names; every
+//! client key is stored under one id; no data node writes for a head node
+//! older than one it accepted; no head node answers `recibido` past the
+//! fencing time once a majority has taken a newer one; retention is not
+//! undone; no short hold evicted a node; and every message got one answer
+//! in order or its connection dropped.
 //!
 //! - `SIM_SEEDS=<n>`: how many seeds `many_seeds_keep_every_promise` runs
-//!   (default [`DEFAULT_SEEDS`]); `.ci/run` runs more in release.
+//!   (default [`DEFAULT_SEEDS`]); `.ci/run` runs 500 in release.
+//! - `SIM_FIRST_SEED=<n>`: the first of them (default 0).
+//! - `SIM_TIME_BUDGET=<seconds>`: start no seed after this much wall-clock
+//!   time (the seeds run so far are checked and counted), so a long run
+//!   such as `SIM_SEEDS=20000` is bounded in time.
+//! - `SIM_TAIL_READERS=<n>`: how many readers tail throughout, checked to
+//!   print every acknowledged id once and in order across head-node
+//!   restarts (none by default until a tail no longer moves past ids that
+//!   a data node not yet heard from may hold, nor trusts the head node's
+//!   wall clock, which in the simulation is the machine's).
+//! - `SIM_RETENTION=1`: seeds that draw retention on a data node get it
+//!   (off by default: a repair pass that starts while a node is away and
+//!   copies to it once it is back never asks it whether its retention
+//!   removed the message, and writes back what it removed; seeds 319 and
+//!   428 show it).
 //! - `SIM_KEYED_CLIENTS=<n>`: how many of the clients send keyed messages
 //!   (none by default). Keyed resends across a head-node restart break a
 //!   key's one id today (the head node answers `recibido <id> <held>` with
@@ -20,9 +40,10 @@
 //! - `SIM_SEED=<n>`: the seed `replay` runs; with `TEST_LOG=1` it prints
 //!   the nodes' logs as well (`RUST_LOG` filters them).
 
-use std::time::Instant;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
 
-use sim::scenario::{self, Settings};
+use sim::scenario::{self, Fault, Settings};
 
 /// Seeds per `cargo test` run: what fits in a debug build in well under
 /// a few minutes on a busy two-core machine.
@@ -30,13 +51,35 @@ const DEFAULT_SEEDS: u64 = 100;
 /// The seed `replay` runs without `SIM_SEED`.
 const PINNED_SEED: u64 = 7;
 
-/// The default workload, with `SIM_KEYED_CLIENTS` keyed clients.
+/// The default workload, with `SIM_KEYED_CLIENTS` keyed clients and
+/// `SIM_TAIL_READERS` readers.
 fn settings() -> Settings {
     let mut settings = Settings::default();
     if let Some(keyed) = env_u64("SIM_KEYED_CLIENTS") {
         settings.keyed_clients = u32::try_from(keyed).unwrap_or(u32::MAX);
     }
+    if let Some(readers) = env_u64("SIM_TAIL_READERS") {
+        settings.readers = u32::try_from(readers).unwrap_or(u32::MAX);
+    }
+    settings.retention = env_u64("SIM_RETENTION").is_some_and(|on| on != 0);
     settings
+}
+
+/// The name of a fault's kind, to count how many seeds had each.
+fn kind(fault: &Fault) -> &'static str {
+    match fault {
+        Fault::CrashDataNode { .. } => "data-node crash",
+        Fault::LeaveDataNode { .. } => "data-node leave",
+        Fault::CrashHead { .. } => "head-node crash",
+        Fault::Partition { .. } => "partition",
+        Fault::ShortHold { .. } => "short hold",
+        Fault::LongHold { .. } => "long hold",
+        Fault::ClientHold { .. } => "client hold",
+        Fault::SlowDisk { .. } => "slow disk",
+        Fault::CrashCluster { .. } => "full-cluster crash",
+        Fault::SplitBrain { .. } => "split brain",
+        Fault::ClockStep { .. } => "clock step",
+    }
 }
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -52,13 +95,37 @@ fn env_u64(name: &str) -> Option<u64> {
 fn many_seeds_keep_every_promise() {
     let seeds = env_u64("SIM_SEEDS").unwrap_or(DEFAULT_SEEDS);
     let first = env_u64("SIM_FIRST_SEED").unwrap_or(0);
+    let budget = env_u64("SIM_TIME_BUDGET").map(Duration::from_secs);
     let settings = settings();
     let started = Instant::now();
     let mut failures = Vec::new();
     let (mut acks, mut drops, mut resent, mut evictions) = (0, 0, 0, 0);
+    let (mut ran, mut skewed, mut retention, mut removed, mut printed) = (0, 0, 0, 0, 0);
+    // Seeds that had each kind of fault.
+    let mut kinds: BTreeMap<&'static str, u64> = BTreeMap::new();
     for seed in first..first + seeds {
+        if budget.is_some_and(|budget| started.elapsed() >= budget) {
+            println!("time budget spent: stopping after {ran} of {seeds} seeds");
+            break;
+        }
+        ran += 1;
         match scenario::run(seed, &settings) {
             Ok(outcome) => {
+                let had: BTreeSet<&'static str> =
+                    outcome.faults.iter().map(|s| kind(&s.fault)).collect();
+                for k in had {
+                    *kinds.entry(k).or_default() += 1;
+                }
+                skewed += u64::from(
+                    outcome
+                        .conditions
+                        .clock_offsets_ms
+                        .iter()
+                        .any(|&ms| ms != 0),
+                );
+                retention += u64::from(outcome.conditions.retention.is_some());
+                removed += outcome.removed;
+                printed += outcome.printed;
                 println!(
                     "seed {seed}: ok, {} faults, {} acks, {} errors retried, {} drops ({} resent), {} evictions, {} gets and {} scans answered, {:.1?} simulated",
                     outcome.faults.len(),
@@ -84,8 +151,11 @@ fn many_seeds_keep_every_promise() {
         }
     }
     println!(
-        "{seeds} seeds in {:.1?}: {acks} acks, {drops} drops ({resent} resent), {evictions} evictions",
+        "{ran} seeds in {:.1?}: {acks} acks, {drops} drops ({resent} resent), {evictions} evictions, {removed} records removed by retention, {printed} ids printed by tails",
         started.elapsed()
+    );
+    println!(
+        "seeds with each fault: {kinds:?}; with a skewed data-node clock: {skewed}; with retention: {retention}"
     );
     assert!(
         failures.is_empty(),
@@ -127,4 +197,50 @@ fn same_seed_same_trace() {
     assert!(first.trace.len() > 100, "the trace records the run");
     assert_eq!(first.trace, second.trace, "same seed, same observable run");
     assert_eq!(first.digest, second.digest);
+}
+
+#[test]
+fn whole_cluster_faults_come_alone() {
+    let settings = Settings::default();
+    let (mut crashes, mut splits) = (0, 0);
+    for seed in 0..2000 {
+        let faults = scenario::schedule(seed, &settings);
+        let steps = |f: &Fault| matches!(f, Fault::ClockStep { .. });
+        for whole in faults.iter().filter(|s| s.fault.is_cluster_wide()) {
+            match whole.fault {
+                Fault::SplitBrain { ref nodes, .. } => {
+                    splits += 1;
+                    assert!(
+                        (1..scenario::NODES.len()).contains(&nodes.len()),
+                        "seed {seed}: a split brain moves some data nodes, not all: {nodes:?}"
+                    );
+                }
+                _ => crashes += 1,
+            }
+            for other in &faults {
+                if std::ptr::eq(other, whole) || steps(&other.fault) {
+                    continue;
+                }
+                let (a, b) = (whole.span(), other.span());
+                assert!(
+                    a.end <= b.start || b.end <= a.start,
+                    "seed {seed}: {:?} overlaps {:?}",
+                    whole.fault,
+                    other.fault
+                );
+            }
+        }
+        assert!(
+            faults
+                .iter()
+                .filter(|s| matches!(s.fault, Fault::SplitBrain { .. }))
+                .count()
+                <= 1,
+            "seed {seed}: one split brain at most"
+        );
+    }
+    assert!(
+        crashes > 50 && splits > 50,
+        "{crashes} full-cluster crashes, {splits} split brains in 2000 seeds"
+    );
 }
