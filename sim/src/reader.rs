@@ -1,8 +1,9 @@
 //! A reader that tails, as `client tail -f` does: asks for the next stored
-//! messages after its cursor, prints each `found` line's id, moves its
-//! cursor to the answer's `end`, and polls again after `done`. It
-//! reconnects (keeping its cursor) when it loses the head node, and retries
-//! a request answered with an error. It stops once every client is done
+//! messages after its cursor, prints each `found` line's id and moves its
+//! cursor past it, then to the answer's `end`, and polls again after
+//! `done`. It reconnects (keeping its cursor) when it loses the head node,
+//! and asks again after an error (`ERROR incomplete: ...` among them: the
+//! head node could not prove nothing lies past its last `found`). It stops once every client is done
 //! and a `done` answer came [`SETTLE`] after that, so everything
 //! acknowledged has had time to settle; the checks then want every
 //! acknowledged id printed once, in id order.
@@ -112,7 +113,12 @@ impl ReaderModel {
                         Err(_) => return Err(format!("no answer for {ANSWER_TIMEOUT:?}")),
                     };
                 match ReadReply::parse(&line) {
-                    Ok(ReadReply::Found { record, .. }) => self.printed_one(record.id),
+                    Ok(ReadReply::Found { record, .. }) => {
+                        // Printed: the next request asks after it, whatever
+                        // ends this answer (`client tail` does the same).
+                        self.printed_one(record.id);
+                        *cursor = Some(record.id);
+                    }
                     Ok(ReadReply::End {
                         cursor: next, more, ..
                     }) => {

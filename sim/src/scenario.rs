@@ -54,8 +54,7 @@ pub struct Settings {
     pub keyed_clients: u32,
     /// Messages in flight per client.
     pub window: usize,
-    /// Readers tailing from the start throughout (none by default: see
-    /// `sim/tests/it/simulation.rs`).
+    /// Readers tailing from the start throughout.
     pub readers: u32,
     /// Whether seeds that draw retention on a data node get it (off by
     /// default: see `sim/tests/it/simulation.rs`).
@@ -75,7 +74,7 @@ impl Default for Settings {
         Settings {
             clients: 3,
             keyed_clients: 0,
-            readers: 0,
+            readers: 1,
             retention: false,
             messages: 120,
             window: 8,

@@ -22,11 +22,9 @@
 //! - `SIM_TIME_BUDGET=<seconds>`: start no seed after this much wall-clock
 //!   time (the seeds run so far are checked and counted), so a long run
 //!   such as `SIM_SEEDS=20000` is bounded in time.
-//! - `SIM_TAIL_READERS=<n>`: how many readers tail throughout, checked to
-//!   print every acknowledged id once and in order across head-node
-//!   restarts (none by default until a tail no longer moves past ids that
-//!   a data node not yet heard from may hold, nor trusts the head node's
-//!   wall clock, which in the simulation is the machine's).
+//! - `SIM_TAIL_READERS=<n>`: how many readers tail throughout (one by
+//!   default), checked to print every acknowledged id once and in order
+//!   across head-node restarts and every other fault.
 //! - `SIM_RETENTION=1`: seeds that draw retention on a data node get it
 //!   (off by default: a repair pass that starts while a node is away and
 //!   copies to it once it is back never asks it whether its retention
