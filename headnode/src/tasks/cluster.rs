@@ -197,7 +197,7 @@ impl Driver {
         }
         // The set learned from the reports is the cluster's from now on,
         // and the data nodes are told it.
-        self.membership.recovered();
+        self.membership.recovered(now());
         self.config.recovered.open();
         self.publish();
     }
