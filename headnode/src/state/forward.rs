@@ -28,6 +28,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::Instant;
 use tracing::warn;
 
+use crate::state::ids::Ticket;
 use crate::state::membership::ConnId;
 
 /// The data nodes holding a message, in the order they wrote it; on the
@@ -145,6 +146,9 @@ pub(crate) struct Envelope {
     keys: Option<Arc<dyn SettleKey>>,
     /// The message's share of the in-flight budget, returned on drop.
     _charge: Option<OwnedSemaphorePermit>,
+    /// Its id's ticket, when the id was given to it: the id is settled
+    /// (a tail may pass it) when the message ends, on drop.
+    _ticket: Option<Ticket>,
 }
 
 /// What became of an acknowledged copy.
@@ -186,6 +190,9 @@ pub(crate) struct NewEnvelope {
     /// A repair's copy: the time its records carry (see
     /// [`Envelope::stored_ms`]).
     pub(crate) stored_ms: Option<u64>,
+    /// The ticket of `id` when it was given to this message: held until
+    /// the message ends.
+    pub(crate) ticket: Option<Ticket>,
 }
 
 impl NewEnvelope {
@@ -209,6 +216,7 @@ impl NewEnvelope {
             held_by: Holders::new(),
             charge: None,
             stored_ms: None,
+            ticket: None,
         }
     }
 }
@@ -227,6 +235,7 @@ impl Envelope {
             held_by,
             charge,
             stored_ms,
+            ticket,
         } = parts;
         Arc::new(Envelope {
             id,
@@ -242,6 +251,7 @@ impl Envelope {
             }),
             keys,
             _charge: charge,
+            _ticket: ticket,
         })
     }
 

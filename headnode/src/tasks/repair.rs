@@ -59,7 +59,7 @@ use crate::state::repair::{
 };
 use crate::state::retained::Retained;
 use crate::state::tail::{Merge, Step};
-use crate::tasks::{Shared, reads};
+use crate::tasks::{Shared, cluster, reads};
 
 /// Repair copies on their way at once.
 pub(crate) const REPAIR_IN_FLIGHT: usize = 64;
@@ -137,12 +137,43 @@ impl RepairTask {
                 continue;
             }
             if let Some((trigger, from)) = self.check(&mut last_wait) {
+                // Nodes back with a new data directory before the pass
+                // begins: a pass over every id gives them their share.
+                let rebuilding = self.shared.router.snapshot().rebuilding.clone();
                 self.schedule.begin(Instant::now());
                 let Some(ended) = self.run_pass(&trigger, Work::Scan(from), &stop).await else {
                     return;
                 };
-                let end = self.retry_later(ended);
+                let clean = ended.failed.is_empty() && !ended.overflow;
+                let end = match self.retry_later(ended) {
+                    // A pass with failures has not given a rebuilding node
+                    // all its share: a whole pass runs again for it.
+                    PassEnd::Complete | PassEnd::Leftover(_)
+                        if !clean && !rebuilding.is_empty() =>
+                    {
+                        PassEnd::Failures
+                    }
+                    end => end,
+                };
                 self.schedule.finish(&end, Instant::now());
+                let whole = matches!(end, PassEnd::Complete | PassEnd::Leftover(_));
+                if whole && from.is_none() && !rebuilding.is_empty() {
+                    // Sent while still taking the membership's changes:
+                    // that task may be waiting for room in this one's queue.
+                    let repaired = cluster::Input::Repaired { nodes: rebuilding };
+                    let send = self.shared.membership_tx.send(repaired);
+                    tokio::pin!(send);
+                    loop {
+                        tokio::select! {
+                            biased;
+                            _ = stop.cancelled() => return,
+                            _ = &mut send => break,
+                            Some(event) = self.events_rx.recv() => {
+                                note(&mut self.schedule, &mut self.retained, event);
+                            }
+                        }
+                    }
+                }
             } else {
                 let due = self
                     .schedule
