@@ -202,7 +202,9 @@ impl SimDataNode {
             "{} welcomed by {head}: {}",
             self.id, welcomed.fence
         ));
-        let _ = node.report(self.clock.now_ms(), |line| {
+        // What retention removed here, so a repair does not copy it back.
+        let removed = self.disk.removed_ranges();
+        let _ = node.report(self.clock.now_ms(), &removed, |line| {
             conn.writer.queue_lines(|buf| line.encode_line(buf));
             Ok::<_, Infallible>(())
         });
@@ -442,6 +444,7 @@ impl SimDataPath {
         let removed = node.disk.apply_retention();
         if !removed.is_empty() {
             session.forget_removed(|id| removed.contains(&id));
+            session.removed_by_retention(crate::disk::id_ranges(&removed));
         }
         self.conn
             .writer

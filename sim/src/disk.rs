@@ -24,7 +24,7 @@ use std::collections::BTreeSet;
 
 use datanode::node::Kept;
 use datanode::reads::{Got, ReadFault, Records, Scanned};
-use protocol::datanode::{Fence, MAX_SCAN_RECORDS, ReadRecord};
+use protocol::datanode::{Fence, IdRange, MAX_SCAN_RECORDS, ReadRecord};
 use protocol::ids::{MessageId, MessageKey, NodeId};
 
 use crate::heads::HeadRun;
@@ -149,6 +149,11 @@ impl Disk {
         gone
     }
 
+    /// The ids retention removed so far, as ranges of consecutive ids.
+    pub fn removed_ranges(&self) -> Vec<IdRange> {
+        id_ranges(&self.lock().removed_ids)
+    }
+
     /// What retention removed so far.
     pub fn removed(&self) -> Vec<Removed> {
         self.lock().removed.clone()
@@ -236,6 +241,24 @@ impl Disk {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// `ids` as ranges of consecutive sequence numbers within an epoch: exact,
+/// naming no id that is not in `ids`.
+pub fn id_ranges(ids: &BTreeSet<MessageId>) -> Vec<IdRange> {
+    let mut ranges: Vec<IdRange> = Vec::new();
+    for &id in ids {
+        match ranges.last_mut() {
+            Some(last) if last.last.epoch == id.epoch && last.last.seq + 1 == id.seq => {
+                last.last = id;
+            }
+            _ => ranges.push(IdRange {
+                first: id,
+                last: id,
+            }),
+        }
+    }
+    ranges
 }
 
 /// The durable records of a disk, as the message index sees them: by id,

@@ -200,7 +200,7 @@ impl Driver {
         }
         // The set learned from the reports is the cluster's from now on,
         // and the data nodes are told it.
-        self.membership.recovered();
+        self.membership.recovered(now());
         // The routes that name the member set first: a reader let in by the
         // gate reads them, never the ones before.
         self.publish();
