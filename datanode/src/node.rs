@@ -176,6 +176,9 @@ pub struct Node {
     /// The member set the last head node sent, for the next report; `None`
     /// until a head node has sent one.
     members: Option<Vec<NodeId>>,
+    /// The newest `horizon` a head node sent: keys held under ids up to it
+    /// have been forgotten.
+    horizon: Option<MessageId>,
     metrics: Arc<NodeMetrics>,
 }
 
@@ -188,6 +191,7 @@ impl Node {
             keys,
             newest: kept.newest,
             members: kept.members,
+            horizon: None,
             metrics,
         }
     }
@@ -390,6 +394,7 @@ impl Session<'_> {
                     self.members_changed = true;
                 }
             }
+            Ok(ToDataNode::Horizon(horizon)) => self.forget_through(horizon),
             Ok(ToDataNode::Bye) => self.drained = true,
             Ok(ToDataNode::Get { req, id }) => self.read(req, ReadJob::Get { req, id }),
             Ok(ToDataNode::GetKey { req, key }) => self.read_key(req, key),
@@ -447,6 +452,30 @@ impl Session<'_> {
             debug!(
                 forgotten,
                 "keys whose records retention removed left the key index"
+            );
+            self.node.metrics.set_keys(self.node.keys.len());
+        }
+    }
+
+    /// `horizon <id>`: the head node has forgotten the keys of every id up
+    /// to `horizon`; so does this node (one pass over the key index, once
+    /// per move of the head node's window), but for the keys of records
+    /// staged in this batch, which are kept until they are written. A
+    /// horizon no newer than the last one changes nothing.
+    fn forget_through(&mut self, horizon: MessageId) {
+        if self.node.horizon.is_some_and(|seen| seen >= horizon) {
+            return;
+        }
+        self.node.horizon = Some(horizon);
+        let batch = &self.batch;
+        let forgotten = self
+            .node
+            .keys
+            .forget_ids(|id| id <= horizon && !batch.has_staged(id));
+        if forgotten > 0 {
+            debug!(
+                forgotten, %horizon,
+                "keys the head node has forgotten left the key index"
             );
             self.node.metrics.set_keys(self.node.keys.len());
         }
