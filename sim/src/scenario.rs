@@ -40,7 +40,7 @@ pub struct Settings {
     pub clients: u32,
     /// Messages per client.
     pub messages: usize,
-    /// Of the clients, how many (the last ones) send keyed messages (none
+    /// Of the clients, how many (the last ones) send keyed messages (one
     /// by default: see `sim/tests/it/simulation.rs`).
     pub keyed_clients: u32,
     /// Messages in flight per client.
@@ -59,7 +59,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             clients: 3,
-            keyed_clients: 0,
+            keyed_clients: 1,
             messages: 120,
             window: 8,
             pace: Duration::from_millis(100),
@@ -416,7 +416,11 @@ pub fn run(seed: u64, settings: &Settings) -> Result<Outcome, Failure> {
 
     let mut reports = Vec::new();
     for id in 1..=settings.clients {
-        let report: Arc<Mutex<ClientReport>> = Arc::default();
+        let keyed = id > settings.clients.saturating_sub(settings.keyed_clients);
+        let report = Arc::new(Mutex::new(ClientReport {
+            client_id: keyed.then(|| format!("c{id}")),
+            ..ClientReport::default()
+        }));
         reports.push(report.clone());
         let client = Arc::new(ClientModel {
             id,
@@ -424,7 +428,7 @@ pub fn run(seed: u64, settings: &Settings) -> Result<Outcome, Failure> {
             messages: settings.messages,
             window: settings.window,
             pace: settings.pace,
-            keyed: id > settings.clients.saturating_sub(settings.keyed_clients),
+            keyed,
             report,
             trace: trace.clone(),
         });
@@ -463,7 +467,7 @@ pub fn run(seed: u64, settings: &Settings) -> Result<Outcome, Failure> {
         .map(|r| r.lock().unwrap_or_else(|p| p.into_inner()).clone())
         .collect();
     check_acks_are_durable(&reports, &disks, &mut problems);
-    check_one_id_per_key(&disks, &mut problems);
+    check_one_id_per_key(&reports, &disks, &mut problems);
     check_short_holds(&faults, &events, &mut problems);
     check_clients(&reports, &mut problems);
 
@@ -603,31 +607,32 @@ fn apply(sim: &mut turmoil::Sim<'_>, action: &Action, world: &World<'_>) {
     }
 }
 
-/// Every acknowledged message is durable on the node the ack names, with
-/// the text of the client that got the ack.
+/// Every acknowledged message is durable, by id, on every node the ack
+/// names, with the text and the key of the client that got the ack.
 fn check_acks_are_durable(reports: &[ClientReport], disks: &[Disk], problems: &mut Vec<String>) {
     let durable: Vec<_> = disks.iter().map(Disk::durable).collect();
     for report in reports {
         for (n, holders, id) in &report.acks {
             let text = &report.texts[*n];
+            let key = key_of(report, *n);
             for node in holders.split('+') {
                 let Some(i) = node_index(node) else {
                     problems.push(format!("{text}: acknowledged by unknown node {node:?}"));
                     continue;
                 };
-                let stored: Vec<&str> = durable[i]
+                let stored: Vec<(&str, Option<&MessageKey>)> = durable[i]
                     .iter()
                     .filter(|r| r.id == Some(*id))
-                    .map(|r| r.text.as_str())
+                    .map(|r| (r.text.as_str(), r.key.as_ref()))
                     .collect();
                 if stored.is_empty() {
                     let elsewhere = durable.iter().any(|d| d.iter().any(|r| r.id == Some(*id)));
                     problems.push(format!(
                     "{text}: acknowledged as {id} by {node}, but not durable there (elsewhere: {elsewhere})"
                 ));
-                } else if stored.iter().any(|s| s != text) {
+                } else if stored.iter().any(|(s, k)| s != text || *k != key.as_ref()) {
                     problems.push(format!(
-                    "{text}: acknowledged as {id} by {node}, which stored {stored:?} under that id"
+                    "{text} (key {key:?}): acknowledged as {id} by {node}, which stored {stored:?} under that id"
                 ));
                 }
             }
@@ -635,9 +640,22 @@ fn check_acks_are_durable(reports: &[ClientReport], disks: &[Disk], problems: &m
     }
 }
 
-/// Every client key is stored under one id, on every node that holds it
-/// (the whole run is within the deduplication window).
-fn check_one_id_per_key(disks: &[Disk], problems: &mut Vec<String>) {
+/// The key client `report`'s message `n` was sent under, if it is keyed.
+fn key_of(report: &ClientReport, n: usize) -> Option<MessageKey> {
+    let client = report.client_id.as_deref()?;
+    format!("{client}/{}", n + 1).parse().ok()
+}
+
+/// Every client key has one id: in every answer its client got and on
+/// every node that holds it (the whole run is within the deduplication
+/// window). One exception, which no answer names: a later head node that
+/// ended its recovery by `--recovery-wait` without the report of the only
+/// live holders of a key gives a resend of it a new id, and a node that
+/// does not hold the key writes it under that id before the holder's
+/// `recibido <id> <held>` makes the message take the held id. Such a stray
+/// copy is allowed only under a later epoch than the answered id, and
+/// never answered.
+fn check_one_id_per_key(reports: &[ClientReport], disks: &[Disk], problems: &mut Vec<String>) {
     let mut ids: BTreeMap<MessageKey, BTreeMap<MessageId, Vec<&'static str>>> = BTreeMap::new();
     for (i, disk) in disks.iter().enumerate() {
         for record in disk.durable() {
@@ -650,10 +668,29 @@ fn check_one_id_per_key(disks: &[Disk], problems: &mut Vec<String>) {
             }
         }
     }
+    for report in reports {
+        for (n, _, id) in &report.acks {
+            if let Some(key) = key_of(report, *n) {
+                ids.entry(key)
+                    .or_default()
+                    .entry(*id)
+                    .or_default()
+                    .push("answer");
+            }
+        }
+    }
     for (key, held) in ids {
-        if held.len() > 1 {
+        let answered: Vec<MessageId> = held
+            .iter()
+            .filter(|(_, by)| by.contains(&"answer"))
+            .map(|(id, _)| *id)
+            .collect();
+        let stray = |id: &MessageId| {
+            answered.len() == 1 && !answered.contains(id) && id.epoch > answered[0].epoch
+        };
+        if answered.len() > 1 || held.keys().filter(|id| !stray(id)).count() > 1 {
             problems.push(format!(
-                "key {key} is stored under more than one id: {held:?}"
+                "key {key} is stored or answered under more than one id: {held:?}"
             ));
         }
     }
@@ -709,5 +746,99 @@ fn check_clients(reports: &[ClientReport], problems: &mut Vec<String>) {
         if report.done && acked.iter().any(|a| !a) {
             problems.push(format!("client c{c} finished with unacknowledged messages"));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::disk::Record;
+
+    fn id(seq: u64) -> MessageId {
+        MessageId { epoch: 1, seq }
+    }
+
+    /// A disk holding `records` durably.
+    fn disk(records: &[(MessageId, &str, &str)]) -> Disk {
+        let disk = Disk::new(Duration::ZERO, 1);
+        for (id, key, text) in records {
+            disk.write(Record {
+                id: Some(*id),
+                key: Some(key.parse().unwrap()),
+                text: (*text).to_owned(),
+                stored_ms: 0,
+            });
+        }
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+            .block_on(disk.fsync());
+        disk
+    }
+
+    fn keyed_report(acks: Vec<(usize, String, MessageId)>) -> ClientReport {
+        ClientReport {
+            client_id: Some("c3".to_owned()),
+            texts: vec!["c3-0".to_owned()],
+            acks,
+            ..ClientReport::default()
+        }
+    }
+
+    #[test]
+    fn an_answer_naming_nodes_that_hold_its_key_under_another_id_is_a_violation() {
+        // c3/1 is stored under 1-1 on dn1 and dn2; the answer said 1-5 on
+        // both (a head node that counted 'recibido 1-5 1-1' as a copy of
+        // 1-5). By key and text it looks stored.
+        let disks = [
+            disk(&[(id(1), "c3/1", "c3-0")]),
+            disk(&[(id(1), "c3/1", "c3-0")]),
+            disk(&[]),
+        ];
+        let reports = [keyed_report(vec![(0, "dn1+dn2".to_owned(), id(5))])];
+        let mut problems = Vec::new();
+        check_acks_are_durable(&reports, &disks, &mut problems);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        check_one_id_per_key(&reports, &disks, &mut problems);
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems[2].contains("key c3/1"), "{problems:?}");
+
+        // The same answer under the held id is sound.
+        let reports = [keyed_report(vec![(0, "dn1+dn2".to_owned(), id(1))])];
+        let mut problems = Vec::new();
+        check_acks_are_durable(&reports, &disks, &mut problems);
+        check_one_id_per_key(&reports, &disks, &mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+    }
+
+    #[test]
+    fn an_unanswered_copy_under_a_later_epoch_is_a_stray_and_any_other_second_id_a_violation() {
+        let answer = vec![(0, "dn1".to_owned(), id(1))];
+        let later = MessageId { epoch: 2, seq: 1 };
+        let stray = [
+            disk(&[(id(1), "c3/1", "c3-0")]),
+            disk(&[(later, "c3/1", "c3-0")]),
+            disk(&[]),
+        ];
+        let mut problems = Vec::new();
+        check_one_id_per_key(&[keyed_report(answer.clone())], &stray, &mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+        let same_epoch = [
+            disk(&[(id(1), "c3/1", "c3-0")]),
+            disk(&[(id(2), "c3/1", "c3-0")]),
+            disk(&[]),
+        ];
+        check_one_id_per_key(&[keyed_report(answer)], &same_epoch, &mut problems);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+    }
+
+    #[test]
+    fn a_copy_of_the_answered_id_under_another_key_is_a_violation() {
+        let disks = [disk(&[(id(1), "c9/1", "c3-0")]), disk(&[]), disk(&[])];
+        let reports = [keyed_report(vec![(0, "dn1".to_owned(), id(1))])];
+        let mut problems = Vec::new();
+        check_acks_are_durable(&reports, &disks, &mut problems);
+        assert_eq!(problems.len(), 1, "{problems:?}");
     }
 }

@@ -5,18 +5,17 @@
 //! and injects, as the seed decides: data-node and head-node crashes and
 //! restarts, data nodes asked to stop (drained by the head node, started
 //! again later), partitions, short held links, and slow disks. Then it
-//! checks that every acknowledged message is durable where the ack says,
-//! with its client's text; that every client key is stored under one id;
+//! checks, by id, that every acknowledged message is durable on every node
+//! the ack names, with its client's text and key; that every client key
+//! has one id, on disk and in every answer;
 //! that no short hold evicted a node; and that every message got one
 //! answer in order or its connection dropped.
 //!
 //! - `SIM_SEEDS=<n>`: how many seeds `many_seeds_keep_every_promise` runs
 //!   (default [`DEFAULT_SEEDS`]); `.ci/run` runs more in release.
 //! - `SIM_KEYED_CLIENTS=<n>`: how many of the clients send keyed messages
-//!   (none by default). Keyed resends across a head-node restart break a
-//!   key's one id today (the head node answers `recibido <id> <held>` with
-//!   `<id>`; seed 86 with one keyed client shows it), so they are not yet
-//!   in the default run.
+//!   (one by default; seeds 86 and 391 with one keyed client showed an
+//!   answer naming as holders nodes that held the key under another id).
 //! - `SIM_SEED=<n>`: the seed `replay` runs; with `TEST_LOG=1` it prints
 //!   the nodes' logs as well (`RUST_LOG` filters them).
 
