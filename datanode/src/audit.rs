@@ -690,7 +690,7 @@ mod tests {
         .unwrap();
         let report = audit(&config(&[&log], &[&dn1, &dn2], &[], 2)).unwrap();
         let k1 = Identity::Key(key(1));
-        assert_eq!(report.lost, [k1.clone()], "1-4 is nowhere");
+        assert_eq!(report.lost, std::slice::from_ref(&k1), "1-4 is nowhere");
         assert_eq!(
             report.phantom_holders,
             [

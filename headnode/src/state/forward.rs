@@ -475,8 +475,12 @@ impl Envelope {
         } else {
             Holders::new()
         };
-        for stray in strays.iter().chain(std::iter::once(node)) {
-            if !(adopt && stray == node) && !copies.maybe_at.contains(stray) {
+        // The nodes that hold another id than the answered one get no new
+        // copy: those that wrote the given id, or this one if it is no
+        // holder.
+        let others = strays.iter().chain((!adopt).then_some(node));
+        for stray in others {
+            if !copies.maybe_at.contains(stray) {
                 copies.maybe_at.push(stray.clone());
             }
         }

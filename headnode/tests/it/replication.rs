@@ -239,6 +239,16 @@ async fn next_store(node: &mut protocol::Connection) -> (MessageId, String) {
     }
 }
 
+/// Waits until `node` has joined: the head node routes to it from then on.
+async fn joined(cluster: &mut Cluster, node: &str) {
+    cluster
+        .wait_for(
+            &format!("{node} to join"),
+            |e| matches!(e, Event::Joined { member, .. } if member.node.as_str() == node),
+        )
+        .await;
+}
+
 /// A head node whose scripted nodes answer no heartbeat: the detector
 /// must not evict them while the test drives them by hand.
 fn scripted(replicas: usize, min_replicas: usize) -> headnode::Config {
@@ -253,9 +263,10 @@ async fn a_node_that_holds_the_key_under_another_id_gives_the_answer_that_id() {
     use test_support::scripted_node::register;
     // Fails without the adoption: the client was answered with the id it
     // was sent under, which the node does not hold.
-    let cluster = Cluster::start(scripted(1, 1)).await;
+    let mut cluster = Cluster::start(scripted(1, 1)).await;
     let (mut node, welcome) = register(cluster.addr, "dn1", 1).await;
     assert!(welcome.starts_with("welcome dn1 "), "{welcome}");
+    joined(&mut cluster, "dn1").await;
     let mut client = keyed_client(cluster.addr, "k").await;
     client.writer.send(b"1 hola").await.unwrap();
     let (sent, line) = next_store(&mut node).await;
