@@ -106,10 +106,21 @@ enum Command {
     },
     /// Reads one stored message back, by id or by client key: prints its
     /// text, the live data nodes that hold it and when it was stored.
-    /// Fails (exit status 1) if no live data node holds it.
+    ///
+    /// Exit status: 0 found; 1 not found (every data node that could hold
+    /// it answered that it does not); 3 unavailable: not found on the data
+    /// nodes that answered, and one that could hold it did not (retryable:
+    /// ask again later); 2 a usage or any other error.
+    #[command(
+        after_help = "Exit status: 0 found, 1 not found, 3 unavailable (a data node that could hold it did not answer; retryable), 2 usage or other error."
+    )]
     Get(GetArgs),
     /// Prints every stored message once, in id order, merged over the live
-    /// data nodes: `<id> <stored UTC> <key>|- <text>`.
+    /// data nodes: `<id> <stored UTC> <key>|- <text>`. While a data node
+    /// that could hold the next messages cannot be read, the head node
+    /// answers `incomplete` and the tail asks again with backoff (for
+    /// --retry-for, or until Ctrl-C with --follow), printing nothing twice
+    /// and skipping nothing; exit status 3 if it gives up.
     Tail(TailArgs),
     /// Opens many client connections to the head node and holds them idle
     /// (for measuring memory per connection). Prints `READY <n>` when open.
@@ -214,10 +225,10 @@ fn main() -> std::process::ExitCode {
     }
     if let Command::Get(get) = &args.command {
         // No log files: the message goes to stdout.
-        return node_kit::cli::exit_code("client", read_one(get, &args.server));
+        return read_exit(read_one(get, &args.server), 2);
     }
     if let Command::Tail(tail) = &args.command {
-        return node_kit::cli::exit_code("client", read_all(tail, &args.server));
+        return read_exit(read_all(tail, &args.server), 1);
     }
     if let Command::Bench(bench) = args.command {
         // No log files for a load generator: figures go to stdout.
@@ -305,6 +316,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Exit status of `client get` when the message is not found.
+const EXIT_NOT_FOUND: u8 = 1;
+/// Exit status of `client get` and `client tail` when a data node that
+/// could hold the answer did not answer: retryable.
+const EXIT_UNAVAILABLE: u8 = 3;
+
+/// The exit status of a read: 0, [`EXIT_NOT_FOUND`], [`EXIT_UNAVAILABLE`],
+/// or `other` for any other error; the error on one line of stderr.
+fn read_exit(result: anyhow::Result<()>, other: u8) -> std::process::ExitCode {
+    let Err(e) = result else {
+        return std::process::ExitCode::SUCCESS;
+    };
+    eprintln!("client: {e:#}");
+    let code = match e.downcast_ref::<client::read::ReadError>() {
+        Some(client::read::ReadError::NotFound { .. }) => EXIT_NOT_FOUND,
+        Some(client::read::ReadError::Unavailable(_)) => EXIT_UNAVAILABLE,
+        _ => other,
+    };
+    std::process::ExitCode::from(code)
 }
 
 #[tokio::main(flavor = "current_thread")]

@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use node_kit::backoff::Backoff;
 use protocol::connection::Connection;
 use protocol::datanode::ReadRecord;
 use protocol::handshake::ROLE_READER;
@@ -30,6 +31,11 @@ pub enum ReadError {
     /// The head node answered `ERROR <reason>`.
     #[error("the head node could not serve it: {0}")]
     Refused(String),
+    /// A data node that could hold it did not answer (`ERROR unavailable:
+    /// ...` to a `get`, `ERROR incomplete: ...` to a `tail`): not a
+    /// definite answer; asking again may get one.
+    #[error("not a definite answer, try again: {0}")]
+    Unavailable(String),
     /// Connecting failed.
     #[error(transparent)]
     Connect(#[from] ClientError),
@@ -42,6 +48,17 @@ pub enum ReadError {
     /// Writing the output failed (a closed pipe, say).
     #[error("cannot write the output: {0}")]
     Output(std::io::Error),
+}
+
+impl ReadError {
+    /// Why the head node answered `ERROR <reason>`: retryable or not.
+    fn from_error(reason: String) -> Self {
+        if ReadReply::is_retryable_error(&reason) {
+            ReadError::Unavailable(reason)
+        } else {
+            ReadError::Refused(reason)
+        }
+    }
 }
 
 impl From<std::io::Error> for ReadError {
@@ -109,7 +126,7 @@ pub async fn first_ids(conn: &mut Connection, limit: u32) -> Result<Vec<MessageI
         match next_reply(conn).await? {
             ReadReply::Found { record, .. } => ids.push(record.id),
             ReadReply::End { .. } => return Ok(ids),
-            ReadReply::Error(reason) => return Err(ReadError::Refused(reason)),
+            ReadReply::Error(reason) => return Err(ReadError::from_error(reason)),
             other => return Err(ReadError::Protocol(format!("{other:?}"))),
         }
     }
@@ -126,7 +143,7 @@ pub async fn get(connect: &ConnectOptions, wanted: &Wanted) -> Result<Found, Rea
     match next_reply(&mut conn).await? {
         ReadReply::Found { record, holders } => Ok(Found { record, holders }),
         ReadReply::NotFound { what, removed } => Err(ReadError::NotFound { what, removed }),
-        ReadReply::Error(reason) => Err(ReadError::Refused(reason)),
+        ReadReply::Error(reason) => Err(ReadError::from_error(reason)),
         other => Err(ReadError::Protocol(format!("{other:?}"))),
     }
 }
@@ -162,10 +179,21 @@ impl TailOptions {
     }
 }
 
+/// Pause before asking again after `ERROR incomplete`, at first; it
+/// doubles (with jitter) up to [`INCOMPLETE_MAX_BACKOFF`].
+pub const INCOMPLETE_MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// The longest pause between two requests answered `ERROR incomplete`.
+pub const INCOMPLETE_MAX_BACKOFF: Duration = Duration::from_secs(2);
+
 /// Prints every stored message once, in id order, through `on_record`,
 /// until caught up (or, following, until `stop`). Returns the last id
 /// printed. While following, a lost connection is made again and the tail
-/// goes on after the last id printed.
+/// goes on after the last id printed. An answer `ERROR incomplete` (a data
+/// node that could hold the next messages could not be read) is asked
+/// again from the last id printed, after a backoff: for as long as
+/// `retry_for` of the connect options when not following (then it fails
+/// with [`ReadError::Unavailable`]), until `stop` when following. Nothing
+/// is printed twice and nothing skipped.
 pub async fn tail(
     options: &TailOptions,
     mut on_record: impl FnMut(&Found) -> std::io::Result<()>,
@@ -176,6 +204,13 @@ pub async fn tail(
     let batch = options.batch.clamp(1, MAX_TAIL_LIMIT);
     let mut after = options.after;
     let mut conn = session::connect(&connect).await?;
+    let mut backoff = Backoff::new(
+        INCOMPLETE_MIN_BACKOFF,
+        INCOMPLETE_MAX_BACKOFF,
+        rand::make_rng(),
+    );
+    // Since when every answer has been `incomplete`.
+    let mut incomplete_since: Option<tokio::time::Instant> = None;
     loop {
         let request = ReadRequest::Tail {
             after,
@@ -203,7 +238,7 @@ pub async fn tail(
                         }
                         return Ok(more);
                     }
-                    ReadReply::Error(reason) => return Err(ReadError::Refused(reason)),
+                    ReadReply::Error(reason) => return Err(ReadError::from_error(reason)),
                     other => return Err(ReadError::Protocol(format!("{other:?}"))),
                 }
             }
@@ -212,10 +247,27 @@ pub async fn tail(
             _ = &mut stop => return Ok(after),
             served = served => served,
         };
+        if !matches!(more, Err(ReadError::Unavailable(_))) {
+            incomplete_since = None;
+            backoff.reset();
+        }
         match more {
             Ok(true) => continue,
             Ok(false) if !options.follow => return Ok(after),
             Ok(false) => {}
+            Err(ReadError::Unavailable(reason)) => {
+                let since = *incomplete_since.get_or_insert_with(tokio::time::Instant::now);
+                if !options.follow && since.elapsed() >= connect.retry_for {
+                    return Err(ReadError::Unavailable(reason));
+                }
+                let delay = backoff.next_delay();
+                warn!(reason, retry_in = ?delay, "tail incomplete: asking again from the last id printed");
+                tokio::select! {
+                    _ = &mut stop => return Ok(after),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                continue;
+            }
             Err(ReadError::Lost(why)) if options.follow => {
                 warn!(error = %why, "lost the head node; reconnecting to follow on");
                 conn = tokio::select! {

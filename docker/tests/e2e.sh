@@ -200,8 +200,8 @@ test_store() {
     # REPAIR_AFTER after its own start may end after the kill: the end
     # wanted is the first after this pass's start.
     rskip=$(awk -v skip="$rskip" 'NR > skip && /repair started [(]dataNode datanode1 gone/ { print NR; exit }' "$head_log")
-    # A pass checks only messages older than the tail lag (ack timeout +
-    # no-node wait) while clients write; what it leaves goes to a follow-up
+    # A pass checks only messages below the tail's floor (the lowest id
+    # still on its way) while clients write; what it leaves goes to a follow-up
     # pass REPAIR_AFTER later ("the rest ... in 2s"). A client that started
     # just before the kill leaves it all to the follow-up.
     local passes=0

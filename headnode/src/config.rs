@@ -92,10 +92,6 @@ pub struct Config {
     pub max_reads: usize,
     /// How long a data node has to answer one read (a whole scan page).
     pub read_timeout: Duration,
-    /// While messages are in flight, a tail sends only records stored at
-    /// least this long ago (see `tail::Watermark`); `None`: `ack_timeout`
-    /// plus `no_node_wait`.
-    pub tail_lag: Option<Duration>,
     /// Repair starts once a data node has been gone this long (and this
     /// long after the head node starts); see `repair`.
     pub repair_after: Duration,
@@ -183,7 +179,6 @@ impl Default for Config {
             max_readers: 64,
             max_reads: 8,
             read_timeout: Duration::from_secs(5),
-            tail_lag: None,
             repair_after: DEFAULT_REPAIR_AFTER,
             repair_rate: DEFAULT_REPAIR_RATE,
             max_node_in_flight: 65_536,
@@ -238,12 +233,6 @@ impl Config {
             Some(seed) => SmallRng::seed_from_u64(splitmix64(seed ^ splitmix64(stream.number()))),
             None => SmallRng::seed_from_u64(rand::random()),
         }
-    }
-
-    /// The tail's lag while messages are in flight.
-    pub fn tail_lag(&self) -> Duration {
-        self.tail_lag
-            .unwrap_or(self.ack_timeout + self.no_node_wait)
     }
 }
 

@@ -114,10 +114,9 @@ struct Args {
     #[arg(long, env = "MAX_READS", default_value_t = 8,
           value_parser = clap::value_parser!(u32).range(1..=256))]
     max_reads: u32,
-    /// While messages are in flight, a tail prints only messages stored at
-    /// least this long ago, so that none with a smaller id can still appear
-    /// (default: --ack-timeout plus --no-node-wait).
-    #[arg(long, env = "TAIL_LAG", value_parser = parse_timeout)]
+    /// Accepted and ignored: a tail no longer waits a time, it stops below
+    /// the lowest id still on its way (kept so older command lines run).
+    #[arg(long, env = "TAIL_LAG", value_parser = parse_timeout, hide = true)]
     tail_lag: Option<Duration>,
     /// Repair gives messages their missing copies once a data node has been
     /// gone this long (or came back with a new data directory, or this long
@@ -207,6 +206,12 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         ],
         stdout: true,
     })?;
+    if let Some(lag) = args.tail_lag {
+        tracing::warn!(
+            ?lag,
+            "--tail-lag is ignored: a tail stops below the lowest message id still on its way, whatever the clocks say"
+        );
+    }
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -236,7 +241,6 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         sticky_run: args.sticky_run as usize,
         max_readers: args.max_readers as usize,
         max_reads: args.max_reads as usize,
-        tail_lag: args.tail_lag,
         read_timeout: args.read_timeout,
         repair_after: args.repair_after,
         repair_rate: args.repair_rate,

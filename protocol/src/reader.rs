@@ -4,11 +4,18 @@
 //! gets its answer before the next request's:
 //!
 //! ```text
-//! get <message-id>                      -> found ... | notfound <what> [removed] | ERROR <reason>
+//! get <message-id>                      -> found ... | notfound <what> [removed]
+//!                                          | ERROR unavailable: <nodes>: ... | ERROR <reason>
 //! get <client-id>/<seq>                 -> the same, by client key
 //! tail <after-id>|start <limit> [since=<unix-ms>]
 //!                                       -> found ... (0 to <limit>), then end <count> <cursor>|- more|done
+//!                                          or ERROR incomplete: ... | ERROR <reason>
 //! ```
+//!
+//! `notfound` is definite: every data node that could hold it answered.
+//! `ERROR unavailable: ...` ([`UNAVAILABLE`]) and `ERROR incomplete: ...`
+//! ([`INCOMPLETE`]) say a data node that could hold it (or the next
+//! messages) did not answer: ask again (a tail from the last id it got).
 //!
 //! `found <message-id> <stored-ms> <holders> <client-id>/<seq>|- <text>`:
 //! `<holders>` are the data nodes that answered with it, joined by `+`.
@@ -24,6 +31,16 @@ use crate::ids::{KeyRef, MessageId, MessageKey, NodeId, put_u64};
 
 /// The most records one `tail` request may ask for.
 pub const MAX_TAIL_LIMIT: u32 = 1000;
+
+/// How an `ERROR` reason begins when a `get` found nothing and a data node
+/// that could hold it could not answer: `unavailable: <node> <node>:
+/// <why>`. Not a definite "not found": ask again.
+pub const UNAVAILABLE: &str = "unavailable: ";
+
+/// How an `ERROR` reason begins when a `tail` stopped because the data
+/// nodes that answered cannot prove nothing lies past its last `found`:
+/// `incomplete: <why>`. Ask again after the last id received.
+pub const INCOMPLETE: &str = "incomplete: ";
 
 /// One request of a reader.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,6 +180,22 @@ pub enum ReadReply {
 }
 
 impl ReadReply {
+    /// The reason of `ERROR unavailable: <nodes>: <why>`.
+    pub fn unavailable(nodes: &str, why: &str) -> String {
+        format!("{UNAVAILABLE}{nodes}: {why}; it may be stored there, ask again")
+    }
+
+    /// The reason of `ERROR incomplete: <why>`.
+    pub fn incomplete(why: &str) -> String {
+        format!("{INCOMPLETE}{why}")
+    }
+
+    /// Whether this is an `ERROR` that asking again may cure: `unavailable`
+    /// or `incomplete`.
+    pub fn is_retryable_error(reason: &str) -> bool {
+        reason.starts_with(UNAVAILABLE) || reason.starts_with(INCOMPLETE)
+    }
+
     /// Appends `found <id> <stored-ms> <holders> <key>|- <text>`.
     pub fn encode_found(record: &ReadRecord, holders: &[NodeId], buf: &mut BytesMut) {
         buf.reserve(record.text.len() + 160);

@@ -15,15 +15,15 @@ use tokio::time::Instant;
 use crate::helpers::client_command;
 
 /// One client connection, as the fake head node sees it after the handshake.
-struct Peer {
-    role: String,
+pub(crate) struct Peer {
+    pub(crate) role: String,
     lines: Lines<BufReader<OwnedReadHalf>>,
     writer: OwnedWriteHalf,
 }
 
 impl Peer {
     /// Accepts a client and answers `peticion` with `confirmacion`.
-    async fn accept(listener: &TcpListener) -> Peer {
+    pub(crate) async fn accept(listener: &TcpListener) -> Peer {
         let (stream, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
             .await
             .expect("a client connects within 10 s")
@@ -45,14 +45,14 @@ impl Peer {
     }
 
     /// The next line, or `None` when the client closed.
-    async fn next(&mut self) -> Option<String> {
+    pub(crate) async fn next(&mut self) -> Option<String> {
         tokio::time::timeout(Duration::from_secs(10), self.lines.next_line())
             .await
             .expect("a line within 10 s")
             .unwrap()
     }
 
-    async fn answer(&mut self, line: &str) {
+    pub(crate) async fn answer(&mut self, line: &str) {
         self.writer
             .write_all(format!("{line}\n").as_bytes())
             .await
@@ -85,7 +85,7 @@ fn config(server: String, count: u64, pipeline: usize) -> StoreConfig {
     }
 }
 
-async fn listen() -> (TcpListener, String) {
+pub(crate) async fn listen() -> (TcpListener, String) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     (listener, addr)
@@ -264,7 +264,7 @@ async fn a_message_refused_for_longer_than_retry_for_fails() {
 
 impl Peer {
     /// The next line, or `None` when the client closed (or reset).
-    async fn next_or_closed(&mut self) -> Option<String> {
+    pub(crate) async fn next_or_closed(&mut self) -> Option<String> {
         tokio::time::timeout(Duration::from_secs(10), self.lines.next_line())
             .await
             .expect("a line within 10 s")
@@ -275,7 +275,7 @@ impl Peer {
 
 /// Runs the `client` binary with `args`, answering its messages with
 /// `answers` in order; returns how it ended and the peer it talked to.
-async fn run_binary(args: Vec<String>, answers: Vec<String>) -> (Finished, Peer) {
+pub(crate) async fn run_binary(args: Vec<String>, answers: Vec<String>) -> (Finished, Peer) {
     let (listener, addr) = listen().await;
     let mut args = args;
     args.extend(["--server".into(), addr]);

@@ -38,6 +38,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::Instant;
 use tracing::warn;
 
+use crate::state::ids::Ticket;
 use crate::state::membership::ConnId;
 
 /// The data nodes holding a message, in the order they wrote it; on the
@@ -172,6 +173,9 @@ pub(crate) struct Envelope {
     keys: Option<Arc<dyn SettleKey>>,
     /// The message's share of the in-flight budget, returned on drop.
     _charge: Option<OwnedSemaphorePermit>,
+    /// Its id's ticket, when the id was given to it: the id is settled
+    /// (a tail may pass it) when the message ends, on drop.
+    _ticket: Option<Ticket>,
 }
 
 /// What became of an acknowledged copy.
@@ -232,6 +236,9 @@ pub(crate) struct NewEnvelope {
     /// A repair's copy: the time its records carry (see
     /// [`Envelope::stored_ms`]).
     pub(crate) stored_ms: Option<u64>,
+    /// The ticket of `id` when it was given to this message: held until
+    /// the message ends.
+    pub(crate) ticket: Option<Ticket>,
 }
 
 impl NewEnvelope {
@@ -255,6 +262,7 @@ impl NewEnvelope {
             held_by: Holders::new(),
             charge: None,
             stored_ms: None,
+            ticket: None,
         }
     }
 }
@@ -273,6 +281,7 @@ impl Envelope {
             held_by,
             charge,
             stored_ms,
+            ticket,
         } = parts;
         let adoptable = key.is_some() && held_by.is_empty() && stored_ms.is_none();
         Arc::new(Envelope {
@@ -291,6 +300,7 @@ impl Envelope {
             }),
             keys,
             _charge: charge,
+            _ticket: ticket,
         })
     }
 

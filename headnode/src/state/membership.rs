@@ -341,6 +341,9 @@ struct Seen {
     /// When it last registered, in registrations since start: the order in
     /// which ids are forgotten.
     registered: u64,
+    /// It came back with a new data directory (`store`) and repair has not
+    /// yet given it its share: what it held before is not there.
+    rebuilding: bool,
 }
 
 /// The membership state machine. See the module docs.
@@ -727,6 +730,39 @@ impl Membership {
         self.members.values().map(|m| &m.info)
     }
 
+    /// Nodes that came back with a new data directory (this store id)
+    /// while this head node ran, not yet given their share by a repair
+    /// pass: a read counts them as missing (see `reads::Coverage`). A head
+    /// node started after the change cannot tell.
+    pub fn rebuilding(&self) -> Vec<(NodeId, u64)> {
+        let mut nodes: Vec<(NodeId, u64)> = self
+            .ever_seen
+            .iter()
+            .filter(|(_, seen)| seen.rebuilding)
+            .filter_map(|(node, seen)| Some((node.clone(), seen.store?)))
+            .collect();
+        nodes.sort();
+        nodes
+    }
+
+    /// A repair pass that began after these nodes came back with these
+    /// data directories has ended: they hold their share. A node that has
+    /// come back with yet another directory since stays rebuilding. True
+    /// if any changed.
+    pub fn repaired(&mut self, nodes: &[(NodeId, u64)]) -> bool {
+        let mut changed = false;
+        for (node, store) in nodes {
+            if let Some(seen) = self.ever_seen.get_mut(node)
+                && seen.rebuilding
+                && seen.store == Some(*store)
+            {
+                seen.rebuilding = false;
+                changed = true;
+            }
+        }
+        changed
+    }
+
     /// Whether `conn` is a current member's connection.
     pub fn is_member(&self, conn: ConnId) -> bool {
         self.by_conn.contains_key(&conn)
@@ -763,6 +799,7 @@ impl Membership {
                         }
                         seen.store = Some(store);
                         seen.incarnation = info.incarnation;
+                        seen.rebuilding = true;
                     }
                     _ => {
                         seen.store = seen.store.or(info.store);
@@ -780,6 +817,7 @@ impl Membership {
                         store: info.store,
                         superseded: Vec::new(),
                         registered,
+                        rebuilding: false,
                     },
                 );
                 false

@@ -14,9 +14,12 @@
 //! holds fails with [`ReadFailed::NodeGone`].
 //!
 //! What an answer means is decided here ([`GetResult::from_answer`],
-//! [`ScanPage::take`]); the waiting, with its timeout, is the caller's.
+//! [`ScanPage::take`]), and what the answers of some members prove when
+//! others could not answer ([`Coverage`]); the waiting, with its timeout,
+//! is the caller's.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::time::Duration;
 
 use protocol::datanode::{FromDataNode, ReadRecord, ToDataNode};
@@ -202,6 +205,92 @@ impl ScanPage {
     }
 }
 
+/// The members of the cluster one read could not hear from, and what the
+/// answers of the others prove.
+///
+/// A member is *missing* from a read when it has no live session (absent,
+/// or not yet back since the head node started), when its part of the read
+/// failed, or when it is rebuilding: it came back with a new, empty data
+/// directory and repair has not yet given it its share, so its `notfound`
+/// says nothing of what it held before (its `found` still counts).
+///
+/// - A `get` answers `notfound` only when no member is missing: every
+///   member that could hold the id said it does not ([`Coverage::whole`]).
+/// - A tail may go past an id when fewer than W (`--min-replicas`)
+///   members are missing ([`Coverage::proves_acknowledged`]): every
+///   acknowledged message was written by W members, so one of them
+///   answered. With W or more missing, a message could be on them alone.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Coverage {
+    /// Each missing member and why, in name order.
+    missing: BTreeMap<NodeId, String>,
+}
+
+impl Coverage {
+    /// The coverage of a read of `members` (the member set) asked of the
+    /// nodes `readers`, of which `rebuilding` hold only part of their
+    /// share yet.
+    pub(crate) fn new<'a>(
+        members: &[NodeId],
+        readers: impl IntoIterator<Item = &'a NodeId>,
+        rebuilding: &[NodeId],
+    ) -> Self {
+        let readers: Vec<&NodeId> = readers.into_iter().collect();
+        let mut missing = BTreeMap::new();
+        for member in members {
+            if !readers.contains(&member) {
+                missing.insert(member.clone(), "not connected".to_owned());
+            }
+        }
+        for node in rebuilding {
+            if readers.contains(&node) {
+                missing.insert(
+                    node.clone(),
+                    "new data directory, not yet repaired".to_owned(),
+                );
+            }
+        }
+        Coverage { missing }
+    }
+
+    /// `node`'s part of the read failed.
+    pub(crate) fn failed(&mut self, node: &NodeId, why: &ReadFailed) {
+        self.missing
+            .entry(node.clone())
+            .or_insert_with(|| why.to_string());
+    }
+
+    /// Every member answered.
+    pub(crate) fn whole(&self) -> bool {
+        self.missing.is_empty()
+    }
+
+    /// Fewer than `needed` (W) members are missing: every acknowledged
+    /// message has a copy on a member that answered.
+    pub(crate) fn proves_acknowledged(&self, needed: usize) -> bool {
+        self.missing.len() < needed.max(1)
+    }
+
+    /// The missing members' names, joined by spaces.
+    pub(crate) fn names(&self) -> String {
+        let names: Vec<&str> = self.missing.keys().map(NodeId::as_str).collect();
+        names.join(" ")
+    }
+}
+
+impl fmt::Display for Coverage {
+    /// `dn2 (not connected), dn3 (...)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (node, why)) in self.missing.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{node} ({why})")?;
+        }
+        Ok(())
+    }
+}
+
 struct Pending {
     /// `None` once the reader went away or overflowed its channel: the
     /// entry stays until the node's answer ends, since the node counts it.
@@ -303,6 +392,50 @@ mod tests {
             stored_ms: 5,
             text: format!("m{seq}"),
         }
+    }
+
+    fn names(names: &[&str]) -> Vec<NodeId> {
+        names.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn a_read_is_whole_only_when_every_member_answered() {
+        let members = names(&["dn1", "dn2", "dn3"]);
+        let all = Coverage::new(&members, &members, &[]);
+        assert!(all.whole());
+        assert!(all.proves_acknowledged(2));
+
+        let readers = names(&["dn1", "dn3", "dn4"]);
+        let mut one_away = Coverage::new(&members, &readers, &[]);
+        assert!(!one_away.whole(), "dn2 could hold it");
+        assert_eq!(one_away.names(), "dn2");
+        assert!(
+            one_away.proves_acknowledged(2),
+            "one of W=2 holders answered"
+        );
+        assert!(
+            !one_away.proves_acknowledged(1),
+            "with W=1 dn2 may be the only one"
+        );
+        one_away.failed(&members[2], &ReadFailed::Busy(members[2].clone()));
+        assert!(
+            !one_away.proves_acknowledged(2),
+            "dn2 and dn3 could hold it alone"
+        );
+        assert_eq!(one_away.names(), "dn2 dn3");
+        assert_eq!(
+            one_away.to_string(),
+            "dn2 (not connected), dn3 (dataNode dn3 has too many reads queued (16))"
+        );
+    }
+
+    #[test]
+    fn a_member_with_a_new_data_directory_counts_as_missing_until_repaired() {
+        let members = names(&["dn1", "dn2"]);
+        let rebuilding = Coverage::new(&members, &members, &names(&["dn1"]));
+        assert!(!rebuilding.whole(), "its notfound says nothing");
+        assert!(rebuilding.proves_acknowledged(2));
+        assert_eq!(rebuilding.names(), "dn1");
     }
 
     #[test]

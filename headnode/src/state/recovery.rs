@@ -91,7 +91,6 @@ impl Recovery {
     }
 
     /// Whether clients may be served.
-    #[cfg(test)]
     pub(crate) fn is_done(&self) -> bool {
         self.done
     }

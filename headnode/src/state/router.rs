@@ -184,6 +184,9 @@ pub(crate) struct Routes {
     /// The member set to tell the data nodes (`members`); `None` until
     /// recovery is done.
     pub(crate) member_set: Option<Arc<[NodeId]>>,
+    /// Nodes back with a new data directory (its store id) that repair has
+    /// not yet given their share: readers count them as missing.
+    pub(crate) rebuilding: Vec<(NodeId, u64)>,
     /// The nodes of the current sticky run, and messages left in that run.
     run: Mutex<StickyRun>,
 }
@@ -219,6 +222,7 @@ impl Routes {
             readers,
             quorum,
             member_set,
+            rebuilding: Vec::new(),
             run: Mutex::default(),
         }
     }

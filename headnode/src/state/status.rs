@@ -103,22 +103,26 @@ pub(crate) enum ReadFailure {
     Busy,
     /// No live data node to ask.
     NoDataNodes,
-    /// The data nodes could not be read (none of them, or not all of
-    /// those that might hold it).
+    /// A `get` found nothing and a member that could hold it could not
+    /// be read (`ERROR unavailable: ...`).
     Unreadable,
     /// Beyond the requests taken from one reader at once.
     TooManyInFlight,
     /// Not a request.
     BadRequest,
+    /// A tail stopped where members that could hold the next messages
+    /// alone could not be read (`ERROR incomplete: ...`).
+    Incomplete,
 }
 
 /// The labels of [`ReadFailure`], in its order.
-const READ_FAILURES: [&str; 5] = [
+const READ_FAILURES: [&str; 6] = [
     "busy",
     "no_data_nodes",
     "unreadable",
     "too_many_in_flight",
     "bad_request",
+    "incomplete",
 ];
 
 /// Readers' requests: answered by kind, failed by reason, and how long

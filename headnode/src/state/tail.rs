@@ -13,73 +13,41 @@
 //!
 //! Ids are assigned before writes complete, so a message with a smaller id
 //! can become visible after a greater one. [`Watermark`] holds back any
-//! record that such a message could still precede; see its doc.
+//! record that such a message could still precede; see its doc. Which
+//! members a merge could not hear from, and whether the others still
+//! prove it whole, is [`Coverage`](crate::state::reads::Coverage)'s.
 
 use std::collections::VecDeque;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use protocol::datanode::ReadRecord;
 use protocol::ids::{MessageId, NodeId};
 
-use crate::state::ids::Peek;
 use crate::state::reads::{ReadFailed, ScanPage};
 
-/// Which records may be emitted now without risking a gap.
+/// Which records may be emitted now without risking a gap: those below
+/// the *floor*, the lowest id this head node has given to a message that
+/// has not ended yet (written where it will be written, or failed), or
+/// the next id it will give when every message has ended (see
+/// [`IdGenerator::floor`](crate::IdGenerator::floor)).
 ///
-/// A record may go out when every id below it is settled, by one of:
-/// - its epoch is older than the first this head node gave ids under:
-///   older runs assign no new ids (a resent key given more copies under
-///   its old id is already visible on the nodes that hold it). An epoch
-///   this run went above (to be above one a data node reported) is
-///   settled only as its current one is, by the next two rules;
-/// - *exact*: when the head node holds no message at all (its in-flight
-///   budget is wholly free), every id below the next one it will assign
-///   has ended: written where it will be written, or failed. Reading that
-///   next id first and the budget second makes it safe against a message
-///   taking its id in between (a message takes its share of the budget
-///   before its id). This costs the write path nothing: two atomic loads
-///   per read request;
-/// - *lag*: while messages are in flight, a record stored at least `lag`
-///   ago: any message with a smaller id got its id before this record was
-///   stored, so it is visible by now unless its write took longer than
-///   `lag` (`--tail-lag`, by default the ack timeout plus the wait for a
-///   node, well above a normal write). Following under load is therefore
-///   behind by `lag`; an idle cluster is followed at once.
+/// Every id below the floor has ended, so no record with a smaller id can
+/// still appear, however slow a write or wrong a clock: no clock is read.
+/// A slow write holds back the records above it until it ends (its ack
+/// timeout, then the failure detector, bound that). Ids of earlier head
+/// nodes are all below the floor: they were written before this head
+/// node's readers were let in (readers wait for recovery, when the member
+/// set has reported), and a member that has not reported, or fails its
+/// part of a read, is [`Coverage`](crate::state::reads::Coverage)'s.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Watermark {
-    /// This head node's epoch.
-    pub(crate) epoch: u64,
-    /// The first epoch this run gave ids under: older ones are settled.
-    pub(crate) first_used: u64,
-    /// Every sequence number of `epoch` below this has ended, if known.
-    pub(crate) settled_below: Option<u64>,
-    /// Records stored at or before this time (Unix ms) may go out.
-    pub(crate) stored_by_ms: u64,
+    /// Every id below this has ended.
+    pub(crate) floor: MessageId,
 }
 
 impl Watermark {
-    /// The watermark from a read of the next id and of whether the head
-    /// node holds any message now (in that order), at `now`.
-    pub(crate) fn new(ids: Peek, idle: bool, now: SystemTime, lag: Duration) -> Self {
-        let now_ms = now
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or_default();
-        Watermark {
-            epoch: ids.epoch,
-            first_used: ids.first_used.min(ids.epoch),
-            settled_below: idle.then_some(ids.next_seq),
-            stored_by_ms: now_ms.saturating_sub(lag.as_millis() as u64),
-        }
-    }
-
     /// Whether `record` may be emitted.
     pub(crate) fn allows(&self, record: &ReadRecord) -> bool {
-        let epoch = record.id.epoch;
-        epoch < self.first_used
-            || (epoch < self.epoch && self.settled_below.is_some())
-            || (epoch == self.epoch && self.settled_below.is_some_and(|next| record.id.seq < next))
-            || record.stored_ms <= self.stored_by_ms
+        record.id < self.floor
     }
 }
 
@@ -263,10 +231,10 @@ mod tests {
 
     fn open() -> Watermark {
         Watermark {
-            epoch: 7,
-            first_used: 7,
-            settled_below: Some(u64::MAX),
-            stored_by_ms: 0,
+            floor: MessageId {
+                epoch: u64::MAX,
+                seq: 0,
+            },
         }
     }
 
@@ -322,59 +290,45 @@ mod tests {
     }
 
     #[test]
-    fn the_watermark_holds_back_records_that_may_precede_an_unwritten_one() {
-        let busy = Watermark::new(
-            peek(7, 10, 7),
-            false,
-            UNIX_EPOCH + Duration::from_millis(1_003),
-            Duration::ZERO,
-        );
+    fn the_watermark_holds_back_records_at_and_above_the_floor() {
+        // Messages 4 and 5 took their ids and are still on their way.
+        let ids = std::sync::Arc::new(crate::IdGenerator::starting_at(7));
+        let tickets: Vec<_> = (1..=5).map(|_| ids.next_ticket()).collect();
+        let mut tickets = tickets.into_iter();
+        for done in tickets.by_ref().take(3) {
+            drop(done);
+        }
+        let busy = Watermark { floor: ids.floor() };
         let mut merge = Merge::new(nodes(&["a"]), None);
         let out = drain(
             &mut merge,
-            vec![VecDeque::from([page(&[1, 2, 3, 4, 5], false)])],
+            vec![VecDeque::from([page(&[1, 2, 3, 5], false)])],
             &busy,
         );
-        assert_eq!(out, vec![(1, 1), (2, 1), (3, 1)], "stored by 1003 only");
+        assert_eq!(out, vec![(1, 1), (2, 1), (3, 1)], "5 waits for 4");
         assert_eq!(merge.last(), Some(id(3)));
 
-        let idle = Watermark::new(peek(7, 5, 7), true, UNIX_EPOCH, Duration::from_secs(10));
-        let mut merge = Merge::new(nodes(&["a"]), None);
-        let out = drain(
-            &mut merge,
-            vec![VecDeque::from([page(&[1, 4, 5, 6], false)])],
-            &idle,
-        );
-        assert_eq!(out, vec![(1, 1), (4, 1)], "below the next id only");
-
+        // However old its record time: no clock is read.
+        let slow = ReadRecord {
+            stored_ms: 0,
+            ..record(4)
+        };
+        assert!(!busy.allows(&slow));
         let older_epoch = ReadRecord {
             id: MessageId { epoch: 6, seq: 99 },
             ..record(1)
         };
-        assert!(idle.allows(&older_epoch));
-    }
+        assert!(busy.allows(&older_epoch), "an earlier head node's");
 
-    fn peek(epoch: u64, next_seq: u64, first_used: u64) -> Peek {
-        Peek {
-            epoch,
-            next_seq,
-            first_used,
-        }
-    }
-
-    #[test]
-    fn an_epoch_this_run_went_above_is_settled_only_as_the_current_one_is() {
-        let record = |epoch, seq, stored_ms| ReadRecord {
-            id: MessageId { epoch, seq },
-            stored_ms,
-            ..record(1)
-        };
-        // The run gave ids under 5, then went above a reported 6.
-        let busy = Watermark::new(peek(7, 3, 5), false, UNIX_EPOCH, Duration::ZERO);
-        assert!(busy.allows(&record(4, 9, 10)), "an older run's");
-        assert!(!busy.allows(&record(5, 9, 10)), "may still be on its way");
-        let idle = Watermark::new(peek(7, 3, 5), true, UNIX_EPOCH, Duration::ZERO);
-        assert!(idle.allows(&record(5, 9, 10)));
-        assert!(!idle.allows(&record(7, 3, 10)));
+        drop(tickets);
+        let idle = Watermark { floor: ids.floor() };
+        assert_eq!(idle.floor, id(6));
+        let mut merge = Merge::new(nodes(&["a"]), Some(id(3)));
+        let out = drain(
+            &mut merge,
+            vec![VecDeque::from([page(&[4, 5, 6], false)])],
+            &idle,
+        );
+        assert_eq!(out, vec![(4, 1), (5, 1)], "below the next id only");
     }
 }

@@ -434,10 +434,13 @@ fn forward(
     };
     let replication = shared.replication;
     let (Some(client_id), Some(seq)) = (client_id, checked.seq) else {
+        let ticket = shared.ids.next_ticket();
+        let id = ticket.id();
         let envelope = Envelope::new(NewEnvelope {
             charge: Some(charge),
+            ticket: Some(ticket),
             ..NewEnvelope::plain(
-                shared.ids.next_id(),
+                id,
                 line.bytes().clone(),
                 client.clone(),
                 waiter(),
@@ -454,17 +457,14 @@ fn forward(
     };
     let mut charge = Some(charge);
     let found = shared.keys.lookup_or_insert(&key, now, || {
+        let ticket = shared.ids.next_ticket();
+        let id = ticket.id();
         Envelope::new(NewEnvelope {
             key: Some(key.clone()),
             keys: Some(shared.keys.clone()),
             charge: charge.take(),
-            ..NewEnvelope::plain(
-                shared.ids.next_id(),
-                text.clone(),
-                client.clone(),
-                waiter(),
-                replication,
-            )
+            ticket: Some(ticket),
+            ..NewEnvelope::plain(id, text.clone(), client.clone(), waiter(), replication)
         })
     });
     match found {

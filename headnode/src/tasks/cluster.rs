@@ -72,6 +72,9 @@ pub(crate) enum Input {
     },
     /// The probe deciding hung vs unreachable finished.
     ConfirmDone { conn: ConnId, outcome: ProbeOutcome },
+    /// A repair pass that began while these nodes were rebuilding (back
+    /// with these data directories) has ended: they hold their share.
+    Repaired { nodes: Vec<(NodeId, u64)> },
 }
 
 /// What the membership task works with: its timings, and where it reports.
@@ -207,8 +210,10 @@ impl Driver {
         self.membership.recovered();
         // The key table's bound holds again (within one generation).
         self.config.keys.recovered(tokio::time::Instant::now());
-        self.config.recovered.open();
+        // The routes that name the member set first: a reader let in by the
+        // gate reads them, never the ones before.
         self.publish();
+        self.config.recovered.open();
     }
 
     fn handle_input(&mut self, input: Input) -> Vec<Event> {
@@ -294,6 +299,18 @@ impl Driver {
             Input::AckTimeout { conn } => membership.ack_timeout(conn, now()),
             Input::RoundDone { results } => membership.round_result(&results, now()),
             Input::ConfirmDone { conn, outcome } => membership.confirm_result(conn, outcome, now()),
+            Input::Repaired { nodes } => {
+                if membership.repaired(&nodes) {
+                    let names: Vec<&str> = nodes.iter().map(|(n, _)| n.as_str()).collect();
+                    info!(
+                        target: HEARTBEAT_TARGET,
+                        "repair gave {} their share after a new data directory: their notfound counts again",
+                        names.join(" ")
+                    );
+                    self.publish();
+                }
+                Vec::new()
+            }
         }
     }
 
@@ -514,11 +531,11 @@ impl Driver {
         let quorum = self.membership.quorum();
         self.log_majority(quorum);
         let member_set = self
-            .config
-            .recovered
-            .is_open()
+            .recovery
+            .is_done()
             .then(|| self.membership.member_set().into());
-        let routes = Routes::with_readers(nodes, readers, quorum, member_set);
+        let mut routes = Routes::with_readers(nodes, readers, quorum, member_set);
+        routes.rebuilding = self.membership.rebuilding();
         self.config.routes_tx.send_replace(Arc::new(routes));
         self.config.route_changes.bump();
     }

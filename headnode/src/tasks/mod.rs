@@ -21,7 +21,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::SystemTime;
 
 use protocol::datanode::HeadId;
 use tokio::sync::{Semaphore, mpsc};
@@ -66,8 +65,6 @@ pub(crate) struct Shared {
     /// Bytes of messages the head node may hold at once (see
     /// [`Config::in_flight_budget`]).
     pub(crate) budget: Arc<Semaphore>,
-    /// Permits of `budget` when nothing is in flight.
-    pub(crate) budget_total: usize,
     /// Read requests served at once ([`Config::max_reads`]).
     pub(crate) read_budget: Semaphore,
     /// Places for readers ([`Config::max_readers`]).
@@ -113,11 +110,11 @@ impl Shared {
         }
     }
 
-    /// The tail's watermark now: the next id is read before whether the
-    /// head node holds any message (see [`Watermark`]).
+    /// The tail's watermark now: the lowest id still on its way (see
+    /// [`Watermark`]).
     pub(crate) fn watermark(&self) -> Watermark {
-        let ids = self.ids.peek();
-        let idle = self.budget.available_permits() >= self.budget_total;
-        Watermark::new(ids, idle, SystemTime::now(), self.config.tail_lag())
+        Watermark {
+            floor: self.ids.floor(),
+        }
     }
 }

@@ -33,7 +33,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::state::reads::{GetResult, NodeRead, NodeReader};
+use crate::state::reads::{Coverage, GetResult, NodeRead, NodeReader};
+use crate::state::router::Routes;
 use crate::state::status::{ReadFailure, ReadKind};
 use crate::state::tail::{Merge, Step};
 use crate::tasks::{Shared, reads};
@@ -231,36 +232,65 @@ impl<S: Stream> ReaderSession<S> {
             ));
             return Ok(Some(ReadFailure::Busy));
         };
-        let live = self.shared.router.snapshot().readers();
+        let routes = self.shared.router.snapshot();
+        let live = routes.readers();
         if live.is_empty() {
             self.conn
                 .writer
                 .queue_error(&protocol::client::NO_DATA_NODES);
             return Ok(Some(ReadFailure::NoDataNodes));
         }
+        let coverage = self.coverage(&routes, &live);
         match request {
-            ReadRequest::Get(id) => Ok(self.get(live, NodeRead::Get(*id), id.to_string()).await),
+            ReadRequest::Get(id) => Ok(self
+                .get(live, coverage, NodeRead::Get(*id), id.to_string())
+                .await),
             ReadRequest::GetKey(key) => Ok(self
-                .get(live, NodeRead::GetKey(key.clone()), key.to_string())
+                .get(
+                    live,
+                    coverage,
+                    NodeRead::GetKey(key.clone()),
+                    key.to_string(),
+                )
                 .await),
             ReadRequest::Tail {
                 after,
                 limit,
                 since_ms,
-            } => self.tail(live, *after, *limit, *since_ms).await,
+            } => self.tail(live, coverage, *after, *limit, *since_ms).await,
         }
     }
 
+    /// Which members a read of `live` cannot hear from before it starts:
+    /// members of the set with no session, and nodes back with a new data
+    /// directory that repair has not yet given their share (with one copy
+    /// per message there is nothing to give them: they count as they are).
+    fn coverage(&self, routes: &Routes, live: &[NodeReader]) -> Coverage {
+        let readers = live.iter().map(|r| &r.node);
+        let members: Vec<NodeId> = match &routes.member_set {
+            Some(set) => set.to_vec(),
+            None => live.iter().map(|r| r.node.clone()).collect(),
+        };
+        let rebuilding: Vec<NodeId> = if self.shared.replication.replicas > 1 {
+            routes.rebuilding.iter().map(|(n, _)| n.clone()).collect()
+        } else {
+            Vec::new()
+        };
+        Coverage::new(&members, readers, &rebuilding)
+    }
+
     /// Asks every live node for one message; names those that hold it.
-    /// Why its answer is an `ERROR`, if it is.
+    /// `notfound` only when every member answered that it does not hold
+    /// it; `ERROR unavailable: ...` when one that could hold it did not
+    /// answer. Why its answer is an `ERROR`, if it is.
     async fn get(
         &mut self,
         live: Vec<NodeReader>,
+        mut coverage: Coverage,
         read: NodeRead,
         what: String,
     ) -> Option<ReadFailure> {
         let timeout = self.shared.config.read_timeout;
-        let asked = live.len();
         let mut reads = JoinSet::new();
         for reader in live {
             let read = read.clone();
@@ -272,7 +302,6 @@ impl<S: Stream> ReaderSession<S> {
         let mut found: Option<ReadRecord> = None;
         let mut holders: Vec<NodeId> = Vec::new();
         let mut removed = false;
-        let mut failures = Vec::new();
         while let Some(done) = reads.join_next().await {
             let Ok((node, got)) = done else { continue };
             match got {
@@ -286,10 +315,14 @@ impl<S: Stream> ReaderSession<S> {
                         found = Some(record);
                     }
                 }
-                Ok(GetResult::NotFound { removed: r }) => removed |= r,
+                Ok(GetResult::NotFound { removed: r }) => {
+                    // A rebuilding node's `removed` is of its new directory:
+                    // true all the same (it held the id and removed it).
+                    removed |= r;
+                }
                 Err(e) => {
                     warn!(%node, error = %e, what, "read failed on a dataNode; answering from the others");
-                    failures.push(e.to_string());
+                    coverage.failed(&node, &e);
                 }
             }
         }
@@ -299,18 +332,10 @@ impl<S: Stream> ReaderSession<S> {
                 .conn
                 .writer
                 .queue_with(|buf| ReadReply::encode_found(&record, &holders, buf)),
-            None if failures.len() == asked => {
-                self.conn
-                    .writer
-                    .queue_error(&format!("no data node could be read ({})", failures[0]));
-                return Some(ReadFailure::Unreadable);
-            }
-            None if !failures.is_empty() => {
-                self.conn.writer.queue_error(&format!(
-                    "not found on {} of {asked} data nodes; {} could not be read ({}); it may be there",
-                    asked - failures.len(),
-                    failures.len(),
-                    failures[0]
+            None if !coverage.whole() => {
+                self.conn.writer.queue_error(&ReadReply::unavailable(
+                    &coverage.names(),
+                    &coverage.to_string(),
                 ));
                 return Some(ReadFailure::Unreadable);
             }
@@ -323,36 +348,50 @@ impl<S: Stream> ReaderSession<S> {
     }
 
     /// Merges the live nodes' scans from `after`: at most `limit` records
-    /// sent, then `end`. Why its answer ends in an `ERROR`, if it does; Err
-    /// ends the connection.
+    /// sent, then `end`. It goes past an id only while fewer than W members
+    /// are missing (see [`Coverage`]); otherwise, or once a scan failure
+    /// makes them W, it ends with `ERROR incomplete: ...` after what it
+    /// sent, and the reader asks again from the last id it got. Why its
+    /// answer ends in an `ERROR`, if it does; Err ends the connection.
     async fn tail(
         &mut self,
         live: Vec<NodeReader>,
+        mut coverage: Coverage,
         after: Option<MessageId>,
         limit: u32,
         since_ms: Option<u64>,
     ) -> Result<Option<ReadFailure>, String> {
         let timeout = self.shared.config.read_timeout;
+        let needed = self.shared.replication.needed;
+        if !coverage.proves_acknowledged(needed) {
+            self.conn
+                .writer
+                .queue_error(&ReadReply::incomplete(&format!(
+                    "{coverage} could hold messages no other data node has (W={needed}); ask again"
+                )));
+            return Ok(Some(ReadFailure::Incomplete));
+        }
         let watermark = self.shared.watermark();
         let mut merge = Merge::new(live.iter().map(|r| r.node.clone()).collect(), after);
         let mut sent = 0u32;
         let mut examined = 0u32;
-        let mut first_failure: Option<String> = None;
         let more = loop {
             match merge.step(&watermark) {
                 Step::Refill(which) => {
                     for (node, e) in
                         reads::refill(&mut merge, which, &live, SCAN_PAGE, timeout).await
                     {
-                        warn!(node = %node, error = %e, "tail goes on without this dataNode (its messages have copies on the others)");
-                        first_failure.get_or_insert_with(|| e.to_string());
+                        warn!(node = %node, error = %e, "tail goes on without this dataNode while the others hold a copy of everything acknowledged");
+                        coverage.failed(&node, &e);
                     }
-                    if merge.live() == 0 {
-                        let why = first_failure.unwrap_or_default();
-                        self.conn
-                            .writer
-                            .queue_error(&format!("no data node could be read ({why})"));
-                        return Ok(Some(ReadFailure::Unreadable));
+                    if !coverage.proves_acknowledged(needed) || merge.live() == 0 {
+                        // Nothing past the last id sent: the failed node
+                        // gave every id up to it before it failed.
+                        self.conn.writer.queue_error(&ReadReply::incomplete(&format!(
+                            "{coverage} could hold messages no other data node has (W={needed}); ask again after {}",
+                            merge.last().map_or("the start".to_owned(), |id| id.to_string())
+                        )));
+                        return Ok(Some(ReadFailure::Incomplete));
                     }
                 }
                 Step::Next(record, holders) => {

@@ -52,7 +52,7 @@ use crate::state::repair::{
     Check, MemberChange, PassEnd, RETRY_AFTER, RepairProgress, Schedule, Trigger,
 };
 use crate::state::tail::{Merge, Step};
-use crate::tasks::{Shared, reads};
+use crate::tasks::{Shared, cluster, reads};
 
 /// Repair copies on their way at once.
 pub(crate) const REPAIR_IN_FLIGHT: usize = 64;
@@ -108,11 +108,32 @@ impl RepairTask {
                 _ = &mut next_check => {}
             }
             if let Some((trigger, from)) = self.check(&mut last_wait) {
+                // Nodes back with a new data directory before the pass
+                // begins: a pass over every id gives them their share.
+                let rebuilding = self.shared.router.snapshot().rebuilding.clone();
                 self.schedule.begin(Instant::now());
                 let Some(end) = self.run_pass(&trigger, from, &stop).await else {
                     return;
                 };
                 self.schedule.finish(&end, Instant::now());
+                let whole = matches!(end, PassEnd::Complete | PassEnd::Leftover(_));
+                if whole && from.is_none() && !rebuilding.is_empty() {
+                    // Sent while still taking the membership's changes:
+                    // that task may be waiting for room in this one's queue.
+                    let repaired = cluster::Input::Repaired { nodes: rebuilding };
+                    let send = self.shared.membership_tx.send(repaired);
+                    tokio::pin!(send);
+                    loop {
+                        tokio::select! {
+                            biased;
+                            _ = stop.cancelled() => return,
+                            _ = &mut send => break,
+                            Some(event) = self.events_rx.recv() => {
+                                self.schedule.note(event.change, event.at);
+                            }
+                        }
+                    }
+                }
             }
             next_check.as_mut().reset(Instant::now() + CHECK_EVERY);
         }

@@ -162,7 +162,6 @@ fn build(config: Config, limits: Limits, started: Instant) -> (Arc<Shared>, Ends
         head_id,
         membership_tx: inputs_tx,
         budget: Arc::new(Semaphore::new(budget)),
-        budget_total: budget,
         read_budget: Semaphore::new(config.max_reads),
         reader_slots: Arc::new(Semaphore::new(config.max_readers)),
         keys,

@@ -343,6 +343,220 @@ async fn tail_goes_on_without_gap_or_duplicate_while_a_node_dies_and_comes_back(
     cluster.stop().await;
 }
 
+/// Kills the nodes named `ids` and waits until their directories are free.
+async fn kill(cluster: &Cluster, ids: &[&str]) {
+    for id in ids {
+        let node = cluster.nodes.iter().find(|n| n.id == *id).unwrap();
+        node.kill();
+        node.released().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_says_unavailable_not_notfound_while_a_member_that_could_hold_it_is_away() {
+    let mut cluster = start(&["dn1", "dn2", "dn3"]).await;
+    let mut writer = connect_as(cluster.addr, "cliente id=c-away").await;
+    let (id, holders) = store(&mut writer, 1, &["hola".to_owned()]).await[0].clone();
+    let nothing: MessageId = "1-1".parse().unwrap();
+    // Every member answers: an id none holds is a definite not found.
+    let err = client::read::get(&options(&cluster), &Wanted::Id(nothing))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ReadError::NotFound { .. }), "{err}");
+
+    // Both holders die: the third node alone cannot say it does not exist.
+    let away: Vec<&str> = holders.iter().map(String::as_str).collect();
+    kill(&cluster, &away).await;
+    for wanted in [id, nothing] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match client::read::get(&options(&cluster), &Wanted::Id(wanted)).await {
+                Err(ReadError::Unavailable(reason)) => {
+                    for node in &away {
+                        assert!(reason.contains(node), "{reason}");
+                    }
+                    break;
+                }
+                // Found while a holder's session has not yet ended.
+                Ok(found) if wanted == id => assert_eq!(found.record.text, "hola"),
+                other => panic!("get {wanted} while {away:?} are away: {other:?}"),
+            }
+            assert!(Instant::now() < deadline, "never unavailable");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    // Back: found again, and not found is definite again.
+    for node in &away {
+        let config = cluster.node_config(node);
+        cluster.add_node(config).await;
+    }
+    // Found, and not found definite again, once the routes name them
+    // (published just after the join the test waited for).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match client::read::get(&options(&cluster), &Wanted::Id(id)).await {
+            Ok(found) => break assert_eq!(found.record.text, "hola"),
+            Err(ReadError::Unavailable(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            other => panic!("get {id} with every member back: {other:?}"),
+        }
+    }
+    loop {
+        match client::read::get(&options(&cluster), &Wanted::Id(nothing)).await {
+            Err(ReadError::NotFound { .. }) => break,
+            Err(ReadError::Unavailable(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            other => panic!("get {nothing} with every member back: {other:?}"),
+        }
+    }
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tail_says_incomplete_while_w_members_are_away_and_skips_nothing_once_back() {
+    let mut cluster = start(&["dn1", "dn2", "dn3"]).await;
+    let mut writer = connect_as(cluster.addr, "cliente id=c-gap").await;
+    let texts: Vec<String> = (0..60).map(|n| format!("numero random: {n}")).collect();
+    let stored = store(&mut writer, 1, &texts).await;
+    let ids: Vec<MessageId> = stored.iter().map(|(id, _)| *id).collect();
+    let only_away = stored
+        .iter()
+        .filter(|(_, h)| !h.contains(&"dn1".to_owned()))
+        .count();
+    assert!(only_away > 0, "some messages are on dn2 and dn3 only");
+
+    // W=2 of the members are away: dn1 alone cannot prove a tail whole.
+    kill(&cluster, &["dn2", "dn3"]).await;
+    let mut reader = connect_as(cluster.addr, "lector").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        reader.writer.send(b"tail start 1000").await.unwrap();
+        let first = framed::line(&mut reader.reader, "a tail answer").await;
+        if first.starts_with("ERROR incomplete: ") {
+            assert!(first.contains("dn2") && first.contains("dn3"), "{first}");
+            break;
+        }
+        // A scan of a node whose session has not yet ended: read it whole.
+        assert!(
+            first.starts_with("found "),
+            "dn1's messages alone must not be the whole tail: {first}"
+        );
+        loop {
+            let line = framed::line(&mut reader.reader, "a tail answer").await;
+            assert!(
+                !line.starts_with("end "),
+                "a tail ended without {only_away} messages on dn2 and dn3 only: {line}"
+            );
+            if line.starts_with("ERROR ") {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "never incomplete");
+    }
+
+    // A tail asks again until they are back, and prints everything once.
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut tail = TailOptions::new(options(&cluster));
+    tail.connect.retry_for = Duration::from_secs(30);
+    tail.batch = 25;
+    let sink = seen.clone();
+    let tailing = tokio::spawn(async move {
+        client::read::tail(
+            &tail,
+            |found| {
+                sink.lock().unwrap().push(found.clone());
+                Ok(())
+            },
+            std::future::pending(),
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for node in ["dn2", "dn3"] {
+        let config = cluster.node_config(node);
+        cluster.add_node(config).await;
+    }
+    tokio::time::timeout(Duration::from_secs(30), tailing)
+        .await
+        .expect("the tail ends once dn2 and dn3 are back")
+        .unwrap()
+        .expect("tail failed");
+    assert_once_in_order(&seen.lock().unwrap(), &ids);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_back_with_an_empty_directory_counts_as_missing_until_repaired() {
+    let config = headnode::Config {
+        replicas: 2,
+        min_replicas: 2,
+        // The pass the new directory asks for waits for dn2, gone less
+        // than this: dn1 stays unrepaired for the whole test.
+        repair_after: Duration::from_secs(3600),
+        ..fast_config()
+    };
+    let mut cluster = Cluster::start(config).await;
+    for id in ["dn1", "dn2", "dn3"] {
+        let config = cluster.node_config(id);
+        cluster.add_node(config).await;
+    }
+    let mut writer = connect_as(cluster.addr, "cliente id=c-disk").await;
+    let texts: Vec<String> = (0..60).map(|n| format!("numero random: {n}")).collect();
+    let stored = store(&mut writer, 1, &texts).await;
+    let lost = stored
+        .iter()
+        .filter(|(_, h)| h.contains(&"dn1".to_owned()) && h.contains(&"dn2".to_owned()))
+        .count();
+    assert!(lost > 0, "some messages are on dn1 and dn2 only");
+
+    // dn2 is away; dn1 comes back at once with an empty directory.
+    kill(&cluster, &["dn2", "dn1"]).await;
+    let dn1 = cluster.nodes.iter().position(|n| n.id == "dn1").unwrap();
+    std::fs::remove_dir_all(&cluster.nodes[dn1].data_dir).unwrap();
+    let config = cluster.node_config("dn1");
+    cluster.add_node(config).await;
+
+    // dn1 answers, but what it held is gone: with dn2 away, two of W=2
+    // members are missing, and a tail must not pass what they held.
+    let mut reader = connect_as(cluster.addr, "lector").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        reader.writer.send(b"tail start 1000").await.unwrap();
+        let first = framed::line(&mut reader.reader, "a tail answer").await;
+        // Until the routes name dn1 again, it is missing as not connected.
+        if first.starts_with("ERROR incomplete: ") && first.contains("dn1 (new data directory") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never incomplete for dn1's new directory: {first}"
+        );
+        if first.starts_with("ERROR incomplete: ") {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        assert!(
+            first.starts_with("found "),
+            "dn3's messages alone must not be the whole tail: {first}"
+        );
+        loop {
+            let line = framed::line(&mut reader.reader, "a tail answer").await;
+            assert!(
+                !line.starts_with("end "),
+                "a tail ended without the {lost} messages dn1 and dn2 held: {line}"
+            );
+            if line.starts_with("ERROR ") {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "never incomplete");
+    }
+    cluster.stop().await;
+}
+
 /// The answer lines to one batch of request lines, read until `count`.
 async fn answers(conn: &mut Connection, count: usize) -> Vec<String> {
     let mut lines = Vec::new();

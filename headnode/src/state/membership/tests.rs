@@ -921,3 +921,30 @@ fn original_system_members_count_only_while_connected_and_are_not_in_the_kept_se
         }
     );
 }
+
+#[test]
+fn a_node_back_with_a_new_data_directory_is_rebuilding_until_repaired() {
+    let t0 = Instant::now();
+    let mut m = cluster();
+    m.register(stored("dn1", 3, 10, 0xaa), t0).unwrap();
+    m.register(stored("dn2", 1, 11, 0xcc), t0).unwrap();
+    assert!(m.rebuilding().is_empty(), "first seen: nothing to tell");
+    m.connection_lost(10, "reset", t0);
+    m.register(stored("dn1", 4, 12, 0xaa), t0).unwrap();
+    assert!(m.rebuilding().is_empty(), "the same directory");
+    m.connection_lost(12, "reset", t0);
+    m.register(stored("dn1", 1, 13, 0xbb), t0).unwrap();
+    let dn1: NodeId = "dn1".parse().unwrap();
+    assert_eq!(m.rebuilding(), vec![(dn1.clone(), 0xbb)]);
+    // A pass that began before yet another directory does not clear it.
+    let began = m.rebuilding();
+    m.connection_lost(13, "reset", t0);
+    m.register(stored("dn1", 1, 14, 0xdd), t0).unwrap();
+    assert!(!m.repaired(&began));
+    assert_eq!(m.rebuilding(), vec![(dn1.clone(), 0xdd)]);
+    assert!(m.repaired(&m.rebuilding()));
+    assert!(m.rebuilding().is_empty());
+    m.connection_lost(14, "reset", t0);
+    m.register(stored("dn1", 2, 15, 0xdd), t0).unwrap();
+    assert!(m.rebuilding().is_empty(), "repaired stays repaired");
+}
