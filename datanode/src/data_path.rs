@@ -22,7 +22,7 @@ use bytes::BytesMut;
 use node_kit::shutdown::Latch;
 use protocol::codec::{Line, LineDecoder};
 use protocol::connection::Connection;
-use protocol::datanode::{Fence, FromDataNode};
+use protocol::datanode::{Fence, FromDataNode, IdRange};
 use protocol::ids::NodeId;
 use tracing::{error, info, warn};
 
@@ -215,10 +215,14 @@ struct DataPathConfig {
 
 /// The report after `welcome` (see [`Node::report`]), written in pieces of
 /// about 64 KiB.
-fn send_report(stream: &mut std::net::TcpStream, node: &mut Node) -> std::io::Result<()> {
+fn send_report(
+    stream: &mut std::net::TcpStream,
+    node: &mut Node,
+    removed: &[IdRange],
+) -> std::io::Result<()> {
     const PIECE: usize = 64 * 1024;
     let mut buf = BytesMut::with_capacity(PIECE + 4096);
-    node.report(now_millis(), |line| {
+    node.report(now_millis(), removed, |line| {
         line.encode_line(&mut buf);
         if buf.len() >= PIECE {
             stream.write_all(&buf)?;
@@ -269,7 +273,8 @@ fn data_path(
         let _ = stream.write_all(&storage_failure_line(&e));
         return SessionEnd::StorageFailed(e);
     }
-    if let Err(e) = send_report(&mut stream, &mut state.node) {
+    let removed = state.store.removed_ranges();
+    if let Err(e) = send_report(&mut stream, &mut state.node, &removed) {
         return SessionEnd::Reconnect(format!("write failed during the report: {e}"));
     }
     // From here on the read thread writes to the connection too: every
@@ -367,6 +372,7 @@ impl DataPath<'_> {
             }
             for removed in self.store.take_removed_sets() {
                 session.forget_removed(|id| removed.contains(id));
+                session.removed_by_retention(removed.ranges());
             }
             match session.next(Instant::now()) {
                 Next::Read => {

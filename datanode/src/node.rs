@@ -39,7 +39,9 @@ use std::time::{Duration, Instant};
 
 use node_kit::telemetry::MESSAGES_TARGET;
 use protocol::datanode::register::STALE_INCARNATION;
-use protocol::datanode::{Fence, FromDataNode, MAX_SCAN_RECORDS, ToDataNode};
+use protocol::datanode::{
+    Fence, FromDataNode, IdRange, MAX_SCAN_RECORDS, REMOVED_PER_LINE, ToDataNode,
+};
 use protocol::error::truncate_for_log;
 use protocol::ids::{KeyRef, MessageId, NodeId};
 use tracing::{debug, info, warn};
@@ -57,6 +59,11 @@ pub use group_commit::{Commit, GroupCommit};
 /// Read requests one connection may have outstanding (accepted and not yet
 /// answered); one more is answered `readerror` at once.
 pub const MAX_READS_IN_FLIGHT: usize = 16;
+
+/// Ranges of ids retention removed that wait for the next `pong` to be
+/// told to the head node, at most (one per epoch). Beyond them the newest
+/// are kept: the next head node's report names every range anyway.
+pub const MAX_UNSENT_REMOVED: usize = 4096;
 
 /// What the decisions need of storage: the staging of one batch. Nothing
 /// staged is written until the driver commits the batch; a staged record
@@ -179,6 +186,10 @@ pub struct Node {
     /// The newest `horizon` a head node sent: keys held under ids up to it
     /// have been forgotten.
     horizon: Option<MessageId>,
+    /// Ranges of what retention removed since the head node was last told
+    /// (one per epoch, at most [`MAX_UNSENT_REMOVED`]): sent after the
+    /// next `pong`.
+    removed_unsent: Vec<IdRange>,
     metrics: Arc<NodeMetrics>,
 }
 
@@ -192,6 +203,7 @@ impl Node {
             newest: kept.newest,
             members: kept.members,
             horizon: None,
+            removed_unsent: Vec::new(),
             metrics,
         }
     }
@@ -213,18 +225,25 @@ impl Node {
 
     /// The report after `welcome`, one line at a time to `line`: the keys
     /// held within the window at `now_ms` (`held` lines), the member set
-    /// (`peers`, if a head node ever sent one), the records found damaged
-    /// since the node started (`damaged`, if any were), then `ready`.
-    /// Stops at `line`'s first error.
+    /// (`peers`, if a head node ever sent one), the ranges of what
+    /// retention `removed` here (`removed` lines, if it removed anything),
+    /// the records found damaged since the node started (`damaged`, if any
+    /// were), then `ready`. Stops at `line`'s first error.
     pub fn report<E>(
         &mut self,
         now_ms: u64,
+        removed: &[IdRange],
         mut line: impl FnMut(FromDataNode) -> Result<(), E>,
     ) -> Result<(), E> {
         self.keys.expire(now_ms);
         self.keys.for_each_held_line(&mut line)?;
         if let Some(members) = &self.members {
             line(FromDataNode::Peers(members.clone()))?;
+        }
+        // The report names them all: nothing waits to be told.
+        self.removed_unsent.clear();
+        for chunk in removed.chunks(REMOVED_PER_LINE) {
+            line(FromDataNode::Removed(chunk.to_vec()))?;
         }
         let damaged = self.metrics.damaged();
         if damaged > 0 {
@@ -383,6 +402,13 @@ impl Session<'_> {
                 if let Some(report) = self.fsyncs.report(now, &self.node.metrics) {
                     self.batch.answers.push(FromDataNode::Fsync(report));
                 }
+                // What retention removed since the head node was told.
+                let unsent = std::mem::take(&mut self.node.removed_unsent);
+                for chunk in unsent.chunks(REMOVED_PER_LINE) {
+                    self.batch
+                        .answers
+                        .push(FromDataNode::Removed(chunk.to_vec()));
+                }
             }
             Ok(ToDataNode::Members(nodes)) => {
                 if self.node.members.as_ref() != Some(&nodes) {
@@ -478,6 +504,22 @@ impl Session<'_> {
                 "keys the head node has forgotten left the key index"
             );
             self.node.metrics.set_keys(self.node.keys.len());
+        }
+    }
+
+    /// Retention removed segments whose ids lie in `ranges`: the head node
+    /// is told after the next `pong` (a repair must not copy them back
+    /// should this node go away). Call between batches.
+    pub fn removed_by_retention(&mut self, ranges: impl IntoIterator<Item = IdRange>) {
+        let unsent = &mut self.node.removed_unsent;
+        for range in ranges {
+            IdRange::merge_into(unsent, range);
+        }
+        if unsent.len() > MAX_UNSENT_REMOVED {
+            // The oldest epochs go first; a new head node's report names
+            // them.
+            let over = unsent.len() - MAX_UNSENT_REMOVED;
+            unsent.drain(..over);
         }
     }
 

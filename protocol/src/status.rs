@@ -67,9 +67,15 @@ pub struct RepairPass {
     pub copied: u64,
     /// Copies made.
     pub new_copies: u64,
-    /// Messages left alone because a node's retention removed them.
+    /// Messages left alone because a node's retention removed them, or a
+    /// node that cannot answer now may have.
     pub removed_by_retention: u64,
-    /// Messages that could not be copied (the next pass tries again).
+    /// Messages left alone because a member that is absent (not yet lost:
+    /// still in the member set) may hold their missing copies.
+    #[serde(default)]
+    pub unknown: u64,
+    /// Messages that could not be checked or copied (tried again, one by
+    /// one, a bounded number of times).
     pub failed: u64,
     /// Whether it has ended.
     pub finished: bool,

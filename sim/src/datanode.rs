@@ -183,7 +183,8 @@ impl SimDataNode {
             .map_err(SessionError::Register)?;
         self.disk.record_fence(welcomed.fence);
         self.trace.record(format!("{} welcomed", self.id));
-        let _ = node.report(now_ms(), |line| {
+        // The simulated disk has no retention: nothing removed to report.
+        let _ = node.report(now_ms(), &[], |line| {
             conn.writer.queue_lines(|buf| line.encode_line(buf));
             Ok::<_, Infallible>(())
         });

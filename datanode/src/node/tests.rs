@@ -632,7 +632,7 @@ fn the_report_lists_the_keys_held_the_last_members_and_ready() {
     commit(&mut session, &mut disk, t0);
     drop(session);
     let mut lines = Vec::new();
-    node.report(1_000, |line| {
+    node.report(1_000, &[], |line| {
         lines.push(encoded(&line));
         Ok::<_, ()>(())
     })
@@ -650,7 +650,7 @@ fn the_report_says_how_many_damaged_records_the_node_found() {
     );
     let report = |node: &mut Node| {
         let mut lines = Vec::new();
-        node.report(1_000, |line| {
+        node.report(1_000, &[], |line| {
             lines.push(encoded(&line));
             Ok::<_, ()>(())
         })
@@ -660,6 +660,37 @@ fn the_report_says_how_many_damaged_records_the_node_found() {
     assert_eq!(report(&mut node), ["ready"], "none: no line");
     metrics.found_damaged(2);
     assert_eq!(report(&mut node), ["damaged 2", "ready"]);
+}
+
+#[test]
+fn what_retention_removed_is_in_the_report_and_after_the_next_pong() {
+    let range = |first, last| IdRange::new(id(first), id(last)).unwrap();
+    let mut node = node();
+    let mut disk = Disk::default();
+    let mut lines = Vec::new();
+    node.report(1_000, &[range(1, 40)], |line| {
+        lines.push(encoded(&line));
+        Ok::<_, ()>(())
+    })
+    .unwrap();
+    assert_eq!(lines, ["removed 3-1..3-40", "ready"]);
+    let t0 = Instant::now();
+    let mut session = node.session(config(), ReadSlots::default(), head(), t0);
+    session.removed_by_retention([range(41, 60), range(61, 90)]);
+    hand(&mut session, &mut disk, &["ping 1"], t0);
+    assert_eq!(
+        commit(&mut session, &mut disk, t0),
+        [
+            FromDataNode::Pong(1),
+            FromDataNode::Removed(vec![range(41, 90)])
+        ]
+    );
+    hand(&mut session, &mut disk, &["ping 2"], t0);
+    assert_eq!(
+        commit(&mut session, &mut disk, t0),
+        [FromDataNode::Pong(2)],
+        "told once"
+    );
 }
 
 fn encoded(line: &FromDataNode) -> String {
@@ -757,7 +788,7 @@ fn a_new_member_set_is_recorded_once_and_reported_after_a_restart() {
     });
     let mut lines = Vec::new();
     restarted
-        .report(1_000, |line| {
+        .report(1_000, &[], |line| {
             lines.push(encoded(&line));
             Ok::<_, ()>(())
         })

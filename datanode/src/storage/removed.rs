@@ -20,6 +20,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use protocol::datanode::IdRange;
 use protocol::ids::MessageId;
 use tracing::warn;
 
@@ -82,6 +83,28 @@ impl IdSet {
             .flat_map(|(_, runs)| runs)
             .map(|&(first, last)| last - first + 1)
             .sum()
+    }
+
+    /// Per epoch, the range from its lowest id to its highest: what a
+    /// `removed` line tells the head node of this set.
+    pub fn ranges(&self) -> Vec<IdRange> {
+        self.epochs
+            .iter()
+            .filter_map(|(epoch, runs)| {
+                let (first, _) = runs.first()?;
+                let (_, last) = runs.last()?;
+                IdRange::new(
+                    MessageId {
+                        epoch: *epoch,
+                        seq: *first,
+                    },
+                    MessageId {
+                        epoch: *epoch,
+                        seq: *last,
+                    },
+                )
+            })
+            .collect()
     }
 
     /// Whether the set is empty.

@@ -38,6 +38,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use node_kit::timefmt::write_timestamp;
+use protocol::datanode::IdRange;
 use protocol::ids::MessageId;
 use tracing::warn;
 
@@ -305,6 +306,30 @@ impl RemovedIds {
     /// segments that may have held it through `set_of`.
     pub fn removed(&self, id: MessageId, set_of: impl FnMut(u32) -> Option<Arc<IdSet>>) -> bool {
         lookup_removed(self.lookup(id), id, set_of)
+    }
+
+    /// Per epoch, one range covering the ids of every removed segment
+    /// still known here: what the report to a head node says (`removed`
+    /// lines). A segment whose set was forgotten is not in it, as its ids
+    /// are answered as never held.
+    pub fn ranges(&self) -> Vec<IdRange> {
+        let mut ranges = Vec::new();
+        for segment in &self.segments {
+            for r in &segment.epochs {
+                let first = MessageId {
+                    epoch: r.epoch,
+                    seq: r.min_seq,
+                };
+                let last = MessageId {
+                    epoch: r.epoch,
+                    seq: r.max_seq,
+                };
+                if let Some(range) = IdRange::new(first, last) {
+                    IdRange::merge_into(&mut ranges, range);
+                }
+            }
+        }
+        ranges
     }
 
     /// The highest segment number retention has removed (0: none).

@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use node_kit::timefmt::parse_timestamp_millis;
+use protocol::datanode::IdRange;
 use protocol::ids::MessageId;
 use tracing::{info, warn};
 
@@ -257,6 +258,12 @@ impl Store {
     /// never bring such a message back. See [`RemovedIds::lookup`].
     pub fn retention_removed(&self, id: MessageId) -> bool {
         retention_removed(&self.dir, &self.removed, &self.sets, id)
+    }
+
+    /// Per epoch, a range covering every id retention removed here (as far
+    /// as the node still knows): for the report to a head node.
+    pub fn removed_ranges(&self) -> Vec<IdRange> {
+        read_lock(&self.removed).ranges()
     }
 
     /// The ids of the segments retention removed since the last call: the

@@ -198,3 +198,37 @@ async fn a_key_whose_segment_retention_removed_is_written_again_when_resent() {
     assert_eq!(head.next_line().await.as_deref(), Some("recibido 8-1"));
     assert!(stored_ids(&head.data_file()).unwrap().contains(&id("8-1")));
 }
+
+#[tokio::test]
+async fn what_retention_removed_is_told_after_the_next_pong_and_in_every_report() {
+    let retaining = |config: &mut datanode::Config| {
+        config.store.segment_bytes = 200;
+        config.store.retention.max_bytes = Some(600);
+    };
+    let mut head = ScriptedHead::start(retaining).await;
+    for seq in 1..=10 {
+        head.send_keyed(&format!("7-{seq}"), &format!("c-1/{seq}"), "hola")
+            .await;
+        head.expect_ack(&format!("7-{seq}")).await;
+    }
+    head.send_lines(&["ping 1".to_owned()]).await;
+    assert_eq!(head.next_line().await.as_deref(), Some("pong 1"));
+    let told = head.next_line().await.unwrap_or_default();
+    let covers =
+        |ranges: &[protocol::datanode::IdRange]| ranges.iter().any(|r| r.contains(id("7-1")));
+    match protocol::datanode::FromDataNode::parse(&told) {
+        Ok(protocol::datanode::FromDataNode::Removed(ranges)) => {
+            assert!(covers(&ranges), "{told}");
+            assert!(!ranges.iter().any(|r| r.contains(id("7-10"))), "{told}");
+        }
+        other => panic!("expected a removed line after the pong, got {told:?} ({other:?})"),
+    }
+    // Restarted, it names them in its report.
+    let dir = head.stop_keeping_dir().await;
+    let mut head = ScriptedHead::start_in(dir, retaining).await;
+    // Above epoch 7, which the messages' ids raised the node's fence to.
+    head.welcome(8).await;
+    let report = head.read_report().await;
+    assert!(covers(&report.removed), "{report:?}");
+    head.stop().await.unwrap();
+}

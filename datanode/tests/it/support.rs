@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use datanode::{Config, DataNodeError};
-use protocol::datanode::{FromDataNode, HELD_PER_LINE};
+use protocol::datanode::{FromDataNode, HELD_PER_LINE, IdRange};
 use protocol::handshake::{self, PETICION, RoleStep};
 use protocol::ids::MessageId;
 use protocol::{Connection, ReaderConfig};
@@ -125,6 +125,7 @@ impl ScriptedHead {
                 Ok(FromDataNode::Peers(peers)) => {
                     report.peers = Some(peers.iter().map(ToString::to_string).collect())
                 }
+                Ok(FromDataNode::Removed(ranges)) => report.removed.extend(ranges),
                 Ok(FromDataNode::Ready) => return report,
                 other => panic!("unexpected line in the report: {line:?} ({other:?})"),
             }
@@ -242,6 +243,8 @@ pub(crate) struct Report {
     pub(crate) held: Vec<(String, MessageId)>,
     /// The `peers` line, if it sent one.
     pub(crate) peers: Option<Vec<String>>,
+    /// The ranges of its `removed` lines.
+    pub(crate) removed: Vec<IdRange>,
 }
 
 async fn accept_node(listener: &TcpListener) -> Connection {

@@ -691,9 +691,11 @@ impl Membership {
         self.set.reported(set, now);
     }
 
-    /// Recovery is done: reported sets no longer change the member set.
-    pub fn recovered(&mut self) {
-        self.set.learned();
+    /// Recovery is done at `now`: reported sets no longer change the
+    /// member set, and a member absent now is absent from now on (it leaves
+    /// the set only `remove_after` later).
+    pub fn recovered(&mut self, now: Instant) {
+        self.set.learned(now);
     }
 
     /// Live members against the member set.

@@ -13,6 +13,7 @@ pub(crate) mod reads;
 pub(crate) mod recovery;
 pub(crate) mod repair;
 pub(crate) mod reply_window;
+pub(crate) mod retained;
 pub(crate) mod router;
 pub(crate) mod signal;
 pub(crate) mod status;

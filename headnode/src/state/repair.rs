@@ -2,7 +2,11 @@
 //!
 //! [`Schedule`] decides when a pass is due, from membership changes alone
 //! (tested with fabricated instants):
-//! - a data node has been gone (evicted or left) for `--repair-after`;
+//! - a data node is lost: it left the member set, absent for
+//!   `--repair-after` while a majority was live (an absent member is
+//!   unknown, not lost: a pass before then leaves what it may hold alone);
+//!   a node that left gracefully, or an original-system node, which no
+//!   member set keeps, once it has been gone `--repair-after`;
 //! - a data node registers with a different store id than it had (its
 //!   data directory is new: a lost disk, a new volume): at once;
 //! - the head node started `--repair-after` ago: it keeps no state, so it
@@ -23,11 +27,12 @@
 //! status page reads [`RepairProgress`], which only the repair task writes.
 //! The pass itself is the repair task's (`tasks::repair`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+use protocol::datanode::IdRange;
 use protocol::ids::{MessageId, NodeId};
 use protocol::status::RepairPass;
 use tokio::time::Instant;
@@ -39,6 +44,13 @@ pub(crate) const REMEMBERED_STORES: usize = 4096;
 /// How soon a pass that could not run (too few live nodes, a node that
 /// failed mid-pass) is tried again.
 pub(crate) const RETRY_AFTER: Duration = Duration::from_secs(5);
+/// Messages a pass could not check or copy that are tried again one by
+/// one, at most; beyond them a pass with failures is run again whole.
+pub(crate) const MAX_RETRIES: usize = 4096;
+/// Tries of one message after the pass that failed it, at most: the
+/// first `RETRY_AFTER` later, each next one twice as late; then it is
+/// given up on, logged and counted as unrepairable.
+pub(crate) const RETRY_ATTEMPTS: u32 = 5;
 
 /// What the schedule hears of the membership: only what decides a pass.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,10 +59,24 @@ pub(crate) enum MemberChange {
     Joined { node: NodeId, store: Option<u64> },
     /// A node is gone (evicted or left): not replaced by a newer
     /// incarnation of itself, and not let go by a head node stopping.
-    Gone { node: NodeId },
+    /// `member`: it stays in the member set, absent, and is lost only when
+    /// it leaves the set ([`MemberChange::Lost`]); otherwise (a graceful
+    /// leave, an original-system node) it counts as lost `repair_after`
+    /// after it went.
+    Gone { node: NodeId, member: bool },
     /// A node reported this many damaged records when it registered
     /// (`damaged <n>`): their messages may lack a copy.
     Damaged { node: NodeId, records: u64 },
+    /// A node reported ranges of ids its retention removed: the whole of
+    /// them (its report after `welcome`) or those removed since.
+    Retention {
+        node: NodeId,
+        ranges: Vec<IdRange>,
+        whole: bool,
+    },
+    /// A node left the member set, absent too long: it is lost, and the
+    /// copies it held are made again.
+    Lost { node: NodeId, absent_for: Duration },
 }
 
 impl MemberChange {
@@ -67,8 +93,13 @@ impl MemberChange {
                 reason: EvictReason::Replaced { .. } | EvictReason::Shutdown,
                 ..
             } => None,
-            Event::Evicted { member, .. } => Some(MemberChange::Gone {
+            Event::Evicted { member, reason } => Some(MemberChange::Gone {
                 node: member.node.clone(),
+                member: !member.legacy && *reason != EvictReason::Left,
+            }),
+            Event::Removed { node, absent_for } => Some(MemberChange::Lost {
+                node: node.clone(),
+                absent_for: *absent_for,
             }),
             _ => None,
         }
@@ -80,7 +111,8 @@ impl MemberChange {
 pub(crate) enum Trigger {
     /// The head node started `repair_after` ago.
     HeadStarted,
-    /// A node has been gone this long.
+    /// A node has been gone this long: it left the member set, or left
+    /// gracefully that long ago.
     NodeLost { node: NodeId, away: Duration },
     /// A node came back with another data directory.
     NewStore { node: NodeId },
@@ -90,6 +122,8 @@ pub(crate) enum Trigger {
     Leftover,
     /// The last pass could not finish.
     Retry,
+    /// Messages a pass could not check or copy, tried again one by one.
+    Retries { messages: usize },
 }
 
 impl fmt::Display for Trigger {
@@ -110,6 +144,12 @@ impl fmt::Display for Trigger {
             }
             Trigger::Leftover => write!(f, "messages the last pass left in flight"),
             Trigger::Retry => write!(f, "the last pass did not finish"),
+            Trigger::Retries { messages } => {
+                write!(
+                    f,
+                    "{messages} messages a pass could not check or copy, tried again"
+                )
+            }
         }
     }
 }
@@ -127,6 +167,28 @@ struct Lost {
     since: Instant,
     /// A pass has started since it was gone `repair_after`.
     covered: bool,
+    /// A member of the set: lost when it leaves the set, not by the time.
+    member: bool,
+}
+
+/// One message to try again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Retry {
+    /// Tries so far that failed, the pass's included.
+    failures: u32,
+    /// When it is tried next.
+    at: Instant,
+}
+
+/// What became of a message that failed again ([`Schedule::failed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Failed {
+    /// It is tried again at this time.
+    Again(Instant),
+    /// It failed [`RETRY_ATTEMPTS`] tries after its pass: given up on.
+    GivenUp,
+    /// No room among the [`MAX_RETRIES`]: a whole pass must run again.
+    NoRoom,
 }
 
 /// When a pass is due. Pure: fed membership events and instants.
@@ -134,6 +196,12 @@ struct Lost {
 pub(crate) struct Schedule {
     repair_after: Duration,
     lost: BTreeMap<NodeId, Lost>,
+    /// Nodes that left the member set and have not registered since (at
+    /// most [`REMEMBERED_STORES`]): a pass counts none of them absent,
+    /// whether or not the routes it reads still name them.
+    left_set: BTreeSet<NodeId>,
+    /// Messages tried again one by one, at most [`MAX_RETRIES`].
+    retries: BTreeMap<MessageId, Retry>,
     stores: HashMap<NodeId, u64>,
     /// The damaged records each node reported last.
     damaged: HashMap<NodeId, u64>,
@@ -149,9 +217,9 @@ pub(crate) enum PassEnd {
     Leftover(Option<MessageId>),
     /// Could not run or finish (too few nodes, a node failed, shutdown).
     Incomplete,
-    /// Could not do all it should (some messages could not be checked or
-    /// copied, or too few nodes were live to copy anything): tried again
-    /// `repair_after` later.
+    /// Could not do all it should (more messages could not be checked or
+    /// copied than can be tried again one by one, or too few nodes were
+    /// live to copy anything): tried again `repair_after` later.
     Failures,
 }
 
@@ -177,6 +245,8 @@ impl Schedule {
         Schedule {
             repair_after,
             lost: BTreeMap::new(),
+            left_set: BTreeSet::new(),
+            retries: BTreeMap::new(),
             stores: HashMap::new(),
             damaged: HashMap::new(),
             requested: Some(Request {
@@ -218,6 +288,7 @@ impl Schedule {
         match change {
             MemberChange::Joined { node, store } => {
                 self.lost.remove(&node);
+                self.left_set.remove(&node);
                 let Some(store) = store else { return };
                 let before =
                     if self.stores.len() < REMEMBERED_STORES || self.stores.contains_key(&node) {
@@ -242,11 +313,28 @@ impl Schedule {
                 }
                 self.request(now, Trigger::Damaged { node, records }, None);
             }
-            MemberChange::Gone { node } => {
+            MemberChange::Lost { node, absent_for } => {
+                self.lost.remove(&node);
+                if self.left_set.len() < REMEMBERED_STORES {
+                    self.left_set.insert(node.clone());
+                }
+                self.request(
+                    now,
+                    Trigger::NodeLost {
+                        node,
+                        away: absent_for,
+                    },
+                    None,
+                );
+            }
+            // The repair task keeps these (`Retained`).
+            MemberChange::Retention { .. } => {}
+            MemberChange::Gone { node, member } => {
                 if self.lost.len() < REMEMBERED_STORES {
                     self.lost.entry(node).or_insert(Lost {
                         since: now,
                         covered: false,
+                        member,
                     });
                 }
             }
@@ -300,7 +388,9 @@ impl Schedule {
         }
         self.lost
             .iter()
-            .find(|(_, lost)| !lost.covered && lost.since + self.repair_after <= now)
+            .find(|(_, lost)| {
+                !lost.member && !lost.covered && lost.since + self.repair_after <= now
+            })
             .map(|(node, lost)| {
                 (
                     Trigger::NodeLost {
@@ -311,6 +401,62 @@ impl Schedule {
                     lost.since + self.repair_after,
                 )
             })
+    }
+
+    /// `id` could not be checked or copied at `now` (by a pass, or by its
+    /// last try): when it is tried again, if it is.
+    pub(crate) fn failed(&mut self, id: MessageId, now: Instant) -> Failed {
+        let failures = match self.retries.get(&id) {
+            Some(retry) => retry.failures + 1,
+            None if self.retries.len() >= MAX_RETRIES => return Failed::NoRoom,
+            None => 1,
+        };
+        if failures > RETRY_ATTEMPTS {
+            self.retries.remove(&id);
+            return Failed::GivenUp;
+        }
+        let at = now + RETRY_AFTER * 2u32.pow(failures - 1);
+        self.retries.insert(id, Retry { failures, at });
+        Failed::Again(at)
+    }
+
+    /// `id` was checked and, if it had to be, copied: no more tries.
+    pub(crate) fn settled(&mut self, id: MessageId) {
+        self.retries.remove(&id);
+    }
+
+    /// The messages due to be tried again at `now`, at most `most`, in id
+    /// order.
+    pub(crate) fn due_retries(&self, now: Instant, most: usize) -> Vec<MessageId> {
+        self.retries
+            .iter()
+            .filter(|(_, retry)| retry.at <= now)
+            .map(|(id, _)| *id)
+            .take(most)
+            .collect()
+    }
+
+    /// Messages waiting to be tried again.
+    #[cfg(test)]
+    fn retries(&self) -> usize {
+        self.retries.len()
+    }
+
+    /// Nodes that left the member set (lost) and have not registered since.
+    pub(crate) fn left_set(&self) -> &BTreeSet<NodeId> {
+        &self.left_set
+    }
+
+    /// Nodes gone at `now` that no member set keeps and that are not lost
+    /// yet (a graceful leave, an original-system node, gone less than
+    /// `repair_after`): a pass counts them absent, with the members the set
+    /// keeps absent, and leaves alone what they may hold.
+    pub(crate) fn departed(&self, now: Instant) -> Vec<NodeId> {
+        self.lost
+            .iter()
+            .filter(|(_, lost)| !lost.member && now < lost.since + self.repair_after)
+            .map(|(node, _)| node.clone())
+            .collect()
     }
 
     /// A pass starts at `now`: it covers every request and every node gone
@@ -333,7 +479,8 @@ impl Schedule {
             }
             PassEnd::Incomplete => self.request(now + RETRY_AFTER, Trigger::Retry, None),
             // Not at once: what failed (a node too busy to answer, no node
-            // to take a copy) takes time to change.
+            // to take a copy) takes time to change. Used only when the
+            // failures could not all be tried again one by one.
             PassEnd::Failures => {
                 self.request(now + self.repair_after, Trigger::Retry, None);
             }
@@ -354,6 +501,7 @@ struct Progress {
     last: Option<RepairPass>,
     passes: u64,
     copies: u64,
+    unrepairable: u64,
 }
 
 impl RepairProgress {
@@ -371,10 +519,17 @@ impl RepairProgress {
         }
     }
 
-    /// Passes run and copies made by them, since the head node started.
-    pub(crate) fn totals(&self) -> (u64, u64) {
+    /// Passes run, copies made by them, and messages given up on as
+    /// unrepairable, since the head node started.
+    pub(crate) fn totals(&self) -> (u64, u64, u64) {
         let progress = self.lock();
-        (progress.passes, progress.copies)
+        (progress.passes, progress.copies, progress.unrepairable)
+    }
+
+    /// `messages` were given up on: they could not be checked or copied in
+    /// every try.
+    pub(crate) fn unrepairable(&self, messages: u64) {
+        self.lock().unrepairable += messages;
     }
 
     /// A pass starts.
@@ -454,19 +609,55 @@ mod tests {
         assert_eq!(schedule.due(t0 + AFTER * 10), None);
     }
 
+    fn removed(node: &str, absent_for: Duration) -> Event {
+        Event::Removed {
+            node: node.parse().unwrap(),
+            absent_for,
+        }
+    }
+
     #[test]
-    fn a_node_gone_for_the_delay_is_repaired_once() {
+    fn a_member_is_repaired_once_when_it_leaves_the_set_not_before() {
         let t0 = Instant::now();
         let mut schedule = settled(t0);
         let t1 = t0 + AFTER * 2;
         schedule.record(&evicted("dn1", EvictReason::Unreachable), t1);
         assert_eq!(schedule.due(t1 + AFTER / 2), None);
-        let (trigger, from) = schedule.due(t1 + AFTER).unwrap();
+        assert_eq!(
+            schedule.due(t1 + AFTER * 3),
+            None,
+            "absent, not lost, while it is in the member set"
+        );
+        schedule.record(&removed("dn1", AFTER * 3), t1 + AFTER * 3);
+        let (trigger, from) = schedule.due(t1 + AFTER * 3).unwrap();
         assert!(matches!(trigger, Trigger::NodeLost { ref node, .. } if node.as_str() == "dn1"));
         assert_eq!(from, None);
-        schedule.begin(t1 + AFTER);
-        schedule.finish(&PassEnd::Complete, t1 + AFTER);
+        schedule.begin(t1 + AFTER * 3);
+        schedule.finish(&PassEnd::Complete, t1 + AFTER * 3);
         assert_eq!(schedule.due(t1 + AFTER * 5), None, "covered by the pass");
+    }
+
+    #[test]
+    fn a_graceful_leave_is_an_absence_until_the_delay_then_a_loss() {
+        let t0 = Instant::now();
+        let mut schedule = settled(t0);
+        let t1 = t0 + AFTER * 2;
+        schedule.record(&evicted("dn1", EvictReason::Left), t1);
+        let dn1: NodeId = "dn1".parse().unwrap();
+        assert_eq!(
+            schedule.departed(t1 + AFTER / 2),
+            std::slice::from_ref(&dn1)
+        );
+        assert_eq!(schedule.due(t1 + AFTER / 2), None);
+        assert!(schedule.departed(t1 + AFTER).is_empty());
+        let (trigger, _) = schedule.due(t1 + AFTER).unwrap();
+        assert!(matches!(trigger, Trigger::NodeLost { ref node, .. } if *node == dn1));
+        // Back in time: no pass, and not absent.
+        let mut schedule = settled(t0);
+        schedule.record(&evicted("dn1", EvictReason::Left), t1);
+        schedule.record(&joined("dn1", None), t1 + AFTER / 2);
+        assert!(schedule.departed(t1 + AFTER / 2).is_empty());
+        assert_eq!(schedule.due(t1 + AFTER * 3), None);
     }
 
     #[test]
@@ -570,6 +761,59 @@ mod tests {
     }
 
     #[test]
+    fn a_message_that_keeps_failing_is_tried_a_bounded_number_of_times_with_backoff() {
+        let t0 = Instant::now();
+        let mut schedule = settled(t0);
+        let id = MessageId { epoch: 5, seq: 1 };
+        let mut now = t0;
+        let mut waits = Vec::new();
+        loop {
+            match schedule.failed(id, now) {
+                Failed::Again(at) => {
+                    assert!(
+                        schedule
+                            .due_retries(at - Duration::from_millis(1), 10)
+                            .is_empty()
+                    );
+                    assert_eq!(schedule.due_retries(at, 10), [id]);
+                    waits.push((at - now).as_secs());
+                    now = at;
+                }
+                Failed::GivenUp => break,
+                Failed::NoRoom => panic!("room for one"),
+            }
+        }
+        assert_eq!(waits, [5, 10, 20, 40, 80]);
+        assert_eq!(schedule.retries(), 0, "given up on: not tried again");
+        assert_eq!(
+            schedule.due(now + AFTER * 100),
+            None,
+            "and no pass runs for it"
+        );
+        // One that succeeds is not tried again.
+        schedule.failed(id, now);
+        schedule.settled(id);
+        assert!(schedule.due_retries(now + AFTER * 100, 10).is_empty());
+    }
+
+    #[test]
+    fn retries_are_bounded_and_beyond_them_a_whole_pass_runs_again() {
+        let t0 = Instant::now();
+        let mut schedule = settled(t0);
+        for seq in 0..MAX_RETRIES as u64 {
+            assert!(matches!(
+                schedule.failed(MessageId { epoch: 1, seq }, t0),
+                Failed::Again(_)
+            ));
+        }
+        assert_eq!(
+            schedule.failed(MessageId { epoch: 2, seq: 0 }, t0),
+            Failed::NoRoom
+        );
+        assert_eq!(schedule.due_retries(t0 + RETRY_AFTER, 3).len(), 3);
+    }
+
+    #[test]
     fn a_pass_with_failures_runs_again_after_the_delay() {
         let t0 = Instant::now();
         let mut schedule = settled(t0);
@@ -629,6 +873,7 @@ mod tests {
         let t1 = t0 + AFTER * 2;
         schedule.record(&evicted("dn1", EvictReason::Unreachable), t1);
         let due_at = t1 + AFTER;
+        schedule.record(&removed("dn1", AFTER), due_at);
         // dn2 flaps every 2 s from before the pass for dn1 is due.
         let mut now = due_at - Duration::from_secs(3);
         while now < due_at + AFTER * 2 {

@@ -500,7 +500,7 @@ pub(crate) struct Facts {
     /// The pass running now, or else the last one.
     pub(crate) repair_pass: Option<RepairPass>,
     /// Repair passes run, and copies they made, since the start.
-    pub(crate) repair_totals: (u64, u64),
+    pub(crate) repair_totals: (u64, u64, u64),
 }
 
 impl Facts {

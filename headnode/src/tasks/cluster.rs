@@ -207,7 +207,7 @@ impl Driver {
         }
         // The set learned from the reports is the cluster's from now on,
         // and the data nodes are told it.
-        self.membership.recovered();
+        self.membership.recovered(now());
         // The key table's bound holds again (within one generation).
         self.config.keys.recovered(tokio::time::Instant::now());
         // The routes that name the member set first: a reader let in by the

@@ -27,6 +27,7 @@ use crate::state::forward::{CopyStored, Forward};
 use crate::state::in_flight::{Acked, InFlight};
 use crate::state::membership::MemberInfo;
 use crate::state::reads::{PendingReads, ReadJob};
+use crate::state::repair::MemberChange;
 use crate::state::router::NodeLoad;
 use crate::state::status::NodeCounters;
 use crate::tasks::Shared;
@@ -278,6 +279,18 @@ impl<S: Stream> NodeSession<S> {
             }
             Ok(FromDataNode::Leaving) => {
                 self.on_leaving().await;
+                Ok(false)
+            }
+            Ok(FromDataNode::Removed(ranges)) => {
+                // Rare (once per segment retention removes): may wait for
+                // room in the repair task's queue.
+                self.shared
+                    .tell_repair(MemberChange::Retention {
+                        node: self.info.node.clone(),
+                        ranges,
+                        whole: false,
+                    })
+                    .await;
                 Ok(false)
             }
             Ok(FromDataNode::Error(reason)) => {

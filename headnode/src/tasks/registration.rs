@@ -11,7 +11,9 @@ use node_kit::server::HandshakeSlot;
 use protocol::HandshakeError;
 use protocol::auth::{Exchange, Nonce};
 use protocol::connection::Connection;
-use protocol::datanode::{DataNodeHello, FromDataNode, STALE_HEAD, ToDataNode, newest_in_refusal};
+use protocol::datanode::{
+    DataNodeHello, FromDataNode, IdRange, STALE_HEAD, ToDataNode, newest_in_refusal,
+};
 use protocol::error::truncate_for_log;
 use protocol::handshake::{self, PETICION, Role, RoleStep};
 use protocol::ids::{ClientId, NodeId};
@@ -25,6 +27,7 @@ use crate::state::keys::{MAX_REPORTED_KEYS, ReportedKeys};
 use crate::state::membership;
 use crate::state::reads::read_channel;
 use crate::state::repair::MemberChange;
+use crate::state::retained::MAX_RANGES;
 use crate::state::router::NodeLoad;
 use crate::tasks::Shared;
 use crate::tasks::cluster::Input;
@@ -343,6 +346,8 @@ struct Report {
     damaged: u64,
     /// The keys it holds, for the key table once it is accepted.
     keys: ReportedKeys,
+    /// Ranges of what its retention removed (`removed`), one per epoch.
+    removed: Vec<IdRange>,
 }
 
 /// Welcomes a data node, whose newest accepted epoch is `reported` (`None`
@@ -383,6 +388,8 @@ async fn read_report<S: Stream>(
     let mut keys = ReportedKeys::default();
     let mut peers = Vec::new();
     let mut damaged = 0;
+    // One per epoch: bounded by the epochs the node names, a few.
+    let mut removed = Vec::new();
     loop {
         let line = conn
             .reader
@@ -402,6 +409,16 @@ async fn read_report<S: Stream>(
             }
             Ok(FromDataNode::Peers(named)) => peers = named,
             Ok(FromDataNode::Damaged(records)) => damaged = records,
+            Ok(FromDataNode::Removed(ranges)) => {
+                for range in ranges {
+                    IdRange::merge_into(&mut removed, range);
+                }
+                if removed.len() > MAX_RANGES {
+                    return Err(format!(
+                        "more than {MAX_RANGES} epochs in its removed ranges"
+                    ));
+                }
+            }
             Ok(FromDataNode::Ready) => break,
             Ok(FromDataNode::Error(reason)) if reason.starts_with(STALE_HEAD) => {
                 let raised =
@@ -422,7 +439,7 @@ async fn read_report<S: Stream>(
             _ => {
                 warn!(node = %info.node, "dataNode sent an unexpected line in its report: {}", truncate_for_log(line.as_str()));
                 return Err(format!(
-                    "expected 'held', 'peers', 'damaged' or 'ready', got {:?}",
+                    "expected 'held', 'peers', 'removed', 'damaged' or 'ready', got {:?}",
                     truncate_for_log(line.as_str())
                 ));
             }
@@ -433,6 +450,7 @@ async fn read_report<S: Stream>(
         keys = keys.len(),
         peers = ?peers.iter().map(NodeId::as_str).collect::<Vec<_>>(),
         damaged,
+        removed = ?removed.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "dataNode reported what it holds"
     );
     if damaged > 0 {
@@ -445,6 +463,7 @@ async fn read_report<S: Stream>(
         peers,
         damaged,
         keys,
+        removed,
     })
 }
 
@@ -489,6 +508,17 @@ async fn registration<S: Stream>(
         Err(_) => return None,
     }
     info!(node = %info.node, legacy = info.legacy, "dataNode connected");
+    // Whole: what was known of its removals is replaced (a new data
+    // directory removed nothing).
+    if !info.legacy {
+        shared
+            .tell_repair(MemberChange::Retention {
+                node: info.node.clone(),
+                ranges: report.removed,
+                whole: true,
+            })
+            .await;
+    }
     if report.damaged > 0 {
         shared
             .tell_repair(MemberChange::Damaged {

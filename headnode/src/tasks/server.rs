@@ -33,6 +33,7 @@ use crate::state::keys::{self, KeyTable};
 use crate::state::probe::Prober;
 use crate::state::recovery::Gate;
 use crate::state::repair::{RepairProgress, Schedule};
+use crate::state::retained::Retained;
 use crate::state::router::{Parked, Router, Routes};
 use crate::state::status::Status;
 use crate::tasks::cluster::{self, ClusterConfig, Input};
@@ -277,6 +278,7 @@ impl Server {
             events_rx: repair.events_rx,
             progress: repair.progress,
             rng: shared.config.rng(RngStream::Repair),
+            retained: Retained::default(),
         };
         self.observers.spawn(repair.run(stop.clone()));
         if let Some(http) = http {

@@ -16,6 +16,52 @@ pub const RECIBIDOS: &str = "recibidos";
 pub const STALE_HEAD: &str = "stale head node";
 /// Keys per `held` line of a data node's report.
 pub const HELD_PER_LINE: usize = 64;
+/// Ranges per `removed` line.
+pub const REMOVED_PER_LINE: usize = 64;
+
+/// Ids of one epoch, `first` to `last` (sequence numbers, both included):
+/// a range a data node's retention removed messages from (`removed`
+/// lines). It covers every id retention removed there, and may cover ids
+/// the node never held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IdRange {
+    /// The lowest id.
+    pub first: MessageId,
+    /// The highest id, of the same epoch, not below `first`.
+    pub last: MessageId,
+}
+
+impl IdRange {
+    /// The range `first..=last`, if both are of one epoch and in order.
+    pub fn new(first: MessageId, last: MessageId) -> Option<IdRange> {
+        (first.epoch == last.epoch && first.seq <= last.seq).then_some(IdRange { first, last })
+    }
+
+    /// Whether `id` is within it.
+    pub fn contains(&self, id: MessageId) -> bool {
+        (self.first..=self.last).contains(&id)
+    }
+
+    /// Adds `range` to `ranges`, which stay sorted with one range per
+    /// epoch: one already there for its epoch grows to cover both (so the
+    /// ranges only ever cover more ids, never fewer).
+    pub fn merge_into(ranges: &mut Vec<IdRange>, range: IdRange) {
+        match ranges.binary_search_by_key(&range.first.epoch, |r| r.first.epoch) {
+            Ok(at) => {
+                let known = &mut ranges[at];
+                known.first = known.first.min(range.first);
+                known.last = known.last.max(range.last);
+            }
+            Err(at) => ranges.insert(at, range),
+        }
+    }
+}
+
+impl std::fmt::Display for IdRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}..{}", self.first, self.last)
+    }
+}
 
 /// A frame sent by a data node to the head node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +112,14 @@ pub enum FromDataNode {
     /// where its index pointed). They are left out of its reads; the head
     /// node runs a repair pass so their messages get their copies.
     Damaged(u64),
+    /// `removed <first-id>..<last-id>...`: ranges of ids (each within one
+    /// epoch) that cover every message this node's retention removed, at
+    /// most [`REMOVED_PER_LINE`] per line. Part of the report (every range
+    /// the node knows of), and sent again after a `pong` when retention
+    /// has removed segments since (their ranges only). A repair never
+    /// copies a message back while a node that may have removed it cannot
+    /// say whether it did.
+    Removed(Vec<IdRange>),
     /// `ready`: the report is complete; the node can take messages.
     Ready,
     /// `pong <n>`: answer to `ping <n>`.
@@ -179,6 +233,23 @@ impl FromDataNode {
         }
         if let Some(rest) = line.strip_prefix("found ") {
             return parse_found(rest);
+        }
+        if let Some(rest) = line.strip_prefix("removed ") {
+            let ranges = rest
+                .split(' ')
+                .map(|word| {
+                    let bad =
+                        || ParseError::new(format!("bad id range {:?}", truncate_for_log(word)));
+                    let (first, last) = word.split_once("..").ok_or_else(bad)?;
+                    IdRange::new(first.parse()?, last.parse()?).ok_or_else(bad)
+                })
+                .collect::<Result<Vec<_>, ParseError>>()?;
+            if ranges.len() > REMOVED_PER_LINE {
+                return Err(ParseError::new(format!(
+                    "more than {REMOVED_PER_LINE} ranges in one removed line"
+                )));
+            }
+            return Ok(FromDataNode::Removed(ranges));
         }
         if let Some(rest) = line.strip_prefix("readerror ") {
             let (req, reason) = rest.split_once(' ').unwrap_or((rest, ""));
@@ -316,6 +387,15 @@ impl FromDataNode {
             FromDataNode::Peers(nodes) => {
                 buf.extend_from_slice(b"peers");
                 put_names(nodes, buf);
+            }
+            FromDataNode::Removed(ranges) => {
+                buf.extend_from_slice(b"removed");
+                for range in ranges {
+                    buf.put_u8(b' ');
+                    range.first.put(buf);
+                    buf.extend_from_slice(b"..");
+                    range.last.put(buf);
+                }
             }
             FromDataNode::Ready => buf.extend_from_slice(b"ready"),
             FromDataNode::Damaged(count) => {

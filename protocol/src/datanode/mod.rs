@@ -29,7 +29,8 @@ mod to_node;
 
 pub use fence::{Fence, HeadId, newest_in_refusal};
 pub use from_node::{
-    FSYNC_REPORT_EVERY, FromDataNode, FsyncReport, HELD_PER_LINE, RECIBIDO, RECIBIDOS, STALE_HEAD,
+    FSYNC_REPORT_EVERY, FromDataNode, FsyncReport, HELD_PER_LINE, IdRange, RECIBIDO, RECIBIDOS,
+    REMOVED_PER_LINE, STALE_HEAD,
 };
 pub use hello::DataNodeHello;
 pub use record::{MAX_SCAN_RECORDS, READ_LINE_OVERHEAD, ReadRecord, SCAN_START};

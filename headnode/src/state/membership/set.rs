@@ -5,6 +5,7 @@
 //!   data nodes report (kept in their `members` files) join too: a
 //!   restarted head node learns the set from them. Afterwards it is the
 //!   only writer of the set, and a late node's report changes nothing.
+//!   A member still absent when recovery ends counts as absent from then.
 //! - A node leaves only by a graceful leave (drained after `bye`), or once
 //!   it has been absent for `remove_after` while a majority of the current
 //!   set is live: one node at a time, so each smaller set is decided by a
@@ -135,10 +136,19 @@ impl MemberSet {
         }
     }
 
-    /// Recovery is done: from now on only registrations, leaves and
-    /// removals change the set.
-    pub(crate) fn learned(&mut self) {
+    /// Recovery is done at `now`: from now on only registrations, leaves
+    /// and removals change the set. A member absent now counts as absent
+    /// from now: a node a report named may have been down, or reading its
+    /// files, since before this head node started, and it is waited for
+    /// the whole `remove_after` from the moment the head node could first
+    /// serve without it.
+    pub(crate) fn learned(&mut self, now: Instant) {
         self.learning = false;
+        for presence in self.members.values_mut() {
+            if let Presence::AbsentSince(since) = presence {
+                *since = (*since).max(now);
+            }
+        }
     }
 
     /// Live members against the set, `legacy` original-system nodes

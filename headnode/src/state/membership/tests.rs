@@ -795,7 +795,7 @@ fn the_member_set_holds_every_registered_node_until_it_leaves_gracefully() {
     for (n, name) in ["dn1", "dn2", "dn3"].iter().enumerate() {
         m.register(member(name, 1, n as ConnId + 1), t0).unwrap();
     }
-    m.recovered();
+    m.recovered(t0);
     assert_eq!(
         m.quorum(),
         Quorum {
@@ -837,7 +837,7 @@ fn an_absent_member_is_removed_by_the_tick_after_the_wait_with_a_majority_live()
     for (n, name) in ["dn1", "dn2", "dn3"].iter().enumerate() {
         m.register(member(name, 1, n as ConnId + 1), t0).unwrap();
     }
-    m.recovered();
+    m.recovered(t0);
     m.connection_lost(3, "reset", t0);
     // Heartbeats keep the others alive meanwhile.
     let mut at = t0;
@@ -892,7 +892,7 @@ fn a_restarted_head_node_learns_the_set_from_reports_until_it_has_recovered() {
     );
     m.register(member("dn1", 1, 2), t0).unwrap();
     assert!(m.quorum().holds());
-    m.recovered();
+    m.recovered(t0);
     m.reported(&["dn9".parse().unwrap()], t0);
     assert_eq!(m.member_set().len(), 3);
 }
@@ -903,7 +903,7 @@ fn original_system_members_count_only_while_connected_and_are_not_in_the_kept_se
     let mut m = cluster();
     m.register(member("dn1", 1, 1), t0).unwrap();
     m.register(legacy("dn-10.0.0.9-4000", 1, 2), t0).unwrap();
-    m.recovered();
+    m.recovered(t0);
     assert_eq!(
         m.quorum(),
         Quorum {

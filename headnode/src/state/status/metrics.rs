@@ -111,7 +111,7 @@ impl Status {
             None,
             facts.over_replicated,
         )?;
-        let (passes, repair_copies) = facts.repair_totals;
+        let (passes, repair_copies, unrepairable) = facts.repair_totals;
         metrics::counter(
             e,
             "msgstore_repair_passes",
@@ -125,6 +125,13 @@ impl Status {
             "Copies made by repair.",
             None,
             repair_copies,
+        )?;
+        metrics::counter(
+            e,
+            "msgstore_repair_unrepairable",
+            "Messages repair gave up on: not checked or copied in every try after their pass.",
+            None,
+            unrepairable,
         )?;
         metrics::gauge(
             e,

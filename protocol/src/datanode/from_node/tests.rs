@@ -81,6 +81,10 @@ fn datanode_to_head_frames_round_trip() {
         FromDataNode::Peers(vec![]),
         FromDataNode::Ready,
         FromDataNode::Damaged(3),
+        FromDataNode::Removed(vec![
+            IdRange::new(id(8, 1), id(8, 1150)).unwrap(),
+            IdRange::new(id(9, 7), id(9, 7)).unwrap(),
+        ]),
         FromDataNode::Found {
             req: 4,
             record: ReadRecord {
@@ -178,4 +182,43 @@ fn datanode_to_head_frames_round_trip() {
     let mut buf = BytesMut::new();
     FromDataNode::encode_found(3, id(1, 2), None, 5, b"a b", &mut buf);
     assert_eq!(&buf[..], b"found 3 1-2 5 - a b");
+}
+
+#[test]
+fn a_removed_line_takes_only_ranges_within_one_epoch_and_in_order() {
+    assert_eq!(
+        FromDataNode::parse("removed 8-1..8-20").unwrap(),
+        FromDataNode::Removed(vec![IdRange::new(id(8, 1), id(8, 20)).unwrap()])
+    );
+    for bad in [
+        "removed 8-20..8-1",
+        "removed 8-1..9-20",
+        "removed 8-1",
+        "removed 8-1..8-2  8-3..8-4",
+        "removed ",
+        "removed",
+    ] {
+        assert!(FromDataNode::parse(bad).is_err(), "{bad:?}");
+    }
+    let too_many = vec!["1-1..1-2"; REMOVED_PER_LINE + 1].join(" ");
+    assert!(FromDataNode::parse(&format!("removed {too_many}")).is_err());
+    let range = IdRange::new(id(8, 5), id(8, 9)).unwrap();
+    assert!(range.contains(id(8, 5)) && range.contains(id(8, 9)));
+    assert!(!range.contains(id(8, 4)) && !range.contains(id(8, 10)) && !range.contains(id(9, 6)));
+}
+
+#[test]
+fn merged_ranges_keep_one_per_epoch_covering_every_range_added() {
+    let r = |e, a, b| IdRange::new(id(e, a), id(e, b)).unwrap();
+    let mut ranges = Vec::new();
+    for range in [
+        r(5, 10, 20),
+        r(3, 1, 4),
+        r(5, 30, 40),
+        r(5, 1, 2),
+        r(4, 7, 7),
+    ] {
+        IdRange::merge_into(&mut ranges, range);
+    }
+    assert_eq!(ranges, vec![r(3, 1, 4), r(4, 7, 7), r(5, 1, 40)]);
 }

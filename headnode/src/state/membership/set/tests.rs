@@ -17,7 +17,7 @@ fn live(names: &[&str]) -> MemberSet {
     for name in names {
         set.live(&id(name));
     }
-    set.learned();
+    set.learned(Instant::now());
     set
 }
 
@@ -144,7 +144,7 @@ fn reported_sets_join_until_recovery_is_done() {
     );
     // Nobody is removed while the head node is still learning the set.
     assert_eq!(set.remove_due(t0 + 10 * REMOVE_AFTER, 0), None);
-    set.learned();
+    set.learned(t0);
     // A late node's old set changes nothing.
     set.reported(&ids(&["dn9"]), t0);
     assert!(!set.contains(&id("dn9")));
@@ -185,4 +185,26 @@ fn the_set_holds_at_most_as_many_members_as_one_members_line_names() {
     );
     set.reported(&names, t0);
     assert_eq!(set.names().len(), MAX_MEMBERS);
+}
+
+#[test]
+fn a_member_absent_when_recovery_ends_is_removed_only_the_wait_after_it() {
+    // dn3 was named by a report at t0 and never came; recovery ends later.
+    let t0 = Instant::now();
+    let mut set = MemberSet::new(REMOVE_AFTER);
+    set.live(&id("dn1"));
+    set.live(&id("dn2"));
+    set.reported(&ids(&["dn1", "dn2", "dn3"]), t0);
+    let recovered = t0 + REMOVE_AFTER + SECOND;
+    set.learned(recovered);
+    assert_eq!(
+        set.remove_due(recovered, 0),
+        None,
+        "absent from the end of recovery"
+    );
+    assert_eq!(set.remove_due(recovered + REMOVE_AFTER - SECOND, 0), None);
+    assert_eq!(
+        set.remove_due(recovered + REMOVE_AFTER, 0),
+        Some((id("dn3"), REMOVE_AFTER))
+    );
 }
