@@ -142,9 +142,11 @@ delay_ms() {
 }
 
 # audit_clean LABEL DOCKER_RUN_ARGS... -- AUDIT_ARGS...: `datanode audit`
-# (2 copies) in the data node's image over the client log mounted at /c;
-# fails unless nothing acknowledged is lost or misplaced, no key has two
-# ids and none is twice on one node; else `ok LABEL: <summary>`.
+# (2 copies) in the data node's image over the client log mounted at /c,
+# by message id; fails unless no answered id is lost, no answer names a
+# node that lacks its id (phantom holders), no key has two ids, the copies
+# of each id agree and none is twice on one node; else `ok LABEL:
+# <summary>` (every count, under- and over-replicated included).
 audit_clean() {
     local label=$1 run=() out summary field value
     shift
@@ -154,7 +156,7 @@ audit_clean() {
         audit --replicas 2 --client-log /c/client/registro_cliente.txt "$@" 2>&1)
     summary=$(head -n1 <<<"$out")
     [[ $summary == acknowledged=* ]] || fail "audit failed: $out"
-    for field in lost misplaced conflicting_ids duplicated; do
+    for field in lost phantom_holders keys_with_two_ids mismatched_copies duplicated; do
         value=$(tr ' ' '\n' <<<"$summary" | sed -n "s/^$field=//p")
         [[ -z $value || $value == 0 ]] || fail "audit: $field=$value: $out"
     done

@@ -1,29 +1,36 @@
 //! A cluster-wide audit after the fact, in the manner of Jepsen's checkers:
 //! every acknowledgement any client logged is compared with every data
-//! node's `data.txt`, message by message (by key, or by id for a message
-//! sent without a key), against the number of copies each should have (R).
+//! node's data files *by message id*: an answer `dnA+dnB , mensaje:
+//! recibido <id>` promises that `<id>` is stored, under the answer's key,
+//! on dnA and on dnB. Against the number of copies each should have (R):
 //!
-//! - **lost**: acknowledged, and in no data file (must be zero);
-//! - **misplaced**: acknowledged as stored by a node whose file is among
-//!   those audited but does not hold it (must be zero);
-//! - **conflicting ids**: one key under two ids, in the data files or in the
-//!   answers clients got (must be zero);
-//! - **under-replicated**: acknowledged, with fewer than R copies (a failure
-//!   under `strict`); **under-replicated, dir lost** when a node that held
-//!   it is among the data directories given as lost (a wiped disk);
-//! - **over-replicated**: more than R copies (a copy moved after a slow
-//!   acknowledgement): allowed;
-//! - **duplicated**: the same message twice in one data file: allowed (a
-//!   resend without a key, or one past the data node's key window);
-//! - **unacknowledged**: stored but acknowledged to no client (a message
-//!   whose answer was lost, or answered `outcome unknown`): allowed.
+//! - **lost**: acknowledged, and its id in no data file (must be zero);
+//! - **phantom holders**: a node an answer names, whose files are among
+//!   those audited, that does not hold the answered id under the answer's
+//!   key (counted per answer and node; must be zero);
+//! - **keys with two ids**: one key under two ids, in the data files or in
+//!   the answers clients got (must be zero);
+//! - **mismatched copies**: one id whose copies differ in key or text
+//!   (must be zero);
+//! - **under-replicated**: an answered id on fewer than R nodes (a failure
+//!   under `strict`); **under-replicated, dir lost** when a node the answer
+//!   named is among the data directories given as lost (a wiped disk);
+//! - **over-replicated**: an id on more than R nodes (a copy moved after a
+//!   slow acknowledgement): allowed;
+//! - **duplicated**: one id twice in one node's files: allowed;
+//! - **unacknowledged**: an id stored and in no answer (a message whose
+//!   answer was lost, or answered `outcome unknown`): allowed.
 //!
 //! Client logs are the `registro_cliente.txt` files of `client store`,
 //! whose lines end in `Servidor recibio: <answer>` or `Servidor recibio:
-//! <answer> key=<client-id>/<seq>`.
+//! <answer> key=<client-id>/<seq>`. They do not log the text, so an
+//! answer is checked by id and key; the copies of one id are compared
+//! with each other by text too.
 
+use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
 use protocol::client::StoreReply;
@@ -71,21 +78,24 @@ pub struct AuditReport {
     pub replicas: usize,
     /// Distinct messages acknowledged to clients.
     pub acknowledged: usize,
-    /// Acknowledged messages stored nowhere.
+    /// Acknowledged messages whose id is stored nowhere.
     pub lost: Vec<Identity>,
-    /// Acknowledged messages missing from the file of a node the ack named.
-    pub misplaced: Vec<(Identity, String)>,
-    /// Acknowledged messages with fewer than `replicas` copies, with their copies.
+    /// Answers naming a node that does not hold the answered id under the
+    /// answer's key: (message, answered id, node).
+    pub phantom_holders: Vec<(Identity, MessageId, String)>,
+    /// Acknowledged ids with fewer than `replicas` copies, with their copies.
     pub under_replicated: Vec<(Identity, usize)>,
     /// The same, where a node the ack named is among the lost directories.
     pub under_replicated_dir_lost: Vec<(Identity, usize)>,
-    /// Stored messages with more than `replicas` copies, with their copies.
+    /// Stored ids with more than `replicas` copies, with their copies.
     pub over_replicated: Vec<(Identity, usize)>,
-    /// Messages stored more than once in one file: (message, node, times).
+    /// Ids stored more than once on one node: (message, node, times).
     pub duplicated: Vec<(Identity, String, usize)>,
     /// Keys stored or acknowledged under more than one id, with the ids.
-    pub conflicting_ids: Vec<(MessageKey, Vec<MessageId>)>,
-    /// Stored messages no client was told about.
+    pub keys_with_two_ids: Vec<(MessageKey, Vec<MessageId>)>,
+    /// Ids whose copies differ in key or text.
+    pub mismatched_copies: Vec<MessageId>,
+    /// Stored ids no client was told about.
     pub unacknowledged: usize,
     /// Error answers clients logged, by reason (ids and numbers stripped).
     pub client_errors: BTreeMap<String, usize>,
@@ -94,9 +104,13 @@ pub struct AuditReport {
 }
 
 impl AuditReport {
-    /// Whether every acknowledged message is where its ack says, under one id.
+    /// Whether every answer's id is stored, under its key, on every node it
+    /// names, each key has one id, and the copies of each id agree.
     pub fn is_sound(&self) -> bool {
-        self.lost.is_empty() && self.misplaced.is_empty() && self.conflicting_ids.is_empty()
+        self.lost.is_empty()
+            && self.phantom_holders.is_empty()
+            && self.keys_with_two_ids.is_empty()
+            && self.mismatched_copies.is_empty()
     }
 
     /// [`is_sound`](Self::is_sound), and under `strict` also no message
@@ -110,7 +124,7 @@ impl AuditReport {
         self.client_errors.values().sum()
     }
 
-    /// Copies beyond `replicas` across nodes, plus repeats within one file.
+    /// Copies beyond `replicas` across nodes, plus repeats on one node.
     pub fn extra_copies(&self) -> usize {
         let over: usize = self
             .over_replicated
@@ -126,11 +140,12 @@ impl fmt::Display for AuditReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "acknowledged={} lost={} misplaced={} conflicting_ids={} under_replicated={} under_replicated_dir_lost={} over_replicated={} duplicated={} extra_copies={} unacknowledged={} client_errors={} stored_copies={} replicas={}",
+            "acknowledged={} lost={} phantom_holders={} keys_with_two_ids={} mismatched_copies={} under_replicated={} under_replicated_dir_lost={} over_replicated={} duplicated={} extra_copies={} unacknowledged={} client_errors={} stored_copies={} replicas={}",
             self.acknowledged,
             self.lost.len(),
-            self.misplaced.len(),
-            self.conflicting_ids.len(),
+            self.phantom_holders.len(),
+            self.keys_with_two_ids.len(),
+            self.mismatched_copies.len(),
             self.under_replicated.len(),
             self.under_replicated_dir_lost.len(),
             self.over_replicated.len(),
@@ -144,18 +159,31 @@ impl fmt::Display for AuditReport {
     }
 }
 
-/// One acknowledgement a client logged.
+/// One answer a client logged.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Ack {
     id: MessageId,
+    /// The key it was logged with, if any.
+    key: Option<MessageKey>,
     holders: Vec<String>,
 }
 
-/// Where one message is stored.
-#[derive(Default)]
-struct Copies {
-    /// Times per node.
-    per_node: BTreeMap<String, usize>,
-    ids: BTreeSet<MessageId>,
+impl Ack {
+    fn identity(&self) -> Identity {
+        match &self.key {
+            Some(key) => Identity::Key(key.clone()),
+            None => Identity::Id(self.id),
+        }
+    }
+}
+
+/// The copies of one id on one node.
+struct Held {
+    times: usize,
+    key: Option<MessageKey>,
+    text: u64,
+    /// Copies on this node that differ from the first in key or text.
+    differ: bool,
 }
 
 /// Compares the acknowledgements in the client logs with the data files.
@@ -167,20 +195,26 @@ pub fn audit(config: &AuditConfig) -> Result<AuditReport, StorageError> {
     let acks = read_acks(config, &mut report)?;
     let stores = read_stores(config, &mut report)?;
     check_acks(config, &acks, &stores, &mut report);
-    check_copies(config, acks, &stores, &mut report);
+    check_copies(config, &acks, &stores, &mut report);
     report.lost.sort();
-    report.misplaced.sort();
+    report.lost.dedup();
+    report.phantom_holders.sort();
+    report.phantom_holders.dedup();
     report.under_replicated.sort();
+    report.under_replicated.dedup();
     report.under_replicated_dir_lost.sort();
+    report.under_replicated_dir_lost.dedup();
     report.over_replicated.sort();
     report.duplicated.sort();
+    report.mismatched_copies.sort();
     Ok(report)
 }
 
 /// What the client logs say was acknowledged.
 #[derive(Default)]
 struct Acks {
-    acked: HashMap<Identity, Ack>,
+    /// Every distinct answer.
+    answers: HashSet<Ack>,
     /// The ids each key was acknowledged with.
     acked_ids: HashMap<MessageKey, BTreeSet<MessageId>>,
 }
@@ -201,14 +235,10 @@ fn read_acks(config: &AuditConfig, report: &mut AuditReport) -> Result<Acks, Sto
             let (answer, key) = split_key(logged);
             match StoreReply::parse(answer) {
                 Ok(StoreReply::Stored { holders, id }) => {
-                    let identity = match key {
-                        Some(key) => {
-                            acks.acked_ids.entry(key.clone()).or_default().insert(id);
-                            Identity::Key(key)
-                        }
-                        None => Identity::Id(id),
-                    };
-                    acks.acked.insert(identity, Ack { id, holders });
+                    if let Some(key) = &key {
+                        acks.acked_ids.entry(key.clone()).or_default().insert(id);
+                    }
+                    acks.answers.insert(Ack { id, key, holders });
                 }
                 Ok(StoreReply::Error(reason)) => {
                     *report.client_errors.entry(error_kind(&reason)).or_default() += 1;
@@ -217,16 +247,24 @@ fn read_acks(config: &AuditConfig, report: &mut AuditReport) -> Result<Acks, Sto
             }
         }
     }
-    report.acknowledged = acks.acked.len();
+    let messages: HashSet<Identity> = acks.answers.iter().map(Ack::identity).collect();
+    report.acknowledged = messages.len();
     Ok(acks)
 }
 
-/// What the data directories hold.
+/// What the data directories hold, by id.
 #[derive(Default)]
 struct Stores {
-    stored: HashMap<Identity, Copies>,
-    /// Keyed messages by id too, for acks logged without their key.
-    key_of_id: HashMap<MessageId, MessageKey>,
+    /// Each id's copies, per node.
+    by_id: HashMap<MessageId, BTreeMap<String, Held>>,
+    /// The ids each key is stored under.
+    ids_of_key: HashMap<MessageKey, BTreeSet<MessageId>>,
+}
+
+fn digest(text: &[u8]) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    text.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// Reads every intact record of every data directory.
@@ -241,22 +279,32 @@ fn read_stores(config: &AuditConfig, report: &mut AuditReport) -> Result<Stores,
             .filter_map(|line| storage::parse_line(line).ok())
             .filter(|record| record.is_intact());
         for record in records {
-            let identity = match (record.key, record.id) {
-                (Some(key), id) => {
-                    let key = key.to_key();
-                    if let Some(id) = id {
-                        stores.key_of_id.insert(id, key.clone());
-                    }
-                    Identity::Key(key)
-                }
-                (None, Some(id)) => Identity::Id(id),
-                // The original system's records have neither.
-                (None, None) => continue,
-            };
+            // The original system's records have no id.
+            let Some(id) = record.id else { continue };
             report.stored_copies += 1;
-            let copies = stores.stored.entry(identity).or_default();
-            *copies.per_node.entry(node.clone()).or_default() += 1;
-            copies.ids.extend(record.id);
+            let key = record.key.map(|key| key.to_key());
+            if let Some(key) = &key {
+                stores.ids_of_key.entry(key.clone()).or_default().insert(id);
+            }
+            let text = digest(record.text);
+            let copies = stores.by_id.entry(id).or_default();
+            match copies.get_mut(&node) {
+                Some(held) => {
+                    held.times += 1;
+                    held.differ |= held.key != key || held.text != text;
+                }
+                None => {
+                    copies.insert(
+                        node.clone(),
+                        Held {
+                            times: 1,
+                            key,
+                            text,
+                            differ: false,
+                        },
+                    );
+                }
+            }
         }
     }
     Ok(stores)
@@ -292,80 +340,84 @@ fn read_store(dir: &Path) -> Result<Vec<u8>, StorageError> {
     Ok(contents)
 }
 
-/// Each acknowledged message: stored at all, on the nodes its ack named,
-/// and on as many nodes as wanted.
+/// Each answer: its id stored at all, under its key on every node it
+/// names, and on as many nodes as wanted.
 fn check_acks(config: &AuditConfig, acks: &Acks, stores: &Stores, report: &mut AuditReport) {
     let lost_nodes: HashSet<String> = config.lost_dirs.iter().map(|d| node_name(d)).collect();
     let audited: HashSet<String> = config.data_dirs.iter().map(|d| node_name(d)).collect();
-    for (identity, ack) in &acks.acked {
-        let found = stores.stored.get(identity).or_else(|| match identity {
-            Identity::Id(id) => stores
-                .key_of_id
-                .get(id)
-                .and_then(|key| stores.stored.get(&Identity::Key(key.clone()))),
-            Identity::Key(_) => None,
-        });
-        let Some(copies) = found else {
+    let empty = BTreeMap::new();
+    for ack in &acks.answers {
+        let identity = ack.identity();
+        let copies = stores.by_id.get(&ack.id).unwrap_or(&empty);
+        let named_lost = ack.holders.iter().any(|h| lost_nodes.contains(h));
+        if copies.is_empty() && !named_lost {
             report.lost.push(identity.clone());
-            continue;
-        };
+        }
         for holder in &ack.holders {
-            if audited.contains(holder)
-                && !lost_nodes.contains(holder)
-                && !copies.per_node.contains_key(holder)
-            {
-                report.misplaced.push((identity.clone(), holder.clone()));
+            if !audited.contains(holder) || lost_nodes.contains(holder) {
+                continue;
+            }
+            let holds = copies
+                .get(holder)
+                .is_some_and(|held| ack.key.is_none() || held.key == ack.key);
+            if !holds {
+                report
+                    .phantom_holders
+                    .push((identity.clone(), ack.id, holder.clone()));
             }
         }
-        let n = copies.per_node.len();
+        let n = copies.len();
         if n < config.replicas {
-            if ack.holders.iter().any(|h| lost_nodes.contains(h)) {
-                report.under_replicated_dir_lost.push((identity.clone(), n));
+            if named_lost {
+                report.under_replicated_dir_lost.push((identity, n));
             } else {
-                report.under_replicated.push((identity.clone(), n));
+                report.under_replicated.push((identity, n));
             }
         }
     }
 }
 
-/// Each stored message: too many copies, a node holding it twice, never
-/// acknowledged, or a key under more than one id.
-fn check_copies(config: &AuditConfig, acks: Acks, stores: &Stores, report: &mut AuditReport) {
-    let acked_by_id: HashSet<MessageId> = acks.acked.values().map(|ack| ack.id).collect();
-    let mut conflicts: BTreeMap<MessageKey, BTreeSet<MessageId>> = BTreeMap::new();
-    for (identity, copies) in &stores.stored {
-        if copies.per_node.len() > config.replicas {
+/// Each stored id: too many copies, twice on one node, copies that
+/// disagree, never acknowledged; and each key under more than one id.
+fn check_copies(config: &AuditConfig, acks: &Acks, stores: &Stores, report: &mut AuditReport) {
+    let acked: HashSet<MessageId> = acks.answers.iter().map(|ack| ack.id).collect();
+    for (id, copies) in &stores.by_id {
+        let first = copies.values().next();
+        let identity = match first.and_then(|held| held.key.clone()) {
+            Some(key) => Identity::Key(key),
+            None => Identity::Id(*id),
+        };
+        if copies.len() > config.replicas {
             report
                 .over_replicated
-                .push((identity.clone(), copies.per_node.len()));
+                .push((identity.clone(), copies.len()));
         }
-        for (node, times) in &copies.per_node {
-            if *times > 1 {
+        for (node, held) in copies {
+            if held.times > 1 {
                 report
                     .duplicated
-                    .push((identity.clone(), node.clone(), *times));
+                    .push((identity.clone(), node.clone(), held.times));
             }
         }
-        if !acks.acked.contains_key(identity)
-            && !copies.ids.iter().any(|id| acked_by_id.contains(id))
-        {
+        let agree = first.is_some_and(|first| {
+            copies
+                .values()
+                .all(|held| !held.differ && held.key == first.key && held.text == first.text)
+        });
+        if !agree {
+            report.mismatched_copies.push(*id);
+        }
+        if !acked.contains(id) {
             report.unacknowledged += 1;
         }
-        if let Identity::Key(key) = identity {
-            let mut ids = copies.ids.clone();
-            ids.extend(acks.acked_ids.get(key).into_iter().flatten().copied());
-            if ids.len() > 1 {
-                conflicts.insert(key.clone(), ids);
-            }
-        }
     }
-    for (key, ids) in acks.acked_ids {
-        if ids.len() > 1 {
-            conflicts.entry(key).or_default().extend(ids);
-        }
+    let mut two_ids: BTreeMap<MessageKey, BTreeSet<MessageId>> = BTreeMap::new();
+    for (key, ids) in stores.ids_of_key.iter().chain(acks.acked_ids.iter()) {
+        two_ids.entry(key.clone()).or_default().extend(ids);
     }
-    report.conflicting_ids = conflicts
+    report.keys_with_two_ids = two_ids
         .into_iter()
+        .filter(|(_, ids)| ids.len() > 1)
         .map(|(key, ids)| (key, ids.into_iter().collect()))
         .collect();
 }
@@ -463,7 +515,13 @@ mod tests {
         let report = audit(&config(&[&log], &[&dn1, &dn2], &[], 1)).unwrap();
         assert_eq!(report.acknowledged, 4);
         assert_eq!(report.lost, [Identity::Id(id(4))]);
-        assert_eq!(report.misplaced, [(Identity::Id(id(2)), "dn2".to_owned())]);
+        assert_eq!(
+            report.phantom_holders,
+            [
+                (Identity::Id(id(2)), id(2), "dn2".to_owned()),
+                (Identity::Id(id(4)), id(4), "dn1".to_owned())
+            ]
+        );
         assert_eq!(
             report.duplicated,
             [(Identity::Id(id(5)), "dn1".to_owned(), 2)]
@@ -473,11 +531,9 @@ mod tests {
         assert_eq!(report.client_errors["outcome unknown"], 1);
         assert_eq!(report.client_errors["no data nodes available"], 2);
         assert!(!report.is_sound());
-        assert!(
-            report
-                .to_string()
-                .starts_with("acknowledged=4 lost=1 misplaced=1 conflicting_ids=0")
-        );
+        assert!(report.to_string().starts_with(
+            "acknowledged=4 lost=1 phantom_holders=2 keys_with_two_ids=0 mismatched_copies=0"
+        ));
     }
 
     #[test]
@@ -496,7 +552,7 @@ mod tests {
         .unwrap();
         let report = audit(&config(&[&log], &[&dn1], &[], 1)).unwrap();
         assert!(
-            report.lost.is_empty() && report.misplaced.is_empty(),
+            report.lost.is_empty() && report.phantom_holders.is_empty(),
             "{report}"
         );
         assert_eq!(report.unacknowledged, 1, "1-2, in the segment");
@@ -555,13 +611,23 @@ mod tests {
         let k = |seq| Identity::Key(key(seq));
         assert_eq!(report.acknowledged, 7);
         assert_eq!(report.lost, [k(7)]);
-        assert_eq!(report.misplaced, [(k(2), "dn2".to_owned())]);
-        assert_eq!(report.under_replicated, [(k(2), 1)]);
+        let phantom = |seq, node: &str| (k(seq), id(seq), node.to_owned());
+        assert_eq!(
+            report.phantom_holders,
+            [
+                phantom(2, "dn2"),
+                phantom(6, "dn2"),
+                phantom(7, "dn1"),
+                phantom(7, "dn2")
+            ],
+            "dn2 holds c/6, but under 1-9: no copy of the answered 1-6"
+        );
+        assert_eq!(report.under_replicated, [(k(2), 1), (k(6), 1), (k(7), 0)]);
         assert_eq!(report.under_replicated_dir_lost, [(k(3), 1)]);
         assert_eq!(report.over_replicated, [(k(4), 3)]);
         assert_eq!(report.duplicated, [(k(5), "dn1".to_owned(), 2)]);
-        assert_eq!(report.conflicting_ids, [(key(6), vec![id(6), id(9)])]);
-        assert_eq!(report.unacknowledged, 1, "c/8");
+        assert_eq!(report.keys_with_two_ids, [(key(6), vec![id(6), id(9)])]);
+        assert_eq!(report.unacknowledged, 2, "c/8, and c/6 under 1-9");
         assert_eq!(report.extra_copies(), 2);
         assert!(!report.is_sound());
     }
@@ -602,8 +668,71 @@ mod tests {
         )
         .unwrap();
         let report = audit(&config(&[&log], &[&dn1], &[], 1)).unwrap();
-        assert_eq!(report.conflicting_ids, [(key(1), vec![id(1), id(2)])]);
+        assert_eq!(report.keys_with_two_ids, [(key(1), vec![id(1), id(2)])]);
         assert!(!report.passes(false));
+    }
+
+    #[test]
+    fn an_answer_naming_a_node_that_holds_its_key_under_another_id_is_a_phantom_holder() {
+        // The answer a head node gave when a data node said 'recibido 1-4
+        // 1-1' (the key already held under 1-1, nothing written) and it
+        // counted that as a copy of 1-4. By key and text it looked stored.
+        let root = tempfile::tempdir().unwrap();
+        let (dn1, dn2) = (root.path().join("dn1"), root.path().join("dn2"));
+        write_data(&dn1, &[(1, Some(1))]);
+        write_data(&dn2, &[(1, Some(1))]);
+        let log = root.path().join("registro_cliente.txt");
+        std::fs::write(
+            &log,
+            "t - Servidor recibio: dn1+dn2 , mensaje: recibido 1-1 key=c/1\n\
+             t - Servidor recibio: dn1+dn2 , mensaje: recibido 1-4 key=c/1\n",
+        )
+        .unwrap();
+        let report = audit(&config(&[&log], &[&dn1, &dn2], &[], 2)).unwrap();
+        let k1 = Identity::Key(key(1));
+        assert_eq!(report.lost, std::slice::from_ref(&k1), "1-4 is nowhere");
+        assert_eq!(
+            report.phantom_holders,
+            [
+                (k1.clone(), id(4), "dn1".to_owned()),
+                (k1.clone(), id(4), "dn2".to_owned())
+            ]
+        );
+        assert_eq!(report.keys_with_two_ids, [(key(1), vec![id(1), id(4)])]);
+        assert!(!report.is_sound(), "{report}");
+    }
+
+    #[test]
+    fn copies_of_one_id_that_differ_in_key_or_text_are_mismatched() {
+        let root = tempfile::tempdir().unwrap();
+        let (dn1, dn2) = (root.path().join("dn1"), root.path().join("dn2"));
+        write_data(&dn1, &[(1, Some(1)), (2, None)]);
+        std::fs::create_dir_all(&dn2).unwrap();
+        let mut buf = Vec::new();
+        let stamp = "2026-01-01 00:00:00,000";
+        format_record(
+            &mut buf,
+            stamp,
+            Some(id(1)),
+            Some(KeyRef {
+                client: "c",
+                seq: 1,
+            }),
+            b"y",
+        );
+        format_record(&mut buf, stamp, Some(id(2)), None, b"x");
+        std::fs::write(dn2.join(DATA_FILE), buf).unwrap();
+        let log = root.path().join("registro_cliente.txt");
+        std::fs::write(
+            &log,
+            "t - Servidor recibio: dn1+dn2 , mensaje: recibido 1-1 key=c/1\n\
+             t - Servidor recibio: dn1+dn2 , mensaje: recibido 1-2\n",
+        )
+        .unwrap();
+        let report = audit(&config(&[&log], &[&dn1, &dn2], &[], 2)).unwrap();
+        assert_eq!(report.mismatched_copies, [id(1)], "{report}");
+        assert!(report.phantom_holders.is_empty(), "{report}");
+        assert!(!report.is_sound());
     }
 
     #[test]

@@ -39,13 +39,16 @@ enum Command {
         data_dir: PathBuf,
     },
     /// Compares every acknowledgement clients logged with every data node's
-    /// data.txt, by key: lost, misplaced, conflicting ids, under- and
-    /// over-replicated, duplicated and unacknowledged messages.
+    /// data files, by message id: lost, phantom holders (named by an
+    /// answer, without its id under its key), keys with two ids,
+    /// mismatched copies, under- and over-replicated, duplicated and
+    /// unacknowledged ids.
     ///
     /// Prints one `key=value` summary line and the first problems. Exit
-    /// status 0 when every acknowledged message is stored where its ack
-    /// says under one id (and, with --strict, has --replicas copies), 1
-    /// otherwise, 2 when a file cannot be read.
+    /// status 0 when every answer's id is stored, under its key, on every
+    /// node it names, each key has one id and the copies of each id agree
+    /// (and, with --strict, each has --replicas copies), 1 otherwise, 2
+    /// when a file cannot be read.
     Audit {
         /// A client's log (registro_cliente.txt); repeat for each client.
         #[arg(long = "client-log", required = true)]
@@ -188,15 +191,17 @@ fn audit(config: &datanode::audit::AuditConfig, strict: bool) -> ExitCode {
     for message in report.lost.iter().take(PROBLEMS_SHOWN) {
         println!("  lost: {message} was acknowledged and is in no data file");
     }
-    for (message, node) in report.misplaced.iter().take(PROBLEMS_SHOWN) {
-        println!("  misplaced: {message} was acknowledged by {node}, whose data file lacks it");
-    }
-    for (key, ids) in report.conflicting_ids.iter().take(PROBLEMS_SHOWN) {
-        let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+    for (message, id, node) in report.phantom_holders.iter().take(PROBLEMS_SHOWN) {
         println!(
-            "  conflicting ids: key {key} is under ids {}",
-            ids.join(", ")
+            "  phantom holder: {message} was answered {id} naming {node}, whose files lack that id under that key"
         );
+    }
+    for (key, ids) in report.keys_with_two_ids.iter().take(PROBLEMS_SHOWN) {
+        let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        println!("  two ids: key {key} is under ids {}", ids.join(", "));
+    }
+    for id in report.mismatched_copies.iter().take(PROBLEMS_SHOWN) {
+        println!("  mismatched copies: the copies of {id} differ in key or text");
     }
     for (message, copies) in report.under_replicated.iter().take(PROBLEMS_SHOWN) {
         println!(

@@ -183,6 +183,9 @@ pub struct Node {
     /// The member set the last head node sent, for the next report; `None`
     /// until a head node has sent one.
     members: Option<Vec<NodeId>>,
+    /// The newest `horizon` a head node sent: keys held under ids up to it
+    /// have been forgotten.
+    horizon: Option<MessageId>,
     /// Ranges of what retention removed since the head node was last told
     /// (one per epoch, at most [`MAX_UNSENT_REMOVED`]): sent after the
     /// next `pong`.
@@ -199,6 +202,7 @@ impl Node {
             keys,
             newest: kept.newest,
             members: kept.members,
+            horizon: None,
             removed_unsent: Vec::new(),
             metrics,
         }
@@ -416,6 +420,7 @@ impl Session<'_> {
                     self.members_changed = true;
                 }
             }
+            Ok(ToDataNode::Horizon(horizon)) => self.forget_through(horizon),
             Ok(ToDataNode::Bye) => self.drained = true,
             Ok(ToDataNode::Get { req, id }) => self.read(req, ReadJob::Get { req, id }),
             Ok(ToDataNode::GetKey { req, key }) => self.read_key(req, key),
@@ -473,6 +478,30 @@ impl Session<'_> {
             debug!(
                 forgotten,
                 "keys whose records retention removed left the key index"
+            );
+            self.node.metrics.set_keys(self.node.keys.len());
+        }
+    }
+
+    /// `horizon <id>`: the head node has forgotten the keys of every id up
+    /// to `horizon`; so does this node (one pass over the key index, once
+    /// per move of the head node's window), but for the keys of records
+    /// staged in this batch, which are kept until they are written. A
+    /// horizon no newer than the last one changes nothing.
+    fn forget_through(&mut self, horizon: MessageId) {
+        if self.node.horizon.is_some_and(|seen| seen >= horizon) {
+            return;
+        }
+        self.node.horizon = Some(horizon);
+        let batch = &self.batch;
+        let forgotten = self
+            .node
+            .keys
+            .forget_ids(|id| id <= horizon && !batch.has_staged(id));
+        if forgotten > 0 {
+            debug!(
+                forgotten, %horizon,
+                "keys the head node has forgotten left the key index"
             );
             self.node.metrics.set_keys(self.node.keys.len());
         }

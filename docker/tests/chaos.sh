@@ -144,7 +144,9 @@ row() {
     dup=$(field duplicated "$line")
     errors=$(errors)
     ((lost == 0)) || fail "$name: $lost acknowledged messages lost ($line)"
-    (($(field conflicting_ids "$line") == 0)) || fail "$name: keys stored under two ids ($line)"
+    (($(field phantom_holders "$line") == 0)) || fail "$name: answers naming nodes without their id ($line)"
+    (($(field keys_with_two_ids "$line") == 0)) || fail "$name: keys stored under two ids ($line)"
+    (($(field mismatched_copies "$line") == 0)) || fail "$name: copies of one id that differ ($line)"
     local rss_before fds_before rss_after fds_after
     read -r rss_before fds_before <<<"$before"
     read -r rss_after fds_after <<<"$after"

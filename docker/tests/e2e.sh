@@ -18,7 +18,10 @@
 #     - `docker network disconnect` the third: evicted as unreachable;
 #     - every message the client logged as acknowledged is in the data.txt
 #       of every node its answer names (`datanode1+datanode3 , mensaje:
-#       recibido <id>`), and each of those is a known data node.
+#       recibido <id>`), and each of those is a known data node; and
+#       `datanode audit` agrees by id and key (no lost id, no phantom
+#       holder, no key with two ids, no mismatched copies; every count
+#       printed).
 #
 # Prints `SKIP: ...` and exits 0 when no Docker engine is reachable.
 #
@@ -299,6 +302,11 @@ if not acked:
 sys.exit(1 if missing or elsewhere or unknown or not acked else 0)
 EOF
     ok "every acknowledged message is in the data.txt of every node that acknowledged it"
+    # The same by key as well as by id, with every count printed: each
+    # answer's id under its key on every node it names, one id per key,
+    # copies that agree (fails on lost, phantom holders, two ids,
+    # mismatched copies).
+    audit_clean "datanode audit by id" -v "$LOGS_DIR:/c:ro" -- /c/datanode1 /c/datanode2 /c/datanode3
 }
 
 for part in $E2E_PARTS; do

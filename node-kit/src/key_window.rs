@@ -71,6 +71,10 @@ pub struct KeyWindow<V> {
     current_since_ms: Option<u64>,
     max_per_generation: usize,
     window_ms: u64,
+    /// Generations dropped so far (see [`KeyWindow::turns`]).
+    turns: u64,
+    /// No generation is dropped while held (see [`KeyWindow::hold`]).
+    held: bool,
 }
 
 #[derive(Debug)]
@@ -227,6 +231,16 @@ impl<V> ClientKeys<V> {
         }
     }
 
+    /// Every key's value, to change.
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
+        let in_runs = self
+            .runs
+            .iter_mut()
+            .flat_map(|run| run.slots.iter_mut().filter_map(Option::as_mut));
+        let scattered = self.scattered.iter_mut().flat_map(|map| map.values_mut());
+        in_runs.chain(scattered)
+    }
+
     /// Every key, with its sequence number.
     fn iter(&self) -> impl Iterator<Item = (u64, &V)> {
         let in_runs = self.runs.iter().flat_map(|run| {
@@ -255,6 +269,32 @@ impl<V> KeyWindow<V> {
             current_since_ms: None,
             max_per_generation: (max_keys / 2).max(1),
             window_ms: u64::try_from(window.as_millis()).unwrap_or(u64::MAX),
+            turns: 0,
+            held: false,
+        }
+    }
+
+    /// Generations dropped since the window was made: a caller that keeps
+    /// something per generation (the newest value in each, say) learns
+    /// from a change of this count that the previous generation went (by
+    /// one: the previous; by two or more: both).
+    pub fn turns(&self) -> u64 {
+        self.turns
+    }
+
+    /// While `held`, no generation is dropped, by the bound or by the
+    /// clock: every key added is kept, past `max_keys`. On release, a
+    /// window over its bound drops its previous generation at once, and
+    /// the keys added while it was held go with the next one (once
+    /// `window` old, or once as many new keys fill the bound): the bound
+    /// holds again within one generation. For a caller that must not lose
+    /// a key during a bounded phase (a head node's recovery); it pays the
+    /// memory of every key added meanwhile.
+    pub fn hold(&mut self, held: bool, now_ms: u64) {
+        let released = self.held && !held;
+        self.held = held;
+        if released && self.current.slots > self.max_per_generation {
+            self.turn(now_ms);
         }
     }
 
@@ -379,6 +419,7 @@ impl<V> KeyWindow<V> {
         self.current.keys = 0;
         self.previous = Generation::default();
         self.current_since_ms = None;
+        self.turns += 2;
     }
 
     /// The shared name of `client`, if it has keys here: keys kept
@@ -403,10 +444,14 @@ impl<V> KeyWindow<V> {
             return;
         };
         let age = now_ms.saturating_sub(since);
+        if self.held {
+            return;
+        }
         if age >= self.window_ms.saturating_mul(2) {
             self.previous = Generation::default();
             self.current = Generation::default();
             self.current_since_ms = None;
+            self.turns += 2;
         } else if age >= self.window_ms {
             self.turn(now_ms);
         }
@@ -421,7 +466,19 @@ impl<V> KeyWindow<V> {
             .flat_map(|(client, keys)| keys.iter().map(move |(seq, v)| (client, seq, v)))
     }
 
+    /// Every key's value, to change: per generation, per client, in no
+    /// particular order.
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
+        [&mut self.previous, &mut self.current]
+            .into_iter()
+            .flat_map(|generation| generation.clients.iter_mut())
+            .flat_map(|(_, keys)| keys.values_mut())
+    }
+
     fn turn_if_due(&mut self, now_ms: u64) {
+        if self.held {
+            return;
+        }
         let old = self
             .current_since_ms
             .is_none_or(|since| now_ms.saturating_sub(since) >= self.window_ms);
@@ -435,6 +492,7 @@ impl<V> KeyWindow<V> {
     fn turn(&mut self, now_ms: u64) {
         self.previous = std::mem::take(&mut self.current);
         self.current_since_ms = Some(now_ms);
+        self.turns += 1;
     }
 }
 
@@ -660,6 +718,29 @@ mod tests {
         assert!(window.get("c", 4).is_some());
         window.expire(1_000_000);
         assert!(window.is_empty());
+    }
+
+    #[test]
+    fn a_held_window_keeps_every_key_and_drops_them_a_generation_after_release() {
+        // Room for the client and two keys per generation.
+        let bound = 2 * (SLOTS_PER_CLIENT + 2);
+        let mut window = KeyWindow::new(bound, MINUTE);
+        window.hold(true, 0);
+        for seq in 1..=100 {
+            window.insert("c1", seq, seq, 0);
+        }
+        window.expire(10 * 60_000);
+        assert_eq!(window.len(), 100, "nothing dropped while held");
+        assert_eq!(window.turns(), 0);
+        window.hold(false, 10 * 60_000);
+        assert_eq!(window.turns(), 1, "over its bound: a turn at release");
+        assert_eq!(window.get("c1", 1), Some(&1), "kept one generation more");
+        for seq in 101..=103 {
+            window.insert("c1", seq, seq, 10 * 60_000);
+        }
+        assert_eq!(window.get("c1", 1), None, "gone with the next generation");
+        assert!(window.len() <= 3, "{}", window.len());
+        assert_eq!(window.turns(), 2);
     }
 
     #[test]

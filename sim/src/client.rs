@@ -56,6 +56,9 @@ pub struct ClientModel {
 /// What a client saw.
 #[derive(Debug, Default, Clone)]
 pub struct ClientReport {
+    /// Its client id when it is keyed: message `n` goes under key
+    /// `<client-id>/<n + 1>`.
+    pub client_id: Option<String>,
     /// The text of each message, by number.
     pub texts: Vec<String>,
     /// Acknowledgements, in the order they came.

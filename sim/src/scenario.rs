@@ -4,6 +4,7 @@
 //! wall clocks skewed and retention on one of them as the seed decides,
 //! and the invariants ([`crate::check`]) checked once every client is done.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,7 +13,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use headnode::membership::{Event, EvictReason};
 use headnode::{Config, DetectorConfig};
 use protocol::auth::ClusterToken;
-use protocol::ids::MessageId;
+use protocol::ids::{MessageId, MessageKey};
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use tokio::sync::mpsc;
@@ -49,7 +50,7 @@ pub struct Settings {
     pub clients: u32,
     /// Messages per client.
     pub messages: usize,
-    /// Of the clients, how many (the last ones) send keyed messages (none
+    /// Of the clients, how many (the last ones) send keyed messages (one
     /// by default: see `sim/tests/it/simulation.rs`).
     pub keyed_clients: u32,
     /// Messages in flight per client.
@@ -73,7 +74,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             clients: 3,
-            keyed_clients: 0,
+            keyed_clients: 1,
             readers: 1,
             retention: false,
             messages: 120,
@@ -615,7 +616,11 @@ pub fn run(seed: u64, settings: &Settings) -> Result<Outcome, Failure> {
 
     let mut reports = Vec::new();
     for id in 1..=settings.clients {
-        let report: Arc<Mutex<ClientReport>> = Arc::default();
+        let keyed = id > settings.clients.saturating_sub(settings.keyed_clients);
+        let report = Arc::new(Mutex::new(ClientReport {
+            client_id: keyed.then(|| format!("c{id}")),
+            ..ClientReport::default()
+        }));
         reports.push(report.clone());
         let client = Arc::new(ClientModel {
             id,
@@ -624,7 +629,7 @@ pub fn run(seed: u64, settings: &Settings) -> Result<Outcome, Failure> {
             messages: settings.messages,
             window: settings.window,
             pace: settings.pace,
-            keyed: id > settings.clients.saturating_sub(settings.keyed_clients),
+            keyed,
             report,
             trace: trace.clone(),
         });
@@ -704,7 +709,10 @@ pub fn run(seed: u64, settings: &Settings) -> Result<Outcome, Failure> {
         })
         .collect();
     check::acks_are_durable(&answers, &nodes, &mut problems);
-    check::one_id_per_key(&nodes, &mut problems);
+    // By key as well: the answered client's key on every named holder, and
+    // one id per key in every answer and on every node.
+    check_acks_are_durable(&reports, &disks, &mut problems);
+    check_one_id_per_key(&reports, &disks, &mut problems);
     check::no_writes_for_older_heads(&nodes, &answers, &mut problems);
     check::old_heads_stop_answering(
         &answers,
@@ -954,6 +962,97 @@ fn apply(sim: &mut turmoil::Sim<'_>, action: &Action, world: &World<'_>) {
     }
 }
 
+/// Every acknowledged message is durable, by id, on every node the ack
+/// names, with the text and the key of the client that got the ack.
+fn check_acks_are_durable(reports: &[ClientReport], disks: &[Disk], problems: &mut Vec<String>) {
+    let durable: Vec<_> = disks.iter().map(Disk::durable).collect();
+    for report in reports {
+        for ack in &report.acks {
+            let (n, id) = (&ack.n, &ack.id);
+            let text = &report.texts[*n];
+            let key = key_of(report, *n);
+            for node in ack.holders.iter().map(String::as_str) {
+                let Some(i) = node_index(node) else {
+                    problems.push(format!("{text}: acknowledged by unknown node {node:?}"));
+                    continue;
+                };
+                let stored: Vec<(&str, Option<&MessageKey>)> = durable[i]
+                    .iter()
+                    .filter(|r| r.id == Some(*id))
+                    .map(|r| (r.text.as_str(), r.key.as_ref()))
+                    .collect();
+                if stored.is_empty() {
+                    let elsewhere = durable.iter().any(|d| d.iter().any(|r| r.id == Some(*id)));
+                    problems.push(format!(
+                    "{text}: acknowledged as {id} by {node}, but not durable there (elsewhere: {elsewhere})"
+                ));
+                } else if stored.iter().any(|(s, k)| s != text || *k != key.as_ref()) {
+                    problems.push(format!(
+                    "{text} (key {key:?}): acknowledged as {id} by {node}, which stored {stored:?} under that id"
+                ));
+                }
+            }
+        }
+    }
+}
+
+/// The key client `report`'s message `n` was sent under, if it is keyed.
+fn key_of(report: &ClientReport, n: usize) -> Option<MessageKey> {
+    let client = report.client_id.as_deref()?;
+    format!("{client}/{}", n + 1).parse().ok()
+}
+
+/// Every client key has one id: in every answer its client got and on
+/// every node that holds it (the whole run is within the deduplication
+/// window). One exception, which no answer names: a later head node that
+/// ended its recovery by `--recovery-wait` without the report of the only
+/// live holders of a key gives a resend of it a new id, and a node that
+/// does not hold the key writes it under that id before the holder's
+/// `recibido <id> <held>` makes the message take the held id. Such a stray
+/// copy is allowed only under a later epoch than the answered id, and
+/// never answered.
+fn check_one_id_per_key(reports: &[ClientReport], disks: &[Disk], problems: &mut Vec<String>) {
+    let mut ids: BTreeMap<MessageKey, BTreeMap<MessageId, Vec<&'static str>>> = BTreeMap::new();
+    for (i, disk) in disks.iter().enumerate() {
+        for record in disk.durable() {
+            if let (Some(key), Some(id)) = (record.key, record.id) {
+                ids.entry(key)
+                    .or_default()
+                    .entry(id)
+                    .or_default()
+                    .push(NODES[i]);
+            }
+        }
+    }
+    for report in reports {
+        for ack in &report.acks {
+            let (n, id) = (&ack.n, &ack.id);
+            if let Some(key) = key_of(report, *n) {
+                ids.entry(key)
+                    .or_default()
+                    .entry(*id)
+                    .or_default()
+                    .push("answer");
+            }
+        }
+    }
+    for (key, held) in ids {
+        let answered: Vec<MessageId> = held
+            .iter()
+            .filter(|(_, by)| by.contains(&"answer"))
+            .map(|(id, _)| *id)
+            .collect();
+        let stray = |id: &MessageId| {
+            answered.len() == 1 && !answered.contains(id) && id.epoch > answered[0].epoch
+        };
+        if answered.len() > 1 || held.keys().filter(|id| !stray(id)).count() > 1 {
+            problems.push(format!(
+                "key {key} is stored or answered under more than one id: {held:?}"
+            ));
+        }
+    }
+}
+
 /// No data node is evicted because of a hold shorter than the grace.
 fn check_short_holds(faults: &[Scheduled], events: &[Timed], problems: &mut Vec<String>) {
     let settle = Duration::from_secs(2);
@@ -1004,5 +1103,110 @@ fn check_clients(reports: &[ClientReport], problems: &mut Vec<String>) {
         if report.done && acked.iter().any(|a| !a) {
             problems.push(format!("client c{c} finished with unacknowledged messages"));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::disk::Record;
+
+    fn id(seq: u64) -> MessageId {
+        MessageId { epoch: 1, seq }
+    }
+
+    /// A disk holding `records` durably.
+    fn disk(records: &[(MessageId, &str, &str)]) -> Disk {
+        let disk = Disk::new(Duration::ZERO, 1);
+        for (id, key, text) in records {
+            disk.write(Record {
+                id: Some(*id),
+                key: Some(key.parse().unwrap()),
+                text: (*text).to_owned(),
+                stored_ms: 0,
+                written_for: Default::default(),
+                serial: 0,
+            });
+        }
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+            .block_on(disk.fsync());
+        disk
+    }
+
+    fn keyed_report(acks: Vec<(usize, String, MessageId)>) -> ClientReport {
+        ClientReport {
+            client_id: Some("c3".to_owned()),
+            texts: vec!["c3-0".to_owned()],
+            acks: acks
+                .into_iter()
+                .map(|(n, holders, id)| crate::client::Ack {
+                    n,
+                    holders: holders.split('+').map(str::to_owned).collect(),
+                    id,
+                    at: Duration::ZERO,
+                    head: crate::heads::HeadRun { host: 0, start: 1 },
+                })
+                .collect(),
+            ..ClientReport::default()
+        }
+    }
+
+    #[test]
+    fn an_answer_naming_nodes_that_hold_its_key_under_another_id_is_a_violation() {
+        // c3/1 is stored under 1-1 on dn1 and dn2; the answer said 1-5 on
+        // both (a head node that counted 'recibido 1-5 1-1' as a copy of
+        // 1-5). By key and text it looks stored.
+        let disks = [
+            disk(&[(id(1), "c3/1", "c3-0")]),
+            disk(&[(id(1), "c3/1", "c3-0")]),
+            disk(&[]),
+        ];
+        let reports = [keyed_report(vec![(0, "dn1+dn2".to_owned(), id(5))])];
+        let mut problems = Vec::new();
+        check_acks_are_durable(&reports, &disks, &mut problems);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        check_one_id_per_key(&reports, &disks, &mut problems);
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems[2].contains("key c3/1"), "{problems:?}");
+
+        // The same answer under the held id is sound.
+        let reports = [keyed_report(vec![(0, "dn1+dn2".to_owned(), id(1))])];
+        let mut problems = Vec::new();
+        check_acks_are_durable(&reports, &disks, &mut problems);
+        check_one_id_per_key(&reports, &disks, &mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+    }
+
+    #[test]
+    fn an_unanswered_copy_under_a_later_epoch_is_a_stray_and_any_other_second_id_a_violation() {
+        let answer = vec![(0, "dn1".to_owned(), id(1))];
+        let later = MessageId { epoch: 2, seq: 1 };
+        let stray = [
+            disk(&[(id(1), "c3/1", "c3-0")]),
+            disk(&[(later, "c3/1", "c3-0")]),
+            disk(&[]),
+        ];
+        let mut problems = Vec::new();
+        check_one_id_per_key(&[keyed_report(answer.clone())], &stray, &mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+        let same_epoch = [
+            disk(&[(id(1), "c3/1", "c3-0")]),
+            disk(&[(id(2), "c3/1", "c3-0")]),
+            disk(&[]),
+        ];
+        check_one_id_per_key(&[keyed_report(answer)], &same_epoch, &mut problems);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+    }
+
+    #[test]
+    fn a_copy_of_the_answered_id_under_another_key_is_a_violation() {
+        let disks = [disk(&[(id(1), "c9/1", "c3-0")]), disk(&[]), disk(&[])];
+        let reports = [keyed_report(vec![(0, "dn1".to_owned(), id(1))])];
+        let mut problems = Vec::new();
+        check_acks_are_durable(&reports, &disks, &mut problems);
+        assert_eq!(problems.len(), 1, "{problems:?}");
     }
 }

@@ -151,6 +151,61 @@ fn a_key_whose_record_retention_removed_is_written_again_when_resent() {
 }
 
 #[test]
+fn past_the_head_nodes_horizon_a_resend_is_a_new_message_written_under_its_new_id() {
+    let mut node = node();
+    let mut disk = Disk::default();
+    let t0 = Instant::now();
+    let mut session = node.session(config(), ReadSlots::default(), head(), t0);
+    hand(
+        &mut session,
+        &mut disk,
+        &["mensaje 3-1 c1/7: first", "mensaje 3-2 c1/8: second"],
+        t0,
+    );
+    commit(&mut session, &mut disk, t0);
+    // The head node forgot the keys of ids up to 3-1: so does the node,
+    // and the resend it is sent under a new id is written under it (it was
+    // answered 'recibido 3-5 3-1', naming a copy the head node could not
+    // account for).
+    hand(
+        &mut session,
+        &mut disk,
+        &[
+            "horizon 3-1",
+            "mensaje 3-5 c1/7: first",
+            "mensaje 3-6 c1/8: second",
+        ],
+        t0,
+    );
+    assert_eq!(
+        commit(&mut session, &mut disk, t0),
+        [
+            FromDataNode::Stored(Some(id(5))),
+            FromDataNode::AlreadyHeld {
+                id: id(6),
+                held: id(2)
+            }
+        ],
+        "c1/8, held under 3-2, is within the window"
+    );
+    assert_eq!(disk.written_ids(), [Some(id(1)), Some(id(2)), Some(id(5))]);
+    // An older horizon changes nothing.
+    hand(
+        &mut session,
+        &mut disk,
+        &["horizon 3-0", "mensaje 3-7 c1/7: x"],
+        t0,
+    );
+    assert_eq!(
+        commit(&mut session, &mut disk, t0),
+        [FromDataNode::AlreadyHeld {
+            id: id(7),
+            held: id(5)
+        }]
+    );
+}
+
+#[test]
 fn a_repair_copy_is_staged_with_its_record_time_and_keyed_as_any_message() {
     let mut node = node();
     let mut disk = Disk::default();

@@ -17,8 +17,18 @@
 //! Several clients' requests may wait on one envelope: a resend of a key
 //! whose message is still on its way waits for the same answer (see
 //! `keys`).
+//!
+//! An answer names only nodes that hold the answered id. A data node that
+//! already holds a message's key under another id answers `recibido <id>
+//! <held>` and writes nothing: that is no copy of `<id>`. A client's new
+//! keyed message then *adopts* `<held>` (once, before it is answered): the
+//! client is answered with it, the key table records it, and every copy
+//! made from then on is sent under it. A node that wrote `<id>` before the
+//! adoption, or answers under any id but the adopted one, holds no copy of
+//! it: it gets no new copy, and another node gets one in its place until
+//! the message has its copies under the one id ([`CopyStored::OtherId`]).
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use bytes::{Bytes, BytesMut};
 use protocol::datanode::ToDataNode;
@@ -39,10 +49,18 @@ pub(crate) type Holders = SmallVec<[NodeId; 3]>;
 /// table implements it. A trait, so an envelope needs nothing of the table
 /// but this one call.
 pub(crate) trait SettleKey: Send + Sync + std::fmt::Debug {
-    /// The message of `key`, `ended`, ended under `id` with these holders.
-    /// `ended` is compared, never dereferenced: the envelope is being
-    /// dropped when this is called.
-    fn settle(&self, key: &MessageKey, ended: *const Envelope, id: MessageId, holders: &[NodeId]);
+    /// The message of `key`, `ended`, given id `given`, ended under `id`
+    /// (`given`, or the id it adopted) with these holders. `ended` is
+    /// compared, never dereferenced: the envelope is being dropped when
+    /// this is called.
+    fn settle(
+        &self,
+        key: &MessageKey,
+        ended: *const Envelope,
+        given: MessageId,
+        id: MessageId,
+        holders: &[NodeId],
+    );
 }
 
 /// How a client message ended.
@@ -119,17 +137,26 @@ struct Copies {
     placed: SmallVec<[(ConnId, NodeId); 3]>,
     /// Copies still on their way: placed, or waiting for a node.
     open: usize,
-    /// Nodes that were sent a copy and failed without acknowledging it:
-    /// they may hold it, so no new copy goes there.
+    /// Nodes that were sent a copy and failed without acknowledging it
+    /// (they may hold it), or that hold its key under another id: no new
+    /// copy goes there.
     maybe_at: Vec<NodeId>,
     under_replicated: bool,
+    /// A client's new keyed message, which may adopt the id a data node
+    /// holds its key under (see the module documentation). A repair's
+    /// copy, or more copies of a key already stored, keep their id.
+    adoptable: bool,
 }
 
 /// A client message and where its answer goes, shared by every copy.
 #[derive(Debug)]
 pub(crate) struct Envelope {
-    /// Cluster-unique id.
+    /// Cluster-unique id, as given; the message may adopt another
+    /// ([`Envelope::answer_id`]).
     pub(crate) id: MessageId,
+    /// The id a data node held the key under, adopted in place of `id`:
+    /// set once, under the copies' lock, before the message is answered.
+    adopted: OnceLock<MessageId>,
     /// The client's key, if it sent one.
     pub(crate) key: Option<MessageKey>,
     /// The client's text.
@@ -163,6 +190,25 @@ pub(crate) enum CopyStored {
     /// One more copy than wanted: a late acknowledgement after the copy
     /// had been moved elsewhere.
     OverReplicated,
+    /// The node wrote, or already held, its key under another id than the
+    /// one the message is answered with: no copy of it. `more` copies are
+    /// to be made elsewhere to reach `replicas` (reserved already: hand
+    /// each to the router).
+    OtherId {
+        /// Copies to make now.
+        more: usize,
+    },
+    /// The node already held the key under another id, which the message
+    /// adopted (the client is answered with it once `needed` nodes hold
+    /// it); the nodes that wrote the id given before hold no copy of it.
+    /// `more` copies are to be made elsewhere, as for
+    /// [`CopyStored::OtherId`].
+    Adopted {
+        /// Copies to make now.
+        more: usize,
+        /// Whether this answered the client.
+        answered: bool,
+    },
 }
 
 /// Everything an [`Envelope`] starts with, given at once: it is built in
@@ -237,8 +283,10 @@ impl Envelope {
             stored_ms,
             ticket,
         } = parts;
+        let adoptable = key.is_some() && held_by.is_empty() && stored_ms.is_none();
         Arc::new(Envelope {
             id,
+            adopted: OnceLock::new(),
             key,
             text,
             client,
@@ -247,6 +295,7 @@ impl Envelope {
             copies: Mutex::new(Copies {
                 waiter: Some(waiter),
                 holders: held_by,
+                adoptable,
                 ..Copies::default()
             }),
             keys,
@@ -255,18 +304,25 @@ impl Envelope {
         })
     }
 
-    /// Appends the line that asks a data node to store a copy: `mensaje
+    /// The id the message is answered with and its copies are sent under:
+    /// the one it was given, or the one it adopted.
+    pub(crate) fn answer_id(&self) -> MessageId {
+        self.adopted.get().copied().unwrap_or(self.id)
+    }
+
+    /// Appends the line that asks a data node to store a copy under `id`
+    /// (its [`Envelope::answer_id`], read once by the caller): `mensaje
     /// <id> [<key>]: <text>`, with ` @<stored-ms>` before the colon for a
     /// repair's copy; `mensaje: <text>` for an original-system node
     /// (`legacy`), which knows neither.
-    pub(crate) fn encode_store(&self, legacy: bool, buf: &mut BytesMut) {
+    pub(crate) fn encode_store(&self, id: MessageId, legacy: bool, buf: &mut BytesMut) {
         if legacy {
             return ToDataNode::encode_store(None, None, &self.text, buf);
         }
         let key = self.key.as_ref().map(MessageKey::as_ref);
         match self.stored_ms {
-            Some(stored_ms) => ToDataNode::encode_copy(self.id, key, stored_ms, &self.text, buf),
-            None => ToDataNode::encode_store(Some(self.id), key, &self.text, buf),
+            Some(stored_ms) => ToDataNode::encode_copy(id, key, stored_ms, &self.text, buf),
+            None => ToDataNode::encode_store(Some(id), key, &self.text, buf),
         }
     }
 
@@ -322,7 +378,7 @@ impl Envelope {
             } else {
                 Outcome::Stored {
                     holders: copies.holders.clone(),
-                    id: self.id,
+                    id: self.answer_id(),
                 }
             };
             drop(copies);
@@ -376,8 +432,15 @@ impl Envelope {
         self.copies().placed.push((conn, node.clone()));
     }
 
-    /// `node` (on `conn`) has written and synced a copy.
-    pub(crate) fn copy_stored(&self, conn: ConnId, node: &NodeId) -> CopyStored {
+    /// `node` (on `conn`) has written and synced a copy under
+    /// `written_as`: the id it was sent under, or the one it answered it
+    /// already held the key under.
+    pub(crate) fn copy_stored(
+        &self,
+        conn: ConnId,
+        node: &NodeId,
+        written_as: MessageId,
+    ) -> CopyStored {
         let mut copies = self.copies();
         let placed = copies.placed.iter().position(|(c, _)| *c == conn);
         if let Some(at) = placed {
@@ -385,6 +448,9 @@ impl Envelope {
             copies.open = copies.open.saturating_sub(1);
         }
         copies.maybe_at.retain(|n| n != node);
+        if written_as != self.answer_id() {
+            return self.other_id(&mut copies, node, written_as);
+        }
         if copies.holders.contains(node) {
             return CopyStored::Again;
         }
@@ -395,12 +461,61 @@ impl Envelope {
         if !copies.answered && copies.holders.len() >= self.replication.needed {
             let outcome = Outcome::Stored {
                 holders: copies.holders.clone(),
-                id: self.id,
+                id: self.answer_id(),
             };
             Self::answer(&mut copies, outcome);
             return CopyStored::Answered;
         }
         CopyStored::Counted
+    }
+
+    /// `node` holds the message's key under `held`, not under the id it is
+    /// answered with. A client's new keyed message not yet answered adopts
+    /// `held` (the nodes that wrote the other id hold no copy of it);
+    /// otherwise the node holds no copy. Either way, the copies missing to
+    /// reach `replicas` are reserved, to be made elsewhere.
+    fn other_id(&self, copies: &mut Copies, node: &NodeId, held: MessageId) -> CopyStored {
+        let adopt = copies.adoptable
+            && !copies.answered
+            && !copies.failed
+            && self.adopted.get().is_none()
+            && self.adopted.set(held).is_ok();
+        let strays = if adopt {
+            std::mem::take(&mut copies.holders)
+        } else {
+            Holders::new()
+        };
+        // The nodes that hold another id than the answered one get no new
+        // copy: those that wrote the given id, or this one if it is no
+        // holder.
+        let others = strays.iter().chain((!adopt).then_some(node));
+        for stray in others {
+            if !copies.maybe_at.contains(stray) {
+                copies.maybe_at.push(stray.clone());
+            }
+        }
+        if adopt {
+            copies.holders.push(node.clone());
+        }
+        let more = if copies.failed {
+            0
+        } else {
+            let have = copies.holders.len() + copies.open;
+            self.replication.replicas.saturating_sub(have)
+        };
+        copies.open += more;
+        if !adopt {
+            return CopyStored::OtherId { more };
+        }
+        let answered = copies.holders.len() >= self.replication.needed;
+        if answered {
+            let outcome = Outcome::Stored {
+                holders: copies.holders.clone(),
+                id: held,
+            };
+            Self::answer(copies, outcome);
+        }
+        CopyStored::Adopted { more, answered }
     }
 
     /// A copy on its way is given up: no node could take it. The client is
@@ -461,8 +576,9 @@ impl Drop for Envelope {
             .copies
             .get_mut()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let id = self.adopted.get().copied().unwrap_or(self.id);
         if let (Some(keys), Some(key)) = (&self.keys, &self.key) {
-            keys.settle(key, this, self.id, &copies.holders);
+            keys.settle(key, this, self.id, id, &copies.holders);
         }
         if !copies.answered {
             // Every path answers before it lets go; this is the net under
@@ -501,9 +617,9 @@ impl Forward {
         }
     }
 
-    /// The message id.
+    /// The id its copy is sent under (see [`Envelope::answer_id`]).
     pub(crate) fn id(&self) -> MessageId {
-        self.envelope.id
+        self.envelope.answer_id()
     }
 }
 
@@ -513,7 +629,7 @@ pub(crate) fn report_under_replicated(envelope: &Envelope, count: u64) {
     // first, then one per thousand, with the running count.
     if count == 1 || count.is_multiple_of(1000) {
         warn!(
-            id = %envelope.id,
+            id = %envelope.answer_id(),
             holders = ?envelope.holders().iter().map(NodeId::as_str).collect::<Vec<_>>(),
             wanted = envelope.replication.replicas,
             under_replicated_total = count,
@@ -575,7 +691,7 @@ pub(crate) mod tests {
         });
         let encoded = |envelope: &Envelope, legacy| {
             let mut buf = BytesMut::new();
-            envelope.encode_store(legacy, &mut buf);
+            envelope.encode_store(envelope.answer_id(), legacy, &mut buf);
             String::from_utf8(buf.to_vec()).unwrap()
         };
         assert_eq!(
@@ -597,9 +713,15 @@ pub(crate) mod tests {
         for (conn, name) in [(1, "a"), (2, "b"), (3, "c")] {
             envelope.place(conn, &node(name));
         }
-        assert_eq!(envelope.copy_stored(2, &node("b")), CopyStored::Counted);
+        assert_eq!(
+            envelope.copy_stored(2, &node("b"), envelope.id),
+            CopyStored::Counted
+        );
         assert!(replies.try_recv().is_err(), "one copy of two needed");
-        assert_eq!(envelope.copy_stored(1, &node("a")), CopyStored::Answered);
+        assert_eq!(
+            envelope.copy_stored(1, &node("a"), envelope.id),
+            CopyStored::Answered
+        );
         let done = replies.try_recv().unwrap();
         assert_eq!(done.slot, 7);
         assert_eq!(
@@ -609,8 +731,14 @@ pub(crate) mod tests {
                 id: MessageId { epoch: 1, seq: 7 }
             }
         );
-        assert_eq!(envelope.copy_stored(3, &node("c")), CopyStored::Counted);
-        assert_eq!(envelope.copy_stored(3, &node("c")), CopyStored::Again);
+        assert_eq!(
+            envelope.copy_stored(3, &node("c"), envelope.id),
+            CopyStored::Counted
+        );
+        assert_eq!(
+            envelope.copy_stored(3, &node("c"), envelope.id),
+            CopyStored::Again
+        );
         assert!(replies.try_recv().is_err(), "one answer only");
         assert_eq!(envelope.wanted(), (0, 3));
     }
@@ -624,10 +752,16 @@ pub(crate) mod tests {
         envelope.move_copy(2, true);
         assert!(envelope.excludes(&node("b")));
         envelope.replace(3, &node("c"));
-        assert_eq!(envelope.copy_stored(1, &node("a")), CopyStored::Counted);
-        assert_eq!(envelope.copy_stored(3, &node("c")), CopyStored::Answered);
         assert_eq!(
-            envelope.copy_stored(2, &node("b")),
+            envelope.copy_stored(1, &node("a"), envelope.id),
+            CopyStored::Counted
+        );
+        assert_eq!(
+            envelope.copy_stored(3, &node("c"), envelope.id),
+            CopyStored::Answered
+        );
+        assert_eq!(
+            envelope.copy_stored(2, &node("b"), envelope.id),
             CopyStored::OverReplicated
         );
     }
@@ -637,7 +771,7 @@ pub(crate) mod tests {
         let (envelope, mut replies) = replicated(1, 2, 2);
         envelope.place(1, &node("a"));
         envelope.place(2, &node("b"));
-        envelope.copy_stored(1, &node("a"));
+        envelope.copy_stored(1, &node("a"), envelope.id);
         envelope.move_copy(2, false);
         assert!(!envelope.give_up_copy("not enough data nodes (1 live, 2 required)".into()));
         assert!(matches!(
@@ -649,7 +783,7 @@ pub(crate) mod tests {
         let (envelope, mut replies) = replicated(2, 2, 1);
         envelope.place(1, &node("a"));
         envelope.place(2, &node("b"));
-        envelope.copy_stored(1, &node("a"));
+        envelope.copy_stored(1, &node("a"), envelope.id);
         assert!(matches!(
             replies.try_recv().unwrap().outcome,
             Outcome::Stored { .. }
@@ -684,7 +818,7 @@ pub(crate) mod tests {
         let (reply_to, mut second) = mpsc::unbounded_channel();
         envelope.add_waiter(Waiter { slot: 9, reply_to });
         envelope.place(1, &node("a"));
-        envelope.copy_stored(1, &node("a"));
+        envelope.copy_stored(1, &node("a"), envelope.id);
         assert!(matches!(
             first.try_recv().unwrap().outcome,
             Outcome::Stored { .. }
@@ -698,6 +832,142 @@ pub(crate) mod tests {
             third.try_recv().unwrap().outcome,
             Outcome::Stored { .. }
         ));
+    }
+
+    /// A client's keyed message wanting `replicas` copies, answered after
+    /// `needed`.
+    fn keyed(
+        replicas: usize,
+        needed: usize,
+    ) -> (Arc<Envelope>, mpsc::UnboundedReceiver<Completion>) {
+        let (reply_to, replies) = mpsc::unbounded_channel();
+        let envelope = Envelope::new(NewEnvelope {
+            key: Some("k/1".parse().unwrap()),
+            ..NewEnvelope::plain(
+                MessageId { epoch: 1, seq: 4 },
+                Bytes::from_static(b"numero random: 1"),
+                "test".into(),
+                Waiter { slot: 1, reply_to },
+                Replication { replicas, needed },
+            )
+        });
+        (envelope, replies)
+    }
+
+    const HELD: MessageId = MessageId { epoch: 1, seq: 1 };
+
+    #[test]
+    fn a_node_that_holds_the_key_under_another_id_gives_the_message_that_id() {
+        let (envelope, mut replies) = keyed(1, 1);
+        envelope.place(1, &node("a"));
+        assert_eq!(
+            envelope.copy_stored(1, &node("a"), HELD),
+            CopyStored::Adopted {
+                more: 0,
+                answered: true
+            }
+        );
+        assert_eq!(
+            replies.try_recv().unwrap().outcome,
+            Outcome::Stored {
+                holders: smallvec::smallvec![node("a")],
+                id: HELD
+            },
+            "answered with the id the node holds, never the one it was sent"
+        );
+        assert_eq!(envelope.answer_id(), HELD);
+        assert_eq!(
+            Forward::new(envelope.clone()).id(),
+            HELD,
+            "copies go under it"
+        );
+    }
+
+    #[test]
+    fn after_an_adoption_the_answer_names_only_nodes_that_hold_the_adopted_id() {
+        let (envelope, mut replies) = keyed(2, 2);
+        envelope.place(1, &node("a"));
+        envelope.place(2, &node("b"));
+        // a did not know the key: it wrote the id it was sent.
+        assert_eq!(
+            envelope.copy_stored(1, &node("a"), envelope.id),
+            CopyStored::Counted
+        );
+        // b held it under another id: the message takes that id, a's copy
+        // is of another id, and one copy more is to be made elsewhere.
+        assert_eq!(
+            envelope.copy_stored(2, &node("b"), HELD),
+            CopyStored::Adopted {
+                more: 1,
+                answered: false
+            }
+        );
+        assert!(replies.try_recv().is_err(), "one node holds the adopted id");
+        assert!(
+            envelope.excludes(&node("a")),
+            "a holds the key under another id"
+        );
+        assert_eq!(envelope.wanted(), (0, 1), "the copy to make is reserved");
+        envelope.replace(3, &node("c"));
+        assert_eq!(
+            envelope.copy_stored(3, &node("c"), HELD),
+            CopyStored::Answered
+        );
+        assert_eq!(
+            replies.try_recv().unwrap().outcome,
+            Outcome::Stored {
+                holders: smallvec::smallvec![node("b"), node("c")],
+                id: HELD
+            }
+        );
+    }
+
+    #[test]
+    fn a_copy_under_an_id_the_message_is_not_answered_with_is_made_again_elsewhere() {
+        // Adopted first: a late copy written under the given id is no copy.
+        let (envelope, mut replies) = keyed(2, 1);
+        envelope.place(1, &node("a"));
+        envelope.place(2, &node("b"));
+        assert!(matches!(
+            envelope.copy_stored(1, &node("a"), HELD),
+            CopyStored::Adopted {
+                more: 0,
+                answered: true
+            }
+        ));
+        assert!(
+            matches!(replies.try_recv().unwrap().outcome, Outcome::Stored { id, .. } if id == HELD)
+        );
+        assert_eq!(
+            envelope.copy_stored(2, &node("b"), envelope.id),
+            CopyStored::OtherId { more: 1 }
+        );
+        assert!(envelope.excludes(&node("b")));
+        assert_eq!(envelope.holders().as_slice(), [node("a")]);
+
+        // A repair's copy keeps its id: a node holding the key under
+        // another one is no holder, and the copy goes elsewhere.
+        let (reply_to, _replies) = mpsc::unbounded_channel();
+        let repair = Envelope::new(NewEnvelope {
+            key: Some("k/1".parse().unwrap()),
+            held_by: smallvec::smallvec![node("x")],
+            ..NewEnvelope::plain(
+                MessageId { epoch: 1, seq: 4 },
+                Bytes::from_static(b"numero random: 1"),
+                "repair".into(),
+                Waiter { slot: 1, reply_to },
+                Replication {
+                    replicas: 2,
+                    needed: 2,
+                },
+            )
+        });
+        repair.place(1, &node("a"));
+        assert_eq!(
+            repair.copy_stored(1, &node("a"), HELD),
+            CopyStored::OtherId { more: 1 }
+        );
+        assert_eq!(repair.answer_id(), repair.id);
     }
 
     #[test]

@@ -24,8 +24,8 @@ struct Entry {
 
 /// What an acknowledgement matched.
 pub(crate) enum Acked {
-    /// The message, now answered.
-    Message(Forward),
+    /// The message, now answered, and the id it was sent under.
+    Message(Forward, MessageId),
     /// Nothing this node holds.
     Unknown,
 }
@@ -50,10 +50,12 @@ impl InFlight {
         self.bytes
     }
 
-    pub(crate) fn push(&mut self, message: Forward, deadline: Instant) {
+    /// A message sent under `id` (its [`Forward::id`] when it was
+    /// encoded), answered by `deadline`.
+    pub(crate) fn push(&mut self, message: Forward, id: MessageId, deadline: Instant) {
         self.bytes += message.envelope.text.len();
         self.entries.push_back(Entry {
-            id: message.id(),
+            id,
             deadline,
             message,
         });
@@ -74,12 +76,12 @@ impl InFlight {
             },
         };
         for _ in 0..position {
-            if let Some(message) = self.pop_front() {
+            if let Some((message, _)) = self.pop_front() {
                 skipped.push(message);
             }
         }
         match self.pop_front() {
-            Some(message) => Acked::Message(message),
+            Some((message, id)) => Acked::Message(message, id),
             None => Acked::Unknown,
         }
     }
@@ -110,11 +112,11 @@ impl InFlight {
         self.entries.drain(..).map(|entry| entry.message).collect()
     }
 
-    fn pop_front(&mut self) -> Option<Forward> {
+    fn pop_front(&mut self) -> Option<(Forward, MessageId)> {
         let entry = self.entries.pop_front()?;
         self.expired = self.expired.saturating_sub(1);
         self.bytes -= entry.message.envelope.text.len();
-        Some(entry.message)
+        Some((entry.message, entry.id))
     }
 }
 
@@ -147,17 +149,23 @@ mod tests {
         let t0 = Instant::now();
         let mut in_flight = InFlight::default();
         for seq in 1..=3 {
-            in_flight.push(message(seq), t0);
+            in_flight.push(message(seq), id(seq).unwrap(), t0);
         }
         assert_eq!(in_flight.bytes(), 3 * 16);
         let mut skipped = Vec::new();
-        assert!(matches!(in_flight.ack(id(1), &mut skipped), Acked::Message(m) if m.id().seq == 1));
-        assert!(matches!(in_flight.ack(None, &mut skipped), Acked::Message(m) if m.id().seq == 2));
+        assert!(
+            matches!(in_flight.ack(id(1), &mut skipped), Acked::Message(m, _) if m.id().seq == 1)
+        );
+        assert!(
+            matches!(in_flight.ack(None, &mut skipped), Acked::Message(m, _) if m.id().seq == 2)
+        );
         assert_eq!(in_flight.waiting(), 1);
         assert!(matches!(in_flight.ack(id(9), &mut skipped), Acked::Unknown));
         assert!(skipped.is_empty(), "an id it does not hold changes nothing");
-        in_flight.push(message(4), t0);
-        assert!(matches!(in_flight.ack(id(4), &mut skipped), Acked::Message(m) if m.id().seq == 4));
+        in_flight.push(message(4), id(4).unwrap(), t0);
+        assert!(
+            matches!(in_flight.ack(id(4), &mut skipped), Acked::Message(m, _) if m.id().seq == 4)
+        );
         assert_eq!(
             seqs(&skipped),
             [3],
@@ -172,8 +180,8 @@ mod tests {
         let t0 = Instant::now();
         let second = Duration::from_secs(1);
         let mut in_flight = InFlight::default();
-        in_flight.push(message(1), t0 + second);
-        in_flight.push(message(2), t0 + 2 * second);
+        in_flight.push(message(1), id(1).unwrap(), t0 + second);
+        in_flight.push(message(2), id(2).unwrap(), t0 + 2 * second);
         assert_eq!(in_flight.next_deadline(), Some(t0 + second));
         assert!(in_flight.expire(t0).is_empty());
         let expired = in_flight.expire(t0 + second);
@@ -188,11 +196,13 @@ mod tests {
 
         let mut skipped = Vec::new();
         assert!(
-            matches!(in_flight.ack(id(1), &mut skipped), Acked::Message(m) if m.id().seq == 1),
+            matches!(in_flight.ack(id(1), &mut skipped), Acked::Message(m, _) if m.id().seq == 1),
             "a late answer (recibido or withdrawn) matches the message itself"
         );
         assert_eq!(in_flight.next_deadline(), Some(t0 + 2 * second));
-        assert!(matches!(in_flight.ack(id(2), &mut skipped), Acked::Message(m) if m.id().seq == 2));
+        assert!(
+            matches!(in_flight.ack(id(2), &mut skipped), Acked::Message(m, _) if m.id().seq == 2)
+        );
         assert_eq!(in_flight.next_deadline(), None);
         assert!(skipped.is_empty());
         assert_eq!(in_flight.bytes(), 0);
@@ -203,7 +213,11 @@ mod tests {
         let t0 = Instant::now();
         let mut in_flight = InFlight::default();
         for seq in 1..=4 {
-            in_flight.push(message(seq), t0 + Duration::from_secs(seq));
+            in_flight.push(
+                message(seq),
+                id(seq).unwrap(),
+                t0 + Duration::from_secs(seq),
+            );
         }
         in_flight.expire(t0 + Duration::from_secs(2));
         assert_eq!(seqs(&in_flight.drain()), [1, 2, 3, 4]);

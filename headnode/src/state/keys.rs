@@ -14,18 +14,30 @@
 //!
 //! Bounds: at most `max_keys` keys, each kept at least `window` while the
 //! bound allows and at most about twice that (a [`KeyWindow`]: runs of
-//! consecutive sequence numbers per client, in two generations). A resend of a
-//! forgotten key is stored as a new message (the data nodes, which keep
-//! their own window, still refuse to write it twice under one id). Cost:
+//! consecutive sequence numbers per client, in two generations). Cost:
 //! about [`BYTES_PER_KEY`] bytes per key, measured by `head_bytes_per_key_*`
-//! below.
+//! below. During recovery the bound is held off: every key a data node
+//! reports is kept until recovery ends, whatever their number (the peak
+//! is every reported key); then the table drops back within its bound in
+//! one generation ([`KeyTable::recovered`]).
+//!
+//! One window for the head node and the data nodes: the *horizon* is the
+//! newest id of every key this table has forgotten (the newest id of each
+//! generation it dropped). The node sessions send it to their data nodes
+//! (`horizon <id>`, before the next copies) and a data node forgets the
+//! keys it holds under ids up to it, so no data node remembers a key the
+//! head node has forgotten: a resend past the window is a new message,
+//! stored under a new id with real copies, and within the window every
+//! answer and every node agree on the key's one id. A data node may
+//! forget earlier (its own bound): the head node still answers from here.
 
 use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use node_kit::key_window::KeyWindow;
-use protocol::ids::{MessageId, MessageKey, NodeId};
+use protocol::ids::{ClientId, MessageId, MessageKey, NodeId};
 use tokio::time::Instant;
 use tracing::warn;
 
@@ -69,6 +81,65 @@ pub(crate) enum Found {
 struct Keys {
     window: KeyWindow<KeyEntry>,
     holder_sets: HolderSets,
+    /// The newest id of every key forgotten so far (see the module
+    /// documentation).
+    horizon: Option<MessageId>,
+    /// The newest id of the keys of each generation, current and
+    /// previous: at least that (an id changed in place raises both).
+    newest: [Option<MessageId>; 2],
+    /// The window's [`KeyWindow::turns`] when `newest` was last brought
+    /// up to date.
+    turns_seen: u64,
+}
+
+impl Keys {
+    /// The window may have dropped a generation, and `id` (if any) was
+    /// just put in it (or given to a key in place): the horizon takes in
+    /// what the window dropped, and `id` counts in the newest of its
+    /// generation. True if the horizon moved.
+    fn note(&mut self, id: Option<MessageId>, in_place: bool) -> bool {
+        let turns = self.window.turns();
+        let dropped = turns.saturating_sub(self.turns_seen);
+        self.turns_seen = turns;
+        let before = self.horizon;
+        for _ in 0..dropped.min(2) {
+            self.horizon = self.horizon.max(self.newest[1]);
+            self.newest = [None, self.newest[0]];
+        }
+        self.newest[0] = self.newest[0].max(id);
+        if in_place {
+            self.newest[1] = self.newest[1].max(id);
+        }
+        self.horizon != before
+    }
+}
+
+/// Keys one report may carry at most: the most a data node keeps
+/// (`--dedup-keys` of a data node is at most this). A report beyond it is
+/// refused: it cannot come from a data node.
+pub(crate) const MAX_REPORTED_KEYS: usize = 100_000_000;
+
+/// The keys one data node reported after `welcome` (its `held` lines, as
+/// they came: about 24 bytes a key), held until the membership accepts
+/// the node: the keys of a registration that is refused are discarded.
+/// At most [`MAX_REPORTED_KEYS`].
+#[derive(Debug, Default)]
+pub(crate) struct ReportedKeys {
+    lines: Vec<(ClientId, Vec<(u64, MessageId)>)>,
+    keys: usize,
+}
+
+impl ReportedKeys {
+    /// One `held` line.
+    pub(crate) fn add(&mut self, client: ClientId, keys: Vec<(u64, MessageId)>) {
+        self.keys += keys.len();
+        self.lines.push((client, keys));
+    }
+
+    /// Keys reported.
+    pub(crate) fn len(&self) -> usize {
+        self.keys
+    }
 }
 
 /// The table, shared by every client session, data-node registration and
@@ -78,6 +149,9 @@ pub(crate) struct KeyTable {
     keys: Mutex<Keys>,
     /// The origin of the window's clock.
     started: Instant,
+    /// Bumped each time the horizon moves: a node session compares it
+    /// with the last it sent before it locks the table to read it.
+    horizon_moves: AtomicU64,
 }
 
 impl KeyTable {
@@ -88,8 +162,47 @@ impl KeyTable {
             keys: Mutex::new(Keys {
                 window: KeyWindow::new(max_keys, window),
                 holder_sets: HolderSets::default(),
+                horizon: None,
+                newest: [None; 2],
+                turns_seen: 0,
             }),
             started,
+            horizon_moves: AtomicU64::new(0),
+        }
+    }
+
+    /// Holds the bound off until [`KeyTable::recovered`]: every key
+    /// reported meanwhile is kept.
+    pub(crate) fn recovering(&self) {
+        let now_ms = self.millis(Instant::now());
+        self.lock().window.hold(true, now_ms);
+    }
+
+    /// Recovery is over: the bound holds again, within one generation.
+    pub(crate) fn recovered(&self, now: Instant) {
+        let now_ms = self.millis(now);
+        let mut keys = self.lock();
+        keys.window.hold(false, now_ms);
+        if keys.note(None, false) {
+            self.horizon_moves.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    /// How many times the horizon has moved: cheap, for a session to tell
+    /// whether to read [`KeyTable::horizon`] again.
+    pub(crate) fn horizon_moves(&self) -> u64 {
+        self.horizon_moves.load(Ordering::Acquire)
+    }
+
+    /// The newest id of every key forgotten so far; `None` while none is.
+    pub(crate) fn horizon(&self) -> Option<MessageId> {
+        self.lock().horizon
+    }
+
+    /// Notes `id` as put in the window, and counts a move of the horizon.
+    fn noted(&self, keys: &mut Keys, id: MessageId, in_place: bool) {
+        if keys.note(Some(id), in_place) {
+            self.horizon_moves.fetch_add(1, Ordering::Release);
         }
     }
 
@@ -132,8 +245,10 @@ impl KeyTable {
             holders: keys.holder_sets.share(&[]),
             live: Arc::downgrade(&envelope),
         };
+        let id = entry.id;
         keys.window
             .insert_new(key.client.as_str(), key.seq, entry, now_ms);
+        self.noted(&mut keys, id, false);
         Found::New(envelope)
     }
 
@@ -147,34 +262,90 @@ impl KeyTable {
     }
 
     /// A data node reports that it holds `key` under `id`.
+    #[cfg(test)]
     pub(crate) fn holds(&self, key: MessageKey, id: MessageId, node: &NodeId, now: Instant) {
         let now_ms = self.millis(now);
         let mut keys = self.lock();
-        let keys = &mut *keys;
-        match keys.window.get_mut(key.client.as_str(), key.seq) {
+        self.hold_one(&mut keys, key.client.as_str(), key.seq, id, node, now_ms);
+    }
+
+    /// The keys `node` reported, accepted (see [`ReportedKeys`]).
+    pub(crate) fn holds_reported(&self, reported: ReportedKeys, node: &NodeId, now: Instant) {
+        let now_ms = self.millis(now);
+        for (client, held) in reported.lines {
+            // One lock per line (at most 64 keys): a report does not keep
+            // the clients waiting for long.
+            let mut keys = self.lock();
+            for (seq, id) in held {
+                self.hold_one(&mut keys, client.as_str(), seq, id, node, now_ms);
+            }
+        }
+    }
+
+    fn hold_one(
+        &self,
+        keys: &mut Keys,
+        client: &str,
+        seq: u64,
+        id: MessageId,
+        node: &NodeId,
+        now_ms: u64,
+    ) {
+        let Keys {
+            window,
+            holder_sets,
+            ..
+        } = &mut *keys;
+        match window.get_mut(client, seq) {
             Some(entry) if entry.id == id => {
                 if !entry.holders.contains(node) {
                     let mut holders = entry.holders.to_vec();
                     holders.push(node.clone());
-                    entry.holders = keys.holder_sets.share(&holders);
+                    entry.holders = holder_sets.share(&holders);
                 }
             }
             Some(entry) => {
                 warn!(
-                    %key, %node, held = %id, known = %entry.id,
+                    client, seq, %node, held = %id, known = %entry.id,
                     "a data node holds this key under another id (stored under two ids before this head node started); keeping the first"
                 );
             }
             None => {
                 let entry = KeyEntry {
                     id,
-                    holders: keys.holder_sets.share(std::slice::from_ref(node)),
+                    holders: holder_sets.share(std::slice::from_ref(node)),
                     live: Weak::new(),
                 };
-                keys.window
-                    .insert(key.client.as_str(), key.seq, entry, now_ms);
+                window.insert_new(client, seq, entry, now_ms);
+                self.noted(keys, id, false);
             }
         }
+    }
+
+    /// `node` holds none of the keys it was named a holder of (it came
+    /// back with a new data directory): it leaves every entry's holders.
+    /// A pass over the whole table; how many entries it left.
+    pub(crate) fn forget_holder(&self, node: &NodeId) -> usize {
+        let mut keys = self.lock();
+        let Keys {
+            window,
+            holder_sets,
+            ..
+        } = &mut *keys;
+        let mut left = 0;
+        for entry in window.values_mut() {
+            if entry.holders.contains(node) {
+                let holders: Vec<NodeId> = entry
+                    .holders
+                    .iter()
+                    .filter(|n| *n != node)
+                    .cloned()
+                    .collect();
+                entry.holders = holder_sets.share(&holders);
+                left += 1;
+            }
+        }
+        left
     }
 
     /// Keys remembered now.
@@ -185,21 +356,34 @@ impl KeyTable {
 }
 
 impl SettleKey for KeyTable {
-    /// The message of `key`, `ended`, ended with these holders.
+    /// The message of `key`, `ended`, ended under `id` with these holders:
+    /// the entry takes `id` if the message adopted it in place of `given`.
     ///
     /// The entry lets go of its pointer to `ended`: a `Weak` keeps the
     /// envelope's allocation alive (about 300 bytes) as long as it exists.
-    fn settle(&self, key: &MessageKey, ended: *const Envelope, id: MessageId, holders: &[NodeId]) {
+    fn settle(
+        &self,
+        key: &MessageKey,
+        ended: *const Envelope,
+        given: MessageId,
+        id: MessageId,
+        holders: &[NodeId],
+    ) {
         let mut keys = self.lock();
         let keys = &mut *keys;
         if let Some(entry) = keys.window.get_mut(key.client.as_str(), key.seq)
-            && entry.id == id
+            && (entry.id == id || entry.id == given)
         {
+            let adopted = entry.id != id;
+            entry.id = id;
             if *entry.holders != *holders {
                 entry.holders = keys.holder_sets.share(holders);
             }
             if std::ptr::eq(entry.live.as_ptr(), ended) {
                 entry.live = Weak::new();
+            }
+            if adopted {
+                self.noted(keys, id, true);
             }
         }
     }
@@ -279,6 +463,7 @@ mod tests {
         table.settle(
             &key(1),
             Arc::as_ptr(&first),
+            first.id,
             first.id,
             std::slice::from_ref(&dn1),
         );
@@ -360,6 +545,77 @@ mod tests {
             ),
             "forgotten after two windows"
         );
+    }
+
+    #[test]
+    fn the_horizon_is_the_newest_id_of_every_key_forgotten() {
+        // Room for the client and two keys per generation.
+        let bound = 2 * (node_kit::key_window::SLOTS_PER_CLIENT + 2);
+        let table = KeyTable::new(bound, Duration::from_secs(60), Instant::now());
+        let t0 = Instant::now();
+        let dn1: NodeId = "dn1".parse().unwrap();
+        let id = |seq| MessageId { epoch: 1, seq };
+        for seq in 1..=4 {
+            table.holds(key(seq), id(seq), &dn1, t0);
+        }
+        assert_eq!(table.horizon(), None, "nothing forgotten yet");
+        assert_eq!(table.horizon_moves(), 0);
+        table.holds(key(5), id(5), &dn1, t0);
+        assert_eq!(table.horizon(), Some(id(2)), "c1/1 and c1/2 forgotten");
+        assert_eq!(table.horizon_moves(), 1);
+        assert!(matches!(
+            table.lookup_or_insert(&key(2), t0, || envelope(9).0),
+            Found::New(_)
+        ));
+    }
+
+    #[test]
+    fn during_recovery_every_reported_key_is_kept_and_dropped_a_generation_after() {
+        let bound = 2 * (node_kit::key_window::SLOTS_PER_CLIENT + 2);
+        let table = KeyTable::new(bound, Duration::from_secs(60), Instant::now());
+        table.recovering();
+        let t0 = Instant::now();
+        let dn1: NodeId = "dn1".parse().unwrap();
+        let id = |seq| MessageId { epoch: 1, seq };
+        let mut reported = ReportedKeys::default();
+        reported.add(
+            "c1".parse().unwrap(),
+            (1..=100).map(|seq| (seq, id(seq))).collect(),
+        );
+        assert_eq!(reported.len(), 100);
+        table.holds_reported(reported, &dn1, t0);
+        assert_eq!(table.len(), 100, "past the bound while recovering");
+        assert_eq!(table.horizon(), None);
+        table.recovered(t0);
+        assert!(
+            matches!(
+                table.lookup_or_insert(&key(1), t0, || unreachable!()),
+                Found::Settled { .. }
+            ),
+            "kept a generation after recovery"
+        );
+        for seq in 101..=103 {
+            table.holds(key(seq), id(seq), &dn1, t0);
+        }
+        assert_eq!(table.horizon(), Some(id(100)), "dropped with the next one");
+        assert!(table.len() <= 3, "{}", table.len());
+    }
+
+    #[test]
+    fn a_node_back_with_a_new_directory_leaves_every_entry() {
+        let table = KeyTable::new(1000, Duration::from_secs(60), Instant::now());
+        let t0 = Instant::now();
+        let (dn1, dn2): (NodeId, NodeId) = ("dn1".parse().unwrap(), "dn2".parse().unwrap());
+        let id = MessageId { epoch: 1, seq: 1 };
+        table.holds(key(1), id, &dn1, t0);
+        table.holds(key(1), id, &dn2, t0);
+        table.holds(key(2), id, &dn2, t0);
+        assert_eq!(table.forget_holder(&dn1), 1);
+        let Found::Settled { holders, .. } = table.lookup_or_insert(&key(1), t0, || unreachable!())
+        else {
+            panic!("expected a settled key");
+        };
+        assert_eq!(holders.as_slice(), [dn2]);
     }
 
     /// Remembers 1M keys from `clients` clients, each held by two nodes,

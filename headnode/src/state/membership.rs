@@ -384,6 +384,12 @@ impl Membership {
         }
     }
 
+    /// The data directory (store id) last registered under `node`, if it
+    /// named one and is remembered.
+    pub fn known_store(&self, node: &NodeId) -> Option<u64> {
+        self.ever_seen.get(node)?.store
+    }
+
     /// A node asks to join.
     ///
     /// Incarnations are ordered within one data directory: one lower than

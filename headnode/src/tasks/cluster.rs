@@ -17,9 +17,10 @@ use node_kit::telemetry::HEARTBEAT_TARGET;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::state::forward::Forward;
+use crate::state::keys::{KeyTable, ReportedKeys};
 use crate::state::membership::{
     ConnId, DetectorConfig, Event, EvictReason, MemberInfo, Membership, ProbeOutcome, Quorum,
     Refusal,
@@ -50,6 +51,9 @@ pub(crate) enum Input {
         reads: Option<mpsc::Sender<ReadJob>>,
         /// The nodes its report named (see `recovery`).
         peers: Vec<NodeId>,
+        /// The keys it reported: into the key table if it is accepted,
+        /// discarded if it is refused.
+        keys: ReportedKeys,
         respond: oneshot::Sender<Result<(), Refusal>>,
     },
     /// The member answered an application heartbeat.
@@ -99,6 +103,9 @@ pub(crate) struct ClusterConfig {
     pub(crate) route_changes: Arc<Signal>,
     /// Opened once recovery is done: clients are read from then on.
     pub(crate) recovered: Arc<Gate>,
+    /// The key table: an accepted node's reported keys go in, and a node
+    /// back with a new data directory leaves its entries.
+    pub(crate) keys: Arc<KeyTable>,
 }
 
 struct Session {
@@ -201,6 +208,8 @@ impl Driver {
         // The set learned from the reports is the cluster's from now on,
         // and the data nodes are told it.
         self.membership.recovered(now());
+        // The key table's bound holds again (within one generation).
+        self.config.keys.recovered(tokio::time::Instant::now());
         // The routes that name the member set first: a reader let in by the
         // gate reads them, never the ones before.
         self.publish();
@@ -217,40 +226,65 @@ impl Driver {
                 evicted,
                 reads,
                 peers,
+                keys,
                 respond,
-            } => match membership.register(info.clone(), now()) {
-                Ok(events) => {
-                    membership.reported(&peers, now());
-                    self.sessions.insert(
-                        info.conn,
-                        Session {
-                            handle: NodeHandle {
-                                conn: info.conn,
-                                node: info.node.clone(),
-                                zone: info.zone.clone(),
-                                queue,
-                                load,
-                                one_at_a_time: info.legacy,
+            } => {
+                let known_store = membership.known_store(&info.node);
+                match membership.register(info.clone(), now()) {
+                    Ok(events) => {
+                        membership.reported(&peers, now());
+                        // Before recovery may end on this report: its keys are
+                        // in the table by then.
+                        if let (Some(store), Some(known)) = (info.store, known_store)
+                            && store != known
+                        {
+                            let left = self.config.keys.forget_holder(&info.node);
+                            info!(
+                                node = %info.node, store = format_args!("{store:016x}"), replaced = format_args!("{known:016x}"), keys = left,
+                                "dataNode back with a new data directory: no longer named as the holder of the keys it held"
+                            );
+                        }
+                        let reported = keys.len();
+                        self.config.keys.holds_reported(
+                            keys,
+                            &info.node,
+                            tokio::time::Instant::now(),
+                        );
+                        debug!(node = %info.node, keys = reported, "reported keys in the key table");
+                        self.sessions.insert(
+                            info.conn,
+                            Session {
+                                handle: NodeHandle {
+                                    conn: info.conn,
+                                    node: info.node.clone(),
+                                    zone: info.zone.clone(),
+                                    queue,
+                                    load,
+                                    one_at_a_time: info.legacy,
+                                },
+                                reader: reads
+                                    .map(|jobs_tx| NodeReader::new(info.node.clone(), jobs_tx)),
+                                evicted,
                             },
-                            reader: reads
-                                .map(|jobs_tx| NodeReader::new(info.node.clone(), jobs_tx)),
-                            evicted,
-                        },
-                    );
-                    // After the session is in: the routes recovery publishes
-                    // include this node, whose report may have ended it.
-                    if let Some(done) = self.recovery.reported(&info.node, &peers, now()) {
-                        self.recovered(done);
+                        );
+                        // After the session is in: the routes recovery publishes
+                        // include this node, whose report may have ended it.
+                        if let Some(done) = self.recovery.reported(&info.node, &peers, now()) {
+                            self.recovered(done);
+                        }
+                        let _ = respond.send(Ok(()));
+                        events
                     }
-                    let _ = respond.send(Ok(()));
-                    events
+                    Err(refusal) => {
+                        warn!(
+                            target: HEARTBEAT_TARGET, node = %info.node, addr = %info.addr, discarded_keys = keys.len(),
+                            "registration refused: {refusal}; the keys it reported are discarded"
+                        );
+                        let _ = respond.send(Err(refusal));
+                        Vec::new()
+                    }
                 }
-                Err(refusal) => {
-                    warn!(target: HEARTBEAT_TARGET, node = %info.node, addr = %info.addr, "registration refused: {refusal}");
-                    let _ = respond.send(Err(refusal));
-                    Vec::new()
-                }
-            },
+            }
             Input::Heartbeat { conn } => {
                 if let Some(session) = self.sessions.get(&conn) {
                     self.config

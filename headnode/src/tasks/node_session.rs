@@ -107,6 +107,8 @@ struct NodeSession<S: Stream> {
     routes_seen: u64,
     /// The member set last sent as `members`.
     members_sent: Option<Arc<[NodeId]>>,
+    /// The key table's horizon moves when its horizon was last sent.
+    horizon_seen: u64,
     /// The node said it is leaving: it gets nothing new.
     leaving: bool,
     /// An original-system node's ack timeout was reported: it is being
@@ -161,6 +163,7 @@ impl<S: Stream> NodeSession<S> {
             ping_seq: 0,
             routes_seen: 0,
             members_sent: None,
+            horizon_seen: 0,
             leaving: false,
             ack_timeout_reported: false,
             skipped: Vec::new(),
@@ -355,7 +358,7 @@ impl<S: Stream> NodeSession<S> {
     /// `withdrawn`: the node did not write this copy, which moves now.
     fn on_withdrawn(&mut self, id: MessageId) {
         match self.in_flight.ack(Some(id), &mut self.skipped) {
-            Acked::Message(message) => {
+            Acked::Message(message, _) => {
                 self.hand_back(message, false, "withdrawn after its ack timeout");
             }
             Acked::Unknown => {}
@@ -386,6 +389,7 @@ impl<S: Stream> NodeSession<S> {
             self.hand_back(message, false, "it is leaving");
             return Ok(());
         }
+        self.send_horizon();
         let deadline = Instant::now() + self.shared.config.ack_timeout;
         self.send(message, deadline);
         let mut taken = 1;
@@ -429,6 +433,28 @@ impl<S: Stream> NodeSession<S> {
         self.conn
             .writer
             .queue_with(|buf| ToDataNode::Members(members).encode(buf));
+    }
+
+    /// Before copies go out: `horizon <id>` if the key table's horizon
+    /// moved since it was last sent, so the node forgets every key the head
+    /// node has forgotten before it is sent one of them again (see
+    /// `state::keys`). An original-system node keeps no keys.
+    fn send_horizon(&mut self) {
+        if self.info.legacy {
+            return;
+        }
+        let keys = &self.shared.keys;
+        let moves = keys.horizon_moves();
+        if moves == self.horizon_seen {
+            return;
+        }
+        self.horizon_seen = moves;
+        if let Some(horizon) = keys.horizon() {
+            debug!(node = %self.info.node, %horizon, "the key window moved on: the node forgets keys up to it");
+            self.conn
+                .writer
+                .queue_with(|buf| ToDataNode::Horizon(horizon).encode(buf));
+        }
     }
 
     fn on_heartbeat(&mut self) {
@@ -484,61 +510,112 @@ impl<S: Stream> NodeSession<S> {
 
     fn send(&mut self, message: Forward, deadline: Instant) {
         let legacy = self.info.legacy;
+        // Read once: the message may adopt another id meanwhile, and its
+        // acknowledgement must match the id it was sent under.
+        let id = message.id();
         self.conn
             .writer
-            .queue_with(|buf| message.envelope.encode_store(legacy, buf));
-        self.in_flight.push(message, deadline);
+            .queue_with(|buf| message.envelope.encode_store(id, legacy, buf));
+        self.in_flight.push(message, id, deadline);
     }
 
     /// Matches an acknowledgement and counts the copy it stands for; true if
     /// it matched a copy in flight. The copies it went past are left in
-    /// `skipped`.
+    /// `skipped`. A node that holds the key under another id (`held_as`)
+    /// holds no copy of the id it was sent: the message adopts that id, or
+    /// the copy is made elsewhere (see [`CopyStored::OtherId`]).
     fn acknowledge(&mut self, id: Option<MessageId>, held_as: Option<MessageId>) -> bool {
         let info = &self.info;
-        let envelope = match self.in_flight.ack(id, &mut self.skipped) {
-            Acked::Message(message) => {
+        let (message, sent_as) = match self.in_flight.ack(id, &mut self.skipped) {
+            Acked::Message(message, sent_as) => {
                 self.load.resolve();
-                message.envelope
+                (message, sent_as)
             }
             Acked::Unknown => {
                 debug!(node = %info.node, ?id, "acknowledgement for no message in flight; ignored");
                 return false;
             }
         };
-        if let Some(held) = held_as.filter(|held| *held != envelope.id) {
-            warn!(
-                id = %envelope.id, %held, node = %info.node,
-                key = ?envelope.key.as_ref().map(ToString::to_string),
-                "this key is already held there under another id; not written again"
-            );
-        }
-        let stored = envelope.copy_stored(info.conn, &info.node);
-        if stored != CopyStored::Again {
+        let envelope = message.envelope.clone();
+        let written_as = held_as.unwrap_or(sent_as);
+        let stored = envelope.copy_stored(info.conn, &info.node, written_as);
+        // What the node wrote (or held, for an adopted id) counts as its
+        // work; a copy under another id does not.
+        if matches!(
+            stored,
+            CopyStored::Answered
+                | CopyStored::Counted
+                | CopyStored::OverReplicated
+                | CopyStored::Adopted { .. }
+        ) {
             self.counters.count(envelope.text.len());
         }
+        let answer_id = envelope.answer_id();
         match stored {
             CopyStored::Answered => {
                 self.shared.status.count_stored();
                 info!(
                 target: MESSAGES_TARGET,
-                id = %envelope.id, client = %envelope.client,
+                id = %answer_id, client = %envelope.client,
                 "recibido en dataNode {} {}", info.node, info.addr
                 )
             }
             CopyStored::Counted => debug!(
                 target: MESSAGES_TARGET,
-                id = %envelope.id, "recibido en dataNode {} {}", info.node, info.addr
+                id = %answer_id, "recibido en dataNode {} {}", info.node, info.addr
             ),
-            CopyStored::Again => debug!(id = %envelope.id, node = %info.node, "acknowledged again"),
+            CopyStored::Again => debug!(id = %answer_id, node = %info.node, "acknowledged again"),
             CopyStored::OverReplicated => {
                 self.shared.router.count_over_replicated();
                 warn!(
-                    id = %envelope.id, node = %info.node,
+                    id = %answer_id, node = %info.node,
                     "late acknowledgement: this node wrote a copy that had been moved elsewhere; one copy more than wanted"
                 );
             }
+            CopyStored::Adopted { more, answered } => {
+                if answered {
+                    self.shared.status.count_stored();
+                }
+                warn!(
+                    sent = %sent_as, held = %written_as, node = %info.node, more,
+                    key = ?envelope.key.as_ref().map(ToString::to_string),
+                    "this key is already held there under another id: the message takes that id (the client is answered with it, copies are made under it)"
+                );
+                self.copy_elsewhere(message, more);
+            }
+            CopyStored::OtherId { more } => {
+                warn!(
+                    id = %answer_id, written = %written_as, node = %info.node, more,
+                    key = ?envelope.key.as_ref().map(ToString::to_string),
+                    "this node holds the key under another id: no copy of the answered id; one is made elsewhere"
+                );
+                self.copy_elsewhere(message, more);
+            }
         }
         true
+    }
+
+    /// Makes `more` copies of `message`'s envelope on other nodes (reserved
+    /// already by the envelope): `message` itself is the first, so its
+    /// attempts keep counting, and each node that held the key under
+    /// another id is excluded, which bounds the copies made this way.
+    fn copy_elsewhere(&mut self, message: Forward, more: usize) {
+        if more == 0 {
+            return;
+        }
+        let envelope = message.envelope.clone();
+        let now = Instant::now();
+        let router = &self.shared.router;
+        let mut next = Some(message);
+        for _ in 0..more {
+            let copy = next
+                .take()
+                .unwrap_or_else(|| Forward::new(envelope.clone()));
+            let id = copy.id();
+            if let Some(node) = router.reroute(copy, now, &mut self.rng) {
+                info!(%id, from = %self.info.node, to = %node, "copy made on another dataNode (the key was held under another id)");
+            }
+        }
     }
 
     /// Moves one copy this session held to another node; `sent` if this

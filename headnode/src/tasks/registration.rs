@@ -16,13 +16,14 @@ use protocol::datanode::{
 };
 use protocol::error::truncate_for_log;
 use protocol::handshake::{self, PETICION, Role, RoleStep};
-use protocol::ids::{ClientId, MessageKey, NodeId};
+use protocol::ids::{ClientId, NodeId};
 use protocol::net::Stream;
 use rand::rngs::SmallRng;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use crate::state::keys::{MAX_REPORTED_KEYS, ReportedKeys};
 use crate::state::membership;
 use crate::state::reads::read_channel;
 use crate::state::repair::MemberChange;
@@ -343,6 +344,8 @@ struct Report {
     peers: Vec<NodeId>,
     /// Records it found damaged since it started (`damaged <n>`).
     damaged: u64,
+    /// The keys it holds, for the key table once it is accepted.
+    keys: ReportedKeys,
     /// Ranges of what its retention removed (`removed`), one per epoch.
     removed: Vec<IdRange>,
 }
@@ -383,7 +386,7 @@ async fn read_report<S: Stream>(
         .flush()
         .await
         .map_err(|e| format!("write failed: {e}"))?;
-    let mut keys = 0usize;
+    let mut keys = ReportedKeys::default();
     let mut peers = Vec::new();
     let mut damaged = 0;
     // One per epoch: bounded by the epochs the node names, a few.
@@ -397,14 +400,12 @@ async fn read_report<S: Stream>(
             .ok_or("closed during its report")?;
         match FromDataNode::parse(line.as_str()) {
             Ok(FromDataNode::Held { client, keys: held }) => {
-                let now = tokio::time::Instant::now();
-                keys += held.len();
-                for (seq, id) in held {
-                    let key = MessageKey {
-                        client: client.clone(),
-                        seq,
-                    };
-                    shared.keys.holds(key, id, &info.node, now);
+                keys.add(client, held);
+                if keys.len() > MAX_REPORTED_KEYS {
+                    warn!(node = %info.node, "dataNode reported more than {MAX_REPORTED_KEYS} keys; refused");
+                    return Err(format!(
+                        "a report of more than {MAX_REPORTED_KEYS} keys (the most a data node keeps)"
+                    ));
                 }
             }
             Ok(FromDataNode::Peers(named)) => peers = named,
@@ -447,7 +448,7 @@ async fn read_report<S: Stream>(
     }
     info!(
         node = %info.node,
-        keys,
+        keys = keys.len(),
         peers = ?peers.iter().map(NodeId::as_str).collect::<Vec<_>>(),
         damaged,
         removed = ?removed.iter().map(ToString::to_string).collect::<Vec<_>>(),
@@ -462,6 +463,7 @@ async fn read_report<S: Stream>(
     Ok(Report {
         peers,
         damaged,
+        keys,
         removed,
     })
 }
@@ -492,6 +494,7 @@ async fn registration<S: Stream>(
         evicted: evicted.clone(),
         reads: reads_tx,
         peers: report.peers,
+        keys: report.keys,
         respond,
     };
     if shared.membership_tx.send(registration).await.is_err() {

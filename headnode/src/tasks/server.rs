@@ -128,6 +128,14 @@ fn build(config: Config, limits: Limits, started: Instant) -> (Arc<Shared>, Ends
         config.sticky_run,
     );
     let recovered = Arc::new(Gate::default());
+    let keys = Arc::new(KeyTable::new(
+        config.dedup_keys,
+        config.dedup_window,
+        started,
+    ));
+    // Every head node starts recovering: what the data nodes report is
+    // kept whole until recovery ends.
+    keys.recovering();
     let membership = MembershipEnds {
         config: ClusterConfig {
             detector: config.detector.clone(),
@@ -143,6 +151,7 @@ fn build(config: Config, limits: Limits, started: Instant) -> (Arc<Shared>, Ends
             routes_tx,
             route_changes: router.changes(),
             recovered: recovered.clone(),
+            keys: keys.clone(),
         },
         inputs_rx,
     };
@@ -156,11 +165,7 @@ fn build(config: Config, limits: Limits, started: Instant) -> (Arc<Shared>, Ends
         budget: Arc::new(Semaphore::new(budget)),
         read_budget: Semaphore::new(config.max_reads),
         reader_slots: Arc::new(Semaphore::new(config.max_readers)),
-        keys: Arc::new(KeyTable::new(
-            config.dedup_keys,
-            config.dedup_window,
-            started,
-        )),
+        keys,
         replication: Replication {
             replicas: config.replicas,
             needed: config.min_replicas,

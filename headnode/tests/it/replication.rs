@@ -278,3 +278,201 @@ async fn a_head_node_started_below_a_data_nodes_epoch_goes_above_it_before_it_st
     next.stop().await;
     newer.stop().await;
 }
+
+/// A scripted data node's next `mensaje`, within 10 s: its id and the
+/// whole line. Pings and other lines are skipped.
+async fn next_store(node: &mut protocol::Connection) -> (MessageId, String) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(Instant::now() < deadline, "no mensaje within 10 s");
+        let line = test_support::framed::line(&mut node.reader, "a mensaje").await;
+        if let Some(rest) = line.strip_prefix("mensaje ") {
+            let id = rest
+                .split([' ', ':'])
+                .next()
+                .and_then(|id| id.parse().ok())
+                .unwrap_or_else(|| panic!("no id in {line:?}"));
+            return (id, line);
+        }
+    }
+}
+
+/// Waits until `node` has joined: the head node routes to it from then on.
+async fn joined(cluster: &mut Cluster, node: &str) {
+    cluster
+        .wait_for(
+            &format!("{node} to join"),
+            |e| matches!(e, Event::Joined { member, .. } if member.node.as_str() == node),
+        )
+        .await;
+}
+
+/// A head node whose scripted nodes answer no heartbeat: the detector
+/// must not evict them while the test drives them by hand.
+fn scripted(replicas: usize, min_replicas: usize) -> headnode::Config {
+    let mut config = replicated(replicas, min_replicas);
+    config.detector.suspect_after = Duration::from_secs(60);
+    config.detector.hung_grace = Duration::from_secs(60);
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_holds_the_key_under_another_id_gives_the_answer_that_id() {
+    use test_support::scripted_node::register;
+    // Fails without the adoption: the client was answered with the id it
+    // was sent under, which the node does not hold.
+    let mut cluster = Cluster::start(scripted(1, 1)).await;
+    let (mut node, welcome) = register(cluster.addr, "dn1", 1).await;
+    assert!(welcome.starts_with("welcome dn1 "), "{welcome}");
+    joined(&mut cluster, "dn1").await;
+    let mut client = keyed_client(cluster.addr, "k").await;
+    client.writer.send(b"1 hola").await.unwrap();
+    let (sent, line) = next_store(&mut node).await;
+    assert!(line.contains(" k/1: hola"), "{line}");
+    let held: MessageId = "7-3".parse().unwrap();
+    node.writer
+        .send(format!("recibido {sent} {held}").as_bytes())
+        .await
+        .unwrap();
+    let answer = test_support::framed::line(&mut client.reader, "the answer").await;
+    assert_eq!(answer, format!("dn1 , mensaje: recibido {held}"));
+    // A resend gets the same id from the key table, with nothing sent.
+    let again = send_keyed(&mut client, 1, "hola").await;
+    assert_eq!(stored(&again), (vec!["dn1".to_owned()], held));
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adopted_id_is_copied_to_another_node_and_the_answer_names_only_its_holders() {
+    use test_support::scripted_node::register;
+    // R=2 W=2, three nodes: the first to answer wrote the id it was sent,
+    // the second held the key under another id. The answer must name the
+    // second and a third node that got a copy under the held id: never the
+    // first, whose copy is of another id. Without the adoption both were
+    // named under the id sent, which the second does not hold.
+    let cluster = Cluster::start(scripted(2, 2)).await;
+    let mut nodes = Vec::new();
+    for name in ["dn1", "dn2", "dn3"] {
+        let (node, welcome) = register(cluster.addr, name, 1).await;
+        assert!(
+            welcome.starts_with(&format!("welcome {name} ")),
+            "{welcome}"
+        );
+        nodes.push((name, node));
+    }
+    let mut client = keyed_client(cluster.addr, "k").await;
+    client.writer.send(b"1 hola").await.unwrap();
+    // Two of the three are sent a copy: find them.
+    let mut sent_to = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sent_to.len() < 2 && Instant::now() < deadline {
+        for (at, (_, node)) in nodes.iter_mut().enumerate() {
+            if sent_to.iter().any(|(i, _)| *i == at) {
+                continue;
+            }
+            if let Ok(Ok(Some(line))) =
+                tokio::time::timeout(Duration::from_millis(50), node.reader.read_frame()).await
+                && let Some(rest) = line.as_str().strip_prefix("mensaje ")
+            {
+                let id: MessageId = rest.split([' ', ':']).next().unwrap().parse().unwrap();
+                sent_to.push((at, id));
+            }
+        }
+    }
+    assert_eq!(sent_to.len(), 2, "two copies sent");
+    let (fresh, sent) = sent_to[0];
+    let (holder, _) = sent_to[1];
+    let third = (0..3).find(|i| *i != fresh && *i != holder).unwrap();
+    let held: MessageId = "7-3".parse().unwrap();
+    nodes[fresh]
+        .1
+        .writer
+        .send(format!("recibido {sent}").as_bytes())
+        .await
+        .unwrap();
+    // Let the first answer land before the second.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    nodes[holder]
+        .1
+        .writer
+        .send(format!("recibido {sent} {held}").as_bytes())
+        .await
+        .unwrap();
+    let (copy_id, line) = next_store(&mut nodes[third].1).await;
+    assert_eq!(copy_id, held, "the copy is made under the held id: {line}");
+    assert!(line.contains(" k/1: hola"), "{line}");
+    nodes[third]
+        .1
+        .writer
+        .send(format!("recibido {held}").as_bytes())
+        .await
+        .unwrap();
+    let answer = test_support::framed::line(&mut client.reader, "the answer").await;
+    let (holders, id) = stored(&StoreReply::parse(&answer).unwrap());
+    assert_eq!(id, held, "{answer}");
+    let mut holders = holders;
+    holders.sort();
+    let mut expected = vec![nodes[holder].0.to_owned(), nodes[third].0.to_owned()];
+    expected.sort();
+    assert_eq!(holders, expected, "{answer}");
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_back_with_a_new_data_directory_is_no_longer_named_as_a_holder() {
+    // Before, the key table still named dn1 as the holder of k/1 after dn1
+    // came back empty, and the resend was answered from it: a reply naming
+    // a node whose file lacks the id.
+    let mut cluster = Cluster::start(replicated(1, 1)).await;
+    let config = cluster.node_config("dn1");
+    let dir = config.data_dir.clone();
+    cluster.add_node(config).await;
+    let mut client = keyed_client(cluster.addr, "k").await;
+    let (holders, id) = stored(&send_keyed(&mut client, 1, "hola").await);
+    assert_eq!(holders, ["dn1"]);
+    cluster.nodes[0].stop().await.unwrap();
+    cluster.nodes[0].released().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+    cluster.nodes.clear();
+    cluster.add_node(cluster.node_config("dn1")).await;
+    let (holders, again) = stored(&send_keyed(&mut client, 1, "hola").await);
+    assert_eq!((holders.as_slice(), again), (&["dn1".to_owned()][..], id));
+    let on_disk = stored_keys(&cluster);
+    assert_eq!(
+        on_disk["dn1"].get("k/1"),
+        Some(&vec![id]),
+        "the answer names dn1: it holds the id again"
+    );
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_keys_a_refused_registration_reported_are_discarded() {
+    use bytes::BytesMut;
+    use protocol::datanode::FromDataNode;
+    use test_support::scripted_node::welcome;
+    // A second process claiming dn1's name while dn1 is live is refused;
+    // before, the keys it reported stayed in the key table under dn1, and
+    // a client's k/1 was answered 'dn1 , recibido 7-3' with nothing sent.
+    let mut cluster = Cluster::start(replicated(1, 1)).await;
+    cluster.add_node(cluster.node_config("dn1")).await;
+    let (mut impostor, answer) = welcome(cluster.addr, "dn1", u64::MAX / 2).await;
+    assert!(answer.starts_with("welcome dn1 "), "{answer}");
+    let held: MessageId = "7-3".parse().unwrap();
+    let mut buf = BytesMut::new();
+    FromDataNode::Held {
+        client: "k".parse().unwrap(),
+        keys: vec![(1, held)],
+    }
+    .encode(&mut buf);
+    impostor.writer.send(&buf).await.unwrap();
+    impostor.writer.send(b"ready").await.unwrap();
+    let refusal = test_support::framed::line(&mut impostor.reader, "the refusal").await;
+    assert!(refusal.starts_with("ERROR "), "{refusal}");
+    let mut client = keyed_client(cluster.addr, "k").await;
+    let (holders, id) = stored(&send_keyed(&mut client, 1, "hola").await);
+    assert_eq!(holders, ["dn1"]);
+    assert_ne!(id, held, "the refused report named a copy nobody holds");
+    assert_eq!(stored_keys(&cluster)["dn1"].get("k/1"), Some(&vec![id]));
+    cluster.stop().await;
+}

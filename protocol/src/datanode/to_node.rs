@@ -70,6 +70,12 @@ pub enum ToDataNode<'a> {
     /// it to every head node that welcomes it, which waits for those nodes
     /// before it serves, and counts its majority among them.
     Members(Vec<NodeId>),
+    /// `horizon <id>`: the head node has forgotten every client key whose
+    /// message id is at most this one (its deduplication window moved on):
+    /// the data node forgets the keys it holds under such ids, so that it
+    /// never remembers a key the head node has forgotten. Sent when it
+    /// moves, before the next `mensaje`; not answered.
+    Horizon(MessageId),
     /// `ping <n>`: application heartbeat; answer `pong <n>`.
     Ping(u64),
     /// `bye`: the head node has drained this node after it asked to leave.
@@ -199,6 +205,7 @@ impl<'a> ToDataNode<'a> {
                 }
             }
             (Some("withdraw"), Some(id), None) => ToDataNode::Withdraw(id.parse()?),
+            (Some("horizon"), Some(id), None) => ToDataNode::Horizon(id.parse()?),
             (Some("challenge"), Some(nonce), Some(proof)) if words.next().is_none() => {
                 ToDataNode::Challenge {
                     nonce: nonce.parse()?,
@@ -262,6 +269,10 @@ impl<'a> ToDataNode<'a> {
             }
             ToDataNode::Withdraw(id) => {
                 buf.extend_from_slice(b"withdraw ");
+                id.put(buf);
+            }
+            ToDataNode::Horizon(id) => {
+                buf.extend_from_slice(b"horizon ");
                 id.put(buf);
             }
             ToDataNode::Members(nodes) => {

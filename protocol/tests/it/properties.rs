@@ -120,7 +120,7 @@ proptest! {
         text in any::<String>(),
         counter in any::<u64>(),
         seq in any::<u64>(),
-        which in 0..7u8,
+        which in 0..8u8,
     ) {
         let client = node.to_string();
         let frame = match which {
@@ -136,6 +136,7 @@ proptest! {
                 text: &text,
             },
             6 => ToDataNode::Members(vec![node.clone(), node]),
+            7 => ToDataNode::Horizon(MessageId { epoch: counter, seq }),
             2 => ToDataNode::Ping(counter),
             3 => ToDataNode::Bye,
             _ => ToDataNode::Error(&text),

@@ -9,8 +9,8 @@
 //! nodes and clients from the first (a split brain), and data nodes'
 //! clocks skewed and stepped; some seeds give one data node retention.
 //! Then it checks, by message id (`sim::check`): every acknowledged id is
-//! durable with its client's text on every node the answer names; every
-//! client key is stored under one id; no data node writes for a head node
+//! durable with its client's text and key on every node the answer names;
+//! every client key has one id, on disk and in every answer; no data node writes for a head node
 //! older than one it accepted; no head node answers `recibido` past the
 //! fencing time once a majority has taken a newer one; retention is not
 //! undone; no short hold evicted a node; and every message got one answer
@@ -31,10 +31,8 @@
 //!   removed the message, and writes back what it removed; seeds 319 and
 //!   428 show it).
 //! - `SIM_KEYED_CLIENTS=<n>`: how many of the clients send keyed messages
-//!   (none by default). Keyed resends across a head-node restart break a
-//!   key's one id today (the head node answers `recibido <id> <held>` with
-//!   `<id>`; seed 86 with one keyed client shows it), so they are not yet
-//!   in the default run.
+//!   (one by default; seeds 86 and 391 with one keyed client showed an
+//!   answer naming as holders nodes that held the key under another id).
 //! - `SIM_SEED=<n>`: the seed `replay` runs; with `TEST_LOG=1` it prints
 //!   the nodes' logs as well (`RUST_LOG` filters them).
 

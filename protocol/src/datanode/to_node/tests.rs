@@ -171,6 +171,7 @@ fn head_to_datanode_frames_round_trip() {
             head: Some(crate::datanode::HeadId(0xfeed)),
         },
         ToDataNode::Withdraw(id(4, 5)),
+        ToDataNode::Horizon(id(4, 6)),
         ToDataNode::Members(vec!["dn1".parse().unwrap(), "dn3".parse().unwrap()]),
         ToDataNode::Members(vec![]),
         ToDataNode::Store {
