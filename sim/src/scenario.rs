@@ -60,6 +60,9 @@ pub struct Settings {
     /// Whether seeds that draw retention on a data node get it (off by
     /// default: see `sim/tests/it/simulation.rs`).
     pub retention: bool,
+    /// Whether seeds that draw a split brain get it (off by default: see
+    /// `sim/tests/it/simulation.rs`).
+    pub split_brain: bool,
     /// Pause between two sends of one client.
     pub pace: Duration,
     /// Faults per seed, at most.
@@ -75,8 +78,9 @@ impl Default for Settings {
         Settings {
             clients: 3,
             keyed_clients: 1,
-            readers: 1,
+            readers: 0,
             retention: false,
+            split_brain: false,
             messages: 120,
             window: 8,
             pace: Duration::from_millis(100),
@@ -363,6 +367,9 @@ pub fn schedule(seed: u64, settings: &Settings) -> Vec<Scheduled> {
             other.overlaps(&candidate)
                 && (other.fault.is_cluster_wide() || candidate.fault.is_cluster_wide())
         };
+        if matches!(candidate.fault, Fault::SplitBrain { .. }) && !settings.split_brain {
+            continue;
+        }
         let second_split = matches!(candidate.fault, Fault::SplitBrain { .. })
             && faults
                 .iter()
