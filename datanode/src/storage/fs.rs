@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::StorageError;
 
@@ -61,4 +61,26 @@ pub(crate) fn replace_durably(dir: &Path, name: &str, contents: &[u8]) -> Result
     drop(file);
     std::fs::rename(&temp, &path).map_err(write_error)?;
     sync_dir(dir).map_err(sync_error)
+}
+
+/// The files of `dir` whose names are UTF-8, as (name, path), in no order;
+/// a directory that does not exist has none.
+pub(crate) fn named_entries(dir: &Path) -> Result<Vec<(String, PathBuf)>, StorageError> {
+    let read_error = |error| StorageError::Read {
+        path: dir.to_owned(),
+        error,
+    };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(read_error(e)),
+    };
+    let mut named = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(read_error)?;
+        if let Ok(name) = entry.file_name().into_string() {
+            named.push((name, entry.path()));
+        }
+    }
+    Ok(named)
 }

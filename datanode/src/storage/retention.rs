@@ -511,26 +511,14 @@ impl RetentionLog {
 /// The segment numbers of the id set files in `dir`; leftovers of an
 /// interrupted write (`.tmp`) are deleted.
 fn list_set_files(dir: &Path) -> Result<Vec<u32>, StorageError> {
-    let read_error = |error| StorageError::Read {
-        path: dir.to_owned(),
-        error,
-    };
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(read_error(e)),
-    };
     let mut numbers = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(read_error)?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if let Some(number) = parse_set_file_name(name) {
+    for (name, path) in super::fs::named_entries(dir)? {
+        if let Some(number) = parse_set_file_name(&name) {
             numbers.push(number);
         } else if let Some(partial) = name.strip_suffix(".tmp")
             && parse_set_file_name(partial).is_some()
         {
-            let _ = std::fs::remove_file(entry.path());
+            let _ = std::fs::remove_file(path);
         }
     }
     numbers.sort_unstable();

@@ -46,23 +46,12 @@ pub struct DataFileName {
 /// The segments of `dir`, oldest (lowest number) first. A directory
 /// without any gives an empty list; one that does not exist too.
 pub fn list_segments(dir: &Path) -> Result<Vec<DataFileName>, StorageError> {
-    let read_error = |error| StorageError::Read {
-        path: dir.to_owned(),
-        error,
-    };
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(read_error(e)),
-    };
     let mut segments = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(read_error)?;
-        let name = entry.file_name();
-        if let Some(number) = name.to_str().and_then(parse_segment_name) {
+    for (name, path) in super::fs::named_entries(dir)? {
+        if let Some(number) = parse_segment_name(&name) {
             segments.push(DataFileName {
                 number,
-                path: entry.path(),
+                path,
                 active: false,
             });
         }
